@@ -1,0 +1,1 @@
+"""The story/gate harness: story cards, evidence, verdicts and reports."""
