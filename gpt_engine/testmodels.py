@@ -55,3 +55,267 @@ def add_gpt2_vocab(writer, n_ctx: int | None = None) -> None:
     writer.add_token_merges(merges)
     writer.add_bos_token_id(GPT2_EOS_ID)
     writer.add_eos_token_id(GPT2_EOS_ID)
+
+
+# --------------------------------------------------------------------------- vocabularies
+
+@lru_cache(maxsize=4)
+def small_vocab(n_tokens: int = 512) -> tuple[list[str], list[str]]:
+    """A valid byte-level BPE with ``n_tokens`` tokens: the 256 byte symbols of
+    GPT-2's alphabet, then GPT-2's own merges in rank order whenever both halves
+    already exist, then ``<|endoftext|>`` last. Small embeddings keep tests fast."""
+    tokens, merges = gpt2_vocab()
+    base = tokens[:256]  # r50k ids 0..255 are exactly the 256 single-byte symbols
+    have = set(base)
+    out_tokens, out_merges = list(base), []
+    for m in merges:
+        if len(out_tokens) >= n_tokens - 1:
+            break
+        a, b = m.split(" ")
+        if a in have and b in have and a + b not in have:
+            out_tokens.append(a + b)
+            out_merges.append(m)
+            have.add(a + b)
+    out_tokens.append("<|endoftext|>")
+    return out_tokens, out_merges
+
+
+def add_vocab(writer, vocab: str) -> int:
+    """Write ``vocab`` ("gpt2" or "small") into the GGUF; returns the token count."""
+    import gguf
+
+    tokens, merges = gpt2_vocab() if vocab == "gpt2" else small_vocab()
+    eos = len(tokens) - 1
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    types = [gguf.TokenType.NORMAL] * len(tokens)
+    types[eos] = gguf.TokenType.CONTROL
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(eos)
+    writer.add_eos_token_id(eos)
+    return len(tokens)
+
+
+# --------------------------------------------------------------------------- weights
+
+# Types the generator can write. gguf-py quantizes F16/BF16/Q8_0/Q4_0/Q4_1/MXFP4
+# itself; it has no Q4_K/Q6_K quantizer, so those get random valid blocks.
+WEIGHT_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "MXFP4", "Q4_K", "Q6_K")
+
+
+def _random_kquant_blocks(rows: int, cols: int, qtype, rng, target_std: float):
+    """Random bytes for a K-quant tensor with its fp16 super-block scales set so the
+    dequantized values have roughly ``target_std``. Layouts from ggml-common.h:
+    Q4_K = {f16 d, f16 dmin, u8 scales[12], u8 qs[128]} (144 B),
+    Q6_K = {u8 ql[128], u8 qh[64], i8 scales[16], f16 d} (210 B)."""
+    import gguf
+    import numpy as np
+
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    nblk = rows * cols // block
+    raw = rng.integers(0, 256, size=(nblk, type_size), dtype=np.uint8)
+    d_off = [0, 2] if qtype == gguf.GGMLQuantizationType.Q4_K else [type_size - 2]
+
+    def set_scale(value: float) -> None:
+        h = np.frombuffer(np.float16(value).tobytes(), dtype=np.uint8)
+        for off in d_off:
+            raw[:, off:off + 2] = h
+
+    set_scale(1.0)
+    std = float(gguf.quants.dequantize(raw, qtype).std())
+    set_scale(target_std / std)
+    return raw.reshape(rows, cols // block * type_size)
+
+
+def encode_weight(w, qtype_name: str, rng):
+    """Encode a float32 numpy array for the GGUF. Returns (payload, raw_dtype,
+    dequantized) where ``dequantized`` is what gguf-py reads back: the weights the
+    oracle must use."""
+    import gguf
+    import numpy as np
+
+    qt = gguf.GGMLQuantizationType[qtype_name]
+    if qt == gguf.GGMLQuantizationType.F32:
+        return w.astype(np.float32), None, w.astype(np.float32)
+    if qt == gguf.GGMLQuantizationType.F16:
+        h = w.astype(np.float16)
+        return h, None, h.astype(np.float32)
+    if qt in (gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K):
+        q = _random_kquant_blocks(w.shape[0], w.shape[1], qt, rng, float(w.std()) or 0.02)
+    else:
+        q = gguf.quants.quantize(w.astype(np.float32), qt)
+    return q, qt, gguf.quants.dequantize(q, qt).reshape(w.shape).astype(np.float32)
+
+
+def _randomize_(model, seed: int) -> None:
+    """Non-trivial values everywhere: HF initialises norms to 1/0 and biases to 0,
+    which would hide a missing bias or a swapped norm parameter."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and ("ln" in name or "norm" in name) and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+
+# --------------------------------------------------------------------------- GPT-2
+
+def make_gpt2(path, *, qtype: str = "F32", vocab: str = "small", n_layer: int = 2,
+              n_embd: int = 64, n_head: int = 4, n_ctx: int = 1024, seed: int = 0,
+              tied: bool = True):
+    """Write a random GPT-2 GGUF at ``path``; returns the HF ``GPT2LMHeadModel``
+    whose weights equal what the file holds (after gguf-py dequantization).
+    ``n_ctx`` defaults to 1024 because transformers' own GGUF loader (the other
+    oracle) keeps GPT-2's 1024 positions whatever the file says."""
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    n_vocab = len(gpt2_vocab()[0] if vocab == "gpt2" else small_vocab()[0])
+    cfg = GPT2Config(vocab_size=n_vocab, n_positions=n_ctx, n_embd=n_embd, n_layer=n_layer,
+                     n_head=n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                     tie_word_embeddings=tied, bos_token_id=n_vocab - 1, eos_token_id=n_vocab - 1)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(cfg).eval()
+    _randomize_(model, seed)
+    rng = np.random.default_rng(seed)
+
+    w = gguf.GGUFWriter(str(path), "gpt2")
+    w.add_name(f"test-gpt2-{qtype}-{vocab}")
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(4 * n_embd)
+    w.add_block_count(n_layer)
+    w.add_head_count(n_head)
+    w.add_layer_norm_eps(cfg.layer_norm_epsilon)
+    add_vocab(w, vocab)
+
+    sd = model.state_dict()
+    put = {}  # gguf name -> (hf name, transpose?)
+    put["token_embd.weight"] = ("transformer.wte.weight", False)
+    put["position_embd.weight"] = ("transformer.wpe.weight", False)
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        for g_name, h_name, t in [
+            ("attn_norm.weight", "ln_1.weight", False), ("attn_norm.bias", "ln_1.bias", False),
+            ("attn_qkv.weight", "attn.c_attn.weight", True), ("attn_qkv.bias", "attn.c_attn.bias", False),
+            ("attn_output.weight", "attn.c_proj.weight", True), ("attn_output.bias", "attn.c_proj.bias", False),
+            ("ffn_norm.weight", "ln_2.weight", False), ("ffn_norm.bias", "ln_2.bias", False),
+            ("ffn_up.weight", "mlp.c_fc.weight", True), ("ffn_up.bias", "mlp.c_fc.bias", False),
+            ("ffn_down.weight", "mlp.c_proj.weight", True), ("ffn_down.bias", "mlp.c_proj.bias", False),
+        ]:
+            put[f"blk.{i}.{g_name}"] = (p + h_name, t)
+    put["output_norm.weight"] = ("transformer.ln_f.weight", False)
+    put["output_norm.bias"] = ("transformer.ln_f.bias", False)
+    if not tied:
+        put["output.weight"] = ("lm_head.weight", False)
+
+    with torch.no_grad():
+        for g_name, (h_name, transpose) in put.items():
+            t = sd[h_name].float()
+            arr = (t.T if transpose else t).contiguous().numpy()  # HF Conv1D is (in, out)
+            # 1-D tensors (norms, biases) and the position table stay F32, as llama.cpp keeps them
+            tq = qtype if arr.ndim == 2 and g_name != "position_embd.weight" else "F32"
+            payload, raw, deq = encode_weight(arr, tq, rng)
+            w.add_tensor(g_name, payload, raw_dtype=raw)
+            back = torch.from_numpy(deq)
+            sd[h_name].copy_(back.T if transpose else back)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType.MOSTLY_F16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    model.load_state_dict(sd)
+    return model
+
+
+# --------------------------------------------------------------------------- Llama
+
+def _permute_qk(w, n_head: int):
+    """llama.cpp's converter reorders q/k rows so that rotary pairs are adjacent
+    (convert_hf_to_gguf.py LlamaModel.permute): per head, rows [0..D/2) and
+    [D/2..D) interleave. GGUF files hold the permuted rows."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _unpermute_qk(w, n_head: int):
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def make_llama(path, *, qtype: str = "F32", vocab: str = "small", n_layer: int = 2,
+               n_embd: int = 64, n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128,
+               n_ctx: int = 128, rope_theta: float = 10000.0, seed: int = 0, tied: bool = False):
+    """Write a random Llama GGUF (RMSNorm, RoPE, GQA, SwiGLU) at ``path``; returns
+    the HF ``LlamaForCausalLM`` holding the weights the file holds."""
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    n_vocab = len(gpt2_vocab()[0] if vocab == "gpt2" else small_vocab()[0])
+    cfg = LlamaConfig(vocab_size=n_vocab, hidden_size=n_embd, intermediate_size=n_ff,
+                      num_hidden_layers=n_layer, num_attention_heads=n_head,
+                      num_key_value_heads=n_head_kv, max_position_embeddings=n_ctx,
+                      rms_norm_eps=1e-5, rope_theta=rope_theta, tie_word_embeddings=tied,
+                      bos_token_id=n_vocab - 1, eos_token_id=n_vocab - 1)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    _randomize_(model, seed)
+    rng = np.random.default_rng(seed)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(f"test-llama-{qtype}-{vocab}")
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_block_count(n_layer)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(rope_theta)
+    w.add_rope_dimension_count(n_embd // n_head)
+    add_vocab(w, vocab)
+
+    sd = model.state_dict()
+    put = {"token_embd.weight": ("model.embed_tokens.weight", None)}
+    for i in range(n_layer):
+        p = f"model.layers.{i}."
+        put[f"blk.{i}.attn_norm.weight"] = (p + "input_layernorm.weight", None)
+        put[f"blk.{i}.attn_q.weight"] = (p + "self_attn.q_proj.weight", n_head)
+        put[f"blk.{i}.attn_k.weight"] = (p + "self_attn.k_proj.weight", n_head_kv)
+        put[f"blk.{i}.attn_v.weight"] = (p + "self_attn.v_proj.weight", None)
+        put[f"blk.{i}.attn_output.weight"] = (p + "self_attn.o_proj.weight", None)
+        put[f"blk.{i}.ffn_norm.weight"] = (p + "post_attention_layernorm.weight", None)
+        put[f"blk.{i}.ffn_gate.weight"] = (p + "mlp.gate_proj.weight", None)
+        put[f"blk.{i}.ffn_up.weight"] = (p + "mlp.up_proj.weight", None)
+        put[f"blk.{i}.ffn_down.weight"] = (p + "mlp.down_proj.weight", None)
+    put["output_norm.weight"] = ("model.norm.weight", None)
+    if not tied:
+        put["output.weight"] = ("lm_head.weight", None)
+
+    with torch.no_grad():
+        for g_name, (h_name, heads) in put.items():
+            arr = sd[h_name].float().contiguous().numpy()
+            if heads is not None:
+                arr = _permute_qk(arr, heads)
+            tq = qtype if arr.ndim == 2 else "F32"
+            payload, raw, deq = encode_weight(arr, tq, rng)
+            w.add_tensor(g_name, payload, raw_dtype=raw)
+            if heads is not None:
+                deq = _unpermute_qk(deq, heads)
+            sd[h_name].copy_(torch.from_numpy(np.ascontiguousarray(deq)))
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType.MOSTLY_F16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    if tied:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    model.load_state_dict(sd)
+    return model
