@@ -1,0 +1,31 @@
+"""Checks shared by the attention ops (head layout, GQA grouping)."""
+from __future__ import annotations
+
+import torch
+
+from ._common import OpError
+
+# Head dims and dtypes the CUDA attention kernels are compiled for; other
+# combinations run the reference math on the GPU (same results, slower).
+KERNEL_HEAD_DIMS = (64, 128)
+
+
+def check_gqa(op: str, hq: int, hkv: int) -> None:
+    if hkv == 0 or hq % hkv != 0:
+        raise OpError(f"{op}: {hq} query heads is not a multiple of {hkv} kv heads")
+
+
+def check_scale(op: str, scale: float) -> None:
+    if not (scale > 0 and scale < float("inf")):
+        raise OpError(f"{op}: scale={scale}, expected a finite positive number")
+
+
+def heads_packed(t: torch.Tensor) -> bool:
+    """[B, T, H, D] whose (H, D) block is dense; batch and token strides may be anything
+    (e.g. q/k/v as views into one fused qkv projection)."""
+    return t.stride(-1) == 1 and t.stride(-2) == t.shape[-1]
+
+
+def expand_kv(kv: torch.Tensor, groups: int, head_dim: int) -> torch.Tensor:
+    """Repeat each kv head for the `groups` query heads that share it (GQA)."""
+    return kv if groups == 1 else kv.repeat_interleave(groups, dim=head_dim)

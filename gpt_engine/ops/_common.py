@@ -1,0 +1,78 @@
+"""Shared helpers of the ops layer: error types, argument checks, precision rules.
+
+Every op checks its arguments with these helpers in all three places (the
+reference, the fake kernel used for tracing, the CUDA kernel) so a bad call
+fails the same way, with one line naming the argument, on every device.
+"""
+from __future__ import annotations
+
+import torch
+
+from gpt_engine.errors import EngineError
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The CUDA kernels are written for these; float64 runs the reference math.
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class OpError(EngineError, ValueError):
+    """A tensor given to an op has the wrong shape, dtype, device or layout."""
+
+
+class OpIndexError(EngineError, IndexError):
+    """A token id or position is outside the table it indexes."""
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the reference computes in: fp32 for fp16/bf16 (as the kernels
+    accumulate), otherwise the input's own dtype (so float64 stays float64)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_float(op: str, name: str, t: torch.Tensor) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise OpError(f"{op}: {name} has dtype {t.dtype}, expected one of fp16/bf16/fp32/fp64")
+
+
+def check_same(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor) -> None:
+    """All tensors share the dtype and device of `ref`."""
+    for name, t in others.items():
+        if t.dtype != ref.dtype:
+            raise OpError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
+        if t.device != ref.device:
+            raise OpError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def check_shape(op: str, name: str, t: torch.Tensor, shape: tuple) -> None:
+    """`shape` entries that are None match any size."""
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        raise OpError(f"{op}: {name} has shape {list(t.shape)}, expected {want}")
+
+
+def check_approximate(op: str, approximate: str) -> None:
+    if approximate not in ("tanh", "none"):
+        raise OpError(f"{op}: approximate={approximate!r}, expected 'tanh' or 'none'")
+
+
+def capturing() -> bool:
+    """True while a CUDA graph is being captured: then no check may read device
+    data back to the host (it would break the capture)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The kernels read [..., C] tensors as dense rows."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+# Tests set this to True so every kernel output starts as NaN: an element the
+# kernel forgets to write then fails the test instead of passing by luck.
+FILL_OUTPUTS_WITH_NAN = False
+
+
+def new_output(shape, like: torch.Tensor) -> torch.Tensor:
+    """Allocates a kernel output (dense, like's dtype and device)."""
+    if FILL_OUTPUTS_WITH_NAN:
+        return torch.full(tuple(shape), float("nan"), dtype=like.dtype, device=like.device)
+    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device)

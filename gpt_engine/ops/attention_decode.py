@@ -1,0 +1,81 @@
+"""One query token per sequence against the KV cache (flash-decoding on the GPU).
+
+q: [B, Hq, D]; k_cache/v_cache: [B, Hkv, S, D]; seq_lens[b] in [1, S] keys are attended.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _ext
+from ._attn_common import KERNEL_HEAD_DIMS, check_gqa, check_scale, expand_kv
+from ._common import new_output, OpError, acc_dtype, capturing, check_float, check_same, check_shape
+
+OP = "attention_decode"
+
+
+def _check(q, k_cache, v_cache, seq_lens, scale):
+    check_float(OP, "q", q)
+    check_shape(OP, "q", q, (None, None, None))
+    b, hq, d = q.shape
+    check_shape(OP, "k_cache", k_cache, (b, None, None, d))
+    check_shape(OP, "v_cache", v_cache, tuple(k_cache.shape))
+    check_same(OP, "q", q, k_cache=k_cache, v_cache=v_cache)
+    check_gqa(OP, hq, k_cache.shape[1])
+    check_scale(OP, scale)
+    if seq_lens.dtype not in (torch.int32, torch.int64):
+        raise OpError(f"{OP}: seq_lens has dtype {seq_lens.dtype}, expected int32 or int64")
+    check_shape(OP, "seq_lens", seq_lens, (b,))
+    if seq_lens.device != q.device:
+        raise OpError(f"{OP}: seq_lens is on {seq_lens.device} but q is on {q.device}")
+
+
+def _check_lens(seq_lens, s):
+    """Host read-back of seq_lens; skipped during CUDA graph capture, where the
+    kernel clamps each length to [0, S] instead of reading outside the cache."""
+    if seq_lens.numel() == 0 or capturing():
+        return
+    lo, hi = int(seq_lens.min()), int(seq_lens.max())
+    if lo < 1 or hi > s:
+        raise OpError(f"{OP}: seq_lens holds {lo if lo < 1 else hi}, expected values in [1, {s}] (cache length)")
+
+
+def reference(q, k_cache, v_cache, seq_lens, scale):
+    """Explicit softmax(q k^T * scale) v over each sequence's first seq_lens[b] keys."""
+    _check(q, k_cache, v_cache, seq_lens, scale)
+    _check_lens(seq_lens, k_cache.shape[2])
+    acc = acc_dtype(q.dtype)
+    groups = q.shape[1] // k_cache.shape[1]
+    out = torch.empty(q.shape, dtype=acc, device=q.device)
+    for b, n in enumerate(seq_lens.tolist()):
+        kb = expand_kv(k_cache[b, :, :n].to(acc), groups, 0)  # [Hq, n, D]
+        vb = expand_kv(v_cache[b, :, :n].to(acc), groups, 0)
+        scores = (kb @ q[b].to(acc).unsqueeze(-1)).squeeze(-1) * scale  # [Hq, n]
+        p = torch.softmax(scores, dim=-1)
+        out[b] = (p.unsqueeze(1) @ vb).squeeze(1)
+    return out.to(q.dtype)
+
+
+@torch.library.custom_op("gpt_engine::attention_decode", mutates_args=())
+def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    return reference(q, k_cache, v_cache, seq_lens, scale)
+
+
+@attention_decode.register_fake
+def _(q, k_cache, v_cache, seq_lens, scale):
+    _check(q, k_cache, v_cache, seq_lens, scale)
+    return q.new_empty(q.shape)
+
+
+if _ext.available():
+
+    @attention_decode.register_kernel("cuda")
+    def _(q, k_cache, v_cache, seq_lens, scale):
+        _check(q, k_cache, v_cache, seq_lens, scale)
+        if q.dtype == torch.float64 or q.shape[-1] not in KERNEL_HEAD_DIMS:
+            return reference(q, k_cache, v_cache, seq_lens, scale)
+        _check_lens(seq_lens, k_cache.shape[2])
+        out = new_output(q.shape, q)
+        _ext.load().attention_decode(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(),
+                                     seq_lens.contiguous(), out, float(scale))
+        return out

@@ -1,0 +1,67 @@
+"""Causal multi-head attention over a whole prompt (GQA-capable).
+
+q: [B, T, Hq, D], k/v: [B, T, Hkv, D]; query head h reads kv head h // (Hq // Hkv).
+The CUDA kernel is a flash-attention style kernel (online softmax, no T x T matrix).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _ext
+from ._attn_common import KERNEL_HEAD_DIMS, check_gqa, check_scale, expand_kv, heads_packed
+from ._common import new_output, OpError, acc_dtype, check_float, check_same, check_shape
+
+OP = "attention_prefill"
+
+
+def _check(q, k, v, scale):
+    check_float(OP, "q", q)
+    check_shape(OP, "q", q, (None, None, None, None))
+    b, t, hq, d = q.shape
+    check_shape(OP, "k", k, (b, t, None, d))
+    check_shape(OP, "v", v, tuple(k.shape))
+    check_same(OP, "q", q, k=k, v=v)
+    check_gqa(OP, hq, k.shape[2])
+    check_scale(OP, scale)
+    if d == 0:
+        raise OpError(f"{OP}: head dim is 0")
+
+
+def reference(q, k, v, scale):
+    """Explicit softmax(q k^T * scale + causal mask) v, in fp32 for fp16/bf16 inputs."""
+    _check(q, k, v, scale)
+    acc = acc_dtype(q.dtype)
+    groups = q.shape[2] // k.shape[2]
+    qh = q.to(acc).transpose(1, 2)  # [B, Hq, T, D]
+    kh = expand_kv(k.to(acc), groups, 2).transpose(1, 2)
+    vh = expand_kv(v.to(acc), groups, 2).transpose(1, 2)
+    scores = (qh @ kh.transpose(-1, -2)) * scale
+    t = q.shape[1]
+    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+    scores = scores.masked_fill(future, float("-inf"))
+    p = torch.softmax(scores, dim=-1)
+    return (p @ vh).transpose(1, 2).contiguous().to(q.dtype)
+
+
+@torch.library.custom_op("gpt_engine::attention_prefill", mutates_args=())
+def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    return reference(q, k, v, scale)
+
+
+@attention_prefill.register_fake
+def _(q, k, v, scale):
+    _check(q, k, v, scale)
+    return q.new_empty(q.shape)
+
+
+if _ext.available():
+
+    @attention_prefill.register_kernel("cuda")
+    def _(q, k, v, scale):
+        _check(q, k, v, scale)
+        if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in KERNEL_HEAD_DIMS:
+            return reference(q, k, v, scale)  # no tensor-core kernel for fp32/fp64 or this head dim
+        q, k, v = (x if heads_packed(x) else x.contiguous() for x in (q, k, v))
+        out = new_output(q.shape, q)
+        _ext.load().attention_prefill(q, k, v, out, float(scale))
+        return out
