@@ -1,0 +1,94 @@
+"""The tensors each architecture needs, by GGUF name and torch-order shape.
+
+Names are built from ``gguf.constants.TENSOR_NAMES`` (the same table llama.cpp's converter
+writes from). GGUF stores a linear weight as ne = [in, out], i.e. torch shape (out, in), the
+``nn.Linear`` layout; 1-D norms and biases are (n,).
+"""
+from __future__ import annotations
+
+from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
+
+from .errors import ModelError
+
+T = MODEL_TENSOR
+
+
+def _name(t: MODEL_TENSOR, suffix: str = "weight", bid: int | None = None) -> str:
+    base = TENSOR_NAMES[t]
+    return f"{base.format(bid=bid) if bid is not None else base}.{suffix}"
+
+
+def expected_tensors(cfg) -> dict[str, tuple[int, ...]]:
+    """Every tensor the model must have (``output.weight`` only when the head is not tied)."""
+    C, F, V = cfg.n_embd, cfg.n_ff, cfg.vocab_size
+    out: dict[str, tuple[int, ...]] = {_name(T.TOKEN_EMBD): (V, C)}
+    if cfg.architecture == "gpt2":
+        out[_name(T.POS_EMBD)] = (cfg.n_ctx, C)
+        for i in range(cfg.n_layer):
+            layer = {
+                T.ATTN_NORM: ((C,), (C,)),
+                T.ATTN_QKV: ((3 * C, C), (3 * C,)),
+                T.ATTN_OUT: ((C, C), (C,)),
+                T.FFN_NORM: ((C,), (C,)),
+                T.FFN_UP: ((F, C), (F,)),
+                T.FFN_DOWN: ((C, F), (C,)),
+            }
+            for t, (w, b) in layer.items():
+                out[_name(t, "weight", i)] = w
+                out[_name(t, "bias", i)] = b
+        out[_name(T.OUTPUT_NORM)] = (C,)
+        out[_name(T.OUTPUT_NORM, "bias")] = (C,)
+    elif cfg.architecture == "llama":
+        q = cfg.n_head * cfg.head_dim
+        kv = cfg.n_head_kv * cfg.head_dim
+        for i in range(cfg.n_layer):
+            layer = {
+                T.ATTN_NORM: (C,),
+                T.ATTN_Q: (q, C),
+                T.ATTN_K: (kv, C),
+                T.ATTN_V: (kv, C),
+                T.ATTN_OUT: (C, q),
+                T.FFN_NORM: (C,),
+                T.FFN_GATE: (F, C),
+                T.FFN_UP: (F, C),
+                T.FFN_DOWN: (C, F),
+            }
+            for t, shape in layer.items():
+                out[_name(t, "weight", i)] = shape
+        out[_name(T.OUTPUT_NORM)] = (C,)
+    else:
+        raise ModelError(f"no tensor map for architecture {cfg.architecture!r}; supported: gpt2, llama")
+    if not cfg.tied_output:
+        out[_name(T.OUTPUT)] = (V, C)
+    return out
+
+
+def optional_tensors(cfg) -> dict[str, tuple[int, ...]]:
+    """Tensors a file may carry: llama's ``rope_freqs`` (per-pair frequency factors, rope_dim/2)."""
+    if cfg.architecture == "llama":
+        return {_name(T.ROPE_FREQS): (cfg.rope_dim // 2,)}
+    return {}
+
+
+def check_tensors(cfg, tensors: dict, path) -> None:
+    """Raise ModelError naming every missing, mis-shaped and unexpected tensor."""
+    need = expected_tensors(cfg)
+    may = optional_tensors(cfg)
+    missing = [n for n in need if n not in tensors]
+    shaped = []
+    unexpected = []
+    for n, ti in tensors.items():
+        want = need.get(n, may.get(n))
+        if want is None:
+            unexpected.append(n)
+        elif tuple(ti.shape) != want:
+            shaped.append(f"{n} has shape {tuple(ti.shape)}, expected {want}")
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if shaped:
+        problems.append(f"wrong shapes: {'; '.join(shaped)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(repr(n) for n in unexpected)}")
+    if problems:
+        raise ModelError(f"{path}: {cfg.architecture} weights do not match the config: {' | '.join(problems)}")
