@@ -1,0 +1,199 @@
+"""The `bench` fixture's engine: timing, device baselines, metric records with physics checks.
+
+Numbers are only comparable inside one run on one card (shared, noisy machines), so every
+ratio is taken against a reference measured in the same session, and a number that breaks
+physics is kept but flagged invalid, never dropped.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+KINDS = ("bandwidth", "flops", "time", "throughput", "memory", "ratio")
+# Units accepted per kind and their factor to the canonical unit used by the physics checks
+# (GB/s, TFLOP/s, seconds, bytes).
+UNITS = {
+    "bandwidth": {"GB/s": 1.0, "TB/s": 1e3, "MB/s": 1e-3},
+    "flops": {"TFLOP/s": 1.0, "GFLOP/s": 1e-3, "PFLOP/s": 1e3},
+    "time": {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9},
+    "memory": {"B": 1.0, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "KB": 1e3, "MB": 1e6, "GB": 1e9},
+    "throughput": None,   # any unit (tok/s, rows/s, ...)
+    "ratio": None,
+}
+LOWER_IS_BETTER = {"time", "memory"}
+BANDWIDTH_SLACK = 1.1     # issue 3: bandwidth above 1.1 x measured copy bandwidth is impossible
+
+# Device baselines: bf16 8192^3 on GPUs (DESIGN.md anchors use it); the CPU machine gets a
+# small fp32 GEMM because 8192^3 would take minutes on two shared cores.
+CUDA_MATMUL_N = 8192
+CPU_MATMUL_N = 1024
+
+
+def _median(xs):
+    return statistics.median(xs)
+
+
+class Baselines:
+    """Per-process cache: copy bandwidth and matmul rate measured once per session per device."""
+
+    def __init__(self):
+        self.values: dict[str, dict] = {}
+
+    def get(self, device: str, key: str, measure):
+        d = self.values.setdefault(device, {})
+        if key not in d:
+            d[key] = measure()
+        return d[key]
+
+
+class Bench:
+    def __init__(self, device: str, baselines: Baselines, sink: list, device_name: str | None = None):
+        self.device = device                # "cpu" or "cuda"
+        self.device_name = device_name      # CUDA device name, for the evidence record
+        self._baselines = baselines
+        self._sink = sink                   # metric dicts go here; the plugin ships them
+        self._flush_buf = None
+
+    # ---- timing ----
+    def cuda_time(self, fn, *, warmup: int = 10, reps: int = 50, flush_l2: bool = True) -> float:
+        """Median seconds of fn() on the current CUDA stream, timed with CUDA events after
+        `warmup` untimed calls; the L2 is flushed before each timed call by writing a buffer
+        twice the L2 size (so the kernel reads from HBM, as it does in a real model step)."""
+        import torch
+        if not torch.cuda.is_available():
+            raise RuntimeError("bench.cuda_time needs CUDA; mark the test @pytest.mark.cuda")
+        if reps < 1:
+            raise ValueError("reps must be >= 1")
+        for _ in range(warmup):
+            fn()
+        buf = self._l2_buffer() if flush_l2 else None
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        torch.cuda.synchronize()
+        for i in range(reps):
+            if buf is not None:
+                buf.zero_()
+            starts[i].record()
+            fn()
+            ends[i].record()
+        torch.cuda.synchronize()
+        return _median([s.elapsed_time(e) for s, e in zip(starts, ends)]) / 1e3
+
+    def _l2_buffer(self):
+        import torch
+        if self._flush_buf is None:
+            props = torch.cuda.get_device_properties(torch.cuda.current_device())
+            l2 = getattr(props, "L2_cache_size", 0) or 64 * 2**20
+            self._flush_buf = torch.empty(max(2 * l2, 64 * 2**20), dtype=torch.uint8, device="cuda")
+        return self._flush_buf
+
+    def cpu_time(self, fn, *, warmup: int = 2, reps: int = 10) -> float:
+        """Median wall seconds of fn() with time.perf_counter (CPU work, e.g. opening a file)."""
+        if reps < 1:
+            raise ValueError("reps must be >= 1")
+        for _ in range(warmup):
+            fn()
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return _median(ts)
+
+    # ---- device baselines ----
+    def copy_bandwidth(self, device: str | None = None) -> float:
+        """GB/s of a large device-to-device copy, counting bytes read + written. Once per session."""
+        dev = device or self.device
+        return self._baselines.get(dev, "copy_gbps", lambda: self._measure_copy(dev))
+
+    def matmul_rate(self, device: str | None = None) -> float:
+        """TFLOP/s of a dense matmul on random data (bf16 8192^3 on CUDA). Once per session."""
+        dev = device or self.device
+        return self._baselines.get(dev, "matmul_tflops", lambda: self._measure_matmul(dev))
+
+    def _measure_copy(self, dev: str) -> float:
+        import torch
+        if dev == "cuda":
+            free, _ = torch.cuda.mem_get_info()
+            nbytes = int(min(1 << 30, free // 8))   # 1 GiB, far above any L2
+            src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 255)
+            dst = torch.empty_like(src)
+            t = self.cuda_time(lambda: dst.copy_(src), warmup=5, reps=30, flush_l2=False)
+        else:
+            nbytes = 256 * 2**20
+            src = torch.ones(nbytes, dtype=torch.uint8)
+            dst = torch.empty_like(src)
+            t = self.cpu_time(lambda: dst.copy_(src), warmup=1, reps=5)
+        return 2 * nbytes / t / 1e9
+
+    def _measure_matmul(self, dev: str) -> float:
+        import torch
+        if dev == "cuda":
+            n = CUDA_MATMUL_N
+            a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+            b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+            t = self.cuda_time(lambda: a @ b, warmup=5, reps=20, flush_l2=False)
+        else:
+            n = CPU_MATMUL_N
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            t = self.cpu_time(lambda: a @ b, warmup=1, reps=3)
+        return 2 * n**3 / t / 1e12
+
+    # ---- records ----
+    def record(self, name: str, value: float, unit: str, *, kind: str, references: dict | None = None,
+               params: dict | None = None, higher_is_better: bool | None = None) -> dict:
+        """Record one metric. `references` are measured in this run in the same unit (torch's own
+        op, sdpa, a peer); for bandwidth the measured copy bandwidth is added as `copy`, for
+        flops the matmul rate as `matmul`. ratios[ref] = value/ref, inverted when lower is
+        better, so a ratio > 1 always means "better than the reference"."""
+        if kind not in KINDS:
+            raise ValueError(f"metric {name}: kind {kind!r} not in {KINDS}")
+        units = UNITS[kind]
+        if units is not None and unit not in units:
+            raise ValueError(f"metric {name}: unit {unit!r} not allowed for kind {kind!r}; use one of {sorted(units)}")
+        if higher_is_better is None:
+            higher_is_better = kind not in LOWER_IS_BETTER
+        refs = {k: float(v) for k, v in (references or {}).items()}
+        params = dict(params or {})
+        value = float(value)
+        reasons = []
+        if not math.isfinite(value):
+            reasons.append(f"value {value} is not finite")
+        factor = units[unit] if units else 1.0
+        canon = value * factor
+        if kind == "time" and not canon > 0:
+            reasons.append(f"time {value} {unit} <= 0")
+        if kind in ("bandwidth", "flops", "throughput", "memory") and not canon > 0:
+            reasons.append(f"{kind} {value} {unit} <= 0")
+        if kind == "bandwidth":
+            copy = self.copy_bandwidth()
+            refs.setdefault("copy", copy / factor)
+            if canon > BANDWIDTH_SLACK * copy:
+                reasons.append(f"{canon:.1f} GB/s exceeds {BANDWIDTH_SLACK} x measured copy bandwidth {copy:.1f} GB/s")
+        if kind == "flops":
+            rate = self.matmul_rate()
+            refs.setdefault("matmul", rate / factor)
+            if canon > rate:
+                reasons.append(f"{canon:.1f} TFLOP/s exceeds measured matmul rate {rate:.1f} TFLOP/s")
+        if kind == "memory" and "n_params" in params and "bits" in params:
+            floor = float(params["n_params"]) * float(params["bits"]) / 8
+            if canon < floor:
+                reasons.append(f"{canon:.0f} B is below parameters x bits = {floor:.0f} B")
+        ratios = {}
+        for ref, rv in refs.items():
+            if not (math.isfinite(rv) and rv > 0):
+                reasons.append(f"reference {ref}={rv} is not a positive number")
+                ratios[ref] = None
+            elif math.isfinite(value) and value > 0:
+                ratios[ref] = value / rv if higher_is_better else rv / value
+            else:
+                ratios[ref] = None
+        metric = {
+            "name": name, "value": value, "unit": unit, "kind": kind,
+            "higher_is_better": bool(higher_is_better), "references": refs, "ratios": ratios,
+            "params": params, "valid": not reasons, "invalid_reason": "; ".join(reasons) or None,
+            "device": self.device_name if self.device == "cuda" else "cpu",
+        }
+        self._sink.append(metric)
+        return metric
