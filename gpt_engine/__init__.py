@@ -1,0 +1,18 @@
+"""gpt-engine: GPT-family inference for GGUF models.
+
+Public interface: ``load(path=None, device="cpu") -> Model`` (no path: the
+embedded SmolLM2-135M), ``Model.tokenizer.encode/decode``, ``Model.logits``,
+``Model.generate``, and ``dequantize(data, qtype)``.
+"""
+from .errors import ContextOverflowError, EngineError, GGUFError, ModelError, TokenizerError
+from .quants import dequantize
+
+
+def load(path=None, device="cpu", **kw):
+    from .model import load as _load  # torch-heavy imports only when a model is loaded
+
+    return _load(path, device, **kw)
+
+
+__all__ = ["load", "dequantize", "EngineError", "GGUFError", "ModelError", "TokenizerError",
+           "ContextOverflowError"]

@@ -1,0 +1,86 @@
+"""Token sampling and the generation loop (prefill once, then one-token decode
+steps against the preallocated KV cache)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import EngineError
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0   # 0 = greedy (argmax)
+    top_k: int = 0             # 0 = off
+    top_p: float = 1.0         # 1 = off
+    seed: int | None = None
+
+    def check(self) -> None:
+        if not (self.temperature >= 0.0):  # also rejects NaN
+            raise EngineError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise EngineError(f"top_k must be >= 0, got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise EngineError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
+    """Pick the next token from logits [V].
+
+    Greedy when temperature is 0. Otherwise: logits / temperature, one softmax over
+    the whole vocabulary, then top-k and top-p (nucleus, Holtzman et al. 2019: the
+    smallest set of most likely tokens whose probability reaches p) masks on those
+    probabilities, renormalise, draw with the seeded generator. Sampling runs on
+    the CPU in float64 so a seed gives the same draw whatever device made the logits.
+    """
+    if p.temperature == 0.0:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits.detach().to("cpu", torch.float64) / p.temperature, dim=-1)
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    if p.top_k and p.top_k < probs.numel():
+        kth = torch.topk(probs, p.top_k).values[-1]
+        keep &= probs >= kth
+    if p.top_p < 1.0:
+        sorted_p, order = torch.sort(probs * keep, descending=True)
+        before = torch.cumsum(sorted_p, 0) - sorted_p   # mass strictly above each token
+        nucleus = torch.zeros_like(keep)
+        nucleus[order] = before < p.top_p               # always keeps the most likely token
+        keep &= nucleus
+    probs = probs * keep
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator).item())
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)  # generated ids only
+    text: str = ""                                       # decoded generated text
+    finish_reason: str = "length"                        # "eos" or "length"
+
+
+def run(model, prompt_ids: list[int], max_new_tokens: int, params: SamplingParams,
+        stop_at_eos: bool = True, on_token: Callable[[int], None] | None = None) -> Generation:
+    """The decode loop used by Model.generate."""
+    params.check()
+    if max_new_tokens < 0:
+        raise EngineError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    gen = Generation(prompt_ids=list(prompt_ids))
+    if max_new_tokens == 0:
+        return gen
+    rng = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+    cache = model.new_cache(len(prompt_ids) + max_new_tokens)
+    logits = model.step(prompt_ids, cache)
+    eos = model.tokenizer.eos_id
+    for i in range(max_new_tokens):
+        tok = sample(logits, params, rng)
+        gen.token_ids.append(tok)
+        if on_token is not None:
+            on_token(tok)
+        if stop_at_eos and eos is not None and tok == eos:
+            gen.finish_reason = "eos"
+            break
+        if i + 1 < max_new_tokens:
+            logits = model.step([tok], cache)
+    return gen

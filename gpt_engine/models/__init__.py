@@ -1,0 +1,1 @@
+"""Forward passes, one module per architecture (``general.architecture``)."""
