@@ -2,6 +2,10 @@
 
 tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (Hendrycks & Gimpel 2016, eq. in sec. 2)
 none: 0.5 x (1 + erf(x / sqrt(2)))
+
+Both are evaluated in forms without cancellation for very negative x, where
+1 + tanh(u) and 1 + erf(z) lose every digit in fp32:
+0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u))   and   0.5 (1 + erf(z)) = 0.5 erfc(-z).
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ TANH_COEF = 0.044715  # from the GELU paper's tanh approximation
 def math_gelu(x: torch.Tensor, approximate: str) -> torch.Tensor:
     """Explicit GELU formula on an already-upcast tensor."""
     if approximate == "tanh":
-        return 0.5 * x * (1.0 + torch.tanh(SQRT_2_OVER_PI * (x + TANH_COEF * x * x * x)))
-    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+        return x * torch.sigmoid(2.0 * SQRT_2_OVER_PI * (x + TANH_COEF * x * x * x))
+    return 0.5 * x * torch.erfc(-x / math.sqrt(2.0))
 
 
 def _check(x, approximate):

@@ -24,10 +24,12 @@ def check(op, x, weight, bias, eps):
 def reference(x, weight, bias, eps):
     check(OP, x, weight, bias, eps)
     acc = acc_dtype(x.dtype)
-    xf = x.to(acc)
-    mean = xf.mean(dim=-1, keepdim=True)
-    var = ((xf - mean) ** 2).mean(dim=-1, keepdim=True)  # biased variance, as GPT-2 and F.layer_norm
-    y = (xf - mean) / torch.sqrt(var + eps) * weight.to(acc) + bias.to(acc)
+    # Shift by the row's first element before summing: with a large common offset the fp32
+    # sum of x would lose the small deviations (x - x0 is exact for nearby values).
+    xs = x.to(acc) - x[..., :1].to(acc)
+    dev = xs - xs.mean(dim=-1, keepdim=True)
+    var = (dev * dev).mean(dim=-1, keepdim=True)  # biased variance, as GPT-2 and F.layer_norm
+    y = dev / torch.sqrt(var + eps) * weight.to(acc) + bias.to(acc)
     return y.to(x.dtype)
 
 

@@ -1,0 +1,44 @@
+"""Helpers of the ops tests: devices, dtypes, NMSE against float64 references."""
+import pytest
+import torch
+
+from gpt_engine import ops
+from tests.tolerances import tol
+
+HAS_CUDA = torch.cuda.is_available() and ops.cuda_kernels_available()
+
+CUDA = pytest.param("cuda", id="cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")])
+CPU = pytest.param("cpu", id="cpu")
+DEVICES = [CPU, CUDA]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TOL_NAME = {torch.float32: "nmse_fp32", torch.float64: "nmse_fp32", torch.float16: "nmse_fp16",
+            torch.bfloat16: "nmse_bf16"}
+
+
+def nmse(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """sum((a - b)^2) / sum(b^2) in float64 on the CPU."""
+    a = out.detach().to("cpu", torch.float64)
+    b = ref.detach().to("cpu", torch.float64)
+    assert a.shape == b.shape, f"shape {tuple(a.shape)} != reference {tuple(b.shape)}"
+    den = float((b * b).sum())
+    assert den > 0, "reference is all zeros: the test input is degenerate"
+    return float(((a - b) ** 2).sum()) / den
+
+
+def assert_nmse(out: torch.Tensor, ref: torch.Tensor, tol_name: str, what: str = "output") -> float:
+    assert torch.isfinite(out).all(), f"{what}: {int((~torch.isfinite(out)).sum())} non-finite elements (NaN = unwritten)"
+    err = nmse(out, ref)
+    bound = tol(tol_name)
+    assert err <= bound, f"{what}: NMSE {err:.3e} > {tol_name} = {bound:.1e}"
+    return err
+
+
+def f64(*ts):
+    """CPU float64 copies: the oracle's inputs are the test inputs exactly as rounded."""
+    out = tuple(t.detach().to("cpu", torch.float64) if t.is_floating_point() else t.detach().cpu() for t in ts)
+    return out if len(out) > 1 else out[0]
+
+
+def randn(shape, dtype, device, scale=1.0, offset=0.0):
+    return (torch.randn(shape, dtype=torch.float32, device=device) * scale + offset).to(dtype)

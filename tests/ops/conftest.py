@@ -1,0 +1,23 @@
+"""Fixtures of the ops suites: fresh random inputs per test, NaN-poisoned kernel outputs."""
+import os
+
+import pytest
+import torch
+
+from gpt_engine.ops import _common
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed(request):
+    """A new seed for every test and run (torch's default seed is fixed); printed on failure
+    through the report's user properties so a failure can be replayed."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    request.node.user_properties.append(("seed", seed))
+    return seed
+
+
+@pytest.fixture(autouse=True)
+def nan_outputs(monkeypatch):
+    """Every kernel output starts as NaN, so an element the kernel does not write fails."""
+    monkeypatch.setattr(_common, "FILL_OUTPUTS_WITH_NAN", True)

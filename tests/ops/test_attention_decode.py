@@ -1,0 +1,77 @@
+"""Decode attention over the KV cache (GT-018), MHA/GQA (GT-019), prefill + decode = full (GT-020)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt_engine import ops
+from gpt_engine.ops import attention_decode_module as mod
+from gpt_engine.ops import attention_prefill_module as prefill_mod
+
+from ._util import DEVICES, TOL_NAME, assert_nmse, f64, randn
+
+# (B, Hq, Hkv, S, D, lens): ragged lengths, odd lengths, one key, a full cache, GQA groups 1..8
+CASES = [(1, 1, 1, 16, 64, [1]), (2, 12, 12, 300, 64, [300, 7]), (3, 8, 2, 1000, 64, [999, 1, 513]),
+         (1, 16, 2, 4100, 64, [4097]), (2, 9, 3, 77, 128, [77, 40]), (1, 4, 4, 50, 32, [33]),
+         (4, 32, 4, 2048, 64, [2048, 1500, 1024, 3])]
+
+
+@pytest.mark.story("GT-018", "GT-019")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_decode_vs_float64(device, dtype, case):
+    b, hq, hkv, s, d, lens = case
+    q = randn((b, hq, d), dtype, device)
+    kc, vc = randn((b, hkv, s, d), dtype, device), randn((b, hkv, s, d), dtype, device)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    out = ops.attention_decode(q, kc, vc, seq_lens, d ** -0.5)
+    assert out.shape == q.shape and out.dtype == dtype
+    ref = mod.reference(*f64(q, kc, vc), seq_lens.cpu(), d ** -0.5)
+    assert_nmse(out, ref, "nmse_attention" if dtype != torch.float32 else TOL_NAME[dtype])
+
+
+@pytest.mark.story("GT-018", "GT-020")
+def test_decode_reference_matches_sdpa():
+    q, kc, vc = torch.randn(2, 6, 16, dtype=torch.float64), torch.randn(2, 2, 40, 16, dtype=torch.float64), \
+        torch.randn(2, 2, 40, 16, dtype=torch.float64)
+    lens = torch.tensor([40, 13])
+    out = mod.reference(q, kc, vc, lens, 0.25)
+    for i, n in enumerate(lens.tolist()):
+        sd = F.scaled_dot_product_attention(q[i, :, None], kc[i, :, :n], vc[i, :, :n], scale=0.25, enable_gqa=True)
+        assert torch.allclose(out[i], sd[:, 0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.story("GT-020", "GT-018", "GT-019")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (8, 2)])
+def test_prefill_then_decode_equals_full_forward(device, hq, hkv):
+    """Prefill 37 tokens into the cache, decode 12 more one at a time: every output matches
+    the float64 reference of causal attention over all 49 tokens at once."""
+    b, t, p, d, s = 2, 49, 37, 64, 64
+    q, k, v = randn((b, t, hq, d), torch.float16, device), randn((b, t, hkv, d), torch.float16, device), \
+        randn((b, t, hkv, d), torch.float16, device)
+    kc = torch.full((b, hkv, s, d), float("nan"), dtype=torch.float16, device=device)
+    vc = kc.clone()
+    outs = [ops.attention_prefill(q[:, :p], k[:, :p], v[:, :p], 0.125)]
+    ops.kv_append(kc, vc, k[:, :p], v[:, :p], 0)
+    for i in range(p, t):
+        ops.kv_append(kc, vc, k[:, i:i + 1], v[:, i:i + 1], i)
+        lens = torch.full((b,), i + 1, dtype=torch.int64, device=device)
+        outs.append(ops.attention_decode(q[:, i], kc, vc, lens, 0.125)[:, None])
+    full = prefill_mod.reference(*f64(q, k, v), 0.125)
+    assert_nmse(torch.cat(outs, dim=1), full, "nmse_attention")
+
+
+@pytest.mark.story("GT-018")
+@pytest.mark.parametrize("device", DEVICES)
+def test_decode_bad_inputs(device):
+    q = torch.randn(2, 4, 64, device=device)
+    kc = torch.randn(2, 2, 10, 64, device=device)
+    with pytest.raises(ops.OpError, match="seq_lens holds 11"):
+        ops.attention_decode(q, kc, kc, torch.tensor([3, 11], device=device), 0.125)
+    with pytest.raises(ops.OpError, match="seq_lens holds 0"):
+        ops.attention_decode(q, kc, kc, torch.tensor([0, 1], device=device), 0.125)
+    with pytest.raises(ops.OpError, match="seq_lens has dtype"):
+        ops.attention_decode(q, kc, kc, torch.tensor([1.0, 2.0], device=device), 0.125)
+    with pytest.raises(ops.OpError, match="not a multiple"):
+        ops.attention_decode(torch.randn(2, 3, 64, device=device), kc, kc, torch.tensor([1, 2], device=device), 0.125)

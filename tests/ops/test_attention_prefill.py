@@ -1,0 +1,95 @@
+"""Causal prefill attention (GT-017), MHA and GQA layouts (GT-019), unit properties (GT-020)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt_engine import ops
+from gpt_engine.ops import attention_prefill_module as mod
+
+from ._util import DEVICES, TOL_NAME, assert_nmse, f64, randn
+
+# (B, T, Hq, Hkv, D): odd/even T, T below/above one tile, MHA (Hq == Hkv) and GQA layouts
+CASES = [(1, 1, 1, 1, 64), (2, 17, 4, 4, 64), (1, 128, 12, 12, 64), (2, 200, 6, 2, 64), (1, 333, 9, 3, 64),
+         (1, 129, 8, 1, 64), (2, 77, 4, 2, 128), (1, 64, 3, 3, 32)]
+
+
+def _sdpa64(q, k, v, scale):
+    """torch's SDPA (math backend on CPU float64) as an oracle independent of our reference."""
+    qh, kh, vh = (t.transpose(1, 2) for t in f64(q, k, v))
+    out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale,
+                                         enable_gqa=q.shape[2] != k.shape[2])
+    return out.transpose(1, 2)
+
+
+@pytest.mark.story("GT-017", "GT-019")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_prefill_vs_float64(device, dtype, case):
+    b, t, hq, hkv, d = case
+    q, k, v = randn((b, t, hq, d), dtype, device), randn((b, t, hkv, d), dtype, device), randn((b, t, hkv, d), dtype, device)
+    scale = d ** -0.5
+    out = ops.attention_prefill(q, k, v, scale)
+    assert out.shape == q.shape and out.dtype == dtype
+    ref = mod.reference(*f64(q, k, v), scale)
+    assert_nmse(out, ref, "nmse_attention" if dtype != torch.float32 else TOL_NAME[dtype])
+
+
+@pytest.mark.story("GT-017", "GT-019")
+@pytest.mark.parametrize("device", DEVICES)
+def test_prefill_strided_qkv_views(device):
+    """q, k, v as views into one fused [B, T, 3, H, D] projection (the GPT-2 layout)."""
+    b, t, h, d = 2, 95, 4, 64
+    qkv = randn((b, t, 3, h, d), torch.float16, device)
+    q, k, v = qkv.unbind(2)
+    out = ops.attention_prefill(q, k, v, 0.125)
+    assert_nmse(out, mod.reference(*f64(q, k, v), 0.125), "nmse_attention")
+
+
+@pytest.mark.story("GT-017", "GT-020")
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (6, 2)])
+def test_reference_matches_sdpa(hq, hkv):
+    q, k, v = torch.randn(2, 37, hq, 16, dtype=torch.float64), torch.randn(2, 37, hkv, 16, dtype=torch.float64), \
+        torch.randn(2, 37, hkv, 16, dtype=torch.float64)
+    assert torch.allclose(mod.reference(q, k, v, 0.3), _sdpa64(q, k, v, 0.3), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.story("GT-020")
+@pytest.mark.parametrize("device", DEVICES)
+def test_prefill_is_causal(device):
+    """Mask: changing keys/values of later tokens never changes earlier outputs; softmax rows
+    sum to 1, so with all-equal values every output equals that value."""
+    b, t, h, d = 1, 150, 2, 64
+    q, k, v = (randn((b, t, h, d), torch.float16, device) for _ in range(3))
+    out1 = ops.attention_prefill(q, k, v, 0.125)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, 100:] = randn((b, t - 100, h, d), torch.float16, device)
+    v2[:, 100:] = randn((b, t - 100, h, d), torch.float16, device)
+    out2 = ops.attention_prefill(q, k2, v2, 0.125)
+    assert torch.equal(out1[:, :100], out2[:, :100])
+    assert not torch.equal(out1[:, 100:], out2[:, 100:])
+    const = torch.full_like(v, 0.375)
+    assert torch.allclose(ops.attention_prefill(q, k, const, 0.125).float(), const.float(), atol=1e-3)
+    # the first token attends only itself: its output is its own value row
+    assert torch.allclose(out1[:, 0].float(), v[:, 0].float(), atol=1e-3)
+
+
+@pytest.mark.story("GT-017")
+@pytest.mark.parametrize("device", DEVICES)
+def test_prefill_large_scores_stay_finite(device):
+    """Scores far beyond fp16 range after scaling: the online softmax must rescale, not overflow."""
+    q, k, v = (randn((1, 70, 2, 64), torch.float16, device, 30.0) for _ in range(3))
+    out = ops.attention_prefill(q, k, v, 1.0)
+    assert_nmse(out, mod.reference(*f64(q, k, v), 1.0), "nmse_attention")
+
+
+@pytest.mark.story("GT-017", "GT-019")
+@pytest.mark.parametrize("device", DEVICES)
+def test_prefill_bad_inputs(device):
+    q = torch.randn(1, 4, 6, 8, device=device)
+    with pytest.raises(ops.OpError, match="not a multiple"):
+        ops.attention_prefill(q, torch.randn(1, 4, 4, 8, device=device), torch.randn(1, 4, 4, 8, device=device), 0.3)
+    with pytest.raises(ops.OpError, match="k has shape"):
+        ops.attention_prefill(q, torch.randn(1, 5, 2, 8, device=device), torch.randn(1, 5, 2, 8, device=device), 0.3)
+    with pytest.raises(ops.OpError, match="scale"):
+        ops.attention_prefill(q, q, q, 0.0)

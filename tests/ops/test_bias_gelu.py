@@ -1,0 +1,30 @@
+"""Bias + GELU epilogue of the FFN (GT-014, GT-012) vs float64."""
+import pytest
+import torch
+
+from gpt_engine import ops
+from gpt_engine.ops import gelu_module
+
+from ._util import DEVICES, DTYPES, TOL_NAME, assert_nmse, f64, randn
+
+SHAPES = [(1, 1), (3, 7), (4, 3072), (5, 1023), (2, 3, 6400), (1, 4099)]
+
+
+@pytest.mark.story("GT-014", "GT-012")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_bias_gelu_vs_float64(device, approximate, dtype, shape):
+    x, b = randn(shape, dtype, device, 2.0), randn((shape[-1],), dtype, device)
+    out = ops.bias_gelu(x, b, approximate)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert_nmse(out, gelu_module.reference(f64(x) + f64(b), approximate), TOL_NAME[dtype])
+
+
+@pytest.mark.story("GT-014")
+@pytest.mark.parametrize("device", DEVICES)
+def test_bias_gelu_bad_inputs(device):
+    x = torch.randn(4, 8, device=device)
+    with pytest.raises(ops.OpError, match="bias has shape"):
+        ops.bias_gelu(x, torch.randn(4, device=device), "tanh")

@@ -1,0 +1,33 @@
+"""GPT FFN (GT-014): up -> bias + GELU -> down vs a float64 nn.Linear/F.gelu oracle."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt_engine import ops
+
+from ._util import DEVICES, TOL_NAME, assert_nmse, f64, randn
+
+
+@pytest.mark.story("GT-014")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,c,f", [((3,), 64, 256), ((2, 5), 96, 384), ((1, 7), 768, 3072)], ids=str)
+def test_ffn_vs_float64(device, dtype, shape, c, f):
+    x = randn((*shape, c), dtype, device)
+    wu, bu = randn((f, c), dtype, device, c ** -0.5), randn((f,), dtype, device, 0.1)
+    wd, bd = randn((c, f), dtype, device, f ** -0.5), randn((c,), dtype, device, 0.1)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 must stay fp32 for the 1e-10 bound
+    out = ops.ffn(x, wu, bu, wd, bd, "tanh")
+    xd, wud, bud, wdd, bdd = f64(x, wu, bu, wd, bd)
+    ref = F.linear(F.gelu(F.linear(xd, wud, bud), approximate="tanh"), wdd, bdd)
+    # fp16/bf16: the [.., F] activation is rounded between the GEMMs (as in any half-precision
+    # engine), so the bound is the one for that dtype; fp32 stays fp32 throughout
+    assert_nmse(out, ref, TOL_NAME[dtype])
+
+
+@pytest.mark.story("GT-014")
+def test_ffn_bad_inputs():
+    x = torch.randn(2, 8)
+    with pytest.raises(ops.OpError, match="w_down has shape"):
+        ops.ffn(x, torch.randn(16, 8), torch.randn(16), torch.randn(8, 8), torch.randn(8), "tanh")

@@ -1,0 +1,39 @@
+"""Residual add (GT-015) vs float64."""
+import pytest
+import torch
+
+from gpt_engine import ops
+
+from ._util import DEVICES, DTYPES, TOL_NAME, assert_nmse, f64, randn
+
+SHAPES = [(1,), (7,), (3, 768), (5, 1023), (2, 3, 4097), (1 << 20,), ((1 << 20) + 3,)]
+
+
+@pytest.mark.story("GT-015")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_residual_add_vs_float64(device, dtype, shape):
+    x, y = randn(shape, dtype, device), randn(shape, dtype, device, 2.0)
+    out = ops.residual_add(x, y)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert_nmse(out, f64(x) + f64(y), TOL_NAME[dtype])
+
+
+@pytest.mark.story("GT-015")
+@pytest.mark.parametrize("device", DEVICES)
+def test_residual_add_unaligned_view(device):
+    """A view starting one element in: the kernel must take its unvectorised path."""
+    base = randn((4097,), torch.float16, device)
+    x, y = base[1:], randn((4096,), torch.float16, device)
+    assert_nmse(ops.residual_add(x, y), f64(x) + f64(y), "nmse_fp16")
+
+
+@pytest.mark.story("GT-015")
+@pytest.mark.parametrize("device", DEVICES)
+def test_residual_add_bad_inputs(device):
+    x = torch.randn(4, 8, device=device)
+    with pytest.raises(ops.OpError, match="y has shape"):
+        ops.residual_add(x, x.T)
+    with pytest.raises(ops.OpError, match="y has dtype"):
+        ops.residual_add(x, x.double())
