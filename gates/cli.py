@@ -1,0 +1,204 @@
+"""`python -m gates <command>`: the harness's one entry point (nox sessions call it).
+
+Exit codes: 0 success / gate passes, 1 gate fails or tests fail, 2 harness error (bad card,
+corrupt evidence file), with a one-line message naming the file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from gates import cards as _cards
+from gates import evidence as _evidence
+from gates import sources as _sources
+from gates.paths import resolve
+from gates.verdict import Evaluator
+
+GATE_NAMES = list(_cards.GATES)
+
+
+def load(paths) -> Evaluator:
+    stories = _cards.load_cards(paths.stories)
+    runs = _evidence.load_all(paths.evidence)
+    current = _sources.hash_stories(paths.root, stories)
+    return Evaluator(stories, runs, current)
+
+
+def _clip(s: str, n: int) -> str:
+    s = " ".join(str(s).split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def gate_table(ev: Evaluator, doc: dict) -> str:
+    width = max(100, shutil.get_terminal_size((140, 20)).columns)
+    lines = [f"{doc['gate']}: {doc['verdict'].upper()}   (sprints {', '.join(map(str, doc['sprints']))}; "
+             f"upstream {doc['upstream'] or 'none'}; {len(ev.runs)} evidence file(s))", ""]
+    hdr = f"{'STORY':<7} {'STATUS':<11} {'STATE':<8} {'CRITERION':<44} REASON"
+    lines += [hdr, "-" * min(width, 160)]
+    for st in doc["stories"]:
+        first = True
+        for c in st["criteria"] or [{"state": "-", "label": "(no criteria)", "reason": ""}]:
+            sid = st["id"] if first else ""
+            status = st["status"] if first else ""
+            lines.append(f"{sid:<7} {status:<11} {c['state']:<8} {_clip(c['label'], 44):<44} "
+                         f"{_clip(c['reason'], max(20, width - 74))}")
+            first = False
+    lines.append("")
+    if doc["blockers"]:
+        lines.append(f"{len(doc['blockers'])} blocker(s):")
+        for b in doc["blockers"]:
+            lines.append(f"  {b['story'] or doc['gate']}: {b['criterion']} [{b['state']}] {b['reason']}")
+    else:
+        lines.append("no blockers")
+    lines.append(f"verdict: {doc['gate']} {doc['verdict'].upper()}")
+    return "\n".join(lines)
+
+
+def write_gate_json(paths, doc: dict) -> Path:
+    out = paths.reports / "gates"
+    out.mkdir(parents=True, exist_ok=True)
+    p = out / f"{doc['gate']}.json"
+    p.write_text(json.dumps(doc, indent=1) + "\n")
+    return p
+
+
+def cmd_gate(a, paths) -> int:
+    t0 = time.perf_counter()
+    ev = load(paths)
+    doc = ev.gate(a.gate)
+    doc["evaluated_at"] = _evidence.iso(_evidence.utc_now())
+    print(gate_table(ev, doc))
+    p = write_gate_json(paths, doc)
+    print(f"wrote {p} in {time.perf_counter() - t0:.2f}s")
+    return 0 if doc["verdict"] == "pass" else 1
+
+
+def story_text(ev: Evaluator, sid: str) -> str:
+    r = ev.story(sid)
+    s = r.story
+    lines = [f"{s.id} {s.title} (sprint {s.sprint}, {s.gate}): {r.status.upper()}", f"  bar: {s.description}"]
+    if s.is_verdict:
+        lines.append(f"  status is the {s.verdict} verdict: {ev.gate(s.verdict)['verdict']}")
+    for c in r.criteria:
+        lines.append(f"  [{c.state:<7}] {c.criterion.label}: {c.reason}")
+        for e in c.evidence[:3]:
+            lines.append(f"             evidence {e['file']} (commit {e['commit']}, {e['machine_class']})")
+    return "\n".join(lines)
+
+
+def cmd_story(a, paths) -> int:
+    from gates.runner import run_pytest
+    stories = _cards.load_cards(paths.stories)
+    unknown = [s for s in a.ids if s not in stories]
+    if unknown:
+        print(f"unknown story id(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    rc = 0
+    if not a.no_run:
+        args = [x for sid in a.ids for x in ("--story", sid)] + list(a.pytest_args)
+        rc = run_pytest(args, cwd=paths.root)
+        if rc == 5:      # "no tests collected": the story simply has no tests yet
+            rc = 0
+    ev = load(paths)
+    print()
+    for sid in a.ids:
+        print(story_text(ev, sid))
+    return rc
+
+
+def cmd_status(a, paths) -> int:
+    ev = load(paths)
+    for r in ev.all_stories():
+        print(f"{r.story.id:<7} {r.status:<11} {r.story.title}")
+    return 0
+
+
+def cmd_enforce(a, paths) -> int:
+    listfile = Path(a.file) if a.file else paths.root / ".ci" / "enforced_gates"
+    names = []
+    if listfile.exists():
+        for line in listfile.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                names.append(line)
+    unknown = [n for n in names if n not in _cards.GATES]
+    if unknown:
+        print(f"{listfile}: unknown gate(s) {unknown}; known {GATE_NAMES}", file=sys.stderr)
+        return 2
+    if not names:
+        print(f"{listfile}: no enforced gates yet")
+        return 0
+    ev = load(paths)
+    failed = []
+    for n in names:
+        doc = ev.gate(n)
+        write_gate_json(paths, doc)
+        print(f"enforced {n}: {doc['verdict'].upper()}")
+        if doc["verdict"] != "pass":
+            failed.append(n)
+            for b in doc["blockers"]:
+                print(f"  {b['story'] or n}: {b['criterion']} [{b['state']}] {b['reason']}")
+    if failed:
+        print(f"enforced gate(s) regressed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_prune(a, paths) -> int:
+    removed = _evidence.prune(paths.evidence, a.keep, dry_run=a.dry_run)
+    verb = "would remove" if a.dry_run else "removed"
+    for p in removed:
+        print(f"{verb} {p}")
+    print(f"{verb} {len(removed)} file(s); kept the newest {a.keep} per machine class")
+    return 0
+
+
+def cmd_report(a, paths) -> int:
+    from gates.report import render_all
+    t0 = time.perf_counter()
+    for p in render_all(paths):
+        print(f"wrote {p}")
+    print(f"report rendered in {time.perf_counter() - t0:.2f}s")
+    return 0
+
+
+def cmd_tests(a, paths) -> int:
+    from gates.runner import run_pytest, xdist_available
+    args = (["-n", "auto"] if xdist_available() else []) + list(a.pytest_args)
+    return run_pytest(args, cwd=paths.root)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gates", description=__doc__.splitlines()[0])
+    ap.add_argument("--root", help="repository root (default: the checkout gates/ lives in)")
+    ap.add_argument("--stories", help="story card folder (default <root>/stories)")
+    ap.add_argument("--evidence", help="evidence folder (default $GPT_ENGINE_EVIDENCE_DIR or <root>/reports/evidence)")
+    ap.add_argument("--reports", help="output folder for reports (default <root>/reports)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("gate", help="evaluate a gate: table on stdout, reports/gates/<gate>.json; exit 0 iff it passes")
+    g.add_argument("gate", choices=GATE_NAMES)
+    s = sub.add_parser("story", help="run one story's tests and benchmarks, then print its status")
+    s.add_argument("ids", nargs="+", metavar="ID")
+    s.add_argument("--no-run", action="store_true", help="only print the status from existing evidence")
+    s.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[], help="extra pytest arguments")
+    sub.add_parser("status", help="one line per story with its status")
+    e = sub.add_parser("enforce", help="exit non-zero if any gate listed in .ci/enforced_gates fails")
+    e.add_argument("--file", help="list file (default <root>/.ci/enforced_gates)")
+    p = sub.add_parser("prune", help="keep the newest N evidence files per machine class")
+    p.add_argument("--keep", type=int, required=True)
+    p.add_argument("--dry-run", action="store_true")
+    sub.add_parser("report", help="results.csv, progress.{html,md}, m0_readiness.{html,md}, gates/*.json")
+    t = sub.add_parser("tests", help="the full CPU suite with pytest-xdist (writes evidence)")
+    t.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    a = ap.parse_args(argv)
+    paths = resolve(a.root, a.stories, a.evidence, a.reports)
+    try:
+        return {"gate": cmd_gate, "story": cmd_story, "status": cmd_status, "enforce": cmd_enforce,
+                "prune": cmd_prune, "report": cmd_report, "tests": cmd_tests}[a.cmd](a, paths)
+    except (_cards.CardError, _evidence.EvidenceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
