@@ -7,7 +7,6 @@ log beside it. Usage: python -m gates.gpu [--all] [extra pytest args, e.g. -k la
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -1,0 +1,67 @@
+"""nox sessions: CI runs `nox -s gate1`; engineers run `nox -s story -- GT-011`.
+
+Every session runs in the environment nox itself runs in (venv_backend="none"): the README's
+first command builds .venv with every dependency pinned (torch 2.13.0 CPU in particular), a
+per-session virtualenv would re-download multi-GB wheels and could resolve a different torch,
+and reusing the one environment makes a rerun instant. The logic lives in the gates package
+(`python -m gates ...`), so the GPU machine, which has no nox, runs the same code.
+"""
+import sys
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests"]
+nox.options.error_on_external_run = False
+
+PY = sys.executable   # the interpreter running nox: .venv's python
+
+
+def _gates(session, *args):
+    session.run(PY, "-m", "gates", *args, external=True)
+
+
+@nox.session
+def tests(session):
+    """The full CPU suite in parallel (pytest-xdist); writes one evidence file."""
+    _gates(session, "tests", *session.posargs)
+
+
+@nox.session
+def story(session):
+    """One story's tests and benchmarks, then its status: nox -s story -- GT-011 [more ids]."""
+    if not session.posargs:
+        session.error("name the story: nox -s story -- GT-0xx")
+    _gates(session, "story", *session.posargs)
+
+
+def _gate_session(name):
+    @nox.session(name=name)
+    def _gate(session):
+        _gates(session, "gate", name)
+    _gate.__doc__ = f"Evaluate {name} from the evidence: exit 0 iff it passes; reports/gates/{name}.json."
+    return _gate
+
+
+gate1 = _gate_session("gate1")
+gate2 = _gate_session("gate2")
+gate3 = _gate_session("gate3")
+m0 = _gate_session("m0")
+
+
+@nox.session
+def gpu(session):
+    """CUDA suites + benchmarks on a GPU machine (same as `python -m gates.gpu`)."""
+    session.run(PY, "-m", "gates.gpu", *session.posargs, external=True)
+
+
+@nox.session
+def report(session):
+    """results.csv, progress.{html,md}, m0_readiness.{html,md} and reports/gates/*.json."""
+    _gates(session, "report")
+
+
+@nox.session
+def enforce(session):
+    """Fail if any gate listed in .ci/enforced_gates fails (CI calls it)."""
+    _gates(session, "enforce")
