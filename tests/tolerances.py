@@ -20,3 +20,4 @@ def tol(name: str) -> float:
     return TOLERANCES[name][0]
 TOLERANCES["nmse_block_float16"] = (1e-4, "GT-016: a GPT-2 block in fp16 rounds ~10 intermediate tensors (LN, qkv, attention, proj, residuals, FFN up/GELU/down) to 2^-11 each; with GEMM sums over 768-3072 terms the block output lands near 1e-6, 1e-4 leaves margin without hiding a wrong op (errors of a wrong op are O(1))")
 TOLERANCES["nmse_block_bfloat16"] = (5e-3, "GT-016: as nmse_block_float16 but with bf16's 2^-8 rounding, 64x the fp16 step in squared terms (~6e-5 expected)")
+TOLERANCES["gguf_parse_peak_bytes"] = (1 << 20, "GT-005: fuzzed files are < 4 KiB; parsing one allocates its few KiB of metadata, never anything sized by a corrupted count or length (those claim >= 2^32 bytes), so 1 MiB of tracemalloc peak separates the two by 4000x")
