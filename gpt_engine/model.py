@@ -133,8 +133,11 @@ def load(path: str | Path | None = None, device: str = "cpu", *, tokenizer_path:
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
-    dev = torch.device(device)
-    if dev.type not in _DEFAULT_DTYPE:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in _DEFAULT_DTYPE:
         raise ModelError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("device 'cuda' requested but no CUDA device is available")
