@@ -73,7 +73,8 @@ class Criterion:
 
 def _fmt_where(v) -> str:
     if isinstance(v, dict):
-        return " ".join(f"{op} {x}" for op, x in sorted(v.items()))
+        sym = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "=="}
+        return " and ".join(f"{sym[op]} {x}" for op, x in sorted(v.items()))
     return f"== {v}"
 
 

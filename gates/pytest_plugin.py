@@ -72,7 +72,8 @@ def _failure_message(report) -> str | None:
     if not msg:
         lines = (getattr(report, "longreprtext", "") or "").strip().splitlines()
         msg = lines[-1] if lines else ""
-    return msg.strip()[:400] or None
+    first = msg.strip().splitlines()[0] if msg.strip() else ""
+    return first[:300] or None
 
 
 class Recorder:

@@ -201,7 +201,9 @@ class Evaluator:
         outcomes = {t["nodeid"]: t["outcome"] for t in run["tests"]}
         problems, invalid, cases = [], [], []
         for m in ms:
-            case = {"name": m["name"], "value": m["value"], "unit": m["unit"], "ratios": {}}
+            case = {"name": m["name"], "value": m["value"], "unit": m["unit"], "kind": m["kind"],
+                    "device": m.get("device"), "valid": m.get("valid", False), "params": m.get("params", {}),
+                    "references": m["references"], "normalized": m.get("ratios", {}), "ratios": {}}
             if not m.get("valid", False):
                 invalid.append(f"{m['name']}: {m.get('invalid_reason') or 'invalid'}")
             if outcomes.get(m["nodeid"]) != "passed":
