@@ -227,13 +227,22 @@ def _from_json(path: Path) -> tuple[HFTokenizer, int]:
     return hf, n
 
 
-def _optional_id(metadata: dict, key: str, n: int, source: str) -> int | None:
+def _special_id(metadata: dict, key: str, hf: HFTokenizer, n: int, source: str, from_json: bool) -> int | None:
+    """bos/eos from the GGUF. With a separate tokenizer.json the GGUF's id names a token of the
+    GGUF's own list; the same token (by text) is looked up in the tokenizer.json, whose ids may differ."""
     v = metadata.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
-        raise TokenizerError(f"{source}: {key} = {v!r} is not a token id in [0, {n})")
-    return int(v)
+    tokens = metadata.get(Keys.Tokenizer.LIST)
+    limit = len(tokens) if from_json and isinstance(tokens, list) else n
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < limit:
+        raise TokenizerError(f"{source}: {key} = {v!r} is not a token id in [0, {limit})")
+    if not (from_json and isinstance(tokens, list)):
+        return int(v)
+    found = hf.token_to_id(tokens[v])
+    if found is None:
+        raise TokenizerError(f"{source}: has no token {tokens[v]!r}, which the model's {key} ({v}) names")
+    return found
 
 
 def load_tokenizer(model_path, metadata: dict, tokenizer_path=None, embedding_rows: int | None = None,
@@ -287,6 +296,6 @@ def load_tokenizer(model_path, metadata: dict, tokenizer_path=None, embedding_ro
         ctx = metadata.get(Keys.LLM.CONTEXT_LENGTH.format(arch=arch)) if isinstance(arch, str) else None
         context_length = int(ctx) if isinstance(ctx, int) and not isinstance(ctx, bool) else None
     return Tokenizer(hf, source=source, vocab_size=n,
-                     bos_id=_optional_id(metadata, Keys.Tokenizer.BOS_ID, n, source),
-                     eos_id=_optional_id(metadata, Keys.Tokenizer.EOS_ID, n, source),
+                     bos_id=_special_id(metadata, Keys.Tokenizer.BOS_ID, hf, n, source, not exact),
+                     eos_id=_special_id(metadata, Keys.Tokenizer.EOS_ID, hf, n, source, not exact),
                      add_bos=add_bos, context_length=context_length)
