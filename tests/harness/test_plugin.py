@@ -1,0 +1,155 @@
+"""The pytest plugin end to end: real pytest sub-processes on a synthetic repository."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gates.runner import plugin_args
+
+from tests.harness._synth import BENCH_LN, TESTS_CPU, TESTS_CUDA, Repo
+
+pytestmark = pytest.mark.story("GT-042")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HAS_GPU = shutil.which("nvidia-smi") is not None
+
+INNER_TESTS = '''
+import pytest
+
+@pytest.mark.story("GT-001")
+def test_pass():
+    assert 2 + 2 == 4
+
+@pytest.mark.story("GT-001", "GT-008")
+def test_fail():
+    assert 2 + 2 == 5, "arithmetic"
+
+@pytest.mark.story("GT-008")
+def test_skip():
+    pytest.skip("not today")
+
+@pytest.mark.story("GT-008")
+@pytest.mark.cuda
+def test_on_gpu():
+    pass
+
+@pytest.mark.story("GT-008")
+@pytest.mark.benchmark
+def test_bench(bench):
+    t = bench.cpu_time(lambda: sum(range(100)), warmup=1, reps=3)
+    bench.record("gguf_open.gpt2_vocab", t, "s", kind="time", references={"gguf_reader": t * 20})
+
+@pytest.mark.story("GT-008")
+def test_bench_unmarked(bench):
+    pass
+'''
+
+
+@pytest.fixture
+def inner(tmp_path):
+    repo = Repo(tmp_path)
+    repo.write("src/a.py", "A\n")
+    repo.add_card("GT-001", 1, "gate1", ["src/a.py"], [TESTS_CPU])
+    repo.add_card("GT-008", 2, "gate1", ["src/a.py", "tests/*.py"], [TESTS_CPU, TESTS_CUDA, BENCH_LN])
+    repo.add_card("GT-022", 3, "gate1", [], [], verdict="gate1")
+    repo.write("pytest.ini", "[pytest]\naddopts = --strict-markers -p no:cacheprovider\n")
+    repo.write("tests/test_inner.py", INNER_TESTS)
+    return repo
+
+
+def run_inner(repo, *args, out=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "GPT_ENGINE_EVIDENCE_DIR", "PYTEST_ADDOPTS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    if out:
+        env["OUT"] = str(out)
+    cmd = [sys.executable, "-m", "pytest", *plugin_args(), "--repo-root", str(repo.root),
+           "--stories-dir", str(repo.paths.stories), "--evidence-dir", str(repo.paths.evidence), *args]
+    return subprocess.run(cmd, cwd=repo.root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def evidence_files(repo):
+    return sorted(repo.paths.evidence.glob("*.json"))
+
+
+def test_one_evidence_file_with_outcomes_devices_metrics_and_provenance(inner, tmp_path):
+    out = tmp_path / "out"
+    r = run_inner(inner, "tests", out=out)
+    assert r.returncode == 1, r.stdout + r.stderr           # test_fail fails
+    files = evidence_files(inner)
+    assert len(files) == 1 and (out / files[0].name).read_bytes() == files[0].read_bytes()
+    doc = json.loads(files[0].read_text())
+    tests = {t["nodeid"].split("::")[1]: t for t in doc["tests"]}
+    assert tests["test_pass"]["outcome"] == "passed" and tests["test_pass"]["device"] == "cpu"
+    assert tests["test_fail"]["outcome"] == "failed" and tests["test_fail"]["stories"] == ["GT-001", "GT-008"]
+    assert "arithmetic" in tests["test_fail"]["message"]
+    assert tests["test_skip"]["outcome"] == "skipped" and tests["test_skip"]["skip_reason"] == "not today"
+    assert tests["test_bench_unmarked"]["outcome"] == "error"
+    assert "not marked @pytest.mark.benchmark" in tests["test_bench_unmarked"]["message"]
+    if HAS_GPU:
+        assert tests["test_on_gpu"]["device"] not in (None, "cpu")
+    else:
+        assert tests["test_on_gpu"]["outcome"] == "skipped" and tests["test_on_gpu"]["device"] is None
+        assert "needs CUDA" in tests["test_on_gpu"]["skip_reason"]
+    [m] = doc["benchmarks"]
+    assert m["name"] == "gguf_open.gpt2_vocab" and m["valid"] and m["stories"] == ["GT-008"]
+    assert m["higher_is_better"] is False and m["ratios"]["gguf_reader"] == pytest.approx(20.0)
+    prov = doc["provenance"]
+    assert {"commit", "dirty", "cpu_model", "gpu_name", "driver", "cuda", "torch", "python", "machine_class"} <= set(prov)
+    assert os.uname().nodename not in json.dumps(doc)         # no host names
+    assert set(doc["source_hashes"]) == {"GT-001", "GT-008", "GT-022"}
+    assert doc["story_files"]["GT-008"] == ["src/a.py", "tests/test_inner.py"]
+    assert files[0].name.endswith(".json") and f"-{prov['machine_class']}-" in files[0].name
+
+
+def test_unknown_story_and_unmarked_tests_are_collection_errors(inner):
+    inner.write("tests/test_bad.py", textwrap.dedent('''
+        import pytest
+
+        @pytest.mark.story("GT-999")
+        def test_unknown():
+            pass
+
+        @pytest.mark.story("GT-022")
+        def test_verdict_story():
+            pass
+
+        def test_unmarked():
+            pass
+    '''))
+    r = run_inner(inner, "tests/test_bad.py")
+    text = r.stdout + r.stderr
+    assert r.returncode == 2, text                           # interrupted: errors during collection
+    assert "story 'GT-999' has no card" in text
+    assert "GT-022 is the gate1 verdict; it has no tests of its own" in text
+    assert "test_unmarked" in text and "no @pytest.mark.story" in text
+    doc = json.loads(evidence_files(inner)[0].read_text())
+    assert doc["tests"] == [] and len(doc["collection_errors"]) == 3
+
+
+def test_unknown_card_key_stops_the_run(inner):
+    p = inner.paths.stories / "GT-001.toml"
+    p.write_text("owner = \"me\"\n" + p.read_text())
+    r = run_inner(inner, "tests")
+    assert r.returncode == 4 and "GT-001.toml: unknown key(s) ['owner']" in r.stdout + r.stderr
+
+
+def test_no_evidence_option_and_story_filter(inner):
+    r = run_inner(inner, "tests", "--no-evidence", "--story", "GT-001")
+    assert "1 failed, 1 passed, 4 deselected" in r.stdout, r.stdout
+    assert evidence_files(inner) == []
+
+
+def test_xdist_controller_writes_exactly_one_file(inner):
+    r = run_inner(inner, "tests", "-n", "2")
+    assert r.returncode == 1, r.stdout + r.stderr
+    files = evidence_files(inner)
+    assert len(files) == 1
+    doc = json.loads(files[0].read_text())
+    assert doc["run"]["xdist_workers"] == 2
+    assert len(doc["tests"]) == 6 and len(doc["benchmarks"]) == 1
+    assert {t["outcome"] for t in doc["tests"]} >= {"passed", "failed", "skipped", "error"}
