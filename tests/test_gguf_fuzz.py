@@ -176,3 +176,31 @@ def test_random_byte_flips_never_escape(tmp_path):
         f.close()
     # the generator must actually produce broken files (and some harmless flips)
     assert outcomes["error"] > 100, outcomes
+
+
+@pytest.mark.story("GT-005")
+def test_truncated_gguf_writer_files_are_refused(tmp_path):
+    # A file from gguf-py's own writer (every value type, every supported tensor type), cut at
+    # random points before the end of its last tensor's data (found by GGUFReader, the oracle).
+    import gguf
+
+    from tests.test_gguf_reader import write_rich_gguf
+
+    full = tmp_path / "rich.gguf"
+    write_rich_gguf(full, np.random.default_rng(SEED))
+    data = full.read_bytes()
+    end = max(t.data_offset + t.n_bytes for t in gguf.GGUFReader(full).tensors)
+    rng = np.random.default_rng(SEED + 2)
+    p = tmp_path / "cut.gguf"
+    for c in sorted({int(x) for x in rng.integers(0, end, 200)} | {0, 4, 8, 16, 24, end - 1}):
+        p.write_bytes(data[:c])
+        try:
+            f = parse_bounded(p)
+        except AssertionError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            pytest.fail(f"cut at {c}: {type(e).__name__}: {e}")
+        assert f is None, f"file cut at {c} of {end} bytes was accepted"
+    # and the whole file (plus its tail padding cut off) still parses
+    p.write_bytes(data[:end])
+    assert parse_bounded(p) is not None
