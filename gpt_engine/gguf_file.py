@@ -20,6 +20,7 @@ numpy view of the map.
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -136,8 +137,16 @@ class GGUFFile:
                     f"{_HEADER.size}-byte GGUF header"
                 )
             # Copy-on-write map: views handed out are writable for torch.from_numpy without a
-            # warning, yet a write can never reach the file.
-            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+            # warning, and an accidental in-place write changes private pages, never the file
+            # (a read-only map would turn such a write into a segfault). Under strict overcommit
+            # a private writable map of a file larger than RAM + swap can be refused: fall back
+            # to a read-only map then (views are then read-only, as in llama.cpp).
+            try:
+                self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+            except OSError as e:
+                if e.errno != errno.ENOMEM:
+                    raise
+                self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except OSError as e:
             raise GGUFError(f"{self.path}: cannot map: {e.strerror or e}") from None
         finally:

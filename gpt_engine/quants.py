@@ -12,6 +12,8 @@ E2M1 values doubled (integers 0..12) and multiplies by *half* the E8M0 scale, wh
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, QK_K, GGMLQuantizationType
@@ -74,8 +76,10 @@ def _as_uint8(data) -> torch.Tensor:
         if data.dtype != np.uint8:
             raise GGUFError(f"dequantize: data must be uint8 raw bytes, got numpy {data.dtype}")
         if not data.flags.writeable:
-            # torch.from_numpy warns on read-only arrays; we never write, but stay quiet by copying
-            data = data.copy()
+            # A read-only map (zero-copy): torch warns about non-writable arrays; we only read.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(data)
         return torch.from_numpy(data)
     if isinstance(data, torch.Tensor):
         if data.dtype != torch.uint8:

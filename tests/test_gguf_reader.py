@@ -559,3 +559,28 @@ def test_messages_are_one_line_even_for_hostile_names(tmp_path):
     r = RawGGUF().kv("evil\nkey", 77, b"")
     msg = expect_error(write(tmp_path, r.build()), "unknown value type 77")
     assert "evil\\nkey" in msg
+
+
+@pytest.mark.story("GT-006")
+def test_read_only_map_fallback_when_copy_on_write_is_refused(tmp_path, monkeypatch):
+    # strict overcommit can refuse a private writable map of a huge file (ENOMEM); the reader
+    # then maps read-only and its views refuse writes instead of crashing
+    import errno
+    import mmap as mmap_mod
+
+    real = mmap_mod.mmap
+
+    def picky(fd, length, access=mmap_mod.ACCESS_DEFAULT):
+        if access == mmap_mod.ACCESS_COPY:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real(fd, length, access=access)
+
+    monkeypatch.setattr(mmap_mod, "mmap", picky)
+    f = GGUFFile(write(tmp_path, small_raw().build()))
+    a = f.tensor_data("a.weight")
+    assert not a.flags.writeable
+    with pytest.raises(ValueError):
+        a[0, 0] = 1
+    monkeypatch.undo()
+    ref = {t.name: t for t in gguf.GGUFReader(f.path).tensors}
+    assert np.array_equal(a.reshape(-1), ref["a.weight"].data.reshape(-1))

@@ -220,3 +220,20 @@ def test_dequantize_tensor_from_file(tmp_path):
         c += 1  # a fresh tensor: the file's bytes are untouched
         assert_bit_exact(dequantize_tensor(f, "c"), oracle(made["c"][2], QT.F32))
         assert dequantize_tensor(f, "a", dtype=torch.float16).dtype == torch.float16
+
+
+@pytest.mark.story("GT-006", "GT-030")
+def test_read_only_input_is_read_in_place_without_warnings():
+    # a read-only map (the reader's fallback) must be dequantized without copying or warning
+    import warnings
+
+    raw = random_blocks(np.random.default_rng(13), QT.F32, (4,), 8)
+    raw.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = dequantize(raw, QT.F32)
+        q = random_blocks(np.random.default_rng(14), QT.MXFP4, (2,), 3)
+        q.flags.writeable = False
+        assert_bit_exact(dequantize(q, QT.MXFP4), oracle(q, QT.MXFP4))
+    assert out.data_ptr() == raw.__array_interface__["data"][0]  # F32: a view, as gguf-py's
+    assert_bit_exact(out, oracle(raw, QT.F32))
