@@ -66,7 +66,10 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 # character (code point) -> the character whose code point is the byte, for str.translate.
-_UNICODE_TO_BYTE = {ord(ch): chr(b) for b, ch in bytes_to_unicode().items()}
+# Characters below 256 that are NOT in the alphabet map to U+0100, which makes the latin-1
+# encode fail, so such a token takes the slow path below.
+_UNICODE_TO_BYTE = {c: "\u0100" for c in range(256)}
+_UNICODE_TO_BYTE.update({ord(ch): chr(b) for b, ch in bytes_to_unicode().items()})
 
 
 def _one_line(err: BaseException) -> str:
@@ -128,13 +131,12 @@ class Tokenizer:
             piece = self.hf.id_to_token(i)
             if piece is None:
                 raise TokenizerError(f"{self.source}: token id {i} has no token")
-            mapped = piece.translate(_UNICODE_TO_BYTE)
             try:
-                raw = mapped.encode("latin-1")
+                raw = piece.translate(_UNICODE_TO_BYTE).encode("latin-1")
             except UnicodeEncodeError:
-                # A character outside GPT-2's byte alphabet: it stands for its own UTF-8 bytes,
-                # which is what the ByteLevel decoder does with such characters.
-                raw = b"".join(ch.encode("latin-1") if ord(ch) < 256 else ch.encode("utf-8") for ch in mapped)
+                # Some character is outside GPT-2's byte alphabet: like the ByteLevel decoder
+                # (tokenizers, decoders/byte_level.rs), the whole token then stands for its UTF-8.
+                raw = piece.encode("utf-8")
         self._bytes_cache[i] = raw
         return raw
 

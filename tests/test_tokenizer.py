@@ -338,3 +338,75 @@ def test_tokenizer_json_may_have_fewer_tokens_than_rows(tmp_path, gpt2_md):
     with pytest.raises(TokenizerError) as e:
         load_tokenizer(tmp_path / "model.gguf", gpt2_md, embedding_rows=n - 1)
     one_line_error(e, str(n), str(n - 1), path)
+
+
+@pytest.mark.story("GT-001")
+def test_control_and_user_defined_tokens_like_transformers(tmp_path):
+    """A GGUF whose vocabulary marks "hello" USER_DEFINED and <|endoftext|> CONTROL: both are
+    matched whole in the text (as llama.cpp does); oracle: transformers' GGUF tokenizer of the file."""
+    import gguf
+    import transformers
+    from transformers import AutoTokenizer
+
+    from gpt_engine.testmodels import gpt2_vocab
+
+    tokens, merges = gpt2_vocab()
+    hello = tokens.index("hello")
+    types = [gguf.TokenType.NORMAL] * len(tokens)
+    types[tiktoken_r50k().eot_token] = gguf.TokenType.CONTROL
+    types[hello] = gguf.TokenType.USER_DEFINED
+    path = tmp_path / "user-defined.gguf"
+    w = gguf.GGUFWriter(str(path), "gpt2")
+    # hyper-parameters only so that transformers can read the file's config
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_block_count(1)
+    w.add_head_count(1)
+    w.add_feed_forward_length(16)
+    w.add_layer_norm_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_eos_token_id(tiktoken_r50k().eot_token)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    transformers.logging.set_verbosity_error()
+    oracle = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    tok = load_tokenizer(path, gguf_metadata(path))
+    texts = ["xhelloy", "say hello", "hello<|endoftext|>hello", "Othello", "HELLO hello"] + SAMPLE[:40]
+    for text in texts:
+        assert tok.encode(text) == oracle.encode(text, add_special_tokens=False), text
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.encode("xhelloy")[1] == hello != tiktoken_encode("xhelloy")[1]
+    assert tok.bos_id is None and tok.eos_id == tiktoken_r50k().eot_token
+
+
+@pytest.mark.story("GT-001", "GT-046")
+def test_tokens_outside_the_byte_alphabet_like_the_bytelevel_decoder(tmp_path, gpt2_md):
+    """A tokenizer.json whose vocabulary has tokens with characters outside GPT-2's byte alphabet
+    (a real space, a soft hyphen, Greek, an emoji): their bytes are what the tokenizers library's
+    own ByteLevel decoder makes of them."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    odd = ["a b", "\xad", "Ωmega", "x😀", "Ġ\x00"]
+    vocab = {ch: i for i, ch in enumerate(alphabet + odd)}
+    hf = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([AddedToken(ENDOFTEXT, special=True, normalized=False)])
+    path = tmp_path / "tokenizer.json"
+    hf.save(str(path))
+    oracle = Tokenizer.from_file(str(path))
+    tok = load_tokenizer(tmp_path / "model.gguf", gpt2_md)
+    for t in odd:
+        i = oracle.token_to_id(t)
+        assert tok.token_bytes(i) == oracle.decode([i]).encode("utf-8"), t
+        assert tok.decode([i]) == oracle.decode([i])
+    for ch in alphabet:  # one byte each; printable ASCII ones decode to themselves
+        i = oracle.token_to_id(ch)
+        assert len(tok.token_bytes(i)) == 1
+        if ch.isascii() and ch.isprintable():
+            assert tok.token_bytes(i) == oracle.decode([i]).encode("utf-8")
