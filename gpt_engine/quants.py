@@ -26,6 +26,8 @@ SUPPORTED = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K, Q.MXF
 # E2M1 code -> value x 2 (OCP MX v1.0 table for FP4 E2M1; ggml's kvalues_mxfp4 stores them
 # doubled so that they are integers). Code 8 is -0: it decodes to 0 * scale, i.e. +0, as in ggml.
 _MXFP4_DOUBLED = torch.tensor([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=torch.float32)
+# byte -> (doubled value of its low nibble, of its high nibble)
+_MXFP4_PAIRS = torch.stack((_MXFP4_DOUBLED[torch.arange(256) & 15], _MXFP4_DOUBLED[torch.arange(256) >> 4]), dim=1)
 
 
 def qtype_of(qtype) -> GGMLQuantizationType:
@@ -110,26 +112,39 @@ def _nibbles(qs: torch.Tensor, groups: int, width: int) -> torch.Tensor:
     return torch.cat((q & 0x0F, q >> 4), dim=2)
 
 
+def _nibbles_into(out: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
+    """Write low nibbles of [n, 16] bytes to out[:, 0] and high nibbles to out[:, 1] (out [n, 2, 16])."""
+    out[:, 0].copy_(qs & 0x0F)
+    out[:, 1].copy_(qs >> 4)
+    return out
+
+
 def _blocks(raw: torch.Tensor, t: GGMLQuantizationType) -> torch.Tensor:
-    """[n_blocks, type_size] uint8 -> [n_blocks, block_size] float32."""
+    """[n_blocks, type_size] uint8 -> [n_blocks, block_size] float32.
+
+    In-place steps keep ggml's order of float32 operations (one rounding each, no FMA):
+    Q8_0 q*d, Q4_0 (q-8)*d, Q4_1 q*d+m, MXFP4 v*d.
+    """
     n = raw.shape[0]
     if t == Q.Q8_0:
         d = _f16(raw[:, 0:2])
-        x = raw[:, 2:].contiguous().view(torch.int8).float()
-        return x * d[:, None]
+        return raw.view(torch.int8)[:, 2:].float().mul_(d[:, None])
     if t == Q.Q4_0:
         d = _f16(raw[:, 0:2])
-        q = _nibbles(raw[:, 2:], 1, 16).reshape(n, 32).to(torch.int8) - 8
-        return d[:, None] * q.float()
+        out = _nibbles_into(torch.empty(n, 2, 16, device=raw.device), raw[:, 2:])
+        return out.sub_(8).mul_(d[:, None, None]).view(n, 32)
     if t == Q.Q4_1:
         d = _f16(raw[:, 0:2])
         m = _f16(raw[:, 2:4])
-        q = _nibbles(raw[:, 4:], 1, 16).reshape(n, 32).float()
-        return (d[:, None] * q) + m[:, None]
+        out = _nibbles_into(torch.empty(n, 2, 16, device=raw.device), raw[:, 4:])
+        return out.mul_(d[:, None, None]).add_(m[:, None, None]).view(n, 32)
     if t == Q.MXFP4:
         d = _e8m0_half(raw[:, 0])
-        q = _nibbles(raw[:, 1:], 1, 16).reshape(n, 32)
-        return d[:, None] * _MXFP4_DOUBLED.to(raw.device)[q.long()]
+        # one lookup per byte: (value of its low nibble, value of its high nibble)
+        pairs = torch.index_select(_MXFP4_PAIRS.to(raw.device), 0, raw[:, 1:].reshape(-1).long())
+        out = torch.empty(n, 2, 16, device=raw.device)
+        torch.mul(pairs.view(n, 16, 2).transpose(1, 2), d[:, None, None], out=out)
+        return out.view(n, 32)
     if t == Q.Q4_K:
         d = _f16(raw[:, 0:2])
         dmin = _f16(raw[:, 2:4])
@@ -184,8 +199,8 @@ def dequantize(data, qtype) -> torch.Tensor:
                 return raw.clone().view(torch.float32)
         if t == Q.F16:
             return raw.view(torch.float16).float()
-        # BF16 is the top half of a float32 (ggml_bf16_to_fp32)
-        return (raw.view(torch.int16).to(torch.int32) << 16).view(torch.float32)
+        # BF16 is the top half of a float32 (ggml_bf16_to_fp32); torch's bf16->fp32 is that shift
+        return raw.view(torch.bfloat16).float()
     blocks = raw.reshape(-1, ts)
     out = _blocks(blocks, t)
     return out.reshape(*lead, n_out)
