@@ -54,6 +54,12 @@ def _(q, k, v, scale):
     return q.new_empty(q.shape)
 
 
+def _kernel_layout(t):
+    """Heads packed, and every row 16-byte aligned (the kernel copies 16-byte chunks)."""
+    return (heads_packed(t) and t.data_ptr() % 16 == 0
+            and all(st % (16 // t.element_size()) == 0 for st in t.stride()[:2]))
+
+
 if _ext.available():
 
     @attention_prefill.register_kernel("cuda")
@@ -61,7 +67,7 @@ if _ext.available():
         _check(q, k, v, scale)
         if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in KERNEL_HEAD_DIMS:
             return reference(q, k, v, scale)  # no tensor-core kernel for fp32/fp64 or this head dim
-        q, k, v = (x if heads_packed(x) else x.contiguous() for x in (q, k, v))
+        q, k, v = (x if _kernel_layout(x) else x.contiguous() for x in (q, k, v))
         out = new_output(q.shape, q)
         _ext.load().attention_prefill(q, k, v, out, float(scale))
         return out

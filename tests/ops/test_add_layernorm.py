@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from gpt_engine import ops
 from gpt_engine.ops import add_layernorm_module as mod
 
+from ._bench import free, gbps, mark, nbytes
 from ._util import DEVICES, DTYPES, TOL_NAME, assert_nmse, f64, randn
 
 SHAPES = [(1, 1), (3, 7), (5, 768), (4, 1023), (3, 1600), (2, 4097), (1, 8192), (2, 2, 96), (1, 12289)]
@@ -45,3 +46,23 @@ def test_add_layernorm_bad_inputs(device):
         ops.add_layernorm(x, x[:1], w, b, 1e-5)
     with pytest.raises(ops.OpError, match="residual has dtype"):
         ops.add_layernorm(x, x.half(), w, b, 1e-5)
+
+
+@mark("GT-015", "GT-011")
+def test_add_layernorm_bandwidth(bench):
+    """65536 x 1024 fp16: read x and residual, write h and y (4 x 128 MiB); torch: x + r, F.layer_norm."""
+    n, c = 65536, 1024
+    x, r = (torch.randn(n, c, device="cuda", dtype=torch.float16) for _ in range(2))
+    w, b = torch.randn(c, device="cuda", dtype=torch.float16), torch.randn(c, device="cuda", dtype=torch.float16)
+    moved = nbytes(x) * 4 + nbytes(w, b)
+
+    def torch_ref():
+        h = x + r
+        return h, F.layer_norm(h, (c,), w, b, 1e-5)
+
+    t = bench.cuda_time(lambda: ops.add_layernorm(x, r, w, b, 1e-5))
+    t_torch = bench.cuda_time(torch_ref)
+    bench.record("add_layernorm.fp16", gbps(moved, t), "GB/s", kind="bandwidth",
+                 references={"torch": gbps(moved, t_torch)}, params={"rows": n, "cols": c, "bytes": moved,
+                                                                     "time_s": t, "torch_time_s": t_torch})
+    free()

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from gpt_engine import ops
 from gpt_engine.ops import attention_prefill_module as mod
 
+from ._bench import free, mark
 from ._util import DEVICES, TOL_NAME, assert_nmse, f64, randn
 
 # (B, T, Hq, Hkv, D): odd/even T, T below/above one tile, MHA (Hq == Hkv) and GQA layouts
@@ -93,3 +94,20 @@ def test_prefill_bad_inputs(device):
         ops.attention_prefill(q, torch.randn(1, 5, 2, 8, device=device), torch.randn(1, 5, 2, 8, device=device), 0.3)
     with pytest.raises(ops.OpError, match="scale"):
         ops.attention_prefill(q, q, q, 0.0)
+
+
+@mark("GT-017")
+@pytest.mark.parametrize("t", [1024, 2048, 4096, 8192])
+def test_prefill_rate(bench, t):
+    """Causal, d = 64, 16 heads, B * T = 32768 tokens, fp16; FLOPs = 4 B H T^2 d / 2. SDPA gets
+    the same tensors as [B, H, T, D] views (its preferred layout, no copy)."""
+    b, h, d = 32768 // t, 16, 64
+    q, k, v = (torch.randn(b, t, h, d, device="cuda", dtype=torch.float16) for _ in range(3))
+    flops = 4 * b * h * t * t * d / 2
+    tk = bench.cuda_time(lambda: ops.attention_prefill(q, k, v, d ** -0.5), warmup=5, reps=30)
+    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
+    t_sdpa = bench.cuda_time(lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True), warmup=5, reps=30)
+    bench.record(f"attention_prefill.fp16.T{t}", flops / tk / 1e12, "TFLOP/s", kind="flops",
+                 references={"sdpa": flops / t_sdpa / 1e12},
+                 params={"B": b, "H": h, "T": t, "D": d, "time_s": tk, "sdpa_time_s": t_sdpa})
+    free()

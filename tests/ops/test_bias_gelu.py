@@ -5,6 +5,7 @@ import torch
 from gpt_engine import ops
 from gpt_engine.ops import gelu_module
 
+from ._bench import free, gbps, mark, nbytes
 from ._util import DEVICES, DTYPES, TOL_NAME, assert_nmse, f64, randn
 
 SHAPES = [(1, 1), (3, 7), (4, 3072), (5, 1023), (2, 3, 6400), (1, 4099)]
@@ -28,3 +29,18 @@ def test_bias_gelu_bad_inputs(device):
     x = torch.randn(4, 8, device=device)
     with pytest.raises(ops.OpError, match="bias has shape"):
         ops.bias_gelu(x, torch.randn(4, device=device), "tanh")
+
+
+@mark("GT-014")
+def test_bias_gelu_bandwidth(bench):
+    """[16384, 3072] fp16 (96 MiB in, 96 MiB out): the fused epilogue vs torch's F.gelu(x + b)."""
+    n, f = 16384, 3072
+    x = torch.randn(n, f, device="cuda", dtype=torch.float16)
+    b = torch.randn(f, device="cuda", dtype=torch.float16)
+    moved = nbytes(x) * 2 + nbytes(b)
+    t = bench.cuda_time(lambda: ops.bias_gelu(x, b, "tanh"))
+    t_torch = bench.cuda_time(lambda: F.gelu(x + b, approximate="tanh"))
+    bench.record("bias_gelu.fp16", gbps(moved, t), "GB/s", kind="bandwidth",
+                 references={"torch": gbps(moved, t_torch)},
+                 params={"rows": n, "cols": f, "bytes": moved, "time_s": t, "torch_time_s": t_torch})
+    free()

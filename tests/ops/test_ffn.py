@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from gpt_engine import ops
 
+from ._bench import free, mark
 from ._util import DEVICES, TOL_NAME, assert_nmse, f64, randn
 
 
@@ -31,3 +32,19 @@ def test_ffn_bad_inputs():
     x = torch.randn(2, 8)
     with pytest.raises(ops.OpError, match="w_down has shape"):
         ops.ffn(x, torch.randn(16, 8), torch.randn(16), torch.randn(8, 8), torch.randn(8), "tanh")
+
+
+@mark("GT-014")
+def test_ffn_rate(bench):
+    """GPT-2 small MLP (768 -> 3072 -> 768) over 8192 tokens, fp16: ours (cuBLAS GEMMs + our
+    bias+GELU epilogue) vs the same MLP in plain torch (F.linear, F.gelu, F.linear)."""
+    n, c, f = 8192, 768, 3072
+    x = torch.randn(n, c, device="cuda", dtype=torch.float16)
+    wu, bu = torch.randn(f, c, device="cuda", dtype=torch.float16) * c ** -0.5, torch.randn(f, device="cuda", dtype=torch.float16)
+    wd, bd = torch.randn(c, f, device="cuda", dtype=torch.float16) * f ** -0.5, torch.randn(c, device="cuda", dtype=torch.float16)
+    flops = 2 * n * c * f * 2
+    t = bench.cuda_time(lambda: ops.ffn(x, wu, bu, wd, bd, "tanh"))
+    t_torch = bench.cuda_time(lambda: F.linear(F.gelu(F.linear(x, wu, bu), approximate="tanh"), wd, bd))
+    bench.record("ffn.fp16", flops / t / 1e12, "TFLOP/s", kind="flops", references={"torch": flops / t_torch / 1e12},
+                 params={"tokens": n, "n_embd": c, "n_ff": f, "time_s": t, "torch_time_s": t_torch})
+    free()

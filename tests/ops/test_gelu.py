@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from gpt_engine import ops
 from gpt_engine.ops import gelu_module as mod
 
+from ._bench import free, gbps, mark, nbytes
 from ._util import DEVICES, DTYPES, TOL_NAME, assert_nmse, f64, randn
 
 SHAPES = [(1,), (7,), (3, 3072), (5, 1023), (2, 3, 4099), ((1 << 20) + 5,)]
@@ -51,3 +52,17 @@ def test_gelu_extremes(device):
 def test_gelu_bad_approximate():
     with pytest.raises(ops.OpError, match="approximate"):
         ops.gelu(torch.randn(4), "sigmoid")
+
+
+@mark("GT-013", "GT-012")
+@pytest.mark.parametrize("approximate,name", [("tanh", "gelu_tanh.fp16"), ("none", "gelu_erf.fp16")])
+def test_gelu_bandwidth(bench, approximate, name):
+    """2^26 fp16 elements (128 MiB in, 128 MiB out) vs F.gelu."""
+    n = 1 << 26
+    x = torch.randn(n, device="cuda", dtype=torch.float16) * 3
+    moved = nbytes(x) * 2
+    t = bench.cuda_time(lambda: ops.gelu(x, approximate))
+    t_torch = bench.cuda_time(lambda: F.gelu(x, approximate=approximate))
+    bench.record(name, gbps(moved, t), "GB/s", kind="bandwidth", references={"torch": gbps(moved, t_torch)},
+                 params={"n": n, "bytes": moved, "time_s": t, "torch_time_s": t_torch})
+    free()

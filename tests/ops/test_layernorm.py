@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from gpt_engine import ops
 from gpt_engine.ops import layernorm_module as mod
 
+from ._bench import free, gbps, mark, nbytes
 from ._util import DEVICES, DTYPES, TOL_NAME, assert_nmse, f64, randn
 
 # odd and even widths; GPT-2 sizes (768, 1600); > 8192 for the block-per-row and looping paths
@@ -72,3 +73,18 @@ def test_layernorm_bad_inputs(device):
         ops.layernorm(x.long(), w, b, 1e-5)
     with pytest.raises(ops.OpError, match="eps"):
         ops.layernorm(x, w, b, 0.0)
+
+
+@mark("GT-011", "GT-009")
+def test_layernorm_bandwidth(bench):
+    """65536 x 1024 fp16 (128 MiB in, 128 MiB out): ours vs F.layer_norm, same byte count."""
+    n, c = 65536, 1024
+    x = torch.randn(n, c, device="cuda", dtype=torch.float16)
+    w, b = torch.randn(c, device="cuda", dtype=torch.float16), torch.randn(c, device="cuda", dtype=torch.float16)
+    moved = nbytes(x) * 2 + nbytes(w, b)
+    t = bench.cuda_time(lambda: ops.layernorm(x, w, b, 1e-5))
+    t_torch = bench.cuda_time(lambda: F.layer_norm(x, (c,), w, b, 1e-5))
+    bench.record("layernorm.fp16", gbps(moved, t), "GB/s", kind="bandwidth",
+                 references={"torch": gbps(moved, t_torch)}, params={"rows": n, "cols": c, "bytes": moved,
+                                                                     "time_s": t, "torch_time_s": t_torch})
+    free()

@@ -4,6 +4,7 @@ import torch
 
 from gpt_engine import ops
 
+from ._bench import free, gbps, mark, nbytes
 from ._util import DEVICES, DTYPES, TOL_NAME, assert_nmse, f64, randn
 
 SHAPES = [(1,), (7,), (3, 768), (5, 1023), (2, 3, 4097), (1 << 20,), ((1 << 20) + 3,)]
@@ -37,3 +38,17 @@ def test_residual_add_bad_inputs(device):
         ops.residual_add(x, x.T)
     with pytest.raises(ops.OpError, match="y has dtype"):
         ops.residual_add(x, x.double())
+
+
+@mark("GT-015")
+def test_residual_add_bandwidth(bench):
+    """2^25 fp16 elements per tensor (64 MiB each, 192 MiB moved) vs torch's x + y."""
+    n = 1 << 25
+    x, y = (torch.randn(n, device="cuda", dtype=torch.float16) for _ in range(2))
+    moved = nbytes(x) * 3
+    t = bench.cuda_time(lambda: ops.residual_add(x, y))
+    t_torch = bench.cuda_time(lambda: x + y)
+    bench.record("residual_add.fp16", gbps(moved, t), "GB/s", kind="bandwidth",
+                 references={"torch": gbps(moved, t_torch)}, params={"n": n, "bytes": moved, "time_s": t,
+                                                                     "torch_time_s": t_torch})
+    free()

@@ -1,0 +1,278 @@
+// Decode attention (one query token per sequence) over a dense KV cache, flash-decoding style:
+// the sequence is split into `splits` chunks so a single sequence still fills the GPU.
+//
+// Pass 1 (decode_split_kernel), one block per (split, kv head, query-head group, batch):
+//   D / VEC threads hold one key row (16-byte vectors), so a warp reads 32 / (D / VEC) keys per
+//   step and each thread keeps kUnroll K and V vectors in flight. Every query head of the GQA
+//   group that shares this kv head is served from the same K/V registers, so K/V bytes are read
+//   once per group. Online softmax in the exp2 domain (q pre-scaled by scale * log2 e); the
+//   block's running (max, sum, unnormalised output) go to an fp32 workspace.
+// Pass 2 (decode_reduce_kernel) rescales the splits to a common max and normalises.
+// Sequence lengths are read on the device (no host sync: graph-capturable); each is clamped
+// to [0, S] so a bad length never reads outside the cache.
+#include <cmath>
+
+#include "common.cuh"
+#include "launchers.h"
+
+namespace gpte {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kUnroll = 4;
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <typename T, int VEC>
+__device__ __forceinline__ Vec<T, VEC> ldg_vec(const T* p) {
+  const uint4 r = __ldg(reinterpret_cast<const uint4*>(p));
+  return *reinterpret_cast<const Vec<T, VEC>*>(&r);
+}
+
+// Merge running softmax state (m2, l2, acc2) into (m, l, acc).
+template <int N>
+__device__ __forceinline__ void merge_state(float& m, float& l, float* acc, float m2, float l2, const float* acc2) {
+  const float mx = fmaxf(m, m2);
+  if (mx == -INFINITY) return;  // both empty
+  const float a = fast_exp2(m - mx), b = fast_exp2(m2 - mx);
+  l = l * a + l2 * b;
+#pragma unroll
+  for (int j = 0; j < N; ++j) acc[j] = acc[j] * a + acc2[j] * b;
+  m = mx;
+}
+
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc,
+                                                              const T* __restrict__ vc, const void* __restrict__ lens,
+                                                              bool lens64, float* __restrict__ ws_o,
+                                                              float* __restrict__ ws_ml, int Hq, int Hkv, int S,
+                                                              int splits, int group, int gblocks, float scale_log2) {
+  constexpr int VEC = kVec16<T>;
+  constexpr int TPK = D / VEC;  // threads per key row
+  static_assert(TPK >= 1 && TPK <= 32 && (TPK & (TPK - 1)) == 0, "head dim must give a power-of-two row split");
+  constexpr int KPW = 32 / TPK;          // keys per warp per step
+  constexpr int KPB = KPW * kWarps;      // keys per block per step
+  __shared__ float sm_acc[kWarps][G][D];
+  __shared__ float sm_m[kWarps][G], sm_l[kWarps][G];
+
+  const int split = blockIdx.x;
+  const int hkv = blockIdx.y / gblocks, gb = blockIdx.y % gblocks;
+  const int b = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sub = lane % TPK;
+  const int slot = warp * KPW + lane / TPK;
+
+  int64_t len = lens64 ? reinterpret_cast<const int64_t*>(lens)[b] : reinterpret_cast<const int32_t*>(lens)[b];
+  len = len < 0 ? 0 : (len > S ? S : len);
+  const int64_t chunk = (len + splits - 1) / splits;
+  const int64_t kbeg = (int64_t)split * chunk;
+  const int64_t kend = kbeg + chunk < len ? kbeg + chunk : len;
+
+  float qf[G][VEC];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const int gi = gb * G + g;
+    if (gi < group) {
+      const int hq = hkv * group + gi;
+      const Vec<T, VEC> qv = load_vec<T, VEC>(q + ((int64_t)b * Hq + hq) * D, sub);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) qf[g][j] = to_f(qv.v[j]) * scale_log2;
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) qf[g][j] = 0.f;
+    }
+  }
+  float m[G], l[G], acc[G][VEC];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) acc[g][j] = 0.f;
+  }
+
+  const int64_t head = ((int64_t)b * Hkv + hkv) * S;
+  const T* kbase = kc + head * D + sub * VEC;
+  const T* vbase = vc + head * D + sub * VEC;
+  for (int64_t k0 = kbeg; k0 < kend; k0 += KPB * kUnroll) {
+    Vec<T, VEC> kv[kUnroll], vv[kUnroll];
+    bool ok[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t key = k0 + u * KPB + slot;
+      ok[u] = key < kend;
+      if (ok[u]) {
+        kv[u] = ldg_vec<T, VEC>(kbase + key * D);
+        vv[u] = ldg_vec<T, VEC>(vbase + key * D);
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float s[kUnroll];
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        float dot = 0.f;
+        if (ok[u]) {
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) dot = fmaf(qf[g][j], to_f(kv[u].v[j]), dot);
+        }
+#pragma unroll
+        for (int o = TPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        s[u] = ok[u] ? dot : -INFINITY;
+        mx = fmaxf(mx, s[u]);
+      }
+      if (mx == -INFINITY) continue;  // no key of this slot yet
+      const float corr = fast_exp2(m[g] - mx);
+      float p[kUnroll], psum = 0.f;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        p[u] = fast_exp2(s[u] - mx);
+        psum += p[u];
+      }
+      l[g] = l[g] * corr + psum;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        float a = acc[g][j] * corr;
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u)
+          if (ok[u]) a = fmaf(p[u], to_f(vv[u].v[j]), a);
+        acc[g][j] = a;
+      }
+      m[g] = mx;
+    }
+  }
+
+  // merge the key slots of this warp (lanes with the same `sub` hold the same head dims)
+#pragma unroll
+  for (int o = TPK; o < 32; o <<= 1) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m[g], o);
+      const float l2 = __shfl_xor_sync(0xffffffffu, l[g], o);
+      float acc2[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) acc2[j] = __shfl_xor_sync(0xffffffffu, acc[g][j], o);
+      merge_state<VEC>(m[g], l[g], acc[g], m2, l2, acc2);
+    }
+  }
+  if (lane < TPK) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) sm_acc[warp][g][sub * VEC + j] = acc[g][j];
+      if (sub == 0) {
+        sm_m[warp][g] = m[g];
+        sm_l[warp][g] = l[g];
+      }
+    }
+  }
+  __syncthreads();
+  // merge the warps and write this split's partial state
+  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
+    const int g = idx / D, d = idx % D;
+    const int gi = gb * G + g;
+    if (gi >= group) continue;
+    float mm = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, sm_m[w][g]);
+    float ll = 0.f, oo = 0.f;
+    if (mm != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = fast_exp2(sm_m[w][g] - mm);
+        ll += f * sm_l[w][g];
+        oo += f * sm_acc[w][g][d];
+      }
+    }
+    const int64_t row = ((int64_t)b * Hq + hkv * group + gi) * splits + split;
+    ws_o[row * D + d] = oo;
+    if (d == 0) {
+      ws_ml[row * 2] = mm;
+      ws_ml[row * 2 + 1] = ll;
+    }
+  }
+}
+
+template <typename T>
+__global__ void decode_reduce_kernel(const float* __restrict__ ws_o, const float* __restrict__ ws_ml,
+                                     T* __restrict__ out, int splits, int D) {
+  const int64_t row = blockIdx.x;  // b * Hq + hq
+  const float* ml = ws_ml + row * splits * 2;
+  float mm = -INFINITY;
+  for (int s = 0; s < splits; ++s) mm = fmaxf(mm, ml[2 * s]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float ll = 0.f, oo = 0.f;
+    if (mm != -INFINITY) {
+      for (int s = 0; s < splits; ++s) {
+        const float f = exp2f(ml[2 * s] - mm);
+        ll += f * ml[2 * s + 1];
+        oo += f * ws_o[(row * splits + s) * D + d];
+      }
+    }
+    out[row * D + d] = from_f<T>(ll > 0.f ? oo / ll : 0.f);
+  }
+}
+
+int pick_group_tile(int64_t group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
+
+template <typename T, int D, int G>
+cudaError_t launch_g(const T* q, const T* kc, const T* vc, const void* lens, bool lens64, T* out, float* ws_o,
+                     float* ws_ml, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int splits, float scale,
+                     cudaStream_t st) {
+  const int group = (int)(Hq / Hkv);
+  const int gblocks = (group + G - 1) / G;
+  const dim3 grid(splits, (unsigned)(Hkv * gblocks), (unsigned)B);
+  decode_split_kernel<T, D, G><<<grid, kThreads, 0, st>>>(q, kc, vc, lens, lens64, ws_o, ws_ml, (int)Hq, (int)Hkv,
+                                                          (int)S, splits, group, gblocks, scale * kLog2e);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  decode_reduce_kernel<T><<<(unsigned)(B * Hq), D, 0, st>>>(ws_o, ws_ml, out, splits, D);
+  return cudaGetLastError();
+}
+
+template <typename T, int D>
+cudaError_t launch_d(const T* q, const T* kc, const T* vc, const void* lens, bool lens64, T* out, float* ws_o,
+                     float* ws_ml, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int splits, float scale,
+                     cudaStream_t st) {
+  switch (pick_group_tile(Hq / Hkv)) {
+    case 1: return launch_g<T, D, 1>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, st);
+    case 2: return launch_g<T, D, 2>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, st);
+    case 4: return launch_g<T, D, 4>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, st);
+    default: return launch_g<T, D, 8>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, st);
+  }
+}
+
+}  // namespace
+
+int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int num_sms) {
+  // Enough blocks for ~4 per SM (bytes in flight to cover memory latency), but no split
+  // shorter than 128 keys of a full cache (the partial states would cost more than they save).
+  const int64_t group = Hq / Hkv;
+  const int64_t g = pick_group_tile(group);
+  const int64_t units = B * Hkv * ((group + g - 1) / g);
+  int64_t splits = ceil_div(4LL * num_sms, units > 0 ? units : 1);
+  const int64_t max_splits = std::max<int64_t>(1, ceil_div(S, 128));
+  splits = std::min<int64_t>(std::min<int64_t>(splits, max_splits), 1024);
+  return (int)std::max<int64_t>(splits, 1);
+}
+
+cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cache, const void* v_cache,
+                                    const void* seq_lens, bool lens_int64, void* out, float* ws_o, float* ws_ml,
+                                    int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t D, int splits, float scale,
+                                    cudaStream_t stream) {
+  if (B == 0 || Hq == 0) return cudaSuccess;
+  if (Hkv <= 0 || Hq % Hkv != 0 || splits < 1 || splits > 65535) return cudaErrorInvalidValue;
+  if (!(aligned16(q) && aligned16(k_cache) && aligned16(v_cache))) return cudaErrorMisalignedAddress;
+  GPTE_DISPATCH(dtype, T, {
+    const T* qq = (const T*)q;
+    const T* kk = (const T*)k_cache;
+    const T* vv = (const T*)v_cache;
+    if (D == 64) return launch_d<T, 64>(qq, kk, vv, seq_lens, lens_int64, (T*)out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, stream);
+    if (D == 128) return launch_d<T, 128>(qq, kk, vv, seq_lens, lens_int64, (T*)out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, stream);
+    return cudaErrorInvalidValue;
+  });
+  return cudaSuccess;
+}
+
+}  // namespace gpte

@@ -1,0 +1,232 @@
+// Torch glue for the gpt_engine CUDA kernels: the only file that includes torch headers.
+// Each function checks device, layout, dtype and shape of every tensor before launching on
+// the current CUDA stream; outputs are allocated by the Python side (gpt_engine/ops/*.py).
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include "launchers.h"
+
+namespace {
+
+int dtype_code(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return 0;
+    case at::kHalf: return 1;
+    case at::kBFloat16: return 2;
+    default: TORCH_CHECK(false, "gpt_engine: dtype ", t.scalar_type(), " has no CUDA kernel (fp32/fp16/bf16 only)");
+  }
+  return -1;
+}
+
+void check_tensor(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like, bool contiguous) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a cuda tensor, got ", t.device());
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but expected ", like.device());
+  if (contiguous) TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but expected ",
+              like.scalar_type());
+}
+
+void check_same_shape(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like) {
+  TORCH_CHECK(t.sizes() == like.sizes(), op, ": ", name, " has shape ", t.sizes(), " but expected ", like.sizes());
+}
+
+void check_launch(const char* op, cudaError_t e) {
+  TORCH_CHECK(e == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(e));
+}
+
+cudaStream_t stream_of(const at::Tensor& t) { return at::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+void residual_add(const at::Tensor& x, const at::Tensor& y, at::Tensor& out) {
+  const char* op = "residual_add";
+  check_tensor(op, "x", x, x, true);
+  check_tensor(op, "y", y, x, true);
+  check_tensor(op, "out", out, x, true);
+  check_same_shape(op, "y", y, x);
+  check_same_shape(op, "out", out, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(op, gpte::launch_residual_add(dtype_code(x), x.data_ptr(), y.data_ptr(), out.data_ptr(), x.numel(),
+                                             stream_of(x)));
+}
+
+void gelu(const at::Tensor& x, at::Tensor& out, bool tanh_form) {
+  const char* op = "gelu";
+  check_tensor(op, "x", x, x, true);
+  check_tensor(op, "out", out, x, true);
+  check_same_shape(op, "out", out, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(op, gpte::launch_gelu(dtype_code(x), x.data_ptr(), out.data_ptr(), x.numel(), tanh_form, stream_of(x)));
+}
+
+void bias_gelu(const at::Tensor& x, const at::Tensor& bias, at::Tensor& out, bool tanh_form) {
+  const char* op = "bias_gelu";
+  check_tensor(op, "x", x, x, true);
+  check_tensor(op, "bias", bias, x, true);
+  check_tensor(op, "out", out, x, true);
+  check_same_shape(op, "out", out, x);
+  TORCH_CHECK(x.dim() >= 1 && bias.dim() == 1 && bias.size(0) == x.size(-1), op, ": bias has shape ", bias.sizes(),
+              ", expected [", x.size(-1), "]");
+  const int64_t f = x.size(-1);
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(op, gpte::launch_bias_gelu(dtype_code(x), x.data_ptr(), bias.data_ptr(), out.data_ptr(),
+                                          f ? x.numel() / f : 0, f, tanh_form, stream_of(x)));
+}
+
+void check_ln(const char* op, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  check_tensor(op, "x", x, x, true);
+  check_tensor(op, "weight", w, x, true);
+  check_tensor(op, "bias", b, x, true);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, op, ": x has shape ", x.sizes(), ", expected [..., C] with C > 0");
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == x.size(-1), op, ": weight has shape ", w.sizes(), ", expected [",
+              x.size(-1), "]");
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == x.size(-1), op, ": bias has shape ", b.sizes(), ", expected [",
+              x.size(-1), "]");
+}
+
+void layernorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor& y, double eps) {
+  const char* op = "layernorm";
+  check_ln(op, x, w, b);
+  check_tensor(op, "out", y, x, true);
+  check_same_shape(op, "out", y, x);
+  const int64_t c = x.size(-1);
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(op, gpte::launch_layernorm(dtype_code(x), x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(),
+                                          x.numel() / c, c, (float)eps, stream_of(x)));
+}
+
+void add_layernorm(const at::Tensor& x, const at::Tensor& r, const at::Tensor& w, const at::Tensor& b, at::Tensor& h,
+                   at::Tensor& y, double eps) {
+  const char* op = "add_layernorm";
+  check_ln(op, x, w, b);
+  check_tensor(op, "residual", r, x, true);
+  check_tensor(op, "h", h, x, true);
+  check_tensor(op, "out", y, x, true);
+  check_same_shape(op, "residual", r, x);
+  check_same_shape(op, "h", h, x);
+  check_same_shape(op, "out", y, x);
+  const int64_t c = x.size(-1);
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(op, gpte::launch_add_layernorm(dtype_code(x), x.data_ptr(), r.data_ptr(), w.data_ptr(), b.data_ptr(),
+                                              h.data_ptr(), y.data_ptr(), x.numel() / c, c, (float)eps,
+                                              stream_of(x)));
+}
+
+void embedding(const at::Tensor& ids, const at::Tensor& pos, const at::Tensor& wte, const at::Tensor& wpe,
+               at::Tensor& out) {
+  const char* op = "embedding";
+  check_tensor(op, "wte", wte, wte, true);
+  check_tensor(op, "wpe", wpe, wte, true);
+  check_tensor(op, "out", out, wte, true);
+  for (const auto* t : {&ids, &pos}) {
+    TORCH_CHECK(t->is_cuda() && t->device() == wte.device(), op, ": ids/pos must be on ", wte.device());
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), op, ": ids/pos must be contiguous int64");
+  }
+  TORCH_CHECK(pos.sizes() == ids.sizes(), op, ": pos has shape ", pos.sizes(), " but ids has ", ids.sizes());
+  TORCH_CHECK(wte.dim() == 2 && wpe.dim() == 2 && wpe.size(1) == wte.size(1), op, ": wte ", wte.sizes(), " and wpe ",
+              wpe.sizes(), " must be [V, C] and [P, C]");
+  const int64_t c = wte.size(1);
+  TORCH_CHECK(out.numel() == ids.numel() * c, op, ": out has ", out.numel(), " elements, expected ", ids.numel() * c);
+  const c10::cuda::CUDAGuard guard(wte.device());
+  check_launch(op, gpte::launch_embedding(dtype_code(wte), ids.data_ptr<int64_t>(), pos.data_ptr<int64_t>(),
+                                          wte.data_ptr(), wpe.data_ptr(), out.data_ptr(), ids.numel(), c, wte.size(0),
+                                          wpe.size(0), stream_of(wte)));
+}
+
+// [B, T, H, D] with the (H, D) block dense; batch and token strides free.
+void check_heads_packed(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " has shape ", t.sizes(), ", expected [B, T, H, D]");
+  TORCH_CHECK(t.stride(3) == 1 && t.stride(2) == t.size(3), op, ": ", name,
+              " must have dense heads (stride(-1) == 1, stride(-2) == D)");
+}
+
+void kv_append(at::Tensor& kc, at::Tensor& vc, const at::Tensor& k, const at::Tensor& v, int64_t start) {
+  const char* op = "kv_append";
+  check_tensor(op, "k_cache", kc, kc, true);
+  check_tensor(op, "v_cache", vc, kc, true);
+  check_tensor(op, "k", k, kc, false);
+  check_tensor(op, "v", v, kc, false);
+  TORCH_CHECK(kc.dim() == 4, op, ": k_cache has shape ", kc.sizes(), ", expected [B, Hkv, S, D]");
+  check_same_shape(op, "v_cache", vc, kc);
+  check_heads_packed(op, "k", k);
+  check_heads_packed(op, "v", v);
+  check_same_shape(op, "v", v, k);
+  const int64_t B = kc.size(0), H = kc.size(1), S = kc.size(2), D = kc.size(3), T = k.size(1);
+  TORCH_CHECK(k.size(0) == B && k.size(2) == H && k.size(3) == D, op, ": k has shape ", k.sizes(),
+              ", expected [", B, ", T, ", H, ", ", D, "]");
+  TORCH_CHECK(start >= 0 && start + T <= S, op, ": writing ", T, " tokens at ", start, " overflows the cache of ", S);
+  const c10::cuda::CUDAGuard guard(kc.device());
+  check_launch(op, gpte::launch_kv_append(dtype_code(kc), kc.data_ptr(), vc.data_ptr(), k.data_ptr(), v.data_ptr(), B,
+                                          H, S, D, T, k.stride(0), k.stride(1), v.stride(0), v.stride(1), start,
+                                          stream_of(kc)));
+}
+
+void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& o, double scale) {
+  const char* op = "attention_prefill";
+  check_tensor(op, "q", q, q, false);
+  check_tensor(op, "k", k, q, false);
+  check_tensor(op, "v", v, q, false);
+  check_tensor(op, "out", o, q, true);
+  check_heads_packed(op, "q", q);
+  check_heads_packed(op, "k", k);
+  check_heads_packed(op, "v", v);
+  check_same_shape(op, "out", o, q);
+  check_same_shape(op, "v", v, k);
+  const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k.size(2);
+  TORCH_CHECK(k.size(0) == B && k.size(1) == T && k.size(3) == D, op, ": k has shape ", k.sizes(), ", expected [", B,
+              ", ", T, ", Hkv, ", D, "]");
+  TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, op, ": ", Hq, " query heads is not a multiple of ", Hkv, " kv heads");
+  TORCH_CHECK(D == 64 || D == 128, op, ": head dim ", D, " has no kernel (64, 128)");
+  TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op, ": dtype ", q.scalar_type(),
+              " has no kernel (fp16, bf16)");
+  const c10::cuda::CUDAGuard guard(q.device());
+  check_launch(op, gpte::launch_attention_prefill(dtype_code(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                                  o.data_ptr(), B, T, Hq, Hkv, D, q.stride(0), q.stride(1),
+                                                  k.stride(0), k.stride(1), v.stride(0), v.stride(1), (float)scale,
+                                                  stream_of(q)));
+}
+
+void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& lens,
+                      at::Tensor& o, double scale) {
+  const char* op = "attention_decode";
+  check_tensor(op, "q", q, q, true);
+  check_tensor(op, "k_cache", kc, q, true);
+  check_tensor(op, "v_cache", vc, q, true);
+  check_tensor(op, "out", o, q, true);
+  TORCH_CHECK(q.dim() == 3, op, ": q has shape ", q.sizes(), ", expected [B, Hq, D]");
+  TORCH_CHECK(kc.dim() == 4, op, ": k_cache has shape ", kc.sizes(), ", expected [B, Hkv, S, D]");
+  check_same_shape(op, "v_cache", vc, kc);
+  check_same_shape(op, "out", o, q);
+  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = kc.size(1), S = kc.size(2);
+  TORCH_CHECK(kc.size(0) == B && kc.size(3) == D, op, ": k_cache has shape ", kc.sizes(), ", expected [", B,
+              ", Hkv, S, ", D, "]");
+  TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, op, ": ", Hq, " query heads is not a multiple of ", Hkv, " kv heads");
+  TORCH_CHECK(D == 64 || D == 128, op, ": head dim ", D, " has no kernel (64, 128)");
+  TORCH_CHECK(lens.is_cuda() && lens.device() == q.device() && lens.is_contiguous() && lens.dim() == 1 &&
+                  lens.size(0) == B && (lens.scalar_type() == at::kInt || lens.scalar_type() == at::kLong),
+              op, ": seq_lens must be a contiguous int32/int64 [", B, "] tensor on ", q.device());
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int splits = gpte::attention_decode_splits(B, Hq, Hkv, S, sms);
+  auto ws_o = at::empty({B * Hq * splits * D}, q.options().dtype(at::kFloat));
+  auto ws_ml = at::empty({B * Hq * splits * 2}, q.options().dtype(at::kFloat));
+  check_launch(op, gpte::launch_attention_decode(dtype_code(q), q.data_ptr(), kc.data_ptr(), vc.data_ptr(),
+                                                 lens.data_ptr(), lens.scalar_type() == at::kLong, o.data_ptr(),
+                                                 ws_o.data_ptr<float>(), ws_ml.data_ptr<float>(), B, Hq, Hkv, S, D,
+                                                 splits, (float)scale, stream_of(q)));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "gpt_engine CUDA kernels (launch glue; outputs allocated by the caller)";
+  m.def("residual_add", &residual_add, "out = x + y");
+  m.def("gelu", &gelu, "out = gelu(x), tanh or erf form");
+  m.def("bias_gelu", &bias_gelu, "out = gelu(x + bias)");
+  m.def("layernorm", &layernorm, "y = layernorm(x)");
+  m.def("add_layernorm", &add_layernorm, "h = x + residual; y = layernorm(h)");
+  m.def("embedding", &embedding, "out = wte[ids] + wpe[pos]");
+  m.def("kv_append", &kv_append, "k/v -> caches at start_pos");
+  m.def("attention_prefill", &attention_prefill, "causal flash attention");
+  m.def("attention_decode", &attention_decode, "split-K decode attention");
+  m.def("attention_decode_splits", &gpte::attention_decode_splits, "splits the decode kernel uses");
+}

@@ -1,0 +1,84 @@
+// Shared device helpers for the gpt_engine kernels. Plain CUDA C++: no torch headers here,
+// so every .cu file compiles with nvcc alone (CI has no CUDA build of torch).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+namespace gpte {
+
+// dtype codes shared with bindings.cpp
+enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+template <typename T> __device__ __forceinline__ float to_f(T x);
+template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// N elements of T moved as one aligned access (N * sizeof(T) == 16 gives 128-bit loads).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> load_vec(const T* p, int64_t i) {
+  return reinterpret_cast<const Vec<T, N>*>(p)[i];
+}
+template <typename T, int N>
+__device__ __forceinline__ void store_vec(T* p, int64_t i, const Vec<T, N>& v) {
+  reinterpret_cast<Vec<T, N>*>(p)[i] = v;
+}
+
+// Elements per 16-byte vector.
+template <typename T> constexpr int kVec16 = 16 / sizeof(T);
+
+__device__ __forceinline__ float warp_sum(float v, int width = 32) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    if (o < width) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {  // MUFU.EX2; exp2(-inf) = 0
+  float y;
+  asm volatile("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace gpte
+
+// Runs `body` with T bound to the element type of dtype code `dt`.
+#define GPTE_DISPATCH(dt, T, ...)                  \
+  switch (dt) {                                    \
+    case ::gpte::kF32: {                           \
+      using T = float;                             \
+      __VA_ARGS__;                                 \
+      break;                                       \
+    }                                              \
+    case ::gpte::kF16: {                           \
+      using T = __half;                            \
+      __VA_ARGS__;                                 \
+      break;                                       \
+    }                                              \
+    case ::gpte::kBF16: {                          \
+      using T = __nv_bfloat16;                     \
+      __VA_ARGS__;                                 \
+      break;                                       \
+    }                                              \
+    default:                                       \
+      return cudaErrorInvalidValue;                \
+  }

@@ -1,0 +1,50 @@
+// Host-side launchers of the gpt_engine kernels: raw pointers, sizes and a stream.
+// Each returns the launch's cudaError_t; bindings.cpp turns a failure into a Python error.
+// `dtype` is a gpte::DType code (0 fp32, 1 fp16, 2 bf16). Tensors are dense unless a
+// stride argument says otherwise (strides in elements).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace gpte {
+
+cudaError_t launch_residual_add(int dtype, const void* x, const void* y, void* out, int64_t n, cudaStream_t stream);
+
+cudaError_t launch_gelu(int dtype, const void* x, void* out, int64_t n, bool tanh_form, cudaStream_t stream);
+
+cudaError_t launch_bias_gelu(int dtype, const void* x, const void* bias, void* out, int64_t rows, int64_t f,
+                             bool tanh_form, cudaStream_t stream);
+
+cudaError_t launch_layernorm(int dtype, const void* x, const void* w, const void* b, void* y, int64_t rows,
+                             int64_t c, float eps, cudaStream_t stream);
+
+cudaError_t launch_add_layernorm(int dtype, const void* x, const void* residual, const void* w, const void* b,
+                                 void* h, void* y, int64_t rows, int64_t c, float eps, cudaStream_t stream);
+
+cudaError_t launch_embedding(int dtype, const int64_t* ids, const int64_t* pos, const void* wte, const void* wpe,
+                             void* out, int64_t ntok, int64_t c, int64_t vocab, int64_t npos, cudaStream_t stream);
+
+// k/v: [B, T, Hkv, D] with batch/token strides; caches: dense [B, Hkv, S, D].
+cudaError_t launch_kv_append(int dtype, void* k_cache, void* v_cache, const void* k, const void* v, int64_t B,
+                             int64_t Hkv, int64_t S, int64_t D, int64_t T, int64_t k_sb, int64_t k_st,
+                             int64_t v_sb, int64_t v_st, int64_t start_pos, cudaStream_t stream);
+
+// q: [B, T, Hq, D], k/v: [B, T, Hkv, D] with batch/token strides (heads packed); o dense.
+// dtype fp16 or bf16; D 64 or 128.
+cudaError_t launch_attention_prefill(int dtype, const void* q, const void* k, const void* v, void* o, int64_t B,
+                                     int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t q_sb, int64_t q_st,
+                                     int64_t k_sb, int64_t k_st, int64_t v_sb, int64_t v_st, float scale,
+                                     cudaStream_t stream);
+
+// Number of sequence splits the decode kernel will use (sizes the fp32 workspace:
+// B * Hq * splits * D floats for partial outputs, B * Hq * splits * 2 for (max, sum)).
+int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int num_sms);
+
+// q: [B, Hq, D]; caches dense [B, Hkv, S, D]; seq_lens int32 or int64 [B]; D 64 or 128.
+cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cache, const void* v_cache,
+                                    const void* seq_lens, bool lens_int64, void* out, float* ws_o, float* ws_ml,
+                                    int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t D, int splits,
+                                    float scale, cudaStream_t stream);
+
+}  // namespace gpte

@@ -1,0 +1,35 @@
+"""Benchmark helpers for the ops suites (timing itself is the harness's `bench` fixture).
+
+Sizes are several times the H100/H200 L2 (50-60 MB) so every run reads from HBM; inputs are
+random (never zeros); bandwidth counts the fewest bytes the op must move (each input read
+once, each output written once), the same byte count for our kernel and torch's.
+"""
+import pytest
+import torch
+
+from ._util import HAS_CUDA
+
+# A benchmark: CUDA-only, recorded as evidence through the bench fixture.
+cuda_bench = [pytest.mark.cuda, pytest.mark.benchmark,
+              pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")]
+
+
+def mark(*stories):
+    def deco(fn):
+        for m in (*cuda_bench, pytest.mark.story(*stories)):
+            fn = m(fn)
+        return fn
+    return deco
+
+
+def gbps(nbytes: float, seconds: float) -> float:
+    return nbytes / seconds / 1e9
+
+
+def nbytes(*ts) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def free():
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
