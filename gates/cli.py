@@ -184,7 +184,6 @@ def main(argv=None) -> int:
     s = sub.add_parser("story", help="run one story's tests and benchmarks, then print its status")
     s.add_argument("ids", nargs="+", metavar="ID")
     s.add_argument("--no-run", action="store_true", help="only print the status from existing evidence")
-    s.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[], help="extra pytest arguments")
     sub.add_parser("status", help="one line per story with its status")
     e = sub.add_parser("enforce", help="exit non-zero if any gate listed in .ci/enforced_gates fails")
     e.add_argument("--file", help="list file (default <root>/.ci/enforced_gates)")
@@ -192,9 +191,12 @@ def main(argv=None) -> int:
     p.add_argument("--keep", type=int, required=True)
     p.add_argument("--dry-run", action="store_true")
     sub.add_parser("report", help="results.csv, progress.{html,md}, m0_readiness.{html,md}, gates/*.json")
-    t = sub.add_parser("tests", help="the full CPU suite with pytest-xdist (writes evidence)")
-    t.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    a = ap.parse_args(argv)
+    sub.add_parser("tests", help="the full CPU suite with pytest-xdist (writes evidence)")
+    # `tests` and `story` pass any option they do not know on to pytest (-k, -x, -q, ...)
+    a, extra = ap.parse_known_args(argv)
+    if extra and a.cmd not in ("tests", "story"):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    a.pytest_args = extra
     paths = resolve(a.root, a.stories, a.evidence, a.reports)
     try:
         return {"gate": cmd_gate, "story": cmd_story, "status": cmd_status, "enforce": cmd_enforce,

@@ -229,6 +229,8 @@ class Recorder:
     def pytest_sessionfinish(self, session, exitstatus):
         if _is_worker(self.config) or not self.enabled or self.hashes is None:
             return
+        if self.config.option.collectonly or not (self.tests or self.collection_errors):
+            return      # nothing ran: an empty file would only be noise in the folder
         finished = _evidence.utc_now()
         prov = _prov.describe(self.paths.root)
         gpu_names = {t["device"] for t in self.tests.values() if t["device"] not in ("cpu", None)}
