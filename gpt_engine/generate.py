@@ -73,7 +73,11 @@ def run(model, prompt_ids: list[int], max_new_tokens: int, params: SamplingParam
     cache = model.new_cache(len(prompt_ids) + max_new_tokens)
     logits = model.step(prompt_ids, cache)
     eos = model.tokenizer.eos_id
+    n_valid = model.tokenizer.vocab_size  # a tokenizer.json may cover fewer ids than the padded embedding
     for i in range(max_new_tokens):
+        if logits.shape[-1] > n_valid:
+            logits = logits.clone()
+            logits[n_valid:] = float("-inf")  # ids the tokenizer cannot decode are never drawn
         tok = sample(logits, params, rng)
         gen.token_ids.append(tok)
         if on_token is not None:

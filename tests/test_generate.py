@@ -51,7 +51,7 @@ class _ScriptedModel:
 
     def __init__(self, script, vocab=8, eos=7):
         self.script, self.vocab, self.calls = list(script), vocab, 0
-        self.tokenizer = type("T", (), {"eos_id": eos})()
+        self.tokenizer = type("T", (), {"eos_id": eos, "vocab_size": vocab})()
 
     def new_cache(self, max_len):
         return object()
@@ -123,3 +123,13 @@ def test_generation_past_the_context_is_refused(models):
     m = gpt_engine.load(models.path("llama", "F32"))  # n_ctx = 128
     with pytest.raises(ContextOverflowError):
         m.generate([1] * 100, max_new_tokens=29)
+
+
+@pytest.mark.story("GT-027")
+def test_ids_beyond_the_tokenizer_vocabulary_are_never_generated():
+    from gpt_engine import generate as gen
+
+    m = _ScriptedModel([7, 7, 7], vocab=8)
+    m.tokenizer.vocab_size = 6  # embedding padded past the tokenizer (tokenizer.json case)
+    out = gen.run(m, [1], 3, SamplingParams(), stop_at_eos=False)
+    assert all(t < 6 for t in out.token_ids)
