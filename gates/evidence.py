@@ -48,6 +48,7 @@ def write(doc: dict, folder: Path) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1, sort_keys=False)
         f.write("\n")
+    os.chmod(tmp, 0o644)      # mkstemp makes 0600; evidence is shared and committed
     os.replace(tmp, path)
     out = os.environ.get("OUT")
     if out:
