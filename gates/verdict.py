@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 
 from gates.cards import GATES, Criterion, Story, stories_of_gate
 
+SAMPLE_TESTS = 25     # test ids listed per evidence file in gate JSON and reports
 STATUSES = ("verified", "partial", "cpu-only", "stale", "failing", "not-started")
 
 
@@ -147,10 +148,12 @@ class Evaluator:
             return CritResult(c, "missing", f"no {c.device} test marked {s.id}{sel} has run")
         bad = [(t, r) for t, r in newest.values() if t["outcome"] in ("failed", "error", "xpassed")]
         skipped = [(t, r) for t, r in newest.values() if t["outcome"] in ("skipped", "xfailed")]
-        runs_used = {}
+        runs_used: dict[str, list] = {}
         for t, r in newest.values():
-            runs_used.setdefault(r["_file"], [r, 0])[1] += 1
-        ev = [_run_ref(r, tests=n) for r, n in sorted(runs_used.values(), key=lambda x: _ts(x[0]), reverse=True)]
+            runs_used.setdefault(r["_file"], [r, []])[1].append(t)
+        ev = [_run_ref(r, tests=len(ts), devices=sorted({t["device"] for t in ts}),
+                       nodeids=sorted(t["nodeid"] for t in ts)[:SAMPLE_TESTS])
+              for r, ts in sorted(runs_used.values(), key=lambda x: _ts(x[0]), reverse=True)]
         n = len(newest)
         if bad:
             names = "; ".join(f"{t['nodeid']} {t['outcome']}" + (f" ({t['message']})" if t.get("message") else "") for t, _ in bad[:3])
