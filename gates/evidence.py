@@ -44,7 +44,7 @@ def write(doc: dict, folder: Path) -> Path:
     while path.exists():
         n += 1
         path = folder / name.replace(".json", f"-{n}.json")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".partial")  # never matches *.json
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1, sort_keys=False)
         f.write("\n")
