@@ -128,7 +128,7 @@ class Evaluator:
         for run in self.runs:
             recs = [t for t in run["tests"] if s.id in t["stories"]
                     and (not c.keyword or c.keyword in t["nodeid"])]
-            if c.device == "cuda":
+            if c.device == "cuda" and self.fresh(run, s.id):
                 no_device.update(t["nodeid"] for t in recs if t.get("device") is None)
             recs = [t for t in recs if device_matches(c.device, t.get("device"))]
             if not recs:
@@ -146,6 +146,9 @@ class Evaluator:
             if c.device == "cuda" and no_device:
                 return CritResult(c, "missing", f"no CUDA evidence: {len(no_device)} CUDA test(s){sel} only ran on machines without a GPU (skipped)")
             return CritResult(c, "missing", f"no {c.device} test marked {s.id}{sel} has run")
+        # Every CUDA test the fresh tree has (seen skipped on machines without a GPU) must
+        # have GPU evidence: a GPU run that selected only some of them proves only those.
+        uncovered = sorted(no_device - set(newest))
         bad = [(t, r) for t, r in newest.values() if t["outcome"] in ("failed", "error", "xpassed")]
         skipped = [(t, r) for t, r in newest.values() if t["outcome"] in ("skipped", "xfailed")]
         runs_used: dict[str, list] = {}
@@ -159,6 +162,10 @@ class Evaluator:
             names = "; ".join(f"{t['nodeid']} {t['outcome']}" + (f" ({t['message']})" if t.get("message") else "") for t, _ in bad[:3])
             more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
             return CritResult(c, "fail", f"{len(bad)}/{n} failing: {names}{more}", ev)
+        if uncovered:
+            more = f" (+{len(uncovered) - 3} more)" if len(uncovered) > 3 else ""
+            return CritResult(c, "missing", f"{len(uncovered)} of {len(uncovered) + n} CUDA test(s) have no fresh GPU "
+                              f"evidence: {'; '.join(uncovered[:3])}{more}", ev)
         if skipped:
             names = "; ".join(f"{t['nodeid']} ({t.get('skip_reason') or 'no reason'})" for t, _ in skipped[:3])
             more = f" (+{len(skipped) - 3} more)" if len(skipped) > 3 else ""

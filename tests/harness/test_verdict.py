@@ -184,3 +184,17 @@ def test_story_with_no_tests_is_not_started(tmp_path):
     assert r.status == "not-started" and not r.implemented
     assert r.criteria[0].state == "missing"
     assert "no cpu test marked GT-001 has run" in r.criteria[0].reason
+
+
+def test_every_cuda_test_needs_gpu_evidence(tmp_path):
+    """A GPU run that selected only the benchmarks does not prove the CUDA correctness tests."""
+    repo = Repo(tmp_path)
+    repo.gate1_minimal()
+    passing_gate1(repo)
+    repo.run(tests=[("tests/test_emb.py::test_cuda", ["GT-008"], "skipped", None),
+                    ("tests/test_emb.py::test_cuda_odd_sizes", ["GT-008"], "skipped", None)])
+    crit = evaluate(repo).story("GT-008").criteria[1]
+    assert crit.state == "missing"
+    assert crit.reason.startswith("1 of 3 CUDA test(s) have no fresh GPU evidence: tests/test_emb.py::test_cuda_odd_sizes")
+    repo.run(machine="gpu", tests=[("tests/test_emb.py::test_cuda_odd_sizes", ["GT-008"], "passed", GPU)])
+    assert evaluate(repo).story("GT-008").criteria[1].state == "pass"
