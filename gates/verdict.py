@@ -8,9 +8,9 @@ Rules (issue 3, DESIGN.md "Evidence and gates"):
 - Tests: newest fresh record per test (a run that did not select a test says nothing about
   it, so CPU evidence from this CI run and CUDA evidence from a committed GPU file combine);
   every test of the criterion must have passed, and at least one must exist.
-- Benchmarks: the newest fresh run that recorded a matching metric on the device decides
-  (ratios are only meaningful against references measured in the same run); every matching
-  case must be valid, come from a passing test and meet every threshold.
+- Benchmarks: the newest fresh record of each case (metric name) on the device decides; each
+  record carries references measured in its own run, so ratios stay same-run. Every case
+  must be valid, come from a passing test and meet every threshold.
 - Skipped, missing, stale, failing and invalid never pass.
 """
 from __future__ import annotations
@@ -187,8 +187,12 @@ class Evaluator:
         return True
 
     def _bench(self, s: Story, c: Criterion) -> CritResult:
+        """Newest fresh record per case (metric name): each record carries references measured
+        in its own run, so ratios stay same-run while a run that re-measured only some cases
+        says nothing about the others."""
         stale_run = None
         seen_unfiltered = False
+        chosen: dict[str, tuple] = {}          # metric name -> (run, [records of that run])
         for run in self.runs:
             ms = [m for m in run["benchmarks"] if fnmatch.fnmatchcase(m["name"], c.metric)
                   and device_matches(c.device, m.get("device"))]
@@ -199,7 +203,11 @@ class Evaluator:
             if not self.fresh(run, s.id):
                 stale_run = stale_run or run
                 continue
-            return self._judge_metrics(c, run, ms)
+            for m in ms:
+                if m["name"] not in chosen or chosen[m["name"]][0] is run:
+                    chosen.setdefault(m["name"], (run, []))[1].append(m)
+        if chosen:
+            return self._judge_metrics(c, list(chosen.values()))
         if stale_run is not None:
             return CritResult(c, "stale", "only stale benchmark evidence (" + _stale_reason(stale_run, s.id, self.members, self.files)
                               + f"); newest was {stale_run['_file']}", [_run_ref(stale_run)])
@@ -207,36 +215,42 @@ class Evaluator:
             return CritResult(c, "missing", f"metric {c.metric} recorded, but no case satisfies where {c.where}")
         return CritResult(c, "missing", f"metric {c.metric} never recorded on {c.device}")
 
-    def _judge_metrics(self, c: Criterion, run, ms) -> CritResult:
-        outcomes = {t["nodeid"]: t["outcome"] for t in run["tests"]}
-        problems, invalid, cases = [], [], []
-        for m in ms:
-            case = {"name": m["name"], "value": m["value"], "unit": m["unit"], "kind": m["kind"],
-                    "device": m.get("device"), "valid": m.get("valid", False), "params": m.get("params", {}),
-                    "references": m["references"], "normalized": m.get("ratios", {}), "ratios": {}}
-            if not m.get("valid", False):
-                invalid.append(f"{m['name']}: {m.get('invalid_reason') or 'invalid'}")
-            if outcomes.get(m["nodeid"]) != "passed":
-                problems.append(f"{m['name']}: its test {m['nodeid']} {outcomes.get(m['nodeid'], 'has no record')}")
-            for bounds, ok in ((c.min_ratio, lambda r, x: r >= x), (c.max_ratio, lambda r, x: r <= x)):
-                for ref, x in bounds.items():
-                    rv = m["references"].get(ref)
-                    if not isinstance(rv, (int, float)) or rv <= 0:
-                        problems.append(f"{m['name']}: no reference '{ref}' measured in the run")
-                        continue
-                    r = m["value"] / rv
-                    case["ratios"][ref] = r
-                    if not ok(r, x):
-                        op = ">=" if bounds is c.min_ratio else "<="
-                        problems.append(f"{m['name']}: {m['value']:.4g} {m['unit']} / {ref} {rv:.4g} = {r:.3g}, needs {op} {x:g}")
-            cases.append(case)
-        ev = [_run_ref(run, cases=cases)]
+    def _judge_metrics(self, c: Criterion, chosen: list) -> CritResult:
+        problems, invalid = [], []
+        by_run: dict[str, list] = {}
+        n = 0
+        for run, ms in chosen:
+            outcomes = {t["nodeid"]: t["outcome"] for t in run["tests"]}
+            cases = by_run.setdefault(run["_file"], [run, []])[1]
+            for m in ms:
+                n += 1
+                case = {"name": m["name"], "value": m["value"], "unit": m["unit"], "kind": m["kind"],
+                        "device": m.get("device"), "valid": m.get("valid", False), "params": m.get("params", {}),
+                        "references": m["references"], "normalized": m.get("ratios", {}), "ratios": {}}
+                if not m.get("valid", False):
+                    invalid.append(f"{m['name']}: {m.get('invalid_reason') or 'invalid'}")
+                if outcomes.get(m["nodeid"]) != "passed":
+                    problems.append(f"{m['name']}: its test {m['nodeid']} {outcomes.get(m['nodeid'], 'has no record')}")
+                for bounds, ok in ((c.min_ratio, lambda r, x: r >= x), (c.max_ratio, lambda r, x: r <= x)):
+                    for ref, x in bounds.items():
+                        rv = m["references"].get(ref)
+                        if not isinstance(rv, (int, float)) or rv <= 0:
+                            problems.append(f"{m['name']}: no reference '{ref}' measured in the run")
+                            continue
+                        r = m["value"] / rv
+                        case["ratios"][ref] = r
+                        if not ok(r, x):
+                            op = ">=" if bounds is c.min_ratio else "<="
+                            problems.append(f"{m['name']}: {m['value']:.4g} {m['unit']} / {ref} {rv:.4g} = {r:.3g}, needs {op} {x:g}")
+                cases.append(case)
+        ev = [_run_ref(run, cases=cases) for run, cases in sorted(by_run.values(), key=lambda x: _ts(x[0]), reverse=True)]
         if invalid:
-            return CritResult(c, "invalid", f"{len(invalid)}/{len(ms)} invalid: " + "; ".join(invalid[:3]), ev)
+            more = f" (+{len(invalid) - 3} more)" if len(invalid) > 3 else ""
+            return CritResult(c, "invalid", f"{len(invalid)}/{n} invalid: " + "; ".join(invalid[:3]) + more, ev)
         if problems:
             more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-            return CritResult(c, "fail", "; ".join(problems[:3]) + more, ev)
-        return CritResult(c, "pass", f"{len(ms)} case(s) meet the bar", ev)
+            return CritResult(c, "fail", f"{len(problems)} problem(s) in {n} case(s): " + "; ".join(problems[:3]) + more, ev)
+        return CritResult(c, "pass", f"{n} case(s) meet the bar", ev)
 
     def criterion(self, s: Story, c: Criterion) -> CritResult:
         return self._tests(s, c) if c.kind == "tests" else self._bench(s, c)

@@ -198,3 +198,26 @@ def test_every_cuda_test_needs_gpu_evidence(tmp_path):
     assert crit.reason.startswith("1 of 3 CUDA test(s) have no fresh GPU evidence: tests/test_emb.py::test_cuda_odd_sizes")
     repo.run(machine="gpu", tests=[("tests/test_emb.py::test_cuda_odd_sizes", ["GT-008"], "passed", GPU)])
     assert evaluate(repo).story("GT-008").criteria[1].state == "pass"
+
+
+def test_rerunning_one_benchmark_case_says_nothing_about_the_others(tmp_path):
+    repo = Repo(tmp_path)
+    repo.write("src/a.py", "A\n")
+    repo.add_card("GT-017", 3, "gate1", ["src/a.py"], [
+        'kind = "benchmark"\ndevice = "cuda"\nmetric = "attention_prefill.fp16.T*"\nmin_ratio = { sdpa = 0.7 }'])
+    nid = "t.py::test_prefill"
+    repo.run(machine="gpu", tests=[(nid, ["GT-017"], "passed", GPU)], benchmarks=[
+        metric("attention_prefill.fp16.T1024", 200.0, {"sdpa": 250.0}, nid, ["GT-017"], unit="TFLOP/s", kind="flops"),
+        metric("attention_prefill.fp16.T8192", 150.0, {"sdpa": 400.0}, nid, ["GT-017"], unit="TFLOP/s", kind="flops")])
+    crit = evaluate(repo).story("GT-017").criteria[0]
+    assert crit.state == "fail" and "attention_prefill.fp16.T8192" in crit.reason
+    # a later run re-measures only T1024: T8192's failure still stands
+    repo.run(machine="gpu", tests=[(nid, ["GT-017"], "passed", GPU)], benchmarks=[
+        metric("attention_prefill.fp16.T1024", 210.0, {"sdpa": 250.0}, nid, ["GT-017"], unit="TFLOP/s", kind="flops")])
+    crit = evaluate(repo).story("GT-017").criteria[0]
+    assert crit.state == "fail" and "1 problem(s) in 2 case(s)" in crit.reason
+    repo.run(machine="gpu", tests=[(nid, ["GT-017"], "passed", GPU)], benchmarks=[
+        metric("attention_prefill.fp16.T8192", 300.0, {"sdpa": 400.0}, nid, ["GT-017"], unit="TFLOP/s", kind="flops")])
+    crit = evaluate(repo).story("GT-017").criteria[0]
+    assert crit.state == "pass" and crit.reason == "2 case(s) meet the bar"
+    assert len(crit.evidence) == 2
