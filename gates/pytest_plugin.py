@@ -107,10 +107,12 @@ class Recorder:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session):
         self.started = _evidence.utc_now()
-        if not _is_worker(self.config) and self.enabled:
-            # Hash the tree at the start: the evidence describes the code that was tested.
+        if not _is_worker(self.config):
+            # A bad card stops the run here, in the controller, before any worker starts.
             stories = self._load_cards()
-            self.hashes = _sources.hash_stories(self.paths.root, stories)
+            if self.enabled:
+                # Hash the tree at the start: the evidence describes the code that was tested.
+                self.hashes = _sources.hash_stories(self.paths.root, stories)
 
     def pytest_collection_modifyitems(self, session, config, items):
         stories = self._load_cards()
