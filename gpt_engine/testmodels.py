@@ -41,20 +41,9 @@ def gpt2_vocab() -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
-def add_gpt2_vocab(writer, n_ctx: int | None = None) -> None:
-    """Write the GPT-2 vocabulary as gguf ``tokenizer.ggml.*`` metadata, as llama.cpp's converter does."""
-    import gguf
-
-    tokens, merges = gpt2_vocab()
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(tokens)
-    types = [gguf.TokenType.NORMAL] * len(tokens)
-    types[GPT2_EOS_ID] = gguf.TokenType.CONTROL
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(GPT2_EOS_ID)
-    writer.add_eos_token_id(GPT2_EOS_ID)
+def add_gpt2_vocab(writer) -> None:
+    """Write the real GPT-2 vocabulary as gguf ``tokenizer.ggml.*`` metadata, as llama.cpp's converter does."""
+    add_vocab(writer, "gpt2")
 
 
 # --------------------------------------------------------------------------- vocabularies

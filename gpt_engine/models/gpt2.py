@@ -11,6 +11,7 @@ import torch
 from .. import ops
 from ..kv_cache import KVCache
 from ..qweight import QWeight
+from .attention import attend
 
 _DENSE = {"F32", "F16"}
 
@@ -67,15 +68,7 @@ class GPT2:
         for i, L in enumerate(self.layers):
             qkv = torch.nn.functional.linear(h, L["qkv_w"].dense(self.dtype), L["qkv_b"])
             q, k, v = (t.reshape(B, T, c.n_head, c.head_dim).contiguous() for t in qkv.split(c.n_embd, dim=-1))
-            if cache is None:
-                a = ops.attention_prefill(q, k, v, scale)
-            else:
-                ops.kv_append(cache.k[i], cache.v[i], k, v, start)
-                if start == 0:
-                    a = ops.attention_prefill(q, k, v, scale)
-                else:
-                    lens = torch.full((B,), start + 1, dtype=torch.int32, device=self.device)
-                    a = ops.attention_decode(q[:, 0], cache.k[i], cache.v[i], lens, scale)[:, None]
+            a = attend(q, k, v, cache, i, start, scale)
             a = torch.nn.functional.linear(a.reshape(B, T, c.n_embd), L["o_w"].dense(self.dtype), L["o_b"])
             x, h = ops.add_layernorm(a, x, L["ln2_w"], L["ln2_b"], c.norm_eps)
             m = ops.ffn(h, L["up_w"].dense(self.dtype), L["up_b"], L["down_w"].dense(self.dtype),

@@ -14,9 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import ops
 from ..kv_cache import KVCache
 from ..qweight import QWeight
+from .attention import attend
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -87,15 +87,7 @@ class Llama:
             k = F.linear(h, L["k"].dense(dt)).reshape(B, T, c.n_head_kv, c.head_dim)
             v = F.linear(h, L["v"].dense(dt)).reshape(B, T, c.n_head_kv, c.head_dim).contiguous()
             q, k = rope(q, cos, sin).contiguous(), rope(k, cos, sin).contiguous()
-            if cache is None:
-                a = ops.attention_prefill(q, k, v, scale)
-            else:
-                ops.kv_append(cache.k[i], cache.v[i], k, v, start)
-                if start == 0:
-                    a = ops.attention_prefill(q, k, v, scale)
-                else:
-                    lens = torch.full((B,), start + 1, dtype=torch.int32, device=self.device)
-                    a = ops.attention_decode(q[:, 0], cache.k[i], cache.v[i], lens, scale)[:, None]
+            a = attend(q, k, v, cache, i, start, scale)
             x = x + F.linear(a.reshape(B, T, c.n_head * c.head_dim), L["o"].dense(dt))
             h = rmsnorm(x, L["ffn_norm"], c.norm_eps)
             g = F.linear(h, L["gate"].dense(dt))
