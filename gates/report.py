@@ -72,7 +72,8 @@ def _target_text(c) -> str:
     return "; ".join(parts)
 
 
-def build_context(paths) -> dict:
+def build_context(paths) -> tuple[dict, list, tuple]:
+    """(template context, evidence runs, current source hashes)."""
     now = datetime.now(timezone.utc)
     stories = _cards.load_cards(paths.stories)
     runs = _evidence.load_all(paths.evidence)
@@ -182,7 +183,7 @@ def build_context(paths) -> dict:
                                "svg": line_chart(f"{r.story.id} {c.metric}: value / {ref}", series, "ratio", target)})
 
     tree = git_state(paths.root)
-    return {
+    ctx = {
         "generated": _evidence.iso(now), "commit": (tree.get("commit") or "")[:10] or "unknown",
         "dirty": tree.get("dirty"), "n_runs": len(runs), "has_evidence": bool(runs),
         "evidence_dir": str(paths.evidence), "runs": [
@@ -193,6 +194,7 @@ def build_context(paths) -> dict:
         "pct": pct, "statuses": STATUSES, "sprints": sprint_rows, "stories": story_rows,
         "gates": list(gates.values()), "perf": perf, "risks": risks, "charts": charts,
     }
+    return ctx, runs, current
 
 
 def _env() -> jinja2.Environment:
@@ -207,12 +209,9 @@ def _env() -> jinja2.Environment:
 
 
 def render_all(paths) -> list[Path]:
-    ctx = build_context(paths)
+    ctx, runs, current = build_context(paths)
     out = paths.reports
     out.mkdir(parents=True, exist_ok=True)
-    stories = _cards.load_cards(paths.stories)
-    runs = _evidence.load_all(paths.evidence)
-    current = _sources.hash_stories(paths.root, stories)
     written = []
     csv = out / "results.csv"
     results_frame(runs, current[0]).to_csv(csv, index=False)
