@@ -42,7 +42,8 @@ def line_chart(title: str, series: dict[str, list[tuple[str, float]]], unit: str
                    f'<text x="{pad_l + w}" y="{py(target) - 3:.1f}" font-size="10" text-anchor="end" fill="#d1242f">target {_fmt(target)}</text>')
     for i, x in enumerate(xs):
         if len(xs) <= 6 or i in (0, len(xs) - 1):
-            out.append(f'<text x="{px(x):.1f}" y="{pad_t + h + 14}" font-size="9" text-anchor="middle">{escape(x)}</text>')
+            anchor = "end" if i == len(xs) - 1 and len(xs) > 1 else ("start" if i == 0 and len(xs) > 1 else "middle")
+            out.append(f'<text x="{px(x):.1f}" y="{pad_t + h + 14}" font-size="9" text-anchor="{anchor}">{escape(x)}</text>')
     for k, (label, s) in enumerate(series.items()):
         c = colors[k % len(colors)]
         coords = [(px(x), py(y)) for x, y in s]
@@ -51,6 +52,6 @@ def line_chart(title: str, series: dict[str, list[tuple[str, float]]], unit: str
                        " ".join(f"{a:.1f},{b:.1f}" for a, b in coords) + '"/>')
         for (a, b), (_, y) in zip(coords, s):
             out.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{c}"><title>{escape(label)}: {_fmt(y)}</title></circle>')
-        out.append(f'<text x="{pad_l + 6 + 110 * k}" y="{height - 4}" font-size="10" fill="{c}">{escape(label[:18])}</text>')
+        out.append(f'<text x="{pad_l + 6 + 180 * k}" y="{height - 4}" font-size="10" fill="{c}">{escape(label[:30])}</text>')
     out.append("</svg>")
     return "".join(out)

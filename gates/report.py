@@ -158,29 +158,18 @@ def build_context(paths) -> tuple[dict, list, tuple]:
     order = {"high": 0, "medium": 1, "low": 2}
     risks = sorted(uniq, key=lambda k: (order[k["level"]], k["story"] or ""))
 
-    # trends: worst-case ratio to each criterion's first threshold, per run, per machine class
+    # trends: worst case of value / reference for each bound of each benchmark criterion
     charts = []
     for r in results:
         for c in r.story.criteria:
             if c.kind != "benchmark":
                 continue
-            bounds = list(c.min_ratio.items()) or list(c.max_ratio.items())
-            ref, target = bounds[0]
-            worst_is_min = bool(c.min_ratio)
-            series: dict[str, list] = {}
-            for run in sorted(ev.runs, key=lambda x: x["run"]["finished"]):
-                vals = []
-                for m in run["benchmarks"]:
-                    if fnmatch.fnmatchcase(m["name"], c.metric) and device_matches(c.device, m.get("device")) \
-                            and ev._where_ok(c, m.get("params", {})) and m["references"].get(ref):
-                        vals.append(m["value"] / m["references"][ref])
-                if vals:
-                    x = run["run"]["finished"][5:16].replace("T", " ")
-                    series.setdefault(run["provenance"]["machine_class"], []).append(
-                        (x, min(vals) if worst_is_min else max(vals)))
-            if series:
-                charts.append({"story": r.story.id, "metric": c.metric,
-                               "svg": line_chart(f"{r.story.id} {c.metric}: value / {ref}", series, "ratio", target)})
+            bounds = [(k, x, True) for k, x in sorted(c.min_ratio.items())]
+            bounds += [(k, x, False) for k, x in sorted(c.max_ratio.items())]
+            for ref, target, worst_is_min in bounds:
+                chart = _trend(ev, r, c, ref, target, worst_is_min)
+                if chart:
+                    charts.append(chart)
 
     tree = git_state(paths.root)
     ctx = {
@@ -195,6 +184,24 @@ def build_context(paths) -> tuple[dict, list, tuple]:
         "gates": list(gates.values()), "perf": perf, "risks": risks, "charts": charts,
     }
     return ctx, runs, current
+
+
+def _trend(ev, r, c, ref, target, worst_is_min):
+    """Per run and machine class, the worst case of value / reference for one criterion."""
+    series: dict[str, list] = {}
+    for run in sorted(ev.runs, key=lambda x: x["run"]["finished"]):
+        vals = []
+        for m in run["benchmarks"]:
+            if fnmatch.fnmatchcase(m["name"], c.metric) and device_matches(c.device, m.get("device")) \
+                    and ev._where_ok(c, m.get("params", {})) and m["references"].get(ref):
+                vals.append(m["value"] / m["references"][ref])
+        if vals:
+            x = run["run"]["finished"][5:16].replace("T", " ")
+            series.setdefault(run["provenance"]["machine_class"], []).append((x, min(vals) if worst_is_min else max(vals)))
+    if not series:
+        return None
+    return {"story": r.story.id, "metric": c.metric,
+            "svg": line_chart(f"{r.story.id} {c.metric}: value / {ref}", series, "ratio", target)}
 
 
 def _env() -> jinja2.Environment:
