@@ -74,7 +74,20 @@ def cmd_gate(a, paths) -> int:
     print(gate_table(ev, doc))
     p = write_gate_json(paths, doc)
     print(f"wrote {p} in {time.perf_counter() - t0:.2f}s")
+    if doc["verdict"] == "pass" and a.gate not in enforced_gates(paths.root / ".ci" / "enforced_gates"):
+        print(f"{a.gate} passes and is not enforced yet: add it to .ci/enforced_gates so it cannot silently regress")
     return 0 if doc["verdict"] == "pass" else 1
+
+
+def enforced_gates(listfile: Path) -> list[str]:
+    if not listfile.exists():
+        return []
+    names = []
+    for line in listfile.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.append(line)
+    return names
 
 
 def story_text(ev: Evaluator, sid: str) -> str:
@@ -119,12 +132,7 @@ def cmd_status(a, paths) -> int:
 
 def cmd_enforce(a, paths) -> int:
     listfile = Path(a.file) if a.file else paths.root / ".ci" / "enforced_gates"
-    names = []
-    if listfile.exists():
-        for line in listfile.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                names.append(line)
+    names = enforced_gates(listfile)
     unknown = [n for n in names if n not in _cards.GATES]
     if unknown:
         print(f"{listfile}: unknown gate(s) {unknown}; known {GATE_NAMES}", file=sys.stderr)

@@ -51,6 +51,7 @@ def test_gate_cli_exit_status_and_json(repo, capsys):
     assert main(_cli(repo, "gate", "gate1")) == 0
     out = capsys.readouterr().out
     assert "verdict: gate1 PASS" in out
+    assert "gate1 passes and is not enforced yet" in out
     doc = json.loads((repo.root / "reports" / "gates" / "gate1.json").read_text())
     assert doc["gate"] == "gate1" and doc["verdict"] == "pass" and doc["blockers"] == []
     assert [s["id"] for s in doc["stories"]] == ["GT-001", "GT-008"]
