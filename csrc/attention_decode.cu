@@ -94,24 +94,34 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
   const int64_t head = ((int64_t)b * Hkv + hkv) * S;
   const T* kbase = kc + head * D + sub * VEC;
   const T* vbase = vc + head * D + sub * VEC;
-  for (int64_t k0 = kbeg; k0 < kend; k0 += KPB * kUnroll) {
-    Vec<T, VEC> kv[kUnroll], vv[kUnroll];
-    bool ok[kUnroll];
+  // Register double buffer: the next step's K/V loads are issued before this step's math,
+  // so every thread keeps 2 * kUnroll * 16 bytes in flight without waiting on its own math.
+  constexpr int U = G >= 4 ? 2 : kUnroll;  // fewer keys per step where q/acc take the registers
+  constexpr int STEP = KPB * U;
+  Vec<T, VEC> kv[U], vv[U];
+  auto load_step = [&](int64_t k0, Vec<T, VEC>* kd, Vec<T, VEC>* vd) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       const int64_t key = k0 + u * KPB + slot;
-      ok[u] = key < kend;
-      if (ok[u]) {
-        kv[u] = ldg_vec<T, VEC>(kbase + key * D);
-        vv[u] = ldg_vec<T, VEC>(vbase + key * D);
+      if (key < kend) {
+        kd[u] = ldg_vec<T, VEC>(kbase + key * D);
+        vd[u] = ldg_vec<T, VEC>(vbase + key * D);
       }
     }
+  };
+  if (kbeg < kend) load_step(kbeg, kv, vv);
+  for (int64_t k0 = kbeg; k0 < kend; k0 += STEP) {
+    Vec<T, VEC> kn[U], vn[U];
+    if (k0 + STEP < kend) load_step(k0 + STEP, kn, vn);
+    bool ok[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) ok[u] = k0 + u * KPB + slot < kend;
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      float s[kUnroll];
+      float s[U];
       float mx = m[g];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < U; ++u) {
         float dot = 0.f;
         if (ok[u]) {
 #pragma unroll
@@ -124,9 +134,9 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
       }
       if (mx == -INFINITY) continue;  // no key of this slot yet
       const float corr = fast_exp2(m[g] - mx);
-      float p[kUnroll], psum = 0.f;
+      float p[U], psum = 0.f;
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < U; ++u) {
         p[u] = fast_exp2(s[u] - mx);
         psum += p[u];
       }
@@ -135,11 +145,16 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
       for (int j = 0; j < VEC; ++j) {
         float a = acc[g][j] * corr;
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u)
+        for (int u = 0; u < U; ++u)
           if (ok[u]) a = fmaf(p[u], to_f(vv[u].v[j]), a);
         acc[g][j] = a;
       }
       m[g] = mx;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      kv[u] = kn[u];
+      vv[u] = vn[u];
     }
   }
 
@@ -246,13 +261,14 @@ cudaError_t launch_d(const T* q, const T* kc, const T* vc, const void* lens, boo
 }  // namespace
 
 int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int num_sms) {
-  // Enough blocks for ~4 per SM (bytes in flight to cover memory latency), but no split
-  // shorter than 128 keys of a full cache (the partial states would cost more than they save).
+  // Enough blocks for ~8 per SM (bytes in flight to cover memory latency), but no split
+  // shorter than 64 keys of a full cache (one step of a block; shorter splits only add
+  // partial states to merge).
   const int64_t group = Hq / Hkv;
   const int64_t g = pick_group_tile(group);
   const int64_t units = B * Hkv * ((group + g - 1) / g);
-  int64_t splits = ceil_div(4LL * num_sms, units > 0 ? units : 1);
-  const int64_t max_splits = std::max<int64_t>(1, ceil_div(S, 128));
+  int64_t splits = ceil_div(8LL * num_sms, units > 0 ? units : 1);
+  const int64_t max_splits = std::max<int64_t>(1, ceil_div(S, 64));
   splits = std::min<int64_t>(std::min<int64_t>(splits, max_splits), 1024);
   return (int)std::max<int64_t>(splits, 1);
 }

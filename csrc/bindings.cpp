@@ -112,7 +112,7 @@ void add_layernorm(const at::Tensor& x, const at::Tensor& r, const at::Tensor& w
 }
 
 void embedding(const at::Tensor& ids, const at::Tensor& pos, const at::Tensor& wte, const at::Tensor& wpe,
-               at::Tensor& out) {
+               at::Tensor& out, at::Tensor& bad_flag) {
   const char* op = "embedding";
   check_tensor(op, "wte", wte, wte, true);
   check_tensor(op, "wpe", wpe, wte, true);
@@ -126,10 +126,13 @@ void embedding(const at::Tensor& ids, const at::Tensor& pos, const at::Tensor& w
               wpe.sizes(), " must be [V, C] and [P, C]");
   const int64_t c = wte.size(1);
   TORCH_CHECK(out.numel() == ids.numel() * c, op, ": out has ", out.numel(), " elements, expected ", ids.numel() * c);
+  TORCH_CHECK(bad_flag.is_cuda() && bad_flag.device() == wte.device() && bad_flag.scalar_type() == at::kInt &&
+                  bad_flag.numel() == 1,
+              op, ": bad_flag must be one int32 on ", wte.device());
   const c10::cuda::CUDAGuard guard(wte.device());
   check_launch(op, gpte::launch_embedding(dtype_code(wte), ids.data_ptr<int64_t>(), pos.data_ptr<int64_t>(),
                                           wte.data_ptr(), wpe.data_ptr(), out.data_ptr(), ids.numel(), c, wte.size(0),
-                                          wpe.size(0), stream_of(wte)));
+                                          wpe.size(0), bad_flag.data_ptr<int>(), stream_of(wte)));
 }
 
 // [B, T, H, D] with the (H, D) block dense; batch and token strides free.
@@ -160,7 +163,8 @@ void kv_append(at::Tensor& kc, at::Tensor& vc, const at::Tensor& k, const at::Te
                                           stream_of(kc)));
 }
 
-void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& o, double scale) {
+void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& o, double scale,
+                       int64_t variant) {
   const char* op = "attention_prefill";
   check_tensor(op, "q", q, q, false);
   check_tensor(op, "k", k, q, false);
@@ -182,7 +186,7 @@ void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   check_launch(op, gpte::launch_attention_prefill(dtype_code(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                                   o.data_ptr(), B, T, Hq, Hkv, D, q.stride(0), q.stride(1),
                                                   k.stride(0), k.stride(1), v.stride(0), v.stride(1), (float)scale,
-                                                  stream_of(q)));
+                                                  (int)variant, stream_of(q)));
 }
 
 void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& lens,
@@ -226,7 +230,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_layernorm", &add_layernorm, "h = x + residual; y = layernorm(h)");
   m.def("embedding", &embedding, "out = wte[ids] + wpe[pos]");
   m.def("kv_append", &kv_append, "k/v -> caches at start_pos");
-  m.def("attention_prefill", &attention_prefill, "causal flash attention");
+  m.def("attention_prefill", &attention_prefill, "causal flash attention", py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("out"), py::arg("scale"), py::arg("variant") = 0);
   m.def("attention_decode", &attention_decode, "split-K decode attention");
   m.def("attention_decode_splits", &gpte::attention_decode_splits, "splits the decode kernel uses");
 }

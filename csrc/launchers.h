@@ -22,8 +22,10 @@ cudaError_t launch_layernorm(int dtype, const void* x, const void* w, const void
 cudaError_t launch_add_layernorm(int dtype, const void* x, const void* residual, const void* w, const void* b,
                                  void* h, void* y, int64_t rows, int64_t c, float eps, cudaStream_t stream);
 
+// A token whose id or position is out of range gets a NaN row and sets *bad_flag to 1.
 cudaError_t launch_embedding(int dtype, const int64_t* ids, const int64_t* pos, const void* wte, const void* wpe,
-                             void* out, int64_t ntok, int64_t c, int64_t vocab, int64_t npos, cudaStream_t stream);
+                             void* out, int64_t ntok, int64_t c, int64_t vocab, int64_t npos, int* bad_flag,
+                             cudaStream_t stream);
 
 // k/v: [B, T, Hkv, D] with batch/token strides; caches: dense [B, Hkv, S, D].
 cudaError_t launch_kv_append(int dtype, void* k_cache, void* v_cache, const void* k, const void* v, int64_t B,
@@ -31,11 +33,11 @@ cudaError_t launch_kv_append(int dtype, void* k_cache, void* v_cache, const void
                              int64_t v_sb, int64_t v_st, int64_t start_pos, cudaStream_t stream);
 
 // q: [B, T, Hq, D], k/v: [B, T, Hkv, D] with batch/token strides (heads packed); o dense.
-// dtype fp16 or bf16; D 64 or 128.
+// dtype fp16 or bf16; D 64 or 128. variant: tile shape (0 = default; see attention_prefill.cu).
 cudaError_t launch_attention_prefill(int dtype, const void* q, const void* k, const void* v, void* o, int64_t B,
                                      int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t q_sb, int64_t q_st,
                                      int64_t k_sb, int64_t k_st, int64_t v_sb, int64_t v_st, float scale,
-                                     cudaStream_t stream);
+                                     int variant, cudaStream_t stream);
 
 // Number of sequence splits the decode kernel will use (sizes the fp32 workspace:
 // B * Hq * splits * D floats for partial outputs, B * Hq * splits * 2 for (max, sum)).

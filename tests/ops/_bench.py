@@ -33,3 +33,20 @@ def nbytes(*ts) -> int:
 def free():
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
+
+
+def graphed(fn, warmup: int = 3):
+    """fn captured in a CUDA graph; returns the replay callable. Decode steps run as graph
+    replays in the engine (no Python dispatch, no host syncs), so the per-step ops are timed
+    that way; the torch/SDPA references are captured the same way, for the same reason."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    torch.cuda.synchronize()
+    return g.replay

@@ -18,6 +18,8 @@ def fresh_seed(request):
 
 
 @pytest.fixture(autouse=True)
-def nan_outputs(monkeypatch):
-    """Every kernel output starts as NaN, so an element the kernel does not write fails."""
-    monkeypatch.setattr(_common, "FILL_OUTPUTS_WITH_NAN", True)
+def nan_outputs(request, monkeypatch):
+    """Every kernel output starts as NaN, so an element the kernel does not write fails.
+    Not in benchmarks: the fill is an extra pass over the output that the op does not make."""
+    if request.node.get_closest_marker("benchmark") is None:
+        monkeypatch.setattr(_common, "FILL_OUTPUTS_WITH_NAN", True)

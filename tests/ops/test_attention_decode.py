@@ -7,7 +7,7 @@ from gpt_engine import ops
 from gpt_engine.ops import attention_decode_module as mod
 from gpt_engine.ops import attention_prefill_module as prefill_mod
 
-from ._bench import free, mark
+from ._bench import free, gbps, graphed, mark, nbytes
 from ._util import DEVICES, TOL_NAME, assert_nmse, f64, randn
 
 # (B, Hq, Hkv, S, D, lens): ragged lengths, odd lengths, one key, a full cache, GQA groups 1..8
@@ -84,17 +84,21 @@ def test_decode_bad_inputs(device):
 @pytest.mark.parametrize("b", [1, 4, 8])
 def test_decode_bandwidth(bench, b, h, t):
     """One query token per sequence vs a full cache of t keys, d = 64, fp16. Bandwidth on the
-    K + V bytes read; SDPA gets the same cache as [B, H, T, D] and q as [B, H, 1, D]."""
+    K + V bytes read; SDPA gets the same cache as [B, H, T, D] and q as [B, H, 1, D]. Both are
+    timed as CUDA graph replays (decode runs as graph replays); eager times in params."""
     d = 64
     kc, vc = (torch.randn(b, h, t, d, device="cuda", dtype=torch.float16) for _ in range(2))
     q = torch.randn(b, h, d, device="cuda", dtype=torch.float16)
     lens = torch.full((b,), t, dtype=torch.int32, device="cuda")
     kv_bytes = nbytes(kc, vc)
-    tk = bench.cuda_time(lambda: ops.attention_decode(q, kc, vc, lens, d ** -0.5))
     q4 = q[:, :, None]
-    t_sdpa = bench.cuda_time(lambda: F.scaled_dot_product_attention(q4, kc, vc))
+    ours = lambda: ops.attention_decode(q, kc, vc, lens, d ** -0.5)  # noqa: E731
+    sdpa = lambda: F.scaled_dot_product_attention(q4, kc, vc)  # noqa: E731
+    t_eager, t_sdpa_eager = bench.cuda_time(ours), bench.cuda_time(sdpa)
+    tk, t_sdpa = bench.cuda_time(graphed(ours)), bench.cuda_time(graphed(sdpa))
     bench.record(f"attention_decode.fp16.B{b}.H{h}.T{t}", gbps(kv_bytes, tk), "GB/s", kind="bandwidth",
                  references={"sdpa": gbps(kv_bytes, t_sdpa)},
-                 params={"B": b, "H": h, "T": t, "D": d, "kv_bytes": kv_bytes, "time_s": tk, "sdpa_time_s": t_sdpa})
+                 params={"B": b, "H": h, "T": t, "D": d, "kv_bytes": kv_bytes, "time_s": tk, "sdpa_time_s": t_sdpa,
+                         "cuda_graph": True, "eager_time_s": t_eager, "sdpa_eager_time_s": t_sdpa_eager})
     del kc, vc
     free()

@@ -1,6 +1,7 @@
 """Bias + GELU epilogue of the FFN (GT-014, GT-012) vs float64."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gpt_engine import ops
 from gpt_engine.ops import gelu_module

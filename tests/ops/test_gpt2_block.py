@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from . import _gpt2_block as blk
-from ._bench import mark
+from ._bench import graphed, mark
 from ._util import DEVICES, TOL_NAME, assert_nmse, randn
 
 transformers = pytest.importorskip("transformers")
@@ -78,27 +78,16 @@ def test_gpt2_block_decode_step_time(bench):
     hf = _hf_block(n_embd, n_head)
     w = blk.BlockWeights.from_hf(hf, torch.float16, "cuda")
     x = torch.randn(1, 1, n_embd, device="cuda", dtype=torch.float16)
-    caches = [torch.randn(1, n_head, s, n_embd // n_head, device="cuda", dtype=torch.float16) for _ in range(4)]
+    caches = [torch.randn(1, n_head, s, n_embd // n_head, device="cuda", dtype=torch.float16) for _ in range(2)]
+    caches += [c.clone() for c in caches]  # the same cache contents for both steps
     lens = torch.full((1,), s, dtype=torch.int32, device="cuda")
     ours = lambda: blk.decode_step(x, w, n_head, 1e-5, caches[0], caches[1], s - 1, lens)  # noqa: E731
     plain = lambda: blk.torch_decode_step(x, w, n_head, 1e-5, caches[2], caches[3], s - 1)  # noqa: E731
     # both compute the same function: check before timing
     assert_nmse(ours(), plain(), "nmse_block_float16")
     t_eager, t_torch_eager = bench.cuda_time(ours), bench.cuda_time(plain)
-    graphs = []
-    for fn in (ours, plain):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        graphs.append(g)
-    t = bench.cuda_time(graphs[0].replay)
-    t_torch = bench.cuda_time(graphs[1].replay)
+    t = bench.cuda_time(graphed(ours))
+    t_torch = bench.cuda_time(graphed(plain))
     bench.record("gpt2_block_decode.fp16", t * 1e6, "us", kind="time", references={"torch": t_torch * 1e6},
                  params={"n_embd": n_embd, "n_head": n_head, "batch": 1, "position": s - 1, "cuda_graph": True,
                          "eager_time_s": t_eager, "torch_eager_time_s": t_torch_eager})

@@ -1,0 +1,55 @@
+"""Tile-shape exploration for the prefill kernel (not a test; run by hand on the GPU machine).
+
+    python tests/ops/explore_prefill.py
+Times each compiled tile variant and SDPA (each backend separately) on the benchmark shapes,
+with the same L2 flush and median as the harness, and prints TFLOP/s.
+"""
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from gpt_engine.ops import _ext
+
+ext = _ext.load()
+flush = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
+
+
+def cuda_time(fn, reps=30, warmup=5):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        flush.zero_()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(ts)
+
+
+print(f"{'T':>6} " + " ".join(f"{'v' + str(v):>7}" for v in range(5)) + "   flash    eff  cudnn  default")
+for t in (1024, 2048, 4096, 8192):
+    b, h, d = 32768 // t, 16, 64
+    q, k, v = (torch.randn(b, t, h, d, device="cuda", dtype=torch.float16) for _ in range(3))
+    o = torch.empty_like(q)
+    flops = 4 * b * h * t * t * d / 2
+    row = []
+    for var in range(5):
+        row.append(flops / cuda_time(lambda: ext.attention_prefill(q, k, v, o, d ** -0.5, var)) / 1e12)
+    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
+    for be in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, None):
+        try:
+            if be is None:
+                f = lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)  # noqa: E731
+                row.append(flops / cuda_time(f) / 1e12)
+            else:
+                with sdpa_kernel(be):
+                    f = lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)  # noqa: E731
+                    row.append(flops / cuda_time(f) / 1e12)
+        except RuntimeError:
+            row.append(float("nan"))
+    print(f"{t:>6} " + " ".join(f"{x:7.1f}" for x in row))
