@@ -133,13 +133,14 @@ class Recorder:
             if problems:
                 bad.append((item, problems))
         if bad:
-            # Reported as collection errors (not an exception) so that plain pytest and
-            # pytest-xdist workers alike end the session with "errors during collection".
+            # Reported as collection errors (not an exception): plain pytest and pytest-xdist
+            # alike then stop with "errors during collection" before running anything, unless
+            # --continue-on-collection-errors asks to run the valid tests anyway.
             for item, problems in bad:
                 rep = CollectReport(item.nodeid, "failed", "story marker: " + "; ".join(problems), [])
                 session.ihook.pytest_collectreport(report=rep)
-            items[:] = []
-            return
+            dropped = {id(item) for item, _ in bad}
+            items[:] = [item for item in items if id(item) not in dropped]
         wanted = set(config.getoption("gpt_engine_story") or [])
         if wanted:
             unknown = wanted - set(stories)
