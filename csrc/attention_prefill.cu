@@ -300,6 +300,243 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(const Params 
   }
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Hopper path (head dim 64): both products on the warpgroup tensor-core instruction
+// (wgmma.mma_async, sm_90a). A warpgroup (4 warps) owns 64 query rows; Q and P are the A
+// operand from registers (their per-warp fragments are the mma.sync A layout), K and V are
+// read by the tensor cores straight from the swizzled shared-memory tiles through matrix
+// descriptors: K as a K-major B operand (S = Q K^T), V as an MN-major (transposed) B operand
+// (O += P V). The smem tiles use the 128-byte swizzle (16-byte chunk c of 128-byte row r at
+// c ^ (r % 8), 1024-byte aligned atoms), which is exactly the layout cp.async writes above.
+// ---------------------------------------------------------------------------------------
+
+// Shared-memory matrix descriptor: start address, leading/stride byte offsets, 128B swizzle.
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
+         ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Pins accumulator registers in place around the asynchronous instructions.
+__device__ __forceinline__ void reg_fence(float (&d)[32]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// D[64 x 64] (+)= A[64 x 16] (registers) * B[16 x 64] (smem descriptor); TB = 1: B is MN-major.
+template <typename T, int TB>
+__device__ __forceinline__ void wgmma_64x64x16(float (&d)[32], const uint32_t (&a)[4], uint64_t desc, int scale_d);
+
+#define TRANSB "0"
+template <>
+__device__ __forceinline__ void wgmma_64x64x16<__half, 0>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc,
+                                                           int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, " TRANSB ";\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void wgmma_64x64x16<__nv_bfloat16, 0>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc,
+                                                                  int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, " TRANSB ";\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+#undef TRANSB
+#define TRANSB "1"
+template <>
+__device__ __forceinline__ void wgmma_64x64x16<__half, 1>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc,
+                                                           int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, " TRANSB ";\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void wgmma_64x64x16<__nv_bfloat16, 1>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc,
+                                                                  int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, " TRANSB ";\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+#undef TRANSB
+
+// WG warpgroups per block, 64 query rows each; key tiles of 64 rows, double-buffered.
+template <typename T, int WG>
+__global__ void __launch_bounds__(WG * 128) flash_prefill_wgmma_kernel(const Params p) {
+  constexpr int D = 64, BN = 64, BM = 64 * WG, NT = WG * 128;
+  constexpr int TILE = BN * D * 2;  // bytes of one K or V tile (8 x 1024-byte swizzle atoms)
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
+  const uint32_t sK = base, sV = base + 2 * TILE, sQ = base + 4 * TILE;
+
+  const int mb = gridDim.x - 1 - blockIdx.x;  // longest (last) query blocks first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int hk = h / (p.Hq / p.Hkv);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wg = warp >> 2, wq = warp & 3;  // warpgroup, warp within it
+  const int m0 = mb * BM;
+  const int T_ = p.T;
+  const T* qg = reinterpret_cast<const T*>(p.q) + b * p.q_sb + (int64_t)h * D;
+  const T* kg = reinterpret_cast<const T*>(p.k) + b * p.k_sb + (int64_t)hk * D;
+  const T* vg = reinterpret_cast<const T*>(p.v) + b * p.v_sb + (int64_t)hk * D;
+
+  load_tile<T, D, BM, NT>(sQ, qg + (int64_t)m0 * p.q_st, 0, T_ - m0, p.q_st);
+  load_tile<T, D, BN, NT>(sK, kg, 0, T_, p.k_st);
+  load_tile<T, D, BN, NT>(sV, vg, 0, T_, p.v_st);
+  cp_async_commit();
+  const int kv_end = min(T_, m0 + BM);
+  const int n_tiles = (kv_end + BN - 1) / BN;
+
+  cp_async_wait_all();
+  __syncthreads();
+  const int wrow0 = m0 + wg * 64 + wq * 16;  // this warp's first query row
+  const int grow0 = m0 + wg * 64;            // this warpgroup's first query row
+  uint32_t qf[4][4];
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    const int row = wg * 64 + wq * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+    ldmatrix_x4(qf[ks], sQ + swz<D>(row, ks * 2 + (lane >> 4)));
+  }
+  float o[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) o[i] = 0.f;
+  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
+  const float sl2 = p.scale_log2;
+
+  for (int j = 0; j < n_tiles; ++j) {
+    cp_async_wait_all();
+    fence_proxy_async();  // cp.async wrote the tile through the generic proxy; wgmma reads it async
+    __syncthreads();
+    if (j + 1 < n_tiles) {
+      const int nb = (j + 1) & 1;
+      load_tile<T, D, BN, NT>(sK + nb * TILE, kg + (int64_t)(j + 1) * BN * p.k_st, 0, T_ - (j + 1) * BN, p.k_st);
+      load_tile<T, D, BN, NT>(sV + nb * TILE, vg + (int64_t)(j + 1) * BN * p.v_st, 0, T_ - (j + 1) * BN, p.v_st);
+    }
+    cp_async_commit();
+    const int kb0 = j * BN;
+    if (kb0 > grow0 + 63) continue;  // the whole tile is in this warpgroup's future
+    const uint32_t bK = sK + (j & 1) * TILE, bV = sV + (j & 1) * TILE;
+
+    float s[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s[i] = 0.f;
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_64x64x16<T, 0>(s, qf[ks], smem_desc(bK + ks * 32, 16, 1024), ks);
+    wgmma_commit();
+    wgmma_wait_all();
+    reg_fence(s);
+
+    if (kb0 + BN - 1 > wrow0) {  // the diagonal crosses this tile: mask future keys
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        const int qrow = wrow0 + (lane >> 2) + ((i & 2) ? 8 : 0);
+        const int key = kb0 + (i >> 2) * 8 + 2 * (lane & 3) + (i & 1);
+        if (key > qrow) s[i] = -INFINITY;
+      }
+    }
+    constexpr bool kHalf = std::is_same<T, __half>::value;
+    uint32_t pp[8][2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * r], s[nt * 4 + 2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mnew = fmaxf(mrow[r], mx);
+      const float msc = mnew == -INFINITY ? 0.f : mnew * sl2;
+      const float corr = fast_exp2(mrow[r] * sl2 - msc);
+      float rs = 0.f;
+      if constexpr (kHalf) {
+        __half2 hs = __float2half2_rn(0.f);
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          __half2 e = __floats2half2_rn(fmaf(s[nt * 4 + 2 * r], sl2, -msc), fmaf(s[nt * 4 + 2 * r + 1], sl2, -msc));
+          e = h2exp2(e);
+          hs = __hadd2(hs, e);
+          pp[nt][r] = *reinterpret_cast<uint32_t*>(&e);
+        }
+        rs = __low2float(hs) + __high2float(hs);
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          const float e0 = fast_exp2(fmaf(s[nt * 4 + 2 * r], sl2, -msc));
+          const float e1 = fast_exp2(fmaf(s[nt * 4 + 2 * r + 1], sl2, -msc));
+          rs += e0 + e1;
+          pp[nt][r] = pack2<T>(e0, e1);
+        }
+      }
+      lrow[r] = lrow[r] * corr + rs;
+      mrow[r] = mnew;
+#pragma unroll
+      for (int dt = 0; dt < 8; ++dt) {
+        o[dt * 4 + 2 * r] *= corr;
+        o[dt * 4 + 2 * r + 1] *= corr;
+      }
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint32_t pa[4] = {pp[2 * kk][0], pp[2 * kk][1], pp[2 * kk + 1][0], pp[2 * kk + 1][1]};
+      wgmma_64x64x16<T, 1>(o, pa, smem_desc(bV + kk * 16 * 128, 16, 1024), 1);
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+    reg_fence(o);
+  }
+
+  T* og = reinterpret_cast<T*>(p.o) + b * p.o_sb + (int64_t)h * D;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = lrow[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int row = wrow0 + (lane >> 2) + 8 * r;
+    if (row < T_) {
+#pragma unroll
+      for (int dt = 0; dt < 8; ++dt) {
+        const int col = dt * 8 + 2 * (lane & 3);
+        *reinterpret_cast<uint32_t*>(og + (int64_t)row * p.o_st + col) =
+            pack2<T>(o[dt * 4 + 2 * r] * inv, o[dt * 4 + 2 * r + 1] * inv);
+      }
+    }
+  }
+}
+
+template <typename T, int WG>
+cudaError_t launch_wgmma(const Params& p, int64_t B, cudaStream_t st) {
+  constexpr int BM = 64 * WG;
+  constexpr int smem = 4 * 64 * 64 * 2 + BM * 64 * 2 + 1024;  // K, V double-buffered + Q + alignment slack
+  static bool configured = false;
+  if (!configured) {
+    cudaError_t e =
+        cudaFuncSetAttribute(flash_prefill_wgmma_kernel<T, WG>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return e;
+    configured = true;
+  }
+  const dim3 grid((unsigned)ceil_div(p.T, BM), (unsigned)p.Hq, (unsigned)B);
+  flash_prefill_wgmma_kernel<T, WG><<<grid, WG * 128, smem, st>>>(p);
+  return cudaGetLastError();
+}
+
 template <typename T, int D, int MT, int WARPS, int BN>
 cudaError_t launch_cfg(const Params& p, int64_t B, cudaStream_t st) {
   constexpr int BM = 16 * MT * WARPS;
@@ -328,6 +565,9 @@ cudaError_t run(const Params& p, int64_t B, int64_t D, int variant, cudaStream_t
     case 2: return launch_cfg<T, 64, 1, 8, 64>(p, B, st);
     case 3: return launch_cfg<T, 64, 1, 4, 64>(p, B, st);
     case 4: return launch_cfg<T, 64, 1, 8, 128>(p, B, st);
+    case 5: return launch_wgmma<T, 1>(p, B, st);
+    case 6: return launch_wgmma<T, 2>(p, B, st);
+    case 7: return launch_wgmma<T, 3>(p, B, st);
     default: return cudaErrorInvalidValue;
   }
 }
