@@ -18,7 +18,11 @@ SHAPES = [(1,), (7,), (3, 3072), (5, 1023), (2, 3, 4099), ((1 << 20) + 5,)]
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_gelu_vs_float64(device, approximate, dtype, shape):
-    x = randn(shape, dtype, device, scale=3.0)
+    # Inputs below -4 are clamped: there |GELU| < 1.3e-4 falls into fp16 subnormals, where even a
+    # correctly rounded result is off by up to 50%, and on a one-element tensor NMSE would read
+    # that rounding as a kernel error (seen: NMSE 1.0 at shape (1,)). The tails are checked
+    # value by value in test_gelu_extremes.
+    x = randn(shape, dtype, device, scale=3.0).clamp(min=-4.0)
     out = ops.gelu(x, approximate)
     assert out.dtype == dtype and out.shape == x.shape
     # oracle: the float64 reference (its cancellation-free form is exact where F.gelu's tanh
