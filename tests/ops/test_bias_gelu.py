@@ -19,6 +19,9 @@ SHAPES = [(1, 1), (3, 7), (4, 3072), (5, 1023), (2, 3, 6400), (1, 4099)]
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_bias_gelu_vs_float64(device, approximate, dtype, shape):
     x, b = randn(shape, dtype, device, 2.0), randn((shape[-1],), dtype, device)
+    # keep x + b >= -4 (exactly representable shift): below it |GELU| falls into fp16 subnormals,
+    # whose correct rounding alone can exceed the NMSE bound on a one-element tensor (see test_gelu)
+    x = torch.maximum(x, (-4.0 - b).to(dtype))
     out = ops.bias_gelu(x, b, approximate)
     assert out.dtype == dtype and out.shape == x.shape
     assert_nmse(out, gelu_module.reference(f64(x) + f64(b), approximate), TOL_NAME[dtype])
