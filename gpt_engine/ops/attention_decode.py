@@ -34,7 +34,7 @@ def _check_lens(seq_lens, s):
     kernel clamps each length to [0, S] instead of reading outside the cache."""
     if seq_lens.numel() == 0 or capturing():
         return
-    lo, hi = int(seq_lens.min()), int(seq_lens.max())
+    lo, hi = (int(v) for v in torch.stack(torch.aminmax(seq_lens)).tolist())  # one reduction, one sync
     if lo < 1 or hi > s:
         raise OpError(f"{OP}: seq_lens holds {lo if lo < 1 else hi}, expected values in [1, {s}] (cache length)")
 

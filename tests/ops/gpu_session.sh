@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU-machine session for the kernels: build, CUDA tests, benchmarks, sanitizer.
+# One GPU-machine session for the kernels: build, CUDA tests + benchmarks through the
+# harness (evidence JSON), compute-sanitizer memcheck over the ops CUDA tests, summary last.
 # Usage (repo root, on the GPU machine): bash tests/ops/gpu_session.sh [quick|final]
 set -o pipefail
 MODE=${1:-quick}
@@ -12,15 +13,15 @@ t0=$(date +%s)
 python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('extension built')" 2>&1 | tail -30 | tee "$OUT/build.txt" || exit 1
 echo "build: $(( $(date +%s) - t0 )) s"
 if [ "$MODE" = quick ]; then
-  timeout 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m "cuda and not benchmark" tests/ops -x -q 2>&1 | tail -40 | tee "$OUT/tests.txt"
+  timeout 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m "cuda and not benchmark" tests/ops -x 2>&1 | tail -40
   timeout 300 python3 -m gates.gpu tests/ops -m benchmark 2>&1 | tail -80
+  SAN_K=${SAN_K:-vs_float64 or strided or kv_append or prefill_then_decode}
 else
-  timeout 420 python3 -m gates.gpu 2>&1 | tail -120
+  timeout 420 python3 -m gates.gpu 2>&1 | tail -40
+  SAN_K=${SAN_K:-}
 fi
-if [ "${SANITIZE:-1}" = 1 ]; then
-  t1=$(date +%s)
-  timeout ${SAN_TIMEOUT:-200} compute-sanitizer --tool memcheck --error-exitcode 9 --log-file "$OUT/memcheck.txt" \
-    python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m "cuda and not benchmark" tests/ops \
-    -k "${SAN_K:-vs_float64 or strided or kv_append or prefill_then_decode}" -x 2>&1 | tail -5
-  echo "compute-sanitizer exit: $? ($(( $(date +%s) - t1 )) s)"; tail -3 "$OUT/memcheck.txt"
-fi
+t1=$(date +%s)
+timeout ${SAN_TIMEOUT:-200} compute-sanitizer --tool memcheck --error-exitcode 9 --log-file "$OUT/memcheck.txt" \
+  python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m "cuda and not benchmark" tests/ops -k "$SAN_K" 2>&1 | tail -3
+echo "compute-sanitizer memcheck exit: $? ($(( $(date +%s) - t1 )) s)"; tail -2 "$OUT/memcheck.txt"
+[ -f "$OUT/gpu-summary.txt" ] && cat "$OUT/gpu-summary.txt"
