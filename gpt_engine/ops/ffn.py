@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from . import _ext
-from ._common import new_output, OpError, acc_dtype, check_approximate, check_float, check_same, check_shape
+from ._common import OpError, acc_dtype, check_approximate, check_float, check_same, check_shape
+from .bias_gelu import bias_gelu
 from .gelu import math_gelu
 
 OP = "ffn"
@@ -58,11 +59,8 @@ if _ext.available():
         _check(x, w_up, b_up, w_down, b_down, approximate)
         if x.dtype == torch.float64:
             return reference(x, w_up, b_up, w_down, b_down, approximate)
+        up = torch.matmul(x, w_up.T)  # cuBLAS; the bias is left to the epilogue kernel
+        h = bias_gelu(up, b_up, approximate)
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1])
-        up = torch.mm(x2, w_up.T)  # cuBLAS; the bias is left to the epilogue kernel
-        h = new_output(up.shape, up)
-        # the epilogue kernel called directly (not through the bias_gelu op: one dispatch less)
-        _ext.load().bias_gelu(up, b_up.contiguous(), h, approximate == "tanh")
-        out = torch.addmm(b_down, h, w_down.T)
+        out = torch.addmm(b_down, h.reshape(-1, h.shape[-1]), w_down.T)
         return out.reshape(*lead, w_down.shape[0])
