@@ -3,7 +3,7 @@ steps against the preallocated KV cache)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Iterator
 
 import torch
 
@@ -60,15 +60,16 @@ class Generation:
     finish_reason: str = "length"                        # "eos" or "length"
 
 
-def run(model, prompt_ids: list[int], max_new_tokens: int, params: SamplingParams,
-        stop_at_eos: bool = True, on_token: Callable[[int], None] | None = None) -> Generation:
-    """The decode loop used by Model.generate."""
+def tokens(model, prompt_ids: list[int], max_new_tokens: int, params: SamplingParams,
+           stop_at_eos: bool = True, result: Generation | None = None) -> Iterator[int]:
+    """Yield new token ids one by one: prefill once, then one decode step per token.
+    ``result`` (optional) collects the ids and the finish reason as they come."""
     params.check()
     if max_new_tokens < 0:
         raise EngineError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    gen = Generation(prompt_ids=list(prompt_ids))
+    result = result if result is not None else Generation(prompt_ids=list(prompt_ids))
     if max_new_tokens == 0:
-        return gen
+        return
     rng = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
     cache = model.new_cache(len(prompt_ids) + max_new_tokens)
     logits = model.step(prompt_ids, cache)
@@ -79,12 +80,19 @@ def run(model, prompt_ids: list[int], max_new_tokens: int, params: SamplingParam
             logits = logits.clone()
             logits[n_valid:] = float("-inf")  # ids the tokenizer cannot decode are never drawn
         tok = sample(logits, params, rng)
-        gen.token_ids.append(tok)
-        if on_token is not None:
-            on_token(tok)
+        result.token_ids.append(tok)
+        yield tok
         if stop_at_eos and eos is not None and tok == eos:
-            gen.finish_reason = "eos"
-            break
+            result.finish_reason = "eos"
+            return
         if i + 1 < max_new_tokens:
             logits = model.step([tok], cache)
+
+
+def run(model, prompt_ids: list[int], max_new_tokens: int, params: SamplingParams,
+        stop_at_eos: bool = True) -> Generation:
+    """The whole loop at once."""
+    gen = Generation(prompt_ids=list(prompt_ids))
+    for _ in tokens(model, prompt_ids, max_new_tokens, params, stop_at_eos, gen):
+        pass
     return gen

@@ -76,34 +76,36 @@ class Model:
     def generate(self, prompt: str | list[int], max_new_tokens: int = 64, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True,
                  on_text=None) -> _gen.Generation:
-        """Generate after ``prompt``. ``on_text`` (optional) receives text pieces as
-        they become complete UTF-8 characters."""
-        prompt_ids = self.encode_prompt(prompt)
+        """Generate after ``prompt``. ``on_text`` (optional) receives each text piece as
+        soon as it forms complete UTF-8 characters."""
+        out = _gen.Generation(prompt_ids=self.encode_prompt(prompt))
         params = _gen.SamplingParams(temperature, top_k, top_p, seed)
-        stream = Utf8Stream(self.tokenizer)
-        pieces: list[str] = []
-
-        def on_token(tok: int) -> None:
-            piece = stream.push(tok)
-            if piece:
-                pieces.append(piece)
-                if on_text is not None:
-                    on_text(piece)
-
-        out = _gen.run(self, prompt_ids, max_new_tokens, params, stop_at_eos, on_token)
-        tail = stream.flush()
-        if tail:
-            pieces.append(tail)
+        pieces = []
+        for piece in self._pieces(out, max_new_tokens, params, stop_at_eos):
+            pieces.append(piece)
             if on_text is not None:
-                on_text(tail)
+                on_text(piece)
         out.text = "".join(pieces)
         return out
 
-    def stream(self, prompt: str | list[int], **kw) -> Iterator[str]:
-        """Like generate, yielding text pieces (never a partial UTF-8 character)."""
-        pieces: list[str] = []
-        self.generate(prompt, on_text=pieces.append, **kw)
-        yield from pieces
+    def stream(self, prompt: str | list[int], max_new_tokens: int = 64, temperature: float = 0.0,
+               top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+               stop_at_eos: bool = True) -> Iterator[str]:
+        """Like generate, yielding text pieces as they are produced (never a partial
+        UTF-8 character)."""
+        out = _gen.Generation(prompt_ids=self.encode_prompt(prompt))
+        yield from self._pieces(out, max_new_tokens, _gen.SamplingParams(temperature, top_k, top_p, seed),
+                                stop_at_eos)
+
+    def _pieces(self, out: _gen.Generation, max_new_tokens: int, params, stop_at_eos: bool) -> Iterator[str]:
+        utf8 = Utf8Stream(self.tokenizer)
+        for tok in _gen.tokens(self, out.prompt_ids, max_new_tokens, params, stop_at_eos, out):
+            piece = utf8.push(tok)
+            if piece:
+                yield piece
+        tail = utf8.flush()
+        if tail:
+            yield tail
 
     # ------------------------------------------------------------------ memory
     def memory_estimate(self, n_ctx: int | None = None) -> dict:

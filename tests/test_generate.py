@@ -133,3 +133,18 @@ def test_ids_beyond_the_tokenizer_vocabulary_are_never_generated():
     m.tokenizer.vocab_size = 6  # embedding padded past the tokenizer (tokenizer.json case)
     out = gen.run(m, [1], 3, SamplingParams(), stop_at_eos=False)
     assert all(t < 6 for t in out.token_ids)
+
+
+@pytest.mark.story("GT-027", "GT-031")
+def test_stream_yields_pieces_lazily_and_matches_generate(models):
+    m = gpt_engine.load(models.path("gpt2", "F32", vocab="gpt2"))
+    kw = dict(max_new_tokens=20, temperature=0.9, seed=5, stop_at_eos=False)
+    steps = []
+    real_step = m.step
+    m.step = lambda ids, cache: (steps.append(len(ids)), real_step(ids, cache))[1]
+    it = m.stream("Hello", **kw)
+    first = next(it)
+    assert isinstance(first, str) and first
+    assert len(steps) < 20  # the first piece arrived before the 20 tokens were all decoded
+    del m.step
+    assert first + "".join(it) == m.generate("Hello", **kw).text
