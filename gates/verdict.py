@@ -272,8 +272,17 @@ class Evaluator:
         if s.is_verdict:
             g = self.gate(s.verdict)
             members = [self.story(x.id) for x in stories_of_gate(self.stories, s.verdict)]
-            status = "verified" if g["verdict"] == "pass" else (
-                "partial" if any(m.implemented for m in members) else "not-started")
+            # a failing gate reads like its worst member (a gate blocked by failing stories is
+            # "failing", not merely "partial")
+            member_status = {m.status for m in members}
+            if g["verdict"] == "pass":
+                status = "verified"
+            elif "failing" in member_status:
+                status = "failing"
+            elif "stale" in member_status:
+                status = "stale"
+            else:
+                status = "partial" if any(m.implemented for m in members) else "not-started"
             res = StoryResult(s, status, [], implemented, tested)
         else:
             crits = [self.criterion(s, c) for c in s.criteria]

@@ -36,6 +36,17 @@ def test_gate_cannot_pass_on_skips(tmp_path):
     assert "a skip is not a pass" in g["blockers"][0]["reason"]
 
 
+def test_verdict_story_reads_failing_when_a_member_fails(tmp_path):
+    repo = Repo(tmp_path)
+    repo.gate1_minimal()
+    passing_gate1(repo)
+    repo.run(tests=[("tests/test_tok.py::test_a", ["GT-001"], "failed", "cpu")])
+    ev = evaluate(repo)
+    assert ev.gate("gate1")["verdict"] == "fail"
+    assert ev.story("GT-001").status == "failing"
+    assert ev.story("GT-022").status == "failing"
+
+
 def test_cuda_tests_skipped_on_a_cpu_machine_are_missing_cuda_evidence(tmp_path):
     repo = Repo(tmp_path)
     repo.gate1_minimal()
