@@ -152,6 +152,31 @@ def _randomize_(model, seed: int) -> None:
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
 
 
+def _writer(path, arch: str, qtype: str, vocab: str, n_ctx: int, n_embd: int, n_ff: int, n_layer: int,
+            n_head: int):
+    """A GGUFWriter with the hyper-parameter keys both architectures share."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"test-{arch}-{qtype}-{vocab}")
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_block_count(n_layer)
+    w.add_head_count(n_head)
+    return w
+
+
+def _finish(w, qtype: str) -> None:
+    import gguf
+
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType.MOSTLY_F16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 # --------------------------------------------------------------------------- GPT-2
 
 def make_gpt2(path, *, qtype: str = "F32", vocab: str = "small", n_layer: int = 2,
@@ -175,13 +200,7 @@ def make_gpt2(path, *, qtype: str = "F32", vocab: str = "small", n_layer: int = 
     _randomize_(model, seed)
     rng = np.random.default_rng(seed)
 
-    w = gguf.GGUFWriter(str(path), "gpt2")
-    w.add_name(f"test-gpt2-{qtype}-{vocab}")
-    w.add_context_length(n_ctx)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(4 * n_embd)
-    w.add_block_count(n_layer)
-    w.add_head_count(n_head)
+    w = _writer(path, "gpt2", qtype, vocab, n_ctx, n_embd, 4 * n_embd, n_layer, n_head)
     w.add_layer_norm_eps(cfg.layer_norm_epsilon)
     add_vocab(w, vocab)
 
@@ -215,11 +234,7 @@ def make_gpt2(path, *, qtype: str = "F32", vocab: str = "small", n_layer: int = 
             w.add_tensor(g_name, payload, raw_dtype=raw)
             back = torch.from_numpy(deq)
             sd[h_name].copy_(back.T if transpose else back)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType.MOSTLY_F16)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w, qtype)
     model.load_state_dict(sd)
     return model
 
@@ -258,13 +273,7 @@ def make_llama(path, *, qtype: str = "F32", vocab: str = "small", n_layer: int =
     _randomize_(model, seed)
     rng = np.random.default_rng(seed)
 
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name(f"test-llama-{qtype}-{vocab}")
-    w.add_context_length(n_ctx)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_block_count(n_layer)
-    w.add_head_count(n_head)
+    w = _writer(path, "llama", qtype, vocab, n_ctx, n_embd, n_ff, n_layer, n_head)
     w.add_head_count_kv(n_head_kv)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(rope_theta)
@@ -299,11 +308,7 @@ def make_llama(path, *, qtype: str = "F32", vocab: str = "small", n_layer: int =
             if heads is not None:
                 deq = _unpermute_qk(deq, heads)
             sd[h_name].copy_(torch.from_numpy(np.ascontiguousarray(deq)))
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType.MOSTLY_F16)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w, qtype)
     if tied:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     model.load_state_dict(sd)

@@ -21,3 +21,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache | N
     B = q.shape[0]
     lens = torch.full((B,), start + 1, dtype=torch.int32, device=q.device)
     return ops.attention_decode(q[:, 0], cache.k[layer], cache.v[layer], lens, scale)[:, None]
+
+
+def one_token_at_a_time(forward, ids: torch.Tensor, cache: KVCache, last_only: bool) -> torch.Tensor:
+    """Feed a multi-token continuation of a non-empty cache one token per step:
+    decode attention takes a single query."""
+    outs = [forward(ids[:, t:t + 1], cache, last_only) for t in range(ids.shape[1])]
+    return outs[-1] if last_only else torch.cat(outs, dim=1)

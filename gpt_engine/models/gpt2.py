@@ -11,7 +11,7 @@ import torch
 from .. import ops
 from ..kv_cache import KVCache
 from ..qweight import QWeight
-from .attention import attend
+from .attention import attend, one_token_at_a_time
 
 _DENSE = {"F32", "F16"}
 
@@ -58,9 +58,7 @@ class GPT2:
         B, T = ids.shape
         start = cache.reserve(T) if cache is not None else 0
         if cache is not None and start > 0 and T > 1:
-            # Decode attention takes one query; longer continuations go token by token.
-            outs = [self.forward(ids[:, t:t + 1], cache, last_only) for t in range(T)]
-            return outs[-1] if last_only else torch.cat(outs, dim=1)
+            return one_token_at_a_time(self.forward, ids, cache, last_only)
         pos = torch.arange(start, start + T, device=self.device).expand(B, T)
         x = self._embed(ids, pos)
         scale = 1.0 / math.sqrt(c.head_dim)

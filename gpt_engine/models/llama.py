@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..kv_cache import KVCache
 from ..qweight import QWeight
-from .attention import attend
+from .attention import attend, one_token_at_a_time
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -75,8 +75,7 @@ class Llama:
         B, T = ids.shape
         start = cache.reserve(T) if cache is not None else 0
         if cache is not None and start > 0 and T > 1:
-            outs = [self.forward(ids[:, t:t + 1], cache, last_only) for t in range(T)]
-            return outs[-1] if last_only else torch.cat(outs, dim=1)
+            return one_token_at_a_time(self.forward, ids, cache, last_only)
         cos, sin = rope_tables(torch.arange(start, start + T, device=self.device), c.rope_dim, c.rope_theta)
         x = self.embd.rows(ids, self.dtype)
         scale = 1.0 / math.sqrt(c.head_dim)
