@@ -1,20 +1,27 @@
 // Causal attention over a prompt, flash-attention style (online softmax, no T x T matrix).
-//
-// One block = BM query rows of one (batch, query head); WARPS warps each own 16 * MT rows.
-// Key/value tiles of BN = 64 rows stream through shared memory with cp.async, double
-// buffered, so the next tile loads while the tensor cores work on this one. S = Q K^T and
-// O += P V use mma.sync m16n8k16 (fp16 or bf16 inputs, fp32 accumulators); the S accumulator
-// fragments are rounded in registers straight into the A operand of the P V product (the
-// m16n8 C layout of two adjacent n-tiles is the m16k16 A layout). Shared-memory rows are
-// D * 2 bytes; 16-byte chunk c of row r is stored at c ^ (r % 8) so the eight row addresses
-// of each ldmatrix hit distinct banks. Softmax runs in the exp2 domain (scale * log2 e
-// folded into one FFMA per score). Blocks are issued longest-first (the last query blocks
-// see the most keys) to even out the causal triangle. GQA: query head h reads kv head
-// h / (Hq / Hkv).
+// Two kernels:
+// - flash_prefill_tma_kernel (head dim 64, fp16/bf16; the default on the H100/H200 target):
+//   warpgroup MMA (wgmma) for both products, K/V/Q tiles brought in by the TMA engine,
+//   a producer warpgroup and two consumer warpgroups synchronised by mbarriers, a persistent
+//   grid drawing work items from a counter. Described above the kernel.
+// - flash_prefill_kernel (head dim 128, and variant 1 for comparison): mma.sync, cp.async.
+//   One block = BM query rows of one (batch, query head); WARPS warps each own 16 * MT rows.
+//   Key/value tiles of BN = 64 rows stream through shared memory with cp.async, double
+//   buffered, so the next tile loads while the tensor cores work on this one. S = Q K^T and
+//   O += P V use mma.sync m16n8k16 (fp16 or bf16 inputs, fp32 accumulators); the S
+//   accumulator fragments are rounded in registers straight into the A operand of the P V
+//   product (the m16n8 C layout of two adjacent n-tiles is the m16k16 A layout).
+// Both: shared-memory rows are D * 2 bytes; 16-byte chunk c of row r is stored at
+// c ^ (r % 8) (conflict-free ldmatrix; for D = 64 this is also the hardware 128-byte swizzle
+// that TMA writes and wgmma descriptors read). Softmax runs in the exp2 domain (scale * log2 e
+// folded into one FFMA per score). The last query blocks (which see the most keys) go first
+// to even out the causal triangle. GQA: query head h reads kv head h / (Hq / Hkv).
 #include <cmath>
 
 #include "common.cuh"
 #include "launchers.h"
+#include "tma.cuh"
+#include "wgmma.cuh"
 
 namespace gpte {
 namespace {
@@ -91,17 +98,81 @@ __device__ __forceinline__ uint32_t swz(int row, int chunk) {  // byte offset of
   return (uint32_t)((row * CPR + (chunk ^ (row & 7))) * 16);
 }
 
-// Copies rows [row0, row0 + NROWS) of a [T, *] matrix (row stride `st`) into swizzled smem.
+// Copies rows [row0, row0 + NROWS) of a [T, *] matrix (row stride `st`) into swizzled smem;
+// threads tid = 0 .. NT - 1 share the work.
 template <typename T, int D, int NROWS, int NT>
-__device__ __forceinline__ void load_tile(uint32_t dst, const T* src, int row0, int nrows_total, int64_t st) {
+__device__ __forceinline__ void load_tile(uint32_t dst, const T* src, int row0, int nrows_total, int64_t st,
+                                          int tid) {
   constexpr int CPR = D / 8;
 #pragma unroll
-  for (int idx = threadIdx.x; idx < NROWS * CPR; idx += NT) {
+  for (int idx = tid; idx < NROWS * CPR; idx += NT) {
     const int r = idx / CPR, c = idx % CPR;
     const int t = row0 + r;
     const bool valid = t < nrows_total;
     const T* g = valid ? src + (int64_t)t * st + c * 8 : src;
     cp_async16(dst + swz<D>(r, c), g, valid);
+  }
+}
+template <typename T, int D, int NROWS, int NT>
+__device__ __forceinline__ void load_tile(uint32_t dst, const T* src, int row0, int nrows_total, int64_t st) {
+  load_tile<T, D, NROWS, NT>(dst, src, row0, nrows_total, st, threadIdx.x);
+}
+
+// Softmax pieces shared by both kernels. A thread's S fragment of one 16-row m-tile (mma.sync)
+// or of its warp's 16 rows of a 64-row wgmma tile is the same: NS column groups of 8 keys,
+// element 4 i + {0, 1} = row lane / 4, keys 8 i + 2 (lane % 4) + {0, 1}; 4 i + {2, 3} = row
+// lane / 4 + 8.
+
+// Masks keys past each query row (causal) in an S tile of NS column groups whose first key
+// is kb0; wrow0 is this warp's first query row.
+template <int NS>
+__device__ __forceinline__ void causal_mask(float (&s)[NS * 4], int kb0, int wrow0, int lane) {
+#pragma unroll
+  for (int i = 0; i < NS * 4; ++i) {
+    const int qrow = wrow0 + (lane >> 2) + ((i & 2) ? 8 : 0);
+    const int key = kb0 + (i >> 2) * 8 + 2 * (lane & 3) + (i & 1);
+    if (key > qrow) s[i] = -INFINITY;
+  }
+}
+
+// Online softmax of one S tile (exp2 domain, rows lane/4 and lane/4 + 8 of this warp):
+// updates the running max and sum and returns in corr[r] the factor the old O rows must be
+// scaled by. P is written rounded to T, packed as the A operand of P V (pp[n8 group][row]).
+template <typename T, int NS>
+__device__ __forceinline__ void softmax_tile(const float (&s)[NS * 4], uint32_t (&pp)[NS][2], float (&mrow)[2],
+                                             float (&lrow)[2], float (&corr)[2], float sl2) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < NS; ++nt) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * r], s[nt * 4 + 2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mnew = fmaxf(mrow[r], mx);
+    const float msc = mnew == -INFINITY ? 0.f : mnew * sl2;  // a fully masked row so far: no NaN
+    corr[r] = fast_exp2(mrow[r] * sl2 - msc);
+    float rs = 0.f;
+    if constexpr (std::is_same<T, __half>::value) {  // two probabilities per MUFU op
+      __half2 hs = __float2half2_rn(0.f);
+#pragma unroll
+      for (int nt = 0; nt < NS; ++nt) {
+        __half2 e = __floats2half2_rn(fmaf(s[nt * 4 + 2 * r], sl2, -msc), fmaf(s[nt * 4 + 2 * r + 1], sl2, -msc));
+        e = h2exp2(e);
+        hs = __hadd2(hs, e);
+        pp[nt][r] = *reinterpret_cast<uint32_t*>(&e);
+      }
+      rs = __low2float(hs) + __high2float(hs);
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < NS; ++nt) {
+        const float e0 = fast_exp2(fmaf(s[nt * 4 + 2 * r], sl2, -msc));
+        const float e1 = fast_exp2(fmaf(s[nt * 4 + 2 * r + 1], sl2, -msc));
+        rs += e0 + e1;
+        pp[nt][r] = pack2<T>(e0, e1);
+      }
+    }
+    lrow[r] = lrow[r] * corr[r] + rs;
+    mrow[r] = mnew;
   }
 }
 
@@ -195,63 +266,21 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(const Params 
         }
       }
     }
-    if (kb0 + kBN - 1 > wrow0) {  // the diagonal crosses this tile: mask future keys
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int qrow = wrow0 + mt * 16 + (lane >> 2) + (i >= 2 ? 8 : 0);
-            const int key = kb0 + nt * 8 + 2 * (lane & 3) + (i & 1);
-            if (key > qrow) s[mt][nt][i] = -INFINITY;
-          }
-    }
-    // online softmax, two rows (lane / 4 and lane / 4 + 8) per m-tile per thread. fp16: the
-    // exponent is rounded to fp16 first and ex2.approx.f16x2 yields two probabilities per
-    // MUFU op, already packed as the A operand of P V (P is rounded to fp16 for the product
-    // anyway); bf16 keeps fp32 exp2 and rounds after.
-    constexpr bool kHalf = std::is_same<T, __half>::value;
+    // the S accumulators of one m-tile, float[NB][4], are the flat float[NB * 4] fragment the
+    // shared helpers take (same element order: n-tile, then the mma C layout)
     uint32_t pp[MT][NB][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
+      float(&sf)[NB * 4] = *reinterpret_cast<float(*)[NB * 4]>(&s[mt][0][0]);
+      if (kb0 + kBN - 1 > wrow0 + mt * 16) causal_mask<NB>(sf, kb0, wrow0 + mt * 16, lane);
+      float corr[2];
+      softmax_tile<T, NB>(sf, pp[mt], mrow[mt], lrow[mt], corr, sl2);
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float mnew = fmaxf(mrow[mt][r], mx);
-        const float msc = mnew == -INFINITY ? 0.f : mnew * sl2;
-        const float corr = fast_exp2(mrow[mt][r] * sl2 - msc);
-        float rs = 0.f;
-        if constexpr (kHalf) {
-          __half2 hs = __float2half2_rn(0.f);
-#pragma unroll
-          for (int nt = 0; nt < NB; ++nt) {
-            __half2 e = __floats2half2_rn(fmaf(s[mt][nt][2 * r], sl2, -msc), fmaf(s[mt][nt][2 * r + 1], sl2, -msc));
-            e = h2exp2(e);
-            hs = __hadd2(hs, e);
-            pp[mt][nt][r] = *reinterpret_cast<uint32_t*>(&e);
-          }
-          rs = __low2float(hs) + __high2float(hs);
-        } else {
-#pragma unroll
-          for (int nt = 0; nt < NB; ++nt) {
-            const float e0 = fast_exp2(fmaf(s[mt][nt][2 * r], sl2, -msc));
-            const float e1 = fast_exp2(fmaf(s[mt][nt][2 * r + 1], sl2, -msc));
-            rs += e0 + e1;
-            pp[mt][nt][r] = pack2<T>(e0, e1);
-          }
-        }
-        lrow[mt][r] = lrow[mt][r] * corr + rs;
-        mrow[mt][r] = mnew;
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-          o[mt][dt][2 * r] *= corr;
-          o[mt][dt][2 * r + 1] *= corr;
-        }
+      for (int dt = 0; dt < DT; ++dt) {
+        o[mt][dt][0] *= corr[0];
+        o[mt][dt][1] *= corr[0];
+        o[mt][dt][2] *= corr[1];
+        o[mt][dt][3] *= corr[1];
       }
     }
     // O += P V
@@ -301,6 +330,345 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(const Params 
 }
 
 
+// ---------------------------------------------------------------------------------------
+// Hopper path, head dim 64 (sm_90a). A warpgroup owns 64 query rows; Q (and later P) is the
+// A operand of wgmma from registers, in the same per-warp fragments as the mma.sync path; K
+// and V are read by the tensor cores straight from 128-byte-swizzled shared-memory tiles
+// through matrix descriptors (csrc/wgmma.cuh): K as a K-major B operand for S = Q K^T, V as
+// an MN-major B operand for O += P V.
+// ---------------------------------------------------------------------------------------
+
+__device__ __forceinline__ void rescale_o(float (&o)[32], const float (&corr)[2]) {
+#pragma unroll
+  for (int dt = 0; dt < 8; ++dt) {
+    o[dt * 4 + 0] *= corr[0];
+    o[dt * 4 + 1] *= corr[0];
+    o[dt * 4 + 2] *= corr[1];
+    o[dt * 4 + 3] *= corr[1];
+  }
+}
+
+// Issues S[64 x BN] = Q[64 x 64] K[BN x 64]^T (four k16 steps; the caller fences and commits).
+template <typename T, int BN>
+__device__ __forceinline__ void issue_qk(float (&s)[BN / 2], const uint32_t (&qf)[4][4], uint32_t bK) {
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    const uint64_t desc = smem_desc_sw128(bK + ks * 32, 16, 1024);
+    if constexpr (BN == 64) wgmma_m64n64k16_kmajor<T>(s, qf[ks], desc, ks);
+    else wgmma_m64n128k16_kmajor<T>(s, qf[ks], desc, ks);
+  }
+}
+
+// Issues O[64 x 64] += P[64 x BN] V[BN x 64] (BN / 16 k16 steps; P fragments from registers).
+template <typename T, int BN>
+__device__ __forceinline__ void issue_pv(float (&o)[32], const uint32_t (&pp)[BN / 8][2], uint32_t bV) {
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) {
+    const uint32_t pa[4] = {pp[2 * kk][0], pp[2 * kk][1], pp[2 * kk + 1][0], pp[2 * kk + 1][1]};
+    wgmma_m64n64k16_mnmajor<T>(o, pa, smem_desc_sw128(bV + kk * 16 * 128, 16, 1024), 1);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// flash_prefill_tma_kernel: one producer warpgroup, WG consumer warpgroups (64 query rows
+// each, BM = 64 WG rows per work item), key/value tiles of BN rows in STAGES shared-memory
+// stages. The FlashAttention-3 schedule inside each consumer: S(j+1) = Q K(j+1)^T and
+// O += P(j) V(j) are issued back to back; the softmax of S(j+1) runs while P(j) V(j) is still
+// on the tensor cores, and O is rescaled once that product retires. Producer: one thread
+// draws a work item, loads its Q tile (TMA) into one of two Q slots, then the item's K/V
+// tiles (TMA) into stage g % STAGES (g counts the block's tiles across items) once every
+// consumer warp has released the tile that stage held before. Consumers, per item: wait for
+// the item (id + Q), copy Q to registers and release the slot; then for every key tile j of
+// the item, in order, wait for tile j + 1 (full barrier), run their part (skipped for tiles
+// in their future), release tile j (empty barrier). Waiting on every tile, even skipped
+// ones, keeps each warp's release inside the barrier phase it belongs to.
+// ---------------------------------------------------------------------------------------
+// Work item `item` of the persistent grid: query block, head, batch. Items run in the order a
+// plain grid would launch them: the query blocks of one (batch, head), longest (last) first,
+// so the blocks running at once share that head's keys and values in L2.
+struct PrefillItem {
+  int m0, h, b, n_tiles;
+};
+template <int BM, int BN>
+__device__ __forceinline__ PrefillItem prefill_item(const Params& p, int item, int n_mb) {
+  PrefillItem it;
+  const int hb = item / n_mb;
+  it.m0 = (n_mb - 1 - item % n_mb) * BM;
+  it.h = hb % p.Hq;
+  it.b = hb / p.Hq;
+  it.n_tiles = (min(p.T, it.m0 + BM) + BN - 1) / BN;
+  return it;
+}
+
+__device__ __forceinline__ void st_shared_u32(uint32_t addr, int v) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ int ld_shared_u32(uint32_t addr) {
+  int v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+
+// Shared-memory map of flash_prefill_tma_kernel (after 1024-byte alignment).
+template <int WG, int BN, int STAGES>
+struct TmaSmem {
+  static constexpr int BM = 64 * WG, TILE = BN * 64 * 2, QTILE = BM * 64 * 2;
+  static constexpr int K = 0, V = STAGES * TILE, Q = 2 * STAGES * TILE;  // K, V stages; two Q slots
+  static constexpr int FULL = Q + 2 * QTILE, EMPTY = FULL + 8 * STAGES;  // mbarriers, 8 bytes each
+  static constexpr int ITEM_FULL = EMPTY + 8 * STAGES, ITEM_EMPTY = ITEM_FULL + 16, ITEM_ID = ITEM_EMPTY + 16;
+  static constexpr int BYTES = ITEM_ID + 8 + 1024;  // + alignment slack
+};
+
+// One consumer warpgroup of flash_prefill_tma_kernel: for each work item the producer hands
+// out, its 64 query rows against every key tile up to the diagonal.
+template <typename T, int WG, int BN, int STAGES>
+__device__ __forceinline__ void tma_consumer(const Params& p, uint32_t base, int warp, int lane, int n_mb,
+                                             int n_items) {
+  using L = TmaSmem<WG, BN, STAGES>;
+  constexpr int D = 64, NS = BN / 8, TILE = L::TILE, BM = L::BM;
+  const int T_ = p.T;
+  const int wg = warp >> 2, wq = warp & 3;
+  const uint32_t sK = base + L::K, sV = base + L::V, full = base + L::FULL, empty = base + L::EMPTY;
+  const float sl2 = p.scale_log2;
+  int g0 = 0;  // the block's running key-tile count: stage g % STAGES, phase (g / STAGES) & 1
+  for (int k = 0;; ++k) {
+    const int slot = k & 1;
+    mbar_wait(base + L::ITEM_FULL + 8 * slot, (k >> 1) & 1);  // item id written, its Q tile landed
+    const int item = ld_shared_u32(base + L::ITEM_ID + 4 * slot);
+    if (item >= n_items) break;
+    const PrefillItem it = prefill_item<BM, BN>(p, item, n_mb);
+    const int n_tiles = it.n_tiles;
+    const int grow0 = it.m0 + wg * 64, wrow0 = grow0 + wq * 16;
+    const int n_wg = grow0 < T_ ? (min(T_, grow0 + 64) + BN - 1) / BN : 0;
+    uint32_t qf[4][4];
+    const uint32_t sQw = base + L::Q + slot * L::QTILE + wg * 64 * D * 2;  // this group's 64 query rows
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      const int row = wq * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+      ldmatrix_x4(qf[ks], sQw + swz<D>(row, ks * 2 + (lane >> 4)));
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(base + L::ITEM_EMPTY + 8 * slot);  // Q is in registers; the slot is free
+    float o[32], s[BN / 2];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) o[i] = 0.f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f}, corr[2];
+    uint32_t pp[NS][2];
+
+    mbar_wait(full + 8 * (g0 % STAGES), (g0 / STAGES) & 1);
+    wgmma_fence();
+    issue_qk<T, BN>(s, qf, sK + (g0 % STAGES) * TILE);
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(s);
+    causal_mask<NS>(s, 0, wrow0, lane);
+    softmax_tile<T, NS>(s, pp, mrow, lrow, corr, sl2);  // O is still zero: corr unused
+    for (int j = 0; j < n_tiles; ++j) {
+      const int g = g0 + j, gn = g + 1;
+      const bool has_next_tile = j + 1 < n_tiles;
+      if (has_next_tile) mbar_wait(full + 8 * (gn % STAGES), (gn / STAGES) & 1);
+      if (j < n_wg) {
+        // on the group's last tile S(j+1) is computed and discarded; past the item's last
+        // tile it reads the current K tile (still held), not a stage the producer refills
+        const uint32_t kn = sK + ((has_next_tile ? gn : g) % STAGES) * TILE;
+        reg_fence(o);
+        reg_fence(pp);
+        wgmma_fence();
+        issue_qk<T, BN>(s, qf, kn);
+        wgmma_commit();
+        issue_pv<T, BN>(o, pp, sV + (g % STAGES) * TILE);
+        wgmma_commit();
+        wgmma_wait<1>();  // S(j+1) has retired; P(j) V(j) may still be running
+        reg_fence(s);
+        uint32_t pn[NS][2];
+        const bool next = j + 1 < n_wg;
+        if (next) {
+          const int kb0 = (j + 1) * BN;
+          if (kb0 + BN - 1 > wrow0) causal_mask<NS>(s, kb0, wrow0, lane);
+          softmax_tile<T, NS>(s, pn, mrow, lrow, corr, sl2);
+        }
+        wgmma_wait<0>();
+        reg_fence(o);
+        reg_fence(pp);  // P(j) stays allocated until its product retired
+        if (next) {
+          rescale_o(o, corr);
+#pragma unroll
+          for (int nt = 0; nt < NS; ++nt) pp[nt][0] = pn[nt][0], pp[nt][1] = pn[nt][1];
+        }
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty + 8 * (g % STAGES));  // this warp is done with K(j) and V(j)
+    }
+    g0 += n_tiles;
+
+    T* og = reinterpret_cast<T*>(p.o) + it.b * p.o_sb + (int64_t)it.h * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float l = lrow[r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int row = wrow0 + (lane >> 2) + 8 * r;
+      if (row < T_) {
+#pragma unroll
+        for (int dt = 0; dt < 8; ++dt) {
+          const int col = dt * 8 + 2 * (lane & 3);
+          *reinterpret_cast<uint32_t*>(og + (int64_t)row * p.o_st + col) =
+              pack2<T>(o[dt * 4 + 2 * r] * inv, o[dt * 4 + 2 * r + 1] * inv);
+        }
+      }
+    }
+  }
+}
+
+// Registers: the block starts with an equal share of the register file (at most 168 per
+// thread for three warpgroups, 128 for four); setmaxnreg then moves the producer group down
+// and hands the rest to the consumers (the pipeline with a 64 x 128 S tile needs ~210).
+// Totals: WG 2: 128 x (2 x 240 + 24) = 64512; WG 3: 128 x (3 x 160 + 32) = 65536.
+template <int WG>
+constexpr int kConsumerRegs = WG == 2 ? 240 : 160;
+template <int WG>
+constexpr int kProducerRegs = WG == 2 ? 24 : 32;
+
+// The producer thread hands out work items from a global counter (dynamic, so blocks that
+// drew short items take more of them) through a two-slot ring in shared memory: item id and
+// Q tile in, released by the consumers once Q is in their registers. Then it streams the
+// item's K/V tiles; it runs ahead into the next item while the consumers finish this one.
+template <typename T, int WG, int BN, int STAGES>
+__global__ void __launch_bounds__((WG + 1) * 128, 1)
+    flash_prefill_tma_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tq,
+                             const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
+                             int B, int* __restrict__ work_counter) {
+  using L = TmaSmem<WG, BN, STAGES>;
+  constexpr int BM = L::BM, TILE = L::TILE;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+
+  // warp index made warp-uniform for the compiler (a branch on it is not a divergent path
+  // around the wgmma instructions)
+  const int warp = __shfl_sync(0xffffffffu, (int)(threadIdx.x >> 5), 0);
+  const int lane = threadIdx.x & 31;
+  const int n_mb = (p.T + BM - 1) / BM, n_items = n_mb * p.Hq * B;
+
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(base + L::FULL + 8 * s, 1);        // the producer's arrive_expect_tx; TMA bytes complete it
+      mbar_init(base + L::EMPTY + 8 * s, 4 * WG);  // one arrival per consumer warp
+    }
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(base + L::ITEM_FULL + 8 * s, 1);
+      mbar_init(base + L::ITEM_EMPTY + 8 * s, 4 * WG);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (warp >= 4 * WG) {  // producer warpgroup
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs<WG>));
+    if (warp == 4 * WG && lane == 0) {
+      int g = 0;
+      for (int k = 0;; ++k) {
+        const int slot = k & 1;
+        const uint32_t item_full = base + L::ITEM_FULL + 8 * slot;
+        if (k >= 2) mbar_wait(base + L::ITEM_EMPTY + 8 * slot, ((k >> 1) & 1) ^ 1);
+        const int item = atomicAdd(work_counter, 1);
+        st_shared_u32(base + L::ITEM_ID + 4 * slot, item);
+        if (item >= n_items) {  // tells the consumers to stop
+          mbar_arrive(item_full);
+          break;
+        }
+        const PrefillItem it = prefill_item<BM, BN>(p, item, n_mb);
+        mbar_arrive_expect_tx(item_full, L::QTILE);
+        tma_load_4d(base + L::Q + slot * L::QTILE, &tq, 0, it.h, it.m0, it.b, item_full);
+        const int hk = it.h / (p.Hq / p.Hkv);
+        for (int j = 0; j < it.n_tiles; ++j, ++g) {
+          const int s = g % STAGES;
+          if (g >= STAGES) mbar_wait(base + L::EMPTY + 8 * s, ((g / STAGES) & 1) ^ 1);
+          mbar_arrive_expect_tx(base + L::FULL + 8 * s, 2 * TILE);
+          tma_load_4d(base + L::K + s * TILE, &tk, 0, hk, j * BN, it.b, base + L::FULL + 8 * s);
+          tma_load_4d(base + L::V + s * TILE, &tv, 0, hk, j * BN, it.b, base + L::FULL + 8 * s);
+        }
+      }
+    }
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs<WG>));
+    tma_consumer<T, WG, BN, STAGES>(p, base, warp, lane, n_mb, n_items);
+  }
+}
+
+// cuTensorMapEncodeTiled from the driver, found through the runtime (no link against libcuda).
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+cudaError_t encode_tiled_fn(EncodeTiledFn* fn) {
+  static EncodeTiledFn cached = nullptr;
+  if (cached == nullptr) {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+    if (e != cudaSuccess) return e;
+    if (q != cudaDriverEntryPointSuccess || f == nullptr) return cudaErrorSymbolNotFound;
+    cached = reinterpret_cast<EncodeTiledFn>(f);
+  }
+  *fn = cached;
+  return cudaSuccess;
+}
+
+// Tensor map of a [B, T, H, 64] tensor with dense heads (head stride 64) and free token and
+// batch strides, as dims (d, head, token, batch); one box = `rows` tokens of one head,
+// 128-byte swizzled (the layout the wgmma descriptors read). Rows past T read as zeros.
+template <typename T>
+cudaError_t make_head_map(CUtensorMap* map, const void* ptr, int64_t B, int64_t T_, int64_t H, int64_t st, int64_t sb,
+                        int rows) {
+  EncodeTiledFn encode;
+  cudaError_t e = encode_tiled_fn(&encode);
+  if (e != cudaSuccess) return e;
+  const cuuint64_t dims[4] = {64, (cuuint64_t)H, (cuuint64_t)T_, (cuuint64_t)B};
+  const cuuint64_t strides[3] = {64 * sizeof(T), (cuuint64_t)st * sizeof(T), (cuuint64_t)sb * sizeof(T)};
+  const cuuint32_t box[4] = {64, 1, (cuuint32_t)rows, 1};
+  const cuuint32_t estr[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType dt =
+      std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUresult r = encode(map, dt, 4, const_cast<void*>(ptr), dims, strides, box, estr,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+template <typename T, int WG, int BN, int STAGES>
+cudaError_t launch_tma(const Params& p, int64_t B, int* work_counter, cudaStream_t st) {
+  using L = TmaSmem<WG, BN, STAGES>;
+  const int64_t items = ceil_div(p.T, L::BM) * p.Hq * B;
+  if (work_counter == nullptr || items >= INT32_MAX) return cudaErrorInvalidValue;
+  // TMA needs 16-byte multiples for the token and batch strides (bytes)
+  const int64_t strides[6] = {p.q_sb, p.q_st, p.k_sb, p.k_st, p.v_sb, p.v_st};
+  for (int64_t s : strides)
+    if ((s * (int64_t)sizeof(T)) % 16) return cudaErrorMisalignedAddress;
+  CUtensorMap tq, tk, tv;
+  cudaError_t e = make_head_map<T>(&tq, p.q, B, p.T, p.Hq, p.q_st, p.q_sb, L::BM);
+  if (e == cudaSuccess) e = make_head_map<T>(&tk, p.k, B, p.T, p.Hkv, p.k_st, p.k_sb, BN);
+  if (e == cudaSuccess) e = make_head_map<T>(&tv, p.v, B, p.T, p.Hkv, p.v_st, p.v_sb, BN);
+  if (e != cudaSuccess) return e;
+  static bool configured = false;
+  if (!configured) {
+    e = cudaFuncSetAttribute(flash_prefill_tma_kernel<T, WG, BN, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             L::BYTES);
+    if (e != cudaSuccess) return e;
+    configured = true;
+  }
+  // persistent grid: one block per SM, drawing work items until none is left
+  int dev = 0, sms = 0;
+  e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e != cudaSuccess) return e;
+  const unsigned grid = (unsigned)std::min<int64_t>(items, sms);
+  flash_prefill_tma_kernel<T, WG, BN, STAGES><<<grid, (WG + 1) * 128, L::BYTES, st>>>(p, tq, tk, tv, (int)B,
+                                                                                     work_counter);
+  return cudaGetLastError();
+}
+
 template <typename T, int D, int MT, int WARPS, int BN>
 cudaError_t launch_cfg(const Params& p, int64_t B, cudaStream_t st) {
   constexpr int BM = 16 * MT * WARPS;
@@ -317,18 +685,19 @@ cudaError_t launch_cfg(const Params& p, int64_t B, cudaStream_t st) {
   return cudaGetLastError();
 }
 
-// Tile shapes (m-tiles per warp, warps, key-tile rows). Variant 0 is the default; the others
-// are kept for the tile-shape measurements in docs/kernels/attention.md.
+// Variants (docs/kernels/attention.md has their measurements): 0 the default; 1 the
+// mma.sync kernel (the default before the Hopper kernel, kept as the comparison); 2 the TMA
+// kernel with three consumer groups and 64-key tiles.
 template <typename T>
-cudaError_t run(const Params& p, int64_t B, int64_t D, int variant, cudaStream_t st) {
+cudaError_t run(const Params& p, int64_t B, int64_t D, int variant, int* work_counter, cudaStream_t st) {
   if (D == 128) return launch_cfg<T, 128, 1, 4, 64>(p, B, st);
   if (D != 64) return cudaErrorInvalidValue;
+  // the persistent kernel numbers its work items in int32
+  const bool fits = ceil_div(p.T, 64) * p.Hq * B < INT32_MAX;
   switch (variant) {
-    case 0: return launch_cfg<T, 64, 2, 4, 64>(p, B, st);
-    case 1: return launch_cfg<T, 64, 2, 4, 128>(p, B, st);
-    case 2: return launch_cfg<T, 64, 1, 8, 64>(p, B, st);
-    case 3: return launch_cfg<T, 64, 1, 4, 64>(p, B, st);
-    case 4: return launch_cfg<T, 64, 1, 8, 128>(p, B, st);
+    case 0: return fits ? launch_tma<T, 2, 128, 3>(p, B, work_counter, st) : launch_cfg<T, 64, 2, 4, 64>(p, B, st);
+    case 1: return launch_cfg<T, 64, 2, 4, 64>(p, B, st);
+    case 2: return fits ? launch_tma<T, 3, 64, 4>(p, B, work_counter, st) : cudaErrorInvalidValue;
     default: return cudaErrorInvalidValue;
   }
 }
@@ -338,9 +707,14 @@ cudaError_t run(const Params& p, int64_t B, int64_t D, int variant, cudaStream_t
 cudaError_t launch_attention_prefill(int dtype, const void* q, const void* k, const void* v, void* o, int64_t B,
                                      int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t q_sb, int64_t q_st,
                                      int64_t k_sb, int64_t k_st, int64_t v_sb, int64_t v_st, float scale,
-                                     int variant, cudaStream_t stream) {
+                                     int variant, int* work_counter, cudaStream_t stream) {
   if (B == 0 || T == 0 || Hq == 0) return cudaSuccess;
   if (Hkv <= 0 || Hq % Hkv != 0 || T > INT32_MAX || Hq > 65535 || B > 65535) return cudaErrorInvalidValue;
+  if (B == 1) {  // a size-1 dimension's stride is arbitrary in torch (and never used): keep it aligned
+    q_sb = T * q_st;
+    k_sb = T * k_st;
+    v_sb = T * v_st;
+  }
   // cp.async moves 16-byte chunks: every row start must be 16-byte aligned
   const int64_t strides[6] = {q_sb, q_st, k_sb, k_st, v_sb, v_st};
   for (int64_t s : strides)
@@ -348,8 +722,8 @@ cudaError_t launch_attention_prefill(int dtype, const void* q, const void* k, co
   if (!(aligned16(q) && aligned16(k) && aligned16(v) && aligned16(o))) return cudaErrorMisalignedAddress;
   Params p{q, k, v, o, (int)T, (int)Hq, (int)Hkv, q_sb, q_st, k_sb, k_st, v_sb, v_st, T * Hq * D, Hq * D,
            scale * kLog2e};
-  if (dtype == kF16) return run<__half>(p, B, D, variant, stream);
-  if (dtype == kBF16) return run<__nv_bfloat16>(p, B, D, variant, stream);
+  if (dtype == kF16) return run<__half>(p, B, D, variant, work_counter, stream);
+  if (dtype == kBF16) return run<__nv_bfloat16>(p, B, D, variant, work_counter, stream);
   return cudaErrorInvalidValue;
 }
 

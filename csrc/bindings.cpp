@@ -183,10 +183,11 @@ void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op, ": dtype ", q.scalar_type(),
               " has no kernel (fp16, bf16)");
   const c10::cuda::CUDAGuard guard(q.device());
+  at::Tensor counter = at::zeros({1}, q.options().dtype(at::kInt));  // work items handed out so far
   check_launch(op, gpte::launch_attention_prefill(dtype_code(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                                   o.data_ptr(), B, T, Hq, Hkv, D, q.stride(0), q.stride(1),
                                                   k.stride(0), k.stride(1), v.stride(0), v.stride(1), (float)scale,
-                                                  (int)variant, stream_of(q)));
+                                                  (int)variant, counter.data_ptr<int>(), stream_of(q)));
 }
 
 void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& lens,

@@ -33,11 +33,13 @@ cudaError_t launch_kv_append(int dtype, void* k_cache, void* v_cache, const void
                              int64_t v_sb, int64_t v_st, int64_t start_pos, cudaStream_t stream);
 
 // q: [B, T, Hq, D], k/v: [B, T, Hkv, D] with batch/token strides (heads packed); o dense.
-// dtype fp16 or bf16; D 64 or 128. variant: tile shape (0 = default; see attention_prefill.cu).
+// dtype fp16 or bf16; D 64 or 128. variant: kernel and tile shape (0 = default; see
+// attention_prefill.cu). work_counter: one int32 on the device, zero at launch (the Hopper
+// kernel's work-item counter; the call leaves it changed).
 cudaError_t launch_attention_prefill(int dtype, const void* q, const void* k, const void* v, void* o, int64_t B,
                                      int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t q_sb, int64_t q_st,
                                      int64_t k_sb, int64_t k_st, int64_t v_sb, int64_t v_st, float scale,
-                                     int variant, cudaStream_t stream);
+                                     int variant, int* work_counter, cudaStream_t stream);
 
 // Number of sequence splits the decode kernel will use (sizes the fp32 workspace:
 // B * Hq * splits * D floats for partial outputs, B * Hq * splits * 2 for (max, sum)).

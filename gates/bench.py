@@ -58,8 +58,13 @@ class Bench:
     # ---- timing ----
     def cuda_time(self, fn, *, warmup: int = 10, reps: int = 50, flush_l2: bool = True) -> float:
         """Median seconds of fn() on the current CUDA stream, timed with CUDA events after
-        `warmup` untimed calls; the L2 is flushed before each timed call by writing a buffer
-        twice the L2 size (so the kernel reads from HBM, as it does in a real model step)."""
+        `warmup` untimed calls. With flush_l2 the L2 is emptied before each timed call, so
+        the kernel reads from HBM as it does in a real model step: a buffer twice the L2 size
+        is written (evicting everything cached) and then a second one is read, so the L2
+        ends up holding clean lines only. Writing alone would leave it full of dirty lines,
+        and their write-back would be charged to the timed kernel: on an H100 that cost a
+        64 MiB copy 12% and a 65536 x 1024 fp16 LayerNorm 20% of their bandwidth
+        (tests/ops/explore_bandwidth.py; docs/kernels/README.md)."""
         import torch
         if not torch.cuda.is_available():
             raise RuntimeError("bench.cuda_time needs CUDA; mark the test @pytest.mark.cuda")
@@ -67,26 +72,64 @@ class Bench:
             raise ValueError("reps must be >= 1")
         for _ in range(warmup):
             fn()
-        buf = self._l2_buffer() if flush_l2 else None
+        flush = self._l2_flush() if flush_l2 else None
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         torch.cuda.synchronize()
         for i in range(reps):
-            if buf is not None:
-                buf.zero_()
+            if flush is not None:
+                flush()
             starts[i].record()
             fn()
             ends[i].record()
         torch.cuda.synchronize()
         return _median([s.elapsed_time(e) for s, e in zip(starts, ends)]) / 1e3
 
-    def _l2_buffer(self):
+    def cuda_time_pair(self, fn_a, fn_b, *, warmup: int = 10, reps: int = 50) -> tuple[float, float]:
+        """Median seconds of fn_a() and of fn_b(), timed alternately (a, b, a, b, ...) with the
+        L2 flushed before each call, so both see the same clock and thermal state. For ratios
+        of two near-equal times (e.g. our FFN and torch's, same GEMMs and bytes), where two
+        separate cuda_time runs drift apart by a few percent."""
+        import torch
+        if not torch.cuda.is_available():
+            raise RuntimeError("bench.cuda_time_pair needs CUDA; mark the test @pytest.mark.cuda")
+        if reps < 1:
+            raise ValueError("reps must be >= 1")
+        for _ in range(warmup):
+            fn_a()
+            fn_b()
+        flush = self._l2_flush()
+        ev = [[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(reps)]
+        torch.cuda.synchronize()
+        for e in ev:
+            flush()
+            e[0].record()
+            fn_a()
+            e[1].record()
+            flush()
+            e[2].record()
+            fn_b()
+            e[3].record()
+        torch.cuda.synchronize()
+        return (_median([e[0].elapsed_time(e[1]) for e in ev]) / 1e3,
+                _median([e[2].elapsed_time(e[3]) for e in ev]) / 1e3)
+
+    def _l2_flush(self):
+        """The flush callable: write one 2 x L2 buffer, then read (sum) another."""
         import torch
         if self._flush_buf is None:
             props = torch.cuda.get_device_properties(torch.cuda.current_device())
             l2 = getattr(props, "L2_cache_size", 0) or 64 * 2**20
-            self._flush_buf = torch.empty(max(2 * l2, 64 * 2**20), dtype=torch.uint8, device="cuda")
-        return self._flush_buf
+            n = max(2 * l2, 64 * 2**20)
+            write = torch.empty(n, dtype=torch.uint8, device="cuda")
+            read = torch.ones(n // 8, dtype=torch.int64, device="cuda")
+            self._flush_buf = (write, read)
+        write, read = self._flush_buf
+
+        def flush():
+            write.zero_()
+            read.sum()
+        return flush
 
     def cpu_time(self, fn, *, warmup: int = 2, reps: int = 10) -> float:
         """Median wall seconds of fn() with time.perf_counter (CPU work, e.g. opening a file)."""

@@ -3,6 +3,8 @@
     python -m gpt_engine.ops.compile_check [--nvcc PATH] [-j N]
 
 Exit status 0 when every file compiles for sm_90a; prints each file's register / spill report.
+A ptxas "Potential Performance Loss" note (C75xx: wgmma serialized, setmaxnreg ignored) also
+fails the check: the kernel would compile but run on a slow path.
 The .cu files include no torch headers, so this proves the kernels build without a CUDA
 build of torch; bindings.cpp (the torch glue) is only built where CUDA torch is installed.
 """
@@ -44,12 +46,16 @@ def main(argv=None) -> int:
         for name, rc, log in pool.map(lambda s: compile_one(args.nvcc, s, tmp), sources):
             spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill stores", log))
             regs = [int(x) for x in re.findall(r"Used (\d+) registers", log)]
-            status = "ok" if rc == 0 else "FAILED"
+            slow = [ln.strip() for ln in log.splitlines() if "Potential Performance Loss" in ln]
+            status = "ok" if rc == 0 and not slow else "FAILED"
             print(f"{status:6s} {name:24s} kernels={len(regs):3d} max_regs={max(regs, default=0):3d} "
                   f"spill_stores={spills}B")
             if rc != 0:
                 failed += 1
                 print(log, file=sys.stderr)
+            elif slow:
+                failed += 1
+                print("\n".join(slow), file=sys.stderr)
     print(f"compile_check: {len(sources) - failed}/{len(sources)} files compiled with {NVCC_ARCH}")
     return 1 if failed else 0
 

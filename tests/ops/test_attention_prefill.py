@@ -7,7 +7,7 @@ from gpt_engine import ops
 from gpt_engine.ops import attention_prefill_module as mod
 
 from ._bench import free, mark
-from ._util import DEVICES, TOL_NAME, assert_nmse, f64, randn
+from ._util import DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, f64, randn
 
 # (B, T, Hq, Hkv, D): odd/even T, T below/above one tile, MHA (Hq == Hkv) and GQA layouts
 CASES = [(1, 1, 1, 1, 64), (2, 17, 4, 4, 64), (1, 128, 12, 12, 64), (2, 200, 6, 2, 64), (1, 333, 9, 3, 64),
@@ -44,6 +44,26 @@ def test_prefill_strided_qkv_views(device):
     qkv = randn((b, t, 3, h, d), torch.float16, device)
     q, k, v = qkv.unbind(2)
     out = ops.attention_prefill(q, k, v, 0.125)
+    assert_nmse(out, mod.reference(*f64(q, k, v), 0.125), "nmse_attention")
+
+
+@pytest.mark.story("GT-017", "GT-019")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("variant", [0, 1, 2], ids=["tma_wg2_bn128", "mma_sync", "tma_wg3_bn64"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", [(1, 1, 2, 2), (2, 1100, 80, 80), (1, 257, 6, 2), (3, 700, 4, 1)], ids=str)
+def test_prefill_kernel_variants(variant, dtype, case):
+    """Every compiled head-dim-64 kernel (the default and the two kept for the measurements in
+    docs/kernels/attention.md), on q/k/v views of one fused projection, output pre-filled with
+    NaN. (2, 1100, 80, 80) has 1440 work items, so every block of the persistent kernel takes
+    several items and its K/V stages wrap many times."""
+    from gpt_engine.ops import _ext
+    b, t, hq, hkv = case
+    qkv = randn((b, t, hq + 2 * hkv, 64), dtype, "cuda")
+    q, k, v = qkv[:, :, :hq], qkv[:, :, hq:hq + hkv], qkv[:, :, hq + hkv:]
+    out = torch.full_like(q, float("nan"))
+    _ext.load().attention_prefill(q, k, v, out, 0.125, variant)
     assert_nmse(out, mod.reference(*f64(q, k, v), 0.125), "nmse_attention")
 
 

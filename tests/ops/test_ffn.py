@@ -43,8 +43,10 @@ def test_ffn_rate(bench):
     wu, bu = torch.randn(f, c, device="cuda", dtype=torch.float16) * c ** -0.5, torch.randn(f, device="cuda", dtype=torch.float16)
     wd, bd = torch.randn(c, f, device="cuda", dtype=torch.float16) * f ** -0.5, torch.randn(c, device="cuda", dtype=torch.float16)
     flops = 2 * n * c * f * 2
-    t = bench.cuda_time(lambda: ops.ffn(x, wu, bu, wd, bd, "tanh"))
-    t_torch = bench.cuda_time(lambda: F.linear(F.gelu(F.linear(x, wu, bu), approximate="tanh"), wd, bd))
+    # alternating reps: the two times are nearly equal, so drift between separate runs would
+    # decide the ratio
+    t, t_torch = bench.cuda_time_pair(lambda: ops.ffn(x, wu, bu, wd, bd, "tanh"),
+                                      lambda: F.linear(F.gelu(F.linear(x, wu, bu), approximate="tanh"), wd, bd))
     bench.record("ffn.fp16", flops / t / 1e12, "TFLOP/s", kind="flops", references={"torch": flops / t_torch / 1e12},
                  params={"tokens": n, "n_embd": c, "n_ff": f, "time_s": t, "torch_time_s": t_torch})
     free()
