@@ -22,6 +22,9 @@ UNITS = {
     "ratio": None,
 }
 LOWER_IS_BETTER = {"time", "memory"}
+# GPU spin (torch.cuda._sleep) before each timed call, ~250 us at H100/H200 clocks: longer than
+# any op's host-side dispatch, so the timed region holds no idle gap waiting for the host.
+HOST_LEAD_CYCLES = 500_000
 BANDWIDTH_SLACK = 1.1     # issue 3: bandwidth above 1.1 x measured copy bandwidth is impossible
 
 # Device baselines: bf16 8192^3 on GPUs (DESIGN.md anchors use it); the CPU machine gets a
@@ -58,7 +61,11 @@ class Bench:
     # ---- timing ----
     def cuda_time(self, fn, *, warmup: int = 10, reps: int = 50, flush_l2: bool = True) -> float:
         """Median seconds of fn() on the current CUDA stream, timed with CUDA events after
-        `warmup` untimed calls. With flush_l2 the L2 is emptied before each timed call, so
+        `warmup` untimed calls. Before each start event the GPU spins for HOST_LEAD_CYCLES, so
+        the host has queued fn's kernels by the time the clock starts: the figure is GPU time,
+        not the Python dispatch in front of the first launch (an op's checks and custom-op
+        layers cost tens of microseconds, which the GPU would otherwise sit idle through inside
+        the timed region). With flush_l2 the L2 is emptied before each timed call, so
         the kernel reads from HBM as it does in a real model step: a buffer twice the L2 size
         is written (evicting everything cached) and then a second one is read, so the L2
         ends up holding clean lines only. Writing alone would leave it full of dirty lines,
@@ -79,6 +86,7 @@ class Bench:
         for i in range(reps):
             if flush is not None:
                 flush()
+            torch.cuda._sleep(HOST_LEAD_CYCLES)
             starts[i].record()
             fn()
             ends[i].record()
@@ -103,10 +111,12 @@ class Bench:
         torch.cuda.synchronize()
         for e in ev:
             flush()
+            torch.cuda._sleep(HOST_LEAD_CYCLES)
             e[0].record()
             fn_a()
             e[1].record()
             flush()
+            torch.cuda._sleep(HOST_LEAD_CYCLES)
             e[2].record()
             fn_b()
             e[3].record()

@@ -21,18 +21,21 @@ def _git(root: Path, *args) -> str | None:
 
 
 def git_state(root: Path) -> dict:
-    """Commit and dirty flag. The GPU machine gets a copy of the tree without .git: there the
-    caller may pass GPT_ENGINE_GIT_COMMIT / GPT_ENGINE_GIT_DIRTY; freshness never depends on
-    it (it compares file hashes), the commit is for people reading the evidence."""
+    """Commit and dirty flag. GPT_ENGINE_GIT_COMMIT / GPT_ENGINE_GIT_DIRTY, when set, win: the
+    GPU machine gets a copy of the working tree whose .git (if any) can name an older commit
+    with the new files as uncommitted changes. Freshness never depends on this (it compares
+    file hashes); the commit is for people reading the evidence."""
+    env_commit = os.environ.get("GPT_ENGINE_GIT_COMMIT")
+    if env_commit:  # the caller knows better than whatever .git the copy may carry
+        dirty_env = os.environ.get("GPT_ENGINE_GIT_DIRTY")
+        return {"commit": env_commit,
+                "dirty": None if dirty_env is None else dirty_env.lower() in ("1", "true", "yes"),
+                "commit_source": "env"}
     commit = _git(root, "rev-parse", "HEAD")
     if commit:
         status = _git(root, "status", "--porcelain", "--untracked-files=no")
         return {"commit": commit.strip(), "dirty": bool(status and status.strip()), "commit_source": "git"}
-    env_commit = os.environ.get("GPT_ENGINE_GIT_COMMIT")
-    dirty_env = os.environ.get("GPT_ENGINE_GIT_DIRTY")
-    return {"commit": env_commit or None,
-            "dirty": None if dirty_env is None else dirty_env.lower() in ("1", "true", "yes"),
-            "commit_source": "env" if env_commit else None}
+    return {"commit": None, "dirty": None, "commit_source": None}
 
 
 def cpu_model() -> str:

@@ -50,8 +50,9 @@ def test_add_layernorm_bad_inputs(device):
 
 @mark("GT-015", "GT-011")
 def test_add_layernorm_bandwidth(bench):
-    """65536 x 1024 fp16: read x and residual, write h and y (4 x 128 MiB); torch: x + r, F.layer_norm."""
-    n, c = 65536, 1024
+    """262144 x 1024 fp16: read x and residual, write h and y (4 x 512 MiB; sizes:
+    tests/ops/_bench.py); torch: x + r, F.layer_norm."""
+    n, c = 262144, 1024
     x, r = (torch.randn(n, c, device="cuda", dtype=torch.float16) for _ in range(2))
     w, b = torch.randn(c, device="cuda", dtype=torch.float16), torch.randn(c, device="cuda", dtype=torch.float16)
     moved = nbytes(x) * 4 + nbytes(w, b)

@@ -37,8 +37,9 @@ def test_bias_gelu_bad_inputs(device):
 
 @mark("GT-014")
 def test_bias_gelu_bandwidth(bench):
-    """[16384, 3072] fp16 (96 MiB in, 96 MiB out): the fused epilogue vs torch's F.gelu(x + b)."""
-    n, f = 16384, 3072
+    """[65536, 4096] fp16 (512 MiB in, 512 MiB out; sizes: tests/ops/_bench.py): the fused
+    epilogue vs torch's F.gelu(x + b)."""
+    n, f = 65536, 4096
     x = torch.randn(n, f, device="cuda", dtype=torch.float16)
     b = torch.randn(f, device="cuda", dtype=torch.float16)
     moved = nbytes(x) * 2 + nbytes(b)
