@@ -191,7 +191,7 @@ void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 }
 
 void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& lens,
-                      at::Tensor& o, double scale) {
+                      at::Tensor& o, double scale, int64_t splits_override) {
   const char* op = "attention_decode";
   check_tensor(op, "q", q, q, true);
   check_tensor(op, "k_cache", kc, q, true);
@@ -210,8 +210,11 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
                   lens.size(0) == B && (lens.scalar_type() == at::kInt || lens.scalar_type() == at::kLong),
               op, ": seq_lens must be a contiguous int32/int64 [", B, "] tensor on ", q.device());
   const c10::cuda::CUDAGuard guard(q.device());
+  TORCH_CHECK(splits_override >= 0 && splits_override <= 1024, op, ": splits ", splits_override,
+              " outside [0, 1024] (0: the heuristic)");
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int splits = gpte::attention_decode_splits(B, Hq, Hkv, S, sms);
+  const int splits =
+      splits_override > 0 ? (int)splits_override : gpte::attention_decode_splits(B, Hq, Hkv, S, sms);
   auto ws_o = at::empty({B * Hq * splits * D}, q.options().dtype(at::kFloat));
   auto ws_ml = at::empty({B * Hq * splits * 2}, q.options().dtype(at::kFloat));
   check_launch(op, gpte::launch_attention_decode(dtype_code(q), q.data_ptr(), kc.data_ptr(), vc.data_ptr(),
@@ -233,6 +236,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("kv_append", &kv_append, "k/v -> caches at start_pos");
   m.def("attention_prefill", &attention_prefill, "causal flash attention", py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out"), py::arg("scale"), py::arg("variant") = 0);
-  m.def("attention_decode", &attention_decode, "split-K decode attention");
+  m.def("attention_decode", &attention_decode, "split-K decode attention", py::arg("q"), py::arg("k_cache"),
+        py::arg("v_cache"), py::arg("seq_lens"), py::arg("out"), py::arg("scale"), py::arg("splits") = 0);
   m.def("attention_decode_splits", &gpte::attention_decode_splits, "splits the decode kernel uses");
 }

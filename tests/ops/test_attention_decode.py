@@ -8,7 +8,7 @@ from gpt_engine.ops import attention_decode_module as mod
 from gpt_engine.ops import attention_prefill_module as prefill_mod
 
 from ._bench import free, gbps, graphed, mark, nbytes
-from ._util import DEVICES, TOL_NAME, assert_nmse, f64, randn
+from ._util import DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, f64, randn
 
 # (B, Hq, Hkv, S, D, lens): ragged lengths, odd lengths, one key, a full cache, GQA groups 1..8
 CASES = [(1, 1, 1, 16, 64, [1]), (2, 12, 12, 300, 64, [300, 7]), (3, 8, 2, 1000, 64, [999, 1, 513]),
@@ -40,6 +40,24 @@ def test_decode_reference_matches_sdpa():
     for i, n in enumerate(lens.tolist()):
         sd = F.scaled_dot_product_attention(q[i, :, None], kc[i, :, :n], vc[i, :, :n], scale=0.25, enable_gqa=True)
         assert torch.allclose(out[i], sd[:, 0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.story("GT-018", "GT-019")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("splits", [1, 3, 7, 64, 1024])
+def test_decode_forced_splits(splits):
+    """Any split count gives the same answer: the kernel rounds each split up to whole 64-key
+    steps, so with many splits most are empty (a 1000-key cache over 1024 splits leaves
+    1008 of them without a key) and the merge must skip them; ragged lengths, GQA 4:1."""
+    from gpt_engine.ops import _ext
+    b, hq, hkv, s, d, lens = 3, 8, 2, 1000, 64, [1000, 1, 333]
+    q = randn((b, hq, d), torch.float16, "cuda")
+    kc, vc = randn((b, hkv, s, d), torch.float16, "cuda"), randn((b, hkv, s, d), torch.float16, "cuda")
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    out = torch.full_like(q, float("nan"))
+    _ext.load().attention_decode(q, kc, vc, seq_lens, out, 0.125, splits)
+    assert_nmse(out, mod.reference(*f64(q, kc, vc), seq_lens.cpu(), 0.125), "nmse_attention")
 
 
 @pytest.mark.story("GT-020", "GT-018", "GT-019")

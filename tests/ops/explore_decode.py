@@ -1,0 +1,54 @@
+"""Decode split counts (not a test; run by hand on the GPU machine).
+
+    python tests/ops/explore_decode.py
+For the benchmark's decode cases, times the kernel (CUDA graph replays, the harness's flush
+and host-lead spin) at forced split counts and at the heuristic's choice, against SDPA.
+"""
+import torch
+import torch.nn.functional as F
+
+from gates.bench import Baselines, Bench
+from gpt_engine.ops import _ext
+
+ext = _ext.load()
+bench = Bench("cuda", Baselines(), [])
+sms = torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def graphed(fn):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    torch.cuda.synchronize()
+    return g.replay
+
+
+SPLITS = [1, 2, 4, 8, 16, 32, 64, 128]
+print(f"{'case':16} {'auto':>5} " + " ".join(f"{s:>6}" for s in SPLITS) + "   heur   sdpa  (us)", flush=True)
+for b in (1, 4, 8):
+    for h in (12, 32, 64):
+        for t in (1024, 4096, 16384):
+            d = 64
+            q = torch.randn(b, h, d, device="cuda", dtype=torch.float16)
+            kc, vc = (torch.randn(b, h, t, d, device="cuda", dtype=torch.float16) for _ in range(2))
+            lens = torch.full((b,), t, device="cuda", dtype=torch.int32)
+            out = torch.empty_like(q)
+            auto = ext.attention_decode_splits(b, h, h, t, sms)
+            row = []
+            for sp in SPLITS:
+                if sp > max(1, t // 64):
+                    row.append(float("nan"))
+                    continue
+                row.append(bench.cuda_time(graphed(lambda sp=sp: ext.attention_decode(q, kc, vc, lens, out, 0.125, sp))))
+            heur = bench.cuda_time(graphed(lambda: ext.attention_decode(q, kc, vc, lens, out, 0.125, 0)))
+            qh = q[:, :, None]
+            sdpa = bench.cuda_time(graphed(lambda: F.scaled_dot_product_attention(qh, kc, vc)))
+            print(f"B{b} H{h} T{t:<6} {auto:>5} " + " ".join(f"{x * 1e6:6.1f}" for x in row)
+                  + f" {heur * 1e6:6.1f} {sdpa * 1e6:6.1f}", flush=True)
+            del q, kc, vc
