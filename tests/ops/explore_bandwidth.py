@@ -1,6 +1,6 @@
 """L2-flush effect on bandwidth-bound timings (not a test; run by hand on the GPU machine).
 
-    python tests/ops/explore_bandwidth.py
+    PYTHONPATH=$PWD python tests/ops/explore_bandwidth.py
 The harness flushes the L2 before each timed call by writing a buffer twice its size, which
 leaves the L2 full of dirty lines; the timed kernel then pays their write-back. This times the
 embedding, layernorm and residual-add benchmarks (harness shapes) and a same-size copy with
@@ -10,7 +10,9 @@ import statistics
 
 import torch
 
+from gates.bench import HOST_LEAD_CYCLES
 from gpt_engine import ops
+from tests.ops._bench import graphed
 
 l2 = torch.cuda.get_device_properties(0).L2_cache_size
 dirty = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
@@ -32,6 +34,7 @@ def cuda_time(fn, flush, reps=50, warmup=10):
     ts = []
     for _ in range(reps):
         flush()
+        torch.cuda._sleep(HOST_LEAD_CYCLES)  # as the harness: the host queues fn before the clock starts
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         fn()
@@ -39,20 +42,6 @@ def cuda_time(fn, flush, reps=50, warmup=10):
         b.synchronize()
         ts.append(a.elapsed_time(b) / 1e3)
     return statistics.median(ts)
-
-
-def graphed(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    torch.cuda.synchronize()
-    return g.replay
 
 
 src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_(0, 255)

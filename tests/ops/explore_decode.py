@@ -1,6 +1,6 @@
 """Decode split counts (not a test; run by hand on the GPU machine).
 
-    python tests/ops/explore_decode.py
+    PYTHONPATH=$PWD python tests/ops/explore_decode.py
 For the benchmark's decode cases, times the kernel (CUDA graph replays, the harness's flush
 and host-lead spin) at forced split counts and at the heuristic's choice, against SDPA.
 """
@@ -9,24 +9,11 @@ import torch.nn.functional as F
 
 from gates.bench import Baselines, Bench
 from gpt_engine.ops import _ext
+from tests.ops._bench import graphed
 
 ext = _ext.load()
 bench = Bench("cuda", Baselines(), [])
 sms = torch.cuda.get_device_properties(0).multi_processor_count
-
-
-def graphed(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    torch.cuda.synchronize()
-    return g.replay
 
 
 SPLITS = [1, 2, 4, 8, 16, 32, 64, 128]

@@ -1,19 +1,20 @@
-"""Embedding kernel shapes (not a test; run by hand on the GPU machine).
+"""Embedding kernel shapes (not a test; run by hand on the GPU machine, repo root).
 
-    python tests/ops/explore_embedding.py
+    PYTHONPATH=$PWD python tests/ops/explore_embedding.py
 Builds candidate gather kernels inline, checks them against wte[ids] + wpe[pos], and times
-them (CUDA graph replays, L2 flushed the harness's way) against the op and a same-size copy,
-at GPT-2 XL width over 64k and 128k tokens.
-  warp:  the op (csrc/embedding.cu): one warp per token, 4 warps per block.
+them (CUDA graph replays, the harness's timing) against the op and a same-size copy, at
+GPT-2 XL width over 64k and 128k tokens.
+  op:    the op (csrc/embedding.cu; since session 2 the flat kernel below with U = 4;
+         before, one warp per token, 4 warps per block).
   flat:  every thread takes U 16-byte vectors of the flattened (token, vector) index space;
          each looks its token's ids up (L1 hits for all but the first lane of a row).
 """
-import statistics
-
 import torch
 from torch.utils.cpp_extension import load_inline
 
+from gates.bench import Baselines, Bench
 from gpt_engine import ops
+from tests.ops._bench import graphed
 
 SRC = r"""
 #include <torch/extension.h>
@@ -87,43 +88,8 @@ void flat(torch::Tensor ids, torch::Tensor pos, torch::Tensor wte, torch::Tensor
 ext = load_inline("explore_embedding", cpp_sources="void flat(torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, int64_t);",
                   cuda_sources=SRC, functions=["flat"], extra_cuda_cflags=["-O3", "-gencode=arch=compute_90a,code=sm_90a"])
 
-l2 = torch.cuda.get_device_properties(0).L2_cache_size
-wbuf = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
-rbuf = torch.ones(2 * l2 // 8, dtype=torch.int64, device="cuda")
-
-
-def flush():
-    wbuf.zero_()
-    rbuf.sum()
-
-
-def cuda_time(fn, reps=50, warmup=10):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        flush()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(ts)
-
-
-def graphed(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    torch.cuda.synchronize()
-    return g.replay
+bench = Bench("cuda", Baselines(), [])
+cuda_time = bench.cuda_time
 
 
 src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_(0, 255)
@@ -142,7 +108,7 @@ for b in (64, 128):
     ref = wte[ids] + wpe[pos]
     bad = torch.zeros(1, dtype=torch.int32, device="cuda")
     rows = {}
-    rows["warp (op)"] = graphed(lambda: ops.embedding(ids, pos, wte, wpe))
+    rows["op"] = graphed(lambda: ops.embedding(ids, pos, wte, wpe))
     for u in (2, 4, 8):
         out = torch.full_like(ref, float("nan"))
         ext.flat(ids, pos, wte, wpe, out, bad, u)

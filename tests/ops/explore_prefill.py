@@ -1,34 +1,23 @@
-"""Tile-shape exploration for the prefill kernel (not a test; run by hand on the GPU machine).
+"""Kernel variants of the prefill op (not a test; run by hand on the GPU machine, repo root).
 
-    python tests/ops/explore_prefill.py
-Times each compiled tile variant and SDPA (each backend separately) on the benchmark shapes,
-with the same L2 flush and median as the harness, and prints TFLOP/s.
+    PYTHONPATH=$PWD python tests/ops/explore_prefill.py
+Checks every compiled variant against the float64 reference, then times each variant and
+SDPA (each backend separately) on the benchmark shapes with the harness's timing
+(gates.bench.Bench: flushed L2, host-lead spin, median), and prints TFLOP/s.
 """
-import statistics
-
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from gates.bench import Baselines, Bench
 from gpt_engine.ops import _ext
 
 ext = _ext.load()
-flush = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
+bench = Bench("cuda", Baselines(), [])
 
 
-def cuda_time(fn, reps=30, warmup=5):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        flush.zero_()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(ts)
+def cuda_time(fn):
+    return bench.cuda_time(fn, warmup=5, reps=30)
 
 
 # variants: 0 wgmma + TMA (default), 1 mma.sync, 2 wgmma + TMA with three consumer groups
