@@ -13,6 +13,9 @@ from pathlib import Path
 STORY_ID = re.compile(r"^(GT-\d{3}|GX-\d{3})$")
 DEVICES = ("cpu", "cuda")
 CARD_KEYS = {"id", "title", "sprint", "gate", "description", "sources", "criteria", "verdict"}
+# The timing code decides every benchmark figure (flush, host-lead spin, medians): a story
+# with a benchmark criterion depends on it, so changing it makes that evidence stale.
+BENCH_SOURCES = ("gates/bench.py",)
 CRITERION_KEYS = {
     "tests": {"kind", "device", "keyword", "why"},
     "benchmark": {"kind", "device", "metric", "min_ratio", "max_ratio", "where", "why"},
@@ -182,6 +185,8 @@ def load_card(path: Path) -> Story:
             raise CardError(f"{path}: no criteria: a story must say what proves it")
         if not sources:
             raise CardError(f"{path}: no sources: evidence could never go stale")
+    if any(c.kind == "benchmark" for c in crits):
+        sources = [*sources, *(b for b in BENCH_SOURCES if b not in sources)]
     return Story(sid, raw["title"].strip(), sprint, gate, raw["description"].strip(),
                  tuple(sources), crits, verdict, path)
 

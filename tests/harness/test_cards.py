@@ -79,3 +79,16 @@ def test_benchmark_criterion_without_a_bar_is_refused(tmp_path):
     repo.add_card("GT-011", 2, "gate1", ["src/a.py"], ['kind = "benchmark"\ndevice = "cuda"\nmetric = "layernorm.fp16"'])
     with pytest.raises(cards.CardError, match="needs min_ratio or max_ratio"):
         cards.load_cards(repo.paths.stories)
+
+
+def test_benchmark_stories_depend_on_the_timing_code():
+    """A change to gates/bench.py changes every benchmark figure, so every story with a
+    benchmark criterion lists it among its sources (added by the loader); others do not."""
+    stories = cards.load_cards(resolve().stories)
+    with_bench = {s.id for s in stories.values() if any(c.kind == "benchmark" for c in s.criteria)}
+    assert {"GT-008", "GT-011", "GT-017", "GT-018"} <= with_bench
+    for s in stories.values():
+        if s.id in with_bench:
+            assert "gates/bench.py" in s.sources, s.id
+        else:
+            assert "gates/bench.py" not in s.sources, s.id
