@@ -55,32 +55,30 @@ class ModelConfig:
         def key(template: str) -> str:
             return template.format(arch=arch)
 
-        def get_int(template: str, default: int | None = None) -> int:
+        def get(template: str, kind: type, default=None):
+            """A positive metadata value; kind int (bools refused) or float (ints accepted,
+            must be finite)."""
             k = key(template)
             if k not in md:
                 if default is not None:
                     return default
                 raise ModelError(f"{f.path}: required metadata key {k!r} is missing")
             v = md[k]
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ModelError(f"{f.path}: metadata key {k!r} must be an integer, got {type(v).__name__}")
-            if v <= 0:
-                raise ModelError(f"{f.path}: metadata key {k!r} must be > 0, got {v}")
+            accepted = (int,) if kind is int else (int, float)
+            if isinstance(v, bool) or not isinstance(v, accepted):
+                what = "an integer" if kind is int else "a number"
+                raise ModelError(f"{f.path}: metadata key {k!r} must be {what}, got {type(v).__name__}")
+            v = kind(v)
+            if not 0 < v < float("inf"):
+                what = "> 0" if kind is int else "a finite number > 0"
+                raise ModelError(f"{f.path}: metadata key {k!r} must be {what}, got {v}")
             return v
 
+        def get_int(template: str, default: int | None = None) -> int:
+            return get(template, int, default)
+
         def get_float(template: str, default: float | None = None) -> float:
-            k = key(template)
-            if k not in md:
-                if default is not None:
-                    return default
-                raise ModelError(f"{f.path}: required metadata key {k!r} is missing")
-            v = md[k]
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ModelError(f"{f.path}: metadata key {k!r} must be a number, got {type(v).__name__}")
-            v = float(v)
-            if not v > 0 or v == float("inf"):
-                raise ModelError(f"{f.path}: metadata key {k!r} must be a finite number > 0, got {v}")
-            return v
+            return get(template, float, default)
 
         n_layer = get_int(Keys.LLM.BLOCK_COUNT)
         n_embd = get_int(Keys.LLM.EMBEDDING_LENGTH)

