@@ -46,6 +46,13 @@ def build_parser() -> _Parser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     _common(p)
+    p = sub.add_parser("bench", help="prefill (pp) and decode (tg) tokens/s, llama-bench style, with MBU")
+    p.add_argument("model", nargs="?", help="GGUF file (default: the embedded SmolLM2-135M)")
+    p.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens of the pp test (0: skip)")
+    p.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens of the tg test (0: skip)")
+    p.add_argument("-r", "--reps", type=int, default=5, help="timed repetitions of each test")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return ap
 
 
@@ -124,12 +131,25 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    if args.n_prompt < 0 or args.n_gen < 0 or args.n_gen == 1 or args.reps < 1:
+        raise _UsageError("bench needs -p >= 0, -n = 0 or >= 2, -r >= 1")
+    from . import bench
+    from .default_model import default_model_path
+
+    r = bench.run(args.model or default_model_path(), args.device, args.n_prompt, args.n_gen, args.reps,
+                  bench.progress_printer())
+    print(json.dumps(r, indent=2) if args.json else bench.format_table(r))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import EngineError
 
     try:
         args = build_parser().parse_args(argv)
-        return {"inspect": cmd_inspect, "tokenize": cmd_tokenize, "generate": cmd_generate}[args.cmd](args)
+        return {"inspect": cmd_inspect, "tokenize": cmd_tokenize, "generate": cmd_generate,
+                "bench": cmd_bench}[args.cmd](args)
     except (_UsageError, EngineError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
