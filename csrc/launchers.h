@@ -70,6 +70,7 @@ struct LinearArgs {
   float eps;
   bool out_f32;
   int kt;                // set by the launcher: K tile staged in shared memory
+  bool vec_x;            // set by the launcher: x rows read with 16-byte loads
 };
 
 // ---- decode-step status word (one int32 on the device; bits OR-ed in by kernels, read by

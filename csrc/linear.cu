@@ -24,7 +24,8 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kSmemFloats = 12288;  // 48 KiB of staged activations per block (no opt-in needed)
+constexpr int kSmemFloats = 10240;  // 40 KiB of staged activations: with the static arrays, under the
+                                    // 48 KiB a block gets without an opt-in
 
 // Weight bytes that never get reused within a step: keep them out of L1.
 __device__ __forceinline__ uint4 ldg_stream(const void* ptr) {
@@ -64,7 +65,7 @@ template <> __device__ __forceinline__ void unpack16<__nv_bfloat16>(const uint4&
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
 template <typename W, typename A, int MT>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(const LinearArgs p) {
+__global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
   constexpr int CH = 16 / sizeof(W);                      // weight elements per 16-byte load
   constexpr int U = MT >= 8 ? 2 : (MT >= 4 ? 4 : 8);      // chunks per row in flight per lane
   extern __shared__ float xs[];                           // [MT][kt] staged activations
@@ -79,18 +80,48 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const LinearArgs p) {
   const int ngroups = (npairs + kWarps - 1) / kWarps;
   const int ntiles = (p.K + p.kt - 1) / p.kt;
 
-  if (p.norm != kNormNone) {  // row statistics over the whole K, two passes (x is tiny and cached)
+  // Rows of x -> xs (fp32), tile t: 16-byte loads when x allows (K % 8 == 0, aligned).
+  auto load_tile = [&](int t) {
+    const int k0 = t * p.kt, len = min(p.kt, p.K - k0);
+    if (p.vec_x) {
+      const int nv = len / 8;
+#pragma unroll 4
+      for (int i = threadIdx.x; i < MT * nv; i += kThreads) {
+        const int m = i / nv, c = i - m * nv;
+        float f[8];
+        if (m < p.M) {
+          unpack16<A>(*reinterpret_cast<const uint4*>(x + (int64_t)m * p.K + k0 + c * 8), f);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) f[j] = 0.f;
+        }
+        float4* d = reinterpret_cast<float4*>(xs + m * p.kt + c * 8);
+        d[0] = make_float4(f[0], f[1], f[2], f[3]);
+        d[1] = make_float4(f[4], f[5], f[6], f[7]);
+      }
+    } else {
+#pragma unroll 4
+      for (int i = threadIdx.x; i < MT * len; i += kThreads) {
+        const int m = i / len, k = i - m * len;
+        xs[m * p.kt + k] = m < p.M ? to_f(x[(int64_t)m * p.K + k0 + k]) : 0.f;
+      }
+    }
+  };
+  // Norm statistics over the whole row: from shared memory when the row is one tile (the common
+  // case: two exact passes, no global traffic), else one pass over global memory up front.
+  auto row_stats = [&](bool from_smem) {
     for (int m = warp; m < p.M; m += kWarps) {
+      const float* r = xs + m * p.kt;
       const A* xr = x + (int64_t)m * p.K;
       float mean = 0.f;
       if (p.norm == kNormLayer) {
         float s = 0.f;
-        for (int k = lane; k < p.K; k += 32) s += to_f(xr[k]);
+        for (int k = lane; k < p.K; k += 32) s += from_smem ? r[k] : to_f(xr[k]);
         mean = warp_sum(s) / p.K;
       }
       float v = 0.f;
       for (int k = lane; k < p.K; k += 32) {
-        const float d = to_f(xr[k]) - mean;
+        const float d = (from_smem ? r[k] : to_f(xr[k])) - mean;
         v = fmaf(d, d, v);
       }
       v = warp_sum(v);
@@ -99,30 +130,38 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const LinearArgs p) {
         s_rstd[m] = rsqrtf(v / p.K + p.eps);
       }
     }
+  };
+  // The norm applied in place, rounded to the activation dtype as the unfused norm's output is.
+  auto normalize_tile = [&](int t) {
+    const int k0 = t * p.kt, len = min(p.kt, p.K - k0);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < p.M * len; i += kThreads) {
+      const int m = i / len, k = i - m * len;
+      float* v = xs + m * p.kt + k;
+      if (p.norm == kNormLayer)
+        *v = to_f(from_f<A>((*v - s_mean[m]) * s_rstd[m] * to_f(nw[k0 + k]) + to_f(nb[k0 + k])));
+      else
+        *v = to_f(from_f<A>(*v * s_rstd[m] * to_f(nw[k0 + k])));
+    }
+  };
+  if (p.norm != kNormNone && ntiles > 1) {
+    row_stats(false);
     __syncthreads();
   }
-
-  auto stage = [&](int t) {
-    const int k0 = t * p.kt;
-    const int len = min(p.kt, p.K - k0);
-    for (int i = threadIdx.x; i < MT * len; i += kThreads) {
-      const int m = i / len, k = i - m * len;
-      float v = 0.f;
-      if (m < p.M) {
-        v = to_f(x[(int64_t)m * p.K + k0 + k]);
-        if (p.norm == kNormLayer)
-          v = to_f(from_f<A>((v - s_mean[m]) * s_rstd[m] * to_f(nw[k0 + k]) + to_f(nb[k0 + k])));
-        else if (p.norm == kNormRms)
-          v = to_f(from_f<A>(v * s_rstd[m] * to_f(nw[k0 + k])));
+  auto stage = [&](int t) {  // tile t staged (and normalised); ends on a barrier
+    load_tile(t);
+    __syncthreads();
+    if (p.norm != kNormNone) {
+      if (ntiles == 1) {
+        row_stats(true);
+        __syncthreads();
       }
-      xs[m * p.kt + k] = v;
+      normalize_tile(t);
+      __syncthreads();
     }
   };
 
-  if (ntiles == 1) {
-    stage(0);
-    __syncthreads();
-  }
+  if (ntiles == 1) stage(0);
   for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
     const int pair = g * kWarps + warp;
     const bool active = pair < npairs;
@@ -137,7 +176,6 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const LinearArgs p) {
       if (ntiles > 1) {
         __syncthreads();  // every warp is done with the previous tile
         stage(t);
-        __syncthreads();
       }
       if (!active) continue;
       const int k0 = t * p.kt;
@@ -223,11 +261,14 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   if (kt < CH) return cudaErrorInvalidValue;
   const int kpad = (int)ceil_div(p.K, CH) * CH;
   p.kt = kt < kpad ? kt : kpad;
+  p.vec_x = p.K % 8 == 0 && aligned16(p.x);
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
   const int64_t ngroups = ceil_div(npairs, kWarps);
   const size_t smem = (size_t)MT * p.kt * sizeof(float);
-  // about 16-32 resident warps per SM: enough 16-byte loads in flight to cover HBM latency
-  const int per_sm = std::max(1, std::min(8, (int)((160 * 1024) / (smem + 1024))));
+  // the 3 blocks per SM the launch bounds allow (12 warps, each with 2 x U 16-byte loads per lane
+  // in flight: ~100 KB per SM, several times the bandwidth-latency product); fewer where the
+  // staged activations take the shared memory
+  const int per_sm = std::max(1, std::min(3, (int)((200 * 1024) / (smem + 1024))));
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(ngroups, (int64_t)num_sms * per_sm));
   gemv_kernel<W, A, MT><<<(unsigned)grid, kThreads, smem, st>>>(p);
   return cudaGetLastError();

@@ -40,19 +40,23 @@ def _check_lens(seq_lens, s):
 
 
 def reference(q, k_cache, v_cache, seq_lens, scale):
-    """Explicit softmax(q k^T * scale) v over each sequence's first seq_lens[b] keys."""
+    """Explicit softmax(q k^T * scale) v over each sequence's first seq_lens[b] keys, as one
+    masked computation over the whole cache (no host read of the lengths: it also runs inside
+    a captured decode step). Lengths are clamped to [0, S] as the kernel clamps them; an empty
+    sequence gives zeros."""
     _check(q, k_cache, v_cache, seq_lens, scale)
     _check_lens(seq_lens, k_cache.shape[2])
     acc = acc_dtype(q.dtype)
     groups = q.shape[1] // k_cache.shape[1]
-    out = torch.empty(q.shape, dtype=acc, device=q.device)
-    for b, n in enumerate(seq_lens.tolist()):
-        kb = expand_kv(k_cache[b, :, :n].to(acc), groups, 0)  # [Hq, n, D]
-        vb = expand_kv(v_cache[b, :, :n].to(acc), groups, 0)
-        scores = (kb @ q[b].to(acc).unsqueeze(-1)).squeeze(-1) * scale  # [Hq, n]
-        p = torch.softmax(scores, dim=-1)
-        out[b] = (p.unsqueeze(1) @ vb).squeeze(1)
-    return out.to(q.dtype)
+    s = k_cache.shape[2]
+    lens = seq_lens.clamp(0, s)
+    outside = torch.arange(s, device=q.device)[None, :] >= lens[:, None]  # [B, S]
+    k = expand_kv(k_cache.to(acc), groups, 1).masked_fill(outside[:, None, :, None], 0.0)  # [B, Hq, S, D]
+    v = expand_kv(v_cache.to(acc), groups, 1).masked_fill(outside[:, None, :, None], 0.0)
+    scores = (k @ q.to(acc).unsqueeze(-1)).squeeze(-1) * scale  # [B, Hq, S]
+    p = torch.softmax(scores.masked_fill(outside[:, None, :], float("-inf")), dim=-1)
+    p = torch.where((lens > 0)[:, None, None], p, torch.zeros_like(p))
+    return (p.unsqueeze(-2) @ v).squeeze(-2).to(q.dtype)
 
 
 def splits_for(hq: int, hkv: int, s: int) -> int:
