@@ -56,6 +56,8 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
   __shared__ float sm_acc[kWarps][G][D];
   __shared__ float sm_m[kWarps][G], sm_l[kWarps][G];
 
+  pdl_wait();  // q, the cache and the lengths come from the kernels before
+  pdl_launch_dependents();
   const int split = blockIdx.x;
   const int hkv = blockIdx.y / gblocks, gb = blockIdx.y % gblocks;
   const int b = blockIdx.z;
@@ -247,6 +249,8 @@ __global__ void __launch_bounds__(kReduceThreads) decode_reduce_kernel(const flo
   __shared__ float sw[kMaxSplits];
   __shared__ float red[32];
   __shared__ float part[SG][D];
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t row = blockIdx.x;  // b * Hq + hq
   const float* ml = ws_ml + row * splits * 2;
   float mm = -INFINITY;
@@ -283,12 +287,12 @@ cudaError_t launch_g(const T* q, const T* kc, const T* vc, const void* lens, boo
   const int group = (int)(Hq / Hkv);
   const int gblocks = (group + G - 1) / G;
   const dim3 grid(splits, (unsigned)(Hkv * gblocks), (unsigned)B);
-  decode_split_kernel<T, D, G><<<grid, kThreads, 0, st>>>(q, kc, vc, lens, lens64, ws_o, ws_ml, (int)Hq, (int)Hkv,
-                                                          (int)S, splits, group, gblocks, scale * kLog2e);
-  cudaError_t e = cudaGetLastError();
+  // both launched as programmatic dependents (PDL): each may start while its predecessor finishes
+  cudaError_t e = launch_pdl(decode_split_kernel<T, D, G>, grid, dim3(kThreads), 0, st, q, kc, vc, lens, lens64, ws_o,
+                             ws_ml, (int)Hq, (int)Hkv, (int)S, splits, group, gblocks, scale * kLog2e);
   if (e != cudaSuccess) return e;
-  decode_reduce_kernel<T, D><<<(unsigned)(B * Hq), kReduceThreads, 0, st>>>(ws_o, ws_ml, out, splits);
-  return cudaGetLastError();
+  return launch_pdl(decode_reduce_kernel<T, D>, dim3((unsigned)(B * Hq)), dim3(kReduceThreads), 0, st, ws_o, ws_ml, out,
+                    splits);
 }
 
 template <typename T, int D>

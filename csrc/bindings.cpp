@@ -227,20 +227,19 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
 
 const at::Tensor* opt(const std::optional<at::Tensor>& t) { return t.has_value() ? &t.value() : nullptr; }
 
-void linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-            const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm_w,
-            const std::optional<at::Tensor>& norm_b, at::Tensor& out, int64_t norm, int64_t act, double eps) {
-  const char* op = "linear";
+// Checks shared by the two linear entry points; returns the args with everything but the
+// epilogue-specific fields filled.
+gpte::LinearArgs linear_args(const char* op, const at::Tensor& x, const at::Tensor& w,
+                             const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                             const std::optional<at::Tensor>& norm_w, const std::optional<at::Tensor>& norm_b,
+                             at::Tensor& out, int64_t norm, int64_t act, double eps, int64_t n_out) {
   check_tensor(op, "x", x, x, true);
   TORCH_CHECK(w.is_cuda() && w.device() == x.device() && w.is_contiguous() && w.dim() == 2, op,
               ": weight must be a contiguous 2-D cuda tensor on ", x.device());
   TORCH_CHECK(x.dim() == 2 && x.size(1) == w.size(1), op, ": x has shape ", x.sizes(), ", expected [M, ", w.size(1),
               "]");
   const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
-  TORCH_CHECK(act >= gpte::kActNone && act <= gpte::kActSwiglu, op, ": unknown act code ", act);
   TORCH_CHECK(norm >= gpte::kNormNone && norm <= gpte::kNormRms, op, ": unknown norm code ", norm);
-  TORCH_CHECK(act != gpte::kActSwiglu || N % 2 == 0, op, ": SwiGLU needs an even number of weight rows, got ", N);
-  const int64_t n_out = act == gpte::kActSwiglu ? N / 2 : N;
   TORCH_CHECK(gpte::linear_gemv_supported(dtype_code(w), dtype_code(x), M, K), op, ": no GEMV kernel for weight ",
               w.scalar_type(), ", activations ", x.scalar_type(), ", M=", M, ", K=", K);
   TORCH_CHECK(reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0, op, ": weight must be 16-byte aligned");
@@ -272,8 +271,7 @@ void linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Te
               ": out must be contiguous on ", x.device());
   TORCH_CHECK(out.scalar_type() == x.scalar_type() || out.scalar_type() == at::kFloat, op, ": out has dtype ",
               out.scalar_type(), ", expected ", x.scalar_type(), " or float32");
-  TORCH_CHECK(out.dim() == 2 && out.size(0) == M && out.size(1) == n_out, op, ": out has shape ", out.sizes(),
-              ", expected [", M, ", ", n_out, "]");
+  TORCH_CHECK(out.numel() == M * n_out, op, ": out has ", out.numel(), " elements, expected ", M * n_out);
   gpte::LinearArgs p{};
   p.x = x.data_ptr();
   p.w = w.data_ptr();
@@ -290,6 +288,81 @@ void linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Te
   p.act = (int)act;
   p.eps = (float)eps;
   p.out_f32 = out.scalar_type() == at::kFloat && x.scalar_type() != at::kFloat;
+  return p;
+}
+
+void linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+            const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm_w,
+            const std::optional<at::Tensor>& norm_b, at::Tensor& out, int64_t norm, int64_t act, double eps) {
+  const char* op = "linear";
+  TORCH_CHECK(act >= gpte::kActNone && act <= gpte::kActSwiglu, op, ": unknown act code ", act);
+  TORCH_CHECK(w.dim() == 2 && (act != gpte::kActSwiglu || w.size(0) % 2 == 0), op,
+              ": SwiGLU needs an even number of weight rows");
+  const int64_t n_out = act == gpte::kActSwiglu ? w.size(0) / 2 : w.size(0);
+  gpte::LinearArgs p = linear_args(op, x, w, bias, residual, norm_w, norm_b, out, norm, act, eps, n_out);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  check_launch(op, gpte::launch_linear_gemv(dtype_code(w), dtype_code(x), p, sms, stream_of(x)));
+}
+
+void linear_qkv(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                const std::optional<at::Tensor>& norm_w, const std::optional<at::Tensor>& norm_b, at::Tensor& q_out,
+                int64_t norm, double eps, const at::Tensor& pos, const std::optional<at::Tensor>& cos_t,
+                const std::optional<at::Tensor>& sin_t, at::Tensor& k_cache, at::Tensor& v_cache,
+                const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& status, int64_t n_head,
+                int64_t n_head_kv, int64_t rope_mode, int64_t rope_dim) {
+  const char* op = "linear_qkv";
+  TORCH_CHECK(n_head > 0 && n_head_kv > 0 && w.dim() == 2 && w.size(0) % (n_head + 2 * n_head_kv) == 0, op,
+              ": weight rows are not (n_head + 2 n_head_kv) heads");
+  const int64_t D = w.size(0) / (n_head + 2 * n_head_kv);
+  TORCH_CHECK(D % 2 == 0, op, ": head dim ", D, " is odd");
+  gpte::LinearArgs p = linear_args(op, x, w, bias, std::nullopt, norm_w, norm_b, q_out, norm, gpte::kActQkv, eps,
+                                   n_head * D);
+  TORCH_CHECK(q_out.scalar_type() == x.scalar_type(), op, ": q_out must have the activation dtype");
+  const int64_t M = x.size(0);
+  TORCH_CHECK(pos.is_cuda() && pos.device() == x.device() && pos.scalar_type() == at::kLong && pos.is_contiguous() &&
+                  pos.numel() == M,
+              op, ": pos must be a contiguous int64 [", M, "] on ", x.device());
+  check_tensor(op, "k_cache", k_cache, x, true);
+  check_tensor(op, "v_cache", v_cache, x, true);
+  check_same_shape(op, "v_cache", v_cache, k_cache);
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(0) == M && k_cache.size(1) == n_head_kv && k_cache.size(3) == D, op,
+              ": k_cache has shape ", k_cache.sizes(), ", expected [", M, ", ", n_head_kv, ", S, ", D, "]");
+  TORCH_CHECK(rope_mode >= gpte::kRopeNone && rope_mode <= gpte::kRopeNeox, op, ": unknown rope mode ", rope_mode);
+  gpte::QkvEpilogue& e = p.qkv;
+  e.pos = pos.data_ptr<int64_t>();
+  e.k_cache = k_cache.data_ptr();
+  e.v_cache = v_cache.data_ptr();
+  e.cache_s = k_cache.size(2);
+  e.hq = (int)n_head;
+  e.hkv = (int)n_head_kv;
+  e.d = (int)D;
+  e.rope_mode = (int)rope_mode;
+  e.rope_dim = rope_mode == gpte::kRopeNone ? 0 : (int)rope_dim;
+  if (rope_mode != gpte::kRopeNone) {
+    TORCH_CHECK(rope_dim > 0 && rope_dim % 2 == 0 && rope_dim <= D, op, ": rope dim ", rope_dim, " must be even and <= ",
+                D);
+    TORCH_CHECK(cos_t && sin_t, op, ": RoPE needs cos/sin tables");
+    for (const at::Tensor* t : {&cos_t.value(), &sin_t.value()})
+      TORCH_CHECK(t->is_cuda() && t->device() == x.device() && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                      t->dim() == 2 && t->size(1) == rope_dim / 2,
+                  op, ": cos/sin tables must be contiguous float32 [rows, ", rope_dim / 2, "] on ", x.device());
+    e.cos_t = cos_t->data_ptr<float>();
+    e.sin_t = sin_t->data_ptr<float>();
+    e.table_rows = cos_t->size(0);
+  }
+  if (lens) {
+    TORCH_CHECK(lens->is_cuda() && lens->device() == x.device() && lens->scalar_type() == at::kInt &&
+                    lens->is_contiguous() && lens->numel() == M,
+                op, ": lens must be a contiguous int32 [", M, "] on ", x.device());
+    e.lens = lens->data_ptr<int32_t>();
+  }
+  if (status) {
+    TORCH_CHECK(status->is_cuda() && status->device() == x.device() && status->scalar_type() == at::kInt &&
+                    status->numel() == 1,
+                op, ": status must be one int32 on ", x.device());
+    e.status = status->data_ptr<int>();
+  }
   const c10::cuda::CUDAGuard guard(x.device());
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   check_launch(op, gpte::launch_linear_gemv(dtype_code(w), dtype_code(x), p, sms, stream_of(x)));
@@ -415,6 +488,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &linear, "decode GEMV: out = epilogue(norm(x) @ w.T)", py::arg("x"), py::arg("w"),
         py::arg("bias"), py::arg("residual"), py::arg("norm_w"), py::arg("norm_b"), py::arg("out"), py::arg("norm"),
         py::arg("act"), py::arg("eps"));
+  m.def("linear_qkv", &linear_qkv, "decode GEMV with the QKV epilogue: q out, RoPE, k/v into the cache",
+        py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("norm_w"), py::arg("norm_b"), py::arg("q_out"),
+        py::arg("norm"), py::arg("eps"), py::arg("pos"), py::arg("cos"), py::arg("sin"), py::arg("k_cache"),
+        py::arg("v_cache"), py::arg("lens"), py::arg("status"), py::arg("n_head"), py::arg("n_head_kv"),
+        py::arg("rope_mode"), py::arg("rope_dim"));
   m.def("qkv_rope", &qkv_rope, "split qkv into heads, RoPE, append k/v to the cache", py::arg("qkv"), py::arg("pos"),
         py::arg("cos"), py::arg("sin"), py::arg("q_out"), py::arg("k_out"), py::arg("v_out"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("lens"), py::arg("status"), py::arg("T"), py::arg("rope_mode"),

@@ -25,6 +25,8 @@ __global__ void __launch_bounds__(kThreads) embedding_kernel(const int64_t* __re
                                                             const T* __restrict__ wte, const T* __restrict__ wpe,
                                                             T* __restrict__ out, int64_t total, int64_t nvec,
                                                             int64_t vocab, int64_t npos, int* bad_flag) {
+  pdl_wait();  // ids and positions come from the kernel before (the decode step's sampler)
+  pdl_launch_dependents();
   const int64_t base = (int64_t)blockIdx.x * kThreads * kUnroll + threadIdx.x;
   Vec<T, VEC> a[kUnroll], b[kUnroll];
   bool ok[kUnroll];
@@ -66,10 +68,10 @@ cudaError_t run(const int64_t* ids, const int64_t* pos, const T* wte, const T* w
   const int64_t nvec = vec ? c / V : c, total = ntok * nvec;
   const int64_t blocks = ceil_div(total, (int64_t)kThreads * kUnroll);
   if (vec)
-    embedding_kernel<T, V><<<blocks, kThreads, 0, st>>>(ids, pos, wte, wpe, out, total, nvec, vocab, npos, bad);
-  else
-    embedding_kernel<T, 1><<<blocks, kThreads, 0, st>>>(ids, pos, wte, wpe, out, total, nvec, vocab, npos, bad);
-  return cudaGetLastError();
+    return launch_pdl(embedding_kernel<T, V>, dim3((unsigned)blocks), dim3(kThreads), 0, st, ids, pos, wte, wpe, out,
+                      total, nvec, vocab, npos, bad);
+  return launch_pdl(embedding_kernel<T, 1>, dim3((unsigned)blocks), dim3(kThreads), 0, st, ids, pos, wte, wpe, out, total,
+                    nvec, vocab, npos, bad);
 }
 
 }  // namespace

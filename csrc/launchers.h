@@ -53,8 +53,30 @@ cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cach
 
 // ---- linear (decode GEMV) ----
 enum LinearNorm : int { kNormNone = 0, kNormLayer = 1, kNormRms = 2 };
-enum LinearAct : int { kActNone = 0, kActGeluTanh = 1, kActSwiglu = 2 };
+enum LinearAct : int { kActNone = 0, kActGeluTanh = 1, kActSwiglu = 2, kActQkv = 3 };
 constexpr int kLinearMaxM = 16;  // activation rows one GEMV launch serves (decode batch)
+
+enum RopeMode : int { kRopeNone = 0, kRopeAdjacent = 1, kRopeNeox = 2 };
+// decode-step status word bits (one int32 on the device; kernels OR them in, the host reads it
+// asynchronously; gpt_engine/cuda_graph.py turns each into its error)
+constexpr int kStatusBadIndex = 1;     // embedding: a token id or position outside its table
+constexpr int kStatusBadPosition = 2;  // qkv: a position outside the KV cache or RoPE table
+constexpr int kStatusNonFinite = 4;    // sampling: a NaN logit
+
+// kActQkv: the weight is [q heads | k heads | v heads] (rows of D); q (RoPE'd) goes to out
+// [M, hq, D]; k (RoPE'd) and v go to the caches [M, hkv, cache_s, D] at row pos[m]; lens[m] =
+// pos[m] + 1. A position outside the cache or table raises kStatusBadPosition and writes NaN q.
+struct QkvEpilogue {
+  const int64_t* pos;
+  const float* cos_t;    // [table_rows, rope_dim / 2]
+  const float* sin_t;
+  void* k_cache;
+  void* v_cache;
+  int32_t* lens;         // or null
+  int* status;           // or null
+  int64_t cache_s, table_rows;
+  int hq, hkv, d, rope_dim, rope_mode;
+};
 
 struct LinearArgs {
   const void* x;         // [M, K] activations (dtype A), dense rows
@@ -69,18 +91,12 @@ struct LinearArgs {
   int norm, act;
   float eps;
   bool out_f32;
+  QkvEpilogue qkv;       // act == kActQkv only
   int kt;                // set by the launcher: K tile staged in shared memory
   bool vec_x;            // set by the launcher: x rows read with 16-byte loads
 };
 
-// ---- decode-step status word (one int32 on the device; bits OR-ed in by kernels, read by
-// the host asynchronously; gpt_engine/decode_state.py turns each into its error) ----
-constexpr int kStatusBadIndex = 1;     // embedding: a token id or position outside its table
-constexpr int kStatusBadPosition = 2;  // qkv_rope: a position outside the KV cache or RoPE table
-constexpr int kStatusNonFinite = 4;    // sampling: a NaN logit
-
 // ---- qkv_rope: split the QKV projection into heads, RoPE, append k/v to the cache ----
-enum RopeMode : int { kRopeNone = 0, kRopeAdjacent = 1, kRopeNeox = 2 };
 struct QkvRopeArgs {
   const void* qkv;       // [ntok, (Hq + 2 Hkv) * D] (dtype), dense
   const int64_t* pos;    // [ntok] position of each token

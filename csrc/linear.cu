@@ -64,6 +64,60 @@ template <> __device__ __forceinline__ void unpack16<__nv_bfloat16>(const uint4&
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
+// The two weight rows of pair `pair`: (2p, 2p+1); SwiGLU: gate row p and up row n_out + p; QKV
+// with neox RoPE: per head, (i, i + R/2) for i < R/2, then adjacent pairs past the rotary dims.
+__device__ __forceinline__ void pair_rows(const LinearArgs& p, int pair, int& r0, int& r1) {
+  if (p.act == kActSwiglu) {
+    r0 = pair;
+    r1 = pair + p.n_out;
+  } else if (p.act == kActQkv && p.qkv.rope_mode == kRopeNeox) {
+    const int hd = p.qkv.d / 2, h = pair / hd, i = pair - h * hd, rh = p.qkv.rope_dim / 2;
+    r0 = h * p.qkv.d + (i < rh ? i : p.qkv.rope_dim + 2 * (i - rh));
+    r1 = i < rh ? r0 + rh : r0 + 1;
+  } else {
+    r0 = 2 * pair;
+    r1 = 2 * pair + 1;
+  }
+}
+
+// QKV epilogue for batch row m: (v0, v1) are rows (r0, r1) of [q heads | k heads | v heads] with
+// their bias; q and k are rotated, q goes to out [M, Hq, D], k and v to the caches at pos[m].
+template <typename A>
+__device__ __forceinline__ void qkv_epilogue(const LinearArgs& p, int m, int pair, int r0, int r1, float v0,
+                                             float v1) {
+  const QkvEpilogue& e = p.qkv;
+  const int64_t pos = e.pos[m];
+  const bool ok = pos >= 0 && pos < e.cache_s && (e.rope_mode == kRopeNone || pos < e.table_rows);
+  if (pair == 0) {
+    if (ok && e.lens) e.lens[m] = (int32_t)(pos + 1);
+    if (!ok && e.status) atomicOr(e.status, kStatusBadPosition);
+  }
+  const int hs = r0 / e.d, e0 = r0 - hs * e.d, e1 = r1 - hs * e.d;
+  const bool is_v = hs >= e.hq + e.hkv;
+  const int rh = e.rope_dim / 2;
+  // frequency index of a rotated pair: adjacent pairs (2i, 2i+1) -> i; neox (i, i + R/2) -> i
+  const int f = e.rope_mode == kRopeAdjacent ? (e0 < e.rope_dim ? e0 / 2 : -1)
+              : e.rope_mode == kRopeNeox ? (e0 < rh ? e0 : -1) : -1;
+  if (!ok) {
+    v0 = v1 = NAN;
+  } else if (f >= 0 && !is_v) {
+    const float c = e.cos_t[pos * rh + f], sn = e.sin_t[pos * rh + f];
+    const float a = v0 * c - v1 * sn, b = v0 * sn + v1 * c;
+    v0 = a;
+    v1 = b;
+  }
+  if (hs < e.hq) {
+    A* q = static_cast<A*>(p.out) + ((int64_t)m * e.hq + hs) * e.d;
+    q[e0] = from_f<A>(v0);
+    q[e1] = from_f<A>(v1);
+  } else if (ok) {
+    const int h = is_v ? hs - e.hq - e.hkv : hs - e.hq;
+    A* c = static_cast<A*>(is_v ? e.v_cache : e.k_cache) + (((int64_t)m * e.hkv + h) * e.cache_s + pos) * e.d;
+    c[e0] = from_f<A>(v0);
+    c[e1] = from_f<A>(v1);
+  }
+}
+
 template <typename W, typename A, int MT>
 __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
   constexpr int CH = 16 / sizeof(W);                      // weight elements per 16-byte load
@@ -79,6 +133,32 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
   const int npairs = swiglu ? p.n_out : (p.N + 1) / 2;
   const int ngroups = (npairs + kWarps - 1) / kWarps;
   const int ntiles = (p.K + p.kt - 1) / p.kt;
+
+  // Before the wait on the previous kernel: fetch this warp's first batch of weight chunks (the
+  // weights are constant, so this overlaps the previous kernel; nothing else is touched yet).
+  uint4 a[U], b[U];
+  bool prefetched = false;
+  {
+    const int pair = blockIdx.x * kWarps + warp;
+    if (blockIdx.x < ngroups && pair < npairs) {
+      int r0, r1;
+      pair_rows(p, pair, r0, r1);
+      const int nch = min(p.kt, p.K) / CH;
+      const W* w0 = w + (int64_t)r0 * p.K;
+      const W* w1 = w + (int64_t)(r1 < p.N ? r1 : r0) * p.K;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int c = u * 32 + lane;
+        if (c < nch) {
+          a[u] = ldg_stream(w0 + (int64_t)c * CH);
+          b[u] = ldg_stream(w1 + (int64_t)c * CH);
+        }
+      }
+      prefetched = true;
+    }
+  }
+  pdl_wait();
+  pdl_launch_dependents();
 
   // Rows of x -> xs (fp32), tile t: 16-byte loads when x allows (K % 8 == 0, aligned).
   auto load_tile = [&](int t) {
@@ -165,8 +245,8 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
   for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
     const int pair = g * kWarps + warp;
     const bool active = pair < npairs;
-    const int r0 = swiglu ? pair : 2 * pair;
-    const int r1 = swiglu ? pair + p.n_out : 2 * pair + 1;
+    int r0 = 0, r1 = 0;
+    if (active) pair_rows(p, pair, r0, r1);
     const bool has1 = active && r1 < p.N;
     float acc0[MT], acc1[MT];
 #pragma unroll
@@ -184,13 +264,16 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
       const W* w0 = w + (int64_t)r0 * p.K + k0;
       const W* w1 = w + (int64_t)(has1 ? r1 : r0) * p.K + k0;
       for (int c0 = 0; c0 < nch; c0 += 32 * U) {
-        uint4 a[U], b[U];
+        if (prefetched) {
+          prefetched = false;  // the first batch of the first group and tile is already in a/b
+        } else {
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int c = c0 + u * 32 + lane;
-          if (c < nch) {
-            a[u] = ldg_stream(w0 + (int64_t)c * CH);
-            b[u] = ldg_stream(w1 + (int64_t)c * CH);
+          for (int u = 0; u < U; ++u) {
+            const int c = c0 + u * 32 + lane;
+            if (c < nch) {
+              a[u] = ldg_stream(w0 + (int64_t)c * CH);
+              b[u] = ldg_stream(w1 + (int64_t)c * CH);
+            }
           }
         }
 #pragma unroll
@@ -231,6 +314,12 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
       acc0[m] = warp_sum(acc0[m]);
       acc1[m] = warp_sum(acc1[m]);
       if (m >= p.M || lane != m) continue;  // lane m writes batch row m
+      const float v0 = acc0[m] + (bias ? to_f(bias[r0]) : 0.f);
+      const float v1 = has1 ? acc1[m] + (bias ? to_f(bias[r1]) : 0.f) : 0.f;
+      if (p.act == kActQkv) {
+        qkv_epilogue<A>(p, m, pair, r0, r1, v0, v1);
+        continue;
+      }
       auto emit = [&](int col, float v) {
         if (p.act == kActGeluTanh) v = gelu_tanh<false>(v);
         const int64_t idx = (int64_t)m * p.n_out + col;
@@ -241,12 +330,10 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
           static_cast<A*>(p.out)[idx] = from_f<A>(v);
       };
       if (swiglu) {
-        const float gte = acc0[m] + (bias ? to_f(bias[r0]) : 0.f);
-        const float up = acc1[m] + (bias ? to_f(bias[r1]) : 0.f);
-        emit(pair, silu(gte) * up);
+        emit(pair, silu(v0) * v1);
       } else {
-        emit(r0, acc0[m] + (bias ? to_f(bias[r0]) : 0.f));
-        if (has1) emit(r1, acc1[m] + (bias ? to_f(bias[r1]) : 0.f));
+        emit(r0, v0);
+        if (has1) emit(r1, v1);
       }
     }
   }
@@ -262,7 +349,7 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   const int kpad = (int)ceil_div(p.K, CH) * CH;
   p.kt = kt < kpad ? kt : kpad;
   p.vec_x = p.K % 8 == 0 && aligned16(p.x);
-  const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
+  const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;  // (QKV: N even)
   const int64_t ngroups = ceil_div(npairs, kWarps);
   const size_t smem = (size_t)MT * p.kt * sizeof(float);
   // the 3 blocks per SM the launch bounds allow (12 warps, each with 2 x U 16-byte loads per lane
@@ -270,8 +357,7 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   // staged activations take the shared memory
   const int per_sm = std::max(1, std::min(3, (int)((200 * 1024) / (smem + 1024))));
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(ngroups, (int64_t)num_sms * per_sm));
-  gemv_kernel<W, A, MT><<<(unsigned)grid, kThreads, smem, st>>>(p);
-  return cudaGetLastError();
+  return launch_pdl(gemv_kernel<W, A, MT>, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
 }
 
 template <typename W, typename A>
@@ -305,7 +391,16 @@ cudaError_t launch_linear_gemv(int wdtype, int adtype, const LinearArgs& p, int 
   if (p.M == 0 || p.n_out == 0) return cudaSuccess;
   if (!linear_gemv_supported(wdtype, adtype, p.M, p.K) || !aligned16(p.w)) return cudaErrorInvalidValue;
   if (p.act == kActSwiglu && p.N != 2 * p.n_out) return cudaErrorInvalidValue;
-  if (p.act != kActSwiglu && p.N != p.n_out) return cudaErrorInvalidValue;
+  if (p.act == kActQkv) {
+    const QkvEpilogue& e = p.qkv;
+    if (e.d <= 0 || e.d % 2 || p.N != (e.hq + 2 * e.hkv) * e.d || p.n_out != e.hq * e.d || e.pos == nullptr ||
+        e.k_cache == nullptr || e.v_cache == nullptr || p.residual != nullptr || p.out_f32)
+      return cudaErrorInvalidValue;
+    if (e.rope_mode != kRopeNone && (e.rope_dim <= 0 || e.rope_dim > e.d || e.rope_dim % 2 || !e.cos_t || !e.sin_t))
+      return cudaErrorInvalidValue;
+  } else if (p.act != kActSwiglu && p.N != p.n_out) {
+    return cudaErrorInvalidValue;
+  }
   if (adtype == kF16) return launch_a<__half>(wdtype, p, num_sms, stream);
   return launch_a<__nv_bfloat16>(wdtype, p, num_sms, stream);
 }

@@ -8,7 +8,7 @@
 // dims (R = rope dim): "adjacent" (llama.cpp's normal mode, what the llama converter's q/k row
 // permutation produces) rotates (2i, 2i+1); "neox" (rotate-half) rotates (i, i + R/2). Pair i
 // uses cos/sin of pos * theta^(-2i/R), looked up in fp32 tables built once per model.
-// Tiny data ((Hq + 2 Hkv) D values per token): one block per token, one thread per pair.
+// Tiny data ((Hq + 2 Hkv) D values per token): one block per (token, head), one thread per pair.
 #include <cmath>
 
 #include "common.cuh"
@@ -17,10 +17,12 @@
 namespace gpte {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 64;  // D / 2 pairs of a head, D <= 128 in one pass
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) qkv_rope_kernel(const QkvRopeArgs p) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t tok = blockIdx.x;
   const int64_t seq = tok / p.T;
   const int half_d = p.D / 2;
@@ -29,13 +31,13 @@ __global__ void __launch_bounds__(kThreads) qkv_rope_kernel(const QkvRopeArgs p)
   const T* row = static_cast<const T*>(p.qkv) + tok * (int64_t)heads * p.D;
   const int64_t pos = p.pos[tok];
   const bool pos_ok = pos >= 0 && (p.k_cache == nullptr || pos < p.S) && (p.rope_mode == kRopeNone || pos < p.table_rows);
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0 && blockIdx.y == 0) {
     if (!pos_ok && p.status) atomicOr(p.status, kStatusBadPosition);
     // the attention kernel clamps lengths to [0, S]; a bad position leaves the old length
     if (p.lens && pos_ok && tok % p.T == p.T - 1) p.lens[seq] = (int32_t)(pos + 1);
   }
-  for (int j = threadIdx.x; j < heads * half_d; j += kThreads) {
-    const int hs = j / half_d, i = j - hs * half_d;
+  const int hs = blockIdx.y;
+  for (int i = threadIdx.x; i < half_d; i += kThreads) {
     const bool is_v = hs >= p.Hq + p.Hkv;
     int e0, e1, f = -1;  // element pair within the head; f: frequency index when rotated
     if (p.rope_mode == kRopeNeox && i < rh) {
@@ -90,8 +92,8 @@ cudaError_t launch_qkv_rope(int dtype, const QkvRopeArgs& p, cudaStream_t stream
   if (p.D <= 0 || p.D % 2 || p.R < 0 || p.R > p.D || p.R % 2 || p.T <= 0 || p.Hq <= 0 || p.Hkv <= 0) return cudaErrorInvalidValue;
   if (p.rope_mode != kRopeNone && (p.cos_t == nullptr || p.sin_t == nullptr)) return cudaErrorInvalidValue;
   GPTE_DISPATCH(dtype, T, {
-    qkv_rope_kernel<T><<<(unsigned)p.ntok, kThreads, 0, stream>>>(p);
-    return cudaGetLastError();
+    return launch_pdl(qkv_rope_kernel<T>, dim3((unsigned)p.ntok, (unsigned)(p.Hq + 2 * p.Hkv)), dim3(kThreads), 0,
+                      stream, p);
   });
   return cudaSuccess;
 }

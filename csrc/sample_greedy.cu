@@ -26,6 +26,8 @@ __global__ void __launch_bounds__(kThreads) argmax_kernel(const float* __restric
                                                           int64_t* __restrict__ pos, int* status) {
   __shared__ float sv[32];
   __shared__ int si[32];
+  pdl_wait();
+  pdl_launch_dependents();
   const int b = blockIdx.x;
   const float* row = logits + (int64_t)b * row_stride;
   float bv = -INFINITY;
@@ -81,8 +83,8 @@ cudaError_t launch_sample_greedy(const float* logits, int64_t rows, int64_t row_
                                  int64_t* next, int64_t* pos, int* status, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (n_valid <= 0 || n_valid > row_stride || n_valid >= (1LL << 31)) return cudaErrorInvalidValue;
-  argmax_kernel<<<(unsigned)rows, kThreads, 0, stream>>>(logits, row_stride, (int)n_valid, next, pos, status);
-  return cudaGetLastError();
+  return launch_pdl(argmax_kernel, dim3((unsigned)rows), dim3(kThreads), 0, stream, logits, row_stride, (int)n_valid,
+                    next, pos, status);
 }
 
 }  // namespace gpte

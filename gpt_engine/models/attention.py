@@ -1,5 +1,5 @@
-"""The attention step both architectures share, from the fused QKV projection to the
-attention output, in its two shapes:
+"""The attention step both architectures share, from the layer input (the QKV product with its
+norm fused in front) to the attention output, in its two shapes:
 
 - ``attend_tokens``: T new tokens at host-known positions start..start+T-1. With start = 0 they
   are the whole sequence (causal prefill attention); otherwise T = 1 and the token attends
@@ -7,7 +7,9 @@ attention output, in its two shapes:
 - ``attend_decode``: one token per sequence at device-held positions (the decode graph's step:
   no host value, no sync), lengths and the status word in a ``DecodeState``.
 
-Both split the projection, rotate q/k and append k/v to the cache in one op (``ops.qkv_rope``).
+The QKV weight is one stacked [q; k; v] weight, or (a mixed-type file) three. Tokens: the
+product, then ``ops.qkv_rope`` splits, rotates and appends. Decode: one ``ops.linear_qkv``
+launch does all of that in the GEMV's epilogue.
 """
 from __future__ import annotations
 
@@ -31,10 +33,20 @@ class HeadLayout:
     sin: torch.Tensor | None = None
 
 
-def attend_tokens(lay: HeadLayout, qkv: torch.Tensor, cache: KVCache | None, layer: int, batch: int, start: int,
-                  pos: torch.Tensor) -> torch.Tensor:
-    """qkv [B*T, (Hq + 2 Hkv) D] at positions pos [B*T] (= start..start+T-1 per sequence)
-    -> attention output [B*T, Hq D]."""
+def project_qkv(x: torch.Tensor, weights: list, bias: torch.Tensor | None, norm) -> torch.Tensor:
+    """[ntok, (Hq + 2 Hkv) D] from the stacked QKV weight, or the concatenation of three."""
+    if len(weights) == 1:
+        return ops.linear(x, weights[0], bias, norm=norm)
+    if bias is not None:
+        raise ValueError("a bias needs the stacked QKV weight")
+    return torch.cat([ops.linear(x, w, norm=norm) for w in weights], dim=-1)
+
+
+def attend_tokens(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, cache: KVCache | None, layer: int,
+                  batch: int, start: int, pos: torch.Tensor) -> torch.Tensor:
+    """x [B*T, C] (the residual stream) at positions pos [B*T] (= start..start+T-1 per
+    sequence) -> attention output [B*T, Hq D]."""
+    qkv = project_qkv(x, weights, bias, norm)
     t = qkv.shape[0] // batch
     kc, vc = (cache.k[layer], cache.v[layer]) if cache is not None else (None, None)
     q, k, v = ops.qkv_rope(qkv, pos, lay.cos, lay.sin, kc, vc, None, None, lay.n_head, lay.n_head_kv, t,
@@ -50,14 +62,17 @@ def attend_tokens(lay: HeadLayout, qkv: torch.Tensor, cache: KVCache | None, lay
     return a.reshape(batch * t, lay.n_head * d)
 
 
-def attend_decode(lay: HeadLayout, qkv: torch.Tensor, st, layer: int) -> torch.Tensor:
-    """qkv [B, ...] of the token at st.pos per sequence -> [B, Hq D]. Writes the cache row and
+def attend_decode(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, st, layer: int) -> torch.Tensor:
+    """x [B, C] of the token at st.pos per sequence -> [B, Hq D]. Writes the cache row and
     st.lens (= pos + 1); a position outside the cache raises a bit in st.status."""
     kc, vc = st.cache.k[layer], st.cache.v[layer]
-    q, _, _ = ops.qkv_rope(qkv, st.pos, lay.cos, lay.sin, kc, vc, st.lens, st.status, lay.n_head, lay.n_head_kv,
-                           1, lay.rope_mode, lay.rope_dim)
+    args = (st.pos, lay.cos, lay.sin, kc, vc, st.lens, st.status, lay.n_head, lay.n_head_kv)
+    if len(weights) == 1:
+        q = ops.linear_qkv(x, weights[0], bias, norm, *args, lay.rope_mode, lay.rope_dim)
+    else:
+        q, _, _ = ops.qkv_rope(project_qkv(x, weights, bias, norm), *args, 1, lay.rope_mode, lay.rope_dim)
     a = ops.attention_decode(q, kc, vc, st.lens, lay.scale, st.splits)
-    return a.reshape(qkv.shape[0], lay.n_head * lay.head_dim)
+    return a.reshape(x.shape[0], lay.n_head * lay.head_dim)
 
 
 def one_token_at_a_time(forward, ids: torch.Tensor, cache: KVCache, last_only: bool) -> torch.Tensor:

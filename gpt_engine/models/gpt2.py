@@ -5,8 +5,9 @@ MODEL_ARCH.GPT2; linear weights are (out, in) as GGUF stores them.
 
 Every product goes through ``ops.linear`` with the block's LayerNorms fused in front of the
 product that follows them and bias, GELU and residual adds in its epilogue: per block, the
-QKV product (LN1 fused), the attention step, the output projection (+ residual), the MLP up
-product (LN2 fused, GELU) and the down product (+ residual). ``block()`` is that sequence; the
+QKV product (LN1 fused; in decode the head split and the KV append too), the attention, the
+output projection (+ residual), the MLP up product (LN2 fused, GELU) and the down product
+(+ residual). ``block()`` is that sequence; the
 full forward, prefill, the host-positioned step and the graph-captured decode step all run it.
 """
 from __future__ import annotations
@@ -24,9 +25,9 @@ _DENSE = {"F32", "F16"}
 
 
 def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
-    """One GPT-2 block on x [ntok, C] (the residual stream); attn(qkv) -> [ntok, C]."""
-    qkv = ops.linear(x, L["qkv_w"], L["qkv_b"], norm=L["ln1"])
-    x = ops.linear(attn(qkv), L["o_w"], L["o_b"], residual=x)
+    """One GPT-2 block on x [ntok, C] (the residual stream); attn(x, weights, bias, norm) -> [ntok, C]
+    does the QKV product (LN1 fused) and the attention."""
+    x = ops.linear(attn(x, [L["qkv_w"]], L["qkv_b"], L["ln1"]), L["o_w"], L["o_b"], residual=x)
     h = ops.linear(x, L["up_w"], L["up_b"], norm=L["ln2"], act="gelu_tanh")
     return ops.linear(h, L["down_w"], L["down_b"], residual=x)
 
@@ -87,7 +88,7 @@ class GPT2:
         x = self._embed(ids, pos).reshape(B * T, c.n_embd)
         flat = pos.reshape(-1).contiguous()
         for i, L in enumerate(self.layers):
-            x = block(L, x, lambda qkv, i=i: attend_tokens(self.heads, qkv, cache, i, B, start, flat))
+            x = block(L, x, lambda h, w, b, n, i=i: attend_tokens(self.heads, h, w, b, n, cache, i, B, start, flat))
         if cache is not None:
             cache.length = start + T
         x = x.view(B, T, c.n_embd)
@@ -101,5 +102,5 @@ class GPT2:
         B = st.ids.shape[0]
         x = self._embed(st.ids.view(B, 1), st.pos.view(B, 1)).view(B, self.cfg.n_embd)
         for i, L in enumerate(self.layers):
-            x = block(L, x, lambda qkv, i=i: attend_decode(self.heads, qkv, st, i))
+            x = block(L, x, lambda h, w, b, n, i=i: attend_decode(self.heads, h, w, b, n, st, i))
         return ops.linear(x, self.head, norm=self.lnf, float_out=True)

@@ -42,15 +42,10 @@ def _stacked(weights: list[QWeight]) -> list[QWeight]:
         return weights
 
 
-def _project(x: torch.Tensor, weights: list[QWeight], norm: ops.Norm) -> torch.Tensor:
-    if len(weights) == 1:
-        return ops.linear(x, weights[0], norm=norm)
-    return torch.cat([ops.linear(x, w, norm=norm) for w in weights], dim=-1)
-
-
 def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
-    """One Llama block on x [ntok, C] (the residual stream); attn(qkv) -> [ntok, Hq D]."""
-    x = ops.linear(attn(_project(x, L["qkv"], L["attn_norm"])), L["o"], residual=x)
+    """One Llama block on x [ntok, C] (the residual stream); attn(x, weights, bias, norm) ->
+    [ntok, Hq D] does the QKV product (RMSNorm fused), RoPE, the KV append and the attention."""
+    x = ops.linear(attn(x, L["qkv"], None, L["attn_norm"]), L["o"], residual=x)
     if len(L["gate_up"]) == 1:
         h = ops.linear(x, L["gate_up"][0], norm=L["ffn_norm"], act="swiglu")
     else:
@@ -101,7 +96,7 @@ class Llama:
         pos = torch.arange(start, start + T, device=self.device).expand(B, T).reshape(-1).contiguous()
         x = self.embd.rows(ids, self.dtype).reshape(B * T, c.n_embd)
         for i, L in enumerate(self.layers):
-            x = block(L, x, lambda qkv, i=i: attend_tokens(self.heads, qkv, cache, i, B, start, pos))
+            x = block(L, x, lambda h, w, b, n, i=i: attend_tokens(self.heads, h, w, b, n, cache, i, B, start, pos))
         if cache is not None:
             cache.length = start + T
         x = x.view(B, T, c.n_embd)
@@ -115,5 +110,5 @@ class Llama:
         B = st.ids.shape[0]
         x = self.embd.rows(st.ids, self.dtype, checked=False).view(B, self.cfg.n_embd)
         for i, L in enumerate(self.layers):
-            x = block(L, x, lambda qkv, i=i: attend_decode(self.heads, qkv, st, i))
+            x = block(L, x, lambda h, w, b, n, i=i: attend_decode(self.heads, h, w, b, n, st, i))
         return ops.linear(x, self.head, norm=self.norm, float_out=True)

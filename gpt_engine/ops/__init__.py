@@ -15,6 +15,7 @@ from . import gelu as gelu_module
 from . import kv_append as kv_append_module
 from . import layernorm as layernorm_module
 from . import linear as linear_module
+from . import linear_qkv as linear_qkv_module
 from . import qkv_rope as qkv_rope_module
 from . import residual_add as residual_add_module
 from . import sample_greedy as sample_greedy_module
@@ -33,10 +34,11 @@ kv_append = kv_append_module.kv_append
 attention_decode = attention_decode_module.attention_decode
 linear = linear_module.linear          # takes a QWeight; the custom op is torch.ops.gpt_engine.linear
 Norm = linear_module.Norm
+linear_qkv = linear_qkv_module.linear_qkv  # takes a QWeight; the custom op is torch.ops.gpt_engine.linear_qkv
 qkv_rope = qkv_rope_module.qkv_rope
 sample_greedy = sample_greedy_module.sample_greedy
 
 ALL_OPS = ("embedding", "layernorm", "add_layernorm", "residual_add", "gelu", "bias_gelu", "ffn",
-           "attention_prefill", "kv_append", "attention_decode", "linear", "qkv_rope", "sample_greedy")
+           "attention_prefill", "kv_append", "attention_decode", "linear", "linear_qkv", "qkv_rope", "sample_greedy")
 
 __all__ = [*ALL_OPS, "Norm", "OpError", "OpIndexError", "cuda_kernels_available", "device_checked"]

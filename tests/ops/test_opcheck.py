@@ -33,6 +33,8 @@ def _samples(device):
         "attention_decode": (r(2, 4, 64), kc, vc, torch.tensor([40, 11], device=device), 0.125),
         # 2 rows: the GEMV kernel on CUDA; with LayerNorm, bias and GELU fused
         "linear": (r(2, 64), w16, 1, r(24), None, r(64), r(64), 1, 1e-5, 1, False),
+        "linear_qkv": (r(2, 64), torch.randn(256, 64, device=device).half().view(torch.uint8), 1, None, r(64), None,
+                       2, 1e-5, pos1, cos, sin, r(2, 1, 40, 64), r(2, 1, 40, 64), lens, status, 2, 1, 1, 64),
         "qkv_rope": (r(2, (4 + 2 * 2) * 64), pos1, cos, sin, kc, vc, lens, status, 4, 2, 1, 1, 64),
         "sample_greedy": (torch.randn(2, 300, device=device), 290, torch.zeros(2, dtype=torch.long, device=device),
                           pos1.clone(), status),

@@ -1,0 +1,84 @@
+"""linear_qkv (the decode step's QKV product with RoPE and the KV append in its epilogue) against
+an oracle composed here in float64: gguf-py's dequantized weight, the product, the head split,
+RoPE from angles computed here (test_qkv_rope.oracle_rotate), the cache rows written."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt_engine import ops
+from gpt_engine.models.llama import rope_tables
+from gpt_engine.ops.qkv_rope import ROPE_MODES
+
+from ._util import DEVICES, TOL_NAME, assert_nmse, randn
+from .test_linear import make_weight
+from .test_qkv_rope import THETA, oracle_rotate
+
+CASES = [  # (B, C, Hq, Hkv, D, norm, bias, rope mode, rope dim)
+    (1, 768, 12, 12, 64, "layernorm", True, "none", 0),     # GPT-2 small
+    (3, 576, 9, 3, 64, "rmsnorm", False, "adjacent", 64),   # SmolLM2, three sequences
+    (16, 256, 4, 2, 64, "rmsnorm", False, "adjacent", 64),  # batch 16
+    (2, 256, 4, 1, 64, "rmsnorm", True, "neox", 64),        # rotate-half layout
+    (4, 192, 2, 2, 128, "layernorm", True, "neox", 32),     # partial rotary dims, head dim 128
+]
+
+
+@pytest.mark.story("GX-003", "GT-019")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_linear_qkv_vs_oracle(device, dtype, case):
+    if device == "cpu":
+        dtype = torch.float32  # the CPU path computes in the model's CPU dtype
+    b, c, hq, hkv, d, norm, bias, mode, r = case
+    s = 48
+    n = (hq + 2 * hkv) * d
+    w, w64 = make_weight(n, c, "F16", device)
+    x = randn((b, c), dtype, device)
+    nw = randn((c,), dtype, device, scale=0.2, offset=1.0)
+    nb = randn((c,), dtype, device, scale=0.2) if norm == "layernorm" else None
+    bias_t = randn((n,), dtype, device, scale=0.1) if bias else None
+    nm = ops.Norm(norm, nw, nb, 1e-5)
+    pos = torch.randint(0, s, (b,)).to(device)
+    cos, sin = rope_tables(torch.arange(s, device=device), r, THETA) if r else (None, None)
+    kc = torch.full((b, hkv, s, d), float("nan"), dtype=dtype, device=device)
+    vc = kc.clone()
+    lens = torch.zeros(b, dtype=torch.int32, device=device)
+    status = torch.zeros(1, dtype=torch.int32, device=device)
+    q = ops.linear_qkv(x, w, bias_t, nm, pos, cos, sin, kc, vc, lens, status, hq, hkv, ROPE_MODES[mode], r)
+
+    h = x.cpu().double()
+    h = (F.layer_norm(h, (c,), nw.cpu().double(), nb.cpu().double(), 1e-5) if norm == "layernorm"
+         else h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * nw.cpu().double())
+    qkv = h @ w64.T + (bias_t.cpu().double() if bias else 0)
+    pc = pos.cpu()
+    rq = oracle_rotate(qkv[:, : hq * d].reshape(b, hq, d), pc, mode, r)
+    rk = oracle_rotate(qkv[:, hq * d: (hq + hkv) * d].reshape(b, hkv, d), pc, mode, r)
+    rv = qkv[:, (hq + hkv) * d:].reshape(b, hkv, d)
+    tol = TOL_NAME[dtype]
+    assert q.shape == (b, hq, d)
+    assert_nmse(q, rq, tol, "q")
+    rows = torch.arange(b)
+    assert_nmse(kc.cpu()[rows, :, pc], rk, tol, "k in the cache")
+    assert_nmse(vc.cpu()[rows, :, pc], rv, tol, "v in the cache")
+    assert lens.cpu().tolist() == (pc + 1).tolist() and int(status) == 0
+    written = torch.zeros(b, s, dtype=torch.bool)
+    written[rows, pc] = True
+    assert torch.isnan(kc.cpu().transpose(1, 2)[~written]).all(), "rows outside pos were written"
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_qkv_bad_position_sets_status(device):
+    dtype = torch.float32 if device == "cpu" else torch.float16
+    w, _ = make_weight(4 * 64, 128, "F16", device)
+    x = randn((2, 128), dtype, device)
+    kc = torch.zeros((2, 1, 8, 64), dtype=dtype, device=device)
+    vc = kc.clone()
+    cos, sin = rope_tables(torch.arange(8, device=device), 64, THETA)
+    status = torch.zeros(1, dtype=torch.int32, device=device)
+    lens = torch.full((2,), 7, dtype=torch.int32, device=device)
+    q = ops.linear_qkv(x, w, None, None, torch.tensor([2, 8], device=device), cos, sin, kc, vc, lens, status, 2, 1,
+                       ROPE_MODES["adjacent"], 64)
+    assert int(status) == 2 and lens.tolist() == [3, 7]  # the bad sequence keeps its length
+    assert torch.isnan(q[1]).all() and torch.isfinite(q[0]).all()
+    assert not kc[1].any() and kc[0, :, 2].any()
