@@ -10,6 +10,12 @@ device: kernels clamp bad values and OR a bit into the status word (qkv_rope: po
 the cache; sampling: NaN logits; embedding: an id out of range), which the host reads together
 with the ids and turns into an error.
 
+Prefill pads each prompt to a bucket length (a multiple of 128, at most the capacity) and takes
+the logits of its last real token: the padded rows only write cache rows that decode steps
+overwrite before anything reads them. One shape per bucket means a batch-1 prefill can replay a
+captured graph too (no per-op host overhead: a 48-layer prefill is otherwise host-bound), and
+every path (graph, eager, batch) runs the same shapes, hence the same numbers.
+
 The host loop keeps one step queued ahead: it replays step i+1, then waits for the ids of
 step i (copied to pinned memory behind step i, before step i+1 overwrote them), detokenizes
 them while step i+1 runs, and stops within one extra step of an EOS. The eager path runs the
@@ -86,6 +92,7 @@ class Decoder:
         self.n_valid = min(model.tokenizer.vocab_size, model.config.vocab_size)
         self.use_graphs = graphs and self.device.type == "cuda"
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
+        self.prefill_graphs: dict[int, tuple] = {}  # bucket -> (graph, ids buffer, index buffer, logits)
         self.stats = LoopStats()
         self.logits: torch.Tensor | None = None
         pin = self.device.type == "cuda"
@@ -128,6 +135,42 @@ class Decoder:
             self.graphs[kind] = g
         return g
 
+    # ------------------------------------------------------------------ prefill
+    PREFILL_BUCKET = 128
+
+    def bucket(self, n: int) -> int:
+        """The padded length of an n-token prompt."""
+        return min(-(-n // self.PREFILL_BUCKET) * self.PREFILL_BUCKET, self.state.capacity)
+
+    def _prefill_inputs(self, ids: list[int], tb: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.zeros((1, tb), dtype=torch.long)
+        x[0, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return x, torch.tensor([len(ids) - 1], dtype=torch.long)
+
+    def _prefill_row(self, b: int, ids: list[int]) -> torch.Tensor:
+        """Logits [V] of the last prompt token, k/v of the prompt written into slot b."""
+        tb = self.bucket(len(ids))
+        x, at = self._prefill_inputs(ids, tb)
+        if not (self.use_graphs and self.state.batch == 1):
+            return self.net.forward(x.to(self.device), self.state.cache.slot(b), at=at.to(self.device))[0, 0]
+        entry = self.prefill_graphs.get(tb)
+        if entry is None:
+            xb, atb = x.to(self.device), at.to(self.device)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside capture
+                self.net.forward(xb, self.state.cache.slot(0), at=atb)
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                logits = self.net.forward(xb, self.state.cache.slot(0), at=atb)
+            entry = self.prefill_graphs[tb] = (g, xb, atb, logits)
+        g, xb, atb, logits = entry
+        xb.copy_(x)
+        atb.copy_(at)
+        g.replay()
+        return logits[0, 0]
+
     # ------------------------------------------------------------------ the loop
     def run(self, prompts: list[list[int]], max_new_tokens: int, params: list[SamplingParams],
             stop_at_eos: bool = True, eos: int | None = None) -> Iterator[list[int | None]]:
@@ -144,10 +187,7 @@ class Decoder:
         t0 = time.perf_counter()
         st.status.zero_()
         st.set_params(params)
-        rows = []
-        for b, ids in enumerate(prompts):
-            x = torch.tensor([ids], dtype=torch.long, device=self.device)
-            rows.append(self.net.forward(x, st.cache.slot(b), last_only=True)[0, -1])
+        rows = [self._prefill_row(b, ids) for b, ids in enumerate(prompts)]
         st.pos.copy_(torch.tensor([len(p) - 1 for p in prompts]))  # sampling advances it to len(p)
         with ops.device_checked():
             self._sample(torch.stack(rows), kind)

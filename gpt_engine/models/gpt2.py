@@ -75,7 +75,8 @@ class GPT2:
         pe = self.wpe_dense[pos] if self.wpe_dense is not None else self.wpe.rows(pos, self.dtype, checked=checked)
         return ops.residual_add(tok, pe)
 
-    def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False,
+                at: torch.Tensor | None = None) -> torch.Tensor:
         """ids [B, T] -> logits [B, T, V] (or [B, 1, V] with last_only), float32.
         With a cache, the T tokens follow the cached ones; without, it is one full
         causal forward from position 0."""
@@ -92,7 +93,9 @@ class GPT2:
         if cache is not None:
             cache.length = start + T
         x = x.view(B, T, c.n_embd)
-        if last_only:
+        if at is not None:  # logits of position at[0] only (a device index: prefill of a padded prompt)
+            x = x.index_select(1, at)
+        elif last_only:
             x = x[:, -1:]
         return ops.linear(x.contiguous(), self.head, norm=self.lnf, float_out=True)
 

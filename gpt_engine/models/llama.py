@@ -86,7 +86,8 @@ class Llama:
         c = self.cfg
         return KVCache(c.n_layer, batch, c.n_head_kv, max_len, c.head_dim, self.dtype, self.device)
 
-    def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False,
+                at: torch.Tensor | None = None) -> torch.Tensor:
         """ids [B, T] -> logits [B, T, V] (or [B, 1, V] with last_only), float32."""
         c = self.cfg
         B, T = ids.shape
@@ -100,7 +101,9 @@ class Llama:
         if cache is not None:
             cache.length = start + T
         x = x.view(B, T, c.n_embd)
-        if last_only:
+        if at is not None:  # logits of position at[0] only (a device index: prefill of a padded prompt)
+            x = x.index_select(1, at)
+        elif last_only:
             x = x[:, -1:]
         return ops.linear(x.contiguous(), self.head, norm=self.norm, float_out=True)
 

@@ -26,7 +26,7 @@ python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('extension built
 tail -20 /tmp/build.txt; echo "build: $(( $(date +%s) - t0 )) s"
 if [ "$MODE" = quick ]; then
   timeout ${TEST_TIMEOUT:-300} python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
-    ${TESTS:-tests/ops/test_linear.py tests/ops/test_qkv_rope.py tests/ops/test_sample_greedy.py tests/ops/test_opcheck.py \
+    ${TESTS:-tests/ops/test_linear.py tests/ops/test_linear_qkv.py tests/ops/test_qkv_rope.py tests/ops/test_sample_greedy.py tests/ops/test_opcheck.py \
     tests/test_sampling.py tests/test_cuda_graph.py tests/test_model_cuda.py tests/ops/test_gpt2_block.py} \
     > /tmp/quick-tests.txt 2>&1
   echo "tests exit $?"; grep -vE "^\.|^$" /tmp/quick-tests.txt | tail -150
