@@ -24,6 +24,8 @@ fallback (``graphs=False``).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -40,6 +42,20 @@ STATUS_MESSAGES = {  # csrc/launchers.h kStatus*
     2: "a position was outside the KV cache or the RoPE table",
     4: "the model produced NaN logits",
 }
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """No automatic garbage collection while a graph is captured: collecting some other object's
+    CUDA graph or events mid-capture aborts the process (torch collects once before capture
+    starts; this keeps it from starting again inside)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class DecodeState:
@@ -86,7 +102,10 @@ class Decoder:
     """Decode loop of one model for one batch size and capacity."""
 
     def __init__(self, model, batch: int, capacity: int, graphs: bool = True):
-        self.model, self.net = model, model.net
+        # not the Model itself: Model._decoders holds this object, and a reference cycle would
+        # leave graphs to the garbage collector, which may then destroy them in the middle of
+        # another capture (a fatal error)
+        self.net = model.net
         self.device = model.device
         self.state = DecodeState(self.net, batch, capacity, self.device)
         self.n_valid = min(model.tokenizer.vocab_size, model.config.vocab_size)
@@ -128,7 +147,7 @@ class Decoder:
                 self.step(kind)
             torch.cuda.current_stream().wait_stream(side)
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
+            with _no_gc(), torch.cuda.graph(g):
                 self.step(kind)
             for t, s in zip((st.ids, st.pos, st.lens, st.status), saved):
                 t.copy_(s)
@@ -162,7 +181,7 @@ class Decoder:
                 self.net.forward(xb, self.state.cache.slot(0), at=atb)
             torch.cuda.current_stream().wait_stream(side)
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
+            with _no_gc(), torch.cuda.graph(g):
                 logits = self.net.forward(xb, self.state.cache.slot(0), at=atb)
             entry = self.prefill_graphs[tb] = (g, xb, atb, logits)
         g, xb, atb, logits = entry
