@@ -93,7 +93,6 @@ struct LinearArgs {
   bool out_f32;
   QkvEpilogue qkv;       // act == kActQkv only
   int kt;                // set by the launcher: K tile staged in shared memory
-  int ksplit;            // set by the launcher: warps sharing one row pair (1, 2 or 4)
   bool vec_x;            // set by the launcher: x rows read with 16-byte loads
 };
 

@@ -131,22 +131,7 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
   const A* nb = static_cast<const A*>(p.norm_b);
   const bool swiglu = p.act == kActSwiglu;
   const int npairs = swiglu ? p.n_out : (p.N + 1) / 2;
-  // ksplit warps share one pair, each taking a contiguous slice of every K tile's chunks (more
-  // loads in flight for short, wide matrices); their partial sums meet in shared memory
-  const int ks = p.ksplit, ppb = kWarps / ks;  // pairs per block
-  const int slot = warp / ks, slice = warp - slot * ks;
-  const int ngroups = (npairs + ppb - 1) / ppb;
-  __shared__ float red[kWarps][MT][2];
-  // A slice is a fixed range of the row's chunks, a multiple of 32 long, whatever the K tiling:
-  // each chunk meets the same lane in the same order for every M (batch-invariant sums).
-  const int nch_row = p.K / CH;
-  const int per = ((nch_row + ks - 1) / ks + 31) / 32 * 32;
-  const int s_lo = min(nch_row, slice * per), s_hi = min(nch_row, s_lo + per);
-  // chunks [c_lo, c_hi) of the tile starting at chunk tc0 (nch chunks) that are this warp's
-  auto slice_range = [&](int tc0, int nch, int& c_lo, int& c_hi) {
-    c_lo = max(s_lo, tc0) - tc0;
-    c_hi = max(c_lo, min(s_hi, tc0 + nch) - tc0);
-  };
+  const int ngroups = (npairs + kWarps - 1) / kWarps;
   const int ntiles = (p.K + p.kt - 1) / p.kt;
 
   // Before the wait on the previous kernel: fetch this warp's first batch of weight chunks (the
@@ -154,22 +139,22 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
   uint4 a[U], b[U];
   bool prefetched = false;
   {
-    const int pair = blockIdx.x * ppb + slot;
+    const int pair = blockIdx.x * kWarps + warp;
     if (blockIdx.x < ngroups && pair < npairs) {
-      int r0, r1, c_lo, c_hi;
+      int r0, r1;
       pair_rows(p, pair, r0, r1);
-      slice_range(0, min(p.kt, p.K) / CH, c_lo, c_hi);
+      const int nch = min(p.kt, p.K) / CH;
       const W* w0 = w + (int64_t)r0 * p.K;
       const W* w1 = w + (int64_t)(r1 < p.N ? r1 : r0) * p.K;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int c = c_lo + u * 32 + lane;
-        if (c < c_hi) {
+        const int c = u * 32 + lane;
+        if (c < nch) {
           a[u] = ldg_stream(w0 + (int64_t)c * CH);
           b[u] = ldg_stream(w1 + (int64_t)c * CH);
         }
       }
-      prefetched = c_lo < c_hi;  // what the first batch of the first group will consume
+      prefetched = true;
     }
   }
   pdl_wait();
@@ -258,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
 
   if (ntiles == 1) stage(0);
   for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
-    const int pair = g * ppb + slot;
+    const int pair = g * kWarps + warp;
     const bool active = pair < npairs;
     int r0 = 0, r1 = 0;
     if (active) pair_rows(p, pair, r0, r1);
@@ -274,19 +259,18 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
       }
       if (!active) continue;
       const int k0 = t * p.kt;
-      int c_lo, c_hi;
-      slice_range(k0 / CH, min(p.kt, p.K - k0) / CH, c_lo, c_hi);
+      const int nch = min(p.kt, p.K - k0) / CH;
       // a missing second row (odd N) re-reads row 0; its sums are never stored
       const W* w0 = w + (int64_t)r0 * p.K + k0;
       const W* w1 = w + (int64_t)(has1 ? r1 : r0) * p.K + k0;
-      for (int c0 = c_lo; c0 < c_hi; c0 += 32 * U) {
+      for (int c0 = 0; c0 < nch; c0 += 32 * U) {
         if (prefetched) {
           prefetched = false;  // the first batch of the first group and tile is already in a/b
         } else {
 #pragma unroll
           for (int u = 0; u < U; ++u) {
             const int c = c0 + u * 32 + lane;
-            if (c < c_hi) {
+            if (c < nch) {
               a[u] = ldg_stream(w0 + (int64_t)c * CH);
               b[u] = ldg_stream(w1 + (int64_t)c * CH);
             }
@@ -295,7 +279,7 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const int c = c0 + u * 32 + lane;
-          if (c < c_hi) {
+          if (c < nch) {
             float wa[CH], wb[CH];
             unpack16<W>(a[u], wa);
             unpack16<W>(b[u], wb);
@@ -321,15 +305,20 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
         }
       }
     }
+    if (!active) continue;
+
     const A* bias = static_cast<const A*>(p.bias);
     const A* res = static_cast<const A*>(p.residual);
-    // batch row m's two sums -> bias, activation / QKV epilogue, residual, store
-    auto finish = [&](int m, float s0, float s1) {
-      const float v0 = s0 + (bias ? to_f(bias[r0]) : 0.f);
-      const float v1 = has1 ? s1 + (bias ? to_f(bias[r1]) : 0.f) : 0.f;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      acc0[m] = warp_sum(acc0[m]);
+      acc1[m] = warp_sum(acc1[m]);
+      if (m >= p.M || lane != m) continue;  // lane m writes batch row m
+      const float v0 = acc0[m] + (bias ? to_f(bias[r0]) : 0.f);
+      const float v1 = has1 ? acc1[m] + (bias ? to_f(bias[r1]) : 0.f) : 0.f;
       if (p.act == kActQkv) {
         qkv_epilogue<A>(p, m, pair, r0, r1, v0, v1);
-        return;
+        continue;
       }
       auto emit = [&](int col, float v) {
         if (p.act == kActGeluTanh) v = gelu_tanh<false>(v);
@@ -346,37 +335,6 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
         emit(r0, v0);
         if (has1) emit(r1, v1);
       }
-    };
-    if (ks == 1) {
-      if (!active) continue;
-#pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        acc0[m] = warp_sum(acc0[m]);
-        acc1[m] = warp_sum(acc1[m]);
-        if (m < p.M && lane == m) finish(m, acc0[m], acc1[m]);  // lane m writes batch row m
-      }
-    } else {
-      if (active) {
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          acc0[m] = warp_sum(acc0[m]);
-          acc1[m] = warp_sum(acc1[m]);
-          if (m < p.M && lane == m) {
-            red[warp][m][0] = acc0[m];
-            red[warp][m][1] = acc1[m];
-          }
-        }
-      }
-      __syncthreads();
-      if (active && slice == 0 && lane < p.M) {  // slices summed in a fixed order: deterministic
-        float s0 = 0.f, s1 = 0.f;
-        for (int j = 0; j < ks; ++j) {
-          s0 += red[warp + j][lane][0];
-          s1 += red[warp + j][lane][1];
-        }
-        finish(lane, s0, s1);
-      }
-      __syncthreads();  // red is free for the next group
     }
   }
 }
@@ -392,14 +350,7 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   p.kt = kt < kpad ? kt : kpad;
   p.vec_x = p.K % 8 == 0 && aligned16(p.x);
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;  // (QKV: N even)
-  // Split K over 2 or 4 warps while there are fewer than ~24 warps' worth of pairs per SM and every
-  // slice keeps at least a full warp-wide row of chunks (depends on the weight shape only, never on
-  // M: a row of x gets the same sums whatever the batch)
-  const int nch = p.K / CH;
-  p.ksplit = 1;
-  while (p.ksplit < kWarps && (int64_t)npairs * p.ksplit < (int64_t)num_sms * 24 && nch / (2 * p.ksplit) >= 32)
-    p.ksplit *= 2;
-  const int64_t ngroups = ceil_div(npairs, kWarps / p.ksplit);
+  const int64_t ngroups = ceil_div(npairs, kWarps);
   const size_t smem = (size_t)MT * p.kt * sizeof(float);
   // the 3 blocks per SM the launch bounds allow (12 warps, each with 2 x U 16-byte loads per lane
   // in flight: ~100 KB per SM, several times the bandwidth-latency product); fewer where the

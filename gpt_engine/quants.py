@@ -30,6 +30,18 @@ _MXFP4_DOUBLED = torch.tensor([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -
 _MXFP4_PAIRS = torch.stack((_MXFP4_DOUBLED[torch.arange(256) & 15], _MXFP4_DOUBLED[torch.arange(256) >> 4]), dim=1)
 
 
+_MXFP4_PAIRS_BY_DEVICE: dict = {}
+
+
+def _mxfp4_pairs_on(device: torch.device) -> torch.Tensor:
+    """The lookup table on ``device``, copied there once: a host-to-device copy cannot happen
+    inside a captured CUDA graph (the first use is an uncaptured warm-up)."""
+    t = _MXFP4_PAIRS_BY_DEVICE.get(device)
+    if t is None:
+        t = _MXFP4_PAIRS_BY_DEVICE[device] = _MXFP4_PAIRS.to(device)
+    return t
+
+
 def qtype_of(qtype) -> GGMLQuantizationType:
     """A GGMLQuantizationType from itself, its name or its id; unsupported types are refused by name."""
     try:
@@ -141,7 +153,7 @@ def _blocks(raw: torch.Tensor, t: GGMLQuantizationType) -> torch.Tensor:
     if t == Q.MXFP4:
         d = _e8m0_half(raw[:, 0])
         # one lookup per byte: (value of its low nibble, value of its high nibble)
-        pairs = torch.index_select(_MXFP4_PAIRS.to(raw.device), 0, raw[:, 1:].reshape(-1).long())
+        pairs = torch.index_select(_mxfp4_pairs_on(raw.device), 0, raw[:, 1:].reshape(-1).long())
         out = torch.empty(n, 2, 16, device=raw.device)
         torch.mul(pairs.view(n, 16, 2).transpose(1, 2), d[:, None, None], out=out)
         return out.view(n, 32)

@@ -17,6 +17,7 @@ import math
 import torch
 
 from .. import ops
+from ..ops._common import capturing
 from ..kv_cache import KVCache
 from ..qweight import QWeight
 from .attention import HeadLayout, attend_decode, attend_tokens, one_token_at_a_time
@@ -70,7 +71,7 @@ class GPT2:
     def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         if self.wte.qtype.name in _DENSE and self.wpe_dense is not None:
             return ops.embedding(ids, pos, self.wte.dense(self.dtype), self.wpe_dense)
-        checked = not ops.device_checked.active()
+        checked = not capturing()  # prompt ids were checked on the host; a decode step's come from its sampler
         tok = self.wte.rows(ids, self.dtype, checked=checked)
         pe = self.wpe_dense[pos] if self.wpe_dense is not None else self.wpe.rows(pos, self.dtype, checked=checked)
         return ops.residual_add(tok, pe)

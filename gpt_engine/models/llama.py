@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..ops._common import capturing
 from ..kv_cache import KVCache
 from ..ops.qkv_rope import ROPE_MODES
 from ..qweight import QWeight
@@ -95,7 +96,7 @@ class Llama:
         if cache is not None and start > 0 and T > 1:
             return one_token_at_a_time(self.forward, ids, cache, last_only)
         pos = torch.arange(start, start + T, device=self.device).expand(B, T).reshape(-1).contiguous()
-        x = self.embd.rows(ids, self.dtype).reshape(B * T, c.n_embd)
+        x = self.embd.rows(ids, self.dtype, checked=not capturing()).reshape(B * T, c.n_embd)
         for i, L in enumerate(self.layers):
             x = block(L, x, lambda h, w, b, n, i=i: attend_tokens(self.heads, h, w, b, n, cache, i, B, start, pos))
         if cache is not None:
