@@ -110,8 +110,9 @@ class Git:
         return {p: self._blobs[(commit, p)] for p in paths}
 
     def first_versions(self, folder: Path) -> dict:
-        """{file name: git blob id of its first committed version} for every file git ever
-        added to `folder` (renames count as additions: a renamed file starts a new history)."""
+        """{file name: git blob id of its first committed version} for every evidence file
+        (.json) and log (.log) git ever added to `folder` (renames count as additions: a
+        renamed file starts a new history)."""
         rel = self.rel(folder)
         out = self._run("log", "--format=%x00%H", "--diff-filter=A", "--no-renames", "--name-only",
                         "--reverse", "--", rel)
@@ -122,7 +123,7 @@ class Git:
                 commit = line[1:]
             elif line.strip() and commit:
                 name = line.strip()
-                if name.startswith(rel + "/") and "/" not in name[len(rel) + 1:]:
+                if name.startswith(rel + "/") and "/" not in name[len(rel) + 1:] and name.endswith((".json", ".log")):
                     first.setdefault(name[len(rel) + 1:], f"{commit}:{name}")
         if not first:
             return {}
