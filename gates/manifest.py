@@ -9,7 +9,8 @@ Collection runs in a subprocess with pytest's own plugins and ours only
 (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1), the project's addopts cleared (`--deselect` in pyproject
 must not shrink the set) and items recorded as they are created, before any deselection. It
 takes seconds, so the result is cached under .cache/gates/ by the hash of every source file
-in the tree: any change to a test, a conftest, a card or the engine collects again.
+in the tree and of the installed distributions: any change to a test, a conftest, a card,
+the engine or the environment collects again.
 
 What collection cannot see is reported per story instead of dropped: a test module that is
 skipped at collection (a module-level importorskip), fails to import, holds a test with a bad
@@ -54,8 +55,11 @@ class Manifest:
 
 
 def key(root: Path, known: dict) -> str:
-    import pytest
-    h = hashlib.sha256(f"{FORMAT}\0{sys.version}\0{pytest.__version__}\0".encode())
+    """The tree's source files, the interpreter and every installed distribution (a module
+    that importorskips a package collects differently once the package is installed)."""
+    import importlib.metadata
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+    h = hashlib.sha256(f"{FORMAT}\0{sys.version}\0{'|'.join(dists)}\0".encode())
     h.update(_sources.combine(known).encode())
     return h.hexdigest()[:32]
 

@@ -331,6 +331,9 @@ class Recorder:
         for defs in (getattr(info, "name2fixturedefs", None) or {}).values():
             for fd in defs:
                 files |= self._fixture_files.get(fd, set())
+                code = getattr(getattr(fd, "func", None), "__code__", None)
+                if code is not None:       # the file defining a fixture it requested (a conftest)
+                    files.add(code.co_filename)
         rels = {r for r in map(self._rel, files) if r}
         module = item.nodeid.split("::", 1)[0]
         rels |= self._module_files.get(module, set())

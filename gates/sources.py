@@ -193,20 +193,21 @@ class Imports:
 def story_files(known: dict, imports: Imports, used: set, story=None, cuda: bool = False,
                 plugins=(), kernel_globs=()) -> list[str]:
     """Everything one story's records in a run depend on (sorted):
-    - `used`: the files its tests used (functions that ran, data files opened) and the test
-      modules themselves, plus the repository modules those import directly (one level: a
-      module's import-time code is not traced, see gates/tracer.py) and their packages'
-      __init__.py;
-    - `plugins`: every conftest and repository pytest plugin the run loaded: they can change
-      any test's outcome;
+    - `used`: the files its tests used (functions that ran, data files opened, the test
+      modules, the files defining the fixtures they requested), plus the repository modules
+      those import directly (one level: a module's import-time code is not traced, see
+      gates/tracer.py) and their packages' __init__.py;
+    - `plugins`: every conftest and repository pytest plugin the run loaded (they can change
+      any test's outcome), themselves only: their imports count for the tests that use them;
     - the harness code and pytest configuration (HARNESS_FILES, CONFIG_FILES);
     - the story's card and the extra files it lists;
     - for records from a GPU, the kernel sources the extension is built from (kernel_globs)."""
-    base = {f for f in used if f in known} | {f for f in plugins if f in known}
+    base = {f for f in used if f in known}
     out = set(base)
     for f in base:
         if f.endswith(".py"):
             out |= imports(f)
+    out |= {f for f in plugins if f in known}
     for f in list(out):
         out.update(package_inits(f, known))
     out.update(f for f in (*HARNESS_FILES, *CONFIG_FILES) if f in known)
