@@ -224,3 +224,15 @@ def test_upstream_gate_must_pass(repo):
     passing_gate1(repo)
     repo.run(tests=[("tests/test_map.py::test_map", ["GT-024"], "passed", "cpu")])
     assert evaluate(repo).gate("gate2")["verdict"] == "pass"
+
+
+def test_a_test_collected_only_on_the_gpu_is_judged_too(repo):
+    """A test that exists only where there is a GPU (parametrized on CUDA availability) is not
+    in the expected set collected here; its fresh GPU record is judged all the same."""
+    passing_gate1(repo)
+    repo.run(machine="gpu", commit=False, tests=[("tests/test_emb.py::test_cuda", ["GT-008"], "passed", GPU)],
+             edit=lambda d: d["tests"].append({"nodeid": "tests/test_emb.py::test_gpu_only[cuda:1]", "stories": ["GT-008"],
+                                               "outcome": "failed", "duration": 0.1, "device": GPU,
+                                               "skip_reason": None, "message": "only on a GPU"}))
+    crit = evaluate(repo).story("GT-008").criteria[1]
+    assert crit.state == "fail" and "test_gpu_only[cuda:1] failed" in crit.reason
