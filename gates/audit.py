@@ -98,14 +98,14 @@ class Git:
                                capture_output=True, timeout=300)
             data, pos = r.stdout, 0
             for p in want:
-                nl = data.index(b"\n", pos)
-                head = data[pos:nl].split()
+                nl = data.find(b"\n", pos)
+                head = data[pos:nl].split() if nl >= 0 else []
                 pos = nl + 1
                 if len(head) == 3 and head[1] == b"blob":
                     size = int(head[2])
                     self._blobs[(commit, p)] = hashlib.sha256(data[pos:pos + size]).hexdigest()
                     pos += size + 1
-                else:
+                else:                      # "<object> missing", or git failed: no such file there
                     self._blobs[(commit, p)] = None
         return {p: self._blobs[(commit, p)] for p in paths}
 

@@ -35,8 +35,6 @@ RECORDER = "gpt_engine_evidence_recorder"
 _PROP = "gpt_engine"
 STORY_REF = re.compile(r"\b(G[TX]-\d{3})\b")
 TEST_FILE = re.compile(r"(^|/)(test_[^/]*|[^/]*_test)\.py$")
-# Where pytest's own and xdist's plugin objects come from; gates.* must also live in the repository.
-OWN_PLUGIN_MODULES = ("_pytest.", "xdist.", "gates.")
 
 
 def pytest_addoption(parser):
