@@ -1,4 +1,4 @@
-"""nox sessions: CI runs `nox -s gate1`; engineers run `nox -s story -- GT-011`.
+"""nox sessions: CI runs `nox -s tests` and `nox -s gate1`; engineers run `nox -s story -- GT-011`.
 
 Every session runs in the environment nox itself runs in (venv_backend="none"): the README's
 first command builds .venv with every dependency pinned (torch 2.13.0 CPU in particular), a
@@ -29,7 +29,7 @@ def tests(session):
 
 @nox.session
 def story(session):
-    """One story's tests and benchmarks, then its status: nox -s story -- GT-011 [more ids]."""
+    """One story's tests and benchmarks, then its status; exit 0 iff verified: nox -s story -- GT-011."""
     if not session.posargs:
         session.error("name the story: nox -s story -- GT-0xx")
     _gates(session, "story", *session.posargs)
@@ -38,8 +38,9 @@ def story(session):
 def _gate_session(name):
     @nox.session(name=name)
     def _gate(session):
-        _gates(session, "gate", name)
-    _gate.__doc__ = f"Evaluate {name} from the evidence: exit 0 iff it passes; reports/gates/{name}.json."
+        _gates(session, "gate", name, *session.posargs)
+    _gate.__doc__ = (f"Run the CPU tests {name} lacks fresh evidence for, then judge it: exit 0 iff it passes; "
+                     f"reports/gates/{name}.json (-- --no-run: judge only).")
     return _gate
 
 
@@ -62,6 +63,12 @@ def report(session):
 
 
 @nox.session
+def evidence(session):
+    """Every evidence file: whether it counts toward gates and why not; exit 1 if committed evidence was edited."""
+    _gates(session, "evidence")
+
+
+@nox.session
 def enforce(session):
-    """Fail if any gate listed in .ci/enforced_gates fails (CI calls it)."""
+    """Fail if a gate listed in .ci/enforced_gates fails or committed evidence was edited (CI calls it)."""
     _gates(session, "enforce")

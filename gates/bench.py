@@ -6,26 +6,14 @@ physics is kept but flagged invalid, never dropped.
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 
-KINDS = ("bandwidth", "flops", "time", "throughput", "memory", "ratio")
-# Units accepted per kind and their factor to the canonical unit used by the physics checks
-# (GB/s, TFLOP/s, seconds, bytes).
-UNITS = {
-    "bandwidth": {"GB/s": 1.0, "TB/s": 1e3, "MB/s": 1e-3},
-    "flops": {"TFLOP/s": 1.0, "GFLOP/s": 1e-3, "PFLOP/s": 1e3},
-    "time": {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9},
-    "memory": {"B": 1.0, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "KB": 1e3, "MB": 1e6, "GB": 1e9},
-    "throughput": None,   # any unit (tok/s, rows/s, ...)
-    "ratio": None,
-}
-LOWER_IS_BETTER = {"time", "memory"}
+from gates import physics, tracer
+
 # GPU spin (torch.cuda._sleep) before each timed call, ~250 us at H100/H200 clocks: longer than
 # any op's host-side dispatch, so the timed region holds no idle gap waiting for the host.
 HOST_LEAD_CYCLES = 500_000
-BANDWIDTH_SLACK = 1.1     # issue 3: bandwidth above 1.1 x measured copy bandwidth is impossible
 
 # Device baselines: bf16 8192^3 on GPUs (DESIGN.md anchors use it); the CPU machine gets a
 # small fp32 GEMM because 8192^3 would take minutes on two shared cores.
@@ -75,22 +63,23 @@ class Bench:
         import torch
         if not torch.cuda.is_available():
             raise RuntimeError("bench.cuda_time needs CUDA; mark the test @pytest.mark.cuda")
-        if reps < 1:
-            raise ValueError("reps must be >= 1")
+        if reps < 1 or warmup < 1:
+            raise ValueError("reps and warmup must be >= 1 (warm-up calls are the traced ones)")
         for _ in range(warmup):
             fn()
         flush = self._l2_flush() if flush_l2 else None
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         torch.cuda.synchronize()
-        for i in range(reps):
-            if flush is not None:
-                flush()
-            torch.cuda._sleep(HOST_LEAD_CYCLES)
-            starts[i].record()
-            fn()
-            ends[i].record()
-        torch.cuda.synchronize()
+        with tracer.paused():      # the warm-up calls were traced; the timed ones are not
+            for i in range(reps):
+                if flush is not None:
+                    flush()
+                torch.cuda._sleep(HOST_LEAD_CYCLES)
+                starts[i].record()
+                fn()
+                ends[i].record()
+            torch.cuda.synchronize()
         return _median([s.elapsed_time(e) for s, e in zip(starts, ends)]) / 1e3
 
     def cuda_time_pair(self, fn_a, fn_b, *, warmup: int = 10, reps: int = 50) -> tuple[float, float]:
@@ -101,26 +90,27 @@ class Bench:
         import torch
         if not torch.cuda.is_available():
             raise RuntimeError("bench.cuda_time_pair needs CUDA; mark the test @pytest.mark.cuda")
-        if reps < 1:
-            raise ValueError("reps must be >= 1")
+        if reps < 1 or warmup < 1:
+            raise ValueError("reps and warmup must be >= 1 (warm-up calls are the traced ones)")
         for _ in range(warmup):
             fn_a()
             fn_b()
         flush = self._l2_flush()
         ev = [[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(reps)]
         torch.cuda.synchronize()
-        for e in ev:
-            flush()
-            torch.cuda._sleep(HOST_LEAD_CYCLES)
-            e[0].record()
-            fn_a()
-            e[1].record()
-            flush()
-            torch.cuda._sleep(HOST_LEAD_CYCLES)
-            e[2].record()
-            fn_b()
-            e[3].record()
-        torch.cuda.synchronize()
+        with tracer.paused():
+            for e in ev:
+                flush()
+                torch.cuda._sleep(HOST_LEAD_CYCLES)
+                e[0].record()
+                fn_a()
+                e[1].record()
+                flush()
+                torch.cuda._sleep(HOST_LEAD_CYCLES)
+                e[2].record()
+                fn_b()
+                e[3].record()
+            torch.cuda.synchronize()
         return (_median([e[0].elapsed_time(e[1]) for e in ev]) / 1e3,
                 _median([e[2].elapsed_time(e[3]) for e in ev]) / 1e3)
 
@@ -143,15 +133,16 @@ class Bench:
 
     def cpu_time(self, fn, *, warmup: int = 2, reps: int = 10) -> float:
         """Median wall seconds of fn() with time.perf_counter (CPU work, e.g. opening a file)."""
-        if reps < 1:
-            raise ValueError("reps must be >= 1")
+        if reps < 1 or warmup < 1:
+            raise ValueError("reps and warmup must be >= 1 (warm-up calls are the traced ones)")
         for _ in range(warmup):
             fn()
         ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
+        with tracer.paused():
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
         return _median(ts)
 
     # ---- device baselines ----
@@ -200,48 +191,26 @@ class Bench:
         op, sdpa, a peer); for bandwidth the measured copy bandwidth is added as `copy`, for
         flops the matmul rate as `matmul`. ratios[ref] = value/ref, inverted when lower is
         better, so a ratio > 1 always means "better than the reference"."""
-        if kind not in KINDS:
-            raise ValueError(f"metric {name}: kind {kind!r} not in {KINDS}")
-        units = UNITS[kind]
-        if units is not None and unit not in units:
-            raise ValueError(f"metric {name}: unit {unit!r} not allowed for kind {kind!r}; use one of {sorted(units)}")
+        err = physics.unit_error(name, kind, unit)
+        if err:
+            raise ValueError(err)
         if higher_is_better is None:
-            higher_is_better = kind not in LOWER_IS_BETTER
+            higher_is_better = kind not in physics.LOWER_IS_BETTER
         refs = {k: float(v) for k, v in (references or {}).items()}
         params = dict(params or {})
         value = float(value)
-        reasons = []
-        if not math.isfinite(value):
-            reasons.append(f"value {value} is not finite")
-        factor = units[unit] if units else 1.0
-        canon = value * factor
-        if kind == "time" and not canon > 0:
-            reasons.append(f"time {value} {unit} <= 0")
-        if kind in ("bandwidth", "flops", "throughput", "memory") and not canon > 0:
-            reasons.append(f"{kind} {value} {unit} <= 0")
+        f = physics.factor(kind, unit)
+        copy = matmul = None
         if kind == "bandwidth":
             copy = self.copy_bandwidth()
-            refs.setdefault("copy", copy / factor)
-            if canon > BANDWIDTH_SLACK * copy:
-                reasons.append(f"{canon:.1f} GB/s exceeds {BANDWIDTH_SLACK} x measured copy bandwidth {copy:.1f} GB/s")
+            refs.setdefault("copy", copy / f)
         if kind == "flops":
-            rate = self.matmul_rate()
-            refs.setdefault("matmul", rate / factor)
-            if canon > rate:
-                reasons.append(f"{canon:.1f} TFLOP/s exceeds measured matmul rate {rate:.1f} TFLOP/s")
-        if kind == "memory" and "n_params" in params and "bits" in params:
-            floor = float(params["n_params"]) * float(params["bits"]) / 8
-            if canon < floor:
-                reasons.append(f"{canon:.0f} B is below parameters x bits = {floor:.0f} B")
-        ratios = {}
-        for ref, rv in refs.items():
-            if not (math.isfinite(rv) and rv > 0):
-                reasons.append(f"reference {ref}={rv} is not a positive number")
-                ratios[ref] = None
-            elif math.isfinite(value) and value > 0:
-                ratios[ref] = value / rv if higher_is_better else rv / value
-            else:
-                ratios[ref] = None
+            matmul = self.matmul_rate()
+            refs.setdefault("matmul", matmul / f)
+        reasons = physics.problems(kind, unit, value, refs, params, self.device == "cuda", copy, matmul)
+        ratios = {ref: (physics.ratio(value, rv, higher_is_better)
+                        if physics.positive(rv) and physics.positive(value) else None)
+                  for ref, rv in refs.items()}
         metric = {
             "name": name, "value": value, "unit": unit, "kind": kind,
             "higher_is_better": bool(higher_is_better), "references": refs, "ratios": ratios,

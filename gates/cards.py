@@ -13,13 +13,11 @@ from pathlib import Path
 STORY_ID = re.compile(r"^(GT-\d{3}|GX-\d{3})$")
 DEVICES = ("cpu", "cuda")
 CARD_KEYS = {"id", "title", "sprint", "gate", "description", "sources", "criteria", "verdict"}
-# The timing code decides every benchmark figure (flush, host-lead spin, medians): a story
-# with a benchmark criterion depends on it, so changing it makes that evidence stale.
-BENCH_SOURCES = ("gates/bench.py",)
 CRITERION_KEYS = {
     "tests": {"kind", "device", "keyword", "why"},
-    "benchmark": {"kind", "device", "metric", "min_ratio", "max_ratio", "where", "why"},
+    "benchmark": {"kind", "device", "metric", "min_ratio", "max_ratio", "where", "aggregate", "why"},
 }
+AGGREGATES = ("each", "median")   # a bar on every case, or on the median case of the grid
 WHERE_OPS = {"gt", "ge", "lt", "le", "eq"}
 
 
@@ -61,6 +59,7 @@ class Criterion:
     max_ratio: dict = field(default_factory=dict)   # value / reference <= x
     where: dict = field(default_factory=dict)       # filter on the metric's params
     why: str | None = None
+    aggregate: str = "each"                         # benchmark: "each" case, or the "median" case
 
     @property
     def label(self) -> str:
@@ -71,7 +70,8 @@ class Criterion:
         parts += [f"{r}<={v:g}" for r, v in sorted(self.max_ratio.items())]
         if self.where:
             parts.append("where " + ",".join(f"{k} {_fmt_where(v)}" for k, v in sorted(self.where.items())))
-        return f"bench {self.metric} on {self.device}" + (f" ({'; '.join(parts)})" if parts else "")
+        agg = "median of " if self.aggregate == "median" else ""
+        return f"bench {agg}{self.metric} on {self.device}" + (f" ({'; '.join(parts)})" if parts else "")
 
 
 def _fmt_where(v) -> str:
@@ -127,6 +127,9 @@ def _criterion(path: Path, i: int, raw) -> Criterion:
         ratios[key] = {k: float(v) for k, v in val.items()}
     if not ratios["min_ratio"] and not ratios["max_ratio"]:
         raise CardError(f"{where}: benchmark criterion needs min_ratio or max_ratio (a number without a bar proves nothing)")
+    agg = raw.get("aggregate", "each")
+    if agg not in AGGREGATES:
+        raise CardError(f"{where}: aggregate must be one of {AGGREGATES}, got {agg!r}")
     wh = raw.get("where", {})
     if not isinstance(wh, dict):
         raise CardError(f"{where}: where must be a table")
@@ -134,7 +137,7 @@ def _criterion(path: Path, i: int, raw) -> Criterion:
         if isinstance(v, dict) and (not v or set(v) - WHERE_OPS):
             raise CardError(f"{where}: where.{k} operators must be among {sorted(WHERE_OPS)}")
     return Criterion("benchmark", dev, metric=metric, min_ratio=ratios["min_ratio"],
-                     max_ratio=ratios["max_ratio"], where=dict(wh), why=raw.get("why"))
+                     max_ratio=ratios["max_ratio"], where=dict(wh), why=raw.get("why"), aggregate=agg)
 
 
 def load_card(path: Path) -> Story:
@@ -145,7 +148,7 @@ def load_card(path: Path) -> Story:
     unknown = set(raw) - CARD_KEYS
     if unknown:
         raise CardError(f"{path}: unknown key(s) {sorted(unknown)}; allowed {sorted(CARD_KEYS)}")
-    for key in ("id", "title", "sprint", "gate", "description", "sources"):
+    for key in ("id", "title", "sprint", "gate", "description"):
         if key not in raw:
             raise CardError(f"{path}: missing key {key!r}")
     sid = raw["id"]
@@ -165,7 +168,9 @@ def load_card(path: Path) -> Story:
     for key in ("title", "description"):
         if not isinstance(raw[key], str) or not raw[key].strip():
             raise CardError(f"{path}: {key} must be a non-empty string")
-    sources = raw["sources"]
+    # Extra files beyond what the story's tests are measured to use (gates/tracer.py), e.g. a
+    # document the tests do not open. Each glob must match a file (gates/sources.py).
+    sources = raw.get("sources", [])
     if not isinstance(sources, list) or not all(isinstance(s, str) and s and not s.startswith("/") and ".." not in s for s in sources):
         raise CardError(f"{path}: sources must be a list of relative glob strings")
     verdict = raw.get("verdict")
@@ -183,10 +188,6 @@ def load_card(path: Path) -> Story:
             raise CardError(f"{path}: {sid} is a gate verdict story and must say verdict = \"<gate>\"")
         if not crits:
             raise CardError(f"{path}: no criteria: a story must say what proves it")
-        if not sources:
-            raise CardError(f"{path}: no sources: evidence could never go stale")
-    if any(c.kind == "benchmark" for c in crits):
-        sources = [*sources, *(b for b in BENCH_SOURCES if b not in sources)]
     return Story(sid, raw["title"].strip(), sprint, gate, raw["description"].strip(),
                  tuple(sources), crits, verdict, path)
 
@@ -218,6 +219,7 @@ def _sort_key(sid: str):
 
 
 def stories_of_gate(stories: dict[str, Story], gate: str) -> list[Story]:
-    """The stories a gate checks: its sprints' stories, minus its own verdict story."""
+    """The cards that say they belong to a gate (minus its verdict story). Verdicts use the
+    catalog's membership (gates/catalog.py), which a card cannot change."""
     g = GATES[gate]
     return [s for s in stories.values() if s.gate == gate and s.id != g.verdict_story]

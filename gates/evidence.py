@@ -1,7 +1,11 @@
 """Evidence files: one JSON per pytest run in reports/evidence/ (schema in docs/harness.md).
 
 Loading is strict: a corrupt, truncated or malformed file raises EvidenceError naming the
-file. It is never skipped, because a silently dropped file could hide a failure.
+file. It is never skipped, because a silently dropped file could hide a failure. Whether a
+well-formed file may count toward a gate is gates/audit.py's question.
+
+Schema 1 files (the H100 runs of sprints 2-3) predate per-test sources, raw logs and the
+audit: they load as history (`_history`), are shown in reports, and never count.
 """
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+HISTORY_SCHEMAS = (1,)
 OUTCOMES = ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
 
 
@@ -61,6 +66,7 @@ _REQUIRED = {
     "schema": int, "run": dict, "provenance": dict, "source_hashes": dict,
     "source_files": dict, "tests": list, "benchmarks": list,
 }
+_REQUIRED_2 = {"pytest": dict, "story_files": dict, "baselines": dict, "collection_errors": list}
 _TEST_KEYS = {"nodeid": str, "stories": list, "outcome": str, "duration": (int, float)}
 _METRIC_KEYS = {"name": str, "value": (int, float), "unit": str, "kind": str, "references": dict,
                 "ratios": dict, "params": dict, "valid": bool, "nodeid": str, "stories": list}
@@ -76,8 +82,12 @@ def _check(path: Path, doc) -> dict:
             bad(f"missing key {k!r} (not an evidence file, or truncated)")
         if not isinstance(doc[k], t):
             bad(f"key {k!r} should be {t.__name__}")
-    if doc["schema"] != SCHEMA_VERSION:
-        bad(f"schema {doc['schema']} not supported (this harness reads {SCHEMA_VERSION})")
+    if doc["schema"] != SCHEMA_VERSION and doc["schema"] not in HISTORY_SCHEMAS:
+        bad(f"schema {doc['schema']} not supported (this harness reads {SCHEMA_VERSION}, and {HISTORY_SCHEMAS} as history)")
+    if doc["schema"] == SCHEMA_VERSION:
+        for k, t in _REQUIRED_2.items():
+            if not isinstance(doc.get(k), t):
+                bad(f"key {k!r} missing or not a {t.__name__}")
     for k in ("finished", "started"):
         try:
             datetime.strptime(doc["run"].get(k, ""), "%Y-%m-%dT%H:%M:%SZ")
@@ -112,6 +122,8 @@ def load_file(path: Path) -> dict:
         raise EvidenceError(f"{path}: not valid JSON, truncated or corrupt ({e.msg} at line {e.lineno} column {e.colno})") from None
     doc = _check(path, doc)
     doc["_file"] = path.name
+    doc["_path"] = str(path)
+    doc["_history"] = doc["schema"] in HISTORY_SCHEMAS
     return doc
 
 
@@ -124,13 +136,21 @@ def load_all(folder: Path) -> list[dict]:
     return sorted(docs, key=lambda d: (d["run"]["finished"], d["_file"]))
 
 
-def prune(folder: Path, keep: int, dry_run: bool = False) -> list[Path]:
-    """Keep the newest `keep` runs per machine class; return the removed files."""
+def log_path(path: Path) -> Path:
+    """The raw pytest log that comes with an evidence file: same name, .log."""
+    return Path(path).with_suffix(".log")
+
+
+def prune(folder: Path, keep: int, dry_run: bool = False, committed=frozenset()) -> list[Path]:
+    """Keep the newest `keep` runs per machine class; return the removed files. Files in
+    `committed` (names of files git has ever held) are history and are never removed: a
+    failing run cannot be pruned away to let an older passing one decide."""
     if keep < 1:
         raise ValueError("--keep must be >= 1")
     by_class: dict[str, list[dict]] = {}
     for d in load_all(folder):
-        by_class.setdefault(d["provenance"]["machine_class"], []).append(d)
+        if d["_file"] not in committed:
+            by_class.setdefault(d["provenance"]["machine_class"], []).append(d)
     removed = []
     for docs in by_class.values():
         for d in docs[:-keep]:
@@ -138,4 +158,5 @@ def prune(folder: Path, keep: int, dry_run: bool = False) -> list[Path]:
             removed.append(p)
             if not dry_run:
                 p.unlink()
+                log_path(p).unlink(missing_ok=True)
     return sorted(removed)

@@ -1,25 +1,34 @@
-"""`python -m gates.gpu`: the CUDA suites and benchmarks on a GPU machine, as one evidence file.
+"""`python -m gates.gpu`: the CUDA suites and benchmarks on a GPU machine, as one evidence file
+and its raw pytest log.
 
 The GPU machines have no nox and the package is not pip-installed there, so this is plain
-python; the plugin is loaded with -p when its entry point is absent. The evidence JSON is
-written to reports/evidence/ and copied to $OUT (the only folder that comes back), with the
-log beside it. Usage: python -m gates.gpu [--all] [extra pytest args, e.g. -k layernorm -x]
+python (gates/runner.py loads the plugin with -p). It writes to reports/evidence/:
+  <finish time>-<gpu>-<commit>.json   the evidence
+  <finish time>-<gpu>-<commit>.log    pytest's complete output, with -rA (every test's outcome)
+and copies both, plus gpu-summary.txt, to $OUT when set (the only folder that comes back).
+Commit both files: a GPU evidence file without its log never counts (gates/audit.py).
+
+The run must name its commit: GPT_ENGINE_GIT_COMMIT=<full sha of the tree being run> where
+there is no .git. Usage: python -m gates.gpu [--all] [extra pytest args]
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from gates import evidence as _evidence
+from gates import provenance as _prov
 from gates.paths import resolve
-from gates.runner import plugin_args
+from gates.runner import pytest_cmd, pytest_env
 
 
 def summary(doc: dict) -> str:
     p = doc["provenance"]
-    lines = [f"GPU run on {p.get('gpu_name')} (driver {p.get('driver')}, CUDA {p.get('cuda')}, torch {p.get('torch')})"]
+    lines = [f"GPU run on {p.get('gpu_name')} (driver {p.get('driver')}, CUDA {p.get('cuda')}, torch {p.get('torch')}), "
+             f"commit {p.get('commit')}, dirty {p.get('dirty')}"]
     counts: dict[str, int] = {}
     for t in doc["tests"]:
         counts[t["outcome"]] = counts.get(t["outcome"], 0) + 1
@@ -34,6 +43,20 @@ def summary(doc: dict) -> str:
             ratios = " ".join(f"{k}={v:.2f}" for k, v in m["ratios"].items() if v is not None)
             flag = "" if m["valid"] else f"  INVALID: {m['invalid_reason']}"
             lines.append(f"{m['name']:<44} {m['value']:>12.4g} {m['unit']:<8} {ratios}{flag}")
+    warn = []
+    if not p.get("commit"):
+        warn.append("no commit recorded (set GPT_ENGINE_GIT_COMMIT)")
+    if p.get("dirty"):
+        warn.append("dirty tree")
+    if doc.get("collection_errors"):
+        warn.append("collection errors")
+    if doc["run"].get("interrupted"):
+        warn.append("interrupted")
+    pt = doc.get("pytest", {})
+    if pt.get("rewritten") or pt.get("tracer_displaced"):
+        warn.append("a hook rewrote outcomes or displaced the trace")
+    if warn:
+        lines.append("THIS RUN WILL NOT COUNT TOWARD ANY GATE: " + "; ".join(warn))
     return "\n".join(lines)
 
 
@@ -42,36 +65,44 @@ def main(argv=None) -> int:
     paths = resolve()
     run_all = "--all" in argv
     argv = [a for a in argv if a != "--all"]
-    before = {p.name for p in paths.evidence.glob("*.json")} if paths.evidence.is_dir() else set()
-    cmd = [sys.executable, "-m", "pytest", *plugin_args(), "-rs", "-q",
-           # an unrelated file that cannot import here (a missing oracle package) must not
-           # waste a GPU session; the error is kept in the evidence's collection_errors
-           "--continue-on-collection-errors"]
-    if not run_all:
-        cmd += ["-m", "cuda or benchmark"]
-    cmd += argv or ["tests"]
+    if not _prov.git_state(paths.root).get("commit"):
+        print("warning: no commit (no .git here and GPT_ENGINE_GIT_COMMIT unset): the evidence will not count",
+              file=sys.stderr)
+    paths.evidence.mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in paths.evidence.glob("*.json")}
+    # -rA: every test's outcome in the log, which the audit compares with the JSON. An
+    # unrelated file that cannot import here still lets the rest run (its error is kept, and
+    # the run then does not count: fix the environment and run again).
+    args = ["-rA", "-q", "--continue-on-collection-errors"] + ([] if run_all else ["-m", "cuda or benchmark"])
+    cmd = pytest_cmd(args + (argv or ["tests"]))
+    tmp_log = paths.evidence / ".tmp-gpu-run.log"
     print("+", " ".join(cmd), flush=True)
+    with open(tmp_log, "w", encoding="utf-8") as log:
+        log.write("+ " + " ".join(cmd) + "\n")
+        proc = subprocess.Popen(cmd, cwd=paths.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**pytest_env(), "PYTHONUNBUFFERED": "1"})
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        rc = proc.wait()
+    new = sorted(p for p in paths.evidence.glob("*.json") if p.name not in before)
+    if not new:
+        print(f"no evidence file was written; the log is {tmp_log}", file=sys.stderr)
+        return rc or 1
+    ev_path = new[-1]
+    log_path = _evidence.log_path(ev_path)
+    os.replace(tmp_log, log_path)
+    doc = _evidence.load_file(ev_path)
+    text = summary(doc)
+    print()
+    print(text)
+    print(f"evidence: {ev_path}\nlog:      {log_path}")
     out = os.environ.get("OUT")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-        with open(Path(out) / "gpu-run.log", "w") as log:
-            proc = subprocess.Popen(cmd, cwd=paths.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                log.write(line)
-            rc = proc.wait()
-    else:
-        rc = subprocess.call(cmd, cwd=paths.root)
-    new = sorted(p for p in paths.evidence.glob("*.json") if p.name not in before) if paths.evidence.is_dir() else []
-    if not new:
-        print("no evidence file was written", file=sys.stderr)
-        return rc or 1
-    doc = _evidence.load_file(new[-1])
-    print()
-    print(summary(doc))
-    print(f"evidence: {new[-1]}" + (f" (copied to {out})" if out else ""))
-    if out:
-        (Path(out) / "gpu-summary.txt").write_text(summary(doc) + "\n")
+        shutil.copy2(log_path, Path(out) / log_path.name)     # the JSON was copied by the plugin
+        (Path(out) / "gpu-summary.txt").write_text(text + "\n")
+        print(f"copied to {out}: {ev_path.name}, {log_path.name}, gpu-summary.txt")
     return rc
 
 

@@ -22,9 +22,10 @@ def _git(root: Path, *args) -> str | None:
 
 def git_state(root: Path) -> dict:
     """Commit and dirty flag. GPT_ENGINE_GIT_COMMIT / GPT_ENGINE_GIT_DIRTY, when set, win: the
-    GPU machine gets a copy of the working tree whose .git (if any) can name an older commit
-    with the new files as uncommitted changes. Freshness never depends on this (it compares
-    file hashes); the commit is for people reading the evidence."""
+    GPU machine gets a copy of the working tree without .git. The verdict does not take the
+    commit on trust: it must exist, be an ancestor of HEAD, and hold exactly the file hashes
+    the run recorded (gates/audit.py). Untracked files that git does not ignore make the tree
+    dirty: a new conftest.py or module changes what runs as surely as an edit."""
     env_commit = os.environ.get("GPT_ENGINE_GIT_COMMIT")
     if env_commit:  # the caller knows better than whatever .git the copy may carry
         dirty_env = os.environ.get("GPT_ENGINE_GIT_DIRTY")
@@ -33,7 +34,7 @@ def git_state(root: Path) -> dict:
                 "commit_source": "env"}
     commit = _git(root, "rev-parse", "HEAD")
     if commit:
-        status = _git(root, "status", "--porcelain", "--untracked-files=no")
+        status = _git(root, "status", "--porcelain", "--untracked-files=normal")
         return {"commit": commit.strip(), "dirty": bool(status and status.strip()), "commit_source": "git"}
     return {"commit": None, "dirty": None, "commit_source": None}
 
@@ -102,9 +103,10 @@ def machine_class(gpu_name: str | None) -> str:
     return slug(gpu_name) if gpu_name else "cpu"
 
 
-def describe(root: Path) -> dict:
+def describe(root: Path, git: dict | None = None) -> dict:
+    """git: the state taken when the run started (the tree that was tested), else taken now."""
     torch_ver, cuda_ver = _torch_meta()
-    d = {**git_state(root), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+    d = {**(git or git_state(root)), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
          **gpu_info(), "cuda": cuda_ver, "torch": torch_ver,
          "python": platform.python_version(), "os": f"{platform.system()} {platform.release()}"}
     d["machine_class"] = machine_class(d["gpu_name"])

@@ -1,27 +1,40 @@
-"""pytest plugin: story markers (strictly validated), the `bench` fixture, evidence files.
+"""pytest plugin: story markers (strictly validated), the `bench` fixture, one evidence file
+per run, and the expected test set (--write-manifest).
 
-Loaded through pyproject's pytest11 entry point when the package is installed, or with
-`-p gates.pytest_plugin` where it is only on PYTHONPATH (the GPU machine). Do not pass
-both: pluggy refuses one module under two names (gates.runner.plugin_args() picks one).
+The harness's runners load it with `-p gates.pytest_plugin` and PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+(gates/runner.py), so that a run's plugins are exactly pytest's own, xdist and this one: the
+evidence lists every plugin and conftest that was active, and the verdict refuses runs with
+others (gates/audit.py). A plain `pytest` in the venv still loads it through pyproject's
+pytest11 entry point; its evidence then names the third-party plugins that came along.
 
-With pytest-xdist, workers attach each test's stories, device and metrics to their
-reports (user_properties travel with the report); only the controller, which sees every
-report, writes the one evidence file.
+With pytest-xdist, workers attach each test's stories, device, metrics and used files to
+their reports (user_properties travel with the report) and send their plugin list at the
+end (workeroutput); only the controller, which sees every report, writes the evidence file.
 """
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 from _pytest.reports import CollectReport
 
 from gates import cards as _cards
+from gates import catalog as _catalog
 from gates import evidence as _evidence
 from gates import provenance as _prov
 from gates import sources as _sources
+from gates import tracer as _tracer
 from gates.bench import Baselines, Bench
 from gates.paths import resolve
 
 RECORDER = "gpt_engine_evidence_recorder"
 _PROP = "gpt_engine"
+STORY_REF = re.compile(r"\b(G[TX]-\d{3})\b")
+TEST_FILE = re.compile(r"(^|/)(test_[^/]*|[^/]*_test)\.py$")
 
 
 def pytest_addoption(parser):
@@ -31,9 +44,11 @@ def pytest_addoption(parser):
     g.addoption("--evidence-dir", default=None,
                 help="evidence folder (default $GPT_ENGINE_EVIDENCE_DIR or reports/evidence)")
     g.addoption("--stories-dir", default=None, help="story card folder (default stories/)")
-    g.addoption("--repo-root", default=None, help="root that story `sources` globs are relative to")
+    g.addoption("--repo-root", default=None, help="the repository whose files are the sources")
     g.addoption("--story", action="append", default=[], dest="gpt_engine_story", metavar="ID",
                 help="run only the tests marked with this story (repeatable)")
+    g.addoption("--write-manifest", default=None, metavar="PATH",
+                help="collect only and write the expected test set (gates/manifest.py) to PATH")
 
 
 def pytest_configure(config):
@@ -76,12 +91,79 @@ def _failure_message(report) -> str | None:
     return first[:300] or None
 
 
+def _raw_outcome(call) -> str:
+    """What the phase itself did, before any plugin's report hook could restate it."""
+    if call.excinfo is None:
+        return "passed"
+    return "skipped" if call.excinfo.errisinstance(pytest.skip.Exception) else "failed"
+
+
+def marker_problems(item, catalog) -> list[str]:
+    """Why an item's story markers are unacceptable ([] when they are fine)."""
+    problems = []
+    marks = list(item.iter_markers("story"))
+    if not marks:
+        problems.append("no @pytest.mark.story(...) marker (every test proves a story)")
+    for m in marks:
+        if m.kwargs or not m.args:
+            problems.append("story marker needs story ids as positional arguments")
+        for sid in m.args:
+            entry = catalog.stories.get(sid)
+            if entry is None:
+                problems.append(f"story {sid!r} is not in the story catalog ({catalog.path.name})")
+            elif entry.verdict:
+                problems.append(f"{sid} is the {entry.verdict} verdict; it has no tests of its own")
+    return problems
+
+
+def plugin_facts(config, root: Path) -> list[dict]:
+    """Every registered plugin: its module (or its class's), and its file when it is a module.
+    in_repo: the file is one of the repository's sources (not the venv inside it)."""
+    pats = _sources.gitignore_patterns(root)
+    out = []
+    for _name, p in config.pluginmanager.list_name_plugin():
+        if p is None:
+            continue
+        f = getattr(p, "__file__", None)
+        if f:
+            path = Path(f).resolve()
+            rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else None
+            mine = rel is not None and _sources.counts(rel) and not _sources.ignored(rel, pats)
+            out.append({"module": getattr(p, "__name__", "?"), "file": rel if mine else str(path), "in_repo": mine})
+        else:
+            out.append({"module": f"{type(p).__module__}.{type(p).__qualname__}", "file": None, "in_repo": False})
+    return out
+
+
+def options_facts(config, root: Path) -> dict:
+    o = config.option
+    ini = config.inipath
+    return {
+        "args": [str(a) for a in config.invocation_params.args],
+        "addopts_env": os.environ.get("PYTEST_ADDOPTS") or None,
+        "plugin_autoload": os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") is None,
+        "inifile": (ini.relative_to(root).as_posix() if ini and ini.is_relative_to(root) else (str(ini) if ini else None)),
+        "rootdir_is_repo": Path(config.rootpath).resolve() == root,
+        "override_ini": list(getattr(o, "override_ini", None) or []),
+        "pythonwarnings": list(getattr(o, "pythonwarnings", None) or []),
+        "importmode": getattr(o, "importmode", None),
+        "assertmode": getattr(o, "assertmode", None),
+        "noconftest": bool(getattr(o, "noconftest", False)),
+        "usepdb": bool(getattr(o, "usepdb", False)),
+        "trace": bool(getattr(o, "trace", False)),
+        "inifilename": getattr(o, "inifilename", None),
+        "p": list(getattr(o, "plugins", None) or []),
+    }
+
+
 class Recorder:
     def __init__(self, config):
         self.config = config
         self.paths = resolve(config.getoption("--repo-root"), config.getoption("--stories-dir"),
                              config.getoption("--evidence-dir"))
-        self.enabled = not config.getoption("--no-evidence")
+        self.root = self.paths.root
+        self.manifest_out = config.getoption("--write-manifest")
+        self.enabled = not config.getoption("--no-evidence") and not self.manifest_out
         self.baselines = Baselines()
         self._sent_baselines: set = set()
         self.pending: dict[str, list] = {}        # nodeid -> metrics not yet attached to a report
@@ -90,48 +172,92 @@ class Recorder:
         self.collection_errors: list[dict] = []
         self.run_baselines: dict = {}
         self.written = None
+        self.written_sha = None
         self._cuda_name = None
         self.started = _evidence.utc_now()
         self.stories = None
-        self.hashes = None
+        self.catalog = None
+        self.snapshot = None
+        self.git = None
+        # where tests run: what they used
+        self._pats = _sources.gitignore_patterns(self.root)
+        self._module_files: dict[str, set] = {}    # test module path -> data files its import opened
+        self._fixture_files: dict = {}             # FixtureDef -> files its setup used
+        self._test_scope = None
+        self._raw: dict[str, str] = {}             # nodeid -> worst raw phase outcome seen
+        self.rewritten: list[str] = []
+        self.worker_facts: list[dict] = []
+        self.deselected = 0
+        self.selected = 0
+        # --write-manifest
+        self._items: list = []
+        self._collected_modules: set = set()
+        self._manifest_problems: list[dict] = []
 
-    # ---------- collection: strict marker validation ----------
+    # ---------- cards ----------
     def _load_cards(self):
         if self.stories is None:
             try:
                 self.stories = _cards.load_cards(self.paths.stories)
+                self.catalog = _catalog.load(self.root)
+                unknown = _catalog.unknown_cards(self.catalog, self.stories)
+                if unknown:
+                    raise _cards.CardError("; ".join(unknown))
             except _cards.CardError as e:
                 raise pytest.UsageError(str(e)) from None
         return self.stories
 
+    def _rel(self, path: str) -> str | None:
+        p = Path(path)
+        try:
+            rel = p.relative_to(self.root).as_posix() if p.is_absolute() else None
+        except ValueError:
+            return None
+        if rel and _sources.counts(rel) and not _sources.ignored(rel, self._pats):
+            return rel
+        return None
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session):
         self.started = _evidence.utc_now()
-        if not _is_worker(self.config):
-            # A bad card stops the run here, in the controller, before any worker starts.
-            stories = self._load_cards()
-            if self.enabled:
-                # Hash the tree at the start: the evidence describes the code that was tested.
-                self.hashes = _sources.hash_stories(self.paths.root, stories)
+        if _is_worker(self.config):
+            return
+        # A bad card stops the run here, in the controller, before any worker starts.
+        stories = self._load_cards()
+        if self.enabled or self.manifest_out:
+            # Hash the tree at the start: the evidence describes the code that was tested.
+            self.snapshot = _sources.snapshot(self.root)
+            for s in stories.values():      # a glob that matches nothing stops the run
+                try:
+                    _sources.card_files(self.snapshot, s)
+                except _cards.CardError as e:
+                    raise pytest.UsageError(str(e)) from None
+        if self.enabled:
+            self.git = _prov.git_state(self.root)
+
+    # ---------- collection ----------
+    def pytest_itemcollected(self, item):
+        if self.manifest_out:
+            self._items.append(item)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_make_collect_report(self, collector):
+        """Data files a test module opens while it is imported belong to its tests."""
+        if not (self.enabled and isinstance(collector, pytest.Module)):
+            yield
+            return
+        tr = _tracer.start()
+        scope = tr.begin(code=False)
+        try:
+            yield
+        finally:
+            tr.end(scope, collector.nodeid, code=False)
+            self._module_files[collector.nodeid] = {r for r in map(self._rel, scope) if r}
 
     def pytest_collection_modifyitems(self, session, config, items):
-        stories = self._load_cards()
-        bad = []
-        for item in items:
-            problems = []
-            marks = list(item.iter_markers("story"))
-            if not marks:
-                problems.append("no @pytest.mark.story(...) marker (every test proves a story)")
-            for m in marks:
-                if m.kwargs or not m.args:
-                    problems.append("story marker needs story ids as positional arguments")
-                for sid in m.args:
-                    if sid not in stories:
-                        problems.append(f"story {sid!r} has no card in {self.paths.stories}")
-                    elif stories[sid].is_verdict:
-                        problems.append(f"{sid} is the {stories[sid].verdict} verdict; it has no tests of its own")
-            if problems:
-                bad.append((item, problems))
+        self._load_cards()
+        known = set(self.catalog.stories)
+        bad = [(item, p) for item in items if (p := marker_problems(item, self.catalog))]
         if bad:
             # Reported as collection errors (not an exception): plain pytest and pytest-xdist
             # alike then stop with "errors during collection" before running anything, unless
@@ -141,9 +267,11 @@ class Recorder:
                 session.ihook.pytest_collectreport(report=rep)
             dropped = {id(item) for item, _ in bad}
             items[:] = [item for item in items if id(item) not in dropped]
+        if self.manifest_out:
+            return
         wanted = set(config.getoption("gpt_engine_story") or [])
         if wanted:
-            unknown = wanted - set(stories)
+            unknown = wanted - known
             if unknown:
                 raise pytest.UsageError(f"--story: unknown story id(s) {sorted(unknown)}")
             keep, drop = [], []
@@ -160,6 +288,12 @@ class Recorder:
                     if item.get_closest_marker("cuda"):
                         item.add_marker(skip)
 
+    def pytest_deselected(self, items):
+        self.deselected += len(items)
+
+    def pytest_collection_finish(self, session):
+        self.selected = len(session.items)
+
     # ---------- per test (runs where the test runs: worker or single process) ----------
     def _device(self, item) -> str | None:
         if not item.get_closest_marker("cuda"):
@@ -169,11 +303,50 @@ class Recorder:
             self._cuda_name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
         return self._cuda_name or None   # None: a CUDA test on a machine without CUDA
 
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item):
+        if self.enabled:
+            self._test_scope = _tracer.start().begin()
+        yield
+
     @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        if not self.enabled or self._test_scope is None:
+            yield
+            return
+        tr = _tracer.start()
+        scope = tr.begin()
+        try:
+            yield
+        finally:
+            tr.end(scope, f"fixture {fixturedef.argname}")
+            self._fixture_files.setdefault(fixturedef, set()).update(scope)
+            self._test_scope |= scope
+
+    def _used_files(self, item, scope) -> list[str]:
+        files = set(scope)
+        info = getattr(item, "_fixtureinfo", None)
+        for defs in (getattr(info, "name2fixturedefs", None) or {}).values():
+            for fd in defs:
+                files |= self._fixture_files.get(fd, set())
+                code = getattr(getattr(fd, "func", None), "__code__", None)
+                if code is not None:       # the file defining a fixture it requested (a conftest)
+                    files.add(code.co_filename)
+        rels = {r for r in map(self._rel, files) if r}
+        module = item.nodeid.split("::", 1)[0]
+        rels |= self._module_files.get(module, set())
+        mod_rel = self._rel(str(item.path))
+        if mod_rel:
+            rels.add(mod_rel)
+        return sorted(rels)
+
+    @pytest.hookimpl(hookwrapper=True, trylast=True)
     def pytest_runtest_makereport(self, item, call):
+        # trylast: the innermost wrapper, so `call` and the report are seen before any other
+        # plugin's wrapper restates them; the controller compares the final report with this.
         outcome = yield
         report = outcome.get_result()
-        payload = {"stories": _item_stories(item), "device": self._device(item)}
+        payload = {"stories": _item_stories(item), "device": self._device(item), "raw": _raw_outcome(call)}
         # The Bench object holds this very list: copy and clear it in place, never replace it.
         metrics = self.pending.get(item.nodeid)
         if metrics:
@@ -181,6 +354,10 @@ class Recorder:
             metrics.clear()
         if call.when == "teardown":
             self.pending.pop(item.nodeid, None)
+            if self.enabled and self._test_scope is not None:
+                scope = _tracer.start().end(self._test_scope, item.nodeid)
+                self._test_scope = None
+                payload["files"] = self._used_files(item, scope)
         new = {}
         for dev, vals in self.baselines.values.items():
             for k, v in vals.items():
@@ -192,6 +369,7 @@ class Recorder:
         report.user_properties.append((_PROP, payload))
 
     # ---------- aggregation (controller or single process) ----------
+    @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report):
         if _is_worker(self.config):
             return
@@ -204,8 +382,12 @@ class Recorder:
             rec = self.tests[report.nodeid] = {
                 "nodeid": report.nodeid, "stories": list(payload.get("stories", [])),
                 "outcome": None, "duration": 0.0, "device": payload.get("device", "cpu"),
-                "skip_reason": None, "message": None}
+                "skip_reason": None, "message": None, "_files": set()}
         rec["duration"] = round(rec["duration"] + float(report.duration or 0.0), 6)
+        raw = payload.get("raw")
+        if raw != "passed" and report.passed and not hasattr(report, "wasxfail"):
+            # a phase that raised was reported as passed: some hook rewrote it
+            self.rewritten.append(f"{report.nodeid} ({report.when}: {raw or 'no raw outcome'} reported as passed)")
         if report.when in ("setup", "call"):
             if report.skipped:
                 rec["outcome"] = "xfailed" if hasattr(report, "wasxfail") else "skipped"
@@ -218,33 +400,77 @@ class Recorder:
             rec["outcome"] = "error"
         if report.failed and not rec["message"]:
             rec["message"] = _failure_message(report)
+        rec["_files"].update(payload.get("files", []))
         for m in payload.get("metrics", []):
             self.metrics.append({**m, "nodeid": report.nodeid, "stories": rec["stories"]})
         for dev, vals in payload.get("baselines", {}).items():
             self.run_baselines.setdefault(dev if dev == "cpu" else (rec["device"] or dev), {}).update(vals)
 
     def pytest_collectreport(self, report):
+        if self.manifest_out and report.nodeid.endswith(".py") and "::" not in report.nodeid:
+            self._collected_modules.add(report.nodeid)
+            if report.outcome in ("skipped", "failed"):
+                what = "skipped at collection" if report.skipped else "could not be collected"
+                self._manifest_problems.append({"path": report.nodeid, "problem": what,
+                                                "reason": _skip_reason(report) if report.skipped else _failure_message(report)})
         if _is_worker(self.config) or not report.failed:
             return
         self.collection_errors.append({"nodeid": report.nodeid, "message": _failure_message(report)})
 
+    # ---------- end of the run ----------
+    def _facts(self) -> dict:
+        tr = _tracer._ACTIVE
+        return {"plugins": plugin_facts(self.config, self.root), "displaced": list(tr.displaced) if tr else [],
+                "deselected": self.deselected, "selected": self.selected}
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error):
+        facts = getattr(node, "workeroutput", {}).get(_PROP)
+        if facts:
+            self.worker_facts.append(facts)
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session, exitstatus):
-        if _is_worker(self.config) or not self.enabled or self.hashes is None:
+        if _is_worker(self.config):
+            self.config.workeroutput[_PROP] = self._facts()
+            return
+        if self.manifest_out:
+            self._write_manifest()
+            return
+        if not self.enabled or self.snapshot is None:
             return
         if self.config.option.collectonly or not (self.tests or self.collection_errors):
             return      # nothing ran: an empty file would only be noise in the folder
+        self._write_evidence(exitstatus)
+
+    def _write_evidence(self, exitstatus):
         finished = _evidence.utc_now()
-        prov = _prov.describe(self.paths.root)
+        prov = _prov.describe(self.root, self.git)
         gpu_names = {t["device"] for t in self.tests.values() if t["device"] not in ("cpu", None)}
         if gpu_names and not prov.get("gpu_name"):
             prov["gpu_name"] = sorted(gpu_names)[0]
         prov["machine_class"] = _prov.machine_class(prov.get("gpu_name"))
+        facts = [self._facts(), *self.worker_facts]
+        plugins = {(p["module"], p["file"], p["in_repo"]) for f in facts for p in f["plugins"]}
+        repo_plugins = sorted(p[1] for p in plugins if p[2])
+        known = self.snapshot
+        imports = _sources.Imports(self.root, known)
+        story_files, used_by_story, cuda_stories = {}, {}, set()
         for t in self.tests.values():
             if t["outcome"] is None:
                 t["outcome"] = "error"
                 t["message"] = t["message"] or "no call phase was reported"
-        hashes, members, files = self.hashes
+            for sid in t["stories"]:
+                used_by_story.setdefault(sid, set()).update(t["_files"])
+                if t["device"] not in ("cpu", None):
+                    cuda_stories.add(sid)
+        for sid, used in sorted(used_by_story.items()):
+            story_files[sid] = _sources.story_files(known, imports, used, self.stories.get(sid), sid in cuda_stories,
+                                                    repo_plugins, self.catalog.kernel_sources)
+        files = {f: known[f] for fs in story_files.values() for f in fs}
+        modified = sorted(f for f in files if self._sha_now(f) != files[f])
+        if modified:
+            prov["dirty"] = True     # the tested files changed while the tests ran
         wi = getattr(self.config, "workerinput", None)
         numproc = getattr(self.config.option, "numprocesses", None)
         doc = {
@@ -256,21 +482,67 @@ class Recorder:
                 "xdist_workers": numproc if numproc and wi is None else 0,
                 "story_filter": list(self.config.getoption("gpt_engine_story") or []),
                 "interrupted": int(exitstatus) == int(pytest.ExitCode.INTERRUPTED),
+                "selected": max([f["selected"] for f in facts] or [0]),
+                "deselected": max([f["deselected"] for f in facts] or [0]),
+                "modified_during_run": modified,
             },
+            "pytest": {**options_facts(self.config, self.root),
+                       "plugins": [{"module": m, "file": f, "in_repo": r} for m, f, r in sorted(plugins, key=str)],
+                       "tracer_displaced": sorted({d for f in facts for d in f["displaced"]}),
+                       "rewritten": sorted(self.rewritten)},
             "provenance": prov,
             "baselines": self.run_baselines,
-            "source_hashes": hashes,
-            "story_files": members,
-            "source_files": files,
-            "tests": sorted(self.tests.values(), key=lambda t: t["nodeid"]),
+            "source_hashes": {sid: _sources.combine({f: known[f] for f in fs}) for sid, fs in story_files.items()},
+            "story_files": story_files,
+            "source_files": dict(sorted(files.items())),
+            "tests": sorted(({k: v for k, v in t.items() if k != "_files"} for t in self.tests.values()),
+                            key=lambda t: t["nodeid"]),
             "benchmarks": self.metrics,
             "collection_errors": self.collection_errors,
         }
         self.written = _evidence.write(doc, self.paths.evidence)
+        self.written_sha = hashlib.sha256(self.written.read_bytes()).hexdigest()
+
+    def _sha_now(self, rel):
+        p = self.root / rel
+        return _sources.file_sha256(p) if p.is_file() else None
+
+    def _write_manifest(self):
+        """The expected test set (gates/manifest.py): every item collected, before any
+        deselection, and every test file that produced no items."""
+        self._load_cards()
+        known_ids = set(self.catalog.stories)
+        items, problems = [], list(self._manifest_problems)
+        for item in self._items:
+            bad = marker_problems(item, self.catalog)
+            if bad:
+                problems.append({"path": item.nodeid, "problem": "has a bad story marker", "reason": "; ".join(bad)})
+                continue
+            items.append({"nodeid": item.nodeid, "stories": _item_stories(item),
+                          "cuda": item.get_closest_marker("cuda") is not None,
+                          "benchmark": item.get_closest_marker("benchmark") is not None})
+        for rel in self.snapshot:
+            if rel.startswith("tests/") and TEST_FILE.search(rel) and rel not in self._collected_modules:
+                problems.append({"path": rel, "problem": "was not collected", "reason": "ignored by an option or a conftest"})
+        for p in problems:
+            path = p["path"].split("::", 1)[0]
+            try:
+                text = (self.root / path).read_text(encoding="utf-8")
+                ids = sorted(set(STORY_REF.findall(text)) & known_ids)
+            except (OSError, UnicodeDecodeError):
+                ids = []
+            p["stories"] = ids or None       # None: it names no story, so every story is incomplete
+        doc = {"items": sorted(items, key=lambda x: x["nodeid"]), "problems": problems}
+        out = Path(self.manifest_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".partial")
+        tmp.write_text(json.dumps(doc, indent=0) + "\n")
+        os.replace(tmp, out)
 
     def pytest_terminal_summary(self, terminalreporter):
         if self.written is not None:
-            terminalreporter.write_line(f"evidence: {self.written}")
+            # the raw log carries the evidence file's hash: the two vouch for each other
+            terminalreporter.write_line(f"evidence: {self.written} sha256={self.written_sha}")
 
 
 @pytest.fixture

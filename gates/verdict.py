@@ -1,28 +1,35 @@
-"""From story cards + evidence files to criterion states, story statuses and gate verdicts.
+"""From the catalog, the cards, the expected test set and the evidence to criterion states,
+story statuses and gate verdicts.
 
-Rules (issue 3, DESIGN.md "Evidence and gates"):
-- Evidence counts only from the device a criterion requires ("cpu", or a real CUDA device
-  name for "cuda"; a CUDA test that skipped on a machine without a GPU counts for neither).
-- Evidence is fresh only while the story's source hash in the evidence equals the working
-  tree's. Stale evidence never passes; it only explains why a criterion is not met.
-- Tests: newest fresh record per test (a run that did not select a test says nothing about
-  it, so CPU evidence from this CI run and CUDA evidence from a committed GPU file combine);
-  every test of the criterion must have passed, and at least one must exist.
-- Benchmarks: the newest fresh record of each case (metric name) on the device decides; each
-  record carries references measured in its own run, so ratios stay same-run. Every case
-  must be valid, come from a passing test and meet every threshold.
-- Skipped, missing, stale, failing and invalid never pass.
+Rules (issue 10; docs/harness.md "Verdicts"):
+- Only evidence that passes the audit counts (gates/audit.py); the rest is shown, never used.
+- A record is fresh for a story while every file the run recorded for that story still has
+  the hash it had (gates/sources.py); stale records never pass, they explain.
+- Tests: the expected set comes from collection (gates/manifest.py). Every expected test of
+  the story and device needs a fresh passing record from the newest run that has one; a test
+  without one leaves the criterion incomplete, whatever the other tests did.
+- Benchmarks: the cases are the metrics that the story's benchmark tests recorded in the run
+  that gave each test its newest fresh record. Every ratio is recomputed from the value and
+  the references, and the physics checks (gates/physics.py) are applied again.
+- A gate's stories and bars come from the catalog: a missing, moved or loosened card is a
+  blocker. Skipped, missing, stale, incomplete, failing and invalid never pass.
 """
 from __future__ import annotations
 
 import fnmatch
+import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from gates.cards import GATES, Criterion, Story, stories_of_gate
+from gates import audit as _audit
+from gates import catalog as _catalog
+from gates import manifest as _manifest
+from gates import physics
+from gates.cards import GATES, CardError, Criterion, Story
 
 SAMPLE_TESTS = 25     # test ids listed per evidence file in gate JSON and reports
 STATUSES = ("verified", "partial", "cpu-only", "stale", "failing", "not-started")
+STATES = ("pass", "fail", "invalid", "stale", "skipped", "incomplete", "missing")
 
 
 def device_matches(required: str, actual) -> bool:
@@ -48,12 +55,18 @@ def age_text(iso_ts: str, now: datetime | None = None) -> str:
     return f"{s // 86400}d"
 
 
+def _few(xs, n=3) -> str:
+    xs = list(xs)
+    return "; ".join(xs[:n]) + (f" (+{len(xs) - n} more)" if len(xs) > n else "")
+
+
 @dataclass
 class CritResult:
     criterion: Criterion
-    state: str                   # pass | fail | invalid | stale | skipped | missing
+    state: str                   # one of STATES
     reason: str
     evidence: list = field(default_factory=list)   # [{file, commit, finished, machine_class, ...}]
+    counts: dict = field(default_factory=dict)     # tests: expected / passed / ...
 
     @property
     def passed(self) -> bool:
@@ -62,11 +75,12 @@ class CritResult:
     def to_json(self) -> dict:
         c = self.criterion
         d = {"label": c.label, "kind": c.kind, "device": c.device, "state": self.state,
-             "passed": self.passed, "reason": self.reason, "evidence": self.evidence}
+             "passed": self.passed, "reason": self.reason, "evidence": self.evidence, "counts": self.counts}
         if c.kind == "tests" and c.keyword:
             d["keyword"] = c.keyword
         if c.kind == "benchmark":
-            d.update(metric=c.metric, min_ratio=c.min_ratio, max_ratio=c.max_ratio, where=c.where)
+            d.update(metric=c.metric, min_ratio=c.min_ratio, max_ratio=c.max_ratio, where=c.where,
+                     aggregate=c.aggregate)
         return d
 
 
@@ -76,8 +90,8 @@ class StoryResult:
     status: str
     criteria: list
     implemented: bool            # some test marked with the story ran somewhere
-    tested: bool                 # its CPU tests pass (fresh, newest record per test)
-    fresh_hash: str | None = None
+    tested: bool                 # its CPU tests all pass (fresh, counted evidence)
+    card_problems: list = field(default_factory=list)   # disagreements with the catalog
 
     @property
     def validated(self) -> bool:
@@ -87,7 +101,8 @@ class StoryResult:
         s = self.story
         return {"id": s.id, "title": s.title, "sprint": s.sprint, "gate": s.gate, "status": self.status,
                 "implemented": self.implemented, "tested": self.tested, "validated": self.validated,
-                "verdict_of": s.verdict, "criteria": [c.to_json() for c in self.criteria]}
+                "verdict_of": s.verdict, "card_problems": self.card_problems,
+                "criteria": [c.to_json() for c in self.criteria]}
 
 
 def _run_ref(run, **extra) -> dict:
@@ -96,81 +111,146 @@ def _run_ref(run, **extra) -> dict:
             "finished": _ts(run), "machine_class": p.get("machine_class"), **extra}
 
 
-def _stale_reason(run, sid, cur_members, cur_files) -> str:
-    old_files = run.get("source_files", {})
-    old_members = set(run.get("story_files", {}).get(sid, []))
-    new_members = set(cur_members.get(sid, []))
-    changed = sorted(f for f in old_members & new_members if old_files.get(f) != cur_files.get(f))
-    added, removed = sorted(new_members - old_members), sorted(old_members - new_members)
-    parts = []
-    for label, fs in (("changed", changed), ("added", added), ("removed", removed)):
-        if fs:
-            parts.append(f"{label} {', '.join(fs[:3])}" + (f" (+{len(fs) - 3} more)" if len(fs) > 3 else ""))
-    return "; ".join(parts) or "source hash differs"
-
-
 class Evaluator:
-    def __init__(self, stories: dict, runs: list, current: tuple):
+    def __init__(self, stories: dict, runs: list, tree, *, catalog=None, manifest=None, audits=None):
+        """tree: gates.sources.Tree (sources.hash_stories(root)). catalog, manifest and audits
+        default to the ones of tree.root (the harness's own tests pass synthetic ones)."""
         self.stories = stories
+        self.tree = tree
         self.runs = sorted(runs, key=lambda r: (_ts(r), r["_file"]), reverse=True)   # newest first
-        self.hashes, self.members, self.files = current
+        tree.runs = self.runs
+        self.catalog = catalog or _catalog.load(tree.root)
+        unknown = _catalog.unknown_cards(self.catalog, stories)
+        if unknown:
+            raise CardError("; ".join(unknown))
+        if manifest is None:
+            folder = next(iter(stories.values())).path.parent if stories else tree.root / "stories"
+            manifest = _manifest.load(tree.root, folder)
+        self.manifest = manifest
+        if audits is None:
+            audits = _audit.audit_runs(tree.root, runs)
+        self.audits, self.gone = audits
+        self.counting = [r for r in self.runs if self.audits[r["_file"]].counts]
+        self._index: dict[str, dict] = {}
+        self._fresh: dict = {}
         self._story_cache: dict[str, StoryResult] = {}
         self._gate_cache: dict[str, dict] = {}
 
+    # ---------- freshness ----------
     def fresh(self, run, sid) -> bool:
-        return run.get("source_hashes", {}).get(sid) == self.hashes.get(sid)
+        key = (run["_file"], sid)
+        if key not in self._fresh:
+            files = run.get("story_files", {}).get(sid)
+            if files is None:
+                self._fresh[key] = False
+            else:
+                changed, removed = self.tree.changes(run.get("source_files", {}), files)
+                self._fresh[key] = not changed and not removed
+        return self._fresh[key]
+
+    def stale_reason(self, run, sid) -> str:
+        files = run.get("story_files", {}).get(sid, [])
+        changed, removed = self.tree.changes(run.get("source_files", {}), files)
+        parts = [f"{label} {_few(fs)}" for label, fs in (("changed", changed), ("removed", removed)) if fs]
+        return ", ".join(parts) or "the run recorded no files for this story"
+
+    def _records(self, run) -> dict:
+        if run["_file"] not in self._index:
+            self._index[run["_file"]] = {t["nodeid"]: t for t in run["tests"]}
+        return self._index[run["_file"]]
+
+    def _choose(self, sid: str, device: str, nodeids: list) -> dict:
+        """nodeid -> ("fresh", record, run) | ("stale", record, run) | ("rejected", record, run) | None."""
+        out = {}
+        for nid in nodeids:
+            best = None
+            for run in self.runs:
+                t = self._records(run).get(nid)
+                if t is None or sid not in t["stories"] or not device_matches(device, t.get("device")):
+                    continue
+                if not self.audits[run["_file"]].counts:
+                    best = best or ("rejected", t, run)
+                elif self.fresh(run, sid):
+                    best = ("fresh", t, run)
+                    break
+                elif best is None or best[0] == "rejected":
+                    best = ("stale", t, run)
+            out[nid] = best
+        return out
+
+    def _not_counted(self, chosen: dict) -> str:
+        files = {c[2]["_file"]: c[2] for c in chosen.values() if c and c[0] == "rejected"}
+        if not files:
+            return ""
+        f, run = sorted(files.items())[-1]
+        a = self.audits[f]
+        why = (a.tampered + a.reasons)[:2]
+        return f"; evidence that does not count: {f} ({'; '.join(why)})"
 
     # ---------- criteria ----------
+    def _also_ran(self, sid: str, device: str, keyword=None, benchmark=False) -> list[str]:
+        """Tests of the story that a fresh, counted run recorded on the device but collection
+        here did not produce (a test collected only where there is a GPU): they are judged too,
+        so a failure there cannot hide outside the expected set."""
+        out = set()
+        for run in self.counting:
+            if not self.fresh(run, sid):
+                continue
+            if benchmark:
+                out.update(m["nodeid"] for m in run["benchmarks"]
+                           if sid in m.get("stories", []) and device_matches(device, m.get("device")))
+            else:
+                out.update(t["nodeid"] for t in run["tests"] if sid in t["stories"]
+                           and device_matches(device, t.get("device")) and (not keyword or keyword in t["nodeid"]))
+        return sorted(out)
+
     def _tests(self, s: Story, c: Criterion) -> CritResult:
-        newest: dict[str, tuple] = {}         # nodeid -> (record, run), fresh only
-        stale_run = None
-        no_device: set = set()               # CUDA tests that ran where there was no GPU
-        for run in self.runs:
-            recs = [t for t in run["tests"] if s.id in t["stories"]
-                    and (not c.keyword or c.keyword in t["nodeid"])]
-            if c.device == "cuda" and self.fresh(run, s.id):
-                no_device.update(t["nodeid"] for t in recs if t.get("device") is None)
-            recs = [t for t in recs if device_matches(c.device, t.get("device"))]
-            if not recs:
-                continue
-            if not self.fresh(run, s.id):
-                stale_run = stale_run or run
-                continue
-            for t in recs:
-                newest.setdefault(t["nodeid"], (t, run))
-        if not newest:
-            if stale_run is not None:
-                return CritResult(c, "stale", "only stale evidence (" + _stale_reason(stale_run, s.id, self.members, self.files)
-                                  + f"); newest was {stale_run['_file']}", [_run_ref(stale_run)])
-            sel = f" matching '{c.keyword}'" if c.keyword else ""
-            if c.device == "cuda" and no_device:
-                return CritResult(c, "missing", f"no CUDA evidence: {len(no_device)} CUDA test(s){sel} only ran on machines without a GPU (skipped)")
-            return CritResult(c, "missing", f"no {c.device} test marked {s.id}{sel} has run")
-        # Every CUDA test the fresh tree has (seen skipped on machines without a GPU) must
-        # have GPU evidence: a GPU run that selected only some of them proves only those.
-        uncovered = sorted(no_device - set(newest))
-        bad = [(t, r) for t, r in newest.values() if t["outcome"] in ("failed", "error", "xpassed")]
-        skipped = [(t, r) for t, r in newest.values() if t["outcome"] in ("skipped", "xfailed")]
+        expected = self.manifest.expected(s.id, c.device, c.keyword)
+        expected += [n for n in self._also_ran(s.id, c.device, c.keyword) if n not in set(expected)]
+        problems = self.manifest.problems_for(s.id)
+        sel = f" matching '{c.keyword}'" if c.keyword else ""
+        if not expected:
+            if problems:
+                return CritResult(c, "incomplete", "its tests cannot be known: " + _few(problems))
+            return CritResult(c, "missing", f"no {c.device} test is marked {s.id}{sel} in the tree")
+        chosen = self._choose(s.id, c.device, expected)
+        fresh = {n: (t, r) for n, x in chosen.items() if x and x[0] == "fresh" for t, r in [x[1:]]}
+        stale = {n: x[2] for n, x in chosen.items() if x and x[0] == "stale"}
+        lacking = [n for n in expected if n not in fresh]
+        bad = [(n, t) for n, (t, r) in fresh.items() if t["outcome"] in ("failed", "error", "xpassed")]
+        skipped = [(n, t) for n, (t, r) in fresh.items() if t["outcome"] in ("skipped", "xfailed")]
         runs_used: dict[str, list] = {}
-        for t, r in newest.values():
+        for n, (t, r) in fresh.items():
             runs_used.setdefault(r["_file"], [r, []])[1].append(t)
         ev = [_run_ref(r, tests=len(ts), devices=sorted({t["device"] for t in ts}),
                        nodeids=sorted(t["nodeid"] for t in ts)[:SAMPLE_TESTS])
               for r, ts in sorted(runs_used.values(), key=lambda x: _ts(x[0]), reverse=True)]
-        n = len(newest)
+        n = len(expected)
+        counts = {"expected": n, "fresh": len(fresh), "passed": sum(t["outcome"] == "passed" for t, _ in fresh.values()),
+                  "failing": len(bad), "skipped": len(skipped), "stale": len(stale), "lacking": len(lacking)}
         if bad:
-            names = "; ".join(f"{t['nodeid']} {t['outcome']}" + (f" ({t['message']})" if t.get("message") else "") for t, _ in bad[:3])
-            more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-            return CritResult(c, "fail", f"{len(bad)}/{n} failing: {names}{more}", ev)
-        if uncovered:
-            more = f" (+{len(uncovered) - 3} more)" if len(uncovered) > 3 else ""
-            return CritResult(c, "missing", f"{len(uncovered)} of {len(uncovered) + n} CUDA test(s) have no fresh GPU "
-                              f"evidence: {'; '.join(uncovered[:3])}{more}", ev)
+            names = _few([f"{nid} {t['outcome']}" + (f" ({t['message']})" if t.get("message") else "") for nid, t in bad])
+            return CritResult(c, "fail", f"{len(bad)}/{n} failing: {names}", ev, counts)
+        if problems:
+            return CritResult(c, "incomplete", f"the expected test set is incomplete: {_few(problems)}", ev, counts)
+        if lacking:
+            if not fresh:
+                if stale:
+                    run = max(stale.values(), key=_ts)
+                    return CritResult(c, "stale", f"only stale evidence for the {n} {c.device} test(s){sel} ("
+                                      + self.stale_reason(run, s.id) + f"); newest was {run['_file']}",
+                                      [_run_ref(run)], counts)
+                nodev = ""
+                if c.device == "cuda":
+                    nodev = " (CUDA tests that ran where there was no GPU count for nothing)"
+                return CritResult(c, "missing", f"none of the {n} {c.device} test(s){sel} has a fresh record{nodev}"
+                                  + self._not_counted(chosen), ev, counts)
+            return CritResult(c, "incomplete", f"{len(lacking)} of {n} {c.device} test(s){sel} have no fresh record "
+                              f"(not run, deselected or stale): {_few(lacking)}" + self._not_counted(chosen), ev, counts)
         if skipped:
-            names = "; ".join(f"{t['nodeid']} ({t.get('skip_reason') or 'no reason'})" for t, _ in skipped[:3])
-            more = f" (+{len(skipped) - 3} more)" if len(skipped) > 3 else ""
-            return CritResult(c, "skipped", f"{len(skipped)}/{n} skipped (a skip is not a pass): {names}{more}", ev)
-        return CritResult(c, "pass", f"{n} test(s) passed", ev)
+            names = _few([f"{nid} ({t.get('skip_reason') or 'no reason'})" for nid, t in skipped])
+            return CritResult(c, "skipped", f"{len(skipped)}/{n} skipped (a skip is not a pass): {names}", ev, counts)
+        return CritResult(c, "pass", f"all {n} test(s) passed", ev, counts)
 
     def _where_ok(self, c: Criterion, params: dict) -> bool:
         for key, cond in c.where.items():
@@ -187,70 +267,115 @@ class Evaluator:
         return True
 
     def _bench(self, s: Story, c: Criterion) -> CritResult:
-        """Newest fresh record per case (metric name): each record carries references measured
-        in its own run, so ratios stay same-run while a run that re-measured only some cases
-        says nothing about the others."""
-        stale_run = None
-        seen_unfiltered = False
-        chosen: dict[str, tuple] = {}          # metric name -> (run, [records of that run])
-        for run in self.runs:
-            ms = [m for m in run["benchmarks"] if fnmatch.fnmatchcase(m["name"], c.metric)
-                  and device_matches(c.device, m.get("device"))]
-            seen_unfiltered = seen_unfiltered or bool(ms)
-            ms = [m for m in ms if self._where_ok(c, m.get("params", {}))]
-            if not ms:
-                continue
-            if not self.fresh(run, s.id):
-                stale_run = stale_run or run
-                continue
+        tests = self.manifest.expected(s.id, c.device, benchmark_only=True)
+        tests += [n for n in self._also_ran(s.id, c.device, benchmark=True) if n not in set(tests)]
+        if not tests:
+            return CritResult(c, "missing", f"no {c.device} benchmark test is marked {s.id} in the tree")
+        chosen = self._choose(s.id, c.device, tests)
+        lacking = [n for n in tests if not (chosen[n] and chosen[n][0] == "fresh")]
+        if lacking:
+            stale = [x[2] for x in chosen.values() if x and x[0] == "stale"]
+            if stale and len(lacking) == len(tests):
+                run = max(stale, key=_ts)
+                return CritResult(c, "stale", "only stale benchmark evidence (" + self.stale_reason(run, s.id)
+                                  + f"); newest was {run['_file']}", [_run_ref(run)])
+            state = "missing" if len(lacking) == len(tests) else "incomplete"
+            return CritResult(c, state, f"{len(lacking)} of {len(tests)} benchmark test(s) of {s.id} have no fresh "
+                              f"record: {_few(lacking)}" + self._not_counted(chosen))
+        cases, problems = [], []
+        named = 0
+        for nid in tests:
+            _, t, run = chosen[nid]
+            ms = [m for m in run["benchmarks"] if m.get("nodeid") == nid and s.id in m.get("stories", [])
+                  and fnmatch.fnmatchcase(m["name"], c.metric) and device_matches(c.device, m.get("device"))]
+            named += len(ms)
             for m in ms:
-                if m["name"] not in chosen or chosen[m["name"]][0] is run:
-                    chosen.setdefault(m["name"], (run, []))[1].append(m)
-        if chosen:
-            return self._judge_metrics(c, list(chosen.values()))
-        if stale_run is not None:
-            return CritResult(c, "stale", "only stale benchmark evidence (" + _stale_reason(stale_run, s.id, self.members, self.files)
-                              + f"); newest was {stale_run['_file']}", [_run_ref(stale_run)])
-        if seen_unfiltered:
-            return CritResult(c, "missing", f"metric {c.metric} recorded, but no case satisfies where {c.where}")
-        return CritResult(c, "missing", f"metric {c.metric} never recorded on {c.device}")
+                lack = [k for k in c.where if k not in m.get("params", {})]
+                if lack:
+                    problems.append(f"{m['name']}: lacks param(s) {', '.join(lack)} that the bar's `where` needs")
+                elif self._where_ok(c, m.get("params", {})):
+                    cases.append((m, t, run))
+        if not cases:
+            if named and not problems:
+                return CritResult(c, "missing", f"metric {c.metric} recorded, but no case satisfies where {c.where}")
+            if not problems:
+                return CritResult(c, "missing", f"the benchmark tests of {s.id} recorded no metric {c.metric} on {c.device}")
+        return self._judge(c, cases, problems)
 
-    def _judge_metrics(self, c: Criterion, chosen: list) -> CritResult:
-        problems, invalid = [], []
+    def _judge(self, c: Criterion, cases: list, problems: list) -> CritResult:
+        invalid = []
         by_run: dict[str, list] = {}
-        n = 0
-        for run, ms in chosen:
-            outcomes = {t["nodeid"]: t["outcome"] for t in run["tests"]}
-            cases = by_run.setdefault(run["_file"], [run, []])[1]
-            for m in ms:
-                n += 1
-                case = {"name": m["name"], "value": m["value"], "unit": m["unit"], "kind": m["kind"],
-                        "device": m.get("device"), "valid": m.get("valid", False), "params": m.get("params", {}),
-                        "references": m["references"], "normalized": m.get("ratios", {}), "ratios": {}}
-                if not m.get("valid", False):
-                    invalid.append(f"{m['name']}: {m.get('invalid_reason') or 'invalid'}")
-                if outcomes.get(m["nodeid"]) != "passed":
-                    problems.append(f"{m['name']}: its test {m['nodeid']} {outcomes.get(m['nodeid'], 'has no record')}")
-                for bounds, ok in ((c.min_ratio, lambda r, x: r >= x), (c.max_ratio, lambda r, x: r <= x)):
-                    for ref, x in bounds.items():
-                        rv = m["references"].get(ref)
-                        if not isinstance(rv, (int, float)) or rv <= 0:
-                            problems.append(f"{m['name']}: no reference '{ref}' measured in the run")
-                            continue
-                        r = m["value"] / rv
-                        case["ratios"][ref] = r
-                        if not ok(r, x):
-                            op = ">=" if bounds is c.min_ratio else "<="
-                            problems.append(f"{m['name']}: {m['value']:.4g} {m['unit']} / {ref} {rv:.4g} = {r:.3g}, needs {op} {x:g}")
-                cases.append(case)
-        ev = [_run_ref(run, cases=cases) for run, cases in sorted(by_run.values(), key=lambda x: _ts(x[0]), reverse=True)]
+        ratios: dict[str, list] = {}
+        for m, t, run in cases:
+            dev = m.get("device") or "cpu"
+            base = run.get("baselines", {}).get(dev, {})
+            copy, matmul = base.get("copy_gbps"), base.get("matmul_tflops")
+            refs = dict(m.get("references", {}))
+            reasons = []
+            if not m.get("valid", False):
+                reasons.append(m.get("invalid_reason") or "recorded invalid")
+            try:
+                f = physics.factor(m["kind"], m["unit"])
+                for ref, base_v in (("copy", copy), ("matmul", matmul)):
+                    if ref in refs and (base_v is None or abs(refs[ref] * f - base_v) > 1e-9 * base_v):
+                        reasons.append(f"reference {ref} {refs[ref]:.6g} is not the run's measured baseline")
+            except (KeyError, TypeError):
+                reasons.append(f"unknown kind/unit {m.get('kind')}/{m.get('unit')}")
+            reasons += physics.problems(m["kind"], m["unit"], m["value"], refs, m.get("params", {}),
+                                        dev != "cpu", copy, matmul)
+            reasons += physics.baseline_problems(dev, copy, matmul, self.catalog.devices.get(dev))
+            if reasons:
+                invalid.append(f"{m['name']}: {'; '.join(dict.fromkeys(reasons))}")
+            if t["outcome"] != "passed":
+                problems.append(f"{m['name']}: its test {t['nodeid']} {t['outcome']}")
+            hib = m.get("higher_is_better", True)
+            case = {"name": m["name"], "value": m["value"], "unit": m["unit"], "kind": m["kind"],
+                    "device": m.get("device"), "valid": not reasons, "params": m.get("params", {}),
+                    "references": refs, "ratios": {},
+                    # recomputed, never read from the evidence: value vs each reference, > 1 is better
+                    "normalized": {ref: physics.ratio(m["value"], rv, hib) for ref, rv in refs.items()
+                                   if physics.positive(rv) and physics.positive(m["value"])}}
+            for ref in {**c.min_ratio, **c.max_ratio}:
+                rv = refs.get(ref)
+                if not physics.positive(rv) or not physics.positive(m["value"]):
+                    problems.append(f"{m['name']}: no reference '{ref}' measured in the run")
+                    continue
+                r = m["value"] / rv        # the bar is on value / reference, recomputed here
+                case["ratios"][ref] = r
+                ratios.setdefault(ref, []).append((r, m))
+            by_run.setdefault(run["_file"], [run, []])[1].append(case)
+        for bounds, ok, op in ((c.min_ratio, lambda r, x: r >= x, ">="), (c.max_ratio, lambda r, x: r <= x, "<=")):
+            for ref, x in bounds.items():
+                rs = ratios.get(ref, [])
+                if c.aggregate == "median":
+                    if rs and not ok(statistics.median(r for r, _ in rs), x):
+                        problems.append(f"median {ref} ratio over {len(rs)} case(s) = {statistics.median(r for r, _ in rs):.3g}, needs {op} {x:g}")
+                    continue
+                for r, m in rs:
+                    if not ok(r, x):
+                        problems.append(f"{m['name']}: {m['value']:.4g} {m['unit']} / {ref} {m['references'][ref]:.4g} = {r:.3g}, needs {op} {x:g}")
+        ev = [_run_ref(run, cases=cs) for run, cs in sorted(by_run.values(), key=lambda x: _ts(x[0]), reverse=True)]
+        n = len(cases)
         if invalid:
-            more = f" (+{len(invalid) - 3} more)" if len(invalid) > 3 else ""
-            return CritResult(c, "invalid", f"{len(invalid)}/{n} invalid: " + "; ".join(invalid[:3]) + more, ev)
+            return CritResult(c, "invalid", f"{len(invalid)}/{n} invalid: " + _few(invalid), ev)
         if problems:
-            more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-            return CritResult(c, "fail", f"{len(problems)} problem(s) in {n} case(s): " + "; ".join(problems[:3]) + more, ev)
-        return CritResult(c, "pass", f"{n} case(s) meet the bar", ev)
+            return CritResult(c, "fail", f"{len(problems)} problem(s) in {n} case(s): " + _few(problems), ev)
+        what = "the median case meets" if c.aggregate == "median" else f"{n} case(s) meet"
+        return CritResult(c, "pass", f"{what} the bar", ev)
+
+    def _unchecked(self, s: Story) -> list[CritResult]:
+        """Tests marked with the story that no criterion of its card looks at (a failing CPU
+        test relabelled `cuda` in a CPU-only story would otherwise vanish)."""
+        out = []
+        for dev in ("cpu", "cuda"):
+            kws = [c.keyword for c in s.criteria if c.kind == "tests" and c.device == dev]
+            left = [n for n in self.manifest.expected(s.id, dev)
+                    if not any(kw is None or kw in n for kw in kws)]
+            if left:
+                c = Criterion("tests", dev, why="every test marked with the story is checked by a criterion")
+                out.append(CritResult(c, "incomplete", f"{len(left)} {dev} test(s) marked {s.id} are checked by no "
+                                      f"criterion of its card: {_few(left)}", counts={"unchecked": len(left)}))
+        return out
 
     def criterion(self, s: Story, c: Criterion) -> CritResult:
         return self._tests(s, c) if c.kind == "tests" else self._bench(s, c)
@@ -260,37 +385,31 @@ class Evaluator:
         if sid in self._story_cache:
             return self._story_cache[sid]
         s = self.stories[sid]
-        any_recs = [t for r in self.runs for t in r["tests"] if sid in t["stories"]]
-        implemented = bool(any_recs)
-        cpu_newest: dict[str, str] = {}
-        for r in self.runs:
-            if self.fresh(r, sid):
-                for t in r["tests"]:
-                    if sid in t["stories"] and t.get("device") == "cpu":
-                        cpu_newest.setdefault(t["nodeid"], t["outcome"])
-        tested = bool(cpu_newest) and all(o == "passed" for o in cpu_newest.values())
+        entry = self.catalog.stories.get(sid)
+        card_problems = _catalog.card_problems(entry, s) if entry else []
+        implemented = any(sid in t["stories"] for r in self.runs for t in r["tests"])
         if s.is_verdict:
             g = self.gate(s.verdict)
-            members = [self.story(x.id) for x in stories_of_gate(self.stories, s.verdict)]
-            # a failing gate reads like its worst member (a gate blocked by failing stories is
-            # "failing", not merely "partial")
+            members = [self.story(x) for x in self.catalog.stories_of_gate(s.verdict) if x in self.stories]
             member_status = {m.status for m in members}
             if g["verdict"] == "pass":
                 status = "verified"
-            elif "failing" in member_status:
+            elif "failing" in member_status or card_problems:
                 status = "failing"
             elif "stale" in member_status:
                 status = "stale"
             else:
                 status = "partial" if any(m.implemented for m in members) else "not-started"
-            res = StoryResult(s, status, [], implemented, tested)
+            res = StoryResult(s, status, [], implemented, False, card_problems)
         else:
-            crits = [self.criterion(s, c) for c in s.criteria]
+            crits = [self.criterion(s, c) for c in s.criteria] + self._unchecked(s)
             states = [c.state for c in crits]
-            if all(st == "pass" for st in states):
-                status = "verified"
-            elif any(st in ("fail", "invalid") for st in states):
+            cpu_tests = [c for c in crits if c.criterion.kind == "tests" and c.criterion.device == "cpu"]
+            tested = bool(cpu_tests) and all(c.passed for c in cpu_tests)
+            if card_problems or any(st in ("fail", "invalid") for st in states):
                 status = "failing"
+            elif all(st == "pass" for st in states):
+                status = "verified"
             elif any(st == "stale" for st in states):
                 status = "stale"
             elif not implemented and not any(st == "pass" for st in states):
@@ -300,7 +419,7 @@ class Evaluator:
                 status = "cpu-only"
             else:
                 status = "partial"
-            res = StoryResult(s, status, crits, implemented, tested)
+            res = StoryResult(s, status, crits, implemented, tested, card_problems)
         self._story_cache[sid] = res
         return res
 
@@ -312,27 +431,38 @@ class Evaluator:
         if name in self._gate_cache:
             return self._gate_cache[name]
         g = GATES[name]
-        members = stories_of_gate(self.stories, name)
-        results = [self.story(s.id) for s in members]
+        ids = self.catalog.stories_of_gate(name)
+        results = [self.story(sid) for sid in ids if sid in self.stories]
         blockers = []
         if g.upstream:
             up = self.gate(g.upstream)
             if up["verdict"] != "pass":
                 blockers.append({"story": None, "criterion": f"upstream {g.upstream}", "state": "fail",
                                  "reason": f"upstream gate {g.upstream} does not pass ({len(up['blockers'])} blocker(s))"})
-        if not members:
-            blockers.append({"story": None, "criterion": "stories", "state": "missing", "reason": f"no story cards for {name}"})
+        if not ids:
+            blockers.append({"story": None, "criterion": "stories", "state": "missing", "reason": f"the catalog has no story for {name}"})
+        for sid in [*ids, *([g.verdict_story] if g.verdict_story else [])]:
+            entry = self.catalog.stories.get(sid)
+            if entry is None:
+                continue
+            for p in _catalog.card_problems(entry, self.stories.get(sid)):
+                blockers.append({"story": sid, "criterion": "card", "state": "fail", "reason": p})
         for r in results:
             for cr in r.criteria:
                 if not cr.passed:
                     blockers.append({"story": r.story.id, "criterion": cr.criterion.label, "state": cr.state, "reason": cr.reason})
+        # an edited or deleted committed evidence file blocks every gate: dropping it from the
+        # judgement would let the older evidence it replaced decide
+        for msg in [*self.gone, *(t for r in self.runs for t in self.audits[r["_file"]].tampered)]:
+            blockers.append({"story": None, "criterion": "evidence", "state": "fail", "reason": msg})
         doc = {
             "gate": name, "verdict": "fail" if blockers else "pass", "upstream": g.upstream,
             "sprints": list(g.sprints),
-            "stories": [{"id": r.story.id, "title": r.story.title, "status": r.status,
+            "stories": [{"id": r.story.id, "title": r.story.title, "status": r.status, "card_problems": r.card_problems,
                          "criteria": [c.to_json() for c in r.criteria]} for r in results],
             "blockers": blockers,
             "evidence_files": [r["_file"] for r in self.runs],
+            "evidence_audit": [self.audits[r["_file"]].to_json() for r in self.runs],
         }
         self._gate_cache[name] = doc
         return doc

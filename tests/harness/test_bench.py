@@ -58,3 +58,30 @@ def test_cpu_time_is_a_positive_median():
     calls = []
     t = b.cpu_time(lambda: calls.append(sum(range(2000))), warmup=1, reps=5)
     assert t > 0 and len(calls) == 6
+
+
+def test_faster_than_a_launch_is_invalid():
+    b, _ = make_bench()
+    assert "faster than a kernel launch" in b.record("t", 1e-12, "s", kind="time")["invalid_reason"]
+    assert b.record("t", 2e-6, "s", kind="time")["valid"]
+    m = b.record("layernorm.fp16", 2500.0, "GB/s", kind="bandwidth", params={"time_s": 1e-9})
+    assert not m["valid"] and "params.time_s" in m["invalid_reason"]
+    cpu, _ = make_bench("cpu")
+    assert not cpu.record("t", 1e-9, "s", kind="time")["valid"]
+
+
+def test_timed_calls_are_not_traced_but_warmup_calls_are():
+    """The used-files trace slows Python down: the bench fixture pauses it while it times."""
+    from gates import tracer
+    b, _ = make_bench("cpu")
+    seen = []
+    tr = tracer.start()
+    scope = tr.begin()
+    try:
+        b.cpu_time(lambda: seen.append(tr._installed()), warmup=1, reps=3)
+    finally:
+        tr.end(scope, "bench test")
+    assert seen == [True, False, False, False]
+    assert __file__ in scope                    # the warm-up call was noted
+    with pytest.raises(ValueError, match="warmup"):
+        b.cpu_time(lambda: None, warmup=0, reps=3)

@@ -8,7 +8,7 @@ import pytest
 from gates import evidence
 from gates.cli import main
 
-from tests.harness._synth import Repo, passing_gate1
+from tests.harness._synth import GPU, Repo, git, passing_gate1
 
 pytestmark = pytest.mark.story("GT-042")
 
@@ -87,6 +87,33 @@ def test_prune_keeps_newest_runs_per_machine_class(repo):
     assert sorted(d["provenance"]["machine_class"] for d in left) == ["cpu", "cpu", "nvidia-h100-80gb-hbm3"]
     newest = sorted(f for f, mc in files.items() if mc == "cpu")[-2:]
     assert sorted(d["_file"] for d in left if d["provenance"]["machine_class"] == "cpu") == newest
+
+
+def test_prune_never_removes_committed_evidence(repo):
+    gpu = sorted(repo.paths.evidence.glob("*-nvidia-*.json"))[0]
+    git(repo.root, "add", "-f", str(gpu), str(evidence.log_path(gpu)))
+    git(repo.root, "commit", "-q", "-m", "GPU evidence")
+    repo.run(machine="gpu", tests=[("tests/test_emb.py::test_cuda", ["GT-008"], "passed", GPU)])
+    assert main(_cli(repo, "prune", "--keep", "1")) == 0
+    assert gpu.exists() and evidence.log_path(gpu).exists()        # history stays
+
+
+def test_schema_1_files_load_as_history(repo):
+    p = sorted(repo.paths.evidence.glob("*.json"))[0]
+    doc = json.loads(p.read_text())
+    doc["schema"] = 1
+    for k in ("pytest", "story_files"):
+        doc.pop(k)
+    p.write_text(json.dumps(doc))
+    [old] = [d for d in evidence.load_all(repo.paths.evidence) if d["_file"] == p.name]
+    assert old["_history"] is True
+
+
+def test_the_real_h100_runs_are_history():
+    from gates.paths import resolve
+    docs = evidence.load_all(resolve().evidence)
+    h100 = [d for d in docs if d["provenance"].get("machine_class") == "nvidia-h100-80gb-hbm3"]
+    assert len(h100) >= 6 and all(d["_history"] for d in h100)
 
 
 def test_prune_cli(repo):

@@ -2,28 +2,25 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from gates.runner import plugin_args
-
-from tests.harness._synth import BENCH_LN, TESTS_CPU, TESTS_CUDA, Repo
+from tests.harness._synth import BENCH_LN, TESTS_CPU, TESTS_CUDA, Repo, newest_evidence, run_inner
 
 pytestmark = pytest.mark.story("GT-042")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HAS_GPU = shutil.which("nvidia-smi") is not None
 
 INNER_TESTS = '''
 import pytest
 
+from src import helper
+
+
 @pytest.mark.story("GT-001")
 def test_pass():
-    assert 2 + 2 == 4
+    assert helper.two() + 2 == 4
 
 @pytest.mark.story("GT-001", "GT-008")
 def test_fail():
@@ -53,36 +50,28 @@ def test_bench_unmarked(bench):
 @pytest.fixture
 def inner(tmp_path):
     repo = Repo(tmp_path)
-    repo.write("src/a.py", "A\n")
-    repo.add_card("GT-001", 1, "gate1", ["src/a.py"], [TESTS_CPU])
-    repo.add_card("GT-008", 2, "gate1", ["src/a.py", "tests/*.py"], [TESTS_CPU, TESTS_CUDA, BENCH_LN])
+    repo.write("src/__init__.py", "")
+    repo.write("src/helper.py", "def two():\n    return 2\n")
+    repo.write("src/unused.py", "def never():\n    return 0\n")
+    repo.add_card("GT-001", 1, "gate1", [], [TESTS_CPU])
+    repo.add_card("GT-008", 2, "gate1", [], [TESTS_CPU, TESTS_CUDA, BENCH_LN])
     repo.add_card("GT-022", 3, "gate1", [], [], verdict="gate1")
-    repo.write("pytest.ini", "[pytest]\naddopts = --strict-markers -p no:cacheprovider\n")
     repo.write("tests/test_inner.py", INNER_TESTS)
     return repo
-
-
-def run_inner(repo, *args, out=None):
-    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "GPT_ENGINE_EVIDENCE_DIR", "PYTEST_ADDOPTS")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    if out:
-        env["OUT"] = str(out)
-    cmd = [sys.executable, "-m", "pytest", *plugin_args(), "--repo-root", str(repo.root),
-           "--stories-dir", str(repo.paths.stories), "--evidence-dir", str(repo.paths.evidence), *args]
-    return subprocess.run(cmd, cwd=repo.root, env=env, capture_output=True, text=True, timeout=300)
 
 
 def evidence_files(repo):
     return sorted(repo.paths.evidence.glob("*.json"))
 
 
-def test_one_evidence_file_with_outcomes_devices_metrics_and_provenance(inner, tmp_path):
+def test_one_evidence_file_with_outcomes_devices_metrics_provenance_and_used_files(inner, tmp_path):
     out = tmp_path / "out"
-    r = run_inner(inner, "tests", out=out)
+    r = run_inner(inner, "tests", env={"OUT": str(out)})
     assert r.returncode == 1, r.stdout + r.stderr           # test_fail fails
     files = evidence_files(inner)
     assert len(files) == 1 and (out / files[0].name).read_bytes() == files[0].read_bytes()
     doc = json.loads(files[0].read_text())
+    assert doc["schema"] == 2
     tests = {t["nodeid"].split("::")[1]: t for t in doc["tests"]}
     assert tests["test_pass"]["outcome"] == "passed" and tests["test_pass"]["device"] == "cpu"
     assert tests["test_fail"]["outcome"] == "failed" and tests["test_fail"]["stories"] == ["GT-001", "GT-008"]
@@ -100,10 +89,21 @@ def test_one_evidence_file_with_outcomes_devices_metrics_and_provenance(inner, t
     assert m["higher_is_better"] is False and m["ratios"]["gguf_reader"] == pytest.approx(20.0)
     prov = doc["provenance"]
     assert {"commit", "dirty", "cpu_model", "gpu_name", "driver", "cuda", "torch", "python", "machine_class"} <= set(prov)
+    assert prov["dirty"] is False and len(prov["commit"]) == 40
     assert os.uname().nodename not in json.dumps(doc)         # no host names
-    assert set(doc["source_hashes"]) == {"GT-001", "GT-008", "GT-022"}
-    assert doc["story_files"]["GT-008"] == ["src/a.py", "tests/test_inner.py"]
+    # what the tests used, measured: the helper that ran, not the module nobody called
+    assert set(doc["story_files"]) == {"GT-001", "GT-008"}
+    gt1 = doc["story_files"]["GT-001"]
+    assert {"src/helper.py", "src/__init__.py", "tests/test_inner.py", "stories/GT-001.toml", "pyproject.toml",
+            "gates/pytest_plugin.py", "gates/verdict.py", "gates/catalog.toml"} <= set(gt1)
+    assert "src/unused.py" not in gt1 and "stories/GT-008.toml" not in gt1
+    assert "gates/bench.py" in doc["story_files"]["GT-008"]     # its benchmark ran the timing code
+    pt = doc["pytest"]
+    assert pt["inifile"] == "pyproject.toml" and pt["rootdir_is_repo"] and pt["rewritten"] == []
+    assert pt["tracer_displaced"] == []
+    assert {p["module"] for p in pt["plugins"] if p["in_repo"]} == {"gates.pytest_plugin"}
     assert files[0].name.endswith(".json") and f"-{prov['machine_class']}-" in files[0].name
+    assert f"evidence: {files[0]} sha256=" in r.stdout
 
 
 def test_unknown_story_and_unmarked_tests_are_collection_errors(inner):
@@ -124,7 +124,7 @@ def test_unknown_story_and_unmarked_tests_are_collection_errors(inner):
     r = run_inner(inner, "tests/test_bad.py")
     text = r.stdout + r.stderr
     assert r.returncode == 2, text                           # interrupted: errors during collection
-    assert "story 'GT-999' has no card" in text
+    assert "story 'GT-999' is not in the story catalog" in text
     assert "GT-022 is the gate1 verdict; it has no tests of its own" in text
     assert "test_unmarked" in text and "no @pytest.mark.story" in text
     doc = json.loads(evidence_files(inner)[0].read_text())
@@ -144,8 +144,8 @@ def test_no_evidence_option_and_story_filter(inner):
     assert evidence_files(inner) == []
 
 
-def test_xdist_controller_writes_exactly_one_file(inner):
-    r = run_inner(inner, "tests", "-n", "2")
+def test_xdist_controller_writes_exactly_one_file_with_the_workers_measurements(inner):
+    r = run_inner(inner, "tests", "-n", "2", plugins=("-p", "gates.pytest_plugin", "-p", "xdist"))
     assert r.returncode == 1, r.stdout + r.stderr
     files = evidence_files(inner)
     assert len(files) == 1
@@ -153,3 +153,35 @@ def test_xdist_controller_writes_exactly_one_file(inner):
     assert doc["run"]["xdist_workers"] == 2
     assert len(doc["tests"]) == 6 and len(doc["benchmarks"]) == 1
     assert {t["outcome"] for t in doc["tests"]} >= {"passed", "failed", "skipped", "error"}
+    assert "src/helper.py" in doc["story_files"]["GT-001"]       # measured on a worker, sent home
+    assert doc["pytest"]["tracer_displaced"] == [] and doc["pytest"]["rewritten"] == []
+
+
+def test_a_session_fixture_is_charged_to_every_test_that_uses_it(inner):
+    """The first test to use a session fixture sets it up; the files that setup used belong to
+    every test using it, whichever runs first."""
+    inner.write("tests/conftest.py", textwrap.dedent('''
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def model():
+            from src import maker
+            return maker.make()
+    '''))
+    inner.write("src/maker.py", "def make():\n    return 42\n")
+    inner.write("tests/test_inner.py", textwrap.dedent('''
+        import pytest
+
+        @pytest.mark.story("GT-001")
+        def test_first(model):
+            assert model == 42
+
+        @pytest.mark.story("GT-008")
+        def test_second(model):
+            assert model == 42
+    '''))
+    r = run_inner(inner, "tests")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = newest_evidence(inner)
+    for sid in ("GT-001", "GT-008"):
+        assert {"src/maker.py", "tests/conftest.py"} <= set(doc["story_files"][sid]), sid

@@ -50,10 +50,13 @@ def test_empty_evidence_folder_renders_reports_that_say_so(repo):
 
 
 def _populate(repo):
-    passing_gate1(repo)
+    # every card and test exists before the runs: a card or test file added later is part of
+    # the stories' measured sources and would make the earlier evidence stale (issue 10)
     repo.write("src/extra.py", "X\n")
     repo.add_card("GT-002", 1, "gate1", ["src/extra.py"], [TESTS_CPU])
-    repo.run(tests=[("tests/test_tok.py::test_b", ["GT-002"], "failed", "cpu")])
+    repo.add_test("tests/test_extra.py::test_b", ["GT-002"])
+    passing_gate1(repo)
+    repo.run(tests=[("tests/test_extra.py::test_b", ["GT-002"], "failed", "cpu")])
     repo.run(machine="gpu", tests=[("tests/test_emb.py::test_bench", ["GT-008"], "passed", GPU)],
              benchmarks=[metric("layernorm.fp16", 2700.0, {"copy": 3000.0, "torch": 1250.0},
                                 "tests/test_emb.py::test_bench", ["GT-008"])])

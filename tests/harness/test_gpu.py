@@ -1,0 +1,53 @@
+"""`python -m gates.gpu` writes the evidence and its raw log side by side, and the log vouches
+for the evidence (run here on the CPU with --all: the files and checks are the same)."""
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gates import audit, evidence
+
+from tests.harness._synth import TESTS_CPU, Repo, inner_env
+
+pytestmark = pytest.mark.story("GT-042")
+
+
+def test_gpu_runner_writes_evidence_and_log_that_vouch_for_each_other(tmp_path_factory):
+    repo = Repo(tmp_path_factory.mktemp("repo"))
+    repo.add_card("GT-001", 1, "gate1", [], [TESTS_CPU])
+    repo.write("tests/test_a.py", textwrap.dedent('''
+        import pytest
+
+        @pytest.mark.story("GT-001")
+        @pytest.mark.parametrize("shape", [(2, 5, 768), (1,)], ids=str)
+        def test_shapes(shape):
+            assert len(shape) < 3
+
+        @pytest.mark.story("GT-001")
+        def test_skip():
+            pytest.skip("no")
+    '''))
+    head = repo.commit("tests")
+    out = tmp_path_factory.mktemp("out")
+    r = subprocess.run([sys.executable, "-m", "gates.gpu", "--all"], cwd=repo.root, capture_output=True, text=True,
+                       env=inner_env(repo, OUT=str(out), GPT_ENGINE_GIT_COMMIT=head), timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr                      # one shape fails
+    [ev] = repo.paths.evidence.glob("*.json")
+    log = evidence.log_path(ev)
+    assert log.is_file() and (out / ev.name).is_file() and (out / log.name).is_file() and (out / "gpu-summary.txt").is_file()
+    text = log.read_text()
+    assert f"evidence: {ev} sha256={hashlib.sha256(ev.read_bytes()).hexdigest()}" in text
+    assert "PASSED tests/test_a.py::test_shapes[(1,)]" in text and "FAILED tests/test_a.py::test_shapes[(2, 5, 768)]" in text
+    doc = evidence.load_file(ev)
+    assert doc["provenance"]["commit"] == head and doc["pytest"]["p"][0] == "gates.pytest_plugin"
+    assert audit.log_problems(ev, doc, ev.read_bytes()) == []
+    assert audit.plugin_problems(doc) == []
+    # one outcome changed in the JSON: the log no longer agrees
+    forged = json.loads(ev.read_text())
+    for t in forged["tests"]:
+        t["outcome"] = "passed" if t["outcome"] == "failed" else t["outcome"]
+    ev.write_text(json.dumps(forged))
+    assert "does not name this file" in audit.log_problems(ev, forged, ev.read_bytes())[0]
