@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from gates.verdict import Evaluator
 
 MAX_POINTS = 40   # newest runs replayed; each replay reads every earlier run once more
+NOW = "now (working tree)"
 
 
 def _counts(ev: Evaluator) -> dict[str, int]:
@@ -35,5 +36,5 @@ def status_history(stories: dict, runs: list, current: tuple, now: datetime) -> 
         run = ordered[k]
         then = (run.get("source_hashes", {}), run.get("story_files", {}), run.get("source_files", {}))
         points.append((_when(run), _counts(Evaluator(stories, ordered[: k + 1], then)), run["_file"]))
-    points.append((now, _counts(Evaluator(stories, ordered, current)), "now (working tree)"))
+    points.append((now, _counts(Evaluator(stories, ordered, current)), NOW))
     return points

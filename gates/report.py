@@ -27,7 +27,7 @@ from gates import evidence as _evidence
 from gates import sources as _sources
 from gates.cards import _fmt_where
 from gates.charts import stories_over_time, trend_chart
-from gates.history import status_history
+from gates import history as _history
 from gates.provenance import git_state
 from gates.verdict import STATUSES, Evaluator, age_text, device_matches
 
@@ -352,11 +352,18 @@ def _throughput(cx: _Context) -> dict:
     return tables
 
 
+def _series_label(run, metric: dict) -> str:
+    """The device that was measured: the GPU's name, or the CPU model of the machine."""
+    if _device_label(metric.get("device")) != "CPU":
+        return _device_label(metric.get("device"))
+    return f"CPU ({run['provenance'].get('cpu_model') or 'unknown model'})"
+
+
 def _trend_charts(cx: _Context, results: list) -> tuple[list, list]:
     """Per benchmark bound, the worst case of value / reference in each run, per device.
-    Returns (charts, names of bounds measured in one run only: no line to draw yet)."""
+    Returns (charts, titles of bounds measured in one run only: no line to draw yet)."""
     charts, single = [], []
-    ordered = sorted(cx.runs, key=lambda x: x["run"]["finished"])
+    ordered = sorted(cx.runs, key=lambda x: (x["run"]["finished"], x["_file"]))
     for r in results:
         for c in r.story.criteria:
             if c.kind != "benchmark":
@@ -364,23 +371,26 @@ def _trend_charts(cx: _Context, results: list) -> tuple[list, list]:
             bounds = [(k, x, "≥") for k, x in sorted(c.min_ratio.items())]
             bounds += [(k, x, "≤") for k, x in sorted(c.max_ratio.items())]
             for ref, target, op in bounds:
-                series: dict[str, list] = {}
+                runs, series = [], {}
                 for run in ordered:
-                    vals = [m["value"] / m["references"][ref] for m in run["benchmarks"]
-                            if fnmatch.fnmatchcase(m["name"], c.metric) and device_matches(c.device, m.get("device"))
-                            and cx.ev._where_ok(c, m.get("params", {})) and m["references"].get(ref)]
-                    if vals:
-                        series.setdefault(_machine_label(run), []).append(
-                            (_when(run["run"]["finished"]), min(vals) if op == "≥" else max(vals)))
-                title = f"{r.story.id} {c.metric}: worst case ÷ {ref}"
-                if not series:
+                    per_device: dict[str, list] = {}
+                    for m in run["benchmarks"]:
+                        if fnmatch.fnmatchcase(m["name"], c.metric) and device_matches(c.device, m.get("device")) \
+                                and cx.ev._where_ok(c, m.get("params", {})) and m["references"].get(ref):
+                            per_device.setdefault(_series_label(run, m), []).append(m["value"] / m["references"][ref])
+                    if per_device:
+                        runs.append(_when(run["run"]["finished"]))
+                        for label, vals in per_device.items():
+                            series.setdefault(label, []).append((len(runs) - 1, min(vals) if op == "≥" else max(vals)))
+                if not runs:
                     continue
-                if max(len(s) for s in series.values()) < 2:
+                title = f"{r.story.id} {c.metric}: worst case ÷ {ref}"
+                if len(runs) < 2:
                     single.append(title)
                     continue
                 charts.append({"story": r.story.id, "title": title, "bar": f"{op} {target:g}× {ref}",
                                "href": cx.href(r.story.path),
-                               "svg": trend_chart(_slug(title), series, f"value ÷ {ref}", target,
+                               "svg": trend_chart(_slug(title), runs, series, f"value ÷ {ref}", target,
                                                   f"bar {op} {target:g}×")})
     return charts, single
 
@@ -460,9 +470,9 @@ def build_context(paths) -> tuple[dict, list, tuple]:
               "verified": sum(r.status == "verified" for r in counted),
               "gates": len(gate_views), "gates_passing": sum(g["state"] == "pass" for g in gate_views.values()),
               "by_status": sprint_total}
-    history = status_history(cx.stories, cx.runs, cx.current, now) if cx.runs else []
+    history = _history.status_history(cx.stories, cx.runs, cx.current, now) if cx.runs else []
     shown = tuple(s for s in ("verified", "cpu-only", "failing") if s in statuses)
-    history_svg = stories_over_time("stories-over-time", [(None if lbl.startswith("now") else t, c)
+    history_svg = stories_over_time("stories-over-time", [(None if lbl == _history.NOW else t, c)
                                                           for t, c, lbl in history], n, shown) \
         if len(history) >= 2 else ""
     charts, single_run = _trend_charts(cx, results)
