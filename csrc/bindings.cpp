@@ -223,6 +223,180 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
                                                  splits, (float)scale, stream_of(q)));
 }
 
+// ---- decode fast path ----
+
+const at::Tensor* opt(const std::optional<at::Tensor>& t) { return t.has_value() ? &t.value() : nullptr; }
+
+void linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+            const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm_w,
+            const std::optional<at::Tensor>& norm_b, at::Tensor& out, int64_t norm, int64_t act, double eps) {
+  const char* op = "linear";
+  check_tensor(op, "x", x, x, true);
+  TORCH_CHECK(w.is_cuda() && w.device() == x.device() && w.is_contiguous() && w.dim() == 2, op,
+              ": weight must be a contiguous 2-D cuda tensor on ", x.device());
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == w.size(1), op, ": x has shape ", x.sizes(), ", expected [M, ", w.size(1),
+              "]");
+  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
+  TORCH_CHECK(act >= gpte::kActNone && act <= gpte::kActSwiglu, op, ": unknown act code ", act);
+  TORCH_CHECK(norm >= gpte::kNormNone && norm <= gpte::kNormRms, op, ": unknown norm code ", norm);
+  TORCH_CHECK(act != gpte::kActSwiglu || N % 2 == 0, op, ": SwiGLU needs an even number of weight rows, got ", N);
+  const int64_t n_out = act == gpte::kActSwiglu ? N / 2 : N;
+  TORCH_CHECK(gpte::linear_gemv_supported(dtype_code(w), dtype_code(x), M, K), op, ": no GEMV kernel for weight ",
+              w.scalar_type(), ", activations ", x.scalar_type(), ", M=", M, ", K=", K);
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0, op, ": weight must be 16-byte aligned");
+  TORCH_CHECK(N < (1LL << 31) && n_out * M < (1LL << 40), op, ": too many rows");
+  if (const at::Tensor* b = opt(bias)) {
+    check_tensor(op, "bias", *b, x, true);
+    TORCH_CHECK(b->dim() == 1 && b->size(0) == N, op, ": bias has shape ", b->sizes(), ", expected [", N, "]");
+  }
+  if (const at::Tensor* r = opt(residual)) {
+    check_tensor(op, "residual", *r, x, true);
+    TORCH_CHECK(r->dim() == 2 && r->size(0) == M && r->size(1) == n_out, op, ": residual has shape ", r->sizes(),
+                ", expected [", M, ", ", n_out, "]");
+  }
+  if (norm != gpte::kNormNone) {
+    const at::Tensor* nw = opt(norm_w);
+    TORCH_CHECK(nw != nullptr, op, ": norm weight missing");
+    check_tensor(op, "norm_weight", *nw, x, true);
+    TORCH_CHECK(nw->dim() == 1 && nw->size(0) == K, op, ": norm weight has shape ", nw->sizes(), ", expected [", K,
+                "]");
+    if (norm == gpte::kNormLayer) {
+      const at::Tensor* nb = opt(norm_b);
+      TORCH_CHECK(nb != nullptr, op, ": layernorm bias missing");
+      check_tensor(op, "norm_bias", *nb, x, true);
+      TORCH_CHECK(nb->dim() == 1 && nb->size(0) == K, op, ": norm bias has shape ", nb->sizes(), ", expected [", K,
+                  "]");
+    }
+  }
+  TORCH_CHECK(out.is_cuda() && out.device() == x.device() && out.is_contiguous(), op,
+              ": out must be contiguous on ", x.device());
+  TORCH_CHECK(out.scalar_type() == x.scalar_type() || out.scalar_type() == at::kFloat, op, ": out has dtype ",
+              out.scalar_type(), ", expected ", x.scalar_type(), " or float32");
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == M && out.size(1) == n_out, op, ": out has shape ", out.sizes(),
+              ", expected [", M, ", ", n_out, "]");
+  gpte::LinearArgs p{};
+  p.x = x.data_ptr();
+  p.w = w.data_ptr();
+  p.bias = bias ? bias->data_ptr() : nullptr;
+  p.residual = residual ? residual->data_ptr() : nullptr;
+  p.norm_w = norm != gpte::kNormNone ? norm_w->data_ptr() : nullptr;
+  p.norm_b = norm == gpte::kNormLayer ? norm_b->data_ptr() : nullptr;
+  p.out = out.data_ptr();
+  p.M = (int)M;
+  p.N = (int)N;
+  p.K = (int)K;
+  p.n_out = (int)n_out;
+  p.norm = (int)norm;
+  p.act = (int)act;
+  p.eps = (float)eps;
+  p.out_f32 = out.scalar_type() == at::kFloat && x.scalar_type() != at::kFloat;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  check_launch(op, gpte::launch_linear_gemv(dtype_code(w), dtype_code(x), p, sms, stream_of(x)));
+}
+
+void qkv_rope(const at::Tensor& qkv, const at::Tensor& pos, const std::optional<at::Tensor>& cos_t,
+              const std::optional<at::Tensor>& sin_t, at::Tensor& q_out, const std::optional<at::Tensor>& k_out,
+              const std::optional<at::Tensor>& v_out, const std::optional<at::Tensor>& k_cache,
+              const std::optional<at::Tensor>& v_cache, const std::optional<at::Tensor>& lens,
+              const std::optional<at::Tensor>& status, int64_t T, int64_t rope_mode, int64_t rope_dim) {
+  const char* op = "qkv_rope";
+  check_tensor(op, "qkv", qkv, qkv, true);
+  check_tensor(op, "q_out", q_out, qkv, true);
+  TORCH_CHECK(q_out.dim() == 3, op, ": q_out has shape ", q_out.sizes(), ", expected [ntok, Hq, D]");
+  const int64_t ntok = q_out.size(0), Hq = q_out.size(1), D = q_out.size(2);
+  TORCH_CHECK(qkv.dim() == 2 && qkv.size(0) == ntok && (qkv.size(1) - Hq * D) > 0 && (qkv.size(1) - Hq * D) % (2 * D) == 0,
+              op, ": qkv has shape ", qkv.sizes(), ", expected [", ntok, ", (", Hq, " + 2 Hkv) * ", D, "]");
+  const int64_t Hkv = (qkv.size(1) - Hq * D) / (2 * D);
+  TORCH_CHECK(pos.is_cuda() && pos.device() == qkv.device() && pos.scalar_type() == at::kLong && pos.is_contiguous() &&
+                  pos.numel() == ntok,
+              op, ": pos must be a contiguous int64 tensor of ", ntok, " entries on ", qkv.device());
+  TORCH_CHECK(T >= 1 && ntok % T == 0, op, ": ", ntok, " tokens are not whole sequences of ", T);
+  TORCH_CHECK(rope_mode >= gpte::kRopeNone && rope_mode <= gpte::kRopeNeox, op, ": unknown rope mode ", rope_mode);
+  gpte::QkvRopeArgs p{};
+  p.qkv = qkv.data_ptr();
+  p.pos = pos.data_ptr<int64_t>();
+  p.q_out = q_out.data_ptr();
+  p.ntok = ntok;
+  p.T = T;
+  p.Hq = (int)Hq;
+  p.Hkv = (int)Hkv;
+  p.D = (int)D;
+  p.rope_mode = (int)rope_mode;
+  p.R = rope_mode == gpte::kRopeNone ? 0 : (int)rope_dim;
+  if (rope_mode != gpte::kRopeNone) {
+    TORCH_CHECK(cos_t && sin_t, op, ": RoPE needs cos/sin tables");
+    for (const at::Tensor* t : {&cos_t.value(), &sin_t.value()}) {
+      TORCH_CHECK(t->is_cuda() && t->device() == qkv.device() && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                      t->dim() == 2 && t->size(1) == rope_dim / 2,
+                  op, ": cos/sin tables must be contiguous float32 [rows, ", rope_dim / 2, "] on ", qkv.device());
+    }
+    TORCH_CHECK(rope_dim > 0 && rope_dim % 2 == 0 && rope_dim <= D, op, ": rope dim ", rope_dim, " must be even and <= ", D);
+    p.cos_t = cos_t->data_ptr<float>();
+    p.sin_t = sin_t->data_ptr<float>();
+    p.table_rows = cos_t->size(0);
+  }
+  for (const auto& [name, t] : {std::pair<const char*, const std::optional<at::Tensor>*>{"k_out", &k_out},
+                                {"v_out", &v_out}}) {
+    if (t->has_value()) {
+      check_tensor(op, name, t->value(), qkv, true);
+      TORCH_CHECK(t->value().numel() == ntok * Hkv * D, op, ": ", name, " must hold [", ntok, ", ", Hkv, ", ", D, "]");
+    }
+  }
+  if (k_cache || v_cache) {
+    TORCH_CHECK(k_cache && v_cache, op, ": give both caches or neither");
+    const at::Tensor& kc = k_cache.value();
+    check_tensor(op, "k_cache", kc, qkv, true);
+    check_tensor(op, "v_cache", v_cache.value(), qkv, true);
+    check_same_shape(op, "v_cache", v_cache.value(), kc);
+    TORCH_CHECK(kc.dim() == 4 && kc.size(0) == ntok / T && kc.size(1) == Hkv && kc.size(3) == D, op,
+                ": k_cache has shape ", kc.sizes(), ", expected [", ntok / T, ", ", Hkv, ", S, ", D, "]");
+    p.k_cache = kc.data_ptr();
+    p.v_cache = v_cache->data_ptr();
+    p.S = kc.size(2);
+  }
+  if (lens) {
+    TORCH_CHECK(lens->is_cuda() && lens->device() == qkv.device() && lens->scalar_type() == at::kInt &&
+                    lens->is_contiguous() && lens->numel() == ntok / T,
+                op, ": lens must be a contiguous int32 [", ntok / T, "] on ", qkv.device());
+    p.lens = lens->data_ptr<int32_t>();
+  }
+  if (status) {
+    TORCH_CHECK(status->is_cuda() && status->device() == qkv.device() && status->scalar_type() == at::kInt &&
+                    status->numel() == 1,
+                op, ": status must be one int32 on ", qkv.device());
+    p.status = status->data_ptr<int>();
+  }
+  p.k_out = k_out ? k_out->data_ptr() : nullptr;
+  p.v_out = v_out ? v_out->data_ptr() : nullptr;
+  const c10::cuda::CUDAGuard guard(qkv.device());
+  check_launch(op, gpte::launch_qkv_rope(dtype_code(qkv), p, stream_of(qkv)));
+}
+
+void sample_greedy(const at::Tensor& logits, int64_t n_valid, at::Tensor& next, const std::optional<at::Tensor>& pos,
+                   const std::optional<at::Tensor>& status) {
+  const char* op = "sample_greedy";
+  TORCH_CHECK(logits.is_cuda() && logits.scalar_type() == at::kFloat && logits.dim() == 2 && logits.stride(1) == 1,
+              op, ": logits must be a float32 [rows, V] cuda tensor with dense rows");
+  const int64_t rows = logits.size(0);
+  TORCH_CHECK(n_valid >= 1 && n_valid <= logits.size(1), op, ": n_valid ", n_valid, " outside [1, ", logits.size(1), "]");
+  TORCH_CHECK(next.is_cuda() && next.device() == logits.device() && next.scalar_type() == at::kLong &&
+                  next.is_contiguous() && next.numel() == rows,
+              op, ": next must be a contiguous int64 [", rows, "] on ", logits.device());
+  if (pos)
+    TORCH_CHECK(pos->is_cuda() && pos->device() == logits.device() && pos->scalar_type() == at::kLong &&
+                    pos->is_contiguous() && pos->numel() == rows,
+                op, ": pos must be a contiguous int64 [", rows, "] on ", logits.device());
+  if (status)
+    TORCH_CHECK(status->is_cuda() && status->device() == logits.device() && status->scalar_type() == at::kInt &&
+                    status->numel() == 1,
+                op, ": status must be one int32 on ", logits.device());
+  const c10::cuda::CUDAGuard guard(logits.device());
+  check_launch(op, gpte::launch_sample_greedy(logits.data_ptr<float>(), rows, logits.stride(0), n_valid,
+                                              next.data_ptr<int64_t>(), pos ? pos->data_ptr<int64_t>() : nullptr,
+                                              status ? status->data_ptr<int>() : nullptr, stream_of(logits)));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -238,5 +412,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("out"), py::arg("scale"), py::arg("variant") = 0);
   m.def("attention_decode", &attention_decode, "split-K decode attention", py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("seq_lens"), py::arg("out"), py::arg("scale"), py::arg("splits") = 0);
+  m.def("linear", &linear, "decode GEMV: out = epilogue(norm(x) @ w.T)", py::arg("x"), py::arg("w"),
+        py::arg("bias"), py::arg("residual"), py::arg("norm_w"), py::arg("norm_b"), py::arg("out"), py::arg("norm"),
+        py::arg("act"), py::arg("eps"));
+  m.def("qkv_rope", &qkv_rope, "split qkv into heads, RoPE, append k/v to the cache", py::arg("qkv"), py::arg("pos"),
+        py::arg("cos"), py::arg("sin"), py::arg("q_out"), py::arg("k_out"), py::arg("v_out"), py::arg("k_cache"),
+        py::arg("v_cache"), py::arg("lens"), py::arg("status"), py::arg("T"), py::arg("rope_mode"),
+        py::arg("rope_dim"));
+  m.def("sample_greedy", &sample_greedy, "next = argmax(logits[:, :n_valid]); pos += 1", py::arg("logits"),
+        py::arg("n_valid"), py::arg("next"), py::arg("pos"), py::arg("status"));
   m.def("attention_decode_splits", &gpte::attention_decode_splits, "splits the decode kernel uses");
 }

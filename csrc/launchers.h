@@ -51,4 +51,58 @@ cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cach
                                     int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t D, int splits,
                                     float scale, cudaStream_t stream);
 
+// ---- linear (decode GEMV) ----
+enum LinearNorm : int { kNormNone = 0, kNormLayer = 1, kNormRms = 2 };
+enum LinearAct : int { kActNone = 0, kActGeluTanh = 1, kActSwiglu = 2 };
+constexpr int kLinearMaxM = 16;  // activation rows one GEMV launch serves (decode batch)
+
+struct LinearArgs {
+  const void* x;         // [M, K] activations (dtype A), dense rows
+  const void* w;         // [N, K] weights (dtype W), dense rows, 16-byte aligned
+  const void* bias;      // [N] (A) or null
+  const void* residual;  // [M, n_out] (A) or null: added last
+  const void* norm_w;    // [K] (A): LayerNorm / RMSNorm weight, when norm != kNormNone
+  const void* norm_b;    // [K] (A): LayerNorm bias
+  void* out;             // [M, n_out], dtype A, or fp32 when out_f32
+  int M, N, K;
+  int n_out;             // N, or N / 2 for SwiGLU (rows [0, n_out) gate, [n_out, N) up)
+  int norm, act;
+  float eps;
+  bool out_f32;
+  int kt;                // set by the launcher: K tile staged in shared memory
+};
+
+// ---- decode-step status word (one int32 on the device; bits OR-ed in by kernels, read by
+// the host asynchronously; gpt_engine/decode_state.py turns each into its error) ----
+constexpr int kStatusBadIndex = 1;     // embedding: a token id or position outside its table
+constexpr int kStatusBadPosition = 2;  // qkv_rope: a position outside the KV cache or RoPE table
+constexpr int kStatusNonFinite = 4;    // sampling: a NaN logit
+
+// ---- qkv_rope: split the QKV projection into heads, RoPE, append k/v to the cache ----
+enum RopeMode : int { kRopeNone = 0, kRopeAdjacent = 1, kRopeNeox = 2 };
+struct QkvRopeArgs {
+  const void* qkv;       // [ntok, (Hq + 2 Hkv) * D] (dtype), dense
+  const int64_t* pos;    // [ntok] position of each token
+  const float* cos_t;    // [table_rows, R / 2] (RoPE only)
+  const float* sin_t;
+  void* q_out;           // [ntok, Hq, D]
+  void* k_out;           // [ntok, Hkv, D] or null
+  void* v_out;           // [ntok, Hkv, D] or null
+  void* k_cache;         // [B, Hkv, S, D] or null; token t of sequence b = t / T writes row pos[t]
+  void* v_cache;
+  int32_t* lens;         // [B] or null: set to pos + 1 of each sequence's last token
+  int* status;           // or null: kStatusBadPosition
+  int64_t ntok, T, S, table_rows;
+  int Hq, Hkv, D, R, rope_mode;
+};
+cudaError_t launch_qkv_rope(int dtype, const QkvRopeArgs& p, cudaStream_t stream);
+
+// ---- greedy sampling: next[r] = argmax(logits[r, :n_valid]); pos[r] += 1 (pos may be null) ----
+cudaError_t launch_sample_greedy(const float* logits, int64_t rows, int64_t row_stride, int64_t n_valid,
+                                 int64_t* next, int64_t* pos, int* status, cudaStream_t stream);
+
+// Whether launch_linear_gemv has a kernel for these dtypes (gpte::DType codes) and sizes.
+bool linear_gemv_supported(int wdtype, int adtype, int64_t M, int64_t K);
+cudaError_t launch_linear_gemv(int wdtype, int adtype, const LinearArgs& p, int num_sms, cudaStream_t stream);
+
 }  // namespace gpte

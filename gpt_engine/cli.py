@@ -1,4 +1,4 @@
-"""``gpt-engine`` command line: inspect, tokenize, generate.
+"""``gpt-engine`` command line: inspect, tokenize, generate, bench.
 
 Behaves like a Unix tool:
 - every argument is checked while parsing, before the model loads and before anything is
@@ -119,6 +119,13 @@ def count(value: str) -> int:
     n = integer(value)
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def positive(value: str) -> int:
+    n = integer(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
     return n
 
 
@@ -299,6 +306,36 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- bench
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="prefill (pp) and decode (tg) tokens/s, llama-bench style, with MBU",
+                       description="Prefill and decode throughput through the public API (gpt_engine/bench.py).")
+    p.add_argument("model", nargs="?", metavar="MODEL", type=model_file, help=_MODEL_HELP)
+    p.add_argument("-p", "--n-prompt", type=count, default=512, metavar="N", help="prompt tokens of the pp test (0: skip)")
+    p.add_argument("-n", "--n-gen", type=count, default=128, metavar="N",
+                   help="generated tokens of the tg test (0: skip; at least 2: decode speed needs two tokens)")
+    p.add_argument("-r", "--reps", type=positive, default=5, metavar="R", help="timed repetitions of each test")
+    p.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_bench, check=check_bench)
+
+
+def check_bench(args) -> None:
+    if args.n_gen == 1:
+        raise UsageError("argument -n/--n-gen: must be 0 or >= 2 (decode speed needs two tokens)")
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+    from .default_model import default_model_path
+
+    r = bench.run(args.model or default_model_path(), args.device, args.n_prompt, args.n_gen, args.reps,
+                  bench.progress_printer())
+    print(json.dumps(r, indent=2) if args.json else bench.format_table(r))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 def _version() -> str:
@@ -318,6 +355,7 @@ def build_parser() -> _Parser:
     add_inspect(sub)
     add_tokenize(sub)
     add_generate(sub)
+    add_bench(sub)
     return ap
 
 

@@ -26,17 +26,12 @@ class SamplingParams:
             raise EngineError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
-def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
-    """Pick the next token from logits [V].
-
-    Greedy when temperature is 0. Otherwise: logits / temperature, one softmax over
-    the whole vocabulary, then top-k and top-p (nucleus, Holtzman et al. 2019: the
-    smallest set of most likely tokens whose probability reaches p) masks on those
-    probabilities, renormalise, draw with the seeded generator. Sampling runs on
-    the CPU in float64 so a seed gives the same draw whatever device made the logits.
-    """
-    if p.temperature == 0.0:
-        return int(torch.argmax(logits).item())
+def distribution(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The probabilities [V] (float64, CPU, summing to 1) that ``sample`` draws from at
+    temperature > 0: logits / temperature, one softmax over the whole vocabulary, then top-k
+    and top-p (nucleus, Holtzman et al. 2019: the smallest set of most likely tokens whose
+    probability reaches p) masks on those probabilities, renormalised. The oracle of the
+    device sampler (sampling.py)."""
     probs = torch.softmax(logits.detach().to("cpu", torch.float64) / p.temperature, dim=-1)
     keep = torch.ones_like(probs, dtype=torch.bool)
     if p.top_k and p.top_k < probs.numel():
@@ -49,7 +44,17 @@ def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator |
         nucleus[order] = before < p.top_p               # always keeps the most likely token
         keep &= nucleus
     probs = probs * keep
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator).item())
+    return probs / probs.sum()
+
+
+def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
+    """Pick the next token from logits [V] on the CPU: argmax when temperature is 0, else a
+    draw from ``distribution`` with the seeded generator. Float64 on the CPU, so a seed gives
+    the same draw whatever device made the logits (the CPU path; the GPU path samples on the
+    device with sampling.py and its own counter-based generator)."""
+    if p.temperature == 0.0:
+        return int(torch.argmax(logits).item())
+    return int(torch.multinomial(distribution(logits, p), 1, generator=generator).item())
 
 
 @dataclass
@@ -58,6 +63,9 @@ class Generation:
     token_ids: list[int] = field(default_factory=list)  # generated ids only
     text: str = ""                                       # decoded generated text
     finish_reason: str = "length"                        # "eos" or "length"
+    # wall clock, seconds: call to first new token on the host, then first to last
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
 
 
 def tokens(model, prompt_ids: list[int], max_new_tokens: int, params: SamplingParams,

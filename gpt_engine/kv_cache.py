@@ -24,5 +24,13 @@ class KVCache:
                 f"KV cache full: {self.length} tokens cached + {n_new} new > capacity {self.max_len}")
         return self.length
 
+    def slot(self, b: int) -> "KVCache":
+        """Sequence b's rows as a batch-1 cache (views of the same storage), length 0: a
+        prompt is prefilled into one slot of a batch while the others hold other prompts."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k[:, b:b + 1], self.v[:, b:b + 1]
+        view.max_len, view.length = self.max_len, 0
+        return view
+
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2

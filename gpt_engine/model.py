@@ -7,6 +7,7 @@ bytes on the GPU) and are dequantized when used.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -33,6 +34,10 @@ class Model:
         self.path, self.gguf, self.config, self.tokenizer = path, gguf, config, tokenizer
         self.device, self.dtype = device, dtype
         self.net = ARCHITECTURES[config.architecture](gguf, config, device, dtype)
+        self._decoders: dict = {}  # (batch, graphs) -> cuda_graph.Decoder, reused across requests
+        # GPU decode steps replay a captured CUDA graph; False runs the same step eagerly (the
+        # reference path, and a fallback)
+        self.cuda_graphs = True
 
     # ------------------------------------------------------------------ checks
     def _check_ids(self, ids) -> list[int]:
@@ -97,12 +102,80 @@ class Model:
         yield from self._pieces(out, max_new_tokens, _gen.SamplingParams(temperature, top_k, top_p, seed),
                                 stop_at_eos)
 
+    def generate_batch(self, prompts: list, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+                       top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> list[_gen.Generation]:
+        """Generate after each of ``prompts`` (strings or id lists) as one batch: one decode step
+        serves every sequence. Sequence b is seeded with ``seed + b`` when a seed is given. Greedy
+        ids equal each prompt's own ``generate`` run on the same device."""
+        if not prompts:
+            raise EngineError("generate_batch needs at least one prompt")
+        outs = [_gen.Generation(prompt_ids=self.encode_prompt(p)) for p in prompts]
+        params = [_gen.SamplingParams(temperature, top_k, top_p, None if seed is None else seed + b)
+                  for b in range(len(prompts))]
+        for p in params:
+            p.check()
+        if max_new_tokens < 0:
+            raise EngineError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if max_new_tokens == 0:
+            return outs
+        eos = self.tokenizer.eos_id
+        dec = self.decoder(len(prompts), max(len(o.prompt_ids) for o in outs) + max_new_tokens, self.cuda_graphs)
+        for ids in dec.run([o.prompt_ids for o in outs], max_new_tokens, params, stop_at_eos, eos):
+            for o, t in zip(outs, ids):
+                if t is not None:
+                    o.token_ids.append(t)
+                    if stop_at_eos and t == eos:
+                        o.finish_reason = "eos"
+        for o in outs:
+            o.text = self.tokenizer.decode(o.token_ids)
+        return outs
+
+    def decoder(self, batch: int, positions: int, graphs: bool = True):
+        """The decode loop for ``batch`` sequences of up to ``positions`` tokens (allocated once
+        and reused: a larger request replaces it with a larger one)."""
+        from .cuda_graph import Decoder
+
+        if positions > self.config.n_ctx:
+            raise ContextOverflowError(f"{positions} tokens exceed the context length {self.config.n_ctx}")
+        d = self._decoders.get((batch, graphs))
+        if d is None or d.state.capacity < positions:
+            self._decoders.pop((batch, graphs), None)  # free the old cache before the new one
+            cap = min(self.config.n_ctx, max(512, -(-positions // 256) * 256))
+            d = self._decoders[(batch, graphs)] = Decoder(self, batch, cap, graphs)
+        return d
+
+    def _device_tokens(self, prompt_ids: list[int], max_new_tokens: int, params, stop_at_eos: bool,
+                       result: _gen.Generation) -> Iterator[int]:
+        """The GPU path of _gen.tokens: the graph-captured decode loop."""
+        params.check()
+        if max_new_tokens < 0:
+            raise EngineError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if max_new_tokens == 0:
+            return
+        eos = self.tokenizer.eos_id
+        dec = self.decoder(1, len(prompt_ids) + max_new_tokens, self.cuda_graphs)
+        for ids in dec.run([prompt_ids], max_new_tokens, [params], stop_at_eos, eos):
+            tok = ids[0]
+            result.token_ids.append(tok)
+            yield tok
+            if stop_at_eos and eos is not None and tok == eos:
+                result.finish_reason = "eos"
+                return
+
     def _pieces(self, out: _gen.Generation, max_new_tokens: int, params, stop_at_eos: bool) -> Iterator[str]:
         utf8 = Utf8Stream(self.tokenizer)
-        for tok in _gen.tokens(self, out.prompt_ids, max_new_tokens, params, stop_at_eos, out):
+        t0 = time.perf_counter()
+        toks = (self._device_tokens if self.device.type == "cuda" else
+                lambda *a: _gen.tokens(self, *a))(out.prompt_ids, max_new_tokens, params, stop_at_eos, out)
+        t_first = None
+        for tok in toks:
+            if t_first is None:
+                t_first = time.perf_counter()
+                out.prefill_s = t_first - t0
             piece = utf8.push(tok)
             if piece:
                 yield piece
+            out.decode_s = time.perf_counter() - t_first
         tail = utf8.flush()
         if tail:
             yield tail

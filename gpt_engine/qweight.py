@@ -57,11 +57,26 @@ class QWeight:
             t = quants.dequantize(self.raw, self.qtype)
         return t.reshape(self.shape).to(dtype)
 
-    def rows(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Rows ``ids`` of a 2-D weight (embedding lookup), dequantizing only those rows."""
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32, checked: bool = True) -> torch.Tensor:
+        """Rows ``ids`` of a 2-D weight (embedding lookup), dequantizing only those rows.
+        ``checked=False`` skips the host-side range check (a device sync): for the decode
+        step, whose ids come from its own sampler and are in range by construction."""
         flat = ids.reshape(-1).to(self.raw.device)
         if self.qtype in (_Q.F32, _Q.F16):
             out = self.dense(dtype if self.qtype == _Q.F32 else torch.float16)[flat]
-        else:
+        elif checked:
             out = quants.dequantize_rows(self.raw, self.qtype, flat)
+        else:
+            out = quants.dequantize(self.raw.index_select(0, flat), self.qtype)
         return out.to(dtype).reshape(*ids.shape, self.shape[-1])
+
+    @classmethod
+    def stack_rows(cls, weights: list["QWeight"]) -> "QWeight":
+        """One weight holding the rows of ``weights`` in order (q, k, v -> qkv; gate, up ->
+        gate_up), so one product serves them. Same type and row length required: rows are
+        whole blocks, so the bytes simply concatenate."""
+        first = weights[0]
+        if any(w.qtype != first.qtype or w.shape[-1] != first.shape[-1] for w in weights):
+            raise ValueError("stack_rows: weights differ in type or row length")
+        raw = torch.cat([w.raw for w in weights], dim=0)
+        return cls(raw, first.qtype, (raw.shape[0], first.shape[-1]))

@@ -151,6 +151,9 @@ BAD_INPUT = [
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["--json"], "required: COMMAND"),
     (["generate", "MODEL", "--prompt", "word " * 1500], "more than the model's context length 1024"),
+    (["bench", "MODEL", "-n", "1"], "-n/--n-gen: must be 0 or >= 2"),
+    (["bench", "MODEL", "-r", "0"], "-r/--reps: must be >= 1"),
+    (["bench", "DIR"], "is a directory, not a GGUF model file"),
 ]
 
 
@@ -173,7 +176,7 @@ def test_bare_command_prints_usage_and_version_prints_version():
     assert r.returncode == 2 and r.stdout == b""
     err = r.stderr.decode()
     assert err.startswith("usage: gpt-engine [-h] [--version] COMMAND ...")
-    for cmd in ("inspect", "tokenize", "generate"):
+    for cmd in ("inspect", "tokenize", "generate", "bench"):
         assert f"\n    {cmd} " in err, err
     r = exe("--version")
     assert r.returncode == 0 and r.stderr == b""

@@ -23,7 +23,7 @@ def _nmse(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_cuda_logits_match_transformers(models, arch, qtype):
     path = models.path(arch, qtype)
     m = gpt_engine.load(path, device="cuda")
-    assert m.net.layers[0][next(iter(m.net.layers[0]))].device.type == "cuda"
+    assert m.net.head.device.type == "cuda"
     g = torch.Generator().manual_seed(11)
     ids = torch.randint(0, m.config.vocab_size, (61,), generator=g).tolist()
     ours = m.logits(ids)

@@ -1,7 +1,17 @@
-"""The attention step both architectures share: prefill attends causally within
-the new tokens (written to the cache when there is one); a one-token decode step
-appends to the cache and attends over everything cached."""
+"""The attention step both architectures share, from the fused QKV projection to the
+attention output, in its two shapes:
+
+- ``attend_tokens``: T new tokens at host-known positions start..start+T-1. With start = 0 they
+  are the whole sequence (causal prefill attention); otherwise T = 1 and the token attends
+  everything cached (the models feed longer continuations one token at a time).
+- ``attend_decode``: one token per sequence at device-held positions (the decode graph's step:
+  no host value, no sync), lengths and the status word in a ``DecodeState``.
+
+Both split the projection, rotate q/k and append k/v to the cache in one op (``ops.qkv_rope``).
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -9,18 +19,45 @@ from .. import ops
 from ..kv_cache import KVCache
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache | None, layer: int,
-           start: int, scale: float) -> torch.Tensor:
-    """q [B, T, Hq, D], k/v [B, T, Hkv, D] at positions start..start+T -> [B, T, Hq, D].
-    With start > 0, T must be 1 (the models split longer continuations)."""
-    if cache is None:
-        return ops.attention_prefill(q, k, v, scale)
-    ops.kv_append(cache.k[layer], cache.v[layer], k, v, start)
+@dataclass(frozen=True)
+class HeadLayout:
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    scale: float
+    rope_mode: int = 0                  # ops.qkv_rope_module.ROPE_MODES
+    rope_dim: int = 0
+    cos: torch.Tensor | None = None     # [positions, rope_dim / 2] fp32, built once per model
+    sin: torch.Tensor | None = None
+
+
+def attend_tokens(lay: HeadLayout, qkv: torch.Tensor, cache: KVCache | None, layer: int, batch: int, start: int,
+                  pos: torch.Tensor) -> torch.Tensor:
+    """qkv [B*T, (Hq + 2 Hkv) D] at positions pos [B*T] (= start..start+T-1 per sequence)
+    -> attention output [B*T, Hq D]."""
+    t = qkv.shape[0] // batch
+    kc, vc = (cache.k[layer], cache.v[layer]) if cache is not None else (None, None)
+    q, k, v = ops.qkv_rope(qkv, pos, lay.cos, lay.sin, kc, vc, None, None, lay.n_head, lay.n_head_kv, t,
+                           lay.rope_mode, lay.rope_dim)
+    d = lay.head_dim
     if start == 0:
-        return ops.attention_prefill(q, k, v, scale)
-    B = q.shape[0]
-    lens = torch.full((B,), start + 1, dtype=torch.int32, device=q.device)
-    return ops.attention_decode(q[:, 0], cache.k[layer], cache.v[layer], lens, scale)[:, None]
+        a = ops.attention_prefill(q.view(batch, t, lay.n_head, d), k.view(batch, t, lay.n_head_kv, d),
+                                  v.view(batch, t, lay.n_head_kv, d), lay.scale)
+    else:
+        assert t == 1, "continuations are fed one token at a time"
+        lens = torch.full((batch,), start + 1, dtype=torch.int32, device=qkv.device)
+        a = ops.attention_decode(q, kc, vc, lens, lay.scale)
+    return a.reshape(batch * t, lay.n_head * d)
+
+
+def attend_decode(lay: HeadLayout, qkv: torch.Tensor, st, layer: int) -> torch.Tensor:
+    """qkv [B, ...] of the token at st.pos per sequence -> [B, Hq D]. Writes the cache row and
+    st.lens (= pos + 1); a position outside the cache raises a bit in st.status."""
+    kc, vc = st.cache.k[layer], st.cache.v[layer]
+    q, _, _ = ops.qkv_rope(qkv, st.pos, lay.cos, lay.sin, kc, vc, st.lens, st.status, lay.n_head, lay.n_head_kv,
+                           1, lay.rope_mode, lay.rope_dim)
+    a = ops.attention_decode(q, kc, vc, st.lens, lay.scale, st.splits)
+    return a.reshape(qkv.shape[0], lay.n_head * lay.head_dim)
 
 
 def one_token_at_a_time(forward, ids: torch.Tensor, cache: KVCache, last_only: bool) -> torch.Tensor:

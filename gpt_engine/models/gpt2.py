@@ -1,7 +1,14 @@
 """GPT-2: learned absolute positions, pre-LayerNorm blocks, fused QKV, multi-head
 attention, tanh-GELU MLP, LM head tied to the token embedding when the file has
 no ``output.weight``. Tensor names follow gguf-py's MODEL_TENSOR table for
-MODEL_ARCH.GPT2; linear weights are (out, in) as GGUF stores them."""
+MODEL_ARCH.GPT2; linear weights are (out, in) as GGUF stores them.
+
+Every product goes through ``ops.linear`` with the block's LayerNorms fused in front of the
+product that follows them and bias, GELU and residual adds in its epilogue: per block, the
+QKV product (LN1 fused), the attention step, the output projection (+ residual), the MLP up
+product (LN2 fused, GELU) and the down product (+ residual). ``block()`` is that sequence; the
+full forward, prefill, the host-positioned step and the graph-captured decode step all run it.
+"""
 from __future__ import annotations
 
 import math
@@ -11,9 +18,17 @@ import torch
 from .. import ops
 from ..kv_cache import KVCache
 from ..qweight import QWeight
-from .attention import attend, one_token_at_a_time
+from .attention import HeadLayout, attend_decode, attend_tokens, one_token_at_a_time
 
 _DENSE = {"F32", "F16"}
+
+
+def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
+    """One GPT-2 block on x [ntok, C] (the residual stream); attn(qkv) -> [ntok, C]."""
+    qkv = ops.linear(x, L["qkv_w"], L["qkv_b"], norm=L["ln1"])
+    x = ops.linear(attn(qkv), L["o_w"], L["o_b"], residual=x)
+    h = ops.linear(x, L["up_w"], L["up_b"], norm=L["ln2"], act="gelu_tanh")
+    return ops.linear(h, L["down_w"], L["down_b"], residual=x)
 
 
 class GPT2:
@@ -26,29 +41,38 @@ class GPT2:
         def small(name: str) -> torch.Tensor:  # norms and biases: tiny, dense at load
             return w(name).dense(dtype)
 
+        def ln(prefix: str) -> ops.Norm:
+            return ops.Norm("layernorm", small(prefix + ".weight"), small(prefix + ".bias"), cfg.norm_eps)
+
         self.wte, self.wpe = w("token_embd.weight"), w("position_embd.weight")
+        # 1024 x C: converted once to the model dtype instead of on every lookup
+        self.wpe_dense = self.wpe.dense(dtype) if self.wpe.qtype.name in _DENSE else None
         self.layers = []
         for i in range(cfg.n_layer):
             p = f"blk.{i}."
             self.layers.append({
-                "ln1_w": small(p + "attn_norm.weight"), "ln1_b": small(p + "attn_norm.bias"),
+                "ln1": ln(p + "attn_norm"),
                 "qkv_w": w(p + "attn_qkv.weight"), "qkv_b": small(p + "attn_qkv.bias"),
                 "o_w": w(p + "attn_output.weight"), "o_b": small(p + "attn_output.bias"),
-                "ln2_w": small(p + "ffn_norm.weight"), "ln2_b": small(p + "ffn_norm.bias"),
+                "ln2": ln(p + "ffn_norm"),
                 "up_w": w(p + "ffn_up.weight"), "up_b": small(p + "ffn_up.bias"),
                 "down_w": w(p + "ffn_down.weight"), "down_b": small(p + "ffn_down.bias"),
             })
-        self.lnf_w, self.lnf_b = small("output_norm.weight"), small("output_norm.bias")
+        self.lnf = ln("output_norm")
         self.head = self.wte if cfg.tied_output else w("output.weight")
+        self.heads = HeadLayout(cfg.n_head, cfg.n_head, cfg.head_dim, 1.0 / math.sqrt(cfg.head_dim))
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         c = self.cfg
         return KVCache(c.n_layer, batch, c.n_head, max_len, c.head_dim, self.dtype, self.device)
 
     def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        if self.wte.qtype.name in _DENSE and self.wpe.qtype.name in _DENSE:
-            return ops.embedding(ids, pos, self.wte.dense(self.dtype), self.wpe.dense(self.dtype))
-        return ops.residual_add(self.wte.rows(ids, self.dtype), self.wpe.rows(pos, self.dtype))
+        if self.wte.qtype.name in _DENSE and self.wpe_dense is not None:
+            return ops.embedding(ids, pos, self.wte.dense(self.dtype), self.wpe_dense)
+        checked = not ops.device_checked.active()
+        tok = self.wte.rows(ids, self.dtype, checked=checked)
+        pe = self.wpe_dense[pos] if self.wpe_dense is not None else self.wpe.rows(pos, self.dtype, checked=checked)
+        return ops.residual_add(tok, pe)
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
         """ids [B, T] -> logits [B, T, V] (or [B, 1, V] with last_only), float32.
@@ -60,25 +84,22 @@ class GPT2:
         if cache is not None and start > 0 and T > 1:
             return one_token_at_a_time(self.forward, ids, cache, last_only)
         pos = torch.arange(start, start + T, device=self.device).expand(B, T)
-        x = self._embed(ids, pos)
-        scale = 1.0 / math.sqrt(c.head_dim)
-        h = ops.layernorm(x, self.layers[0]["ln1_w"], self.layers[0]["ln1_b"], c.norm_eps)
+        x = self._embed(ids, pos).reshape(B * T, c.n_embd)
+        flat = pos.reshape(-1).contiguous()
         for i, L in enumerate(self.layers):
-            qkv = torch.nn.functional.linear(h, L["qkv_w"].dense(self.dtype), L["qkv_b"])
-            q, k, v = (t.reshape(B, T, c.n_head, c.head_dim).contiguous() for t in qkv.split(c.n_embd, dim=-1))
-            a = attend(q, k, v, cache, i, start, scale)
-            a = torch.nn.functional.linear(a.reshape(B, T, c.n_embd), L["o_w"].dense(self.dtype), L["o_b"])
-            x, h = ops.add_layernorm(a, x, L["ln2_w"], L["ln2_b"], c.norm_eps)
-            m = ops.ffn(h, L["up_w"].dense(self.dtype), L["up_b"], L["down_w"].dense(self.dtype),
-                        L["down_b"], "tanh")
-            if i + 1 < len(self.layers):
-                nxt = self.layers[i + 1]
-                x, h = ops.add_layernorm(m, x, nxt["ln1_w"], nxt["ln1_b"], c.norm_eps)
-            else:
-                x = ops.residual_add(m, x)
+            x = block(L, x, lambda qkv, i=i: attend_tokens(self.heads, qkv, cache, i, B, start, flat))
         if cache is not None:
             cache.length = start + T
+        x = x.view(B, T, c.n_embd)
         if last_only:
             x = x[:, -1:]
-        x = ops.layernorm(x.contiguous(), self.lnf_w, self.lnf_b, c.norm_eps)
-        return torch.nn.functional.linear(x, self.head.dense(self.dtype)).float()
+        return ops.linear(x.contiguous(), self.head, norm=self.lnf, float_out=True)
+
+    def decode_logits(self, st) -> torch.Tensor:
+        """One decode step for st.batch sequences at device positions st.pos (a DecodeState):
+        logits [B, V] float32; k/v appended, st.lens set. Nothing here reads the device."""
+        B = st.ids.shape[0]
+        x = self._embed(st.ids.view(B, 1), st.pos.view(B, 1)).view(B, self.cfg.n_embd)
+        for i, L in enumerate(self.layers):
+            x = block(L, x, lambda qkv, i=i: attend_decode(self.heads, qkv, st, i))
+        return ops.linear(x, self.head, norm=self.lnf, float_out=True)

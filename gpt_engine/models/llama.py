@@ -6,7 +6,13 @@ RoPE convention: llama.cpp's converter permutes the rows of attn_q/attn_k so tha
 each rotary pair is adjacent (convert_hf_to_gguf.py, LlamaModel.permute), and
 llama.cpp rotates pairs (x[2i], x[2i+1]) ("normal" rope mode). We read the GGUF
 rows as stored, so we rotate adjacent pairs too; transformers un-permutes the rows
-instead and rotates halves. Both give the same attention scores."""
+instead and rotates halves. Both give the same attention scores.
+
+Layout of the products: q, k and v weights are stacked into one [q; k; v] weight and gate and
+up into one [gate; up] weight at load (same bytes, one product each; kept separate when a
+mixed-type file gives them different types), RMSNorms are fused in front of the product that
+follows them, SwiGLU and the residual adds are epilogues. The RoPE tables are built once.
+"""
 from __future__ import annotations
 
 import math
@@ -14,15 +20,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import ops
 from ..kv_cache import KVCache
+from ..ops.qkv_rope import ROPE_MODES
 from ..qweight import QWeight
-from .attention import attend, one_token_at_a_time
-
-
-def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * weight.float()).to(x.dtype)
+from .attention import HeadLayout, attend_decode, attend_tokens, one_token_at_a_time
 
 
 def rope_tables(positions: torch.Tensor, rope_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,15 +35,28 @@ def rope_tables(positions: torch.Tensor, rope_dim: int, theta: float) -> tuple[t
     return ang.cos().float(), ang.sin().float()
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of the first 2*cos.shape[-1] dims of x [B, T, H, D]."""
-    n = cos.shape[-1] * 2
-    xf = x.float()
-    pairs = xf[..., :n].reshape(*x.shape[:-1], n // 2, 2)
-    a, b = pairs[..., 0], pairs[..., 1]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    rot = torch.stack((a * c - b * s, a * s + b * c), dim=-1).reshape(*x.shape[:-1], n)
-    return torch.cat((rot, xf[..., n:]), dim=-1).to(x.dtype)
+def _stacked(weights: list[QWeight]) -> list[QWeight]:
+    try:
+        return [QWeight.stack_rows(weights)]
+    except ValueError:  # types differ (e.g. a Q4_K_M file with attn_v in Q6_K)
+        return weights
+
+
+def _project(x: torch.Tensor, weights: list[QWeight], norm: ops.Norm) -> torch.Tensor:
+    if len(weights) == 1:
+        return ops.linear(x, weights[0], norm=norm)
+    return torch.cat([ops.linear(x, w, norm=norm) for w in weights], dim=-1)
+
+
+def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
+    """One Llama block on x [ntok, C] (the residual stream); attn(qkv) -> [ntok, Hq D]."""
+    x = ops.linear(attn(_project(x, L["qkv"], L["attn_norm"])), L["o"], residual=x)
+    if len(L["gate_up"]) == 1:
+        h = ops.linear(x, L["gate_up"][0], norm=L["ffn_norm"], act="swiglu")
+    else:
+        g, u = (ops.linear(x, w, norm=L["ffn_norm"]) for w in L["gate_up"])
+        h = (F.silu(g.float()) * u.float()).to(x.dtype)
+    return ops.linear(h, L["down"], residual=x)
 
 
 class Llama:
@@ -51,19 +66,26 @@ class Llama:
         def w(name: str) -> QWeight:
             return QWeight.from_gguf(f, name, device)
 
+        def rms(name: str) -> ops.Norm:
+            return ops.Norm("rmsnorm", w(name).dense(dtype), None, cfg.norm_eps)
+
         self.embd = w("token_embd.weight")
         self.layers = []
         for i in range(cfg.n_layer):
             p = f"blk.{i}."
             self.layers.append({
-                "attn_norm": w(p + "attn_norm.weight").dense(dtype),
-                "q": w(p + "attn_q.weight"), "k": w(p + "attn_k.weight"), "v": w(p + "attn_v.weight"),
+                "attn_norm": rms(p + "attn_norm.weight"),
+                "qkv": _stacked([w(p + "attn_q.weight"), w(p + "attn_k.weight"), w(p + "attn_v.weight")]),
                 "o": w(p + "attn_output.weight"),
-                "ffn_norm": w(p + "ffn_norm.weight").dense(dtype),
-                "gate": w(p + "ffn_gate.weight"), "up": w(p + "ffn_up.weight"), "down": w(p + "ffn_down.weight"),
+                "ffn_norm": rms(p + "ffn_norm.weight"),
+                "gate_up": _stacked([w(p + "ffn_gate.weight"), w(p + "ffn_up.weight")]),
+                "down": w(p + "ffn_down.weight"),
             })
-        self.norm = w("output_norm.weight").dense(dtype)
+        self.norm = rms("output_norm.weight")
         self.head = self.embd if cfg.tied_output else w("output.weight")
+        cos, sin = rope_tables(torch.arange(cfg.n_ctx, device=device), cfg.rope_dim, cfg.rope_theta)
+        self.heads = HeadLayout(cfg.n_head, cfg.n_head_kv, cfg.head_dim, 1.0 / math.sqrt(cfg.head_dim),
+                                ROPE_MODES["adjacent"], cfg.rope_dim, cos, sin)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         c = self.cfg
@@ -76,25 +98,22 @@ class Llama:
         start = cache.reserve(T) if cache is not None else 0
         if cache is not None and start > 0 and T > 1:
             return one_token_at_a_time(self.forward, ids, cache, last_only)
-        cos, sin = rope_tables(torch.arange(start, start + T, device=self.device), c.rope_dim, c.rope_theta)
-        x = self.embd.rows(ids, self.dtype)
-        scale = 1.0 / math.sqrt(c.head_dim)
-        dt = self.dtype
+        pos = torch.arange(start, start + T, device=self.device).expand(B, T).reshape(-1).contiguous()
+        x = self.embd.rows(ids, self.dtype).reshape(B * T, c.n_embd)
         for i, L in enumerate(self.layers):
-            h = rmsnorm(x, L["attn_norm"], c.norm_eps)
-            q = F.linear(h, L["q"].dense(dt)).reshape(B, T, c.n_head, c.head_dim)
-            k = F.linear(h, L["k"].dense(dt)).reshape(B, T, c.n_head_kv, c.head_dim)
-            v = F.linear(h, L["v"].dense(dt)).reshape(B, T, c.n_head_kv, c.head_dim).contiguous()
-            q, k = rope(q, cos, sin).contiguous(), rope(k, cos, sin).contiguous()
-            a = attend(q, k, v, cache, i, start, scale)
-            x = x + F.linear(a.reshape(B, T, c.n_head * c.head_dim), L["o"].dense(dt))
-            h = rmsnorm(x, L["ffn_norm"], c.norm_eps)
-            g = F.linear(h, L["gate"].dense(dt))
-            u = F.linear(h, L["up"].dense(dt))
-            x = x + F.linear(F.silu(g) * u, L["down"].dense(dt))
+            x = block(L, x, lambda qkv, i=i: attend_tokens(self.heads, qkv, cache, i, B, start, pos))
         if cache is not None:
             cache.length = start + T
+        x = x.view(B, T, c.n_embd)
         if last_only:
             x = x[:, -1:]
-        x = rmsnorm(x, self.norm, c.norm_eps)
-        return F.linear(x, self.head.dense(dt)).float()
+        return ops.linear(x.contiguous(), self.head, norm=self.norm, float_out=True)
+
+    def decode_logits(self, st) -> torch.Tensor:
+        """One decode step for st.batch sequences at device positions st.pos (a DecodeState):
+        logits [B, V] float32; k/v appended, st.lens set. Nothing here reads the device."""
+        B = st.ids.shape[0]
+        x = self.embd.rows(st.ids, self.dtype, checked=False).view(B, self.cfg.n_embd)
+        for i, L in enumerate(self.layers):
+            x = block(L, x, lambda qkv, i=i: attend_decode(self.heads, qkv, st, i))
+        return ops.linear(x, self.head, norm=self.norm, float_out=True)

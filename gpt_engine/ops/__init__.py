@@ -14,8 +14,11 @@ from . import ffn as ffn_module
 from . import gelu as gelu_module
 from . import kv_append as kv_append_module
 from . import layernorm as layernorm_module
+from . import linear as linear_module
+from . import qkv_rope as qkv_rope_module
 from . import residual_add as residual_add_module
-from ._common import OpError, OpIndexError
+from . import sample_greedy as sample_greedy_module
+from ._common import OpError, OpIndexError, device_checked
 from ._ext import available as cuda_kernels_available
 
 embedding = embedding_module.embedding
@@ -28,8 +31,12 @@ ffn = ffn_module.ffn
 attention_prefill = attention_prefill_module.attention_prefill
 kv_append = kv_append_module.kv_append
 attention_decode = attention_decode_module.attention_decode
+linear = linear_module.linear          # takes a QWeight; the custom op is torch.ops.gpt_engine.linear
+Norm = linear_module.Norm
+qkv_rope = qkv_rope_module.qkv_rope
+sample_greedy = sample_greedy_module.sample_greedy
 
 ALL_OPS = ("embedding", "layernorm", "add_layernorm", "residual_add", "gelu", "bias_gelu", "ffn",
-           "attention_prefill", "kv_append", "attention_decode")
+           "attention_prefill", "kv_append", "attention_decode", "linear", "qkv_rope", "sample_greedy")
 
-__all__ = [*ALL_OPS, "OpError", "OpIndexError", "cuda_kernels_available"]
+__all__ = [*ALL_OPS, "Norm", "OpError", "OpIndexError", "cuda_kernels_available", "device_checked"]

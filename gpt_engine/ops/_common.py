@@ -55,10 +55,35 @@ def check_approximate(op: str, approximate: str) -> None:
         raise OpError(f"{op}: approximate={approximate!r}, expected 'tanh' or 'none'")
 
 
+_DEVICE_CHECKED = [0]  # depth of nested device_checked() blocks
+
+
 def capturing() -> bool:
-    """True while a CUDA graph is being captured: then no check may read device
-    data back to the host (it would break the capture)."""
+    """True when no check may read device data back to the host: while a CUDA graph is
+    being captured (a read-back would break the capture), and inside device_checked(),
+    where the decode step's status word carries the value checks instead (a read-back
+    would be a host sync per layer)."""
+    if _DEVICE_CHECKED[0]:
+        return True
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+class device_checked:
+    """``with device_checked():`` the ops skip their host read-back value checks. Only for
+    callers that check values on the device themselves: the decode step (decode_state.py),
+    whose kernels clamp bad values and raise bits in its status word."""
+
+    def __enter__(self):
+        _DEVICE_CHECKED[0] += 1
+        return self
+
+    def __exit__(self, *exc):
+        _DEVICE_CHECKED[0] -= 1
+        return False
+
+    @staticmethod
+    def active() -> bool:
+        return _DEVICE_CHECKED[0] > 0
 
 
 def rows_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -71,8 +96,9 @@ def rows_contiguous(t: torch.Tensor) -> torch.Tensor:
 FILL_OUTPUTS_WITH_NAN = False
 
 
-def new_output(shape, like: torch.Tensor) -> torch.Tensor:
-    """Allocates a kernel output (dense, like's dtype and device)."""
+def new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Allocates a kernel output (dense, like's device, like's dtype unless given)."""
+    dtype = dtype or like.dtype
     if FILL_OUTPUTS_WITH_NAN:
-        return torch.full(tuple(shape), float("nan"), dtype=like.dtype, device=like.device)
-    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=like.device)
+    return torch.empty(tuple(shape), dtype=dtype, device=like.device)

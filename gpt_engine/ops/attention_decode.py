@@ -55,14 +55,26 @@ def reference(q, k_cache, v_cache, seq_lens, scale):
     return out.to(q.dtype)
 
 
+def splits_for(hq: int, hkv: int, s: int) -> int:
+    """The kernel's split count for one sequence. The decode graph passes it for every batch
+    size, so a sequence's sums run in the same order whatever batch it is in (its greedy ids
+    then equal its batch-1 run's)."""
+    if not _ext.available():
+        return 0
+    return int(_ext.load().attention_decode_splits(1, hq, hkv, s,
+                                                   torch.cuda.get_device_properties(0).multi_processor_count))
+
+
 @torch.library.custom_op("gpt_engine::attention_decode", mutates_args=())
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+                     scale: float, splits: int = 0) -> torch.Tensor:
+    """splits: sequence chunks per (batch, head) on the GPU; 0 picks by occupancy. The
+    result does not depend on it beyond fp32 summation order."""
     return reference(q, k_cache, v_cache, seq_lens, scale)
 
 
 @attention_decode.register_fake
-def _(q, k_cache, v_cache, seq_lens, scale):
+def _(q, k_cache, v_cache, seq_lens, scale, splits=0):
     _check(q, k_cache, v_cache, seq_lens, scale)
     return q.new_empty(q.shape)
 
@@ -70,12 +82,14 @@ def _(q, k_cache, v_cache, seq_lens, scale):
 if _ext.available():
 
     @attention_decode.register_kernel("cuda")
-    def _(q, k_cache, v_cache, seq_lens, scale):
+    def _(q, k_cache, v_cache, seq_lens, scale, splits=0):
         _check(q, k_cache, v_cache, seq_lens, scale)
         if q.dtype == torch.float64 or q.shape[-1] not in KERNEL_HEAD_DIMS:
             return reference(q, k_cache, v_cache, seq_lens, scale)
+        if not 0 <= splits <= 1024:
+            raise OpError(f"{OP}: splits={splits}, expected 0 (automatic) to 1024")
         _check_lens(seq_lens, k_cache.shape[2])
         out = new_output(q.shape, q)
         _ext.load().attention_decode(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(),
-                                     seq_lens.contiguous(), out, float(scale))
+                                     seq_lens.contiguous(), out, float(scale), int(splits))
         return out

@@ -15,6 +15,11 @@ def _samples(device):
     ids = torch.randint(0, 50, (2, 5), device=device)
     pos = torch.randint(0, 9, (2, 5), device=device)
     kc, vc = r(2, 2, 40, 64), r(2, 2, 40, 64)
+    w16 = torch.randn(24, 64, device=device).half().view(torch.uint8)  # F16 raw bytes [N, 2K]
+    pos1 = torch.tensor([3, 39], device=device)
+    cos, sin = torch.rand(40, 32, device=device), torch.rand(40, 32, device=device)
+    lens = torch.zeros(2, dtype=torch.int32, device=device)
+    status = torch.zeros(1, dtype=torch.int32, device=device)
     return {
         "embedding": (ids, pos, r(50, 33), r(9, 33)),
         "layernorm": (r(3, 65), r(65), r(65), 1e-5),
@@ -26,6 +31,11 @@ def _samples(device):
         "attention_prefill": (r(2, 19, 4, 64), r(2, 19, 2, 64), r(2, 19, 2, 64), 0.125),
         "kv_append": (kc, vc, r(2, 3, 2, 64), r(2, 3, 2, 64), 7),
         "attention_decode": (r(2, 4, 64), kc, vc, torch.tensor([40, 11], device=device), 0.125),
+        # 2 rows: the GEMV kernel on CUDA; with LayerNorm, bias and GELU fused
+        "linear": (r(2, 64), w16, 1, r(24), None, r(64), r(64), 1, 1e-5, 1, False),
+        "qkv_rope": (r(2, (4 + 2 * 2) * 64), pos1, cos, sin, kc, vc, lens, status, 4, 2, 1, 1, 64),
+        "sample_greedy": (torch.randn(2, 300, device=device), 290, torch.zeros(2, dtype=torch.long, device=device),
+                          pos1.clone(), status),
     }
 
 
@@ -76,11 +86,11 @@ def test_no_device_memory_growth():
     """200 rounds of every op: allocated device memory returns to where it started."""
     samples = _samples("cuda")
     for name in ops.ALL_OPS:  # warm up (first calls build workspaces, cuBLAS handles)
-        getattr(ops, name)(*samples[name])
+        getattr(torch.ops.gpt_engine, name)(*samples[name])
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     for _ in range(200):
         for name in ops.ALL_OPS:
-            getattr(ops, name)(*samples[name])
+            getattr(torch.ops.gpt_engine, name)(*samples[name])
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == before

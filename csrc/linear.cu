@@ -1,0 +1,272 @@
+// Linear layers at small batch (decode): out[m, n] = epilogue(sum_k xn[m, k] * W[n, k]) for
+// M <= 16 activation rows, reading every weight byte exactly once.
+//
+// Floor: the weight bytes over copy bandwidth (GPT-2 1.5B, one 1600 x 6400 F16 matrix: 20.5 MB,
+// 4.8 us at 4.26 TB/s); x, bias and the output are < 1% of that at M <= 16.
+//
+// v1 (this file): one warp computes a PAIR of weight rows (rows 2p and 2p+1, or for SwiGLU the
+// gate row p and the up row F + p, so the epilogue holds both factors); each lane streams
+// 16-byte weight chunks of both rows with U chunks per row in flight before the first FMA,
+// fp32 accumulation, one butterfly reduction per (row, m) at the end. The activations are
+// staged in shared memory as fp32 once per block (norm applied there: LayerNorm or RMSNorm of
+// the input row, rounded to the activation dtype exactly as the unfused path rounds its norm
+// output), in K tiles of at most 48 KiB; blocks are persistent over row groups so the staging
+// is paid once per block, not once per row, whenever K fits one tile (always for M <= 4).
+// Epilogues: + bias, tanh-GELU, SwiGLU (silu(gate) * up), + residual, fp32 output (logits).
+#include <cmath>
+
+#include "common.cuh"
+#include "gelu_math.cuh"
+#include "launchers.h"
+
+namespace gpte {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kSmemFloats = 12288;  // 48 KiB of staged activations per block (no opt-in needed)
+
+// Weight bytes that never get reused within a step: keep them out of L1.
+__device__ __forceinline__ uint4 ldg_stream(const void* ptr) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(ptr));
+  return r;
+}
+
+template <typename W> __device__ __forceinline__ void unpack16(const uint4& r, float* f);
+template <> __device__ __forceinline__ void unpack16<float>(const uint4& r, float* f) {
+  f[0] = __uint_as_float(r.x);
+  f[1] = __uint_as_float(r.y);
+  f[2] = __uint_as_float(r.z);
+  f[3] = __uint_as_float(r.w);
+}
+template <> __device__ __forceinline__ void unpack16<__half>(const uint4& r, float* f) {
+  const uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __half22float2(*reinterpret_cast<const __half2*>(&u[i]));
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+template <> __device__ __forceinline__ void unpack16<__nv_bfloat16>(const uint4& r, float* f) {
+  const uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u[i]));
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
+template <typename W, typename A, int MT>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const LinearArgs p) {
+  constexpr int CH = 16 / sizeof(W);                      // weight elements per 16-byte load
+  constexpr int U = MT >= 8 ? 2 : (MT >= 4 ? 4 : 8);      // chunks per row in flight per lane
+  extern __shared__ float xs[];                           // [MT][kt] staged activations
+  __shared__ float s_mean[MT], s_rstd[MT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const A* __restrict__ x = static_cast<const A*>(p.x);
+  const W* __restrict__ w = static_cast<const W*>(p.w);
+  const A* nw = static_cast<const A*>(p.norm_w);
+  const A* nb = static_cast<const A*>(p.norm_b);
+  const bool swiglu = p.act == kActSwiglu;
+  const int npairs = swiglu ? p.n_out : (p.N + 1) / 2;
+  const int ngroups = (npairs + kWarps - 1) / kWarps;
+  const int ntiles = (p.K + p.kt - 1) / p.kt;
+
+  if (p.norm != kNormNone) {  // row statistics over the whole K, two passes (x is tiny and cached)
+    for (int m = warp; m < p.M; m += kWarps) {
+      const A* xr = x + (int64_t)m * p.K;
+      float mean = 0.f;
+      if (p.norm == kNormLayer) {
+        float s = 0.f;
+        for (int k = lane; k < p.K; k += 32) s += to_f(xr[k]);
+        mean = warp_sum(s) / p.K;
+      }
+      float v = 0.f;
+      for (int k = lane; k < p.K; k += 32) {
+        const float d = to_f(xr[k]) - mean;
+        v = fmaf(d, d, v);
+      }
+      v = warp_sum(v);
+      if (lane == 0) {
+        s_mean[m] = mean;
+        s_rstd[m] = rsqrtf(v / p.K + p.eps);
+      }
+    }
+    __syncthreads();
+  }
+
+  auto stage = [&](int t) {
+    const int k0 = t * p.kt;
+    const int len = min(p.kt, p.K - k0);
+    for (int i = threadIdx.x; i < MT * len; i += kThreads) {
+      const int m = i / len, k = i - m * len;
+      float v = 0.f;
+      if (m < p.M) {
+        v = to_f(x[(int64_t)m * p.K + k0 + k]);
+        if (p.norm == kNormLayer)
+          v = to_f(from_f<A>((v - s_mean[m]) * s_rstd[m] * to_f(nw[k0 + k]) + to_f(nb[k0 + k])));
+        else if (p.norm == kNormRms)
+          v = to_f(from_f<A>(v * s_rstd[m] * to_f(nw[k0 + k])));
+      }
+      xs[m * p.kt + k] = v;
+    }
+  };
+
+  if (ntiles == 1) {
+    stage(0);
+    __syncthreads();
+  }
+  for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
+    const int pair = g * kWarps + warp;
+    const bool active = pair < npairs;
+    const int r0 = swiglu ? pair : 2 * pair;
+    const int r1 = swiglu ? pair + p.n_out : 2 * pair + 1;
+    const bool has1 = active && r1 < p.N;
+    float acc0[MT], acc1[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
+
+    for (int t = 0; t < ntiles; ++t) {
+      if (ntiles > 1) {
+        __syncthreads();  // every warp is done with the previous tile
+        stage(t);
+        __syncthreads();
+      }
+      if (!active) continue;
+      const int k0 = t * p.kt;
+      const int nch = min(p.kt, p.K - k0) / CH;
+      // a missing second row (odd N) re-reads row 0; its sums are never stored
+      const W* w0 = w + (int64_t)r0 * p.K + k0;
+      const W* w1 = w + (int64_t)(has1 ? r1 : r0) * p.K + k0;
+      for (int c0 = 0; c0 < nch; c0 += 32 * U) {
+        uint4 a[U], b[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int c = c0 + u * 32 + lane;
+          if (c < nch) {
+            a[u] = ldg_stream(w0 + (int64_t)c * CH);
+            b[u] = ldg_stream(w1 + (int64_t)c * CH);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int c = c0 + u * 32 + lane;
+          if (c < nch) {
+            float wa[CH], wb[CH];
+            unpack16<W>(a[u], wa);
+            unpack16<W>(b[u], wb);
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+              const float4* xm = reinterpret_cast<const float4*>(xs + m * p.kt + c * CH);
+              float xv[CH];
+#pragma unroll
+              for (int j = 0; j < CH / 4; ++j) {
+                const float4 q = xm[j];
+                xv[4 * j] = q.x;
+                xv[4 * j + 1] = q.y;
+                xv[4 * j + 2] = q.z;
+                xv[4 * j + 3] = q.w;
+              }
+#pragma unroll
+              for (int j = 0; j < CH; ++j) {
+                acc0[m] = fmaf(wa[j], xv[j], acc0[m]);
+                acc1[m] = fmaf(wb[j], xv[j], acc1[m]);
+              }
+            }
+          }
+        }
+      }
+    }
+    if (!active) continue;
+
+    const A* bias = static_cast<const A*>(p.bias);
+    const A* res = static_cast<const A*>(p.residual);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      acc0[m] = warp_sum(acc0[m]);
+      acc1[m] = warp_sum(acc1[m]);
+      if (m >= p.M || lane != m) continue;  // lane m writes batch row m
+      auto emit = [&](int col, float v) {
+        if (p.act == kActGeluTanh) v = gelu_tanh<false>(v);
+        const int64_t idx = (int64_t)m * p.n_out + col;
+        if (res) v += to_f(res[idx]);
+        if (p.out_f32)
+          static_cast<float*>(p.out)[idx] = v;
+        else
+          static_cast<A*>(p.out)[idx] = from_f<A>(v);
+      };
+      if (swiglu) {
+        const float gte = acc0[m] + (bias ? to_f(bias[r0]) : 0.f);
+        const float up = acc1[m] + (bias ? to_f(bias[r1]) : 0.f);
+        emit(pair, silu(gte) * up);
+      } else {
+        emit(r0, acc0[m] + (bias ? to_f(bias[r0]) : 0.f));
+        if (has1) emit(r1, acc1[m] + (bias ? to_f(bias[r1]) : 0.f));
+      }
+    }
+  }
+}
+
+template <typename W, typename A, int MT>
+cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
+  constexpr int CH = 16 / sizeof(W);
+  LinearArgs p = a;
+  const int step = 32 * CH;  // a tile is whole warp-wide chunk rows where it can be
+  int kt = kSmemFloats / MT / step * step;
+  if (kt < CH) return cudaErrorInvalidValue;
+  const int kpad = (int)ceil_div(p.K, CH) * CH;
+  p.kt = kt < kpad ? kt : kpad;
+  const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
+  const int64_t ngroups = ceil_div(npairs, kWarps);
+  const size_t smem = (size_t)MT * p.kt * sizeof(float);
+  // about 16-32 resident warps per SM: enough 16-byte loads in flight to cover HBM latency
+  const int per_sm = std::max(1, std::min(8, (int)((160 * 1024) / (smem + 1024))));
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(ngroups, (int64_t)num_sms * per_sm));
+  gemv_kernel<W, A, MT><<<(unsigned)grid, kThreads, smem, st>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename W, typename A>
+cudaError_t launch_wa(const LinearArgs& p, int num_sms, cudaStream_t st) {
+  if (p.M <= 1) return launch_mt<W, A, 1>(p, num_sms, st);
+  if (p.M <= 2) return launch_mt<W, A, 2>(p, num_sms, st);
+  if (p.M <= 4) return launch_mt<W, A, 4>(p, num_sms, st);
+  if (p.M <= 8) return launch_mt<W, A, 8>(p, num_sms, st);
+  return launch_mt<W, A, 16>(p, num_sms, st);
+}
+
+template <typename A>
+cudaError_t launch_a(int wdtype, const LinearArgs& p, int num_sms, cudaStream_t st) {
+  switch (wdtype) {
+    case kF32: return launch_wa<float, A>(p, num_sms, st);
+    case kF16: return launch_wa<__half, A>(p, num_sms, st);
+    case kBF16: return launch_wa<__nv_bfloat16, A>(p, num_sms, st);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+bool linear_gemv_supported(int wdtype, int adtype, int64_t M, int64_t K) {
+  const int ch = wdtype == kF32 ? 4 : 8;
+  return (adtype == kF16 || adtype == kBF16) && (wdtype == kF32 || wdtype == kF16 || wdtype == kBF16) && M >= 1 &&
+         M <= kLinearMaxM && K > 0 && K % ch == 0 && K < (1 << 30);
+}
+
+cudaError_t launch_linear_gemv(int wdtype, int adtype, const LinearArgs& p, int num_sms, cudaStream_t stream) {
+  if (p.M == 0 || p.n_out == 0) return cudaSuccess;
+  if (!linear_gemv_supported(wdtype, adtype, p.M, p.K) || !aligned16(p.w)) return cudaErrorInvalidValue;
+  if (p.act == kActSwiglu && p.N != 2 * p.n_out) return cudaErrorInvalidValue;
+  if (p.act != kActSwiglu && p.N != p.n_out) return cudaErrorInvalidValue;
+  if (adtype == kF16) return launch_a<__half>(wdtype, p, num_sms, stream);
+  return launch_a<__nv_bfloat16>(wdtype, p, num_sms, stream);
+}
+
+}  // namespace gpte

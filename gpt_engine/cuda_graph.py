@@ -1,0 +1,200 @@
+"""The GPU decode loop: state allocated once, one decode step captured as a CUDA graph and
+replayed, sampling on the device, token ids streamed back through pinned memory.
+
+``DecodeState`` holds everything a step reads and writes, allocated once per (model, batch
+size, capacity): the KV cache, the current token ids and positions, the lengths the attention
+reads, the sampling parameters and a status word. A step (``Decoder.step``) runs the whole
+model on it (embedding, every layer, final norm, LM head) and samples the next ids into it,
+with no host sync and, replayed from its graph, no allocation. Value checks happen on the
+device: kernels clamp bad values and OR a bit into the status word (qkv_rope: position outside
+the cache; sampling: NaN logits; embedding: an id out of range), which the host reads together
+with the ids and turns into an error.
+
+The host loop keeps one step queued ahead: it replays step i+1, then waits for the ids of
+step i (copied to pinned memory behind step i, before step i+1 overwrote them), detokenizes
+them while step i+1 runs, and stops within one extra step of an EOS. The eager path runs the
+same ``step`` without the graph: it is the reference the graph is tested against, and the
+fallback (``graphs=False``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from . import ops, sampling
+from .errors import EngineError
+from .generate import SamplingParams
+from .ops.attention_decode import splits_for
+
+STATUS_MESSAGES = {  # csrc/launchers.h kStatus*
+    1: "a token id or position was outside its embedding table",
+    2: "a position was outside the KV cache or the RoPE table",
+    4: "the model produced NaN logits",
+}
+
+
+class DecodeState:
+    """The device tensors one decode step reads and writes (see the module doc)."""
+
+    def __init__(self, net, batch: int, capacity: int, device: torch.device):
+        self.batch, self.capacity = batch, capacity
+        self.cache = net.new_cache(batch, capacity)
+        z = dict(device=device)
+        self.ids = torch.zeros(batch, dtype=torch.int64, **z)     # token to feed at pos
+        self.pos = torch.zeros(batch, dtype=torch.int64, **z)     # its position
+        self.lens = torch.zeros(batch, dtype=torch.int32, **z)    # keys the attention reads
+        self.status = torch.zeros(1, dtype=torch.int32, **z)
+        self.temperature = torch.zeros(batch, dtype=torch.float32, **z)
+        self.top_k = torch.zeros(batch, dtype=torch.int64, **z)
+        self.top_p = torch.ones(batch, dtype=torch.float32, **z)
+        self.seed = torch.zeros(batch, dtype=torch.int64, **z)
+        cfg = net.cfg
+        # one split count for every batch size: a sequence's sums do not depend on its batch
+        self.splits = splits_for(cfg.n_head, cfg.n_head_kv, capacity) if device.type == "cuda" else 0
+
+    def set_params(self, params: list[SamplingParams]) -> None:
+        def put(dst, vals):
+            dst.copy_(torch.tensor(vals, dtype=dst.dtype))
+        put(self.temperature, [p.temperature for p in params])
+        put(self.top_k, [p.top_k for p in params])
+        put(self.top_p, [p.top_p for p in params])
+        # an unseeded request draws its seed from torch's global generator, as the CPU path does
+        put(self.seed, [p.seed if p.seed is not None else int(torch.randint(0, 2**62, ())) for p in params])
+
+
+@dataclass
+class LoopStats:
+    """What the last ``Decoder.run`` measured (wall clock, host side)."""
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    steps: int = 0               # tokens handed to the caller
+    replays: int = 0             # decode steps run (graph replays or eager steps)
+    host_s: float = 0.0          # host work in the loop, excluding waits for the GPU
+    host_per_step_us: list = field(default_factory=list)
+
+
+class Decoder:
+    """Decode loop of one model for one batch size and capacity."""
+
+    def __init__(self, model, batch: int, capacity: int, graphs: bool = True):
+        self.model, self.net = model, model.net
+        self.device = model.device
+        self.state = DecodeState(self.net, batch, capacity, self.device)
+        self.n_valid = min(model.tokenizer.vocab_size, model.config.vocab_size)
+        self.use_graphs = graphs and self.device.type == "cuda"
+        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
+        self.stats = LoopStats()
+        self.logits: torch.Tensor | None = None
+        pin = self.device.type == "cuda"
+        self._host_ids = [torch.empty(batch, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
+        self._host_status = [torch.empty(1, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+        self._events = [torch.cuda.Event() for _ in range(2)] if pin else None
+
+    # ------------------------------------------------------------------ one step
+    def _sample(self, logits: torch.Tensor, kind: str) -> None:
+        st = self.state
+        if kind == "greedy":
+            ops.sample_greedy(logits, self.n_valid, st.ids, st.pos, st.status)
+            return
+        nxt = sampling.sample_rows(logits, self.n_valid, st.temperature, st.top_k, st.top_p, st.seed, st.pos)
+        st.status.bitwise_or_(torch.isnan(logits[:, :self.n_valid]).any().to(torch.int32) * 4)
+        st.ids.copy_(nxt)
+        st.pos.add_(1)
+
+    def step(self, kind: str) -> None:
+        """Eager decode step: the token at st.pos -> next token in st.ids, st.pos += 1."""
+        with ops.device_checked():
+            self.logits = self.net.decode_logits(self.state)  # kept: tests compare graph and eager
+            self._sample(self.logits, kind)
+
+    def _graph(self, kind: str) -> torch.cuda.CUDAGraph:
+        g = self.graphs.get(kind)
+        if g is None:
+            st = self.state
+            saved = [t.clone() for t in (st.ids, st.pos, st.lens, st.status)]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside capture: lazy inits, workspaces
+                self.step(kind)
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                self.step(kind)
+            for t, s in zip((st.ids, st.pos, st.lens, st.status), saved):
+                t.copy_(s)
+            self.graphs[kind] = g
+        return g
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, prompts: list[list[int]], max_new_tokens: int, params: list[SamplingParams],
+            stop_at_eos: bool = True, eos: int | None = None) -> Iterator[list[int | None]]:
+        """Yield, per step, the new token of each sequence (None once a sequence has ended)."""
+        st = self.state
+        if len(prompts) != st.batch or len(params) != st.batch:
+            raise EngineError(f"decoder for batch {st.batch} got {len(prompts)} prompts")
+        need = max(len(p) for p in prompts) + max_new_tokens
+        if need > st.capacity:
+            raise EngineError(f"{need} positions exceed the decoder's capacity {st.capacity}")
+        if max_new_tokens <= 0:
+            return
+        kind = "greedy" if all(p.temperature == 0.0 for p in params) else "sample"
+        t0 = time.perf_counter()
+        st.status.zero_()
+        st.set_params(params)
+        rows = []
+        for b, ids in enumerate(prompts):
+            x = torch.tensor([ids], dtype=torch.long, device=self.device)
+            rows.append(self.net.forward(x, st.cache.slot(b), last_only=True)[0, -1])
+        st.pos.copy_(torch.tensor([len(p) - 1 for p in prompts]))  # sampling advances it to len(p)
+        with ops.device_checked():
+            self._sample(torch.stack(rows), kind)
+        replay = self._graph(kind).replay if self.use_graphs else (lambda: self.step(kind))
+        self._copy_out(0)
+        self.stats = stats = LoopStats()
+        t1 = time.perf_counter()
+        stats.prefill_s = t1 - t0
+        done = [False] * st.batch
+        try:
+            for i in range(max_new_tokens):
+                h0 = time.perf_counter()
+                if i + 1 < max_new_tokens:
+                    replay()              # step i+1: token i+1 from token i, queued behind step i
+                    self._copy_out(i + 1)
+                    stats.replays += 1
+                h1 = time.perf_counter()
+                ids, status = self._read(i)
+                h2 = time.perf_counter()
+                if status:
+                    raise EngineError("decode step failed on the device: " + "; ".join(
+                        m for bit, m in STATUS_MESSAGES.items() if status & bit) + f" (status {status:#x})")
+                out = [None if d else t for d, t in zip(done, ids)]
+                if stop_at_eos and eos is not None:
+                    done = [d or t == eos for d, t in zip(done, ids)]
+                stats.steps += 1
+                yield out
+                h3 = time.perf_counter()
+                stats.host_s += (h1 - h0) + (h3 - h2)
+                stats.host_per_step_us.append(((h1 - h0) + (h3 - h2)) * 1e6)
+                if all(done):
+                    return
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.current_stream().synchronize()  # nothing queued outlives the request
+            stats.decode_s = time.perf_counter() - t1
+
+    def _copy_out(self, i: int) -> None:
+        """Queue the copy of the current ids and status to pinned buffer i % 2."""
+        st, j = self.state, i % 2
+        self._host_ids[j].copy_(st.ids, non_blocking=True)
+        self._host_status[j].copy_(st.status, non_blocking=True)
+        if self._events is not None:
+            self._events[j].record()
+
+    def _read(self, i: int) -> tuple[list[int], int]:
+        j = i % 2
+        if self._events is not None:
+            self._events[j].synchronize()
+        return self._host_ids[j].tolist(), int(self._host_status[j][0])

@@ -1,0 +1,211 @@
+"""The one linear op every model calls for every weight matrix.
+
+    out = epilogue(norm(x) @ W.T)      x [..., K], W [N, K] in its GGUF encoding
+
+``norm`` (optional) is the LayerNorm or RMSNorm of x that the layer applies first, fused so the
+normalised row is never written out; the epilogue adds a bias, applies tanh-GELU or SwiGLU
+(W = [gate; up] stacked, out = silu(x Wg.T + bg) * (x Wu.T + bu)), adds a residual, and can
+write fp32 (logits). The weight stays as the file stores it: ``weight`` is the raw bytes
+[N, bytes per row] and ``qtype`` the ggml type id.
+
+On the GPU, up to 16 rows of x (decode, batch <= 16) take the GEMV kernel (csrc/linear.cu),
+which reads each weight byte once; more rows (prefill) take cuBLAS through F.linear plus our
+norm and epilogue kernels. Quantized types are dequantized on use until their own kernels
+land (the quantized-weights issue). On the CPU ``linear()`` uses ``QWeight.dense()`` (whatever
+caching it does) and the same math as the reference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import _ext
+from ._common import OpError, acc_dtype, check_float, check_shape, new_output
+from .bias_gelu import bias_gelu
+from .layernorm import layernorm
+from .residual_add import residual_add
+
+OP = "linear"
+NORMS = {"none": 0, "layernorm": 1, "rmsnorm": 2}   # csrc/launchers.h LinearNorm
+ACTS = {"none": 0, "gelu_tanh": 1, "swiglu": 2}     # csrc/launchers.h LinearAct
+GEMV_MAX_ROWS = 16                                 # csrc/launchers.h kLinearMaxM
+_DENSE = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}  # ggml type ids F32, F16, BF16
+_GEMV_ACT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Norm:
+    """The normalisation applied to x before the product (weight/bias [K], x's dtype)."""
+    kind: str                           # "layernorm" or "rmsnorm"
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor] = None  # LayerNorm only
+    eps: float = 1e-5
+
+
+def rmsnorm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight in fp32, rounded once to x's dtype (as llama.cpp
+    and transformers' LlamaRMSNorm compute it)."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.float()).to(x.dtype)
+
+
+def _shape_nk(weight: torch.Tensor, qtype: int) -> tuple[int, int]:
+    from gpt_engine import quants
+
+    if weight.dtype != torch.uint8 or weight.dim() != 2:
+        raise OpError(f"{OP}: weight must be the raw bytes [N, bytes per row] (uint8, 2-D), got "
+                      f"{weight.dtype} {list(weight.shape)}")
+    bs, ts = quants.block_size(qtype), quants.type_size(qtype)
+    if weight.shape[1] % ts:
+        raise OpError(f"{OP}: weight rows of {weight.shape[1]} bytes are not whole blocks of {ts} bytes")
+    return weight.shape[0], weight.shape[1] // ts * bs
+
+
+def _check(x, n, k, bias, residual, norm, norm_weight, norm_bias, act):
+    check_float(OP, "x", x)
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise OpError(f"{OP}: x has shape {list(x.shape)}, expected [..., {k}] (the weight's row length)")
+    if norm not in NORMS.values():
+        raise OpError(f"{OP}: unknown norm code {norm}")
+    if act not in ACTS.values():
+        raise OpError(f"{OP}: unknown act code {act}")
+    if act == ACTS["swiglu"] and n % 2:
+        raise OpError(f"{OP}: SwiGLU needs [gate; up] stacked, an even number of rows; got {n}")
+    n_out = n // 2 if act == ACTS["swiglu"] else n
+    if bias is not None:
+        check_shape(OP, "bias", bias, (n,))
+    if residual is not None:
+        check_shape(OP, "residual", residual, (*x.shape[:-1], n_out))
+    if norm != NORMS["none"]:
+        if norm_weight is None:
+            raise OpError(f"{OP}: norm weight missing")
+        check_shape(OP, "norm_weight", norm_weight, (k,))
+        if norm == NORMS["layernorm"]:
+            if norm_bias is None:
+                raise OpError(f"{OP}: layernorm bias missing")
+            check_shape(OP, "norm_bias", norm_bias, (k,))
+    for name, t in (("bias", bias), ("residual", residual), ("norm_weight", norm_weight), ("norm_bias", norm_bias)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise OpError(f"{OP}: {name} is {t.dtype} on {t.device}, expected {x.dtype} on {x.device}")
+    return n_out
+
+
+def _normed(x, norm, norm_weight, norm_bias, eps):
+    if norm == NORMS["layernorm"]:
+        return layernorm(x, norm_weight, norm_bias, eps)
+    if norm == NORMS["rmsnorm"]:
+        return rmsnorm_reference(x, norm_weight, eps)
+    return x
+
+
+def dense_forward(x, w, bias, residual, norm, norm_weight, norm_bias, eps, act, float_out):
+    """The math with a dense weight w [N, K] in x's dtype: the product in x's dtype (as a
+    GEMM library does it: fp32 accumulation, one rounding), the epilogue in fp32, rounded
+    once. The CPU path and the oracle of the kernels."""
+    h = _normed(x, norm, norm_weight, norm_bias, eps)
+    y = F.linear(h, w)
+    acc = acc_dtype(x.dtype)
+    y = y.to(acc)
+    if bias is not None:
+        y = y + bias.to(acc)
+    if act == ACTS["gelu_tanh"]:
+        y = F.gelu(y, approximate="tanh")
+    elif act == ACTS["swiglu"]:
+        g, u = y.chunk(2, dim=-1)
+        y = F.silu(g) * u
+    if residual is not None:
+        y = y + residual.to(acc)
+    return y.float() if float_out else y.to(x.dtype)
+
+
+def _dense_weight(weight, qtype, n, k, dtype):
+    from gpt_engine import quants
+
+    if qtype in _DENSE:
+        return weight.view(_DENSE[qtype]).view(n, k).to(dtype)
+    return quants.dequantize(weight, qtype).view(n, k).to(dtype)
+
+
+def reference(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out):
+    n, k = _shape_nk(weight, qtype)
+    _check(x, n, k, bias, residual, norm, norm_weight, norm_bias, act)
+    w = _dense_weight(weight, qtype, n, k, x.dtype)
+    return dense_forward(x, w, bias, residual, norm, norm_weight, norm_bias, eps, act, float_out)
+
+
+@torch.library.custom_op("gpt_engine::linear", mutates_args=())
+def linear_op(x: torch.Tensor, weight: torch.Tensor, qtype: int, bias: Optional[torch.Tensor],
+              residual: Optional[torch.Tensor], norm_weight: Optional[torch.Tensor],
+              norm_bias: Optional[torch.Tensor], norm: int, eps: float, act: int, float_out: bool) -> torch.Tensor:
+    return reference(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out)
+
+
+@linear_op.register_fake
+def _(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out):
+    n, k = _shape_nk(weight, qtype)
+    n_out = _check(x, n, k, bias, residual, norm, norm_weight, norm_bias, act)
+    return x.new_empty((*x.shape[:-1], n_out), dtype=torch.float32 if float_out else x.dtype)
+
+
+def _prefill(x, w, bias, residual, norm, norm_weight, norm_bias, eps, act, float_out):
+    """Many rows: cuBLAS for the product, our kernels for the norm and the epilogue."""
+    h = _normed(x, norm, norm_weight, norm_bias, eps)
+    if act == ACTS["gelu_tanh"] and bias is not None:
+        y = bias_gelu(F.linear(h, w), bias, "tanh")
+    else:
+        y = F.linear(h, w, bias)
+        if act == ACTS["gelu_tanh"]:
+            y = F.gelu(y, approximate="tanh")
+        elif act == ACTS["swiglu"]:
+            g, u = y.chunk(2, dim=-1)
+            y = F.silu(g) * u
+    if residual is not None:
+        y = residual_add(y.contiguous(), residual.contiguous())
+    return y.float() if float_out else y
+
+
+if _ext.available():
+
+    @linear_op.register_kernel("cuda")
+    def _(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out):
+        n, k = _shape_nk(weight, qtype)
+        n_out = _check(x, n, k, bias, residual, norm, norm_weight, norm_bias, act)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, k)
+        m = x2.shape[0]
+        if x.dtype not in _GEMV_ACT_DTYPES:
+            return reference(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out)
+        if qtype in _DENSE:
+            w = weight.view(_DENSE[qtype]).view(n, k)
+        else:  # packed types: dequantized on use until their GEMV kernels exist
+            w = _dense_weight(weight, qtype, n, k, x.dtype)
+        if m > GEMV_MAX_ROWS or m == 0 or k % (16 // w.element_size()):
+            w = w.to(x.dtype)
+            r2 = residual.reshape(-1, n_out) if residual is not None else None
+            y = _prefill(x2, w, bias, r2, norm, norm_weight, norm_bias, eps, act, float_out)
+            return y.reshape(*lead, n_out)
+        out = new_output((m, n_out), x, torch.float32 if float_out else x.dtype)
+        x2 = x2.contiguous()
+        r2 = residual.reshape(m, n_out).contiguous() if residual is not None else None
+        _ext.load().linear(x2, w, bias, r2, norm_weight, norm_bias, out, norm, act, float(eps))
+        return out.reshape(*lead, n_out)
+
+
+def linear(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, residual: torch.Tensor | None = None,
+           norm: Norm | None = None, act: str = "none", float_out: bool = False) -> torch.Tensor:
+    """out = act(norm(x) @ w.T + bias) + residual for a ``QWeight`` w (see the module doc)."""
+    if act not in ACTS:
+        raise OpError(f"{OP}: act={act!r}, expected one of {sorted(ACTS)}")
+    if norm is not None and norm.kind not in ("layernorm", "rmsnorm"):
+        raise OpError(f"{OP}: norm kind {norm.kind!r}, expected 'layernorm' or 'rmsnorm'")
+    nk = NORMS[norm.kind] if norm is not None else 0
+    nw, nb, eps = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 1e-5)
+    if x.device.type == "cuda":
+        return linear_op(x, w.raw, int(w.qtype), bias, residual, nw, nb, nk, float(eps), ACTS[act], float_out)
+    n, k = w.raw.shape[0], w.shape[-1]
+    _check(x, n, k, bias, residual, nk, nw, nb, ACTS[act])
+    return dense_forward(x, w.dense(x.dtype).reshape(n, k), bias, residual, nk, nw, nb, eps, ACTS[act], float_out)

@@ -1,0 +1,174 @@
+"""The linear op (every weight matrix of every model): GEMV kernel (<= 16 rows), the cuBLAS
+path (more rows) and the CPU path, each against a float64 product whose weight comes from
+gguf-py's own dequantizer, over weight types x activation dtypes x shapes x fused norms and
+epilogues. Shapes include odd row counts (a weight-row pair with no partner), K that spans
+several shared-memory tiles, one-block rows and the GPT-2 / Llama widths."""
+import gguf
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt_engine import ops
+from gpt_engine.ops import linear_module as lin
+from gpt_engine.qweight import QWeight
+
+from ._util import DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, randn
+
+Q = gguf.GGMLQuantizationType
+
+
+def make_weight(n: int, k: int, qtype: str, device: str, scale: float = 0.05):
+    """A random weight encoded as the file would hold it, and its float64 value as gguf-py
+    decodes those bytes (the oracle never sees our decoder)."""
+    w = (np.random.default_rng(int(torch.randint(0, 2**31, ()))).standard_normal((n, k)) * scale).astype(np.float32)
+    t = Q[qtype]
+    if t == Q.F32:
+        raw = w.view(np.uint8)
+    elif t == Q.F16:
+        raw = w.astype(np.float16).view(np.uint8)
+    elif t == Q.BF16:
+        raw = (torch.from_numpy(w).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint8))
+    else:
+        raw = gguf.quants.quantize(w, t)
+    raw = np.ascontiguousarray(raw).reshape(n, -1)
+    value = torch.from_numpy(gguf.quants.dequantize(raw, t).astype(np.float64)).reshape(n, k)
+    qw = QWeight(torch.from_numpy(raw.copy()).to(device), t, (n, k))
+    return qw, value
+
+
+def oracle(x, w64, bias=None, residual=None, norm=None, act="none"):
+    """float64 on the CPU, from the test inputs exactly as rounded."""
+    h = x.detach().cpu().double()
+    if norm is not None:
+        nw = norm.weight.cpu().double()
+        if norm.kind == "layernorm":
+            h = F.layer_norm(h, (h.shape[-1],), nw, norm.bias.cpu().double(), norm.eps)
+        else:
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.eps) * nw
+    y = h @ w64.T
+    if bias is not None:
+        y = y + bias.cpu().double()
+    if act == "gelu_tanh":
+        y = F.gelu(y, approximate="tanh")
+    elif act == "swiglu":
+        g, u = y.chunk(2, dim=-1)
+        y = F.silu(g) * u
+    if residual is not None:
+        y = y + residual.cpu().double()
+    return y
+
+
+# (rows M, out N, in K): GEMV at M <= 16 (1, 2, 3 -> tile 4, 16), cuBLAS beyond; N odd or not a
+# multiple of the 8 rows a block takes; K one 16-byte chunk, many chunks, several K tiles
+SHAPES_SMALL = [(1, 1, 8), (1, 7, 64), (3, 33, 256), (16, 10, 1600), (17, 12, 72), (5, 64, 776)]
+SHAPES_GPU = [(1, 2304, 768), (1, 768, 3072), (4, 6400, 1600), (16, 1600, 6400), (1, 50257, 768), (2, 4801, 1600),
+              (64, 1024, 1024), (8, 2880, 2880)]
+
+
+def _norm(kind, k, dtype, device):
+    if kind is None:
+        return None
+    w = randn((k,), dtype, device, scale=0.2, offset=1.0)
+    b = randn((k,), dtype, device, scale=0.2) if kind == "layernorm" else None
+    return ops.Norm(kind, w, b, 1e-5)
+
+
+def _case(device, m, n, k, wtype, dtype, norm=None, act="none", bias=False, residual=False, float_out=False):
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    w, w64 = make_weight(n, k, wtype, device)
+    x = randn((m, k), dtype, device)
+    n_out = n // 2 if act == "swiglu" else n
+    b = randn((n,), dtype, device, scale=0.1) if bias else None
+    r = randn((m, n_out), dtype, device) if residual else None
+    nm = _norm(norm, k, dtype, device)
+    out = ops.linear(x, w, b, residual=r, norm=nm, act=act, float_out=float_out)
+    assert out.shape == (m, n_out) and out.device.type == device
+    assert out.dtype == (torch.float32 if float_out else dtype)
+    ref = oracle(x, w64, b, r, nm, act)
+    # the output rounding (dtype) decides the bound; a fused norm rounds its output to dtype too
+    assert_nmse(out, ref, TOL_NAME[dtype])
+
+
+# Q8_0 rows are whole 32-value blocks (the format's rule), so it takes the shapes with K % 32 == 0
+PLAIN = [(w, s) for w in ("F32", "F16", "BF16", "Q8_0") for s in SHAPES_SMALL if w != "Q8_0" or s[2] % 32 == 0]
+
+
+@pytest.mark.story("GX-003", "GT-014")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("wtype,shape", PLAIN, ids=str)
+def test_linear_plain(device, wtype, shape):
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    _case(device, *shape, wtype, dtype)
+
+
+@pytest.mark.story("GX-003", "GT-014")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m", [1, 3, 16, 24])
+@pytest.mark.parametrize("norm,act,bias,residual,float_out", [
+    ("layernorm", "none", True, False, False),      # GPT-2 QKV
+    (None, "none", True, True, False),              # GPT-2 attention output / MLP down
+    ("layernorm", "gelu_tanh", True, False, False),  # GPT-2 MLP up
+    ("rmsnorm", "swiglu", False, False, False),      # Llama gate+up
+    ("rmsnorm", "none", False, False, True),         # Llama LM head (fp32 logits)
+    (None, "swiglu", True, True, True),              # every epilogue at once
+], ids=str)
+def test_linear_fused(device, dtype, m, norm, act, bias, residual, float_out):
+    n, k = (2 * 1601, 1600) if device == "cuda" else (2 * 37, 200)
+    _case(device, m, n, k, "F16", dtype, norm, act, bias, residual, float_out)
+
+
+@pytest.mark.story("GX-003", "GT-014")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("wtype", ["F16", "BF16", "F32"])
+@pytest.mark.parametrize("m,n,k", SHAPES_GPU, ids=str)
+def test_linear_model_shapes_cuda(wtype, m, n, k):
+    _case("cuda", m, n, k, wtype, torch.float16, norm="layernorm", bias=True)
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+def test_gemv_rows_do_not_depend_on_the_batch():
+    """Row m of a batch is computed exactly as it is alone (same chunks, same order): what makes a
+    sequence's greedy ids in a batch equal its batch-1 run."""
+    w, _ = make_weight(1601, 1600, "F16", "cuda")
+    x = randn((16, 1600), torch.float16, "cuda")
+    nm = _norm("layernorm", 1600, torch.float16, "cuda")
+    full = ops.linear(x, w, norm=nm)
+    for m in (1, 3, 16):
+        part = ops.linear(x[:m].contiguous(), w, norm=nm)
+        assert torch.equal(part, full[:m])
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_errors(device):
+    w, _ = make_weight(8, 64, "F16", device)
+    x = randn((2, 64), torch.float32 if device == "cpu" else torch.float16, device)
+    with pytest.raises(ops.OpError, match=r"expected \[\.\.\., 64\]"):
+        ops.linear(x[:, :32], w)
+    with pytest.raises(ops.OpError, match="bias"):
+        ops.linear(x, w, randn((7,), x.dtype, device))
+    with pytest.raises(ops.OpError, match="residual"):
+        ops.linear(x, w, residual=randn((2, 9), x.dtype, device))
+    with pytest.raises(ops.OpError, match="act"):
+        ops.linear(x, w, act="relu")
+    with pytest.raises(ops.OpError, match="SwiGLU"):
+        ops.linear(x, make_weight(7, 64, "F16", device)[0], act="swiglu")
+    with pytest.raises(ops.OpError, match="norm"):
+        ops.linear(x, w, norm=ops.Norm("batchnorm", x[0]))
+
+
+@pytest.mark.story("GX-003")
+def test_rmsnorm_reference_matches_transformers():
+    """The RMSNorm math the fused kernel follows, against transformers' LlamaRMSNorm (fp32)."""
+    transformers = pytest.importorskip("transformers")
+    norm = transformers.models.llama.modeling_llama.LlamaRMSNorm(96, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(96))
+    x = torch.randn(5, 96)
+    assert torch.allclose(lin.rmsnorm_reference(x, norm.weight.detach(), 1e-5), norm(x).detach(), atol=1e-6)

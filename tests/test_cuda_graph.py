@@ -1,0 +1,176 @@
+"""GX-003 / GT-027: the decode loop of gpt_engine/cuda_graph.py. Graph replay equals the eager
+step (ids over 256 tokens, logits); greedy ids equal transformers' on every architecture and
+weight type covered; every sequence of a batch equals its batch-1 run; EOS stops within one
+extra step; the step neither syncs nor reads back; device status bits become errors; the
+full context can be generated. The eager decoder runs on the CPU too (same code, reference
+ops), so the loop logic is also checked without a GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gpt_engine
+from gpt_engine.cuda_graph import Decoder
+from gpt_engine.errors import ContextOverflowError, EngineError
+from gpt_engine.generate import SamplingParams
+from tests.tolerances import tol
+
+HAS_CUDA = torch.cuda.is_available()
+CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")])
+DEVICES = ["cpu", CUDA]
+
+
+def _nmse(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    return float(((a - b) ** 2).sum() / (b ** 2).sum())
+
+
+def _prompt(n, vocab, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n,), generator=g).tolist()
+
+
+def _run(dec, prompts, n, params=None):
+    params = params or [SamplingParams()] * len(prompts)
+    return [list(x) for x in zip(*dec.run(prompts, n, params, stop_at_eos=False))]
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0"])
+def test_graph_replay_equals_eager_256_tokens(models, arch, qtype):
+    m = gpt_engine.load(models.path(arch, qtype, n_ctx=512), device="cuda")
+    prompt = _prompt(23, m.config.vocab_size, 3)
+    eager, graph = Decoder(m, 1, 512, graphs=False), Decoder(m, 1, 512, graphs=True)
+    a, b = _run(eager, [prompt], 256), _run(graph, [prompt], 256)
+    assert a == b
+    assert len(a[0]) == 256
+    # the last step's logits (same history on both sides)
+    assert _nmse(graph.logits, eager.logits) <= tol("nmse_fp16_model")
+
+
+@pytest.mark.story("GX-003", "GT-027")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+@pytest.mark.parametrize("arch,qtype", [("gpt2", "F16"), ("gpt2", "Q8_0"), ("gpt2", "F32"), ("llama", "F16"),
+                                        ("llama", "Q4_1"), ("llama", "MXFP4"), ("llama", "BF16")])
+def test_greedy_64_tokens_identical_to_transformers_on_gpu(models, arch, qtype):
+    path = models.path(arch, qtype)
+    m = gpt_engine.load(path, device="cuda")
+    prompt = [7, 300, 41, 12, 99]
+    ours = m.generate(prompt, max_new_tokens=64, stop_at_eos=False).token_ids
+    hf = models.oracle(path)
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=64, min_new_tokens=64,
+                          pad_token_id=m.tokenizer.eos_id)
+    ref = out[0, len(prompt):].tolist()
+    if ours != ref:
+        j = next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)
+        with torch.no_grad():
+            lg = hf(torch.tensor([prompt + ref[:j]])).logits[0, -1]
+        top = lg.topk(2)
+        pytest.fail(f"first difference at token {j}: ours {ours[j]}, transformers {ref[j]}; transformers' "
+                    f"logits there: {ref[j]} -> {float(lg[ref[j]]):.6f}, ours' pick -> {float(lg[ours[j]]):.6f} "
+                    f"(top-2 margin {float(top.values[0] - top.values[1]):.3g})")
+    assert len(ours) == 64
+
+
+@pytest.mark.story("GT-027", "GX-003")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_batch_sequences_equal_their_batch1_runs(models, device, arch):
+    m = gpt_engine.load(models.path(arch, "F16"), device=device)
+    sizes = (1, 4, 16) if device == "cuda" else (1, 4)
+    n = 24 if device == "cuda" else 8
+    for bsz in sizes:
+        prompts = [_prompt(3 + 5 * b % 37, m.config.vocab_size, 100 + b) for b in range(bsz)]
+        batch = m.generate_batch(prompts, max_new_tokens=n, stop_at_eos=False)
+        singles = [m.generate(p, max_new_tokens=n, stop_at_eos=False).token_ids for p in prompts]
+        assert [o.token_ids for o in batch] == singles, f"batch {bsz}"
+
+
+@pytest.mark.story("GT-027", "GX-003")
+@pytest.mark.parametrize("device", DEVICES)
+def test_eos_stops_within_one_extra_step(models, device):
+    m = gpt_engine.load(models.path("gpt2", "F16"), device=device)
+    prompt = _prompt(9, m.config.vocab_size, 7)
+    full = m.generate(prompt, max_new_tokens=30, stop_at_eos=False).token_ids
+    eos = full[6]
+    j = full.index(eos)
+    m.tokenizer.eos_id = eos
+    out = m.generate(prompt, max_new_tokens=30)
+    assert out.token_ids == full[:j + 1] and out.finish_reason == "eos"
+    if device == "cuda":
+        dec = m.decoder(1, len(prompt) + 30)
+        assert dec.stats.steps == j + 1
+        assert dec.stats.replays <= j + 1, f"{dec.stats.replays} steps ran for {j + 1} tokens"
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_status_bits_become_errors(models, device):
+    m = gpt_engine.load(models.path("llama", "F16"), device=device)
+    dec = Decoder(m, 2, 32, graphs=device == "cuda")
+    st = dec.state
+    st.ids.fill_(3)
+    st.pos.copy_(torch.tensor([5, 32]))  # sequence 1 is one past the cache
+    dec.step("greedy")
+    assert int(st.status) == 2
+    # the loop turns a bit into an error naming it
+    dec2 = Decoder(m, 1, 64, graphs=device == "cuda")
+    real = dec2._sample
+
+    def nan_sample(logits, kind):
+        real(logits, kind)
+        dec2.state.status.fill_(4)
+    dec2._sample = nan_sample
+    with pytest.raises(EngineError, match="NaN logits"):
+        _run(dec2, [[1, 2, 3]], 5)
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_decode_step_never_syncs(models, arch):
+    """torch's sync debug mode raises on any synchronizing call inside the step (a .item(),
+    a host read-back, a blocking copy)."""
+    m = gpt_engine.load(models.path(arch, "F16"), device="cuda")
+    dec = Decoder(m, 4, 128, graphs=False)
+    dec.state.ids.fill_(5)
+    dec.state.pos.copy_(torch.tensor([0, 3, 9, 1]))
+    dec.step("greedy")  # first call: lazy inits
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        dec.step("greedy")
+        dec.step("sample")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.story("GT-027", "GX-003")
+@pytest.mark.parametrize("device", DEVICES)
+def test_generation_up_to_the_full_context(models, device):
+    m = gpt_engine.load(models.path("llama", "F16"), device=device)  # n_ctx 128
+    prompt = _prompt(100, m.config.vocab_size, 9)
+    out = m.generate(prompt, max_new_tokens=28, stop_at_eos=False)
+    assert len(out.token_ids) == 28
+    with pytest.raises(ContextOverflowError, match="129 tokens exceed the context length 128"):
+        m.generate(prompt, max_new_tokens=29, stop_at_eos=False)
+    with pytest.raises(ContextOverflowError):
+        m.generate(_prompt(140, m.config.vocab_size, 1), max_new_tokens=1)
+
+
+@pytest.mark.story("GT-027", "GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+def test_seeded_gpu_sampling_is_reproducible_and_seed_dependent(models):
+    m = gpt_engine.load(models.path("gpt2", "F16"), device="cuda")
+    kw = dict(max_new_tokens=24, temperature=1.0, top_k=50, top_p=0.95, stop_at_eos=False)
+    a = m.generate("Hello there", seed=1234, **kw).token_ids
+    b = m.generate("Hello there", seed=1234, **kw).token_ids
+    c = m.generate("Hello there", seed=4321, **kw).token_ids
+    assert a == b and a != c
