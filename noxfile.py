@@ -9,10 +9,15 @@ and reusing the one environment makes a rerun instant. The logic lives in the ga
 import sys
 
 import nox
+import nox.virtualenv
+from packaging.version import Version
 
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["tests"]
 nox.options.error_on_external_run = False
+# No session creates a virtualenv, so uv is never used; said here, nox stops looking for it
+# in every session (and printing "uv binary not found").
+nox.virtualenv.HAS_UV, nox.virtualenv.UV, nox.virtualenv.UV_VERSION = False, "uv", Version("0")
 
 PY = sys.executable   # the interpreter running nox: .venv's python
 

@@ -1,57 +1,105 @@
-"""Inline SVG line charts (no JS, no network) for metric trends across runs."""
+"""Report charts drawn by matplotlib as inline SVG: no JavaScript, no network, no files.
+
+Only the object-oriented API (``Figure``) is used, never pyplot, so no global figure state
+or GUI backend is involved. Titles stay in the HTML around the chart (the page wraps them);
+the SVG holds axes, ticks and legend. Text stays text (``svg.fonttype = none``), so the page
+font renders it and a browser can search it.
+
+The x axis of every chart is the sequence of evidence runs, evenly spaced and labelled with
+their times: runs come in bursts days apart, and a time-proportional axis would pile each
+burst onto one spot.
+"""
 from __future__ import annotations
 
-from html import escape
+import io
+from datetime import datetime
+
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+COLORS = ("#1f6feb", "#bf3989", "#1a7f37", "#9a6700", "#8250df", "#57606a")
+# the report's badge colours, so a status looks the same in the chart and in the tables
+STATUS_COLORS = {"verified": "#1a7f37", "cpu-only": "#8250df", "partial": "#0969da", "stale": "#9a6700",
+                 "failing": "#cf222e", "not-started": "#57606a"}
+MAX_X_LABELS = 8
+_STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+          "axes.grid": True, "grid.color": "#d0d7de", "grid.linewidth": 0.6, "axes.axisbelow": True}
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.3g}"
+def _svg(fig: Figure, uid: str) -> str:
+    """The figure as an <svg> element. ``uid`` salts matplotlib's element ids so that the
+    clip paths of several charts inlined in one page never share an id."""
+    buf = io.StringIO()
+    with matplotlib.rc_context({**_STYLE, "svg.hashsalt": uid}):
+        fig.savefig(buf, format="svg")   # constrained layout already fits the figure
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
 
 
-def line_chart(title: str, series: dict[str, list[tuple[str, float]]], unit: str,
-               target: float | None = None, width: int = 420, height: int = 180) -> str:
-    """series: label -> [(x label, y)] in time order. `target` draws a dashed bar line."""
-    pad_l, pad_r, pad_t, pad_b = 48, 12, 24, 34
-    pts = [y for s in series.values() for _, y in s]
-    if target is not None:
-        pts.append(target)
-    if not pts:
-        return ""
-    lo, hi = min(0.0, min(pts)), max(pts)
-    hi = hi * 1.1 if hi > 0 else 1.0
-    xs = sorted({x for s in series.values() for x, _ in s})
-    n = max(1, len(xs) - 1)
-    w, h = width - pad_l - pad_r, height - pad_t - pad_b
+def _figure(width_in: float, height_in: float) -> Figure:
+    with matplotlib.rc_context(_STYLE):
+        return Figure(figsize=(width_in, height_in), layout="constrained")
 
-    def px(x):
-        return pad_l + (xs.index(x) / n * w if len(xs) > 1 else w / 2)
 
-    def py(y):
-        return pad_t + h - (y - lo) / (hi - lo) * h
+def run_label(when: datetime | None) -> str:
+    return "now" if when is None else when.strftime("%b %d\n%H:%M")
 
-    colors = ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989"]
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
-           f'<text x="{pad_l}" y="15" font-size="12" font-weight="600">{escape(title)} ({escape(unit)})</text>',
-           f'<line x1="{pad_l}" y1="{pad_t + h}" x2="{pad_l + w}" y2="{pad_t + h}" stroke="#888"/>',
-           f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + h}" stroke="#888"/>']
-    for frac in (0.0, 0.5, 1.0):
-        y = lo + frac * (hi - lo)
-        out.append(f'<text x="{pad_l - 4}" y="{py(y) + 4:.1f}" font-size="10" text-anchor="end">{_fmt(y)}</text>')
-    if target is not None:
-        out.append(f'<line x1="{pad_l}" y1="{py(target):.1f}" x2="{pad_l + w}" y2="{py(target):.1f}" stroke="#d1242f" stroke-dasharray="4 3"/>'
-                   f'<text x="{pad_l + w}" y="{py(target) - 3:.1f}" font-size="10" text-anchor="end" fill="#d1242f">target {_fmt(target)}</text>')
-    for i, x in enumerate(xs):
-        if len(xs) <= 6 or i in (0, len(xs) - 1):
-            anchor = "end" if i == len(xs) - 1 and len(xs) > 1 else ("start" if i == 0 and len(xs) > 1 else "middle")
-            out.append(f'<text x="{px(x):.1f}" y="{pad_t + h + 14}" font-size="9" text-anchor="{anchor}">{escape(x)}</text>')
-    for k, (label, s) in enumerate(series.items()):
-        c = colors[k % len(colors)]
-        coords = [(px(x), py(y)) for x, y in s]
-        if len(coords) > 1:
-            out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="' +
-                       " ".join(f"{a:.1f},{b:.1f}" for a, b in coords) + '"/>')
-        for (a, b), (_, y) in zip(coords, s):
-            out.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{c}"><title>{escape(label)}: {_fmt(y)}</title></circle>')
-        out.append(f'<text x="{pad_l + 6 + 180 * k}" y="{height - 4}" font-size="10" fill="{c}">{escape(label[:30])}</text>')
-    out.append("</svg>")
-    return "".join(out)
+
+def _run_axis(ax, runs: list[datetime | None]) -> None:
+    n = len(runs)
+    ticks = sorted({round(i * (n - 1) / (MAX_X_LABELS - 1)) for i in range(MAX_X_LABELS)}) if n > MAX_X_LABELS \
+        else list(range(n))
+    ax.set_xticks(ticks, [run_label(runs[i]) for i in ticks])
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_xlabel("evidence runs, oldest to newest", fontsize=8, color="#57606a")
+
+
+def _legend_below(fig, ax, ncols: int) -> None:
+    # below the axes, so it never covers a line or the bar
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
+
+
+def trend_chart(uid: str, runs: list[datetime], series: dict[str, list[tuple[int, float]]], ylabel: str,
+                target: float | None = None, target_label: str = "bar") -> str:
+    """Lines of (run index, value) per series label over ``runs``; ``target`` is a dashed line
+    named in the legend (never written on the data). The y axis starts at 0 so that ratios are
+    not magnified."""
+    fig = _figure(6.0, 2.5)
+    with matplotlib.rc_context(_STYLE):
+        ax = fig.add_subplot()
+        top = 0.0
+        for k, (label, pts) in enumerate(series.items()):
+            ys = [p[1] for p in pts]
+            ax.plot([p[0] for p in pts], ys, marker="o", markersize=4, linewidth=1.6,
+                    color=COLORS[k % len(COLORS)], label=label)
+            top = max(top, *ys)
+        if target is not None:
+            ax.axhline(target, color="#cf222e", linestyle="--", linewidth=1.2, label=target_label)
+            top = max(top, target)
+        ax.set_ylim(0, top * 1.15 or 1.0)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+        ax.set_ylabel(ylabel)
+        _run_axis(ax, runs)
+        _legend_below(fig, ax, len(series) + (target is not None))
+    return _svg(fig, uid)
+
+
+def stories_over_time(uid: str, points: list[tuple[datetime | None, dict[str, int]]], total: int,
+                      shown: tuple[str, ...]) -> str:
+    """How many stories had each status in ``shown`` after each evidence run, and the number
+    of stories as a dashed ceiling. A point whose time is None is the working tree now."""
+    fig = _figure(12.0, 2.8)
+    with matplotlib.rc_context(_STYLE):
+        ax = fig.add_subplot()
+        xs = list(range(len(points)))
+        for k, status in enumerate(shown):
+            ax.step(xs, [c.get(status, 0) for _, c in points], where="post", marker="o", markersize=3.5,
+                    linewidth=1.8, color=STATUS_COLORS.get(status, COLORS[k % len(COLORS)]), label=status)
+        ax.axhline(total, color="#57606a", linestyle="--", linewidth=1, label=f"all {total} stories")
+        ax.set_ylim(0, total * 1.08 or 1)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6, integer=True, steps=[1, 2, 2.5, 5, 10]))
+        ax.set_ylabel("stories")
+        _run_axis(ax, [t for t, _ in points])
+        _legend_below(fig, ax, len(shown) + 1)
+    return _svg(fig, uid)

@@ -5,7 +5,13 @@ embedded SmolLM2-135M), ``Model.tokenizer.encode/decode``, ``Model.logits``,
 ``Model.generate``, and ``dequantize(data, qtype)``.
 """
 from .errors import ContextOverflowError, EngineError, GGUFError, ModelError, TokenizerError
-from .quants import dequantize
+
+
+def dequantize(data, qtype):
+    """Raw GGUF blocks -> float32 (``gpt_engine.quants.dequantize``)."""
+    from .quants import dequantize as _dequantize  # torch only when used: the CLI answers --help
+                                                   # and bad arguments without importing it
+    return _dequantize(data, qtype)
 
 
 def load(path=None, device="cpu", **kw):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-TG_PROMPT = 32  # decode after a 32-token prompt (the and DESIGN.md's tg128 convention)
+TG_PROMPT = 32  # decode after a 32-token prompt (this project's tg128 convention)
 
 
 def weight_bytes_per_token(m) -> int:

@@ -14,7 +14,8 @@ them to 64 bits and v3 only added big-endian files (refused here, with a message
 Hardening: the file is memory-mapped and every length, count and offset is compared with
 the bytes that remain *before* anything is allocated; sizes are computed with Python ints
 (no overflow) and compared with the file size; tensor data must lie in the file, aligned,
-without overlaps. Every problem raises ``GGUFError`` with one line naming the file, the
+without overlaps; an array whose element type the spec fixes (tokenizer tokens, scores,
+token types, merges ...) must have that type. Every problem raises ``GGUFError`` with one line naming the file, the
 field or tensor and what is wrong. Tensor data is never copied: ``tensor_data`` returns a
 numpy view of the map.
 """
@@ -83,6 +84,20 @@ _MIN_ELEM_SIZE = {t: s[1] for t, s in _SCALARS.items()}
 _MIN_ELEM_SIZE[GGUFValueType.STRING] = 8
 _MIN_ELEM_SIZE[GGUFValueType.ARRAY] = 12
 
+# Arrays whose element type the GGUF spec fixes (ggml/docs/gguf.md, "Standardized key-value
+# pairs"). Readers take the element type for granted: llama.cpp reads token_type as int32_t and
+# scores as float straight from the array's bytes, so a file with UINT8 token types or FLOAT64
+# scores would be misread there. Such a file is refused, before its elements are read.
+ARRAY_ELEMENT_TYPES: dict[str, GGUFValueType] = {
+    "general.tags": GGUFValueType.STRING,
+    "general.languages": GGUFValueType.STRING,
+    "tokenizer.ggml.tokens": GGUFValueType.STRING,
+    "tokenizer.ggml.scores": GGUFValueType.FLOAT32,
+    "tokenizer.ggml.token_type": GGUFValueType.INT32,
+    "tokenizer.ggml.merges": GGUFValueType.STRING,
+    "tokenizer.ggml.added_tokens": GGUFValueType.STRING,
+}
+
 # Minimum bytes of one key/value pair (key length + value type + 1-byte value) and one
 # tensor info with one dimension (name length + n_dims + ne[0] + type + offset).
 _MIN_KV_SIZE = 8 + 4 + 1
@@ -93,6 +108,13 @@ def _show(s: str, limit: int = 80) -> str:
     """A name from the file, quoted and on one line (names may hold newlines or be huge)."""
     r = repr(s)
     return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _type_name(vtype: int) -> str:
+    try:
+        return GGUFValueType(vtype).name
+    except ValueError:
+        return f"unknown value type {vtype}"
 
 
 @dataclass(frozen=True)
@@ -243,6 +265,11 @@ class GGUFFile:
             if key in self.metadata:
                 raise self._err(f"duplicate metadata key {_show(key)}")
             vtype, pos = self._u32(pos, f"value type of metadata key {_show(key)}")
+            if key in ARRAY_ELEMENT_TYPES and vtype != GGUFValueType.ARRAY:
+                raise self._err(
+                    f"metadata key {_show(key)} must be an array of "
+                    f"{ARRAY_ELEMENT_TYPES[key].name}, got {_type_name(vtype)}"
+                )
             value, types, pos = self._value(pos, vtype, key, 0)
             self.metadata[key] = value
             self.value_types[key] = types
@@ -378,6 +405,11 @@ class GGUFFile:
             min_size = _MIN_ELEM_SIZE.get(etype)
             if min_size is None:
                 raise self._err(f"{what}: unknown array element type {etype}")
+            expected = ARRAY_ELEMENT_TYPES.get(key) if depth == 0 else None
+            if expected is not None and etype != expected:
+                raise self._err(
+                    f"{what}: array elements must be {expected.name} (GGUF spec), got {_type_name(etype)}"
+                )
             left = self.file_size - pos
             if count > left // min_size:
                 raise self._err(

@@ -1,20 +1,37 @@
 """The gpt-engine CLI: inspect, tokenize, generate; bad input -> exit 2 and one
-``error: ...`` line on stderr, never a traceback."""
+``error: ...`` line on stderr, never a traceback, nothing on stdout.
+
+Bad input goes through the real ``gpt-engine`` executable (the console script pip
+installed next to this interpreter), as a user would type it."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import pty
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from gpt_engine.cli import main
+
+EXE = Path(sys.executable).with_name("gpt-engine")
 
 
 def run_cli(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def exe(*argv, timeout=120, **kw) -> subprocess.CompletedProcess:
+    """Run the installed executable; argv items may be bytes (argv that is not UTF-8)."""
+    assert EXE.is_file(), f"{EXE} missing: install the package (pip install -e .)"
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    return subprocess.run([str(EXE), *argv], timeout=timeout, **kw)
 
 
 @pytest.mark.story("GT-007", "GT-039")
@@ -42,13 +59,24 @@ def test_tokenize_matches_the_tokenizer(models, capsys):
     import gpt_engine
 
     path = models.path("gpt2", "F32", vocab="gpt2")
-    code, out, err = run_cli(capsys, "tokenize", str(path), "Hello world", "--json")
+    code, out, err = run_cli(capsys, "tokenize", "-m", str(path), "Hello world", "--json")
     assert code == 0, err
     got = json.loads(out)
     assert got["ids"] == [15496, 995]  # r50k ids of "Hello", " world" (tiktoken r50k_base)
-    code, out, _ = run_cli(capsys, "tokenize", str(path), "Hello world")
-    assert out.split() == ["15496", "995"]
+    # unquoted words are joined with one space, as echo does: free text is never a path
+    code, out, _ = run_cli(capsys, "tokenize", "--model", str(path), "Hello", "world")
+    assert code == 0 and out.split() == ["15496", "995"]
     assert gpt_engine.load(path).tokenizer.decode(got["ids"]) == "Hello world"
+
+
+@pytest.mark.story("GX-001")
+def test_tokenize_free_text_uses_the_default_model(smollm2_path):
+    import gpt_engine
+
+    r = exe("tokenize", "Hello", "world")
+    assert r.returncode == 0, r.stderr
+    want = gpt_engine.load(smollm2_path).tokenizer.encode("Hello world")
+    assert r.stdout.decode().split() == [str(i) for i in want]
 
 
 @pytest.mark.story("GT-027")
@@ -64,33 +92,142 @@ def test_generate_json_and_streamed_text_agree(models, capsys):
     assert streamed == "Hello" + got["text"] + "\n"
 
 
-@pytest.mark.story("GT-005", "GT-007")
-@pytest.mark.parametrize("argv,needle", [
-    (["inspect", "/nonexistent/model.gguf"], "not found"),
-    (["generate", "--prompt", "x", "--top-p", "2", "MODEL"], "top_p"),
-    (["generate", "MODEL"], "--prompt"),
-    (["generate", "MODEL", "--prompt", "x", "--max-new-tokens", "many"], "invalid int"),
-    (["inspect", "MODEL", "--device", "tpu"], "unsupported device"),
-    (["frobnicate"], "invalid choice"),
-])
-def test_bad_input_gives_one_error_line_and_exit_2(models, capsys, argv, needle):
-    path = str(models.path("gpt2", "F32"))
-    code, out, err = run_cli(capsys, *[path if a == "MODEL" else a for a in argv])
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
-    assert "Traceback" not in err
+@pytest.mark.story("GT-048")
+def test_generate_json_reports_load_prefill_and_decode_timings(models, capsys):
+    path = models.path("gpt2", "F32", vocab="gpt2")
+    code, out, err = run_cli(capsys, "generate", str(path), "--prompt", "Hello world, this is",
+                             "--max-new-tokens", "8", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    t = got["timings"]
+    assert set(t) == {"load_s", "prefill_s", "prefill_tok_per_s", "decode_s", "decode_tok_per_s", "total_s"}
+    n_new = len(got["token_ids"])
+    assert n_new >= 2 and got["finish_reason"] in ("length", "eos")
+    assert 0 < t["load_s"] < t["total_s"] and 0 < t["prefill_s"] and 0 < t["decode_s"]
+    assert t["load_s"] + t["prefill_s"] + t["decode_s"] <= t["total_s"]
+    assert t["prefill_tok_per_s"] == pytest.approx(len(got["prompt_ids"]) / t["prefill_s"])
+    assert t["decode_tok_per_s"] == pytest.approx((n_new - 1) / t["decode_s"])
+    # no token generated: nothing to time, and no invented figure
+    code, out, err = run_cli(capsys, "generate", str(path), "--prompt", "Hi", "--max-new-tokens", "0", "--json")
+    assert code == 0, err
+    t = json.loads(out)["timings"]
+    assert t["prefill_s"] is t["decode_s"] is t["decode_tok_per_s"] is None and t["load_s"] > 0
 
 
-@pytest.mark.story("GT-005")
-def test_malformed_file_via_the_real_executable(tmp_path):
-    bad = tmp_path / "bad.gguf"
+# --------------------------------------------------------------------------- bad input
+
+@pytest.fixture(scope="module")
+def bad_paths(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    fifo = d / "model.fifo"
+    os.mkfifo(fifo)
+    bad = d / "bad.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 20)
-    p = subprocess.run([sys.executable, "-m", "gpt_engine.cli", "inspect", str(bad)], capture_output=True,
-                       text=True, timeout=120)
-    assert p.returncode == 2
-    assert p.stderr.count("\n") == 1 and p.stderr.startswith("error: ") and "bad.gguf" in p.stderr
-    assert "Traceback" not in p.stderr
+    return {"DIR": str(d), "FIFO": str(fifo), "BAD": str(bad)}
+
+
+# Each row: argv ("MODEL" = a tiny valid model, DIR/FIFO/BAD from bad_paths) and a fragment of
+# the one error line. The first row proves the order: a bad argument is reported although the
+# model file is malformed too, so nothing was loaded.
+BAD_INPUT = [
+    (["generate", "BAD", "--prompt", "The capital of France is", "--temperature", "-1"], "temperature must be >= 0"),
+    (["generate", "--prompt", "x", "--temperature", "inf"], "--temperature: must be a finite number, got 'inf'"),
+    (["generate", "--prompt", "x", "--temperature", "nan"], "--temperature: must be a finite number"),
+    (["generate", "--prompt", "x", "--top-p=-inf"], "--top-p: must be a finite number"),
+    (["generate", "MODEL", "--prompt", "x", "--top-p", "2"], "top_p must be in (0, 1]"),
+    (["generate", "MODEL", "--prompt", "x", "--max-new-tokens", "many"], "not an integer: 'many'"),
+    (["generate", "MODEL", "--prompt", "x", "--max-new-tokens", "-1"], "--max-new-tokens: must be >= 0"),
+    (["generate", "MODEL"], "required: --prompt"),
+    (["tokenize", b"caf\xe9"], "TEXT: not valid UTF-8: byte 0xe9 at offset 3"),
+    (["generate", "--prompt", b"caf\xe9 au lait"], "--prompt: not valid UTF-8: byte 0xe9 at offset 3"),
+    (["inspect", "DIR"], "is a directory, not a GGUF model file"),
+    (["inspect", "/dev/null"], "/dev/null is a device file, not a GGUF model file"),
+    (["generate", "FIFO", "--prompt", "x"], "is a FIFO (named pipe), not a GGUF model file"),
+    (["tokenize", "-m", "DIR", "x"], "is a directory"),
+    (["inspect", "MODEL", "--tokenizer", "DIR"], "is a directory, not a tokenizer.json file"),
+    (["inspect", "/nonexistent/model.gguf"], "GGUF model file not found: /nonexistent/model.gguf"),
+    (["inspect", "BAD"], "bad.gguf"),
+    (["inspect", "MODEL", "--device", "tpu"], "unsupported device 'tpu'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["--json"], "required: COMMAND"),
+    (["generate", "MODEL", "--prompt", "word " * 1500], "more than the model's context length 1024"),
+    (["bench", "MODEL", "-n", "1"], "-n/--n-gen: must be 0 or >= 2"),
+    (["bench", "MODEL", "-r", "0"], "-r/--reps: must be >= 1"),
+    (["bench", "DIR"], "is a directory, not a GGUF model file"),
+]
+
+
+@pytest.mark.story("GT-005", "GT-007", "GT-042")
+@pytest.mark.parametrize("argv,needle", BAD_INPUT, ids=[f"{i}-{row[0][0]}" for i, row in enumerate(BAD_INPUT)])
+def test_bad_input_via_the_real_executable(models, bad_paths, argv, needle):
+    subst = {**bad_paths, "MODEL": str(models.path("gpt2", "F32"))}
+    r = exe(*[subst.get(a, a) if isinstance(a, str) else a for a in argv])
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert r.stdout == b"", r.stdout[:200]
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert len(lines[0]) < 300, "an error line never echoes a long argument"
+
+
+@pytest.mark.story("GT-042")
+def test_bare_command_prints_usage_and_version_prints_version():
+    r = exe()
+    assert r.returncode == 2 and r.stdout == b""
+    err = r.stderr.decode()
+    assert err.startswith("usage: gpt-engine [-h] [--version] COMMAND ...")
+    for cmd in ("inspect", "tokenize", "generate", "bench"):
+        assert f"\n    {cmd} " in err, err
+    r = exe("--version")
+    assert r.returncode == 0 and r.stderr == b""
+    assert r.stdout.decode() == f"gpt-engine {importlib.metadata.version('gpt-engine')}\n"
+
+
+@pytest.mark.story("GT-042")
+def test_closed_pipe_ends_quietly(models):
+    read_end, write_end = os.pipe()
+    os.close(read_end)   # the reader is gone before the first byte, as after `| head -c 0`
+    try:
+        r = exe("generate", str(models.path("gpt2", "F32")), "--prompt", "Hello", "--max-new-tokens", "4",
+                stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (r.returncode, r.stderr.decode()) == (141, "")
+
+
+@pytest.mark.story("GT-042")
+def test_closed_pipe_after_some_output_ends_quietly(models):
+    """`gpt-engine generate ... | head -c 10` through a real shell pipeline."""
+    model = models.path("gpt2", "F32")
+    script = f'"{EXE}" generate "{model}" --prompt "Hello there" --max-new-tokens 1000 | head -c 10; ' \
+             'echo " status=${PIPESTATUS[0]}"'
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.stdout == "Hello ther status=141\n", r.stdout
+    assert r.stderr == ""
+
+
+@pytest.mark.story("GT-042")
+def test_progress_line_only_when_stderr_is_a_terminal(models):
+    model = str(models.path("gpt2", "F32"))
+    main_fd, tty_fd = pty.openpty()
+    try:
+        r = exe("tokenize", "-m", model, "Hello", stderr=tty_fd)
+        os.close(tty_fd)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(main_fd)
+    assert r.returncode == 0 and r.stdout.strip()
+    assert seen.startswith(f"loading {model} (".encode()) and seen.endswith(b"\r\x1b[K"), seen
+    r = exe("tokenize", "-m", model, "Hello")  # stderr is a pipe: not a byte of progress
+    assert r.returncode == 0 and r.stderr == b""
 
 
 @pytest.mark.story("GT-007")

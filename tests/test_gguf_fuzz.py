@@ -15,6 +15,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from gguf.constants import GGMLQuantizationType as QT
+from gguf.constants import GGUFValueType as VT
 
 from gpt_engine.errors import GGUFError
 from gpt_engine.gguf_file import GGUFFile
@@ -204,3 +205,75 @@ def test_truncated_gguf_writer_files_are_refused(tmp_path):
     # and the whole file (plus its tail padding cut off) still parses
     p.write_bytes(data[:end])
     assert parse_bounded(p) is not None
+
+
+# --------------------------------------------------------------------------- strict arrays
+# The arrays whose element type the GGUF spec fixes (ggml/docs/gguf.md), written out here
+# from the spec rather than imported, so a wrong table in the reader cannot agree with itself.
+SPEC_ARRAYS = {
+    "general.tags": VT.STRING,
+    "general.languages": VT.STRING,
+    "tokenizer.ggml.tokens": VT.STRING,
+    "tokenizer.ggml.scores": VT.FLOAT32,
+    "tokenizer.ggml.token_type": VT.INT32,
+    "tokenizer.ggml.merges": VT.STRING,
+    "tokenizer.ggml.added_tokens": VT.STRING,
+}
+_ELEMENT_SIZE = {VT.UINT8: 1, VT.INT8: 1, VT.BOOL: 1, VT.UINT16: 2, VT.INT16: 2, VT.UINT32: 4, VT.INT32: 4,
+                 VT.FLOAT32: 4, VT.UINT64: 8, VT.INT64: 8, VT.FLOAT64: 8}
+
+
+def _array(etype: VT, n: int = 3) -> bytes:
+    """n elements of type etype, each a valid value of that type (0/1 for BOOL)."""
+    head = struct.pack("<IQ", etype, n)
+    if etype == VT.STRING:
+        return head + b"".join(RawGGUF.s(f"t{i}") for i in range(n))
+    if etype == VT.ARRAY:
+        return head + struct.pack("<IQB", VT.UINT8, 1, 7) * n
+    return head + bytes([1]) * (_ELEMENT_SIZE[etype] * n)
+
+
+def _with_kv(key: str, vtype: int, value: bytes) -> bytes:
+    r = small_raw(np.random.default_rng(SEED))
+    r.kvs = [kv for kv in r.kvs if kv[0] != key] + [(key, vtype, value)]
+    return r.build()
+
+
+@pytest.mark.story("GT-005")
+@pytest.mark.parametrize("key", sorted(SPEC_ARRAYS))
+def test_spec_arrays_with_another_element_type_are_refused(tmp_path, key):
+    want = SPEC_ARRAYS[key]
+    p = tmp_path / "typed.gguf"
+    p.write_bytes(_with_kv(key, VT.ARRAY, _array(want)))
+    f = parse_bounded(p)
+    assert f is not None and len(f.metadata[key]) == 3  # the spec's own type is read
+    f.close()
+    wrong = [t for t in VT if t != want]
+    assert len(wrong) == 12
+    for etype in wrong:
+        p.write_bytes(_with_kv(key, VT.ARRAY, _array(etype)))
+        assert parse_bounded(p) is None, etype
+        with pytest.raises(GGUFError) as ei:
+            GGUFFile(p)
+        msg = str(ei.value)
+        assert f"'{key}': array elements must be {want.name}" in msg and msg.endswith(f"got {etype.name}"), msg
+    # a scalar where the spec puts an array
+    p.write_bytes(_with_kv(key, VT.UINT32, struct.pack("<I", 5)))
+    assert parse_bounded(p) is None
+    with pytest.raises(GGUFError, match=rf"'{key}' must be an array of {want.name}, got UINT32"):
+        GGUFFile(p)
+
+
+@pytest.mark.story("GT-005")
+def test_token_type_as_uint8_is_refused_like_llama_cpp_does(tmp_path):
+    """The case that was accepted: gguf-py's writer can be told to write token types as UINT8."""
+    import gguf
+
+    p = tmp_path / "u8types.gguf"
+    w = gguf.GGUFWriter(str(p), "gpt2")
+    w.add_token_list(["a", "b"])
+    w.add_key_value("tokenizer.ggml.token_type", [1, 3], gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.UINT8)
+    w.add_tensor("token_embd.weight", np.zeros((2, 32), dtype=np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with pytest.raises(GGUFError, match="'tokenizer.ggml.token_type': array elements must be INT32 .*, got UINT8"):
+        GGUFFile(p)

@@ -5,7 +5,7 @@ measured in this run: the roofline (weight bytes per token at the copy bandwidth
 for prefill, 2 FLOP per weight per token at the matmul rate measured here), our eager decode
 path (same kernels, no graph), transformers fp16 eager on the same weights, and for the GPT-2
 shapes a gpt-fast-style static-cache decoder under torch.compile(mode="reduce-overhead").
-llama.cpp's figures (same card kind, an earlier session; DESIGN.md) ride along in params: they
+llama.cpp's figures (same card kind, measured in an earlier session) ride along in params: they
 were not measured in this run, so they are not references.
 
 The model files are written once per machine into $GPT_ENGINE_BENCH_MODELS (default
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.benchmark, pytest.mark.skipif(not HA
 CACHE = os.environ.get("GPT_ENGINE_BENCH_MODELS", "/tmp/gpt-engine-bench-models")
 REPS = 5
 N_PROMPT, N_GEN = 512, 128
-# llama.cpp CUDA on an H200 (DESIGN.md, measured 2026-12-01 by an earlier session): tg128, pp512
+# llama.cpp CUDA on an H200 (measured 2026-12-01 by an earlier session): tg128, pp512
 LLAMACPP = {("gpt2-124m", "F16"): (1661, 164e3), ("gpt2-1.5b", "F16"): (330, 34.4e3),
             ("gpt2-1.5b", "Q8_0"): (367, 22.4e3), ("gpt2-1.5b", "MXFP4"): (415, None),
             ("gpt2-124m", "Q8_0"): (1951, None), ("gpt2-124m", "MXFP4"): (1769, None),

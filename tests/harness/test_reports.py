@@ -1,26 +1,30 @@
-"""Reports: rendered from evidence only; empty evidence still renders; HTML checked in Chromium."""
+"""Reports: rendered from evidence only; empty evidence still renders; counts add up; every
+link resolves; gate stories show their gate; bars beyond physics are flagged; one row per
+metric family; matplotlib charts; HTML checked in headless Chromium."""
 import csv
 import json
-import os
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from gates.report import render_all
-
+from gates.report import GATE_MEANING, STATE_MEANING, STATUS_MEANING, build_context, render_all
+from gates.verdict import STATUSES
 from tests.harness._synth import GPU, TESTS_CPU, Repo, metric, passing_gate1
 
 pytestmark = pytest.mark.story("GT-042")
 
-# Chromium is a CI dependency (`apt-get install -y chromium`). Its absence fails the test
-# unless GPT_ENGINE_NO_CHROMIUM=1 says so on purpose; then the test skips, and since a skip
-# never counts as a pass, GT-042's harness criterion stays unmet: nothing is hidden.
+# Chromium is a CI dependency (.ci/run installs it). Where it is absent the render test skips
+# and says so; a skip never counts as a pass, so GT-042 stays unproven on that machine.
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--enable-logging=stderr", "--v=0"]
+PAGES = ("progress.html", "m0_readiness.html", "progress.md", "m0_readiness.md")
 
 
 @pytest.fixture
@@ -31,20 +35,23 @@ def repo(tmp_path, monkeypatch):
     return r
 
 
+def read(repo, name) -> str:
+    return (repo.root / "reports" / name).read_text()
+
+
 def test_empty_evidence_folder_renders_reports_that_say_so(repo):
     written = {p.name for p in render_all(repo.paths)}
-    assert {"results.csv", "progress.html", "progress.md", "m0_readiness.html", "m0_readiness.md",
-            "gate1.json", "gate2.json", "gate3.json", "m0.json"} <= written
-    rep = repo.root / "reports"
-    for name in ("progress.html", "progress.md", "m0_readiness.html", "m0_readiness.md"):
-        text = (rep / name).read_text()
-        assert "No evidence yet" in text, name
-    md = (rep / "progress.md").read_text()
-    # GT-001, GT-008 and the gate1 verdict story GT-022
-    assert md.count("**not-started**") == 3 and "| implemented | 0% |" in md
-    assert "No benchmark evidence yet" in (rep / "m0_readiness.md").read_text()
-    assert json.loads((rep / "gates" / "gate1.json").read_text())["verdict"] == "fail"
-    with open(rep / "results.csv") as f:
+    assert {"results.csv", *PAGES, "gate1.json", "gate2.json", "gate3.json", "m0.json"} <= written
+    for name in PAGES:
+        assert "No evidence yet" in read(repo, name), name
+    md = read(repo, "progress.md")
+    # GT-001 and GT-008 have no evidence; GT-022 is the gate1 verdict, shown as the gate's state
+    table = md.split("## Stories")[1].split("## Evidence files")[0]
+    assert table.count("**not-started**") == 2 and "| [GT-022](../stories/GT-022.toml) | synthetic GT-022 | **fail** |" in md
+    assert "| implemented | 0 of 2 | 0% |" in md
+    assert "No benchmark evidence yet" in read(repo, "m0_readiness.md")
+    assert json.loads((repo.root / "reports" / "gates" / "gate1.json").read_text())["verdict"] == "fail"
+    with open(repo.root / "reports" / "results.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0][:3] == ["file", "finished", "machine_class"] and len(rows) == 1
 
@@ -62,33 +69,253 @@ def _populate(repo):
                                 "tests/test_emb.py::test_bench", ["GT-008"])])
 
 
-def test_reports_show_computed_statuses_percentages_risks_and_trends(repo):
+def test_reports_show_computed_statuses_counts_risks_and_trends(repo):
     _populate(repo)
     render_all(repo.paths)
-    rep = repo.root / "reports"
-    md = (rep / "progress.md").read_text()
-    # GT-001 and GT-008 verified, GT-002 failing: 3 stories, all implemented, 2 validated
-    assert "| GT-001 | synthetic GT-001 | **verified** |" in md
-    assert "| GT-002 | synthetic GT-002 | **failing** |" in md
-    assert "| implemented | 100% |" in md and "| tested | 67% |" in md and "| validated | 67% |" in md
-    m0 = (rep / "m0_readiness.md").read_text()
+    md = read(repo, "progress.md")
+    # GT-001 and GT-008 verified, GT-002 failing: 3 stories, all implemented, 2 verified
+    assert "| [GT-001](../stories/GT-001.toml) | synthetic GT-001 | **verified** |" in md
+    assert "| [GT-002](../stories/GT-002.toml) | synthetic GT-002 | **failing** |" in md
+    assert "| implemented | 3 of 3 | 100% |" in md and "| tested | 2 of 3 | 67% |" in md
+    assert "| verified | 2 of 3 | 67% |" in md
+    m0 = read(repo, "m0_readiness.md")
     assert "### gate1: FAIL" in m0 and "**GT-002** tests on cpu (fail)" in m0
     assert "- **high** GT-002 tests on cpu: fail" in m0
-    assert "| GT-008 | `layernorm.fp16` | ≥ 0.8× copy; ≥ 2× torch | 2700 GB/s | copy 0.90× | torch 2.16× |" in m0
-    html = (rep / "m0_readiness.html").read_text()
-    # two GPU runs -> a trend line for each bound of the criterion (copy and torch)
-    assert html.count("<svg") == 2 and "polyline" in html
-    with open(rep / "results.csv") as f:
+    assert "| [GT-008](../stories/GT-008.toml) | `layernorm.fp16` | ≥ 0.8× copy; ≥ 2× torch | 1 | 0.90× copy " \
+           "(layernorm.fp16) 2.16× torch (layernorm.fp16) | 0.90× copy 2.16× torch | pass |" in m0
+    html = read(repo, "m0_readiness.html")
+    # three GPU runs -> a trend line for each bound of the criterion (copy and torch), by matplotlib
+    assert html.count("<svg") == 2 and html.count("Matplotlib") >= 2
+    assert "bar ≥ 2×" in html and "bar ≥ 0.8×" in html  # the bar is named in each chart's legend
+    with open(repo.root / "reports" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["record"] for r in rows} == {"test", "metric"}
     assert any(r["metric"] == "layernorm.fp16" and r["ratio_copy"] == str(0.9) for r in rows)
+
+
+def _ints(cells):
+    return [int(c) if c.strip() else 0 for c in cells]
+
+
+def test_counts_add_up_everywhere(repo):
+    _populate(repo)
+    ctx, _, _ = build_context(repo.paths)
+    t = ctx["totals"]
+    assert t["stories"] == 3 and sum(t["by_status"].values()) == 3
+    assert sum(sp["n"] for sp in ctx["sprints"]) == t["stories"]
+    for sp in ctx["sprints"]:
+        assert sum(sp["counts"].values()) == sp["n"], sp
+    for g in ctx["gates"]:
+        assert g["n_stories"] == sum(sp["n"] for sp in ctx["sprints"] if sp["gate"] == g["gate"]), g
+    assert sum(g["n_stories"] for g in ctx["gates"]) == t["stories"]
+    # the same sums on the page a manager reads: each sprint row and the total row
+    md = read_after_render(repo, "progress.md")
+    section = md.split("## Sprints")[1].split("## Stories")[0]
+    rows = [ln.strip("|").split("|") for ln in section.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    body, total = rows[:-1], rows[-1]
+    assert total[0].strip() == "**all**"
+    for cells in body:
+        n, counts = int(cells[2]), _ints(cells[3:])
+        assert sum(counts) == n, cells
+    assert sum(int(c[2]) for c in body) == int(total[2].strip("* ")) == 3
+    assert [sum(col) for col in zip(*[_ints(c[3:]) for c in body])] == _ints([x.strip("* ") for x in total[3:]])
+    html = read(repo, "progress.html")
+    assert "3 <small>of 3 · 100%</small></b>stories implemented" in html
+    assert "2 <small>of 3 · 67%</small></b>stories verified" in html
+
+
+def test_gate_story_shows_its_gate_and_blocked_upstream_is_distinct(repo):
+    _populate(repo)   # gate1 fails on GT-002
+    repo.write("src/pipe.py", "P\n")
+    repo.add_card("GT-023", 4, "gate2", ["src/pipe.py"], [TESTS_CPU])
+    repo.add_card("GT-028", 4, "gate2", [], [], verdict="gate2")
+    repo.run(tests=[("tests/test_pipe.py::test_p", ["GT-023"], "passed", "cpu")])
+    ctx, _, _ = build_context(repo.paths)
+    gates = {g["gate"]: g for g in ctx["gates"]}
+    assert gates["gate1"]["state"] == "fail" and gates["gate1"]["blockers"]
+    assert gates["gate2"]["state"] == "blocked upstream" and gates["gate2"]["blockers"] == []
+    stories = {s["id"]: s for s in ctx["stories"]}
+    assert stories["GT-022"]["status"] == "fail" and stories["GT-028"]["status"] == "blocked upstream"
+    render_all(repo.paths)
+    m0 = read(repo, "m0_readiness.md")
+    assert "### gate2: BLOCKED UPSTREAM" in m0 and "- [ ] upstream gate1 does not pass" in m0
+    assert "| [GT-028](../stories/GT-028.toml) | synthetic GT-028 | **blocked upstream** |" in read(repo, "progress.md")
+    html = read(repo, "m0_readiness.html")
+    row = html.split('id="gate-gate2"')[1].split("</tr>")[0]
+    assert ">blocked upstream</span>" in row and "its own stories all pass" in row
+
+
+def test_bar_beyond_physics_is_a_risk_with_the_number(repo):
+    passing_gate1(repo)
+    # torch at 1800 GB/s: "≥ 2× torch" asks for 3600 GB/s, above the 3000 GB/s copy ceiling
+    repo.run(machine="gpu", tests=[("tests/test_emb.py::test_bench", ["GT-008"], "passed", GPU)],
+             benchmarks=[metric("layernorm.fp16", 2950.0, {"copy": 3000.0, "torch": 1800.0},
+                                "tests/test_emb.py::test_bench", ["GT-008"])])
+    ctx, _, _ = build_context(repo.paths)
+    phys = [k for k in ctx["risks"] if "beyond physics" in k["what"]]
+    assert len(phys) == 1 and phys[0]["level"] == "high" and phys[0]["story"] == "GT-008"
+    assert "layernorm.fp16 ≥ 2× torch" in phys[0]["what"]
+    assert "2 × torch 1800 GB/s = 3600 GB/s" in phys[0]["why"] and "1.20× the copy ceiling" in phys[0]["why"]
+    # the copy bound (≥ 0.8× copy) is within physics and is not flagged
+    assert not [k for k in ctx["risks"] if "≥ 0.8× copy" in k["what"]]
+
+
+def test_one_row_per_metric_family_and_each_failure_text_once(repo):
+    passing_gate1(repo)
+    repo.write("src/attn.py", "A\n")
+    repo.add_card("GT-018", 3, "gate1", ["src/attn.py"], [
+        'kind = "benchmark"\ndevice = "cuda"\nmetric = "attention_decode.*"\nmin_ratio = { sdpa = 1.3 }'])
+    cases = [metric(f"attention_decode.B{b}.T{t}", 1000.0 + t / 100, {"sdpa": 1000.0, "copy": 3000.0},
+                    "tests/test_attn.py::test_bench", ["GT-018"]) for b in (1, 4, 8, 16) for t in range(1024, 13 * 1024, 1024)]
+    repo.run(machine="gpu", tests=[("tests/test_attn.py::test_bench", ["GT-018"], "passed", GPU)], benchmarks=cases)
+    ctx, _, _ = build_context(repo.paths)
+    rows = [p for p in ctx["perf"] if p["story"] == "GT-018"]
+    assert len(rows) == 1 and rows[0]["n_cases"] == 48
+    (b,) = rows[0]["bounds"]
+    assert (b["n"], b["n_missed"], b["worst_case"]) == (48, 48, "attention_decode.B1.T1024")
+    assert b["worst"] == pytest.approx(1.01024) and b["median"] == pytest.approx(1.0 + 6.5 * 1024 / 100000)
+    render_all(repo.paths)
+    html = read(repo, "m0_readiness.html")
+    reason = next(c["reason"] for s in ctx["stories"] if s["id"] == "GT-018" for c in s["criteria"])
+    assert reason.startswith("48 problem(s) in 48 case(s)")
+    # the reason is in the perf row's details and in Risks; the gate's blocker list repeats it once
+    assert html.count(reason) <= 3
+    assert html.count('id="perf-GT-018-') == 1
+    assert "48 of 48 below the bar" in html
+
+
+def test_throughput_table_per_model_and_type_against_peers(repo):
+    passing_gate1(repo)
+    refs = {"roofline": 16600.0, "llamacpp": 1661.0, "compiled": 1057.0, "hf": 110.0, "eager": 95.0}
+    repo.run(machine="gpu", tests=[("tests/test_perf.py::test_e2e", ["GT-048"], "passed", GPU)], benchmarks=[
+        metric("perf.decode.gpt2-124m.F16", 1200.0, refs, "tests/test_perf.py::test_e2e", ["GT-048"], unit="tok/s",
+               kind="throughput"),
+        metric("perf.prefill.gpt2-124m.F16", 90000.0, {"llamacpp": 164000.0}, "tests/test_perf.py::test_e2e",
+               ["GT-048"], unit="tok/s", kind="throughput"),
+        metric("perf.decode.gpt2-1.5b.Q8_0", 300.0, {"llamacpp": 367.0}, "tests/test_perf.py::test_e2e",
+               ["GT-048"], unit="tok/s", kind="throughput")])
+    ctx, _, _ = build_context(repo.paths)
+    dec = ctx["throughput"]["decode"]
+    assert dec["peers"] == ["roofline", "llamacpp", "compiled", "hf", "eager"]
+    rows = {(r["model"], r["type"]): r for r in dec["rows"]}
+    assert set(rows) == {("gpt2-124m", "F16"), ("gpt2-1.5b", "Q8_0")}
+    assert rows[("gpt2-124m", "F16")]["peers"]["llamacpp"]["ratio"] == pytest.approx(1200 / 1661)
+    assert rows[("gpt2-1.5b", "Q8_0")]["peers"]["hf"]["value"] is None
+    assert [r["model"] for r in ctx["throughput"]["prefill"]["rows"]] == ["gpt2-124m"]
+    render_all(repo.paths)
+    m0 = read(repo, "m0_readiness.md")
+    assert "| gpt2-124m | F16 | NVIDIA H100 80GB HBM3 | 1,200 tok/s | 16,600 (ours 0.07×) | 1,661 (ours 0.72×) |" in m0
+    assert "| gpt2-1.5b | Q8_0 | NVIDIA H100 80GB HBM3 | 300 tok/s | — | 367 (ours 0.82×) | — | — | — |" in m0
+    assert "End to end: tokens per second" in read(repo, "m0_readiness.html")
+
+
+def test_no_throughput_section_without_end_to_end_numbers(repo):
+    _populate(repo)
+    ctx, _, _ = build_context(repo.paths)
+    assert ctx["throughput"] == {}
+    render_all(repo.paths)
+    assert "tokens per second" not in read(repo, "m0_readiness.html")
+
+
+def test_stories_over_time_replays_the_evidence_history(repo):
+    _populate(repo)   # runs: CPU pass, GPU pass, CPU with GT-002 failing, GPU benchmark
+    ctx, _, _ = build_context(repo.paths)
+    verified = [h["counts"].get("verified", 0) for h in ctx["history"]]
+    # run 1: GT-001 verified (GT-008 cpu-only); run 2: both; GT-002 appears failing with run 3
+    assert verified == [1, 2, 2, 2, 2]
+    assert [h["counts"].get("failing", 0) for h in ctx["history"]] == [0, 0, 1, 1, 1]
+    assert ctx["history"][-1]["label"] == "now (working tree)"
+    assert ctx["history"][-1]["counts"] == {k: v for k, v in ctx["totals"]["by_status"].items() if v}
+    html = read_after_render(repo, "progress.html")
+    chart = html.split('id="over-time"')[1].split("</figure>")[0]
+    assert "<svg" in chart and "now" in chart and "all 3 stories" in chart
+
+
+def read_after_render(repo, name):
+    render_all(repo.paths)
+    return read(repo, name)
+
+
+def test_status_words_are_explained_on_the_page(repo):
+    _populate(repo)
+    missing = [s for s in STATUSES if s not in STATUS_MEANING]
+    assert not missing, f"statuses without a meaning in gates/report.py: {missing}"
+    for name in ("progress.html", "m0_readiness.html"):
+        html = read_after_render(repo, name)
+        words = html.split('id="words"')[1]
+        for w, meaning in [*STATUS_MEANING.items(), *STATE_MEANING.items(), *GATE_MEANING.items()]:
+            assert f">{w}</span></dt><dd>{meaning}</dd>" in words.replace("&#39;", "'"), (name, w)
+        # every badge carries its meaning as a tooltip
+        assert 'title="every criterion of the story passes' in html
+
+
+def test_evidence_shows_age_device_and_why_it_counts(repo):
+    _populate(repo)
+    repo.write("src/emb.py", "B = 3\n")   # GT-008's sources change: its evidence stops counting
+    html = read_after_render(repo, "progress.html")
+    gt1 = html.split('id="GT-001"')[1].split("</tr>")[0]
+    assert "counts: GT-001&#39;s source files are unchanged since this run" in gt1
+    assert re.search(r"· CPU · commit 0123456789 · \d+d old ·", gt1)
+    gt8 = html.split('id="GT-008"')[1].split("</tr>")[0]
+    assert "does not count: GT-008&#39;s source files changed since this run" in gt8
+    # one spelling of the device everywhere: the GPU's name, never the machine-class slug
+    for name in ("progress.html", "m0_readiness.html"):
+        page = read(repo, name)
+        assert "nvidia-h100-80gb-hbm3" not in page.replace("nvidia-h100-80gb-hbm3-", ""), name
+        assert "NVIDIA H100 80GB HBM3" in page
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs, self.ids = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "a" and "href" in a:
+            self.hrefs.append(a["href"])
+
+
+def _parse(path: Path) -> _Links:
+    p = _Links()
+    p.feed(path.read_text())
+    return p
+
+
+def test_every_link_resolves(repo):
+    _populate(repo)
+    render_all(repo.paths)
+    rep = repo.root / "reports"
+    checked = 0
+    for name in PAGES:
+        page = rep / name
+        text = page.read_text()
+        hrefs = _parse(page).hrefs if name.endswith(".html") else re.findall(r"\]\(([^)\s]+)\)", text)
+        assert hrefs, name
+        for href in hrefs:
+            u = urlsplit(href)
+            assert not u.scheme and not u.netloc, f"{name}: external link {href}"
+            target = (page.parent / unquote(u.path)).resolve() if u.path else page
+            assert target.exists(), f"{name}: {href} -> {target} does not exist"
+            if u.fragment:
+                assert target.suffix == ".html", href
+                assert u.fragment in _parse(target).ids, f"{name}: {href}: no id {u.fragment!r}"
+            checked += 1
+    assert checked > 30
+    # the links that matter: each story to its card, each evidence file from its criterion
+    html = (rep / "progress.html").read_text()
+    assert 'href="../stories/GT-002.toml"' in html
+    for ev in (repo.paths.evidence).glob("*.json"):
+        assert f'href="evidence/{ev.name}"' in html, ev.name
 
 
 def test_html_is_self_contained(repo):
     _populate(repo)
     render_all(repo.paths)
     for name in ("progress.html", "m0_readiness.html"):
-        html = (repo.root / "reports" / name).read_text()
+        html = read(repo, name)
         assert "<script" not in html
         assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), name
         assert not re.search(r"url\(\s*['\"]?https?:", html), name
@@ -96,12 +323,11 @@ def test_html_is_self_contained(repo):
 
 def test_reports_render_in_headless_chromium_without_console_errors(repo, tmp_path):
     if CHROMIUM is None:
-        if os.environ.get("GPT_ENGINE_NO_CHROMIUM") == "1":
-            pytest.skip("GPT_ENGINE_NO_CHROMIUM=1: Chromium intentionally unavailable")
-        pytest.fail("chromium not found: install it (apt-get install -y chromium) or set GPT_ENGINE_NO_CHROMIUM=1")
+        pytest.skip("chromium not found: the HTML reports were not rendered in a browser "
+                    "(apt-get install -y chromium; CI installs it)")
     _populate(repo)
     render_all(repo.paths)
-    expect = {"progress.html": ["gpt-engine progress", "GT-008", "verified", "failing", "implemented"],
+    expect = {"progress.html": ["gpt-engine progress", "GT-008", "verified", "failing", "implemented", "<svg"],
               "m0_readiness.html": ["gpt-engine M0 readiness", "gate1", "layernorm.fp16", "<svg", "Risks"]}
     for name, needles in expect.items():
         profile = tmp_path / f"chrome-{name}"
