@@ -68,10 +68,6 @@ def _o200k_split():
 
 
 PRE_TOKENIZERS = {"gpt-2": _gpt2_split, "smollm": _smollm_split, "gpt-4o": _o200k_split}
-# Pre-tokenizers whose pieces are looked up whole before any merge: tiktoken's encoder returns a
-# piece's own rank when the piece is a token (tiktoken src/lib.rs, encode_ordinary:
-# ``if let Some(token) = self.encoder.get(piece)``), HF expresses the same as BPE ignore_merges.
-WHOLE_PIECE_FIRST = ("gpt-4o",)
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -199,8 +195,7 @@ def _from_gguf_metadata(metadata: dict, source: str) -> HFTokenizer:
     # The tokenizers library checks that both halves and their concatenation are tokens; only
     # when it refuses do we look for the culprit, to keep the common path fast (~50k merges).
     try:
-        bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], fuse_unk=False,
-                         ignore_merges=pre in WHOLE_PIECE_FIRST)
+        bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], fuse_unk=False)
     except Exception:  # TypeError for a malformed pair, plain Exception for an unknown token
         raise TokenizerError(f"{source}: {_bad_merge(merges, vocab)}") from None
     hf = HFTokenizer(bpe)
