@@ -109,6 +109,23 @@ class ModelConfig:
                    "activation": "clamped SwiGLU (alpha 1.702, limit 7)"}
         return {"attention": attn, "ffn": ffn}
 
+    def describe(self) -> list[str]:
+        """``layout()`` as the lines ``gpt-engine inspect`` prints."""
+        a, ffn = self.layout().values()
+        attn = f"{a['heads']} heads, {a['kv_heads']} kv heads, head dim {a['head_dim']}"
+        if "sliding_window" in a:
+            attn += f", sinks, sliding window {a['sliding_window']} on layers {a['sliding_layers']}"
+        if "rope" in a and "scaling" in a["rope"]:
+            r = a["rope"]
+            attn += (f", rope theta {r['theta']:g} with yarn x{r['factor']:g} (original context "
+                     f"{r['original_context']}, beta {r['beta_fast']:g}/{r['beta_slow']:g})")
+        if ffn["kind"] == "moe":
+            mlp = (f"moe: {ffn['experts']} experts, top {ffn['experts_per_token']}, expert ff {ffn['expert_ff']}, "
+                   f"{ffn['activation']}")
+        else:
+            mlp = f"dense, ff {ffn['n_ff']}"
+        return [f"attention     {attn}", f"ffn           {mlp}"]
+
     @classmethod
     def from_gguf(cls, f) -> "ModelConfig":
         try:
@@ -216,17 +233,17 @@ def _gpt_oss_fields(path, md, key, get_int, get_float, head_dim, rope_dim, rope_
     n_expert = get_int(Keys.LLM.EXPERT_COUNT)
     n_used = get_int(Keys.LLM.EXPERT_USED_COUNT)
     if n_used > n_expert:
-        raise ModelError(f"{path}: {key(Keys.LLM.EXPERT_USED_COUNT)} is {n_used}, more than the "
-                         f"{n_expert} experts ({key(Keys.LLM.EXPERT_COUNT)})")
+        raise ModelError(f"{path}: '{key(Keys.LLM.EXPERT_USED_COUNT)}' is {n_used}, more than the "
+                         f"{n_expert} experts ('{key(Keys.LLM.EXPERT_COUNT)}')")
     if rope_dim != head_dim:
-        raise ModelError(f"{path}: {key(Keys.Rope.DIMENSION_COUNT)} is {rope_dim}; gpt-oss rotates the "
+        raise ModelError(f"{path}: '{key(Keys.Rope.DIMENSION_COUNT)}' is {rope_dim}; gpt-oss rotates the "
                          f"whole head ({head_dim})")
     value_length = get_int(Keys.Attention.VALUE_LENGTH, default=head_dim)
     if value_length != head_dim:
-        raise ModelError(f"{path}: {key(Keys.Attention.VALUE_LENGTH)} is {value_length}; this engine needs "
+        raise ModelError(f"{path}: '{key(Keys.Attention.VALUE_LENGTH)}' is {value_length}; this engine needs "
                          f"it equal to the key length {head_dim}")
     if key(Keys.Rope.FREQ_BASE_SWA) in md and get_float(Keys.Rope.FREQ_BASE_SWA) != rope_theta:
-        raise ModelError(f"{path}: {key(Keys.Rope.FREQ_BASE_SWA)} differs from {key(Keys.Rope.FREQ_BASE)}; "
+        raise ModelError(f"{path}: '{key(Keys.Rope.FREQ_BASE_SWA)}' differs from {key(Keys.Rope.FREQ_BASE)}; "
                          f"a separate rope base for sliding layers is not supported")
     return {
         "n_expert": n_expert,
@@ -243,19 +260,19 @@ def _yarn(path, md, key, get_int, get_float) -> YarnScaling | None:
     if kind is None or kind == "none":
         return None
     if kind != "yarn":
-        raise ModelError(f"{path}: {key(Keys.Rope.SCALING_TYPE)} is {kind!r}; supported: 'yarn', 'none'")
+        raise ModelError(f"{path}: '{key(Keys.Rope.SCALING_TYPE)}' is {kind!r}; supported: 'yarn', 'none'")
     # Keys that modify YaRN beyond the paper's recipe: llama.cpp and transformers read them
     # differently (llama.cpp multiplies its own mscale by attn_factor, transformers replaces it),
     # so a file that sets them to anything but the neutral value is refused.
     for neutral_key in (Keys.Rope.SCALING_ATTN_FACTOR, Keys.Rope.SCALING_YARN_ATTN_FACTOR,
                         Keys.Rope.SCALING_YARN_EXT_FACTOR):
         if key(neutral_key) in md and get_float(neutral_key) != 1.0:
-            raise ModelError(f"{path}: {key(neutral_key)} = {md[key(neutral_key)]} is not supported (only 1.0)")
+            raise ModelError(f"{path}: '{key(neutral_key)}' = {md[key(neutral_key)]} is not supported (only 1.0)")
     if key(Keys.Rope.SCALING_YARN_LOG_MUL) in md:
-        raise ModelError(f"{path}: {key(Keys.Rope.SCALING_YARN_LOG_MUL)} is not supported")
+        raise ModelError(f"{path}: '{key(Keys.Rope.SCALING_YARN_LOG_MUL)}' is not supported")
     factor = get_float(Keys.Rope.SCALING_FACTOR)
     if factor < 1:
-        raise ModelError(f"{path}: {key(Keys.Rope.SCALING_FACTOR)} is {factor}; YaRN needs a factor >= 1")
+        raise ModelError(f"{path}: '{key(Keys.Rope.SCALING_FACTOR)}' is {factor}; YaRN needs a factor >= 1")
     return YarnScaling(
         factor=factor,
         original_context=get_int(Keys.Rope.SCALING_ORIG_CTX_LEN),
