@@ -23,7 +23,7 @@ from tests.tolerances import tol
 STORY = pytest.mark.story("GX-002")
 
 # name -> generator arguments. Several layer counts, head ratios (2, 8 = MQA, 1 = MHA, 4), expert
-# counts and top-k, window smaller than the input, YaRN with gpt-oss's own parameters (theta
+# counts and top-k (1 to 4), window smaller than the input, YaRN with gpt-oss's own parameters (theta
 # 150000, factor 32, original context 4096, betas 32/1) and one file without scaling.
 SHAPES = {
     "L2-h4kv2-e4k2": {},
@@ -33,6 +33,8 @@ SHAPES = {
                            "n_expert": 16, "n_expert_used": 2, "n_ff": 96, "sliding_window": 16},
     "L2-h4kv1-e32k4-d64": {"n_embd": 96, "n_head": 4, "n_head_kv": 1, "head_dim": 64, "n_expert": 32,
                            "n_expert_used": 4, "n_ff": 64, "sliding_window": 16},
+    "L2-h8kv2-e4k1-d64": {"n_head": 8, "n_head_kv": 2, "head_dim": 64, "n_expert": 4, "n_expert_used": 1,
+                          "sliding_window": 8, "seed": 5},
     "L2-noyarn-q8": {"yarn": None, "qtype": "Q8_0", "seed": 3},
 }
 

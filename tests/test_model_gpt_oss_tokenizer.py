@@ -115,3 +115,30 @@ def test_the_split_is_not_gpt2s(tok):
     finally:
         tok.hf.pre_tokenizer = saved
     assert len(differ) >= 5
+
+
+@STORY
+@pytest.mark.slow
+def test_a_model_with_the_real_vocabulary_runs_from_text(tmp_path):
+    """End to end from a string: a gpt-oss file carrying the 201,088-token vocabulary (embedding and
+    head of that height) tokenizes a harmony-formatted prompt as tiktoken does and matches
+    transformers on the logits."""
+    import torch
+
+    import gpt_engine
+    from tests.tolerances import tol
+
+    path = tmp_path / "oss-o200k.gguf"
+    hf = testmodels.make_gpt_oss(path, vocab="o200k", n_embd=32, n_head=2, n_head_kv=1, head_dim=16,
+                                 n_expert=4, n_expert_used=2, n_ff=32, sliding_window=4)
+    m = gpt_engine.load(path)
+    assert m.config.vocab_size == m.tokenizer.vocab_size == 201088
+    prompt = "<|start|>user<|message|>What is the capital of France? Answer in one word.<|end|><|start|>assistant"
+    ids = m.encode_prompt(prompt)
+    assert ids == harmony().encode(prompt, allowed_special="all") and len(ids) >= 4 * 4
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0]
+    err = (m.logits(ids) - ref).abs().max().item()
+    assert err <= tol("logits_max_abs_f32"), f"max |ours - transformers| = {err:.3g}"
+    out = m.generate(prompt, max_new_tokens=4, stop_at_eos=False)
+    assert len(out.token_ids) == 4 and out.token_ids[0] == int(ref[-1].argmax())
