@@ -7,7 +7,6 @@ F16; ~3.70 GB read per decode token), and bad metadata is refused with one clear
 from __future__ import annotations
 
 import json
-import struct
 
 import pytest
 import torch

@@ -1,8 +1,8 @@
 """gpt-oss (OpenAI's open-weight mixture of experts) from its GGUF file: the CPU reference.
 
 Per layer (llama.cpp src/models/openai-moe.cpp; transformers models/gpt_oss/modeling_gpt_oss.py):
-  x += attn_output(attention(rope(q), rope(k), v, sinks, window) ) with q/k/v/o biases
-       over RMSNorm(x; attn_norm)
+  x += attn_output(attention(rope(q), rope(k), v; sinks, window)), q/k/v/o with biases,
+       q/k/v from RMSNorm(x; attn_norm)
   x += moe(RMSNorm(x; post_attention_norm))
 then RMSNorm(output_norm) and the untied ``output`` head. RMSNorm is computed in fp32.
 
@@ -103,7 +103,7 @@ def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: tor
     q [B, T, Hq, d] at positions start..start+T-1; k/v [B, Hkv, S, d] at positions 0..S-1
     (S >= start + T; the cache layout); sinks [Hq]. Query head h reads kv head h // (Hq / Hkv).
     Returns [B, T, Hq, d] in q's dtype."""
-    B, T, Hq, d = q.shape
+    B, T, Hq, _ = q.shape
     groups = Hq // k.shape[1]
     qh = q.float().transpose(1, 2)                                  # [B, Hq, T, d]
     kh = k[:, :, :start + T].float().repeat_interleave(groups, dim=1)  # [B, Hq, S', d]
