@@ -129,6 +129,25 @@ def test_cache_paths_equal_the_full_forward(oss):
 
 
 @STORY
+def test_batched_decode_equals_each_prompts_own_generation(oss):
+    """generate_batch runs decode_logits: each sequence at its own position, one step for all.
+    Greedy ids equal each prompt's own generate and transformers' full-forward argmax."""
+    path, hf = oss.get("L2-h8kv2-e4k1-d64")
+    m = gpt_engine.load(path)
+    prompts = [long_ids(m, seed=11, windows=4), long_ids(m, seed=12, windows=5)[:37]]
+    outs = m.generate_batch(prompts, max_new_tokens=6, stop_at_eos=False)
+    last_step = m.decoder(len(prompts), len(prompts[0]) + 6, m.cuda_graphs).logits  # [B, V] of the last step
+    for b, (prompt, out) in enumerate(zip(prompts, outs)):
+        assert out.token_ids == m.generate(prompt, max_new_tokens=6, stop_at_eos=False).token_ids
+        seq = list(prompt)
+        for _ in range(6):
+            seq.append(int(reference_logits(hf, seq)[-1].argmax()))
+        assert out.token_ids == seq[len(prompt):]
+        err = (last_step[b] - reference_logits(hf, seq[:-1])[-1]).abs().max().item()
+        assert err <= tol("logits_max_abs_f32"), f"sequence {b}: decode step vs transformers {err:.3g}"
+
+
+@STORY
 def test_experts_stay_packed(oss):
     """Expert stacks are held as the file's MXFP4 bytes; nothing dense is kept for them."""
     path, _ = oss.get("L2-h4kv2-e4k2")

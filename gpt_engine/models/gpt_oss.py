@@ -96,24 +96,25 @@ def rope_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 
 # --------------------------------------------------------------------------- attention
 
-def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, start: int,
+def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, qpos: torch.Tensor,
                    window: int | None, scale: float) -> torch.Tensor:
     """Causal attention with per-head sinks and an optional sliding window, in fp32.
 
-    q [B, T, Hq, d] at positions start..start+T-1; k/v [B, Hkv, S, d] at positions 0..S-1
-    (S >= start + T; the cache layout); sinks [Hq]. Query head h reads kv head h // (Hq / Hkv).
-    Returns [B, T, Hq, d] in q's dtype."""
+    q [B, T, Hq, d] at absolute positions ``qpos`` ([T], or [B, T] when each sequence is at its
+    own position); k/v [B, Hkv, S, d] hold positions 0..S-1 (the cache layout; rows past a
+    query's position are masked, whatever they hold); sinks [Hq]. Query head h reads kv head
+    h // (Hq / Hkv). Returns [B, T, Hq, d] in q's dtype."""
     B, T, Hq, _ = q.shape
     groups = Hq // k.shape[1]
-    qh = q.float().transpose(1, 2)                                  # [B, Hq, T, d]
-    kh = k[:, :, :start + T].float().repeat_interleave(groups, dim=1)  # [B, Hq, S', d]
-    vh = v[:, :, :start + T].float().repeat_interleave(groups, dim=1)
-    scores = (qh @ kh.transpose(-1, -2)) * scale                     # [B, Hq, T, S']
-    qpos = torch.arange(start, start + T, device=q.device)[:, None]
-    kpos = torch.arange(kh.shape[2], device=q.device)[None, :]
-    allowed = kpos <= qpos
+    qh = q.float().transpose(1, 2)                                   # [B, Hq, T, d]
+    kh = k.float().repeat_interleave(groups, dim=1)                  # [B, Hq, S, d]
+    vh = v.float().repeat_interleave(groups, dim=1)
+    scores = (qh @ kh.transpose(-1, -2)) * scale                     # [B, Hq, T, S]
+    qp = qpos.reshape(-1, 1, T, 1)                                   # [B or 1, 1, T, 1]
+    kp = torch.arange(k.shape[2], device=q.device)
+    allowed = kp <= qp
     if window is not None:
-        allowed &= kpos > qpos - window
+        allowed &= kp > qp - window
     scores = scores.masked_fill(~allowed, float("-inf"))
     sink = sinks.float().reshape(1, Hq, 1, 1).expand(B, Hq, T, 1)
     p = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
@@ -217,10 +218,18 @@ class GptOss:
         c = self.cfg
         T = ids.shape[1]
         start = cache.reserve(T) if cache is not None else 0
-        cos, sin = rope_tables(torch.arange(start, start + T, device=self.device), self.inv_freq, self.rope_factor)
+        pos = torch.arange(start, start + T, device=self.device)
+        cos, sin = rope_tables(pos, self.inv_freq, self.rope_factor)
+
+        def append(layer: int, k: torch.Tensor, v: torch.Tensor):
+            if cache is None:
+                return k.transpose(1, 2), v.transpose(1, 2)
+            ops.kv_append(cache.k[layer], cache.v[layer], k, v, start)
+            return cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
+
         x = self.embd.rows(ids, self.dtype)
         for i, L in enumerate(self.layers):
-            x = x + self.attention(rmsnorm(x, L.attn_norm, c.norm_eps), L, i, cache, start, cos, sin)
+            x = x + self.attention(rmsnorm(x, L.attn_norm, c.norm_eps), L, i, pos, cos, sin, append)
             x = x + self.moe(rmsnorm(x, L.post_norm, c.norm_eps), L)
         if cache is not None:
             cache.length = start + T
@@ -229,20 +238,45 @@ class GptOss:
         x = rmsnorm(x, self.norm, c.norm_eps)
         return F.linear(x, self.head.dense(self.dtype)).float()
 
-    def attention(self, h: torch.Tensor, L: Layer, layer: int, cache: KVCache | None, start: int,
-                  cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def decode_logits(self, st) -> torch.Tensor:
+        """One decode step for st.batch sequences, each at its own position st.pos (a
+        cuda_graph.DecodeState): logits [B, V] float32; k/v written at st.pos, st.lens set.
+        Eager reference only: the MoE picks its experts on the host, so this step cannot be
+        captured in a CUDA graph (the GPU path's grouped expert kernels will)."""
+        B = st.ids.shape[0]
+        c = self.cfg
+        cos, sin = rope_tables(st.pos, self.inv_freq, self.rope_factor)   # [B, d/2]: one row per sequence
+        rows = torch.arange(B, device=self.device)
+
+        def append(layer: int, k: torch.Tensor, v: torch.Tensor):
+            st.cache.k[layer][rows, :, st.pos] = k[:, 0]
+            st.cache.v[layer][rows, :, st.pos] = v[:, 0]
+            return st.cache.k[layer], st.cache.v[layer]
+
+        x = self.embd.rows(st.ids, self.dtype).reshape(B, 1, c.n_embd)
+        for i, L in enumerate(self.layers):
+            x = x + self.attention(rmsnorm(x, L.attn_norm, c.norm_eps), L, i, st.pos[:, None], cos, sin, append)
+            x = x + self.moe(rmsnorm(x, L.post_norm, c.norm_eps), L)
+        st.lens.copy_(st.pos + 1)
+        x = rmsnorm(x[:, 0], self.norm, c.norm_eps)
+        return F.linear(x, self.head.dense(self.dtype)).float()
+
+    def attention(self, h: torch.Tensor, L: Layer, layer: int, pos: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor, append) -> torch.Tensor:
+        """h [B, T, C] at positions pos ([T] or [B, T]); cos/sin one row per position ([T, d/2],
+        or [B, d/2] for one token per sequence); append(layer, k, v) stores the new keys and
+        values and returns the keys/values to attend over ([B, Hkv, S, d])."""
         c, dt = self.cfg, self.dtype
         B, T, _ = h.shape
         q = F.linear(h, L.q.dense(dt), L.q_bias).reshape(B, T, c.n_head, c.head_dim)
         k = F.linear(h, L.k.dense(dt), L.k_bias).reshape(B, T, c.n_head_kv, c.head_dim)
         v = F.linear(h, L.v.dense(dt), L.v_bias).reshape(B, T, c.n_head_kv, c.head_dim).contiguous()
-        q, k = rope_halves(q, cos, sin), rope_halves(k, cos, sin).contiguous()
-        if cache is not None:
-            ops.kv_append(cache.k[layer], cache.v[layer], k, v, start)
-            keys, values = cache.k[layer], cache.v[layer]
+        if pos.dim() == 2:  # one token per sequence: rotate with the batch as the position axis
+            q, k = (rope_halves(t.transpose(0, 1), cos, sin).transpose(0, 1) for t in (q, k))
         else:
-            keys, values = k.transpose(1, 2), v.transpose(1, 2)
-        a = sink_attention(q, keys, values, L.sinks, start, L.window, 1.0 / math.sqrt(c.head_dim))
+            q, k = rope_halves(q, cos, sin), rope_halves(k, cos, sin)
+        keys, values = append(layer, k.contiguous(), v)
+        a = sink_attention(q, keys, values, L.sinks, pos, L.window, 1.0 / math.sqrt(c.head_dim))
         return F.linear(a.reshape(B, T, c.n_head * c.head_dim), L.o.dense(dt), L.o_bias)
 
     def moe(self, h: torch.Tensor, L: Layer) -> torch.Tensor:
