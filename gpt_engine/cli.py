@@ -185,6 +185,7 @@ def cmd_inspect(args) -> int:
             "vocab_size", "rope_theta", "rope_dim", "tied_output")},
         "tensors": {"count": len(f.tensors), "bytes": sum(bytes_by_type.values()),
                     "types": {k: {"count": by_type[k], "bytes": bytes_by_type[k]} for k in sorted(by_type)}},
+        "layout": c.layout(),
         "tokenizer": {"vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
                       "add_bos": tok.add_bos, "context_length": tok.context_length},
         "memory_estimate": m.memory_estimate(),
@@ -196,6 +197,7 @@ def cmd_inspect(args) -> int:
     lines = [f"{info['file']}  (GGUF v{f.version})",
              f"architecture  {c.architecture}  {c.name or ''}",
              "hyper-params  " + ", ".join(f"{k}={v}" for k, v in info["hyperparameters"].items()),
+             *c.describe(),
              f"tensors       {len(f.tensors)}, {info['tensors']['bytes'] * mib:.1f} MiB"]
     lines += [f"  {k:<7} {v['count']:>5} tensors  {v['bytes'] * mib:10.2f} MiB" for k, v in info["tensors"]["types"].items()]
     t, me = info["tokenizer"], info["memory_estimate"]

@@ -19,12 +19,13 @@ from .default_model import default_model_path
 from .errors import ContextOverflowError, EngineError, ModelError
 from .gguf_file import GGUFFile
 from .models.gpt2 import GPT2
+from .models.gpt_oss import GptOss
 from .models.llama import Llama
 from .streaming import Utf8Stream
 from .tensor_map import check_tensors
 from .tokenizer import load_tokenizer
 
-ARCHITECTURES = {"gpt2": GPT2, "llama": Llama}
+ARCHITECTURES = {"gpt2": GPT2, "llama": Llama, "gpt-oss": GptOss}
 _DEFAULT_DTYPE = {"cpu": torch.float32, "cuda": torch.float16}
 
 
@@ -182,7 +183,8 @@ class Model:
 
     # ------------------------------------------------------------------ memory
     def memory_estimate(self, n_ctx: int | None = None) -> dict:
-        return estimate_memory(self.gguf, self.config, self.dtype, n_ctx)
+        own = getattr(self.net, "memory_estimate", None)  # an architecture that holds weights its own way
+        return own(n_ctx) if own is not None else estimate_memory(self.gguf, self.config, self.dtype, n_ctx)
 
     def close(self) -> None:
         self.gguf.close()

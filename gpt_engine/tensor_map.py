@@ -56,10 +56,42 @@ def expected_tensors(cfg) -> dict[str, tuple[int, ...]]:
             for t, shape in layer.items():
                 out[_name(t, "weight", i)] = shape
         out[_name(T.OUTPUT_NORM)] = (C,)
+    elif cfg.architecture == "gpt-oss":
+        out.update(_gpt_oss_layers(cfg))
     else:
-        raise ModelError(f"no tensor map for architecture {cfg.architecture!r}; supported: gpt2, llama")
+        raise ModelError(f"no tensor map for architecture {cfg.architecture!r}; supported: gpt2, llama, gpt-oss")
     if not cfg.tied_output:
         out[_name(T.OUTPUT)] = (V, C)
+    return out
+
+
+def _gpt_oss_layers(cfg) -> dict[str, tuple[int, ...]]:
+    """gpt-oss as llama.cpp's converter writes it (conversion/gpt_oss.py) and its loader reads it
+    (src/models/openai-moe.cpp ``load_arch_tensors``): attention with biases and per-head sinks,
+    ``post_attention_norm`` before the MoE, a router with bias, and each expert kind as one
+    [n_expert, rows, cols] stack (the HF gate_up_proj split into gate = even columns,
+    up = odd columns, then transposed to (out, in)) with a [n_expert, rows] bias."""
+    C, E, Fe = cfg.n_embd, cfg.n_expert, cfg.n_ff_expert
+    q, kv = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+    out: dict[str, tuple[int, ...]] = {}
+    for i in range(cfg.n_layer):
+        layer = {
+            (T.ATTN_NORM, "weight"): (C,),
+            (T.ATTN_Q, "weight"): (q, C), (T.ATTN_Q, "bias"): (q,),
+            (T.ATTN_K, "weight"): (kv, C), (T.ATTN_K, "bias"): (kv,),
+            (T.ATTN_V, "weight"): (kv, C), (T.ATTN_V, "bias"): (kv,),
+            (T.ATTN_OUT, "weight"): (C, q), (T.ATTN_OUT, "bias"): (C,),
+            (T.ATTN_SINKS, "weight"): (cfg.n_head,),
+            (T.ATTN_POST_NORM, "weight"): (C,),
+            (T.FFN_GATE_INP, "weight"): (E, C), (T.FFN_GATE_INP, "bias"): (E,),
+            (T.FFN_GATE_EXP, "weight"): (E, Fe, C), (T.FFN_GATE_EXP, "bias"): (E, Fe),
+            (T.FFN_UP_EXP, "weight"): (E, Fe, C), (T.FFN_UP_EXP, "bias"): (E, Fe),
+            (T.FFN_DOWN_EXP, "weight"): (E, C, Fe), (T.FFN_DOWN_EXP, "bias"): (E, C),
+        }
+        for (t, suffix), shape in layer.items():
+            out[_name(t, suffix, i)] = shape
+    out[_name(T.OUTPUT_NORM)] = (C,)
+    out[_name(T.OUTPUT)] = (cfg.vocab_size, C)  # never tied: llama.cpp's loader requires it
     return out
 
 

@@ -313,3 +313,268 @@ def make_llama(path, *, qtype: str = "F32", vocab: str = "small", n_layer: int =
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     model.load_state_dict(sd)
     return model
+
+
+# --------------------------------------------------------------------------- o200k (gpt-oss)
+
+# sha256 of OpenAI's o200k_base.tiktoken, as pinned in tiktoken_ext/openai_public.py (o200k_base()).
+# The bpe-openai package bundles the same file gzipped; we check the bytes before using them.
+O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+O200K_N_RANKS = 199998          # mergeable ranks 0..199997
+GPT_OSS_N_VOCAB = 201088        # gpt-oss: o200k ranks + the harmony specials up to id 201087
+# gpt-oss's named special tokens (tiktoken_ext/openai_public.py, o200k_harmony); every other id
+# from 199998 to 201087 is "<|reserved_ID|>". tiktoken maps both "<|endofprompt|>" and
+# "<|reserved_200018|>" to 200018; a GGUF token list has one string per id, so 200018 is
+# "<|endofprompt|>" (the name o200k_base gives it).
+GPT_OSS_SPECIALS = {
+    199998: "<|startoftext|>", 199999: "<|endoftext|>", 200002: "<|return|>", 200003: "<|constrain|>",
+    200005: "<|channel|>", 200006: "<|start|>", 200007: "<|end|>", 200008: "<|message|>",
+    200012: "<|call|>", 200018: "<|endofprompt|>",
+}
+GPT_OSS_BOS_ID = 199998   # <|startoftext|>
+GPT_OSS_EOS_ID = 200002   # <|return|>, the end of an assistant turn in the harmony format
+
+
+def o200k_base_file() -> Path:
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the bpe-openai package is not installed (pip install '.[test]')")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "o200k_base.tiktoken.gz"
+
+
+@lru_cache(maxsize=1)
+def o200k_ranks() -> dict[bytes, int]:
+    """o200k_base's mergeable ranks (token bytes -> rank), from the sha256-checked file."""
+    import base64
+    import gzip
+    import hashlib
+
+    raw = gzip.decompress(o200k_base_file().read_bytes())
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != O200K_BASE_SHA256:
+        raise RuntimeError(f"{o200k_base_file()}: sha256 {digest} is not OpenAI's o200k_base.tiktoken")
+    ranks = {}
+    for line in raw.splitlines():
+        tok, rank = line.split(b" ")
+        ranks[base64.b64decode(tok)] = int(rank)
+    if sorted(ranks.values()) != list(range(O200K_N_RANKS)):
+        raise RuntimeError("o200k_base ranks are not 0..199997")
+    return ranks
+
+
+@lru_cache(maxsize=1)
+def o200k_vocab() -> tuple[list[str], list[str]]:
+    """(201,088 tokens ordered by id, merges) of gpt-oss's vocabulary in GGUF form.
+
+    Tokens are the byte-level (GPT-2 alphabet) spelling of each rank's bytes, then the specials.
+    A merge "a b" is listed for every split of a token into two tokens, ordered by the rank of
+    the merged token, then by the ranks of its halves: with merge priority = rank, HF's BPE then
+    picks the same pair at each step as tiktoken's lowest-rank-first rule."""
+    from .tokenizer import bytes_to_unicode
+
+    ranks = o200k_ranks()
+    alphabet = bytes_to_unicode()
+
+    def spell(b: bytes) -> str:
+        return "".join(alphabet[x] for x in b)
+
+    tokens = [""] * GPT_OSS_N_VOCAB
+    found = []
+    for tok, rank in ranks.items():
+        tokens[rank] = spell(tok)
+        for i in range(1, len(tok)):
+            left, right = ranks.get(tok[:i]), ranks.get(tok[i:])
+            if left is not None and right is not None:
+                found.append((rank, left, right, i, tok))
+    for i in range(O200K_N_RANKS, GPT_OSS_N_VOCAB):
+        tokens[i] = GPT_OSS_SPECIALS.get(i, f"<|reserved_{i}|>")
+    found.sort()
+    merges = [f"{spell(tok[:i])} {spell(tok[i:])}" for _, _, _, i, tok in found]
+    return tokens, merges
+
+
+def add_o200k_vocab(writer) -> int:
+    """gpt-oss's tokenizer as llama.cpp's converter writes it (tokenizer.ggml.pre "gpt-4o")."""
+    import gguf
+
+    tokens, merges = o200k_vocab()
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-4o")
+    writer.add_token_list(tokens)
+    types = [gguf.TokenType.NORMAL] * O200K_N_RANKS + [gguf.TokenType.CONTROL] * (GPT_OSS_N_VOCAB - O200K_N_RANKS)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(GPT_OSS_BOS_ID)
+    writer.add_eos_token_id(GPT_OSS_EOS_ID)
+    writer.add_add_bos_token(False)
+    return len(tokens)
+
+
+def write_o200k_vocab_gguf(path, n_ctx: int = 4096):
+    """A GGUF holding only metadata: gpt-oss's vocabulary (201,088 tokens, ~12 MB)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "gpt-oss")
+    w.add_context_length(n_ctx)
+    add_o200k_vocab(w)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+# --------------------------------------------------------------------------- gpt-oss
+
+# Standard deviations of the random weights, chosen so that every gpt-oss feature changes the
+# logits by far more than the fp32 tolerance: attention scores of order 1 (so windows and sinks
+# move probability mass), sinks of the same order, router logits spread over a few units (top-k
+# is not a coin toss), and expert pre-activations large enough that the SwiGLU clamps at +-7 bite.
+_GPT_OSS_STD = {
+    "embed_tokens.weight": 1.0, "q_proj.weight": 0.15, "k_proj.weight": 0.15, "v_proj.weight": 0.15,
+    "o_proj.weight": 0.1, "sinks": 1.0, "router.weight": 0.3, "router.bias": 0.5,
+    "gate_up_proj": 0.6, "gate_up_proj_bias": 0.5, "down_proj": 0.02, "down_proj_bias": 0.1,
+    "lm_head.weight": 0.05,
+}
+
+
+def _randomize_gpt_oss_(model, seed: int) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+                continue
+            std = next((s for k, s in _GPT_OSS_STD.items() if name.endswith(k)), 0.1)  # others: biases
+            p.copy_(std * torch.randn(p.shape, generator=g))
+
+
+def gpt_oss_hf_config(*, n_vocab: int, n_layer: int, n_embd: int, n_head: int, n_head_kv: int, head_dim: int,
+                      n_expert: int, n_expert_used: int, n_ff: int, sliding_window: int, n_ctx: int,
+                      rope_theta: float, yarn: tuple[float, int, float, float] | None, truncate: bool = False):
+    """transformers' GptOssConfig for these shapes, eager attention (the one with sinks written
+    out) and eager experts. ``yarn`` = (factor, original context, beta_fast, beta_slow);
+    ``truncate`` False is gpt-oss's own setting (its config.json), True is llama.cpp's rounding."""
+    from transformers import GptOssConfig
+
+    if yarn is None:
+        rope = {"rope_type": "default", "rope_theta": rope_theta}
+    else:
+        factor, orig, beta_fast, beta_slow = yarn
+        rope = {"rope_type": "yarn", "rope_theta": rope_theta, "factor": factor, "beta_fast": beta_fast,
+                "beta_slow": beta_slow, "truncate": truncate, "original_max_position_embeddings": orig}
+    return GptOssConfig(
+        vocab_size=n_vocab, hidden_size=n_embd, intermediate_size=n_ff, num_hidden_layers=n_layer,
+        num_local_experts=n_expert, num_experts_per_tok=n_expert_used, num_attention_heads=n_head,
+        num_key_value_heads=n_head_kv, head_dim=head_dim, sliding_window=sliding_window,
+        max_position_embeddings=n_ctx, rms_norm_eps=1e-5, rope_parameters=rope, tie_word_embeddings=False,
+        attention_bias=True, bos_token_id=n_vocab - 1, eos_token_id=n_vocab - 1,
+        attn_implementation="eager", experts_implementation="eager")
+
+
+def make_gpt_oss(path, *, qtype: str = "F32", expert_qtype: str = "MXFP4", vocab: str = "small",
+                 n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_head_kv: int = 2, head_dim: int = 16,
+                 n_expert: int = 4, n_expert_used: int = 2, n_ff: int = 64, sliding_window: int = 8,
+                 n_ctx: int = 256, rope_theta: float = 150000.0,
+                 yarn: tuple[float, int, float, float] | None = (32.0, 4096, 32.0, 1.0), seed: int = 0):
+    """Write a random gpt-oss GGUF at ``path`` the way llama.cpp's converter does
+    (conversion/gpt_oss.py + the generic tensor rules); returns the HF ``GptOssForCausalLM``
+    (float32) holding exactly the weights the file holds.
+
+    Converter facts followed here: HF ``gate_up_proj`` [E, C, 2F] interleaves gate (even
+    columns) and up (odd columns); the file holds them split and transposed to (out, in),
+    ``ffn_gate_exps``/``ffn_up_exps`` [E, F, C] and ``ffn_down_exps`` [E, C, F], in MXFP4 (from
+    gguf-py's quantizer here; the converter repacks the checkpoint's MXFP4 blocks). Norms, all
+    biases, the sinks and the router stay F32; other matrices take ``qtype``. q/k are not
+    permuted (gpt-oss rotates halves, llama.cpp's NEOX rope type)."""
+    import gguf
+    import numpy as np
+    import torch
+    import transformers
+    from transformers import GptOssForCausalLM
+
+    transformers.logging.set_verbosity_error()
+    n_vocab = {"gpt2": len(gpt2_vocab()[0]), "small": len(small_vocab()[0]), "o200k": GPT_OSS_N_VOCAB}[vocab]
+    cfg = gpt_oss_hf_config(n_vocab=n_vocab, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+                            head_dim=head_dim, n_expert=n_expert, n_expert_used=n_expert_used, n_ff=n_ff,
+                            sliding_window=sliding_window, n_ctx=n_ctx, rope_theta=rope_theta, yarn=yarn)
+    torch.manual_seed(seed)
+    model = GptOssForCausalLM(cfg).eval()
+    _randomize_gpt_oss_(model, seed)
+    rng = np.random.default_rng(seed)
+
+    w = _writer(path, "gpt-oss", qtype, vocab, n_ctx, n_embd, n_ff, n_layer, n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(rope_theta)
+    if yarn is not None:
+        factor, orig, beta_fast, beta_slow = yarn
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(factor)
+        w.add_rope_scaling_orig_ctx_len(orig)
+        w.add_rope_scaling_yarn_beta_fast(beta_fast)
+        w.add_rope_scaling_yarn_beta_slow(beta_slow)
+    w.add_expert_count(n_expert)
+    w.add_expert_used_count(n_expert_used)
+    w.add_expert_feed_forward_length(n_ff)
+    w.add_sliding_window(sliding_window)
+    if vocab == "o200k":
+        add_o200k_vocab(w)
+    else:
+        add_vocab(w, vocab)
+
+    sd = model.state_dict()
+
+    def put(name: str, arr, tq: str):
+        payload, raw, deq = encode_weight(np.ascontiguousarray(arr, dtype=np.float32), tq, rng)
+        w.add_tensor(name, payload, raw_dtype=raw)
+        return torch.from_numpy(np.ascontiguousarray(deq))
+
+    def plain(g_name: str, h_name: str, tq: str) -> None:
+        sd[h_name].copy_(put(g_name, sd[h_name].float().numpy(), tq))
+
+    plain("token_embd.weight", "model.embed_tokens.weight", qtype)
+    for i in range(n_layer):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        plain(b + "attn_norm.weight", p + "input_layernorm.weight", "F32")
+        for g_name, h_name in (("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj"), ("attn_output", "o_proj")):
+            plain(f"{b}{g_name}.weight", f"{p}self_attn.{h_name}.weight", qtype)
+            plain(f"{b}{g_name}.bias", f"{p}self_attn.{h_name}.bias", "F32")
+        plain(b + "attn_sinks.weight", p + "self_attn.sinks", "F32")
+        plain(b + "post_attention_norm.weight", p + "post_attention_layernorm.weight", "F32")
+        plain(b + "ffn_gate_inp.weight", p + "mlp.router.weight", "F32")
+        plain(b + "ffn_gate_inp.bias", p + "mlp.router.bias", "F32")
+        gate_up, gate_up_b = sd[p + "mlp.experts.gate_up_proj"], sd[p + "mlp.experts.gate_up_proj_bias"]
+        down, down_b = sd[p + "mlp.experts.down_proj"], sd[p + "mlp.experts.down_proj_bias"]
+        for col, kind in ((0, "gate"), (1, "up")):
+            stack = gate_up[:, :, col::2].transpose(1, 2).numpy()       # [E, F, C]
+            gate_up[:, :, col::2] = put(f"{b}ffn_{kind}_exps.weight", stack, expert_qtype).transpose(1, 2)
+            gate_up_b[:, col::2] = put(f"{b}ffn_{kind}_exps.bias", gate_up_b[:, col::2].numpy(), "F32")
+        down.copy_(put(b + "ffn_down_exps.weight", down.transpose(1, 2).numpy(), expert_qtype).transpose(1, 2))
+        down_b.copy_(put(b + "ffn_down_exps.bias", down_b.numpy(), "F32"))
+    plain("output_norm.weight", "model.norm.weight", "F32")
+    plain("output.weight", "lm_head.weight", qtype)
+    _finish(w, qtype)
+    model.load_state_dict(sd)
+    return model
+
+
+def hf_mxfp4_to_gguf(blocks, scales):
+    """Repack MXFP4 experts from the HF gpt-oss checkpoint layout to GGUF blocks, as llama.cpp's
+    converter does (conversion/gpt_oss.py, repack_mxfp4). HF: ``*_blocks`` [..., G, 16] bytes
+    holding element 2i in the low nibble and 2i+1 in the high nibble of byte i, ``*_scales``
+    [..., G] E8M0 bytes. GGUF (ggml block_mxfp4): the scale byte, then 16 bytes holding element
+    j in the low nibble and element j + 16 in the high nibble of byte j. Returns uint8
+    [..., G * 17] (numpy), one row per output row."""
+    import numpy as np
+
+    blocks = np.asarray(blocks, dtype=np.uint8)
+    scales = np.asarray(scales, dtype=np.uint8)
+    codes = np.stack((blocks & 0x0F, blocks >> 4), axis=-1).reshape(*blocks.shape[:-1], 32)  # element order
+    packed = codes[..., :16] | (codes[..., 16:] << 4)
+    out = np.concatenate((scales[..., None], packed), axis=-1)
+    return out.reshape(*blocks.shape[:-2], blocks.shape[-2] * 17)

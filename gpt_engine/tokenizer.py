@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from gguf.constants import Keys, TokenType
-from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import TokenizerError
@@ -34,7 +34,22 @@ SUPPORTED_GGUF_MODELS = ("gpt2",)
 #   "smollm": first every \p{N} character on its own, then the GPT-2 split. HF expresses the same
 #            thing as Digits(individual_digits=True) followed by ByteLevel (SmolLM2's tokenizer.json;
 #            Rust's char::is_numeric is the Unicode N category, like llama.cpp's \p{N}).
+#   "gpt-4o": OpenAI's o200k split (gpt-4o, gpt-oss), the pattern tiktoken uses for o200k_base
+#            (tiktoken_ext/openai_public.py), applied as HF's gpt-oss tokenizer.json does: a Split
+#            with that regex, then ByteLevel without its own regex. llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT4O
+#            spells the letter-case classes with lookaheads ((?=[\p{L}])[^a-z]) because std::regex
+#            lacks \p{Lu}; we keep tiktoken's classes, which is what the vocabulary was trained with.
 # llama.cpp's "default" type uses a different, looser set of regexes; it is not supported here.
+
+O200K_PATTERN = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
 
 
 def _gpt2_split():
@@ -45,7 +60,14 @@ def _smollm_split():
     return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _gpt2_split()])
 
 
-PRE_TOKENIZERS = {"gpt-2": _gpt2_split, "smollm": _smollm_split}
+def _o200k_split():
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(O200K_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
+PRE_TOKENIZERS = {"gpt-2": _gpt2_split, "smollm": _smollm_split, "gpt-4o": _o200k_split}
 
 
 def bytes_to_unicode() -> dict[int, str]:

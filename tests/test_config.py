@@ -141,7 +141,7 @@ def test_bad_values_are_refused(tmp_path):
 
 
 @pytest.mark.story("GT-007")
-@pytest.mark.parametrize("arch", ["gpt-oss", "mamba", "GPT2", ""])
+@pytest.mark.parametrize("arch", ["qwen2", "mamba", "GPT2", ""])
 def test_unknown_architecture_names_the_supported_ones(tmp_path, arch):
     f = build(tmp_path, arch, {}, {})
     with pytest.raises(ModelError) as ei:

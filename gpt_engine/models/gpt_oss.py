@@ -1,0 +1,357 @@
+"""gpt-oss (OpenAI's open-weight mixture of experts) from its GGUF file: the CPU reference.
+
+Per layer (llama.cpp src/models/openai-moe.cpp; transformers models/gpt_oss/modeling_gpt_oss.py):
+  x += attn_output(attention(rope(q), rope(k), v; sinks, window)), q/k/v/o with biases,
+       q/k/v from RMSNorm(x; attn_norm)
+  x += moe(RMSNorm(x; post_attention_norm))
+then RMSNorm(output_norm) and the untied ``output`` head. RMSNorm is computed in fp32.
+
+Attention: grouped-query heads, one learned **sink** logit per head appended to every row of
+scores before the softmax (it takes probability mass and brings no value), and on sliding
+layers (``ModelConfig.is_sliding``: the even ones) a query at position p sees keys in
+(p - window, p]. RoPE rotates the two halves of each head (llama.cpp's NEOX mode; the converter
+does not permute q/k for gpt-oss), with YaRN frequencies (``yarn_inv_freq``).
+
+MoE: router logits = linear(h) + bias; the top-k experts per token, weighted by a softmax over
+those k logits only; expert e computes down_e(swiglu_oai(gate_e(h), up_e(h))), each projection
+with its bias. Expert stacks stay in their file encoding (MXFP4 for real files) and only the
+rows of the experts a token picked are dequantized, one matrix at a time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import gguf
+import torch
+import torch.nn.functional as F
+
+from .. import ops, quants
+from ..kv_cache import KVCache
+from ..qweight import QWeight
+from ..ops.linear import rmsnorm_reference as rmsnorm
+
+# The clamped SwiGLU of gpt-oss: OpenAI's reference (gpt_oss/torch/model.py, swiglu: alpha 1.702,
+# limit 7.0), transformers GptOssConfig (swiglu_alpha, swiglu_limit), llama.cpp build_moe_ffn for
+# LLM_FFN_SWIGLU_OAI_MOE (alpha = 1.702f, limit = 7.0f).
+SWIGLU_ALPHA = 1.702
+SWIGLU_LIMIT = 7.0
+
+_Q = gguf.GGMLQuantizationType
+
+
+def swiglu_oai(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """gate clamped above at 7, up clamped to [-7, 7]; gate * sigmoid(1.702 gate) * (up + 1)."""
+    g = gate.clamp(max=SWIGLU_LIMIT)
+    u = up.clamp(min=-SWIGLU_LIMIT, max=SWIGLU_LIMIT)
+    return g * torch.sigmoid(SWIGLU_ALPHA * g) * (u + 1)
+
+
+# --------------------------------------------------------------------------- rope
+
+def yarn_inv_freq(head_dim: int, theta: float, yarn, round_ends: bool = False) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim/2] (float64) and the cos/sin factor.
+
+    Without scaling: theta^(-2i/d). With YaRN (arXiv:2309.00071, "NTK-by-parts", section 3.2) as
+    OpenAI's reference and transformers' _compute_yarn_parameters compute it for gpt-oss
+    (``truncate: false`` in its config): the dimension where a frequency completes ``beta``
+    rotations over the original context is d * ln(L / (2 pi beta)) / (2 ln theta); between the
+    dims of beta_fast and beta_slow the frequency ramps linearly from theta^(-2i/d) (kept) to
+    theta^(-2i/d) / factor (interpolated). The ramp ends are NOT rounded: llama.cpp
+    (ggml_rope_yarn_corr_dims) floors/ceils them, which shifts a few mid frequencies (docs/gpt_oss.md
+    gives the logit difference; ``round_ends=True`` computes llama.cpp's variant). As
+    transformers and llama.cpp, the ends are clamped to [0, d - 1]."""
+    i = torch.arange(0, head_dim // 2, dtype=torch.float64)
+    extrapolated = theta ** (-2.0 * i / head_dim)
+    if yarn is None:
+        return extrapolated, 1.0
+
+    def corr_dim(rotations: float) -> float:
+        return head_dim * math.log(yarn.original_context / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = corr_dim(yarn.beta_fast), corr_dim(yarn.beta_slow)
+    if round_ends:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0.0), min(high, head_dim - 1.0)
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    ramp = ((i - low) / (high - low)).clamp(0, 1)  # 0: keep the original frequency, 1: interpolate
+    inv_freq = extrapolated * (1 - ramp) + (extrapolated / yarn.factor) * ramp
+    return inv_freq, yarn.attention_factor
+
+
+def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [T, d/2] (float32) for integer positions [T], both scaled by the YaRN factor."""
+    ang = positions.to(torch.float64)[:, None] * inv_freq.to(positions.device)[None, :]
+    return (ang.cos() * factor).float(), (ang.sin() * factor).float()
+
+
+def rope_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, T, H, d] pairing dim i with dim i + d/2 (rotate-half / NEOX)."""
+    xf = x.float()
+    a, b = xf.chunk(2, dim=-1)
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.cat((a * c - b * s, b * c + a * s), dim=-1).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- attention
+
+def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, qpos: torch.Tensor,
+                   window: int | None, scale: float) -> torch.Tensor:
+    """Causal attention with per-head sinks and an optional sliding window, in fp32.
+
+    q [B, T, Hq, d] at absolute positions ``qpos`` ([T], or [B, T] when each sequence is at its
+    own position); k/v [B, Hkv, S, d] hold positions 0..S-1 (the cache layout; rows past a
+    query's position are masked, whatever they hold); sinks [Hq]. Query head h reads kv head
+    h // (Hq / Hkv). Returns [B, T, Hq, d] in q's dtype."""
+    B, T, Hq, _ = q.shape
+    groups = Hq // k.shape[1]
+    qh = q.float().transpose(1, 2)                                   # [B, Hq, T, d]
+    kh = k.float().repeat_interleave(groups, dim=1)                  # [B, Hq, S, d]
+    vh = v.float().repeat_interleave(groups, dim=1)
+    scores = (qh @ kh.transpose(-1, -2)) * scale                     # [B, Hq, T, S]
+    qp = qpos.reshape(-1, 1, T, 1)                                   # [B or 1, 1, T, 1]
+    kp = torch.arange(k.shape[2], device=q.device)
+    allowed = kp <= qp
+    if window is not None:
+        allowed &= kp > qp - window
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    sink = sinks.float().reshape(1, Hq, 1, 1).expand(B, Hq, T, 1)
+    p = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
+    return (p @ vh).transpose(1, 2).to(q.dtype)
+
+
+# --------------------------------------------------------------------------- weights
+
+# How each tensor is held (one table for the loader and the memory estimate): "raw" stays in
+# its file encoding as a QWeight, "fp32" is read as float32 (norms, sinks, the router: the
+# converter writes them F32 and they feed fp32 math), "act" is converted to the activation
+# dtype (the biases added to projections).
+def held_as(name: str) -> str:
+    if name.endswith(".bias") and ".ffn_gate_inp." not in name:
+        return "act"
+    if name.endswith(("_norm.weight", ".attn_sinks.weight", ".ffn_gate_inp.weight", ".ffn_gate_inp.bias")):
+        return "fp32"
+    return "raw"
+
+
+class ExpertStack:
+    """One projection of every expert: weight [E, rows, cols] in its file encoding, bias [E, rows]."""
+
+    def __init__(self, weight: QWeight, bias: torch.Tensor):
+        self.weight, self.bias = weight, bias
+        self.n_expert, self.rows, self.cols = weight.shape
+
+    def matrix(self, e: int, dtype: torch.dtype) -> torch.Tensor:
+        """Expert e's [rows, cols] matrix: only its rows' bytes are dequantized."""
+        raw = self.weight.raw[e * self.rows:(e + 1) * self.rows]
+        return quants.dequantize(raw, self.weight.qtype).reshape(self.rows, self.cols).to(dtype)
+
+    def __call__(self, x: torch.Tensor, e: int) -> torch.Tensor:
+        return F.linear(x, self.matrix(e, x.dtype), self.bias[e])
+
+
+@dataclass
+class Layer:
+    attn_norm: torch.Tensor
+    q: QWeight
+    q_bias: torch.Tensor
+    k: QWeight
+    k_bias: torch.Tensor
+    v: QWeight
+    v_bias: torch.Tensor
+    o: QWeight
+    o_bias: torch.Tensor
+    sinks: torch.Tensor
+    post_norm: torch.Tensor
+    router: torch.Tensor
+    router_bias: torch.Tensor
+    gate: ExpertStack
+    up: ExpertStack
+    down: ExpertStack
+    window: int | None  # sliding window of this layer, None on full-attention layers
+
+
+class GptOss:
+    def __init__(self, f, cfg, device: torch.device, dtype: torch.dtype):
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+
+        def w(name: str):
+            kind = held_as(name)
+            q = QWeight.from_gguf(f, name, device)
+            return q if kind == "raw" else q.dense(torch.float32 if kind == "fp32" else dtype)
+
+        self.embd = w("token_embd.weight")
+        self.layers: list[Layer] = []
+        for i in range(cfg.n_layer):
+            p = f"blk.{i}."
+            self.layers.append(Layer(
+                attn_norm=w(p + "attn_norm.weight"),
+                q=w(p + "attn_q.weight"), q_bias=w(p + "attn_q.bias"),
+                k=w(p + "attn_k.weight"), k_bias=w(p + "attn_k.bias"),
+                v=w(p + "attn_v.weight"), v_bias=w(p + "attn_v.bias"),
+                o=w(p + "attn_output.weight"), o_bias=w(p + "attn_output.bias"),
+                sinks=w(p + "attn_sinks.weight"),
+                post_norm=w(p + "post_attention_norm.weight"),
+                router=w(p + "ffn_gate_inp.weight"), router_bias=w(p + "ffn_gate_inp.bias"),
+                gate=ExpertStack(w(p + "ffn_gate_exps.weight"), w(p + "ffn_gate_exps.bias")),
+                up=ExpertStack(w(p + "ffn_up_exps.weight"), w(p + "ffn_up_exps.bias")),
+                down=ExpertStack(w(p + "ffn_down_exps.weight"), w(p + "ffn_down_exps.bias")),
+                window=cfg.sliding_window if cfg.is_sliding(i) else None,
+            ))
+        self.norm = w("output_norm.weight")
+        self.head = w("output.weight")
+        self.inv_freq, self.rope_factor = yarn_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.yarn)
+        self._file = f
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        c = self.cfg
+        return KVCache(c.n_layer, batch, c.n_head_kv, max_len, c.head_dim, self.dtype, self.device)
+
+    def memory_estimate(self, n_ctx: int | None = None) -> dict:
+        return estimate_memory(self._file, self.cfg, self.dtype, n_ctx)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """ids [B, T] -> logits [B, T, V] (or [B, 1, V] with last_only), float32. With a cache,
+        the T tokens continue what it holds (any T: the attention takes absolute positions)."""
+        c = self.cfg
+        T = ids.shape[1]
+        start = cache.reserve(T) if cache is not None else 0
+        pos = torch.arange(start, start + T, device=self.device)
+        cos, sin = rope_tables(pos, self.inv_freq, self.rope_factor)
+
+        def append(layer: int, k: torch.Tensor, v: torch.Tensor):
+            if cache is None:
+                return k.transpose(1, 2), v.transpose(1, 2)
+            ops.kv_append(cache.k[layer], cache.v[layer], k, v, start)
+            return cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
+
+        x = self.embd.rows(ids, self.dtype)
+        for i, L in enumerate(self.layers):
+            x = x + self.attention(rmsnorm(x, L.attn_norm, c.norm_eps), L, i, pos, cos, sin, append)
+            x = x + self.moe(rmsnorm(x, L.post_norm, c.norm_eps), L)
+        if cache is not None:
+            cache.length = start + T
+        if last_only:
+            x = x[:, -1:]
+        x = rmsnorm(x, self.norm, c.norm_eps)
+        return F.linear(x, self.head.dense(self.dtype)).float()
+
+    def decode_logits(self, st) -> torch.Tensor:
+        """One decode step for st.batch sequences, each at its own position st.pos (a
+        cuda_graph.DecodeState): logits [B, V] float32; k/v written at st.pos, st.lens set.
+        Eager reference only: the MoE picks its experts on the host, so this step cannot be
+        captured in a CUDA graph (the GPU path's grouped expert kernels will)."""
+        B = st.ids.shape[0]
+        c = self.cfg
+        cos, sin = rope_tables(st.pos, self.inv_freq, self.rope_factor)   # [B, d/2]: one row per sequence
+        rows = torch.arange(B, device=self.device)
+
+        def append(layer: int, k: torch.Tensor, v: torch.Tensor):
+            st.cache.k[layer][rows, :, st.pos] = k[:, 0]
+            st.cache.v[layer][rows, :, st.pos] = v[:, 0]
+            return st.cache.k[layer], st.cache.v[layer]
+
+        x = self.embd.rows(st.ids, self.dtype).reshape(B, 1, c.n_embd)
+        for i, L in enumerate(self.layers):
+            x = x + self.attention(rmsnorm(x, L.attn_norm, c.norm_eps), L, i, st.pos[:, None], cos, sin, append)
+            x = x + self.moe(rmsnorm(x, L.post_norm, c.norm_eps), L)
+        st.lens.copy_(st.pos + 1)
+        x = rmsnorm(x[:, 0], self.norm, c.norm_eps)
+        return F.linear(x, self.head.dense(self.dtype)).float()
+
+    def attention(self, h: torch.Tensor, L: Layer, layer: int, pos: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor, append) -> torch.Tensor:
+        """h [B, T, C] at positions pos ([T] or [B, T]); cos/sin one row per position ([T, d/2],
+        or [B, d/2] for one token per sequence); append(layer, k, v) stores the new keys and
+        values and returns the keys/values to attend over ([B, Hkv, S, d])."""
+        c, dt = self.cfg, self.dtype
+        B, T, _ = h.shape
+        q = F.linear(h, L.q.dense(dt), L.q_bias).reshape(B, T, c.n_head, c.head_dim)
+        k = F.linear(h, L.k.dense(dt), L.k_bias).reshape(B, T, c.n_head_kv, c.head_dim)
+        v = F.linear(h, L.v.dense(dt), L.v_bias).reshape(B, T, c.n_head_kv, c.head_dim).contiguous()
+        if pos.dim() == 2:  # one token per sequence: rotate with the batch as the position axis
+            q, k = (rope_halves(t.transpose(0, 1), cos, sin).transpose(0, 1) for t in (q, k))
+        else:
+            q, k = rope_halves(q, cos, sin), rope_halves(k, cos, sin)
+        keys, values = append(layer, k.contiguous(), v)
+        a = sink_attention(q, keys, values, L.sinks, pos, L.window, 1.0 / math.sqrt(c.head_dim))
+        return F.linear(a.reshape(B, T, c.n_head * c.head_dim), L.o.dense(dt), L.o_bias)
+
+    def moe(self, h: torch.Tensor, L: Layer) -> torch.Tensor:
+        """Top-k routing, then each chosen expert on the tokens that chose it."""
+        k = self.cfg.n_expert_used
+        flat = h.reshape(-1, h.shape[-1])
+        logits = F.linear(flat.float(), L.router, L.router_bias)           # [N, E], fp32
+        top, chosen = torch.topk(logits, k, dim=-1)                          # [N, k]
+        weights = torch.softmax(top, dim=-1)                                 # over the k chosen only
+        out = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
+        for e in torch.unique(chosen).tolist():
+            tok, slot = torch.where(chosen == e)
+            x = flat[tok]
+            y = L.down(swiglu_oai(L.gate(x, e), L.up(x, e)), e)
+            out.index_add_(0, tok, y.float() * weights[tok, slot, None])
+        return out.to(h.dtype).reshape(h.shape)
+
+
+# --------------------------------------------------------------------------- memory
+
+def _el(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _dequant_bytes_per_value(qtype, dtype: torch.dtype, expert: bool) -> int:
+    """Temporary bytes per value when a weight is made dense in ``dtype``: QWeight.dense views
+    F32-as-fp32 and F16-as-fp16 (no copy) and converts F16 directly; everything else (and every
+    expert slice but F32) goes through quants.dequantize's float32 output, then to ``dtype``."""
+    el = _el(dtype)
+    if qtype == _Q.F32 or (qtype == _Q.F16 and not expert):
+        native = torch.float32 if qtype == _Q.F32 else torch.float16
+        return 0 if dtype == native else el
+    return 4 + (0 if dtype == torch.float32 else el)
+
+
+def estimate_memory(f, cfg, dtype: torch.dtype, n_ctx: int | None = None) -> dict:
+    """Bytes to run gpt-oss, from the file's tensor table (``f.tensors``: name -> shape, qtype,
+    nbytes), as ``GptOss`` holds things:
+
+    * weights: "raw" tensors at their file size (experts stay MXFP4), "fp32" ones at 4 bytes and
+      biases at the activation dtype's size (``held_as``);
+    * kv_cache: keys and values for ``n_ctx`` positions in every layer (``KVCache``; sliding
+      layers keep full length too);
+    * transient (a one-token step): the largest matrix dequantized at once (one expert's rows,
+      or a non-expert matrix whose file type is not the activation dtype; MXFP4/quantized types
+      pass through float32) plus the logits row in the activation dtype and in float32.
+    """
+    n_ctx = n_ctx or cfg.n_ctx
+    el = _el(dtype)
+    weights = 0
+    biggest = 0
+    for name, t in f.tensors.items():
+        numel = int(torch.Size(t.shape).numel())
+        kind = held_as(name)
+        weights += t.nbytes if kind == "raw" else numel * (4 if kind == "fp32" else el)
+        if kind == "raw" and name != "token_embd.weight":  # the embedding is read by rows only
+            expert = "_exps." in name
+            at_once = numel // t.shape[0] if expert else numel
+            biggest = max(biggest, at_once * _dequant_bytes_per_value(t.qtype, dtype, expert))
+    kv = 2 * cfg.n_layer * cfg.n_head_kv * cfg.head_dim * n_ctx * el
+    transient = biggest + cfg.vocab_size * (el + 4)
+    return {"weights": weights, "kv_cache": kv, "transient": transient, "total": weights + kv + transient,
+            "n_ctx": n_ctx, "dtype": str(dtype).replace("torch.", ""),
+            "bytes_read_per_token": bytes_read_per_token(f, cfg)}
+
+
+def bytes_read_per_token(f, cfg) -> int:
+    """Weight bytes a one-token decode step must read: every non-expert tensor (the embedding:
+    one row), and k of the E experts of each stack. The figure MBU is computed from."""
+    total = 0
+    for name, t in f.tensors.items():
+        if name == "token_embd.weight":
+            total += t.nbytes // t.shape[0]
+        elif "_exps." in name:
+            total += t.nbytes * cfg.n_expert_used // cfg.n_expert
+        else:
+            total += t.nbytes
+    return total

@@ -1,0 +1,219 @@
+"""GX-002: gpt-oss hyper-parameters, tensor layout, inspect output and memory estimate.
+
+Checked against the HF config that wrote each file, against llama.cpp's own figures for a
+gpt-oss-20b-shaped file (issue 12: 20.91 B parameters, 12.83 GiB with experts MXFP4 and the rest
+F16; ~3.70 GB read per decode token), and bad metadata is refused with one clear line.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from gguf.constants import GGMLQuantizationType as QT, GGUFValueType as VT
+
+import gpt_engine
+from gpt_engine import quants, testmodels
+from gpt_engine.cli import main as cli_main
+from gpt_engine.config import ModelConfig, YarnScaling
+from gpt_engine.errors import ModelError
+from gpt_engine.gguf_file import GGUFFile, TensorInfo
+from gpt_engine.models.gpt_oss import bytes_read_per_token, estimate_memory
+from gpt_engine.tensor_map import check_tensors, expected_tensors
+from tests.test_config import build
+from tests.test_gguf_reader import RawGGUF
+
+STORY = pytest.mark.story("GX-002")
+
+
+@pytest.fixture(scope="module")
+def three_layers(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpt-oss-cfg") / "oss.gguf"
+    hf = testmodels.make_gpt_oss(path, n_layer=3, n_head=8, n_head_kv=2, n_expert=8, n_expert_used=3,
+                                 n_ff=32, sliding_window=6, rope_theta=150000.0, yarn=(32.0, 4096, 30.0, 2.0))
+    return path, hf.config
+
+
+@STORY
+def test_config_matches_the_hf_model_that_wrote_it(three_layers):
+    path, hf = three_layers
+    with GGUFFile(path) as f:
+        c = ModelConfig.from_gguf(f)
+    assert c.architecture == "gpt-oss" and c.tied_output is False
+    assert (c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.head_dim) == (
+        hf.num_hidden_layers, hf.hidden_size, hf.num_attention_heads, hf.num_key_value_heads, hf.head_dim)
+    assert (c.n_expert, c.n_expert_used, c.n_ff_expert) == (
+        hf.num_local_experts, hf.num_experts_per_tok, hf.intermediate_size)
+    assert c.sliding_window == hf.sliding_window
+    assert [c.is_sliding(i) for i in range(c.n_layer)] == [t == "sliding_attention" for t in hf.layer_types]
+    rp = hf.rope_parameters
+    assert c.rope_theta == rp["rope_theta"] and c.rope_dim == hf.head_dim
+    assert c.yarn == YarnScaling(factor=rp["factor"], original_context=rp["original_max_position_embeddings"],
+                                 beta_fast=rp["beta_fast"], beta_slow=rp["beta_slow"])
+    assert c.vocab_size == hf.vocab_size
+
+
+@STORY
+def test_inspect_shows_the_moe_and_attention_layout(three_layers, capsys):
+    path, hf = three_layers
+    assert cli_main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    layout = info["layout"]
+    assert layout["attention"]["sinks"] is True
+    assert layout["attention"]["sliding_window"] == 6
+    assert layout["attention"]["sliding_layers"] == [0, 2] and layout["attention"]["full_layers"] == [1]
+    assert layout["attention"]["rope"]["scaling"] == "yarn"
+    assert layout["ffn"] == {"kind": "moe", "experts": 8, "experts_per_token": 3, "expert_ff": 32,
+                             "router": "softmax over the top 3", "activation": "clamped SwiGLU (alpha 1.702, limit 7)"}
+    assert cli_main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "moe: 8 experts, top 3" in text and "sliding window 6 on layers [0, 2]" in text
+
+
+# --------------------------------------------------------------------------- bad metadata
+
+OSS_KEYS = {
+    "gpt-oss.block_count": 2, "gpt-oss.embedding_length": 8, "gpt-oss.feed_forward_length": 32,
+    "gpt-oss.context_length": 64, "gpt-oss.attention.head_count": 4, "gpt-oss.attention.head_count_kv": 2,
+    "gpt-oss.expert_count": 4, "gpt-oss.expert_used_count": 2, "gpt-oss.expert_feed_forward_length": 32,
+    "gpt-oss.attention.sliding_window": 8,
+}
+EPS = {"gpt-oss.attention.layer_norm_rms_epsilon": 1e-5}
+
+
+def s(text: str):
+    return RawGGUF.s(text)
+
+
+@STORY
+@pytest.mark.parametrize("missing", ["gpt-oss.expert_count", "gpt-oss.expert_used_count",
+                                     "gpt-oss.expert_feed_forward_length", "gpt-oss.attention.sliding_window"])
+def test_missing_moe_or_window_key_is_named(tmp_path, missing):
+    ints = {k: v for k, v in OSS_KEYS.items() if k != missing}
+    with pytest.raises(ModelError, match=f"required metadata key '{missing}' is missing"):
+        ModelConfig.from_gguf(build(tmp_path, "gpt-oss", ints, EPS))
+
+
+@STORY
+def test_defaults_follow_llama_cpp(tmp_path):
+    c = ModelConfig.from_gguf(build(tmp_path, "gpt-oss", OSS_KEYS, EPS))
+    assert c.sliding_period == 2 and [c.is_sliding(i) for i in range(4)] == [True, False, True, False]
+    assert c.yarn is None and c.rope_theta == 10000.0
+    yarn = [("gpt-oss.rope.scaling.type", VT.STRING, s("yarn"))]
+    c = ModelConfig.from_gguf(build(tmp_path, "gpt-oss", {**OSS_KEYS, "gpt-oss.rope.scaling.original_context_length": 4096},
+                                    {**EPS, "gpt-oss.rope.scaling.factor": 32.0}, extra=yarn))
+    assert c.yarn == YarnScaling(factor=32.0, original_context=4096, beta_fast=32.0, beta_slow=1.0)
+
+
+@STORY
+@pytest.mark.parametrize("ints,floats,extra,match", [
+    ({"gpt-oss.expert_used_count": 5}, {}, [], "expert_used_count' is 5, more than the 4 experts"),
+    ({"gpt-oss.attention.key_length": 4, "gpt-oss.rope.dimension_count": 2}, {}, [],
+     "rope.dimension_count' is 2; gpt-oss rotates the whole head"),
+    ({"gpt-oss.attention.key_length": 2, "gpt-oss.attention.value_length": 4}, {}, [], "value_length' is 4"),
+    ({}, {"gpt-oss.rope.freq_base_swa": 5.0}, [], "separate rope base for sliding layers"),
+    ({}, {}, [("gpt-oss.rope.scaling.type", VT.STRING, s("linear"))], "scaling.type' is 'linear'"),
+    ({"gpt-oss.rope.scaling.original_context_length": 64}, {"gpt-oss.rope.scaling.factor": 4.0,
+                                                          "gpt-oss.rope.scaling.yarn_ext_factor": 0.5},
+     [("gpt-oss.rope.scaling.type", VT.STRING, s("yarn"))], "yarn_ext_factor' = 0.5 is not supported"),
+    ({}, {"gpt-oss.rope.scaling.factor": 4.0}, [("gpt-oss.rope.scaling.type", VT.STRING, s("yarn"))],
+     "original_context_length' is missing"),
+    ({"gpt-oss.rope.scaling.original_context_length": 64}, {"gpt-oss.rope.scaling.factor": 0.5},
+     [("gpt-oss.rope.scaling.type", VT.STRING, s("yarn"))], "factor >= 1"),
+])
+def test_unsupported_metadata_is_refused(tmp_path, ints, floats, extra, match):
+    with pytest.raises(ModelError, match=match) as ei:
+        ModelConfig.from_gguf(build(tmp_path, "gpt-oss", {**OSS_KEYS, **ints}, {**EPS, **floats}, extra=extra))
+    assert "\n" not in str(ei.value)
+
+
+@STORY
+def test_missing_and_misshaped_tensors_are_named(three_layers):
+    path, _ = three_layers
+    with GGUFFile(path) as f:
+        c = ModelConfig.from_gguf(f)
+        tensors = dict(f.tensors)
+    check_tensors(c, tensors, path)  # the generated file is complete
+    del tensors["blk.1.attn_sinks.weight"], tensors["output.weight"]
+    with pytest.raises(ModelError, match="missing tensors: blk.1.attn_sinks.weight, output.weight"):
+        check_tensors(c, tensors, path)
+    with GGUFFile(path) as f:
+        tensors = dict(f.tensors)
+    t = tensors["blk.0.ffn_down_exps.weight"]
+    tensors[t.name] = TensorInfo(t.name, (8, 32, 64), t.qtype, t.offset, t.nbytes)
+    with pytest.raises(ModelError, match=r"blk.0.ffn_down_exps.weight has shape \(8, 32, 64\), expected \(8, 64, 32\)"):
+        check_tensors(c, tensors, path)
+
+
+# --------------------------------------------------------------------------- memory
+
+def gpt_oss_20b_table():
+    """A gpt-oss-20b-shaped file's tensor table, types as llama.cpp's converter writes them:
+    experts MXFP4, other matrices F16, the router, norms, sinks and every bias F32."""
+    cfg = ModelConfig(architecture="gpt-oss", n_layer=24, n_embd=2880, n_head=64, n_head_kv=8, head_dim=64,
+                      n_ff=2880, n_ctx=131072, norm_eps=1e-5, vocab_size=201088, rope_theta=150000.0, rope_dim=64,
+                      tied_output=False, name="gpt-oss-20b-shape", n_expert=32, n_expert_used=4, n_ff_expert=2880,
+                      sliding_window=128, sliding_period=2,
+                      yarn=YarnScaling(factor=32.0, original_context=4096, beta_fast=32.0, beta_slow=1.0))
+
+    def qtype(name, shape):
+        if "_exps.weight" in name:
+            return QT.MXFP4
+        if len(shape) == 1 or name.endswith(".bias") or "ffn_gate_inp" in name:
+            return QT.F32
+        return QT.F16
+
+    tensors = {}
+    for name, shape in expected_tensors(cfg).items():
+        qt = qtype(name, shape)
+        tensors[name] = TensorInfo(name, shape, qt, 0, quants.tensor_nbytes(shape, qt))
+
+    class Table:
+        pass
+
+    f = Table()
+    f.tensors = tensors
+    return f, cfg
+
+
+@STORY
+def test_20b_shape_matches_llama_cpps_figures():
+    """llama.cpp reports 20.91 B parameters and 12.83 GiB for this file (issue 12); about 3.70 GB
+    are read per decode token (four experts per layer, attention, the whole output matrix)."""
+    f, cfg = gpt_oss_20b_table()
+    params = sum(t.n_elements for t in f.tensors.values())
+    size = sum(t.nbytes for t in f.tensors.values())
+    assert round(params / 1e9, 2) == 20.91
+    assert round(size / 2**30, 2) == 12.83
+    assert bytes_read_per_token(f, cfg) == pytest.approx(3.70e9, rel=0.01)
+
+
+@STORY
+def test_20b_memory_estimate_components():
+    """The estimate for fp16 on the GPU, from the table: weights at file size except biases
+    (held in fp16) and norms/sinks (fp32); KV for every layer at n_ctx; one expert matrix
+    dequantized through fp32 plus the logits row."""
+    f, cfg = gpt_oss_20b_table()
+    est = estimate_memory(f, cfg, torch.float16, n_ctx=4096)
+    biases = sum(t.n_elements for n, t in f.tensors.items() if n.endswith(".bias") and "ffn_gate_inp" not in n)
+    file_size = sum(t.nbytes for t in f.tensors.values())
+    assert est["weights"] == file_size - biases * 2  # F32 biases held as fp16
+    assert est["kv_cache"] == 2 * 24 * 8 * 64 * 4096 * 2
+    assert est["transient"] == 2880 * 2880 * (4 + 2) + 201088 * (2 + 4)
+    assert est["total"] == est["weights"] + est["kv_cache"] + est["transient"]
+
+
+@STORY
+def test_estimated_weights_are_what_the_loaded_model_holds(three_layers):
+    path, _ = three_layers
+    m = gpt_engine.load(path)
+    held = 0
+    for obj in [m.net.embd, m.net.head, m.net.norm] + [v for L in m.net.layers for v in vars(L).values()]:
+        if hasattr(obj, "weight") and hasattr(obj, "bias"):  # an expert stack
+            held += obj.weight.nbytes + obj.bias.numel() * obj.bias.element_size()
+        elif hasattr(obj, "nbytes") and hasattr(obj, "qtype"):
+            held += obj.nbytes
+        elif isinstance(obj, torch.Tensor):
+            held += obj.numel() * obj.element_size()
+    assert m.memory_estimate()["weights"] == held
+    assert m.memory_estimate(n_ctx=100)["kv_cache"] == m.new_cache(100).nbytes()
