@@ -182,26 +182,78 @@ class Model:
             yield tail
 
     # ------------------------------------------------------------------ memory
-    def memory_estimate(self, n_ctx: int | None = None) -> dict:
+    def memory_estimate(self, n_ctx: int | None = None, prompt_tokens: int | None = None) -> dict:
         own = getattr(self.net, "memory_estimate", None)  # an architecture that holds weights its own way
-        return own(n_ctx) if own is not None else estimate_memory(self.gguf, self.config, self.dtype, n_ctx)
+        if own is not None:
+            return own(n_ctx)
+        return estimate_memory(self.gguf, self.config, self.dtype, n_ctx, device=self.device.type,
+                               prompt_tokens=prompt_tokens)
 
     def close(self) -> None:
         self.gguf.close()
 
 
-def estimate_memory(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int | None = None) -> dict:
-    """Bytes needed to run: weights in their file encoding (they stay quantized),
-    the KV cache for ``n_ctx`` tokens, and the largest transient: one dequantized
-    weight matrix plus the logits row."""
+def estimate_memory(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int | None = None, *,
+                    device: str = "cpu", prompt_tokens: int | None = None) -> dict:
+    """Peak bytes to generate with ``n_ctx`` tokens of context (default: the model's) on
+    ``device``, after a prompt of ``prompt_tokens`` tokens (default: ``n_ctx``, the worst case),
+    batch 1. Every term is in the result:
+
+    - ``weights``: the file's tensor bytes. Weights stay packed: memory-mapped on the CPU (the
+      pages become resident as they are read), the same raw bytes on the GPU.
+    - ``dense_cache``: CPU only. Every weight dequantized once to ``dtype`` when the whole
+      model's dense copies fit ``qweight.cpu_cache_budget()``, else 0 (``dense_cache_used``).
+    - ``kv_cache``: 2 (K and V) x layers x KV heads x head dim x ``n_ctx`` x element size.
+    - ``transient``: the largest set of temporaries alive at once, during the prefill of the
+      prompt: either inside a layer (``activations + attention_scores`` + one dequantized layer
+      matrix) or at the LM head (``logits`` + the dequantized head). Per-token activations of one
+      layer (residual, normed input, q/k/v and their RoPE'd fp32 copies, attention output, FFN
+      gate/up/product; attention and FFN peaks do not overlap), the CPU reference attention's
+      fp32 score matrices (two alive at once: 2 x query heads x T^2; the CUDA kernel keeps
+      none), the last token's fp32 logits; a dequantized matrix (fp32, plus its ``dtype`` copy)
+      counts whenever weights are dequantized per use (no CPU cache; on the GPU until
+      packed-weight kernels read ``raw``).
+    """
+    from .qweight import cpu_cache_budget, dense_cache_bytes
+
     n_ctx = n_ctx or cfg.n_ctx
+    T = min(prompt_tokens or n_ctx, n_ctx)
     el = torch.empty((), dtype=dtype).element_size()
     weights = sum(t.nbytes for t in f.tensors.values())
+    budget = cpu_cache_budget() if device == "cpu" else 0
+    cache_all = dense_cache_bytes(f.tensors, dtype)
+    dense_cache = cache_all if device == "cpu" and cache_all <= budget else 0
     kv = 2 * cfg.n_layer * cfg.n_head_kv * cfg.head_dim * n_ctx * el
-    biggest = max(int(torch.Size(t.shape).numel()) for t in f.tensors.values())
-    transient = biggest * el + cfg.vocab_size * 4
-    return {"weights": weights, "kv_cache": kv, "transient": transient, "total": weights + kv + transient,
-            "n_ctx": n_ctx, "dtype": str(dtype).replace("torch.", "")}
+    q_w, kv_w = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+    E, F = cfg.n_embd, cfg.n_ff
+    # Live temporaries per prompt token, at the two peaks of a layer (they never overlap):
+    # attention: residual + normed input (2E) and q, k, v in dtype; fp32 RoPE temporaries
+    # (3 x (q + k)), K/V expanded to the query heads (2q) and the attention output with its
+    # contiguous copy (2q); FFN: residual + normed input, gate, up, silu(gate), product (2E + 4F)
+    # in dtype plus RMSNorm's fp32 temporaries (3E).
+    attn_tok = (2 * E + q_w + 2 * kv_w) * el + (3 * (q_w + kv_w) + 4 * q_w) * 4
+    ffn_tok = (2 * E + 4 * F) * el + 3 * E * 4
+    # the CPU reference attention materialises fp32 [heads, T, T] scores; two are alive at once
+    # (scores and their masked / softmaxed successor). The CUDA kernel keeps none.
+    attention_scores = 2 * cfg.n_head * T * T * 4 if device == "cpu" else 0
+    activations = max(T * attn_tok + attention_scores, T * ffn_tok) - attention_scores
+    logits = cfg.vocab_size * 4 * (1 if dtype == torch.float32 else 2)
+    # dequantized matrices: per use without the cache (fp32, plus the dtype copy); with it, only
+    # the fp32 intermediate while a non-fp32 cache is built. The LM head is dequantized after the
+    # last layer's temporaries are gone, the layers' matrices while theirs are alive.
+    deq_el = (0 if dtype == torch.float32 else 4) if dense_cache else 4 + (el if dtype != torch.float32 else 0)
+    head = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"
+    tables = {head, "token_embd.weight", "position_embd.weight"}
+    layer_deq = max((t.n_elements for n, t in f.tensors.items() if n not in tables), default=0) * deq_el
+    head_deq = f.tensors[head].n_elements * deq_el if head in f.tensors else 0
+    dequant = max(layer_deq, head_deq)
+    transient = max(activations + attention_scores + layer_deq, logits + head_deq)
+    total = weights + dense_cache + kv + transient
+    return {"weights": weights, "dense_cache": dense_cache, "kv_cache": kv, "transient": transient,
+            "total": total, "activations": activations, "attention_scores": attention_scores,
+            "logits": logits, "dequant": dequant, "dense_cache_used": bool(dense_cache),
+            "cpu_cache_budget": budget, "n_ctx": n_ctx, "prompt_tokens": T, "device": device,
+            "dtype": str(dtype).replace("torch.", "")}
 
 
 def load(path: str | Path | None = None, device: str = "cpu", *, tokenizer_path: str | Path | None = None,

@@ -21,7 +21,7 @@ from gguf.constants import GGML_QUANT_SIZES, QK_K, GGMLQuantizationType
 from .errors import GGUFError
 
 Q = GGMLQuantizationType
-SUPPORTED = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K, Q.MXFP4)
+SUPPORTED = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.MXFP4)
 
 # E2M1 code -> value x 2 (OCP MX v1.0 table for FP4 E2M1; ggml's kvalues_mxfp4 stores them
 # doubled so that they are integers). Code 8 is -0: it decodes to 0 * scale, i.e. +0, as in ggml.
@@ -124,6 +124,28 @@ def _nibbles(qs: torch.Tensor, groups: int, width: int) -> torch.Tensor:
     return torch.cat((q & 0x0F, q >> 4), dim=2)
 
 
+def _bits32(qh: torch.Tensor) -> torch.Tensor:
+    """[n, 4] bytes of a little-endian uint32 -> [n, 32] of its bits 0..31 (0 or 1, uint8).
+
+    Bit i of the word is bit i % 8 of byte i // 8 (ggml reads ``qh`` with memcpy into a
+    uint32_t on little-endian hosts; gguf-py views the 4 bytes as ``<u4``)."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=qh.device)
+    return ((qh[:, :, None] >> shifts) & 1).reshape(qh.shape[0], 32)
+
+
+def _k_scale_min(sc_bytes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, 12] packed bytes -> (scales [n, 8], mins [n, 8]), 6-bit each (ggml get_scale_min_k4).
+
+    Bytes 0-3 low 6 bits = scales 0-3, bytes 4-7 = mins 0-3, bytes 8-11 nibbles = low 4 bits
+    of scales (low nibble) and mins (high nibble) 4-7, whose top 2 bits sit in bits 6-7 of
+    bytes 0-3 (scales) and 4-7 (mins). Shared by Q4_K and Q5_K."""
+    b = sc_bytes.reshape(sc_bytes.shape[0], 3, 4)
+    a, m, c = b[:, 0], b[:, 1], b[:, 2]
+    sc = torch.cat((a & 0x3F, (c & 0x0F) | ((a >> 2) & 0x30)), dim=-1)
+    mn = torch.cat((m & 0x3F, (c >> 4) | ((m >> 2) & 0x30)), dim=-1)
+    return sc, mn
+
+
 def _nibbles_into(out: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
     """Write low nibbles of [n, 16] bytes to out[:, 0] and high nibbles to out[:, 1] (out [n, 2, 16])."""
     out[:, 0].copy_(qs & 0x0F)
@@ -135,7 +157,8 @@ def _blocks(raw: torch.Tensor, t: GGMLQuantizationType) -> torch.Tensor:
     """[n_blocks, type_size] uint8 -> [n_blocks, block_size] float32.
 
     In-place steps keep ggml's order of float32 operations (one rounding each, no FMA):
-    Q8_0 q*d, Q4_0 (q-8)*d, Q4_1 q*d+m, MXFP4 v*d.
+    Q8_0 q*d, Q4_0 (q-8)*d, Q5_0 (q-16)*d, Q4_1/Q5_1 q*d+m, MXFP4 v*d, Q4_K/Q5_K
+    (d*sc)*q-(dmin*m), Q6_K (d*sc)*q.
     """
     n = raw.shape[0]
     if t == Q.Q8_0:
@@ -157,20 +180,34 @@ def _blocks(raw: torch.Tensor, t: GGMLQuantizationType) -> torch.Tensor:
         out = torch.empty(n, 2, 16, device=raw.device)
         torch.mul(pairs.view(n, 16, 2).transpose(1, 2), d[:, None, None], out=out)
         return out.view(n, 32)
-    if t == Q.Q4_K:
+    if t == Q.Q5_0:
+        # {f16 d, u8 qh[4], u8 qs[16]}: element j = low nibble of qs[j] | bit j of qh << 4,
+        # element j+16 = high nibble of qs[j] | bit j+16 of qh << 4; value (q - 16) * d.
+        d = _f16(raw[:, 0:2])
+        q = _nibbles(raw[:, 6:22], 1, 16).reshape(n, 32) | (_bits32(raw[:, 2:6]) << 4)
+        return q.float().sub_(16).mul_(d[:, None])
+    if t == Q.Q5_1:
+        # {f16 d, f16 m, u8 qh[4], u8 qs[16]}: q as Q5_0, value q * d + m (two roundings).
+        d = _f16(raw[:, 0:2])
+        m = _f16(raw[:, 2:4])
+        q = _nibbles(raw[:, 8:24], 1, 16).reshape(n, 32) | (_bits32(raw[:, 4:8]) << 4)
+        return q.float().mul_(d[:, None]).add_(m[:, None])
+    if t in (Q.Q4_K, Q.Q5_K):
+        # Q4_K {f16 d, f16 dmin, u8 scales[12], u8 qs[128]};
+        # Q5_K {f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]} (ggml-common.h).
+        # Sub-block j (32 values) of a 256-value super-block: low nibbles of qs[32(j/2)..] for
+        # even j, high nibbles for odd j; Q5_K adds bit j of qh[l] as bit 4 of value l.
+        # value = (d * sc_j) * q - (dmin * m_j).
         d = _f16(raw[:, 0:2])
         dmin = _f16(raw[:, 2:4])
-        sc_bytes = raw[:, 4:16].reshape(n, 3, 4)
-        # 12 bytes hold eight 6-bit scales and eight 6-bit mins (ggml get_scale_min_k4):
-        # bytes 0-3 low 6 bits = scales 0-3, bytes 4-7 = mins 0-3, bytes 8-11 nibbles
-        # = low 4 bits of scales/mins 4-7, whose top 2 bits sit in bits 6-7 of bytes 0-7.
-        a, b, c = sc_bytes[:, 0], sc_bytes[:, 1], sc_bytes[:, 2]
-        sc = torch.cat((a & 0x3F, (c & 0x0F) | ((a >> 2) & 0x30)), dim=-1)
-        mn = torch.cat((b & 0x3F, (c >> 4) | ((b >> 2) & 0x30)), dim=-1)
+        sc, mn = _k_scale_min(raw[:, 4:16])
         dd = (d[:, None] * sc.float()).reshape(n, 8, 1)
         dm = (dmin[:, None] * mn.float()).reshape(n, 8, 1)
-        q = _nibbles(raw[:, 16:], 4, 32).reshape(n, 8, 32).float()
-        return (dd * q - dm).reshape(n, QK_K)
+        q = _nibbles(raw[:, -128:], 4, 32).reshape(n, 8, 32)
+        if t == Q.Q5_K:
+            shifts = torch.arange(8, dtype=torch.uint8, device=raw.device).reshape(1, 8, 1)
+            q = q | (((raw[:, 16:48].reshape(n, 1, 32) >> shifts) & 1) << 4)
+        return (dd * q.float() - dm).reshape(n, QK_K)
     if t == Q.Q6_K:
         ql = raw[:, 0:128]
         qh = raw[:, 128:192]

@@ -1,12 +1,25 @@
-"""A weight kept in its GGUF encoding until the moment it is used.
+"""A weight kept in its GGUF encoding, dequantized on the CPU at most once.
 
-Weights are memory-mapped from the file (CPU) or copied to the GPU as the raw
-quantized bytes (CUDA); ``dense()`` dequantizes on use, ``rows()`` only the rows
-a lookup needs. Nothing is dequantized at load time.
+Weights are memory-mapped from the file (CPU) or copied to the GPU as the raw quantized
+bytes (CUDA): ``raw`` is always the file's bytes as ``[rows, bytes per row]`` uint8 and
+``qtype`` their GGUF type. ``dense(dtype)`` returns the whole tensor in ``dtype``; ``rows()``
+only the rows a lookup needs.
+
+CPU dense cache. Dequantizing every weight on every use costs the CPU decode step more than
+the matrix products themselves (SmolLM2-135M Q4_1: ~7 tok/s). On the CPU, ``dense()``
+therefore keeps what it computed, *when the whole model's dense copies fit the CPU dense
+cache budget* (``cpu_cache_budget()``: 4 GiB by default, ``GPT_ENGINE_CPU_CACHE_BYTES``
+overrides, 0 turns the cache off). The decision is all-or-nothing per (model file, dtype) so
+that ``Model.memory_estimate()`` can state it exactly before anything runs: either every
+weight is dequantized once (memory: ``dense_cache_bytes()``), or none is cached and each use
+dequantizes that one matrix again (memory: one matrix at a time). On CUDA nothing is cached:
+the weights stay packed and the kernels read ``raw``.
 """
 from __future__ import annotations
 
+import os
 import warnings
+import weakref
 
 import gguf
 import numpy as np
@@ -15,6 +28,77 @@ import torch
 from . import quants
 
 _Q = gguf.GGMLQuantizationType
+
+# 4 GiB: every model up to ~1B parameters in float32 (SmolLM2-135M: 0.54 GB; GPT-2 124M:
+# 0.65 GB with its untied 50k head) while staying under a sixth of the 24 GiB CPU machines
+# this project runs on; GPT-2 1.5B (6.2 GB in float32) falls back to per-use dequantization.
+DEFAULT_CPU_CACHE_BYTES = 4 << 30
+CACHE_ENV = "GPT_ENGINE_CPU_CACHE_BYTES"
+
+
+def cpu_cache_budget() -> int:
+    """Bytes the CPU dense cache may use (``GPT_ENGINE_CPU_CACHE_BYTES``, else 4 GiB)."""
+    v = os.environ.get(CACHE_ENV)
+    if v is None or v.strip() == "":
+        return DEFAULT_CPU_CACHE_BYTES
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"{CACHE_ENV} must be a whole number of bytes, got {v!r}") from None
+    if n < 0:
+        raise ValueError(f"{CACHE_ENV} must be >= 0, got {n}")
+    return n
+
+
+def _is_view(qtype: gguf.GGMLQuantizationType, dtype: torch.dtype) -> bool:
+    """dense(dtype) of this type is a zero-copy view of the raw bytes (nothing to cache)."""
+    return (qtype == _Q.F32 and dtype == torch.float32) or (qtype == _Q.F16 and dtype == torch.float16)
+
+
+def lookup_only(name: str, tensors) -> bool:
+    """Tables the models only read row by row (``rows()``): the token embedding when the file
+    has its own ``output.weight`` (else it is also the LM head), and GPT-2's position table.
+    A lookup dequantizes just the rows it needs, so these are never cached."""
+    return name == "position_embd.weight" or (name == "token_embd.weight" and "output.weight" in tensors)
+
+
+def dense_cache_bytes(tensors, dtype: torch.dtype) -> int:
+    """Bytes the CPU dense cache holds when every cacheable tensor of ``tensors`` (name ->
+    TensorInfo, as ``GGUFFile.tensors``) is cached in ``dtype``: all but zero-copy views and
+    lookup-only tables."""
+    el = torch.empty((), dtype=dtype).element_size()
+    return sum(t.n_elements * el for name, t in tensors.items()
+               if not _is_view(t.qtype, dtype) and not lookup_only(name, tensors))
+
+
+class DenseCachePolicy:
+    """One model file's CPU cache decision and accounting, shared by its QWeights."""
+
+    def __init__(self, tensors, budget: int):
+        self.tensors = tensors
+        self.budget = int(budget)
+        self.nbytes = 0  # bytes held by the QWeights' caches now
+        self._fits: dict[torch.dtype, bool] = {}
+
+    def enabled(self, dtype: torch.dtype) -> bool:
+        if dtype not in self._fits:
+            self._fits[dtype] = dense_cache_bytes(self.tensors, dtype) <= self.budget
+        return self._fits[dtype]
+
+    def cacheable(self, name: str | None) -> bool:
+        return not lookup_only(name or "", self.tensors)
+
+
+# One policy per open file (the models build every QWeight from the same GGUFFile).
+_POLICIES: "weakref.WeakKeyDictionary[object, DenseCachePolicy]" = weakref.WeakKeyDictionary()
+
+
+def cache_policy(f) -> DenseCachePolicy:
+    """The CPU dense-cache policy of GGUF file ``f`` (created on first use with the budget then)."""
+    p = _POLICIES.get(f)
+    if p is None:
+        p = _POLICIES[f] = DenseCachePolicy(f.tensors, cpu_cache_budget())
+    return p
 
 
 def _raw_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -25,11 +109,16 @@ def _raw_tensor(arr: np.ndarray) -> torch.Tensor:
 
 
 class QWeight:
-    def __init__(self, raw: torch.Tensor, qtype: gguf.GGMLQuantizationType, shape: tuple[int, ...]):
+    def __init__(self, raw: torch.Tensor, qtype: gguf.GGMLQuantizationType, shape: tuple[int, ...],
+                 cache: DenseCachePolicy | None = None, name: str | None = None):
         self.qtype = qtype
+        self.name = name
         self.shape = tuple(shape)
         rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
         self.raw = raw.reshape(rows, -1)  # [rows, bytes per row]
+        # CPU only: on CUDA the packed bytes are what the kernels read
+        self._policy = cache if raw.device.type == "cpu" else None
+        self._dense: dict[torch.dtype, torch.Tensor] = {}
 
     @classmethod
     def from_gguf(cls, f, name: str, device: str | torch.device = "cpu") -> "QWeight":
@@ -37,18 +126,23 @@ class QWeight:
         raw = _raw_tensor(f.tensor_data(name))
         if torch.device(device).type != "cpu":
             raw = raw.to(device)
-        return cls(raw, info.qtype, info.shape)
+        return cls(raw, info.qtype, info.shape, cache_policy(f) if raw.device.type == "cpu" else None, name)
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the packed (file) encoding."""
         return self.raw.numel()
+
+    @property
+    def cached_nbytes(self) -> int:
+        """Bytes of dense copies this weight holds in the CPU cache."""
+        return sum(t.numel() * t.element_size() for t in self._dense.values())
 
     @property
     def device(self) -> torch.device:
         return self.raw.device
 
-    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The whole tensor in ``dtype`` (a zero-copy view for F32 weights read as F32)."""
+    def _dequantize(self, dtype: torch.dtype) -> torch.Tensor:
         if self.qtype == _Q.F32:
             t = self.raw.view(torch.float32)
         elif self.qtype == _Q.F16:
@@ -57,13 +151,31 @@ class QWeight:
             t = quants.dequantize(self.raw, self.qtype)
         return t.reshape(self.shape).to(dtype)
 
+    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The whole tensor in ``dtype`` (a zero-copy view for F32 read as F32 and F16 read as
+        F16). On the CPU, dequantized once and kept when the model's cache policy allows it
+        (see the module docstring); callers must not write into the result."""
+        t = self._dense.get(dtype)
+        if t is not None:
+            return t
+        t = self._dequantize(dtype)
+        p = self._policy
+        if p is not None and not _is_view(self.qtype, dtype) and p.cacheable(self.name) and p.enabled(dtype):
+            self._dense[dtype] = t
+            p.nbytes += t.numel() * t.element_size()
+        return t
+
     def rows(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32, checked: bool = True) -> torch.Tensor:
-        """Rows ``ids`` of a 2-D weight (embedding lookup), dequantizing only those rows.
-        ``checked=False`` skips the host-side range check (a device sync): for the decode
-        step, whose ids come from its own sampler and are in range by construction."""
+        """Rows ``ids`` of a 2-D weight (embedding lookup), dequantizing only those rows
+        unless the dense copy is already cached. ``checked=False`` skips the host-side range
+        check (a device sync): for prompt ids already checked on the host and a decode step's
+        ids, which come from its own sampler."""
         flat = ids.reshape(-1).to(self.raw.device)
-        if self.qtype in (_Q.F32, _Q.F16):
-            out = self.dense(dtype if self.qtype == _Q.F32 else torch.float16)[flat]
+        cached = self._dense.get(dtype)
+        if cached is not None:
+            out = cached.index_select(0, flat)
+        elif self.qtype in (_Q.F32, _Q.F16):
+            out = self._dequantize(dtype if self.qtype == _Q.F32 else torch.float16)[flat]
         elif checked:
             out = quants.dequantize_rows(self.raw, self.qtype, flat)
         else:
@@ -79,4 +191,5 @@ class QWeight:
         if any(w.qtype != first.qtype or w.shape[-1] != first.shape[-1] for w in weights):
             raise ValueError("stack_rows: weights differ in type or row length")
         raw = torch.cat([w.raw for w in weights], dim=0)
-        return cls(raw, first.qtype, (raw.shape[0], first.shape[-1]))
+        name = "+".join(w.name or "?" for w in weights)
+        return cls(raw, first.qtype, (raw.shape[0], first.shape[-1]), first._policy, name)

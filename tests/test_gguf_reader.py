@@ -185,7 +185,10 @@ def write_rich_gguf(path: Path, rng) -> dict:
         ("q8_0", (5, 64), QT.Q8_0),
         ("q4_0", (3, 32), QT.Q4_0),
         ("q4_1", (1, 96), QT.Q4_1),
+        ("q5_0", (2, 64), QT.Q5_0),
+        ("q5_1", (3, 32), QT.Q5_1),
         ("q4_k", (3, 256), QT.Q4_K),
+        ("q5_k", (2, 256), QT.Q5_K),
         ("q6_k", (2, 512), QT.Q6_K),
         ("mxfp4", (7, 96), QT.MXFP4),
         ("mxfp4_3d", (3, 1, 32), QT.MXFP4),
@@ -454,7 +457,7 @@ def one_tensor(ne, qtype, data=None, offset=None, alignment=32) -> RawGGUF:
 
 @pytest.mark.story("GT-006")
 @pytest.mark.parametrize(
-    "qtype, name", [(QT.Q5_K, "Q5_K"), (QT.Q2_K, "Q2_K"), (QT.IQ4_NL, "IQ4_NL"), (QT.F64, "F64"), (QT.NVFP4, "NVFP4")]
+    "qtype, name", [(QT.Q3_K, "Q3_K"), (QT.Q2_K, "Q2_K"), (QT.IQ4_NL, "IQ4_NL"), (QT.F64, "F64"), (QT.NVFP4, "NVFP4")]
 )
 def test_known_but_unsupported_types_are_named(tmp_path, qtype, name):
     bs = GGML_QUANT_SIZES[qtype][0]
@@ -479,7 +482,8 @@ def test_dims_checks(tmp_path):
 
 
 @pytest.mark.story("GT-006")
-@pytest.mark.parametrize("qtype, row", [(QT.Q8_0, 48), (QT.MXFP4, 16), (QT.Q4_K, 128), (QT.Q6_K, 300), (QT.Q4_1, 33)])
+@pytest.mark.parametrize("qtype, row", [(QT.Q8_0, 48), (QT.MXFP4, 16), (QT.Q4_K, 128), (QT.Q6_K, 300), (QT.Q4_1, 33),
+                                             (QT.Q5_0, 40), (QT.Q5_K, 200)])
 def test_row_length_must_be_whole_blocks(tmp_path, qtype, row):
     bs = GGML_QUANT_SIZES[qtype][0]
     msg = expect_error(write(tmp_path, one_tensor([row, 2], qtype, b"\0" * 1024).build()), "'w'", f"ne[0]={row}")

@@ -64,25 +64,14 @@ def test_random_blocks_bit_exact(qtype):
 @pytest.mark.parametrize("qtype", SUPPORTED, ids=lambda t: t.name)
 def test_realistic_values_bit_exact(qtype):
     # Random bytes mostly give huge/NaN scales; also check well-scaled data, quantized by gguf-py
-    # where it can (Q4_K/Q6_K have no gguf-py quantizer: small fp16 scales set by hand).
+    # where it can, by our K-quantizer (gpt_engine.quantize) where gguf-py cannot.
+    from gpt_engine.quantize import quantize
+
     rng = np.random.default_rng(7)
     bs, ts = GGML_QUANT_SIZES[qtype]
     x = rng.standard_normal((4, 2 * max(bs, 32) if bs > 1 else 64)).astype(np.float32)
-    if qtype in (QT.Q4_K, QT.Q6_K):
-        raw = random_blocks(rng, qtype, (4,), 2)
-        blocks = raw.reshape(-1, ts)
-        scale = np.array([0.01], dtype=np.float16).view(np.uint8)
-        if qtype == QT.Q4_K:
-            blocks[:, 0:2] = scale
-            blocks[:, 2:4] = scale
-        else:
-            blocks[:, 208:210] = scale
-    elif qtype == QT.BF16:
-        raw = gguf.quants.quantize(x, qtype).view(np.uint8).reshape(4, -1)
-    elif qtype in (QT.F32, QT.F16):
-        raw = np.ascontiguousarray(gguf.quants.quantize(x, qtype)).view(np.uint8).reshape(4, -1)
-    else:
-        raw = gguf.quants.quantize(x, qtype)
+    raw = quantize(x, qtype)
+    assert raw.dtype == np.uint8 and raw.shape == (4, x.shape[1] // bs * ts)
     ref = oracle(raw, qtype)
     assert np.isfinite(ref).all()
     assert_bit_exact(dequantize(raw, qtype), ref)
@@ -137,6 +126,49 @@ def test_negative_zero_and_max_nibbles_other_formats():
         assert_bit_exact(dequantize(raw, qt), oracle(raw, qt))
 
 
+# Where each block format keeps its fp16 fields (byte offsets), from the block structs in
+# ggml-common.h: Q8_0 {d, qs}, Q4_0 {d, qs}, Q4_1 {d, m, qs}, Q5_0 {d, qh, qs},
+# Q5_1 {d, m, qh, qs}, Q4_K {d, dmin, scales, qs}, Q5_K {d, dmin, scales, qh, qs},
+# Q6_K {ql, qh, scales, d}. Every other byte is quants or packed sub-block scales.
+FP16_FIELDS = {QT.Q8_0: (0,), QT.Q4_0: (0,), QT.Q4_1: (0, 2), QT.Q5_0: (0,), QT.Q5_1: (0, 2),
+               QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,)}
+# fp16 edges: +-0, smallest subnormal, smallest normal, 1, largest finite (both signs), +-inf, NaN
+EDGE_F16 = np.array([0x0000, 0x8000, 0x0001, 0x0400, 0x3C00, 0x7BFF, 0xFBFF, 0x7C00, 0xFC00, 0x7E00],
+                    dtype=np.uint16)
+# quant/scale byte patterns: all 0 (lowest code; K-quant 6-bit scales and mins 0), all 1s (highest
+# code; 6-bit scales 63; int8 -1), single nibbles, alternating bits, int8 -128 and 127
+EDGE_BYTES = (0x00, 0xFF, 0x0F, 0xF0, 0xAA, 0x55, 0x80, 0x7F)
+
+
+@pytest.mark.story("GT-030", "GT-042")
+@pytest.mark.parametrize("qtype", list(FP16_FIELDS), ids=lambda t: t.name)
+def test_block_formats_edge_values_bit_exact(qtype):
+    # every combination of edge fp16 scales (each field) with every edge byte pattern for the rest
+    _, ts = GGML_QUANT_SIZES[qtype]
+    fields = FP16_FIELDS[qtype]
+    combos = np.array(np.meshgrid(*([np.arange(len(EDGE_F16))] * len(fields)), np.arange(len(EDGE_BYTES)),
+                                  indexing="ij")).reshape(len(fields) + 1, -1).T
+    raw = np.empty((len(combos), ts), dtype=np.uint8)
+    for i, c in enumerate(combos):
+        raw[i] = EDGE_BYTES[c[-1]]
+        for off, k in zip(fields, c[:-1]):
+            raw[i, off:off + 2] = EDGE_F16[k:k + 1].view(np.uint8)
+    ref = oracle(raw, qtype)
+    assert np.isnan(ref).any() and np.isinf(ref).any() and (ref == 0).any()  # the edges are reached
+    assert_bit_exact(dequantize(raw, qtype), ref)
+    assert_bit_exact(dequantize(raw.reshape(-1), qtype), ref.reshape(-1))  # one long row
+
+
+@pytest.mark.story("GT-006")
+def test_reader_and_dequantizer_support_the_same_types():
+    from gpt_engine.gguf_file import SUPPORTED_TYPES
+
+    assert SUPPORTED_TYPES == frozenset(SUPPORTED)
+    # every type people meet in Q4_K_M / Q5_K_M / Q8_0 / MXFP4 files (issue 9)
+    assert {t.name for t in SUPPORTED} == {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                                           "Q4_K", "Q5_K", "Q6_K", "MXFP4"}
+
+
 @pytest.mark.story("GT-030")
 def test_odd_tensor_sizes_mxfp4():
     rng = np.random.default_rng(11)
@@ -169,8 +201,8 @@ def test_byte_sizes_from_block_table(qtype):
 @pytest.mark.story("GT-006")
 def test_unknown_and_unsupported_types_refused_by_name():
     raw = np.zeros((1, 34), dtype=np.uint8)
-    with pytest.raises(GGUFError, match="Q5_K is not supported"):
-        dequantize(raw, QT.Q5_K)
+    with pytest.raises(GGUFError, match="Q3_K is not supported"):
+        dequantize(raw, QT.Q3_K)
     with pytest.raises(GGUFError, match="unknown ggml type 'Q9_9'"):
         dequantize(raw, "Q9_9")
     with pytest.raises(GGUFError, match="unknown ggml type 123"):
