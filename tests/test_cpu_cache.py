@@ -27,7 +27,8 @@ QT = gguf.GGMLQuantizationType
 
 
 def _cached(m) -> int:
-    ws = [w for L in m.net.layers for w in L.values() if isinstance(w, QWeight)]
+    ws = [w for L in m.net.layers for v in L.values() for w in (v if isinstance(v, list) else [v])
+          if isinstance(w, QWeight)]
     ws += [w for w in vars(m.net).values() if isinstance(w, QWeight)]
     return sum(w.cached_nbytes for w in {id(w): w for w in ws}.values())
 
@@ -37,10 +38,10 @@ def test_dense_is_cached_once_and_bit_identical(models, monkeypatch):
     monkeypatch.delenv(CACHE_ENV, raising=False)
     path = models.path("llama", "Q4_1")
     m = gpt_engine.load(path)
-    w = m.net.layers[0]["up"]
+    w = m.net.layers[0]["down"]
     first = w.dense(torch.float32)
     assert w.dense(torch.float32) is first  # kept: no second dequantization
-    ref = dequantize(m.gguf.tensor_data("blk.0.ffn_up.weight"), QT.Q4_1)
+    ref = dequantize(m.gguf.tensor_data("blk.0.ffn_down.weight"), QT.Q4_1)
     assert torch.equal(first.view(torch.int32), ref.view(torch.int32))
     # rows() of a cached table reads the cache, same values as dequantizing just those rows
     ids = torch.tensor([[0, 5], [7, 0]])
@@ -71,7 +72,7 @@ def test_over_budget_caches_nothing_and_estimate_says_so(models, monkeypatch):
     m = gpt_engine.load(path)
     out = m.generate([1, 2, 3], max_new_tokens=3, stop_at_eos=False).token_ids
     assert _cached(m) == 0
-    w = m.net.layers[0]["up"]
+    w = m.net.layers[0]["down"]
     assert w.dense() is not w.dense()  # dequantized per use
     est = m.memory_estimate()
     assert est["dense_cache"] == 0 and not est["dense_cache_used"] and est["dequant"] > 0

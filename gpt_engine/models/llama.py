@@ -37,6 +37,10 @@ def rope_tables(positions: torch.Tensor, rope_dim: int, theta: float) -> tuple[t
 
 
 def _stacked(weights: list[QWeight]) -> list[QWeight]:
+    """One stacked weight on the GPU (one product, one launch). On the CPU the separate
+    memory-mapped weights stay: stacking would copy them into process memory for no speed."""
+    if weights[0].device.type == "cpu":
+        return weights
     try:
         return [QWeight.stack_rows(weights)]
     except ValueError:  # types differ (e.g. a Q4_K_M file with attn_v in Q6_K)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU-machine session for the decode path (repo root, on the GPU machine; .whl carried):
 #   quick:   build, the decode-path CUDA tests, the decode-step exploration, `gpt-engine bench`
-#   final:   build, `python -m gates.gpu` (every CUDA test and benchmark: evidence + log), bench
+#   ops:     build, `python -m gates.gpu tests/ops` (the kernels: evidence + log), models written
+#   rest:    `python -m gates.gpu tests --ignore=tests/ops` (models, decode loop, end-to-end benchmarks)
+# For ops/rest export GPT_ENGINE_GIT_COMMIT=<the full sha of the commit being run> first.
 # Everything printed goes to $OUT/session.log too; bench results to $OUT/bench.json.
 # Benchmark models are written once into $GPT_ENGINE_BENCH_MODELS (kept while the machine is warm).
 set -o pipefail
@@ -30,8 +32,16 @@ if [ "$MODE" = quick ]; then
     tests/test_sampling.py tests/test_cuda_graph.py tests/test_model_cuda.py tests/ops/test_gpt2_block.py} \
     > /tmp/quick-tests.txt 2>&1
   echo "tests exit $?"; grep -vE "^\.|^$" /tmp/quick-tests.txt | tail -150
+elif [ "$MODE" = ops ]; then
+  timeout ${GATES_TIMEOUT:-420} python3 -m gates.gpu tests/ops > /tmp/gates.txt 2>&1; echo "gates.gpu exit $?"
+  grep -E "^(FAILED|ERROR)" /tmp/gates.txt | head -30; cat "$OUT/gpu-summary.txt"
+  wait $MODELS_PID; cat /tmp/models.txt
+  exit 0
 else
-  timeout ${GATES_TIMEOUT:-480} python3 -m gates.gpu 2>&1 | tail -15
+  wait $MODELS_PID; cat /tmp/models.txt
+  timeout ${GATES_TIMEOUT:-540} python3 -m gates.gpu tests --ignore=tests/ops > /tmp/gates.txt 2>&1; echo "gates.gpu exit $?"
+  grep -E "^(FAILED|ERROR)" /tmp/gates.txt | head -30; cat "$OUT/gpu-summary.txt"
+  exit 0
 fi
 wait $MODELS_PID; cat /tmp/models.txt
 M=$GPT_ENGINE_BENCH_MODELS
