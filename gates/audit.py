@@ -218,7 +218,7 @@ def audit_run(doc: dict, git: Git | None, first: dict, now: datetime) -> Audit:
         if blob and (not p.is_file() or blob_id(p.read_bytes()) != blob):
             a.tampered.append(f"{p.name} differs from its first committed version: committed {what}s are immutable")
     if a.history:
-        a.reasons.append(f"schema {doc['schema']} (before issue 10): no raw log or per-test sources; history, never counted")
+        a.reasons.append(f"schema {doc['schema']} (before the audit existed): no raw log or per-test sources; history, never counted")
         return a
     run, prov = doc["run"], doc["provenance"]
     commit = prov.get("commit")

@@ -15,7 +15,7 @@ from gates import physics, tracer
 # any op's host-side dispatch, so the timed region holds no idle gap waiting for the host.
 HOST_LEAD_CYCLES = 500_000
 
-# Device baselines: bf16 8192^3 on GPUs (DESIGN.md anchors use it); the CPU machine gets a
+# Device baselines: bf16 8192^3 on GPUs (the matmul anchor docs/harness.md quotes); the CPU machine gets a
 # small fp32 GEMM because 8192^3 would take minutes on two shared cores.
 CUDA_MATMUL_N = 8192
 CPU_MATMUL_N = 1024

@@ -29,7 +29,7 @@ class Gate:
     verdict_story: str | None  # the story whose status *is* this gate's verdict
 
 
-# Grouping fixed by /work/shared/STORIES.md ("Gates:" paragraph).
+# Grouping fixed by the story catalog (gates/catalog.toml).
 GATES: dict[str, Gate] = {
     "gate1": Gate("gate1", (1, 2, 3), None, "GT-022"),
     "gate2": Gate("gate2", (4,), "gate1", "GT-028"),

@@ -1,7 +1,7 @@
 """From the catalog, the cards, the expected test set and the evidence to criterion states,
 story statuses and gate verdicts.
 
-Rules (issue 10; docs/harness.md "Verdicts"):
+Rules (docs/harness.md "Verdicts"):
 - Only evidence that passes the audit counts (gates/audit.py); the rest is shown, never used.
 - A record is fresh for a story while every file the run recorded for that story still has
   the hash it had (gates/sources.py); stale records never pass, they explain.

@@ -1,7 +1,7 @@
 """GX-002: gpt-oss hyper-parameters, tensor layout, inspect output and memory estimate.
 
 Checked against the HF config that wrote each file, against llama.cpp's own figures for a
-gpt-oss-20b-shaped file (issue 12: 20.91 B parameters, 12.83 GiB with experts MXFP4 and the rest
+gpt-oss-20b-shaped file (llama.cpp: 20.91 B parameters, 12.83 GiB with experts MXFP4 and the rest
 F16; ~3.70 GB read per decode token), and bad metadata is refused with one clear line.
 """
 from __future__ import annotations
@@ -178,7 +178,7 @@ def gpt_oss_20b_table():
 
 @STORY
 def test_20b_shape_matches_llama_cpps_figures():
-    """llama.cpp reports 20.91 B parameters and 12.83 GiB for this file (issue 12); about 3.70 GB
+    """llama.cpp reports 20.91 B parameters and 12.83 GiB for this file; about 3.70 GB
     are read per decode token (four experts per layer, attention, the whole output matrix)."""
     f, cfg = gpt_oss_20b_table()
     params = sum(t.n_elements for t in f.tensors.values())

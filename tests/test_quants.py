@@ -164,7 +164,7 @@ def test_reader_and_dequantizer_support_the_same_types():
     from gpt_engine.gguf_file import SUPPORTED_TYPES
 
     assert SUPPORTED_TYPES == frozenset(SUPPORTED)
-    # every type people meet in Q4_K_M / Q5_K_M / Q8_0 / MXFP4 files (issue 9)
+    # every type people meet in Q4_K_M / Q5_K_M / Q8_0 / MXFP4 files
     assert {t.name for t in SUPPORTED} == {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                                            "Q4_K", "Q5_K", "Q6_K", "MXFP4"}
 

@@ -19,24 +19,9 @@ OUTSIDE = re.compile(r"\.\./shared\b|/work/|\b(?:STORIES|DESIGN|GPU)\.md\b|\biss
 # Evidence files are machine output (they record how a run was invoked), not prose that refers
 # the reader somewhere; this file has to spell the patterns out.
 NOT_PROSE = re.compile(r"^reports/evidence/.*\.json$|^tests/test_repo_hygiene\.py$")
-# Known debt, each in a file that another piece of work in flight rewrites (the gate/harness
-# rework owns gates/ verdict, cards and bench code, the story cards and docs/harness.md; the
-# kernel notes and the tolerance table belong to the engine work). Each entry must still be
-# present, so the list only shrinks: a fixed line fails this test until its entry is removed.
-KNOWN = {
-    ("docs/harness.md", "STORIES.md"),
-    ("docs/kernels/layernorm.md", "Issue 4"),
-    ("gates/bench.py", "issue 3"),
-    ("gates/bench.py", "DESIGN.md"),
-    ("gates/cards.py", "/work/"),
-    ("gates/cards.py", "STORIES.md"),
-    ("gates/verdict.py", "issue 3"),
-    ("gates/verdict.py", "DESIGN.md"),
-    ("stories/GT-005.toml", "DESIGN.md"),
-    *((f"stories/GT-{n:03d}.toml", "issue 4") for n in (8, 11, 13, 14, 15, 16, 17, 18)),
-    ("tests/harness/test_cards.py", "STORIES.md"),
-    ("tests/tolerances.py", "issue 2"),
-}
+# Known debt: none left. A reference that has to stay would be listed here as (file, match); the
+# list only shrinks (a fixed line fails this test until its entry is removed).
+KNOWN: set[tuple[str, str]] = set()
 
 
 def tracked() -> list[str]:

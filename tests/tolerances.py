@@ -12,7 +12,7 @@ TOLERANCES: dict[str, tuple[float, str]] = {
     "nmse_bf16": (1e-3, "bf16 unit roundoff is 2^-8 (3.9e-3), NMSE of output rounding alone ~5e-6; 1e-3 covers input rounding amplified by normalisation"),
     "nmse_attention": (5e-4, "llama.cpp test-backend-ops uses NMSE 5e-4 for flash attention with fp16 K/V; online softmax rescaling adds rounding steps"),
     # --- model-level oracles ---
-    "logits_max_abs_f32": (1e-4, "issue 2: our F32 forward vs HF transformers on the same weights, both fp32 on CPU; differences come only from summation order"),
+    "logits_max_abs_f32": (1e-4, "our F32 forward vs HF transformers on the same weights, both fp32 on CPU; differences come only from summation order"),
 }
 
 
@@ -22,6 +22,6 @@ TOLERANCES["nmse_block_float16"] = (1e-4, "GT-016: a GPT-2 block in fp16 rounds 
 TOLERANCES["nmse_block_bfloat16"] = (5e-3, "GT-016: as nmse_block_float16 but with bf16's 2^-8 rounding, 64x the fp16 step in squared terms (~6e-5 expected)")
 TOLERANCES["gguf_parse_peak_bytes"] = (1 << 20, "GT-005: fuzzed files are < 4 KiB; parsing one allocates its few KiB of metadata, never anything sized by a corrupted count or length (those claim >= 2^32 bytes), so 1 MiB of tracemalloc peak separates the two by 4000x")
 TOLERANCES["nmse_fp16_model"] = (1e-4, "GT-026 on CUDA: a whole model in fp16 activations (2-layer test models, 61 tokens) vs transformers in fp32; each block adds ~1e-6 (see nmse_block_float16), logits then pass one more fp16 GEMM; 1e-4 keeps a 10x margin while any wrong op gives NMSE of order 1")
-TOLERANCES["kquant_nmse_vs_same_width"] = (1.0, "issue 9 item 5: our Q4_K/Q5_K quantizer (least-squares scale and offset per 32-value sub-block, 6-bit sub-block scales) must be no worse than gguf-py's Q4_1/Q5_1 (exact fp16 scale and min per 32 values, same code width) on zero-mean data; measured 0.89-0.97 on Gaussian, Laplace and scaled rows, so 1.0 is the honest no-worse-than-the-peer bar")
-TOLERANCES["q6_k_nmse_vs_q5_0"] = (0.25, "issue 9 item 5: Q6_K has one more code bit than gguf-py's Q5_0 and half-size (16-value) sub-blocks; one bit alone halves the step and quarters the squared error, so NMSE <= 0.25 x Q5_0's is the theory bar (measured 0.16-0.19)")
-TOLERANCES["memory_estimate_rel"] = (0.05, "issue 9 item 3: memory_estimate() within 5% of the measured peak; on the CPU the measured figure is a fresh process's peak resident growth (VmHWM) while generating, after a warm-up on a tiny model so that torch/MKL's one-time buffers (~65 MiB, measured) are not counted as the model's")
+TOLERANCES["kquant_nmse_vs_same_width"] = (1.0, "our Q4_K/Q5_K quantizer (least-squares scale and offset per 32-value sub-block, 6-bit sub-block scales) must be no worse than gguf-py's Q4_1/Q5_1 (exact fp16 scale and min per 32 values, same code width) on zero-mean data; measured 0.89-0.97 on Gaussian, Laplace and scaled rows, so 1.0 is the honest no-worse-than-the-peer bar")
+TOLERANCES["q6_k_nmse_vs_q5_0"] = (0.25, "Q6_K has one more code bit than gguf-py's Q5_0 and half-size (16-value) sub-blocks; one bit alone halves the step and quarters the squared error, so NMSE <= 0.25 x Q5_0's is the theory bar (measured 0.16-0.19)")
+TOLERANCES["memory_estimate_rel"] = (0.05, "memory_estimate() within 5% of the measured peak; on the CPU the measured figure is a fresh process's peak resident growth (VmHWM) while generating, after a warm-up on a tiny model so that torch/MKL's one-time buffers (~65 MiB, measured) are not counted as the model's")

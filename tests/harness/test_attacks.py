@@ -1,4 +1,4 @@
-"""Issue 10's attacks, one test each: every way a sceptical reviewer made a story "verified"
+"""The attacks on the harness's promise, one test each: every way a sceptical reviewer made a story "verified"
 or a gate pass without the evidence for it is reproduced here and shown caught.
 (Attacks on the cards: tests/harness/test_catalog.py; a glob matching nothing:
 tests/harness/test_cards.py.)"""

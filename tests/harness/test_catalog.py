@@ -43,7 +43,7 @@ MEMORY_BOUND = (("copy", 0.9), ("torch", 1.0))
 
 
 def test_gate1_bars_are_set_by_physics():
-    """Issue 10, item 7: memory-bound kernels >= 0.9 of copy and >= 1.0x torch; decode >= 0.85
+    """Bars set by physics: memory-bound kernels >= 0.9 of copy and >= 1.0x torch; decode >= 0.85
     of copy wherever the KV cache is >= 256 MiB, median >= 0.95x SDPA, no case below 0.85x;
     prefill >= 0.7x SDPA."""
     for sid, m in (("GT-008", "embedding.fp16"), ("GT-011", "layernorm.fp16"), ("GT-013", "gelu_tanh.fp16"),

@@ -58,7 +58,7 @@ def test_empty_evidence_folder_renders_reports_that_say_so(repo):
 
 def _populate(repo):
     # every card and test exists before the runs: a card or test file added later is part of
-    # the stories' measured sources and would make the earlier evidence stale (issue 10)
+    # the stories' measured sources and would make the earlier evidence stale
     repo.write("src/extra.py", "X\n")
     repo.add_card("GT-002", 1, "gate1", ["src/extra.py"], [TESTS_CPU])
     repo.add_test("tests/test_extra.py::test_b", ["GT-002"])

@@ -182,7 +182,7 @@ def test_where_filter_and_max_ratio(tmp_path):
 
 
 def test_median_over_the_grid_and_no_case_below_the_floor(tmp_path):
-    """Issue 10's decode bars: median >= 0.95x SDPA over the grid, no case below 0.85x."""
+    """The decode attention bars: median >= 0.95x SDPA over the grid, no case below 0.85x."""
     repo = Repo(tmp_path)
     _decode_repo(repo, DECODE + 'min_ratio = { sdpa = 0.85 }', DECODE + 'aggregate = "median"\nmin_ratio = { sdpa = 0.95 }')
     grid = [_decode(f"B1.H{h}.T1024", r, 0.5, 1 << 20) for h, r in ((12, 0.88), (16, 0.97), (32, 0.99), (64, 1.31))]
