@@ -61,19 +61,28 @@ def _legend_below(fig, ax, ncols: int) -> None:
 
 
 def trend_chart(uid: str, runs: list[datetime], series: dict[str, list[tuple[int, float]]], ylabel: str,
-                target: float | None = None, target_label: str = "bar") -> str:
+                target: float | None = None, target_label: str = "bar", hollow=frozenset()) -> str:
     """Lines of (run index, value) per series label over ``runs``; ``target`` is a dashed line
-    named in the legend (never written on the data). The y axis starts at 0 so that ratios are
-    not magnified."""
+    named in the legend (never written on the data). Points of the runs in ``hollow`` (evidence
+    that does not count toward gates) get open markers, named in the legend. The y axis starts
+    at 0 so that ratios are not magnified."""
     fig = _figure(6.0, 2.5)
     with matplotlib.rc_context(_STYLE):
         ax = fig.add_subplot()
         top = 0.0
         for k, (label, pts) in enumerate(series.items()):
             ys = [p[1] for p in pts]
-            ax.plot([p[0] for p in pts], ys, marker="o", markersize=4, linewidth=1.6,
-                    color=COLORS[k % len(COLORS)], label=label)
+            color = COLORS[k % len(COLORS)]
+            ax.plot([p[0] for p in pts], ys, marker="o", markersize=4, linewidth=1.6, color=color, label=label,
+                    markevery=[i for i, p in enumerate(pts) if p[0] not in hollow])
+            open_pts = [p for p in pts if p[0] in hollow]
+            if open_pts:
+                ax.plot([p[0] for p in open_pts], [p[1] for p in open_pts], linestyle="none", marker="o",
+                        markersize=4.5, markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.3)
             top = max(top, *ys)
+        if hollow:
+            ax.plot([], [], linestyle="none", marker="o", markersize=4.5, markerfacecolor="white",
+                    markeredgecolor="#57606a", label="does not count")
         if target is not None:
             ax.axhline(target, color="#cf222e", linestyle="--", linewidth=1.2, label=target_label)
             top = max(top, target)
@@ -81,7 +90,7 @@ def trend_chart(uid: str, runs: list[datetime], series: dict[str, list[tuple[int
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
         ax.set_ylabel(ylabel)
         _run_axis(ax, runs)
-        _legend_below(fig, ax, len(series) + (target is not None))
+        _legend_below(fig, ax, len(series) + bool(hollow) + (target is not None))
     return _svg(fig, uid)
 
 

@@ -1,19 +1,38 @@
 """Story statuses over time, replayed from the evidence history.
 
-After each evidence run, the verdict is computed again from the runs up to that moment, with
-that run's own source hashes standing for "the working tree then" (every evidence file
-records the hash of every story's sources). So a run counts exactly as it did the day it
-was written, whatever changed since. The story cards are today's: the evidence does not
-record older cards. The last point is the verdict for the working tree now.
+After each evidence run k, the verdict is computed again from the runs up to that moment,
+against the tree "as of run k": every file has the newest hash that a run up to k recorded
+for it (each run records the sha256 of every file its stories' tests used). So a run is
+fresh at point k exactly when no later run up to k saw one of its files changed.
+
+What the replay takes from today, because the evidence does not record it: the story cards
+and the catalog, the expected test set (collection of today's tests: a story that gained
+tests since shows incomplete at the older points, never more verified than it was), and the
+audit of every file (computed once, with the git history of today). The last point is the
+verdict for the working tree now, the one the rest of the report shows.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
+from gates.sources import Tree
 from gates.verdict import Evaluator
 
-MAX_POINTS = 40   # newest runs replayed; each replay reads every earlier run once more
+MAX_POINTS = 40   # newest runs replayed; each replay judges every story again
 NOW = "now (working tree)"
+
+
+class TreeAsOf(Tree):
+    """The tree as the evidence saw it after a run: file hashes from the runs' records,
+    never from the disk. A file no run had recorded by then reads as absent."""
+
+    def __init__(self, root: Path, sha: dict[str, str]):
+        super().__init__(root)
+        self._sha = dict(sha)
+
+    def sha(self, rel: str) -> str | None:
+        return self._sha.get(rel)
 
 
 def _counts(ev: Evaluator) -> dict[str, int]:
@@ -28,13 +47,22 @@ def _when(run) -> datetime:
     return datetime.strptime(run["run"]["finished"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
-def status_history(stories: dict, runs: list, current: tuple, now: datetime) -> list[tuple[datetime, dict, str]]:
-    """[(time, {status: number of stories}, label)] oldest first, one point per run and "now"."""
-    ordered = sorted(runs, key=lambda r: (r["run"]["finished"], r["_file"]))
+def status_history(ev: Evaluator, now: datetime) -> list[tuple[datetime, dict, str]]:
+    """[(time, {status: number of stories}, label)] oldest first: one point per run (the
+    newest MAX_POINTS) and the last one for `ev`, the verdict on the working tree now.
+    The replays reuse ev's catalog, expected test set and audits: nothing is collected or
+    audited again per point."""
+    ordered = sorted(ev.runs, key=lambda r: (r["run"]["finished"], r["_file"]))
+    first = max(0, len(ordered) - MAX_POINTS)
+    seen: dict[str, str] = {}
+    for run in ordered[:first]:
+        seen.update(run.get("source_files", {}))
     points = []
-    for k in range(max(0, len(ordered) - MAX_POINTS), len(ordered)):
+    for k in range(first, len(ordered)):
         run = ordered[k]
-        then = (run.get("source_hashes", {}), run.get("story_files", {}), run.get("source_files", {}))
-        points.append((_when(run), _counts(Evaluator(stories, ordered[: k + 1], then)), run["_file"]))
-    points.append((now, _counts(Evaluator(stories, ordered, current)), NOW))
+        seen.update(run.get("source_files", {}))
+        then = Evaluator(ev.stories, ordered[: k + 1], TreeAsOf(ev.tree.root, seen), catalog=ev.catalog,
+                         manifest=ev.manifest, audits=(ev.audits, ev.gone))
+        points.append((_when(run), _counts(then), run["_file"]))
+    points.append((now, _counts(ev), NOW))
     return points

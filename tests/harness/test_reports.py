@@ -99,7 +99,7 @@ def _ints(cells):
 
 def test_counts_add_up_everywhere(repo):
     _populate(repo)
-    ctx, _, _ = build_context(repo.paths)
+    ctx, _ = build_context(repo.paths)
     t = ctx["totals"]
     assert t["stories"] == 3 and sum(t["by_status"].values()) == 3
     assert sum(sp["n"] for sp in ctx["sprints"]) == t["stories"]
@@ -125,14 +125,18 @@ def test_counts_add_up_everywhere(repo):
 
 
 def test_gate_story_shows_its_gate_and_blocked_upstream_is_distinct(repo):
-    _populate(repo)   # gate1 fails on GT-002
+    # gate2's cards and test exist before any run: a card added later changes the catalog,
+    # which every story's evidence depends on, and gate1 would fail for staleness instead
     repo.write("src/pipe.py", "P\n")
     repo.add_card("GT-023", 4, "gate2", ["src/pipe.py"], [TESTS_CPU])
     repo.add_card("GT-028", 4, "gate2", [], [], verdict="gate2")
+    repo.add_test("tests/test_pipe.py::test_p", ["GT-023"])
+    _populate(repo)   # gate1 fails on GT-002, and on nothing else
     repo.run(tests=[("tests/test_pipe.py::test_p", ["GT-023"], "passed", "cpu")])
-    ctx, _, _ = build_context(repo.paths)
+    ctx, _ = build_context(repo.paths)
     gates = {g["gate"]: g for g in ctx["gates"]}
-    assert gates["gate1"]["state"] == "fail" and gates["gate1"]["blockers"]
+    assert gates["gate1"]["state"] == "fail"
+    assert [(b["story"], b["state"]) for b in gates["gate1"]["blockers"]] == [("GT-002", "fail")]
     assert gates["gate2"]["state"] == "blocked upstream" and gates["gate2"]["blockers"] == []
     stories = {s["id"]: s for s in ctx["stories"]}
     assert stories["GT-022"]["status"] == "fail" and stories["GT-028"]["status"] == "blocked upstream"
@@ -151,7 +155,7 @@ def test_bar_beyond_physics_is_a_risk_with_the_number(repo):
     repo.run(machine="gpu", tests=[("tests/test_emb.py::test_bench", ["GT-008"], "passed", GPU)],
              benchmarks=[metric("layernorm.fp16", 2950.0, {"copy": 3000.0, "torch": 1800.0},
                                 "tests/test_emb.py::test_bench", ["GT-008"])])
-    ctx, _, _ = build_context(repo.paths)
+    ctx, _ = build_context(repo.paths)
     phys = [k for k in ctx["risks"] if "beyond physics" in k["what"]]
     assert len(phys) == 1 and phys[0]["level"] == "high" and phys[0]["story"] == "GT-008"
     assert "layernorm.fp16 ≥ 2× torch" in phys[0]["what"]
@@ -161,14 +165,15 @@ def test_bar_beyond_physics_is_a_risk_with_the_number(repo):
 
 
 def test_one_row_per_metric_family_and_each_failure_text_once(repo):
-    passing_gate1(repo)
     repo.write("src/attn.py", "A\n")
     repo.add_card("GT-018", 3, "gate1", ["src/attn.py"], [
         'kind = "benchmark"\ndevice = "cuda"\nmetric = "attention_decode.*"\nmin_ratio = { sdpa = 1.3 }'])
+    repo.add_test("tests/test_attn.py::test_bench", ["GT-018"], cuda=True, benchmark=True)
+    passing_gate1(repo)
     cases = [metric(f"attention_decode.B{b}.T{t}", 1000.0 + t / 100, {"sdpa": 1000.0, "copy": 3000.0},
                     "tests/test_attn.py::test_bench", ["GT-018"]) for b in (1, 4, 8, 16) for t in range(1024, 13 * 1024, 1024)]
     repo.run(machine="gpu", tests=[("tests/test_attn.py::test_bench", ["GT-018"], "passed", GPU)], benchmarks=cases)
-    ctx, _, _ = build_context(repo.paths)
+    ctx, _ = build_context(repo.paths)
     rows = [p for p in ctx["perf"] if p["story"] == "GT-018"]
     assert len(rows) == 1 and rows[0]["n_cases"] == 48
     (b,) = rows[0]["bounds"]
@@ -194,7 +199,7 @@ def test_throughput_table_per_model_and_type_against_peers(repo):
                ["GT-048"], unit="tok/s", kind="throughput"),
         metric("perf.decode.gpt2-1.5b.Q8_0", 300.0, {"llamacpp": 367.0}, "tests/test_perf.py::test_e2e",
                ["GT-048"], unit="tok/s", kind="throughput")])
-    ctx, _, _ = build_context(repo.paths)
+    ctx, _ = build_context(repo.paths)
     dec = ctx["throughput"]["decode"]
     assert dec["peers"] == ["roofline", "llamacpp", "compiled", "hf", "eager"]
     rows = {(r["model"], r["type"]): r for r in dec["rows"]}
@@ -211,7 +216,7 @@ def test_throughput_table_per_model_and_type_against_peers(repo):
 
 def test_no_throughput_section_without_end_to_end_numbers(repo):
     _populate(repo)
-    ctx, _, _ = build_context(repo.paths)
+    ctx, _ = build_context(repo.paths)
     assert ctx["throughput"] == {}
     render_all(repo.paths)
     assert "tokens per second" not in read(repo, "m0_readiness.html")
@@ -219,7 +224,7 @@ def test_no_throughput_section_without_end_to_end_numbers(repo):
 
 def test_stories_over_time_replays_the_evidence_history(repo):
     _populate(repo)   # runs: CPU pass, GPU pass, CPU with GT-002 failing, GPU benchmark
-    ctx, _, _ = build_context(repo.paths)
+    ctx, _ = build_context(repo.paths)
     verified = [h["counts"].get("verified", 0) for h in ctx["history"]]
     # run 1: GT-001 verified (GT-008 cpu-only); run 2: both; GT-002 appears failing with run 3
     assert verified == [1, 2, 2, 2, 2]
@@ -254,10 +259,15 @@ def test_evidence_shows_age_device_and_why_it_counts(repo):
     repo.write("src/emb.py", "B = 3\n")   # GT-008's sources change: its evidence stops counting
     html = read_after_render(repo, "progress.html")
     gt1 = html.split('id="GT-001"')[1].split("</tr>")[0]
-    assert "counts: GT-001&#39;s source files are unchanged since this run" in gt1
-    assert re.search(r"· CPU · commit 0123456789 · \d+d old ·", gt1)
+    assert re.search(r"counts: the audit accepts the file, and the \d+ files GT-001&#39;s tests used in this run "
+                     r"are unchanged", gt1)
+    # the file, its device, the commit it ran at (the file name ends with it) and its age
+    # (the synthetic runs are 20-30 minutes old)
+    m = re.search(r'<a href="evidence/([^"]+)">\1</a> · CPU · commit ([0-9a-f]{10}) · \d+min old ·', gt1)
+    assert m and m.group(1).endswith(f"-cpu-{m.group(2)}.json"), gt1
     gt8 = html.split('id="GT-008"')[1].split("</tr>")[0]
-    assert "does not count: GT-008&#39;s source files changed since this run" in gt8
+    assert "does not count for GT-008 any more: changed src/emb.py" in gt8
+    assert ">stale</span> tests on cpu" in gt8
     # one spelling of the device everywhere: the GPU's name, never the machine-class slug
     for name in ("progress.html", "m0_readiness.html"):
         page = read(repo, name)
