@@ -14,7 +14,7 @@ import pytest
 
 from gates.report import GATE_MEANING, STATE_MEANING, STATUS_MEANING, build_context, render_all
 from gates.verdict import STATUSES
-from tests.harness._synth import GPU, TESTS_CPU, Repo, metric, passing_gate1
+from tests.harness._synth import GATE1_TESTS, GPU, TESTS_CPU, Repo, metric, passing_gate1
 
 pytestmark = pytest.mark.story("GT-042")
 
@@ -273,6 +273,156 @@ def test_evidence_shows_age_device_and_why_it_counts(repo):
         page = read(repo, name)
         assert "nvidia-h100-80gb-hbm3" not in page.replace("nvidia-h100-80gb-hbm3-", ""), name
         assert "NVIDIA H100 80GB HBM3" in page
+
+
+def _row(html, id_):
+    return html.split(f'id="{id_}"')[1].split("</tr>")[0]
+
+
+def _ev_id(path):
+    return "ev-" + re.sub(r"[^A-Za-z0-9]+", "-", path.name).strip("-").lower()
+
+
+def test_evidence_table_says_which_files_count_and_why_from_the_audit(repo):
+    for nodeid, stories_, cuda, bench in GATE1_TESTS:
+        repo.add_test(nodeid, stories_, cuda=cuda, benchmark=bench)
+    cpu_tests = [("tests/test_tok.py::test_a", ["GT-001"], "passed", "cpu"),
+                 ("tests/test_emb.py::test_ref", ["GT-008"], "passed", "cpu")]
+    counted = repo.run(tests=cpu_tests)
+    dirty = repo.run(tests=cpu_tests, edit=lambda d: d["provenance"].update(dirty=True))
+    # an H100 run of schema 1: it passed everything, and its figure is above copy bandwidth
+    # although it says valid
+    old = repo.run(machine="gpu", tests=[("tests/test_emb.py::test_cuda", ["GT-008"], "passed", GPU),
+                                         ("tests/test_emb.py::test_bench", ["GT-008"], "passed", GPU)],
+                   benchmarks=[metric("layernorm.fp16", 3500.0, {"torch": 1200.0}, "tests/test_emb.py::test_bench",
+                                      ["GT-008"])],
+                   edit=lambda d: d.update(schema=1))
+    ctx, _ = build_context(repo.paths)
+    assert ctx["audit_totals"]["by"] == {"counts": 1, "history": 1, "rejected": 1, "edited": 0}
+    html = read_after_render(repo, "progress.html")
+    assert "3 evidence file(s): <b>1</b> count toward gates, 1" in html
+    assert "(NVIDIA H100 80GB HBM3 runs of schema 1, made before the audit existed: shown, never counted)" in html
+    row = _row(html, _ev_id(old))
+    assert ">history</span>" in row and "schema 1 (before the audit existed)" in row and "no story" in row
+    row = _row(html, _ev_id(dirty))
+    assert ">rejected</span>" in row and "run on a dirty tree" in row and "no story" in row
+    row = _row(html, _ev_id(counted))
+    assert ">counts</span>" in row and "2 of the 2 stories it has records for" in row
+    # GT-008's CUDA criteria have only the history file: missing, and the file is named with the reason
+    gt8 = _row(html, "GT-008")
+    assert ">missing</span> tests on cuda" in gt8
+    assert "1 evidence file(s) with records of it that do not count" in gt8
+    # the CUDA tests criterion: both CUDA tests (the benchmark test is one); the benchmark: its one case
+    assert f'{old.name}</a> · NVIDIA H100 80GB HBM3 · ' in gt8
+    assert "2 record(s) of these tests" in gt8 and "1 layernorm.fp16 case(s)" in gt8
+    m0 = read(repo, "m0_readiness.html")
+    assert "runs of schema 1, made before the audit existed: shown, never counted" in m0
+    assert "(history)" in read(repo, "progress.md") and "| **history**<br>schema 1" in read(repo, "progress.md")
+    # results.csv: the audit's word per file, and validity and ratios recomputed, not believed
+    with open(repo.root / "reports" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["file"]: r["audit"] for r in rows} == {counted.name: "counts", dirty.name: "rejected", old.name: "history"}
+    (m,) = [r for r in rows if r["record"] == "metric"]
+    assert m["valid"] == "False" and "exceeds 1.1 x measured copy bandwidth" in m["invalid_reason"]
+    assert float(m["ratio_torch"]) == pytest.approx(3500 / 1200)
+
+
+def test_trend_points_of_files_that_do_not_count_are_open(repo):
+    passing_gate1(repo)
+    bench = [("tests/test_emb.py::test_bench", ["GT-008"], "passed", GPU)]
+    repo.run(machine="gpu", tests=bench, benchmarks=[
+        metric("layernorm.fp16", 2700.0, {"torch": 1250.0}, "tests/test_emb.py::test_bench", ["GT-008"])])
+    ctx, _ = build_context(repo.paths)
+    # one chart per bound (copy, torch), two counted runs each: filled markers only
+    assert [c["title"] for c in ctx["charts"]] == ["GT-008 layernorm.fp16: worst case ÷ copy",
+                                                    "GT-008 layernorm.fp16: worst case ÷ torch"]
+    assert [c["n_hollow"] for c in ctx["charts"]] == [0, 0]
+    assert not any("does not count" in c["svg"] for c in ctx["charts"])
+    repo.run(machine="gpu", tests=bench, benchmarks=[
+        metric("layernorm.fp16", 2500.0, {"torch": 1200.0}, "tests/test_emb.py::test_bench", ["GT-008"])],
+        edit=lambda d: d.update(schema=1))
+    ctx, _ = build_context(repo.paths)
+    assert [c["n_hollow"] for c in ctx["charts"]] == [1, 1]
+    assert all("does not count" in c["svg"] for c in ctx["charts"])
+
+
+def test_a_moved_or_missing_card_is_counted_where_the_catalog_pins_it_and_failing(repo):
+    _populate(repo)
+    card = repo.root / "stories" / "GT-002.toml"
+    card.write_text(card.read_text().replace("sprint = 1", "sprint = 4").replace('gate = "gate1"', 'gate = "gate2"'))
+    ctx, _ = build_context(repo.paths)
+    sprints = {sp["sprint"]: sp for sp in ctx["sprints"]}
+    assert 4 not in sprints and sprints[1]["n"] == 2 and sprints[1]["counts"]["failing"] == 1
+    (gt2,) = [s for s in ctx["stories"] if s["id"] == "GT-002"]
+    assert gt2["status"] == "failing" and (gt2["sprint"], gt2["gate"]) == (1, "gate1")
+    assert "card says sprint = 4, the catalog pins 1" in gt2["card_problems"]
+    assert any(k["what"] == "card disagrees with the catalog" and k["story"] == "GT-002" for k in ctx["risks"])
+    card.unlink()
+    ctx, _ = build_context(repo.paths)
+    assert ctx["totals"]["stories"] == 3 and ctx["totals"]["by_status"]["failing"] == 1
+    assert sum(sp["n"] for sp in ctx["sprints"]) == 3
+    (gt2,) = [s for s in ctx["stories"] if s["id"] == "GT-002"]
+    assert gt2["status"] == "failing" and gt2["href"] == "../gates/catalog.toml"
+    assert gt2["card_problems"] == ["card stories/GT-002.toml is missing: the catalog pins GT-002 in gate1"]
+    html = read_after_render(repo, "progress.html")
+    assert "card: card stories/GT-002.toml is missing" in _row(html, "GT-002")
+
+
+def test_incomplete_criterion_shows_the_expected_test_counts(repo):
+    repo.add_test("tests/test_tok.py::test_a", ["GT-001"])
+    repo.add_test("tests/test_tok.py::test_b", ["GT-001"])
+    repo.run(tests=[("tests/test_tok.py::test_a", ["GT-001"], "passed", "cpu")])    # a run with -k test_a
+    ctx, _ = build_context(repo.paths)
+    (gt1,) = [s for s in ctx["stories"] if s["id"] == "GT-001"]
+    (c,) = gt1["criteria"]
+    assert c["state"] == "incomplete" and gt1["status"] == "partial"
+    assert c["counts"] == "1 of 2 expected test(s) passed · 1 lacking"
+    assert any(k["level"] == "medium" and k["story"] == "GT-001" and k["what"] == "tests on cpu: incomplete"
+               for k in ctx["risks"])
+    html = read_after_render(repo, "progress.html")
+    assert ">incomplete</span> tests on cpu" in _row(html, "GT-001")
+    assert "1 of 2 expected test(s) passed · 1 lacking" in _row(html, "GT-001")
+
+
+def test_a_median_bar_is_judged_by_the_median_case(repo):
+    crits = ['kind = "benchmark"\ndevice = "cuda"\nmetric = "attention_decode.*"\nmin_ratio = { sdpa = 0.85 }',
+             'kind = "benchmark"\ndevice = "cuda"\nmetric = "attention_decode.*"\nmin_ratio = { sdpa = 0.95 }\n'
+             'aggregate = "median"']
+    repo.add_card("GT-018", 3, "gate1", [], crits)
+    repo.add_test("tests/test_attn.py::test_bench", ["GT-018"], cuda=True, benchmark=True)
+    for k in range(2):
+        ratios = (0.90, 1.0, 1.02, 1.05, 1.1) if k else (0.86, 0.96, 0.97, 0.99, 1.0)
+        repo.run(machine="gpu", tests=[("tests/test_attn.py::test_bench", ["GT-018"], "passed", GPU)],
+                 benchmarks=[metric(f"attention_decode.T{i}", 1000.0 * r, {"sdpa": 1000.0},
+                                    "tests/test_attn.py::test_bench", ["GT-018"]) for i, r in enumerate(ratios)])
+    ctx, _ = build_context(repo.paths)
+    each, med = [p for p in ctx["perf"] if p["story"] == "GT-018"]
+    assert (each["state"], med["state"]) == ("pass", "pass")
+    (b,) = med["bounds"]
+    assert b["decides"] == "median" and b["median"] == pytest.approx(1.02) and not b["median_missed"]
+    assert b["worst"] == pytest.approx(0.90) and b["n_missed"] == 1    # one case below 0.95: not what decides
+    assert med["target"] == "median ≥ 0.95× sdpa"
+    (chart,) = [c for c in ctx["charts"] if "median" in c["bar"]]
+    assert chart["title"] == "GT-018 attention_decode.*: median case ÷ sdpa"
+    html = read_after_render(repo, "m0_readiness.html")
+    row = html.split(f'id="{med["anchor"]}"')[1].split("</tr>")[0]
+    assert "(the bar judges the median)" in row and "below the bar" not in row
+    assert "1.02× sdpa (judged)" in read(repo, "m0_readiness.md")
+
+
+@pytest.mark.parametrize("torch, flagged", [(1600.0, False), (1700.0, True)])
+def test_a_bar_within_the_copy_measurements_spread_is_not_beyond_physics(repo, torch, flagged):
+    # "≥ 2× torch": 3200 GB/s is 1.07× copy, which a kernel can measure (physics allows 1.1×);
+    # 3400 GB/s is 1.13× copy, which no measurement can reach
+    passing_gate1(repo)
+    repo.run(machine="gpu", tests=[("tests/test_emb.py::test_bench", ["GT-008"], "passed", GPU)],
+             benchmarks=[metric("layernorm.fp16", 2950.0, {"torch": torch}, "tests/test_emb.py::test_bench",
+                                ["GT-008"])])
+    ctx, _ = build_context(repo.paths)
+    phys = [k for k in ctx["risks"] if "beyond physics" in k["what"]]
+    assert bool(phys) == flagged
+    if flagged:
+        assert "2 × torch 1700 GB/s = 3400 GB/s, which is 1.13× the copy ceiling" in phys[0]["why"]
 
 
 class _Links(HTMLParser):
