@@ -428,23 +428,26 @@ def _perf_rows(cx: _Context, results: list) -> list:
                                  worst_value=worst["value"], unit=worst["unit"], median=med,
                                  median_missed=(med < bar if op == "≥" else med > bar))
                     bounds.append(b)
-            judged = {b["ref"] for b in bounds}
+            # the bar's references show value ÷ reference (what the bar judges); the others show
+            # the verdict's normalized ratio (inverted for lower-is-better metrics: above 1× is better)
+            judged = sorted({b["ref"] for b in bounds})
             others = sorted({k for case in cases for k, v in case.get("normalized", {}).items()
                              if v is not None and k not in judged})
             context_refs = {k: _median([case["normalized"][k] for case in cases
                                         if case.get("normalized", {}).get(k) is not None]) for k in others}
-            refs = sorted({k for case in cases for k in case.get("normalized", {})})
             evs = [cx.evidence_view(e, r.story.id) for e in cr.evidence]
             rows.append({
                 "story": r.story.id, "href": cx.story_href(r.story.id), "metric": c.metric, "target": _target_text(c),
                 "aggregate": c.aggregate, "why": c.why, "state": cr.state, "reason": cr.reason,
-                "n_cases": len(cases), "bounds": bounds, "context": context_refs, "evidence": evs, "refs": refs,
+                "n_cases": len(cases), "bounds": bounds, "context": context_refs, "evidence": evs,
+                "judged_refs": judged, "other_refs": others,
                 "device": ", ".join(sorted({_device_label(case.get("device")) for case in cases}))
                 or ("CPU" if c.device == "cpu" else "a GPU"),
                 "anchor": f"perf-{r.story.id}-{_slug(c.label)}",
                 **_not_counted_view(cx, r.story.id, cr),
                 "cases": [{"name": case["name"], "value": case["value"], "unit": case["unit"], "valid": case["valid"],
-                           "ratios": {k: case.get("normalized", {}).get(k) for k in refs}} for case in cases],
+                           "bar_ratios": {k: case["ratios"].get(k) for k in judged},
+                           "vs": {k: case.get("normalized", {}).get(k) for k in others}} for case in cases],
             })
     return rows
 

@@ -410,6 +410,28 @@ def test_a_median_bar_is_judged_by_the_median_case(repo):
     assert "1.02× sdpa (judged)" in read(repo, "m0_readiness.md")
 
 
+def test_a_time_bar_shows_the_ratio_it_judges_and_other_references_turned_better_is_higher(repo):
+    # a time (lower is better) under "≤ 0.2× baseline": the bar judges value ÷ baseline = 0.03;
+    # a reference no bar names is shown turned, "vs other" = other ÷ value = 2×
+    repo.add_card("GT-005", 1, "gate1", [], [TESTS_CPU, 'kind = "benchmark"\ndevice = "cpu"\nmetric = "open.*"\n'
+                                                         'max_ratio = { baseline = 0.2 }'])
+    repo.add_test("tests/test_open.py::test_bench", ["GT-005"], benchmark=True)
+    repo.run(tests=[("tests/test_open.py::test_bench", ["GT-005"], "passed", "cpu")], benchmarks=[
+        metric("open.vocab", 0.15, {"baseline": 5.0, "other": 0.3}, "tests/test_open.py::test_bench", ["GT-005"],
+               unit="s", kind="time", device="cpu", higher_is_better=False)])
+    ctx, _ = build_context(repo.paths)
+    (p,) = [p for p in ctx["perf"] if p["story"] == "GT-005"]
+    assert p["state"] == "pass" and p["judged_refs"] == ["baseline"] and p["other_refs"] == ["other"]
+    (b,) = p["bounds"]
+    assert b["worst"] == pytest.approx(0.03) and b["op"] == "≤" and b["n_missed"] == 0
+    (case,) = p["cases"]
+    assert case["bar_ratios"]["baseline"] == pytest.approx(0.03) and case["vs"]["other"] == pytest.approx(2.0)
+    html = read_after_render(repo, "m0_readiness.html")
+    row = html.split(f'id="{p["anchor"]}"')[1].split("</table>")[0]
+    assert '<th class="num">÷ baseline</th><th class="num">vs other</th>' in row
+    assert '<td class="num">0.03×</td><td class="num">2.00×</td>' in row and "2.00× vs other" in row
+
+
 @pytest.mark.parametrize("torch, flagged", [(1600.0, False), (1700.0, True)])
 def test_a_bar_within_the_copy_measurements_spread_is_not_beyond_physics(repo, torch, flagged):
     # "≥ 2× torch": 3200 GB/s is 1.07× copy, which a kernel can measure (physics allows 1.1×);
