@@ -305,11 +305,11 @@ def _placement(cx: _Context, r: StoryResult) -> tuple:
 
 
 def _counts_text(c) -> str:
-    """The expected test set's tally of a tests criterion, from the verdict's counts."""
+    """The expected test set's tally of a tests criterion, from the verdict's counts; empty
+    where the reason already says it all (every test passed, none has a record, or the tests
+    no criterion checks)."""
     k = c.counts
-    if "unchecked" in k:
-        return f"{k['unchecked']} test(s) checked by no criterion"
-    if "expected" not in k:
+    if "expected" not in k or c.state == "pass" or k["lacking"] == k["expected"]:
         return ""
     parts = [f"{k['passed']} of {k['expected']} expected test(s) passed"]
     parts += [f"{k[w]} {w}" for w in ("failing", "skipped", "stale", "lacking") if k.get(w)]

@@ -382,6 +382,11 @@ def test_incomplete_criterion_shows_the_expected_test_counts(repo):
     html = read_after_render(repo, "progress.html")
     assert ">incomplete</span> tests on cpu" in _row(html, "GT-001")
     assert "1 of 2 expected test(s) passed · 1 lacking" in _row(html, "GT-001")
+    # once every expected test passed, the reason says it all: no tally repeats it
+    repo.run(tests=[("tests/test_tok.py::test_b", ["GT-001"], "passed", "cpu")])
+    ctx, _ = build_context(repo.paths)
+    (gt1,) = [s for s in ctx["stories"] if s["id"] == "GT-001"]
+    assert [(c["state"], c["reason"], c["counts"]) for c in gt1["criteria"]] == [("pass", "all 2 test(s) passed", "")]
 
 
 def test_a_median_bar_is_judged_by_the_median_case(repo):
