@@ -14,6 +14,13 @@ that ``Model.memory_estimate()`` can state it exactly before anything runs: eith
 weight is dequantized once (memory: ``dense_cache_bytes()``), or none is cached and each use
 dequantizes that one matrix again (memory: one matrix at a time). On CUDA nothing is cached:
 the weights stay packed and the kernels read ``raw``.
+
+``linear(x)`` is the CPU product with a weight. In float32 (the CPU default: the reference
+path) it is ``F.linear(x, dense(x.dtype))``. In bfloat16, 4-bit weights (Q4_0, Q4_1) are
+instead repacked once into torch's int4 weight layout with a bf16 scale and zero point per
+32 values (the block's own codes; scale and offset rounded to bf16) and multiplied by
+``torch.ops.aten._weight_int4pack_mm_for_cpu``, which reads 4.5 bits per weight instead of 16:
+the CPU decode step is bound by the bytes it reads (docs/quality.md, CPU decode speed).
 """
 from __future__ import annotations
 
@@ -191,7 +198,7 @@ class QWeight:
                 self._int4 = _int4_pack(self.raw, self.qtype, self.shape)
                 self._policy.nbytes += sum(t.numel() * t.element_size() for t in self._int4)
             packed, sz = self._int4
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.shape[-1]), packed, 32, sz)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.shape[-1]), packed, _INT4_GROUP, sz)
             y = y.reshape(*x.shape[:-1], self.shape[0])
             return y if bias is None else y + bias
         return F.linear(x, self.dense(x.dtype), bias)
@@ -204,6 +211,7 @@ class QWeight:
 
 
 _INT4_TYPES = (_Q.Q4_0, _Q.Q4_1)
+_INT4_GROUP = 32  # one scale/zero pair per 32 values: the Q4_0/Q4_1 block size
 
 
 def _int4_pack(raw: torch.Tensor, qtype, shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,9 +221,8 @@ def _int4_pack(raw: torch.Tensor, qtype, shape) -> tuple[torch.Tensor, torch.Ten
     scale d, zero 0. Q4_1 is q * d + m = (q - 8) * d + (m + 8d): scale d, zero m + 8d. The
     codes q are the block's own (value j in the low nibble of byte j, j + 16 in the high one)."""
     n, k = shape
-    nb = k // 32
-    ts = 18 if qtype == _Q.Q4_0 else 20
-    b = raw.reshape(n, nb, ts)
+    bs, ts = gguf.GGML_QUANT_SIZES[qtype]  # (32, 18) Q4_0 {f16 d, qs[16]}, (32, 20) Q4_1 {d, m, qs}
+    b = raw.reshape(n, k // bs, ts)
     d = b[..., 0:2].contiguous().view(torch.float16).squeeze(-1).float()
     qs = b[..., ts - 16:]
     q = torch.cat((qs & 0x0F, qs >> 4), dim=-1).reshape(n, k).to(torch.int32)
