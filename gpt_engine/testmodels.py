@@ -580,7 +580,7 @@ def hf_mxfp4_to_gguf(blocks, scales):
     return out.reshape(*blocks.shape[:-2], blocks.shape[-2] * 17)
 
 
-# --------------------------------------------------------------------------- re-quantized copies (issue 9)
+# --------------------------------------------------------------------------- re-quantized copies
 
 # llama.cpp's fallback for K-quant tensors whose rows are not whole 256-value super-blocks
 # (src/llama-quant.cpp, tensor type selection): Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0.
