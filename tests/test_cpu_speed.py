@@ -1,4 +1,4 @@
-"""Issue 9 item 4: CPU decode speed of the embedded default model (SmolLM2-135M Q4_1).
+"""CPU decode speed of the embedded default model (SmolLM2-135M Q4_1).
 
 Timed through the public API by the wall clock: ``Model.generate`` greedy, decode tokens/s =
 N / (time(1 + N new tokens) - time(1 new token)), so the prompt's prefill and the first token
