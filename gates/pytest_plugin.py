@@ -117,7 +117,8 @@ def marker_problems(item, catalog) -> list[str]:
 
 
 def plugin_facts(config, root: Path) -> list[dict]:
-    """Every registered plugin: its module (or its class's), and its file when it is a module.
+    """Every registered plugin: its module (or its class's, or the class itself when a class was
+    registered), and its file when it is a module.
     in_repo: the file is one of the repository's sources (not the venv inside it)."""
     pats = _sources.gitignore_patterns(root)
     out = []
@@ -130,6 +131,8 @@ def plugin_facts(config, root: Path) -> list[dict]:
             rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else None
             mine = rel is not None and _sources.counts(rel) and not _sources.ignored(rel, pats)
             out.append({"module": getattr(p, "__name__", "?"), "file": rel if mine else str(path), "in_repo": mine})
+        elif isinstance(p, type):  # a class registered as the plugin itself (pytest's legacypath does this)
+            out.append({"module": f"{p.__module__}.{p.__qualname__}", "file": None, "in_repo": False})
         else:
             out.append({"module": f"{type(p).__module__}.{type(p).__qualname__}", "file": None, "in_repo": False})
     return out

@@ -24,11 +24,18 @@ TG_PROMPT = 32  # decode after a 32-token prompt (this project's tg128 conventio
 def weight_bytes_per_token(m) -> int:
     """Bytes of weights one decode step reads: every tensor of the file except the embedding
     tables it only gathers rows from (token_embd unless it is also the tied LM head, and
-    position_embd)."""
+    position_embd). On the GPU the file's packed bytes; on the CPU, where the weights are
+    dequantized once into a dense cache when it fits (QWeight), the dense copies it then reads."""
+    from .qweight import _is_view, cache_policy
+
     skip = {"position_embd.weight"}
     if not m.config.tied_output:
         skip.add("token_embd.weight")
-    return sum(t.nbytes for name, t in m.gguf.tensors.items() if name not in skip)
+    read = {name: t for name, t in m.gguf.tensors.items() if name not in skip}
+    if m.device.type == "cpu" and cache_policy(m.gguf).enabled(m.dtype):
+        el = torch.empty((), dtype=m.dtype).element_size()
+        return sum(t.nbytes if _is_view(t.qtype, m.dtype) else t.n_elements * el for t in read.values())
+    return sum(t.nbytes for t in read.values())
 
 
 def n_params(m) -> int:

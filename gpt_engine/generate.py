@@ -18,8 +18,8 @@ class SamplingParams:
     seed: int | None = None
 
     def check(self) -> None:
-        if not (self.temperature >= 0.0):  # also rejects NaN
-            raise EngineError(f"temperature must be >= 0, got {self.temperature}")
+        if not (0.0 <= self.temperature < float("inf")):  # also rejects NaN
+            raise EngineError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise EngineError(f"top_k must be >= 0, got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):

@@ -260,8 +260,12 @@ def load(path: str | Path | None = None, device: str = "cpu", *, tokenizer_path:
          dtype: torch.dtype | None = None) -> Model:
     """Open a GGUF model (the embedded SmolLM2 when ``path`` is None) on ``device``."""
     path = Path(path) if path is not None else default_model_path()
-    if not path.is_file():
+    if not path.exists():
         raise ModelError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelError(f"{path} is a directory, not a GGUF model file")
+    if not path.is_file():
+        raise ModelError(f"{path} is not a regular file (a device or a FIFO), not a GGUF model file")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):

@@ -36,9 +36,12 @@ _MXFP4_PAIRS_BY_DEVICE: dict = {}
 def _mxfp4_pairs_on(device: torch.device) -> torch.Tensor:
     """The lookup table on ``device``, copied there once: a host-to-device copy cannot happen
     inside a captured CUDA graph (the first use is an uncaptured warm-up)."""
-    t = _MXFP4_PAIRS_BY_DEVICE.get(device)
-    if t is None:
-        t = _MXFP4_PAIRS_BY_DEVICE[device] = _MXFP4_PAIRS.to(device)
+    if torch.device(device).type == "cpu":
+        return _MXFP4_PAIRS
+    src, t = _MXFP4_PAIRS_BY_DEVICE.get(device, (None, None))
+    if src is not _MXFP4_PAIRS:  # first use, or the table was replaced (a test's mutation)
+        t = _MXFP4_PAIRS.to(device)
+        _MXFP4_PAIRS_BY_DEVICE[device] = (_MXFP4_PAIRS, t)
     return t
 
 

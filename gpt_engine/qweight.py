@@ -14,6 +14,13 @@ that ``Model.memory_estimate()`` can state it exactly before anything runs: eith
 weight is dequantized once (memory: ``dense_cache_bytes()``), or none is cached and each use
 dequantizes that one matrix again (memory: one matrix at a time). On CUDA nothing is cached:
 the weights stay packed and the kernels read ``raw``.
+
+``linear(x)`` is the CPU product with a weight. In float32 (the CPU default: the reference
+path) it is ``F.linear(x, dense(x.dtype))``. In bfloat16, 4-bit weights (Q4_0, Q4_1) are
+instead repacked once into torch's int4 weight layout with a bf16 scale and zero point per
+32 values (the block's own codes; scale and offset rounded to bf16) and multiplied by
+``torch.ops.aten._weight_int4pack_mm_for_cpu``, which reads 4.5 bits per weight instead of 16:
+the CPU decode step is bound by the bytes it reads (docs/quality.md, CPU decode speed).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import weakref
 import gguf
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import quants
 
@@ -119,6 +127,7 @@ class QWeight:
         # CPU only: on CUDA the packed bytes are what the kernels read
         self._policy = cache if raw.device.type == "cpu" else None
         self._dense: dict[torch.dtype, torch.Tensor] = {}
+        self._int4: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_gguf(cls, f, name: str, device: str | torch.device = "cpu") -> "QWeight":
@@ -136,7 +145,10 @@ class QWeight:
     @property
     def cached_nbytes(self) -> int:
         """Bytes of dense copies this weight holds in the CPU cache."""
-        return sum(t.numel() * t.element_size() for t in self._dense.values())
+        n = sum(t.numel() * t.element_size() for t in self._dense.values())
+        if self._int4 is not None:
+            n += sum(t.numel() * t.element_size() for t in self._int4)
+        return n
 
     @property
     def device(self) -> torch.device:
@@ -193,3 +205,47 @@ class QWeight:
         raw = torch.cat([w.raw for w in weights], dim=0)
         name = "+".join(w.name or "?" for w in weights)
         return cls(raw, first.qtype, (raw.shape[0], first.shape[-1]), first._policy, name)
+
+    # ------------------------------------------------------------------ CPU products
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ W.T (+ bias)`` for a 2-D weight [out, in]; see the module docstring."""
+        if x.dtype == torch.bfloat16 and self._int4_ok():
+            if self._int4 is None:
+                self._int4 = _int4_pack(self.raw, self.qtype, self.shape)
+                self._policy.nbytes += sum(t.numel() * t.element_size() for t in self._int4)
+            packed, sz = self._int4
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.shape[-1]), packed, _INT4_GROUP, sz)
+            y = y.reshape(*x.shape[:-1], self.shape[0])
+            return y if bias is None else y + bias
+        return F.linear(x, self.dense(x.dtype), bias)
+
+    def _int4_ok(self) -> bool:
+        # the int4 kernel needs out-features divisible by 16; only where the cache is allowed
+        return (self.qtype in _INT4_TYPES and len(self.shape) == 2 and self.shape[0] % 16 == 0
+                and self._policy is not None and self._policy.cacheable(self.name)
+                and self._policy.enabled(torch.bfloat16))
+
+
+_INT4_TYPES = (_Q.Q4_0, _Q.Q4_1)
+_INT4_GROUP = 32  # one scale/zero pair per 32 values: the Q4_0/Q4_1 block size
+
+
+def _int4_pack(raw: torch.Tensor, qtype, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_0/Q4_1 blocks -> (torch int4 layout [N, K/2] uint8, scales_and_zeros [K/32, N, 2] bf16).
+
+    torch's kernel computes w = (q - 8) * scale + zero per group of 32. Q4_0 is (q - 8) * d:
+    scale d, zero 0. Q4_1 is q * d + m = (q - 8) * d + (m + 8d): scale d, zero m + 8d. The
+    codes q are the block's own (value j in the low nibble of byte j, j + 16 in the high one)."""
+    n, k = shape
+    bs, ts = gguf.GGML_QUANT_SIZES[qtype]  # (32, 18) Q4_0 {f16 d, qs[16]}, (32, 20) Q4_1 {d, m, qs}
+    b = raw.reshape(n, k // bs, ts)
+    d = b[..., 0:2].contiguous().view(torch.float16).squeeze(-1).float()
+    qs = b[..., ts - 16:]
+    q = torch.cat((qs & 0x0F, qs >> 4), dim=-1).reshape(n, k).to(torch.int32)
+    if qtype == _Q.Q4_0:
+        zero = torch.zeros_like(d)
+    else:
+        m = b[..., 2:4].contiguous().view(torch.float16).squeeze(-1).float()
+        zero = m + 8 * d
+    sz = torch.stack((d.T, zero.T), dim=-1).to(torch.bfloat16).contiguous()
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), sz

@@ -578,3 +578,90 @@ def hf_mxfp4_to_gguf(blocks, scales):
     packed = codes[..., :16] | (codes[..., 16:] << 4)
     out = np.concatenate((scales[..., None], packed), axis=-1)
     return out.reshape(*blocks.shape[:-2], blocks.shape[-2] * 17)
+
+
+# --------------------------------------------------------------------------- re-quantized copies
+
+# llama.cpp's fallback for K-quant tensors whose rows are not whole 256-value super-blocks
+# (src/llama-quant.cpp, tensor type selection): Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0.
+K_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+# gguf-py's LlamaFileType ids for general.file_type (the field is informational for our loader)
+_FILE_TYPE = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q4_K": 14, "Q5_K": 16,
+              "Q6_K": 18, "MXFP4": 38, "Q4_K_M": 15}
+
+
+def fit_type(qtype: str, row: int) -> str:
+    """``qtype``, or llama.cpp's fallback when a row of ``row`` values is not whole super-blocks."""
+    return K_FALLBACK[qtype] if qtype in K_FALLBACK and row % 256 else qtype
+
+
+def uniform_plan(tensors, qtype: str) -> dict[str, str]:
+    """Every 2-D tensor (token embedding / LM head included) in ``qtype`` (K-quants with
+    llama.cpp's fallbacks); 1-D tensors (norms, biases) F32, as llama.cpp keeps them."""
+    return {n: fit_type(qtype, t.shape[-1]) if len(t.shape) == 2 else "F32" for n, t in tensors.items()}
+
+
+def q4_k_m_plan(tensors, n_layer: int) -> dict[str, str]:
+    """A mix in the style of llama.cpp's Q4_K_M (src/llama-quant.cpp, as we read it): Q4_K by
+    default; attn_v and ffn_down in Q6_K on the layers where ``use_more_bits`` holds (first and
+    last eighth of the layers, and every third layer between); the LM head (the token embedding
+    when tied) in Q6_K; every K type falls back (``K_FALLBACK``) where rows are not whole
+    256-value super-blocks. 1-D tensors F32."""
+    def more_bits(i: int) -> bool:
+        return i < n_layer // 8 or i >= 7 * n_layer // 8 or (i - n_layer // 8) % 3 == 2
+
+    head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    plan = {}
+    for n, t in tensors.items():
+        if len(t.shape) != 2:
+            plan[n] = "F32"
+            continue
+        q = "Q4_K"
+        if n == head:
+            q = "Q6_K"
+        elif n.startswith("blk.") and n.endswith(("attn_v.weight", "ffn_down.weight")) and more_bits(int(n.split(".")[1])):
+            q = "Q6_K"
+        plan[n] = fit_type(q, t.shape[-1])
+    return plan
+
+
+def requantize_gguf(src, dst, plan: dict[str, str], file_type: str | None = None) -> dict[str, str]:
+    """Write GGUF ``dst``: ``src``'s metadata, key by key with its value types, and its tensors
+    re-encoded as ``plan`` says (tensor name -> type name; missing names keep their type).
+    Weights are dequantized by ``gpt_engine.quants`` and re-encoded by ``gpt_engine.quantize``
+    (gguf-py's quantizers, ours for K-quants). Returns the type written for each tensor."""
+    import gguf
+    import numpy as np
+
+    from .gguf_file import GGUFFile
+    from .quantize import quantize
+    from .quants import dequantize_tensor
+
+    written = {}
+    with GGUFFile(src) as f:
+        w = gguf.GGUFWriter(str(dst), f.architecture())
+        for key, value in f.metadata.items():
+            types = f.value_types[key]
+            if key == "general.architecture":
+                continue  # GGUFWriter writes it from its arch argument
+            if key == "general.file_type" and file_type in _FILE_TYPE:
+                value = _FILE_TYPE[file_type]
+            if hasattr(value, "tolist"):  # numeric arrays are parsed into numpy; the writer wants lists
+                value = value.tolist()
+            w.add_key_value(key, value, types[0], sub_type=types[1] if len(types) > 1 else None)
+        for name, ti in f.tensors.items():
+            qt = plan.get(name, ti.qtype.name)
+            x = dequantize_tensor(f, name).numpy()
+            if qt == "F32":
+                w.add_tensor(name, x.astype(np.float32))
+            elif qt == "F16":
+                w.add_tensor(name, x.astype(np.float16))
+            else:
+                raw = quantize(x, qt)
+                w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType[qt])
+            written[name] = qt
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return written

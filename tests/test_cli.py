@@ -130,7 +130,7 @@ def bad_paths(tmp_path_factory):
 # the one error line. The first row proves the order: a bad argument is reported although the
 # model file is malformed too, so nothing was loaded.
 BAD_INPUT = [
-    (["generate", "BAD", "--prompt", "The capital of France is", "--temperature", "-1"], "temperature must be >= 0"),
+    (["generate", "BAD", "--prompt", "The capital of France is", "--temperature", "-1"], "temperature must be a finite number >= 0"),
     (["generate", "--prompt", "x", "--temperature", "inf"], "--temperature: must be a finite number, got 'inf'"),
     (["generate", "--prompt", "x", "--temperature", "nan"], "--temperature: must be a finite number"),
     (["generate", "--prompt", "x", "--top-p=-inf"], "--top-p: must be a finite number"),

@@ -165,3 +165,32 @@ def test_memory_estimate_matches_measured_peak_on_cpu(T, cache):
     assert rel <= tol("memory_estimate_rel"), (
         f"measured peak growth {peak / 2**20:.1f} MiB vs estimate {est['total'] / 2**20:.1f} MiB "
         f"({rel:.1%}); estimate terms: { {k: round(est[k] / 2**20, 1) for k in ('weights', 'dense_cache', 'kv_cache', 'activations', 'attention_scores', 'logits', 'dequant')} }")
+
+
+# ----------------------------------------------------------------------------- QWeight.linear
+
+@pytest.mark.story("GT-025", "GX-001")
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("rows", [192, 40])  # 40: not a multiple of 16, the int4 kernel's need
+def test_linear_matches_float64_product(qtype, rows):
+    from gpt_engine.quantize import quantize
+
+    rng = np.random.default_rng(rows)
+    w = (0.05 * rng.standard_normal((rows, 576)) + 0.01).astype(np.float32)
+    raw = torch.from_numpy(quantize(w, qtype))
+    pol = qweight.DenseCachePolicy({}, 1 << 30)
+    qw = QWeight(raw, QT[qtype], (rows, 576), pol, "blk.0.ffn_up.weight")
+    x = torch.randn(2, 3, 576, generator=torch.Generator().manual_seed(0))
+    bias = torch.randn(rows, generator=torch.Generator().manual_seed(1))
+    exact = torch.nn.functional.linear(x.double(), qw.dense().double(), bias.double())
+    # float32: the reference path, F.linear on the cached dense weight, nothing else
+    assert torch.equal(qw.linear(x, bias), torch.nn.functional.linear(x, qw.dense(), bias))
+    # bfloat16: int4 kernel where it applies (Q4_x, rows % 16 == 0), else the dense bf16 product
+    y = qw.linear(x.bfloat16(), bias.bfloat16())
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 3, rows)
+    nmse = float(((y.double() - exact) ** 2).sum() / (exact ** 2).sum())
+    assert nmse <= tol("nmse_bf16"), nmse
+    int4 = qtype != "Q8_0" and rows % 16 == 0
+    assert (qw._int4 is not None) is int4
+    if int4:  # packed codes + bf16 scale/zero pairs, counted in the cache: 4.5 bits per weight
+        assert qw.cached_nbytes - qw.dense().numel() * 4 == rows * 576 // 2 + rows * 576 // 32 * 4

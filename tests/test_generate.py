@@ -148,3 +148,20 @@ def test_stream_yields_pieces_lazily_and_matches_generate(models):
     assert len(steps) < 20  # the first piece arrived before the 20 tokens were all decoded
     del m.step
     assert first + "".join(it) == m.generate("Hello", **kw).text
+
+
+@pytest.mark.story("GT-027")
+@pytest.mark.parametrize("t", [float("inf"), float("nan"), -0.5])
+def test_non_finite_or_negative_temperature_is_refused(t):
+    with pytest.raises(EngineError, match="temperature must be a finite number >= 0"):
+        SamplingParams(temperature=t).check()
+
+
+@pytest.mark.story("GT-025")
+def test_load_names_what_the_path_is(tmp_path):
+    with pytest.raises(EngineError, match="is a directory, not a GGUF model file"):
+        gpt_engine.load(tmp_path)
+    with pytest.raises(EngineError, match="not a regular file"):
+        gpt_engine.load("/dev/null")
+    with pytest.raises(EngineError, match="model file not found"):
+        gpt_engine.load(tmp_path / "absent.gguf")

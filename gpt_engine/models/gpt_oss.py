@@ -212,9 +212,11 @@ class GptOss:
         return estimate_memory(self._file, self.cfg, self.dtype, n_ctx)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
-        """ids [B, T] -> logits [B, T, V] (or [B, 1, V] with last_only), float32. With a cache,
-        the T tokens continue what it holds (any T: the attention takes absolute positions)."""
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+        """ids [B, T] -> logits [B, T, V] (or [B, 1, V] with last_only; position at[0] only with
+        ``at``, a device index), float32. With a cache, the T tokens continue what it holds (any
+        T: the attention takes absolute positions)."""
         c = self.cfg
         T = ids.shape[1]
         start = cache.reserve(T) if cache is not None else 0
@@ -233,7 +235,9 @@ class GptOss:
             x = x + self.moe(rmsnorm(x, L.post_norm, c.norm_eps), L)
         if cache is not None:
             cache.length = start + T
-        if last_only:
+        if at is not None:
+            x = x.index_select(1, at)
+        elif last_only:
             x = x[:, -1:]
         x = rmsnorm(x, self.norm, c.norm_eps)
         return F.linear(x, self.head.dense(self.dtype)).float()

@@ -102,12 +102,13 @@ def _normed(x, norm, norm_weight, norm_bias, eps):
     return x
 
 
-def dense_forward(x, w, bias, residual, norm, norm_weight, norm_bias, eps, act, float_out):
+def dense_forward(x, w, bias, residual, norm, norm_weight, norm_bias, eps, act, float_out, product=None):
     """The math with a dense weight w [N, K] in x's dtype: the product in x's dtype (as a
     GEMM library does it: fp32 accumulation, one rounding), the epilogue in fp32, rounded
-    once. The CPU path and the oracle of the kernels."""
+    once. The CPU path and the oracle of the kernels. ``product`` (h -> h @ W.T) replaces the
+    dense product where the weight has a faster one of its own (QWeight.linear on the CPU)."""
     h = _normed(x, norm, norm_weight, norm_bias, eps)
-    y = F.linear(h, w)
+    y = product(h) if product is not None else F.linear(h, w)
     acc = acc_dtype(x.dtype)
     y = y.to(acc)
     if bias is not None:
@@ -208,4 +209,6 @@ def linear(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, residual: to
         return linear_op(x, w.raw, int(w.qtype), bias, residual, nw, nb, nk, float(eps), ACTS[act], float_out)
     n, k = w.raw.shape[0], w.shape[-1]
     _check(x, n, k, bias, residual, nk, nw, nb, ACTS[act])
-    return dense_forward(x, w.dense(x.dtype).reshape(n, k), bias, residual, nk, nw, nb, eps, ACTS[act], float_out)
+    # the weight's own CPU product: the cached dense copy, or torch's int4 kernel for Q4_0/Q4_1
+    # with bf16 activations (QWeight.linear)
+    return dense_forward(x, None, bias, residual, nk, nw, nb, eps, ACTS[act], float_out, product=w.linear)

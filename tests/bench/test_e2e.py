@@ -11,8 +11,8 @@ were not measured in this run, so they are not references.
 The model files are written once per machine into $GPT_ENGINE_BENCH_MODELS (default
 /tmp/gpt-engine-bench-models) and reused by later runs on a warm machine.
 """
+import math
 import os
-import statistics
 
 import pytest
 import torch
@@ -39,9 +39,10 @@ MODELS = [("gpt2-124m", "F16"), ("gpt2-1.5b", "F16"), ("smollm2-135m", "F16"), (
 
 
 def _matmul_params(m) -> int:
-    """Weights multiplied per token (every 2-D weight except the gathered embedding tables)."""
-    return e2e.weight_bytes_per_token(m) // 2 if all(
-        t.qtype.name == "F16" for t in m.gguf.tensors.values() if len(t.shape) == 2) else None
+    """Weights multiplied per token: every weight except the tables a token only gathers a row
+    from (position_embd; token_embd unless it is also the LM head)."""
+    skip = {"position_embd.weight"} | (set() if m.config.tied_output else {"token_embd.weight"})
+    return sum(math.prod(t.shape) for name, t in m.gguf.tensors.items() if name not in skip)
 
 
 @pytest.mark.story("GT-048", "GX-003")
@@ -86,10 +87,7 @@ def test_end_to_end_throughput(bench, shape, qtype):
                          "host_us_per_token": tg.get("host_us_per_token"), **agree,
                          "compiled_warmup_s": compiled_warm, "llamacpp_same_card_kind_earlier_run": llama_tg})
     flops_rate = bench.matmul_rate() * 1e12  # FLOP/s, bf16 8192^3, this run
-    mp = _matmul_params(m)
-    prefill_refs = {"hf": hf_pp}
-    if mp:
-        prefill_refs["roofline"] = flops_rate / (2 * mp)
+    prefill_refs = {"hf": hf_pp, "roofline": flops_rate / (2 * _matmul_params(m))}
     bench.record(f"perf.prefill.{shape}.{qtype}", pp["mean"], "tok/s", kind="throughput", references=prefill_refs,
                  params={**common, "test": f"pp{N_PROMPT}", "sd": pp["sd"], "samples": pp["samples"],
                          "llamacpp_same_card_kind_earlier_run": llama_pp})

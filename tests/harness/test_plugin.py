@@ -185,3 +185,27 @@ def test_a_session_fixture_is_charged_to_every_test_that_uses_it(inner):
     doc = newest_evidence(inner)
     for sid in ("GT-001", "GT-008"):
         assert {"src/maker.py", "tests/conftest.py"} <= set(doc["story_files"][sid]), sid
+
+
+def test_a_class_registered_as_a_plugin_is_named_by_the_class():
+    """pytest's own legacypath registers a class, not an instance, as a plugin; the record must name
+    that class (an H200 run once logged it as 'builtins.type', which the audit rightly refused to
+    trust), and the audit accepts pytest's own class while naming any other."""
+    from pathlib import Path
+
+    import _pytest.legacypath as lp
+
+    from gates.audit import plugin_problems
+    from gates.pytest_plugin import plugin_facts
+
+    class Foreign:
+        pass
+
+    class PM:
+        def list_name_plugin(self):
+            return [("legacypath-tmpdir", lp.LegacyTmpdirPlugin), ("foreign", Foreign)]
+
+    facts = plugin_facts(type("Cfg", (), {"pluginmanager": PM()})(), Path.cwd())
+    assert facts[0]["module"] == "_pytest.legacypath.LegacyTmpdirPlugin"
+    problems = [p for p in plugin_problems({"pytest": {"plugins": facts}}) if p.startswith("plugin ")]
+    assert len(problems) == 1 and "Foreign" in problems[0]

@@ -172,3 +172,38 @@ def test_rmsnorm_reference_matches_transformers():
         norm.weight.copy_(torch.randn(96))
     x = torch.randn(5, 96)
     assert torch.allclose(lin.rmsnorm_reference(x, norm.weight.detach(), 1e-5), norm(x).detach(), atol=1e-6)
+
+
+GEMV_SHAPES = [(768, 768), (2304, 768), (3072, 768), (768, 3072), (1600, 1600), (4800, 1600), (6400, 1600),
+               (1600, 6400), (4096, 4096), (2880, 2880)]
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.benchmark
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("n,k", GEMV_SHAPES, ids=lambda v: str(v))
+def test_gemv_bandwidth(bench, n, k):
+    """One decode GEMV (M = 1, fp16 weight), as the decode step runs it: calls captured in a CUDA
+    graph, each on a different weight so that 512 MiB are read per replay and nothing is served
+    from L2. Bandwidth counts the weight bytes; reference: cuBLAS (F.linear) on the same calls."""
+    from ._bench import graphed
+    nbytes = n * k * 2
+    reps = max(4, (512 << 20) // nbytes)
+    ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(reps)]
+    qs = [QWeight(w.view(torch.uint8), Q.F16, (n, k)) for w in ws]
+    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+    assert_nmse(ops.linear(x, qs[0]), x.double() @ ws[0].double().T, "nmse_fp16")
+
+    def ours():
+        for q in qs:
+            ops.linear(x, q)
+
+    def cublas():
+        for w in ws:
+            F.linear(x, w)
+    t_ours = bench.cuda_time(graphed(ours), warmup=3, reps=20, flush_l2=False) / reps
+    t_cublas = bench.cuda_time(graphed(cublas), warmup=3, reps=20, flush_l2=False) / reps
+    bench.record(f"linear_gemv.fp16.{n}x{k}", nbytes / t_ours / 1e9, "GB/s", kind="bandwidth",
+                 references={"cublas": nbytes / t_cublas / 1e9},
+                 params={"n": n, "k": k, "m": 1, "weights_per_replay": reps, "us_per_call": t_ours * 1e6})
