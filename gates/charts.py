@@ -22,7 +22,7 @@ COLORS = ("#1f6feb", "#bf3989", "#1a7f37", "#9a6700", "#8250df", "#57606a")
 # the report's badge colours, so a status looks the same in the chart and in the tables
 STATUS_COLORS = {"verified": "#1a7f37", "cpu-only": "#8250df", "partial": "#0969da", "stale": "#9a6700",
                  "failing": "#cf222e", "not-started": "#57606a"}
-MAX_X_LABELS = 8
+MAX_X_LABELS = 9      # labels that fit under a 6-inch chart; the 12-inch one takes twice as many
 _STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
           "axes.grid": True, "grid.color": "#d0d7de", "grid.linewidth": 0.6, "axes.axisbelow": True}
 
@@ -46,10 +46,12 @@ def run_label(when: datetime | None) -> str:
     return "now" if when is None else when.strftime("%b %d\n%H:%M")
 
 
-def _run_axis(ax, runs: list[datetime | None]) -> None:
+def _run_axis(ax, runs: list[datetime | None], max_labels: int = MAX_X_LABELS) -> None:
+    """At most ``max_labels`` runs carry a tick and a label: every k-th, counted back from the
+    newest (which is always labelled), so the labelled runs are evenly spaced."""
     n = len(runs)
-    ticks = sorted({round(i * (n - 1) / (MAX_X_LABELS - 1)) for i in range(MAX_X_LABELS)}) if n > MAX_X_LABELS \
-        else list(range(n))
+    stride = -(-n // max_labels)          # ceil(n / max_labels)
+    ticks = sorted(range(n - 1, -1, -stride))
     ax.set_xticks(ticks, [run_label(runs[i]) for i in ticks])
     ax.set_xlim(-0.5, n - 0.5)
     ax.set_xlabel("evidence runs, oldest to newest", fontsize=8, color="#57606a")
@@ -109,6 +111,6 @@ def stories_over_time(uid: str, points: list[tuple[datetime | None, dict[str, in
         ax.set_ylim(0, total * 1.08 or 1)
         ax.yaxis.set_major_locator(MaxNLocator(nbins=6, integer=True, steps=[1, 2, 2.5, 5, 10]))
         ax.set_ylabel("stories")
-        _run_axis(ax, [t for t, _ in points])
+        _run_axis(ax, [t for t, _ in points], 2 * MAX_X_LABELS)
         _legend_below(fig, ax, len(shown) + 1)
     return _svg(fig, uid)

@@ -1,9 +1,12 @@
 """Story statuses over time, replayed from the evidence history.
 
 After each evidence run k, the verdict is computed again from the runs up to that moment,
-against the tree "as of run k": every file has the newest hash that a run up to k recorded
-for it (each run records the sha256 of every file its stories' tests used). So a run is
-fresh at point k exactly when no later run up to k saw one of its files changed.
+against the tree "as of run k": every file has the newest hash that a counted run up to k
+recorded for it (each run records the sha256 of every file its stories' tests used). So a
+run is fresh at point k exactly when no later counted run up to k saw one of its files
+changed. Runs the audit does not count (a dirty tree, a foreign plugin, schema 1 history)
+neither count nor move the tree: an experiment on uncommitted code is no state of the
+project's history, and the verdict after it is the verdict before it.
 
 What the replay takes from today, because the evidence does not record it: the story cards
 and the catalog, the expected test set (collection of today's tests: a story that gained
@@ -24,8 +27,8 @@ NOW = "now (working tree)"
 
 
 class TreeAsOf(Tree):
-    """The tree as the evidence saw it after a run: file hashes from the runs' records,
-    never from the disk. A file no run had recorded by then reads as absent."""
+    """The tree as the counted evidence saw it after a run: file hashes from the runs'
+    records, never from the disk. A file no counted run had recorded by then reads as absent."""
 
     def __init__(self, root: Path, sha: dict[str, str]):
         super().__init__(root)
@@ -55,12 +58,17 @@ def status_history(ev: Evaluator, now: datetime) -> list[tuple[datetime, dict, s
     ordered = sorted(ev.runs, key=lambda r: (r["run"]["finished"], r["_file"]))
     first = max(0, len(ordered) - MAX_POINTS)
     seen: dict[str, str] = {}
+
+    def saw(run):
+        if ev.audits[run["_file"]].counts:
+            seen.update(run.get("source_files", {}))
+
     for run in ordered[:first]:
-        seen.update(run.get("source_files", {}))
+        saw(run)
     points = []
     for k in range(first, len(ordered)):
         run = ordered[k]
-        seen.update(run.get("source_files", {}))
+        saw(run)
         then = Evaluator(ev.stories, ordered[: k + 1], TreeAsOf(ev.tree.root, seen), catalog=ev.catalog,
                          manifest=ev.manifest, audits=(ev.audits, ev.gone))
         points.append((_when(run), _counts(then), run["_file"]))

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -234,6 +235,28 @@ def test_stories_over_time_replays_the_evidence_history(repo):
     html = read_after_render(repo, "progress.html")
     chart = html.split('id="over-time"')[1].split("</figure>")[0]
     assert "<svg" in chart and "now" in chart and "all 3 stories" in chart
+
+
+def test_stories_over_time_ignores_files_that_do_not_count(repo):
+    passing_gate1(repo)
+    # an experiment on a dirty tree that changed GT-001's source: it does not count, so it
+    # neither verifies anything nor makes the counted runs before it stale
+    repo.run(tests=[("tests/test_tok.py::test_a", ["GT-001"], "failed", "cpu")],
+             edit=lambda d: (d["provenance"].update(dirty=True), d["source_files"].update({"src/tok.py": "0" * 64})))
+    ctx, _ = build_context(repo.paths)
+    assert [h["counts"].get("verified", 0) for h in ctx["history"]] == [1, 2, 2, 2]
+    assert [h["counts"].get("failing", 0) for h in ctx["history"]] == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("n, labelled", [
+    (9, list(range(9))),                          # up to 9 runs: every run is labelled
+    (20, [1, 4, 7, 10, 13, 16, 19]),              # more: every 3rd, counted back from the newest
+])
+def test_trend_chart_labels_evenly_spaced_runs_ending_with_the_newest(n, labelled):
+    from gates.charts import trend_chart
+    runs = [datetime(2026, 1, 1) + timedelta(hours=i) for i in range(n)]
+    svg = trend_chart("t", runs, {"series": [(i, 1.0) for i in range(n)]}, "ratio", 0.9)
+    assert re.findall(r">(\d\d):00</text>", svg) == [f"{h:02d}" for h in labelled]
 
 
 def read_after_render(repo, name):
