@@ -296,3 +296,14 @@ def run_inner(repo: Repo, *args, commit=True, env=None, plugins=("-p", "gates.py
 def newest_evidence(repo: Repo) -> dict:
     files = sorted(repo.paths.evidence.glob("*.json"), key=lambda p: p.stat().st_mtime)
     return evidence.load_file(files[-1])
+
+
+def after_the_newest_run(repo: Repo):
+    """Wait until the wall clock has left the second in which the newest evidence finished.
+    Evidence times have one-second resolution and runs of the same second are ordered by file
+    name (their commit), so a run meant to be newer than another must finish in a later second."""
+    import time
+    finished = datetime.strptime(newest_evidence(repo)["run"]["finished"], "%Y-%m-%dT%H:%M:%SZ")
+    wait = finished.replace(tzinfo=timezone.utc).timestamp() + 1.0 - time.time()
+    if wait > 0:
+        time.sleep(wait)

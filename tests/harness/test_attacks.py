@@ -11,8 +11,8 @@ from gates import evidence, sources
 from gates.cli import main
 from gates.verdict import Evaluator
 
-from tests.harness._synth import (GPU, TESTS_CPU, TESTS_CUDA, Repo, git, metric, newest_evidence, passing_gate1,
-                                  run_inner, write_log)
+from tests.harness._synth import (GPU, TESTS_CPU, TESTS_CUDA, Repo, after_the_newest_run, git, metric,
+                                  newest_evidence, passing_gate1, run_inner, write_log)
 
 pytestmark = pytest.mark.story("GT-042")
 
@@ -136,6 +136,7 @@ def test_deselect_in_addopts_leaves_the_deselected_test_missing(buggy):
 
 def test_prune_keep_1_after_a_subset_run_leaves_the_story_incomplete(buggy):
     buggy.write("src/code.py", "def value():\n    return 1  # stale the failing run\n")
+    after_the_newest_run(buggy)    # the subset run must be the newest, the one prune keeps
     r = run_inner(buggy, "tests", "--deselect", "tests/test_code.py::test_bad")
     assert r.returncode == 0, r.stdout + r.stderr
     assert cli(buggy, "prune", "--keep", "1") == 0
