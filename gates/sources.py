@@ -240,17 +240,6 @@ class Tree:
         self.root = Path(root)
         self._pats = gitignore_patterns(self.root)
         self._sha: dict[str, str | None] = {}
-        self.runs: list = []           # set by the Evaluator; only the legacy view below reads it
-
-    def __getitem__(self, i):
-        """Legacy (hashes, members, files) view for gates/report.py until it asks the
-        Evaluator: there is no single current hash per story any more (each run recorded the
-        files its tests used), so `hashes.get(sid) == run_hash` answers "is that run fresh"."""
-        if i == 0:
-            return _LegacyHashes(self)
-        if i == 1:
-            return _LegacyMembers()
-        raise IndexError(i)
 
     def sha(self, rel: str) -> str | None:
         """sha256 of the file now, None when it is gone or no longer counts as a source."""
@@ -272,38 +261,6 @@ class Tree:
         return changed, removed
 
 
-class _Fresh:
-    def __init__(self, tree, sid):
-        self.tree, self.sid = tree, sid
-
-    def __eq__(self, run_hash):
-        for run in self.tree.runs:
-            if run.get("source_hashes", {}).get(self.sid) == run_hash:
-                files = run.get("story_files", {}).get(self.sid, [])
-                return self.tree.changes(run.get("source_files", {}), files) == ([], [])
-        return False
-
-    __hash__ = None
-
-
-class _LegacyHashes:
-    def __init__(self, tree):
-        self.tree = tree
-
-    def get(self, sid, default=None):
-        return _Fresh(self.tree, sid)
-
-
-class _LegacyMembers:
-    """Every test file a story's tests ran from is among its measured sources."""
-
-    def get(self, sid, default=None):
-        return self
-
-    def __contains__(self, path):
-        return True
-
-
 def hash_stories(root: Path, stories=None) -> Tree:
-    """The working tree as the verdict sees it (kept under this name for gates/report.py)."""
+    """The working tree as the verdict sees it."""
     return Tree(root)

@@ -118,7 +118,6 @@ class Evaluator:
         self.stories = stories
         self.tree = tree
         self.runs = sorted(runs, key=lambda r: (_ts(r), r["_file"]), reverse=True)   # newest first
-        tree.runs = self.runs
         self.catalog = catalog or _catalog.load(tree.root)
         unknown = _catalog.unknown_cards(self.catalog, stories)
         if unknown:
