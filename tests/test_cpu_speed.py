@@ -94,13 +94,14 @@ def test_linear_step_float32_vs_bf16_int4(bench, monkeypatch):
     """Component benchmark: every matrix product of one SmolLM2 decode step (7 per layer + the
     tied LM head), through QWeight.linear on the model's own weights: float32 on the dense
     cache (what the CPU path runs today) against bfloat16, where Q4_1 weights take the int4
-    kernel (the head is Q8_0 in this file: dense bf16). Shows what wiring the op layer's CPU
-    linear to QWeight.linear would buy a bf16 model; not an end-to-end figure."""
+    kernel (the head is Q8_0 in this file: dense bf16). The op layer's CPU linear calls
+    QWeight.linear, so this is what a bf16 model's products cost; not an end-to-end figure."""
     monkeypatch.delenv(CACHE_ENV, raising=False)
     m = gpt_engine.load()
     c = m.config
-    ws = [(L[k], c.n_ff if k == "down" else c.n_embd) for L in m.net.layers
-          for k in ("q", "k", "v", "o", "gate", "up", "down")] + [(m.net.head, c.n_embd)]
+    # the CPU layout keeps q, k, v and gate, up as separate memory-mapped weights (models/llama.py)
+    ws = [(w, c.n_ff if w is L["down"] else c.n_embd) for L in m.net.layers
+          for w in (*L["qkv"], L["o"], *L["gate_up"], L["down"])] + [(m.net.head, c.n_embd)]
     xs = {dt: {k: torch.randn(1, 1, k).to(dt) for k in {c.n_embd, c.n_ff}} for dt in (torch.float32, torch.bfloat16)}
 
     def step(dt):
