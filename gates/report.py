@@ -35,7 +35,7 @@ from gates import physics
 from gates.cards import _fmt_where
 from gates.charts import stories_over_time, trend_chart
 from gates.provenance import git_state
-from gates.verdict import STATUSES, Evaluator, StoryResult, age_text, device_matches
+from gates.verdict import STATUSES, Evaluator, StoryResult, age_text, device_matches, metric_problems, normalized
 
 ROOFLINE_REFS = ("copy", "matmul", "roofline")   # device ceilings, measured in the same run
 # A measured bandwidth may exceed the copy bandwidth by the copy measurement's own spread
@@ -135,34 +135,6 @@ def audit_word(audit) -> str:
     return "history" if audit.history else "rejected"
 
 
-def metric_problems(ev: Evaluator, run: dict, m: dict) -> list[str]:
-    """Why a metric record is invalid, recomputed as the verdict does (gates/physics.py) from
-    its value, references and the run's own baselines; the record's `valid` is not believed."""
-    dev = m.get("device") or "cpu"
-    base = run.get("baselines", {}).get(dev, {})
-    copy, matmul = base.get("copy_gbps"), base.get("matmul_tflops")
-    refs = m.get("references", {})
-    reasons = [] if m.get("valid", False) else [m.get("invalid_reason") or "recorded invalid"]
-    try:
-        f = physics.factor(m["kind"], m["unit"])
-        for ref, base_v in (("copy", copy), ("matmul", matmul)):
-            if ref in refs and (base_v is None or abs(refs[ref] * f - base_v) > 1e-9 * base_v):
-                reasons.append(f"reference {ref} {refs[ref]:.6g} is not the run's measured baseline")
-    except (KeyError, TypeError):
-        reasons.append(f"unknown kind/unit {m.get('kind')}/{m.get('unit')}")
-    reasons += physics.problems(m.get("kind"), m.get("unit"), m.get("value"), refs, m.get("params", {}),
-                                dev != "cpu", copy, matmul)
-    reasons += physics.baseline_problems(dev, copy, matmul, ev.catalog.devices.get(dev))
-    return list(dict.fromkeys(reasons))
-
-
-def normalized(m: dict) -> dict:
-    """value ÷ each reference, recomputed (inverted where lower is better: above 1 is better)."""
-    hib = m.get("higher_is_better", True)
-    return {ref: physics.ratio(m["value"], rv, hib) for ref, rv in m.get("references", {}).items()
-            if physics.positive(rv) and physics.positive(m.get("value"))}
-
-
 def results_frame(ev: Evaluator, runs: list) -> pd.DataFrame:
     """One row per (test or metric record, story) across every evidence file: whether the
     file counts (the audit), whether the record is fresh for the story, and for metrics the
@@ -180,7 +152,7 @@ def results_frame(ev: Evaluator, runs: list) -> pd.DataFrame:
                              "outcome": t["outcome"], "duration_s": t["duration"], "device": t.get("device"),
                              "skip_reason": t.get("skip_reason"), "fresh": bool(sid) and ev.fresh(r, sid)})
         for m in r["benchmarks"]:
-            bad = metric_problems(ev, r, m)
+            bad = metric_problems(ev.catalog.devices, r, m)
             for sid in m["stories"] or [None]:
                 row = {**base, "record": "metric", "story": sid, "nodeid": m["nodeid"], "metric": m["name"],
                        "value": m["value"], "unit": m["unit"], "kind": m["kind"], "device": m.get("device"),
@@ -525,7 +497,7 @@ def _throughput(cx: _Context) -> dict:
             cells = {p: {"value": m["references"].get(p), "ratio": ratios.get(p)} for p in peers}
             au = cx.audit(run["_file"])
             rows.append({"model": model, "type": qtype, "device": device, "value": m["value"], "unit": m["unit"],
-                         "valid": not metric_problems(cx.ev, run, m), "peers": cells, "file": run["_file"],
+                         "valid": not metric_problems(cx.ev.catalog.devices, run, m), "peers": cells, "file": run["_file"],
                          "href": cx.evidence_href(run["_file"]), "age": age_text(run["run"]["finished"], cx.now),
                          "audit": audit_word(au)})
         tables[phase] = {"peers": peers, "rows": rows}
@@ -618,7 +590,7 @@ def _risks(cx: _Context, results: list) -> list:
                           "why": "; ".join(au.reasons) + (f" — collection errors: {_few(errs)}" if errs else ""),
                           "file": run["_file"]})
         for m in run["benchmarks"]:
-            bad = metric_problems(cx.ev, run, m)
+            bad = metric_problems(cx.ev.catalog.devices, run, m)
             if bad:
                 risks.append({"level": "high", "story": ", ".join(m["stories"]) or None,
                               "what": f"invalid metric {m['name']} in the {where}", "why": "; ".join(bad),

@@ -111,6 +111,36 @@ def _run_ref(run, **extra) -> dict:
             "finished": _ts(run), "machine_class": p.get("machine_class"), **extra}
 
 
+def metric_problems(devices: dict, run: dict, m: dict) -> list[str]:
+    """Why a metric record is invalid, recomputed (gates/physics.py) from its value, references
+    and the run's own baselines; the record's `valid` is not believed. devices: the catalog's
+    datasheet peaks per device."""
+    dev = m.get("device") or "cpu"
+    base = run.get("baselines", {}).get(dev, {})
+    copy, matmul = base.get("copy_gbps"), base.get("matmul_tflops")
+    refs = m.get("references", {})
+    reasons = [] if m.get("valid", False) else [m.get("invalid_reason") or "recorded invalid"]
+    try:
+        f = physics.factor(m["kind"], m["unit"])
+        for ref, base_v in (("copy", copy), ("matmul", matmul)):
+            if ref in refs and (base_v is None or abs(refs[ref] * f - base_v) > 1e-9 * base_v):
+                reasons.append(f"reference {ref} {refs[ref]:.6g} is not the run's measured baseline")
+    except (KeyError, TypeError):
+        reasons.append(f"unknown kind/unit {m.get('kind')}/{m.get('unit')}")
+    reasons += physics.problems(m.get("kind"), m.get("unit"), m.get("value"), refs, m.get("params", {}),
+                                dev != "cpu", copy, matmul)
+    reasons += physics.baseline_problems(dev, copy, matmul, devices.get(dev))
+    return list(dict.fromkeys(reasons))
+
+
+def normalized(m: dict) -> dict:
+    """value vs each reference, recomputed, never read from the evidence (inverted where lower
+    is better: above 1 is better)."""
+    hib = m.get("higher_is_better", True)
+    return {ref: physics.ratio(m["value"], rv, hib) for ref, rv in m.get("references", {}).items()
+            if physics.positive(rv) and physics.positive(m.get("value"))}
+
+
 class Evaluator:
     def __init__(self, stories: dict, runs: list, tree, *, catalog=None, manifest=None, audits=None):
         """tree: gates.sources.Tree (sources.hash_stories(root)). catalog, manifest and audits
@@ -306,34 +336,15 @@ class Evaluator:
         by_run: dict[str, list] = {}
         ratios: dict[str, list] = {}
         for m, t, run in cases:
-            dev = m.get("device") or "cpu"
-            base = run.get("baselines", {}).get(dev, {})
-            copy, matmul = base.get("copy_gbps"), base.get("matmul_tflops")
             refs = dict(m.get("references", {}))
-            reasons = []
-            if not m.get("valid", False):
-                reasons.append(m.get("invalid_reason") or "recorded invalid")
-            try:
-                f = physics.factor(m["kind"], m["unit"])
-                for ref, base_v in (("copy", copy), ("matmul", matmul)):
-                    if ref in refs and (base_v is None or abs(refs[ref] * f - base_v) > 1e-9 * base_v):
-                        reasons.append(f"reference {ref} {refs[ref]:.6g} is not the run's measured baseline")
-            except (KeyError, TypeError):
-                reasons.append(f"unknown kind/unit {m.get('kind')}/{m.get('unit')}")
-            reasons += physics.problems(m["kind"], m["unit"], m["value"], refs, m.get("params", {}),
-                                        dev != "cpu", copy, matmul)
-            reasons += physics.baseline_problems(dev, copy, matmul, self.catalog.devices.get(dev))
+            reasons = metric_problems(self.catalog.devices, run, m)
             if reasons:
-                invalid.append(f"{m['name']}: {'; '.join(dict.fromkeys(reasons))}")
+                invalid.append(f"{m['name']}: {'; '.join(reasons)}")
             if t["outcome"] != "passed":
                 problems.append(f"{m['name']}: its test {t['nodeid']} {t['outcome']}")
-            hib = m.get("higher_is_better", True)
             case = {"name": m["name"], "value": m["value"], "unit": m["unit"], "kind": m["kind"],
                     "device": m.get("device"), "valid": not reasons, "params": m.get("params", {}),
-                    "references": refs, "ratios": {},
-                    # recomputed, never read from the evidence: value vs each reference, > 1 is better
-                    "normalized": {ref: physics.ratio(m["value"], rv, hib) for ref, rv in refs.items()
-                                   if physics.positive(rv) and physics.positive(m["value"])}}
+                    "references": refs, "ratios": {}, "normalized": normalized(m)}
             for ref in {**c.min_ratio, **c.max_ratio}:
                 rv = refs.get(ref)
                 if not physics.positive(rv) or not physics.positive(m["value"]):

@@ -81,10 +81,6 @@ class device_checked:
         _DEVICE_CHECKED[0] -= 1
         return False
 
-    @staticmethod
-    def active() -> bool:
-        return _DEVICE_CHECKED[0] > 0
-
 
 def rows_contiguous(t: torch.Tensor) -> torch.Tensor:
     """The kernels read [..., C] tensors as dense rows."""

@@ -102,6 +102,15 @@ def _normed(x, norm, norm_weight, norm_bias, eps):
     return x
 
 
+def _activate(y: torch.Tensor, act: int) -> torch.Tensor:
+    if act == ACTS["gelu_tanh"]:
+        return F.gelu(y, approximate="tanh")
+    if act == ACTS["swiglu"]:
+        g, u = y.chunk(2, dim=-1)
+        return F.silu(g) * u
+    return y
+
+
 def dense_forward(x, w, bias, residual, norm, norm_weight, norm_bias, eps, act, float_out, product=None):
     """The math with a dense weight w [N, K] in x's dtype: the product in x's dtype (as a
     GEMM library does it: fp32 accumulation, one rounding), the epilogue in fp32, rounded
@@ -113,11 +122,7 @@ def dense_forward(x, w, bias, residual, norm, norm_weight, norm_bias, eps, act, 
     y = y.to(acc)
     if bias is not None:
         y = y + bias.to(acc)
-    if act == ACTS["gelu_tanh"]:
-        y = F.gelu(y, approximate="tanh")
-    elif act == ACTS["swiglu"]:
-        g, u = y.chunk(2, dim=-1)
-        y = F.silu(g) * u
+    y = _activate(y, act)
     if residual is not None:
         y = y + residual.to(acc)
     return y.float() if float_out else y.to(x.dtype)
@@ -158,12 +163,7 @@ def _prefill(x, w, bias, residual, norm, norm_weight, norm_bias, eps, act, float
     if act == ACTS["gelu_tanh"] and bias is not None:
         y = bias_gelu(F.linear(h, w), bias, "tanh")
     else:
-        y = F.linear(h, w, bias)
-        if act == ACTS["gelu_tanh"]:
-            y = F.gelu(y, approximate="tanh")
-        elif act == ACTS["swiglu"]:
-            g, u = y.chunk(2, dim=-1)
-            y = F.silu(g) * u
+        y = _activate(F.linear(h, w, bias), act)
     if residual is not None:
         y = residual_add(y.contiguous(), residual.contiguous())
     return y.float() if float_out else y

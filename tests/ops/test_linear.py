@@ -13,6 +13,7 @@ from gpt_engine import ops
 from gpt_engine.ops import linear_module as lin
 from gpt_engine.qweight import QWeight
 
+from ._bench import graphed
 from ._util import DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, randn
 
 Q = gguf.GGMLQuantizationType
@@ -187,7 +188,6 @@ def test_gemv_bandwidth(bench, n, k):
     """One decode GEMV (M = 1, fp16 weight), as the decode step runs it: calls captured in a CUDA
     graph, each on a different weight so that 512 MiB are read per replay and nothing is served
     from L2. Bandwidth counts the weight bytes; reference: cuBLAS (F.linear) on the same calls."""
-    from ._bench import graphed
     nbytes = n * k * 2
     reps = max(4, (512 << 20) // nbytes)
     ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(reps)]
