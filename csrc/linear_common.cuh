@@ -1,0 +1,218 @@
+// Pieces every decode GEMV kernel shares (csrc/linear.cu: dense weights; csrc/linear_q.cu:
+// GGUF blocks): the weight-row pairing, the staging of the activation rows into shared memory
+// with the fused LayerNorm/RMSNorm, and the epilogues (bias, tanh-GELU, SwiGLU, residual, fp32
+// out, QKV + RoPE + KV-cache append). A kernel computes, per warp, the fp32 dot products of one
+// row pair with the M staged activation rows and hands them to finish_pair().
+#pragma once
+#include <cmath>
+
+#include "common.cuh"
+#include "gelu_math.cuh"
+#include "launchers.h"
+
+namespace gpte {
+namespace linear_detail {
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
+// The two weight rows of pair `pair`: (2p, 2p+1); SwiGLU: gate row p and up row n_out + p; QKV
+// with neox RoPE: per head, (i, i + R/2) for i < R/2, then adjacent pairs past the rotary dims.
+__device__ __forceinline__ void pair_rows(const LinearArgs& p, int pair, int& r0, int& r1) {
+  if (p.act == kActSwiglu) {
+    r0 = pair;
+    r1 = pair + p.n_out;
+  } else if (p.act == kActQkv && p.qkv.rope_mode == kRopeNeox) {
+    const int hd = p.qkv.d / 2, h = pair / hd, i = pair - h * hd, rh = p.qkv.rope_dim / 2;
+    r0 = h * p.qkv.d + (i < rh ? i : p.qkv.rope_dim + 2 * (i - rh));
+    r1 = i < rh ? r0 + rh : r0 + 1;
+  } else {
+    r0 = 2 * pair;
+    r1 = 2 * pair + 1;
+  }
+}
+
+// QKV epilogue for batch row m: (v0, v1) are rows (r0, r1) of [q heads | k heads | v heads] with
+// their bias; q and k are rotated, q goes to out [M, Hq, D], k and v to the caches at pos[m].
+template <typename A>
+__device__ __forceinline__ void qkv_epilogue(const LinearArgs& p, int m, int pair, int r0, int r1, float v0,
+                                             float v1) {
+  const QkvEpilogue& e = p.qkv;
+  const int64_t pos = e.pos[m];
+  const bool ok = pos >= 0 && pos < e.cache_s && (e.rope_mode == kRopeNone || pos < e.table_rows);
+  if (pair == 0) {
+    if (ok && e.lens) e.lens[m] = (int32_t)(pos + 1);
+    if (!ok && e.status) atomicOr(e.status, kStatusBadPosition);
+  }
+  const int hs = r0 / e.d, e0 = r0 - hs * e.d, e1 = r1 - hs * e.d;
+  const bool is_v = hs >= e.hq + e.hkv;
+  const int rh = e.rope_dim / 2;
+  // frequency index of a rotated pair: adjacent pairs (2i, 2i+1) -> i; neox (i, i + R/2) -> i
+  const int f = e.rope_mode == kRopeAdjacent ? (e0 < e.rope_dim ? e0 / 2 : -1)
+              : e.rope_mode == kRopeNeox ? (e0 < rh ? e0 : -1) : -1;
+  if (!ok) {
+    v0 = v1 = NAN;
+  } else if (f >= 0 && !is_v) {
+    const float c = e.cos_t[pos * rh + f], sn = e.sin_t[pos * rh + f];
+    const float a = v0 * c - v1 * sn, b = v0 * sn + v1 * c;
+    v0 = a;
+    v1 = b;
+  }
+  if (hs < e.hq) {
+    A* q = static_cast<A*>(p.out) + ((int64_t)m * e.hq + hs) * e.d;
+    q[e0] = from_f<A>(v0);
+    q[e1] = from_f<A>(v1);
+  } else if (ok) {
+    const int h = is_v ? hs - e.hq - e.hkv : hs - e.hq;
+    A* c = static_cast<A*>(is_v ? e.v_cache : e.k_cache) + (((int64_t)m * e.hkv + h) * e.cache_s + pos) * e.d;
+    c[e0] = from_f<A>(v0);
+    c[e1] = from_f<A>(v1);
+  }
+}
+
+
+// The rest of a pair's output after its dot products: lane m (m < M) holds batch row m's sums
+// (v0 for row r0, v1 for r1; v1 unused when the pair has no second row) and writes them.
+template <typename A>
+__device__ __forceinline__ void finish_pair(const LinearArgs& p, int m, int pair, int r0, int r1, bool has1, float s0,
+                                            float s1) {
+  const A* bias = static_cast<const A*>(p.bias);
+  const A* res = static_cast<const A*>(p.residual);
+  const float v0 = s0 + (bias ? to_f(bias[r0]) : 0.f);
+  const float v1 = has1 ? s1 + (bias ? to_f(bias[r1]) : 0.f) : 0.f;
+  if (p.act == kActQkv) {
+    qkv_epilogue<A>(p, m, pair, r0, r1, v0, v1);
+    return;
+  }
+  auto emit = [&](int col, float v) {
+    if (p.act == kActGeluTanh) v = gelu_tanh<false>(v);
+    const int64_t idx = (int64_t)m * p.n_out + col;
+    if (res) v += to_f(res[idx]);
+    if (p.out_f32)
+      static_cast<float*>(p.out)[idx] = v;
+    else
+      static_cast<A*>(p.out)[idx] = from_f<A>(v);
+  };
+  if (p.act == kActSwiglu) {
+    emit(pair, silu(v0) * v1);
+  } else {
+    emit(r0, v0);
+    if (has1) emit(r1, v1);
+  }
+}
+
+template <typename T> __device__ __forceinline__ void unpack8(const uint4& r, float* f);
+template <> __device__ __forceinline__ void unpack8<__half>(const uint4& r, float* f) {
+  const uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __half22float2(*reinterpret_cast<const __half2*>(&u[i]));
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+template <> __device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4& r, float* f) {
+  const uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u[i]));
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+
+// Activation rows -> shared memory as fp32, xs[m * kt + k] for tile t (K positions
+// [t * kt, t * kt + kt)), rows m >= M zero-filled up to MT; then the norm applied in place,
+// rounded to the activation dtype exactly as the unfused norm's output is. Called by all
+// NT threads of the block; every step ends on a barrier. Whole-row statistics come from shared
+// memory when the row is one tile, else from one pass over global memory up front
+// (row_stats_global, called once before the first tile).
+template <typename A, int MT, int NT>
+struct XStage {
+  static __device__ void load_tile(const LinearArgs& p, float* xs, int t) {
+    const A* __restrict__ x = static_cast<const A*>(p.x);
+    const int k0 = t * p.kt, len = min(p.kt, p.K - k0);
+    if (p.vec_x) {
+      const int nv = len / 8;
+#pragma unroll 4
+      for (int i = threadIdx.x; i < MT * nv; i += NT) {
+        const int m = i / nv, c = i - m * nv;
+        float f[8];
+        if (m < p.M) {
+          unpack8<A>(*reinterpret_cast<const uint4*>(x + (int64_t)m * p.K + k0 + c * 8), f);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) f[j] = 0.f;
+        }
+        float4* d = reinterpret_cast<float4*>(xs + m * p.kt + c * 8);
+        d[0] = make_float4(f[0], f[1], f[2], f[3]);
+        d[1] = make_float4(f[4], f[5], f[6], f[7]);
+      }
+    } else {
+#pragma unroll 4
+      for (int i = threadIdx.x; i < MT * len; i += NT) {
+        const int m = i / len, k = i - m * len;
+        xs[m * p.kt + k] = m < p.M ? to_f(x[(int64_t)m * p.K + k0 + k]) : 0.f;
+      }
+    }
+  }
+  static __device__ void row_stats(const LinearArgs& p, const float* xs, bool from_smem, float* s_mean,
+                                   float* s_rstd) {
+    const A* __restrict__ x = static_cast<const A*>(p.x);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int m = warp; m < p.M; m += NT / 32) {
+      const float* r = xs + m * p.kt;
+      const A* xr = x + (int64_t)m * p.K;
+      float mean = 0.f;
+      if (p.norm == kNormLayer) {
+        float s = 0.f;
+        for (int k = lane; k < p.K; k += 32) s += from_smem ? r[k] : to_f(xr[k]);
+        mean = warp_sum(s) / p.K;
+      }
+      float v = 0.f;
+      for (int k = lane; k < p.K; k += 32) {
+        const float d = (from_smem ? r[k] : to_f(xr[k])) - mean;
+        v = fmaf(d, d, v);
+      }
+      v = warp_sum(v);
+      if (lane == 0) {
+        s_mean[m] = mean;
+        s_rstd[m] = rsqrtf(v / p.K + p.eps);
+      }
+    }
+  }
+  static __device__ void normalize_tile(const LinearArgs& p, float* xs, int t, const float* s_mean,
+                                        const float* s_rstd) {
+    const A* nw = static_cast<const A*>(p.norm_w);
+    const A* nb = static_cast<const A*>(p.norm_b);
+    const int k0 = t * p.kt, len = min(p.kt, p.K - k0);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < p.M * len; i += NT) {
+      const int m = i / len, k = i - m * len;
+      float* v = xs + m * p.kt + k;
+      if (p.norm == kNormLayer)
+        *v = to_f(from_f<A>((*v - s_mean[m]) * s_rstd[m] * to_f(nw[k0 + k]) + to_f(nb[k0 + k])));
+      else
+        *v = to_f(from_f<A>(*v * s_rstd[m] * to_f(nw[k0 + k])));
+    }
+  }
+  // Tile t staged and normalised (ntiles: how many tiles the row has). Ends on a barrier.
+  static __device__ void stage(const LinearArgs& p, float* xs, int t, int ntiles, float* s_mean, float* s_rstd) {
+    load_tile(p, xs, t);
+    __syncthreads();
+    if (p.norm != kNormNone) {
+      if (ntiles == 1) {
+        row_stats(p, xs, true, s_mean, s_rstd);
+        __syncthreads();
+      }
+      normalize_tile(p, xs, t, s_mean, s_rstd);
+      __syncthreads();
+    }
+  }
+  static __device__ void row_stats_global(const LinearArgs& p, float* s_mean, float* s_rstd) {
+    row_stats(p, nullptr, false, s_mean, s_rstd);
+    __syncthreads();
+  }
+};
+
+}  // namespace linear_detail
+}  // namespace gpte
