@@ -163,17 +163,144 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
   }
 }
 
+// v5: the whole activation row set staged once (one K tile), then every warp streams its weight
+// rows as one flat sequence of batches (U 16-byte chunks per lane of both rows of a pair) with
+// two batches in flight: batch i+2 is issued as soon as batch i is consumed, across pair
+// boundaries, so the reduction and epilogue of one pair overlap the loads of the next. Pairs go
+// to warps round-robin over the blocks first (pair j -> block j % grid, warp j / grid % 8), so
+// every SM gets work even when N is small. One block of 256 threads per SM at <= 128 registers
+// and <= 96 KiB of shared memory leaves room for the next kernel's block, so under PDL its
+// first weight batches are fetched while this kernel drains.
+constexpr int kPipeWarps = 8;
+constexpr int kPipeThreads = 32 * kPipeWarps;
+constexpr int kPipeSmemMax = 96 * 1024;
+
+template <typename W, typename A, int MT>
+__global__ void __launch_bounds__(kPipeThreads, MT >= 8 ? 1 : 2) gemv_pipe_kernel(const LinearArgs p) {
+  constexpr int CH = 16 / sizeof(W);
+  constexpr int U = MT >= 8 ? 2 : 4;  // chunks per row per batch and lane; two batches in flight
+  extern __shared__ float xs[];       // [MT][kt] staged activations, kt >= K
+  __shared__ float s_mean[MT], s_rstd[MT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const W* __restrict__ w = static_cast<const W*>(p.w);
+  const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
+  const int nch = p.kt / CH;          // chunks per row (kt = K rounded up to CH; K % CH == 0)
+  const int stride = gridDim.x * kPipeWarps;
+
+  struct Cur {
+    int pair, c;  // pair index, first chunk of the batch; pair >= npairs: done
+  };
+  auto advance = [&](Cur s) {
+    s.c += 32 * U;
+    if (s.c >= nch) {
+      s.c = 0;
+      s.pair += stride;
+    }
+    return s;
+  };
+  auto issue = [&](uint4 (&a)[U], uint4 (&b)[U], Cur s) {
+    if (s.pair >= npairs) return;
+    int r0, r1;
+    pair_rows(p, s.pair, r0, r1);
+    const W* w0 = w + (int64_t)r0 * p.K;
+    const W* w1 = w + (int64_t)(r1 < p.N ? r1 : r0) * p.K;  // odd N: the lone row re-read, never stored
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = s.c + u * 32 + lane;
+      if (c < nch) {
+        a[u] = ldg_stream(w0 + (int64_t)c * CH);
+        b[u] = ldg_stream(w1 + (int64_t)c * CH);
+      }
+    }
+  };
+  float acc0[MT], acc1[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
+  auto consume = [&](const uint4 (&a)[U], const uint4 (&b)[U], Cur s) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = s.c + u * 32 + lane;
+      if (c < nch) {
+        float wa[CH], wb[CH];
+        unpack16<W>(a[u], wa);
+        unpack16<W>(b[u], wb);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const float4* xm = reinterpret_cast<const float4*>(xs + m * p.kt + c * CH);
+#pragma unroll
+          for (int j = 0; j < CH / 4; ++j) {
+            const float4 q = xm[j];
+            acc0[m] = fmaf(wa[4 * j], q.x, acc0[m]);
+            acc0[m] = fmaf(wa[4 * j + 1], q.y, acc0[m]);
+            acc0[m] = fmaf(wa[4 * j + 2], q.z, acc0[m]);
+            acc0[m] = fmaf(wa[4 * j + 3], q.w, acc0[m]);
+            acc1[m] = fmaf(wb[4 * j], q.x, acc1[m]);
+            acc1[m] = fmaf(wb[4 * j + 1], q.y, acc1[m]);
+            acc1[m] = fmaf(wb[4 * j + 2], q.z, acc1[m]);
+            acc1[m] = fmaf(wb[4 * j + 3], q.w, acc1[m]);
+          }
+        }
+      }
+    }
+    if (s.c + 32 * U < nch) return;  // more batches of this pair follow
+    int r0, r1;
+    pair_rows(p, s.pair, r0, r1);
+    const bool has1 = r1 < p.N;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
+      if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1);
+      acc0[m] = acc1[m] = 0.f;
+    }
+  };
+
+  // Before the wait on the previous kernel: this warp's first two batches (weights are constant).
+  uint4 a0[U], b0[U], a1[U], b1[U];
+  Cur c0{(int)blockIdx.x + (int)gridDim.x * warp, 0};
+  Cur c1 = advance(c0);
+  issue(a0, b0, c0);
+  issue(a1, b1, c1);
+  pdl_wait();
+  pdl_launch_dependents();
+  XStage<A, MT, kPipeThreads>::stage(p, xs, 0, 1, s_mean, s_rstd);
+
+  while (c0.pair < npairs) {
+    consume(a0, b0, c0);
+    const Cur c2 = advance(c1);
+    issue(a0, b0, c2);
+    if (c1.pair >= npairs) break;
+    consume(a1, b1, c1);
+    const Cur c3 = advance(c2);
+    issue(a1, b1, c3);
+    c0 = c2;
+    c1 = c3;
+  }
+}
+
 template <typename W, typename A, int MT>
 cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   constexpr int CH = 16 / sizeof(W);
   LinearArgs p = a;
+  const int kpad = (int)ceil_div(p.K, CH) * CH;
+  p.vec_x = p.K % 8 == 0 && aligned16(p.x);
+  const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;  // (QKV: N even)
+  const size_t pipe_smem = (size_t)MT * kpad * sizeof(float);
+  if (pipe_smem <= (size_t)kPipeSmemMax) {
+    static bool attr_set = false;  // once per instantiation: allow more than 48 KiB of shared memory
+    if (!attr_set) {
+      cudaError_t e = cudaFuncSetAttribute(gemv_pipe_kernel<W, A, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           kPipeSmemMax);
+      if (e != cudaSuccess) return e;
+      attr_set = true;
+    }
+    p.kt = kpad;
+    const int grid = std::max(1, std::min(num_sms, npairs));
+    return launch_pdl(gemv_pipe_kernel<W, A, MT>, dim3((unsigned)grid), dim3(kPipeThreads), pipe_smem, st, p);
+  }
   const int step = 32 * CH;  // a tile is whole warp-wide chunk rows where it can be
   int kt = kSmemFloats / MT / step * step;
   if (kt < CH) return cudaErrorInvalidValue;
-  const int kpad = (int)ceil_div(p.K, CH) * CH;
   p.kt = kt < kpad ? kt : kpad;
-  p.vec_x = p.K % 8 == 0 && aligned16(p.x);
-  const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;  // (QKV: N even)
   const int64_t ngroups = ceil_div(npairs, kWarps);
   const size_t smem = (size_t)MT * p.kt * sizeof(float);
   // the 3 blocks per SM the launch bounds allow (12 warps, each with 2 x U 16-byte loads per lane
