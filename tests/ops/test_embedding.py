@@ -56,9 +56,10 @@ def test_embedding_bandwidth(bench):
     ours = lambda: ops.embedding(ids, pos, wte, wpe)  # noqa: E731
     plain = lambda: wte[ids] + wpe[pos]  # noqa: E731
     # eager: includes the op's host check of the bad-index flag (one sync per call)
-    t_eager, t_torch_eager = bench.cuda_time(ours), bench.cuda_time(plain)
+    # ours and torch alternate rep by rep: a ratio of near-equal times (tests/ops/_bench.py)
+    t_eager, t_torch_eager = bench.cuda_time_pair(ours, plain)
     # graph replay, as the decode loop runs it (the kernel's NaN rows guard bad indices there)
-    tk, t_torch = bench.cuda_time(graphed(ours)), bench.cuda_time(graphed(plain))
+    tk, t_torch = bench.cuda_time_pair(graphed(ours), graphed(plain))
     bench.record("embedding.fp16", gbps(moved, tk), "GB/s", kind="bandwidth",
                  references={"torch": gbps(moved, t_torch)},
                  params={"tokens": b * t, "n_embd": c, "vocab": v, "bytes": moved, "time_s": tk,
