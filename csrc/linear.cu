@@ -163,29 +163,46 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
   }
 }
 
-// v5: the whole activation row set staged once (one K tile), then every warp streams its weight
-// rows as one flat sequence of batches (U 16-byte chunks per lane of both rows of a pair) with
-// two batches in flight: batch i+2 is issued as soon as batch i is consumed, across pair
-// boundaries, so the reduction and epilogue of one pair overlap the loads of the next. Pairs go
-// to warps round-robin over the blocks first (pair j -> block j % grid, warp j / grid % 8), so
-// every SM gets work even when N is small. One block of 256 threads per SM at <= 128 registers
-// and <= 96 KiB of shared memory leaves room for the next kernel's block, so under PDL its
-// first weight batches are fetched while this kernel drains.
+// v6: the whole activation row set staged once (one K tile), then every warp streams its weight
+// rows as one flat sequence of batches (U 16-byte chunks per lane of both rows of a pair), with
+// kStages - 1 batches in flight through cp.async into a per-lane shared-memory ring: the bytes in
+// flight no longer cost registers (v5 held two batches in registers: ~8 KB per warp, ~50 KB per
+// SM, 0.43-0.68 of copy; Little's law at ~4 TB/s and ~2 us loaded latency wants ~60+ KB per SM).
+// Each lane reads back only the chunks it copied itself, so cp.async.wait_group is the only
+// synchronisation. Batches run on across pair boundaries, so one pair's reduction and epilogue
+// overlap the next pair's loads. Pairs go to warps round-robin over the blocks first (pair j ->
+// block j % grid, warp j / grid), so every SM gets work even when N is small.
 constexpr int kPipeWarps = 8;
 constexpr int kPipeThreads = 32 * kPipeWarps;
-constexpr int kPipeSmemMax = 96 * 1024;
+constexpr int kStages = 4;
+constexpr int kPipeSmemMax = 200 * 1024;  // of the 227 KiB a block may opt in to
+
+__host__ __device__ constexpr int pipe_u(int mt) { return mt <= 2 ? 4 : (mt <= 4 ? 2 : 1); }
+__host__ __device__ constexpr int pipe_ring_bytes(int mt) { return kStages * 2 * pipe_u(mt) * kPipeThreads * 16; }
+
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
+  const unsigned d = (unsigned)__cvta_generic_to_shared(smem_dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(gmem_src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
 
 template <typename W, typename A, int MT>
-__global__ void __launch_bounds__(kPipeThreads, MT >= 8 ? 1 : 2) gemv_pipe_kernel(const LinearArgs p) {
+__global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const LinearArgs p) {
   constexpr int CH = 16 / sizeof(W);
-  constexpr int U = MT >= 8 ? 2 : 4;  // chunks per row per batch and lane; two batches in flight
-  extern __shared__ float xs[];       // [MT][kt] staged activations, kt >= K
+  constexpr int U = pipe_u(MT);
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint4* ring = reinterpret_cast<uint4*>(smem);                     // [kStages][2][U][threads] chunks
+  float* xs = reinterpret_cast<float*>(smem + pipe_ring_bytes(MT));  // [MT][kt] staged activations
   __shared__ float s_mean[MT], s_rstd[MT];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const W* __restrict__ w = static_cast<const W*>(p.w);
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
-  const int nch = p.kt / CH;          // chunks per row (kt = K rounded up to CH; K % CH == 0)
+  const int nch = p.kt / CH;  // chunks per row (kt = K rounded up to CH; K % CH == 0)
   const int stride = gridDim.x * kPipeWarps;
+  auto slot = [&](int s, int r, int u) { return ring + ((s * 2 + r) * U + u) * kPipeThreads + threadIdx.x; };
 
   struct Cur {
     int pair, c;  // pair index, first chunk of the batch; pair >= npairs: done
@@ -198,32 +215,34 @@ __global__ void __launch_bounds__(kPipeThreads, MT >= 8 ? 1 : 2) gemv_pipe_kerne
     }
     return s;
   };
-  auto issue = [&](uint4 (&a)[U], uint4 (&b)[U], Cur s) {
-    if (s.pair >= npairs) return;
-    int r0, r1;
-    pair_rows(p, s.pair, r0, r1);
-    const W* w0 = w + (int64_t)r0 * p.K;
-    const W* w1 = w + (int64_t)(r1 < p.N ? r1 : r0) * p.K;  // odd N: the lone row re-read, never stored
+  auto issue = [&](int st, Cur s) {  // one commit group per call, empty past the end
+    if (s.pair < npairs) {
+      int r0, r1;
+      pair_rows(p, s.pair, r0, r1);
+      const W* w0 = w + (int64_t)r0 * p.K;
+      const W* w1 = w + (int64_t)(r1 < p.N ? r1 : r0) * p.K;  // odd N: the lone row re-read, never stored
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int c = s.c + u * 32 + lane;
-      if (c < nch) {
-        a[u] = ldg_stream(w0 + (int64_t)c * CH);
-        b[u] = ldg_stream(w1 + (int64_t)c * CH);
+      for (int u = 0; u < U; ++u) {
+        const int c = s.c + u * 32 + lane;
+        if (c < nch) {
+          cp_async16(slot(st, 0, u), w0 + (int64_t)c * CH);
+          cp_async16(slot(st, 1, u), w1 + (int64_t)c * CH);
+        }
       }
     }
+    cp_async_commit();
   };
   float acc0[MT], acc1[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
-  auto consume = [&](const uint4 (&a)[U], const uint4 (&b)[U], Cur s) {
+  auto consume = [&](int st, Cur s) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = s.c + u * 32 + lane;
       if (c < nch) {
         float wa[CH], wb[CH];
-        unpack16<W>(a[u], wa);
-        unpack16<W>(b[u], wb);
+        unpack16<W>(*slot(st, 0, u), wa);
+        unpack16<W>(*slot(st, 1, u), wb);
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           const float4* xm = reinterpret_cast<const float4*>(xs + m * p.kt + c * CH);
@@ -254,27 +273,27 @@ __global__ void __launch_bounds__(kPipeThreads, MT >= 8 ? 1 : 2) gemv_pipe_kerne
     }
   };
 
-  // Before the wait on the previous kernel: this warp's first two batches (weights are constant).
-  uint4 a0[U], b0[U], a1[U], b1[U];
-  Cur c0{(int)blockIdx.x + (int)gridDim.x * warp, 0};
-  Cur c1 = advance(c0);
-  issue(a0, b0, c0);
-  issue(a1, b1, c1);
+  // Before the wait on the previous kernel: this warp's first kStages - 1 batches (weights are
+  // constant; cp.async touches only this block's shared memory).
+  Cur tail{(int)blockIdx.x + (int)gridDim.x * warp, 0};
+  Cur head = tail;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    issue(s, head);
+    head = advance(head);
+  }
   pdl_wait();
   pdl_launch_dependents();
   XStage<A, MT, kPipeThreads>::stage(p, xs, 0, 1, s_mean, s_rstd);
 
-  while (c0.pair < npairs) {
-    consume(a0, b0, c0);
-    const Cur c2 = advance(c1);
-    issue(a0, b0, c2);
-    if (c1.pair >= npairs) break;
-    consume(a1, b1, c1);
-    const Cur c3 = advance(c2);
-    issue(a1, b1, c3);
-    c0 = c2;
-    c1 = c3;
+  for (int i = 0; tail.pair < npairs; ++i) {
+    cp_async_wait<kStages - 2>();  // batch i has landed (groups committed so far: i + kStages - 1)
+    consume(i % kStages, tail);
+    issue((i + kStages - 1) % kStages, head);  // the slot batch i - 1 used, consumed by this lane
+    head = advance(head);
+    tail = advance(tail);
   }
+  cp_async_wait<0>();
 }
 
 template <typename W, typename A, int MT>
@@ -284,7 +303,7 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   const int kpad = (int)ceil_div(p.K, CH) * CH;
   p.vec_x = p.K % 8 == 0 && aligned16(p.x);
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;  // (QKV: N even)
-  const size_t pipe_smem = (size_t)MT * kpad * sizeof(float);
+  const size_t pipe_smem = pipe_ring_bytes(MT) + (size_t)MT * kpad * sizeof(float);
   if (pipe_smem <= (size_t)kPipeSmemMax) {
     static bool attr_set = false;  // once per instantiation: allow more than 48 KiB of shared memory
     if (!attr_set) {
