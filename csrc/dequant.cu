@@ -105,7 +105,7 @@ cudaError_t run_o(int t, const void* w, int64_t N, int64_t K, const int64_t* ids
 cudaError_t launch_dequantize_rows(int ggml_type, int odtype, const void* w, int64_t N, int64_t K,
                                    const int64_t* ids, int64_t nrows, void* out, int* status, cudaStream_t stream) {
   int qk, ts;
-  block_shape(ggml_type, qk, ts);
+  ggml_block_shape(ggml_type, qk, ts);
   if (qk == 0 || K <= 0 || K % qk || N <= 0 || (reinterpret_cast<uintptr_t>(w) & 3) ||
       (reinterpret_cast<uintptr_t>(out) & 15))
     return cudaErrorInvalidValue;

@@ -124,6 +124,22 @@ cudaError_t launch_linear_gemv(int wdtype, int adtype, const LinearArgs& p, int 
 
 // ---- GGUF packed weights (csrc/linear_q.cu, csrc/dequant.cu; ggml_type: gguf-py's
 // GGMLQuantizationType id: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14, MXFP4 39) ----
+// (values per block, bytes per block) of a ggml type with a CUDA block decoder
+// (gguf.constants.GGML_QUANT_SIZES); (0, 0) for any other type.
+inline void ggml_block_shape(int ggml_type, int& qk, int& ts) {
+  switch (ggml_type) {
+    case 2: qk = 32, ts = 18; return;    // Q4_0
+    case 3: qk = 32, ts = 20; return;    // Q4_1
+    case 6: qk = 32, ts = 22; return;    // Q5_0
+    case 7: qk = 32, ts = 24; return;    // Q5_1
+    case 8: qk = 32, ts = 34; return;    // Q8_0
+    case 12: qk = 256, ts = 144; return; // Q4_K
+    case 13: qk = 256, ts = 176; return; // Q5_K
+    case 14: qk = 256, ts = 210; return; // Q6_K
+    case 39: qk = 32, ts = 17; return;   // MXFP4
+    default: qk = 0, ts = 0; return;
+  }
+}
 // Whether launch_linear_q has a kernel for this type, activation dtype, M and K: the type has a
 // decoder, K is whole blocks, M <= kLinearMaxM and the M activation rows of K fp32 values fit
 // shared memory in one tile (else the caller dequantizes and takes the dense path).

@@ -281,7 +281,7 @@ bool epilogue_ok(const LinearArgs& p) {
 
 bool linear_q_supported(int ggml_type, int adtype, int64_t M, int64_t K) {
   int qk, ts;
-  quant::block_shape(ggml_type, qk, ts);
+  ggml_block_shape(ggml_type, qk, ts);
   return qk > 0 && (adtype == kF16 || adtype == kBF16) && M >= 1 && M <= kLinearMaxM && K > 0 && K % qk == 0 &&
          K < (1 << 28) && smem_for(M, K) <= (size_t)kSmemMax;
 }

@@ -22,6 +22,8 @@
 
 #include <cstdint>
 
+#include "launchers.h"  // ggml_block_shape, the host-side twin of Traits
+
 namespace gpte {
 namespace quant {
 
@@ -41,22 +43,6 @@ template <> struct Traits<kQ4_K> { static constexpr int QK = 256, TS = 144; stat
 template <> struct Traits<kQ5_K> { static constexpr int QK = 256, TS = 176; static constexpr bool kHasMin = true; };
 template <> struct Traits<kQ6_K> { static constexpr int QK = 256, TS = 210; static constexpr bool kHasMin = false; };
 template <> struct Traits<kMXFP4> { static constexpr int QK = 32, TS = 17; static constexpr bool kHasMin = false; };
-
-// Host side: (values per block, bytes per block) of a type id, (0, 0) when it has no decoder.
-inline void block_shape(int t, int& qk, int& ts) {
-  switch (t) {
-    case kQ4_0: qk = 32, ts = 18; return;
-    case kQ4_1: qk = 32, ts = 20; return;
-    case kQ5_0: qk = 32, ts = 22; return;
-    case kQ5_1: qk = 32, ts = 24; return;
-    case kQ8_0: qk = 32, ts = 34; return;
-    case kQ4_K: qk = 256, ts = 144; return;
-    case kQ5_K: qk = 256, ts = 176; return;
-    case kQ6_K: qk = 256, ts = 210; return;
-    case kMXFP4: qk = 32, ts = 17; return;
-    default: qk = 0, ts = 0; return;
-  }
-}
 
 // Reads from a 4-byte-aligned base: two aligned words and a funnel shift for an unaligned u32
 // (the second word is touched only when the value straddles it).
