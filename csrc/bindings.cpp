@@ -227,21 +227,46 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
 
 const at::Tensor* opt(const std::optional<at::Tensor>& t) { return t.has_value() ? &t.value() : nullptr; }
 
+// Values per row of a packed weight w (uint8 [N, row bytes] of whole blocks of ggml type qtype).
+int64_t packed_row_values(const char* op, const at::Tensor& w, int64_t qtype) {
+  int qk = 0, ts = 0;
+  gpte::ggml_block_shape((int)qtype, qk, ts);
+  TORCH_CHECK(qk > 0, op, ": ggml type ", qtype, " has no CUDA block decoder");
+  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.size(1) % ts == 0, op,
+              ": packed weight must be uint8 [N, whole blocks of ", ts, " bytes], got ", w.scalar_type(), " ",
+              w.sizes());
+  return w.size(1) / ts * qk;
+}
+
+// The kernel for the weight: the dense GEMV (qtype < 0: w holds fp32/fp16/bf16 elements) or
+// the packed one (qtype: ggml type id, w the raw blocks).
+cudaError_t launch_linear_any(int64_t qtype, const at::Tensor& w, const at::Tensor& x, const gpte::LinearArgs& p) {
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if (qtype < 0) return gpte::launch_linear_gemv(dtype_code(w), dtype_code(x), p, sms, stream_of(x));
+  return gpte::launch_linear_q((int)qtype, dtype_code(x), p, sms, stream_of(x));
+}
+
 // Checks shared by the two linear entry points; returns the args with everything but the
 // epilogue-specific fields filled.
 gpte::LinearArgs linear_args(const char* op, const at::Tensor& x, const at::Tensor& w,
                              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
                              const std::optional<at::Tensor>& norm_w, const std::optional<at::Tensor>& norm_b,
-                             at::Tensor& out, int64_t norm, int64_t act, double eps, int64_t n_out) {
+                             at::Tensor& out, int64_t norm, int64_t act, double eps, int64_t n_out,
+                             int64_t qtype) {
   check_tensor(op, "x", x, x, true);
   TORCH_CHECK(w.is_cuda() && w.device() == x.device() && w.is_contiguous() && w.dim() == 2, op,
               ": weight must be a contiguous 2-D cuda tensor on ", x.device());
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == w.size(1), op, ": x has shape ", x.sizes(), ", expected [M, ", w.size(1),
-              "]");
-  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
+  const int64_t K = qtype < 0 ? w.size(1) : packed_row_values(op, w, qtype);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, op, ": x has shape ", x.sizes(), ", expected [M, ", K, "]");
+  const int64_t M = x.size(0), N = w.size(0);
   TORCH_CHECK(norm >= gpte::kNormNone && norm <= gpte::kNormRms, op, ": unknown norm code ", norm);
-  TORCH_CHECK(gpte::linear_gemv_supported(dtype_code(w), dtype_code(x), M, K), op, ": no GEMV kernel for weight ",
-              w.scalar_type(), ", activations ", x.scalar_type(), ", M=", M, ", K=", K);
+  if (qtype < 0) {
+    TORCH_CHECK(gpte::linear_gemv_supported(dtype_code(w), dtype_code(x), M, K), op, ": no GEMV kernel for weight ",
+                w.scalar_type(), ", activations ", x.scalar_type(), ", M=", M, ", K=", K);
+  } else {
+    TORCH_CHECK(gpte::linear_q_supported((int)qtype, dtype_code(x), M, K), op, ": no packed GEMV kernel for ggml type ",
+                qtype, ", activations ", x.scalar_type(), ", M=", M, ", K=", K);
+  }
   TORCH_CHECK(reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0, op, ": weight must be 16-byte aligned");
   TORCH_CHECK(N < (1LL << 31) && n_out * M < (1LL << 40), op, ": too many rows");
   if (const at::Tensor* b = opt(bias)) {
@@ -293,16 +318,16 @@ gpte::LinearArgs linear_args(const char* op, const at::Tensor& x, const at::Tens
 
 void linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
             const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm_w,
-            const std::optional<at::Tensor>& norm_b, at::Tensor& out, int64_t norm, int64_t act, double eps) {
+            const std::optional<at::Tensor>& norm_b, at::Tensor& out, int64_t norm, int64_t act, double eps,
+            int64_t qtype) {
   const char* op = "linear";
   TORCH_CHECK(act >= gpte::kActNone && act <= gpte::kActSwiglu, op, ": unknown act code ", act);
   TORCH_CHECK(w.dim() == 2 && (act != gpte::kActSwiglu || w.size(0) % 2 == 0), op,
               ": SwiGLU needs an even number of weight rows");
   const int64_t n_out = act == gpte::kActSwiglu ? w.size(0) / 2 : w.size(0);
-  gpte::LinearArgs p = linear_args(op, x, w, bias, residual, norm_w, norm_b, out, norm, act, eps, n_out);
+  gpte::LinearArgs p = linear_args(op, x, w, bias, residual, norm_w, norm_b, out, norm, act, eps, n_out, qtype);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  check_launch(op, gpte::launch_linear_gemv(dtype_code(w), dtype_code(x), p, sms, stream_of(x)));
+  check_launch(op, launch_linear_any(qtype, w, x, p));
 }
 
 void linear_qkv(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
@@ -310,14 +335,14 @@ void linear_qkv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
                 int64_t norm, double eps, const at::Tensor& pos, const std::optional<at::Tensor>& cos_t,
                 const std::optional<at::Tensor>& sin_t, at::Tensor& k_cache, at::Tensor& v_cache,
                 const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& status, int64_t n_head,
-                int64_t n_head_kv, int64_t rope_mode, int64_t rope_dim) {
+                int64_t n_head_kv, int64_t rope_mode, int64_t rope_dim, int64_t qtype) {
   const char* op = "linear_qkv";
   TORCH_CHECK(n_head > 0 && n_head_kv > 0 && w.dim() == 2 && w.size(0) % (n_head + 2 * n_head_kv) == 0, op,
               ": weight rows are not (n_head + 2 n_head_kv) heads");
   const int64_t D = w.size(0) / (n_head + 2 * n_head_kv);
   TORCH_CHECK(D % 2 == 0, op, ": head dim ", D, " is odd");
   gpte::LinearArgs p = linear_args(op, x, w, bias, std::nullopt, norm_w, norm_b, q_out, norm, gpte::kActQkv, eps,
-                                   n_head * D);
+                                   n_head * D, qtype);
   TORCH_CHECK(q_out.scalar_type() == x.scalar_type(), op, ": q_out must have the activation dtype");
   const int64_t M = x.size(0);
   TORCH_CHECK(pos.is_cuda() && pos.device() == x.device() && pos.scalar_type() == at::kLong && pos.is_contiguous() &&
@@ -364,8 +389,34 @@ void linear_qkv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
     e.status = status->data_ptr<int>();
   }
   const c10::cuda::CUDAGuard guard(x.device());
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  check_launch(op, gpte::launch_linear_gemv(dtype_code(w), dtype_code(x), p, sms, stream_of(x)));
+  check_launch(op, launch_linear_any(qtype, w, x, p));
+}
+
+// out [nrows, K] = dequantize(w[ids]) (ids null: every row of w, nrows = N).
+void dequantize_rows(const at::Tensor& w, int64_t qtype, const std::optional<at::Tensor>& ids, at::Tensor& out,
+                     const std::optional<at::Tensor>& status) {
+  const char* op = "dequantize_rows";
+  TORCH_CHECK(w.is_cuda() && w.is_contiguous(), op, ": weight must be a contiguous cuda tensor");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(w.data_ptr()) % 4 == 0, op, ": weight must be 4-byte aligned");
+  const int64_t K = packed_row_values(op, w, qtype), N = w.size(0);
+  int64_t nrows = N;
+  if (ids) {
+    TORCH_CHECK(ids->is_cuda() && ids->device() == w.device() && ids->scalar_type() == at::kLong &&
+                    ids->is_contiguous(),
+                op, ": ids must be a contiguous int64 tensor on ", w.device());
+    nrows = ids->numel();
+  }
+  TORCH_CHECK(out.is_cuda() && out.device() == w.device() && out.is_contiguous() && out.numel() == nrows * K, op,
+              ": out must be a contiguous tensor of ", nrows * K, " elements on ", w.device());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0, op, ": out must be 16-byte aligned");
+  if (status)
+    TORCH_CHECK(status->is_cuda() && status->device() == w.device() && status->scalar_type() == at::kInt &&
+                    status->numel() == 1,
+                op, ": status must be one int32 on ", w.device());
+  const c10::cuda::CUDAGuard guard(w.device());
+  check_launch(op, gpte::launch_dequantize_rows((int)qtype, dtype_code(out), w.data_ptr(), N, K,
+                                                ids ? ids->data_ptr<int64_t>() : nullptr, nrows, out.data_ptr(),
+                                                status ? status->data_ptr<int>() : nullptr, stream_of(w)));
 }
 
 void qkv_rope(const at::Tensor& qkv, const at::Tensor& pos, const std::optional<at::Tensor>& cos_t,
@@ -487,12 +538,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("v_cache"), py::arg("seq_lens"), py::arg("out"), py::arg("scale"), py::arg("splits") = 0);
   m.def("linear", &linear, "decode GEMV: out = epilogue(norm(x) @ w.T)", py::arg("x"), py::arg("w"),
         py::arg("bias"), py::arg("residual"), py::arg("norm_w"), py::arg("norm_b"), py::arg("out"), py::arg("norm"),
-        py::arg("act"), py::arg("eps"));
+        py::arg("act"), py::arg("eps"), py::arg("qtype") = -1);
   m.def("linear_qkv", &linear_qkv, "decode GEMV with the QKV epilogue: q out, RoPE, k/v into the cache",
         py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("norm_w"), py::arg("norm_b"), py::arg("q_out"),
         py::arg("norm"), py::arg("eps"), py::arg("pos"), py::arg("cos"), py::arg("sin"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("lens"), py::arg("status"), py::arg("n_head"), py::arg("n_head_kv"),
-        py::arg("rope_mode"), py::arg("rope_dim"));
+        py::arg("rope_mode"), py::arg("rope_dim"), py::arg("qtype") = -1);
+  m.def("linear_q_supported", &gpte::linear_q_supported, "whether the packed GEMV takes (ggml type, act dtype, M, K)");
+  m.def("dequantize_rows", &dequantize_rows, "out = dequantize(w[ids]) (GGUF packed rows, bit-exact)", py::arg("w"),
+        py::arg("qtype"), py::arg("ids"), py::arg("out"), py::arg("status"));
   m.def("qkv_rope", &qkv_rope, "split qkv into heads, RoPE, append k/v to the cache", py::arg("qkv"), py::arg("pos"),
         py::arg("cos"), py::arg("sin"), py::arg("q_out"), py::arg("k_out"), py::arg("v_out"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("lens"), py::arg("status"), py::arg("T"), py::arg("rope_mode"),

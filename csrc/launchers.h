@@ -122,4 +122,35 @@ cudaError_t launch_sample_greedy(const float* logits, int64_t rows, int64_t row_
 bool linear_gemv_supported(int wdtype, int adtype, int64_t M, int64_t K);
 cudaError_t launch_linear_gemv(int wdtype, int adtype, const LinearArgs& p, int num_sms, cudaStream_t stream);
 
+// ---- GGUF packed weights (csrc/linear_q.cu, csrc/dequant.cu; ggml_type: gguf-py's
+// GGMLQuantizationType id: Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14, MXFP4 39) ----
+// (values per block, bytes per block) of a ggml type with a CUDA block decoder
+// (gguf.constants.GGML_QUANT_SIZES); (0, 0) for any other type.
+inline void ggml_block_shape(int ggml_type, int& qk, int& ts) {
+  switch (ggml_type) {
+    case 2: qk = 32, ts = 18; return;    // Q4_0
+    case 3: qk = 32, ts = 20; return;    // Q4_1
+    case 6: qk = 32, ts = 22; return;    // Q5_0
+    case 7: qk = 32, ts = 24; return;    // Q5_1
+    case 8: qk = 32, ts = 34; return;    // Q8_0
+    case 12: qk = 256, ts = 144; return; // Q4_K
+    case 13: qk = 256, ts = 176; return; // Q5_K
+    case 14: qk = 256, ts = 210; return; // Q6_K
+    case 39: qk = 32, ts = 17; return;   // MXFP4
+    default: qk = 0, ts = 0; return;
+  }
+}
+// Whether launch_linear_q has a kernel for this type, activation dtype, M and K: the type has a
+// decoder, K is whole blocks, M <= kLinearMaxM and the M activation rows of K fp32 values fit
+// shared memory in one tile (else the caller dequantizes and takes the dense path).
+bool linear_q_supported(int ggml_type, int adtype, int64_t M, int64_t K);
+// As launch_linear_gemv, with p.w the raw bytes [N, K / block values * block bytes], 16-byte aligned.
+cudaError_t launch_linear_q(int ggml_type, int adtype, const LinearArgs& p, int num_sms, cudaStream_t stream);
+// out[i, :] = dequantize(w[ids[i], :]) for i < nrows (ids null: row i), bit-exact with
+// gguf-py's dequantize, rounded once to out's dtype (odtype: a gpte::DType code). w: [N, row
+// bytes] raw blocks, 4-byte aligned; K values per row. An id outside [0, N) gives a NaN row and
+// ORs kStatusBadIndex into *status (status may be null).
+cudaError_t launch_dequantize_rows(int ggml_type, int odtype, const void* w, int64_t N, int64_t K,
+                                   const int64_t* ids, int64_t nrows, void* out, int* status, cudaStream_t stream);
+
 }  // namespace gpte

@@ -177,13 +177,27 @@ class QWeight:
             p.nbytes += t.numel() * t.element_size()
         return t
 
-    def rows(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32, checked: bool = True) -> torch.Tensor:
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32, checked: bool = True,
+             status: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``ids`` of a 2-D weight (embedding lookup), dequantizing only those rows
         unless the dense copy is already cached. ``checked=False`` skips the host-side range
         check (a device sync): for prompt ids already checked on the host and a decode step's
-        ids, which come from its own sampler."""
+        ids, which come from its own sampler. On CUDA a packed table is read by the dequantize
+        kernel (csrc/dequant.cu: the rows' blocks only, straight into ``dtype``); an id out of
+        range then gives a NaN row and sets bit 1 of ``status`` (the decode step's word), if given."""
         flat = ids.reshape(-1).to(self.raw.device)
         cached = self._dense.get(dtype)
+        if self.raw.is_cuda and cached is None and self.qtype not in (_Q.F32, _Q.F16, _Q.BF16):
+            from .ops import dequantize as dq
+
+            if dtype in (torch.float32, torch.float16, torch.bfloat16) and dq.cuda_supported(self.raw, self.qtype):
+                if checked and flat.numel():
+                    lo, hi = int(flat.min()), int(flat.max())
+                    if lo < 0 or hi >= self.raw.shape[0]:
+                        raise quants.GGUFError(f"dequantize_rows: row id out of range [0, {self.raw.shape[0]}): "
+                                               f"min {lo}, max {hi}")
+                out = dq.dequantize_rows(self.raw, int(self.qtype), flat.contiguous(), dtype, status)
+                return out.reshape(*ids.shape, self.shape[-1])
         if cached is not None:
             out = cached.index_select(0, flat)
         elif self.qtype in (_Q.F32, _Q.F16):

@@ -116,7 +116,7 @@ class Llama:
         """One decode step for st.batch sequences at device positions st.pos (a DecodeState):
         logits [B, V] float32; k/v appended, st.lens set. Nothing here reads the device."""
         B = st.ids.shape[0]
-        x = self.embd.rows(st.ids, self.dtype, checked=False).view(B, self.cfg.n_embd)
+        x = self.embd.rows(st.ids, self.dtype, checked=False, status=st.status).view(B, self.cfg.n_embd)
         for i, L in enumerate(self.layers):
             x = block(L, x, lambda h, w, b, n, i=i: attend_decode(self.heads, h, w, b, n, st, i))
         return ops.linear(x, self.head, norm=self.norm, float_out=True)

@@ -9,6 +9,7 @@ from . import add_layernorm as add_layernorm_module
 from . import attention_decode as attention_decode_module
 from . import attention_prefill as attention_prefill_module
 from . import bias_gelu as bias_gelu_module
+from . import dequantize as dequantize_module
 from . import embedding as embedding_module
 from . import ffn as ffn_module
 from . import gelu as gelu_module
@@ -37,8 +38,10 @@ Norm = linear_module.Norm
 linear_qkv = linear_qkv_module.linear_qkv  # takes a QWeight; the custom op is torch.ops.gpt_engine.linear_qkv
 qkv_rope = qkv_rope_module.qkv_rope
 sample_greedy = sample_greedy_module.sample_greedy
+dequantize_rows = dequantize_module.dequantize_rows
 
 ALL_OPS = ("embedding", "layernorm", "add_layernorm", "residual_add", "gelu", "bias_gelu", "ffn",
-           "attention_prefill", "kv_append", "attention_decode", "linear", "linear_qkv", "qkv_rope", "sample_greedy")
+           "attention_prefill", "kv_append", "attention_decode", "linear", "linear_qkv", "qkv_rope", "sample_greedy",
+           "dequantize_rows")
 
 __all__ = [*ALL_OPS, "Norm", "OpError", "OpIndexError", "cuda_kernels_available", "device_checked"]

@@ -8,10 +8,12 @@ normalised row is never written out; the epilogue adds a bias, applies tanh-GELU
 write fp32 (logits). The weight stays as the file stores it: ``weight`` is the raw bytes
 [N, bytes per row] and ``qtype`` the ggml type id.
 
-On the GPU, up to 16 rows of x (decode, batch <= 16) take the GEMV kernel (csrc/linear.cu),
-which reads each weight byte once; more rows (prefill) take cuBLAS through F.linear plus our
-norm and epilogue kernels. Quantized types are dequantized on use until their own kernels
-land (the quantized-weights issue). On the CPU ``linear()`` uses ``QWeight.dense()`` (whatever
+On the GPU, up to 16 rows of x (decode, batch <= 16) take the GEMV kernel, which reads each
+weight byte once: csrc/linear.cu for F32/F16/BF16, csrc/linear_q.cu for the packed GGUF types
+(the raw blocks, no repacking). More rows (prefill) take cuBLAS through F.linear plus our norm
+and epilogue kernels; a packed weight is first dequantized into a scratch matrix of x's dtype
+by csrc/dequant.cu (docs/kernels/quant.md says why), as is one whose GEMV does not fit (the
+M activation rows of K values must fit shared memory in one tile). On the CPU ``linear()`` uses ``QWeight.dense()`` (whatever
 caching it does) and the same math as the reference.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ ACTS = {"none": 0, "gelu_tanh": 1, "swiglu": 2}     # csrc/launchers.h LinearAct
 GEMV_MAX_ROWS = 16                                 # csrc/launchers.h kLinearMaxM
 _DENSE = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}  # ggml type ids F32, F16, BF16
 _GEMV_ACT_DTYPES = (torch.float16, torch.bfloat16)
+_ACT_CODE = {torch.float16: 1, torch.bfloat16: 2}   # csrc/common.cuh DType
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,25 @@ def _dense_weight(weight, qtype, n, k, dtype):
     return quants.dequantize(weight, qtype).view(n, k).to(dtype)
 
 
+def packed_gemv_ok(weight: torch.Tensor, qtype: int, dtype: torch.dtype, m: int, k: int) -> bool:
+    """The packed-block GEMV (csrc/linear_q.cu) takes this weight and batch: a type with a
+    decoder, fp16/bf16 activations, 16-byte aligned bytes, M rows of K fp32 in shared memory."""
+    from .dequantize import CUDA_TYPES
+
+    return (int(qtype) in CUDA_TYPES and dtype in _GEMV_ACT_DTYPES and weight.is_contiguous()
+            and weight.data_ptr() % 16 == 0 and _ext.load().linear_q_supported(int(qtype), _ACT_CODE[dtype], m, k))
+
+
+def packed_dense(weight: torch.Tensor, qtype: int, n: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """The whole packed matrix in ``dtype`` (a scratch copy): the dequantize kernel on CUDA,
+    gpt_engine.quants elsewhere."""
+    from .dequantize import cuda_supported, dequantize_rows
+
+    if dtype in (torch.float32, torch.float16, torch.bfloat16) and cuda_supported(weight, qtype):
+        return dequantize_rows(weight, int(qtype), None, dtype, None)
+    return _dense_weight(weight, qtype, n, k, dtype)
+
+
 def reference(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out):
     n, k = _shape_nk(weight, qtype)
     _check(x, n, k, bias, residual, norm, norm_weight, norm_bias, act)
@@ -182,8 +204,14 @@ if _ext.available():
             return reference(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out)
         if qtype in _DENSE:
             w = weight.view(_DENSE[qtype]).view(n, k)
-        else:  # packed types: dequantized on use until their GEMV kernels exist
-            w = _dense_weight(weight, qtype, n, k, x.dtype)
+        elif 0 < m <= GEMV_MAX_ROWS and packed_gemv_ok(weight, qtype, x.dtype, m, k):
+            out = new_output((m, n_out), x, torch.float32 if float_out else x.dtype)
+            r2 = residual.reshape(m, n_out).contiguous() if residual is not None else None
+            _ext.load().linear(x2.contiguous(), weight, bias, r2, norm_weight, norm_bias, out, norm, act, float(eps),
+                               qtype=int(qtype))
+            return out.reshape(*lead, n_out)
+        else:  # prefill, or a GEMV whose activations do not fit: one dequantization, then dense
+            w = packed_dense(weight, qtype, n, k, x.dtype)
         if m > GEMV_MAX_ROWS or m == 0 or k % (16 // w.element_size()):
             w = w.to(x.dtype)
             r2 = residual.reshape(-1, n_out) if residual is not None else None

@@ -70,9 +70,15 @@ if _ext.available():
         qr._check(x.new_empty((x.shape[0], n)), pos, cos, sin, k_cache, v_cache, lens, status, n_head, n_head_kv, 1,
                   rope_mode, rope_dim)
         m = x.shape[0]
-        w = weight.view(lin._DENSE[qtype]).view(n, k) if qtype in lin._DENSE else \
-            lin._dense_weight(weight, qtype, n, k, x.dtype)
-        if (x.dtype not in lin._GEMV_ACT_DTYPES or m > lin.GEMV_MAX_ROWS or m == 0 or k % (16 // w.element_size())
+        packed = qtype not in lin._DENSE and 0 < m <= lin.GEMV_MAX_ROWS and lin.packed_gemv_ok(weight, qtype, x.dtype, m, k)
+        if packed:  # the raw blocks go to the packed GEMV (csrc/linear_q.cu)
+            w, wq = weight, int(qtype)
+        else:
+            w = weight.view(lin._DENSE[qtype]).view(n, k) if qtype in lin._DENSE else \
+                lin.packed_dense(weight, qtype, n, k, x.dtype)
+            wq = -1
+        if (x.dtype not in lin._GEMV_ACT_DTYPES or m > lin.GEMV_MAX_ROWS or m == 0
+                or (not packed and k % (16 // w.element_size()))
                 or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
             return reference(x, weight, qtype, bias, norm_weight, norm_bias, norm, eps, pos, cos, sin, k_cache,
                              v_cache, lens, status, n_head, n_head_kv, rope_mode, rope_dim)
@@ -80,7 +86,7 @@ if _ext.available():
         q = new_output((m, n_head * d), x)
         _ext.load().linear_qkv(x.contiguous(), w, bias, norm_weight, norm_bias, q, norm, float(eps), pos.contiguous(),
                                cos, sin, k_cache, v_cache, lens, status, n_head, n_head_kv, rope_mode,
-                               rope_dim if rope_mode else 0)
+                               rope_dim if rope_mode else 0, qtype=wq)
         return q.view(m, n_head, d)
 
 

@@ -30,6 +30,9 @@ def make_weight(n: int, k: int, qtype: str, device: str, scale: float = 0.05):
         raw = w.astype(np.float16).view(np.uint8)
     elif t == Q.BF16:
         raw = (torch.from_numpy(w).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint8))
+    elif t in (Q.Q4_K, Q.Q5_K, Q.Q6_K):  # gguf-py has no K-quant quantizer: ours encodes, gguf-py decodes
+        from gpt_engine.quantize import quantize
+        raw = quantize(w, t)
     else:
         raw = gguf.quants.quantize(w, t)
     raw = np.ascontiguousarray(raw).reshape(n, -1)

@@ -1,6 +1,7 @@
 """linear_qkv (the decode step's QKV product with RoPE and the KV append in its epilogue) against
 an oracle composed here in float64: gguf-py's dequantized weight, the product, the head split,
 RoPE from angles computed here (test_qkv_rope.oracle_rotate), the cache rows written."""
+import gguf
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,13 +27,16 @@ CASES = [  # (B, C, Hq, Hkv, D, norm, bias, rope mode, rope dim)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_linear_qkv_vs_oracle(device, dtype, case):
+@pytest.mark.parametrize("wtype", ["F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "MXFP4"])
+def test_linear_qkv_vs_oracle(device, dtype, case, wtype):
     if device == "cpu":
         dtype = torch.float32  # the CPU path computes in the model's CPU dtype
     b, c, hq, hkv, d, norm, bias, mode, r = case
+    if c % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[wtype]][0]:
+        pytest.skip(f"{wtype} rows are whole blocks; C = {c} is not")
     s = 48
     n = (hq + 2 * hkv) * d
-    w, w64 = make_weight(n, c, "F16", device)
+    w, w64 = make_weight(n, c, wtype, device)
     x = randn((b, c), dtype, device)
     nw = randn((c,), dtype, device, scale=0.2, offset=1.0)
     nb = randn((c,), dtype, device, scale=0.2) if norm == "layernorm" else None

@@ -36,6 +36,9 @@ def _samples(device):
         "linear_qkv": (r(2, 64), torch.randn(256, 64, device=device).half().view(torch.uint8), 1, None, r(64), None,
                        2, 1e-5, pos1, cos, sin, r(2, 1, 40, 64), r(2, 1, 40, 64), lens, status, 2, 1, 1, 64),
         "qkv_rope": (r(2, (4 + 2 * 2) * 64), pos1, cos, sin, kc, vc, lens, status, 4, 2, 1, 1, 64),
+        # MXFP4 raw blocks [7 rows, 2 blocks of 17 bytes]: 3 rows looked up
+        "dequantize_rows": (torch.randint(0, 256, (7, 34), dtype=torch.uint8, device=device), 39,
+                            torch.tensor([6, 0, 3], device=device), dt, None),
         "sample_greedy": (torch.randn(2, 300, device=device), 290, torch.zeros(2, dtype=torch.long, device=device),
                           pos1.clone(), status),
     }

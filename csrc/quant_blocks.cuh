@@ -1,0 +1,175 @@
+// GGUF block decoders on the device, shared by the packed-weight GEMV (csrc/linear_q.cu) and the
+// dequantize kernel (csrc/dequant.cu); written so that other kernels (MoE experts) can reuse them.
+//
+// Layouts: ggml-common.h's block structs, as gpt_engine/quants.py documents and decodes them
+// (that file is the CPU oracle, bit-exact with gguf-py). Type ids are gguf-py's
+// GGMLQuantizationType values.
+//
+// The unit of work is a "quad": 4 consecutive values of a 32-value group. A block holds QK / 32
+// groups (1 for the 32-value types, 8 for the 256-value K-quants), a group 8 quads. decode4()
+// returns, for quad i of group j of the block at byte offset `blk`:
+//   w[0..3]  the integer codes as exact floats (offset already removed: Q4_0 q - 8, Q5_0 q - 16,
+//            Q6_K q - 32, Q8_0 the int8, MXFP4 the E2M1 value doubled, as ggml's kvalues_mxfp4)
+//   s        the multiplier: d, d * sc (K-quants, one fp32 rounding) or the E8M0 scale halved
+//   mn       the additive term (kHasMin types): Q4_1/Q5_1 +m, Q4_K/Q5_K -(dmin * m)
+// The exact value (ggml's order of fp32 operations, no contraction) is w*s, or w*s + mn:
+// value_exact() below. A GEMV instead sums s * sum(w x) + mn * sum(x) per quad.
+//
+// Bytes are read through a reader `R` with u32(off) (little-endian, any alignment), u16(off) and
+// u8(off), so the same decoder reads a block from global memory or from a shared-memory copy.
+#pragma once
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "launchers.h"  // ggml_block_shape, the host-side twin of Traits
+
+namespace gpte {
+namespace quant {
+
+// gguf-py GGMLQuantizationType ids of the packed types with a device decoder
+enum QType : int {
+  kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kMXFP4 = 39
+};
+
+// values per block, bytes per block (gguf.constants.GGML_QUANT_SIZES), whether a min term exists
+template <int T> struct Traits;
+template <> struct Traits<kQ4_0> { static constexpr int QK = 32, TS = 18; static constexpr bool kHasMin = false; };
+template <> struct Traits<kQ4_1> { static constexpr int QK = 32, TS = 20; static constexpr bool kHasMin = true; };
+template <> struct Traits<kQ5_0> { static constexpr int QK = 32, TS = 22; static constexpr bool kHasMin = false; };
+template <> struct Traits<kQ5_1> { static constexpr int QK = 32, TS = 24; static constexpr bool kHasMin = true; };
+template <> struct Traits<kQ8_0> { static constexpr int QK = 32, TS = 34; static constexpr bool kHasMin = false; };
+template <> struct Traits<kQ4_K> { static constexpr int QK = 256, TS = 144; static constexpr bool kHasMin = true; };
+template <> struct Traits<kQ5_K> { static constexpr int QK = 256, TS = 176; static constexpr bool kHasMin = true; };
+template <> struct Traits<kQ6_K> { static constexpr int QK = 256, TS = 210; static constexpr bool kHasMin = false; };
+template <> struct Traits<kMXFP4> { static constexpr int QK = 32, TS = 17; static constexpr bool kHasMin = false; };
+
+// Reads from a 4-byte-aligned base: two aligned words and a funnel shift for an unaligned u32
+// (the second word is touched only when the value straddles it).
+struct GlobalReader {
+  const uint8_t* base;  // 4-byte aligned
+  __device__ __forceinline__ uint32_t u32(int64_t off) const {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(base) + (off >> 2);
+    const int sh = (int)(off & 3) * 8;
+    const uint32_t lo = __ldg(w);
+    return sh ? __funnelshift_r(lo, __ldg(w + 1), sh) : lo;
+  }
+  __device__ __forceinline__ uint32_t u16(int64_t off) const { return base[off] | ((uint32_t)base[off + 1] << 8); }
+  __device__ __forceinline__ uint32_t u8(int64_t off) const { return base[off]; }
+};
+
+// Shared memory: the buffer has 4 readable bytes past its data, so both words are always read.
+struct SharedReader {
+  const uint8_t* base;  // 16-byte aligned
+  __device__ __forceinline__ uint32_t u32(int off) const {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(base) + (off >> 2);
+    return __funnelshift_r(w[0], w[1], (off & 3) * 8);
+  }
+  __device__ __forceinline__ uint32_t u16(int off) const { return u32(off) & 0xFFFFu; }
+  __device__ __forceinline__ uint32_t u8(int off) const { return base[off]; }
+};
+
+__device__ __forceinline__ float f16_bits(uint32_t b) { return __half2float(__ushort_as_half((unsigned short)b)); }
+
+// Four unsigned byte codes (0..255, one per byte of c) minus `off`, as exact floats: 2^23 + c is
+// an fp32 with c in its low mantissa bits, and the subtraction is exact (integers < 2^24). Two
+// integer/float ops per value, no int-to-float conversion unit.
+template <int OFF>
+__device__ __forceinline__ void codes4(uint32_t c, float* w) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) w[k] = __int_as_float(0x4B000000 | ((c >> (8 * k)) & 0xFF)) - (8388608.0f + OFF);
+}
+
+// Bit k of the 4-bit field b (k = 0..3) moved to bit 4 of byte k.
+__device__ __forceinline__ uint32_t spread4_to_bit4(uint32_t b) {
+  return ((b & 1u) | ((b & 2u) << 7) | ((b & 4u) << 14) | ((b & 8u) << 21)) << 4;
+}
+
+// ggml_e8m0_to_fp32_half (ggml-impl.h): 2^(e-127) / 2, with e = 0, 1 the subnormals 2^-128, 2^-127
+__device__ __forceinline__ float e8m0_half(uint32_t e) {
+  return __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1) << 23));
+}
+
+// K-quant 6-bit scale and min of group j (ggml get_scale_min_k4); sc12 = the 12 scale bytes.
+template <typename R, typename O>
+__device__ __forceinline__ void k_scale_min(const R& rd, O sc12, int j, uint32_t& sc, uint32_t& m) {
+  if (j < 4) {
+    sc = rd.u8(sc12 + j) & 63u;
+    m = rd.u8(sc12 + j + 4) & 63u;
+  } else {
+    const uint32_t c = rd.u8(sc12 + j + 4), a = rd.u8(sc12 + j - 4), b = rd.u8(sc12 + j);
+    sc = (c & 0xFu) | ((a >> 6) << 4);
+    m = (c >> 4) | ((b >> 6) << 4);
+  }
+}
+
+template <int T, typename R, typename O>
+__device__ __forceinline__ void decode4(const R& rd, O blk, int j, int i, float* w, float& s, float& mn) {
+  mn = 0.f;
+  if constexpr (T == kQ8_0) {  // {f16 d, int8 qs[32]}: q * d
+    s = f16_bits(rd.u16(blk));
+    codes4<128>(rd.u32(blk + 2 + 4 * i) ^ 0x80808080u, w);
+  } else if constexpr (T == kQ4_0) {  // {f16 d, u8 qs[16]}: value v in the low nibble of qs[v], v+16 in the high
+    s = f16_bits(rd.u16(blk));
+    codes4<8>((rd.u32(blk + 2 + 4 * (i & 3)) >> (4 * (i >> 2))) & 0x0F0F0F0Fu, w);
+  } else if constexpr (T == kQ4_1) {  // {f16 d, f16 m, u8 qs[16]}: q * d + m
+    s = f16_bits(rd.u16(blk));
+    mn = f16_bits(rd.u16(blk + 2));
+    codes4<0>((rd.u32(blk + 4 + 4 * (i & 3)) >> (4 * (i >> 2))) & 0x0F0F0F0Fu, w);
+  } else if constexpr (T == kQ5_0) {  // {f16 d, u32 qh, u8 qs[16]}: bit v of qh is bit 4 of value v
+    s = f16_bits(rd.u16(blk));
+    const uint32_t qh = rd.u32(blk + 2);
+    const uint32_t lo = (rd.u32(blk + 6 + 4 * (i & 3)) >> (4 * (i >> 2))) & 0x0F0F0F0Fu;
+    codes4<16>(lo | spread4_to_bit4((qh >> (4 * i)) & 0xFu), w);
+  } else if constexpr (T == kQ5_1) {  // {f16 d, f16 m, u32 qh, u8 qs[16]}: q * d + m
+    s = f16_bits(rd.u16(blk));
+    mn = f16_bits(rd.u16(blk + 2));
+    const uint32_t qh = rd.u32(blk + 4);
+    const uint32_t lo = (rd.u32(blk + 8 + 4 * (i & 3)) >> (4 * (i >> 2))) & 0x0F0F0F0Fu;
+    codes4<0>(lo | spread4_to_bit4((qh >> (4 * i)) & 0xFu), w);
+  } else if constexpr (T == kMXFP4) {  // {e8m0 e, u8 qs[16]}: E2M1 codes, nibbles as Q4_0
+    s = e8m0_half(rd.u8(blk));
+    const uint32_t c = (rd.u32(blk + 1 + 4 * (i & 3)) >> (4 * (i >> 2))) & 0x0F0F0F0Fu;
+    // doubled E2M1 magnitudes {0,1,2,3,4,6,8,12} and their negatives as byte lookup tables: the
+    // 3-bit magnitudes become the byte selectors of one prmt per sign
+    const uint32_t mag = c & 0x07070707u, t = mag | (mag >> 4);
+    const uint32_t sel = (t & 0xFFu) | ((t >> 8) & 0xFF00u);
+    const uint32_t pos = __byte_perm(0x03020100u, 0x0C080604u, sel);
+    const uint32_t neg = __byte_perm(0xFDFEFF00u, 0xF4F8FAFCu, sel);
+    const uint32_t sm = ((c >> 3) & 0x01010101u) * 0xFFu;
+    codes4<128>(((pos & ~sm) | (neg & sm)) ^ 0x80808080u, w);  // code 8 (-0) gives 0, as in ggml
+  } else if constexpr (T == kQ4_K || T == kQ5_K) {
+    // Q4_K {f16 d, f16 dmin, u8 scales[12], u8 qs[128]}; Q5_K adds u8 qh[32] before qs. Group j:
+    // qs bytes 32 (j / 2) .., low nibbles for even j, high for odd; Q5_K: bit j of qh[l] is bit 4
+    // of value l. value = (d * sc) * q - (dmin * m)
+    uint32_t sc, m;
+    k_scale_min(rd, blk + 4, j, sc, m);
+    s = __fmul_rn(f16_bits(rd.u16(blk)), (float)sc);
+    mn = -__fmul_rn(f16_bits(rd.u16(blk + 2)), (float)m);
+    constexpr int qs = T == kQ4_K ? 16 : 48;
+    uint32_t c = (rd.u32(blk + qs + 32 * (j >> 1) + 4 * i) >> (4 * (j & 1))) & 0x0F0F0F0Fu;
+    if constexpr (T == kQ5_K) c |= ((rd.u32(blk + 16 + 4 * i) >> j) & 0x01010101u) << 4;
+    codes4<0>(c, w);
+  } else if constexpr (T == kQ6_K) {
+    // {u8 ql[128], u8 qh[64], int8 scales[16], f16 d}: group j = 4h + g, value t of the group:
+    // low 4 bits from ql[64h + 32(g & 1) + t] (high nibble when g >= 2), high 2 bits
+    // (qh[32h + t] >> 2g) & 3; q - 32; scale 8h + 2g + (t >= 16). value = (d * sc) * q
+    const int h = j >> 2, g = j & 3;
+    const uint32_t lo = (rd.u32(blk + 64 * h + 32 * (g & 1) + 4 * i) >> (4 * (g >> 1))) & 0x0F0F0F0Fu;
+    const uint32_t hi = (rd.u32(blk + 128 + 32 * h + 4 * i) >> (2 * g)) & 0x03030303u;
+    const int sc = (int)(int8_t)rd.u8(blk + 192 + 8 * h + 2 * g + (i >> 2));
+    s = __fmul_rn(f16_bits(rd.u16(blk + 208)), (float)sc);
+    codes4<32>(lo | (hi << 4), w);
+  }
+}
+
+// The exact dequantized value of a code from decode4 (ggml's fp32 operation order, no FMA).
+template <int T>
+__device__ __forceinline__ float value_exact(float w, float s, float mn) {
+  const float v = __fmul_rn(w, s);
+  if constexpr (Traits<T>::kHasMin) return __fadd_rn(v, mn);
+  return v;
+}
+
+}  // namespace quant
+}  // namespace gpte

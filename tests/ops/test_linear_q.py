@@ -1,0 +1,231 @@
+"""GGUF packed weights on the GPU: the packed-block GEMV (csrc/linear_q.cu) behind ops.linear, the
+dequantize kernel (csrc/dequant.cu) bit-exact with gguf-py, embedding rows of packed tables, and
+the MXFP4 projections at gpt-oss shapes. Oracles: gguf-py's own dequantization in float64
+(test_linear.make_weight) and gguf.quants.dequantize for the bit-exact tests."""
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from gpt_engine import ops
+from gpt_engine.qweight import QWeight
+
+from ._bench import graphed, mark
+from ._util import DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, randn
+from .test_linear import _case, make_weight
+
+Q = gguf.GGMLQuantizationType
+PACKED = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "MXFP4"]
+
+
+def _qk(t: str) -> int:
+    return gguf.GGML_QUANT_SIZES[Q[t]][0]
+
+
+def _shapes(t: str, device: str):
+    """(M, N, K): K one block (one super-block for K-quants), several blocks, a row of many
+    batches; N odd; M = 1, 2, 3, 16 (GEMV tiles 1, 2, 4, 16); 17 rows take the dequantize + cuBLAS path."""
+    qk = _qk(t)
+    if device == "cpu":
+        return [(1, 7, qk), (3, 5, 2 * qk)]
+    return [(1, 7, qk), (2, 33, 3 * qk), (3, 129, 1600 if qk == 32 else 1536), (16, 65, 4096), (17, 31, 2 * qk),
+            (1, 1001, 6400 if qk == 32 else 6144)]
+
+
+EPILOGUES = [  # norm, act, bias, residual, float_out
+    (None, "none", False, False, False),
+    ("layernorm", "gelu_tanh", True, False, False),   # GPT-2 MLP up
+    (None, "none", True, True, False),                # attention output / MLP down
+    ("rmsnorm", "swiglu", False, False, False),       # Llama gate+up
+    ("rmsnorm", "none", False, False, True),          # LM head, fp32 logits
+]
+
+
+@pytest.mark.story("GX-003", "GT-033")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("wtype", PACKED)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("epi", EPILOGUES, ids=str)
+def test_linear_packed(device, wtype, dtype, epi):
+    if device == "cpu":
+        if dtype == torch.bfloat16:
+            pytest.skip("the CPU path is the fp32 oracle path; one dtype suffices")
+        dtype = torch.float32
+    norm, act, bias, residual, float_out = epi
+    for m, n, k in _shapes(wtype, device):
+        if act == "swiglu":
+            n += n % 2
+        _case(device, m, n, k, wtype, dtype, norm, act, bias, residual, float_out)
+
+
+@pytest.mark.story("GX-003", "GT-033")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("wtype", PACKED)
+def test_packed_gemv_is_taken_and_rows_do_not_depend_on_the_batch(wtype):
+    """The packed GEMV serves M <= 16 (not the dequantize fallback) and row m of a batch is computed
+    as it is alone."""
+    from gpt_engine.ops import linear_module as lin
+    w, _ = make_weight(301, 1536, wtype, "cuda")
+    assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, 16, 1536)
+    x = randn((16, 1536), torch.float16, "cuda")
+    nm = ops.Norm("rmsnorm", randn((1536,), torch.float16, "cuda", 0.2, 1.0))
+    full = ops.linear(x, w, norm=nm)
+    for m in (1, 3):
+        assert torch.equal(ops.linear(x[:m].contiguous(), w, norm=nm), full[:m])
+
+
+# ---------------------------------------------------------------- dequantize: bit-exact
+
+_F16_FIELDS = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q4_K": [0, 2],
+               "Q5_K": [0, 2], "Q6_K": [208], "MXFP4": []}
+# finite fp16 scales including the extremes: 0, -0, the smallest subnormal, the largest finite
+_F16_EDGES = np.array([0.0, -0.0, 2.0**-24, -(2.0**-24), 6.1e-5, 1.0, -1.0, 0.01, 65504.0, -65504.0],
+                      dtype=np.float16)
+
+
+def edge_blocks(wtype: str, nblocks: int, rng) -> np.ndarray:
+    """Random blocks [nblocks, type size] with finite fp16 scales drawn from the edges and at random,
+    some blocks with every code byte 0x00 or 0xFF (min/max codes); MXFP4 blocks cycle through every
+    E8M0 exponent 0..255 (gguf-py decodes them all, 255 included, as ggml does)."""
+    ts = gguf.GGML_QUANT_SIZES[Q[wtype]][1]
+    b = rng.integers(0, 256, size=(nblocks, ts), dtype=np.uint8)
+    b[0::7, :] = 0x00
+    b[1::7, :] = 0xFF
+    for off in _F16_FIELDS[wtype]:
+        sc = rng.standard_normal(nblocks).astype(np.float16)
+        edge = rng.integers(0, len(_F16_EDGES), nblocks)
+        pick = rng.random(nblocks) < 0.4
+        sc[pick] = _F16_EDGES[edge[pick]]
+        sc[2::7] = 0.0  # all-zero scales
+        b[:, off:off + 2] = sc.view(np.uint8).reshape(nblocks, 2)
+    if wtype == "MXFP4":
+        b[:, 0] = np.arange(nblocks) % 256
+    return b
+
+
+@pytest.mark.story("GT-029", "GT-030")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("wtype", PACKED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_dequantize_bit_exact(device, wtype, dtype):
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, ())))
+    qk = _qk(wtype)
+    n, bpr = 37, (768 // qk if qk == 256 else 24)  # rows of 3 (K-quants) or 24 blocks
+    raw = edge_blocks(wtype, n * bpr, rng).reshape(n, -1)
+    ref = torch.from_numpy(gguf.quants.dequantize(raw, Q[wtype]).astype(np.float32)).reshape(n, -1).to(dtype)
+    t = torch.from_numpy(raw.copy()).to(device)
+    out = ops.dequantize_rows(t, int(Q[wtype]), None, dtype, None)
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert torch.equal(out.cpu(), ref), f"{int((out.cpu() != ref).sum())} values differ"
+    ids = torch.tensor([5, 0, 36, 5, 17], device=device)
+    rows = ops.dequantize_rows(t, int(Q[wtype]), ids, dtype, None)
+    assert torch.equal(rows.cpu(), ref[ids.cpu()])
+
+
+@pytest.mark.story("GT-034")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("wtype", PACKED)
+def test_packed_embedding_rows_cuda(wtype):
+    """QWeight.rows of a packed table on CUDA (the kernel) equals the CPU path bit for bit; a bad id
+    under device checking gives a NaN row and bit 1 of the status word, no exception, no sync."""
+    w, _ = make_weight(500, 2 * _qk(wtype) if _qk(wtype) == 256 else 576, wtype, "cpu")
+    wc = QWeight(w.raw.cuda(), w.qtype, w.shape)
+    ids = torch.randint(0, 500, (3, 7))
+    for dt in (torch.float16, torch.bfloat16, torch.float32):
+        assert torch.equal(wc.rows(ids.cuda(), dt).cpu(), w.rows(ids, dt))
+    status = torch.zeros(1, dtype=torch.int32, device="cuda")
+    out = wc.rows(torch.tensor([3, 500, -1], device="cuda"), torch.float16, checked=False, status=status)
+    assert int(status) == 1
+    assert torch.isnan(out[1:]).all() and torch.isfinite(out[0]).all()
+    with pytest.raises(Exception, match="out of range"):
+        wc.rows(torch.tensor([3, 500], device="cuda"), torch.float16)
+
+
+# ---------------------------------------------------------------- MXFP4 at gpt-oss shapes
+
+# gpt-oss-20b: hidden 2880, 64 query heads and 8 KV heads of 64, expert FFN 2880 (SwiGLU)
+OSS_CASES = [
+    pytest.param(1, 64 * 64 + 2 * 8 * 64, 2880, "none", True, None, False, marks=pytest.mark.story("GT-035"),
+                 id="qkv"),
+    pytest.param(4, 2880, 64 * 64, "none", True, None, False, marks=pytest.mark.story("GT-035"), id="attn_out"),
+    pytest.param(1, 2 * 2880, 2880, "swiglu", False, "rmsnorm", False, marks=pytest.mark.story("GT-036"),
+                 id="ffn_gate_up"),
+    pytest.param(2, 2880, 2880, "none", False, None, False, marks=pytest.mark.story("GT-036"), id="ffn_down"),
+    pytest.param(1, 8192, 2880, "none", False, "rmsnorm", True, marks=pytest.mark.story("GT-037"),
+                 id="lm_head_slice"),
+    pytest.param(64, 2880, 2880, "none", False, None, False, marks=pytest.mark.story("GT-036"),
+                 id="prefill_dequant_cublas"),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("m,n,k,act,bias,norm,float_out", OSS_CASES)
+def test_mxfp4_projections_at_model_shapes(dtype, m, n, k, act, bias, norm, float_out):
+    _case("cuda", m, n, k, "MXFP4", dtype, norm, act, bias, False, float_out)
+
+
+# ---------------------------------------------------------------- benchmarks
+
+BENCH_SHAPES = [(1600, 6400), (6400, 1600), (4096, 4096), (2880, 2880)]
+
+
+def _bench_gemv(bench, wtype, n, k):
+    if k % _qk(wtype):
+        k = k // _qk(wtype) * _qk(wtype)
+    w0, w64 = make_weight(n, k, wtype, "cuda")
+    nbytes = w0.nbytes
+    reps = max(4, (512 << 20) // nbytes)
+    qs = [w0] + [QWeight(w0.raw.clone(), w0.qtype, w0.shape) for _ in range(reps - 1)]
+    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+    assert_nmse(ops.linear(x, w0), x.cpu().double() @ w64.T, "nmse_fp16")
+
+    def ours():
+        for q in qs:
+            ops.linear(x, q)
+    t = bench.cuda_time(graphed(ours), warmup=3, reps=20, flush_l2=False) / reps
+    bench.record(f"{wtype.lower()}_gemv.{n}x{k}", nbytes / t / 1e9, "GB/s", kind="bandwidth",
+                 params={"n": n, "k": k, "m": 1, "packed_bytes": nbytes, "weights_per_replay": reps,
+                         "us_per_call": t * 1e6})
+    del qs
+    torch.cuda.empty_cache()
+
+
+@mark("GT-033")
+@pytest.mark.parametrize("n,k", BENCH_SHAPES, ids=str)
+def test_mxfp4_gemv_bandwidth(bench, n, k):
+    """M = 1 packed GEMV in a CUDA graph, 512 MiB of distinct packed weights per replay (none from
+    L2); bandwidth counts the packed bytes; the copy reference is measured in the same run."""
+    _bench_gemv(bench, "MXFP4", n, k)
+
+
+@mark("GX-003")
+@pytest.mark.parametrize("wtype", [t for t in PACKED if t != "MXFP4"])
+@pytest.mark.parametrize("n,k", BENCH_SHAPES, ids=str)
+def test_packed_gemv_bandwidth(bench, wtype, n, k):
+    _bench_gemv(bench, wtype, n, k)
+
+
+@mark("GT-029")
+@pytest.mark.parametrize("n,k", BENCH_SHAPES + [(8192, 8192)], ids=str)
+def test_mxfp4_dequant_bandwidth(bench, n, k):
+    """The whole-matrix dequantize (prefill's scratch fp16 matrix): bytes read (packed) + written
+    (fp16), calls on distinct weights in a CUDA graph."""
+    w0, _ = make_weight(n, k, "MXFP4", "cuda")
+    reps = max(2, (512 << 20) // (n * k * 2))
+    raws = [w0.raw] + [w0.raw.clone() for _ in range(reps - 1)]
+    outs = [torch.empty(n, k, device="cuda", dtype=torch.float16) for _ in range(reps)]
+    ext = __import__("gpt_engine.ops._ext", fromlist=["load"]).load()
+
+    def ours():
+        for r, o in zip(raws, outs):
+            ext.dequantize_rows(r, int(Q.MXFP4), None, o, None)
+    t = bench.cuda_time(graphed(ours), warmup=3, reps=20, flush_l2=False) / reps
+    nbytes = w0.nbytes + n * k * 2
+    ref = torch.from_numpy(gguf.quants.dequantize(w0.raw.cpu().numpy(), Q.MXFP4)).reshape(n, k).half()
+    assert torch.equal(outs[0].cpu(), ref)
+    bench.record(f"mxfp4_dequant.{n}x{k}", nbytes / t / 1e9, "GB/s", kind="bandwidth",
+                 params={"n": n, "k": k, "read_bytes": w0.nbytes, "write_bytes": n * k * 2, "us_per_call": t * 1e6})
