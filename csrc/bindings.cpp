@@ -163,8 +163,19 @@ void kv_append(at::Tensor& kc, at::Tensor& vc, const at::Tensor& k, const at::Te
                                           stream_of(kc)));
 }
 
+// Optional per-head sink logits of the attention ops: null, or a contiguous fp32 [Hq] tensor
+// on q's device.
+const float* sink_ptr(const char* op, const std::optional<at::Tensor>& sinks, const at::Tensor& q, int64_t Hq) {
+  if (!sinks.has_value()) return nullptr;
+  const at::Tensor& s = sinks.value();
+  TORCH_CHECK(s.is_cuda() && s.device() == q.device() && s.is_contiguous() && s.scalar_type() == at::kFloat &&
+                  s.dim() == 1 && s.size(0) == Hq,
+              op, ": sinks must be a contiguous fp32 [", Hq, "] tensor on ", q.device());
+  return s.data_ptr<float>();
+}
+
 void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& o, double scale,
-                       int64_t variant) {
+                       int64_t variant, const std::optional<at::Tensor>& sinks, int64_t window) {
   const char* op = "attention_prefill";
   check_tensor(op, "q", q, q, false);
   check_tensor(op, "k", k, q, false);
@@ -182,16 +193,20 @@ void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   TORCH_CHECK(D == 64 || D == 128, op, ": head dim ", D, " has no kernel (64, 128)");
   TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op, ": dtype ", q.scalar_type(),
               " has no kernel (fp16, bf16)");
+  TORCH_CHECK(window >= 0, op, ": window ", window, " is negative (0: none)");
+  const float* sink = sink_ptr(op, sinks, q, Hq);
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor counter = at::zeros({1}, q.options().dtype(at::kInt));  // work items handed out so far
   check_launch(op, gpte::launch_attention_prefill(dtype_code(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                                   o.data_ptr(), B, T, Hq, Hkv, D, q.stride(0), q.stride(1),
                                                   k.stride(0), k.stride(1), v.stride(0), v.stride(1), (float)scale,
-                                                  (int)variant, counter.data_ptr<int>(), stream_of(q)));
+                                                  (int)variant, counter.data_ptr<int>(), sink, window,
+                                                  stream_of(q)));
 }
 
 void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& lens,
-                      at::Tensor& o, double scale, int64_t splits_override) {
+                      at::Tensor& o, double scale, int64_t splits_override, const std::optional<at::Tensor>& sinks,
+                      int64_t window) {
   const char* op = "attention_decode";
   check_tensor(op, "q", q, q, true);
   check_tensor(op, "k_cache", kc, q, true);
@@ -209,6 +224,8 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
   TORCH_CHECK(lens.is_cuda() && lens.device() == q.device() && lens.is_contiguous() && lens.dim() == 1 &&
                   lens.size(0) == B && (lens.scalar_type() == at::kInt || lens.scalar_type() == at::kLong),
               op, ": seq_lens must be a contiguous int32/int64 [", B, "] tensor on ", q.device());
+  TORCH_CHECK(window >= 0 && window <= INT32_MAX, op, ": window ", window, " outside [0, 2^31) (0: none)");
+  const float* sink = sink_ptr(op, sinks, q, Hq);
   const c10::cuda::CUDAGuard guard(q.device());
   TORCH_CHECK(splits_override >= 0 && splits_override <= 1024, op, ": splits ", splits_override,
               " outside [0, 1024] (0: the heuristic)");
@@ -220,7 +237,7 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
   check_launch(op, gpte::launch_attention_decode(dtype_code(q), q.data_ptr(), kc.data_ptr(), vc.data_ptr(),
                                                  lens.data_ptr(), lens.scalar_type() == at::kLong, o.data_ptr(),
                                                  ws_o.data_ptr<float>(), ws_ml.data_ptr<float>(), B, Hq, Hkv, S, D,
-                                                 splits, (float)scale, stream_of(q)));
+                                                 splits, (float)scale, sink, window, stream_of(q)));
 }
 
 // ---- decode fast path ----
@@ -482,9 +499,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("embedding", &embedding, "out = wte[ids] + wpe[pos]");
   m.def("kv_append", &kv_append, "k/v -> caches at start_pos");
   m.def("attention_prefill", &attention_prefill, "causal flash attention", py::arg("q"), py::arg("k"), py::arg("v"),
-        py::arg("out"), py::arg("scale"), py::arg("variant") = 0);
+        py::arg("out"), py::arg("scale"), py::arg("variant") = 0, py::arg("sinks") = py::none(),
+        py::arg("window") = 0);
   m.def("attention_decode", &attention_decode, "split-K decode attention", py::arg("q"), py::arg("k_cache"),
-        py::arg("v_cache"), py::arg("seq_lens"), py::arg("out"), py::arg("scale"), py::arg("splits") = 0);
+        py::arg("v_cache"), py::arg("seq_lens"), py::arg("out"), py::arg("scale"), py::arg("splits") = 0,
+        py::arg("sinks") = py::none(), py::arg("window") = 0);
   m.def("linear", &linear, "decode GEMV: out = epilogue(norm(x) @ w.T)", py::arg("x"), py::arg("w"),
         py::arg("bias"), py::arg("residual"), py::arg("norm_w"), py::arg("norm_b"), py::arg("out"), py::arg("norm"),
         py::arg("act"), py::arg("eps"));

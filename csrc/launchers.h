@@ -35,21 +35,25 @@ cudaError_t launch_kv_append(int dtype, void* k_cache, void* v_cache, const void
 // q: [B, T, Hq, D], k/v: [B, T, Hkv, D] with batch/token strides (heads packed); o dense.
 // dtype fp16 or bf16; D 64 or 128. variant: kernel and tile shape (0 = default; see
 // attention_prefill.cu). work_counter: one int32 on the device, zero at launch (the Hopper
-// kernel's work-item counter; the call leaves it changed).
+// kernel's work-item counter; the call leaves it changed). sinks: null or fp32 [Hq] per-head
+// sink logits; window: 0 or the sliding window (query t sees keys in (t - window, t]).
 cudaError_t launch_attention_prefill(int dtype, const void* q, const void* k, const void* v, void* o, int64_t B,
                                      int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t q_sb, int64_t q_st,
                                      int64_t k_sb, int64_t k_st, int64_t v_sb, int64_t v_st, float scale,
-                                     int variant, int* work_counter, cudaStream_t stream);
+                                     int variant, int* work_counter, const float* sinks, int64_t window,
+                                     cudaStream_t stream);
 
 // Number of sequence splits the decode kernel will use (sizes the fp32 workspace:
 // B * Hq * splits * D floats for partial outputs, B * Hq * splits * 2 for (max, sum)).
 int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int num_sms);
 
 // q: [B, Hq, D]; caches dense [B, Hkv, S, D]; seq_lens int32 or int64 [B]; D 64 or 128.
+// sinks: null or fp32 [Hq] per-head sink logits; window: 0 or the sliding window (keys at
+// positions > len - 1 - window).
 cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cache, const void* v_cache,
                                     const void* seq_lens, bool lens_int64, void* out, float* ws_o, float* ws_ml,
                                     int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t D, int splits,
-                                    float scale, cudaStream_t stream);
+                                    float scale, const float* sinks, int64_t window, cudaStream_t stream);
 
 // ---- linear (decode GEMV) ----
 enum LinearNorm : int { kNormNone = 0, kNormLayer = 1, kNormRms = 2 };
