@@ -463,6 +463,68 @@ void qkv_rope(const at::Tensor& qkv, const at::Tensor& pos, const std::optional<
   check_launch(op, gpte::launch_qkv_rope(dtype_code(qkv), p, stream_of(qkv)));
 }
 
+// ---- gpt-oss mixture of experts ----
+
+void check_dense(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like, at::ScalarType dt,
+                 std::initializer_list<int64_t> shape) {
+  TORCH_CHECK(t.is_cuda() && t.device() == like.device() && t.is_contiguous() && t.scalar_type() == dt &&
+                  t.sizes().equals(shape),
+              op, ": ", name, " must be a contiguous ", dt, " ", c10::IntArrayRef(shape), " cuda tensor on ",
+              like.device(), ", got ", t.scalar_type(), " ", t.sizes(), t.is_contiguous() ? "" : " (strided)");
+}
+
+void moe_route(const at::Tensor& h, const at::Tensor& router, const at::Tensor& router_bias, at::Tensor& ids,
+               at::Tensor& weights) {
+  const char* op = "moe_route";
+  check_tensor(op, "h", h, h, true);
+  TORCH_CHECK(h.dim() == 2, op, ": h has shape ", h.sizes(), ", expected [M, C]");
+  const int64_t M = h.size(0), C = h.size(1), E = router.size(0), K = ids.dim() == 2 ? ids.size(1) : -1;
+  check_dense(op, "router", router, h, at::kFloat, {E, C});
+  check_dense(op, "router_bias", router_bias, h, at::kFloat, {E});
+  check_dense(op, "ids", ids, h, at::kInt, {M, K});
+  check_dense(op, "weights", weights, h, at::kFloat, {M, K});
+  const c10::cuda::CUDAGuard guard(h.device());
+  check_launch(op, gpte::launch_moe_route(dtype_code(h), h.data_ptr(), router.data_ptr<float>(),
+                                          router_bias.data_ptr<float>(), ids.data_ptr<int32_t>(),
+                                          weights.data_ptr<float>(), M, E, C, K, stream_of(h)));
+}
+
+void moe_experts(const at::Tensor& h, const at::Tensor& ids, const at::Tensor& weights, const at::Tensor& gate,
+                 const at::Tensor& gate_bias, const at::Tensor& up, const at::Tensor& up_bias, const at::Tensor& down,
+                 const at::Tensor& down_bias, const std::optional<at::Tensor>& residual, at::Tensor& act,
+                 at::Tensor& out) {
+  const char* op = "moe_experts";
+  check_tensor(op, "h", h, h, true);
+  check_tensor(op, "out", out, h, true);
+  TORCH_CHECK(h.dim() == 2, op, ": h has shape ", h.sizes(), ", expected [M, C]");
+  const int64_t M = h.size(0), C = h.size(1), K = ids.dim() == 2 ? ids.size(1) : -1;
+  const int64_t E = gate_bias.dim() == 2 ? gate_bias.size(0) : -1, F = gate_bias.dim() == 2 ? gate_bias.size(1) : -1;
+  TORCH_CHECK(C % 32 == 0 && F % 32 == 0 && C > 0 && F > 0, op, ": C ", C, " and F ", F,
+              " must be positive multiples of 32 (MXFP4 blocks)");
+  TORCH_CHECK(gpte::moe_blocks_per_lane(std::max(C, F)) <= gpte::kMoeMaxBlocksPerLane, op, ": C ", C, " / F ", F,
+              " above the kernel's 4096");
+  TORCH_CHECK(M * K <= 65535, op, ": ", M, " tokens x ", K, " experts exceeds one launch (65535)");
+  check_dense(op, "ids", ids, h, at::kInt, {M, K});
+  check_dense(op, "weights", weights, h, at::kFloat, {M, K});
+  check_dense(op, "gate", gate, h, at::kByte, {E * F, C / 32 * 17});
+  check_dense(op, "up", up, h, at::kByte, {E * F, C / 32 * 17});
+  check_dense(op, "down", down, h, at::kByte, {E * C, F / 32 * 17});
+  check_dense(op, "gate_bias", gate_bias, h, h.scalar_type(), {E, F});
+  check_dense(op, "up_bias", up_bias, h, h.scalar_type(), {E, F});
+  check_dense(op, "down_bias", down_bias, h, h.scalar_type(), {E, C});
+  if (residual) check_dense(op, "residual", *residual, h, h.scalar_type(), {M, C});
+  check_dense(op, "act", act, h, at::kFloat, {M, K, F});
+  check_dense(op, "out", out, h, h.scalar_type(), {M, C});
+  TORCH_CHECK(gpte::moe_down_smem_bytes(K, F) <= 227 * 1024, op, ": ", K, " experts x F ", F,
+              " do not fit the down kernel's shared memory");
+  const c10::cuda::CUDAGuard guard(h.device());
+  gpte::MoeArgs a{h.data_ptr(), ids.data_ptr<int32_t>(), weights.data_ptr<float>(), gate.data_ptr<uint8_t>(),
+                  gate_bias.data_ptr(), up.data_ptr<uint8_t>(), up_bias.data_ptr(), down.data_ptr<uint8_t>(),
+                  down_bias.data_ptr(), residual ? residual->data_ptr() : nullptr, act.data_ptr<float>(),
+                  out.data_ptr(), M, K, E, C, F};
+  check_launch(op, gpte::launch_moe_experts(dtype_code(h), a, stream_of(h)));
+}
+
 void sample_greedy(const at::Tensor& logits, int64_t n_valid, at::Tensor& next, const std::optional<at::Tensor>& pos,
                    const std::optional<at::Tensor>& status) {
   const char* op = "sample_greedy";
@@ -519,4 +581,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sample_greedy", &sample_greedy, "next = argmax(logits[:, :n_valid]); pos += 1", py::arg("logits"),
         py::arg("n_valid"), py::arg("next"), py::arg("pos"), py::arg("status"));
   m.def("attention_decode_splits", &gpte::attention_decode_splits, "splits the decode kernel uses");
+  m.def("moe_route", &moe_route, "router logits -> top-k experts and softmax weights", py::arg("h"),
+        py::arg("router"), py::arg("router_bias"), py::arg("ids"), py::arg("weights"));
+  m.def("moe_experts", &moe_experts, "the chosen MXFP4 experts' SwiGLU FFNs, weighted and summed", py::arg("h"),
+        py::arg("ids"), py::arg("weights"), py::arg("gate"), py::arg("gate_bias"), py::arg("up"),
+        py::arg("up_bias"), py::arg("down"), py::arg("down_bias"), py::arg("residual"), py::arg("act"),
+        py::arg("out"));
 }

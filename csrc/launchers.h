@@ -126,4 +126,31 @@ cudaError_t launch_sample_greedy(const float* logits, int64_t rows, int64_t row_
 bool linear_gemv_supported(int wdtype, int adtype, int64_t M, int64_t K);
 cudaError_t launch_linear_gemv(int wdtype, int adtype, const LinearArgs& p, int num_sms, cudaStream_t stream);
 
+// ---- gpt-oss mixture of experts (moe.cu): routing, then MXFP4 expert GEMVs ----
+// Router logits h W^T + b (fp32 W [E, C], b [E]) -> top K experts per token (descending)
+// and their softmax weights. E <= 256, K <= 32.
+cudaError_t launch_moe_route(int dtype, const void* h, const float* router, const float* router_bias, int32_t* ids,
+                             float* weights, int64_t M, int64_t E, int64_t C, int64_t K, cudaStream_t stream);
+
+constexpr int kMoeMaxBlocksPerLane = 4;  // C and F up to 4 * 32 * 32 = 4096
+struct MoeArgs {
+  const void* h;           // [M, C] (dtype)
+  const int32_t* ids;      // [M, K] chosen experts
+  const float* weights;    // [M, K] their routing weights
+  const uint8_t* gate;     // [E * F, C / 32 * 17] MXFP4 blocks; expert e = rows e*F..(e+1)*F
+  const void* gate_bias;   // [E, F] (dtype)
+  const uint8_t* up;       // [E * F, C / 32 * 17]
+  const void* up_bias;     // [E, F]
+  const uint8_t* down;     // [E * C, F / 32 * 17]
+  const void* down_bias;   // [E, C]
+  const void* residual;    // [M, C] or null: out = residual + moe(h)
+  float* act;              // [M, K, F] workspace (SwiGLU outputs)
+  void* out;               // [M, C] (dtype)
+  int64_t M, K, E, C, F;
+};
+// C, F multiples of 32, at most 4096; M * K <= 65535.
+cudaError_t launch_moe_experts(int dtype, const MoeArgs& a, cudaStream_t stream);
+int moe_blocks_per_lane(int64_t n);
+size_t moe_down_smem_bytes(int64_t K, int64_t F);
+
 }  // namespace gpte
