@@ -10,6 +10,11 @@
 // Pass 2 (decode_reduce_kernel) rescales the splits to a common max and normalises.
 // Sequence lengths are read on the device (no host sync: graph-capturable); each is clamped
 // to [0, S] so a bad length never reads outside the cache.
+// Optional, for gpt-oss (docs/gpt_oss.md): a sliding window W > 0 keeps the keys at positions
+// p > qpos - W (qpos = len - 1: the splits cover [max(0, len - W), len)), and per-head sink
+// logits [Hq] (fp32, unscaled) are one more softmax column that takes probability mass and
+// brings no value: the reduce adds exp(sink - max) to the denominator once. Without either,
+// every instruction that runs is the one that ran before (other models are unchanged).
 #include <cmath>
 
 #include "common.cuh"
@@ -47,7 +52,8 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
                                                               const T* __restrict__ vc, const void* __restrict__ lens,
                                                               bool lens64, float* __restrict__ ws_o,
                                                               float* __restrict__ ws_ml, int Hq, int Hkv, int S,
-                                                              int splits, int group, int gblocks, float scale_log2) {
+                                                              int splits, int group, int gblocks, float scale_log2,
+                                                              int window) {
   constexpr int VEC = kVec16<T>;
   constexpr int TPK = D / VEC;  // threads per key row
   static_assert(TPK >= 1 && TPK <= 32 && (TPK & (TPK - 1)) == 0, "head dim must give a power-of-two row split");
@@ -69,8 +75,9 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
   len = len < 0 ? 0 : (len > S ? S : len);
   // whole 64-key steps per split (a ragged last step in every split cost up to 10%; the
   // splits past the end of a short sequence stay empty)
-  const int64_t chunk = ((len + splits - 1) / splits + kSplitAlign - 1) / kSplitAlign * kSplitAlign;
-  const int64_t kbeg = (int64_t)split * chunk;
+  const int64_t wbeg = window > 0 && len > window ? len - window : 0;  // first key the window keeps
+  const int64_t chunk = ((len - wbeg + splits - 1) / splits + kSplitAlign - 1) / kSplitAlign * kSplitAlign;
+  const int64_t kbeg = wbeg + (int64_t)split * chunk;
   const int64_t kend = kbeg + chunk < len ? kbeg + chunk : len;
 
   float qf[G][VEC];
@@ -244,7 +251,9 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
 template <typename T, int D>
 __global__ void __launch_bounds__(kReduceThreads) decode_reduce_kernel(const float* __restrict__ ws_o,
                                                                       const float* __restrict__ ws_ml,
-                                                                      T* __restrict__ out, int splits) {
+                                                                      const float* __restrict__ sinks,
+                                                                      T* __restrict__ out, int splits, int Hq,
+                                                                      float sink_log2) {
   constexpr int SG = kReduceThreads / D;  // split groups
   __shared__ float sw[kMaxSplits];
   __shared__ float red[32];
@@ -256,6 +265,10 @@ __global__ void __launch_bounds__(kReduceThreads) decode_reduce_kernel(const flo
   float mm = -INFINITY;
   for (int s = threadIdx.x; s < splits; s += kReduceThreads) mm = fmaxf(mm, ml[2 * s]);
   mm = block_reduce(mm, red, true);
+  // the sink column, in the workspace's exp2 domain (scores were scaled by scale * log2 e;
+  // the sink logit is unscaled, so it takes log2 e alone)
+  const float s2 = sinks != nullptr ? sinks[row % Hq] * sink_log2 : -INFINITY;
+  if (sinks != nullptr) mm = fmaxf(mm, s2);
   float ll = 0.f;
   for (int s = threadIdx.x; s < splits; s += kReduceThreads) {
     const float m = ml[2 * s];
@@ -264,6 +277,7 @@ __global__ void __launch_bounds__(kReduceThreads) decode_reduce_kernel(const flo
     ll += w * ml[2 * s + 1];
   }
   ll = block_reduce(ll, red, false);  // its barriers also publish sw[]
+  if (sinks != nullptr) ll += exp2f(s2 - mm);
   const int d = threadIdx.x % D, g = threadIdx.x / D;
   const float* po = ws_o + row * splits * D + d;
   float acc = 0.f;
@@ -280,30 +294,35 @@ __global__ void __launch_bounds__(kReduceThreads) decode_reduce_kernel(const flo
 
 int pick_group_tile(int64_t group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
 
+struct SinkWindow {
+  const float* sinks;  // [Hq] fp32 or null
+  int window;          // 0: none
+};
+
 template <typename T, int D, int G>
 cudaError_t launch_g(const T* q, const T* kc, const T* vc, const void* lens, bool lens64, T* out, float* ws_o,
                      float* ws_ml, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int splits, float scale,
-                     cudaStream_t st) {
+                     SinkWindow sw, cudaStream_t st) {
   const int group = (int)(Hq / Hkv);
   const int gblocks = (group + G - 1) / G;
   const dim3 grid(splits, (unsigned)(Hkv * gblocks), (unsigned)B);
   // both launched as programmatic dependents (PDL): each may start while its predecessor finishes
   cudaError_t e = launch_pdl(decode_split_kernel<T, D, G>, grid, dim3(kThreads), 0, st, q, kc, vc, lens, lens64, ws_o,
-                             ws_ml, (int)Hq, (int)Hkv, (int)S, splits, group, gblocks, scale * kLog2e);
+                             ws_ml, (int)Hq, (int)Hkv, (int)S, splits, group, gblocks, scale * kLog2e, sw.window);
   if (e != cudaSuccess) return e;
-  return launch_pdl(decode_reduce_kernel<T, D>, dim3((unsigned)(B * Hq)), dim3(kReduceThreads), 0, st, ws_o, ws_ml, out,
-                    splits);
+  return launch_pdl(decode_reduce_kernel<T, D>, dim3((unsigned)(B * Hq)), dim3(kReduceThreads), 0, st, ws_o, ws_ml,
+                    sw.sinks, out, splits, (int)Hq, kLog2e);
 }
 
 template <typename T, int D>
 cudaError_t launch_d(const T* q, const T* kc, const T* vc, const void* lens, bool lens64, T* out, float* ws_o,
                      float* ws_ml, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int splits, float scale,
-                     cudaStream_t st) {
+                     SinkWindow sw, cudaStream_t st) {
   switch (pick_group_tile(Hq / Hkv)) {
-    case 1: return launch_g<T, D, 1>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, st);
-    case 2: return launch_g<T, D, 2>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, st);
-    case 4: return launch_g<T, D, 4>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, st);
-    default: return launch_g<T, D, 8>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, st);
+    case 1: return launch_g<T, D, 1>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, st);
+    case 2: return launch_g<T, D, 2>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, st);
+    case 4: return launch_g<T, D, 4>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, st);
+    default: return launch_g<T, D, 8>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, st);
   }
 }
 
@@ -325,16 +344,18 @@ int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int n
 cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cache, const void* v_cache,
                                     const void* seq_lens, bool lens_int64, void* out, float* ws_o, float* ws_ml,
                                     int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t D, int splits, float scale,
-                                    cudaStream_t stream) {
+                                    const float* sinks, int64_t window, cudaStream_t stream) {
   if (B == 0 || Hq == 0) return cudaSuccess;
   if (Hkv <= 0 || Hq % Hkv != 0 || splits < 1 || splits > kMaxSplits) return cudaErrorInvalidValue;
+  if (window < 0 || window > INT32_MAX) return cudaErrorInvalidValue;
+  const SinkWindow sw{sinks, (int)window};
   if (!(aligned16(q) && aligned16(k_cache) && aligned16(v_cache))) return cudaErrorMisalignedAddress;
   GPTE_DISPATCH(dtype, T, {
     const T* qq = (const T*)q;
     const T* kk = (const T*)k_cache;
     const T* vv = (const T*)v_cache;
-    if (D == 64) return launch_d<T, 64>(qq, kk, vv, seq_lens, lens_int64, (T*)out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, stream);
-    if (D == 128) return launch_d<T, 128>(qq, kk, vv, seq_lens, lens_int64, (T*)out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, stream);
+    if (D == 64) return launch_d<T, 64>(qq, kk, vv, seq_lens, lens_int64, (T*)out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, stream);
+    if (D == 128) return launch_d<T, 128>(qq, kk, vv, seq_lens, lens_int64, (T*)out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, stream);
     return cudaErrorInvalidValue;
   });
   return cudaSuccess;

@@ -16,6 +16,11 @@
 // that TMA writes and wgmma descriptors read). Softmax runs in the exp2 domain (scale * log2 e
 // folded into one FFMA per score). The last query blocks (which see the most keys) go first
 // to even out the causal triangle. GQA: query head h reads kv head h / (Hq / Hkv).
+// Optional, for gpt-oss (docs/gpt_oss.md): a sliding window W > 0 masks the keys at positions
+// <= t - W of query t (tiles wholly before every row's window are skipped by the mma.sync
+// kernel, masked by the TMA kernel), and per-head sink logits [Hq] (fp32, unscaled) add
+// exp(sink - row max) to each row's softmax denominator at the end (a column that takes
+// probability mass and brings no value). Without either nothing else changes.
 #include <cmath>
 
 #include "common.cuh"
@@ -90,6 +95,8 @@ struct Params {
   int T, Hq, Hkv;
   int64_t q_sb, q_st, k_sb, k_st, v_sb, v_st, o_sb, o_st;
   float scale_log2;
+  const float* sinks;  // [Hq] or null
+  int window;          // 0: none
 };
 
 template <int D>
@@ -133,6 +140,29 @@ __device__ __forceinline__ void causal_mask(float (&s)[NS * 4], int kb0, int wro
     const int key = kb0 + (i >> 2) * 8 + 2 * (lane & 3) + (i & 1);
     if (key > qrow) s[i] = -INFINITY;
   }
+}
+
+// Masks keys at positions <= qrow - window (the sliding window) in the same S tile layout.
+template <int NS>
+__device__ __forceinline__ void window_mask(float (&s)[NS * 4], int kb0, int wrow0, int lane, int window) {
+#pragma unroll
+  for (int i = 0; i < NS * 4; ++i) {
+    const int qrow = wrow0 + (lane >> 2) + ((i & 2) ? 8 : 0);
+    const int key = kb0 + (i >> 2) * 8 + 2 * (lane & 3) + (i & 1);
+    if (key <= qrow - window) s[i] = -INFINITY;
+  }
+}
+
+// True when some key of the tile [kb0, kb0 + n) is outside the window of one of the 16 rows
+// from row0 (the smallest key against the largest row).
+__device__ __forceinline__ bool window_cuts(int window, int kb0, int row0) {
+  return window > 0 && kb0 <= row0 + 15 - window;
+}
+
+// The sink column's share of a row's softmax denominator: exp(sink - max) in the exp2
+// domain (mrow is the row's raw-score max, scores are scaled by sl2 = scale log2 e).
+__device__ __forceinline__ float sink_mass(const float* sinks, int h, float mrow, float sl2) {
+  return sinks == nullptr ? 0.f : exp2f(sinks[h] * kLog2e - mrow * sl2);
 }
 
 // Online softmax of one S tile (exp2 domain, rows lane/4 and lane/4 + 8 of this warp):
@@ -245,6 +275,7 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(const Params 
     const uint32_t bV = sV + (j & 1) * kBN * D * 2;
     const int kb0 = j * kBN;
     if (kb0 > wrow0 + 16 * MT - 1) continue;  // every key of this tile is in this warp's future
+    if (p.window > 0 && kb0 + kBN - 1 <= wrow0 - p.window) continue;  // before every row's window
 
     float s[MT][NB][4];
 #pragma unroll
@@ -273,6 +304,7 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(const Params 
     for (int mt = 0; mt < MT; ++mt) {
       float(&sf)[NB * 4] = *reinterpret_cast<float(*)[NB * 4]>(&s[mt][0][0]);
       if (kb0 + kBN - 1 > wrow0 + mt * 16) causal_mask<NB>(sf, kb0, wrow0 + mt * 16, lane);
+      if (window_cuts(p.window, kb0, wrow0 + mt * 16)) window_mask<NB>(sf, kb0, wrow0 + mt * 16, lane, p.window);
       float corr[2];
       softmax_tile<T, NB>(sf, pp[mt], mrow[mt], lrow[mt], corr, sl2);
 #pragma unroll
@@ -315,6 +347,7 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(const Params 
       float l = lrow[mt][r];
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
+      if (p.sinks != nullptr) l += sink_mass(p.sinks, h, mrow[mt][r], sl2);
       const float inv = l > 0.f ? 1.f / l : 0.f;
       const int row = wrow0 + mt * 16 + (lane >> 2) + 8 * r;
       if (row < T_) {
@@ -462,6 +495,7 @@ __device__ __forceinline__ void tma_consumer(const Params& p, uint32_t base, int
     wgmma_wait<0>();
     reg_fence(s);
     causal_mask<NS>(s, 0, wrow0, lane);
+    if (window_cuts(p.window, 0, wrow0)) window_mask<NS>(s, 0, wrow0, lane, p.window);
     softmax_tile<T, NS>(s, pp, mrow, lrow, corr, sl2);  // O is still zero: corr unused
     for (int j = 0; j < n_tiles; ++j) {
       const int g = g0 + j, gn = g + 1;
@@ -485,6 +519,7 @@ __device__ __forceinline__ void tma_consumer(const Params& p, uint32_t base, int
         if (next) {
           const int kb0 = (j + 1) * BN;
           if (kb0 + BN - 1 > wrow0) causal_mask<NS>(s, kb0, wrow0, lane);
+          if (window_cuts(p.window, kb0, wrow0)) window_mask<NS>(s, kb0, wrow0, lane, p.window);
           softmax_tile<T, NS>(s, pn, mrow, lrow, corr, sl2);
         }
         wgmma_wait<0>();
@@ -507,6 +542,7 @@ __device__ __forceinline__ void tma_consumer(const Params& p, uint32_t base, int
       float l = lrow[r];
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
+      if (p.sinks != nullptr) l += sink_mass(p.sinks, it.h, mrow[r], sl2);
       const float inv = l > 0.f ? 1.f / l : 0.f;
       const int row = wrow0 + (lane >> 2) + 8 * r;
       if (row < T_) {
@@ -707,8 +743,11 @@ cudaError_t run(const Params& p, int64_t B, int64_t D, int variant, int* work_co
 cudaError_t launch_attention_prefill(int dtype, const void* q, const void* k, const void* v, void* o, int64_t B,
                                      int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t q_sb, int64_t q_st,
                                      int64_t k_sb, int64_t k_st, int64_t v_sb, int64_t v_st, float scale,
-                                     int variant, int* work_counter, cudaStream_t stream) {
+                                     int variant, int* work_counter, const float* sinks, int64_t window,
+                                     cudaStream_t stream) {
   if (B == 0 || T == 0 || Hq == 0) return cudaSuccess;
+  if (window < 0) return cudaErrorInvalidValue;
+  if (window >= T) window = 0;  // a window as long as the prompt cuts nothing
   if (Hkv <= 0 || Hq % Hkv != 0 || T > INT32_MAX || Hq > 65535 || B > 65535) return cudaErrorInvalidValue;
   if (B == 1) {  // a size-1 dimension's stride is arbitrary in torch (and never used): keep it aligned
     q_sb = T * q_st;
@@ -721,7 +760,7 @@ cudaError_t launch_attention_prefill(int dtype, const void* q, const void* k, co
     if (s % 8 != 0) return cudaErrorMisalignedAddress;
   if (!(aligned16(q) && aligned16(k) && aligned16(v) && aligned16(o))) return cudaErrorMisalignedAddress;
   Params p{q, k, v, o, (int)T, (int)Hq, (int)Hkv, q_sb, q_st, k_sb, k_st, v_sb, v_st, T * Hq * D, Hq * D,
-           scale * kLog2e};
+           scale * kLog2e, sinks, (int)window};
   if (dtype == kF16) return run<__half>(p, B, D, variant, work_counter, stream);
   if (dtype == kBF16) return run<__nv_bfloat16>(p, B, D, variant, work_counter, stream);
   return cudaErrorInvalidValue;

@@ -163,8 +163,19 @@ void kv_append(at::Tensor& kc, at::Tensor& vc, const at::Tensor& k, const at::Te
                                           stream_of(kc)));
 }
 
+// Optional per-head sink logits of the attention ops: null, or a contiguous fp32 [Hq] tensor
+// on q's device.
+const float* sink_ptr(const char* op, const std::optional<at::Tensor>& sinks, const at::Tensor& q, int64_t Hq) {
+  if (!sinks.has_value()) return nullptr;
+  const at::Tensor& s = sinks.value();
+  TORCH_CHECK(s.is_cuda() && s.device() == q.device() && s.is_contiguous() && s.scalar_type() == at::kFloat &&
+                  s.dim() == 1 && s.size(0) == Hq,
+              op, ": sinks must be a contiguous fp32 [", Hq, "] tensor on ", q.device());
+  return s.data_ptr<float>();
+}
+
 void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& o, double scale,
-                       int64_t variant) {
+                       int64_t variant, const std::optional<at::Tensor>& sinks, int64_t window) {
   const char* op = "attention_prefill";
   check_tensor(op, "q", q, q, false);
   check_tensor(op, "k", k, q, false);
@@ -182,16 +193,20 @@ void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   TORCH_CHECK(D == 64 || D == 128, op, ": head dim ", D, " has no kernel (64, 128)");
   TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op, ": dtype ", q.scalar_type(),
               " has no kernel (fp16, bf16)");
+  TORCH_CHECK(window >= 0, op, ": window ", window, " is negative (0: none)");
+  const float* sink = sink_ptr(op, sinks, q, Hq);
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor counter = at::zeros({1}, q.options().dtype(at::kInt));  // work items handed out so far
   check_launch(op, gpte::launch_attention_prefill(dtype_code(q), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                                                   o.data_ptr(), B, T, Hq, Hkv, D, q.stride(0), q.stride(1),
                                                   k.stride(0), k.stride(1), v.stride(0), v.stride(1), (float)scale,
-                                                  (int)variant, counter.data_ptr<int>(), stream_of(q)));
+                                                  (int)variant, counter.data_ptr<int>(), sink, window,
+                                                  stream_of(q)));
 }
 
 void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& lens,
-                      at::Tensor& o, double scale, int64_t splits_override) {
+                      at::Tensor& o, double scale, int64_t splits_override, const std::optional<at::Tensor>& sinks,
+                      int64_t window) {
   const char* op = "attention_decode";
   check_tensor(op, "q", q, q, true);
   check_tensor(op, "k_cache", kc, q, true);
@@ -209,6 +224,8 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
   TORCH_CHECK(lens.is_cuda() && lens.device() == q.device() && lens.is_contiguous() && lens.dim() == 1 &&
                   lens.size(0) == B && (lens.scalar_type() == at::kInt || lens.scalar_type() == at::kLong),
               op, ": seq_lens must be a contiguous int32/int64 [", B, "] tensor on ", q.device());
+  TORCH_CHECK(window >= 0 && window <= INT32_MAX, op, ": window ", window, " outside [0, 2^31) (0: none)");
+  const float* sink = sink_ptr(op, sinks, q, Hq);
   const c10::cuda::CUDAGuard guard(q.device());
   TORCH_CHECK(splits_override >= 0 && splits_override <= 1024, op, ": splits ", splits_override,
               " outside [0, 1024] (0: the heuristic)");
@@ -220,7 +237,7 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
   check_launch(op, gpte::launch_attention_decode(dtype_code(q), q.data_ptr(), kc.data_ptr(), vc.data_ptr(),
                                                  lens.data_ptr(), lens.scalar_type() == at::kLong, o.data_ptr(),
                                                  ws_o.data_ptr<float>(), ws_ml.data_ptr<float>(), B, Hq, Hkv, S, D,
-                                                 splits, (float)scale, stream_of(q)));
+                                                 splits, (float)scale, sink, window, stream_of(q)));
 }
 
 // ---- decode fast path ----
@@ -497,6 +514,68 @@ void qkv_rope(const at::Tensor& qkv, const at::Tensor& pos, const std::optional<
   check_launch(op, gpte::launch_qkv_rope(dtype_code(qkv), p, stream_of(qkv)));
 }
 
+// ---- gpt-oss mixture of experts ----
+
+void check_dense(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like, at::ScalarType dt,
+                 std::initializer_list<int64_t> shape) {
+  TORCH_CHECK(t.is_cuda() && t.device() == like.device() && t.is_contiguous() && t.scalar_type() == dt &&
+                  t.sizes().equals(shape),
+              op, ": ", name, " must be a contiguous ", dt, " ", c10::IntArrayRef(shape), " cuda tensor on ",
+              like.device(), ", got ", t.scalar_type(), " ", t.sizes(), t.is_contiguous() ? "" : " (strided)");
+}
+
+void moe_route(const at::Tensor& h, const at::Tensor& router, const at::Tensor& router_bias, at::Tensor& ids,
+               at::Tensor& weights) {
+  const char* op = "moe_route";
+  check_tensor(op, "h", h, h, true);
+  TORCH_CHECK(h.dim() == 2, op, ": h has shape ", h.sizes(), ", expected [M, C]");
+  const int64_t M = h.size(0), C = h.size(1), E = router.size(0), K = ids.dim() == 2 ? ids.size(1) : -1;
+  check_dense(op, "router", router, h, at::kFloat, {E, C});
+  check_dense(op, "router_bias", router_bias, h, at::kFloat, {E});
+  check_dense(op, "ids", ids, h, at::kInt, {M, K});
+  check_dense(op, "weights", weights, h, at::kFloat, {M, K});
+  const c10::cuda::CUDAGuard guard(h.device());
+  check_launch(op, gpte::launch_moe_route(dtype_code(h), h.data_ptr(), router.data_ptr<float>(),
+                                          router_bias.data_ptr<float>(), ids.data_ptr<int32_t>(),
+                                          weights.data_ptr<float>(), M, E, C, K, stream_of(h)));
+}
+
+void moe_experts(const at::Tensor& h, const at::Tensor& ids, const at::Tensor& weights, const at::Tensor& gate,
+                 const at::Tensor& gate_bias, const at::Tensor& up, const at::Tensor& up_bias, const at::Tensor& down,
+                 const at::Tensor& down_bias, const std::optional<at::Tensor>& residual, at::Tensor& act,
+                 at::Tensor& out) {
+  const char* op = "moe_experts";
+  check_tensor(op, "h", h, h, true);
+  check_tensor(op, "out", out, h, true);
+  TORCH_CHECK(h.dim() == 2, op, ": h has shape ", h.sizes(), ", expected [M, C]");
+  const int64_t M = h.size(0), C = h.size(1), K = ids.dim() == 2 ? ids.size(1) : -1;
+  const int64_t E = gate_bias.dim() == 2 ? gate_bias.size(0) : -1, F = gate_bias.dim() == 2 ? gate_bias.size(1) : -1;
+  TORCH_CHECK(C % 32 == 0 && F % 32 == 0 && C > 0 && F > 0, op, ": C ", C, " and F ", F,
+              " must be positive multiples of 32 (MXFP4 blocks)");
+  TORCH_CHECK(gpte::moe_blocks_per_lane(std::max(C, F)) <= gpte::kMoeMaxBlocksPerLane, op, ": C ", C, " / F ", F,
+              " above the kernel's 4096");
+  TORCH_CHECK(M * K <= 65535, op, ": ", M, " tokens x ", K, " experts exceeds one launch (65535)");
+  check_dense(op, "ids", ids, h, at::kInt, {M, K});
+  check_dense(op, "weights", weights, h, at::kFloat, {M, K});
+  check_dense(op, "gate", gate, h, at::kByte, {E * F, C / 32 * 17});
+  check_dense(op, "up", up, h, at::kByte, {E * F, C / 32 * 17});
+  check_dense(op, "down", down, h, at::kByte, {E * C, F / 32 * 17});
+  check_dense(op, "gate_bias", gate_bias, h, h.scalar_type(), {E, F});
+  check_dense(op, "up_bias", up_bias, h, h.scalar_type(), {E, F});
+  check_dense(op, "down_bias", down_bias, h, h.scalar_type(), {E, C});
+  if (residual) check_dense(op, "residual", *residual, h, h.scalar_type(), {M, C});
+  check_dense(op, "act", act, h, at::kFloat, {M, K, F});
+  check_dense(op, "out", out, h, h.scalar_type(), {M, C});
+  TORCH_CHECK(gpte::moe_down_smem_bytes(K, F) <= 227 * 1024, op, ": ", K, " experts x F ", F,
+              " do not fit the down kernel's shared memory");
+  const c10::cuda::CUDAGuard guard(h.device());
+  gpte::MoeArgs a{h.data_ptr(), ids.data_ptr<int32_t>(), weights.data_ptr<float>(), gate.data_ptr<uint8_t>(),
+                  gate_bias.data_ptr(), up.data_ptr<uint8_t>(), up_bias.data_ptr(), down.data_ptr<uint8_t>(),
+                  down_bias.data_ptr(), residual ? residual->data_ptr() : nullptr, act.data_ptr<float>(),
+                  out.data_ptr(), M, K, E, C, F};
+  check_launch(op, gpte::launch_moe_experts(dtype_code(h), a, stream_of(h)));
+}
+
 void sample_greedy(const at::Tensor& logits, int64_t n_valid, at::Tensor& next, const std::optional<at::Tensor>& pos,
                    const std::optional<at::Tensor>& status) {
   const char* op = "sample_greedy";
@@ -533,9 +612,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("embedding", &embedding, "out = wte[ids] + wpe[pos]");
   m.def("kv_append", &kv_append, "k/v -> caches at start_pos");
   m.def("attention_prefill", &attention_prefill, "causal flash attention", py::arg("q"), py::arg("k"), py::arg("v"),
-        py::arg("out"), py::arg("scale"), py::arg("variant") = 0);
+        py::arg("out"), py::arg("scale"), py::arg("variant") = 0, py::arg("sinks") = py::none(),
+        py::arg("window") = 0);
   m.def("attention_decode", &attention_decode, "split-K decode attention", py::arg("q"), py::arg("k_cache"),
-        py::arg("v_cache"), py::arg("seq_lens"), py::arg("out"), py::arg("scale"), py::arg("splits") = 0);
+        py::arg("v_cache"), py::arg("seq_lens"), py::arg("out"), py::arg("scale"), py::arg("splits") = 0,
+        py::arg("sinks") = py::none(), py::arg("window") = 0);
   m.def("linear", &linear, "decode GEMV: out = epilogue(norm(x) @ w.T)", py::arg("x"), py::arg("w"),
         py::arg("bias"), py::arg("residual"), py::arg("norm_w"), py::arg("norm_b"), py::arg("out"), py::arg("norm"),
         py::arg("act"), py::arg("eps"), py::arg("qtype") = -1);
@@ -554,4 +635,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sample_greedy", &sample_greedy, "next = argmax(logits[:, :n_valid]); pos += 1", py::arg("logits"),
         py::arg("n_valid"), py::arg("next"), py::arg("pos"), py::arg("status"));
   m.def("attention_decode_splits", &gpte::attention_decode_splits, "splits the decode kernel uses");
+  m.def("moe_route", &moe_route, "router logits -> top-k experts and softmax weights", py::arg("h"),
+        py::arg("router"), py::arg("router_bias"), py::arg("ids"), py::arg("weights"));
+  m.def("moe_experts", &moe_experts, "the chosen MXFP4 experts' SwiGLU FFNs, weighted and summed", py::arg("h"),
+        py::arg("ids"), py::arg("weights"), py::arg("gate"), py::arg("gate_bias"), py::arg("up"),
+        py::arg("up_bias"), py::arg("down"), py::arg("down_bias"), py::arg("residual"), py::arg("act"),
+        py::arg("out"));
 }

@@ -35,21 +35,25 @@ cudaError_t launch_kv_append(int dtype, void* k_cache, void* v_cache, const void
 // q: [B, T, Hq, D], k/v: [B, T, Hkv, D] with batch/token strides (heads packed); o dense.
 // dtype fp16 or bf16; D 64 or 128. variant: kernel and tile shape (0 = default; see
 // attention_prefill.cu). work_counter: one int32 on the device, zero at launch (the Hopper
-// kernel's work-item counter; the call leaves it changed).
+// kernel's work-item counter; the call leaves it changed). sinks: null or fp32 [Hq] per-head
+// sink logits; window: 0 or the sliding window (query t sees keys in (t - window, t]).
 cudaError_t launch_attention_prefill(int dtype, const void* q, const void* k, const void* v, void* o, int64_t B,
                                      int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t q_sb, int64_t q_st,
                                      int64_t k_sb, int64_t k_st, int64_t v_sb, int64_t v_st, float scale,
-                                     int variant, int* work_counter, cudaStream_t stream);
+                                     int variant, int* work_counter, const float* sinks, int64_t window,
+                                     cudaStream_t stream);
 
 // Number of sequence splits the decode kernel will use (sizes the fp32 workspace:
 // B * Hq * splits * D floats for partial outputs, B * Hq * splits * 2 for (max, sum)).
 int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int num_sms);
 
 // q: [B, Hq, D]; caches dense [B, Hkv, S, D]; seq_lens int32 or int64 [B]; D 64 or 128.
+// sinks: null or fp32 [Hq] per-head sink logits; window: 0 or the sliding window (keys at
+// positions > len - 1 - window).
 cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cache, const void* v_cache,
                                     const void* seq_lens, bool lens_int64, void* out, float* ws_o, float* ws_ml,
                                     int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t D, int splits,
-                                    float scale, cudaStream_t stream);
+                                    float scale, const float* sinks, int64_t window, cudaStream_t stream);
 
 // ---- linear (decode GEMV) ----
 enum LinearNorm : int { kNormNone = 0, kNormLayer = 1, kNormRms = 2 };
@@ -152,5 +156,31 @@ cudaError_t launch_linear_q(int ggml_type, int adtype, const LinearArgs& p, int 
 // ORs kStatusBadIndex into *status (status may be null).
 cudaError_t launch_dequantize_rows(int ggml_type, int odtype, const void* w, int64_t N, int64_t K,
                                    const int64_t* ids, int64_t nrows, void* out, int* status, cudaStream_t stream);
+// ---- gpt-oss mixture of experts (moe.cu): routing, then MXFP4 expert GEMVs ----
+// Router logits h W^T + b (fp32 W [E, C], b [E]) -> top K experts per token (descending)
+// and their softmax weights. E <= 256, K <= 32.
+cudaError_t launch_moe_route(int dtype, const void* h, const float* router, const float* router_bias, int32_t* ids,
+                             float* weights, int64_t M, int64_t E, int64_t C, int64_t K, cudaStream_t stream);
+
+constexpr int kMoeMaxBlocksPerLane = 4;  // C and F up to 4 * 32 * 32 = 4096
+struct MoeArgs {
+  const void* h;           // [M, C] (dtype)
+  const int32_t* ids;      // [M, K] chosen experts
+  const float* weights;    // [M, K] their routing weights
+  const uint8_t* gate;     // [E * F, C / 32 * 17] MXFP4 blocks; expert e = rows e*F..(e+1)*F
+  const void* gate_bias;   // [E, F] (dtype)
+  const uint8_t* up;       // [E * F, C / 32 * 17]
+  const void* up_bias;     // [E, F]
+  const uint8_t* down;     // [E * C, F / 32 * 17]
+  const void* down_bias;   // [E, C]
+  const void* residual;    // [M, C] or null: out = residual + moe(h)
+  float* act;              // [M, K, F] workspace (SwiGLU outputs)
+  void* out;               // [M, C] (dtype)
+  int64_t M, K, E, C, F;
+};
+// C, F multiples of 32, at most 4096; M * K <= 65535.
+cudaError_t launch_moe_experts(int dtype, const MoeArgs& a, cudaStream_t stream);
+int moe_blocks_per_lane(int64_t n);
+size_t moe_down_smem_bytes(int64_t K, int64_t F);
 
 }  // namespace gpte

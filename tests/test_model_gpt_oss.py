@@ -304,3 +304,25 @@ def test_hf_checkpoint_mxfp4_repacked_reads_as_transformers_reads_it():
     assert torch.equal(ours, hf)
     naive = np.concatenate((scales[..., None], blocks), axis=-1).reshape(E, rows, groups * 17)
     assert not torch.equal(quants.dequantize(naive, quants.Q.MXFP4), hf)
+
+
+@STORY
+@pytest.mark.parametrize("shape", ["L2-h8kv2-e4k1-d64", "L2-h4kv1-e32k4-d64"])
+def test_gpu_path_wiring_on_the_cpu(oss, shape):
+    """The GPU path's calls (ops.attention_prefill / attention_decode with sinks and window,
+    ops.moe_route + moe_experts) run here through the ops' CPU references: the same logits and
+    greedy ids as the CPU model's own path (sink_attention, GptOss.moe), for a full forward,
+    a batched decode through DecodeState (st.lens set before the attention reads it) and
+    single-token cache steps."""
+    path, _ = oss.get(shape)
+    m = gpt_engine.load(path)
+    prompts = [long_ids(m, seed=21, windows=4), long_ids(m, seed=22, windows=5)[:45]]
+    want_logits = m.logits(prompts[0])
+    want = [o.token_ids for o in m.generate_batch(prompts, max_new_tokens=5, stop_at_eos=False)]
+    m._decoders.clear()
+    m.net.on_gpu = m.net.moe_kernels = True
+    got_logits = m.logits(prompts[0])
+    got = [o.token_ids for o in m.generate_batch(prompts, max_new_tokens=5, stop_at_eos=False)]
+    err = (got_logits - want_logits).abs().max().item()
+    assert err <= tol("logits_max_abs_f32"), f"{shape}: GPU-path wiring vs CPU path {err:.3g}"
+    assert got == want

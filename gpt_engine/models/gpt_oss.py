@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from .. import ops, quants
 from ..kv_cache import KVCache
 from ..qweight import QWeight
+from ..ops._common import capturing
 from ..ops.linear import rmsnorm_reference as rmsnorm
+from ..ops.moe import kernel_supports as moe_kernel_supports
 
 # The clamped SwiGLU of gpt-oss: OpenAI's reference (gpt_oss/torch/model.py, swiglu: alpha 1.702,
 # limit 7.0), transformers GptOssConfig (swiglu_alpha, swiglu_limit), llama.cpp build_moe_ffn for
@@ -202,6 +204,18 @@ class GptOss:
         self.norm = w("output_norm.weight")
         self.head = w("output.weight")
         self.inv_freq, self.rope_factor = yarn_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.yarn)
+        # on the device once: rope_tables would otherwise copy it from the host every step (a
+        # pageable copy, which a CUDA graph cannot capture)
+        self.inv_freq = self.inv_freq.to(device)
+        # The GPU path (docs/gpt_oss.md): attention through the flash kernels with sinks and the
+        # window, the MoE through ops.moe_route / ops.moe_experts (no host sync: the decode step
+        # is graph-capturable). Expert stacks in another encoding than MXFP4 (test files) or sizes
+        # the kernels do not serve keep the reference MoE, which picks experts on the host.
+        self.on_gpu = device.type == "cuda"
+        L0 = self.layers[0] if self.layers else None
+        self.moe_kernels = self.on_gpu and L0 is not None and all(
+            st.weight.qtype == _Q.MXFP4 for L in self.layers for st in (L.gate, L.up, L.down)) and \
+            moe_kernel_supports(cfg.n_embd, L0.gate.rows, cfg.n_expert_used, dtype)
         self._file = f
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
@@ -229,7 +243,9 @@ class GptOss:
             ops.kv_append(cache.k[layer], cache.v[layer], k, v, start)
             return cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
 
-        x = self.embd.rows(ids, self.dtype)
+        # a whole prompt (nothing cached before it) goes through the prefill kernel
+        append.prompt = start == 0
+        x = self.embd.rows(ids, self.dtype, checked=not capturing())
         for i, L in enumerate(self.layers):
             x = x + self.attention(rmsnorm(x, L.attn_norm, c.norm_eps), L, i, pos, cos, sin, append)
             x = x + self.moe(rmsnorm(x, L.post_norm, c.norm_eps), L)
@@ -245,10 +261,12 @@ class GptOss:
     def decode_logits(self, st) -> torch.Tensor:
         """One decode step for st.batch sequences, each at its own position st.pos (a
         cuda_graph.DecodeState): logits [B, V] float32; k/v written at st.pos, st.lens set.
-        Eager reference only: the MoE picks its experts on the host, so this step cannot be
-        captured in a CUDA graph (the GPU path's grouped expert kernels will)."""
+        On the GPU with MXFP4 experts nothing here reads the device (graph-capturable: decode
+        attention kernel over st.lens, routing and experts on the device); on the CPU the MoE
+        picks its experts on the host."""
         B = st.ids.shape[0]
         c = self.cfg
+        st.lens.copy_(st.pos + 1)  # keys the decode attention reads (this token's included)
         cos, sin = rope_tables(st.pos, self.inv_freq, self.rope_factor)   # [B, d/2]: one row per sequence
         rows = torch.arange(B, device=self.device)
 
@@ -257,11 +275,11 @@ class GptOss:
             st.cache.v[layer][rows, :, st.pos] = v[:, 0]
             return st.cache.k[layer], st.cache.v[layer]
 
-        x = self.embd.rows(st.ids, self.dtype).reshape(B, 1, c.n_embd)
+        append.decode = st  # one token per sequence at st.pos: the decode kernel reads st.lens
+        x = self.embd.rows(st.ids, self.dtype, checked=not self.on_gpu).reshape(B, 1, c.n_embd)
         for i, L in enumerate(self.layers):
             x = x + self.attention(rmsnorm(x, L.attn_norm, c.norm_eps), L, i, st.pos[:, None], cos, sin, append)
             x = x + self.moe(rmsnorm(x, L.post_norm, c.norm_eps), L)
-        st.lens.copy_(st.pos + 1)
         x = rmsnorm(x[:, 0], self.norm, c.norm_eps)
         return F.linear(x, self.head.dense(self.dtype)).float()
 
@@ -280,13 +298,26 @@ class GptOss:
         else:
             q, k = rope_halves(q, cos, sin), rope_halves(k, cos, sin)
         keys, values = append(layer, k.contiguous(), v)
-        a = sink_attention(q, keys, values, L.sinks, pos, L.window, 1.0 / math.sqrt(c.head_dim))
+        scale = 1.0 / math.sqrt(c.head_dim)
+        st = getattr(append, "decode", None)
+        if self.on_gpu and st is not None:
+            a = ops.attention_decode(q[:, 0].contiguous(), keys, values, st.lens, scale, st.splits, L.sinks,
+                                     L.window or 0)[:, None]
+        elif self.on_gpu and getattr(append, "prompt", False):
+            a = ops.attention_prefill(q.contiguous(), k.contiguous(), v, scale, L.sinks, L.window or 0)
+        else:
+            a = sink_attention(q, keys, values, L.sinks, pos, L.window, scale)
         return F.linear(a.reshape(B, T, c.n_head * c.head_dim), L.o.dense(dt), L.o_bias)
 
     def moe(self, h: torch.Tensor, L: Layer) -> torch.Tensor:
         """Top-k routing, then each chosen expert on the tokens that chose it."""
         k = self.cfg.n_expert_used
         flat = h.reshape(-1, h.shape[-1])
+        if getattr(self, "moe_kernels", False):  # on the device, no host sync (ops/moe.py)
+            ids, w = ops.moe_route(flat.contiguous(), L.router, L.router_bias, k)
+            out = ops.moe_experts(flat.contiguous(), ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw,
+                                  L.up.bias, L.down.weight.raw, L.down.bias)
+            return out.reshape(h.shape)
         logits = F.linear(flat.float(), L.router, L.router_bias)           # [N, E], fp32
         top, chosen = torch.topk(logits, k, dim=-1)                          # [N, k]
         weights = torch.softmax(top, dim=-1)                                 # over the k chosen only

@@ -17,6 +17,7 @@ from . import kv_append as kv_append_module
 from . import layernorm as layernorm_module
 from . import linear as linear_module
 from . import linear_qkv as linear_qkv_module
+from . import moe as moe_module
 from . import qkv_rope as qkv_rope_module
 from . import residual_add as residual_add_module
 from . import sample_greedy as sample_greedy_module
@@ -39,9 +40,11 @@ linear_qkv = linear_qkv_module.linear_qkv  # takes a QWeight; the custom op is t
 qkv_rope = qkv_rope_module.qkv_rope
 sample_greedy = sample_greedy_module.sample_greedy
 dequantize_rows = dequantize_module.dequantize_rows
+moe_route = moe_module.moe_route
+moe_experts = moe_module.moe_experts
 
 ALL_OPS = ("embedding", "layernorm", "add_layernorm", "residual_add", "gelu", "bias_gelu", "ffn",
            "attention_prefill", "kv_append", "attention_decode", "linear", "linear_qkv", "qkv_rope", "sample_greedy",
-           "dequantize_rows")
+           "dequantize_rows", "moe_route", "moe_experts")
 
 __all__ = [*ALL_OPS, "Norm", "OpError", "OpIndexError", "cuda_kernels_available", "device_checked"]

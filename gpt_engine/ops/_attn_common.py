@@ -20,6 +20,19 @@ def check_scale(op: str, scale: float) -> None:
         raise OpError(f"{op}: scale={scale}, expected a finite positive number")
 
 
+def check_sinks_window(op: str, q: torch.Tensor, hq: int, sinks, window: int) -> None:
+    """Optional per-head sink logits [Hq] (any float dtype; the kernels read them as fp32) and
+    sliding window (0: none)."""
+    if sinks is not None:
+        if not sinks.is_floating_point() or tuple(sinks.shape) != (hq,):
+            raise OpError(f"{op}: sinks has shape {tuple(sinks.shape)} and dtype {sinks.dtype}, "
+                          f"expected a float [{hq}] tensor")
+        if sinks.device != q.device:
+            raise OpError(f"{op}: sinks is on {sinks.device} but q is on {q.device}")
+    if window < 0:
+        raise OpError(f"{op}: window={window}, expected 0 (none) or a positive number of keys")
+
+
 def heads_packed(t: torch.Tensor) -> bool:
     """[B, T, H, D] whose (H, D) block is dense; batch and token strides may be anything
     (e.g. q/k/v as views into one fused qkv projection)."""

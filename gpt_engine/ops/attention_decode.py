@@ -1,19 +1,25 @@
 """One query token per sequence against the KV cache (flash-decoding on the GPU).
 
 q: [B, Hq, D]; k_cache/v_cache: [B, Hkv, S, D]; seq_lens[b] in [1, S] keys are attended.
+Optional (gpt-oss): ``sinks`` [Hq] fp32 per-head sink logits (one more softmax column that
+takes probability mass and brings no value) and a sliding ``window`` (> 0: the query, at
+position seq_lens[b] - 1, sees keys at positions > seq_lens[b] - 1 - window). The semantics
+are those of ``models.gpt_oss.sink_attention``.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from . import _ext
-from ._attn_common import KERNEL_HEAD_DIMS, check_gqa, check_scale, expand_kv
+from ._attn_common import KERNEL_HEAD_DIMS, check_gqa, check_scale, check_sinks_window, expand_kv
 from ._common import new_output, OpError, acc_dtype, capturing, check_float, check_same, check_shape
 
 OP = "attention_decode"
 
 
-def _check(q, k_cache, v_cache, seq_lens, scale):
+def _check(q, k_cache, v_cache, seq_lens, scale, sinks=None, window=0):
     check_float(OP, "q", q)
     check_shape(OP, "q", q, (None, None, None))
     b, hq, d = q.shape
@@ -27,6 +33,7 @@ def _check(q, k_cache, v_cache, seq_lens, scale):
     check_shape(OP, "seq_lens", seq_lens, (b,))
     if seq_lens.device != q.device:
         raise OpError(f"{OP}: seq_lens is on {seq_lens.device} but q is on {q.device}")
+    check_sinks_window(OP, q, hq, sinks, window)
 
 
 def _check_lens(seq_lens, s):
@@ -39,12 +46,15 @@ def _check_lens(seq_lens, s):
         raise OpError(f"{OP}: seq_lens holds {lo if lo < 1 else hi}, expected values in [1, {s}] (cache length)")
 
 
-def reference(q, k_cache, v_cache, seq_lens, scale):
+def reference(q, k_cache, v_cache, seq_lens, scale, sinks=None, window=0):
     """Explicit softmax(q k^T * scale) v over each sequence's first seq_lens[b] keys, as one
     masked computation over the whole cache (no host read of the lengths: it also runs inside
     a captured decode step). Lengths are clamped to [0, S] as the kernel clamps them; an empty
-    sequence gives zeros."""
-    _check(q, k_cache, v_cache, seq_lens, scale)
+    sequence gives zeros. With sinks/window: the keys before the window are masked too and the
+    sink logit is one more softmax column whose probability is dropped."""
+    _check(q, k_cache, v_cache, seq_lens, scale, sinks, window)
+    if sinks is not None or window > 0:
+        return _sink_reference(q, k_cache, v_cache, seq_lens, scale, sinks, window)
     _check_lens(seq_lens, k_cache.shape[2])
     acc = acc_dtype(q.dtype)
     groups = q.shape[1] // k_cache.shape[1]
@@ -55,6 +65,28 @@ def reference(q, k_cache, v_cache, seq_lens, scale):
     v = expand_kv(v_cache.to(acc), groups, 1).masked_fill(outside[:, None, :, None], 0.0)
     scores = (k @ q.to(acc).unsqueeze(-1)).squeeze(-1) * scale  # [B, Hq, S]
     p = torch.softmax(scores.masked_fill(outside[:, None, :], float("-inf")), dim=-1)
+    p = torch.where((lens > 0)[:, None, None], p, torch.zeros_like(p))
+    return (p.unsqueeze(-2) @ v).squeeze(-2).to(q.dtype)
+
+
+def _sink_reference(q, k_cache, v_cache, seq_lens, scale, sinks, window):
+    acc = acc_dtype(q.dtype)
+    groups = q.shape[1] // k_cache.shape[1]
+    s = k_cache.shape[2]
+    lens = seq_lens.clamp(0, s)
+    kp = torch.arange(s, device=q.device)[None, :]
+    outside = kp >= lens[:, None]                                         # [B, S]
+    if window > 0:
+        outside |= kp <= lens[:, None] - 1 - window
+    k = expand_kv(k_cache.to(acc), groups, 1).masked_fill(outside[:, None, :, None], 0.0)  # [B, Hq, S, D]
+    v = expand_kv(v_cache.to(acc), groups, 1).masked_fill(outside[:, None, :, None], 0.0)
+    scores = (k @ q.to(acc).unsqueeze(-1)).squeeze(-1) * scale           # [B, Hq, S]
+    scores = scores.masked_fill(outside[:, None, :], float("-inf"))
+    if sinks is not None:
+        sink = sinks.to(acc).reshape(1, -1, 1).expand(q.shape[0], q.shape[1], 1)
+        p = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
+    else:
+        p = torch.softmax(scores, dim=-1)
     p = torch.where((lens > 0)[:, None, None], p, torch.zeros_like(p))
     return (p.unsqueeze(-2) @ v).squeeze(-2).to(q.dtype)
 
@@ -71,29 +103,31 @@ def splits_for(hq: int, hkv: int, s: int) -> int:
 
 @torch.library.custom_op("gpt_engine::attention_decode", mutates_args=())
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
-                     scale: float, splits: int = 0) -> torch.Tensor:
+                     scale: float, splits: int = 0, sinks: Optional[torch.Tensor] = None,
+                     window: int = 0) -> torch.Tensor:
     """splits: sequence chunks per (batch, head) on the GPU; 0 picks by occupancy. The
-    result does not depend on it beyond fp32 summation order."""
-    return reference(q, k_cache, v_cache, seq_lens, scale)
+    result does not depend on it beyond fp32 summation order. sinks/window: see the module."""
+    return reference(q, k_cache, v_cache, seq_lens, scale, sinks, window)
 
 
 @attention_decode.register_fake
-def _(q, k_cache, v_cache, seq_lens, scale, splits=0):
-    _check(q, k_cache, v_cache, seq_lens, scale)
+def _(q, k_cache, v_cache, seq_lens, scale, splits=0, sinks=None, window=0):
+    _check(q, k_cache, v_cache, seq_lens, scale, sinks, window)
     return q.new_empty(q.shape)
 
 
 if _ext.available():
 
     @attention_decode.register_kernel("cuda")
-    def _(q, k_cache, v_cache, seq_lens, scale, splits=0):
-        _check(q, k_cache, v_cache, seq_lens, scale)
+    def _(q, k_cache, v_cache, seq_lens, scale, splits=0, sinks=None, window=0):
+        _check(q, k_cache, v_cache, seq_lens, scale, sinks, window)
         if q.dtype == torch.float64 or q.shape[-1] not in KERNEL_HEAD_DIMS:
-            return reference(q, k_cache, v_cache, seq_lens, scale)
+            return reference(q, k_cache, v_cache, seq_lens, scale, sinks, window)
         if not 0 <= splits <= 1024:
             raise OpError(f"{OP}: splits={splits}, expected 0 (automatic) to 1024")
         _check_lens(seq_lens, k_cache.shape[2])
         out = new_output(q.shape, q)
         _ext.load().attention_decode(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(),
-                                     seq_lens.contiguous(), out, float(scale), int(splits))
+                                     seq_lens.contiguous(), out, float(scale), int(splits),
+                                     None if sinks is None else sinks.float().contiguous(), int(window))
         return out

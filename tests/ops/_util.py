@@ -42,3 +42,15 @@ def f64(*ts):
 
 def randn(shape, dtype, device, scale=1.0, offset=0.0):
     return (torch.randn(shape, dtype=torch.float32, device=device) * scale + offset).to(dtype)
+
+
+def mxfp4_rows(rows: int, cols: int, device) -> torch.Tensor:
+    """Random MXFP4 bytes [rows, cols/32*17]: any nibbles, E8M0 scale bytes spread over three
+    binades around the one that makes a row's dot product with unit-variance input of order
+    one (|value| averages 4.5 x 2^(e - 128) after ggml's table doubling), so fp16 outputs of
+    wide layers stay far from overflow."""
+    import math
+    e0 = 128 - round(math.log2(4.5 * math.sqrt(cols)))
+    raw = torch.randint(0, 256, (rows, cols // 32, 17), dtype=torch.uint8)
+    raw[..., 0] = torch.randint(e0 - 2, e0 + 1, (rows, cols // 32), dtype=torch.uint8)
+    return raw.reshape(rows, cols // 32 * 17).to(device)

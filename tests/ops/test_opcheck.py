@@ -5,7 +5,7 @@ import torch
 
 from gpt_engine import ops
 
-from ._util import DEVICES, HAS_CUDA, randn
+from ._util import DEVICES, HAS_CUDA, mxfp4_rows, randn
 
 
 def _samples(device):
@@ -20,6 +20,9 @@ def _samples(device):
     cos, sin = torch.rand(40, 32, device=device), torch.rand(40, 32, device=device)
     lens = torch.zeros(2, dtype=torch.int32, device=device)
     status = torch.zeros(1, dtype=torch.int32, device=device)
+    mx = lambda rows, cols: mxfp4_rows(rows, cols, device)  # noqa: E731
+    moe_ids = torch.tensor([[2, 0], [1, 2], [0, 1]], dtype=torch.int32, device=device)
+    moe_w = torch.rand(3, 2, device=device)
     return {
         "embedding": (ids, pos, r(50, 33), r(9, 33)),
         "layernorm": (r(3, 65), r(65), r(65), 1e-5),
@@ -41,6 +44,9 @@ def _samples(device):
                             torch.tensor([6, 0, 3], device=device), dt, None),
         "sample_greedy": (torch.randn(2, 300, device=device), 290, torch.zeros(2, dtype=torch.long, device=device),
                           pos1.clone(), status),
+        "moe_route": (r(3, 64), torch.randn(5, 64, device=device), torch.randn(5, device=device), 2),
+        "moe_experts": (r(3, 64), moe_ids, moe_w, mx(3 * 32, 64), r(3, 32), mx(3 * 32, 64), r(3, 32),
+                        mx(3 * 64, 32), r(3, 64), r(3, 64)),
     }
 
 
