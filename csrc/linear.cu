@@ -13,6 +13,9 @@
 // output), in K tiles of at most 48 KiB; blocks are persistent over row groups so the staging
 // is paid once per block, not once per row, whenever K fits one tile (always for M <= 4).
 // Epilogues: + bias, tanh-GELU, SwiGLU (silu(gate) * up), + residual, fp32 output (logits).
+// v6 (gemv_pipe_kernel below): long rows (K >= 4096) stream through a cp.async shared-memory
+// ring instead; v4 (K split over warps) and v5 (two batches in registers) were slower and are
+// gone (docs/kernels/decode.md has each version's numbers).
 #include <cmath>
 
 #include "linear_common.cuh"
@@ -304,7 +307,11 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   p.vec_x = p.K % 8 == 0 && aligned16(p.x);
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;  // (QKV: N even)
   const size_t pipe_smem = pipe_ring_bytes(MT) + (size_t)MT * kpad * sizeof(float);
-  if (pipe_smem <= (size_t)kPipeSmemMax) {
+  // the ring kernel where it measured faster (H200, M = 1, graph-captured calls, 2026-12-01,
+  // docs/kernels/decode.md): K >= 4096 (1600x6400 10.1 -> 8.8 us, 4096x4096 13.2 -> 11.9 us);
+  // shorter rows keep v3 (1600x1600 2.9 vs 3.7 us, 4800x1600 7.2 vs 8.3 us): its 3 blocks per SM
+  // start streaming sooner than one 256-thread block whose ring needs kStages - 1 batches
+  if (p.K >= 4096 && pipe_smem <= (size_t)kPipeSmemMax) {
     static bool attr_set = false;  // once per instantiation: allow more than 48 KiB of shared memory
     if (!attr_set) {
       cudaError_t e = cudaFuncSetAttribute(gemv_pipe_kernel<W, A, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
