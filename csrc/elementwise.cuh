@@ -10,35 +10,6 @@ namespace gpte {
 constexpr int kMapThreads = 256;
 constexpr int kMapUnroll = 4;
 
-// Streaming accesses: every input byte is read once and every output byte written once, so
-// nothing is worth keeping in L1 (ld.global.nc.L1::no_allocate) and the outputs are marked
-// evict-first in L2 (st.global.cs), leaving L2 to the lines still being read. PTX ISA, ld/st
-// cache operators.
-template <typename T, int VEC>
-__device__ __forceinline__ Vec<T, VEC> load_stream(const T* p, int64_t i) {
-  if constexpr (sizeof(T) * VEC == 16) {
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(reinterpret_cast<const uint4*>(p) + i));
-    return *reinterpret_cast<Vec<T, VEC>*>(&r);
-  } else {
-    return load_vec<T, VEC>(p, i);
-  }
-}
-
-template <typename T, int VEC>
-__device__ __forceinline__ void store_stream(T* p, int64_t i, const Vec<T, VEC>& v) {
-  if constexpr (sizeof(T) * VEC == 16) {
-    const uint4 r = *reinterpret_cast<const uint4*>(&v);
-    asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};"
-                 :: "l"(reinterpret_cast<uint4*>(p) + i), "r"(r.x), "r"(r.y), "r"(r.z), "r"(r.w)
-                 : "memory");
-  } else {
-    store_vec<T, VEC>(p, i, v);
-  }
-}
-
 // NIN = 1: y is unused (may be null) and f is called as f(x, 0).
 template <typename T, int VEC, int NIN, typename F>
 __global__ void __launch_bounds__(kMapThreads) map_kernel(const T* __restrict__ x, const T* __restrict__ y,
@@ -50,8 +21,8 @@ __global__ void __launch_bounds__(kMapThreads) map_kernel(const T* __restrict__ 
   for (int u = 0; u < kMapUnroll; ++u) {
     const int64_t i = base + (int64_t)u * kMapThreads;
     if (i < nvec) {
-      a[u] = load_stream<T, VEC>(x, i);
-      if constexpr (NIN == 2) b[u] = load_stream<T, VEC>(y, i);
+      a[u] = load_vec<T, VEC>(x, i);
+      if constexpr (NIN == 2) b[u] = load_vec<T, VEC>(y, i);
     }
   }
 #pragma unroll
@@ -61,7 +32,7 @@ __global__ void __launch_bounds__(kMapThreads) map_kernel(const T* __restrict__ 
       Vec<T, VEC> o;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) o.v[j] = from_f<T>(f(to_f(a[u].v[j]), NIN == 2 ? to_f(b[u].v[j]) : 0.f));
-      store_stream<T, VEC>(out, i, o);
+      store_vec<T, VEC>(out, i, o);
     }
   }
   if (blockIdx.x == 0)

@@ -23,17 +23,21 @@ CASES = [  # (B, C, Hq, Hkv, D, norm, bias, rope mode, rope dim)
 ]
 
 
+WTYPES = ["F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "MXFP4"]
+# (type, case) pairs whose rows are whole blocks of the type (the K types need C % 256 == 0): an
+# impossible pair is not generated at all rather than skipped (a skip is not a pass)
+TYPE_CASES = [(t, c) for t in WTYPES for c in CASES
+              if c[1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t]][0] == 0]
+
+
 @pytest.mark.story("GX-003", "GT-019")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=str)
-@pytest.mark.parametrize("wtype", ["F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "MXFP4"])
+@pytest.mark.parametrize("wtype,case", TYPE_CASES, ids=str)
 def test_linear_qkv_vs_oracle(device, dtype, case, wtype):
     if device == "cpu":
         dtype = torch.float32  # the CPU path computes in the model's CPU dtype
     b, c, hq, hkv, d, norm, bias, mode, r = case
-    if c % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[wtype]][0]:
-        pytest.skip(f"{wtype} rows are whole blocks; C = {c} is not")
     s = 48
     n = (hq + 2 * hkv) * d
     w, w64 = make_weight(n, c, wtype, device)
