@@ -26,7 +26,7 @@ import torch
 
 SHAPE, QTYPE = "gpt-oss-20b", "MXFP4"
 N_PROMPT, N_GEN = 512, 128
-TOLERANCE = 0.05   # issue 12 item 4: the estimate within 5% of the measured peak
+TOLERANCE = 0.05   # GX-002: the estimate within 5% of the measured peak
 
 
 def model_path(arg: str | None = None) -> Path:
