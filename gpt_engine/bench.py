@@ -25,8 +25,14 @@ def weight_bytes_per_token(m) -> int:
     """Bytes of weights one decode step reads: every tensor of the file except the embedding
     tables it only gathers rows from (token_embd unless it is also the tied LM head, and
     position_embd). On the GPU the file's packed bytes; on the CPU, where the weights are
-    dequantized once into a dense cache when it fits (QWeight), the dense copies it then reads."""
+    dequantized once into a dense cache when it fits (QWeight), the dense copies it then reads.
+    A mixture of experts reads only the experts a token picked: the architecture says how much
+    (``net.bytes_read_per_token``; gpt-oss: k of E experts per layer, attention, the output matrix)."""
     from .qweight import _is_view, cache_policy
+
+    own = getattr(m.net, "bytes_read_per_token", None)
+    if own is not None:
+        return own()
 
     skip = {"position_embd.weight"}
     if not m.config.tied_output:
@@ -137,7 +143,8 @@ def run(path, device: str = "cpu", n_prompt: int = 512, n_gen: int = 128, reps: 
         if name.startswith("tg"):
             t["mbu"] = wb * t["mean"] / (bw * 1e9)
             t["roofline_tok_s"] = bw * 1e9 / wb
-    qtypes = sorted({t.qtype.name for t in m.gguf.tensors.values() if len(t.shape) == 2})
+    # matrix types (2-D tensors, and 3-D expert stacks), as llama-bench's "type" column
+    qtypes = sorted({t.qtype.name for t in m.gguf.tensors.values() if len(t.shape) >= 2})
     return {
         "model": Path(path).name, "architecture": m.config.architecture, "size_bytes": m.gguf.path.stat().st_size,
         "params": n_params(m), "type": "+".join(qtypes), "device": _device_name(device), "copy_gbps": bw,

@@ -8,6 +8,8 @@ models of testmodels.py; these files only have to be valid, finite and of the ri
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,8 @@ def make(path: str | Path, shape: str, qtype: str = "F16", seed: int = 0) -> Pat
 
     from .testmodels import add_vocab
 
+    if shape in GPT_OSS_SHAPES:
+        return make_gpt_oss(path, shape, qtype, seed)
     s = SHAPES[shape]
     rng = np.random.default_rng(seed)
     path = Path(path)
@@ -135,3 +139,160 @@ def ensure(directory: str | Path, shape: str, qtype: str = "F16") -> Path:
         make(tmp, shape, qtype)
         tmp.rename(p)
     return p
+
+
+# --------------------------------------------------------------------------- gpt-oss
+
+# openai/gpt-oss-20b's config.json: 24 layers, hidden 2880, 64 query / 8 kv heads of 64, 32 local
+# experts with 4 per token, intermediate 2880, sliding window 128 (even layers), rope theta 150000
+# with YaRN x32 over 4096 positions (betas 32 / 1), 131072 positions, vocabulary 201088 (o200k +
+# harmony specials). "gpt-oss-tiny" runs the same code on a CPU-test scale.
+GPT_OSS_SHAPES = {
+    "gpt-oss-20b": dict(n_layer=24, n_embd=2880, n_head=64, n_head_kv=8, head_dim=64, n_expert=32,
+                        n_expert_used=4, n_ff=2880, sliding_window=128, n_ctx=131072),
+    "gpt-oss-tiny": dict(n_layer=2, n_embd=64, n_head=4, n_head_kv=2, head_dim=16, n_expert=4,
+                         n_expert_used=2, n_ff=64, sliding_window=8, n_ctx=4096),
+}
+GPT_OSS_ROPE = dict(theta=150000.0, yarn_factor=32.0, yarn_orig_ctx=4096, beta_fast=32.0, beta_slow=1.0)
+# Random F16 weights as bit patterns: sign and 10 mantissa bits random, exponent 8 or 9 (the
+# lowest exponent bit random): |w| in [2^-7, 2^-5), std ~0.018, close to WEIGHT_STD, and no
+# float conversion of gigabytes of normals.
+_F16_KEEP, _F16_SET = np.uint16(0x87FF), np.uint16(8 << 10)
+# MXFP4 blocks {e8m0 scale, 16 bytes of E2M1 nibbles}: scales 118..122 (2^-9 .. 2^-5; E2M1 values
+# have rms ~2.9, so weights of std ~0.002 .. 0.09 around WEIGHT_STD's 2^-7.2), nibbles random.
+_MXFP4_SCALES = (118, 5)
+_CHUNK = 1 << 26   # bytes of one generated F16 piece (64 MiB); MXFP4 pieces are whole blocks
+
+
+def gpt_oss_tensors(shape: str) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, torch-order shape, type) of every tensor, in the order llama.cpp's converter
+    writes them: experts MXFP4, the embedding, output and attention matrices F16, norms, sinks,
+    the router and every bias F32 (docs/gpt_oss.md, tensor table)."""
+    from .testmodels import GPT_OSS_N_VOCAB as V
+
+    s = GPT_OSS_SHAPES[shape]
+    C, E, F = s["n_embd"], s["n_expert"], s["n_ff"]
+    q, kv = s["n_head"] * s["head_dim"], s["n_head_kv"] * s["head_dim"]
+    out = [("token_embd.weight", (V, C), "F16")]
+    for i in range(s["n_layer"]):
+        p = f"blk.{i}."
+        out += [(p + "attn_norm.weight", (C,), "F32")]
+        for name, rows, cols in (("attn_q", q, C), ("attn_k", kv, C), ("attn_v", kv, C), ("attn_output", C, q)):
+            out += [(f"{p}{name}.weight", (rows, cols), "F16"), (f"{p}{name}.bias", (rows,), "F32")]
+        out += [(p + "attn_sinks.weight", (s["n_head"],), "F32"), (p + "post_attention_norm.weight", (C,), "F32"),
+                (p + "ffn_gate_inp.weight", (E, C), "F32"), (p + "ffn_gate_inp.bias", (E,), "F32")]
+        for kind, rows, cols in (("gate", F, C), ("up", F, C), ("down", C, F)):
+            out += [(f"{p}ffn_{kind}_exps.weight", (E, rows, cols), "MXFP4"), (f"{p}ffn_{kind}_exps.bias", (E, rows), "F32")]
+    out += [("output_norm.weight", (C,), "F32"), ("output.weight", (V, C), "F16")]
+    return out
+
+
+def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
+    import gguf
+
+    bs, ts = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
+    return int(np.prod(shape)) // bs * ts
+
+
+def _pieces(name: str, shape: tuple[int, ...], qtype: str) -> list[tuple[int, int]]:
+    """(start, length) in bytes of the pieces a tensor is generated in."""
+    n = _nbytes(shape, qtype)
+    if qtype == "F16":
+        step = _CHUNK
+    elif qtype == "MXFP4":
+        step = 17 * 8 * (_CHUNK // (17 * 8))   # whole 17-byte blocks, whole uint64 draws
+    else:
+        step = n                               # F32: small tensors, one piece
+    return [(a, min(step, n - a)) for a in range(0, n, step)]
+
+
+def _piece(name: str, shape: tuple[int, ...], qtype: str, length: int, seed) -> np.ndarray:
+    """One piece of a tensor's bytes (independent seed per piece, so pieces can be made in any
+    order and in parallel threads)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    if qtype == "F32":   # small tensors: real normals
+        n = length // 4
+        if name.endswith("norm.weight"):
+            v = 1.0 + 0.1 * rng.standard_normal(n, dtype=np.float32)
+        elif name.endswith("attn_sinks.weight"):
+            v = rng.standard_normal(n, dtype=np.float32)
+        else:  # biases and the router
+            v = WEIGHT_STD * rng.standard_normal(n, dtype=np.float32)
+        return v.view(np.uint8)
+    raw = rng.bit_generator.random_raw(-(-length // 8)).view(np.uint8)[:length]
+    if qtype == "F16":
+        h = raw.view(np.uint16)
+        np.bitwise_and(h, _F16_KEEP, out=h)
+        np.bitwise_or(h, _F16_SET, out=h)
+    else:  # MXFP4: every 17th byte is a block's scale
+        sc = raw.reshape(-1, 17)[:, 0]
+        sc %= _MXFP4_SCALES[1]
+        sc += _MXFP4_SCALES[0]
+    return raw
+
+
+def make_gpt_oss(path: str | Path, shape: str, qtype: str = "MXFP4", seed: int = 0, threads: int | None = None) -> Path:
+    """Write the random gpt-oss ``shape`` model at ``path`` with the metadata llama.cpp's
+    converter writes (the keys testmodels.make_gpt_oss writes, o200k vocabulary) and the
+    converter's tensor types (``qtype`` "MXFP4": the experts; the rest F16/F32, see
+    ``gpt_oss_tensors``). Tensors are streamed: headers first, then each tensor in pieces made
+    by ``threads`` worker threads a few pieces ahead of the writer, so memory stays at a few
+    pieces whatever the model size."""
+    import gguf
+
+    from .testmodels import add_o200k_vocab
+
+    if qtype != "MXFP4":
+        raise ValueError(f"benchmodels: gpt-oss shapes are written with MXFP4 experts only, not {qtype}")
+    s, r = GPT_OSS_SHAPES[shape], GPT_OSS_ROPE
+    path = Path(path)
+    w = gguf.GGUFWriter(str(path), "gpt-oss")
+    w.add_name(f"random-{shape}-{qtype}")
+    w.add_context_length(s["n_ctx"])
+    w.add_embedding_length(s["n_embd"])
+    w.add_feed_forward_length(s["n_ff"])
+    w.add_block_count(s["n_layer"])
+    w.add_head_count(s["n_head"])
+    w.add_head_count_kv(s["n_head_kv"])
+    w.add_key_length(s["head_dim"])
+    w.add_value_length(s["head_dim"])
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(r["theta"])
+    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    w.add_rope_scaling_factor(r["yarn_factor"])
+    w.add_rope_scaling_orig_ctx_len(r["yarn_orig_ctx"])
+    w.add_rope_scaling_yarn_beta_fast(r["beta_fast"])
+    w.add_rope_scaling_yarn_beta_slow(r["beta_slow"])
+    w.add_expert_count(s["n_expert"])
+    w.add_expert_used_count(s["n_expert_used"])
+    w.add_expert_feed_forward_length(s["n_ff"])
+    w.add_sliding_window(s["sliding_window"])
+    add_o200k_vocab(w)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_MXFP4_MOE)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    tensors = gpt_oss_tensors(shape)
+    for name, shp, qt in tensors:
+        raw = None if qt in ("F16", "F32") else gguf.GGMLQuantizationType[qt]
+        w.add_tensor_info(name, shp, np.dtype(np.float16 if qt == "F16" else np.float32), _nbytes(shp, qt), raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    fout = w.fout[0]
+    jobs = [(ti, name, shp, qt, j, length) for ti, (name, shp, qt) in enumerate(tensors)
+            for j, (_, length) in enumerate(_pieces(name, shp, qt))]
+    threads = threads or min(8, os.cpu_count() or 1)
+    ahead = 2 * threads
+    with ThreadPoolExecutor(threads) as ex:
+        futures = {}
+        for k, (ti, name, shp, qt, j, length) in enumerate(jobs):
+            for m in range(k, min(k + ahead, len(jobs))):   # keep ``ahead`` pieces in flight
+                if m not in futures:
+                    a = jobs[m]
+                    futures[m] = ex.submit(_piece, a[1], a[2], a[3], a[5], (seed, a[0], a[4]))
+            if j == 0:
+                w.write_padding(fout, fout.tell())   # each tensor starts aligned
+            fout.write(futures.pop(k).result().data)
+            if j == len(_pieces(name, shp, qt)) - 1:
+                w.write_padding(fout, _nbytes(shp, qt))
+    w.close()
+    return path

@@ -190,6 +190,10 @@ def cmd_inspect(args) -> int:
                       "add_bos": tok.add_bos, "context_length": tok.context_length},
         "memory_estimate": m.memory_estimate(),
     }
+    if c.n_expert is not None:  # a mixture of experts: its tensors' types and sizes, bytes per token
+        from .models.gpt_oss import tensor_layout
+
+        info["layout"]["ffn"]["tensors"] = tensor_layout(f, c)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -198,14 +202,43 @@ def cmd_inspect(args) -> int:
              f"architecture  {c.architecture}  {c.name or ''}",
              "hyper-params  " + ", ".join(f"{k}={v}" for k, v in info["hyperparameters"].items()),
              *c.describe(),
+             *_moe_lines(info["layout"]["ffn"], c),
              f"tensors       {len(f.tensors)}, {info['tensors']['bytes'] * mib:.1f} MiB"]
     lines += [f"  {k:<7} {v['count']:>5} tensors  {v['bytes'] * mib:10.2f} MiB" for k, v in info["tensors"]["types"].items()]
     t, me = info["tokenizer"], info["memory_estimate"]
     lines.append(f"tokenizer     vocab {t['vocab_size']}, bos {t['bos_id']}, eos {t['eos_id']}, add_bos {t['add_bos']}")
     lines.append(f"memory        {me['total'] * mib:.1f} MiB at n_ctx={me['n_ctx']} ({me['dtype']}): weights "
-                 f"{me['weights'] * mib:.1f}, KV cache {me['kv_cache'] * mib:.1f}, transient {me['transient'] * mib:.1f}")
+                 f"{me['weights'] * mib:.1f}, " + (f"CPU dense cache {me['dense_cache'] * mib:.1f}, " if me.get("dense_cache") else "")
+                 + f"KV cache {me['kv_cache'] * mib:.1f}, transient {me['transient'] * mib:.1f}")
     print("\n".join(lines))
     return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
+def _moe_lines(ffn: dict, c) -> list[str]:
+    """The expert and router tensors of a mixture of experts (``models.gpt_oss.tensor_layout``)."""
+    t = ffn.get("tensors")
+    if t is None:
+        return []
+
+    def stack(kind: str) -> str:
+        e = t["experts"][kind]
+        return (f"{kind} {'x'.join(map(str, e['shape']))} {e['type']} ({_size(e['bytes_per_expert'])} per expert "
+                f"per layer, bias {e['bias_type']})")
+
+    r = t["router"]
+    return [f"experts       " + ", ".join(stack(k) for k in ("gate", "up", "down"))
+            + f"; {_size(t['expert_bytes'])} in all layers, the rest of the file {_size(t['other_bytes'])}",
+            f"router        {'x'.join(map(str, r['shape']))} {r['type']} (bias {r['bias_type']}) per layer",
+            f"per token     {t['bytes_read_per_token'] / 1e6:.1f} MB of weights read per decoded token "
+            f"({c.n_expert_used} of {c.n_expert} experts per layer, attention, the output matrix)"]
 
 
 # --------------------------------------------------------------------------- tokenize

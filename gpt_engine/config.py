@@ -118,7 +118,10 @@ class ModelConfig:
         if "rope" in a and "scaling" in a["rope"]:
             r = a["rope"]
             attn += (f", rope theta {r['theta']:g} with yarn x{r['factor']:g} (original context "
-                     f"{r['original_context']}, beta {r['beta_fast']:g}/{r['beta_slow']:g})")
+                     f"{r['original_context']}, beta {r['beta_fast']:g}/{r['beta_slow']:g}, "
+                     f"attention factor {r['attention_factor']:g})")
+        elif "rope" in a:
+            attn += f", rope theta {a['rope']['theta']:g}"
         if ffn["kind"] == "moe":
             mlp = (f"moe: {ffn['experts']} experts, top {ffn['experts_per_token']}, expert ff {ffn['expert_ff']}, "
                    f"{ffn['activation']}")

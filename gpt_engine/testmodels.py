@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -335,10 +336,23 @@ GPT_OSS_BOS_ID = 199998   # <|startoftext|>
 GPT_OSS_EOS_ID = 200002   # <|return|>, the end of an assistant turn in the harmony format
 
 
+# A copy of o200k_base.tiktoken.gz named here replaces bpe-openai's (the GPU machine lacks the
+# package, whose compiled module is 74 MB; the 1.7 MB data file can travel instead). The sha256
+# check in o200k_ranks applies to either.
+O200K_FILE_ENV = "GPT_ENGINE_O200K_FILE"
+
+
 def o200k_base_file() -> Path:
+    override = os.environ.get(O200K_FILE_ENV)
+    if override:
+        p = Path(override)
+        if not p.is_file():
+            raise RuntimeError(f"{O200K_FILE_ENV}={override}: no such file")
+        return p
     spec = importlib.util.find_spec("bpe_openai")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the bpe-openai package is not installed (pip install '.[test]')")
+        raise RuntimeError(f"the bpe-openai package is not installed (pip install '.[test]'), and "
+                           f"{O200K_FILE_ENV} names no copy of o200k_base.tiktoken.gz")
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "o200k_base.tiktoken.gz"
 
 

@@ -7,7 +7,9 @@ F16; ~3.70 GB read per decode token), and bad metadata is refused with one clear
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
+import gguf
 import pytest
 import torch
 from gguf.constants import GGMLQuantizationType as QT, GGUFValueType as VT
@@ -63,11 +65,73 @@ def test_inspect_shows_the_moe_and_attention_layout(three_layers, capsys):
     assert layout["attention"]["sliding_window"] == 6
     assert layout["attention"]["sliding_layers"] == [0, 2] and layout["attention"]["full_layers"] == [1]
     assert layout["attention"]["rope"]["scaling"] == "yarn"
-    assert layout["ffn"] == {"kind": "moe", "experts": 8, "experts_per_token": 3, "expert_ff": 32,
+    assert {k: v for k, v in layout["ffn"].items() if k != "tensors"} == {"kind": "moe", "experts": 8, "experts_per_token": 3, "expert_ff": 32,
                              "router": "softmax over the top 3", "activation": "clamped SwiGLU (alpha 1.702, limit 7)"}
     assert cli_main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
     assert "moe: 8 experts, top 3" in text and "sliding window 6 on layers [0, 2]" in text
+
+
+def _metadata(path) -> dict:
+    """The file's gpt-oss.* keys as gguf-py reads them (not our reader)."""
+    r = gguf.GGUFReader(path)
+    return {k: f.contents() for k, f in r.fields.items() if k.startswith("gpt-oss.")}, r.tensors
+
+
+@STORY
+def test_inspect_values_are_the_files_metadata_and_tensors(three_layers, capsys):
+    """Every MoE and attention figure inspect shows, against gguf-py's reading of the same file:
+    the metadata keys, the expert/router tensors' shapes, types and bytes, the sliding layers
+    from the window pattern rule, and the bytes a decode step reads (k of E experts)."""
+    path, _ = three_layers
+    md, tensors = _metadata(path)
+    by_name = {t.name: t for t in tensors}
+    assert cli_main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    a, ffn = info["layout"]["attention"], info["layout"]["ffn"]
+    assert (a["heads"], a["kv_heads"], a["head_dim"]) == (
+        md["gpt-oss.attention.head_count"], md["gpt-oss.attention.head_count_kv"], md["gpt-oss.attention.key_length"])
+    assert a["sliding_window"] == md["gpt-oss.attention.sliding_window"]
+    n_layer = md["gpt-oss.block_count"]
+    assert a["sliding_layers"] == [i for i in range(n_layer) if i % 2 == 0]   # no pattern key: period 2
+    assert a["sinks"] is True and all(f"blk.{i}.attn_sinks.weight" in by_name for i in range(n_layer))
+    r = a["rope"]
+    assert r["theta"] == pytest.approx(md["gpt-oss.rope.freq_base"])
+    assert (r["scaling"], r["factor"], r["original_context"], r["beta_fast"], r["beta_slow"]) == (
+        md["gpt-oss.rope.scaling.type"], pytest.approx(md["gpt-oss.rope.scaling.factor"]),
+        md["gpt-oss.rope.scaling.original_context_length"], pytest.approx(md["gpt-oss.rope.scaling.yarn_beta_fast"]),
+        pytest.approx(md["gpt-oss.rope.scaling.yarn_beta_slow"]))
+    assert (ffn["experts"], ffn["experts_per_token"], ffn["expert_ff"]) == (
+        md["gpt-oss.expert_count"], md["gpt-oss.expert_used_count"], md["gpt-oss.expert_feed_forward_length"])
+    t = ffn["tensors"]
+    E, k = md["gpt-oss.expert_count"], md["gpt-oss.expert_used_count"]
+    for kind in ("gate", "up", "down"):
+        layers = [by_name[f"blk.{i}.ffn_{kind}_exps.weight"] for i in range(n_layer)]
+        e = t["experts"][kind]
+        assert e["shape"] == [int(x) for x in reversed(layers[0].shape)]        # gguf-py gives ggml order
+        assert e["type"] == layers[0].tensor_type.name == "MXFP4"
+        assert e["bytes"] == sum(int(x.n_bytes) for x in layers)
+        assert e["bytes_per_expert"] * E == int(layers[0].n_bytes)
+        assert e["bias_type"] == by_name[f"blk.0.ffn_{kind}_exps.bias"].tensor_type.name
+    router = by_name["blk.0.ffn_gate_inp.weight"]
+    assert t["router"]["shape"] == [int(x) for x in reversed(router.shape)] and t["router"]["type"] == router.tensor_type.name
+    total = sum(int(x.n_bytes) for x in tensors)
+    stacks = sum(int(x.n_bytes) for x in tensors if "_exps.weight" in x.name)
+    assert t["expert_bytes"] == stacks and t["other_bytes"] == total - stacks
+    # a decode step: k of E of every expert tensor (weights and biases), one embedding row, the rest
+    emb = by_name["token_embd.weight"]
+    per_layer_expert = [int(x.n_bytes) for x in tensors if "_exps." in x.name]
+    want = (total - sum(per_layer_expert) + sum(n * k // E for n in per_layer_expert)
+            - int(emb.n_bytes) + int(emb.n_bytes) // int(emb.shape[1]))
+    assert t["bytes_read_per_token"] == want
+    assert cli_main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    line = {ln[:14].strip(): ln[14:] for ln in text.splitlines() if ln[:1].isalpha()}
+    assert "8 heads, 2 kv heads, head dim 16, sinks, sliding window 6 on layers [0, 2], rope theta 150000 " \
+           "with yarn x32 (original context 4096, beta 30/2, attention factor 1.34657)" == line["attention"]
+    assert line["experts"].startswith("gate 8x32x64 MXFP4 (1.06 KiB per expert per layer, bias F32), up 8x32x64 MXFP4")
+    assert line["router"] == "8x64 F32 (bias F32) per layer"
+    assert line["per token"].startswith(f"{want / 1e6:.1f} MB of weights read per decoded token (3 of 8 experts")
 
 
 # --------------------------------------------------------------------------- bad metadata

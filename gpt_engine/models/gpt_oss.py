@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .. import ops, quants
 from ..kv_cache import KVCache
-from ..qweight import QWeight
+from ..qweight import QWeight, _is_view, cache_policy, cpu_cache_budget, dense_cache_bytes, lookup_only
 from ..ops._common import capturing
 from ..ops.linear import rmsnorm_reference as rmsnorm
 from ..ops.moe import kernel_supports as moe_kernel_supports
@@ -223,7 +223,14 @@ class GptOss:
         return KVCache(c.n_layer, batch, c.n_head_kv, max_len, c.head_dim, self.dtype, self.device)
 
     def memory_estimate(self, n_ctx: int | None = None) -> dict:
-        return estimate_memory(self._file, self.cfg, self.dtype, n_ctx)
+        return estimate_memory(self._file, self.cfg, self.dtype, n_ctx, device=self.device.type)
+
+    def bytes_read_per_token(self) -> int:
+        """Weight bytes one decode step reads here (``bench`` computes MBU from it): on the GPU the
+        file's bytes (``bytes_read_per_token``); on the CPU with the dense cache on, the non-expert
+        matrices are read from their dense copies in the activation dtype."""
+        cached = self.device.type == "cpu" and cache_policy(self._file).enabled(self.dtype)
+        return bytes_read_per_token(self._file, self.cfg, self.dtype if cached else None)
 
     # ------------------------------------------------------------------ forward
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False,
@@ -347,12 +354,23 @@ def _dequant_bytes_per_value(qtype, dtype: torch.dtype, expert: bool) -> int:
     return 4 + (0 if dtype == torch.float32 else el)
 
 
-def estimate_memory(f, cfg, dtype: torch.dtype, n_ctx: int | None = None) -> dict:
+def _dense_cached(name: str, t, tensors, dtype: torch.dtype) -> bool:
+    """Whether the CPU dense cache keeps a ``dtype`` copy of this tensor once it has been used:
+    a "raw" matrix that ``QWeight.dense`` converts (not a zero-copy view), not a lookup-only
+    table, and not an expert stack (``ExpertStack`` dequantizes one expert at a time, uncached)."""
+    return (held_as(name) == "raw" and "_exps." not in name and not lookup_only(name, tensors)
+            and not _is_view(t.qtype, dtype))
+
+
+def estimate_memory(f, cfg, dtype: torch.dtype, n_ctx: int | None = None, device: str = "cpu") -> dict:
     """Bytes to run gpt-oss, from the file's tensor table (``f.tensors``: name -> shape, qtype,
     nbytes), as ``GptOss`` holds things:
 
     * weights: "raw" tensors at their file size (experts stay MXFP4), "fp32" ones at 4 bytes and
       biases at the activation dtype's size (``held_as``);
+    * dense_cache (CPU only): when the model's dense copies fit the CPU cache budget
+      (``qweight.cache_policy``; the decision counts every tensor), the ``dtype`` copies of the
+      non-expert matrices that are not views (``_dense_cached``); 0 on the GPU;
     * kv_cache: keys and values for ``n_ctx`` positions in every layer (``KVCache``; sliding
       layers keep full length too);
     * transient (a one-token step): the largest matrix dequantized at once (one expert's rows,
@@ -371,22 +389,51 @@ def estimate_memory(f, cfg, dtype: torch.dtype, n_ctx: int | None = None) -> dic
             expert = "_exps." in name
             at_once = numel // t.shape[0] if expert else numel
             biggest = max(biggest, at_once * _dequant_bytes_per_value(t.qtype, dtype, expert))
+    dense = 0
+    if device == "cpu" and dense_cache_bytes(f.tensors, dtype) <= cpu_cache_budget():
+        dense = sum(t.n_elements * el for name, t in f.tensors.items() if _dense_cached(name, t, f.tensors, dtype))
     kv = 2 * cfg.n_layer * cfg.n_head_kv * cfg.head_dim * n_ctx * el
     transient = biggest + cfg.vocab_size * (el + 4)
-    return {"weights": weights, "kv_cache": kv, "transient": transient, "total": weights + kv + transient,
-            "n_ctx": n_ctx, "dtype": str(dtype).replace("torch.", ""),
-            "bytes_read_per_token": bytes_read_per_token(f, cfg)}
+    return {"weights": weights, "dense_cache": dense, "kv_cache": kv, "transient": transient,
+            "total": weights + dense + kv + transient, "n_ctx": n_ctx, "device": device,
+            "dtype": str(dtype).replace("torch.", ""), "bytes_read_per_token": bytes_read_per_token(f, cfg)}
 
 
-def bytes_read_per_token(f, cfg) -> int:
+def bytes_read_per_token(f, cfg, dense_dtype: torch.dtype | None = None) -> int:
     """Weight bytes a one-token decode step must read: every non-expert tensor (the embedding:
-    one row), and k of the E experts of each stack. The figure MBU is computed from."""
+    one row), and k of the E experts of each stack. The figure MBU is computed from. With
+    ``dense_dtype`` (the CPU dense cache is on), the matrices it caches count at their dense size."""
     total = 0
     for name, t in f.tensors.items():
         if name == "token_embd.weight":
             total += t.nbytes // t.shape[0]
         elif "_exps." in name:
             total += t.nbytes * cfg.n_expert_used // cfg.n_expert
+        elif dense_dtype is not None and _dense_cached(name, t, f.tensors, dense_dtype):
+            total += t.n_elements * _el(dense_dtype)
         else:
             total += t.nbytes
     return total
+
+
+def tensor_layout(f, cfg) -> dict:
+    """The MoE tensors as ``gpt-engine inspect`` shows them: each expert projection's shape
+    (torch order [E, rows, cols]), file type(s) and bytes over all layers and for one expert of
+    one layer, the router's, and the weight bytes of one decode step (``bytes_read_per_token``)."""
+    def over_layers(suffix: str) -> dict:
+        ts = [f.tensors[f"blk.{i}.{suffix}"] for i in range(cfg.n_layer)]
+        return {"shape": list(ts[0].shape), "type": "+".join(sorted({t.qtype.name for t in ts})),
+                "bytes": sum(t.nbytes for t in ts)}
+
+    experts = {}
+    for kind in ("gate", "up", "down"):
+        e = over_layers(f"ffn_{kind}_exps.weight")
+        e["bytes_per_expert"] = f.tensors[f"blk.0.ffn_{kind}_exps.weight"].nbytes // cfg.n_expert
+        e["bias_type"] = over_layers(f"ffn_{kind}_exps.bias")["type"]
+        experts[kind] = e
+    router = over_layers("ffn_gate_inp.weight")
+    router["bias_type"] = over_layers("ffn_gate_inp.bias")["type"]
+    expert_bytes = sum(e["bytes"] for e in experts.values())
+    total = sum(t.nbytes for t in f.tensors.values())
+    return {"experts": experts, "router": router, "expert_bytes": expert_bytes,
+            "other_bytes": total - expert_bytes, "bytes_read_per_token": bytes_read_per_token(f, cfg)}
