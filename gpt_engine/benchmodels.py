@@ -240,7 +240,7 @@ def make_gpt_oss(path: str | Path, shape: str, qtype: str = "MXFP4", seed: int =
     pieces whatever the model size."""
     import gguf
 
-    from .testmodels import add_o200k_vocab
+    from .testmodels import add_gpt_oss_metadata, add_o200k_vocab
 
     if qtype != "MXFP4":
         raise ValueError(f"benchmodels: gpt-oss shapes are written with MXFP4 experts only, not {qtype}")
@@ -253,20 +253,10 @@ def make_gpt_oss(path: str | Path, shape: str, qtype: str = "MXFP4", seed: int =
     w.add_feed_forward_length(s["n_ff"])
     w.add_block_count(s["n_layer"])
     w.add_head_count(s["n_head"])
-    w.add_head_count_kv(s["n_head_kv"])
-    w.add_key_length(s["head_dim"])
-    w.add_value_length(s["head_dim"])
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(r["theta"])
-    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-    w.add_rope_scaling_factor(r["yarn_factor"])
-    w.add_rope_scaling_orig_ctx_len(r["yarn_orig_ctx"])
-    w.add_rope_scaling_yarn_beta_fast(r["beta_fast"])
-    w.add_rope_scaling_yarn_beta_slow(r["beta_slow"])
-    w.add_expert_count(s["n_expert"])
-    w.add_expert_used_count(s["n_expert_used"])
-    w.add_expert_feed_forward_length(s["n_ff"])
-    w.add_sliding_window(s["sliding_window"])
+    add_gpt_oss_metadata(w, n_head_kv=s["n_head_kv"], head_dim=s["head_dim"], eps=1e-5, rope_theta=r["theta"],
+                         yarn=(r["yarn_factor"], r["yarn_orig_ctx"], r["beta_fast"], r["beta_slow"]),
+                         n_expert=s["n_expert"], n_expert_used=s["n_expert_used"], n_ff=s["n_ff"],
+                         sliding_window=s["sliding_window"])
     add_o200k_vocab(w)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_MXFP4_MOE)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -488,6 +488,32 @@ def gpt_oss_hf_config(*, n_vocab: int, n_layer: int, n_embd: int, n_head: int, n
         attn_implementation="eager", experts_implementation="eager")
 
 
+def add_gpt_oss_metadata(w, *, n_head_kv: int, head_dim: int, eps: float, rope_theta: float,
+                         yarn: tuple[float, int, float, float] | None, n_expert: int, n_expert_used: int, n_ff: int,
+                         sliding_window: int) -> None:
+    """The gpt-oss keys llama.cpp's converter writes beyond the generic ones (context, widths,
+    layers, heads): kv heads, head dims, RMSNorm eps, RoPE base and YaRN scaling (factor,
+    original context, beta fast/slow), experts, the expert FFN width, the sliding window."""
+    import gguf
+
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(eps)
+    w.add_rope_freq_base(rope_theta)
+    if yarn is not None:
+        factor, orig, beta_fast, beta_slow = yarn
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(factor)
+        w.add_rope_scaling_orig_ctx_len(orig)
+        w.add_rope_scaling_yarn_beta_fast(beta_fast)
+        w.add_rope_scaling_yarn_beta_slow(beta_slow)
+    w.add_expert_count(n_expert)
+    w.add_expert_used_count(n_expert_used)
+    w.add_expert_feed_forward_length(n_ff)
+    w.add_sliding_window(sliding_window)
+
+
 def make_gpt_oss(path, *, qtype: str = "F32", expert_qtype: str = "MXFP4", vocab: str = "small",
                  n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_head_kv: int = 2, head_dim: int = 16,
                  n_expert: int = 4, n_expert_used: int = 2, n_ff: int = 64, sliding_window: int = 8,
@@ -520,22 +546,9 @@ def make_gpt_oss(path, *, qtype: str = "F32", expert_qtype: str = "MXFP4", vocab
     rng = np.random.default_rng(seed)
 
     w = _writer(path, "gpt-oss", qtype, vocab, n_ctx, n_embd, n_ff, n_layer, n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(rope_theta)
-    if yarn is not None:
-        factor, orig, beta_fast, beta_slow = yarn
-        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        w.add_rope_scaling_factor(factor)
-        w.add_rope_scaling_orig_ctx_len(orig)
-        w.add_rope_scaling_yarn_beta_fast(beta_fast)
-        w.add_rope_scaling_yarn_beta_slow(beta_slow)
-    w.add_expert_count(n_expert)
-    w.add_expert_used_count(n_expert_used)
-    w.add_expert_feed_forward_length(n_ff)
-    w.add_sliding_window(sliding_window)
+    add_gpt_oss_metadata(w, n_head_kv=n_head_kv, head_dim=head_dim, eps=cfg.rms_norm_eps, rope_theta=rope_theta,
+                         yarn=yarn, n_expert=n_expert, n_expert_used=n_expert_used, n_ff=n_ff,
+                         sliding_window=sliding_window)
     if vocab == "o200k":
         add_o200k_vocab(w)
     else:
