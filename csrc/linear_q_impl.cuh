@@ -187,12 +187,23 @@ __device__ __forceinline__ void stage_x_int(const LinearArgs& p, uint8_t* xq, fl
     amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
     amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
     amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
-    const float inv = amax > 0.f ? 32767.f / amax : 0.f;
+    // fmaxf drops NaN and a NaN converts to code 0: carry non-finite inputs in the scale instead
+    // (0 * (NaN or inf) = NaN), so the group's outputs are NaN as the unquantized product's are
+    float bad = 0.f * ((v[0] + v[1]) + (v[2] + v[3]));
+    bad += __shfl_xor_sync(0xffffffffu, bad, 1);
+    bad += __shfl_xor_sync(0xffffffffu, bad, 2);
+    bad += __shfl_xor_sync(0xffffffffu, bad, 4);
+    // amax = mant * 2^e: codes q = rint(v * 2^-e * 32767 / mant) and d = 2^e * mant / 32767, so that
+    // no step overflows or flushes for tiny (bf16: down to 1e-40) or huge finite groups
+    int e = 0;
+    const bool finite = amax <= 3.4028235e38f;
+    const float mant = finite ? frexpf(amax, &e) : 0.f;
+    const float inv = mant > 0.f ? 32767.f / mant : 0.f;
     uint32_t hi = 0, lo = 0;
     int sum = 0;
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
-      const int q = max(-32767, min(32767, __float2int_rn(v[t] * inv)));
+      const int q = max(-32767, min(32767, __float2int_rn(ldexpf(v[t], -e) * inv)));
       hi |= (uint32_t)((q >> 8) & 0xFF) << (8 * t);
       lo |= (uint32_t)(q & 0xFF) << (8 * t);
       sum += q;
@@ -204,7 +215,7 @@ __device__ __forceinline__ void stage_x_int(const LinearArgs& p, uint8_t* xq, fl
       uint8_t* t = xq + ((size_t)m * xt + (g >> 5)) * kXTile + (size_t)(((i >> 2) * 2 * 32 + (g & 31)) * 16 + (i & 3) * 4);
       *reinterpret_cast<uint32_t*>(t) = hi;
       *reinterpret_cast<uint32_t*>(t + 32 * 16) = lo;
-      if (i == 0) xsc[(size_t)m * xt * 32 + g] = make_float4(amax / 32767.f, __int_as_float(sum), __int_as_float(sum_hi), 0.f);
+      if (i == 0) xsc[(size_t)m * xt * 32 + g] = make_float4(ldexpf(mant / 32767.f, e) + bad, __int_as_float(sum), __int_as_float(sum_hi), 0.f);
     }
   }
   __syncthreads();
