@@ -11,6 +11,17 @@ CUDA = pytest.param("cuda", id="cuda", marks=[
     pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")])
 CPU = pytest.param("cpu", id="cpu")
 DEVICES = [CPU, CUDA]
+
+
+def device_cases(cases, cpu=lambda case: True, ids=str):
+    """(device, case) parameters for every device of DEVICES, the CPU getting only the cases
+    `cpu` accepts: a case the CPU does not run is not generated at all (a skip is not a pass).
+    Use with @pytest.mark.parametrize("device,<case>", device_cases(...))."""
+    out = []
+    for d in DEVICES:
+        dev = d.values[0]
+        out += [pytest.param(dev, c, marks=d.marks, id=f"{dev}-{ids(c)}") for c in cases if dev != "cpu" or cpu(c)]
+    return out
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL_NAME = {torch.float32: "nmse_fp32", torch.float64: "nmse_fp32", torch.float16: "nmse_fp16",
             torch.bfloat16: "nmse_bf16"}

@@ -9,7 +9,7 @@ from gpt_engine.models.gpt_oss import sink_attention
 from gpt_engine.ops import attention_decode_module as dec_mod
 from gpt_engine.ops import attention_prefill_module as pre_mod
 
-from ._util import DEVICES, HAS_CUDA, assert_nmse, f64, randn
+from ._util import DEVICES, HAS_CUDA, assert_nmse, device_cases, f64, randn
 
 STORY = pytest.mark.story("GX-002")
 CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")]
@@ -33,14 +33,12 @@ PREFILL = [(1, 100, 4, 4, 64, 16), (2, 200, 8, 2, 64, 64), (1, 333, 8, 1, 64, 12
 
 
 @STORY
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("sink", ["small", "large", "mixed", None], ids=str)
-@pytest.mark.parametrize("case", PREFILL, ids=str)
+# the CPU reference is checked on the smaller cases (T <= 200) only
+@pytest.mark.parametrize("device,case", device_cases(PREFILL, cpu=lambda c: c[1] <= 200))
 def test_prefill_sinks_window_vs_sink_attention(device, dtype, sink, case):
     b, t, hq, hkv, d, window = case
-    if device == "cpu" and t > 200:
-        pytest.skip("the CPU reference is checked on the smaller cases")
     q, k, v = (randn((b, t, h, d), dtype, device) for h in (hq, hkv, hkv))
     sinks = None if sink is None else _sinks(hq, sink, device)
     out = ops.attention_prefill(q, k, v, d ** -0.5, sinks, window or 0)

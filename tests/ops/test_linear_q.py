@@ -11,7 +11,7 @@ from gpt_engine import ops
 from gpt_engine.qweight import QWeight
 
 from ._bench import graphed, mark
-from ._util import DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, randn
+from ._util import CUDA, DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, randn
 from .test_linear import _case, make_weight
 
 Q = gguf.GGMLQuantizationType
@@ -41,16 +41,16 @@ EPILOGUES = [  # norm, act, bias, residual, float_out
 ]
 
 
+# the CPU path computes in fp32 (the model's CPU dtype): one dtype there, both activation dtypes on CUDA
+DEVICE_DTYPES = [pytest.param("cpu", torch.float32, id="cpu-float32")] + [
+    pytest.param("cuda", dt, marks=CUDA.marks, id=f"cuda-{dt}") for dt in (torch.float16, torch.bfloat16)]
+
+
 @pytest.mark.story("GX-003", "GT-033")
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("wtype", PACKED)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("epi", EPILOGUES, ids=str)
-def test_linear_packed(device, wtype, dtype, epi):
-    if device == "cpu":
-        if dtype == torch.bfloat16:
-            pytest.skip("the CPU path is the fp32 oracle path; one dtype suffices")
-        dtype = torch.float32
+def test_linear_packed(device, dtype, wtype, epi):
     norm, act, bias, residual, float_out = epi
     for m, n, k in _shapes(wtype, device):
         if act == "swiglu":
