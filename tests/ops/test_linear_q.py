@@ -62,6 +62,24 @@ def test_linear_packed(device, dtype, wtype, epi):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("wtype", PACKED)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m", [1, 3])
+def test_packed_gemv_activation_codes_add_no_visible_error(wtype, dtype, m):
+    """fp32 output, no norm: the GEMV's only error is its 16-bit activation codes (two int8
+    planes per value, csrc/linear_q_impl.cuh), ~3e-10 NMSE; the output rounding that the
+    other tests' bounds are made of is absent here."""
+    k = 1600 if _qk(wtype) == 32 else 1536
+    w, w64 = make_weight(129, k, wtype, "cuda")
+    x = randn((m, k), dtype, "cuda")
+    out = ops.linear(x, w, float_out=True)
+    assert out.dtype == torch.float32
+    assert_nmse(out, x.cpu().double() @ w64.T, "nmse_packed_gemv_f32_out")
+
+
+@pytest.mark.story("GX-003", "GT-033")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("wtype", PACKED)
 def test_packed_gemv_is_taken_and_rows_do_not_depend_on_the_batch(wtype):
     """The packed GEMV serves M <= 16 (not the dequantize fallback) and row m of a batch is computed
     as it is alone."""
