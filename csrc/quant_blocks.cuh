@@ -208,33 +208,71 @@ __device__ __forceinline__ uint32_t mxfp4_int8(uint32_t c) {
   return (pos & ~sm) | (neg & sm);
 }
 
+// A 16-bit field at an even offset: one load (a block of a type with an even size starts at an
+// even offset of a 16-byte aligned span, so its fp16 fields are 2-byte aligned).
+__device__ __forceinline__ uint32_t smem_u16(const uint8_t* buf, int off) {
+  return *reinterpret_cast<const uint16_t*>(buf + off);
+}
+
 template <int T>
 __device__ __forceinline__ void group_codes(const uint8_t* buf, int blk, int j, uint32_t* c, float& s0, float& s1,
                                             float& mn) {
   const SharedReader rd{buf};
   mn = 0.f;
-  if constexpr (T == kQ8_0) {
-    s0 = f16_bits(rd.u16(blk));
-    smem_words<8>(buf, blk + 2, c);
-  } else if constexpr (T == kQ4_0 || T == kQ4_1 || T == kQ5_0 || T == kQ5_1 || T == kMXFP4) {
-    // 16 code bytes: value v in the low nibble of byte v, v + 16 in the high nibble
-    constexpr int qs = T == kQ4_0 ? 2 : T == kQ4_1 ? 4 : T == kQ5_0 ? 6 : T == kQ5_1 ? 8 : 1;
-    uint32_t q[4];
-    smem_words<4>(buf, blk + qs, q);
+  if constexpr (Traits<T>::QK == 32) {
+    // The whole block as the aligned words a[] holding its bytes, r = blk & 3 bytes into a[0]:
+    // r is 0 or 2 for the even block sizes (Q8_0, Q4_0, Q5_0: blocks start at even offsets), 0
+    // for Q4_1 / Q5_1 (sizes multiples of 4), any for MXFP4. Block byte b is a-byte r + b; a
+    // 4-byte field at block byte b = 4k + o is funnel(a[k], a[k + 1], 8 (r + o)), the shift
+    // clamped at 32 (__funnelshift_rc) where r + o = 4. One load per word, none per field.
+    constexpr int TS = Traits<T>::TS, RMAX = TS % 4 == 0 ? 0 : TS % 2 == 0 ? 2 : 3, NW = (RMAX + TS + 3) / 4;
+    const uint32_t* wp = reinterpret_cast<const uint32_t*>(buf) + (blk >> 2);
+    const int r8 = 8 * (blk & 3);
+    uint32_t a[NW];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      c[i] = q[i] & 0x0F0F0F0Fu;
-      c[i + 4] = (q[i] >> 4) & 0x0F0F0F0Fu;
-    }
-    if constexpr (T == kMXFP4) {
-      s0 = e8m0_half(rd.u8(blk));
+    for (int k = 0; k < NW; ++k) a[k] = wp[k];
+    if constexpr (T == kQ8_0) {  // {f16 d, int8 qs[32]}
+      s0 = f16_bits((a[0] >> r8) & 0xFFFFu);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) c[i] = mxfp4_int8(c[i]);
+      for (int i = 0; i < 8; ++i) c[i] = __funnelshift_rc(a[i], a[i + 1], r8 + 16);
     } else {
-      s0 = f16_bits(rd.u16(blk));
-      if constexpr (T == kQ4_1 || T == kQ5_1) mn = f16_bits(rd.u16(blk + 2));
+      // 16 code bytes: value v in the low nibble of byte v, v + 16 in the high nibble
+      uint32_t q[4], qh = 0;
+      if constexpr (T == kQ4_0) {  // {f16 d, u8 qs[16]}
+        s0 = f16_bits((a[0] >> r8) & 0xFFFFu);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = __funnelshift_rc(a[i], a[i + 1], r8 + 16);
+      } else if constexpr (T == kQ4_1) {  // {f16 d, f16 m, u8 qs[16]}, r = 0
+        s0 = f16_bits(a[0] & 0xFFFFu);
+        mn = f16_bits(a[0] >> 16);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = a[i + 1];
+      } else if constexpr (T == kQ5_0) {  // {f16 d, u32 qh, u8 qs[16]}
+        s0 = f16_bits((a[0] >> r8) & 0xFFFFu);
+        qh = __funnelshift_rc(a[0], a[1], r8 + 16);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = __funnelshift_rc(a[i + 1], a[i + 2], r8 + 16);
+      } else if constexpr (T == kQ5_1) {  // {f16 d, f16 m, u32 qh, u8 qs[16]}, r = 0
+        s0 = f16_bits(a[0] & 0xFFFFu);
+        mn = f16_bits(a[0] >> 16);
+        qh = a[1];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = a[i + 2];
+      } else {  // MXFP4 {e8m0 e, u8 qs[16]}
+        s0 = e8m0_half((a[0] >> r8) & 0xFFu);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = __funnelshift_rc(a[i], a[i + 1], r8 + 8);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        c[i] = q[i] & 0x0F0F0F0Fu;
+        c[i + 4] = (q[i] >> 4) & 0x0F0F0F0Fu;
+      }
+      if constexpr (T == kMXFP4) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) c[i] = mxfp4_int8(c[i]);
+      }
       if constexpr (T == kQ5_0 || T == kQ5_1) {  // bit v of qh is bit 4 of value v
-        const uint32_t qh = rd.u32(blk + (T == kQ5_0 ? 2 : 4));
 #pragma unroll
         for (int i = 0; i < 8; ++i) c[i] |= nibble_to_bit4((qh >> (4 * i)) & 0xFu);
       }
@@ -242,8 +280,8 @@ __device__ __forceinline__ void group_codes(const uint8_t* buf, int blk, int j, 
   } else if constexpr (T == kQ4_K || T == kQ5_K) {  // layouts as in decode4
     uint32_t sc, m;
     k_scale_min(rd, blk + 4, j, sc, m);
-    s0 = __fmul_rn(f16_bits(rd.u16(blk)), (float)sc);
-    mn = -__fmul_rn(f16_bits(rd.u16(blk + 2)), (float)m);
+    s0 = __fmul_rn(f16_bits(smem_u16(buf, blk)), (float)sc);
+    mn = -__fmul_rn(f16_bits(smem_u16(buf, blk + 2)), (float)m);
     constexpr int qs = T == kQ4_K ? 16 : 48;
     uint32_t q[8];
     smem_words<8>(buf, blk + qs + 32 * (j >> 1), q);
@@ -261,7 +299,7 @@ __device__ __forceinline__ void group_codes(const uint8_t* buf, int blk, int j, 
     smem_words<8>(buf, blk + 128 + 32 * h, hi);
 #pragma unroll
     for (int i = 0; i < 8; ++i) c[i] = ((lo[i] >> (4 * (g >> 1))) & 0x0F0F0F0Fu) | (((hi[i] >> (2 * g)) & 0x03030303u) << 4);
-    const float d = f16_bits(rd.u16(blk + 208));
+    const float d = f16_bits(smem_u16(buf, blk + 208));
     s0 = __fmul_rn(d, (float)(int)(int8_t)rd.u8(blk + 192 + 8 * h + 2 * g));
     s1 = __fmul_rn(d, (float)(int)(int8_t)rd.u8(blk + 193 + 8 * h + 2 * g));
     return;
