@@ -30,18 +30,22 @@
 //    in fp32 (Q6_K: two 16-value halves with their own scales). Per group and row ~40-50
 //    instructions for 32 weights (5-9 shared loads, 8 unpacks, 16 dp4a, ~8 for the scales), the
 //    x loads (4 x 16 B + 16 B, conflict-free) shared by the pair's two rows.
-//  - Weight stream through a cp.async ring in shared memory, kStages deep per warp (as
+//  - Weight stream through a cp.async ring in shared memory, stages() deep per warp (as
 //    gemv_pipe_kernel in csrc/linear.cu), so the bytes in flight cost no registers. A batch is
 //    64 groups of a row (32 for the types of more than 20 bytes per group) = 0.6-1.3 KB; rows are
 //    not 16-byte aligned for most types, so a batch's byte span widened to 16-byte boundaries is
 //    copied with 16-byte cp.async.cg (the tensor's last piece with a source size < 16: zero fill)
 //    as v1 moved it. Lanes decode bytes other lanes copied: cp.async.wait_group then __syncwarp.
 //    Batches run on across pair boundaries (a pair's reduction and epilogue overlap the next
-//    pair's loads); the first kStages - 1 batches are issued before griddepcontrol.wait.
-//  - 8 warps per block, 2 blocks per SM where shared memory allows (16 warps, kStages - 1 = 3
-//    batches of both rows each in flight: 60-120 KB per SM, the Little's-law figure at ~4 TB/s);
-//    pairs go round-robin over the blocks first (pair i -> block i % grid), so every SM works
-//    even when N is small.
+//    pair's loads); the first stages - 1 batches are issued before griddepcontrol.wait.
+//  - One block of 8 warps per SM, its rings 4-7 batches deep by type (kRingBudget: 55-73 KB of
+//    both rows in flight per SM, the Little's-law figure at ~4 TB/s), <= 128 registers and
+//    < 114 KB of shared memory at M <= 4 (K <= ~9,000 at M = 1), so a second block fits on the
+//    SM: the next call's (launched early by PDL), which issues its first batches while this one
+//    streams. At 4-bit sizes (4096 x 4096 Q4_0: 2.2 us of streaming) the per-call fixed cost
+//    (launch, x staging, first DRAM round trip, tail) is as large as the work, so hiding it
+//    matters more than a 16th warp. Pairs go round-robin over the blocks first (pair i -> block
+//    i % grid), so every SM works even when N is small.
 // Layout of x in shared memory, per activation row: tiles of 32 groups (1,024 values), a tile
 // [half h][plane (hi, lo)][slot = group % 32][16 B = values 16h .. 16h + 15 of the group]: lane
 // l reads slot l, so each 16-byte load of a warp is 512 contiguous bytes (no bank conflicts).
@@ -67,17 +71,26 @@ constexpr int kSmemMax = 227 * 1024 - 1024;
 constexpr int kXTile = 32 * 32 * 2;  // bytes of one x tile: 32 groups x 32 values x 2 planes
 constexpr int kXScale = 32 * 16;     // bytes of one tile's group scales: 32 x {d, sum lo, sum hi, 0}
 
-// Ring depth per warp: 3 batches in flight at M <= 2, 2 beyond (the staged x takes the memory).
-__host__ __device__ constexpr int stages(int mt) { return mt <= 2 ? 4 : 3; }
-// groups per batch: ~1 KB of each row per batch, a multiple of the 32 lanes
+// Shared memory for the weight rings of a block at M <= 4: with the staged x (18 KB at K = 6400,
+// M = 1) a block stays under half of the SM's 228 KiB, so that the next call's block fits beside
+// it and issues its prefetch while this one runs (PDL)
+constexpr int kRingBudget = 88 * 1024;
+
+// groups per batch: ~0.7-1.3 KB of each row per batch, a multiple of the 32 lanes
 __host__ __device__ constexpr int batch_groups(int qk, int ts) { return ts * 32 / qk <= 20 ? 64 : 32; }
 __host__ __device__ constexpr int batch_blocks(int qk, int ts) { return batch_groups(qk, ts) * 32 / qk; }
 // 16-byte pieces of a batch's span at most (it may start 15 bytes into its first piece)
 __host__ __device__ constexpr int max_pieces(int qk, int ts) { return (batch_blocks(qk, ts) * ts + 15 + 15) / 16; }
 // one row's buffer: the pieces plus 16 bytes that the decoder's funnel reads may touch
 __host__ __device__ constexpr int row_buf(int qk, int ts) { return 16 * max_pieces(qk, ts) + 16; }
+// Ring depth per warp (stages - 1 batches in flight): as many as kRingBudget holds at M <= 4
+// (4-7 by type: 55-73 KB in flight per SM), 3 at M >= 8 where the staged x takes the memory.
+__host__ __device__ constexpr int stages(int qk, int ts, int mt) {
+  return mt >= 8 ? 3 : kRingBudget / (kWarps * 2 * row_buf(qk, ts)) < 3 ? 3
+                    : kRingBudget / (kWarps * 2 * row_buf(qk, ts)) > 8 ? 8 : kRingBudget / (kWarps * 2 * row_buf(qk, ts));
+}
 __host__ __device__ constexpr size_t ring_bytes(int qk, int ts, int mt) {
-  return (size_t)kWarps * stages(mt) * 2 * row_buf(qk, ts);
+  return (size_t)kWarps * stages(qk, ts, mt) * 2 * row_buf(qk, ts);
 }
 __host__ __device__ constexpr int x_tiles(int64_t K) { return (int)((K / 32 + 31) / 32); }
 __host__ __device__ constexpr size_t smem_bytes(int qk, int ts, int mt, int64_t K) {
@@ -307,10 +320,12 @@ __device__ __forceinline__ void stage_x_int(const LinearArgs& p, uint8_t* xq, fl
   __syncthreads();
 }
 
+// launch bounds: at M <= 4 two blocks' registers fit an SM (<= 128 per thread), this call's and
+// the next one's; at M >= 8 the accumulators need more
 template <int T, typename A, int MT>
 __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const LinearArgs p) {
   using TR = Traits<T>;
-  constexpr int S = stages(MT), RB = row_buf(TR::QK, TR::TS), BB = batch_blocks(TR::QK, TR::TS);
+  constexpr int S = stages(TR::QK, TR::TS, MT), RB = row_buf(TR::QK, TR::TS), BB = batch_blocks(TR::QK, TR::TS);
   constexpr int GPB = TR::QK / 32, BG = batch_groups(TR::QK, TR::TS), PMAX = (max_pieces(TR::QK, TR::TS) + 31) / 32;
   extern __shared__ __align__(16) uint8_t smem[];  // [warps][S][2 rows][RB] ring, x tiles, x scales
   __shared__ float s_mean[MT], s_rstd[MT], s_red[kWarps][MT];
@@ -445,10 +460,8 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
     attr_set = true;
   }
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
-  // the blocks per SM the launch bounds allow (2 at M <= 4), fewer where shared memory runs out
-  // (228 KiB per SM, 1 KiB of it reserved per block)
-  const int per_sm = std::max(1, std::min(MT <= 4 ? 2 : 1, (int)((228 * 1024) / (smem + 1024))));
-  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(npairs, (int64_t)num_sms * per_sm));
+  // one block per SM: the rest of the SM is for the next call's block (see kRingBudget)
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(npairs, num_sms));
   return launch_pdl(kern, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
 }
 
