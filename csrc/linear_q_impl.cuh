@@ -453,9 +453,11 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   const size_t smem = smem_bytes(TR::QK, TR::TS, MT, p.K);
   if (smem > (size_t)kSmemMax) return cudaErrorInvalidValue;
   auto kern = gemv_q_kernel<T, A, MT>;
-  static bool attr_set = false;  // once per instantiation: allow up to kSmemMax of shared memory
-  if (!attr_set) {
-    const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemMax);
+  static bool attr_set = false;  // once per instantiation: allow up to kSmemMax of shared memory,
+  if (!attr_set) {              // and ask for the whole carveout as shared memory so that a second
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemMax);
+    if (e == cudaSuccess)       // block (the next call's) fits beside this one
+      e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
     if (e != cudaSuccess) return e;
     attr_set = true;
   }

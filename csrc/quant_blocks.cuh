@@ -1,5 +1,7 @@
-// GGUF block decoders on the device, shared by the packed-weight GEMV (csrc/linear_q.cu) and the
-// dequantize kernel (csrc/dequant.cu); written so that other kernels (MoE experts) can reuse them.
+// GGUF block decoders on the device: decode4() (exact float values, used by the dequantize kernel
+// csrc/dequant.cu) and group_codes() (integer codes of a whole 32-value group for dp4a, used by
+// the packed-weight GEMV csrc/linear_q_impl.cuh); written so that other kernels (MoE experts) can
+// reuse them.
 //
 // Layouts: ggml-common.h's block structs, as gpt_engine/quants.py documents and decodes them
 // (that file is the CPU oracle, bit-exact with gguf-py). Type ids are gguf-py's
@@ -13,7 +15,7 @@
 //   s        the multiplier: d, d * sc (K-quants, one fp32 rounding) or the E8M0 scale halved
 //   mn       the additive term (kHasMin types): Q4_1/Q5_1 +m, Q4_K/Q5_K -(dmin * m)
 // The exact value (ggml's order of fp32 operations, no contraction) is w*s, or w*s + mn:
-// value_exact() below. A GEMV instead sums s * sum(w x) + mn * sum(x) per quad.
+// value_exact() below.
 //
 // Bytes are read through a reader `R` with u32(off) (little-endian, any alignment), u16(off) and
 // u8(off), so the same decoder reads a block from global memory or from a shared-memory copy.
