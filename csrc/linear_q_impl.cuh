@@ -12,7 +12,7 @@
 //
 // v2 (this header, instantiated per type group by linear_q_{a,b,k}.cu; linear_q.cu dispatches).
 // Unchanged from v1: csrc/linear_common.cuh's row pairs (pair_rows: SwiGLU gate/up, neox QKV),
-// the norm statistics and formula of XStage, finish_pair() for every epilogue. Changed:
+// the norm formula and its rounding as XStage has them, finish_pair() for every epilogue. Changed:
 //  - Activations as integers. After the norm (rounded to the activation dtype as the unfused norm
 //    rounds it), each 32-value group of a row becomes q = rint(x / d) with d = max|x| / 32767 (a
 //    16-bit code), stored as two byte planes: hi = q >> 8 (int8) and lo = q & 255 (uint8), so
@@ -20,8 +20,8 @@
 //    (q8_1): an int8 x adds relative error (d/2)^2/3 ~ (2.4/127)^2/12 = 3e-5 NMSE per product for
 //    Gaussian rows, 3x the fp16 bound of the ops tests and enough to flip greedy ids of the model
 //    tests (test_cuda_graph runs Q8_0/Q4_1/MXFP4 models against transformers' ids); 16 bits give
-//    ~5e-10, below fp16's own rounding, for 2 dp4a per 4 weights instead of 1 (the budget allows
-//    it: ~1.4 instructions per weight at M = 1, see below). x costs 2 B per value per row in
+//    ~3.4e-10, below fp16's own rounding, for 2 dp4a per 4 weights instead of 1 (the budget
+//    allows it: ~1.5 instructions per weight at M = 1, docs/kernels/quant.md). x costs 2 B per value per row in
 //    shared memory (v1: 4) plus 16 B per group and row ({d, sum of q over values 0..15, over
 //    16..31}: the sums carry the code offsets and the min terms).
 //  - Integer dot products: one lane takes one whole 32-value group of both rows of its pair;
