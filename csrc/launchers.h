@@ -148,8 +148,8 @@ inline void ggml_block_shape(int ggml_type, int& qk, int& ts) {
   }
 }
 // Whether launch_linear_q has a kernel for this type, activation dtype, M and K: the type has a
-// decoder, K is whole blocks, M <= kLinearMaxM and the M activation rows of K fp32 values fit
-// shared memory in one tile (else the caller dequantizes and takes the dense path).
+// decoder, K is whole blocks, M <= kLinearMaxM and the weight ring plus the M activation rows
+// of K values as 16-bit codes fit shared memory (else the caller dequantizes and takes the dense path).
 bool linear_q_supported(int ggml_type, int adtype, int64_t M, int64_t K);
 // As launch_linear_gemv, with p.w the raw bytes [N, K / block values * block bytes], 16-byte aligned.
 cudaError_t launch_linear_q(int ggml_type, int adtype, const LinearArgs& p, int num_sms, cudaStream_t stream);

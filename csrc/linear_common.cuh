@@ -1,8 +1,10 @@
-// Pieces every decode GEMV kernel shares (csrc/linear.cu: dense weights; csrc/linear_q.cu:
+// Pieces every decode GEMV kernel shares (csrc/linear.cu: dense weights; csrc/linear_q_impl.cuh:
 // GGUF blocks): the weight-row pairing, the staging of the activation rows into shared memory
-// with the fused LayerNorm/RMSNorm, and the epilogues (bias, tanh-GELU, SwiGLU, residual, fp32
-// out, QKV + RoPE + KV-cache append). A kernel computes, per warp, the fp32 dot products of one
-// row pair with the M staged activation rows and hands them to finish_pair().
+// with the fused LayerNorm/RMSNorm (XStage: the dense kernels; the packed GEMV stages 16-bit
+// integer codes its own way, with the same norm formula and rounding), and the epilogues (bias,
+// tanh-GELU, SwiGLU, residual, fp32 out, QKV + RoPE + KV-cache append). A kernel computes, per
+// warp, the fp32 dot products of one row pair with the M staged activation rows and hands them to
+// finish_pair().
 #pragma once
 #include <cmath>
 

@@ -1,4 +1,4 @@
-// Dispatch of the packed-block decode GEMV (csrc/linear_q_impl.cuh; kernels instantiated per type
+// Dispatch of the packed-block decode GEMV v2 (csrc/linear_q_impl.cuh; kernels instantiated per type
 // group in linear_q_a.cu, linear_q_b.cu, linear_q_k.cu).
 #include "linear_q_impl.cuh"
 
@@ -10,12 +10,9 @@ namespace {
 using namespace linear_detail;
 using namespace quant;
 
-size_t smem_for(int64_t M, int64_t K) {
-  if (M <= 1) return smem_bytes<1>(K);
-  if (M <= 2) return smem_bytes<2>(K);
-  if (M <= 4) return smem_bytes<4>(K);
-  if (M <= 8) return smem_bytes<8>(K);
-  return smem_bytes<16>(K);
+size_t smem_for(int qk, int ts, int64_t M, int64_t K) {
+  const int mt = M <= 1 ? 1 : M <= 2 ? 2 : M <= 4 ? 4 : M <= 8 ? 8 : 16;
+  return smem_bytes(qk, ts, mt, K);
 }
 
 // The epilogue's arguments, as launch_linear_gemv checks them.
@@ -39,7 +36,7 @@ bool linear_q_supported(int ggml_type, int adtype, int64_t M, int64_t K) {
   int qk, ts;
   ggml_block_shape(ggml_type, qk, ts);
   return qk > 0 && (adtype == kF16 || adtype == kBF16) && M >= 1 && M <= kLinearMaxM && K > 0 && K % qk == 0 &&
-         K < (1 << 28) && smem_for(M, K) <= (size_t)kSmemMax;
+         K < (1 << 28) && smem_for(qk, ts, M, K) <= (size_t)kSmemMax;
 }
 
 cudaError_t launch_linear_q(int ggml_type, int adtype, const LinearArgs& p, int num_sms, cudaStream_t stream) {

@@ -1,5 +1,7 @@
-// GGUF block decoders on the device, shared by the packed-weight GEMV (csrc/linear_q.cu) and the
-// dequantize kernel (csrc/dequant.cu); written so that other kernels (MoE experts) can reuse them.
+// GGUF block decoders on the device: decode4() (exact float values, used by the dequantize kernel
+// csrc/dequant.cu) and group_codes() (integer codes of a whole 32-value group for dp4a, used by
+// the packed-weight GEMV csrc/linear_q_impl.cuh); written so that other kernels (MoE experts) can
+// reuse them.
 //
 // Layouts: ggml-common.h's block structs, as gpt_engine/quants.py documents and decodes them
 // (that file is the CPU oracle, bit-exact with gguf-py). Type ids are gguf-py's
@@ -13,7 +15,7 @@
 //   s        the multiplier: d, d * sc (K-quants, one fp32 rounding) or the E8M0 scale halved
 //   mn       the additive term (kHasMin types): Q4_1/Q5_1 +m, Q4_K/Q5_K -(dmin * m)
 // The exact value (ggml's order of fp32 operations, no contraction) is w*s, or w*s + mn:
-// value_exact() below. A GEMV instead sums s * sum(w x) + mn * sum(x) per quad.
+// value_exact() below.
 //
 // Bytes are read through a reader `R` with u32(off) (little-endian, any alignment), u16(off) and
 // u8(off), so the same decoder reads a block from global memory or from a shared-memory copy.
@@ -161,6 +163,150 @@ __device__ __forceinline__ void decode4(const R& rd, O blk, int j, int i, float*
     s = __fmul_rn(f16_bits(rd.u16(blk + 208)), (float)sc);
     codes4<32>(lo | (hi << 4), w);
   }
+}
+
+// ---- integer codes of a whole 32-value group, for dp4a dot products (the packed GEMV v2) ----
+//
+// group_codes<T>(buf, blk, j, c, s0, s1, mn) reads group j of the block at byte offset `blk` of
+// a shared-memory buffer (4-byte aligned, readable up to 4 bytes past the block) and returns
+//   c[i]    the codes of values 4i..4i+3 of the group (natural order), one per byte: signed int8
+//           where IntCodes<T>::kSigned (Q8_0; MXFP4 as ggml's doubled E2M1 integers), else
+//           unsigned with the type's offset IntCodes<T>::kOff still in them (Q4_0 8, Q5_0 16,
+//           Q6_K 32; 0 for the types with a min)
+//   s0, s1  the multiplier of values 0..15 and 16..31 (equal except for Q6_K's 16-value scales)
+//   mn      the additive term of the kHasMin types (as decode4)
+// so that value t = s * (code_t - kOff) (+ mn): the same numbers decode4 gives.
+template <int T> struct IntCodes { static constexpr bool kSigned = false; static constexpr int kOff = 0; };
+template <> struct IntCodes<kQ8_0> { static constexpr bool kSigned = true; static constexpr int kOff = 0; };
+template <> struct IntCodes<kMXFP4> { static constexpr bool kSigned = true; static constexpr int kOff = 0; };
+template <> struct IntCodes<kQ4_0> { static constexpr bool kSigned = false; static constexpr int kOff = 8; };
+template <> struct IntCodes<kQ5_0> { static constexpr bool kSigned = false; static constexpr int kOff = 16; };
+template <> struct IntCodes<kQ6_K> { static constexpr bool kSigned = false; static constexpr int kOff = 32; };
+
+// N little-endian words starting at any byte offset: N + 1 aligned loads and N funnel shifts.
+template <int N>
+__device__ __forceinline__ void smem_words(const uint8_t* base, int off, uint32_t* out) {
+  const uint32_t* w = reinterpret_cast<const uint32_t*>(base) + (off >> 2);
+  const int sh = (off & 3) * 8;
+  uint32_t a[N + 1];
+#pragma unroll
+  for (int k = 0; k <= N; ++k) a[k] = w[k];
+#pragma unroll
+  for (int k = 0; k < N; ++k) out[k] = __funnelshift_r(a[k], a[k + 1], sh);
+}
+
+// Bits 0..3 of b moved to bit 4 of bytes 0..3: b * (1 + 2^7 + 2^14 + 2^21) puts bit k at bit 8k
+// (the four shifted copies of a 4-bit field do not overlap, so there are no carries).
+__device__ __forceinline__ uint32_t nibble_to_bit4(uint32_t b) { return ((b * 0x00204081u) & 0x01010101u) << 4; }
+
+// Four MXFP4 nibbles (one per byte) -> ggml's doubled E2M1 values as int8: the 3-bit magnitudes
+// select bytes of a positive and a negative table (one prmt each), the sign bit picks one.
+__device__ __forceinline__ uint32_t mxfp4_int8(uint32_t c) {
+  const uint32_t mag = c & 0x07070707u, t = mag | (mag >> 4);
+  const uint32_t sel = (t & 0xFFu) | ((t >> 8) & 0xFF00u);
+  const uint32_t pos = __byte_perm(0x03020100u, 0x0C080604u, sel);  // 0 1 2 3 4 6 8 12
+  const uint32_t neg = __byte_perm(0xFDFEFF00u, 0xF4F8FAFCu, sel);  // their negatives (code 8, -0, gives 0)
+  const uint32_t sm = ((c >> 3) & 0x01010101u) * 0xFFu;
+  return (pos & ~sm) | (neg & sm);
+}
+
+// A 16-bit field at an even offset: one load (a block of a type with an even size starts at an
+// even offset of a 16-byte aligned span, so its fp16 fields are 2-byte aligned).
+__device__ __forceinline__ uint32_t smem_u16(const uint8_t* buf, int off) {
+  return *reinterpret_cast<const uint16_t*>(buf + off);
+}
+
+template <int T>
+__device__ __forceinline__ void group_codes(const uint8_t* buf, int blk, int j, uint32_t* c, float& s0, float& s1,
+                                            float& mn) {
+  const SharedReader rd{buf};
+  mn = 0.f;
+  if constexpr (Traits<T>::QK == 32) {
+    // The whole block as the aligned words a[] holding its bytes, r = blk & 3 bytes into a[0]:
+    // r is 0 or 2 for the even block sizes (Q8_0, Q4_0, Q5_0: blocks start at even offsets), 0
+    // for Q4_1 / Q5_1 (sizes multiples of 4), any for MXFP4. Block byte b is a-byte r + b; a
+    // 4-byte field at block byte b = 4k + o is funnel(a[k], a[k + 1], 8 (r + o)), the shift
+    // clamped at 32 (__funnelshift_rc) where r + o = 4. One load per word, none per field.
+    constexpr int TS = Traits<T>::TS, RMAX = TS % 4 == 0 ? 0 : TS % 2 == 0 ? 2 : 3, NW = (RMAX + TS + 3) / 4;
+    const uint32_t* wp = reinterpret_cast<const uint32_t*>(buf) + (blk >> 2);
+    const int r8 = 8 * (blk & 3);
+    uint32_t a[NW];
+#pragma unroll
+    for (int k = 0; k < NW; ++k) a[k] = wp[k];
+    if constexpr (T == kQ8_0) {  // {f16 d, int8 qs[32]}
+      s0 = f16_bits((a[0] >> r8) & 0xFFFFu);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) c[i] = __funnelshift_rc(a[i], a[i + 1], r8 + 16);
+    } else {
+      // 16 code bytes: value v in the low nibble of byte v, v + 16 in the high nibble
+      uint32_t q[4], qh = 0;
+      if constexpr (T == kQ4_0) {  // {f16 d, u8 qs[16]}
+        s0 = f16_bits((a[0] >> r8) & 0xFFFFu);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = __funnelshift_rc(a[i], a[i + 1], r8 + 16);
+      } else if constexpr (T == kQ4_1) {  // {f16 d, f16 m, u8 qs[16]}, r = 0
+        s0 = f16_bits(a[0] & 0xFFFFu);
+        mn = f16_bits(a[0] >> 16);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = a[i + 1];
+      } else if constexpr (T == kQ5_0) {  // {f16 d, u32 qh, u8 qs[16]}
+        s0 = f16_bits((a[0] >> r8) & 0xFFFFu);
+        qh = __funnelshift_rc(a[0], a[1], r8 + 16);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = __funnelshift_rc(a[i + 1], a[i + 2], r8 + 16);
+      } else if constexpr (T == kQ5_1) {  // {f16 d, f16 m, u32 qh, u8 qs[16]}, r = 0
+        s0 = f16_bits(a[0] & 0xFFFFu);
+        mn = f16_bits(a[0] >> 16);
+        qh = a[1];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = a[i + 2];
+      } else {  // MXFP4 {e8m0 e, u8 qs[16]}
+        s0 = e8m0_half((a[0] >> r8) & 0xFFu);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = __funnelshift_rc(a[i], a[i + 1], r8 + 8);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        c[i] = q[i] & 0x0F0F0F0Fu;
+        c[i + 4] = (q[i] >> 4) & 0x0F0F0F0Fu;
+      }
+      if constexpr (T == kMXFP4) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) c[i] = mxfp4_int8(c[i]);
+      }
+      if constexpr (T == kQ5_0 || T == kQ5_1) {  // bit v of qh is bit 4 of value v
+#pragma unroll
+        for (int i = 0; i < 8; ++i) c[i] |= nibble_to_bit4((qh >> (4 * i)) & 0xFu);
+      }
+    }
+  } else if constexpr (T == kQ4_K || T == kQ5_K) {  // layouts as in decode4
+    uint32_t sc, m;
+    k_scale_min(rd, blk + 4, j, sc, m);
+    s0 = __fmul_rn(f16_bits(smem_u16(buf, blk)), (float)sc);
+    mn = -__fmul_rn(f16_bits(smem_u16(buf, blk + 2)), (float)m);
+    constexpr int qs = T == kQ4_K ? 16 : 48;
+    uint32_t q[8];
+    smem_words<8>(buf, blk + qs + 32 * (j >> 1), q);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) c[i] = (q[i] >> (4 * (j & 1))) & 0x0F0F0F0Fu;
+    if constexpr (T == kQ5_K) {
+      smem_words<8>(buf, blk + 16, q);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) c[i] |= ((q[i] >> j) & 0x01010101u) << 4;
+    }
+  } else if constexpr (T == kQ6_K) {  // layout as in decode4; scales 8h + 2g (values 0..15), + 1 (16..31)
+    const int h = j >> 2, g = j & 3;
+    uint32_t lo[8], hi[8];
+    smem_words<8>(buf, blk + 64 * h + 32 * (g & 1), lo);
+    smem_words<8>(buf, blk + 128 + 32 * h, hi);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) c[i] = ((lo[i] >> (4 * (g >> 1))) & 0x0F0F0F0Fu) | (((hi[i] >> (2 * g)) & 0x03030303u) << 4);
+    const float d = f16_bits(smem_u16(buf, blk + 208));
+    s0 = __fmul_rn(d, (float)(int)(int8_t)rd.u8(blk + 192 + 8 * h + 2 * g));
+    s1 = __fmul_rn(d, (float)(int)(int8_t)rd.u8(blk + 193 + 8 * h + 2 * g));
+    return;
+  }
+  s1 = s0;
 }
 
 // The exact dequantized value of a code from decode4 (ggml's fp32 operation order, no FMA).

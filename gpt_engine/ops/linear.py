@@ -141,7 +141,8 @@ def _dense_weight(weight, qtype, n, k, dtype):
 
 def packed_gemv_ok(weight: torch.Tensor, qtype: int, dtype: torch.dtype, m: int, k: int) -> bool:
     """The packed-block GEMV (csrc/linear_q.cu) takes this weight and batch: a type with a
-    decoder, fp16/bf16 activations, 16-byte aligned bytes, M rows of K fp32 in shared memory."""
+    decoder, fp16/bf16 activations, 16-byte aligned bytes, the weight rings and M rows of K
+    16-bit activation codes in shared memory (csrc/linear_q_impl.cuh)."""
     from .dequantize import CUDA_TYPES
 
     return (int(qtype) in CUDA_TYPES and dtype in _GEMV_ACT_DTYPES and weight.is_contiguous()

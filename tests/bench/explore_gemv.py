@@ -47,25 +47,45 @@ def time_us(fn, reps=20) -> float:
 
 
 def packed(n: int, k: int, qtype) -> torch.Tensor:
-    """Random weight bytes of a packed type, quantized by gguf-py on the CPU (one matrix)."""
+    """Random weight bytes of a packed type (one matrix): gguf-py's quantizer, ours for the
+    K-quants (gguf-py has none)."""
     import numpy as np
     w = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32) * 0.02
-    return torch.from_numpy(np.ascontiguousarray(gguf.quants.quantize(w, qtype)).reshape(n, -1)).cuda()
+    if qtype.name.endswith("_K"):
+        from gpt_engine.quantize import quantize
+        raw = quantize(w, qtype)
+    else:
+        raw = gguf.quants.quantize(w, qtype)
+    return torch.from_numpy(np.ascontiguousarray(raw).reshape(n, -1)).cuda()
+
+
+QUANT_TYPES = ["Q8_0", "MXFP4", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
 
 
 def quant_table(copy_gbs: float) -> None:
+    """Every packed type at M = 1 (and M = 4 for the first shape); K rounded down to whole
+    super-blocks for the K-quants. nmse: the first call's output against the float64 product
+    with gguf-py's dequantized weight (tests/tolerances.py nmse_fp16 = 1e-5 is the ops tests' bar)."""
+    import numpy as np
     Q = gguf.GGMLQuantizationType
-    for t in (Q.Q8_0, Q.MXFP4, Q.Q4_0):
-        print(f"\n{t.name}, M = 1\n{'N x K':>14}{'us':>8}{'GB/s':>8}{'/copy':>7}{'F16 us':>8}")
-        for n, k in [(1600, 6400), (6400, 1600), (4096, 4096), (2880, 2880), (4800, 1600), (1600, 1600)]:
+    for name in QUANT_TYPES:
+        t = Q[name]
+        qk = gguf.GGML_QUANT_SIZES[t][0]
+        print(f"\n{t.name}\n{'M':>3}{'N x K':>14}{'us':>8}{'GB/s':>8}{'/copy':>7}{'nmse':>10}")
+        for m, n, k in [(1, 1600, 6400), (1, 6400, 1600), (1, 4096, 4096), (1, 2880, 2880), (1, 4800, 1600),
+                        (1, 1600, 1600), (4, 1600, 6400)]:
+            k = k // qk * qk
             raw = packed(n, k, t)
             nbytes = raw.numel()
             reps = max(4, (512 << 20) // nbytes)
             qs = [QWeight(raw.clone(), t, (n, k)) for _ in range(reps)]
-            x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            w64 = torch.from_numpy(gguf.quants.dequantize(raw.cpu().numpy(), t).astype(np.float64)).reshape(n, k)
+            ref = x.cpu().double() @ w64.T
+            err = float(((ops.linear(x, qs[0]).cpu().double() - ref) ** 2).sum() / (ref ** 2).sum())
             t_q = time_us(graphed(lambda: [ops.linear(x, q) for q in qs])) / reps
             gbs = nbytes / t_q / 1e3
-            print(f"{n:>7}x{k:<6}{t_q:>8.2f}{gbs:>8.0f}{gbs / copy_gbs:>7.2f}")
+            print(f"{m:>3}{n:>7}x{k:<6}{t_q:>8.2f}{gbs:>8.0f}{gbs / copy_gbs:>7.2f}{err:>10.1e}")
             del qs
 
 

@@ -12,7 +12,7 @@ from gpt_engine.qweight import QWeight
 
 from ._bench import graphed, mark
 from ._util import CUDA, DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, randn
-from .test_linear import _case, make_weight
+from .test_linear import _case, _norm, make_weight, oracle
 
 Q = gguf.GGMLQuantizationType
 PACKED = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "MXFP4"]
@@ -56,6 +56,43 @@ def test_linear_packed(device, dtype, wtype, epi):
         if act == "swiglu":
             n += n % 2
         _case(device, m, n, k, wtype, dtype, norm, act, bias, residual, float_out)
+
+
+@pytest.mark.story("GX-003", "GT-033")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("wtype", PACKED)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m", [1, 3])
+def test_packed_gemv_activation_codes_add_no_visible_error(wtype, dtype, m):
+    """fp32 output, no norm: the GEMV's only error is its 16-bit activation codes (two int8
+    planes per value, csrc/linear_q_impl.cuh), ~3e-10 NMSE; the output rounding that the
+    other tests' bounds are made of is absent here."""
+    k = 1600 if _qk(wtype) == 32 else 1536
+    w, w64 = make_weight(129, k, wtype, "cuda")
+    x = randn((m, k), dtype, "cuda")
+    out = ops.linear(x, w, float_out=True)
+    assert out.dtype == torch.float32
+    assert_nmse(out, x.cpu().double() @ w64.T, "nmse_packed_gemv_f32_out")
+
+
+@pytest.mark.story("GX-003", "GT-033")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("wtype", ["Q8_0", "Q4_1", "MXFP4", "Q6_K"])
+@pytest.mark.parametrize("norm", [None, "layernorm", "rmsnorm"], ids=str)
+def test_packed_gemv_activations_not_16_byte_aligned(wtype, norm):
+    """x at an odd element offset of its storage (a contiguous view): the staging's
+    element-at-a-time path instead of its 16-byte loads."""
+    from gpt_engine.ops import linear_module as lin
+    m, k = 3, (1600 if _qk(wtype) == 32 else 1536)
+    w, w64 = make_weight(77, k, wtype, "cuda")
+    x = randn((m * k + 1,), torch.float16, "cuda")[1:].view(m, k)
+    assert x.is_contiguous() and x.data_ptr() % 16 != 0
+    assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, m, k)
+    nm = _norm(norm, k, torch.float16, "cuda")
+    out = ops.linear(x, w, norm=nm)
+    assert_nmse(out, oracle(x, w64, norm=nm), "nmse_fp16")
 
 
 @pytest.mark.story("GX-003", "GT-033")
