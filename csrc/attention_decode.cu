@@ -8,10 +8,6 @@
 //   once per group. Online softmax in the exp2 domain (q pre-scaled by scale * log2 e); the
 //   block's running (max, sum, unnormalised output) go to an fp32 workspace.
 // Pass 2 (decode_reduce_kernel) rescales the splits to a common max and normalises.
-// Fused (up to 32 splits, when the caller passes arrival counters): the last block of each
-// head group to finish runs pass 2 for its heads, so the decode step has one attention launch
-// per layer (a launch in the graph-captured step costs ~2-4 us of chain latency on the H200,
-// docs/kernels/decode.md). Not yet measured: compare decode_graph.* before and after.
 // Sequence lengths are read on the device (no host sync: graph-capturable); each is clamped
 // to [0, S] so a bad length never reads outside the cache.
 // Optional, for gpt-oss (docs/gpt_oss.md): a sliding window W > 0 keeps the keys at positions
@@ -51,21 +47,13 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float* acc, floa
   m = mx;
 }
 
-// The reduce over the splits, fused into the split kernel (FUSED): the block of a (batch, kv
-// head, head group) that finishes last (an atomic counter per group, reset by that block for
-// the next call) reduces the group's G heads itself, so a decode step spends one launch per
-// layer on attention instead of two. Used up to kFuseMaxSplits splits: each output element is
-// one thread's loop over the splits (the two-kernel reduce spreads longer loops over threads).
-constexpr int kFuseMaxSplits = 32;
-
-template <typename T, int D, int G, bool FUSED>
+template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc,
                                                               const T* __restrict__ vc, const void* __restrict__ lens,
                                                               bool lens64, float* __restrict__ ws_o,
                                                               float* __restrict__ ws_ml, int Hq, int Hkv, int S,
                                                               int splits, int group, int gblocks, float scale_log2,
-                                                              int window, int* __restrict__ counters,
-                                                              const float* __restrict__ sinks, T* __restrict__ out) {
+                                                              int window) {
   constexpr int VEC = kVec16<T>;
   constexpr int TPK = D / VEC;  // threads per key row
   static_assert(TPK >= 1 && TPK <= 32 && (TPK & (TPK - 1)) == 0, "head dim must give a power-of-two row split");
@@ -231,41 +219,6 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
       ws_ml[row * 2 + 1] = ll;
     }
   }
-  if constexpr (FUSED) {
-    __shared__ bool s_last;
-    __threadfence();  // this block's partial state is visible device-wide before it is counted
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int* c = counters + ((int64_t)b * Hkv + hkv) * gblocks + gb;
-      s_last = atomicAdd(c, 1) == splits - 1;
-      if (s_last) *c = 0;  // every split of the group has arrived: ready for the next call
-    }
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
-    // the group's heads, reduced as decode_reduce_kernel does (L2 reads: other SMs wrote them)
-    for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
-      const int g = idx / D, d = idx % D;
-      const int gi = gb * G + g;
-      if (gi >= group) continue;
-      const int64_t hrow = (int64_t)b * Hq + hkv * group + gi;
-      const float* ml = ws_ml + hrow * splits * 2;
-      const float* po = ws_o + hrow * splits * D + d;
-      float mm = -INFINITY;
-      for (int sp = 0; sp < splits; ++sp) mm = fmaxf(mm, __ldcg(ml + 2 * sp));
-      const float s2 = sinks != nullptr ? sinks[hrow % Hq] * kLog2e : -INFINITY;
-      if (sinks != nullptr) mm = fmaxf(mm, s2);
-      float ll = 0.f, acc = 0.f;
-      for (int sp = 0; sp < splits; ++sp) {
-        const float m2 = __ldcg(ml + 2 * sp);
-        const float w = (m2 == -INFINITY || mm == -INFINITY) ? 0.f : exp2f(m2 - mm);
-        ll += w * __ldcg(ml + 2 * sp + 1);
-        acc += w * __ldcg(po + (int64_t)sp * D);
-      }
-      if (sinks != nullptr) ll += exp2f(s2 - mm);
-      out[hrow * D + d] = from_f<T>(ll > 0.f ? acc / ll : 0.f);
-    }
-  }
 }
 
 // One block per (batch, query head). The splits are reduced in parallel: every thread takes
@@ -349,18 +302,13 @@ struct SinkWindow {
 template <typename T, int D, int G>
 cudaError_t launch_g(const T* q, const T* kc, const T* vc, const void* lens, bool lens64, T* out, float* ws_o,
                      float* ws_ml, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int splits, float scale,
-                     SinkWindow sw, int* counters, cudaStream_t st) {
+                     SinkWindow sw, cudaStream_t st) {
   const int group = (int)(Hq / Hkv);
   const int gblocks = (group + G - 1) / G;
   const dim3 grid(splits, (unsigned)(Hkv * gblocks), (unsigned)B);
-  if (counters != nullptr && splits <= kFuseMaxSplits)
-    return launch_pdl(decode_split_kernel<T, D, G, true>, grid, dim3(kThreads), 0, st, q, kc, vc, lens, lens64, ws_o,
-                      ws_ml, (int)Hq, (int)Hkv, (int)S, splits, group, gblocks, scale * kLog2e, sw.window, counters,
-                      sw.sinks, out);
   // both launched as programmatic dependents (PDL): each may start while its predecessor finishes
-  cudaError_t e = launch_pdl(decode_split_kernel<T, D, G, false>, grid, dim3(kThreads), 0, st, q, kc, vc, lens, lens64,
-                             ws_o, ws_ml, (int)Hq, (int)Hkv, (int)S, splits, group, gblocks, scale * kLog2e, sw.window,
-                             (int*)nullptr, (const float*)nullptr, (T*)nullptr);
+  cudaError_t e = launch_pdl(decode_split_kernel<T, D, G>, grid, dim3(kThreads), 0, st, q, kc, vc, lens, lens64, ws_o,
+                             ws_ml, (int)Hq, (int)Hkv, (int)S, splits, group, gblocks, scale * kLog2e, sw.window);
   if (e != cudaSuccess) return e;
   return launch_pdl(decode_reduce_kernel<T, D>, dim3((unsigned)(B * Hq)), dim3(kReduceThreads), 0, st, ws_o, ws_ml,
                     sw.sinks, out, splits, (int)Hq, kLog2e);
@@ -369,12 +317,12 @@ cudaError_t launch_g(const T* q, const T* kc, const T* vc, const void* lens, boo
 template <typename T, int D>
 cudaError_t launch_d(const T* q, const T* kc, const T* vc, const void* lens, bool lens64, T* out, float* ws_o,
                      float* ws_ml, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int splits, float scale,
-                     SinkWindow sw, int* counters, cudaStream_t st) {
+                     SinkWindow sw, cudaStream_t st) {
   switch (pick_group_tile(Hq / Hkv)) {
-    case 1: return launch_g<T, D, 1>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, counters, st);
-    case 2: return launch_g<T, D, 2>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, counters, st);
-    case 4: return launch_g<T, D, 4>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, counters, st);
-    default: return launch_g<T, D, 8>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, counters, st);
+    case 1: return launch_g<T, D, 1>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, st);
+    case 2: return launch_g<T, D, 2>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, st);
+    case 4: return launch_g<T, D, 4>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, st);
+    default: return launch_g<T, D, 8>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, st);
   }
 }
 
@@ -396,7 +344,7 @@ int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int n
 cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cache, const void* v_cache,
                                     const void* seq_lens, bool lens_int64, void* out, float* ws_o, float* ws_ml,
                                     int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t D, int splits, float scale,
-                                    const float* sinks, int64_t window, int* counters, cudaStream_t stream) {
+                                    const float* sinks, int64_t window, cudaStream_t stream) {
   if (B == 0 || Hq == 0) return cudaSuccess;
   if (Hkv <= 0 || Hq % Hkv != 0 || splits < 1 || splits > kMaxSplits) return cudaErrorInvalidValue;
   if (window < 0 || window > INT32_MAX) return cudaErrorInvalidValue;
@@ -406,8 +354,8 @@ cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cach
     const T* qq = (const T*)q;
     const T* kk = (const T*)k_cache;
     const T* vv = (const T*)v_cache;
-    if (D == 64) return launch_d<T, 64>(qq, kk, vv, seq_lens, lens_int64, (T*)out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, counters, stream);
-    if (D == 128) return launch_d<T, 128>(qq, kk, vv, seq_lens, lens_int64, (T*)out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, counters, stream);
+    if (D == 64) return launch_d<T, 64>(qq, kk, vv, seq_lens, lens_int64, (T*)out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, stream);
+    if (D == 128) return launch_d<T, 128>(qq, kk, vv, seq_lens, lens_int64, (T*)out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, stream);
     return cudaErrorInvalidValue;
   });
   return cudaSuccess;

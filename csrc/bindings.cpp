@@ -2,7 +2,6 @@
 // Each function checks device, layout, dtype and shape of every tensor before launching on
 // the current CUDA stream; outputs are allocated by the Python side (gpt_engine/ops/*.py).
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
@@ -205,25 +204,6 @@ void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                                                   stream_of(q)));
 }
 
-// The fused decode attention's per-(sequence, kv head, head group) arrival counters: one zeroed
-// int32 buffer per device, allocated outside stream capture (a buffer allocated while capturing
-// would be zeroed only by a replayed memset), kept for the process (deliberately never freed:
-// a static tensor destroyed after the CUDA context at exit fails). The kernel's last block of
-// each group resets its counter, so the buffer is all zeros between calls. nullptr (the
-// two-kernel path) while capturing before the first eager call has sized it. One stream at a
-// time may use it: the decode graph and eager decode both run on the model's stream.
-int* decode_counters(const at::Tensor& q, int64_t n) {
-  static auto* bufs = new std::vector<at::Tensor>(64);
-  const int dev = q.device().index();
-  if (dev < 0 || dev >= (int)bufs->size()) return nullptr;
-  at::Tensor& c = (*bufs)[dev];
-  if (!c.defined() || c.numel() < n) {
-    if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return nullptr;
-    c = at::zeros({std::max<int64_t>(n, 4096)}, q.options().dtype(at::kInt));
-  }
-  return c.data_ptr<int>();
-}
-
 void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& lens,
                       at::Tensor& o, double scale, int64_t splits_override, const std::optional<at::Tensor>& sinks,
                       int64_t window) {
@@ -257,8 +237,7 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
   check_launch(op, gpte::launch_attention_decode(dtype_code(q), q.data_ptr(), kc.data_ptr(), vc.data_ptr(),
                                                  lens.data_ptr(), lens.scalar_type() == at::kLong, o.data_ptr(),
                                                  ws_o.data_ptr<float>(), ws_ml.data_ptr<float>(), B, Hq, Hkv, S, D,
-                                                 splits, (float)scale, sink, window,
-                                                 decode_counters(q, B * Hq), stream_of(q)));
+                                                 splits, (float)scale, sink, window, stream_of(q)));
 }
 
 // ---- decode fast path ----

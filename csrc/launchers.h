@@ -48,15 +48,12 @@ cudaError_t launch_attention_prefill(int dtype, const void* q, const void* k, co
 int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int num_sms);
 
 // q: [B, Hq, D]; caches dense [B, Hkv, S, D]; seq_lens int32 or int64 [B]; D 64 or 128.
-// counters: null, or >= B * Hq zeroed int32 that stay zeroed between calls: with them, up to
-// 32 splits are reduced inside the split kernel (one launch instead of two).
 // sinks: null or fp32 [Hq] per-head sink logits; window: 0 or the sliding window (keys at
 // positions > len - 1 - window).
 cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cache, const void* v_cache,
                                     const void* seq_lens, bool lens_int64, void* out, float* ws_o, float* ws_ml,
                                     int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t D, int splits,
-                                    float scale, const float* sinks, int64_t window, int* counters,
-                                    cudaStream_t stream);
+                                    float scale, const float* sinks, int64_t window, cudaStream_t stream);
 
 // ---- linear (decode GEMV) ----
 enum LinearNorm : int { kNormNone = 0, kNormLayer = 1, kNormRms = 2 };

@@ -60,39 +60,6 @@ def test_decode_forced_splits(splits):
     assert_nmse(out, mod.reference(*f64(q, kc, vc), seq_lens.cpu(), 0.125), "nmse_attention")
 
 
-@pytest.mark.story("GT-018", "GT-019")
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
-@pytest.mark.parametrize("splits", [1, 8, 32, 33])
-def test_decode_fused_reduce_repeats_and_replays(splits):
-    """Up to 32 splits the last block of each head group reduces the splits itself (an arrival
-    counter per group, reset by that block): consecutive calls must each be right (a counter
-    left non-zero would make the next call's reduce run early or never), and so must replays
-    of a captured call with new inputs. 33 splits takes the two-kernel path."""
-    from gpt_engine.ops import _ext
-    b, hq, hkv, s, d, lens = 2, 12, 4, 1500, 64, [1500, 700]
-    seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
-    q = randn((b, hq, d), torch.float16, "cuda")
-    kc, vc = randn((b, hkv, s, d), torch.float16, "cuda"), randn((b, hkv, s, d), torch.float16, "cuda")
-    out = torch.full_like(q, float("nan"))
-
-    def call():
-        _ext.load().attention_decode(q, kc, vc, seq_lens, out, 0.125, splits)
-
-    for _ in range(3):
-        q.copy_(randn((b, hq, d), torch.float16, "cuda"))
-        call()
-        assert_nmse(out, mod.reference(*f64(q, kc, vc), seq_lens.cpu(), 0.125), "nmse_attention")
-    replay = graphed(call)
-    for _ in range(3):
-        q.copy_(randn((b, hq, d), torch.float16, "cuda"))
-        kc.copy_(randn((b, hkv, s, d), torch.float16, "cuda"))
-        out.fill_(float("nan"))
-        replay()
-        torch.cuda.synchronize()
-        assert_nmse(out, mod.reference(*f64(q, kc, vc), seq_lens.cpu(), 0.125), "nmse_attention")
-
-
 @pytest.mark.story("GT-020", "GT-018", "GT-019")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("hq,hkv", [(4, 4), (8, 2)])
