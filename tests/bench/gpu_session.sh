@@ -15,12 +15,16 @@ export GPT_ENGINE_BENCH_MODELS=${GPT_ENGINE_BENCH_MODELS:-/tmp/gpt-engine-bench-
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+# the o200k vocabulary of the gpt-oss files (bpe-openai's copy, carried in .whl/: no network there)
+[ -f .whl/o200k_base.tiktoken.gz ] && export GPT_ENGINE_O200K_FILE=${GPT_ENGINE_O200K_FILE:-$PWD/.whl/o200k_base.tiktoken.gz}
+# shape[:type] (type F16 when absent); every model the benchmarks load, written while the extension builds
 SHAPES=${SHAPES:-gpt2-124m gpt2-1.5b smollm2-135m llama-1b}
 (python3 -c "
 import sys, time
 from gpt_engine import benchmodels as b
 for s in sys.argv[1:]:
-    t = time.time(); p = b.ensure('$GPT_ENGINE_BENCH_MODELS', s, 'F16'); print(p, round(time.time() - t, 1), 's')
+    shape, _, q = s.partition(':')
+    t = time.time(); p = b.ensure('$GPT_ENGINE_BENCH_MODELS', shape, q or 'F16'); print(p, round(time.time() - t, 1), 's')
 " $SHAPES > /tmp/models.txt 2>&1) &
 MODELS_PID=$!
 t0=$(date +%s)
@@ -50,6 +54,7 @@ if [ -n "$EXPLORE" ]; then
 fi
 mkdir -p /tmp/bench
 for s in $SHAPES; do
+  s=${s%%:*}  # the quick bench reads the F16 files
   timeout 120 python3 -m gpt_engine.cli bench "$M/$s-F16.gguf" --device cuda -r ${REPS:-3} --json \
     > "/tmp/bench/$s.json" 2> "/tmp/bench/$s.err" || tail -3 "/tmp/bench/$s.err"
 done
