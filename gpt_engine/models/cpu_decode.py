@@ -34,18 +34,17 @@ def attend(lay, qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     if not 0 <= start < limit:
         raise ContextOverflowError(f"qkv_rope: position {start} is outside the KV cache / RoPE table of "
                                    f"{limit} positions")
-    q = qkv[:, : hq * d].view(b, hq, d)
-    k = qkv[:, hq * d: (hq + hkv) * d].view(b, hkv, d)
-    v = qkv[:, (hq + hkv) * d:].view(b, hkv, d)
-    if lay.rope_mode:  # one table row, broadcast over the batch: rotate's [ntok, R/2] with ntok = 1
-        c, s = lay.cos[start:start + 1], lay.sin[start:start + 1]
-        q, k = rotate(q, c, s, lay.rope_mode, lay.rope_dim), rotate(k, c, s, lay.rope_mode, lay.rope_dim)
-    k_cache[:, :, start] = k
-    v_cache[:, :, start] = v
+    # narrow/select/copy_ rather than Python indexing: the same views, a few us less per call
+    qk = qkv.narrow(1, 0, (hq + hkv) * d).view(b, hq + hkv, d)  # q and k heads turn by the same angles:
+    if lay.rope_mode:  # one rotate call (elementwise, so the same values as two), one table row
+        c, s = lay.cos.narrow(0, start, 1), lay.sin.narrow(0, start, 1)  # broadcast over the batch
+        qk = rotate(qk, c, s, lay.rope_mode, lay.rope_dim)
+    k_cache.select(2, start).copy_(qk.narrow(1, hq, hkv))
+    v_cache.select(2, start).copy_(qkv.narrow(1, (hq + hkv) * d, hkv * d).view(b, hkv, d))
     n = start + 1
     acc = acc_dtype(qkv.dtype)
-    kk = k_cache[:, :, :n].to(acc)                                # [B, Hkv, n, D]
-    vv = v_cache[:, :, :n].to(acc)
-    qg = q.to(acc).reshape(b, hkv, hq // hkv, d)                  # query heads grouped by their kv head
+    kk = k_cache.narrow(2, 0, n).to(acc)                          # [B, Hkv, n, D]
+    vv = v_cache.narrow(2, 0, n).to(acc)
+    qg = qk.narrow(1, 0, hq).to(acc).reshape(b, hkv, hq // hkv, d)  # query heads grouped by their kv head
     p = torch.softmax((qg @ kk.transpose(-1, -2)) * lay.scale, dim=-1)  # [B, Hkv, G, n]
     return (p @ vv).to(qkv.dtype).reshape(b, hq * d)
