@@ -19,6 +19,7 @@ import torch
 
 from .. import ops
 from ..kv_cache import KVCache
+from . import cpu_decode
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ def project_qkv(x: torch.Tensor, weights: list, bias: torch.Tensor | None, norm)
         return ops.linear(x, weights[0], bias, norm=norm)
     if bias is not None:
         raise ValueError("a bias needs the stacked QKV weight")
+    if x.device.type == "cpu":  # the CPU keeps q, k, v separate: normalise once, not per product
+        x, norm = ops.linear_module.apply_norm(x, norm), None
     return torch.cat([ops.linear(x, w, norm=norm) for w in weights], dim=-1)
 
 
@@ -48,6 +51,9 @@ def attend_tokens(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, c
     sequence) -> attention output [B*T, Hq D]."""
     qkv = project_qkv(x, weights, bias, norm)
     t = qkv.shape[0] // batch
+    if qkv.device.type == "cpu" and start > 0 and cache is not None:  # a CPU decode step (cpu_decode.py)
+        assert t == 1, "continuations are fed one token at a time"
+        return cpu_decode.attend(lay, qkv, cache.k[layer], cache.v[layer], start)
     kc, vc = (cache.k[layer], cache.v[layer]) if cache is not None else (None, None)
     q, k, v = ops.qkv_rope(qkv, pos, lay.cos, lay.sin, kc, vc, None, None, lay.n_head, lay.n_head_kv, t,
                            lay.rope_mode, lay.rope_dim)

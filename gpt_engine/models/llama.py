@@ -54,7 +54,9 @@ def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
     if len(L["gate_up"]) == 1:
         h = ops.linear(x, L["gate_up"][0], norm=L["ffn_norm"], act="swiglu")
     else:
-        g, u = (ops.linear(x, w, norm=L["ffn_norm"]) for w in L["gate_up"])
+        h = ops.linear_module.apply_norm(x, L["ffn_norm"]) if x.device.type == "cpu" else x  # normalised once
+        norm = None if x.device.type == "cpu" else L["ffn_norm"]
+        g, u = (ops.linear(h, w, norm=norm) for w in L["gate_up"])
         h = (F.silu(g.float()) * u.float()).to(x.dtype)
     return ops.linear(h, L["down"], residual=x)
 

@@ -105,6 +105,14 @@ def _normed(x, norm, norm_weight, norm_bias, eps):
     return x
 
 
+def apply_norm(x: torch.Tensor, norm: Norm | None) -> torch.Tensor:
+    """norm(x) exactly as ``linear`` computes it on the CPU before its product: for a caller that
+    feeds one normalised input to several CPU products (separate q/k/v or gate/up weights)."""
+    if norm is None:
+        return x
+    return _normed(x, NORMS[norm.kind], norm.weight, norm.bias, norm.eps)
+
+
 def _activate(y: torch.Tensor, act: int) -> torch.Tensor:
     if act == ACTS["gelu_tanh"]:
         return F.gelu(y, approximate="tanh")

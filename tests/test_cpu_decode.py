@@ -1,0 +1,53 @@
+"""The CPU decode step's attention shortcut (gpt_engine/models/cpu_decode.py) against the ops it
+stands in for: ``qkv_rope`` (then ``attention_decode``) references on the same qkv row, caches and
+position. RoPE and the cache rows must be bitwise the reference's (the same function, the same
+table row); the attention output within fp32 summation order of the float64 reference."""
+import pytest
+import torch
+
+from gpt_engine.errors import ContextOverflowError
+from gpt_engine.models import cpu_decode
+from gpt_engine.models.attention import HeadLayout
+from gpt_engine.models.llama import rope_tables
+from gpt_engine.ops import attention_decode_module as att
+from gpt_engine.ops import qkv_rope_module as qr
+
+from .ops._util import assert_nmse
+
+# (B, Hq, Hkv, D, S, start, rope mode, rope dim): GQA groups 1..4, first and last cache row,
+# adjacent / neox / no RoPE (GPT-2), partial rotary dim
+CASES = [(1, 9, 3, 64, 40, 5, 1, 64), (2, 4, 4, 32, 16, 15, 2, 32), (1, 8, 2, 64, 8, 0, 0, 0),
+         (3, 6, 3, 16, 20, 11, 1, 8)]
+
+
+def _layout(hq, hkv, d, s, mode, rdim):
+    cos, sin = rope_tables(torch.arange(s), rdim, 10000.0) if mode else (None, None)
+    return HeadLayout(hq, hkv, d, d ** -0.5, mode, rdim, cos, sin)
+
+
+@pytest.mark.story("GX-001")
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cpu_decode_matches_the_reference_ops(case):
+    b, hq, hkv, d, s, start, mode, rdim = case
+    lay = _layout(hq, hkv, d, s, mode, rdim)
+    qkv = torch.randn(b, (hq + 2 * hkv) * d)
+    kc, vc = torch.randn(b, hkv, s, d), torch.randn(b, hkv, s, d)
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    out = cpu_decode.attend(lay, qkv, kc, vc, start)
+
+    pos = torch.full((b,), start, dtype=torch.int64)
+    lens = torch.zeros(b, dtype=torch.int32)
+    q, _, _ = qr.reference(qkv, pos, lay.cos, lay.sin, kc_ref, vc_ref, lens, None, hq, hkv, 1, mode, rdim)
+    assert torch.equal(kc, kc_ref) and torch.equal(vc, vc_ref)  # rotated k and v, bitwise
+    ref = att.reference(q.double(), kc_ref.double(), vc_ref.double(), lens, lay.scale)
+    assert out.shape == (b, hq * d) and out.dtype == torch.float32
+    assert_nmse(out.view(b, hq, d), ref, "nmse_fp32")
+
+
+@pytest.mark.story("GX-001")
+def test_cpu_decode_refuses_a_position_outside_the_cache():
+    lay = _layout(4, 2, 16, 8, 1, 16)
+    kc, vc = torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16)
+    with pytest.raises(ContextOverflowError):
+        cpu_decode.attend(lay, torch.randn(1, 8 * 16), kc, vc, 8)
+    assert not kc.any() and not vc.any()
