@@ -51,8 +51,7 @@ def attend_tokens(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, c
     sequence) -> attention output [B*T, Hq D]."""
     qkv = project_qkv(x, weights, bias, norm)
     t = qkv.shape[0] // batch
-    if qkv.device.type == "cpu" and start > 0 and cache is not None:  # a CPU decode step (cpu_decode.py)
-        assert t == 1, "continuations are fed one token at a time"
+    if qkv.device.type == "cpu" and start > 0 and cache is not None and t == 1:  # a CPU decode step (cpu_decode.py)
         return cpu_decode.attend(lay, qkv, cache.k[layer], cache.v[layer], start)
     kc, vc = (cache.k[layer], cache.v[layer]) if cache is not None else (None, None)
     q, k, v = ops.qkv_rope(qkv, pos, lay.cos, lay.sin, kc, vc, None, None, lay.n_head, lay.n_head_kv, t,
