@@ -114,6 +114,26 @@ def test_generate_json_reports_load_prefill_and_decode_timings(models, capsys):
     assert t["prefill_s"] is t["decode_s"] is t["decode_tok_per_s"] is None and t["load_s"] > 0
 
 
+@pytest.mark.story("GT-027")
+def test_generate_and_bench_take_the_activation_dtype(models, capsys):
+    """--dtype bfloat16 on the CPU: the model runs in bf16 (its logits are bf16-rounded products,
+    so only validity is checked here; tests/test_cpu_speed.py times it), and bench says so."""
+    import gpt_engine
+
+    path = models.path("gpt2", "Q8_0", vocab="gpt2")
+    code, out, err = run_cli(capsys, "generate", str(path), "--prompt", "Hello", "--max-new-tokens", "4",
+                             "--dtype", "bfloat16", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    m = gpt_engine.load(path, dtype=__import__("torch").bfloat16)
+    assert m.dtype == __import__("torch").bfloat16
+    assert got["token_ids"] == m.generate(got["prompt_ids"], max_new_tokens=4).token_ids
+    code, out, err = run_cli(capsys, "bench", str(path), "-p", "8", "-n", "2", "-r", "1", "--dtype", "bfloat16",
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out)["dtype"] == "bfloat16"
+
+
 # --------------------------------------------------------------------------- bad input
 
 @pytest.fixture(scope="module")
@@ -154,6 +174,8 @@ BAD_INPUT = [
     (["bench", "MODEL", "-n", "1"], "-n/--n-gen: must be 0 or >= 2"),
     (["bench", "MODEL", "-r", "0"], "-r/--reps: must be >= 1"),
     (["bench", "DIR"], "is a directory, not a GGUF model file"),
+    (["generate", "MODEL", "--prompt", "x", "--dtype", "int8"], "--dtype: invalid choice: 'int8'"),
+    (["bench", "MODEL", "--dtype", "fp16"], "--dtype: invalid choice: 'fp16'"),
 ]
 
 
