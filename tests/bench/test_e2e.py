@@ -36,7 +36,7 @@ LLAMACPP = {("gpt2-124m", "F16"): (1661, 164e3), ("gpt2-1.5b", "F16"): (330, 34.
             ("llama-1b", "F16"): (864, 65e3)}
 COMPILED_PEER = {"gpt2-124m"}  # compiling costs ~1 min of GPU time per model; the peer bar is set on 124M
 MODELS = [("gpt2-124m", "F16"), ("gpt2-1.5b", "F16"), ("smollm2-135m", "F16"), ("llama-1b", "F16"),
-          # the quantized weights' figures (the packed GEMV, issue 9's targets)
+          # the quantized weights' figures (the packed GEMV through the public API)
           ("gpt2-124m", "Q8_0"), ("gpt2-124m", "MXFP4"), ("gpt2-1.5b", "Q8_0"), ("gpt2-1.5b", "MXFP4")]
 
 
