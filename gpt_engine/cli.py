@@ -173,7 +173,7 @@ def _load(path: Path | None, args):
         sys.stderr.flush()
     try:
         return gpt_engine.load(path, device=args.device, tokenizer_path=args.tokenizer,
-                               dtype=_torch_dtype(getattr(args, "dtype", None)))
+                               dtype=_torch_dtype(args.dtype))
     finally:
         if show:
             sys.stderr.write("\r\033[K")
@@ -234,19 +234,16 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GiB"
-
-
 def _moe_lines(ffn: dict, c) -> list[str]:
     """The expert and router tensors of a mixture of experts (``models.gpt_oss.tensor_layout``)."""
+    from .bench import _human
+
     t = ffn.get("tensors")
     if t is None:
         return []
+
+    def _size(n: int) -> str:
+        return _human(n, ["B", "KiB", "MiB", "GiB"], 1024)
 
     def stack(kind: str) -> str:
         e = t["experts"][kind]

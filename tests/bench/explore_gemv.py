@@ -14,21 +14,10 @@ import torch.nn.functional as F
 
 from gpt_engine import ops
 from gpt_engine.qweight import QWeight
+from tests.ops._bench import graphed
 
 SHAPES = [(768, 768), (2304, 768), (3072, 768), (768, 3072), (1600, 1600), (4800, 1600), (6400, 1600),
           (1600, 6400), (4096, 4096), (2880, 2880), (50257, 768), (50257, 1600)]
-
-
-def graphed(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
 
 
 def time_us(fn, reps=20) -> float:
