@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import gpt_engine
-from gpt_engine import quants, testmodels
+from gpt_engine import ops, quants, testmodels
 from gpt_engine.models import gpt_oss
 from tests.tolerances import tol
 
@@ -184,11 +184,11 @@ def _no_sinks(m):
 
 def _yarn_rounded(m):
     c = m.config
-    m.net.inv_freq, m.net.rope_factor = gpt_oss.yarn_inv_freq(c.head_dim, c.rope_theta, c.yarn, round_ends=True)
+    m.net.set_rope(*gpt_oss.yarn_inv_freq(c.head_dim, c.rope_theta, c.yarn, round_ends=True))
 
 
 def _no_yarn_attention_factor(m):
-    m.net.rope_factor = 1.0
+    m.net.set_rope(m.net.inv_freq, 1.0)
 
 
 def _gate_up_swapped(m):
@@ -205,17 +205,13 @@ def _one_expert_fewer(m):
     m.net.cfg = dataclasses.replace(m.net.cfg, n_expert_used=m.config.n_expert_used - 1)
 
 
-def _rope_adjacent_pairs(x, cos, sin):
-    """llama.cpp's normal rope mode (pairs 2i, 2i+1): right for llama's permuted q/k, wrong here."""
-    a, b = x.float()[..., 0::2], x.float()[..., 1::2]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).to(x.dtype)
-
-
 def _no_attention_bias(m):
+    """Zero the q and k parts of the QKV bias (separate q, k, v biases on the CPU)."""
+    c = m.config
     for L in m.net.layers:
-        L.q_bias = torch.zeros_like(L.q_bias)
-        L.k_bias = torch.zeros_like(L.k_bias)
+        assert len(L.qkv_bias) == 3
+        L.qkv_bias = [torch.zeros_like(L.qkv_bias[0]), torch.zeros_like(L.qkv_bias[1]), L.qkv_bias[2]]
+        assert L.qkv_bias[1].shape == (c.n_head_kv * c.head_dim,)
 
 
 MUTANTS = {
@@ -226,7 +222,8 @@ MUTANTS = {
     "sliding on odd layers": lambda m, mp: _odd_layers_slide(m),
     "no sliding window": lambda m, mp: _no_window(m),
     "window one wider": lambda m, mp: _window_one_wider(m),
-    "rope on adjacent pairs": lambda m, mp: mp.setattr(gpt_oss, "rope_halves", _rope_adjacent_pairs),
+    # llama.cpp's normal rope mode (pairs 2i, 2i+1): right for llama's permuted q/k, wrong here
+    "rope on adjacent pairs": lambda m, mp: mp.setattr(gpt_oss, "ROPE_MODE", ops.qkv_rope_module.ROPE_MODES["adjacent"]),
     "swiglu unclamped": lambda m, mp: mp.setattr(gpt_oss, "SWIGLU_LIMIT", math.inf),
     "swiglu alpha 1": lambda m, mp: mp.setattr(gpt_oss, "SWIGLU_ALPHA", 1.0),
     "gate and up swapped": lambda m, mp: _gate_up_swapped(m),
