@@ -208,8 +208,8 @@ def grouped_experts(h: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor
         x, acc = h[s:s + max_rows], out[s:s + max_rows]
         for e in range(L.gate.n_expert):
             y = L.down(swiglu_oai(L.gate(x, e), L.up(x, e)), e)
-            w = dense_w[s:s + max_rows, e:e + 1]
-            acc.add_(torch.where(picked[s:s + max_rows, e:e + 1], y.float() * w, 0.0))
+            # y * w promotes y to fp32 exactly, then one fp32 product: y.float() * w in one kernel
+            acc.add_(torch.where(picked[s:s + max_rows, e:e + 1], y * dense_w[s:s + max_rows, e:e + 1], 0.0))
     return out.to(h.dtype)
 
 
@@ -399,8 +399,16 @@ class GptOss:
         return sink_attention(q, keys, values, L.sinks, pos, L.window, scale)
 
     def ffn(self, x: torch.Tensor, L: Layer) -> torch.Tensor:
-        """x + moe(RMSNorm(x; post_attention_norm)), the residual fused where the op takes it."""
-        return self.moe(rmsnorm(x, L.post_norm, self.cfg.norm_eps), L, residual=x)
+        """x + moe(RMSNorm(x; post_attention_norm)), the residual fused where the op takes it.
+        The MoE ops take no fused norm: on the GPU torch's rms_norm on the fp32 row (one kernel
+        where torch fuses it, instead of the reference's eight; the same formula: fp32,
+        x * rsqrt(mean(x^2) + eps) * w, rounded once)."""
+        eps = self.cfg.norm_eps
+        if self.on_gpu:
+            h = F.rms_norm(x.float(), (x.shape[-1],), L.post_norm, eps).to(x.dtype)
+        else:
+            h = rmsnorm(x, L.post_norm, eps)
+        return self.moe(h, L, residual=x)
 
     def moe(self, h: torch.Tensor, L: Layer, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Top-k routing, then each chosen expert on the tokens that chose it (+ residual).
@@ -462,14 +470,14 @@ def grouped_moe_bytes(f, cfg, dtype: torch.dtype, rows: int) -> int:
     [rows, C] with their rounded copy, the dense routing weights and mask [rows, E], one expert
     matrix dequantized on the device straight into ``dtype``, and the larger of the two phases
     of one expert: gate, up and the clamped-SwiGLU temporaries (5 x [rows, F] in dtype), or the
-    SwiGLU output and down's output in dtype with its weighted fp32 copies (y.float(), y * w, the
-    masked one: 3 x [rows, C] fp32)."""
+    SwiGLU output and down's output in dtype with its weighted fp32 copies (y * w and the masked
+    one: 2 x [rows, C] fp32)."""
     el = _el(dtype)
     c, e = cfg.n_embd, cfg.n_expert
     n_ff = cfg.n_ff_expert
     matrix = max(int(torch.Size(f.tensors[f"blk.0.ffn_{k}_exps.weight"].shape).numel()) // e
                  for k in ("gate", "up", "down"))
-    per_row = c * (4 + el) + e * (4 + 1) + max(5 * n_ff * el, (n_ff + c) * el + 3 * c * 4)
+    per_row = c * (4 + el) + e * (4 + 1) + max(5 * n_ff * el, (n_ff + c) * el + 2 * c * 4)
     return rows * per_row + matrix * el
 
 
