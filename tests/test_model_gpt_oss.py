@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import gpt_engine
-from gpt_engine import ops, quants, testmodels
+from gpt_engine import quants, testmodels
 from gpt_engine.models import gpt_oss
+from gpt_engine.ops.qkv_rope import ROPE_MODES
 from tests.tolerances import tol
 
 STORY = pytest.mark.story("GX-002")
@@ -223,7 +224,7 @@ MUTANTS = {
     "no sliding window": lambda m, mp: _no_window(m),
     "window one wider": lambda m, mp: _window_one_wider(m),
     # llama.cpp's normal rope mode (pairs 2i, 2i+1): right for llama's permuted q/k, wrong here
-    "rope on adjacent pairs": lambda m, mp: mp.setattr(gpt_oss, "ROPE_MODE", ops.qkv_rope_module.ROPE_MODES["adjacent"]),
+    "rope on adjacent pairs": lambda m, mp: mp.setattr(gpt_oss, "ROPE_MODE", ROPE_MODES["adjacent"]),
     "swiglu unclamped": lambda m, mp: mp.setattr(gpt_oss, "SWIGLU_LIMIT", math.inf),
     "swiglu alpha 1": lambda m, mp: mp.setattr(gpt_oss, "SWIGLU_ALPHA", 1.0),
     "gate and up swapped": lambda m, mp: _gate_up_swapped(m),

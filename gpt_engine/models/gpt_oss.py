@@ -10,8 +10,9 @@ Attention: grouped-query heads, one learned **sink** logit per head appended to 
 scores before the softmax (it takes probability mass and brings no value), and on sliding
 layers (``ModelConfig.is_sliding``: the even ones) a query at position p sees keys in
 (p - window, p]. RoPE rotates the two halves of each head (llama.cpp's NEOX mode; the converter
-does not permute q/k for gpt-oss), with YaRN frequencies (``yarn_inv_freq``), read from cos/sin tables over the whole context
-built once (``set_rope``) by ``ops.qkv_rope`` / ``ops.linear_qkv`` in their neox mode.
+does not permute q/k for gpt-oss), with YaRN frequencies (``yarn_inv_freq``): ``ops.qkv_rope``
+/ ``ops.linear_qkv`` in their neox mode, reading cos/sin tables over the whole context built
+once (``set_rope``).
 
 Products go through ``ops.linear`` (docs/gpt_oss.md, "The GPU path"): attn_norm is fused in
 front of the QKV product (q, k and v stacked into one weight on the GPU) and output_norm in
