@@ -19,6 +19,7 @@ import gpt_engine
 from gpt_engine import quants, testmodels
 from gpt_engine.models import gpt_oss
 from gpt_engine.ops.qkv_rope import ROPE_MODES
+from gpt_engine.qweight import QWeight
 from tests.tolerances import tol
 
 STORY = pytest.mark.story("GX-002")
@@ -307,10 +308,12 @@ def test_hf_checkpoint_mxfp4_repacked_reads_as_transformers_reads_it():
 @STORY
 @pytest.mark.parametrize("shape", ["L2-h8kv2-e4k1-d64", "L2-h4kv1-e32k4-d64"])
 def test_gpu_path_wiring_on_the_cpu(oss, shape):
-    """The GPU path's calls (ops.attention_prefill / attention_decode with sinks and window,
-    ops.moe_route + moe_experts) run here through the ops' CPU references: the same logits and
-    greedy ids as the CPU model's own path (sink_attention, GptOss.moe), for a full forward,
-    a batched decode through DecodeState (st.lens set before the attention reads it) and
+    """The GPU path's calls (q/k/v stacked into one weight as the GPU loader does, so one
+    ops.linear / ops.linear_qkv per layer; ops.attention_prefill / attention_decode with sinks
+    and window; ops.moe_route + moe_experts, and grouped_experts for the 64-token prompt) run
+    here through the ops' CPU references: the same logits and greedy ids as the CPU model's own
+    path (separate q/k/v, sink_attention, GptOss.moe), for a full forward, a batched decode
+    through DecodeState (st.lens set by the QKV op before the attention reads it) and
     single-token cache steps."""
     path, _ = oss.get(shape)
     m = gpt_engine.load(path)
@@ -319,6 +322,9 @@ def test_gpu_path_wiring_on_the_cpu(oss, shape):
     want = [o.token_ids for o in m.generate_batch(prompts, max_new_tokens=5, stop_at_eos=False)]
     m._decoders.clear()
     m.net.on_gpu = m.net.moe_kernels = True
+    assert len(prompts[0]) >= gpt_oss.MOE_GROUPED_MIN_TOKENS
+    for L in m.net.layers:
+        L.qkv, L.qkv_bias = [QWeight.stack_rows(L.qkv)], [torch.cat(L.qkv_bias)]
     got_logits = m.logits(prompts[0])
     got = [o.token_ids for o in m.generate_batch(prompts, max_new_tokens=5, stop_at_eos=False)]
     err = (got_logits - want_logits).abs().max().item()
