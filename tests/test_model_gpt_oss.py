@@ -18,6 +18,8 @@ import torch
 import gpt_engine
 from gpt_engine import quants, testmodels
 from gpt_engine.models import gpt_oss
+from gpt_engine.ops.qkv_rope import ROPE_MODES
+from gpt_engine.qweight import QWeight
 from tests.tolerances import tol
 
 STORY = pytest.mark.story("GX-002")
@@ -184,11 +186,11 @@ def _no_sinks(m):
 
 def _yarn_rounded(m):
     c = m.config
-    m.net.inv_freq, m.net.rope_factor = gpt_oss.yarn_inv_freq(c.head_dim, c.rope_theta, c.yarn, round_ends=True)
+    m.net.set_rope(*gpt_oss.yarn_inv_freq(c.head_dim, c.rope_theta, c.yarn, round_ends=True))
 
 
 def _no_yarn_attention_factor(m):
-    m.net.rope_factor = 1.0
+    m.net.set_rope(m.net.inv_freq, 1.0)
 
 
 def _gate_up_swapped(m):
@@ -205,17 +207,13 @@ def _one_expert_fewer(m):
     m.net.cfg = dataclasses.replace(m.net.cfg, n_expert_used=m.config.n_expert_used - 1)
 
 
-def _rope_adjacent_pairs(x, cos, sin):
-    """llama.cpp's normal rope mode (pairs 2i, 2i+1): right for llama's permuted q/k, wrong here."""
-    a, b = x.float()[..., 0::2], x.float()[..., 1::2]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).to(x.dtype)
-
-
 def _no_attention_bias(m):
+    """Zero the q and k parts of the QKV bias (separate q, k, v biases on the CPU)."""
+    c = m.config
     for L in m.net.layers:
-        L.q_bias = torch.zeros_like(L.q_bias)
-        L.k_bias = torch.zeros_like(L.k_bias)
+        assert len(L.qkv_bias) == 3
+        L.qkv_bias = [torch.zeros_like(L.qkv_bias[0]), torch.zeros_like(L.qkv_bias[1]), L.qkv_bias[2]]
+        assert L.qkv_bias[1].shape == (c.n_head_kv * c.head_dim,)
 
 
 MUTANTS = {
@@ -226,7 +224,8 @@ MUTANTS = {
     "sliding on odd layers": lambda m, mp: _odd_layers_slide(m),
     "no sliding window": lambda m, mp: _no_window(m),
     "window one wider": lambda m, mp: _window_one_wider(m),
-    "rope on adjacent pairs": lambda m, mp: mp.setattr(gpt_oss, "rope_halves", _rope_adjacent_pairs),
+    # llama.cpp's normal rope mode (pairs 2i, 2i+1): right for llama's permuted q/k, wrong here
+    "rope on adjacent pairs": lambda m, mp: mp.setattr(gpt_oss, "ROPE_MODE", ROPE_MODES["adjacent"]),
     "swiglu unclamped": lambda m, mp: mp.setattr(gpt_oss, "SWIGLU_LIMIT", math.inf),
     "swiglu alpha 1": lambda m, mp: mp.setattr(gpt_oss, "SWIGLU_ALPHA", 1.0),
     "gate and up swapped": lambda m, mp: _gate_up_swapped(m),
@@ -309,10 +308,12 @@ def test_hf_checkpoint_mxfp4_repacked_reads_as_transformers_reads_it():
 @STORY
 @pytest.mark.parametrize("shape", ["L2-h8kv2-e4k1-d64", "L2-h4kv1-e32k4-d64"])
 def test_gpu_path_wiring_on_the_cpu(oss, shape):
-    """The GPU path's calls (ops.attention_prefill / attention_decode with sinks and window,
-    ops.moe_route + moe_experts) run here through the ops' CPU references: the same logits and
-    greedy ids as the CPU model's own path (sink_attention, GptOss.moe), for a full forward,
-    a batched decode through DecodeState (st.lens set before the attention reads it) and
+    """The GPU path's calls (q/k/v stacked into one weight as the GPU loader does, so one
+    ops.linear / ops.linear_qkv per layer; ops.attention_prefill / attention_decode with sinks
+    and window; ops.moe_route + moe_experts, and grouped_experts for the 64-token prompt) run
+    here through the ops' CPU references: the same logits and greedy ids as the CPU model's own
+    path (separate q/k/v, sink_attention, GptOss.moe), for a full forward, a batched decode
+    through DecodeState (st.lens set by the QKV op before the attention reads it) and
     single-token cache steps."""
     path, _ = oss.get(shape)
     m = gpt_engine.load(path)
@@ -321,6 +322,9 @@ def test_gpu_path_wiring_on_the_cpu(oss, shape):
     want = [o.token_ids for o in m.generate_batch(prompts, max_new_tokens=5, stop_at_eos=False)]
     m._decoders.clear()
     m.net.on_gpu = m.net.moe_kernels = True
+    assert len(prompts[0]) >= gpt_oss.MOE_GROUPED_MIN_TOKENS
+    for L in m.net.layers:
+        L.qkv, L.qkv_bias = [QWeight.stack_rows(L.qkv)], [torch.cat(L.qkv_bias)]
     got_logits = m.logits(prompts[0])
     got = [o.token_ids for o in m.generate_batch(prompts, max_new_tokens=5, stop_at_eos=False)]
     err = (got_logits - want_logits).abs().max().item()

@@ -15,7 +15,7 @@ import torch
 from gguf.constants import GGMLQuantizationType as QT, GGUFValueType as VT
 
 import gpt_engine
-from gpt_engine import quants, testmodels
+from gpt_engine import ops, quants, testmodels
 from gpt_engine.cli import main as cli_main
 from gpt_engine.config import ModelConfig, YarnScaling
 from gpt_engine.errors import ModelError
@@ -255,16 +255,26 @@ def test_20b_shape_matches_llama_cpps_figures():
 @STORY
 def test_20b_memory_estimate_components():
     """The estimate for fp16 on the GPU, from the table: weights at file size except biases
-    (held in fp16) and norms/sinks (fp32); KV for every layer at n_ctx; one expert matrix
-    dequantized through fp32 plus the logits row."""
+    and the norms fused into ops.linear (attn_norm, output_norm) held in fp16, sinks and
+    post_attention_norm fp32, plus the fp32 RoPE tables over 131,072 positions; KV for every
+    layer at n_ctx; one expert matrix dequantized through fp32 plus the logits row (on the GPU
+    the grouped prefill MoE's temporaries when larger)."""
     f, cfg = gpt_oss_20b_table()
     est = estimate_memory(f, cfg, torch.float16, n_ctx=4096)
     biases = sum(t.n_elements for n, t in f.tensors.items() if n.endswith(".bias") and "ffn_gate_inp" not in n)
+    fused_norms = 25 * 2880
     file_size = sum(t.nbytes for t in f.tensors.values())
-    assert est["weights"] == file_size - biases * 2  # F32 biases held as fp16
+    # F32 biases and fused norms held as fp16; cos and sin [131072, 32] fp32
+    assert est["weights"] == file_size - (biases + fused_norms) * 2 + 2 * 131072 * 32 * 4
     assert est["kv_cache"] == 2 * 24 * 8 * 64 * 4096 * 2
     assert est["transient"] == 2880 * 2880 * (4 + 2) + 201088 * (2 + 4)
     assert est["total"] == est["weights"] + est["kv_cache"] + est["transient"]
+    # on the GPU: a 2048-token pass of the grouped MoE (fp32 sums and their fp16 copy, routing
+    # [rows, 32] fp32 + bool, the down phase: SwiGLU and y in fp16 with 2 fp32 copies of y) and
+    # one expert matrix in fp16
+    gpu = estimate_memory(f, cfg, torch.float16, n_ctx=4096, device="cuda")
+    assert gpu["transient"] == 2048 * (2880 * 6 + 32 * 5 + 2 * 2880 * 2 + 2 * 2880 * 4) + 2880 * 2880 * 2
+    assert gpu["weights"] == est["weights"] and gpu["kv_cache"] == est["kv_cache"]
 
 
 @STORY
@@ -272,7 +282,11 @@ def test_estimated_weights_are_what_the_loaded_model_holds(three_layers):
     path, _ = three_layers
     m = gpt_engine.load(path)
     held = 0
-    for obj in [m.net.embd, m.net.head, m.net.norm] + [v for L in m.net.layers for v in vars(L).values()]:
+    objs = [m.net.embd, m.net.head, m.net.norm.weight, m.net.rope_cos, m.net.rope_sin]
+    for L in m.net.layers:
+        for v in vars(L).values():
+            objs += list(v) if isinstance(v, list) else [v.weight] if isinstance(v, ops.Norm) else [v]
+    for obj in objs:
         if hasattr(obj, "weight") and hasattr(obj, "bias"):  # an expert stack
             held += obj.weight.nbytes + obj.bias.numel() * obj.bias.element_size()
         elif hasattr(obj, "nbytes") and hasattr(obj, "qtype"):

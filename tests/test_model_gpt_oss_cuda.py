@@ -85,11 +85,41 @@ def test_cuda_experts_stay_packed(oss):
 @pytest.mark.parametrize("shape", ["L2-h4kv2-e4k2", "L2-h8kv2-e4k1-d64"])
 def test_cuda_path_uses_the_kernels(oss, shape):
     """MXFP4 expert files take the device MoE (ops.moe_route / moe_experts): nothing in a decode
-    step reads the device."""
+    step reads the device. q/k/v are one stacked weight and bias (one ops.linear_qkv launch per
+    decode step and layer); the RoPE tables live on the device."""
     path, _ = oss.get(shape)
     m = gpt_engine.load(path, device="cuda")
     assert m.net.on_gpu and m.net.moe_kernels
     assert m.net.inv_freq.device.type == "cuda"
+    assert m.net.rope_cos.device.type == m.net.rope_sin.device.type == "cuda"
+    c = m.config
+    for L in m.net.layers:
+        assert len(L.qkv) == 1 and L.qkv[0].shape[0] == (c.n_head + 2 * c.n_head_kv) * c.head_dim
+        assert len(L.qkv_bias) == 1 and L.qkv_bias[0].shape == (L.qkv[0].shape[0],)
+
+
+@STORY
+@pytest.mark.parametrize("shape", ["L2-h4kv2-e4k2", "L2-h8kv2-e4k1-d64"])
+def test_cuda_grouped_prefill_moe_equals_the_per_token_kernel(oss, monkeypatch, shape):
+    """A prompt of >= MOE_GROUPED_MIN_TOKENS takes grouped_experts (every expert once); the
+    same prompt with the per-token kernel (ops.moe_experts, threshold raised) gives the same
+    logits within nmse_fp16_model, and both match transformers."""
+    from gpt_engine.models import gpt_oss
+
+    path, hf = oss.get(shape)
+    m = gpt_engine.load(path, device="cuda")
+    ids = well_routed_ids(hf, max(gpt_oss.MOE_GROUPED_MIN_TOKENS, 5 * m.config.sliding_window), m.config.vocab_size)
+    calls = []
+    real = gpt_oss.grouped_experts
+    monkeypatch.setattr(gpt_oss, "grouped_experts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    grouped = m.logits(ids)
+    assert calls, "the prompt did not take grouped_experts"
+    monkeypatch.setattr(gpt_oss, "MOE_GROUPED_MIN_TOKENS", 10**9)
+    calls.clear()
+    per_token = m.logits(ids)
+    assert not calls
+    assert _nmse(grouped, per_token) <= tol("nmse_fp16_model")
+    assert _nmse(grouped, reference_logits(hf, ids)) <= tol("nmse_fp16_model")
 
 
 def _greedy_vs_transformers(hf, prompt: list[int], ours: list[int], margin: float = 0.02):

@@ -10,12 +10,20 @@ Attention: grouped-query heads, one learned **sink** logit per head appended to 
 scores before the softmax (it takes probability mass and brings no value), and on sliding
 layers (``ModelConfig.is_sliding``: the even ones) a query at position p sees keys in
 (p - window, p]. RoPE rotates the two halves of each head (llama.cpp's NEOX mode; the converter
-does not permute q/k for gpt-oss), with YaRN frequencies (``yarn_inv_freq``).
+does not permute q/k for gpt-oss), with YaRN frequencies (``yarn_inv_freq``): ``ops.qkv_rope``
+/ ``ops.linear_qkv`` in their neox mode, reading cos/sin tables over the whole context built
+once (``set_rope``).
+
+Products go through ``ops.linear`` (docs/gpt_oss.md, "The GPU path"): attn_norm is fused in
+front of the QKV product (q, k and v stacked into one weight on the GPU) and output_norm in
+front of the head; biases and the residual adds are epilogues. RMSNorm is computed in fp32 and
+rounded once; a fused norm's weight is held in the activation dtype (``ops.linear`` takes it so).
 
 MoE: router logits = linear(h) + bias; the top-k experts per token, weighted by a softmax over
 those k logits only; expert e computes down_e(swiglu_oai(gate_e(h), up_e(h))), each projection
 with its bias. Expert stacks stay in their file encoding (MXFP4 for real files) and only the
-rows of the experts a token picked are dequantized, one matrix at a time.
+rows of the experts a token picked are dequantized, one matrix at a time. On the GPU a step of
+many tokens (prefill) takes ``grouped_experts`` instead: every expert once for all tokens.
 """
 from __future__ import annotations
 
@@ -30,8 +38,10 @@ from .. import ops, quants
 from ..kv_cache import KVCache
 from ..qweight import QWeight, _is_view, cache_policy, cpu_cache_budget, dense_cache_bytes, lookup_only
 from ..ops._common import capturing
+from ..ops.dequantize import cuda_supported as dequantize_on_device
 from ..ops.linear import rmsnorm_reference as rmsnorm
 from ..ops.moe import kernel_supports as moe_kernel_supports
+from ..ops.qkv_rope import ROPE_MODES
 
 # The clamped SwiGLU of gpt-oss: OpenAI's reference (gpt_oss/torch/model.py, swiglu: alpha 1.702,
 # limit 7.0), transformers GptOssConfig (swiglu_alpha, swiglu_limit), llama.cpp build_moe_ffn for
@@ -40,6 +50,21 @@ SWIGLU_ALPHA = 1.702
 SWIGLU_LIMIT = 7.0
 
 _Q = gguf.GGMLQuantizationType
+
+# RoPE on the two halves of each head (pairs i, i + d/2): llama.cpp's NEOX mode, which the
+# gpt-oss converter leaves q/k in (no row permutation).
+ROPE_MODE = ROPE_MODES["neox"]
+
+# Steps of at least this many tokens on the GPU take grouped_experts (every expert read once)
+# instead of ops.moe_experts (each token reads its k chosen experts). Bytes per layer of the 20b
+# shape: the kernel reads M x 4 x 3 expert matrices of 4.4 MB MXFP4 (53 MB per token); the
+# grouped path reads all 32 x 3 once (423 MB) and writes + reads them back as fp16 (2 x 1.6 GB),
+# ~3.6 GB: equal at M ~ 68. The graph-captured prefill pads to multiples of 128 tokens.
+MOE_GROUPED_MIN_TOKENS = 64
+# Tokens per pass over the experts in grouped_experts: bounds its activations (the fp32 sums
+# and the per-expert [rows, F] temporaries) for long prompts, at one more read of the experts
+# per 2048 tokens.
+MOE_GROUPED_MAX_ROWS = 2048
 
 
 def swiglu_oai(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -88,13 +113,6 @@ def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor, factor: float) 
     return (ang.cos() * factor).float(), (ang.sin() * factor).float()
 
 
-def rope_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, H, d] pairing dim i with dim i + d/2 (rotate-half / NEOX)."""
-    xf = x.float()
-    a, b = xf.chunk(2, dim=-1)
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.cat((a * c - b * s, b * c + a * s), dim=-1).to(x.dtype)
-
 
 # --------------------------------------------------------------------------- attention
 
@@ -126,11 +144,14 @@ def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: tor
 # --------------------------------------------------------------------------- weights
 
 # How each tensor is held (one table for the loader and the memory estimate): "raw" stays in
-# its file encoding as a QWeight, "fp32" is read as float32 (norms, sinks, the router: the
-# converter writes them F32 and they feed fp32 math), "act" is converted to the activation
-# dtype (the biases added to projections).
+# its file encoding as a QWeight, "fp32" is read as float32 (post_attention_norm, sinks, the
+# router: the converter writes them F32 and they feed fp32 math outside ops.linear), "act" is
+# converted to the activation dtype (the biases added to projections, and the two norms fused
+# into ops.linear, which takes its norm weight in x's dtype).
 def held_as(name: str) -> str:
     if name.endswith(".bias") and ".ffn_gate_inp." not in name:
+        return "act"
+    if name == "output_norm.weight" or name.endswith(".attn_norm.weight"):
         return "act"
     if name.endswith(("_norm.weight", ".attn_sinks.weight", ".ffn_gate_inp.weight", ".ffn_gate_inp.bias")):
         return "fp32"
@@ -145,27 +166,75 @@ class ExpertStack:
         self.n_expert, self.rows, self.cols = weight.shape
 
     def matrix(self, e: int, dtype: torch.dtype) -> torch.Tensor:
-        """Expert e's [rows, cols] matrix: only its rows' bytes are dequantized."""
+        """Expert e's [rows, cols] matrix: only its rows' bytes are dequantized (on CUDA by the
+        dequantize kernel, straight into ``dtype``: the same values as the float32 route)."""
         raw = self.weight.raw[e * self.rows:(e + 1) * self.rows]
+        if raw.is_cuda and dtype in (torch.float32, torch.float16, torch.bfloat16) and \
+                dequantize_on_device(raw, self.weight.qtype):
+            return ops.dequantize_rows(raw, int(self.weight.qtype), None, dtype, None).view(self.rows, self.cols)
         return quants.dequantize(raw, self.weight.qtype).reshape(self.rows, self.cols).to(dtype)
 
     def __call__(self, x: torch.Tensor, e: int) -> torch.Tensor:
         return F.linear(x, self.matrix(e, x.dtype), self.bias[e])
 
 
+def reference_experts(h: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, L) -> torch.Tensor:
+    """The MoE after the routing, the reference way: each chosen expert on the tokens that chose
+    it (h [M, C], chosen/weights [M, k]); weighted outputs summed in fp32 in ascending expert
+    order, rounded once to h's dtype. Picks the experts on the host (torch.unique): eager only."""
+    out = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
+    for e in torch.unique(chosen).tolist():
+        tok, slot = torch.where(chosen == e)
+        x = h[tok]
+        y = L.down(swiglu_oai(L.gate(x, e), L.up(x, e)), e)
+        out.index_add_(0, tok, y.float() * weights[tok, slot, None])
+    return out.to(h.dtype)
+
+
+def grouped_experts(h: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, L,
+                    max_rows: int = MOE_GROUPED_MAX_ROWS) -> torch.Tensor:
+    """``reference_experts`` without a host sync and with each expert read once per ``max_rows``
+    tokens, for many tokens (the GPU prefill; runs anywhere). Every expert e in turn is
+    dequantized once (one matrix alive at a time) and computed for all tokens; its output is
+    weighted by column e of a dense [M, E] routing matrix, zero where a token did not choose e,
+    and masked there (an unchosen expert's output may overflow: 0 * inf is NaN). Same math and
+    the same fp32 summation order per token as the reference (ascending experts, + 0 for the
+    unchosen); E x the expert FLOPs, which a GPU at M >= 64 has to spare (docs/gpt_oss.md)."""
+    m = h.shape[0]
+    idx = chosen.long()
+    dense_w = torch.zeros((m, L.gate.n_expert), dtype=torch.float32, device=h.device).scatter_(1, idx, weights)
+    picked = torch.zeros((m, L.gate.n_expert), dtype=torch.bool, device=h.device).scatter_(1, idx, True)
+    out = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
+    for s in range(0, m, max_rows):
+        x, acc = h[s:s + max_rows], out[s:s + max_rows]
+        for e in range(L.gate.n_expert):
+            y = L.down(swiglu_oai(L.gate(x, e), L.up(x, e)), e)
+            # y * w promotes y to fp32 exactly, then one fp32 product: y.float() * w in one kernel
+            acc.add_(torch.where(picked[s:s + max_rows, e:e + 1], y * dense_w[s:s + max_rows, e:e + 1], 0.0))
+    return out.to(h.dtype)
+
+
+def _qkv_weights(weights: list[QWeight], biases: list[torch.Tensor]) -> tuple[list[QWeight], list[torch.Tensor]]:
+    """[q; k; v] as one weight and one bias on the GPU (one product; ops.linear_qkv needs it);
+    separate on the CPU, where stacking would copy the memory-mapped weights for no speed, and
+    where the types differ."""
+    if weights[0].device.type == "cpu":
+        return weights, biases
+    try:
+        return [QWeight.stack_rows(weights)], [torch.cat(biases)]
+    except ValueError:
+        return weights, biases
+
+
 @dataclass
 class Layer:
-    attn_norm: torch.Tensor
-    q: QWeight
-    q_bias: torch.Tensor
-    k: QWeight
-    k_bias: torch.Tensor
-    v: QWeight
-    v_bias: torch.Tensor
+    attn_norm: ops.Norm          # fused in front of the QKV product
+    qkv: list[QWeight]           # [q; k; v] stacked (GPU), or [q, k, v]
+    qkv_bias: list[torch.Tensor]  # one bias per entry of qkv
     o: QWeight
     o_bias: torch.Tensor
     sinks: torch.Tensor
-    post_norm: torch.Tensor
+    post_norm: torch.Tensor      # fp32: the MoE ops take no fused norm
     router: torch.Tensor
     router_bias: torch.Tensor
     gate: ExpertStack
@@ -183,15 +252,17 @@ class GptOss:
             q = QWeight.from_gguf(f, name, device)
             return q if kind == "raw" else q.dense(torch.float32 if kind == "fp32" else dtype)
 
+        def norm(name: str) -> ops.Norm:
+            return ops.Norm("rmsnorm", w(name), None, cfg.norm_eps)
+
         self.embd = w("token_embd.weight")
         self.layers: list[Layer] = []
         for i in range(cfg.n_layer):
             p = f"blk.{i}."
+            qkv, qkv_bias = _qkv_weights([w(p + f"attn_{t}.weight") for t in "qkv"],
+                                         [w(p + f"attn_{t}.bias") for t in "qkv"])
             self.layers.append(Layer(
-                attn_norm=w(p + "attn_norm.weight"),
-                q=w(p + "attn_q.weight"), q_bias=w(p + "attn_q.bias"),
-                k=w(p + "attn_k.weight"), k_bias=w(p + "attn_k.bias"),
-                v=w(p + "attn_v.weight"), v_bias=w(p + "attn_v.bias"),
+                attn_norm=norm(p + "attn_norm.weight"), qkv=qkv, qkv_bias=qkv_bias,
                 o=w(p + "attn_output.weight"), o_bias=w(p + "attn_output.bias"),
                 sinks=w(p + "attn_sinks.weight"),
                 post_norm=w(p + "post_attention_norm.weight"),
@@ -201,22 +272,28 @@ class GptOss:
                 down=ExpertStack(w(p + "ffn_down_exps.weight"), w(p + "ffn_down_exps.bias")),
                 window=cfg.sliding_window if cfg.is_sliding(i) else None,
             ))
-        self.norm = w("output_norm.weight")
+        self.norm = norm("output_norm.weight")
         self.head = w("output.weight")
-        self.inv_freq, self.rope_factor = yarn_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.yarn)
-        # on the device once: rope_tables would otherwise copy it from the host every step (a
-        # pageable copy, which a CUDA graph cannot capture)
-        self.inv_freq = self.inv_freq.to(device)
+        self.set_rope(*yarn_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.yarn))
         # The GPU path (docs/gpt_oss.md): attention through the flash kernels with sinks and the
         # window, the MoE through ops.moe_route / ops.moe_experts (no host sync: the decode step
-        # is graph-capturable). Expert stacks in another encoding than MXFP4 (test files) or sizes
-        # the kernels do not serve keep the reference MoE, which picks experts on the host.
+        # is graph-capturable), prefill MoE through grouped_experts. Expert stacks in another
+        # encoding than MXFP4 (test files) or sizes the kernels do not serve keep the reference
+        # MoE for few tokens, which picks experts on the host.
         self.on_gpu = device.type == "cuda"
         L0 = self.layers[0] if self.layers else None
         self.moe_kernels = self.on_gpu and L0 is not None and all(
             st.weight.qtype == _Q.MXFP4 for L in self.layers for st in (L.gate, L.up, L.down)) and \
             moe_kernel_supports(cfg.n_embd, L0.gate.rows, cfg.n_expert_used, dtype)
         self._file = f
+
+    def set_rope(self, inv_freq: torch.Tensor, factor: float) -> None:
+        """The RoPE frequencies and YaRN factor, and the fp32 cos/sin tables [n_ctx, d/2] that
+        ops.qkv_rope / linear_qkv read by position, built once on the device (the decode graph
+        reads them at device-held positions)."""
+        self.inv_freq, self.rope_factor = inv_freq.to(self.device), factor
+        pos = torch.arange(self.cfg.n_ctx, device=self.device)
+        self.rope_cos, self.rope_sin = rope_tables(pos, self.inv_freq, factor)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         c = self.cfg
@@ -239,102 +316,124 @@ class GptOss:
         ``at``, a device index), float32. With a cache, the T tokens continue what it holds (any
         T: the attention takes absolute positions)."""
         c = self.cfg
-        T = ids.shape[1]
+        B, T = ids.shape
         start = cache.reserve(T) if cache is not None else 0
         pos = torch.arange(start, start + T, device=self.device)
-        cos, sin = rope_tables(pos, self.inv_freq, self.rope_factor)
-
-        def append(layer: int, k: torch.Tensor, v: torch.Tensor):
-            if cache is None:
-                return k.transpose(1, 2), v.transpose(1, 2)
-            ops.kv_append(cache.k[layer], cache.v[layer], k, v, start)
-            return cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
-
-        # a whole prompt (nothing cached before it) goes through the prefill kernel
-        append.prompt = start == 0
-        x = self.embd.rows(ids, self.dtype, checked=not capturing())
+        tok_pos = pos.expand(B, T).reshape(-1).contiguous()  # ops.qkv_rope: one position per token
+        x = self.embd.rows(ids, self.dtype, checked=not capturing()).reshape(B * T, c.n_embd)
         for i, L in enumerate(self.layers):
-            x = x + self.attention(rmsnorm(x, L.attn_norm, c.norm_eps), L, i, pos, cos, sin, append)
-            x = x + self.moe(rmsnorm(x, L.post_norm, c.norm_eps), L)
+            kc, vc = (cache.k[i], cache.v[i]) if cache is not None else (None, None)
+            q, k, v = ops.qkv_rope(self.project_qkv(x, L), tok_pos, self.rope_cos, self.rope_sin, kc, vc, None, None,
+                                   c.n_head, c.n_head_kv, T, ROPE_MODE, c.head_dim)
+            a = self.attend_tokens(q, k, v, L, i, B, T, start, pos, cache)
+            x = ops.linear(a.reshape(B * T, -1), L.o, L.o_bias, residual=x)
+            x = self.ffn(x, L)
         if cache is not None:
             cache.length = start + T
+        x = x.view(B, T, c.n_embd)
         if at is not None:
             x = x.index_select(1, at)
         elif last_only:
             x = x[:, -1:]
-        x = rmsnorm(x, self.norm, c.norm_eps)
-        return F.linear(x, self.head.dense(self.dtype)).float()
+        return ops.linear(x.contiguous(), self.head, norm=self.norm, float_out=True)
 
     def decode_logits(self, st) -> torch.Tensor:
         """One decode step for st.batch sequences, each at its own position st.pos (a
-        cuda_graph.DecodeState): logits [B, V] float32; k/v written at st.pos, st.lens set.
-        On the GPU with MXFP4 experts nothing here reads the device (graph-capturable: decode
-        attention kernel over st.lens, routing and experts on the device); on the CPU the MoE
-        picks its experts on the host."""
+        cuda_graph.DecodeState): logits [B, V] float32; k/v written at st.pos, st.lens set (by
+        the QKV op of every layer). On the GPU with MXFP4 experts nothing here reads the device
+        (graph-capturable: one linear_qkv launch per layer, decode attention kernel over
+        st.lens, routing and experts on the device); on the CPU the MoE picks its experts on
+        the host."""
         B = st.ids.shape[0]
         c = self.cfg
-        st.lens.copy_(st.pos + 1)  # keys the decode attention reads (this token's included)
-        cos, sin = rope_tables(st.pos, self.inv_freq, self.rope_factor)   # [B, d/2]: one row per sequence
-        rows = torch.arange(B, device=self.device)
-
-        def append(layer: int, k: torch.Tensor, v: torch.Tensor):
-            st.cache.k[layer][rows, :, st.pos] = k[:, 0]
-            st.cache.v[layer][rows, :, st.pos] = v[:, 0]
-            return st.cache.k[layer], st.cache.v[layer]
-
-        append.decode = st  # one token per sequence at st.pos: the decode kernel reads st.lens
-        x = self.embd.rows(st.ids, self.dtype, checked=not self.on_gpu).reshape(B, 1, c.n_embd)
-        for i, L in enumerate(self.layers):
-            x = x + self.attention(rmsnorm(x, L.attn_norm, c.norm_eps), L, i, st.pos[:, None], cos, sin, append)
-            x = x + self.moe(rmsnorm(x, L.post_norm, c.norm_eps), L)
-        x = rmsnorm(x[:, 0], self.norm, c.norm_eps)
-        return F.linear(x, self.head.dense(self.dtype)).float()
-
-    def attention(self, h: torch.Tensor, L: Layer, layer: int, pos: torch.Tensor, cos: torch.Tensor,
-                  sin: torch.Tensor, append) -> torch.Tensor:
-        """h [B, T, C] at positions pos ([T] or [B, T]); cos/sin one row per position ([T, d/2],
-        or [B, d/2] for one token per sequence); append(layer, k, v) stores the new keys and
-        values and returns the keys/values to attend over ([B, Hkv, S, d])."""
-        c, dt = self.cfg, self.dtype
-        B, T, _ = h.shape
-        q = F.linear(h, L.q.dense(dt), L.q_bias).reshape(B, T, c.n_head, c.head_dim)
-        k = F.linear(h, L.k.dense(dt), L.k_bias).reshape(B, T, c.n_head_kv, c.head_dim)
-        v = F.linear(h, L.v.dense(dt), L.v_bias).reshape(B, T, c.n_head_kv, c.head_dim).contiguous()
-        if pos.dim() == 2:  # one token per sequence: rotate with the batch as the position axis
-            q, k = (rope_halves(t.transpose(0, 1), cos, sin).transpose(0, 1) for t in (q, k))
-        else:
-            q, k = rope_halves(q, cos, sin), rope_halves(k, cos, sin)
-        keys, values = append(layer, k.contiguous(), v)
+        x = self.embd.rows(st.ids, self.dtype, checked=not self.on_gpu, status=st.status).reshape(B, c.n_embd)
         scale = 1.0 / math.sqrt(c.head_dim)
-        st = getattr(append, "decode", None)
-        if self.on_gpu and st is not None:
-            a = ops.attention_decode(q[:, 0].contiguous(), keys, values, st.lens, scale, st.splits, L.sinks,
-                                     L.window or 0)[:, None]
-        elif self.on_gpu and getattr(append, "prompt", False):
-            a = ops.attention_prefill(q.contiguous(), k.contiguous(), v, scale, L.sinks, L.window or 0)
-        else:
-            a = sink_attention(q, keys, values, L.sinks, pos, L.window, scale)
-        return F.linear(a.reshape(B, T, c.n_head * c.head_dim), L.o.dense(dt), L.o_bias)
+        for i, L in enumerate(self.layers):
+            q = self.qkv_decode(x, L, st, i)                                   # [B, Hq, d]
+            kc, vc = st.cache.k[i], st.cache.v[i]
+            if self.on_gpu:
+                a = ops.attention_decode(q, kc, vc, st.lens, scale, st.splits, L.sinks, L.window or 0)
+            else:
+                a = sink_attention(q[:, None], kc, vc, L.sinks, st.pos[:, None], L.window, scale)
+            x = ops.linear(a.reshape(B, -1), L.o, L.o_bias, residual=x)
+            x = self.ffn(x, L)
+        return ops.linear(x, self.head, norm=self.norm, float_out=True)
 
-    def moe(self, h: torch.Tensor, L: Layer) -> torch.Tensor:
-        """Top-k routing, then each chosen expert on the tokens that chose it."""
+    def project_qkv(self, x: torch.Tensor, L: Layer) -> torch.Tensor:
+        """[ntok, (Hq + 2 Hkv) d] = attn_norm(x) @ [q; k; v].T + bias: one ops.linear with the
+        norm fused, or (separate weights) the norm once and three products."""
+        if len(L.qkv) == 1:
+            return ops.linear(x, L.qkv[0], L.qkv_bias[0], norm=L.attn_norm)
+        cpu = x.device.type == "cpu"  # the CPU normalises once; a GPU product fuses it
+        h = ops.linear_module.apply_norm(x, L.attn_norm) if cpu else x
+        norm = None if cpu else L.attn_norm
+        return torch.cat([ops.linear(h, w, b, norm=norm) for w, b in zip(L.qkv, L.qkv_bias)], dim=-1)
+
+    def qkv_decode(self, x: torch.Tensor, L: Layer, st, layer: int) -> torch.Tensor:
+        """q [B, Hq, d] of one token per sequence at st.pos, rotated; k/v appended at st.pos,
+        st.lens = pos + 1, a position outside the cache flagged in st.status. One
+        ops.linear_qkv launch with the stacked weight."""
+        c = self.cfg
+        args = (st.pos, self.rope_cos, self.rope_sin, st.cache.k[layer], st.cache.v[layer], st.lens, st.status,
+                c.n_head, c.n_head_kv)
+        if len(L.qkv) == 1:
+            return ops.linear_qkv(x, L.qkv[0], L.qkv_bias[0], L.attn_norm, *args, ROPE_MODE, c.head_dim)
+        q, _, _ = ops.qkv_rope(self.project_qkv(x, L), *args, 1, ROPE_MODE, c.head_dim)
+        return q
+
+    def attend_tokens(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, L: Layer, layer: int, B: int, T: int,
+                      start: int, pos: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """Attention of T new tokens per sequence at positions pos = start..start+T-1 (host
+        known): q [B*T, Hq, d], k/v [B*T, Hkv, d] rotated (and already in the cache, if any)
+        -> [B, T, Hq, d]. A whole prompt on the GPU takes the prefill kernel; otherwise
+        sink_attention over the cache."""
+        c = self.cfg
+        scale = 1.0 / math.sqrt(c.head_dim)
+        q = q.view(B, T, c.n_head, c.head_dim)
+        k, v = (t.view(B, T, c.n_head_kv, c.head_dim) for t in (k, v))
+        if self.on_gpu and start == 0:
+            return ops.attention_prefill(q, k, v, scale, L.sinks, L.window or 0)
+        if cache is None:
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)
+        else:
+            keys, values = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
+        return sink_attention(q, keys, values, L.sinks, pos, L.window, scale)
+
+    def ffn(self, x: torch.Tensor, L: Layer) -> torch.Tensor:
+        """x + moe(RMSNorm(x; post_attention_norm)), the residual fused where the op takes it.
+        The MoE ops take no fused norm: on the GPU torch's rms_norm on the fp32 row (one kernel
+        where torch fuses it, instead of the reference's eight; the same formula: fp32,
+        x * rsqrt(mean(x^2) + eps) * w, rounded once)."""
+        eps = self.cfg.norm_eps
+        if self.on_gpu:
+            h = F.rms_norm(x.float(), (x.shape[-1],), L.post_norm, eps).to(x.dtype)
+        else:
+            h = rmsnorm(x, L.post_norm, eps)
+        return self.moe(h, L, residual=x)
+
+    def moe(self, h: torch.Tensor, L: Layer, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Top-k routing, then each chosen expert on the tokens that chose it (+ residual).
+        On the GPU nothing reads the device: few tokens take ops.moe_experts (MXFP4 stacks),
+        many take grouped_experts; elsewhere the reference loop."""
         k = self.cfg.n_expert_used
         flat = h.reshape(-1, h.shape[-1])
-        if getattr(self, "moe_kernels", False):  # on the device, no host sync (ops/moe.py)
+        res = residual.reshape(flat.shape) if residual is not None else None
+        grouped = getattr(self, "on_gpu", False) and flat.shape[0] >= MOE_GROUPED_MIN_TOKENS
+        if getattr(self, "moe_kernels", False) and not grouped:
             ids, w = ops.moe_route(flat.contiguous(), L.router, L.router_bias, k)
             out = ops.moe_experts(flat.contiguous(), ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw,
-                                  L.up.bias, L.down.weight.raw, L.down.bias)
+                                  L.up.bias, L.down.weight.raw, L.down.bias, res)
             return out.reshape(h.shape)
-        logits = F.linear(flat.float(), L.router, L.router_bias)           # [N, E], fp32
-        top, chosen = torch.topk(logits, k, dim=-1)                          # [N, k]
-        weights = torch.softmax(top, dim=-1)                                 # over the k chosen only
-        out = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
-        for e in torch.unique(chosen).tolist():
-            tok, slot = torch.where(chosen == e)
-            x = flat[tok]
-            y = L.down(swiglu_oai(L.gate(x, e), L.up(x, e)), e)
-            out.index_add_(0, tok, y.float() * weights[tok, slot, None])
-        return out.to(h.dtype).reshape(h.shape)
+        if grouped:
+            ids, w = ops.moe_route(flat.contiguous(), L.router, L.router_bias, k)
+            out = grouped_experts(flat, ids, w, L)
+        else:
+            logits = F.linear(flat.float(), L.router, L.router_bias)           # [N, E], fp32
+            top, chosen = torch.topk(logits, k, dim=-1)                          # [N, k]
+            weights = torch.softmax(top, dim=-1)                                 # over the k chosen only
+            out = reference_experts(flat, chosen, weights, L)
+        out = out if res is None else res + out
+        return out.reshape(h.shape)
 
 
 # --------------------------------------------------------------------------- memory
@@ -362,20 +461,44 @@ def _dense_cached(name: str, t, tensors, dtype: torch.dtype) -> bool:
             and not _is_view(t.qtype, dtype))
 
 
+def rope_table_bytes(cfg) -> int:
+    """The fp32 cos and sin tables [n_ctx, head_dim / 2] (``GptOss.set_rope``)."""
+    return 2 * cfg.n_ctx * (cfg.head_dim // 2) * 4
+
+
+def grouped_moe_bytes(f, cfg, dtype: torch.dtype, rows: int) -> int:
+    """Temporaries of ``grouped_experts`` on ``rows`` tokens (at most one pass): the fp32 sums
+    [rows, C] with their rounded copy, the dense routing weights and mask [rows, E], one expert
+    matrix dequantized on the device straight into ``dtype``, and the larger of the two phases
+    of one expert: gate, up and the clamped-SwiGLU temporaries (5 x [rows, F] in dtype), or the
+    SwiGLU output and down's output in dtype with its weighted fp32 copies (y * w and the masked
+    one: 2 x [rows, C] fp32)."""
+    el = _el(dtype)
+    c, e = cfg.n_embd, cfg.n_expert
+    n_ff = cfg.n_ff_expert
+    matrix = max(int(torch.Size(f.tensors[f"blk.0.ffn_{k}_exps.weight"].shape).numel()) // e
+                 for k in ("gate", "up", "down"))
+    per_row = c * (4 + el) + e * (4 + 1) + max(5 * n_ff * el, (n_ff + c) * el + 2 * c * 4)
+    return rows * per_row + matrix * el
+
+
 def estimate_memory(f, cfg, dtype: torch.dtype, n_ctx: int | None = None, device: str = "cpu") -> dict:
     """Bytes to run gpt-oss, from the file's tensor table (``f.tensors``: name -> shape, qtype,
     nbytes), as ``GptOss`` holds things:
 
-    * weights: "raw" tensors at their file size (experts stay MXFP4), "fp32" ones at 4 bytes and
-      biases at the activation dtype's size (``held_as``);
+    * weights: "raw" tensors at their file size (experts stay MXFP4), "fp32" ones at 4 bytes,
+      biases and the fused norms at the activation dtype's size (``held_as``), plus the fp32
+      RoPE cos/sin tables over the model's context (``rope_table_bytes``);
     * dense_cache (CPU only): when the model's dense copies fit the CPU cache budget
       (``qweight.cache_policy``; the decision counts every tensor), the ``dtype`` copies of the
       non-expert matrices that are not views (``_dense_cached``); 0 on the GPU;
     * kv_cache: keys and values for ``n_ctx`` positions in every layer (``KVCache``; sliding
       layers keep full length too);
-    * transient (a one-token step): the largest matrix dequantized at once (one expert's rows,
-      or a non-expert matrix whose file type is not the activation dtype; MXFP4/quantized types
-      pass through float32) plus the logits row in the activation dtype and in float32.
+    * transient: the larger of a one-token step's (the largest matrix dequantized at once: one
+      expert's rows, or a non-expert matrix whose file type is not the activation dtype;
+      MXFP4/quantized types pass through float32; plus the logits row in the activation dtype
+      and in float32) and, on the GPU, a prompt's grouped MoE at min(n_ctx,
+      MOE_GROUPED_MAX_ROWS) tokens (``grouped_moe_bytes``).
     """
     n_ctx = n_ctx or cfg.n_ctx
     el = _el(dtype)
@@ -392,8 +515,11 @@ def estimate_memory(f, cfg, dtype: torch.dtype, n_ctx: int | None = None, device
     dense = 0
     if device == "cpu" and dense_cache_bytes(f.tensors, dtype) <= cpu_cache_budget():
         dense = sum(t.n_elements * el for name, t in f.tensors.items() if _dense_cached(name, t, f.tensors, dtype))
+    weights += rope_table_bytes(cfg)
     kv = 2 * cfg.n_layer * cfg.n_head_kv * cfg.head_dim * n_ctx * el
     transient = biggest + cfg.vocab_size * (el + 4)
+    if device == "cuda":
+        transient = max(transient, grouped_moe_bytes(f, cfg, dtype, min(n_ctx, MOE_GROUPED_MAX_ROWS)))
     return {"weights": weights, "dense_cache": dense, "kv_cache": kv, "transient": transient,
             "total": weights + dense + kv + transient, "n_ctx": n_ctx, "device": device,
             "dtype": str(dtype).replace("torch.", ""), "bytes_read_per_token": bytes_read_per_token(f, cfg)}
