@@ -121,14 +121,16 @@ def time_decode(m, n_gen: int, reps: int, progress=None) -> dict:
     return res
 
 
-def run(path, device: str = "cpu", n_prompt: int = 512, n_gen: int = 128, reps: int = 5, progress=None) -> dict:
-    """Load ``path`` on ``device`` and measure ppN and tgN; returns a JSON-able dict."""
+def run(path, device: str = "cpu", n_prompt: int = 512, n_gen: int = 128, reps: int = 5, progress=None,
+        dtype: torch.dtype | None = None) -> dict:
+    """Load ``path`` on ``device`` (activations in ``dtype``, else the device's default) and
+    measure ppN and tgN; returns a JSON-able dict."""
     import gpt_engine
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    m = gpt_engine.load(path, device=device)
+    m = gpt_engine.load(path, device=device, dtype=dtype)
     load_s = time.perf_counter() - t0
     if progress:
         progress("copy bandwidth")
@@ -147,7 +149,8 @@ def run(path, device: str = "cpu", n_prompt: int = 512, n_gen: int = 128, reps: 
     qtypes = sorted({t.qtype.name for t in m.gguf.tensors.values() if len(t.shape) >= 2})
     return {
         "model": Path(path).name, "architecture": m.config.architecture, "size_bytes": m.gguf.path.stat().st_size,
-        "params": n_params(m), "type": "+".join(qtypes), "device": _device_name(device), "copy_gbps": bw,
+        "params": n_params(m), "type": "+".join(qtypes), "device": _device_name(device),
+        "dtype": str(m.dtype).removeprefix("torch."), "copy_gbps": bw,
         "weight_bytes_per_token": wb, "load_s": load_s, "tests": tests,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
     }
@@ -179,14 +182,17 @@ def format_table(r: dict) -> str:
                     f"{mbu} |")
     peak = r["peak_memory_bytes"]
     rows.append("")
-    rows.append(f"device: {r['device']}; copy bandwidth {r['copy_gbps']:.0f} GB/s; weights read per token "
+    rows.append(f"device: {r['device']}; activations {r.get('dtype', '?')}; copy bandwidth {r['copy_gbps']:.0f} GB/s; weights read per token "
                 f"{r['weight_bytes_per_token'] / 1e6:.1f} MB; load {r['load_s']:.2f} s"
                 + (f"; peak GPU memory {peak / 2**20:.0f} MiB" if peak else ""))
     return "\n".join(rows)
 
 
-def progress_printer(stream=sys.stderr):
-    """A progress line on stderr (rewritten in place on a terminal)."""
+def progress_printer(stream=None):
+    """A progress line on stderr (rewritten in place on a terminal). The stream is looked up
+    when called, not bound at import: sys.stderr may have been replaced since (pytest's capture,
+    a caller's redirect), and a stale one may be closed."""
+    stream = stream if stream is not None else sys.stderr
     tty = stream.isatty()
 
     def show(msg: str) -> None:

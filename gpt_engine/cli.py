@@ -369,6 +369,7 @@ def add_bench(sub) -> None:
                    help="generated tokens of the tg test (0: skip; at least 2: decode speed needs two tokens)")
     p.add_argument("-r", "--reps", type=positive, default=5, metavar="R", help="timed repetitions of each test")
     p.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda or cuda:N (default cpu)")
+    _dtype_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_bench, check=check_bench)
 
@@ -383,7 +384,7 @@ def cmd_bench(args) -> int:
     from .default_model import default_model_path
 
     r = bench.run(args.model or default_model_path(), args.device, args.n_prompt, args.n_gen, args.reps,
-                  bench.progress_printer())
+                  bench.progress_printer(), dtype=_torch_dtype(args.dtype))
     print(json.dumps(r, indent=2) if args.json else bench.format_table(r))
     return 0
 

@@ -115,10 +115,10 @@ def test_generate_json_reports_load_prefill_and_decode_timings(models, capsys):
 
 
 @pytest.mark.story("GT-027")
-def test_generate_takes_the_activation_dtype(models, capsys):
+def test_generate_and_bench_take_the_activation_dtype(models, capsys):
     """--dtype bfloat16 on the CPU: the model runs in bf16 (its logits are bf16-rounded products,
     so the ids are compared with the same model loaded in bf16 through the API; tests/test_cpu_speed.py
-    times it)."""
+    times it), and bench says which dtype it ran."""
     import torch
 
     import gpt_engine
@@ -131,6 +131,10 @@ def test_generate_takes_the_activation_dtype(models, capsys):
     m = gpt_engine.load(path, dtype=torch.bfloat16)
     assert m.dtype == torch.bfloat16
     assert got["token_ids"] == m.generate(got["prompt_ids"], max_new_tokens=4).token_ids
+    code, out, err = run_cli(capsys, "bench", str(path), "-p", "8", "-n", "2", "-r", "1", "--dtype", "bfloat16",
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out)["dtype"] == "bfloat16"
 
 
 # --------------------------------------------------------------------------- bad input
@@ -175,6 +179,7 @@ BAD_INPUT = [
     (["bench", "DIR"], "is a directory, not a GGUF model file"),
     (["generate", "MODEL", "--prompt", "x", "--dtype", "int8"], "--dtype: invalid choice: 'int8'"),
     (["inspect", "MODEL", "--dtype", "fp16"], "--dtype: invalid choice: 'fp16'"),
+    (["bench", "MODEL", "--dtype", "fp16"], "--dtype: invalid choice: 'fp16'"),
 ]
 
 
