@@ -71,17 +71,21 @@ if _ext.available():
                   rope_mode, rope_dim)
         m = x.shape[0]
         packed = qtype not in lin._DENSE and 0 < m <= lin.GEMV_MAX_ROWS and lin.packed_gemv_ok(weight, qtype, x.dtype, m, k)
+        # The dense weight's dtype is known without building it (a packed one is dequantized to
+        # x's dtype), so the fallback is decided first: it dequantizes in the reference, and a
+        # dequantization here would be thrown away.
+        dense_dtype = lin._DENSE[qtype] if qtype in lin._DENSE else x.dtype
+        if (x.dtype not in lin._GEMV_ACT_DTYPES or m > lin.GEMV_MAX_ROWS or m == 0
+                or (not packed and k % (16 // dense_dtype.itemsize))
+                or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
+            return reference(x, weight, qtype, bias, norm_weight, norm_bias, norm, eps, pos, cos, sin, k_cache,
+                             v_cache, lens, status, n_head, n_head_kv, rope_mode, rope_dim)
         if packed:  # the raw blocks go to the packed GEMV (csrc/linear_q.cu)
             w, wq = weight, int(qtype)
         else:
             w = weight.view(lin._DENSE[qtype]).view(n, k) if qtype in lin._DENSE else \
                 lin.packed_dense(weight, qtype, n, k, x.dtype)
             wq = -1
-        if (x.dtype not in lin._GEMV_ACT_DTYPES or m > lin.GEMV_MAX_ROWS or m == 0
-                or (not packed and k % (16 // w.element_size()))
-                or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
-            return reference(x, weight, qtype, bias, norm_weight, norm_bias, norm, eps, pos, cos, sin, k_cache,
-                             v_cache, lens, status, n_head, n_head_kv, rope_mode, rope_dim)
         qr._raise_if_bad(pos, k_cache, cos, rope_mode, status)
         q = new_output((m, n_head * d), x)
         _ext.load().linear_qkv(x.contiguous(), w, bias, norm_weight, norm_bias, q, norm, float(eps), pos.contiguous(),
