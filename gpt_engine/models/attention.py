@@ -40,9 +40,7 @@ def project_qkv(x: torch.Tensor, weights: list, bias: torch.Tensor | None, norm)
         return ops.linear(x, weights[0], bias, norm=norm)
     if bias is not None:
         raise ValueError("a bias needs the stacked QKV weight")
-    if x.device.type == "cpu":  # the CPU keeps q, k, v separate: normalise once, not per product
-        x, norm = ops.linear_module.apply_norm(x, norm), None
-    return torch.cat([ops.linear(x, w, norm=norm) for w in weights], dim=-1)
+    return torch.cat(ops.linear_module.linear_each(x, weights, norm), dim=-1)
 
 
 def attend_tokens(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, cache: KVCache | None, layer: int,

@@ -364,10 +364,7 @@ class GptOss:
         norm fused, or (separate weights) the norm once and three products."""
         if len(L.qkv) == 1:
             return ops.linear(x, L.qkv[0], L.qkv_bias[0], norm=L.attn_norm)
-        cpu = x.device.type == "cpu"  # the CPU normalises once; a GPU product fuses it
-        h = ops.linear_module.apply_norm(x, L.attn_norm) if cpu else x
-        norm = None if cpu else L.attn_norm
-        return torch.cat([ops.linear(h, w, b, norm=norm) for w, b in zip(L.qkv, L.qkv_bias)], dim=-1)
+        return torch.cat(ops.linear_module.linear_each(x, L.qkv, L.attn_norm, L.qkv_bias), dim=-1)
 
     def qkv_decode(self, x: torch.Tensor, L: Layer, st, layer: int) -> torch.Tensor:
         """q [B, Hq, d] of one token per sequence at st.pos, rotated; k/v appended at st.pos,

@@ -54,9 +54,7 @@ def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
     if len(L["gate_up"]) == 1:
         h = ops.linear(x, L["gate_up"][0], norm=L["ffn_norm"], act="swiglu")
     else:
-        h = ops.linear_module.apply_norm(x, L["ffn_norm"]) if x.device.type == "cpu" else x  # normalised once
-        norm = None if x.device.type == "cpu" else L["ffn_norm"]
-        g, u = (ops.linear(h, w, norm=norm) for w in L["gate_up"])
+        g, u = ops.linear_module.linear_each(x, L["gate_up"], L["ffn_norm"])
         h = (F.silu(g.float()) * u.float()).to(x.dtype)
     return ops.linear(h, L["down"], residual=x)
 

@@ -249,3 +249,12 @@ def linear(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, residual: to
     # the weight's own CPU product: the cached dense copy, or torch's int4 kernel for Q4_0/Q4_1
     # with bf16 activations (QWeight.linear)
     return dense_forward(x, None, bias, residual, nk, nw, nb, eps, ACTS[act], float_out, product=w.linear)
+
+
+def linear_each(x: torch.Tensor, weights: list, norm: Norm | None, biases: list | None = None) -> list[torch.Tensor]:
+    """``linear(x, w, b, norm=norm)`` for each weight w (and bias b) of a layer whose products
+    were not stacked into one weight (separate q/k/v or gate/up). On the CPU norm(x) is computed
+    once and fed to every product, not once per product; a GPU product fuses it."""
+    if x.device.type == "cpu":
+        x, norm = apply_norm(x, norm), None
+    return [linear(x, w, b, norm=norm) for w, b in zip(weights, biases or [None] * len(weights))]
