@@ -184,11 +184,12 @@ if _ext.available():
         out = new_output(h.shape, h)
         per = max(1, KERNEL_MAX_ROWS // k)  # tokens per launch
         ext = _ext.load()
+        # the expert stacks are the same for every chunk of tokens: made contiguous once, not per launch
+        stacks = (gate.contiguous(), gate_bias.contiguous(), up.contiguous(), up_bias.contiguous(),
+                  down.contiguous(), down_bias.contiguous())
         for s in range(0, m, per):
             e = min(m, s + per)
             act = torch.empty((e - s, k, f), dtype=torch.float32, device=h.device)
-            ext.moe_experts(h[s:e], ids[s:e].contiguous(), weights[s:e].contiguous(), gate.contiguous(),
-                            gate_bias.contiguous(), up.contiguous(), up_bias.contiguous(), down.contiguous(),
-                            down_bias.contiguous(), None if residual is None else residual[s:e].contiguous(),
-                            act, out[s:e])
+            ext.moe_experts(h[s:e], ids[s:e].contiguous(), weights[s:e].contiguous(), *stacks,
+                            None if residual is None else residual[s:e].contiguous(), act, out[s:e])
         return out
