@@ -52,6 +52,21 @@ def _encode(rng: np.random.Generator, rows: int, cols: int, qtype: str):
     return raw.reshape(rows, cols // bs * ts), t
 
 
+def _writer(path: Path, arch: str, shape: str, qtype: str, s: dict):
+    """A GGUF writer at ``path`` holding the keys every random model starts with (its name and
+    the sizes of ``s``, a SHAPES or GPT_OSS_SHAPES entry); one copy for both architectures' files."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"random-{shape}-{qtype}")
+    w.add_context_length(s["n_ctx"])
+    w.add_embedding_length(s["n_embd"])
+    w.add_feed_forward_length(s["n_ff"])
+    w.add_block_count(s["n_layer"])
+    w.add_head_count(s["n_head"])
+    return w
+
+
 def make(path: str | Path, shape: str, qtype: str = "F16", seed: int = 0) -> Path:
     """Write the random ``shape`` model with 2-D weights in ``qtype`` at ``path``."""
     import gguf
@@ -64,13 +79,7 @@ def make(path: str | Path, shape: str, qtype: str = "F16", seed: int = 0) -> Pat
     rng = np.random.default_rng(seed)
     path = Path(path)
     arch = s["arch"]
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_name(f"random-{shape}-{qtype}")
-    w.add_context_length(s["n_ctx"])
-    w.add_embedding_length(s["n_embd"])
-    w.add_feed_forward_length(s["n_ff"])
-    w.add_block_count(s["n_layer"])
-    w.add_head_count(s["n_head"])
+    w = _writer(path, arch, shape, qtype, s)
     n_vocab = add_vocab(w, "gpt2")
     c, f, d = s["n_embd"], s["n_ff"], s["n_embd"] // s["n_head"]
     kv = s["n_head_kv"] * d
@@ -246,13 +255,7 @@ def make_gpt_oss(path: str | Path, shape: str, qtype: str = "MXFP4", seed: int =
         raise ValueError(f"benchmodels: gpt-oss shapes are written with MXFP4 experts only, not {qtype}")
     s, r = GPT_OSS_SHAPES[shape], GPT_OSS_ROPE
     path = Path(path)
-    w = gguf.GGUFWriter(str(path), "gpt-oss")
-    w.add_name(f"random-{shape}-{qtype}")
-    w.add_context_length(s["n_ctx"])
-    w.add_embedding_length(s["n_embd"])
-    w.add_feed_forward_length(s["n_ff"])
-    w.add_block_count(s["n_layer"])
-    w.add_head_count(s["n_head"])
+    w = _writer(path, "gpt-oss", shape, qtype, s)
     add_gpt_oss_metadata(w, n_head_kv=s["n_head_kv"], head_dim=s["head_dim"], eps=1e-5, rope_theta=r["theta"],
                          yarn=(r["yarn_factor"], r["yarn_orig_ctx"], r["beta_fast"], r["beta_slow"]),
                          n_expert=s["n_expert"], n_expert_used=s["n_expert_used"], n_ff=s["n_ff"],
