@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session for the decode path (repo root, on the GPU machine; .whl carried):
-#   quick:   build, the decode-path CUDA tests, the decode-step exploration, `gpt-engine bench`
+#   quick:   build, the decode-path CUDA tests (TESTS=...), the decode-step exploration (EXPLORE=1),
+#            `gpt-engine bench` on each F16 shape (BENCH=0 skips it)
 #   ops:     build, `python -m gates.gpu tests/ops` (the kernels: evidence + log), models written
 #   rest:    `python -m gates.gpu tests --ignore=tests/ops` (models, decode loop, end-to-end benchmarks)
 # For ops/rest export GPT_ENGINE_GIT_COMMIT=<the full sha of the commit being run> first.
@@ -52,6 +53,7 @@ M=$GPT_ENGINE_BENCH_MODELS
 if [ -n "$EXPLORE" ]; then
   timeout 200 python3 tests/bench/explore_decode_step.py $M/gpt2-124m-F16.gguf $M/gpt2-1.5b-F16.gguf $M/llama-1b-F16.gguf
 fi
+[ "${BENCH:-1}" = 0 ] && exit 0  # BENCH=0: tests (and exploration) only
 mkdir -p /tmp/bench
 for s in $SHAPES; do
   s=${s%%:*}  # the quick bench reads the F16 files

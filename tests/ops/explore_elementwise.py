@@ -21,6 +21,7 @@ SRC = r"""
 #include <cuda_fp16.h>
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
 
 // LD = 1: loads as ld.global.nc.L2::256B (the L2 fetches the whole 256-byte span of a request)
 __device__ __forceinline__ uint4 ld_pf(const uint4* p) {
@@ -30,17 +31,50 @@ __device__ __forceinline__ uint4 ld_pf(const uint4* p) {
   return r;
 }
 
+// LD = 2: __ldcs / __stcs (cache-streaming: evict-first in L1 and L2)
+// LD = 3: loads ld.global.nc.L1::no_allocate with an L2 evict-first policy, stores with the same policy
+// LD = 4: plain loads, __stcs stores
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t pol;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+__device__ __forceinline__ uint4 ld_ef(const uint4* p, uint64_t pol) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p), "l"(pol));
+  return r;
+}
+__device__ __forceinline__ void st_ef(uint4* p, uint4 v, uint64_t pol) {
+  asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1, %2, %3, %4}, %5;"
+               :: "l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "l"(pol) : "memory");
+}
+template <int LD>
+__device__ __forceinline__ uint4 ld_var(const uint4* p, uint64_t pol) {
+  if constexpr (LD == 1) return ld_pf(p);
+  else if constexpr (LD == 2) return __ldcs(p);
+  else if constexpr (LD == 3) return ld_ef(p, pol);
+  else return *p;
+}
+template <int LD>
+__device__ __forceinline__ void st_var(uint4* p, uint4 v, uint64_t pol) {
+  if constexpr (LD == 2 || LD == 4) __stcs(p, v);
+  else if constexpr (LD == 3) st_ef(p, v, pol);
+  else *p = v;
+}
+
 template <int THREADS, int UNROLL, bool PERSISTENT, int LD = 0>
 __global__ void __launch_bounds__(THREADS) add_kernel(const uint4* __restrict__ x, const uint4* __restrict__ y,
                                                       uint4* __restrict__ out, long long nvec) {
   const long long per_block = (long long)THREADS * UNROLL;
   const long long step = PERSISTENT ? (long long)gridDim.x * per_block : per_block;
+  const uint64_t pol = LD == 3 ? evict_first_policy() : 0;
   for (long long base = (long long)blockIdx.x * per_block + threadIdx.x; base < nvec; base += step) {
     uint4 a[UNROLL], b[UNROLL];
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       const long long i = base + (long long)u * THREADS;
-      if (i < nvec) { a[u] = LD ? ld_pf(x + i) : x[i]; b[u] = LD ? ld_pf(y + i) : y[i]; }
+      if (i < nvec) { a[u] = ld_var<LD>(x + i, pol); b[u] = ld_var<LD>(y + i, pol); }
     }
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
@@ -55,11 +89,94 @@ __global__ void __launch_bounds__(THREADS) add_kernel(const uint4* __restrict__ 
           const float2 fa = __half22float2(ha[j]), fb = __half22float2(hb[j]);
           ho[j] = __floats2half2_rn(fa.x + fb.x, fa.y + fb.y);
         }
-        out[i] = o;
+        st_var<LD>(out + i, o, pol);
       }
     }
     if (!PERSISTENT) break;
   }
+}
+
+// TMA bulk copies (cp.async.bulk, sm_90): a persistent block streams CH-byte chunks of x and y
+// into a STAGES-deep shared-memory ring (completion counted on one mbarrier per stage), 256
+// threads add them in place into the x buffer, and thread 0 writes it back with a bulk store.
+// A stage is refilled once the bulk store of the chunk before has read it (wait_group.read 1),
+// so STAGES - 1 loads stay in flight per block. Needs n * 2 bytes to be a multiple of CH.
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+template <int STAGES, int CH>
+__global__ void __launch_bounds__(256) add_tma(const char* __restrict__ x, const char* __restrict__ y,
+                                               char* __restrict__ out, long long nchunks) {
+  extern __shared__ __align__(128) unsigned char sm[];
+  const uint32_t xs = smem_u32(sm), ys = xs + STAGES * CH, bs = ys + STAGES * CH;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; ++s)
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bs + 8 * s) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  const long long first = blockIdx.x, stride = gridDim.x;
+  const long long mine = first < nchunks ? (nchunks - 1 - first) / stride + 1 : 0;
+  auto issue = [&](long long k) {
+    const int s = (int)(k % STAGES);
+    const long long c = first + k * stride;
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bs + 8 * s), "r"(2 * CH) : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(xs + s * CH), "l"(x + c * CH), "r"(CH), "r"(bs + 8 * s) : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(ys + s * CH), "l"(y + c * CH), "r"(CH), "r"(bs + 8 * s) : "memory");
+  };
+  if (threadIdx.x == 0)
+    for (long long k = 0; k < STAGES && k < mine; ++k) issue(k);
+  for (long long k = 0; k < mine; ++k) {
+    const int s = (int)(k % STAGES);
+    const uint32_t parity = (uint32_t)((k / STAGES) & 1);
+    uint32_t done = 0;
+    do {
+      asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                   : "=r"(done) : "r"(bs + 8 * s), "r"(parity) : "memory");
+    } while (!done);
+    uint4* xv = reinterpret_cast<uint4*>(sm + s * CH);
+    const uint4* yv = reinterpret_cast<const uint4*>(sm + STAGES * CH + s * CH);
+#pragma unroll
+    for (int i = threadIdx.x; i < CH / 16; i += 256) {
+      uint4 a = xv[i], b = yv[i], o;
+      const __half2* ha = reinterpret_cast<const __half2*>(&a);
+      const __half2* hb = reinterpret_cast<const __half2*>(&b);
+      __half2* ho = reinterpret_cast<__half2*>(&o);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 fa = __half22float2(ha[j]), fb = __half22float2(hb[j]);
+        ho[j] = __floats2half2_rn(fa.x + fb.x, fa.y + fb.y);
+      }
+      xv[i] = o;
+    }
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const long long c = first + k * stride;
+      asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
+                   ::"l"(out + c * CH), "r"(xs + s * CH), "r"(CH) : "memory");
+      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+      if (k >= 1 && k - 1 + STAGES < mine) {
+        asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory");
+        issue(k - 1 + STAGES);
+      }
+    }
+  }
+  if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+}
+
+template <int STAGES, int CH>
+void run_tma(torch::Tensor x, torch::Tensor y, torch::Tensor out, int64_t blocks_per_sm) {
+  const long long bytes = x.numel() * 2;
+  TORCH_CHECK(bytes % CH == 0, "n * 2 must be a multiple of the chunk");
+  const int smem = 2 * STAGES * CH + 8 * STAGES;
+  cudaFuncSetAttribute(add_tma<STAGES, CH>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.device().index());
+  add_tma<STAGES, CH><<<(unsigned)(sms * blocks_per_sm), 256, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      (const char*)x.data_ptr(), (const char*)y.data_ptr(), (char*)out.data_ptr(), bytes / CH);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <int THREADS, int UNROLL, bool PERSISTENT, int LD = 0>
@@ -96,13 +213,24 @@ void add_variant(torch::Tensor x, torch::Tensor y, torch::Tensor out, int64_t va
     case 16: return run<256, 4, false, 1>(x, y, out, bps);
     case 17: return run<128, 1, false, 1>(x, y, out, bps);
     case 18: return run<256, 2, false, 1>(x, y, out, bps);
+    case 19: return run<1024, 1, false, 2>(x, y, out, bps);
+    case 20: return run<1024, 1, false, 3>(x, y, out, bps);
+    case 21: return run<1024, 1, false, 4>(x, y, out, bps);
+    case 22: return run<512, 2, false, 4>(x, y, out, bps);
+    case 23: return run<256, 4, false, 2>(x, y, out, bps);
+    case 24: return run_tma<4, 8192>(x, y, out, bps);
+    case 25: return run_tma<3, 16384>(x, y, out, bps);
+    case 26: return run_tma<8, 4096>(x, y, out, bps);
   }
 }
 """
 VARIANTS = {0: "256 x 4 (today)", 1: "128 x 1", 2: "128 x 2", 3: "256 x 1", 4: "256 x 2", 5: "512 x 2",
             6: "256 x 4 persistent", 7: "512 x 4 persistent", 8: "1024 x 2 persistent", 9: "64 x 1",
             10: "64 x 2", 11: "128 x 4", 12: "512 x 1", 13: "1024 x 1", 14: "1024 x 1 L2::256B",
-            15: "256 x 1 L2::256B", 16: "256 x 4 L2::256B", 17: "128 x 1 L2::256B", 18: "256 x 2 L2::256B"}
+            15: "256 x 1 L2::256B", 16: "256 x 4 L2::256B", 17: "128 x 1 L2::256B", 18: "256 x 2 L2::256B",
+            19: "1024 x 1 ldcs/stcs", 20: "1024 x 1 evict-first", 21: "1024 x 1 stcs", 22: "512 x 2 stcs",
+            23: "256 x 4 ldcs/stcs", 24: "TMA 4 x 8 KiB persistent", 25: "TMA 3 x 16 KiB persistent",
+            26: "TMA 8 x 4 KiB persistent"}
 
 
 def main() -> None:
@@ -122,7 +250,8 @@ def main() -> None:
     for v, name in VARIANTS.items():
         if only and v not in only:
             continue
-        for bps in ((2, 4, 8) if "persistent" in name else (0,)):
+        grids = (1, 2, 3) if "TMA" in name else (2, 4, 8) if "persistent" in name else (0,)
+        for bps in grids:
             ext.add_variant(x, y, out, v, bps)
             assert torch.equal(out, ref), name
             t, tt = bench.cuda_time_pair(lambda: ext.add_variant(x, y, out, v, bps), lambda: torch.add(x, y, out=out))
