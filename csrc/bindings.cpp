@@ -532,6 +532,8 @@ void moe_route(const at::Tensor& h, const at::Tensor& router, const at::Tensor& 
   const int64_t M = h.size(0), C = h.size(1), E = router.size(0), K = ids.dim() == 2 ? ids.size(1) : -1;
   check_dense(op, "router", router, h, at::kFloat, {E, C});
   check_dense(op, "router_bias", router_bias, h, at::kFloat, {E});
+  TORCH_CHECK(C * 4 <= (int64_t)gpte::kMoeRouteMaxSmem, op, ": C ", C, " above the kernel's ",
+              gpte::kMoeRouteMaxSmem / 4, " (h is staged in shared memory)");
   check_dense(op, "ids", ids, h, at::kInt, {M, K});
   check_dense(op, "weights", weights, h, at::kFloat, {M, K});
   const c10::cuda::CUDAGuard guard(h.device());

@@ -19,11 +19,17 @@
 // ggml decodes it: the code's value doubled (integers, table below) times 2^(e - 128) (half
 // the E8M0 scale; e < 2 gives fp32 subnormals, as ggml_e8m0_to_fp32_half). fp32 accumulation.
 //
-// GEMV layout: a warp computes one matrix row at a time; lane i owns blocks i, i + 32, ...
-// of the row (NBL blocks at most: the input length is at most NBL * 1024), whose 32 input
-// values stay in its registers across every row the warp computes. Rows are not 4-byte
-// aligned in general (17-byte blocks), so block bytes are loaded one by one (the 32 lanes of
-// a warp read 544 contiguous bytes per step).
+// GEMV layout (v2; v1 kept the input in registers, loaded block bytes one by one and walked
+// 4 rows per warp one after another: one DRAM round trip per row, ~12 KB in flight per SM,
+// and the router one warp-serial dot per expert): a warp computes one row (gate_up: the gate
+// and the up row together; down: one row of each chosen expert, all issued at once); lane i owns
+// blocks i, i + 32, ... (NBL blocks at most: the input length is at most NBL * 1024). A lane
+// loads each of its blocks as the 5 aligned 32-bit words that hold its 17 bytes (rows are not
+// 4-byte aligned) and takes the fields with funnel shifts; every load of a row is issued before
+// the first product. The input is staged in shared memory as fp32, value j of block b at
+// [j][b] (consecutive lanes, consecutive words: no bank conflicts). Per lane and row the
+// products are summed in v1's order (block by block, values 0..15 each with its partner 16..31,
+// then the block scale), so v1 and v2 give the same sums.
 #include <cmath>
 
 #include "common.cuh"
@@ -34,8 +40,10 @@ namespace {
 
 constexpr int kMoeWarps = 8;
 constexpr int kMoeThreads = 32 * kMoeWarps;
-constexpr int kRowsPerWarp = 4;
-constexpr int kRowsPerBlock = kMoeWarps * kRowsPerWarp;
+constexpr int kGateUpRowsPerBlock = kMoeWarps;   // one gate/up row pair per warp
+constexpr int kDownRowsPerWarp = 2;              // each with every chosen expert's row in flight
+constexpr int kDownRowsPerBlock = kMoeWarps * kDownRowsPerWarp;
+constexpr int kDownExpertsInFlight = 4;          // rows of up to 4 experts loaded at once (gpt-oss: k = 4)
 constexpr int kBlockBytes = 17;  // MXFP4: scale byte + 16 bytes of nibbles, 32 values
 
 // E2M1 code -> value x 2 (OCP MX v1.0 FP4 E2M1; ggml's kvalues_mxfp4).
@@ -56,43 +64,61 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// Dot product of one MXFP4 row (nblk blocks from `row`) with the input held as x[i][0..31] =
-// values of block lane + 32 i; tbl: the decode table in shared memory. Every lane returns
-// the full sum.
-template <int NBL>
-__device__ __forceinline__ float row_dot(const uint8_t* __restrict__ row, int nblk, const float (&x)[NBL][32],
-                                         const float* tbl, int lane) {
-  float acc = 0.f;
+// The 17-byte block at p as the 5 aligned words that hold it (p any alignment; words before
+// p belong to the same tensor or its 4-byte-aligned allocation). Bytes at or past `end` (the
+// tensor's end) are not read: the tensor's last block takes the byte-by-byte path.
+struct BlockWords {
+  uint32_t w[5];
+};
+
+__device__ __forceinline__ BlockWords load_block(const uint8_t* p, const uint8_t* end) {
+  BlockWords r;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const uint8_t* base = reinterpret_cast<const uint8_t*>(a & ~uintptr_t(3));
+  if (base + 20 <= end) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(base);
 #pragma unroll
-  for (int i = 0; i < NBL; ++i) {
-    const int b = lane + 32 * i;
-    if (b < nblk) {
-      const uint8_t* blk = row + (int64_t)b * kBlockBytes;
-      uint8_t q[16];
+    for (int k = 0; k < 5; ++k) r.w[k] = __ldg(w + k);
+  } else {
 #pragma unroll
-      for (int j = 0; j < 16; ++j) q[j] = __ldg(blk + 1 + j);
-      const float sc = e8m0_half(__ldg(blk));
-      float s = 0.f;
+    for (int k = 0; k < 5; ++k) {
+      uint32_t v = 0;
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        s = fmaf(tbl[q[j] & 15], x[i][j], s);
-        s = fmaf(tbl[q[j] >> 4], x[i][j + 16], s);
+      for (int i = 0; i < 4; ++i) {
+        const uint8_t* q = base + 4 * k + i;
+        if (q >= p && q < end) v |= (uint32_t)__ldg(q) << (8 * i);
       }
-      acc = fmaf(sc, s, acc);
+      r.w[k] = v;
     }
   }
-  return warp_sum(acc);
+  return r;
 }
 
-// Loads x[0..n) (n = nblk * 32) into the lane's registers: x[i][j] = src[(lane + 32 i) * 32 + j].
-template <typename S, int NBL>
-__device__ __forceinline__ void load_x(float (&x)[NBL][32], const S* __restrict__ src, int nblk, int lane) {
+// Block b's partial dot: sum over values 0..15 (low nibbles of bytes 1..16) each followed by
+// its partner 16 + j (high nibble), times the block scale, added to acc (v1's order). x(j):
+// the input value j of this block.
+template <typename X>
+__device__ __forceinline__ float block_dot(const BlockWords& bw, uintptr_t addr, const float* tbl, X x, float acc) {
+  const int sh = 8 * (int)(addr & 3);
+  const float sc = e8m0_half(__funnelshift_rc(bw.w[0], bw.w[1], sh) & 0xffu);
+  float s = 0.f;
 #pragma unroll
-  for (int i = 0; i < NBL; ++i) {
-    const int b = lane + 32 * i;
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t q = __funnelshift_rc(bw.w[k], bw.w[k + 1], sh + 8);  // bytes 1 + 4k .. 4 + 4k
 #pragma unroll
-    for (int j = 0; j < 32; ++j) x[i][j] = b < nblk ? to_f(src[(int64_t)b * 32 + j]) : 0.f;
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t byte = (q >> (8 * i)) & 0xffu;
+      s = fmaf(tbl[byte & 15u], x(4 * k + i), s);
+      s = fmaf(tbl[byte >> 4], x(4 * k + i + 16), s);
+    }
   }
+  return fmaf(sc, s, acc);
+}
+
+// Stages row m of the input (n = nblk * 32 values) into xs[j * nblk + b] as fp32.
+template <typename S>
+__device__ __forceinline__ void stage_input(float* xs, const S* __restrict__ src, int nblk) {
+  for (int c = threadIdx.x; c < nblk * 32; c += kMoeThreads) xs[(c & 31) * nblk + (c >> 5)] = to_f(src[c]);
 }
 
 __device__ __forceinline__ int clamp_expert(int e, int E) { return e < 0 ? 0 : (e >= E ? E - 1 : e); }
@@ -107,36 +133,53 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_kernel(
     const T* __restrict__ bu,           // [E, F]
     float* __restrict__ act,            // [M, K, F]
     int K, int E, int F, int C) {
+  extern __shared__ float xs[];         // [32][C / 32]
   __shared__ float tbl[16];
   if (threadIdx.x < 16) tbl[threadIdx.x] = kE2M1Doubled[threadIdx.x];
   pdl_wait();  // h and the routing come from the kernels before
   pdl_launch_dependents();
-  __syncthreads();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int mj = blockIdx.y, m = mj / K;
   const int e = clamp_expert(ids[mj], E);
   const int nblk = C / 32;
   const int64_t row_bytes = (int64_t)nblk * kBlockBytes;
-  float x[NBL][32];
-  load_x<T, NBL>(x, h + (int64_t)m * C, nblk, lane);
-#pragma unroll 1
-  for (int t = 0; t < kRowsPerWarp; ++t) {
-    const int r = blockIdx.x * kRowsPerBlock + t * kMoeWarps + warp;
-    if (r >= F) break;
-    const int64_t er = (int64_t)e * F + r;
-    const float g = row_dot<NBL>(wg + er * row_bytes, nblk, x, tbl, lane) + to_f(bg[er]);
-    const float u = row_dot<NBL>(wu + er * row_bytes, nblk, x, tbl, lane) + to_f(bu[er]);
-    if (lane == 0) {
-      const float gc = fminf(g, kSwigluLimit);
-      const float uc = fminf(fmaxf(u, -kSwigluLimit), kSwigluLimit);
-      act[(int64_t)mj * F + r] = gc / (1.f + expf(-kSwigluAlpha * gc)) * (uc + 1.f);
+  const uint8_t* g_end = wg + (int64_t)E * F * row_bytes;
+  const uint8_t* u_end = wu + (int64_t)E * F * row_bytes;
+  const int r = blockIdx.x * kGateUpRowsPerBlock + warp;
+  const int64_t er = (int64_t)e * F + (r < F ? r : F - 1);
+  const uint8_t* grow = wg + er * row_bytes;
+  const uint8_t* urow = wu + er * row_bytes;
+  // every block of both rows in flight before the input is staged
+  BlockWords gw[NBL], uw[NBL];
+#pragma unroll
+  for (int i = 0; i < NBL; ++i) {
+    const int b = lane + 32 * i;
+    if (b < nblk) {
+      gw[i] = load_block(grow + (int64_t)b * kBlockBytes, g_end);
+      uw[i] = load_block(urow + (int64_t)b * kBlockBytes, u_end);
     }
   }
+  stage_input(xs, h + (int64_t)m * C, nblk);
+  __syncthreads();
+  if (r >= F) return;
+  float ga = 0.f, ua = 0.f;
+#pragma unroll
+  for (int i = 0; i < NBL; ++i) {
+    const int b = lane + 32 * i;
+    if (b < nblk) {
+      auto x = [&](int j) { return xs[j * nblk + b]; };
+      ga = block_dot(gw[i], reinterpret_cast<uintptr_t>(grow + (int64_t)b * kBlockBytes), tbl, x, ga);
+      ua = block_dot(uw[i], reinterpret_cast<uintptr_t>(urow + (int64_t)b * kBlockBytes), tbl, x, ua);
+    }
+  }
+  const float g = warp_sum(ga) + to_f(bg[er]);
+  const float u = warp_sum(ua) + to_f(bu[er]);
+  if (lane == 0) {
+    const float gc = fminf(g, kSwigluLimit);
+    const float uc = fminf(fmaxf(u, -kSwigluLimit), kSwigluLimit);
+    act[(int64_t)mj * F + r] = gc / (1.f + expf(-kSwigluAlpha * gc)) * (uc + 1.f);
+  }
 }
-
-// Shared-memory row stride of one 32-value block of act: 33 floats, so the 32 lanes reading
-// value j of blocks lane + 32 i hit 32 different banks.
-constexpr int kActStride = 33;
 
 template <typename T, int NBL>
 __global__ void __launch_bounds__(kMoeThreads) moe_down_kernel(
@@ -148,7 +191,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_kernel(
     const T* __restrict__ residual,     // [M, C] or null
     T* __restrict__ out,                // [M, C]
     int K, int E, int F, int C) {
-  extern __shared__ float sact[];       // [K][F / 32][kActStride]
+  extern __shared__ float sact[];       // [K][32][F / 32]
   __shared__ float tbl[16];
   if (threadIdx.x < 16) tbl[threadIdx.x] = kE2M1Doubled[threadIdx.x];
   pdl_wait();
@@ -156,53 +199,68 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_kernel(
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int m = blockIdx.y;
   const int nblk = F / 32;
-  for (int i = threadIdx.x; i < K * F; i += kMoeThreads) {
-    const int j = i / F, f = i % F;
-    sact[(j * nblk + f / 32) * kActStride + f % 32] = act[(int64_t)m * K * F + i];
-  }
-  __syncthreads();
   const int64_t row_bytes = (int64_t)nblk * kBlockBytes;
-  const int c0 = blockIdx.x * kRowsPerBlock + warp;
-  float acc[kRowsPerWarp];
-#pragma unroll
-  for (int t = 0; t < kRowsPerWarp; ++t) acc[t] = 0.f;
+  const uint8_t* d_end = wd + (int64_t)E * C * row_bytes;
+  for (int j = 0; j < K; ++j) stage_input(sact + j * F, act + ((int64_t)m * K + j) * F, nblk);
+  __syncthreads();
 #pragma unroll 1
-  for (int j = 0; j < K; ++j) {
-    const int e = clamp_expert(ids[m * K + j], E);
-    const float w = wts[m * K + j];
-    float x[NBL][32];
+  for (int t = 0; t < kDownRowsPerWarp; ++t) {
+    const int c = blockIdx.x * kDownRowsPerBlock + t * kMoeWarps + warp;
+    if (c >= C) break;
+    float acc = 0.f;
+#pragma unroll 1
+    for (int j0 = 0; j0 < K; j0 += kDownExpertsInFlight) {
+      BlockWords dw[kDownExpertsInFlight][NBL];
+      const uint8_t* rows[kDownExpertsInFlight];
+      int64_t ers[kDownExpertsInFlight];
 #pragma unroll
-    for (int i = 0; i < NBL; ++i) {
-      const int b = lane + 32 * i;
+      for (int jj = 0; jj < kDownExpertsInFlight; ++jj) {
+        const int j = j0 + jj < K ? j0 + jj : K - 1;
+        ers[jj] = (int64_t)clamp_expert(ids[m * K + j], E) * C + c;
+        rows[jj] = wd + ers[jj] * row_bytes;
 #pragma unroll
-      for (int q = 0; q < 32; ++q) x[i][q] = b < nblk ? sact[(j * nblk + b) * kActStride + q] : 0.f;
-    }
+        for (int i = 0; i < NBL; ++i) {
+          const int b = lane + 32 * i;
+          if (j0 + jj < K && b < nblk) dw[jj][i] = load_block(rows[jj] + (int64_t)b * kBlockBytes, d_end);
+        }
+      }
 #pragma unroll
-    for (int t = 0; t < kRowsPerWarp; ++t) {
-      const int c = c0 + t * kMoeWarps;
-      if (c < C) {
-        const int64_t er = (int64_t)e * C + c;
-        acc[t] = fmaf(w, row_dot<NBL>(wd + er * row_bytes, nblk, x, tbl, lane) + to_f(bd[er]), acc[t]);
+      for (int jj = 0; jj < kDownExpertsInFlight; ++jj) {
+        const int j = j0 + jj;
+        if (j >= K) break;
+        const float* xj = sact + j * F;
+        float a = 0.f;
+#pragma unroll
+        for (int i = 0; i < NBL; ++i) {
+          const int b = lane + 32 * i;
+          if (b < nblk) {
+            auto x = [&](int q) { return xj[q * nblk + b]; };
+            a = block_dot(dw[jj][i], reinterpret_cast<uintptr_t>(rows[jj] + (int64_t)b * kBlockBytes), tbl, x, a);
+          }
+        }
+        // the expert's row plus bias, weighted and summed over j in order (v1's fma chain)
+        acc = fmaf(wts[m * K + j], warp_sum(a) + to_f(bd[ers[jj]]), acc);
       }
     }
-  }
-  if (lane == 0) {
-#pragma unroll
-    for (int t = 0; t < kRowsPerWarp; ++t) {
-      const int c = c0 + t * kMoeWarps;
-      if (c < C) {
-        const int64_t o = (int64_t)m * C + c;
-        const T y = from_f<T>(acc[t]);
-        out[o] = residual != nullptr ? from_f<T>(to_f(residual[o]) + to_f(y)) : y;
-      }
+    if (lane == 0) {
+      const int64_t o = (int64_t)m * C + c;
+      const T y = from_f<T>(acc);
+      out[o] = residual != nullptr ? from_f<T>(to_f(residual[o]) + to_f(y)) : y;
     }
   }
 }
 
-constexpr int kRouteThreads = 256;
+constexpr int kRouteWarps = 32;
+constexpr int kRouteThreads = 32 * kRouteWarps;
 constexpr int kMaxExperts = 256;
 constexpr int kMaxTopK = 32;
+constexpr int kRouteUnroll = 8;  // float4 router loads per lane in flight
 
+// Router logits: h[m] staged in shared memory as fp32, then one warp per expert (e = warp,
+// warp + 32, ...), float4 loads of the fp32 router row, kRouteUnroll of them in flight per lane
+// (v1 used 8 warps and one dependent scalar load per step: ~50 us per call at 2880 x 32).
+// Top k by warp 0: k rounds of a warp arg-max with the serial scan's result (descending, ties
+// to the lower index, NaN logits never win unless the first untaken one is NaN: then it stands).
 template <typename T>
 __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
     const T* __restrict__ h,            // [M, C]
@@ -210,66 +268,115 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
     const float* __restrict__ br,       // [E]
     int32_t* __restrict__ ids,          // [M, K]
     float* __restrict__ wts,            // [M, K]
-    int E, int C, int K) {
+    int E, int C, int K,
+    bool vec) {                         // C % 4 == 0 and wr 16-byte aligned: float4 loads
+  extern __shared__ __align__(16) float xs_route[];  // [C]
   __shared__ float logits[kMaxExperts];
   pdl_wait();
   pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int m = blockIdx.x;
   const T* x = h + (int64_t)m * C;
-  for (int e = warp; e < E; e += kRouteThreads / 32) {
+  for (int c = threadIdx.x; c < C; c += kRouteThreads) xs_route[c] = to_f(x[c]);
+  __syncthreads();
+  for (int e = warp; e < E; e += kRouteWarps) {
     const float* w = wr + (int64_t)e * C;
     float s = 0.f;
-    for (int c = lane; c < C; c += 32) s = fmaf(to_f(x[c]), w[c], s);
+    if (vec) {
+      const float4* w4 = reinterpret_cast<const float4*>(w);
+      const float4* x4 = reinterpret_cast<const float4*>(xs_route);
+      const int n4 = C >> 2;
+      for (int c0 = lane; c0 < n4; c0 += 32 * kRouteUnroll) {
+        float4 wv[kRouteUnroll];
+#pragma unroll
+        for (int u = 0; u < kRouteUnroll; ++u) {
+          const int c = c0 + 32 * u;
+          wv[u] = c < n4 ? __ldg(w4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < kRouteUnroll; ++u) {
+          const int c = c0 + 32 * u;
+          if (c < n4) {
+            const float4 xv = x4[c];
+            s = fmaf(xv.x, wv[u].x, s);
+            s = fmaf(xv.y, wv[u].y, s);
+            s = fmaf(xv.z, wv[u].z, s);
+            s = fmaf(xv.w, wv[u].w, s);
+          }
+        }
+      }
+    } else {
+      for (int c = lane; c < C; c += 32) s = fmaf(xs_route[c], __ldg(w + c), s);
+    }
     s = warp_sum(s);
     if (lane == 0) logits[e] = s + br[e];
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    // top k by repeated arg-max (E <= 256, k <= 32: a few thousand compares), taken ones
-    // marked with a bit mask; NaN logits never win (the first index stands in)
-    uint32_t taken[kMaxExperts / 32] = {};
-    int sel[kMaxTopK];
-    float top[kMaxTopK];
-    for (int j = 0; j < K; ++j) {
-      int best = -1;
-      float bv = -INFINITY;
-      for (int e = 0; e < E; ++e) {
-        if (taken[e >> 5] >> (e & 31) & 1u) continue;
+  if (warp != 0) return;
+  uint32_t taken[kMaxExperts / 32] = {};  // the same in every lane
+  int sel = 0;      // lane j < K: the j-th choice
+  float top = 0.f;  // and its logit
+  for (int j = 0; j < K; ++j) {
+    int first = 0;  // the lowest untaken expert (K <= E: one exists)
+    for (int wd = 0; wd < kMaxExperts / 32; ++wd) {
+      if (~taken[wd] != 0u) {
+        first = 32 * wd + __ffs(~taken[wd]) - 1;
+        break;
+      }
+    }
+    int best = first;
+    float bv = logits[first];
+    if (!isnan(bv)) {
+      // lane's best non-NaN untaken logit (ties to the lower index), then the warp's
+      for (int e = lane; e < E; e += 32) {
         const float v = logits[e];
-        if (best < 0 || v > bv) {
-          best = e;
+        if (taken[e >> 5] >> (e & 31) & 1u || isnan(v)) continue;
+        if (v > bv || (v == bv && e < best)) {
           bv = v;
+          best = e;
         }
       }
-      taken[best >> 5] |= 1u << (best & 31);
-      sel[j] = best;
-      top[j] = bv;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+        if (ov > bv || (ov == bv && ob < best)) {
+          bv = ov;
+          best = ob;
+        }
+      }
     }
-    float sum = 0.f;
-    for (int j = 0; j < K; ++j) sum += expf(top[j] - top[0]);  // top[0] is the largest
-    for (int j = 0; j < K; ++j) {
-      ids[m * K + j] = sel[j];
-      wts[m * K + j] = expf(top[j] - top[0]) / sum;
+    taken[best >> 5] |= 1u << (best & 31);
+    if (lane == j) {
+      sel = best;
+      top = bv;
     }
+  }
+  // softmax over the k chosen in choice order (top[0] is the largest), as the serial v1 did
+  const float top0 = __shfl_sync(0xffffffffu, top, 0);
+  float sum = 0.f;
+  for (int j = 0; j < K; ++j) sum += expf(__shfl_sync(0xffffffffu, top, j) - top0);
+  if (lane < K) {
+    ids[m * K + lane] = sel;
+    wts[m * K + lane] = expf(top - top0) / sum;
   }
 }
 
 template <typename T, int NBL>
 cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
-  const dim3 g1((unsigned)ceil_div(a.F, kRowsPerBlock), (unsigned)(a.M * a.K));
-  cudaError_t e = launch_pdl(moe_gate_up_kernel<T, NBL>, g1, dim3(kMoeThreads), 0, st, (const T*)a.h, a.ids,
+  const dim3 g1((unsigned)ceil_div(a.F, kGateUpRowsPerBlock), (unsigned)(a.M * a.K));
+  cudaError_t e = launch_pdl(moe_gate_up_kernel<T, NBL>, g1, dim3(kMoeThreads), (size_t)a.C * sizeof(float), st, (const T*)a.h, a.ids,
                              a.gate, (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E,
                              (int)a.F, (int)a.C);
   if (e != cudaSuccess) return e;
-  const size_t smem = (size_t)a.K * (a.F / 32) * kActStride * sizeof(float);
+  const size_t smem = moe_down_smem_bytes(a.K, a.F);
   static size_t configured = 0;
   if (smem > configured) {
     e = cudaFuncSetAttribute(moe_down_kernel<T, NBL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return e;
     configured = smem;
   }
-  const dim3 g2((unsigned)ceil_div(a.C, kRowsPerBlock), (unsigned)a.M);
+  const dim3 g2((unsigned)ceil_div(a.C, kDownRowsPerBlock), (unsigned)a.M);
   return launch_pdl(moe_down_kernel<T, NBL>, g2, dim3(kMoeThreads), smem, st, (const float*)a.act, a.ids,
                     (const float*)a.weights, a.down, (const T*)a.down_bias, (const T*)a.residual, (T*)a.out,
                     (int)a.K, (int)a.E, (int)a.F, (int)a.C);
@@ -291,15 +398,25 @@ cudaError_t dispatch_nbl(const MoeArgs& a, cudaStream_t st) {
 
 int moe_blocks_per_lane(int64_t n) { return (int)ceil_div(ceil_div(n, 32), 32); }
 
-size_t moe_down_smem_bytes(int64_t K, int64_t F) { return (size_t)K * (F / 32) * kActStride * sizeof(float); }
+size_t moe_down_smem_bytes(int64_t K, int64_t F) { return (size_t)K * F * sizeof(float); }
 
 cudaError_t launch_moe_route(int dtype, const void* h, const float* router, const float* router_bias, int32_t* ids,
                              float* weights, int64_t M, int64_t E, int64_t C, int64_t K, cudaStream_t stream) {
   if (M == 0) return cudaSuccess;
   if (E < 1 || E > kMaxExperts || K < 1 || K > kMaxTopK || K > E || M > INT32_MAX) return cudaErrorInvalidValue;
+  const size_t smem = (size_t)C * sizeof(float);  // h[m] staged as fp32
+  if (smem > kMoeRouteMaxSmem) return cudaErrorInvalidValue;
+  const bool vec = C % 4 == 0 && aligned16(router);
   GPTE_DISPATCH(dtype, T, {
-    return launch_pdl(moe_route_kernel<T>, dim3((unsigned)M), dim3(kRouteThreads), 0, stream, (const T*)h, router,
-                      router_bias, ids, weights, (int)E, (int)C, (int)K);
+    static size_t configured = 48 * 1024;  // the default dynamic shared-memory limit
+    if (smem > configured) {
+      const cudaError_t e =
+          cudaFuncSetAttribute(moe_route_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+      if (e != cudaSuccess) return e;
+      configured = smem;
+    }
+    return launch_pdl(moe_route_kernel<T>, dim3((unsigned)M), dim3(kRouteThreads), smem, stream, (const T*)h, router,
+                      router_bias, ids, weights, (int)E, (int)C, (int)K, vec);
   });
   return cudaErrorInvalidValue;
 }

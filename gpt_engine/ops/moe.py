@@ -32,6 +32,8 @@ SWIGLU_LIMIT = 7.0
 BLOCK_BYTES = 17       # MXFP4: one E8M0 scale byte + 16 bytes of E2M1 nibbles (32 values)
 KERNEL_MAX_DIM = 4096  # csrc/launchers.h kMoeMaxBlocksPerLane * 32 * 32
 KERNEL_MAX_ROWS = 65535  # tokens x experts per launch (grid y)
+ROUTE_KERNEL_MAX_C = 200 * 1024 // 4  # csrc/launchers.h kMoeRouteMaxSmem: h[m] staged as fp32
+DOWN_KERNEL_MAX_SMEM = 227 * 1024  # the down kernel stages act [k, F] fp32 (sm_90's per-block limit)
 
 
 def swiglu_oai(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -156,7 +158,7 @@ def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=N
 def kernel_supports(c: int, f: int, k: int, dtype: torch.dtype) -> bool:
     """Whether csrc/moe.cu serves these sizes (else the reference runs, with its host sync)."""
     return (dtype in (torch.float16, torch.bfloat16, torch.float32) and 0 < c <= KERNEL_MAX_DIM
-            and 0 < f <= KERNEL_MAX_DIM and c % 32 == 0 and f % 32 == 0 and k * (f // 32) * 33 * 4 <= 227 * 1024
+            and 0 < f <= KERNEL_MAX_DIM and c % 32 == 0 and f % 32 == 0 and k * f * 4 <= DOWN_KERNEL_MAX_SMEM
             and k <= KERNEL_MAX_ROWS)
 
 
@@ -165,7 +167,7 @@ if _ext.available():
     @moe_route.register_kernel("cuda")
     def _(h, router, router_bias, k):
         _check_route(h, router, router_bias, k)
-        if router.shape[0] > 256 or k > 32 or h.dtype == torch.float64:
+        if router.shape[0] > 256 or k > 32 or h.shape[1] > ROUTE_KERNEL_MAX_C or h.dtype == torch.float64:
             return route_reference(h, router, router_bias, k)
         m = h.shape[0]
         ids = torch.empty((m, k), dtype=torch.int32, device=h.device)

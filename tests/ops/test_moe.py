@@ -109,6 +109,21 @@ def test_route_vs_reference(device, shape, m):
 
 @STORY
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
+def test_route_kernel_takes_ties_in_index_order(device):
+    """Equal logits (zero router, biases 0, 1, 2 repeating over 40 experts: more than one
+    32-expert word of the kernel's taken mask): the warp arg-max picks them in index order, as a
+    stable descending sort does (the serial scan it replaced did the same), with equal weights."""
+    e, k, c = 40, 6, 64
+    bias = torch.tensor([float(i % 3) for i in range(e)], device=device)
+    router = torch.zeros(e, c, device=device)
+    ids, w = ops.moe_route(randn((3, c), torch.float16, device), router, bias, k)
+    want = sorted(range(e), key=lambda i: (-float(bias[i]), i))[:k]
+    assert ids.tolist() == [want] * 3
+    assert torch.equal(w, torch.full_like(w, 1 / k))
+
+
+@STORY
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
 def test_moe_is_graph_capturable_and_deterministic(device):
     """Route + experts captured in a CUDA graph (no host sync), replayed on new inputs: the
     same result as eager, bit for bit (the k experts are summed in a fixed order)."""
