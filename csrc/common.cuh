@@ -1,6 +1,7 @@
 // Shared device helpers for the gpt_engine kernels. Plain CUDA C++: no torch headers here,
 // so every .cu file compiles with nvcc alone (CI has no CUDA build of torch).
 #pragma once
+#include <cstdlib>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -78,7 +79,11 @@ inline cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, s
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  // GPTE_NO_PDL=1: ordinary launches, for profiling only (with PDL a kernel's measured time
+  // includes the wait for the one before it, so per-kernel times overlap and add up to more
+  // than the step)
+  static const bool pdl = std::getenv("GPTE_NO_PDL") == nullptr;
+  cfg.numAttrs = pdl ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
