@@ -525,7 +525,8 @@ void check_dense(const char* op, const char* name, const at::Tensor& t, const at
 }
 
 void moe_route(const at::Tensor& h, const at::Tensor& router, const at::Tensor& router_bias, at::Tensor& ids,
-               at::Tensor& weights) {
+               at::Tensor& weights, const std::optional<at::Tensor>& norm_weight, double eps,
+               const std::optional<at::Tensor>& h_out) {
   const char* op = "moe_route";
   check_tensor(op, "h", h, h, true);
   TORCH_CHECK(h.dim() == 2, op, ": h has shape ", h.sizes(), ", expected [M, C]");
@@ -536,10 +537,17 @@ void moe_route(const at::Tensor& h, const at::Tensor& router, const at::Tensor& 
               gpte::kMoeRouteMaxSmem / 4, " (h is staged in shared memory)");
   check_dense(op, "ids", ids, h, at::kInt, {M, K});
   check_dense(op, "weights", weights, h, at::kFloat, {M, K});
+  TORCH_CHECK(norm_weight.has_value() == h_out.has_value(), op, ": norm_weight and h_out go together");
+  if (norm_weight) {
+    check_dense(op, "norm_weight", *norm_weight, h, at::kFloat, {C});
+    check_dense(op, "h_out", *h_out, h, h.scalar_type(), {M, C});
+  }
   const c10::cuda::CUDAGuard guard(h.device());
   check_launch(op, gpte::launch_moe_route(dtype_code(h), h.data_ptr(), router.data_ptr<float>(),
                                           router_bias.data_ptr<float>(), ids.data_ptr<int32_t>(),
-                                          weights.data_ptr<float>(), M, E, C, K, stream_of(h)));
+                                          weights.data_ptr<float>(), M, E, C, K,
+                                          norm_weight ? norm_weight->data_ptr<float>() : nullptr, (float)eps,
+                                          h_out ? h_out->data_ptr() : nullptr, stream_of(h)));
 }
 
 void moe_experts(const at::Tensor& h, const at::Tensor& ids, const at::Tensor& weights, const at::Tensor& gate,
@@ -637,8 +645,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sample_greedy", &sample_greedy, "next = argmax(logits[:, :n_valid]); pos += 1", py::arg("logits"),
         py::arg("n_valid"), py::arg("next"), py::arg("pos"), py::arg("status"));
   m.def("attention_decode_splits", &gpte::attention_decode_splits, "splits the decode kernel uses");
-  m.def("moe_route", &moe_route, "router logits -> top-k experts and softmax weights", py::arg("h"),
-        py::arg("router"), py::arg("router_bias"), py::arg("ids"), py::arg("weights"));
+  m.def("moe_route", &moe_route, "[RMSNorm, then] router logits -> top-k experts and softmax weights",
+        py::arg("h"), py::arg("router"), py::arg("router_bias"), py::arg("ids"), py::arg("weights"),
+        py::arg("norm_weight") = py::none(), py::arg("eps") = 0.0, py::arg("h_out") = py::none());
   m.def("moe_experts", &moe_experts, "the chosen MXFP4 experts' SwiGLU FFNs, weighted and summed", py::arg("h"),
         py::arg("ids"), py::arg("weights"), py::arg("gate"), py::arg("gate_bias"), py::arg("up"),
         py::arg("up_bias"), py::arg("down"), py::arg("down_bias"), py::arg("residual"), py::arg("act"),

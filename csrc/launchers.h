@@ -159,9 +159,12 @@ cudaError_t launch_dequantize_rows(int ggml_type, int odtype, const void* w, int
 // ---- gpt-oss mixture of experts (moe.cu): routing, then MXFP4 expert GEMVs ----
 // Router logits h W^T + b (fp32 W [E, C], b [E]) -> top K experts per token (descending)
 // and their softmax weights. E <= 256, K <= 32, C * 4 <= kMoeRouteMaxSmem (h[m] staged as fp32).
+// With norm_w (fp32 [C]): h is first RMS-normalised (fp32, eps, rounded to dtype), written to
+// h_out [M, C], and routed.
 constexpr size_t kMoeRouteMaxSmem = 200 * 1024;
 cudaError_t launch_moe_route(int dtype, const void* h, const float* router, const float* router_bias, int32_t* ids,
-                             float* weights, int64_t M, int64_t E, int64_t C, int64_t K, cudaStream_t stream);
+                             float* weights, int64_t M, int64_t E, int64_t C, int64_t K, const float* norm_w,
+                             float eps, void* h_out, cudaStream_t stream);
 
 constexpr int kMoeMaxBlocksPerLane = 4;  // C and F up to 4 * 32 * 32 = 4096
 struct MoeArgs {

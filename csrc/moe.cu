@@ -41,7 +41,7 @@ namespace {
 constexpr int kMoeWarps = 8;
 constexpr int kMoeThreads = 32 * kMoeWarps;
 constexpr int kGateUpRowsPerBlock = kMoeWarps;   // one gate/up row pair per warp
-constexpr int kDownRowsPerWarp = 2;              // each with every chosen expert's row in flight
+constexpr int kDownRowsPerWarp = 1;              // with every chosen expert's row in flight
 constexpr int kDownRowsPerBlock = kMoeWarps * kDownRowsPerWarp;
 constexpr int kDownExpertsInFlight = 4;          // rows of up to 4 experts loaded at once (gpt-oss: k = 4)
 constexpr int kBlockBytes = 17;  // MXFP4: scale byte + 16 bytes of nibbles, 32 values
@@ -255,6 +255,7 @@ constexpr int kRouteThreads = 32 * kRouteWarps;
 constexpr int kMaxExperts = 256;
 constexpr int kMaxTopK = 32;
 constexpr int kRouteUnroll = 8;  // float4 router loads per lane in flight
+static_assert(kRouteWarps == 32, "the norm's block sum reads one partial per lane of a warp");
 
 // Router logits: h[m] staged in shared memory as fp32, then one warp per expert (e = warp,
 // warp + 32, ...), float4 loads of the fp32 router row, kRouteUnroll of them in flight per lane
@@ -269,9 +270,19 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
     int32_t* __restrict__ ids,          // [M, K]
     float* __restrict__ wts,            // [M, K]
     int E, int C, int K,
-    bool vec) {                         // C % 4 == 0 and wr 16-byte aligned: float4 loads
+    bool vec,                           // C % 4 == 0 and wr 16-byte aligned: float4 loads
+    const float* __restrict__ norm_w,   // [C] or null: h is first RMS-normalised (fp32, rounded to T)
+    float eps,
+    T* __restrict__ h_out) {            // [M, C] the normalised h (with norm_w)
   extern __shared__ __align__(16) float xs_route[];  // [C]
   __shared__ float logits[kMaxExperts];
+  // the router (constant) asked into L2 while the kernel before still runs (PDL): the loads
+  // after the wait then come from L2, not DRAM (one block reads all E * C * 4 bytes)
+  if (blockIdx.x == 0) {
+    const char* w = reinterpret_cast<const char*>(wr);
+    for (int64_t o = (int64_t)threadIdx.x * 128; o < (int64_t)E * C * 4; o += (int64_t)kRouteThreads * 128)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(w + o));
+  }
   pdl_wait();
   pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -279,6 +290,24 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
   const T* x = h + (int64_t)m * C;
   for (int c = threadIdx.x; c < C; c += kRouteThreads) xs_route[c] = to_f(x[c]);
   __syncthreads();
+  if (norm_w != nullptr) {
+    // gpt-oss's post-attention RMSNorm as the model's reference runs it (F.rms_norm on the fp32
+    // row: x * rsqrt(mean(x^2) + eps) * w, rounded once to T); the router then reads the rounded h
+    __shared__ float partial[kRouteWarps];
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < C; c += kRouteThreads) ss = fmaf(xs_route[c], xs_route[c], ss);
+    ss = warp_sum(ss);
+    if (lane == 0) partial[warp] = ss;
+    __syncthreads();
+    const float total = warp_sum(partial[lane]);  // kRouteWarps == 32: one value per lane
+    const float r = rsqrtf(total / (float)C + eps);
+    for (int c = threadIdx.x; c < C; c += kRouteThreads) {
+      const T v = from_f<T>(xs_route[c] * r * norm_w[c]);
+      h_out[(int64_t)m * C + c] = v;
+      xs_route[c] = to_f(v);
+    }
+    __syncthreads();
+  }
   for (int e = warp; e < E; e += kRouteWarps) {
     const float* w = wr + (int64_t)e * C;
     float s = 0.f;
@@ -401,9 +430,11 @@ int moe_blocks_per_lane(int64_t n) { return (int)ceil_div(ceil_div(n, 32), 32); 
 size_t moe_down_smem_bytes(int64_t K, int64_t F) { return (size_t)K * F * sizeof(float); }
 
 cudaError_t launch_moe_route(int dtype, const void* h, const float* router, const float* router_bias, int32_t* ids,
-                             float* weights, int64_t M, int64_t E, int64_t C, int64_t K, cudaStream_t stream) {
+                             float* weights, int64_t M, int64_t E, int64_t C, int64_t K, const float* norm_w,
+                             float eps, void* h_out, cudaStream_t stream) {
   if (M == 0) return cudaSuccess;
-  if (E < 1 || E > kMaxExperts || K < 1 || K > kMaxTopK || K > E || M > INT32_MAX) return cudaErrorInvalidValue;
+  if (E < 1 || E > kMaxExperts || K < 1 || K > kMaxTopK || K > E || M > INT32_MAX || (norm_w && !h_out))
+    return cudaErrorInvalidValue;
   const size_t smem = (size_t)C * sizeof(float);  // h[m] staged as fp32
   if (smem > kMoeRouteMaxSmem) return cudaErrorInvalidValue;
   const bool vec = C % 4 == 0 && aligned16(router);
@@ -416,7 +447,7 @@ cudaError_t launch_moe_route(int dtype, const void* h, const float* router, cons
       configured = smem;
     }
     return launch_pdl(moe_route_kernel<T>, dim3((unsigned)M), dim3(kRouteThreads), smem, stream, (const T*)h, router,
-                      router_bias, ids, weights, (int)E, (int)C, (int)K, vec);
+                      router_bias, ids, weights, (int)E, (int)C, (int)K, vec, norm_w, eps, (T*)h_out);
   });
   return cudaErrorInvalidValue;
 }

@@ -234,7 +234,7 @@ class Layer:
     o: QWeight
     o_bias: torch.Tensor
     sinks: torch.Tensor
-    post_norm: torch.Tensor      # fp32: the MoE ops take no fused norm
+    post_norm: torch.Tensor      # fp32: ops.moe_norm_route (or rms_norm) takes it as fp32
     router: torch.Tensor
     router_bias: torch.Tensor
     gate: ExpertStack
@@ -398,15 +398,27 @@ class GptOss:
 
     def ffn(self, x: torch.Tensor, L: Layer) -> torch.Tensor:
         """x + moe(RMSNorm(x; post_attention_norm)), the residual fused where the op takes it.
-        The MoE ops take no fused norm: on the GPU torch's rms_norm on the fp32 row (one kernel
-        where torch fuses it, instead of the reference's eight; the same formula: fp32,
-        x * rsqrt(mean(x^2) + eps) * w, rounded once)."""
+        On the GPU the norm is the reference's formula (fp32, x * rsqrt(mean(x^2) + eps) * w,
+        rounded once): for few tokens inside ops.moe_norm_route's kernel, else torch's rms_norm
+        on the fp32 row."""
         eps = self.cfg.norm_eps
         if self.on_gpu:
+            flat = x.reshape(-1, x.shape[-1]).contiguous()
+            if getattr(self, "moe_kernels", False) and flat.shape[0] < MOE_GROUPED_MIN_TOKENS:
+                # few tokens: the norm runs inside the routing kernel (one launch instead of four)
+                h, ids, w = ops.moe_norm_route(flat, L.post_norm, eps, L.router, L.router_bias, self.cfg.n_expert_used)
+                return GptOss._experts_kernel(h, ids, w, L, flat).reshape(x.shape)
             h = F.rms_norm(x.float(), (x.shape[-1],), L.post_norm, eps).to(x.dtype)
         else:
             h = rmsnorm(x, L.post_norm, eps)
         return self.moe(h, L, residual=x)
+
+    @staticmethod
+    def _experts_kernel(h: torch.Tensor, ids: torch.Tensor, w: torch.Tensor, L: Layer,
+                        residual: torch.Tensor | None) -> torch.Tensor:
+        """ops.moe_experts on the layer's MXFP4 stacks: [M, C] (+ residual)."""
+        return ops.moe_experts(h, ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw, L.up.bias,
+                               L.down.weight.raw, L.down.bias, residual)
 
     def moe(self, h: torch.Tensor, L: Layer, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Top-k routing, then each chosen expert on the tokens that chose it (+ residual).
@@ -418,9 +430,7 @@ class GptOss:
         grouped = getattr(self, "on_gpu", False) and flat.shape[0] >= MOE_GROUPED_MIN_TOKENS
         if getattr(self, "moe_kernels", False) and not grouped:
             ids, w = ops.moe_route(flat.contiguous(), L.router, L.router_bias, k)
-            out = ops.moe_experts(flat.contiguous(), ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw,
-                                  L.up.bias, L.down.weight.raw, L.down.bias, res)
-            return out.reshape(h.shape)
+            return GptOss._experts_kernel(flat.contiguous(), ids, w, L, res).reshape(h.shape)
         if grouped:
             ids, w = ops.moe_route(flat.contiguous(), L.router, L.router_bias, k)
             out = grouped_experts(flat, ids, w, L)

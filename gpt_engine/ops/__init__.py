@@ -41,10 +41,11 @@ qkv_rope = qkv_rope_module.qkv_rope
 sample_greedy = sample_greedy_module.sample_greedy
 dequantize_rows = dequantize_module.dequantize_rows
 moe_route = moe_module.moe_route
+moe_norm_route = moe_module.moe_norm_route
 moe_experts = moe_module.moe_experts
 
 ALL_OPS = ("embedding", "layernorm", "add_layernorm", "residual_add", "gelu", "bias_gelu", "ffn",
            "attention_prefill", "kv_append", "attention_decode", "linear", "linear_qkv", "qkv_rope", "sample_greedy",
-           "dequantize_rows", "moe_route", "moe_experts")
+           "dequantize_rows", "moe_route", "moe_norm_route", "moe_experts")
 
 __all__ = [*ALL_OPS, "Norm", "OpError", "OpIndexError", "cuda_kernels_available", "device_checked"]

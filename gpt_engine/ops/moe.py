@@ -4,6 +4,9 @@
 fp32, as the model holds them), the top k experts per token (descending) and a softmax over
 those k logits only -> (ids [M, k] int32, weights [M, k] fp32).
 
+``moe_norm_route(x, norm_weight, eps, router, router_bias, k)``: the RMSNorm in front of the
+MoE (fp32, rounded to x's dtype) fused with the routing -> (h, ids, weights).
+
 ``moe_experts(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual)``:
 for each token, sum_j weights[j] * down_e(swiglu_oai(gate_e(h), up_e(h))) over its chosen
 experts e = ids[j], each projection with its bias; plus ``residual`` when given. The expert
@@ -74,6 +77,44 @@ def _(h, router, router_bias, k):
     _check_route(h, router, router_bias, k)
     m = h.shape[0]
     return h.new_empty((m, k), dtype=torch.int32), h.new_empty((m, k), dtype=torch.float32)
+
+
+def _check_norm_route(x, norm_weight, eps, router, router_bias, k):
+    _check_route(x, router, router_bias, k)
+    check_shape("moe_norm_route", "norm_weight", norm_weight, (x.shape[1],))
+    if norm_weight.dtype != torch.float32:
+        raise OpError(f"moe_norm_route: norm_weight must be float32, got {norm_weight.dtype}")
+    if not eps >= 0:
+        raise OpError(f"moe_norm_route: eps must be >= 0, got {eps}")
+
+
+def norm_route_reference(x, norm_weight, eps, router, router_bias, k):
+    """gpt-oss's post-attention RMSNorm as the GPU model ran it before this op (torch's rms_norm
+    on the fp32 row, rounded once to x's dtype), then ``route_reference`` on the rounded h."""
+    _check_norm_route(x, norm_weight, eps, router, router_bias, k)
+    h = F.rms_norm(x.float(), (x.shape[-1],), norm_weight, eps).to(x.dtype)
+    ids, weights = route_reference(h, router, router_bias, k)
+    return h, ids, weights
+
+
+@torch.library.custom_op("gpt_engine::moe_norm_route", mutates_args=())
+def moe_norm_route(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, router: torch.Tensor,
+                   router_bias: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h = RMSNorm(x; norm_weight, eps) in fp32 rounded to x's dtype, and moe_route(h): one
+    kernel on the GPU where the model ran three (to fp32, rms_norm, back) and the routing."""
+    return norm_route_reference(x, norm_weight, eps, router, router_bias, k)
+
+
+@moe_norm_route.register_fake
+def _(x, norm_weight, eps, router, router_bias, k):
+    _check_norm_route(x, norm_weight, eps, router, router_bias, k)
+    m = x.shape[0]
+    return (x.new_empty(x.shape), x.new_empty((m, k), dtype=torch.int32),
+            x.new_empty((m, k), dtype=torch.float32))
+
+
+def _route_kernel_serves(h, router, k) -> bool:
+    return router.shape[0] <= 256 and k <= 32 and h.shape[1] <= ROUTE_KERNEL_MAX_C and h.dtype != torch.float64
 
 
 # --------------------------------------------------------------------------- experts
@@ -167,13 +208,27 @@ if _ext.available():
     @moe_route.register_kernel("cuda")
     def _(h, router, router_bias, k):
         _check_route(h, router, router_bias, k)
-        if router.shape[0] > 256 or k > 32 or h.shape[1] > ROUTE_KERNEL_MAX_C or h.dtype == torch.float64:
+        if not _route_kernel_serves(h, router, k):
             return route_reference(h, router, router_bias, k)
         m = h.shape[0]
         ids = torch.empty((m, k), dtype=torch.int32, device=h.device)
         weights = torch.empty((m, k), dtype=torch.float32, device=h.device)
         _ext.load().moe_route(h.contiguous(), router.contiguous(), router_bias.contiguous(), ids, weights)
         return ids, weights
+
+    @moe_norm_route.register_kernel("cuda")
+    def _(x, norm_weight, eps, router, router_bias, k):
+        _check_norm_route(x, norm_weight, eps, router, router_bias, k)
+        if not _route_kernel_serves(x, router, k):
+            return norm_route_reference(x, norm_weight, eps, router, router_bias, k)
+        x = x.contiguous()
+        m = x.shape[0]
+        h = new_output(x.shape, x)
+        ids = torch.empty((m, k), dtype=torch.int32, device=x.device)
+        weights = torch.empty((m, k), dtype=torch.float32, device=x.device)
+        _ext.load().moe_route(x, router.contiguous(), router_bias.contiguous(), ids, weights,
+                              norm_weight.contiguous(), float(eps), h)
+        return h, ids, weights
 
     @moe_experts.register_kernel("cuda")
     def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=None):

@@ -108,6 +108,54 @@ def test_route_vs_reference(device, shape, m):
 
 
 @STORY
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("m", [1, 7])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_norm_route_vs_reference(device, dtype, shape, m):
+    """moe_norm_route: h is the post-attention RMSNorm of x (fp32, rounded once to x's dtype;
+    against float64 within the dtype's tolerance), and the routing is moe_route's on that h
+    (rows whose k-th and (k+1)-th logits are closer than fp32 summation order can separate are
+    skipped, as in test_route_vs_reference)."""
+    e, k, c, f = shape
+    L = _layer(e, k, c, f, dtype, device)
+    x = randn((m, c), dtype, device) * 3
+    norm = torch.rand(c, generator=torch.Generator().manual_seed(1)).to(device) + 0.5
+    eps = 1e-5
+    h, ids, w = ops.moe_norm_route(x, norm, eps, L.router, L.router_bias, k)
+    x64 = x.double()
+    want_h = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * norm.double()
+    assert h.dtype == dtype and h.shape == x.shape
+    assert_nmse(h, want_h, TOL_NAME[dtype] if dtype != torch.float32 else "nmse_fp32")
+    rid, rw = mod.route_reference(h.cpu(), L.router.cpu(), L.router_bias.cpu(), k)
+    logits = torch.nn.functional.linear(h.cpu().double(), L.router.cpu().double(), L.router_bias.cpu().double())
+    top = logits.topk(min(k + 1, e), dim=-1).values
+    for i in range(m):
+        if k < e and float(top[i, k - 1] - top[i, k]) < 1e-4:
+            continue
+        got = sorted(zip(ids[i].tolist(), w[i].tolist()))
+        want = sorted(zip(rid[i].tolist(), rw[i].tolist()))
+        assert [g[0] for g in got] == [x_[0] for x_ in want], f"row {i}: experts {got} != {want}"
+        assert torch.allclose(torch.tensor([g[1] for g in got]), torch.tensor([x_[1] for x_ in want]), atol=1e-5)
+
+
+@STORY
+@pytest.mark.parametrize("device", DEVICES)
+def test_norm_route_bad_inputs(device):
+    L = _layer(4, 2, 64, 64, torch.float16, device)
+    x = randn((2, 64), torch.float16, device)
+    norm = torch.ones(64, device=device)
+    with pytest.raises(ops.OpError, match="norm_weight must be float32"):
+        ops.moe_norm_route(x, norm.half(), 1e-5, L.router, L.router_bias, 2)
+    with pytest.raises(ops.OpError, match="norm_weight has shape"):
+        ops.moe_norm_route(x, norm[:32], 1e-5, L.router, L.router_bias, 2)
+    with pytest.raises(ops.OpError, match="eps must be >= 0"):
+        ops.moe_norm_route(x, norm, -1.0, L.router, L.router_bias, 2)
+    with pytest.raises(ops.OpError, match="k=5"):
+        ops.moe_norm_route(x, norm, 1e-5, L.router, L.router_bias, 5)
+
+
+@STORY
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
 def test_route_kernel_takes_ties_in_index_order(device):
     """Equal logits (zero router, biases 0, 1, 2 repeating over 40 experts: more than one
@@ -131,9 +179,12 @@ def test_moe_is_graph_capturable_and_deterministic(device):
     L = _layer(e, k, c, f, torch.float16, device)
     h = randn((1, c), torch.float16, device)
 
+    norm = torch.rand(c, device=device) + 0.5
+
     def step():
         ids, w = ops.moe_route(h, L.router, L.router_bias, k)
-        return _experts(h, ids, w, L, h)
+        hn, ids_n, w_n = ops.moe_norm_route(h, norm, 1e-5, L.router, L.router_bias, k)
+        return _experts(h, ids, w, L, h) + _experts(hn, ids_n, w_n, L, h)
 
     eager = step()
     side = torch.cuda.Stream()

@@ -45,6 +45,8 @@ def _samples(device):
         "sample_greedy": (torch.randn(2, 300, device=device), 290, torch.zeros(2, dtype=torch.long, device=device),
                           pos1.clone(), status),
         "moe_route": (r(3, 64), torch.randn(5, 64, device=device), torch.randn(5, device=device), 2),
+        "moe_norm_route": (r(3, 64), torch.rand(64, device=device) + 0.5, 1e-5, torch.randn(5, 64, device=device),
+                           torch.randn(5, device=device), 2),
         "moe_experts": (r(3, 64), moe_ids, moe_w, mx(3 * 32, 64), r(3, 32), mx(3 * 32, 64), r(3, 32),
                         mx(3 * 64, 32), r(3, 64), r(3, 64)),
     }
