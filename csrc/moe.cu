@@ -41,7 +41,8 @@ namespace {
 constexpr int kMoeWarps = 8;
 constexpr int kMoeThreads = 32 * kMoeWarps;
 constexpr int kGateUpRowsPerBlock = kMoeWarps;   // one gate/up row pair per warp
-constexpr int kDownRowsPerWarp = 1;              // with every chosen expert's row in flight
+constexpr int kDownRowsPerWarp = 2;              // each with every chosen expert's row in flight (1 row:
+                                                 // 360 blocks, each staging act: 35.8 vs 31.9 us on the H200)
 constexpr int kDownRowsPerBlock = kMoeWarps * kDownRowsPerWarp;
 constexpr int kDownExpertsInFlight = 4;          // rows of up to 4 experts loaded at once (gpt-oss: k = 4)
 constexpr int kBlockBytes = 17;  // MXFP4: scale byte + 16 bytes of nibbles, 32 values
