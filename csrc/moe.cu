@@ -34,6 +34,7 @@
 
 #include "common.cuh"
 #include "launchers.h"
+#include "quant_blocks.cuh"  // e8m0_half (ggml_e8m0_to_fp32_half), shared with the packed GEMV
 
 namespace gpte {
 namespace {
@@ -54,16 +55,6 @@ __constant__ float kE2M1Doubled[16] = {0.f, 1.f, 2.f, 3.f, 4.f, 6.f, 8.f, 12.f,
 // SwiGLU of gpt-oss: OpenAI's reference gpt_oss/torch/model.py swiglu (alpha 1.702, limit 7).
 constexpr float kSwigluAlpha = 1.702f;
 constexpr float kSwigluLimit = 7.0f;
-
-__device__ __forceinline__ float e8m0_half(uint32_t e) {
-  return __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1) << 23));
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // The 17-byte block at p as the 5 aligned words that hold it (p any alignment; words before
 // p belong to the same tensor or its 4-byte-aligned allocation). Bytes at or past `end` (the
@@ -101,7 +92,7 @@ __device__ __forceinline__ BlockWords load_block(const uint8_t* p, const uint8_t
 template <typename X>
 __device__ __forceinline__ float block_dot(const BlockWords& bw, uintptr_t addr, const float* tbl, X x, float acc) {
   const int sh = 8 * (int)(addr & 3);
-  const float sc = e8m0_half(__funnelshift_rc(bw.w[0], bw.w[1], sh) & 0xffu);
+  const float sc = quant::e8m0_half(__funnelshift_rc(bw.w[0], bw.w[1], sh) & 0xffu);
   float s = 0.f;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
