@@ -205,16 +205,21 @@ def kernel_supports(c: int, f: int, k: int, dtype: torch.dtype) -> bool:
 
 if _ext.available():
 
+    def _launch_route(h, router, router_bias, k, norm_weight=None, eps=0.0, h_out=None):
+        """The routing kernel on contiguous h [M, C] -> (ids, weights); with norm_weight it
+        first RMS-normalises h into h_out and routes that."""
+        m = h.shape[0]
+        ids = torch.empty((m, k), dtype=torch.int32, device=h.device)
+        weights = torch.empty((m, k), dtype=torch.float32, device=h.device)
+        _ext.load().moe_route(h, router.contiguous(), router_bias.contiguous(), ids, weights, norm_weight, eps, h_out)
+        return ids, weights
+
     @moe_route.register_kernel("cuda")
     def _(h, router, router_bias, k):
         _check_route(h, router, router_bias, k)
         if not _route_kernel_serves(h, router, k):
             return route_reference(h, router, router_bias, k)
-        m = h.shape[0]
-        ids = torch.empty((m, k), dtype=torch.int32, device=h.device)
-        weights = torch.empty((m, k), dtype=torch.float32, device=h.device)
-        _ext.load().moe_route(h.contiguous(), router.contiguous(), router_bias.contiguous(), ids, weights)
-        return ids, weights
+        return _launch_route(h.contiguous(), router, router_bias, k)
 
     @moe_norm_route.register_kernel("cuda")
     def _(x, norm_weight, eps, router, router_bias, k):
@@ -222,13 +227,8 @@ if _ext.available():
         if not _route_kernel_serves(x, router, k):
             return norm_route_reference(x, norm_weight, eps, router, router_bias, k)
         x = x.contiguous()
-        m = x.shape[0]
         h = new_output(x.shape, x)
-        ids = torch.empty((m, k), dtype=torch.int32, device=x.device)
-        weights = torch.empty((m, k), dtype=torch.float32, device=x.device)
-        _ext.load().moe_route(x, router.contiguous(), router_bias.contiguous(), ids, weights,
-                              norm_weight.contiguous(), float(eps), h)
-        return h, ids, weights
+        return (h, *_launch_route(x, router, router_bias, k, norm_weight.contiguous(), float(eps), h))
 
     @moe_experts.register_kernel("cuda")
     def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=None):
