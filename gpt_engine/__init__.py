@@ -1,8 +1,8 @@
 """gpt-engine: GPT-family inference for GGUF models.
 
-Public interface: ``load(path=None, device="cpu") -> Model`` (no path: the
-embedded SmolLM2-135M), ``Model.tokenizer.encode/decode``, ``Model.logits``,
-``Model.generate``, and ``dequantize(data, qtype)``.
+Public interface: ``load(path=None, device="cpu", sha256=None) -> Model`` (no path: the
+embedded SmolLM2-135M; ``sha256``: a pin the file's hash must match), ``Model.tokenizer.encode/decode``,
+``Model.logits``, ``Model.generate``, ``Model.sha256``, and ``dequantize(data, qtype)``.
 """
 from .errors import ContextOverflowError, EngineError, GGUFError, ModelError, TokenizerError
 

@@ -122,15 +122,16 @@ def time_decode(m, n_gen: int, reps: int, progress=None) -> dict:
 
 
 def run(path, device: str = "cpu", n_prompt: int = 512, n_gen: int = 128, reps: int = 5, progress=None,
-        dtype: torch.dtype | None = None) -> dict:
-    """Load ``path`` on ``device`` (activations in ``dtype``, else the device's default) and
-    measure ppN and tgN; returns a JSON-able dict."""
+        dtype: torch.dtype | None = None, sha256: str | None = None) -> dict:
+    """Load ``path`` on ``device`` (activations in ``dtype``, else the device's default; refused
+    unless its SHA-256 is ``sha256`` when one is given) and measure ppN and tgN; returns a
+    JSON-able dict, the file's SHA-256 included so that a result names the exact model."""
     import gpt_engine
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    m = gpt_engine.load(path, device=device, dtype=dtype)
+    m = gpt_engine.load(path, device=device, dtype=dtype, sha256=sha256)
     load_s = time.perf_counter() - t0
     if progress:
         progress("copy bandwidth")
@@ -147,8 +148,11 @@ def run(path, device: str = "cpu", n_prompt: int = 512, n_gen: int = 128, reps: 
             t["roofline_tok_s"] = bw * 1e9 / wb
     # matrix types (2-D tensors, and 3-D expert stacks), as llama-bench's "type" column
     qtypes = sorted({t.qtype.name for t in m.gguf.tensors.values() if len(t.shape) >= 2})
+    if progress and sha256 is None:
+        progress("sha256 of the model file")   # unpinned, hashed only now, after the timed tests
     return {
-        "model": Path(path).name, "architecture": m.config.architecture, "size_bytes": m.gguf.path.stat().st_size,
+        "model": Path(path).name, "sha256": m.sha256, "architecture": m.config.architecture,
+        "size_bytes": m.gguf.path.stat().st_size,
         "params": n_params(m), "type": "+".join(qtypes), "device": _device_name(device),
         "dtype": str(m.dtype).removeprefix("torch."), "copy_gbps": bw,
         "weight_bytes_per_token": wb, "load_s": load_s, "tests": tests,
@@ -184,7 +188,8 @@ def format_table(r: dict) -> str:
     rows.append("")
     rows.append(f"device: {r['device']}; activations {r.get('dtype', '?')}; copy bandwidth {r['copy_gbps']:.0f} GB/s; weights read per token "
                 f"{r['weight_bytes_per_token'] / 1e6:.1f} MB; load {r['load_s']:.2f} s"
-                + (f"; peak GPU memory {peak / 2**20:.0f} MiB" if peak else ""))
+                + (f"; peak GPU memory {peak / 2**20:.0f} MiB" if peak else "")
+                + (f"; model file sha256 {r['sha256']}" if r.get("sha256") else ""))
     return "\n".join(rows)
 
 

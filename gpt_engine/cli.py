@@ -92,6 +92,14 @@ def tokenizer_file(value: str) -> Path:
     return _regular_file(value, "tokenizer.json file")
 
 
+def sha256_pin(value: str) -> str:
+    """A model file's expected SHA-256 (``--sha256``), checked here so that a typo is reported
+    before a multi-GB file is hashed only to mismatch."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise argparse.ArgumentTypeError(f"must be 64 hexadecimal digits (a SHA-256), got {_show(value)}")
+    return value.lower()
+
+
 def device_name(value: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
         raise argparse.ArgumentTypeError(f"unsupported device {_show(value)}: use cpu, cuda or cuda:N")
@@ -149,11 +157,17 @@ def _torch_dtype(name: str | None):
     return None if name is None else getattr(torch, name)
 
 
+def _pin_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sha256", metavar="HEX", type=sha256_pin, default=None,
+                   help="refuse the model file unless its SHA-256 is HEX (checked before anything is loaded)")
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", metavar="PATH", type=tokenizer_file,
                    help="tokenizer.json to use instead of the model's own")
     p.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda or cuda:N (default cpu)")
     _dtype_option(p)
+    _pin_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -169,11 +183,12 @@ def _load(path: Path | None, args):
     if show:
         name = path or "the embedded SmolLM2-135M-Instruct"
         size = f" ({path.stat().st_size / (1 << 20):.0f} MiB)" if path else ""
-        sys.stderr.write(f"loading {name}{size} on {args.device} ...")
+        check = ", checking its sha256" if args.sha256 else ""   # hashing a big file takes seconds
+        sys.stderr.write(f"loading {name}{size} on {args.device}{check} ...")
         sys.stderr.flush()
     try:
         return gpt_engine.load(path, device=args.device, tokenizer_path=args.tokenizer,
-                               dtype=_torch_dtype(args.dtype))
+                               dtype=_torch_dtype(args.dtype), sha256=args.sha256)
     finally:
         if show:
             sys.stderr.write("\r\033[K")
@@ -199,7 +214,8 @@ def cmd_inspect(args) -> int:
         by_type[t.qtype.name] += 1
         bytes_by_type[t.qtype.name] += t.nbytes
     info = {
-        "file": str(m.path), "gguf_version": f.version, "architecture": c.architecture, "name": c.name,
+        "file": str(m.path), "sha256": m.sha256, "gguf_version": f.version, "architecture": c.architecture,
+        "name": c.name,
         "hyperparameters": {k: getattr(c, k) for k in (
             "n_layer", "n_embd", "n_head", "n_head_kv", "head_dim", "n_ff", "n_ctx", "norm_eps",
             "vocab_size", "rope_theta", "rope_dim", "tied_output")},
@@ -219,6 +235,7 @@ def cmd_inspect(args) -> int:
         return 0
     mib = 1 / (1 << 20)
     lines = [f"{info['file']}  (GGUF v{f.version})",
+             f"sha256        {info['sha256']}",
              f"architecture  {c.architecture}  {c.name or ''}",
              "hyper-params  " + ", ".join(f"{k}={v}" for k, v in info["hyperparameters"].items()),
              *c.describe(),
@@ -352,8 +369,11 @@ def cmd_generate(args) -> int:
         "decode_tok_per_s": (n_new - 1) / decode if decode and n_new > 1 else None,
         "total_s": t_end - t0,
     }
+    # the file's hash makes the record say which model produced it; read after the clock
+    # stopped (unpinned, it is computed now: the whole file is read)
     print(json.dumps({"prompt_ids": out.prompt_ids, "token_ids": out.token_ids, "text": out.text,
-                      "finish_reason": out.finish_reason, "device": args.device, "timings": timings},
+                      "finish_reason": out.finish_reason, "model": str(m.path), "sha256": m.sha256,
+                      "device": args.device, "timings": timings},
                      ensure_ascii=False))
     return 0
 
@@ -370,6 +390,7 @@ def add_bench(sub) -> None:
     p.add_argument("-r", "--reps", type=positive, default=5, metavar="R", help="timed repetitions of each test")
     p.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda or cuda:N (default cpu)")
     _dtype_option(p)
+    _pin_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_bench, check=check_bench)
 
@@ -384,7 +405,7 @@ def cmd_bench(args) -> int:
     from .default_model import default_model_path
 
     r = bench.run(args.model or default_model_path(), args.device, args.n_prompt, args.n_gen, args.reps,
-                  bench.progress_printer(), dtype=_torch_dtype(args.dtype))
+                  bench.progress_printer(), dtype=_torch_dtype(args.dtype), sha256=args.sha256)
     print(json.dumps(r, indent=2) if args.json else bench.format_table(r))
     return 0
 

@@ -139,7 +139,10 @@ class TensorInfo:
 class GGUFFile:
     """A parsed GGUF file whose tensor data stays memory-mapped. Use as a context manager."""
 
-    def __init__(self, path) -> None:
+    def __init__(self, path, fd: int | None = None) -> None:
+        """Map and parse ``path``. ``fd``: a descriptor already open on it (the caller keeps
+        and closes it), so that the bytes mapped are those the caller checked through it
+        (``provenance``), even if the name has since been pointed at another file."""
         self.path = Path(path)
         self.version = 0
         self.alignment = GGUF_DEFAULT_ALIGNMENT
@@ -150,10 +153,12 @@ class GGUFFile:
         self.data_offset = 0
         self._mm: mmap.mmap | None = None
         self._bytes: np.ndarray | None = None
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise GGUFError(f"{self.path}: cannot open: {e.strerror or e}") from None
+        own_fd = fd is None
+        if own_fd:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError as e:
+                raise GGUFError(f"{self.path}: cannot open: {e.strerror or e}") from None
         try:
             self.file_size = os.fstat(fd).st_size
             if self.file_size < _HEADER.size:
@@ -175,7 +180,8 @@ class GGUFFile:
         except OSError as e:
             raise GGUFError(f"{self.path}: cannot map: {e.strerror or e}") from None
         finally:
-            os.close(fd)
+            if own_fd:
+                os.close(fd)
         try:
             self._parse()
         except GGUFError:
@@ -213,6 +219,15 @@ class GGUFFile:
                 f"got {_show(str(arch))}"
             )
         return arch
+
+    def sha256(self) -> str:
+        """Hex SHA-256 of the mapped file: the bytes the model reads, whatever the name on disk
+        points at now."""
+        from .provenance import sha256_buffer
+
+        if self._mm is None:
+            raise GGUFError(f"{self.path}: file is closed (sha256)")
+        return sha256_buffer(self._mm)
 
     def tensor_info(self, name: str) -> TensorInfo:
         try:

@@ -21,6 +21,7 @@ from .gguf_file import GGUFFile
 from .models.gpt2 import GPT2
 from .models.gpt_oss import GptOss
 from .models.llama import Llama
+from .provenance import normalize_pin, open_pinned
 from .streaming import Utf8Stream
 from .tensor_map import check_tensors
 from .tokenizer import load_tokenizer
@@ -31,14 +32,26 @@ _DEFAULT_DTYPE = {"cpu": torch.float32, "cuda": torch.float16}
 
 class Model:
     def __init__(self, path: Path, gguf: GGUFFile, config: ModelConfig, tokenizer, device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, sha256: str | None = None):
         self.path, self.gguf, self.config, self.tokenizer = path, gguf, config, tokenizer
         self.device, self.dtype = device, dtype
+        self._sha256 = sha256  # known when load() checked a pin; else hashed on first use
         self.net = ARCHITECTURES[config.architecture](gguf, config, device, dtype)
         self._decoders: dict = {}  # (batch, graphs) -> cuda_graph.Decoder, reused across requests
         # GPU decode steps replay a captured CUDA graph; False runs the same step eagerly (the
         # reference path, and a fallback)
         self.cuda_graphs = True
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 (lowercase) of the model file's bytes, the ones this model was mapped
+        from. Loaded with a pin (``load(..., sha256=...)``) it was computed and checked before
+        anything was parsed, so this costs nothing. Otherwise it is computed on first access and
+        cached: the whole file is read, seconds for a multi-GB model, which is why ``load``
+        does not hash unasked."""
+        if self._sha256 is None:
+            self._sha256 = self.gguf.sha256()
+        return self._sha256
 
     # ------------------------------------------------------------------ checks
     def _check_ids(self, ids) -> list[int]:
@@ -257,8 +270,14 @@ def estimate_memory(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: in
 
 
 def load(path: str | Path | None = None, device: str = "cpu", *, tokenizer_path: str | Path | None = None,
-         dtype: torch.dtype | None = None) -> Model:
-    """Open a GGUF model (the embedded SmolLM2 when ``path`` is None) on ``device``."""
+         dtype: torch.dtype | None = None, sha256: str | None = None) -> Model:
+    """Open a GGUF model (the embedded SmolLM2 when ``path`` is None) on ``device``.
+
+    ``sha256``: a pin, the file's expected SHA-256 as 64 hex digits (either case). The file is
+    hashed before anything of it is parsed or loaded, and one that does not match is refused
+    with a ``GGUFError`` naming the file and both hashes; a pin that is not 64 hex digits is an
+    ``EngineError``. Without a pin nothing is hashed until ``Model.sha256`` is read."""
+    pin = normalize_pin(sha256) if sha256 is not None else None
     path = Path(path) if path is not None else default_model_path()
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
@@ -274,13 +293,13 @@ def load(path: str | Path | None = None, device: str = "cpu", *, tokenizer_path:
         raise ModelError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("device 'cuda' requested but no CUDA device is available")
-    f = GGUFFile(path)
+    f = GGUFFile(path) if pin is None else open_pinned(path, pin)
     try:
         cfg = ModelConfig.from_gguf(f)
         check_tensors(cfg, f.tensors, path)
         tok = load_tokenizer(path, f.metadata, tokenizer_path, embedding_rows=cfg.vocab_size,
                              context_length=cfg.n_ctx)
-        return Model(path, f, cfg, tok, dev, dtype or _DEFAULT_DTYPE[dev.type])
+        return Model(path, f, cfg, tok, dev, dtype or _DEFAULT_DTYPE[dev.type], sha256=pin)
     except BaseException:
         f.close()
         raise

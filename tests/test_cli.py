@@ -5,6 +5,7 @@ Bad input goes through the real ``gpt-engine`` executable (the console script pi
 installed next to this interpreter), as a user would type it."""
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -186,6 +187,11 @@ BAD_INPUT = [
 @pytest.mark.story("GT-005", "GT-007", "GT-042")
 @pytest.mark.parametrize("argv,needle", BAD_INPUT, ids=[f"{i}-{row[0][0]}" for i, row in enumerate(BAD_INPUT)])
 def test_bad_input_via_the_real_executable(models, bad_paths, argv, needle):
+    _refused(models, bad_paths, argv, needle)
+
+
+def _refused(models, bad_paths, argv, needle):
+    """The real executable given ``argv`` exits 2 with one ``error:`` line holding ``needle``."""
     subst = {**bad_paths, "MODEL": str(models.path("gpt2", "F32"))}
     r = exe(*[subst.get(a, a) if isinstance(a, str) else a for a in argv])
     err = r.stderr.decode()
@@ -194,6 +200,64 @@ def test_bad_input_via_the_real_executable(models, bad_paths, argv, needle):
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
     assert len(lines[0]) < 300, "an error line never echoes a long argument"
+
+
+# A pin that the file does not match, and pins that are no SHA-256: refused like any bad input.
+# The malformed pin is reported although the file is malformed too: it is checked first.
+PIN_INPUT = [
+    (["generate", "MODEL", "--prompt", "x", "--sha256", "0" * 64], f"sha256 mismatch: expected {'0' * 64}, got "),
+    (["inspect", "BAD", "--sha256", "abc"], "argument --sha256: must be 64 hexadecimal digits (a SHA-256), got 'abc'"),
+    (["bench", "MODEL", "--sha256", "g" * 64], "argument --sha256: must be 64 hexadecimal digits"),
+]
+
+
+@pytest.mark.story("GT-040")
+@pytest.mark.parametrize("argv,needle", PIN_INPUT, ids=[f"{i}-{row[0][0]}" for i, row in enumerate(PIN_INPUT)])
+def test_bad_pin_via_the_real_executable(models, bad_paths, argv, needle):
+    _refused(models, bad_paths, argv, needle)
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.story("GT-040")
+def test_json_outputs_carry_the_model_files_sha256(models, capsys):
+    """generate, inspect and bench name the exact model file they ran: its SHA-256 (hashlib's)."""
+    from gpt_engine import bench
+
+    path = models.path("gpt2", "Q8_0")
+    want = _sha256(path)
+    code, out, err = run_cli(capsys, "generate", str(path), "--prompt", "Hello", "--max-new-tokens", "2", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert (got["model"], got["sha256"]) == (str(path), want)
+    code, out, err = run_cli(capsys, "inspect", str(path), "--json")
+    assert code == 0 and json.loads(out)["sha256"] == want, err
+    code, out, err = run_cli(capsys, "inspect", str(path))
+    assert code == 0 and f"\nsha256        {want}\n" in out, err
+    code, out, err = run_cli(capsys, "bench", str(path), "-p", "4", "-n", "2", "-r", "1", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["sha256"] == want
+    assert bench.format_table(r).endswith(f"; model file sha256 {want}")
+
+
+@pytest.mark.story("GT-040")
+def test_sha256_flag_pins_the_model_on_every_command_that_loads_it(models, capsys):
+    path = models.path("gpt2", "Q8_0")
+    want = _sha256(path)
+    wrong = want[:-1] + ("0" if want[-1] != "0" else "1")
+    for argv in (["inspect", str(path), "--json"], ["tokenize", "-m", str(path), "Hello"],
+                 ["generate", str(path), "--prompt", "Hi", "--max-new-tokens", "2", "--json"],
+                 ["bench", str(path), "-p", "4", "-n", "0", "-r", "1", "--json"]):
+        code, out, err = run_cli(capsys, *argv, "--sha256", want.upper())
+        assert code == 0 and out, (argv, err)
+        if argv[0] != "tokenize":
+            assert json.loads(out)["sha256"] == want
+        code, out, err = run_cli(capsys, *argv, "--sha256", wrong)
+        assert code == 2 and out == "", (argv, out)
+        assert err == f"error: {path}: sha256 mismatch: expected {wrong}, got {want}\n", argv
 
 
 @pytest.mark.story("GT-042")
