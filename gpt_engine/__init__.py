@@ -4,7 +4,7 @@ Public interface: ``load(path=None, device="cpu", sha256=None) -> Model`` (no pa
 embedded SmolLM2-135M; ``sha256``: a pin the file's hash must match), ``Model.tokenizer.encode/decode``,
 ``Model.logits``, ``Model.generate``, ``Model.sha256``, and ``dequantize(data, qtype)``.
 """
-from .errors import ContextOverflowError, EngineError, GGUFError, ModelError, TokenizerError
+from .errors import ContextOverflowError, EngineError, GGUFError, ModelError, OutOfMemoryError, TokenizerError
 
 
 def dequantize(data, qtype):
@@ -21,4 +21,4 @@ def load(path=None, device="cpu", **kw):
 
 
 __all__ = ["load", "dequantize", "EngineError", "GGUFError", "ModelError", "TokenizerError",
-           "ContextOverflowError"]
+           "ContextOverflowError", "OutOfMemoryError"]

@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 
 from . import generate as _gen
+from . import oom
 from .config import ModelConfig
 from .default_model import default_model_path
 from .errors import ContextOverflowError, EngineError, ModelError
@@ -78,7 +79,9 @@ class Model:
         if len(ids) > self.config.n_ctx:
             raise ContextOverflowError(f"{len(ids)} tokens exceed the context length {self.config.n_ctx}")
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        return self.net.forward(x)[0].float().cpu()
+        with oom.converted(self.device, lambda: f"running the forward of {len(ids)} tokens", oom.GENERATE_ADVICE,
+                           lambda: self.memory_estimate(n_ctx=len(ids))["total"]):
+            return self.net.forward(x)[0].float().cpu()
 
     def new_cache(self, max_len: int, batch: int = 1):
         if max_len > self.config.n_ctx:
@@ -133,8 +136,7 @@ class Model:
         if max_new_tokens == 0:
             return outs
         eos = self.tokenizer.eos_id
-        dec = self.decoder(len(prompts), max(len(o.prompt_ids) for o in outs) + max_new_tokens, self.cuda_graphs)
-        for ids in dec.run([o.prompt_ids for o in outs], max_new_tokens, params, stop_at_eos, eos):
+        for ids in self._decode([o.prompt_ids for o in outs], max_new_tokens, params, stop_at_eos):
             for o, t in zip(outs, ids):
                 if t is not None:
                     o.token_ids.append(t)
@@ -154,9 +156,38 @@ class Model:
         d = self._decoders.get((batch, graphs))
         if d is None or d.state.capacity < positions:
             self._decoders.pop((batch, graphs), None)  # free the old cache before the new one
-            cap = min(self.config.n_ctx, max(512, -(-positions // 256) * 256))
-            d = self._decoders[(batch, graphs)] = Decoder(self, batch, cap, graphs)
+            d = self._decoders[(batch, graphs)] = Decoder(self, batch, self._capacity(positions), graphs)
         return d
+
+    def _capacity(self, positions: int) -> int:
+        """The positions a decoder for ``positions`` allocates (rounded up: reused by longer requests)."""
+        return min(self.config.n_ctx, max(512, -(-positions // 256) * 256))
+
+    def _decode(self, prompts: list[list[int]], max_new_tokens: int, params: list,
+                stop_at_eos: bool) -> Iterator[list[int | None]]:
+        """``Decoder.run`` of the decoder for these prompts. A device out-of-memory anywhere in it
+        (the decode state, the prefill, a graph capture, a step) becomes ``OutOfMemoryError`` and
+        drops every cached decoder: the failed one, and the others' memory, which a retry may need
+        (the next request allocates and captures its own again). The weights stay: the model
+        serves the next request. The decoder is never a local here: the error's traceback would
+        keep it alive (oom.py)."""
+        batch, positions = len(prompts), max(len(p) for p in prompts) + max_new_tokens
+        key = (batch, self.cuda_graphs)
+
+        def what() -> str:
+            kv = self.memory_estimate(n_ctx=self._capacity(positions))["kv_cache"] * batch
+            stage = ("running the prefill, a graph capture or a decode step of" if key in self._decoders else
+                     f"allocating the decode state (KV cache {oom.size(kv)}) for")
+            seqs = "1 sequence" if batch == 1 else f"a batch of {batch} sequences"
+            return f"{stage} {seqs} of up to {positions} positions (prompt + max_new_tokens)"
+
+        def estimate() -> int:
+            e = self.memory_estimate(n_ctx=self._capacity(positions))
+            return e["total"] + (batch - 1) * e["kv_cache"]
+
+        with oom.converted(self.device, what, oom.GENERATE_ADVICE, estimate, self._decoders.clear):
+            yield from self.decoder(batch, positions, self.cuda_graphs).run(
+                prompts, max_new_tokens, params, stop_at_eos, self.tokenizer.eos_id)
 
     def _device_tokens(self, prompt_ids: list[int], max_new_tokens: int, params, stop_at_eos: bool,
                        result: _gen.Generation) -> Iterator[int]:
@@ -167,8 +198,7 @@ class Model:
         if max_new_tokens == 0:
             return
         eos = self.tokenizer.eos_id
-        dec = self.decoder(1, len(prompt_ids) + max_new_tokens, self.cuda_graphs)
-        for ids in dec.run([prompt_ids], max_new_tokens, [params], stop_at_eos, eos):
+        for ids in self._decode([prompt_ids], max_new_tokens, [params], stop_at_eos):
             tok = ids[0]
             result.token_ids.append(tok)
             yield tok
@@ -269,6 +299,14 @@ def estimate_memory(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: in
             "dtype": str(dtype).replace("torch.", "")}
 
 
+def _estimate(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, device: str) -> dict:
+    """``Model.memory_estimate`` of a model not built yet (its load failed)."""
+    from .models import gpt_oss
+
+    own = gpt_oss.estimate_memory if cfg.architecture == "gpt-oss" else estimate_memory
+    return own(f, cfg, dtype, device=device)
+
+
 def load(path: str | Path | None = None, device: str = "cpu", *, tokenizer_path: str | Path | None = None,
          dtype: torch.dtype | None = None, sha256: str | None = None) -> Model:
     """Open a GGUF model (the embedded SmolLM2 when ``path`` is None) on ``device``.
@@ -299,7 +337,11 @@ def load(path: str | Path | None = None, device: str = "cpu", *, tokenizer_path:
         check_tensors(cfg, f.tensors, path)
         tok = load_tokenizer(path, f.metadata, tokenizer_path, embedding_rows=cfg.vocab_size,
                              context_length=cfg.n_ctx)
-        return Model(path, f, cfg, tok, dev, dtype or _DEFAULT_DTYPE[dev.type], sha256=pin)
+        dtype = dtype or _DEFAULT_DTYPE[dev.type]
+        weights = sum(t.nbytes for t in f.tensors.values())
+        with oom.converted(dev, lambda: f"loading {path.name} ({oom.size(weights)} of weights)", oom.LOAD_ADVICE,
+                           lambda: _estimate(f, cfg, dtype, dev.type)["total"]):
+            return Model(path, f, cfg, tok, dev, dtype, sha256=pin)
     except BaseException:
         f.close()
         raise
