@@ -36,6 +36,10 @@
 #include "launchers.h"
 #include "quant_blocks.cuh"  // e8m0_half (ggml_e8m0_to_fp32_half), shared with the packed GEMV
 
+#include <cooperative_groups.h>
+
+namespace cg = cooperative_groups;
+
 namespace gpte {
 namespace {
 
@@ -47,10 +51,6 @@ constexpr int kDownRowsPerWarp = 2;              // each with every chosen exper
 constexpr int kDownRowsPerBlock = kMoeWarps * kDownRowsPerWarp;
 constexpr int kDownExpertsInFlight = 4;          // rows of up to 4 experts loaded at once (gpt-oss: k = 4)
 constexpr int kBlockBytes = 17;  // MXFP4: scale byte + 16 bytes of nibbles, 32 values
-
-// E2M1 code -> value x 2 (OCP MX v1.0 FP4 E2M1; ggml's kvalues_mxfp4).
-__constant__ float kE2M1Doubled[16] = {0.f, 1.f, 2.f, 3.f, 4.f, 6.f, 8.f, 12.f,
-                                       0.f, -1.f, -2.f, -3.f, -4.f, -6.f, -8.f, -12.f};
 
 // SwiGLU of gpt-oss: OpenAI's reference gpt_oss/torch/model.py swiglu (alpha 1.702, limit 7).
 constexpr float kSwigluAlpha = 1.702f;
@@ -86,31 +86,52 @@ __device__ __forceinline__ BlockWords load_block(const uint8_t* p, const uint8_t
   return r;
 }
 
+// E2M1 codes to fp16 in registers (v3; v2 looked each code up in a shared-memory table: one
+// LDS per weight, which with the input's LDS bound the kernels by shared-memory issue). A code
+// s|e1e0|m placed as fp16 bits s at 15 and e1e0m at 11..9 is the fp16 number 2^-14 * E2M1(code)
+// (e = 0 gives the fp16 subnormals 0 and 2^-15 for 0 and 0.5, e > 0 the normals), i.e. the
+// doubled value (the table's) times 2^-15. Inputs are staged times 2^15 (exact: a power of two;
+// the inputs are fp16/bf16 activations or SwiGLU outputs, |act| <= 7 * 8), so each product, and
+// so every sum, equals the table version's bit for bit.
+constexpr float kInputScale = 32768.f;  // 2^15
+
+// Two codes, at bits 0..3 and 16..19 of c, as the two fp16 halves of a word (then as floats).
+__device__ __forceinline__ float2 fp4_pair(uint32_t mag_at9, uint32_t sign_at15) {
+  const uint32_t h = (mag_at9 & 0x0E000E00u) | (sign_at15 & 0x80008000u);
+  return __half22float2(*reinterpret_cast<const __half2*>(&h));
+}
+
 // Block b's partial dot: sum over values 0..15 (low nibbles of bytes 1..16) each followed by
 // its partner 16 + j (high nibble), times the block scale, added to acc (v1's order). x(j):
-// the input value j of this block.
+// the input value j of this block, times 2^15.
 template <typename X>
-__device__ __forceinline__ float block_dot(const BlockWords& bw, uintptr_t addr, const float* tbl, X x, float acc) {
+__device__ __forceinline__ float block_dot(const BlockWords& bw, uintptr_t addr, X x, float acc) {
   const int sh = 8 * (int)(addr & 3);
   const float sc = quant::e8m0_half(__funnelshift_rc(bw.w[0], bw.w[1], sh) & 0xffu);
   float s = 0.f;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     const uint32_t q = __funnelshift_rc(bw.w[k], bw.w[k + 1], sh + 8);  // bytes 1 + 4k .. 4 + 4k
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t byte = (q >> (8 * i)) & 0xffu;
-      s = fmaf(tbl[byte & 15u], x(4 * k + i), s);
-      s = fmaf(tbl[byte >> 4], x(4 * k + i + 16), s);
-    }
+    // byte i's low nibble (value 4k + i) and high nibble (value 4k + i + 16), bytes 0/2 and 1/3
+    const float2 lo02 = fp4_pair(q << 9, q << 12), lo13 = fp4_pair(q << 1, q << 4);
+    const float2 hi02 = fp4_pair(q << 5, q << 8), hi13 = fp4_pair(q >> 3, q);
+    s = fmaf(lo02.x, x(4 * k + 0), s);
+    s = fmaf(hi02.x, x(4 * k + 16), s);
+    s = fmaf(lo13.x, x(4 * k + 1), s);
+    s = fmaf(hi13.x, x(4 * k + 17), s);
+    s = fmaf(lo02.y, x(4 * k + 2), s);
+    s = fmaf(hi02.y, x(4 * k + 18), s);
+    s = fmaf(lo13.y, x(4 * k + 3), s);
+    s = fmaf(hi13.y, x(4 * k + 19), s);
   }
   return fmaf(sc, s, acc);
 }
 
-// Stages row m of the input (n = nblk * 32 values) into xs[j * nblk + b] as fp32.
+// Stages row m of the input (n = nblk * 32 values) into xs[j * nblk + b] as fp32 times 2^15.
 template <typename S>
 __device__ __forceinline__ void stage_input(float* xs, const S* __restrict__ src, int nblk) {
-  for (int c = threadIdx.x; c < nblk * 32; c += kMoeThreads) xs[(c & 31) * nblk + (c >> 5)] = to_f(src[c]);
+  for (int c = threadIdx.x; c < nblk * 32; c += kMoeThreads)
+    xs[(c & 31) * nblk + (c >> 5)] = to_f(src[c]) * kInputScale;
 }
 
 __device__ __forceinline__ int clamp_expert(int e, int E) { return e < 0 ? 0 : (e >= E ? E - 1 : e); }
@@ -126,8 +147,6 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_kernel(
     float* __restrict__ act,            // [M, K, F]
     int K, int E, int F, int C) {
   extern __shared__ float xs[];         // [32][C / 32]
-  __shared__ float tbl[16];
-  if (threadIdx.x < 16) tbl[threadIdx.x] = kE2M1Doubled[threadIdx.x];
   pdl_wait();  // h and the routing come from the kernels before
   pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -160,8 +179,8 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_kernel(
     const int b = lane + 32 * i;
     if (b < nblk) {
       auto x = [&](int j) { return xs[j * nblk + b]; };
-      ga = block_dot(gw[i], reinterpret_cast<uintptr_t>(grow + (int64_t)b * kBlockBytes), tbl, x, ga);
-      ua = block_dot(uw[i], reinterpret_cast<uintptr_t>(urow + (int64_t)b * kBlockBytes), tbl, x, ua);
+      ga = block_dot(gw[i], reinterpret_cast<uintptr_t>(grow + (int64_t)b * kBlockBytes), x, ga);
+      ua = block_dot(uw[i], reinterpret_cast<uintptr_t>(urow + (int64_t)b * kBlockBytes), x, ua);
     }
   }
   const float g = warp_sum(ga) + to_f(bg[er]);
@@ -184,8 +203,6 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_kernel(
     T* __restrict__ out,                // [M, C]
     int K, int E, int F, int C) {
   extern __shared__ float sact[];       // [K][32][F / 32]
-  __shared__ float tbl[16];
-  if (threadIdx.x < 16) tbl[threadIdx.x] = kE2M1Doubled[threadIdx.x];
   pdl_wait();
   pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -227,7 +244,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_kernel(
           const int b = lane + 32 * i;
           if (b < nblk) {
             auto x = [&](int q) { return xj[q * nblk + b]; };
-            a = block_dot(dw[jj][i], reinterpret_cast<uintptr_t>(rows[jj] + (int64_t)b * kBlockBytes), tbl, x, a);
+            a = block_dot(dw[jj][i], reinterpret_cast<uintptr_t>(rows[jj] + (int64_t)b * kBlockBytes), x, a);
           }
         }
         // the expert's row plus bias, weighted and summed over j in order (v1's fma chain)
@@ -242,18 +259,99 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_kernel(
   }
 }
 
-constexpr int kRouteWarps = 32;
+// Down, one block per (expert j, row tile, token) in a cluster of the k experts' blocks (v3;
+// v2 gave each block all k experts of its rows: 180 blocks for gpt-oss's 2880 rows, one or two
+// per SM with 8 warps, a tile of 4 x 2880 fp32 to stage, and 0.13 of copy bandwidth). Each
+// block stages only its expert's act row, computes its 16 rows (two per warp, both in flight,
+// one input read for both) and leaves dot + bias in shared memory; rank 0 of the cluster reads
+// the k blocks' values through distributed shared memory and sums them in v2's order (j = 0..k-1,
+// the same fma chain), so the result is v2's bit for bit.
+constexpr int kMaxClusterExperts = 8;  // the portable cluster size
+
+template <typename T, int NBL>
+__global__ void __launch_bounds__(kMoeThreads) moe_down_split_kernel(
+    const float* __restrict__ act,      // [M, K, F]
+    const int32_t* __restrict__ ids,    // [M, K]
+    const float* __restrict__ wts,      // [M, K]
+    const uint8_t* __restrict__ wd,     // [E * C, F / 32 * 17]
+    const T* __restrict__ bd,           // [E, C]
+    const T* __restrict__ residual,     // [M, C] or null
+    T* __restrict__ out,                // [M, C]
+    int K, int E, int F, int C) {       // grid (K, C / 16, M), cluster (K, 1, 1)
+  extern __shared__ float xs[];         // [32][F / 32]: act[m, j] times 2^15
+  __shared__ float part[kDownRowsPerBlock];  // this expert's dot + bias per row of the tile
+  pdl_wait();
+  pdl_launch_dependents();
+  cg::cluster_group cluster = cg::this_cluster();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int j = blockIdx.x, m = blockIdx.z;
+  const int nblk = F / 32;
+  const int64_t row_bytes = (int64_t)nblk * kBlockBytes;
+  const uint8_t* d_end = wd + (int64_t)E * C * row_bytes;
+  const int e = clamp_expert(ids[m * K + j], E);
+  int c[kDownRowsPerWarp];
+  const uint8_t* rows[kDownRowsPerWarp];
+  BlockWords dw[kDownRowsPerWarp][NBL];
+#pragma unroll
+  for (int t = 0; t < kDownRowsPerWarp; ++t) {
+    c[t] = blockIdx.y * kDownRowsPerBlock + t * kMoeWarps + warp;
+    rows[t] = wd + ((int64_t)e * C + (c[t] < C ? c[t] : C - 1)) * row_bytes;
+#pragma unroll
+    for (int i = 0; i < NBL; ++i) {
+      const int b = lane + 32 * i;
+      if (b < nblk) dw[t][i] = load_block(rows[t] + (int64_t)b * kBlockBytes, d_end);
+    }
+  }
+  stage_input(xs, act + ((int64_t)m * K + j) * F, nblk);
+  __syncthreads();
+  float a[kDownRowsPerWarp] = {};
+#pragma unroll
+  for (int i = 0; i < NBL; ++i) {
+    const int b = lane + 32 * i;
+    if (b < nblk) {
+      auto x = [&](int q) { return xs[q * nblk + b]; };
+#pragma unroll
+      for (int t = 0; t < kDownRowsPerWarp; ++t)
+        a[t] = block_dot(dw[t][i], reinterpret_cast<uintptr_t>(rows[t] + (int64_t)b * kBlockBytes), x, a[t]);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kDownRowsPerWarp; ++t) {
+    const float d = warp_sum(a[t]);
+    if (lane == 0 && c[t] < C) part[t * kMoeWarps + warp] = d + to_f(bd[(int64_t)e * C + c[t]]);
+  }
+  cluster.sync();  // every expert's part is written
+  if (j == 0 && threadIdx.x < kDownRowsPerBlock) {
+    const int r = threadIdx.x;
+    const int cc = blockIdx.y * kDownRowsPerBlock + r;
+    if (cc < C) {
+      float acc = 0.f;
+      for (int jj = 0; jj < K; ++jj) acc = fmaf(wts[m * K + jj], cluster.map_shared_rank(part, jj)[r], acc);
+      const int64_t o = (int64_t)m * C + cc;
+      const T y = from_f<T>(acc);
+      out[o] = residual != nullptr ? from_f<T>(to_f(residual[o]) + to_f(y)) : y;
+    }
+  }
+  cluster.sync();  // no block leaves while rank 0 still reads its part
+}
+
+constexpr int kRouteWarps = 8;
 constexpr int kRouteThreads = 32 * kRouteWarps;
+constexpr int kRouteCluster = 8;  // blocks per token (the portable cluster size)
 constexpr int kMaxExperts = 256;
 constexpr int kMaxTopK = 32;
 constexpr int kRouteUnroll = 8;  // float4 router loads per lane in flight
-static_assert(kRouteWarps == 32, "the norm's block sum reads one partial per lane of a warp");
 
-// Router logits: h[m] staged in shared memory as fp32, then one warp per expert (e = warp,
-// warp + 32, ...), float4 loads of the fp32 router row, kRouteUnroll of them in flight per lane
-// (v1 used 8 warps and one dependent scalar load per step: ~50 us per call at 2880 x 32).
-// Top k by warp 0: k rounds of a warp arg-max with the serial scan's result (descending, ties
-// to the lower index, NaN logits never win unless the first untaken one is NaN: then it stands).
+// Router logits of token m by a cluster of S = min(8, E) blocks (v3; v2 gave each token one
+// block of 32 warps: the E x C fp32 router, 368 KB for gpt-oss, streamed through one SM's L2
+// port, ~12 us per call). Block r of the cluster stages h[m] (normalising it first when asked:
+// each block computes the same statistics, rank 0 writes h_out), computes the logits of experts
+// r, r + S, ... (up to 8 of them with the block's warps sharing each row in contiguous chunks;
+// more: one warp per row) with float4 loads, kRouteUnroll in flight per lane, and keeps them in
+// its shared memory. Rank 0 then gathers the E logits through distributed shared memory and takes
+// the top k by warp 0: k rounds of a warp arg-max with the serial scan's result (descending,
+// ties to the lower index, NaN logits never win unless the first untaken one is NaN: then it
+// stands), and a softmax over those k in choice order.
 template <typename T>
 __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
     const T* __restrict__ h,            // [M, C]
@@ -265,59 +363,69 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
     bool vec,                           // C % 4 == 0 and wr 16-byte aligned: float4 loads
     const float* __restrict__ norm_w,   // [C] or null: h is first RMS-normalised (fp32, rounded to T)
     float eps,
-    T* __restrict__ h_out) {            // [M, C] the normalised h (with norm_w)
+    T* __restrict__ h_out) {            // [M, C] the normalised h (with norm_w); grid (M, S), cluster (1, S, 1)
   extern __shared__ __align__(16) float xs_route[];  // [C]
-  __shared__ float logits[kMaxExperts];
-  // the router (constant) asked into L2 while the kernel before still runs (PDL): the loads
-  // after the wait then come from L2, not DRAM (one block reads all E * C * 4 bytes)
-  if (blockIdx.x == 0) {
-    const char* w = reinterpret_cast<const char*>(wr);
-    for (int64_t o = (int64_t)threadIdx.x * 128; o < (int64_t)E * C * 4; o += (int64_t)kRouteThreads * 128)
+  __shared__ float logits[kMaxExperts];  // this block's experts' logits at [e]; rank 0: then all E
+  __shared__ float partial[kRouteWarps];
+  cg::cluster_group cluster = cg::this_cluster();
+  const int S = gridDim.y, rank = blockIdx.y, m = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ne = (E - rank + S - 1) / S;                    // this block's experts: rank + S * i
+  const int wpe = ne >= kRouteWarps ? 1 : kRouteWarps / ne;  // warps per expert row
+  // this block's router rows asked into L2 while the kernel before still runs (PDL): they are
+  // constant, and the loads after the wait then come from L2, not DRAM
+  for (int i = 0; i < ne; ++i) {
+    const char* w = reinterpret_cast<const char*>(wr + (int64_t)(rank + S * i) * C);
+    for (int64_t o = (int64_t)threadIdx.x * 128; o < (int64_t)C * 4; o += (int64_t)kRouteThreads * 128)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(w + o));
   }
   pdl_wait();
   pdl_launch_dependents();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int m = blockIdx.x;
   const T* x = h + (int64_t)m * C;
   for (int c = threadIdx.x; c < C; c += kRouteThreads) xs_route[c] = to_f(x[c]);
   __syncthreads();
   if (norm_w != nullptr) {
     // gpt-oss's post-attention RMSNorm as the model's reference runs it (F.rms_norm on the fp32
     // row: x * rsqrt(mean(x^2) + eps) * w, rounded once to T); the router then reads the rounded h
-    __shared__ float partial[kRouteWarps];
     float ss = 0.f;
     for (int c = threadIdx.x; c < C; c += kRouteThreads) ss = fmaf(xs_route[c], xs_route[c], ss);
     ss = warp_sum(ss);
     if (lane == 0) partial[warp] = ss;
     __syncthreads();
-    const float total = warp_sum(partial[lane]);  // kRouteWarps == 32: one value per lane
+    float total = 0.f;
+#pragma unroll
+    for (int w = 0; w < kRouteWarps; ++w) total += partial[w];
     const float r = rsqrtf(total / (float)C + eps);
+    __syncthreads();  // partial is reused below
     for (int c = threadIdx.x; c < C; c += kRouteThreads) {
       const T v = from_f<T>(xs_route[c] * r * norm_w[c]);
-      h_out[(int64_t)m * C + c] = v;
+      if (rank == 0) h_out[(int64_t)m * C + c] = v;
       xs_route[c] = to_f(v);
     }
     __syncthreads();
   }
-  for (int e = warp; e < E; e += kRouteWarps) {
+  // warp -> (expert i of this block, chunk p of its row); with wpe == 1 a warp walks rows i, i + 8, ...
+  const int n = vec ? C >> 2 : C;  // row length in load units
+  const int chunk = (n + wpe - 1) / wpe;
+  for (int i = warp / wpe; i < ne; i += (wpe == 1 ? kRouteWarps : ne)) {
+    const int e = rank + S * i;
+    const int p = warp % wpe, lo = p * chunk, hi = min(n, lo + chunk);
     const float* w = wr + (int64_t)e * C;
     float s = 0.f;
     if (vec) {
       const float4* w4 = reinterpret_cast<const float4*>(w);
       const float4* x4 = reinterpret_cast<const float4*>(xs_route);
-      const int n4 = C >> 2;
-      for (int c0 = lane; c0 < n4; c0 += 32 * kRouteUnroll) {
+      for (int c0 = lo + lane; c0 < hi; c0 += 32 * kRouteUnroll) {
         float4 wv[kRouteUnroll];
 #pragma unroll
         for (int u = 0; u < kRouteUnroll; ++u) {
           const int c = c0 + 32 * u;
-          wv[u] = c < n4 ? __ldg(w4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+          wv[u] = c < hi ? __ldg(w4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
         for (int u = 0; u < kRouteUnroll; ++u) {
           const int c = c0 + 32 * u;
-          if (c < n4) {
+          if (c < hi) {
             const float4 xv = x4[c];
             s = fmaf(xv.x, wv[u].x, s);
             s = fmaf(xv.y, wv[u].y, s);
@@ -327,13 +435,32 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
         }
       }
     } else {
-      for (int c = lane; c < C; c += 32) s = fmaf(xs_route[c], __ldg(w + c), s);
+      for (int c = lo + lane; c < hi; c += 32) s = fmaf(xs_route[c], __ldg(w + c), s);
     }
     s = warp_sum(s);
-    if (lane == 0) logits[e] = s + br[e];
+    if (wpe == 1) {
+      if (lane == 0) logits[e] = s + br[e];
+    } else if (lane == 0) {
+      partial[warp] = s;
+    }
   }
-  __syncthreads();
-  if (warp != 0) return;
+  if (wpe > 1) {
+    __syncthreads();
+    if (threadIdx.x < ne) {  // the row's chunks summed in order
+      const int i = threadIdx.x, e = rank + S * i;
+      float s = 0.f;
+      for (int p = 0; p < wpe; ++p) s += partial[i * wpe + p];
+      logits[e] = s + br[e];
+    }
+  }
+  cluster.sync();  // every block's logits are in its shared memory
+  if (rank == 0 && warp == 0) {
+    for (int e = lane; e < E; e += 32)
+      if (e % S != 0) logits[e] = cluster.map_shared_rank(logits, e % S)[e];
+  }
+  cluster.sync();  // rank 0 has read them: the others may leave
+  if (rank != 0 || warp != 0) return;
+  __syncwarp();
   uint32_t taken[kMaxExperts / 32] = {};  // the same in every lane
   int sel = 0;      // lane j < K: the j-th choice
   float top = 0.f;  // and its logit
@@ -390,6 +517,13 @@ cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
                              a.gate, (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E,
                              (int)a.F, (int)a.C);
   if (e != cudaSuccess) return e;
+  if (a.K <= kMaxClusterExperts) {
+    const dim3 g2((unsigned)a.K, (unsigned)ceil_div(a.C, kDownRowsPerBlock), (unsigned)a.M);
+    return launch_pdl_cluster(moe_down_split_kernel<T, NBL>, g2, dim3(kMoeThreads), (size_t)a.F * sizeof(float),
+                              st, dim3((unsigned)a.K, 1, 1), (const float*)a.act, a.ids, (const float*)a.weights, a.down,
+                              (const T*)a.down_bias, (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F,
+                              (int)a.C);
+  }
   const size_t smem = moe_down_smem_bytes(a.K, a.F);
   static size_t configured = 0;
   if (smem > configured) {
@@ -438,8 +572,10 @@ cudaError_t launch_moe_route(int dtype, const void* h, const float* router, cons
       if (e != cudaSuccess) return e;
       configured = smem;
     }
-    return launch_pdl(moe_route_kernel<T>, dim3((unsigned)M), dim3(kRouteThreads), smem, stream, (const T*)h, router,
-                      router_bias, ids, weights, (int)E, (int)C, (int)K, vec, norm_w, eps, (T*)h_out);
+    const unsigned S = (unsigned)std::min<int64_t>(kRouteCluster, E);
+    return launch_pdl_cluster(moe_route_kernel<T>, dim3((unsigned)M, S), dim3(kRouteThreads), smem, stream, dim3(1, S, 1),
+                              (const T*)h, router, router_bias, ids, weights, (int)E, (int)C, (int)K, vec, norm_w,
+                              eps, (T*)h_out);
   });
   return cudaErrorInvalidValue;
 }
