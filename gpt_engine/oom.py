@@ -79,6 +79,15 @@ def size(n: int | float) -> str:
     return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
+_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def _bytes(text: str) -> int | None:
+    """torch's "2.00 MiB" (as _TRIED reads it) as a byte count; None for another unit."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?) ?([KMGT]?i?B)", text.strip())
+    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m and m.group(2) in _UNITS else None
+
+
 def message(what: str, advice: str, *, device: str = "cuda", tried: str | None = None, free: int | None = None,
             total: int | None = None, fraction: float | None = None, estimate: int | None = None) -> str:
     """The one-line error text (free/total: the device's, after the release)."""
@@ -90,6 +99,10 @@ def message(what: str, advice: str, *, device: str = "cuda", tried: str | None =
         if fraction is not None and fraction < 1.0:
             have += (f", and this process may use {fraction * 100:.3g}% of it "
                      "(torch.cuda.set_per_process_memory_fraction)")
+        elif fraction is None and tried is not None and _bytes(tried) is not None and _bytes(tried) < free:
+            # torch without a fraction getter (2.11 has none): say why so much free is not enough
+            have += (", more than the failed allocation: a per-process limit "
+                     "(torch.cuda.set_per_process_memory_fraction) or fragmentation stops it")
         parts.append(have)
     if estimate is not None:
         parts.append(f"memory_estimate() puts this at about {size(estimate)}")

@@ -62,6 +62,13 @@ def test_the_message_says_what_was_allocated_the_free_memory_and_what_to_try():
                    "failed; the device has 1.00 GiB free of 80.00 GiB, and this process may use 25% of it "
                    "(torch.cuda.set_per_process_memory_fraction); memory_estimate() puts this at about 3.50 GiB; "
                    f"try {oom.LOAD_ADVICE}")
+    # torch without a fraction getter (2.11): an allocation smaller than what is free names the
+    # likely limits; one larger than what is free needs no such note
+    msg = oom.message("loading big.gguf", oom.LOAD_ADVICE, tried="2.00 MiB", free=100 << 30, total=140 << 30)
+    assert ("the device has 100.00 GiB free of 140.00 GiB, more than the failed allocation: a per-process limit "
+            "(torch.cuda.set_per_process_memory_fraction) or fragmentation stops it;") in msg, msg
+    msg = oom.message("loading big.gguf", oom.LOAD_ADVICE, tried="2.00 GiB", free=1 << 30, total=140 << 30)
+    assert "the device has 1.00 GiB free of 140.00 GiB; memory_estimate" not in msg and "per-process" not in msg, msg
     # only what is known
     msg = oom.message("running the forward of 9 tokens", oom.GENERATE_ADVICE)
     assert msg == f"out of memory on cuda while running the forward of 9 tokens; try {oom.GENERATE_ADVICE}"

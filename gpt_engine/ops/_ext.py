@@ -1,14 +1,16 @@
 """Builds and loads the CUDA extension (csrc/*.cu + csrc/bindings.cpp).
 
 The build is a JIT build through torch.utils.cpp_extension with ninja. Its
-directory is build/ops_ext inside the repository (git ignores /build/), so a
-warm GPU machine reuses the objects of an earlier call. Nothing here runs on a
+directory is build/ops_ext/<content hash> inside the repository (git ignores
+/build/), so a warm GPU machine reuses the objects of an earlier call with the
+same sources, and never objects built from other ones (build_dir). Nothing here runs on a
 machine without CUDA: `available()` is False there and no op registers a CUDA
 kernel.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pathlib
 
@@ -31,6 +33,27 @@ def sources() -> list[pathlib.Path]:
     return sorted(CSRC.glob("*.cu")) + [CSRC / "bindings.cpp"]
 
 
+def _flags() -> dict:
+    return dict(extra_cflags=["-O3", "-std=c++17"],
+                extra_cuda_cflags=["-O3", "-std=c++17", "-lineinfo", "-Xptxas=-warn-spills"],
+                extra_include_paths=[str(CSRC)])
+
+
+def build_dir() -> pathlib.Path:
+    """BUILD_DIR/<hash of every csrc file's bytes, the flags, torch and CUDA versions>.
+
+    Keyed by content, not by ninja's file times: a tree copied onto a warm machine keeps its
+    sources' times, and objects built there earlier from other sources (another checkout's, a
+    helper's) can be newer, so ninja would call them up to date and the run would test kernels
+    that are not the code being judged. Each distinct source set builds in its own directory."""
+    h = hashlib.sha256()
+    for p in sorted(CSRC.iterdir()):
+        if p.is_file():
+            h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    h.update(repr((_flags(), NVCC_ARCH, torch.__version__, torch.version.cuda)).encode())
+    return BUILD_DIR / h.hexdigest()[:16]
+
+
 @functools.cache
 def load():
     """The compiled module (built on first use, reused from BUILD_DIR after)."""
@@ -38,16 +61,15 @@ def load():
         raise RuntimeError("gpt_engine CUDA extension needs CUDA torch and a GPU")
     from torch.utils.cpp_extension import load as _load
 
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    out = build_dir()
+    out.mkdir(parents=True, exist_ok=True)
     # torch turns this into exactly NVCC_ARCH (and nothing for other cards).
     os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0a"
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
     return _load(
         name="gpt_engine_ops_ext",
         sources=[str(p) for p in sources()],
-        extra_cflags=["-O3", "-std=c++17"],
-        extra_cuda_cflags=["-O3", "-std=c++17", "-lineinfo", "-Xptxas=-warn-spills"],
-        extra_include_paths=[str(CSRC)],
-        build_directory=str(BUILD_DIR),
+        build_directory=str(out),
         verbose=bool(os.environ.get("GPT_ENGINE_BUILD_VERBOSE")),
+        **_flags(),
     )
