@@ -1,14 +1,16 @@
 // gpt-oss mixture of experts on the GPU with no host sync (docs/gpt_oss.md, models/gpt_oss.py
 // GptOss.moe is the reference). Three kernels, each one launch for all M tokens:
 //
-// moe_route_kernel: one block per token. Router logits = h W_r^T + b_r in fp32 (W_r [E, C]
-//   fp32, one warp per expert), the top k (descending, ties to the lower index) and a softmax
-//   over those k logits only -> ids [M, k] int32, weights [M, k] fp32.
+// moe_route_kernel: a cluster of min(8, E) blocks per token. Router logits = h W_r^T + b_r in
+//   fp32 (W_r [E, C] fp32), the top k (descending, ties to the lower index) and a softmax over
+//   those k logits only -> ids [M, k] int32, weights [M, k] fp32.
 // moe_gate_up_kernel: grid (row tiles of F, M * k). For token m and its j-th expert e, rows r
 //   of e's gate and up matrices (MXFP4 [E*F, C/32*17], expert e = rows e*F..) dotted with
 //   h[m], plus biases, through gpt-oss's clamped SwiGLU -> act [M, k, F] fp32. Only the
 //   chosen experts' bytes are read.
-// moe_down_kernel: grid (row tiles of C, M). act[m] (k x F) is staged in shared memory; row c
+// moe_down_split_kernel (k <= 8): grid (k, row tiles of C, M), one cluster per (tile, token):
+//   block j computes expert j's rows, rank 0 sums them (below). moe_down_kernel (k > 8):
+//   grid (row tiles of C, M). act[m] (k x F) is staged in shared memory; row c
 //   of each chosen expert's down matrix [E*C, F/32*17] dotted with its act row, plus bias,
 //   weighted by the routing weight and summed over j = 0..k-1 in order (deterministic), then
 //   rounded to the activation dtype and added to the residual when one is given (the model's
