@@ -9,7 +9,8 @@ Model level: a GPT-2 test model in F16 and the same weights re-encoded in Q8_0 a
 (testmodels.requantize_gguf: gguf-py's quantizers), each run on the GPU over held-out text
 (tests/data/heldout_en.txt) and compared with transformers running the same file on the CPU in
 float32: logits within nmse_fp16_model on every chunk, teacher-forced argmax agreement at least
-greedy_self_agreement; Q8_0's perplexity within q8_0_ppl_rel of F16's (the CPU test's bar);
+decisive_argmax_agreement_fp16 where the oracle's top-2 margin exceeds twice the fp16 error bound
+(_decisive_agreement); Q8_0's perplexity within q8_0_ppl_rel of F16's (the CPU test's bar);
 the per-format table (perplexity on the GPU and in transformers, the change vs F16, argmax
 agreement with F16 and with transformers) is printed."""
 from __future__ import annotations
@@ -44,6 +45,23 @@ def test_mxfp4_linear_vs_dequantized_reference(monkeypatch, dtype, m, n, k, epi)
     torch.manual_seed(m * 7919 + n)
     norm, act, bias, residual, float_out = epi
     _case("cuda", m, n, k, "MXFP4", dtype, norm, act, bias, residual, float_out)
+
+
+def _decisive_agreement(top1: list[int], chunks: list[torch.Tensor]) -> tuple[float, int, int]:
+    """Argmax agreement with the oracle (its logits in ``chunks``) over the positions whose top-2
+    margin is wider than twice the fp16 error bound (sqrt(nmse_fp16_model) x the chunk's RMS
+    logit): at a narrower margin a flip is within the bound, not an error (the test models'
+    logits are nearly flat, so such near-ties are common). -> (agreement, decisive, positions)."""
+    ours = torch.tensor(top1)
+    ref_top1, decisive = [], []
+    for c in chunks:
+        two = c.topk(2, dim=-1).values
+        bound = math.sqrt(tol("nmse_fp16_model")) * float(c.pow(2).mean().sqrt())
+        decisive.append(two[:, 0] - two[:, 1] > 2 * bound)
+        ref_top1.append(c.argmax(-1))
+    keep = torch.cat(decisive)
+    agree = (ours[keep] == torch.cat(ref_top1)[keep]).double().mean().item() if keep.any() else float("nan")
+    return agree, int(keep.sum()), len(keep)
 
 
 def _nll_and_argmax(logits_of, ids: list[int], bos: int):
@@ -94,20 +112,23 @@ def test_model_level_perplexity_and_agreement_per_format_on_gpu(models, formats)
         nll, n, top1, chunks = _nll_and_argmax(m.logits, ids, bos)
         ref_nll, ref_n, ref_top1, ref_chunks = _nll_and_argmax(oracle_logits, ids, bos)
         assert n == ref_n > 1000
+        agree, decisive, positions = _decisive_agreement(top1, ref_chunks)
         rows[fmt] = {"ppl": math.exp(nll / n), "ref_ppl": math.exp(ref_nll / ref_n), "top1": top1,
-                     "agree_oracle": sum(a == b for a, b in zip(top1, ref_top1)) / len(ref_top1),
+                     "agree_oracle": agree, "decisive": decisive / positions,
                      "nmse": max(float(((a - b) ** 2).sum() / (b ** 2).sum()) for a, b in zip(chunks, ref_chunks))}
     f16 = rows["F16"]
-    lines = [f"{'format':6} {'PPL gpu':>9} {'PPL hf':>9} {'dPPL% gpu':>9} {'dPPL% hf':>9} {'top1=F16':>8} {'top1=hf':>8}"]
+    lines = [f"{'format':6} {'PPL gpu':>9} {'PPL hf':>9} {'dPPL% gpu':>9} {'dPPL% hf':>9} {'top1=F16':>8} "
+             f"{'top1=hf':>8} {'decisive':>8}"]
     for fmt, r in rows.items():
         r["dppl"], r["ref_dppl"] = r["ppl"] / f16["ppl"] - 1, r["ref_ppl"] / f16["ref_ppl"] - 1
         r["agree_f16"] = sum(a == b for a, b in zip(r["top1"], f16["top1"])) / len(f16["top1"])
         lines.append(f"{fmt:6} {r['ppl']:9.4f} {r['ref_ppl']:9.4f} {100 * r['dppl']:+9.3f} {100 * r['ref_dppl']:+9.3f} "
-                     f"{r['agree_f16']:8.3f} {r['agree_oracle']:8.3f}")
+                     f"{r['agree_f16']:8.3f} {r['agree_oracle']:8.3f} {r['decisive']:8.3f}")
     print("\n" + "\n".join(lines))
     for fmt, r in rows.items():
         assert math.isfinite(r["ppl"]), fmt
         assert r["nmse"] <= tol("nmse_fp16_model"), (fmt, r["nmse"], lines)
-        assert r["agree_oracle"] >= tol("greedy_self_agreement"), (fmt, lines)
+        # at least half the positions decisive, so the agreement is not over a handful of them
+        assert r["decisive"] >= 0.5 and r["agree_oracle"] >= tol("decisive_argmax_agreement_fp16"), (fmt, lines)
     # 8-bit is near-lossless on the GPU too (the bar of tests/test_quality.py on the CPU)
     assert rows["Q8_0"]["ppl"] <= f16["ppl"] * (1 + tol("q8_0_ppl_rel")), lines
