@@ -161,7 +161,7 @@ class Model:
 
     def _capacity(self, positions: int) -> int:
         """The positions a decoder for ``positions`` allocates (rounded up: reused by longer requests)."""
-        return min(self.config.n_ctx, max(512, -(-positions // 256) * 256))
+        return decode_capacity(self.config, positions)
 
     def _decode(self, prompts: list[list[int]], max_new_tokens: int, params: list,
                 stop_at_eos: bool) -> Iterator[list[int | None]]:
@@ -236,11 +236,20 @@ class Model:
         self.gguf.close()
 
 
+def decode_capacity(cfg: ModelConfig, positions: int) -> int:
+    """The KV positions the GPU decoder allocates for a request of ``positions`` (prompt +
+    new tokens): rounded up to a multiple of 256, at least 512, at most the context length
+    (``Model.decoder`` reuses a decoder for every shorter request)."""
+    return min(cfg.n_ctx, max(512, -(-positions // 256) * 256))
+
+
 def estimate_memory(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int | None = None, *,
                     device: str = "cpu", prompt_tokens: int | None = None) -> dict:
     """Peak bytes to generate with ``n_ctx`` tokens of context (default: the model's) on
     ``device``, after a prompt of ``prompt_tokens`` tokens (default: ``n_ctx``, the worst case),
-    batch 1. Every term is in the result:
+    batch 1. Every term is in the result.
+
+    CPU (``generate``: the host loop over ``Model.step``):
 
     - ``weights``: the file's tensor bytes. Weights stay packed: memory-mapped on the CPU (the
       pages become resident as they are read), the same raw bytes on the GPU.
@@ -252,11 +261,23 @@ def estimate_memory(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: in
       matrix) or at the LM head (``logits`` + the dequantized head). Per-token activations of one
       layer (residual, normed input, q/k/v and their RoPE'd fp32 copies, attention output, FFN
       gate/up/product; attention and FFN peaks do not overlap), the CPU reference attention's
-      fp32 score matrices (two alive at once: 2 x query heads x T^2; the CUDA kernel keeps
-      none), the last token's fp32 logits; a dequantized matrix (fp32, plus its ``dtype`` copy)
-      counts whenever weights are dequantized per use (no CPU cache; on the GPU until
-      packed-weight kernels read ``raw``).
+      fp32 score matrices (two alive at once: 2 x query heads x T^2), the last token's fp32
+      logits; a dequantized matrix (fp32, plus its ``dtype`` copy) counts whenever weights are
+      dequantized per use (no CPU cache).
+
+    CUDA (``generate``: ``cuda_graph.Decoder``; see ``_estimate_cuda`` for each term's
+    allocation): ``weights`` + ``held_extra`` + ``allocator_rounding`` + ``kv_cache`` (at the
+    decoder's capacity, ``decode_capacity(n_ctx)``) + ``transient`` (the larger of ``prefill``
+    and ``decode_step``); the process's cuBLAS workspaces are reported beside the total.
     """
+    if device == "cuda":
+        return _estimate_cuda(f, cfg, dtype, n_ctx, prompt_tokens)
+    return _estimate_cpu(f, cfg, dtype, n_ctx, prompt_tokens)
+
+
+def _estimate_cpu(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int | None,
+                  prompt_tokens: int | None) -> dict:
+    device = "cpu"
     from .qweight import cpu_cache_budget, dense_cache_bytes
 
     n_ctx = n_ctx or cfg.n_ctx
@@ -297,6 +318,222 @@ def estimate_memory(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: in
             "logits": logits, "dequant": dequant, "dense_cache_used": bool(dense_cache),
             "cpu_cache_budget": budget, "n_ctx": n_ctx, "prompt_tokens": T, "device": device,
             "dtype": str(dtype).replace("torch.", "")}
+
+
+_MIB = 1 << 20
+# ggml type of each activation dtype: a weight already stored in it is read in place by the
+# prefill product (a view); any other type is converted to a scratch matrix first
+_OWN_QTYPE = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
+
+
+def cublas_workspace_bytes() -> int:
+    """Bytes of one cuBLAS workspace: torch allocates one through its caching allocator for each
+    (cuBLAS handle, stream) pair that runs a product, and keeps it. ``CUBLAS_WORKSPACE_CONFIG``
+    (":KiB:count" pairs) when set, else torch's default: 32 MiB on compute capability 9 and
+    newer (Hopper, Blackwell), 4096 KiB x 2 + 16 KiB x 8 before; 32 MiB when no GPU answers."""
+    import os
+    import re
+
+    v = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    pairs = re.findall(r":([0-9]+):([0-9]+)", v or "")
+    if pairs:
+        return sum(int(kib) * 1024 * int(n) for kib, n in pairs)
+    if torch.cuda.is_available():
+        try:
+            if torch.cuda.get_device_capability()[0] < 9:
+                return 4096 * 1024 * 2 + 16 * 1024 * 8
+        except RuntimeError:
+            pass
+    return 32 * _MIB
+
+
+def allocator_block_bytes(n: int) -> int:
+    """What torch's CUDA caching allocator counts as allocated for one n-byte tensor: n rounded
+    up to 512 B. A tensor of 10 MiB or more gets a segment of its own (rounded up to 2 MiB) and
+    keeps the remainder when that is 1 MiB or less (too small to split off). Tensors over 1 MiB
+    and under 10 MiB are carved out of 20 MiB segments, where the piece that ends a segment takes
+    its remainder when 1 MiB or less: on average half a MiB per 20 MiB, counted as n / 40."""
+    n = -(-max(int(n), 1) // 512) * 512
+    if n >= 10 * _MIB:
+        seg = -(-n // (2 * _MIB)) * (2 * _MIB)
+        return seg if seg - n <= _MIB else n
+    if n > _MIB:
+        return n + n // 40
+    return n
+
+
+def _gpu_matrices(f: GGUFFile, cfg: ModelConfig) -> list[list]:
+    """The packed matrices as the GPU model holds them, one list per layer (blocks of [name,
+    ...] stacked into one weight when their types match: Llama's [q; k; v] and [gate; up]) and a
+    last list for the tables (token embedding, output head, GPT-2's position table). Each entry:
+    (bytes, rows, row length, ggml type name, names)."""
+    t = f.tensors
+
+    def entry(names):
+        infos = [t[n] for n in names]
+        if len({i.qtype for i in infos}) > 1 or len({i.shape[-1] for i in infos}) > 1:
+            return [entry([n]) for n in names]
+        rows = sum(i.n_elements // i.shape[-1] for i in infos)
+        return (sum(i.nbytes for i in infos), rows, infos[0].shape[-1], infos[0].qtype.name, tuple(names))
+
+    layers = []
+    for i in range(cfg.n_layer):
+        p = f"blk.{i}."
+        groups = ([[p + "attn_qkv.weight"], [p + "attn_output.weight"], [p + "ffn_up.weight"], [p + "ffn_down.weight"]]
+                  if cfg.architecture == "gpt2" else
+                  [[p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], [p + "attn_output.weight"],
+                   [p + "ffn_gate.weight", p + "ffn_up.weight"], [p + "ffn_down.weight"]])
+        out = []
+        for g in groups:
+            e = entry(g)
+            out.extend(e if isinstance(e, list) else [e])
+        layers.append(out)
+    tables = [entry([n]) for n in ("token_embd.weight", "output.weight", "position_embd.weight") if n in t]
+    return layers + [tables]
+
+
+def _estimate_cuda(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int | None,
+                   prompt_tokens: int | None) -> dict:
+    """The device's peak ``torch.cuda.max_memory_allocated()`` over ``load`` + ``generate``:
+    weights and the decode state stay allocated, and on top of them the largest set of
+    temporaries one phase keeps alive. Graph memory pools do not add to it: a tensor freed
+    during a capture stops counting as allocated (its block stays reserved in the graph's pool),
+    and a replay allocates nothing; the warm-up run before each capture allocates what the
+    capture does, one after the other. Terms:
+
+    - ``weights``: the file's tensor bytes (the raw blocks, copied to the device as they are).
+    - ``held_extra``: what the model holds beside them: the norms and biases converted to
+      ``dtype`` at load (their F32 file copies freed: negative for F32 vectors held in fp16),
+      GPT-2's position table converted once to ``dtype`` (``wpe_dense``), Llama's fp32 RoPE
+      cos/sin tables over the context.
+    - ``allocator_rounding``: the caching allocator's block sizes beyond the held matrices'
+      bytes (``allocator_block_bytes`` of each weight as held: Llama's stacked [q; k; v] and
+      [gate; up]).
+    - ``kv_cache``: ``DecodeState.cache``: K and V, layers x KV heads x head dim x the decoder's
+      capacity (``decode_capacity(n_ctx)``, not ``n_ctx``) in ``dtype``.
+    - not in ``total``: ``cublas_workspaces``, once per process, not per model: torch keeps a
+      cuBLAS workspace (``cublas_workspace_bytes``) for each stream that ran a product; the
+      prefill's products run on the process's one warm-up stream (``cuda_graph._side_stream``)
+      and torch's one graph-capture stream, so the first request of a process allocates two,
+      and no later one any.
+    - ``transient``: the larger of
+      - ``prefill``: the peak live set of one forward of the prompt padded to its bucket
+        (``prefill_tokens``: a multiple of 128, at most the capacity; the captured forward and
+        its warm-up are the same): ``activations`` (the residual stream in and out of the
+        block, the normed input, the product and epilogue outputs, q/k/v, the attention
+        output; per product phase, the largest) + ``dequant`` (the product's weight as a
+        scratch matrix in ``dtype``: ``linear``'s prefill path for a packed type, or a
+        conversion for a dense type other than ``dtype``; 0 for F16 weights in fp16) +
+        ``attention_scores`` (only where no attention kernel exists for the head dim: the
+        reference's fp32 [heads, T, T] scores and probabilities) + ``gemm_workspace`` (one
+        cuBLAS workspace, ``cublas_workspace_bytes``, counted at the moments a product runs: the
+        GPT-2 F16 peaks measured on an H200 need it beside the product's output). The LM head reads one row
+        (the last real token) through the GEMV: no scratch, ``logits`` [1, V] fp32.
+      - ``decode_step``: the decode graph's capture beside its warm-up: the prefill graph's
+        logits, the warm-up's and the captured step's logits (``Decoder.logits``), the
+        attention's split workspace, a token's activations (and the reference attention's fp32
+        cache copies where no kernel exists).
+    """
+    el = torch.empty((), dtype=dtype).element_size()
+    t = f.tensors
+    cap = decode_capacity(cfg, n_ctx or cfg.n_ctx)
+    T = min(prompt_tokens or cap, cap)
+    tb = min(-(-T // 128) * 128, cap)  # Decoder.bucket
+    weights = sum(i.nbytes for i in t.values())
+    E, F, V = cfg.n_embd, cfg.n_ff, cfg.vocab_size
+    D, H, Hkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
+    q_w, kv_w = H * D, Hkv * D
+    gpt2 = cfg.architecture == "gpt2"
+
+    # held beside the file bytes
+    vectors = [i for i in t.values() if len(i.shape) == 1]
+    held_extra = sum(allocator_block_bytes(i.n_elements * el) - i.nbytes for i in vectors)
+    pe = t.get("position_embd.weight")
+    if gpt2 and pe is not None and pe.qtype.name in ("F32", "F16") and pe.qtype.name != _OWN_QTYPE.get(dtype):
+        held_extra += allocator_block_bytes(pe.n_elements * el)  # wpe_dense
+    if not gpt2 and cfg.rope_dim:
+        held_extra += 2 * allocator_block_bytes(cfg.n_ctx * (cfg.rope_dim // 2) * 4)  # rope_tables cos, sin
+    layers = _gpu_matrices(f, cfg)
+    allocator_rounding = sum(allocator_block_bytes(m[0]) - m[0] for group in layers for m in group)
+    kv = 2 * cfg.n_layer * Hkv * D * cap * el
+
+    # ---- prefill: the live set of each product phase of a block, x tb tokens
+    def scratch(m) -> int:  # linear(): the weight in dtype for cuBLAS (packed_dense or .to(dtype))
+        return 0 if m[3] == _OWN_QTYPE.get(dtype) else m[1] * m[2] * el
+
+    def by_name(group, key):
+        return [m for m in group if any(key in n for n in m[4])]
+
+    kernel_attention = D in (64, 128) and dtype in (torch.float16, torch.bfloat16)
+    qkv_out = q_w + 2 * kv_w
+    ws = cublas_workspace_bytes()  # a cuBLAS product's workspace, live while it runs
+    best = (0, 0, 0, 0)  # (activations, dequant, attention_scores, gemm_workspace) at the peak
+    for group in layers[:-1]:
+        qkv = by_name(group, "attn_q") + [m for m in by_name(group, "attn_k") + by_name(group, "attn_v")
+                                          if not by_name([m], "attn_q")]
+        o, down = by_name(group, "attn_output"), by_name(group, "ffn_down")
+        up = by_name(group, "ffn_gate") + [m for m in by_name(group, "ffn_up") if not by_name([m], "ffn_gate")]
+        deq_qkv = max(map(scratch, qkv))
+        deq_o, deq_down, deq_up = max(map(scratch, o)), max(map(scratch, down)), max(map(scratch, up))
+        # Per token, in bytes. The block input x0 stays alive through the whole block (forward's
+        # loop variable); x1 is the residual after the attention. Each product's scratch weight
+        # lives through its norm, product and epilogue (linear's prefill path); cuBLAS's
+        # workspace while the product runs.
+        if gpt2:  # LayerNorm kernel: one normed row in dtype
+            norm = E * el
+        else:     # rmsnorm_reference: fp32 x, x * rsqrt and * weight alive at once, then the dtype copy
+            norm = 3 * E * 4 + E * el
+        phases = [
+            # QKV: x0 + the norm's temporaries; then x0, the normed input, the product
+            (tb * (E * el + norm), deq_qkv, 0, 0),
+            (tb * (2 * E + qkv_out) * el, deq_qkv, 0, ws),
+            # qkv_rope + attention kernel: x0, qkv, q/k/v split (and rotated), attention output
+            (tb * (E + 2 * qkv_out + q_w) * el, 0, 0, 0),
+            # output projection: x0, attention output, product (+ the residual sum after it)
+            (tb * (2 * E + q_w) * el, deq_o, 0, ws),
+            (tb * (3 * E + q_w) * el, deq_o, 0, 0),
+            # down projection: x0, x1, its [tb, F] input, product (+ the residual sum after it)
+            (tb * (3 * E + F) * el, deq_down, 0, ws),
+            (tb * (4 * E + F) * el, deq_down, 0, 0),
+        ]
+        if not kernel_attention:
+            # the reference attention (no kernel for this head dim): beside x0, qkv and the split
+            # q/k/v, fp32 q, k, v (kv expanded to the query heads), the output and its contiguous
+            # copy; two fp32 [H, T, T] score matrices and the bool causal mask; cuBLAS's bmm
+            phases.append((tb * ((E + 2 * qkv_out) * el + 5 * q_w * 4), 0, 2 * H * tb * tb * 4 + tb * tb, ws))
+        if gpt2:  # up product: x0, x1, normed input, product; then its bias-GELU output
+            phases += [(tb * (3 * E + F) * el, deq_up, 0, ws), (tb * (3 * E + 2 * F) * el, deq_up, 0, 0)]
+        elif len(up) == 1:  # stacked [gate; up]: x0, x1 + the norm; then normed, [tb, 2F]; silu(gate), product
+            phases += [(tb * (2 * E * el + norm), deq_up, 0, 0), (tb * (3 * E + 2 * F) * el, deq_up, 0, ws),
+                       (tb * (3 * E + 4 * F) * el, deq_up, 0, 0)]
+        else:  # separate gate and up: their outputs, then silu(gate.float()) * up.float() in fp32
+            phases += [(tb * (2 * E * el + norm + F * el), deq_up, 0, 0), (tb * (3 * E + 2 * F) * el, deq_up, 0, ws),
+                       (tb * ((2 * E + 2 * F) * el + 12 * F), 0, 0, 0)]
+        for ph in phases:
+            if sum(ph) > sum(best):
+                best = ph
+    # the embedding of the bucket: the token rows, the position rows (GPT-2) and their sum
+    emb = tb * E * el * (3 if gpt2 else 1)
+    activations, dequant, attention_scores, gemm_ws = best
+    if emb > sum(best):
+        activations, dequant, attention_scores, gemm_ws = emb, 0, 0, 0
+    prefill = activations + dequant + attention_scores + gemm_ws
+    logits = V * 4  # the LM head's fp32 row (the prefill graph keeps its [1, 1, V])
+
+    # ---- the decode step's capture (prefill done: its logits stay)
+    splits = min(1024, -(-cap // 64))  # attention_decode_splits' bound: ws_o and ws_ml
+    step = 3 * logits + H * splits * (D + 2) * 4 + (4 * E + 2 * qkv_out + 3 * F) * el
+    if not kernel_attention:  # reference decode attention: fp32 K and V expanded over the cache
+        step += 3 * H * cap * D * 4
+    transient = max(prefill, step)
+    cublas_ws = 2 * ws  # the warm-up stream's and the capture stream's
+    total = weights + held_extra + allocator_rounding + kv + transient
+    return {"weights": weights, "dense_cache": 0, "held_extra": held_extra, "allocator_rounding": allocator_rounding,
+            "kv_cache": kv, "cublas_workspaces": cublas_ws, "transient": transient, "total": total,
+            "prefill": prefill, "decode_step": step, "activations": activations, "gemm_workspace": gemm_ws,
+            "attention_scores": attention_scores, "logits": logits, "dequant": dequant,
+            "dense_cache_used": False, "cpu_cache_budget": 0, "n_ctx": cap, "prompt_tokens": T,
+            "prefill_tokens": tb, "device": "cuda", "dtype": str(dtype).replace("torch.", "")}
 
 
 def _estimate(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, device: str) -> dict:
