@@ -47,15 +47,15 @@ STATUS_MESSAGES = {  # csrc/launchers.h kStatus*
 _SIDE_STREAMS: dict[int, "torch.cuda.Stream"] = {}
 
 
-def _side_stream() -> "torch.cuda.Stream":
+def _side_stream(device: torch.device) -> "torch.cuda.Stream":
     """The stream every warm-up before a graph capture runs on: one per device for the process.
     torch keeps a cuBLAS workspace for each stream that runs a product (32 MiB on Hopper), so a
     new stream per decoder would hold one more workspace per decoder (up to the 32 streams of
     torch's pool); one stream holds one, like the capture stream torch.cuda.graph shares."""
-    dev = torch.cuda.current_device()
+    dev = device.index if device.index is not None else torch.cuda.current_device()
     s = _SIDE_STREAMS.get(dev)
     if s is None:
-        s = _SIDE_STREAMS[dev] = torch.cuda.Stream()
+        s = _SIDE_STREAMS[dev] = torch.cuda.Stream(device=dev)
     return s
 
 
@@ -156,7 +156,7 @@ class Decoder:
         if g is None:
             st = self.state
             saved = [t.clone() for t in (st.ids, st.pos, st.lens, st.status)]
-            side = _side_stream()
+            side = _side_stream(self.device)
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm-up outside capture: lazy inits, workspaces
                 self.step(kind)
@@ -190,7 +190,7 @@ class Decoder:
         entry = self.prefill_graphs.get(tb)
         if entry is None:
             xb, atb = x.to(self.device), at.to(self.device)
-            side = _side_stream()
+            side = _side_stream(self.device)
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm-up outside capture
                 self.net.forward(xb, self.state.cache.slot(0), at=atb)
