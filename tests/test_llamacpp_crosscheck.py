@@ -142,24 +142,27 @@ GREEDY_FILES = ["gpt2-F32-gpt2", "gpt2-F16-gpt2", "llama-F32-gpt2", "llama-F16-s
 
 
 class Files:
-    def __init__(self, root):
-        self.root = root
+    """GPT-2 and Llama files from the session's ``models`` factory (tests/conftest.py: the same
+    seeded files other tests write, made once per session); the gpt-oss ones written here."""
+
+    def __init__(self, root, models):
+        self.root, self.models = root, models
         self._made: dict[str, object] = {}
 
     def path(self, name: str):
+        arch, kw, _ = FILES[name]
+        if arch != "gpt-oss":
+            return self.models.path(arch, **kw)
         if name not in self._made:
-            arch, kw, _ = FILES[name]
             p = self.root / f"{name}.gguf"
-            make = {"gpt2": testmodels.make_gpt2, "llama": testmodels.make_llama,
-                    "gpt-oss": testmodels.make_gpt_oss}[arch]
-            make(p, **kw)
+            testmodels.make_gpt_oss(p, **kw)
             self._made[name] = p
         return self._made[name]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> Files:
-    return Files(tmp_path_factory.mktemp("llamacpp"))
+def files(tmp_path_factory, models) -> Files:
+    return Files(tmp_path_factory.mktemp("llamacpp"), models)
 
 
 def load_ours(path):

@@ -11,6 +11,7 @@ import torch
 from gpt_engine import quants
 
 from .test_linear import _case, make_weight
+from .test_linear_q import OSS_CASES
 
 Q = gguf.GGMLQuantizationType
 
@@ -37,22 +38,7 @@ def test_mxfp4_embedding_rows_cpu(dtype):
             w.rows(torch.tensor(bad))
 
 
-# gpt-oss-20b: hidden 2880, 64 query heads and 8 KV heads of 64, expert FFN 2880 (SwiGLU); as
-# test_linear_q.OSS_CASES, on the CPU path in float32
-CPU_OSS_CASES = [
-    pytest.param(1, 64 * 64 + 2 * 8 * 64, 2880, "none", True, None, False, marks=pytest.mark.story("GT-035"),
-                 id="qkv"),
-    pytest.param(4, 2880, 64 * 64, "none", True, None, False, marks=pytest.mark.story("GT-035"), id="attn_out"),
-    pytest.param(1, 2 * 2880, 2880, "swiglu", False, "rmsnorm", False, marks=pytest.mark.story("GT-036"),
-                 id="ffn_gate_up"),
-    pytest.param(2, 2880, 2880, "none", False, None, False, marks=pytest.mark.story("GT-036"), id="ffn_down"),
-    pytest.param(64, 2880, 2880, "none", False, None, False, marks=pytest.mark.story("GT-036"), id="prefill_rows"),
-    pytest.param(1, 8192, 2880, "none", False, "rmsnorm", True, marks=pytest.mark.story("GT-037"),
-                 id="lm_head_slice"),
-]
-
-
-@pytest.mark.parametrize("m,n,k,act,bias,norm,float_out", CPU_OSS_CASES)
+@pytest.mark.parametrize("m,n,k,act,bias,norm,float_out", OSS_CASES)  # gpt-oss-20b shapes, stories marked there
 def test_mxfp4_projections_at_model_shapes_cpu(m, n, k, act, bias, norm, float_out):
     """ops.linear on the CPU with MXFP4 weights (every epilogue the gpt-oss projections use) vs a
     float64 product with gguf-py's decoding: NMSE within the float32 bound."""
