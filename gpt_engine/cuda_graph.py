@@ -59,6 +59,16 @@ def _side_stream(device: torch.device) -> "torch.cuda.Stream":
     return s
 
 
+def _release_warmup(device: torch.device) -> None:
+    """Hand the warm-up's freed temporaries back to the device before a capture. A captured graph
+    allocates from its own pool, which cannot reuse the blocks the warm-up left cached in the
+    general pool, so without this the process keeps both: one transient more than
+    memory_estimate() counts, the excess a GPU budget sees (reserved memory, not allocated).
+    Once per captured graph, not per replay."""
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+
+
 @contextlib.contextmanager
 def _no_gc():
     """No automatic garbage collection while a graph is captured: collecting some other object's
@@ -161,6 +171,7 @@ class Decoder:
             with torch.cuda.stream(side):  # warm-up outside capture: lazy inits, workspaces
                 self.step(kind)
             torch.cuda.current_stream().wait_stream(side)
+            _release_warmup(self.device)
             g = torch.cuda.CUDAGraph()
             with _no_gc(), torch.cuda.graph(g):
                 self.step(kind)
@@ -195,6 +206,7 @@ class Decoder:
             with torch.cuda.stream(side):  # warm-up outside capture
                 self.net.forward(xb, self.state.cache.slot(0), at=atb)
             torch.cuda.current_stream().wait_stream(side)
+            _release_warmup(self.device)
             g = torch.cuda.CUDAGraph()
             with _no_gc(), torch.cuda.graph(g):
                 logits = self.net.forward(xb, self.state.cache.slot(0), at=atb)
