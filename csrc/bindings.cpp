@@ -244,15 +244,6 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
 
 const at::Tensor* opt(const std::optional<at::Tensor>& t) { return t.has_value() ? &t.value() : nullptr; }
 
-// The weights of the kernel after this one, which this one asks L2 for as it starts (common.cuh,
-// l2_prefetch_share: why); none when t is absent. Capped to a share of this card's L2.
-gpte::L2Next l2_next_of(const char* op, const std::optional<at::Tensor>& t, const at::Tensor& x) {
-  if (!t) return {};
-  TORCH_CHECK(t->is_cuda() && t->device() == x.device() && t->is_contiguous(), op,
-              ": prefetch must be a contiguous tensor on ", x.device());
-  return gpte::l2_next_cap(t->data_ptr(), (int64_t)t->nbytes(), at::cuda::getCurrentDeviceProperties()->l2CacheSize);
-}
-
 // Values per row of a packed weight w (uint8 [N, row bytes] of whole blocks of ggml type qtype).
 int64_t packed_row_values(const char* op, const at::Tensor& w, int64_t qtype) {
   int qk = 0, ts = 0;
@@ -345,14 +336,13 @@ gpte::LinearArgs linear_args(const char* op, const at::Tensor& x, const at::Tens
 void linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
             const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm_w,
             const std::optional<at::Tensor>& norm_b, at::Tensor& out, int64_t norm, int64_t act, double eps,
-            int64_t qtype, const std::optional<at::Tensor>& prefetch) {
+            int64_t qtype) {
   const char* op = "linear";
   TORCH_CHECK(act >= gpte::kActNone && act <= gpte::kActSwiglu, op, ": unknown act code ", act);
   TORCH_CHECK(w.dim() == 2 && (act != gpte::kActSwiglu || w.size(0) % 2 == 0), op,
               ": SwiGLU needs an even number of weight rows");
   const int64_t n_out = act == gpte::kActSwiglu ? w.size(0) / 2 : w.size(0);
   gpte::LinearArgs p = linear_args(op, x, w, bias, residual, norm_w, norm_b, out, norm, act, eps, n_out, qtype);
-  p.l2_next = l2_next_of(op, prefetch, x);
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch(op, launch_linear_any(qtype, w, x, p));
 }
@@ -362,8 +352,7 @@ void linear_qkv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
                 int64_t norm, double eps, const at::Tensor& pos, const std::optional<at::Tensor>& cos_t,
                 const std::optional<at::Tensor>& sin_t, at::Tensor& k_cache, at::Tensor& v_cache,
                 const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& status, int64_t n_head,
-                int64_t n_head_kv, int64_t rope_mode, int64_t rope_dim, int64_t qtype,
-                const std::optional<at::Tensor>& prefetch) {
+                int64_t n_head_kv, int64_t rope_mode, int64_t rope_dim, int64_t qtype) {
   const char* op = "linear_qkv";
   TORCH_CHECK(n_head > 0 && n_head_kv > 0 && w.dim() == 2 && w.size(0) % (n_head + 2 * n_head_kv) == 0, op,
               ": weight rows are not (n_head + 2 n_head_kv) heads");
@@ -416,7 +405,6 @@ void linear_qkv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
                 op, ": status must be one int32 on ", x.device());
     e.status = status->data_ptr<int>();
   }
-  p.l2_next = l2_next_of(op, prefetch, x);
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch(op, launch_linear_any(qtype, w, x, p));
 }
@@ -565,7 +553,7 @@ void moe_route(const at::Tensor& h, const at::Tensor& router, const at::Tensor& 
 void moe_experts(const at::Tensor& h, const at::Tensor& ids, const at::Tensor& weights, const at::Tensor& gate,
                  const at::Tensor& gate_bias, const at::Tensor& up, const at::Tensor& up_bias, const at::Tensor& down,
                  const at::Tensor& down_bias, const std::optional<at::Tensor>& residual, at::Tensor& act,
-                 at::Tensor& out, const std::optional<at::Tensor>& prefetch) {
+                 at::Tensor& out) {
   const char* op = "moe_experts";
   check_tensor(op, "h", h, h, true);
   check_tensor(op, "out", out, h, true);
@@ -594,7 +582,7 @@ void moe_experts(const at::Tensor& h, const at::Tensor& ids, const at::Tensor& w
   gpte::MoeArgs a{h.data_ptr(), ids.data_ptr<int32_t>(), weights.data_ptr<float>(), gate.data_ptr<uint8_t>(),
                   gate_bias.data_ptr(), up.data_ptr<uint8_t>(), up_bias.data_ptr(), down.data_ptr<uint8_t>(),
                   down_bias.data_ptr(), residual ? residual->data_ptr() : nullptr, act.data_ptr<float>(),
-                  out.data_ptr(), M, K, E, C, F, l2_next_of(op, prefetch, h)};
+                  out.data_ptr(), M, K, E, C, F};
   check_launch(op, gpte::launch_moe_experts(dtype_code(h), a, stream_of(h)));
 }
 
@@ -641,12 +629,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("sinks") = py::none(), py::arg("window") = 0);
   m.def("linear", &linear, "decode GEMV: out = epilogue(norm(x) @ w.T)", py::arg("x"), py::arg("w"),
         py::arg("bias"), py::arg("residual"), py::arg("norm_w"), py::arg("norm_b"), py::arg("out"), py::arg("norm"),
-        py::arg("act"), py::arg("eps"), py::arg("qtype") = -1, py::arg("prefetch") = py::none());
+        py::arg("act"), py::arg("eps"), py::arg("qtype") = -1);
   m.def("linear_qkv", &linear_qkv, "decode GEMV with the QKV epilogue: q out, RoPE, k/v into the cache",
         py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("norm_w"), py::arg("norm_b"), py::arg("q_out"),
         py::arg("norm"), py::arg("eps"), py::arg("pos"), py::arg("cos"), py::arg("sin"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("lens"), py::arg("status"), py::arg("n_head"), py::arg("n_head_kv"),
-        py::arg("rope_mode"), py::arg("rope_dim"), py::arg("qtype") = -1, py::arg("prefetch") = py::none());
+        py::arg("rope_mode"), py::arg("rope_dim"), py::arg("qtype") = -1);
   m.def("linear_q_supported", &gpte::linear_q_supported, "whether the packed GEMV takes (ggml type, act dtype, M, K)");
   m.def("dequantize_rows", &dequantize_rows, "out = dequantize(w[ids]) (GGUF packed rows, bit-exact)", py::arg("w"),
         py::arg("qtype"), py::arg("ids"), py::arg("out"), py::arg("status"));
@@ -663,5 +651,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("moe_experts", &moe_experts, "the chosen MXFP4 experts' SwiGLU FFNs, weighted and summed", py::arg("h"),
         py::arg("ids"), py::arg("weights"), py::arg("gate"), py::arg("gate_bias"), py::arg("up"),
         py::arg("up_bias"), py::arg("down"), py::arg("down_bias"), py::arg("residual"), py::arg("act"),
-        py::arg("out"), py::arg("prefetch") = py::none());
+        py::arg("out"));
 }

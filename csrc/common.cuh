@@ -11,8 +11,6 @@
 #include <type_traits>
 #include <utility>
 
-#include "launchers.h"
-
 namespace gpte {
 
 // dtype codes shared with bindings.cpp
@@ -114,37 +112,6 @@ inline cudaError_t launch_pdl_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 
 }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-// Cross-kernel L2 prefetch. A decode step is a chain of short kernels, each streaming one weight
-// matrix; between two of them DRAM idles for the launch, the pdl_wait, the activation staging, the
-// last wave and the epilogue (~2-3 us a kernel: docs/kernels/decode.md). A kernel that is handed
-// the NEXT kernel's weights (L2Next) asks L2 for them as it starts, so DRAM keeps streaming across
-// the boundary and the next kernel finds its first bytes in L2. cp.async.bulk.prefetch.L2 (PTX ISA
-// 8.0, sm_90) is a hint: it holds no registers or shared memory and nothing waits for it. The
-// host caps the range (l2_next_cap, launchers.h) so the matrix being read and the one prefetched
-// both fit in L2.
-//
-// Part `part` of `parts` asks for its share of [ptr, ptr + bytes) in 4 KiB pieces, one per lane
-// of warp 0. Call before pdl_wait() where the range is known there: the weights are constant.
-__device__ __forceinline__ void l2_prefetch_part(const L2Next& n, int64_t part, int64_t parts) {
-  if (n.ptr == nullptr || n.bytes < 16 || threadIdx.x >= 32) return;
-  constexpr int64_t kPiece = 4096;
-  const int64_t pieces = (n.bytes + kPiece - 1) / kPiece;
-  for (int64_t i = part * 32 + threadIdx.x; i < pieces; i += parts * 32) {
-    const int64_t off = i * kPiece;
-    const int64_t left = n.bytes - off;
-    const uint32_t size = (uint32_t)((left < kPiece ? left : kPiece) & ~int64_t{15});
-    if (size == 0) continue;
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(static_cast<const char*>(n.ptr) + off), "r"(size));
-  }
-}
-
-// The share of block b of the grid (all dimensions flattened).
-__device__ __forceinline__ void l2_prefetch_share(const L2Next& n) {
-  const int64_t b = blockIdx.x + (int64_t)gridDim.x * (blockIdx.y + (int64_t)gridDim.y * blockIdx.z);
-  l2_prefetch_part(n, b, (int64_t)gridDim.x * gridDim.y * gridDim.z);
-}
-
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

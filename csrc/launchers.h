@@ -5,33 +5,9 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 namespace gpte {
-
-// Weights a kernel asks L2 for on behalf of the next kernel of the step (common.cuh,
-// l2_prefetch_share, says why).
-struct L2Next {
-  const void* ptr = nullptr;  // 16-byte aligned, or null: nothing to prefetch
-  int64_t bytes = 0;          // a multiple of 16 (the tail below 16 bytes is left out)
-};
-
-// The L2Next for a weight of `bytes` at ptr on a card with `l2_bytes` of L2: at most 2/5 of L2 (the
-// matrix being streamed, up to another 2/5, must stay beside it: GPT-2 1.5B's largest is 20.5 MB,
-// H200's L2 60 MB); nothing under GPTE_NO_L2_PREFETCH=1 (A/B measurements) or for a misaligned ptr.
-inline bool l2_prefetch_enabled() {
-  static const bool on = std::getenv("GPTE_NO_L2_PREFETCH") == nullptr;
-  return on;
-}
-inline L2Next l2_next_cap(const void* ptr, int64_t bytes, int64_t l2_bytes) {
-  L2Next n;
-  if (!l2_prefetch_enabled() || ptr == nullptr || (reinterpret_cast<uintptr_t>(ptr) & 15u) != 0 || bytes < 16) return n;
-  n.ptr = ptr;
-  n.bytes = std::min<int64_t>(bytes, l2_bytes * 2 / 5) & ~int64_t{15};
-  return n;
-}
 
 cudaError_t launch_residual_add(int dtype, const void* x, const void* y, void* out, int64_t n, cudaStream_t stream);
 
@@ -120,7 +96,6 @@ struct LinearArgs {
   float eps;
   bool out_f32;
   QkvEpilogue qkv;       // act == kActQkv only
-  L2Next l2_next;        // the next kernel's weights, asked into L2 (or none)
   int kt;                // set by the launcher: K tile staged in shared memory
   bool vec_x;            // set by the launcher: x rows read with 16-byte loads
 };
@@ -206,7 +181,6 @@ struct MoeArgs {
   float* act;              // [M, K, F] workspace (SwiGLU outputs)
   void* out;               // [M, C] (dtype)
   int64_t M, K, E, C, F;
-  L2Next l2_next;          // the weights of the kernel after the experts (the down kernel asks L2 for them)
 };
 // C, F multiples of 32, at most 4096; M * K <= 65535.
 cudaError_t launch_moe_experts(int dtype, const MoeArgs& a, cudaStream_t stream);

@@ -86,7 +86,6 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
       prefetched = true;
     }
   }
-  l2_prefetch_share(p.l2_next);  // the next kernel's weights, behind this block's own first loads
   pdl_wait();
   pdl_launch_dependents();
 
@@ -286,7 +285,6 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
     issue(s, head);
     head = advance(head);
   }
-  l2_prefetch_share(p.l2_next);  // the next kernel's weights, behind this block's own first loads
   pdl_wait();
   pdl_launch_dependents();
   XStage<A, MT, kPipeThreads>::stage(p, xs, 0, 1, s_mean, s_rstd);

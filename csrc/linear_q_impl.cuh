@@ -429,7 +429,6 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
     issue(s, head);
     head = advance(head);
   }
-  l2_prefetch_share(p.l2_next);  // the next kernel's weights, behind this block's own first loads
   pdl_wait();
   pdl_launch_dependents();
   stage_x_int<A, MT>(p, xq, xsc, s_mean, s_rstd, s_red);

@@ -147,18 +147,13 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_kernel(
     const uint8_t* __restrict__ wu,     // [E * F, C / 32 * 17]
     const T* __restrict__ bu,           // [E, F]
     float* __restrict__ act,            // [M, K, F]
-    int K, int E, int F, int C,
-    const uint8_t* __restrict__ wd) {   // [E * C, F / 32 * 17] the down kernel's, asked into L2; or null
+    int K, int E, int F, int C) {
   extern __shared__ float xs[];         // [32][C / 32]
   pdl_wait();  // h and the routing come from the kernels before
   pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int mj = blockIdx.y, m = mj / K;
   const int e = clamp_expert(ids[mj], E);
-  if (wd != nullptr) {  // this expert's down rows, split over its row blocks (common.cuh: why)
-    const int64_t bytes = (int64_t)C * (F / 32) * kBlockBytes;
-    l2_prefetch_part(L2Next{wd + (int64_t)e * bytes, bytes}, blockIdx.x, gridDim.x);
-  }
   const int nblk = C / 32;
   const int64_t row_bytes = (int64_t)nblk * kBlockBytes;
   const uint8_t* g_end = wg + (int64_t)E * F * row_bytes;
@@ -208,10 +203,8 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_kernel(
     const T* __restrict__ bd,           // [E, C]
     const T* __restrict__ residual,     // [M, C] or null
     T* __restrict__ out,                // [M, C]
-    int K, int E, int F, int C,
-    L2Next next) {                      // the next kernel's weights, asked into L2
+    int K, int E, int F, int C) {
   extern __shared__ float sact[];       // [K][32][F / 32]
-  l2_prefetch_share(next);
   pdl_wait();
   pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -286,11 +279,9 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_split_kernel(
     const T* __restrict__ bd,           // [E, C]
     const T* __restrict__ residual,     // [M, C] or null
     T* __restrict__ out,                // [M, C]
-    int K, int E, int F, int C,         // grid (K, C / 16, M), cluster (K, 1, 1)
-    L2Next next) {                      // the next kernel's weights, asked into L2
+    int K, int E, int F, int C) {       // grid (K, C / 16, M), cluster (K, 1, 1)
   extern __shared__ float xs[];         // [32][F / 32]: act[m, j] times 2^15
   __shared__ float part[kDownRowsPerBlock];  // this expert's dot + bias per row of the tile
-  l2_prefetch_share(next);
   pdl_wait();
   pdl_launch_dependents();
   cg::cluster_group cluster = cg::this_cluster();
@@ -526,14 +517,14 @@ cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
   const dim3 g1((unsigned)ceil_div(a.F, kGateUpRowsPerBlock), (unsigned)(a.M * a.K));
   cudaError_t e = launch_pdl(moe_gate_up_kernel<T, NBL>, g1, dim3(kMoeThreads), (size_t)a.C * sizeof(float), st, (const T*)a.h, a.ids,
                              a.gate, (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E,
-                             (int)a.F, (int)a.C, l2_prefetch_enabled() ? a.down : nullptr);
+                             (int)a.F, (int)a.C);
   if (e != cudaSuccess) return e;
   if (a.K <= kMaxClusterExperts) {
     const dim3 g2((unsigned)a.K, (unsigned)ceil_div(a.C, kDownRowsPerBlock), (unsigned)a.M);
     return launch_pdl_cluster(moe_down_split_kernel<T, NBL>, g2, dim3(kMoeThreads), (size_t)a.F * sizeof(float),
                               st, dim3((unsigned)a.K, 1, 1), (const float*)a.act, a.ids, (const float*)a.weights, a.down,
                               (const T*)a.down_bias, (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F,
-                              (int)a.C, a.l2_next);
+                              (int)a.C);
   }
   const size_t smem = moe_down_smem_bytes(a.K, a.F);
   static size_t configured = 0;
@@ -545,7 +536,7 @@ cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
   const dim3 g2((unsigned)ceil_div(a.C, kDownRowsPerBlock), (unsigned)a.M);
   return launch_pdl(moe_down_kernel<T, NBL>, g2, dim3(kMoeThreads), smem, st, (const float*)a.act, a.ids,
                     (const float*)a.weights, a.down, (const T*)a.down_bias, (const T*)a.residual, (T*)a.out,
-                    (int)a.K, (int)a.E, (int)a.F, (int)a.C, a.l2_next);
+                    (int)a.K, (int)a.E, (int)a.F, (int)a.C);
 }
 
 template <typename T>

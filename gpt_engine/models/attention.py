@@ -46,8 +46,7 @@ def project_qkv(x: torch.Tensor, weights: list, bias: torch.Tensor | None, norm)
 def attend_tokens(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, cache: KVCache | None, layer: int,
                   batch: int, start: int, pos: torch.Tensor) -> torch.Tensor:
     """x [B*T, C] (the residual stream) at positions pos [B*T] (= start..start+T-1 per
-    sequence) -> attention output [B*T, Hq D]. (No L2 prefetch: a prompt's products run on
-    cuBLAS, where it is not wired.)"""
+    sequence) -> attention output [B*T, Hq D]."""
     qkv = project_qkv(x, weights, bias, norm)
     t = qkv.shape[0] // batch
     if qkv.device.type == "cpu" and start > 0 and cache is not None and t == 1:  # a CPU decode step (cpu_decode.py)
@@ -66,15 +65,13 @@ def attend_tokens(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, c
     return a.reshape(batch * t, lay.n_head * d)
 
 
-def attend_decode(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, st, layer: int,
-                  prefetch=None) -> torch.Tensor:
+def attend_decode(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, st, layer: int) -> torch.Tensor:
     """x [B, C] of the token at st.pos per sequence -> [B, Hq D]. Writes the cache row and
-    st.lens (= pos + 1); a position outside the cache raises a bit in st.status. prefetch: the
-    output projection's weight, asked into L2 by the QKV GEMV (ops.linear's prefetch)."""
+    st.lens (= pos + 1); a position outside the cache raises a bit in st.status."""
     kc, vc = st.cache.k[layer], st.cache.v[layer]
     args = (st.pos, lay.cos, lay.sin, kc, vc, st.lens, st.status, lay.n_head, lay.n_head_kv)
     if len(weights) == 1:
-        q = ops.linear_qkv(x, weights[0], bias, norm, *args, lay.rope_mode, lay.rope_dim, prefetch=prefetch)
+        q = ops.linear_qkv(x, weights[0], bias, norm, *args, lay.rope_mode, lay.rope_dim)
     else:
         q, _, _ = ops.qkv_rope(project_qkv(x, weights, bias, norm), *args, 1, lay.rope_mode, lay.rope_dim)
     a = ops.attention_decode(q, kc, vc, st.lens, lay.scale, st.splits)

@@ -26,14 +26,11 @@ _DENSE = {"F32", "F16"}
 
 
 def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
-    """One GPT-2 block on x [ntok, C] (the residual stream); attn(x, weights, bias, norm, prefetch)
-    -> [ntok, C] does the QKV product (LN1 fused) and the attention. Each GEMV asks L2 for the
-    weight of the product after it (``prefetch``; L["next"]: the next block's QKV or the head, absent
-    for a lone block as the block tests build one)."""
-    x = ops.linear(attn(x, [L["qkv_w"]], L["qkv_b"], L["ln1"], L["o_w"]), L["o_w"], L["o_b"], residual=x,
-                   prefetch=L["up_w"])
-    h = ops.linear(x, L["up_w"], L["up_b"], norm=L["ln2"], act="gelu_tanh", prefetch=L["down_w"])
-    return ops.linear(h, L["down_w"], L["down_b"], residual=x, prefetch=L.get("next"))
+    """One GPT-2 block on x [ntok, C] (the residual stream); attn(x, weights, bias, norm) -> [ntok, C]
+    does the QKV product (LN1 fused) and the attention."""
+    x = ops.linear(attn(x, [L["qkv_w"]], L["qkv_b"], L["ln1"]), L["o_w"], L["o_b"], residual=x)
+    h = ops.linear(x, L["up_w"], L["up_b"], norm=L["ln2"], act="gelu_tanh")
+    return ops.linear(h, L["down_w"], L["down_b"], residual=x)
 
 
 class GPT2:
@@ -65,8 +62,6 @@ class GPT2:
             })
         self.lnf = ln("output_norm")
         self.head = self.wte if cfg.tied_output else w("output.weight")
-        for L, nxt in zip(self.layers, self.layers[1:] + [None]):
-            L["next"] = nxt["qkv_w"] if nxt is not None else self.head
         self.heads = HeadLayout(cfg.n_head, cfg.n_head, cfg.head_dim, 1.0 / math.sqrt(cfg.head_dim))
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
@@ -95,7 +90,7 @@ class GPT2:
         x = self._embed(ids, pos).reshape(B * T, c.n_embd)
         flat = pos.reshape(-1).contiguous()
         for i, L in enumerate(self.layers):
-            x = block(L, x, lambda h, w, b, n, _pf, i=i: attend_tokens(self.heads, h, w, b, n, cache, i, B, start, flat))
+            x = block(L, x, lambda h, w, b, n, i=i: attend_tokens(self.heads, h, w, b, n, cache, i, B, start, flat))
         if cache is not None:
             cache.length = start + T
         x = x.view(B, T, c.n_embd)
@@ -111,5 +106,5 @@ class GPT2:
         B = st.ids.shape[0]
         x = self._embed(st.ids.view(B, 1), st.pos.view(B, 1)).view(B, self.cfg.n_embd)
         for i, L in enumerate(self.layers):
-            x = block(L, x, lambda h, w, b, n, pf, i=i: attend_decode(self.heads, h, w, b, n, st, i, pf))
+            x = block(L, x, lambda h, w, b, n, i=i: attend_decode(self.heads, h, w, b, n, st, i))
         return ops.linear(x, self.head, norm=self.lnf, float_out=True)

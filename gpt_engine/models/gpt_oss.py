@@ -349,18 +349,14 @@ class GptOss:
         x = self.embd.rows(st.ids, self.dtype, checked=not self.on_gpu, status=st.status).reshape(B, c.n_embd)
         scale = 1.0 / math.sqrt(c.head_dim)
         for i, L in enumerate(self.layers):
-            # each GEMV asks L2 for the next product's weight (ops.linear's prefetch): QKV for
-            # o_proj, the experts' down kernel for the next layer's QKV (or the head); the
-            # gate/up kernel asks for its experts' down rows itself (csrc/moe.cu)
-            nxt = self.layers[i + 1].qkv[0] if i + 1 < len(self.layers) else self.head
-            q = self.qkv_decode(x, L, st, i, prefetch=L.o)                     # [B, Hq, d]
+            q = self.qkv_decode(x, L, st, i)                                   # [B, Hq, d]
             kc, vc = st.cache.k[i], st.cache.v[i]
             if self.on_gpu:
                 a = ops.attention_decode(q, kc, vc, st.lens, scale, st.splits, L.sinks, L.window or 0)
             else:
                 a = sink_attention(q[:, None], kc, vc, L.sinks, st.pos[:, None], L.window, scale)
             x = ops.linear(a.reshape(B, -1), L.o, L.o_bias, residual=x)
-            x = self.ffn(x, L, prefetch=nxt)
+            x = self.ffn(x, L)
         return ops.linear(x, self.head, norm=self.norm, float_out=True)
 
     def project_qkv(self, x: torch.Tensor, L: Layer) -> torch.Tensor:
@@ -370,7 +366,7 @@ class GptOss:
             return ops.linear(x, L.qkv[0], L.qkv_bias[0], norm=L.attn_norm)
         return torch.cat(ops.linear_module.linear_each(x, L.qkv, L.attn_norm, L.qkv_bias), dim=-1)
 
-    def qkv_decode(self, x: torch.Tensor, L: Layer, st, layer: int, prefetch=None) -> torch.Tensor:
+    def qkv_decode(self, x: torch.Tensor, L: Layer, st, layer: int) -> torch.Tensor:
         """q [B, Hq, d] of one token per sequence at st.pos, rotated; k/v appended at st.pos,
         st.lens = pos + 1, a position outside the cache flagged in st.status. One
         ops.linear_qkv launch with the stacked weight."""
@@ -378,8 +374,7 @@ class GptOss:
         args = (st.pos, self.rope_cos, self.rope_sin, st.cache.k[layer], st.cache.v[layer], st.lens, st.status,
                 c.n_head, c.n_head_kv)
         if len(L.qkv) == 1:
-            return ops.linear_qkv(x, L.qkv[0], L.qkv_bias[0], L.attn_norm, *args, ROPE_MODE, c.head_dim,
-                                  prefetch=prefetch)
+            return ops.linear_qkv(x, L.qkv[0], L.qkv_bias[0], L.attn_norm, *args, ROPE_MODE, c.head_dim)
         q, _, _ = ops.qkv_rope(self.project_qkv(x, L), *args, 1, ROPE_MODE, c.head_dim)
         return q
 
@@ -401,19 +396,18 @@ class GptOss:
             keys, values = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
         return sink_attention(q, keys, values, L.sinks, pos, L.window, scale)
 
-    def ffn(self, x: torch.Tensor, L: Layer, prefetch=None) -> torch.Tensor:
+    def ffn(self, x: torch.Tensor, L: Layer) -> torch.Tensor:
         """x + moe(RMSNorm(x; post_attention_norm)), the residual fused where the op takes it.
         On the GPU the norm is the reference's formula (fp32, x * rsqrt(mean(x^2) + eps) * w,
         rounded once): for few tokens inside ops.moe_norm_route's kernel, else torch's rms_norm
-        on the fp32 row. prefetch: the next product's ``QWeight``, asked into L2 by the experts'
-        down kernel."""
+        on the fp32 row."""
         eps = self.cfg.norm_eps
         if self.on_gpu:
             flat = x.reshape(-1, x.shape[-1]).contiguous()
             if getattr(self, "moe_kernels", False) and flat.shape[0] < MOE_GROUPED_MIN_TOKENS:
                 # few tokens: the norm runs inside the routing kernel (one launch instead of four)
                 h, ids, w = ops.moe_norm_route(flat, L.post_norm, eps, L.router, L.router_bias, self.cfg.n_expert_used)
-                return GptOss._experts_kernel(h, ids, w, L, flat, prefetch).reshape(x.shape)
+                return GptOss._experts_kernel(h, ids, w, L, flat).reshape(x.shape)
             h = F.rms_norm(x.float(), (x.shape[-1],), L.post_norm, eps).to(x.dtype)
         else:
             h = rmsnorm(x, L.post_norm, eps)
@@ -421,11 +415,10 @@ class GptOss:
 
     @staticmethod
     def _experts_kernel(h: torch.Tensor, ids: torch.Tensor, w: torch.Tensor, L: Layer,
-                        residual: torch.Tensor | None, prefetch=None) -> torch.Tensor:
+                        residual: torch.Tensor | None) -> torch.Tensor:
         """ops.moe_experts on the layer's MXFP4 stacks: [M, C] (+ residual)."""
         return ops.moe_experts(h, ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw, L.up.bias,
-                               L.down.weight.raw, L.down.bias, residual,
-                               prefetch.raw if prefetch is not None else None)
+                               L.down.weight.raw, L.down.bias, residual)
 
     def moe(self, h: torch.Tensor, L: Layer, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Top-k routing, then each chosen expert on the tokens that chose it (+ residual).

@@ -48,18 +48,15 @@ def _stacked(weights: list[QWeight]) -> list[QWeight]:
 
 
 def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
-    """One Llama block on x [ntok, C] (the residual stream); attn(x, weights, bias, norm, prefetch)
-    -> [ntok, Hq D] does the QKV product (RMSNorm fused), RoPE, the KV append and the attention.
-    Each GEMV asks L2 for the weight of the product after it (``prefetch``; L["next"]: the next
-    block's first QKV weight or the head)."""
-    gate_up = L["gate_up"]
-    x = ops.linear(attn(x, L["qkv"], None, L["attn_norm"], L["o"]), L["o"], residual=x, prefetch=gate_up[0])
-    if len(gate_up) == 1:
-        h = ops.linear(x, gate_up[0], norm=L["ffn_norm"], act="swiglu", prefetch=L["down"])
+    """One Llama block on x [ntok, C] (the residual stream); attn(x, weights, bias, norm) ->
+    [ntok, Hq D] does the QKV product (RMSNorm fused), RoPE, the KV append and the attention."""
+    x = ops.linear(attn(x, L["qkv"], None, L["attn_norm"]), L["o"], residual=x)
+    if len(L["gate_up"]) == 1:
+        h = ops.linear(x, L["gate_up"][0], norm=L["ffn_norm"], act="swiglu")
     else:
-        g, u = ops.linear_module.linear_each(x, gate_up, L["ffn_norm"])
+        g, u = ops.linear_module.linear_each(x, L["gate_up"], L["ffn_norm"])
         h = (F.silu(g.float()) * u.float()).to(x.dtype)
-    return ops.linear(h, L["down"], residual=x, prefetch=L.get("next"))
+    return ops.linear(h, L["down"], residual=x)
 
 
 class Llama:
@@ -86,8 +83,6 @@ class Llama:
             })
         self.norm = rms("output_norm.weight")
         self.head = self.embd if cfg.tied_output else w("output.weight")
-        for L, nxt in zip(self.layers, self.layers[1:] + [None]):
-            L["next"] = nxt["qkv"][0] if nxt is not None else self.head
         cos, sin = rope_tables(torch.arange(cfg.n_ctx, device=device), cfg.rope_dim, cfg.rope_theta)
         self.heads = HeadLayout(cfg.n_head, cfg.n_head_kv, cfg.head_dim, 1.0 / math.sqrt(cfg.head_dim),
                                 ROPE_MODES["adjacent"], cfg.rope_dim, cos, sin)
@@ -107,7 +102,7 @@ class Llama:
         pos = torch.arange(start, start + T, device=self.device).expand(B, T).reshape(-1).contiguous()
         x = self.embd.rows(ids, self.dtype, checked=not capturing()).reshape(B * T, c.n_embd)
         for i, L in enumerate(self.layers):
-            x = block(L, x, lambda h, w, b, n, _pf, i=i: attend_tokens(self.heads, h, w, b, n, cache, i, B, start, pos))
+            x = block(L, x, lambda h, w, b, n, i=i: attend_tokens(self.heads, h, w, b, n, cache, i, B, start, pos))
         if cache is not None:
             cache.length = start + T
         x = x.view(B, T, c.n_embd)
@@ -123,5 +118,5 @@ class Llama:
         B = st.ids.shape[0]
         x = self.embd.rows(st.ids, self.dtype, checked=False, status=st.status).view(B, self.cfg.n_embd)
         for i, L in enumerate(self.layers):
-            x = block(L, x, lambda h, w, b, n, pf, i=i: attend_decode(self.heads, h, w, b, n, st, i, pf))
+            x = block(L, x, lambda h, w, b, n, i=i: attend_decode(self.heads, h, w, b, n, st, i))
         return ops.linear(x, self.head, norm=self.norm, float_out=True)

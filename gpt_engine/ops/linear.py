@@ -177,15 +177,12 @@ def reference(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, ep
 @torch.library.custom_op("gpt_engine::linear", mutates_args=())
 def linear_op(x: torch.Tensor, weight: torch.Tensor, qtype: int, bias: Optional[torch.Tensor],
               residual: Optional[torch.Tensor], norm_weight: Optional[torch.Tensor],
-              norm_bias: Optional[torch.Tensor], norm: int, eps: float, act: int, float_out: bool,
-              prefetch: Optional[torch.Tensor] = None) -> torch.Tensor:
-    # prefetch: the next product's weight, which the GEMV asks L2 for as it starts (a hint for
-    # the decode step's chain of kernels, csrc/common.cuh l2_prefetch_share; no effect on values)
+              norm_bias: Optional[torch.Tensor], norm: int, eps: float, act: int, float_out: bool) -> torch.Tensor:
     return reference(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out)
 
 
 @linear_op.register_fake
-def _(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out, prefetch=None):
+def _(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out):
     n, k = _shape_nk(weight, qtype)
     n_out = _check(x, n, k, bias, residual, norm, norm_weight, norm_bias, act)
     return x.new_empty((*x.shape[:-1], n_out), dtype=torch.float32 if float_out else x.dtype)
@@ -206,7 +203,7 @@ def _prefill(x, w, bias, residual, norm, norm_weight, norm_bias, eps, act, float
 if _ext.available():
 
     @linear_op.register_kernel("cuda")
-    def _(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out, prefetch=None):
+    def _(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out):
         n, k = _shape_nk(weight, qtype)
         n_out = _check(x, n, k, bias, residual, norm, norm_weight, norm_bias, act)
         lead = x.shape[:-1]
@@ -220,7 +217,7 @@ if _ext.available():
             out = new_output((m, n_out), x, torch.float32 if float_out else x.dtype)
             r2 = residual.reshape(m, n_out).contiguous() if residual is not None else None
             _ext.load().linear(x2.contiguous(), weight, bias, r2, norm_weight, norm_bias, out, norm, act, float(eps),
-                               qtype=int(qtype), prefetch=prefetch)
+                               qtype=int(qtype))
             return out.reshape(*lead, n_out)
         else:  # prefill, or a GEMV whose activations do not fit: one dequantization, then dense
             w = packed_dense(weight, qtype, n, k, x.dtype)
@@ -232,14 +229,13 @@ if _ext.available():
         out = new_output((m, n_out), x, torch.float32 if float_out else x.dtype)
         x2 = x2.contiguous()
         r2 = residual.reshape(m, n_out).contiguous() if residual is not None else None
-        _ext.load().linear(x2, w, bias, r2, norm_weight, norm_bias, out, norm, act, float(eps), prefetch=prefetch)
+        _ext.load().linear(x2, w, bias, r2, norm_weight, norm_bias, out, norm, act, float(eps))
         return out.reshape(*lead, n_out)
 
 
 def linear(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, residual: torch.Tensor | None = None,
-           norm: Norm | None = None, act: str = "none", float_out: bool = False, prefetch=None) -> torch.Tensor:
-    """out = act(norm(x) @ w.T + bias) + residual for a ``QWeight`` w (see the module doc). prefetch:
-    the ``QWeight`` of the product that runs next on the GPU, asked into L2 by this one's GEMV."""
+           norm: Norm | None = None, act: str = "none", float_out: bool = False) -> torch.Tensor:
+    """out = act(norm(x) @ w.T + bias) + residual for a ``QWeight`` w (see the module doc)."""
     if act not in ACTS:
         raise OpError(f"{OP}: act={act!r}, expected one of {sorted(ACTS)}")
     if norm is not None and norm.kind not in ("layernorm", "rmsnorm"):
@@ -247,8 +243,7 @@ def linear(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, residual: to
     nk = NORMS[norm.kind] if norm is not None else 0
     nw, nb, eps = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 1e-5)
     if x.device.type == "cuda":
-        return linear_op(x, w.raw, int(w.qtype), bias, residual, nw, nb, nk, float(eps), ACTS[act], float_out,
-                         prefetch.raw if prefetch is not None else None)
+        return linear_op(x, w.raw, int(w.qtype), bias, residual, nw, nb, nk, float(eps), ACTS[act], float_out)
     n, k = w.raw.shape[0], w.shape[-1]
     _check(x, n, k, bias, residual, nk, nw, nb, ACTS[act])
     # the weight's own CPU product: the cached dense copy, or torch's int4 kernel for Q4_0/Q4_1

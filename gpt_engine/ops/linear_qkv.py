@@ -47,15 +47,14 @@ def linear_qkv_op(x: torch.Tensor, weight: torch.Tensor, qtype: int, bias: Optio
                   norm_weight: Optional[torch.Tensor], norm_bias: Optional[torch.Tensor], norm: int, eps: float,
                   pos: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor], k_cache: torch.Tensor,
                   v_cache: torch.Tensor, lens: Optional[torch.Tensor], status: Optional[torch.Tensor], n_head: int,
-                  n_head_kv: int, rope_mode: int, rope_dim: int, prefetch: Optional[torch.Tensor] = None) -> torch.Tensor:
-    # prefetch: as ops.linear's (the next product's weight, asked into L2; no effect on values)
+                  n_head_kv: int, rope_mode: int, rope_dim: int) -> torch.Tensor:
     return reference(x, weight, qtype, bias, norm_weight, norm_bias, norm, eps, pos, cos, sin, k_cache, v_cache, lens,
                      status, n_head, n_head_kv, rope_mode, rope_dim)
 
 
 @linear_qkv_op.register_fake
 def _(x, weight, qtype, bias, norm_weight, norm_bias, norm, eps, pos, cos, sin, k_cache, v_cache, lens, status,
-      n_head, n_head_kv, rope_mode, rope_dim, prefetch=None):
+      n_head, n_head_kv, rope_mode, rope_dim):
     d = _check(x, weight, qtype, pos, k_cache, v_cache, n_head, n_head_kv)
     return x.new_empty((x.shape[0], n_head, d))
 
@@ -64,7 +63,7 @@ if _ext.available():
 
     @linear_qkv_op.register_kernel("cuda")
     def _(x, weight, qtype, bias, norm_weight, norm_bias, norm, eps, pos, cos, sin, k_cache, v_cache, lens, status,
-          n_head, n_head_kv, rope_mode, rope_dim, prefetch=None):
+          n_head, n_head_kv, rope_mode, rope_dim):
         d = _check(x, weight, qtype, pos, k_cache, v_cache, n_head, n_head_kv)
         n, k = lin._shape_nk(weight, qtype)
         lin._check(x, n, k, bias, None, norm, norm_weight, norm_bias, 0)
@@ -91,21 +90,19 @@ if _ext.available():
         q = new_output((m, n_head * d), x)
         _ext.load().linear_qkv(x.contiguous(), w, bias, norm_weight, norm_bias, q, norm, float(eps), pos.contiguous(),
                                cos, sin, k_cache, v_cache, lens, status, n_head, n_head_kv, rope_mode,
-                               rope_dim if rope_mode else 0, qtype=wq, prefetch=prefetch)
+                               rope_dim if rope_mode else 0, qtype=wq)
         return q.view(m, n_head, d)
 
 
 def linear_qkv(x: torch.Tensor, w, bias: torch.Tensor | None, norm, pos: torch.Tensor, cos, sin,
                k_cache: torch.Tensor, v_cache: torch.Tensor, lens, status, n_head: int, n_head_kv: int,
-               rope_mode: int, rope_dim: int, prefetch=None) -> torch.Tensor:
-    """q [B, Hq, D] for a ``QWeight`` w and a ``Norm`` (or None); see the module doc. prefetch: as
-    ``ops.linear``'s."""
+               rope_mode: int, rope_dim: int) -> torch.Tensor:
+    """q [B, Hq, D] for a ``QWeight`` w and a ``Norm`` (or None); see the module doc."""
     nk = lin.NORMS[norm.kind] if norm is not None else 0
     nw, nb, eps = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 1e-5)
     if x.device.type == "cuda":
         return linear_qkv_op(x, w.raw, int(w.qtype), bias, nw, nb, nk, float(eps), pos, cos, sin, k_cache, v_cache,
-                             lens, status, n_head, n_head_kv, rope_mode, rope_dim,
-                             prefetch.raw if prefetch is not None else None)
+                             lens, status, n_head, n_head_kv, rope_mode, rope_dim)
     qkv = lin.linear(x, w, bias, norm=norm)
     q, _, _ = qr.qkv_rope(qkv, pos, cos, sin, k_cache, v_cache, lens, status, n_head, n_head_kv, 1, rope_mode,
                           rope_dim)

@@ -186,15 +186,12 @@ def experts_reference(h, ids, weights, gate, gate_bias, up, up_bias, down, down_
 @torch.library.custom_op("gpt_engine::moe_experts", mutates_args=())
 def moe_experts(h: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate: torch.Tensor,
                 gate_bias: torch.Tensor, up: torch.Tensor, up_bias: torch.Tensor, down: torch.Tensor,
-                down_bias: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                prefetch: Optional[torch.Tensor] = None) -> torch.Tensor:
-    # prefetch: the weight of the product after this one, asked into L2 by the down kernel (as
-    # ops.linear's; no effect on values)
+                down_bias: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     return experts_reference(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual)
 
 
 @moe_experts.register_fake
-def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=None, prefetch=None):
+def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=None):
     _check_experts(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual)
     return h.new_empty(h.shape)
 
@@ -234,7 +231,7 @@ if _ext.available():
         return (h, *_launch_route(x, router, router_bias, k, norm_weight.contiguous(), float(eps), h))
 
     @moe_experts.register_kernel("cuda")
-    def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=None, prefetch=None):
+    def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=None):
         _check_experts(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual)
         m, c, _, f = _dims(h, gate_bias)
         k = ids.shape[1]
@@ -251,6 +248,5 @@ if _ext.available():
             e = min(m, s + per)
             act = torch.empty((e - s, k, f), dtype=torch.float32, device=h.device)
             ext.moe_experts(h[s:e], ids[s:e].contiguous(), weights[s:e].contiguous(), *stacks,
-                            None if residual is None else residual[s:e].contiguous(), act, out[s:e],
-                            prefetch=prefetch)
+                            None if residual is None else residual[s:e].contiguous(), act, out[s:e])
         return out

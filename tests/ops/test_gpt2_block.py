@@ -51,7 +51,7 @@ def prefill(x, L, heads, cache=None):
     b, t, c = x.shape
     pos = torch.arange(t, device=x.device).expand(b, t).reshape(-1).contiguous()
     out = gpt2.block(L, x.reshape(b * t, c),
-                     lambda h, w, bias, n, _pf: attend_tokens(heads, h, w, bias, n, cache, 0, b, 0, pos))
+                     lambda h, w, bias, n: attend_tokens(heads, h, w, bias, n, cache, 0, b, 0, pos))
     return out.view(b, t, c)
 
 
@@ -65,8 +65,7 @@ def decode_state(cache, pos, b, device):
 def decode_step(x, L, heads, st):
     """x [B, 1, C], the token at st.pos -> [B, 1, C], as the decode graph runs it."""
     b, _, c = x.shape
-    return gpt2.block(L, x.reshape(b, c),
-                      lambda h, w, bias, n, pf: attend_decode(heads, h, w, bias, n, st, 0, pf)).view(b, 1, c)
+    return gpt2.block(L, x.reshape(b, c), lambda h, w, bias, n: attend_decode(heads, h, w, bias, n, st, 0)).view(b, 1, c)
 
 
 def torch_decode_step(x, L, n_head, eps, k_cache, v_cache, pos):
