@@ -194,6 +194,15 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_kernel(
   }
 }
 
+// The down output at o (token m, row c: m * C + c) from the weighted sum over the k experts:
+// rounded to T, then added to the residual and rounded again when one is given (the model's
+// x + moe(h), rounded as the reference rounds it). Both down kernels end with it.
+template <typename T>
+__device__ __forceinline__ void store_down(T* out, const T* residual, int64_t o, float acc) {
+  const T y = from_f<T>(acc);
+  out[o] = residual != nullptr ? from_f<T>(to_f(residual[o]) + to_f(y)) : y;
+}
+
 template <typename T, int NBL>
 __global__ void __launch_bounds__(kMoeThreads) moe_down_kernel(
     const float* __restrict__ act,      // [M, K, F]
@@ -253,11 +262,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_kernel(
         acc = fmaf(wts[m * K + j], warp_sum(a) + to_f(bd[ers[jj]]), acc);
       }
     }
-    if (lane == 0) {
-      const int64_t o = (int64_t)m * C + c;
-      const T y = from_f<T>(acc);
-      out[o] = residual != nullptr ? from_f<T>(to_f(residual[o]) + to_f(y)) : y;
-    }
+    if (lane == 0) store_down(out, residual, (int64_t)m * C + c, acc);
   }
 }
 
@@ -329,9 +334,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_split_kernel(
     if (cc < C) {
       float acc = 0.f;
       for (int jj = 0; jj < K; ++jj) acc = fmaf(wts[m * K + jj], cluster.map_shared_rank(part, jj)[r], acc);
-      const int64_t o = (int64_t)m * C + cc;
-      const T y = from_f<T>(acc);
-      out[o] = residual != nullptr ? from_f<T>(to_f(residual[o]) + to_f(y)) : y;
+      store_down(out, residual, (int64_t)m * C + cc, acc);
     }
   }
   cluster.sync();  // no block leaves while rank 0 still reads its part

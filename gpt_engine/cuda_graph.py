@@ -44,6 +44,16 @@ STATUS_MESSAGES = {  # csrc/launchers.h kStatus*
 }
 
 
+PREFILL_BUCKET = 128
+
+
+def prefill_bucket(n: int, capacity: int) -> int:
+    """The padded length of an n-token prompt in a decoder of ``capacity`` positions: a
+    multiple of PREFILL_BUCKET, at most the capacity. ``Decoder.bucket`` and the memory
+    estimate (``model._estimate_cuda``) both take it from here."""
+    return min(-(-n // PREFILL_BUCKET) * PREFILL_BUCKET, capacity)
+
+
 _SIDE_STREAMS: dict[int, "torch.cuda.Stream"] = {}
 
 
@@ -181,11 +191,9 @@ class Decoder:
         return g
 
     # ------------------------------------------------------------------ prefill
-    PREFILL_BUCKET = 128
-
     def bucket(self, n: int) -> int:
         """The padded length of an n-token prompt."""
-        return min(-(-n // self.PREFILL_BUCKET) * self.PREFILL_BUCKET, self.state.capacity)
+        return prefill_bucket(n, self.state.capacity)
 
     def _prefill_inputs(self, ids: list[int], tb: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.zeros((1, tb), dtype=torch.long)

@@ -434,11 +434,14 @@ def _estimate_cuda(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int
         attention's split workspace, a token's activations (and the reference attention's fp32
         cache copies where no kernel exists).
     """
+    from .cuda_graph import prefill_bucket
+    from .ops.attention_decode import max_splits
+
     el = torch.empty((), dtype=dtype).element_size()
     t = f.tensors
     cap = decode_capacity(cfg, n_ctx or cfg.n_ctx)
     T = min(prompt_tokens or cap, cap)
-    tb = min(-(-T // 128) * 128, cap)  # Decoder.bucket
+    tb = prefill_bucket(T, cap)  # Decoder.bucket
     weights = sum(i.nbytes for i in t.values())
     E, F, V = cfg.n_embd, cfg.n_ff, cfg.vocab_size
     D, H, Hkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
@@ -521,7 +524,7 @@ def _estimate_cuda(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int
     logits = V * 4  # the LM head's fp32 row (the prefill graph keeps its [1, 1, V])
 
     # ---- the decode step's capture (prefill done: its logits stay)
-    splits = min(1024, -(-cap // 64))  # attention_decode_splits' bound: ws_o and ws_ml
+    splits = max_splits(cap)  # attention_decode_splits' bound: ws_o and ws_ml
     step = 3 * logits + H * splits * (D + 2) * 4 + (4 * E + 2 * qkv_out + 3 * F) * el
     if not kernel_attention:  # reference decode attention: fp32 K and V expanded over the cache
         step += 3 * H * cap * D * 4

@@ -96,10 +96,11 @@ def message(what: str, advice: str, *, device: str = "cuda", tried: str | None =
         parts.append(f"an allocation of {tried} failed")
     if free is not None and total is not None:
         have = f"the device has {size(free)} free of {size(total)}"
+        need = _bytes(tried) if tried is not None else None  # the failed allocation in bytes
         if fraction is not None and fraction < 1.0:
             have += (f", and this process may use {fraction * 100:.3g}% of it "
                      "(torch.cuda.set_per_process_memory_fraction)")
-        elif fraction is None and tried is not None and _bytes(tried) is not None and _bytes(tried) < free:
+        elif fraction is None and need is not None and need < free:
             # torch without a fraction getter (2.11 has none): say why so much free is not enough
             have += (", more than the failed allocation: a per-process limit "
                      "(torch.cuda.set_per_process_memory_fraction) or fragmentation stops it")

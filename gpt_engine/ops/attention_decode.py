@@ -91,10 +91,21 @@ def _sink_reference(q, k_cache, v_cache, seq_lens, scale, sinks, window):
     return (p.unsqueeze(-2) @ v).squeeze(-2).to(q.dtype)
 
 
+MAX_SPLITS = 1024  # csrc/attention_decode.cu kMaxSplits
+SPLIT_KEYS = 64    # kSplitAlign: a split covers a whole number of these keys
+
+
+def max_splits(s: int) -> int:
+    """The bound of ``attention_decode_splits`` for an s-key cache, whatever the GPU: one split
+    per SPLIT_KEYS keys, at most MAX_SPLITS. The memory estimate (``model._estimate_cuda``)
+    sizes the split workspaces by it."""
+    return min(MAX_SPLITS, -(-s // SPLIT_KEYS))
+
+
 def splits_for(hq: int, hkv: int, s: int) -> int:
-    """The kernel's split count for one sequence. The decode graph passes it for every batch
-    size, so a sequence's sums run in the same order whatever batch it is in (its greedy ids
-    then equal its batch-1 run's)."""
+    """The kernel's split count for one sequence (at most ``max_splits(s)``). The decode graph
+    passes it for every batch size, so a sequence's sums run in the same order whatever batch
+    it is in (its greedy ids then equal its batch-1 run's)."""
     if not _ext.available():
         return 0
     return int(_ext.load().attention_decode_splits(1, hq, hkv, s,
@@ -123,8 +134,8 @@ if _ext.available():
         _check(q, k_cache, v_cache, seq_lens, scale, sinks, window)
         if q.dtype == torch.float64 or q.shape[-1] not in KERNEL_HEAD_DIMS:
             return reference(q, k_cache, v_cache, seq_lens, scale, sinks, window)
-        if not 0 <= splits <= 1024:
-            raise OpError(f"{OP}: splits={splits}, expected 0 (automatic) to 1024")
+        if not 0 <= splits <= MAX_SPLITS:
+            raise OpError(f"{OP}: splits={splits}, expected 0 (automatic) to {MAX_SPLITS}")
         _check_lens(seq_lens, k_cache.shape[2])
         out = new_output(q.shape, q)
         _ext.load().attention_decode(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(),

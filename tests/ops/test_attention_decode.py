@@ -1,4 +1,7 @@
 """Decode attention over the KV cache (GT-018), MHA/GQA (GT-019), prefill + decode = full (GT-020)."""
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,6 +61,25 @@ def test_decode_forced_splits(splits):
     out = torch.full_like(q, float("nan"))
     _ext.load().attention_decode(q, kc, vc, seq_lens, out, 0.125, splits)
     assert_nmse(out, mod.reference(*f64(q, kc, vc), seq_lens.cpu(), 0.125), "nmse_attention")
+
+
+@pytest.mark.story("GT-018")
+def test_max_splits_mirrors_the_kernel():
+    """max_splits (the memory estimate's bound on the split workspaces) is the kernel's: its
+    constants are attention_decode.cu's, read from the source (no GPU needed)."""
+    src = (Path(__file__).resolve().parents[2] / "csrc" / "attention_decode.cu").read_text()
+    assert int(re.search(r"\bkMaxSplits = (\d+);", src).group(1)) == mod.MAX_SPLITS
+    assert int(re.search(r"\bkSplitAlign = (\d+);", src).group(1)) == mod.SPLIT_KEYS
+    assert [mod.max_splits(s) for s in (1, 64, 65, 512, 65536, 65537, 1 << 20)] == [1, 1, 2, 8, 1024, 1024, 1024]
+
+
+@pytest.mark.story("GT-018")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("hq,hkv", [(1, 1), (8, 2), (64, 8)])
+@pytest.mark.parametrize("s", [1, 512, 4096, 131072])
+def test_splits_for_within_max_splits(hq, hkv, s):
+    assert 1 <= mod.splits_for(hq, hkv, s) <= mod.max_splits(s)
 
 
 @pytest.mark.story("GT-020", "GT-018", "GT-019")
