@@ -11,9 +11,12 @@ names, with only the project's own code in the process?":
 - the run was not dirty, interrupted, or short of collection errors; no phase that raised
   was reported as passed; the trace of used files was not displaced;
 - every active plugin is pytest's, xdist's or the repository's own, and no option overrides
-  the project's configuration (-o, -c, -W, -p of anything else, --pdb, ...);
+  the project's configuration (-o, -c, -W, -p of anything else, --pdb, ...); no module named
+  like one of the repository's was loaded from a file outside it;
 - a GPU run comes with its raw pytest log beside it, the log names the JSON's sha256, and
-  the log's per-test outcomes (-rA) agree with the JSON's.
+  the log's per-test outcomes (-rA) agree with the JSON's;
+- a CPU run counts only where it was made, never committed: CI runs the CPU suite itself;
+- the commit tracks no file that the source rules hide (.gitignore, build-output names).
 What cannot be caught here (a file forged by hand, log included, by someone with write
 access) is listed in docs/harness.md, "Threat model".
 """
@@ -27,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from gates import evidence as _evidence
+from gates import sources as _sources
 
 FUTURE_SLACK = timedelta(minutes=5)       # clocks of two machines disagree a little
 BEFORE_COMMIT_SLACK = timedelta(hours=1)
@@ -63,6 +67,7 @@ class Git:
         self.head = (self._run("rev-parse", "HEAD") or "").strip() or None
         self._commits: dict = {}
         self._blobs: dict = {}
+        self._hidden: dict = {}
 
     def _run(self, *args, input=None) -> str | None:
         try:
@@ -89,8 +94,7 @@ class Git:
 
     def blob_sha256(self, commit: str, paths) -> dict:
         """{root-relative path: sha256 of the file in `commit`, or None where it has none}."""
-        prefix = self.rel(self.root)
-        prefix = "" if prefix == "." else prefix + "/"
+        prefix = self._prefix()
         want = [p for p in paths if (commit, p) not in self._blobs]
         if want:
             req = "".join(f"{commit}:{prefix}{p}\n" for p in want).encode()
@@ -108,6 +112,21 @@ class Git:
                 else:                      # "<object> missing", or git failed: no such file there
                     self._blobs[(commit, p)] = None
         return {p: self._blobs[(commit, p)] for p in paths}
+
+    def _prefix(self) -> str:
+        prefix = self.rel(self.root)
+        return "" if prefix == "." else prefix + "/"
+
+    def hidden_tracked(self, commit: str) -> list[str]:
+        """Files `commit` tracks under the root that its .gitignore or a build-output name hides
+        from the sources (gates/sources.py hidden_tracked)."""
+        if commit not in self._hidden:
+            prefix = self._prefix()
+            out = self._run("ls-tree", "-r", "-z", "--name-only", "--full-tree", commit) or ""
+            tracked = [p[len(prefix):] for p in out.split("\0") if p and p.startswith(prefix)]
+            ignore = self._run("show", f"{commit}:{prefix}.gitignore") or ""
+            self._hidden[commit] = _sources.hidden_tracked(tracked, ignore)
+        return self._hidden[commit]
 
     def first_versions(self, folder: Path) -> dict:
         """{file name: git blob id of its first committed version} for every evidence file
@@ -180,6 +199,8 @@ def plugin_problems(doc) -> list[str]:
         out.append(f"-p {' '.join(extra_p)}: plugins are the project's own only")
     for d in o.get("tracer_displaced", []):
         out.append(f"files used could not be measured: {d}")
+    if o.get("shadowed"):
+        out.append(f"repository modules were loaded from outside the repository: {_few(o['shadowed'])}")
     if o.get("rewritten"):
         out.append(f"a hook reported a failing phase as passed: {_few(o['rewritten'])}")
     return out
@@ -253,6 +274,11 @@ def audit_run(doc: dict, git: Git | None, first: dict, now: datetime) -> Audit:
             if wrong:
                 a.reasons.append(f"{len(wrong)} recorded source hash(es) differ from commit {commit[:10]}: {_few(wrong)}"
                                  " (the run's tree had uncommitted changes)")
+            hidden = git.hidden_tracked(commit)
+            if hidden:
+                a.reasons.append(f"commit {commit[:10]} tracks {len(hidden)} file(s) that .gitignore or a build-output name"
+                                 f" hides from the sources: {_few(hidden)} (a test could use them and no change to them"
+                                 " would stale its evidence: tracked files must be sources)")
     if prov.get("dirty"):
         a.reasons.append("run on a dirty tree (uncommitted or untracked files)")
     if run.get("modified_during_run"):
@@ -264,6 +290,9 @@ def audit_run(doc: dict, git: Git | None, first: dict, now: datetime) -> Audit:
     a.reasons += plugin_problems(doc)
     if gpu_run(doc):
         a.reasons += log_problems(path, doc, raw)
+    elif path.name in first:
+        a.reasons.append("committed CPU evidence never counts: it has no raw log to vouch for it (an edit made before"
+                         " its first commit could not be seen), and CI writes its own (nox -s tests)")
     return a
 
 

@@ -10,7 +10,11 @@ Collection runs in a subprocess with pytest's own plugins and ours only
 must not shrink the set) and items recorded as they are created, before any deselection. It
 takes seconds, so the result is cached under .cache/gates/ by the hash of every source file
 in the tree and of the installed distributions: any change to a test, a conftest, a card,
-the engine or the environment collects again.
+the engine or the environment collects again. A cache file is read only when git says it is
+this machine's own (ignored and untracked): a committed one is a file anyone could have
+written (a test dropped from it would vanish from the expected set), so it is never read,
+never overwritten, and the set is collected afresh instead. A digest inside the file would
+not help: whoever edits the file can recompute it.
 
 What collection cannot see is reported per story instead of dropped: a test module that is
 skipped at collection (a module-level importorskip), fails to import, holds a test with a bad
@@ -24,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from gates import sources as _sources
@@ -68,6 +73,18 @@ def cache_path(root: Path, k: str) -> Path:
     return Path(root) / ".cache" / "gates" / f"manifest-{k}.json"
 
 
+def own_cache(root: Path, path: Path) -> bool:
+    """Whether git ignores `path` and does not track it: a cache this machine wrote. Anything
+    else (a tracked file, a path through a symlink, no git at all) is not trusted."""
+    try:
+        rel = Path(path).relative_to(root).as_posix()
+        r = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "--", rel],
+                           capture_output=True, timeout=60)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
+
+
 def collect(root: Path, stories_dir: Path, out: Path) -> None:
     root = Path(root)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "OUT")}
@@ -87,10 +104,20 @@ def load(root: Path, stories_dir: Path | None = None, known: dict | None = None)
     known = _sources.snapshot(root) if known is None else known
     if not (root / "tests").is_dir():
         return Manifest({"items": [], "problems": []})
+    stories_dir = Path(stories_dir or root / "stories")
     path = cache_path(root, key(root, known))
+    if not own_cache(root, path):
+        with tempfile.TemporaryDirectory(prefix="gates-manifest-") as tmp:
+            out = Path(tmp) / path.name
+            collect(root, stories_dir, out)
+            return _read(out)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        collect(root, Path(stories_dir or root / "stories"), path)
+        collect(root, stories_dir, path)
+    return _read(path)
+
+
+def _read(path: Path) -> Manifest:
     try:
         return Manifest(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError) as e:

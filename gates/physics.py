@@ -60,6 +60,12 @@ def problems(kind: str, unit: str, value, references: dict, params: dict, on_cud
         return [err.removeprefix("metric : ")]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return [f"value {value} is not a finite number"]
+    # copy and matmul are the device's ceilings: a metric compared with one is bounded by it
+    # below, which needs a kind that says what it measures (a "throughput" in GB/s would not be)
+    for ref, need in (("copy", "bandwidth"), ("matmul", "flops")):
+        if ref in references and kind != need:
+            reasons.append(f"reference {ref} on a {kind} metric: only a {need} metric may be compared with the run's"
+                           f" {ref} baseline (and it is then bounded by it)")
     canon = value * factor(kind, unit)
     floor = MIN_CUDA_TIME_S if on_cuda else MIN_CPU_TIME_S
     if kind == "time":

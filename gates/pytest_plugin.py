@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,31 @@ def plugin_facts(config, root: Path) -> list[dict]:
         else:
             out.append({"module": f"{type(p).__module__}.{type(p).__qualname__}", "file": None, "in_repo": False})
     return out
+
+
+def shadowed_modules(root: Path) -> list[str]:
+    """Imported modules named like one of the repository's modules but loaded from a file
+    outside it (a patched copy put first on sys.path, a stale installed copy of the package):
+    the evidence would name the repository's file while the tests ran another."""
+    root = Path(root)
+    pats = _sources.gitignore_patterns(root)
+    out = []
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if not f or name == "__main__":
+            continue
+        try:
+            path = Path(f).resolve()
+        except (OSError, RuntimeError):
+            continue
+        if path.is_relative_to(root):
+            continue
+        parts = name.split(".")
+        for rel in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
+            if _sources.is_source(rel, pats) and (root / rel).is_file():
+                out.append(f"{name} from {path} (the repository's is {rel})")
+                break
+    return sorted(out)
 
 
 def options_facts(config, root: Path) -> dict:
@@ -424,7 +450,7 @@ class Recorder:
     def _facts(self) -> dict:
         tr = _tracer._ACTIVE
         return {"plugins": plugin_facts(self.config, self.root), "displaced": list(tr.displaced) if tr else [],
-                "deselected": self.deselected, "selected": self.selected}
+                "deselected": self.deselected, "selected": self.selected, "shadowed": shadowed_modules(self.root)}
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error):
@@ -492,7 +518,8 @@ class Recorder:
             "pytest": {**options_facts(self.config, self.root),
                        "plugins": [{"module": m, "file": f, "in_repo": r} for m, f, r in sorted(plugins, key=str)],
                        "tracer_displaced": sorted({d for f in facts for d in f["displaced"]}),
-                       "rewritten": sorted(self.rewritten)},
+                       "rewritten": sorted(self.rewritten),
+                       "shadowed": sorted({m for f in facts for m in f.get("shadowed", [])})},
             "provenance": prov,
             "baselines": self.run_baselines,
             "source_hashes": {sid: _sources.combine({f: known[f] for f in fs}) for sid, fs in story_files.items()},

@@ -6,7 +6,11 @@ Evidence is fresh for a story while every one of those files still has that hash
 
 The same rules must give the same hashes on CI (a git checkout) and on the GPU machine (a
 copy of the working tree without .git, with build outputs lying around), so files are listed
-from the filesystem and build outputs are dropped by fixed rules, never by asking git.
+from the filesystem and build outputs are dropped by fixed rules and the root .gitignore,
+never by asking git. Those rules must never hide a file git tracks (a tracked file the tests
+use would then be no story's source, and changing it could stale nothing): the audit refuses
+a run whose commit tracks such a file (`hidden_tracked`), and .gitignore itself is a source
+of every story, so the rules a run used are the ones its commit holds.
 """
 from __future__ import annotations
 
@@ -35,10 +39,14 @@ HARNESS_FILES = (
     "gates/cards.py", "gates/catalog.py", "gates/catalog.toml", "gates/paths.py",
     "gates/manifest.py", "gates/verdict.py", "gates/audit.py",
 )
-CONFIG_FILES = ("pyproject.toml",)
+CONFIG_FILES = ("pyproject.toml", ".gitignore")
+# The one dot-file that is a source: it decides which untracked files are not.
+_ALWAYS = {".gitignore"}
 
 
 def counts(rel: str) -> bool:
+    if rel in _ALWAYS:
+        return True
     parts = rel.split("/")
     if parts[0] in _SKIP_TOP:
         return False
@@ -53,11 +61,14 @@ def gitignore_patterns(root: Path) -> list[tuple[str, bool, bool]]:
     """The root .gitignore as (pattern, anchored, dir_only). It travels with the tree (unlike
     .git/info/exclude), so CI and the GPU copy read the same rules. Negations are ignored."""
     try:
-        lines = (Path(root) / ".gitignore").read_text().splitlines()
+        return parse_gitignore((Path(root) / ".gitignore").read_text())
     except OSError:
         return []
+
+
+def parse_gitignore(text: str) -> list[tuple[str, bool, bool]]:
     pats = []
-    for line in lines:
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#") or line.startswith("!"):
             continue
@@ -69,6 +80,8 @@ def gitignore_patterns(root: Path) -> list[tuple[str, bool, bool]]:
 
 
 def ignored(rel: str, pats) -> bool:
+    if rel in _ALWAYS:
+        return False
     parts = rel.split("/")
     for pat, anchored, dir_only in pats:
         # candidate paths: every leading directory, and the file itself unless dir_only
@@ -80,6 +93,22 @@ def ignored(rel: str, pats) -> bool:
             elif fnmatch.fnmatchcase(c.rsplit("/", 1)[-1], pat):
                 return True
     return False
+
+
+def is_source(rel: str, pats) -> bool:
+    """Whether a path under the root can be a source: not a build output, not ignored."""
+    return counts(rel) and not ignored(rel, pats)
+
+
+def hidden_tracked(tracked, gitignore_text: str) -> list[str]:
+    """Files git tracks that the rules above would never count as sources (a .gitignore
+    pattern or a build-output name such as build/ or *.so hides them), sorted. Only the
+    evidence and generated reports (reports/) and the top-level dot entries (.ci/, .github/)
+    are tracked without being sources. A run whose commit tracks such a file cannot be
+    trusted: a test could use the file, and no change to it would make the evidence stale."""
+    pats = parse_gitignore(gitignore_text)
+    return sorted(f for f in tracked
+                  if f.split("/")[0] not in _SKIP_TOP and not f.startswith(".") and not is_source(f, pats))
 
 
 def file_sha256(path: Path) -> str:
@@ -98,10 +127,10 @@ def snapshot(root: Path) -> dict[str, str]:
     for dirpath, dirnames, filenames in os.walk(root):
         reldir = Path(dirpath).relative_to(root).as_posix()
         reldir = "" if reldir == "." else reldir + "/"
-        dirnames[:] = sorted(d for d in dirnames if counts(reldir + d + "/x") and not ignored(reldir + d + "/x", pats))
+        dirnames[:] = sorted(d for d in dirnames if is_source(reldir + d + "/x", pats))
         for name in filenames:
             rel = reldir + name
-            if counts(rel) and not ignored(rel, pats) and os.path.isfile(os.path.join(dirpath, name)):
+            if is_source(rel, pats) and os.path.isfile(os.path.join(dirpath, name)):
                 out[rel] = file_sha256(Path(dirpath) / name)
     return dict(sorted(out.items()))
 
@@ -245,7 +274,7 @@ class Tree:
         """sha256 of the file now, None when it is gone or no longer counts as a source."""
         if rel not in self._sha:
             p = self.root / rel
-            ok = counts(rel) and not ignored(rel, self._pats) and p.is_file()
+            ok = is_source(rel, self._pats) and p.is_file()
             self._sha[rel] = file_sha256(p) if ok else None
         return self._sha[rel]
 
