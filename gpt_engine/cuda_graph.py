@@ -171,20 +171,27 @@ class Decoder:
             self.logits = self.net.decode_logits(self.state)  # kept: tests compare graph and eager
             self._sample(self.logits, kind)
 
+    def _warm_and_capture(self, fn) -> tuple["torch.cuda.CUDAGraph", object]:
+        """fn() once on the side stream (lazy inits, workspaces), the warm-up's cache handed
+        back (_release_warmup), then fn() captured as a graph: (graph, fn's captured output).
+        Every graph of the decoder (decode per sampler kind, prefill per bucket) is made here."""
+        side = _side_stream(self.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        _release_warmup(self.device)
+        g = torch.cuda.CUDAGraph()
+        with _no_gc(), torch.cuda.graph(g):
+            out = fn()
+        return g, out
+
     def _graph(self, kind: str) -> torch.cuda.CUDAGraph:
         g = self.graphs.get(kind)
         if g is None:
             st = self.state
             saved = [t.clone() for t in (st.ids, st.pos, st.lens, st.status)]
-            side = _side_stream(self.device)
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside capture: lazy inits, workspaces
-                self.step(kind)
-            torch.cuda.current_stream().wait_stream(side)
-            _release_warmup(self.device)
-            g = torch.cuda.CUDAGraph()
-            with _no_gc(), torch.cuda.graph(g):
-                self.step(kind)
+            g, _ = self._warm_and_capture(lambda: self.step(kind))
             for t, s in zip((st.ids, st.pos, st.lens, st.status), saved):
                 t.copy_(s)
             self.graphs[kind] = g
@@ -209,15 +216,7 @@ class Decoder:
         entry = self.prefill_graphs.get(tb)
         if entry is None:
             xb, atb = x.to(self.device), at.to(self.device)
-            side = _side_stream(self.device)
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside capture
-                self.net.forward(xb, self.state.cache.slot(0), at=atb)
-            torch.cuda.current_stream().wait_stream(side)
-            _release_warmup(self.device)
-            g = torch.cuda.CUDAGraph()
-            with _no_gc(), torch.cuda.graph(g):
-                logits = self.net.forward(xb, self.state.cache.slot(0), at=atb)
+            g, logits = self._warm_and_capture(lambda: self.net.forward(xb, self.state.cache.slot(0), at=atb))
             entry = self.prefill_graphs[tb] = (g, xb, atb, logits)
         g, xb, atb, logits = entry
         xb.copy_(x)
