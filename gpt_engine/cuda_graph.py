@@ -147,6 +147,7 @@ class Decoder:
         self.use_graphs = graphs and self.device.type == "cuda"
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
         self.prefill_graphs: dict[int, tuple] = {}  # bucket -> (graph, ids buffer, index buffer, logits)
+        self._pool = None  # the memory pool every graph of this decoder is captured into
         self.stats = LoopStats()
         self.logits: torch.Tensor | None = None
         pin = self.device.type == "cuda"
@@ -174,7 +175,12 @@ class Decoder:
     def _warm_and_capture(self, fn) -> tuple["torch.cuda.CUDAGraph", object]:
         """fn() once on the side stream (lazy inits, workspaces), the warm-up's cache handed
         back (_release_warmup), then fn() captured as a graph: (graph, fn's captured output).
-        Every graph of the decoder (decode per sampler kind, prefill per bucket) is made here."""
+        Every graph of the decoder (decode per sampler kind, prefill per bucket) is made here,
+        into the decoder's one memory pool: they replay one at a time on one stream, and what one
+        leaves for later (its output, the state, the cache) stays referenced, so the allocator
+        never hands it to another capture; only temporaries are shared. With a pool per graph
+        the process would reserve the sum of their temporaries while the allocated peak holds
+        only the largest, and a GPU budget (which caps reserved memory) would see the sum."""
         side = _side_stream(self.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -182,8 +188,10 @@ class Decoder:
         torch.cuda.current_stream().wait_stream(side)
         _release_warmup(self.device)
         g = torch.cuda.CUDAGraph()
-        with _no_gc(), torch.cuda.graph(g):
+        with _no_gc(), torch.cuda.graph(g, pool=self._pool):
             out = fn()
+        if self._pool is None:
+            self._pool = g.pool()
         return g, out
 
     def _graph(self, kind: str) -> torch.cuda.CUDAGraph:
