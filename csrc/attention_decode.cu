@@ -8,6 +8,12 @@
 //   once per group. Online softmax in the exp2 domain (q pre-scaled by scale * log2 e); the
 //   block's running (max, sum, unnormalised output) go to an fp32 workspace.
 // Pass 2 (decode_reduce_kernel) rescales the splits to a common max and normalises.
+// Short sequences (short_keys > 0 and at most short_keys keys in view) take one split whatever
+// `splits` says, and that split also writes the normalised output itself, with the reduce's
+// float operations over one non-empty split (so the bits are the reduce's). The reduce launch
+// can then be left out (reduce = false) by a caller that knows every sequence is that short:
+// the decode loop replays a second graph without it (docs/kernels/decode.md, v10). Whether a
+// sequence takes one split depends on its own length only, never on its batch.
 // Sequence lengths are read on the device (no host sync: graph-capturable); each is clamped
 // to [0, S] so a bad length never reads outside the cache.
 // Optional, for gpt-oss (docs/gpt_oss.md): a sliding window W > 0 keeps the keys at positions
@@ -53,7 +59,9 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
                                                               bool lens64, float* __restrict__ ws_o,
                                                               float* __restrict__ ws_ml, int Hq, int Hkv, int S,
                                                               int splits, int group, int gblocks, float scale_log2,
-                                                              int window) {
+                                                              int window, T* __restrict__ out,
+                                                              const float* __restrict__ sinks, float sink_log2,
+                                                              int short_keys) {
   constexpr int VEC = kVec16<T>;
   constexpr int TPK = D / VEC;  // threads per key row
   static_assert(TPK >= 1 && TPK <= 32 && (TPK & (TPK - 1)) == 0, "head dim must give a power-of-two row split");
@@ -76,7 +84,10 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
   // whole 64-key steps per split (a ragged last step in every split cost up to 10%; the
   // splits past the end of a short sequence stay empty)
   const int64_t wbeg = window > 0 && len > window ? len - window : 0;  // first key the window keeps
-  const int64_t chunk = ((len - wbeg + splits - 1) / splits + kSplitAlign - 1) / kSplitAlign * kSplitAlign;
+  // a short sequence: split 0 walks every key and writes the output, the other splits stay empty
+  const bool one = short_keys > 0 && len - wbeg <= short_keys;
+  const int sp = one ? 1 : splits;
+  const int64_t chunk = ((len - wbeg + sp - 1) / sp + kSplitAlign - 1) / kSplitAlign * kSplitAlign;
   const int64_t kbeg = wbeg + (int64_t)split * chunk;
   const int64_t kend = kbeg + chunk < len ? kbeg + chunk : len;
 
@@ -212,11 +223,22 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
         oo += f * sm_acc[w][g][d];
       }
     }
-    const int64_t row = ((int64_t)b * Hq + hkv * group + gi) * splits + split;
+    const int64_t hrow = (int64_t)b * Hq + hkv * group + gi;
+    const int64_t row = hrow * splits + split;
     ws_o[row * D + d] = oo;
     if (d == 0) {
       ws_ml[row * 2] = mm;
       ws_ml[row * 2 + 1] = ll;
+    }
+    if (one && split == 0) {
+      // decode_reduce_kernel's arithmetic over one non-empty split (the others hold m = -inf,
+      // l = 0, o = 0 and add exact zeros there): common max with the sink, weight, denominator
+      const float s2 = sinks != nullptr ? sinks[hrow % Hq] * sink_log2 : -INFINITY;
+      const float mx = sinks != nullptr ? fmaxf(mm, s2) : mm;
+      const float w = (mm == -INFINITY || mx == -INFINITY) ? 0.f : exp2f(mm - mx);
+      float den = w * ll;
+      if (sinks != nullptr) den += exp2f(s2 - mx);
+      out[hrow * D + d] = from_f<T>(den > 0.f ? (w * oo) / den : 0.f);
     }
   }
 }
@@ -297,6 +319,8 @@ int pick_group_tile(int64_t group) { return group <= 1 ? 1 : group <= 2 ? 2 : gr
 struct SinkWindow {
   const float* sinks;  // [Hq] fp32 or null
   int window;          // 0: none
+  int short_keys;      // > 0: sequences of at most this many keys in view take one split
+  bool reduce;         // false: no reduce launch (every sequence must be that short)
 };
 
 template <typename T, int D, int G>
@@ -308,8 +332,9 @@ cudaError_t launch_g(const T* q, const T* kc, const T* vc, const void* lens, boo
   const dim3 grid(splits, (unsigned)(Hkv * gblocks), (unsigned)B);
   // both launched as programmatic dependents (PDL): each may start while its predecessor finishes
   cudaError_t e = launch_pdl(decode_split_kernel<T, D, G>, grid, dim3(kThreads), 0, st, q, kc, vc, lens, lens64, ws_o,
-                             ws_ml, (int)Hq, (int)Hkv, (int)S, splits, group, gblocks, scale * kLog2e, sw.window);
-  if (e != cudaSuccess) return e;
+                             ws_ml, (int)Hq, (int)Hkv, (int)S, splits, group, gblocks, scale * kLog2e, sw.window,
+                             out, sw.sinks, kLog2e, sw.short_keys);
+  if (e != cudaSuccess || !sw.reduce) return e;
   return launch_pdl(decode_reduce_kernel<T, D>, dim3((unsigned)(B * Hq)), dim3(kReduceThreads), 0, st, ws_o, ws_ml,
                     sw.sinks, out, splits, (int)Hq, kLog2e);
 }
@@ -344,11 +369,13 @@ int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int n
 cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cache, const void* v_cache,
                                     const void* seq_lens, bool lens_int64, void* out, float* ws_o, float* ws_ml,
                                     int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t D, int splits, float scale,
-                                    const float* sinks, int64_t window, cudaStream_t stream) {
+                                    const float* sinks, int64_t window, int64_t short_keys, bool reduce,
+                                    cudaStream_t stream) {
   if (B == 0 || Hq == 0) return cudaSuccess;
   if (Hkv <= 0 || Hq % Hkv != 0 || splits < 1 || splits > kMaxSplits) return cudaErrorInvalidValue;
   if (window < 0 || window > INT32_MAX) return cudaErrorInvalidValue;
-  const SinkWindow sw{sinks, (int)window};
+  if (short_keys < 0 || short_keys > INT32_MAX || (!reduce && short_keys == 0)) return cudaErrorInvalidValue;
+  const SinkWindow sw{sinks, (int)window, (int)short_keys, reduce};
   if (!(aligned16(q) && aligned16(k_cache) && aligned16(v_cache))) return cudaErrorMisalignedAddress;
   GPTE_DISPATCH(dtype, T, {
     const T* qq = (const T*)q;

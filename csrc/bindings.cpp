@@ -206,7 +206,7 @@ void attention_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 
 void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& lens,
                       at::Tensor& o, double scale, int64_t splits_override, const std::optional<at::Tensor>& sinks,
-                      int64_t window) {
+                      int64_t window, int64_t short_keys, bool reduce) {
   const char* op = "attention_decode";
   check_tensor(op, "q", q, q, true);
   check_tensor(op, "k_cache", kc, q, true);
@@ -225,6 +225,9 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
                   lens.size(0) == B && (lens.scalar_type() == at::kInt || lens.scalar_type() == at::kLong),
               op, ": seq_lens must be a contiguous int32/int64 [", B, "] tensor on ", q.device());
   TORCH_CHECK(window >= 0 && window <= INT32_MAX, op, ": window ", window, " outside [0, 2^31) (0: none)");
+  TORCH_CHECK(short_keys >= 0 && short_keys <= INT32_MAX, op, ": short_keys ", short_keys,
+              " outside [0, 2^31) (0: none)");
+  TORCH_CHECK(reduce || short_keys > 0, op, ": reduce=false needs short_keys > 0 (only one-split sequences skip it)");
   const float* sink = sink_ptr(op, sinks, q, Hq);
   const c10::cuda::CUDAGuard guard(q.device());
   TORCH_CHECK(splits_override >= 0 && splits_override <= 1024, op, ": splits ", splits_override,
@@ -237,7 +240,8 @@ void attention_decode(const at::Tensor& q, const at::Tensor& kc, const at::Tenso
   check_launch(op, gpte::launch_attention_decode(dtype_code(q), q.data_ptr(), kc.data_ptr(), vc.data_ptr(),
                                                  lens.data_ptr(), lens.scalar_type() == at::kLong, o.data_ptr(),
                                                  ws_o.data_ptr<float>(), ws_ml.data_ptr<float>(), B, Hq, Hkv, S, D,
-                                                 splits, (float)scale, sink, window, stream_of(q)));
+                                                 splits, (float)scale, sink, window, short_keys, reduce,
+                                                 stream_of(q)));
 }
 
 // ---- decode fast path ----
@@ -626,7 +630,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("window") = 0);
   m.def("attention_decode", &attention_decode, "split-K decode attention", py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("seq_lens"), py::arg("out"), py::arg("scale"), py::arg("splits") = 0,
-        py::arg("sinks") = py::none(), py::arg("window") = 0);
+        py::arg("sinks") = py::none(), py::arg("window") = 0, py::arg("short_keys") = 0, py::arg("reduce") = true);
   m.def("linear", &linear, "decode GEMV: out = epilogue(norm(x) @ w.T)", py::arg("x"), py::arg("w"),
         py::arg("bias"), py::arg("residual"), py::arg("norm_w"), py::arg("norm_b"), py::arg("out"), py::arg("norm"),
         py::arg("act"), py::arg("eps"), py::arg("qtype") = -1);

@@ -49,11 +49,14 @@ int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int n
 
 // q: [B, Hq, D]; caches dense [B, Hkv, S, D]; seq_lens int32 or int64 [B]; D 64 or 128.
 // sinks: null or fp32 [Hq] per-head sink logits; window: 0 or the sliding window (keys at
-// positions > len - 1 - window).
+// positions > len - 1 - window). short_keys > 0: a sequence with at most that many keys in view
+// takes one split and has its output written by the split kernel; reduce = false leaves the
+// reduce launch out (valid only when every sequence is that short; short_keys must be > 0).
 cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cache, const void* v_cache,
                                     const void* seq_lens, bool lens_int64, void* out, float* ws_o, float* ws_ml,
                                     int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int64_t D, int splits,
-                                    float scale, const float* sinks, int64_t window, cudaStream_t stream);
+                                    float scale, const float* sinks, int64_t window, int64_t short_keys,
+                                    bool reduce, cudaStream_t stream);
 
 // ---- linear (decode GEMV) ----
 enum LinearNorm : int { kNormNone = 0, kNormLayer = 1, kNormRms = 2 };

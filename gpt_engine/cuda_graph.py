@@ -35,7 +35,7 @@ import torch
 from . import ops, sampling
 from .errors import EngineError
 from .generate import SamplingParams
-from .ops.attention_decode import splits_for
+from .ops.attention_decode import short_keys, splits_for
 
 STATUS_MESSAGES = {  # csrc/launchers.h kStatus*
     1: "a token id or position was outside its embedding table",
@@ -111,6 +111,11 @@ class DecodeState:
         cfg = net.cfg
         # one split count for every batch size: a sequence's sums do not depend on its batch
         self.splits = splits_for(cfg.n_head, cfg.n_head_kv, capacity) if device.type == "cuda" else 0
+        # sequences of at most short_keys keys take one split that writes its output itself;
+        # while every sequence is that short the loop replays a graph without the reduce launch
+        # (reduce False during its capture). Neither changes a number (ops.attention_decode).
+        self.short_keys = short_keys() if device.type == "cuda" else 0
+        self.reduce = True
 
     def set_params(self, params: list[SamplingParams]) -> None:
         def put(dst, vals):
@@ -194,15 +199,22 @@ class Decoder:
             self._pool = g.pool()
         return g, out
 
-    def _graph(self, kind: str) -> torch.cuda.CUDAGraph:
-        g = self.graphs.get(kind)
+    def _graph(self, kind: str, short: bool = False) -> torch.cuda.CUDAGraph:
+        """The decode step's graph for a sampler kind; short: the one without the attention's
+        reduce launch, valid only while every sequence has at most st.short_keys keys."""
+        key = kind + (":short" if short else "")
+        g = self.graphs.get(key)
         if g is None:
             st = self.state
             saved = [t.clone() for t in (st.ids, st.pos, st.lens, st.status)]
-            g, _ = self._warm_and_capture(lambda: self.step(kind))
+            st.reduce = not short
+            try:
+                g, _ = self._warm_and_capture(lambda: self.step(kind))
+            finally:
+                st.reduce = True
             for t, s in zip((st.ids, st.pos, st.lens, st.status), saved):
                 t.copy_(s)
-            self.graphs[kind] = g
+            self.graphs[key] = g
         return g
 
     # ------------------------------------------------------------------ prefill
@@ -252,7 +264,17 @@ class Decoder:
         st.pos.copy_(torch.tensor([len(p) - 1 for p in prompts]))  # sampling advances it to len(p)
         with ops.device_checked():
             self._sample(torch.stack(rows), kind)
-        replay = self._graph(kind).replay if self.use_graphs else (lambda: self.step(kind))
+        # replay r (r = 1 .. max_new_tokens - 1) feeds the token at position len(p) + r - 1, so
+        # its attention reads len(p) + r keys: the host knows each step's longest sequence in
+        # advance, and captures every graph the request will use before the timed loop
+        longest = max(len(p) for p in prompts)
+        if self.use_graphs:
+            last_short = st.short_keys - longest  # the last replay with every sequence short
+            full = self._graph(kind) if max_new_tokens - 1 > last_short else None
+            short = self._graph(kind, short=True) if last_short >= 1 else None
+            replay = lambda r: (short if r <= last_short else full).replay()  # noqa: E731
+        else:
+            replay = lambda r: self.step(kind)  # noqa: E731
         self._copy_out(0)
         self.stats = stats = LoopStats()
         t1 = time.perf_counter()
@@ -262,7 +284,7 @@ class Decoder:
             for i in range(max_new_tokens):
                 h0 = time.perf_counter()
                 if i + 1 < max_new_tokens:
-                    replay()              # step i+1: token i+1 from token i, queued behind step i
+                    replay(i + 1)         # step i+1: token i+1 from token i, queued behind step i
                     self._copy_out(i + 1)
                     stats.replays += 1
                 h1 = time.perf_counter()

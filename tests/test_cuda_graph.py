@@ -47,8 +47,26 @@ def test_graph_replay_equals_eager_256_tokens(models, arch, qtype):
     a, b = _run(eager, [prompt], 256), _run(graph, [prompt], 256)
     assert a == b
     assert len(a[0]) == 256
+    # both decode graphs ran: the one without the attention's reduce launch while every
+    # sequence had at most short_keys keys (23 + r <= 256), then the full one
+    assert set(graph.graphs) == {"greedy", "greedy:short"}
     # the last step's logits (same history on both sides)
     assert _nmse(graph.logits, eager.logits) <= tol("nmse_fp16_model")
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+def test_short_graph_off_replays_one_graph(models, monkeypatch):
+    """GPT_ENGINE_ATTN_SHORT_KEYS=0 turns the one-split path off: one decode graph, every
+    attention with its reduce launch, and still the eager path's ids."""
+    monkeypatch.setenv("GPT_ENGINE_ATTN_SHORT_KEYS", "0")
+    m = gpt_engine.load(models.path("gpt2", "F16", n_ctx=512), device="cuda")
+    prompt = _prompt(23, m.config.vocab_size, 5)
+    eager, graph = Decoder(m, 1, 512, graphs=False), Decoder(m, 1, 512, graphs=True)
+    assert graph.state.short_keys == 0
+    assert _run(eager, [prompt], 40) == _run(graph, [prompt], 40)
+    assert set(graph.graphs) == {"greedy"}
 
 
 @pytest.mark.story("GX-003", "GT-027")

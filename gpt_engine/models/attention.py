@@ -74,7 +74,7 @@ def attend_decode(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, s
         q = ops.linear_qkv(x, weights[0], bias, norm, *args, lay.rope_mode, lay.rope_dim)
     else:
         q, _, _ = ops.qkv_rope(project_qkv(x, weights, bias, norm), *args, 1, lay.rope_mode, lay.rope_dim)
-    a = ops.attention_decode(q, kc, vc, st.lens, lay.scale, st.splits)
+    a = ops.attention_decode(q, kc, vc, st.lens, lay.scale, st.splits, None, 0, st.short_keys, st.reduce)
     return a.reshape(x.shape[0], lay.n_head * lay.head_dim)
 
 

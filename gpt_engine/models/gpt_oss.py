@@ -352,7 +352,8 @@ class GptOss:
             q = self.qkv_decode(x, L, st, i)                                   # [B, Hq, d]
             kc, vc = st.cache.k[i], st.cache.v[i]
             if self.on_gpu:
-                a = ops.attention_decode(q, kc, vc, st.lens, scale, st.splits, L.sinks, L.window or 0)
+                a = ops.attention_decode(q, kc, vc, st.lens, scale, st.splits, L.sinks, L.window or 0,
+                                         st.short_keys, st.reduce)
             else:
                 a = sink_attention(q[:, None], kc, vc, L.sinks, st.pos[:, None], L.window, scale)
             x = ops.linear(a.reshape(B, -1), L.o, L.o_bias, residual=x)

@@ -5,9 +5,17 @@ Optional (gpt-oss): ``sinks`` [Hq] fp32 per-head sink logits (one more softmax c
 takes probability mass and brings no value) and a sliding ``window`` (> 0: the query, at
 position seq_lens[b] - 1, sees keys at positions > seq_lens[b] - 1 - window). The semantics
 are those of ``models.gpt_oss.sink_attention``.
+
+``short_keys`` and ``reduce`` change how the GPU gets the result, never the result: a sequence
+with at most ``short_keys`` keys in view is attended by one split that writes its output itself
+(bit for bit what the reduce would write), and ``reduce=False`` leaves the reduce launch out,
+which is right only when every sequence is that short (checked here outside graph capture; the
+decode loop knows the lengths from the positions and replays a graph without the launch only
+then: docs/kernels/decode.md, v10).
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -36,14 +44,18 @@ def _check(q, k_cache, v_cache, seq_lens, scale, sinks=None, window=0):
     check_sinks_window(OP, q, hq, sinks, window)
 
 
-def _check_lens(seq_lens, s):
+def _check_lens(seq_lens, s, short_keys=0, reduce=True):
     """Host read-back of seq_lens; skipped during CUDA graph capture, where the
     kernel clamps each length to [0, S] instead of reading outside the cache."""
+    if not reduce and short_keys <= 0:
+        raise OpError(f"{OP}: reduce=False needs short_keys > 0 (only one-split sequences skip the reduce)")
     if seq_lens.numel() == 0 or capturing():
         return
     lo, hi = (int(v) for v in torch.stack(torch.aminmax(seq_lens)).tolist())  # one reduction, one sync
     if lo < 1 or hi > s:
         raise OpError(f"{OP}: seq_lens holds {lo if lo < 1 else hi}, expected values in [1, {s}] (cache length)")
+    if not reduce and hi > short_keys:
+        raise OpError(f"{OP}: seq_lens holds {hi} with reduce=False, expected values <= short_keys={short_keys}")
 
 
 def reference(q, k_cache, v_cache, seq_lens, scale, sinks=None, window=0):
@@ -93,6 +105,26 @@ def _sink_reference(q, k_cache, v_cache, seq_lens, scale, sinks, window):
 
 MAX_SPLITS = 1024  # csrc/attention_decode.cu kMaxSplits
 SPLIT_KEYS = 64    # kSplitAlign: a split covers a whole number of these keys
+# The decode loop's one-split bound: a sequence of at most this many keys is attended by one
+# block per head: 256 keys are 4 of the kernel's 64-key steps at D = 64 with two steps' loads
+# in flight, about two memory round trips instead of one round trip plus the reduce launch
+# (docs/kernels/decode.md, v10). GPT_ENGINE_ATTN_SHORT_KEYS overrides it (0 turns it off).
+SHORT_KEYS = 256
+SHORT_KEYS_ENV = "GPT_ENGINE_ATTN_SHORT_KEYS"
+
+
+def short_keys() -> int:
+    """The decode loop's one-split bound (``SHORT_KEYS`` unless ``GPT_ENGINE_ATTN_SHORT_KEYS``)."""
+    v = os.environ.get(SHORT_KEYS_ENV, "").strip()
+    if not v:
+        return SHORT_KEYS
+    try:
+        n = int(v)
+    except ValueError:
+        raise OpError(f"{SHORT_KEYS_ENV} must be a whole number of keys, got {v!r}") from None
+    if n < 0:
+        raise OpError(f"{SHORT_KEYS_ENV} must be >= 0, got {n}")
+    return n
 
 
 def max_splits(s: int) -> int:
@@ -115,14 +147,16 @@ def splits_for(hq: int, hkv: int, s: int) -> int:
 @torch.library.custom_op("gpt_engine::attention_decode", mutates_args=())
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
                      scale: float, splits: int = 0, sinks: Optional[torch.Tensor] = None,
-                     window: int = 0) -> torch.Tensor:
+                     window: int = 0, short_keys: int = 0, reduce: bool = True) -> torch.Tensor:
     """splits: sequence chunks per (batch, head) on the GPU; 0 picks by occupancy. The
-    result does not depend on it beyond fp32 summation order. sinks/window: see the module."""
+    result does not depend on it beyond fp32 summation order. sinks/window, short_keys/reduce:
+    see the module."""
+    _check_lens(seq_lens, k_cache.shape[2], short_keys, reduce)
     return reference(q, k_cache, v_cache, seq_lens, scale, sinks, window)
 
 
 @attention_decode.register_fake
-def _(q, k_cache, v_cache, seq_lens, scale, splits=0, sinks=None, window=0):
+def _(q, k_cache, v_cache, seq_lens, scale, splits=0, sinks=None, window=0, short_keys=0, reduce=True):
     _check(q, k_cache, v_cache, seq_lens, scale, sinks, window)
     return q.new_empty(q.shape)
 
@@ -130,15 +164,17 @@ def _(q, k_cache, v_cache, seq_lens, scale, splits=0, sinks=None, window=0):
 if _ext.available():
 
     @attention_decode.register_kernel("cuda")
-    def _(q, k_cache, v_cache, seq_lens, scale, splits=0, sinks=None, window=0):
+    def _(q, k_cache, v_cache, seq_lens, scale, splits=0, sinks=None, window=0, short_keys=0, reduce=True):
         _check(q, k_cache, v_cache, seq_lens, scale, sinks, window)
         if q.dtype == torch.float64 or q.shape[-1] not in KERNEL_HEAD_DIMS:
+            _check_lens(seq_lens, k_cache.shape[2], short_keys, reduce)
             return reference(q, k_cache, v_cache, seq_lens, scale, sinks, window)
         if not 0 <= splits <= MAX_SPLITS:
             raise OpError(f"{OP}: splits={splits}, expected 0 (automatic) to {MAX_SPLITS}")
-        _check_lens(seq_lens, k_cache.shape[2])
+        _check_lens(seq_lens, k_cache.shape[2], short_keys, reduce)
         out = new_output(q.shape, q)
         _ext.load().attention_decode(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(),
                                      seq_lens.contiguous(), out, float(scale), int(splits),
-                                     None if sinks is None else sinks.float().contiguous(), int(window))
+                                     None if sinks is None else sinks.float().contiguous(), int(window),
+                                     int(short_keys), bool(reduce))
         return out

@@ -31,10 +31,23 @@ def step_breakdown(path: str) -> None:
     m = gpt_engine.load(path, device="cuda")
     m.generate(list(range(100, 132)), max_new_tokens=4, stop_at_eos=False)
     dec = m._decoders[(1, True)]
-    g = dec.graphs["greedy"]
-    t = replay_us(g.replay)
-    print(f"\n## {path.split('/')[-1]}: graph step {t:.1f} us ({1e6 / t:.0f} tok/s), capacity {dec.state.capacity}, "
-          f"splits {dec.state.splits}")
+    st = dec.state
+    # each replay advances the position: every timing starts from the same one, so the
+    # attention reads 37 to ~160 keys (the short graph's range) whichever graph runs
+    start = [t.clone() for t in (st.ids, st.pos, st.lens, st.status)]
+
+    def rewind():
+        for t, s in zip((st.ids, st.pos, st.lens, st.status), start):
+            t.copy_(s)
+    graphs = [("greedy", dec._graph("greedy"))]
+    if st.short_keys:
+        graphs.append(("greedy:short", dec._graph("greedy", short=True)))
+    for name, g in graphs:
+        rewind()
+        t = replay_us(g.replay)
+        print(f"\n## {path.split('/')[-1]}: graph step {t:.1f} us ({1e6 / t:.0f} tok/s) [{name}], "
+              f"capacity {st.capacity}, splits {st.splits}, short_keys {st.short_keys}")
+    rewind()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(20):
             g.replay()

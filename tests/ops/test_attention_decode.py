@@ -142,3 +142,45 @@ def test_decode_bandwidth(bench, b, h, t):
                          "cuda_graph": True, "eager_time_s": t_eager, "sdpa_eager_time_s": t_sdpa_eager})
     del kc, vc
     free()
+
+
+@pytest.mark.story("GT-018", "GT-019")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("short_keys", [1, 64, 256])
+@pytest.mark.parametrize("case", [(3, 8, 2, 600, 64, [256, 1, 65]), (2, 12, 12, 300, 64, [300, 64]),
+                                  (2, 9, 3, 77, 128, [77, 40])], ids=str)
+def test_decode_short_sequences_take_one_split(short_keys, case):
+    """short_keys (docs/kernels/decode.md, v10): a sequence with at most short_keys keys is
+    attended by one split that writes its own output; the others keep `splits`. Every output
+    equals the float64 reference; the sequences that are short enough get, bit for bit, the
+    same output with the reduce launch left out (what the decode loop's short graph runs)."""
+    from gpt_engine.ops import _ext
+    b, hq, hkv, s, d, lens = case
+    q = randn((b, hq, d), torch.float16, "cuda")
+    kc, vc = randn((b, hkv, s, d), torch.float16, "cuda"), randn((b, hkv, s, d), torch.float16, "cuda")
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    ext = _ext.load()
+    full = torch.full_like(q, float("nan"))
+    ext.attention_decode(q, kc, vc, seq_lens, full, 0.125, 8, None, 0, short_keys, True)
+    assert_nmse(full, mod.reference(*f64(q, kc, vc), seq_lens.cpu(), 0.125), "nmse_attention")
+    short = [i for i, n in enumerate(lens) if n <= short_keys]
+    no_reduce = torch.full_like(q, float("nan"))
+    ext.attention_decode(q, kc, vc, seq_lens, no_reduce, 0.125, 8, None, 0, short_keys, False)
+    assert torch.equal(no_reduce[short], full[short])
+
+
+@pytest.mark.story("GT-018")
+@pytest.mark.parametrize("device", DEVICES)
+def test_decode_without_reduce_refuses_long_sequences(device):
+    """reduce=False is valid only when every sequence takes one split: a longer sequence, or
+    short_keys = 0, gets a clear error instead of an output nobody wrote."""
+    q = torch.randn(2, 4, 64, device=device)
+    kc = torch.randn(2, 2, 300, 64, device=device)
+    lens = torch.tensor([3, 257], device=device)
+    with pytest.raises(ops.OpError, match="seq_lens holds 257 with reduce=False"):
+        ops.attention_decode(q, kc, kc, lens, 0.125, 0, None, 0, 256, False)
+    with pytest.raises(ops.OpError, match="reduce=False needs short_keys > 0"):
+        ops.attention_decode(q, kc, kc, lens, 0.125, 0, None, 0, 0, False)
+    ok = ops.attention_decode(q, kc, kc, lens, 0.125, 0, None, 0, 257, False)
+    assert_nmse(ok, mod.reference(*f64(q, kc, kc), lens.cpu(), 0.125), "nmse_attention")

@@ -184,6 +184,31 @@ def test_decode_forced_splits_with_window(device, splits):
 
 
 @STORY
+@pytest.mark.parametrize("short_keys", [64, 256], ids=str)
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
+def test_decode_short_sequences_with_sinks_and_window(device, short_keys):
+    """One-split sequences (short_keys, docs/kernels/decode.md v10) add the sink in the split
+    kernel's own output write, exactly as the reduce does: the output equals the reference,
+    and, for the sequences with at most short_keys keys in view, equals bit for bit the output
+    with the reduce launch left out. The window bounds the keys in view (200 keys and a 128-key
+    window: one split at short_keys 256, `splits` at 64)."""
+    from gpt_engine.ops import _ext
+    b, hq, hkv, s, d, lens = 3, 8, 2, 600, 64, [600, 1, 200]
+    for w in (0, 128):
+        q = randn((b, hq, d), torch.float16, device)
+        kc, vc = randn((b, hkv, s, d), torch.float16, device), randn((b, hkv, s, d), torch.float16, device)
+        seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+        sinks = _sinks(hq, "mixed", device)
+        full, no_reduce = torch.full_like(q, float("nan")), torch.full_like(q, float("nan"))
+        _ext.load().attention_decode(q, kc, vc, seq_lens, full, 0.125, 8, sinks, w, short_keys, True)
+        _ext.load().attention_decode(q, kc, vc, seq_lens, no_reduce, 0.125, 8, sinks, w, short_keys, False)
+        assert_nmse(full, dec_mod.reference(*f64(q, kc, vc), seq_lens.cpu(), 0.125, sinks.cpu().double(), w),
+                    "nmse_attention")
+        short = [i for i, n in enumerate(lens) if min(n, w or n) <= short_keys]
+        assert torch.equal(no_reduce[short], full[short]), f"window {w}"
+
+
+@STORY
 @pytest.mark.parametrize("variant", [0, 1, 2], ids=["tma_wg2_bn128", "mma_sync", "tma_wg3_bn64"])
 @pytest.mark.parametrize("case", [(1, 1, 2, 2, 8), (2, 1100, 16, 8, 128), (1, 257, 6, 2, 64), (3, 700, 4, 1, 100)],
                          ids=str)

@@ -59,7 +59,8 @@ def decode_state(cache, pos, b, device):
     """What attend_decode reads (a DecodeState's fields) for layer 0 of ``cache``."""
     return SimpleNamespace(cache=cache, pos=torch.full((b,), pos, dtype=torch.long, device=device),
                            lens=torch.zeros(b, dtype=torch.int32, device=device),
-                           status=torch.zeros(1, dtype=torch.int32, device=device), splits=0)
+                           status=torch.zeros(1, dtype=torch.int32, device=device), splits=0,
+                           short_keys=0, reduce=True)
 
 
 def decode_step(x, L, heads, st):
