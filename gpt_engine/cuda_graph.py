@@ -100,10 +100,13 @@ class DecodeState:
         self.batch, self.capacity = batch, capacity
         self.cache = net.new_cache(batch, capacity)
         z = dict(device=device)
-        self.ids = torch.zeros(batch, dtype=torch.int64, **z)     # token to feed at pos
+        # what the host reads back after each step, in one buffer so that one copy brings it:
+        # the ids [B] then the status word (the low half of one more int64; the high half is 0)
+        self.readback = torch.zeros(batch + 1, dtype=torch.int64, **z)
+        self.ids = self.readback[:batch]                           # token to feed at pos
         self.pos = torch.zeros(batch, dtype=torch.int64, **z)     # its position
         self.lens = torch.zeros(batch, dtype=torch.int32, **z)    # keys the attention reads
-        self.status = torch.zeros(1, dtype=torch.int32, **z)
+        self.status = self.readback[batch:].view(torch.int32)[:1]  # little-endian: the low half
         self.temperature = torch.zeros(batch, dtype=torch.float32, **z)
         self.top_k = torch.zeros(batch, dtype=torch.int64, **z)
         self.top_p = torch.ones(batch, dtype=torch.float32, **z)
@@ -156,8 +159,7 @@ class Decoder:
         self.stats = LoopStats()
         self.logits: torch.Tensor | None = None
         pin = self.device.type == "cuda"
-        self._host_ids = [torch.empty(batch, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
-        self._host_status = [torch.empty(1, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+        self._host = [torch.empty(batch + 1, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._events = [torch.cuda.Event() for _ in range(2)] if pin else None
 
     # ------------------------------------------------------------------ one step
@@ -309,10 +311,10 @@ class Decoder:
             stats.decode_s = time.perf_counter() - t1
 
     def _copy_out(self, i: int) -> None:
-        """Queue the copy of the current ids and status to pinned buffer i % 2."""
+        """Queue the copy of the current ids and status (one buffer, one copy: each copy is a
+        node on the stream between two graph replays) to pinned buffer i % 2."""
         st, j = self.state, i % 2
-        self._host_ids[j].copy_(st.ids, non_blocking=True)
-        self._host_status[j].copy_(st.status, non_blocking=True)
+        self._host[j].copy_(st.readback, non_blocking=True)
         if self._events is not None:
             self._events[j].record()
 
@@ -320,4 +322,5 @@ class Decoder:
         j = i % 2
         if self._events is not None:
             self._events[j].synchronize()
-        return self._host_ids[j].tolist(), int(self._host_status[j][0])
+        host = self._host[j].tolist()
+        return host[:-1], host[-1] & 0xFFFFFFFF
