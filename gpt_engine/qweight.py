@@ -24,7 +24,6 @@ the CPU decode step is bound by the bytes it reads (docs/quality.md, CPU decode 
 """
 from __future__ import annotations
 
-import os
 import warnings
 import weakref
 
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import quants
+from .env import whole_number
 
 _Q = gguf.GGMLQuantizationType
 
@@ -46,16 +46,7 @@ CACHE_ENV = "GPT_ENGINE_CPU_CACHE_BYTES"
 
 def cpu_cache_budget() -> int:
     """Bytes the CPU dense cache may use (``GPT_ENGINE_CPU_CACHE_BYTES``, else 4 GiB)."""
-    v = os.environ.get(CACHE_ENV)
-    if v is None or v.strip() == "":
-        return DEFAULT_CPU_CACHE_BYTES
-    try:
-        n = int(v)
-    except ValueError:
-        raise ValueError(f"{CACHE_ENV} must be a whole number of bytes, got {v!r}") from None
-    if n < 0:
-        raise ValueError(f"{CACHE_ENV} must be >= 0, got {n}")
-    return n
+    return whole_number(CACHE_ENV, DEFAULT_CPU_CACHE_BYTES, "bytes")
 
 
 def _is_view(qtype: gguf.GGMLQuantizationType, dtype: torch.dtype) -> bool:

@@ -15,11 +15,11 @@ then: docs/kernels/decode.md, v10).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
+from ..env import whole_number
 from . import _ext
 from ._attn_common import KERNEL_HEAD_DIMS, check_gqa, check_scale, check_sinks_window, expand_kv
 from ._common import new_output, OpError, acc_dtype, capturing, check_float, check_same, check_shape
@@ -115,16 +115,7 @@ SHORT_KEYS_ENV = "GPT_ENGINE_ATTN_SHORT_KEYS"
 
 def short_keys() -> int:
     """The decode loop's one-split bound (``SHORT_KEYS`` unless ``GPT_ENGINE_ATTN_SHORT_KEYS``)."""
-    v = os.environ.get(SHORT_KEYS_ENV, "").strip()
-    if not v:
-        return SHORT_KEYS
-    try:
-        n = int(v)
-    except ValueError:
-        raise OpError(f"{SHORT_KEYS_ENV} must be a whole number of keys, got {v!r}") from None
-    if n < 0:
-        raise OpError(f"{SHORT_KEYS_ENV} must be >= 0, got {n}")
-    return n
+    return whole_number(SHORT_KEYS_ENV, SHORT_KEYS, "keys", OpError)
 
 
 def max_splits(s: int) -> int:
