@@ -128,6 +128,13 @@ class QWeight:
             raw = raw.to(device)
         return cls(raw, info.qtype, info.shape, cache_policy(f) if raw.device.type == "cpu" else None, name)
 
+    def to(self, device: str | torch.device) -> "QWeight":
+        """This weight's packed bytes on ``device`` (itself when already there)."""
+        if self.raw.device == torch.device(device):
+            return self
+        raw = self.raw.to(device)
+        return QWeight(raw, self.qtype, self.shape, self._policy if raw.device.type == "cpu" else None, self.name)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the packed (file) encoding."""

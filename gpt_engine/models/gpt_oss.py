@@ -214,16 +214,19 @@ def grouped_experts(h: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor
     return out.to(h.dtype)
 
 
-def _qkv_weights(weights: list[QWeight], biases: list[torch.Tensor]) -> tuple[list[QWeight], list[torch.Tensor]]:
-    """[q; k; v] as one weight and one bias on the GPU (one product; ops.linear_qkv needs it);
-    separate on the CPU, where stacking would copy the memory-mapped weights for no speed, and
-    where the types differ."""
-    if weights[0].device.type == "cpu":
+def _qkv_weights(weights: list[QWeight], biases: list[torch.Tensor],
+                 device: torch.device) -> tuple[list[QWeight], list[torch.Tensor]]:
+    """[q; k; v] (memory-mapped weights, on the CPU) as one weight and one bias on the GPU (one
+    product; ops.linear_qkv needs it), the weights stacked on the host and uploaded once (a stack
+    made on the GPU leaves its parts' freed blocks in the allocator's segments); separate on the
+    CPU, where stacking would copy the memory-mapped weights for no speed, and where the types
+    differ."""
+    if device.type == "cpu":
         return weights, biases
     try:
-        return [QWeight.stack_rows(weights)], [torch.cat(biases)]
+        return [QWeight.stack_rows(weights).to(device)], [torch.cat(biases)]
     except ValueError:
-        return weights, biases
+        return [w.to(device) for w in weights], biases
 
 
 @dataclass
@@ -259,8 +262,8 @@ class GptOss:
         self.layers: list[Layer] = []
         for i in range(cfg.n_layer):
             p = f"blk.{i}."
-            qkv, qkv_bias = _qkv_weights([w(p + f"attn_{t}.weight") for t in "qkv"],
-                                         [w(p + f"attn_{t}.bias") for t in "qkv"])
+            qkv, qkv_bias = _qkv_weights([QWeight.from_gguf(f, p + f"attn_{t}.weight", "cpu") for t in "qkv"],
+                                         [w(p + f"attn_{t}.bias") for t in "qkv"], device)
             self.layers.append(Layer(
                 attn_norm=norm(p + "attn_norm.weight"), qkv=qkv, qkv_bias=qkv_bias,
                 o=w(p + "attn_output.weight"), o_bias=w(p + "attn_output.bias"),

@@ -36,15 +36,18 @@ def rope_tables(positions: torch.Tensor, rope_dim: int, theta: float) -> tuple[t
     return ang.cos().float(), ang.sin().float()
 
 
-def _stacked(weights: list[QWeight]) -> list[QWeight]:
-    """One stacked weight on the GPU (one product, one launch). On the CPU the separate
-    memory-mapped weights stay: stacking would copy them into process memory for no speed."""
-    if weights[0].device.type == "cpu":
+def _stacked(weights: list[QWeight], device: torch.device) -> list[QWeight]:
+    """``weights`` (memory-mapped, on the CPU) as one stacked weight on the GPU (one product, one
+    launch), stacked on the host and uploaded once: a stack made on the GPU would leave its parts'
+    freed blocks in the allocator's segments, reserved memory that memory_estimate() does not count.
+    On the CPU the separate memory-mapped weights stay: stacking would copy them into process
+    memory for no speed."""
+    if device.type == "cpu":
         return weights
     try:
-        return [QWeight.stack_rows(weights)]
+        return [QWeight.stack_rows(weights).to(device)]
     except ValueError:  # types differ (e.g. a Q4_K_M file with attn_v in Q6_K)
-        return weights
+        return [w.to(device) for w in weights]
 
 
 def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
@@ -66,6 +69,9 @@ class Llama:
         def w(name: str) -> QWeight:
             return QWeight.from_gguf(f, name, device)
 
+        def host(name: str) -> QWeight:  # a part of a stack: uploaded once, stacked (_stacked)
+            return QWeight.from_gguf(f, name, "cpu")
+
         def rms(name: str) -> ops.Norm:
             return ops.Norm("rmsnorm", w(name).dense(dtype), None, cfg.norm_eps)
 
@@ -75,10 +81,11 @@ class Llama:
             p = f"blk.{i}."
             self.layers.append({
                 "attn_norm": rms(p + "attn_norm.weight"),
-                "qkv": _stacked([w(p + "attn_q.weight"), w(p + "attn_k.weight"), w(p + "attn_v.weight")]),
+                "qkv": _stacked([host(p + "attn_q.weight"), host(p + "attn_k.weight"), host(p + "attn_v.weight")],
+                                device),
                 "o": w(p + "attn_output.weight"),
                 "ffn_norm": rms(p + "ffn_norm.weight"),
-                "gate_up": _stacked([w(p + "ffn_gate.weight"), w(p + "ffn_up.weight")]),
+                "gate_up": _stacked([host(p + "ffn_gate.weight"), host(p + "ffn_up.weight")], device),
                 "down": w(p + "ffn_down.weight"),
             })
         self.norm = rms("output_norm.weight")
