@@ -147,6 +147,7 @@ class QWeight:
         self._policy = cache if raw.device.type == "cpu" else None
         self._dense: dict[torch.dtype, torch.Tensor] = {}
         self._int4: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._q4 = None  # cpu_q4.Product once decided (False: not this weight's path)
 
     @classmethod
     def from_gguf(cls, f, name: str, device: str | torch.device = "cpu") -> "QWeight":
@@ -251,16 +252,21 @@ class QWeight:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.shape[-1]), packed, _INT4_GROUP, sz)
             y = y.reshape(*x.shape[:-1], self.shape[0])
             return y if bias is None else y + bias
-        if x.dtype == torch.float32 and self.raw.device.type == "cpu" and packed_product(self.qtype, self.shape, x.dtype):
-            from . import cpu_q4
-
-            n, k = self.shape
-            if x.numel() // k <= cpu_q4.MAX_ROWS:  # decode: the packed blocks, read once
-                y = cpu_q4.gemv(x, self.raw, int(self.qtype), n)
-                return y if bias is None else y + bias
-            # a prefill's many rows: one float32 copy for this use, then torch's GEMM
-            return F.linear(x, cpu_q4.dequantize(self.raw, int(self.qtype), n, k), bias)
+        if x.dtype == torch.float32 and self._q4_product() is not None:
+            # a decode step's rows: the packed blocks, read once; a prefill's many rows: the
+            # matrix dequantized for this use, then torch's GEMM (cpu_q4.Product)
+            return self._q4(x, bias)
         return F.linear(x, self.dense(x.dtype), bias)
+
+    def _q4_product(self):
+        """The float32 packed-block product of this weight (``cpu_q4.Product``), or None."""
+        if self._q4 is None:
+            self._q4 = False
+            if self.raw.device.type == "cpu" and packed_product(self.qtype, self.shape, torch.float32):
+                from . import cpu_q4
+
+                self._q4 = cpu_q4.Product(self.raw, int(self.qtype), *self.shape)
+        return self._q4 or None
 
     def _int4_ok(self) -> bool:
         # the int4 kernel needs out-features divisible by 16; only where the cache is allowed
