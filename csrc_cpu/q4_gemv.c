@@ -18,11 +18,19 @@
  *   - s_b: the 32 values of x's block, in the vector order of sum32 (pairwise over lanes);
  *     computed once per call for every row of x and block (not once per output);
  *   - t_b = qlo * x[0:16] + qhi * x[16:32] lane by lane (a product, then an fma);
- *   - two lane-vector accumulators (even / odd blocks): acc = fma(d_b, t_b, acc);
- *   - the offsets: a scalar chain off = fma(c_b, s_b, off) in block order;
- *   - y = horizontal sum of (acc_even + acc_odd) + off.
- * With AVX-512 a lane vector is 16 floats; with AVX2 two 8-float halves; the scalar fallback
- * (no AVX2) keeps one sum per block in value order.
+ *   - AVX-512 (16-float lane vectors): four lane-vector accumulators, block b into acc[b % 4]:
+ *     acc = fma(d_b, t_b, acc); four scalar offset chains off[b % 4] = fma(c_b, s_b, off);
+ *     y = hsum((acc0 + acc1) + (acc2 + acc3)) + ((off0 + off1) + (off2 + off3));
+ *   - AVX2: t_b as two 8-float halves (values 0-7 with 16-23, 8-15 with 24-31), each into its own
+ *     accumulator, one offset chain in block order; y = hsum(acc0 + acc1) + off;
+ *   - scalar (no AVX2): t_b summed value by value (j, j + 16, j + 1, ...), acc = fma(d_b, t_b,
+ *     acc) and off in block order; y = acc + off.
+ * The order is fixed per output (independent of the thread count: each output is one thread's).
+ *
+ * Memory: the weights stream once per call (4.5 / 5 bits per weight). The model's are a mapped
+ * file of 4 KiB pages, where the hardware prefetcher stops; a software prefetch PF_DIST bytes
+ * ahead keeps the stream going (measured on the 210 matrices of a SmolLM2 step, one thread:
+ * 13.1 ms without, 9.1 with 2 KiB; 1-4 KiB within 5%).
  *
  * Threads: OpenMP over output rows n (static split), linked against the libgomp the running torch
  * already loaded, so its pool and torch's are the same threads (see cpu_q4.py).
@@ -182,6 +190,7 @@ static void rows_range(int qtype, const uint8_t *w, const float *x, const float 
         const __m256i lo4 = _mm256_set1_epi32(0x0f);
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + b * bs;
+            if (!(b & 3)) _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0); /* as rows512 */
             float d, c;
             block_scales(qtype, blk, &d, &c);
             __m256i qa = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + qo)));

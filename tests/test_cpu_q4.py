@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not cpu_q4.available(), reason="no C compiler: t
 
 
 def _f16_bits(v: np.ndarray) -> np.ndarray:
-    return np.asarray(v, dtype=np.float16).view(np.uint8).reshape(*np.shape(v), 2)
+    return np.ascontiguousarray(v, dtype=np.float16).view(np.uint8).reshape(*np.shape(v), 2)
 
 
 def _blocks(qtype: str, n: int, k: int, rng, d=None, m=None) -> np.ndarray:
@@ -112,6 +112,38 @@ def test_dequantize_is_gguf_py_bit_for_bit(qtype):
     want = gguf.quants.dequantize(raw, QT[qtype]).reshape(40, 320)
     got = cpu_q4.dequantize(torch.from_numpy(raw), int(QT[qtype]), 40, 320)
     assert torch.equal(got.view(torch.int32), torch.from_numpy(want).view(torch.int32))
+
+
+@pytest.fixture
+def rebuilt(monkeypatch, tmp_path):
+    """cpu_q4 rebuilt with other flags (the AVX2 and scalar paths, on this AVX-512 machine)."""
+    def build(flags):
+        monkeypatch.setattr(cpu_q4, "FLAGS", flags)
+        monkeypatch.setattr(cpu_q4, "BUILD_DIR", tmp_path / "build")
+        cpu_q4.load.cache_clear()
+        return cpu_q4.load()
+    yield build
+    monkeypatch.undo()
+    cpu_q4.load.cache_clear()
+
+
+@pytest.mark.story("GX-001", "GT-048")
+@pytest.mark.parametrize("isa, width", [("avx2", 256), ("scalar", 0)])
+def test_other_vector_paths(rebuilt, isa, width):
+    common = ["-O3", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
+    arch = ["-mavx2", "-mfma", "-mf16c"] if isa == "avx2" else ["-mno-avx", "-mno-f16c"]
+    lib = rebuilt(arch + common)
+    assert lib is not None and lib.q4_simd_width() == width
+    rng = np.random.default_rng(5)
+    for qtype in ("Q4_0", "Q4_1"):
+        for n, k, rows in [(1, 32, 1), (37, 160, 3), (67, 576, 8)]:
+            _check(_blocks(qtype, n, k, rng), qtype, n, k, rows)
+        raw = _blocks(qtype, 24, 256, rng, d=np.array([0.0, -0.02, 2 ** -24, 1023 * 2 ** -24, 0.01, -3e-5, 0.5, 2 ** -14]),
+                      m=np.array([100.0, 0.0, -7.5, 1e-3, -0.25, 60000.0, 0.0, 2 ** -20]))
+        _check(raw, qtype, 24, 256, 2)  # subnormal d through the portable f16 conversion (scalar)
+        want = gguf.quants.dequantize(raw, QT[qtype]).reshape(24, 256)
+        got = cpu_q4.dequantize(torch.from_numpy(raw), int(QT[qtype]), 24, 256)
+        assert torch.equal(got.view(torch.int32), torch.from_numpy(want).view(torch.int32))
 
 
 @pytest.mark.story("GX-001")
