@@ -27,10 +27,10 @@
  *     acc) and off in block order; y = acc + off.
  * The order is fixed per output (independent of the thread count: each output is one thread's).
  *
- * Memory: the weights stream once per call (4.5 / 5 bits per weight). The model's are a mapped
- * file of 4 KiB pages, where the hardware prefetcher stops; a software prefetch PF_DIST bytes
- * ahead keeps the stream going (measured on the 210 matrices of a SmolLM2 step, one thread:
- * 13.1 ms without, 9.1 with 2 KiB; 1-4 KiB within 5%).
+ * Memory: the weights stream once per call (4.5 / 5 bits per weight). The hardware prefetcher
+ * does not cross 4 KiB pages and the compute-bound loop then stalls; a software prefetch
+ * PF_DIST bytes ahead keeps the stream going (measured on the 210 matrices of a SmolLM2 step,
+ * one thread: 13.1 ms without, 9.1 with 2 KiB; 1-4 KiB within 5%).
  *
  * Threads: OpenMP over output rows n (static split), linked against the libgomp the running torch
  * already loaded, so its pool and torch's are the same threads (see cpu_q4.py).
@@ -116,16 +116,8 @@ static inline __attribute__((always_inline)) void block512(
     const float c = qtype == T_Q4_1 ? _mm_cvtss_f32(_mm_movehdup_ps(dmf)) : -8.0f * _mm_cvtss_f32(dmf);
     const __m512 dv = _mm512_broadcastss_ps(dmf);
     const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + qo)));
-#ifdef PERM
-    /* the codes 0..15 as floats by a lane permute of a constant (vpermps reads the index's low
-     * 4 bits, so the low nibble needs no mask): a shuffle-port op instead of a conversion */
-    const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 qlo = _mm512_permutexvar_ps(q, codes);
-    const __m512 qhi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), codes);
-#else
     const __m512 qlo = _mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(0x0f)));
     const __m512 qhi = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
-#endif
     for (int r = 0; r < m; r++) {
         const float *xb = x + r * K;
         __m512 t = _mm512_mul_ps(qlo, _mm512_loadu_ps(xb));
@@ -150,8 +142,7 @@ static inline __attribute__((always_inline)) void rows512(
             for (int r = 0; r < m; r++) { acc[u][r] = _mm512_setzero_ps(); off[u][r] = 0.f; }
         int64_t b = 0;
         for (; b + 3 < nb; b += 4) {
-            /* software prefetch: the stream crosses 4 KiB pages (the mapped file), where the
-             * hardware prefetcher stops; PF_DIST bytes ahead measured best (see cpu_q4.py) */
+            /* software prefetch PF_DIST bytes ahead (see the header) */
             _mm_prefetch((const char *)(row + b * bs) + PF_DIST, _MM_HINT_T0);
             for (int u = 0; u < 4; u++)
                 block512(qtype, row + (b + u) * bs, qo, x + (b + u) * QK, xs + b + u, m, K, nb, acc[u], off[u]);

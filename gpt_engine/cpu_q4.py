@@ -6,7 +6,8 @@ vectorized float32 kernel for them (its int4 kernel runs a scalar loop in float3
 docs/quality.md). ``gemv`` is y = x @ W.T for a few rows of x (the decode case), float32
 accumulation; its results differ from F.linear on the dequantized weights only in float32
 rounding (the summation order is documented in the C file). ``dequantize`` is gguf-py's
-dequantization, bit for bit, for products with more rows (a prompt's prefill).
+dequantization, bit for bit, for products with more rows (a prompt's prefill). ``Product`` binds
+both to one weight with its checks done once (what ``QWeight.linear`` calls).
 
 The C file is compiled on first use with the system C compiler (``cc``; ``CC`` overrides) into
 build/cpu_q4/<hash of the source, the flags, the compiler and the CPU's flags> inside the
