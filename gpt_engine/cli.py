@@ -140,15 +140,16 @@ def positive(value: str) -> int:
 # --------------------------------------------------------------------------- shared options
 
 # activation dtypes by name; None = the device's default (float32 on the CPU, the reference path;
-# float16 on CUDA). bfloat16 on the CPU runs Q4_0/Q4_1 products through torch's int4 kernel,
-# ~1.7x the float32 decode speed of the embedded model (docs/quality.md).
+# float16 on CUDA). On the CPU both float32 (csrc_cpu/q4_gemv.c) and bfloat16 (torch's int4
+# kernel) read Q4_0/Q4_1 weights packed; the embedded model decodes at about the same speed in
+# either (docs/quality.md, 2026-12-02).
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _dtype_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="activation dtype (default: float32 on cpu, float16 on cuda; bfloat16 is the fast CPU path "
-                        "for Q4_0/Q4_1 weights)")
+                   help="activation dtype (default: float32 on cpu, float16 on cuda; on cpu, Q4_0/Q4_1 weights are "
+                        "read packed in float32 and bfloat16 alike)")
 
 
 def _torch_dtype(name: str | None):

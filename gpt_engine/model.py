@@ -254,7 +254,9 @@ def estimate_memory(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: in
     - ``weights``: the file's tensor bytes. Weights stay packed: memory-mapped on the CPU (the
       pages become resident as they are read), the same raw bytes on the GPU.
     - ``dense_cache``: CPU only. Every weight dequantized once to ``dtype`` when the whole
-      model's dense copies fit ``qweight.cpu_cache_budget()``, else 0 (``dense_cache_used``).
+      model's dense copies fit ``qweight.cpu_cache_budget()``, else 0 (``dense_cache_used``);
+      float32 Q4_0/Q4_1 matrices are not among them (their product reads the packed blocks:
+      ``qweight.packed_product``).
     - ``kv_cache``: 2 (K and V) x layers x KV heads x head dim x ``n_ctx`` x element size.
     - ``transient``: the largest set of temporaries alive at once, during the prefill of the
       prompt: either inside a layer (``activations + attention_scores`` + one dequantized layer
@@ -305,11 +307,22 @@ def _estimate_cpu(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int 
     # dequantized matrices: per use without the cache (fp32, plus the dtype copy); with it, only
     # the fp32 intermediate while a non-fp32 cache is built. The LM head is dequantized after the
     # last layer's temporaries are gone, the layers' matrices while theirs are alive.
+    # Weights whose product reads them packed (qweight.packed_product: float32 Q4_0/Q4_1) have no
+    # cached copy: a product with more than cpu_q4.MAX_ROWS rows (a prefill) dequantizes the
+    # matrix (fp32) for that one use; a decode step's product needs none.
     deq_el = (0 if dtype == torch.float32 else 4) if dense_cache else 4 + (el if dtype != torch.float32 else 0)
+    from . import cpu_q4
+    from .qweight import packed_product
+
+    def deq(t) -> int:
+        if packed_product(t.qtype, t.shape, dtype):
+            return t.n_elements * 4 if T > cpu_q4.MAX_ROWS else 0
+        return t.n_elements * deq_el
+
     head = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"
     tables = {head, "token_embd.weight", "position_embd.weight"}
-    layer_deq = max((t.n_elements for n, t in f.tensors.items() if n not in tables), default=0) * deq_el
-    head_deq = f.tensors[head].n_elements * deq_el if head in f.tensors else 0
+    layer_deq = max((deq(t) for n, t in f.tensors.items() if n not in tables), default=0)
+    head_deq = deq(f.tensors[head]) if head in f.tensors else 0
     dequant = max(layer_deq, head_deq)
     transient = max(activations + attention_scores + layer_deq, logits + head_deq)
     total = weights + dense_cache + kv + transient

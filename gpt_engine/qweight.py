@@ -16,7 +16,11 @@ dequantizes that one matrix again (memory: one matrix at a time). On CUDA nothin
 the weights stay packed and the kernels read ``raw``.
 
 ``linear(x)`` is the CPU product with a weight. In float32 (the CPU default: the reference
-path) it is ``F.linear(x, dense(x.dtype))``. In bfloat16, 4-bit weights (Q4_0, Q4_1) are
+path) it is ``F.linear(x, dense(x.dtype))``, except for 2-D Q4_0/Q4_1 weights when the float32
+Q4 kernel builds (``cpu_q4``): a decode step's few rows of x are multiplied by the packed
+blocks directly (4.5-5 bits read per weight instead of 32; the same products up to float32
+rounding), more rows (a prefill) by the matrix dequantized for that one use (bit-identical to
+``dense()``). Those weights are then never in the dense cache (``packed_product``). In bfloat16, 4-bit weights (Q4_0, Q4_1) are
 instead repacked once into torch's int4 weight layout with a bf16 scale and zero point per
 32 values (the block's own codes; scale and offset rounded to bf16) and multiplied by
 ``torch.ops.aten._weight_int4pack_mm_for_cpu``, which reads 4.5 bits per weight instead of 16:
@@ -61,13 +65,28 @@ def lookup_only(name: str, tensors) -> bool:
     return name == "position_embd.weight" or (name == "token_embd.weight" and "output.weight" in tensors)
 
 
+_Q4_TYPES = (_Q.Q4_0, _Q.Q4_1)
+
+
+def packed_product(qtype: gguf.GGMLQuantizationType, shape, dtype: torch.dtype) -> bool:
+    """The CPU product of this weight in ``dtype`` reads its packed blocks (``cpu_q4``), so it
+    has no dense copy: float32, a 2-D Q4_0/Q4_1 matrix, and the kernel built on this machine
+    (without a C compiler these weights take the dense path and the dense cache)."""
+    if dtype != torch.float32 or qtype not in _Q4_TYPES or len(shape) != 2:
+        return False
+    from . import cpu_q4
+
+    return cpu_q4.available()
+
+
 def dense_cache_bytes(tensors, dtype: torch.dtype) -> int:
     """Bytes the CPU dense cache holds when every cacheable tensor of ``tensors`` (name ->
-    TensorInfo, as ``GGUFFile.tensors``) is cached in ``dtype``: all but zero-copy views and
-    lookup-only tables."""
+    TensorInfo, as ``GGUFFile.tensors``) is cached in ``dtype``: all but zero-copy views,
+    lookup-only tables and weights whose product reads them packed (``packed_product``)."""
     el = torch.empty((), dtype=dtype).element_size()
     return sum(t.n_elements * el for name, t in tensors.items()
-               if not _is_view(t.qtype, dtype) and not lookup_only(name, tensors))
+               if not _is_view(t.qtype, dtype) and not lookup_only(name, tensors)
+               and not packed_product(t.qtype, t.shape, dtype))
 
 
 class DenseCachePolicy:
@@ -119,6 +138,7 @@ class QWeight:
         self._policy = cache if raw.device.type == "cpu" else None
         self._dense: dict[torch.dtype, torch.Tensor] = {}
         self._int4: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._q4 = None  # cpu_q4.Product once decided (False: not this weight's path)
 
     @classmethod
     def from_gguf(cls, f, name: str, device: str | torch.device = "cpu") -> "QWeight":
@@ -170,7 +190,8 @@ class QWeight:
             return t
         t = self._dequantize(dtype)
         p = self._policy
-        if p is not None and not _is_view(self.qtype, dtype) and p.cacheable(self.name) and p.enabled(dtype):
+        if (p is not None and not _is_view(self.qtype, dtype) and p.cacheable(self.name) and p.enabled(dtype)
+                and not packed_product(self.qtype, self.shape, dtype)):
             self._dense[dtype] = t
             p.nbytes += t.numel() * t.element_size()
         return t
@@ -229,7 +250,21 @@ class QWeight:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.shape[-1]), packed, _INT4_GROUP, sz)
             y = y.reshape(*x.shape[:-1], self.shape[0])
             return y if bias is None else y + bias
+        if x.dtype == torch.float32 and self._q4_product() is not None:
+            # a decode step's rows: the packed blocks, read once; a prefill's many rows: the
+            # matrix dequantized for this use, then torch's GEMM (cpu_q4.Product)
+            return self._q4(x, bias)
         return F.linear(x, self.dense(x.dtype), bias)
+
+    def _q4_product(self):
+        """The float32 packed-block product of this weight (``cpu_q4.Product``), or None."""
+        if self._q4 is None:
+            self._q4 = False
+            if self.raw.device.type == "cpu" and packed_product(self.qtype, self.shape, torch.float32):
+                from . import cpu_q4
+
+                self._q4 = cpu_q4.Product(self.raw, int(self.qtype), *self.shape)
+        return self._q4 or None
 
     def _int4_ok(self) -> bool:
         # the int4 kernel needs out-features divisible by 16; only where the cache is allowed
@@ -238,7 +273,7 @@ class QWeight:
                 and self._policy.enabled(torch.bfloat16))
 
 
-_INT4_TYPES = (_Q.Q4_0, _Q.Q4_1)
+_INT4_TYPES = _Q4_TYPES
 _INT4_GROUP = 32  # one scale/zero pair per 32 values: the Q4_0/Q4_1 block size
 
 

@@ -36,12 +36,14 @@ def _cached(m) -> int:
 @pytest.mark.story("GT-025", "GX-001")
 def test_dense_is_cached_once_and_bit_identical(models, monkeypatch):
     monkeypatch.delenv(CACHE_ENV, raising=False)
-    path = models.path("llama", "Q4_1")
+    # Q8_0: float32 Q4_0/Q4_1 matrices have no dense copy (their product reads the blocks:
+    # tests/test_cpu_q4.py)
+    path = models.path("llama", "Q8_0")
     m = gpt_engine.load(path)
     w = m.net.layers[0]["down"]
     first = w.dense(torch.float32)
     assert w.dense(torch.float32) is first  # kept: no second dequantization
-    ref = dequantize(m.gguf.tensor_data("blk.0.ffn_down.weight"), QT.Q4_1)
+    ref = dequantize(m.gguf.tensor_data("blk.0.ffn_down.weight"), QT.Q8_0)
     assert torch.equal(first.view(torch.int32), ref.view(torch.int32))
     # rows() of a cached table reads the cache, same values as dequantizing just those rows
     ids = torch.tensor([[0, 5], [7, 0]])
@@ -183,8 +185,16 @@ def test_linear_matches_float64_product(qtype, rows):
     x = torch.randn(2, 3, 576, generator=torch.Generator().manual_seed(0))
     bias = torch.randn(rows, generator=torch.Generator().manual_seed(1))
     exact = torch.nn.functional.linear(x.double(), qw.dense().double(), bias.double())
-    # float32: the reference path, F.linear on the cached dense weight, nothing else
-    assert torch.equal(qw.linear(x, bias), torch.nn.functional.linear(x, qw.dense(), bias))
+    packed = qweight.packed_product(QT[qtype], (rows, 576), torch.float32)
+    from gpt_engine import cpu_q4
+
+    assert packed == (qtype != "Q8_0" and cpu_q4.available())  # tests/test_cpu_q4.py
+    y = qw.linear(x, bias)
+    if packed:  # float32 Q4_x: the packed-block kernel, float32 rounding apart from the exact product
+        nmse = float(((y.double() - exact) ** 2).sum() / (exact ** 2).sum())
+        assert nmse <= tol("nmse_fp32"), nmse
+    else:  # float32: the reference path, F.linear on the cached dense weight, nothing else
+        assert torch.equal(y, torch.nn.functional.linear(x, qw.dense(), bias))
     # bfloat16: int4 kernel where it applies (Q4_x, rows % 16 == 0), else the dense bf16 product
     y = qw.linear(x.bfloat16(), bias.bfloat16())
     assert y.dtype == torch.bfloat16 and y.shape == (2, 3, rows)
@@ -192,5 +202,6 @@ def test_linear_matches_float64_product(qtype, rows):
     assert nmse <= tol("nmse_bf16"), nmse
     int4 = qtype != "Q8_0" and rows % 16 == 0
     assert (qw._int4 is not None) is int4
+    dense_f32 = 0 if packed else qw.dense().numel() * 4  # a packed-product weight has no float32 copy
     if int4:  # packed codes + bf16 scale/zero pairs, counted in the cache: 4.5 bits per weight
-        assert qw.cached_nbytes - qw.dense().numel() * 4 == rows * 576 // 2 + rows * 576 // 32 * 4
+        assert qw.cached_nbytes - dense_f32 == rows * 576 // 2 + rows * 576 // 32 * 4

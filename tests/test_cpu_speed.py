@@ -5,12 +5,14 @@ tracer is paused while it times): ``Model.generate`` greedy, decode tokens/s =
 N / (time(1 + N new tokens) - time(1 new token)), so the prompt's prefill and the first token
 cancel out. References measured in the same run:
 
-- ``uncached_float32``: the same model with the CPU dense cache off (GPT_ENGINE_CPU_CACHE_BYTES=0),
-  i.e. every weight dequantized on every use, as before the CPU dense cache;
-- ``roofline``: measured CPU copy bandwidth / bytes of the dense cache (what a step reads when
-  every product is dense; KV cache aside), the ceiling for a bandwidth-bound step.
+- ``uncached_float32``: the same model with the CPU dense cache off (GPT_ENGINE_CPU_CACHE_BYTES=0):
+  the Q4_1 layer matrices still on the packed-block kernel, the Q8_0 head dequantized on every use;
+- ``roofline``: measured CPU copy bandwidth / weight bytes a step reads (the dense cache, plus
+  the packed blocks of the float32 kernel's matrices; KV cache aside), the ceiling for a
+  bandwidth-bound step.
 
-Two metrics: float32 (the CPU default, the reference path) and bfloat16 (``load(dtype=bf16)``;
+Two metrics: float32 (the CPU default, the reference path: Q4_0/Q4_1 matrices on the packed-block
+kernel csrc_cpu/q4_gemv.c, other matrices on the dense float32 cache) and bfloat16 (``load(dtype=bf16)``;
 once the op layer's CPU linear calls ``QWeight.linear``, its Q4_1 products take the int4 kernel).
 Each also runs on one thread (``params``): with two threads a decode step is ~1,000 small
 parallel regions, and when another job holds one of the two cores each region waits for it
@@ -28,9 +30,10 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import gpt_engine
-from gpt_engine.qweight import CACHE_ENV, dense_cache_bytes
+from gpt_engine.qweight import CACHE_ENV, dense_cache_bytes, packed_product
 
 PROMPT = "The capital of France is"
 N_NEW = 16
@@ -79,7 +82,10 @@ def test_decode_speed_default_model(bench, monkeypatch):
             torch.set_num_threads(threads)
         if dtype == torch.float32:
             assert toks[:len(ref_toks)] == ref_toks  # the cache changes speed only
-        per_token = dense_cache_bytes(m.gguf.tensors, dtype)
+        # weight bytes a step reads: the dense copies, plus the packed blocks of the matrices whose
+        # float32 product reads them (Q4_1 here; the bf16 figure keeps the dense-size count)
+        per_token = dense_cache_bytes(m.gguf.tensors, dtype) + sum(
+            t.nbytes for t in m.gguf.tensors.values() if packed_product(t.qtype, t.shape, dtype))
         bench.record(
             name, statistics.median(rates), "tok/s", kind="throughput",
             references={"uncached_float32": statistics.median(ref_rates),
@@ -97,10 +103,12 @@ def test_decode_speed_default_model(bench, monkeypatch):
 @pytest.mark.slow
 def test_linear_step_float32_vs_bf16_int4(bench, monkeypatch):
     """Component benchmark: every matrix product of one SmolLM2 decode step (7 per layer + the
-    tied LM head), through QWeight.linear on the model's own weights: float32 on the dense
-    cache (what the CPU path runs today) against bfloat16, where Q4_1 weights take the int4
-    kernel (the head is Q8_0 in this file: dense bf16). The op layer's CPU linear calls
-    QWeight.linear, so this is what a bf16 model's products cost; not an end-to-end figure."""
+    tied LM head), through QWeight.linear on the model's own weights: float32 (the default: Q4_1
+    layer matrices on the packed-block kernel, csrc_cpu/q4_gemv.c; the Q8_0 head on the dense
+    cache) against bfloat16, where Q4_1 weights take torch's int4 kernel (the head: dense bf16),
+    and against the float32 path before the packed kernel, F.linear on dense float32 copies of
+    every matrix (made here: a same-run A/B without a switch in the library). The op layer's
+    CPU linear calls QWeight.linear; not an end-to-end figure."""
     monkeypatch.delenv(CACHE_ENV, raising=False)
     m = gpt_engine.load()
     c = m.config
@@ -115,12 +123,25 @@ def test_linear_step_float32_vs_bf16_int4(bench, monkeypatch):
                 w.linear(xs[dt][k])
         return run
 
+    dense = [(w._dequantize(torch.float32), k) for w, k in ws]  # the pre-kernel float32 path
+
+    def dense_step():
+        for w, k in dense:
+            F.linear(xs[torch.float32][k], w)
+
     t32 = bench.cpu_time(step(torch.float32), warmup=2, reps=15)
+    t32d = bench.cpu_time(dense_step, warmup=2, reps=15)
     t16 = bench.cpu_time(step(torch.bfloat16), warmup=2, reps=15)
     n_int4 = sum(w._int4 is not None for w, _ in ws)
     assert n_int4 == 7 * c.n_layer  # every Q4_1 layer matrix took the int4 kernel
+    assert sum(bool(w._q4) for w, _ in ws) == 7 * c.n_layer  # ... and the float32 packed kernel
+    bench.record("perf.cpu_linear_step.smollm2-135m.Q4_1.float32", t32 * 1e3, "ms", kind="time",
+                 references={"float32_dense_f_linear": t32d * 1e3, "bf16_int4": t16 * 1e3},
+                 params={"threads": torch.get_num_threads(), "loadavg_1m": os.getloadavg()[0],
+                         "matrices": len(ws), "q4_kernel_matrices": 7 * c.n_layer,
+                         "how": "bench.cpu_time median of 15 wall-clock runs; shared machine"})
     bench.record("perf.cpu_linear_step.smollm2-135m.Q4_1.bf16_int4", t16 * 1e3, "ms", kind="time",
-                 references={"float32_dense_cache": t32 * 1e3},
+                 references={"float32": t32 * 1e3, "float32_dense_f_linear": t32d * 1e3},
                  params={"threads": torch.get_num_threads(), "loadavg_1m": os.getloadavg()[0],
                          "matrices": len(ws), "int4_matrices": n_int4,
                          "how": "bench.cpu_time median of 15 wall-clock runs; shared machine"})

@@ -1,0 +1,300 @@
+/* CPU products with GGUF 4-bit block weights read packed: y = x @ W.T, float32.
+ *
+ * Plain C (no torch headers: the build takes about a second), compiled on first use by
+ * gpt_engine/cpu_q4.py with the system compiler and loaded with ctypes; the Python side checks
+ * every shape, type and contiguity before calling (these functions trust their arguments).
+ *
+ * Blocks (gguf-py GGML_QUANT_SIZES; ggml's block_q4_0 / block_q4_1), 32 values each:
+ *   Q4_0, 18 bytes: f16 d, 16 bytes qs            value = d * (q - 8)
+ *   Q4_1, 20 bytes: f16 d, f16 m, 16 bytes qs     value = d * q + m
+ * where q of value j (0..15) is the low nibble of qs[j] and q of value j + 16 its high nibble.
+ *
+ * Product (q4_gemv), per output y[r][n] with blocks b = 0 .. K/32 - 1 of row n:
+ *   y = sum_b d_b * dot(q_b, x_b) + sum_b c_b * s_b,   s_b = sum of x's 32 values of block b,
+ * with c_b = m_b (Q4_1) or -8 d_b (Q4_0, exact: a power-of-two multiple). In real numbers this is
+ * the dense product sum_k W[n][k] x[k]; in float32 it differs from F.linear on the dequantized
+ * weights only in rounding (the order of the sums below), never in what is summed.
+ * Summation order (float32 throughout, fused multiply-adds where written fma):
+ *   - s_b: the 32 values of x's block, in the vector order of sum32 (pairwise over lanes);
+ *     computed once per call for every row of x and block (not once per output);
+ *   - t_b = qlo * x[0:16] + qhi * x[16:32] lane by lane (a product, then an fma);
+ *   - AVX-512 (16-float lane vectors): four lane-vector accumulators, block b into acc[b % 4]:
+ *     acc = fma(d_b, t_b, acc); four scalar offset chains off[b % 4] = fma(c_b, s_b, off);
+ *     y = hsum((acc0 + acc1) + (acc2 + acc3)) + ((off0 + off1) + (off2 + off3));
+ *   - AVX2: t_b as two 8-float halves (values 0-7 with 16-23, 8-15 with 24-31), each into its own
+ *     accumulator, one offset chain in block order; y = hsum(acc0 + acc1) + off;
+ *   - scalar (no AVX2): t_b summed value by value (j, j + 16, j + 1, ...), acc = fma(d_b, t_b,
+ *     acc) and off in block order; y = acc + off.
+ * The order is fixed per output (independent of the thread count: each output is one thread's).
+ *
+ * Memory: the weights stream once per call (4.5 / 5 bits per weight). The hardware prefetcher
+ * does not cross 4 KiB pages and the compute-bound loop then stalls; a software prefetch
+ * PF_DIST bytes ahead keeps the stream going (measured on the 210 matrices of a SmolLM2 step,
+ * one thread: 13.1 ms without, 9.1 with 2 KiB; 1-4 KiB within 5%).
+ *
+ * Threads: OpenMP over output rows n (static split), linked against the libgomp the running torch
+ * already loaded, so its pool and torch's are the same threads (see cpu_q4.py).
+ */
+#include <stdint.h>
+#include <string.h>
+#include <stdlib.h>
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#define QK 32
+#ifndef PF_DIST
+#define PF_DIST 2048
+#endif
+#define MAX_ROWS 8 /* rows of x per call: the decode case; the caller takes another path above */
+
+enum { T_Q4_0 = 2, T_Q4_1 = 3 }; /* GGMLQuantizationType values */
+
+/* f16 -> f32, exact (every f16, subnormals included, is a float32 normal or zero) */
+static inline float f16_to_f32(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            int e = -1;
+            do { man <<= 1; e++; } while (!(man & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+static inline void block_scales(int qtype, const uint8_t *blk, float *d, float *c) {
+    *d = f16_to_f32(blk);
+    *c = qtype == T_Q4_1 ? f16_to_f32(blk + 2) : -8.0f * *d;
+}
+
+/* sum of 32 floats */
+static inline float sum32(const float *x) {
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(x + 16)));
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    __m256 a = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
+                             _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+#else
+    float s = 0.f;
+    for (int j = 0; j < QK; j++) s += x[j];
+    return s;
+#endif
+}
+
+#if defined(__AVX512F__)
+/* One block of one weight row against every row r < m of x (x, xs already at the block).
+ * Q4_1's d and m are adjacent f16s: one conversion gives both. */
+static inline __attribute__((always_inline)) void block512(
+        int qtype, const uint8_t *blk, int qo, const float *x, const float *xs, const int m, int64_t K,
+        int64_t nb, __m512 *acc, float *off) {
+    uint32_t dm;
+    memcpy(&dm, blk, 4); /* Q4_0: the second half is qs[0..1], unused */
+    const __m128 dmf = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm));
+    const float c = qtype == T_Q4_1 ? _mm_cvtss_f32(_mm_movehdup_ps(dmf)) : -8.0f * _mm_cvtss_f32(dmf);
+    const __m512 dv = _mm512_broadcastss_ps(dmf);
+    const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + qo)));
+    const __m512 qlo = _mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(0x0f)));
+    const __m512 qhi = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
+    for (int r = 0; r < m; r++) {
+        const float *xb = x + r * K;
+        __m512 t = _mm512_mul_ps(qlo, _mm512_loadu_ps(xb));
+        t = _mm512_fmadd_ps(qhi, _mm512_loadu_ps(xb + 16), t);
+        acc[r] = _mm512_fmadd_ps(dv, t, acc[r]);
+        off[r] = fmaf(c, xs[r * nb], off[r]);
+    }
+}
+
+/* rows_range for a compile-time m (the accumulators stay in registers) */
+static inline __attribute__((always_inline)) void rows512(
+        int qtype, const uint8_t *w, const float *x, const float *xs, float *y, const int m, int64_t N,
+        int64_t K, int64_t n0, int64_t n1) {
+    const int64_t nb = K / QK;
+    const int bs = qtype == T_Q4_1 ? 20 : 18, qo = bs - 16;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *row = w + n * nb * bs;
+        /* four interleaved chains (blocks b mod 4): the fma latency is not serialised per block */
+        __m512 acc[4][MAX_ROWS];
+        float off[4][MAX_ROWS];
+        for (int u = 0; u < 4; u++)
+            for (int r = 0; r < m; r++) { acc[u][r] = _mm512_setzero_ps(); off[u][r] = 0.f; }
+        int64_t b = 0;
+        for (; b + 3 < nb; b += 4) {
+            /* software prefetch PF_DIST bytes ahead (see the header) */
+            _mm_prefetch((const char *)(row + b * bs) + PF_DIST, _MM_HINT_T0);
+            for (int u = 0; u < 4; u++)
+                block512(qtype, row + (b + u) * bs, qo, x + (b + u) * QK, xs + b + u, m, K, nb, acc[u], off[u]);
+        }
+        for (int u = 0; b < nb; b++, u++)
+            block512(qtype, row + b * bs, qo, x + b * QK, xs + b, m, K, nb, acc[u], off[u]);
+        for (int r = 0; r < m; r++) {
+            __m512 a = _mm512_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]), _mm512_add_ps(acc[2][r], acc[3][r]));
+            y[r * N + n] = _mm512_reduce_add_ps(a) + ((off[0][r] + off[1][r]) + (off[2][r] + off[3][r]));
+        }
+    }
+}
+#endif
+
+/* y[r][n] for rows n in [n0, n1) and every row r < m of x. w: [N][nb * bs] bytes, x: [m][K],
+ * xs: [m][nb] block sums of x, y: [m][N]. */
+static void rows_range(int qtype, const uint8_t *w, const float *x, const float *xs, float *y,
+                       int m, int64_t N, int64_t K, int64_t n0, int64_t n1) {
+#if defined(__AVX512F__)
+    switch (m) { /* one specialisation per row count: accumulators in registers */
+        case 1: rows512(qtype, w, x, xs, y, 1, N, K, n0, n1); return;
+        case 2: rows512(qtype, w, x, xs, y, 2, N, K, n0, n1); return;
+        case 3: rows512(qtype, w, x, xs, y, 3, N, K, n0, n1); return;
+        case 4: rows512(qtype, w, x, xs, y, 4, N, K, n0, n1); return;
+        default: rows512(qtype, w, x, xs, y, m, N, K, n0, n1); return;
+    }
+#else
+    const int64_t nb = K / QK;
+    const int bs = qtype == T_Q4_1 ? 20 : 18, qo = bs - 16;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *row = w + n * nb * bs;
+        float off[MAX_ROWS] = {0};
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+        __m256 acc0[MAX_ROWS], acc1[MAX_ROWS];
+        for (int r = 0; r < m; r++) { acc0[r] = _mm256_setzero_ps(); acc1[r] = _mm256_setzero_ps(); }
+        const __m256i lo4 = _mm256_set1_epi32(0x0f);
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * bs;
+            if (!(b & 3)) _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0); /* as rows512 */
+            float d, c;
+            block_scales(qtype, blk, &d, &c);
+            __m256i qa = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + qo)));
+            __m256i qb = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + qo + 8)));
+            /* values 0-7, 8-15 (low nibbles), 16-23, 24-31 (high nibbles) */
+            __m256 q0 = _mm256_cvtepi32_ps(_mm256_and_si256(qa, lo4));
+            __m256 q1 = _mm256_cvtepi32_ps(_mm256_and_si256(qb, lo4));
+            __m256 q2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(qa, 4));
+            __m256 q3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(qb, 4));
+            __m256 dv = _mm256_set1_ps(d);
+            for (int r = 0; r < m; r++) {
+                const float *xb = x + r * K + b * QK;
+                __m256 t0 = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xb + 16), _mm256_mul_ps(q0, _mm256_loadu_ps(xb)));
+                __m256 t1 = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), _mm256_mul_ps(q1, _mm256_loadu_ps(xb + 8)));
+                acc0[r] = _mm256_fmadd_ps(dv, t0, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(dv, t1, acc1[r]);
+                off[r] = fmaf(c, xs[r * nb + b], off[r]);
+            }
+        }
+        for (int r = 0; r < m; r++) {
+            __m256 a = _mm256_add_ps(acc0[r], acc1[r]);
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            y[r * N + n] = _mm_cvtss_f32(h) + off[r];
+        }
+#else
+        float acc[MAX_ROWS] = {0};
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * bs;
+            float d, c;
+            block_scales(qtype, blk, &d, &c);
+            for (int r = 0; r < m; r++) {
+                const float *xb = x + r * K + b * QK;
+                float t = 0.f;
+                for (int j = 0; j < 16; j++) {
+                    t += (float)(blk[qo + j] & 0x0f) * xb[j];
+                    t += (float)(blk[qo + j] >> 4) * xb[j + 16];
+                }
+                acc[r] = fmaf(d, t, acc[r]);
+                off[r] = fmaf(c, xs[r * nb + b], off[r]);
+            }
+        }
+        for (int r = 0; r < m; r++) y[r * N + n] = acc[r] + off[r];
+#endif
+    }
+#endif
+}
+
+/* y[m][N] = x[m][K] @ W.T for W [N][K] in Q4_0 / Q4_1 blocks; 1 <= m <= MAX_ROWS, K % 32 == 0.
+ * Returns 0, or -1 for a request outside those limits (the caller checks first). */
+int q4_gemv(int qtype, const uint8_t *w, const float *x, float *y, int64_t m, int64_t N, int64_t K,
+            int threads) {
+    if ((qtype != T_Q4_0 && qtype != T_Q4_1) || m < 1 || m > MAX_ROWS || K % QK || N < 1) return -1;
+    const int64_t nb = K / QK;
+    float stack_xs[MAX_ROWS * 256];
+    float *xs = m * nb <= MAX_ROWS * 256 ? stack_xs : (float *)malloc(sizeof(float) * m * nb);
+    if (!xs) return -1;
+    for (int64_t i = 0; i < m * nb; i++) xs[i] = sum32(x + i * QK);
+    if (threads < 1) threads = 1;
+    if (threads > N) threads = (int)N;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        int t = 0, nt = 1;
+#endif
+        int64_t n0 = N * t / nt, n1 = N * (t + 1) / nt;
+        rows_range(qtype, w, x, xs, y, (int)m, N, K, n0, n1);
+    }
+    if (xs != stack_xs) free(xs);
+    return 0;
+}
+
+/* Dequantize rows of Q4_0 / Q4_1 blocks to float32 exactly as gguf-py does (d * q + m, resp.
+ * d * (q - 8), one rounding each: built with -ffp-contract=off so no multiply-add is fused).
+ * w: [N][nb * bs], out: [N][K]. For products with more rows of x than MAX_ROWS (a prefill). */
+int q4_dequant(int qtype, const uint8_t *w, float *out, int64_t N, int64_t K, int threads) {
+    if ((qtype != T_Q4_0 && qtype != T_Q4_1) || K % QK || N < 1) return -1;
+    const int64_t nb = K / QK;
+    const int bs = qtype == T_Q4_1 ? 20 : 18, qo = bs - 16;
+    if (threads < 1) threads = 1;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = w + (n * nb + b) * bs;
+            float *o = out + n * K + b * QK;
+            const float d = f16_to_f32(blk);
+            if (qtype == T_Q4_1) {
+                const float mm = f16_to_f32(blk + 2);
+                for (int j = 0; j < 16; j++) {
+                    o[j] = d * (float)(blk[qo + j] & 0x0f) + mm;
+                    o[j + 16] = d * (float)(blk[qo + j] >> 4) + mm;
+                }
+            } else {
+                for (int j = 0; j < 16; j++) {
+                    o[j] = d * (float)((blk[qo + j] & 0x0f) - 8);
+                    o[j + 16] = d * (float)((blk[qo + j] >> 4) - 8);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* Which vector path this build took: 512, 256 or 0 (scalar). */
+int q4_simd_width(void) {
+#if defined(__AVX512F__)
+    return 512;
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    return 256;
+#else
+    return 0;
+#endif
+}
