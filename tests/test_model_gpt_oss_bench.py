@@ -175,3 +175,26 @@ def test_cpu_dense_cache_is_what_the_estimate_says(tiny):
     est = m.memory_estimate(n_ctx=64)
     assert est["kv_cache"] == m.new_cache(64).nbytes()
     assert est["total"] == est["weights"] + est["dense_cache"] + est["kv_cache"] + est["transient"]
+
+
+@STORY
+def test_cpu_dense_cache_leaves_out_packed_q4_matrices(tmp_path):
+    """With Q4_0 attention and output matrices (a Q4_0 file's non-expert tensors), the float32
+    CPU products read those blocks packed (gpt_engine/cpu_q4.py) and the dense cache holds none
+    of them: the estimate's dense_cache is what the cache holds after a generation, and the bytes
+    a decode step reads count them packed."""
+    from gpt_engine import cpu_q4, testmodels
+    from gpt_engine.models.gpt_oss import _dense_cached
+
+    if not cpu_q4.available():
+        pytest.skip("the float32 Q4 CPU kernel did not build here (no C compiler)")
+    path = tmp_path / "oss-q4_0.gguf"
+    testmodels.make_gpt_oss(path, qtype="Q4_0", n_embd=64, n_ff=64, head_dim=32)
+    m = gpt_engine.load(path)
+    q4 = [n for n, t in m.gguf.tensors.items() if t.qtype.name == "Q4_0" and "_exps." not in n]
+    assert q4, "the file has no Q4_0 non-expert matrix to check"
+    assert not any(_dense_cached(n, m.gguf.tensors[n], m.gguf.tensors, torch.float32) for n in q4)
+    est0 = m.memory_estimate()
+    m.generate("Hello world", max_new_tokens=4, stop_at_eos=False)
+    assert cache_policy(m.gguf).nbytes == est0["dense_cache"]
+    assert all(L.o.cached_nbytes == 0 for L in m.net.layers)

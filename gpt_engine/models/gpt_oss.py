@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .. import ops, quants
 from ..kv_cache import KVCache
-from ..qweight import QWeight, _is_view, cache_policy, cpu_cache_budget, dense_cache_bytes, lookup_only
+from ..qweight import QWeight, _is_view, cache_policy, cpu_cache_budget, dense_cache_bytes, lookup_only, packed_product
 from ..ops._common import capturing
 from ..ops.dequantize import cuda_supported as dequantize_on_device
 from ..ops.linear import rmsnorm_reference as rmsnorm
@@ -467,9 +467,10 @@ def _dequant_bytes_per_value(qtype, dtype: torch.dtype, expert: bool) -> int:
 def _dense_cached(name: str, t, tensors, dtype: torch.dtype) -> bool:
     """Whether the CPU dense cache keeps a ``dtype`` copy of this tensor once it has been used:
     a "raw" matrix that ``QWeight.dense`` converts (not a zero-copy view), not a lookup-only
-    table, and not an expert stack (``ExpertStack`` dequantizes one expert at a time, uncached)."""
+    table, not an expert stack (``ExpertStack`` dequantizes one expert at a time, uncached), and
+    not a matrix whose float32 product reads its packed blocks (``qweight.packed_product``)."""
     return (held_as(name) == "raw" and "_exps." not in name and not lookup_only(name, tensors)
-            and not _is_view(t.qtype, dtype))
+            and not _is_view(t.qtype, dtype) and not packed_product(t.qtype, t.shape, dtype))
 
 
 def rope_table_bytes(cfg) -> int:
