@@ -136,12 +136,14 @@ def test_linear_model_shapes_cuda(wtype, m, n, k):
 @pytest.mark.story("GX-003")
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
-def test_gemv_rows_do_not_depend_on_the_batch():
+@pytest.mark.parametrize("k", [1600, 3072, 6400])
+def test_gemv_rows_do_not_depend_on_the_batch(k):
     """Row m of a batch is computed exactly as it is alone (same chunks, same order): what makes a
-    sequence's greedy ids in a batch equal its batch-1 run."""
-    w, _ = make_weight(1601, 1600, "F16", "cuda")
-    x = randn((16, 1600), torch.float16, "cuda")
-    nm = _norm("layernorm", 1600, torch.float16, "cuda")
+    sequence's greedy ids in a batch equal its batch-1 run. K = 3072 is the widest row the split
+    GEMV (v11) takes at every M; 6400 goes to v6 / v3."""
+    w, _ = make_weight(1601, k, "F16", "cuda")
+    x = randn((16, k), torch.float16, "cuda")
+    nm = _norm("layernorm", k, torch.float16, "cuda")
     full = ops.linear(x, w, norm=nm)
     for m in (1, 3, 16):
         part = ops.linear(x[:m].contiguous(), w, norm=nm)
