@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Session 6's same-run A/Bs (repo root on the GPU machine, .whl carried; output in $OUT/ab.log).
+# Exploration, not evidence. Temporary switches: GPTE_AB_GEMV_OLD (v3/v6 instead of the split
+# GEMV v11), GPTE_AB_TWO_COPIES (two readback copies per step), GPTE_AB_STACK_ON_GPU (weights
+# stacked on the GPU), GPTE_AB_DEQUANT_V1, GPTE_AB_MOE_V3.
+#   bash tests/bench/ab_s6.sh gemv     GEMV alone + linear tests + decode steps + one copy + memory
+#   bash tests/bench/ab_s6.sh kernels  dequantize + MoE decode kernels + gpt-oss step + their tests
+set -o pipefail
+MODE=${1:-gemv}
+export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+exec > >(tee -a "$OUT/ab.log") 2>&1
+export PYTHONUNBUFFERED=1
+export GPT_ENGINE_BENCH_MODELS=${GPT_ENGINE_BENCH_MODELS:-/tmp/gpt-engine-bench-models}
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1
+export PYTHONPATH=/tmp/site:$PWD
+[ -f .whl/o200k_base.tiktoken.gz ] && export GPT_ENGINE_O200K_FILE=$PWD/.whl/o200k_base.tiktoken.gz
+M=$GPT_ENGINE_BENCH_MODELS
+t0=$(date +%s)
+el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('extension built')" 2>&1 | tail -2
+el build done
+if [ "$MODE" = gemv ]; then
+  MODELS="gpt2-124m-F16 gpt2-1.5b-F16 llama-1b-F16 llama-1b-Q8_0 gpt2-1.5b-MXFP4"
+else
+  MODELS="gpt-oss-20b-MXFP4"
+fi
+python3 -c "
+import sys
+from gpt_engine import benchmodels as b
+for s in sys.argv[1:]:
+    shape, q = s.rsplit('-', 1); print(b.ensure('$M', shape, q), flush=True)
+" $MODELS > /tmp/ab-models.txt 2>&1 &
+MODELS_PID=$!
+wait_for() { until grep -q "$1" /tmp/ab-models.txt 2>/dev/null || ! kill -0 $MODELS_PID 2>/dev/null; do sleep 2; done; }
+PYT="python3 -m pytest -p gates.pytest_plugin --no-evidence -p no:cacheprovider -q -m cuda --tb=short -rf"
+if [ "$MODE" = gemv ]; then
+  for old in 1 ""; do
+    el "== explore_gemv GPTE_AB_GEMV_OLD=${old:-unset}"
+    GPTE_AB_GEMV_OLD=$old timeout 150 python3 tests/bench/explore_gemv.py 2>&1 | grep -v maxerr_header
+  done
+  el "== linear tests (v11)"
+  timeout 150 $PYT tests/ops/test_linear.py -k "not bandwidth" 2>&1 | tail -6
+  wait_for llama-1b-F16
+  for f in gpt2-124m-F16 gpt2-1.5b-F16 llama-1b-F16; do
+    for old in 1 "" 1 ""; do
+      el "== step $f GPTE_AB_GEMV_OLD=${old:-unset}"
+      GPTE_AB_GEMV_OLD=$old timeout 100 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" 2>&1 \
+        | grep -E "graph step|gemv|kernel time" | head -6
+    done
+  done
+  for rep in 1 2; do
+    for c in "" 1; do
+      el "== bench gpt2-124m-F16 GPTE_AB_TWO_COPIES=${c:-unset} (round $rep)"
+      GPTE_AB_TWO_COPIES=$c timeout 60 python3 -m gpt_engine.cli bench "$M/gpt2-124m-F16.gguf" --device cuda -r 5 2>&1 | grep -E "tg128|pp512|host"
+    done
+  done
+  wait_for gpt2-1.5b-MXFP4
+  for f in llama-1b-Q8_0 gpt2-1.5b-MXFP4; do
+    for s in "" 1; do
+      el "== reserved $f GPTE_AB_STACK_ON_GPU=${s:-unset}"
+      GPTE_AB_STACK_ON_GPU=$s timeout 60 python3 tests/bench/explore_memory_reserved.py "$M/$f.gguf" 2>&1 | tail -8
+    done
+  done
+else
+  for v in 1 ""; do
+    el "== explore_dequant GPTE_AB_DEQUANT_V1=${v:-unset}"
+    GPTE_AB_DEQUANT_V1=$v timeout 100 python3 tests/bench/explore_dequant.py 2>&1 | tail -14
+    el "== explore_moe_decode GPTE_AB_MOE_V3=${v:-unset}"
+    GPTE_AB_MOE_V3=$v timeout 100 python3 tests/bench/explore_moe_decode.py 2>&1 | tail -10
+  done
+  el "== dequant + moe tests"
+  timeout 150 $PYT tests/ops/test_moe.py tests/ops/test_linear_q.py -k "not bandwidth" 2>&1 | tail -6
+  wait $MODELS_PID; cat /tmp/ab-models.txt
+  for v in 1 "" 1 ""; do
+    el "== step gpt-oss-20b GPTE_AB_MOE_V3=${v:-unset} (GEMV v11 on)"
+    GPTE_AB_MOE_V3=$v timeout 120 python3 tests/bench/explore_decode_step.py "$M/gpt-oss-20b-MXFP4.gguf" 2>&1 \
+      | grep -E "graph step|moe|gemv|kernel time" | head -8
+  done
+fi
+wait $MODELS_PID 2>/dev/null
+el total
