@@ -41,8 +41,8 @@ if [ "$MODE" = gemv ]; then
   el "== linear tests (v11)"
   timeout 150 $PYT tests/ops/test_linear.py -k "not bandwidth" 2>&1 | tail -6
   wait_for llama-1b-F16
-  for f in gpt2-124m-F16 gpt2-1.5b-F16 llama-1b-F16; do
-    for old in 1 "" 1 ""; do
+  for f in gpt2-124m-F16 gpt2-1.5b-F16 llama-1b-F16 gpt2-124m-F16; do
+    for old in 1 ""; do
       el "== step $f GPTE_AB_GEMV_OLD=${old:-unset}"
       GPTE_AB_GEMV_OLD=$old timeout 100 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" 2>&1 \
         | grep -E "graph step|gemv|kernel time" | head -6
