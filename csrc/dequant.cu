@@ -3,13 +3,45 @@
 // sync, a decode step is graph-captured) and whole matrices (prefill: dequantized once into a
 // scratch buffer that cuBLAS then reads; docs/kernels/quant.md says why).
 //
-// One thread per quad (4 output values) of the flattened [nrows, K] output, kUnroll quads a
-// block-width apart per thread with all their loads before the first store; consecutive
-// threads write consecutive quads, so a warp stores 128 contiguous values. The block bytes are
-// read with aligned 4-byte loads (quant_blocks.cuh GlobalReader): the 8 threads of a 32-value
-// group read the same words, served by L1. Floor: the bytes written (2 B per value in fp16 vs
-// 0.53-1.06 B read per value), so the kernel is a streaming write.
+// v1 (replaced by v2; kept below only for a same-run A/B, see TEMPORARY): one thread per quad (4
+// output values) of the flattened [nrows, K] output, 4 quads a block-width apart per thread,
+// 8-byte stores, the block bytes read through GlobalReader. Measured on the H200 at 1,626-1,949
+// GB/s, 0.38-0.46 of the same-run copy (MXFP4 -> fp16, bytes = packed read + fp16 written). The
+// cause: at ~4 TB/s a 32-value MXFP4 block (17 B read + 64 B written) must be done in ~17-20
+// thread-instructions per value across the GPU (132 SMs x 4 issue slots x 1.75-1.98 GHz), and
+// v1's MXFP4 -> fp16 kernel is 577 SASS instructions per 16 values (36 per value; static count,
+// the 64-bit division routine left out): every quad paid
+// a 64-bit division for its row (a 32-bit path with I2F + MUFU.RCP when the operands fit, a call
+// otherwise), 64-bit block offsets and 2-4 separate loads.
+//
+// v2: one thread per "piece", 8 consecutive output values (one 16-byte store for fp16 / bf16,
+// two for fp32), kUnroll pieces a block-width apart per thread; consecutive threads write
+// consecutive pieces, so one warp store is 512 contiguous bytes (fp16 / bf16). Every row holds
+// whole 32-value groups (K % QK == 0, QK = 32 or 256), so a piece never straddles a row or a
+// block: it is values 8 sub .. 8 sub + 7 of one block, sub < QK / 8.
+//   - Whole matrix (ids null, the prefill path): the rows are contiguous, so piece g is piece
+//     sub = g % (QK / 8) of block g / (QK / 8), at byte (g / (QK / 8)) * TS: a shift, a mask and
+//     one 32 x 32 -> 64-bit multiply-add; no division. Indices are 32-bit: the launcher cuts
+//     the matrix into launches of at most kMaxPieces pieces (2^30, 8 Gi values; one launch for
+//     any real matrix). The weight bytes are constant, so they are loaded before pdl_wait (as the
+//     GEMVs load weights): only the stores wait for the kernel before.
+//   - Rows by id: row r = g / (K / 8) by a multiply-high with a host-computed magic number
+//     (FastDiv: no division instruction), then the row's source id as in v1 (an id outside
+//     [0, N) gives a NaN row and ORs kStatusBadIndex into *status).
+//   - MXFP4 {e8m0 e, u8 qs[16]}: value t < 16 is the low nibble of qs[t], t + 16 the high one
+//     (ggml-common.h block_mxfp4, gguf-py MXFP4 dequantize), so piece sub needs the scale byte
+//     and the 8 bytes qs[8 (sub & 1) ..], nibble sub >> 1: one byte load and 2-3 aligned words
+//     (the weight base is only 4-byte aligned; a 17-byte block starts at any byte).
+//   - Q8_0 {f16 d, int8 qs[32]} (ggml-common.h block_q8_0): the fp16 scale (one 2-byte load,
+//     blocks start at even offsets) and 2-3 aligned words for qs[8 sub ..].
+//   - The other types: decode4 (quant_blocks.cuh) for the piece's two quads.
+// MXFP4 -> fp16: 204 SASS instructions per 16 values (13 per value) with the addressing; 26-32
+// registers per kernel, no spills (ptxas -v, sm_90a).
+// The per-value arithmetic is decode4 / value_exact's (codes as exact floats, __fmul_rn /
+// __fadd_rn, no contraction, then one rounding to the output dtype), so v2 is bit-identical to
+// v1 and to gguf-py.
 #include <cmath>
+#include <cstdlib>
 
 #include "common.cuh"
 #include "launchers.h"
@@ -20,7 +52,243 @@ namespace {
 using namespace quant;
 
 constexpr int kThreads = 256;
-constexpr int kUnroll = 4;
+constexpr int kUnroll = 2;                     // pieces per thread (v2)
+constexpr int64_t kMaxPieces = int64_t(1) << 30;  // pieces per launch: 32-bit indices in the kernel
+
+// ---------------------------------------------------------------- v2
+
+// n / d for n < 2^31 without a division instruction (Granlund & Montgomery 1994, "Division by
+// invariant integers using multiplication", the round-up method): l = ceil(log2 d),
+// m = floor(2^32 (2^l - d) / d) + 1, n / d = (mulhi(n, m) + n) >> l; the sum fits 32 bits for n < 2^31.
+struct FastDiv {
+  uint32_t d, m, l;
+};
+inline FastDiv make_fastdiv(uint32_t d) {
+  uint32_t l = 0;
+  while ((uint64_t(1) << l) < d) ++l;
+  return {d, (uint32_t)((((uint64_t(1) << 32) * ((uint64_t(1) << l) - d)) / d) + 1), l};
+}
+__device__ __forceinline__ uint32_t fastdiv(uint32_t n, const FastDiv& f) { return (__umulhi(n, f.m) + n) >> f.l; }
+
+// The raw bytes of one piece, loaded before any of them is used (so that the loads of all the
+// pieces of a thread are in flight together, and before pdl_wait on the whole-matrix path).
+// MXFP4 / Q8_0: the aligned words a[0..2] holding the piece's 8 code bytes from byte `off` (a[2]
+// read only when off % 4 != 0: it then starts before the piece's last byte, so no word past the
+// weight's end is read), and the scale field.
+template <int T> struct Raw {  // other types: the block offset only, decode4 loads
+  int64_t blk;
+  int sub;
+};
+struct RawWords {
+  uint32_t a[3], scale;
+  int sh;  // 8 * (offset of the code bytes % 4)
+};
+template <> struct Raw<kMXFP4> : RawWords {};
+template <> struct Raw<kQ8_0> : RawWords {};
+
+__device__ __forceinline__ void load_words(const uint8_t* w, int64_t off, RawWords& r) {
+  const uint32_t* p = reinterpret_cast<const uint32_t*>(w) + (off >> 2);
+  r.sh = (int)(off & 3) * 8;
+  r.a[0] = __ldg(p);
+  r.a[1] = __ldg(p + 1);
+  r.a[2] = r.sh ? __ldg(p + 2) : 0u;
+}
+
+// Piece `sub` of the block at byte `blk`.
+template <int T>
+__device__ __forceinline__ void load_piece(const uint8_t* w, int64_t blk, int sub, Raw<T>& r) {
+  if constexpr (T == kMXFP4) {
+    r.scale = __ldg(w + blk);
+    load_words(w, blk + 1 + 8 * (sub & 1), r);
+    r.sh |= (sub >> 1) << 5;  // bit 5: the high nibbles (values 16..31)
+  } else if constexpr (T == kQ8_0) {
+    r.scale = __ldg(reinterpret_cast<const unsigned short*>(w + blk));
+    load_words(w, blk + 2 + 8 * sub, r);
+  } else {
+    r.blk = blk;
+    r.sub = sub;
+  }
+}
+
+// Four codes + 128 (one per byte of c) as the exact floats code: byte k moved under the exponent
+// of 2^23 by one byte permute (0x4B0000cc = 2^23 + cc), then 2^23 + 128 subtracted (exact). The
+// same floats as codes4<128>(c), one integer op per value less.
+__device__ __forceinline__ void codes4_biased(uint32_t c, float* w) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) w[k] = __int_as_float(__byte_perm(c, 0x4B000000u, 0x7440u | k)) - (8388608.0f + 128);
+}
+
+// Four MXFP4 codes (the low nibble of each byte of c, high nibbles zero) -> 128 + ggml's doubled
+// E2M1 value (kvalues_mxfp4: 0 1 2 3 4 6 8 12, codes 8..15 their negatives, code 8 = -0 -> 0) per
+// byte: quant_blocks.cuh mxfp4_int8 with the 128 folded into its two tables. (Not a sign mask
+// from a permute's sign-replicate selectors: __byte_perm uses 3 bits per selector, without them.)
+__device__ __forceinline__ uint32_t mxfp4_biased(uint32_t c) {
+  const uint32_t mag = c & 0x07070707u, t = mag | (mag >> 4);
+  const uint32_t sel = (t & 0xFFu) | ((t >> 8) & 0xFF00u);
+  const uint32_t pos = __byte_perm(0x83828180u, 0x8C888684u, sel);  // 128 + 0 1 2 3 4 6 8 12
+  const uint32_t neg = __byte_perm(0x7D7E7F80u, 0x74787A7Cu, sel);  // 128 - the same
+  const uint32_t sm = ((c >> 3) & 0x01010101u) * 0xFFu;              // 0xFF where bit 3 (the sign) is set
+  return (pos & ~sm) | (neg & sm);
+}
+
+// The 8 exact values of a loaded piece (decode4 + value_exact's float arithmetic).
+template <int T>
+__device__ __forceinline__ void decode_piece(const uint8_t* w, const Raw<T>& r, float* v) {
+  if constexpr (T == kMXFP4 || T == kQ8_0) {
+    const int sh = r.sh & 31;
+    const uint32_t q[2] = {__funnelshift_r(r.a[0], r.a[1], sh), __funnelshift_r(r.a[1], r.a[2], sh)};
+    float s;
+    if constexpr (T == kMXFP4) s = e8m0_half(r.scale);
+    else s = f16_bits(r.scale);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      uint32_t c;
+      if constexpr (T == kMXFP4) c = mxfp4_biased((q[h] >> ((r.sh >> 5) * 4)) & 0x0F0F0F0Fu);
+      else c = q[h] ^ 0x80808080u;  // int8 -> int8 + 128
+      float wq[4];
+      codes4_biased(c, wq);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v[4 * h + k] = value_exact<T>(wq[k], s, 0.f);
+    }
+  } else {
+    // values 8 sub .. 8 sub + 7 of the block: group j = sub / 4, quads 2 (sub % 4) and + 1
+    const GlobalReader rd{w};
+    const int j = r.sub >> 2, i = 2 * (r.sub & 3);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float wq[4], s, mn;
+      decode4<T>(rd, r.blk, j, i + h, wq, s, mn);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v[4 * h + k] = value_exact<T>(wq[k], s, mn);
+    }
+  }
+}
+
+// Piece g of the output (8 values from element 8 g).
+template <typename O> __device__ __forceinline__ void store_piece(O* out, uint32_t g, const float* v);
+template <> __device__ __forceinline__ void store_piece<float>(float* out, uint32_t g, const float* v) {
+  float4* p = reinterpret_cast<float4*>(out) + 2 * (size_t)g;
+  p[0] = make_float4(v[0], v[1], v[2], v[3]);
+  p[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ uint32_t u32_of(__half2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
+__device__ __forceinline__ uint32_t u32_of(__nv_bfloat162 h) { return *reinterpret_cast<const uint32_t*>(&h); }
+template <> __device__ __forceinline__ void store_piece<__half>(__half* out, uint32_t g, const float* v) {
+  reinterpret_cast<uint4*>(out)[g] =
+      make_uint4(u32_of(__floats2half2_rn(v[0], v[1])), u32_of(__floats2half2_rn(v[2], v[3])),
+                 u32_of(__floats2half2_rn(v[4], v[5])), u32_of(__floats2half2_rn(v[6], v[7])));
+}
+template <> __device__ __forceinline__ void store_piece<__nv_bfloat16>(__nv_bfloat16* out, uint32_t g, const float* v) {
+  reinterpret_cast<uint4*>(out)[g] =
+      make_uint4(u32_of(__floats2bfloat162_rn(v[0], v[1])), u32_of(__floats2bfloat162_rn(v[2], v[3])),
+                 u32_of(__floats2bfloat162_rn(v[4], v[5])), u32_of(__floats2bfloat162_rn(v[6], v[7])));
+}
+
+template <int T> constexpr int kPiecesPerBlock = Traits<T>::QK / 8;  // 4 or 32
+template <int T> constexpr int kPieceShift = Traits<T>::QK == 32 ? 2 : 5;
+
+// Whole matrix: `pieces` pieces of contiguous rows (w, out already offset to this launch's part).
+template <int T, typename O>
+__global__ void __launch_bounds__(kThreads) dequant_matrix_kernel(const uint8_t* __restrict__ w, uint32_t pieces,
+                                                                  O* __restrict__ out) {
+  static_assert(kPiecesPerBlock<T> == 1 << kPieceShift<T>, "pieces per block");
+  const uint32_t g0 = blockIdx.x * (kThreads * kUnroll) + threadIdx.x;
+  Raw<T> raw[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {  // MXFP4 / Q8_0 weight bytes (constant), before the wait; others: offsets only
+    const uint32_t g = g0 + u * kThreads;
+    if (g < pieces)
+      load_piece<T>(w, (int64_t)(g >> kPieceShift<T>) * Traits<T>::TS, (int)(g & (kPiecesPerBlock<T> - 1)), raw[u]);
+  }
+  pdl_wait();  // out may still be read by the kernel before (a scratch buffer reused)
+  pdl_launch_dependents();
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const uint32_t g = g0 + u * kThreads;
+    if (g >= pieces) break;
+    float v[8];
+    decode_piece<T>(w, raw[u], v);
+    store_piece<O>(out, g, v);
+  }
+}
+
+// Rows by id (ids null: rows row0.. of w, used only when nrows > N): `pieces` pieces of the
+// output rows row0 .. (out and ids already offset to row0), K / 8 = ppr.d pieces per row.
+template <int T, typename O>
+__global__ void __launch_bounds__(kThreads) dequant_rows_kernel(const uint8_t* __restrict__ w, int64_t N,
+                                                                int64_t row_bytes, const int64_t* __restrict__ ids,
+                                                                int64_t row0, uint32_t pieces, FastDiv ppr,
+                                                                O* __restrict__ out, int* status) {
+  pdl_wait();  // ids come from the kernel before (a decode step's sampler)
+  pdl_launch_dependents();
+  const uint32_t g0 = blockIdx.x * (kThreads * kUnroll) + threadIdx.x;
+  Raw<T> raw[kUnroll];
+  bool ok[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const uint32_t g = g0 + u * kThreads;
+    ok[u] = false;
+    if (g >= pieces) break;
+    const uint32_t r = fastdiv(g, ppr), c = g - r * ppr.d;  // output row, piece within the row
+    const int64_t src = ids ? ids[r] : row0 + r;
+    ok[u] = src >= 0 && src < N;
+    if (ok[u])
+      load_piece<T>(w, src * row_bytes + (int64_t)(c >> kPieceShift<T>) * Traits<T>::TS,
+                    (int)(c & (kPiecesPerBlock<T> - 1)), raw[u]);
+  }
+  bool bad = false;
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const uint32_t g = g0 + u * kThreads;
+    if (g >= pieces) break;
+    float v[8];
+    if (ok[u]) {
+      decode_piece<T>(w, raw[u], v);
+    } else {
+      bad = true;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = NAN;
+    }
+    store_piece<O>(out, g, v);
+  }
+  if (bad && status) atomicOr(status, kStatusBadIndex);
+}
+
+template <int T, typename O>
+cudaError_t run(const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out, int* status,
+                cudaStream_t st) {
+  using TR = Traits<T>;
+  const uint8_t* w8 = static_cast<const uint8_t*>(w);
+  O* o = static_cast<O*>(out);
+  const int64_t per_launch = kThreads * kUnroll;
+  if (!ids && nrows <= N) {
+    // part p0.. of the flattened matrix: its first block is p0 / (QK / 8) (p0 a multiple of 2^30)
+    const int64_t total = nrows * (K / 8);
+    for (int64_t p0 = 0; p0 < total; p0 += kMaxPieces) {
+      const int64_t n = std::min(total - p0, kMaxPieces);
+      const cudaError_t e = launch_pdl(dequant_matrix_kernel<T, O>, dim3((unsigned)ceil_div(n, per_launch)),
+                                       dim3(kThreads), 0, st, w8 + p0 / kPiecesPerBlock<T> * TR::TS, (uint32_t)n,
+                                       o + p0 * 8);
+      if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+  }
+  const int64_t ppr = K / 8, rows_per_launch = std::max<int64_t>(1, kMaxPieces / ppr);
+  const FastDiv fd = make_fastdiv((uint32_t)ppr);
+  for (int64_t r0 = 0; r0 < nrows; r0 += rows_per_launch) {
+    const int64_t rows = std::min(nrows - r0, rows_per_launch), n = rows * ppr;
+    const cudaError_t e =
+        launch_pdl(dequant_rows_kernel<T, O>, dim3((unsigned)ceil_div(n, per_launch)), dim3(kThreads), 0, st, w8, N,
+                   K / TR::QK * TR::TS, ids ? ids + r0 : nullptr, r0, (uint32_t)n, fd, o + r0 * K, status);
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+// ---------------------------------------------------------------- v1
+// TEMPORARY (GT-029 A/B, to be removed by the lead after the measurement): the v1 kernel, launched
+// instead of v2 when the environment variable GPTE_AB_DEQUANT_V1 is set (read at each launch).
+constexpr int kUnrollV1 = 4;
 
 template <typename O> struct Quad;
 template <> struct Quad<float> { using V = float4; };
@@ -39,19 +307,19 @@ template <> __device__ __forceinline__ uint2 pack4<__nv_bfloat16>(const float* v
 }
 
 template <int T, typename O>
-__global__ void __launch_bounds__(kThreads) dequant_kernel(const uint8_t* __restrict__ w, int64_t N, int64_t K,
-                                                           const int64_t* __restrict__ ids, int64_t total_quads,
-                                                           O* __restrict__ out, int* status) {
+__global__ void __launch_bounds__(kThreads) dequant_kernel_v1(const uint8_t* __restrict__ w, int64_t N, int64_t K,
+                                                              const int64_t* __restrict__ ids, int64_t total_quads,
+                                                              O* __restrict__ out, int* status) {
   using TR = Traits<T>;
   pdl_wait();  // ids come from the kernel before (a decode step's sampler)
   pdl_launch_dependents();
   const GlobalReader rd{w};
   const int64_t qpr = K / 4;  // quads per row
   const int64_t row_bytes = K / TR::QK * TR::TS;
-  const int64_t base = (int64_t)blockIdx.x * kThreads * kUnroll + threadIdx.x;
+  const int64_t base = (int64_t)blockIdx.x * kThreads * kUnrollV1 + threadIdx.x;
   bool bad = false;
 #pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
+  for (int u = 0; u < kUnrollV1; ++u) {
     const int64_t qi = base + (int64_t)u * kThreads;
     if (qi >= total_quads) break;
     const int64_t r = qi / qpr, c = (qi - r * qpr) * 4;  // output row, first column of the quad
@@ -75,27 +343,35 @@ __global__ void __launch_bounds__(kThreads) dequant_kernel(const uint8_t* __rest
 }
 
 template <int T, typename O>
-cudaError_t run(const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out, int* status,
-                cudaStream_t st) {
+cudaError_t run_v1(const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out, int* status,
+                   cudaStream_t st) {
   const int64_t total = nrows * (K / 4);
-  const int64_t blocks = ceil_div(total, (int64_t)kThreads * kUnroll);
-  return launch_pdl(dequant_kernel<T, O>, dim3((unsigned)blocks), dim3(kThreads), 0, st,
+  const int64_t blocks = ceil_div(total, (int64_t)kThreads * kUnrollV1);
+  return launch_pdl(dequant_kernel_v1<T, O>, dim3((unsigned)blocks), dim3(kThreads), 0, st,
                     static_cast<const uint8_t*>(w), N, K, ids, total, static_cast<O*>(out), status);
+}
+// ---------------------------------------------------------------- end of TEMPORARY v1
+
+template <int T, typename O>
+cudaError_t run_ab(bool v1, const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out,
+                   int* status, cudaStream_t st) {
+  if (v1) return run_v1<T, O>(w, N, K, ids, nrows, out, status, st);  // TEMPORARY (GT-029 A/B)
+  return run<T, O>(w, N, K, ids, nrows, out, status, st);
 }
 
 template <typename O>
-cudaError_t run_o(int t, const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out,
+cudaError_t run_o(int t, bool v1, const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out,
                   int* status, cudaStream_t st) {
   switch (t) {
-    case kQ8_0: return run<kQ8_0, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ4_0: return run<kQ4_0, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ4_1: return run<kQ4_1, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ5_0: return run<kQ5_0, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ5_1: return run<kQ5_1, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ4_K: return run<kQ4_K, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ5_K: return run<kQ5_K, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ6_K: return run<kQ6_K, O>(w, N, K, ids, nrows, out, status, st);
-    case kMXFP4: return run<kMXFP4, O>(w, N, K, ids, nrows, out, status, st);
+    case kQ8_0: return run_ab<kQ8_0, O>(v1, w, N, K, ids, nrows, out, status, st);
+    case kQ4_0: return run_ab<kQ4_0, O>(v1, w, N, K, ids, nrows, out, status, st);
+    case kQ4_1: return run_ab<kQ4_1, O>(v1, w, N, K, ids, nrows, out, status, st);
+    case kQ5_0: return run_ab<kQ5_0, O>(v1, w, N, K, ids, nrows, out, status, st);
+    case kQ5_1: return run_ab<kQ5_1, O>(v1, w, N, K, ids, nrows, out, status, st);
+    case kQ4_K: return run_ab<kQ4_K, O>(v1, w, N, K, ids, nrows, out, status, st);
+    case kQ5_K: return run_ab<kQ5_K, O>(v1, w, N, K, ids, nrows, out, status, st);
+    case kQ6_K: return run_ab<kQ6_K, O>(v1, w, N, K, ids, nrows, out, status, st);
+    case kMXFP4: return run_ab<kMXFP4, O>(v1, w, N, K, ids, nrows, out, status, st);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -109,8 +385,10 @@ cudaError_t launch_dequantize_rows(int ggml_type, int odtype, const void* w, int
   if (qk == 0 || K <= 0 || K % qk || N <= 0 || (reinterpret_cast<uintptr_t>(w) & 3) ||
       (reinterpret_cast<uintptr_t>(out) & 15))
     return cudaErrorInvalidValue;
+  if (K / 8 > kMaxPieces) return cudaErrorInvalidValue;  // a row of more than 2^33 values
   if (nrows == 0) return cudaSuccess;
-  GPTE_DISPATCH(odtype, O, return run_o<O>(ggml_type, w, N, K, ids, nrows, out, status, stream));
+  const bool v1 = std::getenv("GPTE_AB_DEQUANT_V1") != nullptr;  // TEMPORARY (GT-029 A/B)
+  GPTE_DISPATCH(odtype, O, return run_o<O>(ggml_type, v1, w, N, K, ids, nrows, out, status, stream));
   return cudaSuccess;
 }
 

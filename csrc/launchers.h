@@ -155,8 +155,10 @@ bool linear_q_supported(int ggml_type, int adtype, int64_t M, int64_t K);
 cudaError_t launch_linear_q(int ggml_type, int adtype, const LinearArgs& p, int num_sms, cudaStream_t stream);
 // out[i, :] = dequantize(w[ids[i], :]) for i < nrows (ids null: row i), bit-exact with
 // gguf-py's dequantize, rounded once to out's dtype (odtype: a gpte::DType code). w: [N, row
-// bytes] raw blocks, 4-byte aligned; K values per row. An id outside [0, N) gives a NaN row and
-// ORs kStatusBadIndex into *status (status may be null).
+// bytes] raw blocks, 4-byte aligned; K values per row (K / 8 <= 2^30). An id outside [0, N)
+// gives a NaN row and ORs kStatusBadIndex into *status (status may be null). With ids null the
+// kernel reads w before its PDL wait (as the GEMVs read weights): w must not be written by the
+// kernel just before it on the stream.
 cudaError_t launch_dequantize_rows(int ggml_type, int odtype, const void* w, int64_t N, int64_t K,
                                    const int64_t* ids, int64_t nrows, void* out, int* status, cudaStream_t stream);
 // ---- gpt-oss mixture of experts (moe.cu): routing, then MXFP4 expert GEMVs ----

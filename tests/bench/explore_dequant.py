@@ -1,0 +1,130 @@
+"""The whole-matrix dequantize (csrc/dequant.cu, prefill's scratch matrix) alone, per shape
+(exploration, not evidence; GT-029): MXFP4 and Q8_0 to fp16, calls captured in a CUDA graph, each
+call on its own copy of the packed weight into its own output (>= 512 MiB written per replay, as
+tests/ops/test_linear_q.py::test_mxfp4_dequant_bandwidth, so nothing comes from L2). Prints us
+per call, GB/s (bytes = packed read + fp16 written) and the ratio to a same-run device copy
+(torch copy_ of 1 GiB, bytes = 2 x size, timed before and after the shapes; the ratio uses their
+mean). Every shape's output is checked bit for bit against gguf.quants.dequantize (fp16 from the
+timed calls, fp32 and bf16 from one call each), and the rows-by-id path on a few ids.
+
+    python tests/bench/explore_dequant.py            # the kernel the launcher picks (v2)
+    GPTE_AB_DEQUANT_V1=1 python tests/bench/explore_dequant.py   # TEMPORARY: the v1 kernel
+    python tests/bench/explore_dequant.py --ab       # both, one graph each, timed alternately
+
+With --ab the environment variable is set and cleared around the graph captures (the launcher reads
+it at each launch, so each graph holds one version's kernels) and the two are timed in pairs
+(gates.bench cuda_time_pair: same clocks, L2 flushed before each call).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repo root
+
+import gguf  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from gates.bench import Baselines, Bench  # noqa: E402
+from gpt_engine.ops import _ext  # noqa: E402
+from tests.ops._bench import graphed  # noqa: E402
+
+Q = gguf.GGMLQuantizationType
+SHAPES = [(1600, 6400), (6400, 1600), (4096, 4096), (2880, 2880), (8192, 8192)]
+TYPES = [Q.MXFP4, Q.Q8_0]
+AB_ENV = "GPTE_AB_DEQUANT_V1"  # TEMPORARY (GT-029 A/B): the launcher runs v1 while it is set
+
+ext = _ext.load()
+bench = Bench("cuda", Baselines(), [])
+
+
+def copy_gbs() -> float:
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    t = bench.cuda_time(lambda: dst.copy_(src), warmup=5, reps=30, flush_l2=False)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * (1 << 30) / t / 1e9
+
+
+def packed(n: int, k: int, qtype) -> np.ndarray:
+    """A random weight as the file holds it (gguf-py's quantizer, as tests/ops/test_linear.py make_weight)."""
+    w = (np.random.default_rng(n * 100003 + k).standard_normal((n, k)) * 0.05).astype(np.float32)
+    return np.ascontiguousarray(gguf.quants.quantize(w, qtype)).reshape(n, -1)
+
+
+def check(raw_np: np.ndarray, raw: torch.Tensor, qtype, outs) -> str:
+    n = raw_np.shape[0]
+    ref = torch.from_numpy(gguf.quants.dequantize(raw_np, qtype).astype(np.float32)).reshape(n, -1)
+    bad = []
+    for o in (outs[0], outs[-1]):
+        if not torch.equal(o.cpu(), ref.half()):
+            bad.append(f"fp16 {int((o.cpu() != ref.half()).sum())} differ")
+    for dt in (torch.float32, torch.bfloat16):
+        o = torch.empty(ref.shape, device="cuda", dtype=dt)
+        ext.dequantize_rows(raw, int(qtype), None, o, None)
+        if not torch.equal(o.cpu(), ref.to(dt)):
+            bad.append(f"{dt} {int((o.cpu() != ref.to(dt)).sum())} differ")
+    ids = torch.tensor([n - 1, 0, 5, n // 2, n, -1], device="cuda")
+    o = torch.empty(len(ids), ref.shape[1], device="cuda", dtype=torch.float16)
+    status = torch.zeros(1, dtype=torch.int32, device="cuda")
+    ext.dequantize_rows(raw, int(qtype), ids, o, status)
+    if not torch.equal(o[:4].cpu(), ref[ids[:4].cpu()].half()) or not torch.isnan(o[4:]).all() or int(status) != 1:
+        bad.append("rows by id")
+    return "bit-exact" if not bad else "MISMATCH: " + ", ".join(bad)
+
+
+def main() -> None:
+    ab = "--ab" in sys.argv
+    version = "v1 and v2" if ab else ("v1 (GPTE_AB_DEQUANT_V1 set)" if os.environ.get(AB_ENV) else "v2")
+    print(f"{torch.cuda.get_device_name()}, dequantize kernel: {version}")
+    c0 = copy_gbs()
+    print(f"copy 1 GiB: {c0:.0f} GB/s")
+    rows = []
+    for qtype in TYPES:
+        for n, k in SHAPES:
+            raw_np = packed(n, k, qtype)
+            w0 = torch.from_numpy(raw_np.copy()).cuda()
+            reps = max(2, (512 << 20) // (n * k * 2))
+            raws = [w0] + [w0.clone() for _ in range(reps - 1)]
+            outs = [torch.empty(n, k, device="cuda", dtype=torch.float16) for _ in range(reps)]
+
+            def calls():
+                for r, o in zip(raws, outs):
+                    ext.dequantize_rows(r, int(qtype), None, o, None)
+
+            nbytes = w0.numel() + n * k * 2
+            if ab:
+                os.environ[AB_ENV] = "1"
+                g1 = graphed(calls)
+                del os.environ[AB_ENV]
+                g2 = graphed(calls)
+                t1, t2 = bench.cuda_time_pair(g1, g2, warmup=3, reps=20)
+                ok_v2 = check(raw_np, w0, qtype, outs)  # outs hold v2's results (g2 ran last)
+                os.environ[AB_ENV] = "1"
+                g1()
+                ok_v1 = check(raw_np, w0, qtype, outs)  # outs from v1's graph, the checks' own calls v1
+                del os.environ[AB_ENV]
+                ok = f"v1 {ok_v1}, v2 {ok_v2}"
+                rows.append((qtype.name, n, k, reps, nbytes, [t1 / reps, t2 / reps], ok))
+            else:
+                t = bench.cuda_time(graphed(calls), warmup=3, reps=20, flush_l2=False) / reps
+                rows.append((qtype.name, n, k, reps, nbytes, [t], check(raw_np, w0, qtype, outs)))
+            print(f"  {qtype.name} {n}x{k} done", flush=True)
+            del raws, outs, w0
+            torch.cuda.empty_cache()
+    c1 = copy_gbs()
+    copy = (c0 + c1) / 2
+    print(f"copy 1 GiB: {c1:.0f} GB/s (before: {c0:.0f}; ratios below use {copy:.0f})\n")
+    cols = ["v1", "v2"] if ab else [version.split()[0]]
+    head = "".join(f"{c + ' us':>10}{c + ' GB/s':>10}{c + ' /copy':>10}" for c in cols)
+    print(f"{'type':<6}{'N x K':>12}{'calls':>6}{'MB':>8}{head}   check")
+    for name, n, k, reps, nbytes, ts, ok in rows:
+        cells = "".join(f"{t * 1e6:>10.2f}{nbytes / t / 1e9:>10.0f}{nbytes / t / 1e9 / copy:>10.3f}" for t in ts)
+        print(f"{name:<6}{f'{n}x{k}':>12}{reps:>6}{nbytes / 1e6:>8.1f}{cells}   {ok}")
+
+
+if __name__ == "__main__":
+    main()
