@@ -41,7 +41,7 @@ if [ "$MODE" = gemv ]; then
   el "== explore_dequant --ab (v1 vs v2, same process)"
   timeout 120 python3 tests/bench/explore_dequant.py --ab 2>&1 | tail -30
   el "== linear tests (v11) + dequant/embedding tests (v2)"
-  timeout 150 $PYT tests/ops/test_linear_q.py -k "dequant or embedding" -k "not bandwidth" 2>&1 | tail -4
+  timeout 150 $PYT tests/ops/test_linear_q.py -k "(dequant or embedding) and not bandwidth" 2>&1 | tail -4
   timeout 150 $PYT tests/ops/test_linear.py -k "not bandwidth" 2>&1 | tail -6
   wait_for llama-1b-F16
   for f in gpt2-124m-F16 gpt2-1.5b-F16 llama-1b-F16 gpt2-124m-F16; do
