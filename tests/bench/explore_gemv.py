@@ -88,7 +88,7 @@ def main() -> None:
     if "--quant" in sys.argv:
         quant_table(copy_gbs)
         return
-    for m in (1, 4):
+    for m in (1,) if "--m1" in sys.argv else (1, 4):
         print(f"\nM = {m}\n{'N x K':>14}{'us':>8}{'GB/s':>8}{'/copy':>7}{'cuBLAS us':>11}")
         for n, k in SHAPES:
             nbytes = n * k * 2
