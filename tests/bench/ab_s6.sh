@@ -32,11 +32,13 @@ for s in sys.argv[1:]:
 " $MODELS > /tmp/ab-models.txt 2>&1 &
 MODELS_PID=$!
 wait_for() { until grep -q "$1" /tmp/ab-models.txt 2>/dev/null || ! kill -0 $MODELS_PID 2>/dev/null; do sleep 2; done; }
+# a switch set to a value, or absent from the environment (an empty value would still be "set")
+ab() { local k=$1 v=$2; shift 2; if [ -n "$v" ]; then env "$k=$v" "$@"; else env -u "$k" "$@"; fi; }
 PYT="python3 -m pytest -p gates.pytest_plugin --no-evidence -p no:cacheprovider -q -m cuda --tb=short -rf"
 if [ "$MODE" = gemv ]; then
   for old in 1 ""; do
     el "== explore_gemv --m1 GPTE_AB_GEMV_OLD=${old:-unset}"
-    GPTE_AB_GEMV_OLD=$old timeout 100 python3 tests/bench/explore_gemv.py --m1 2>&1
+    ab GPTE_AB_GEMV_OLD "$old" timeout 100 python3 tests/bench/explore_gemv.py --m1 2>&1
   done
   el "== linear tests (v11)"
   timeout 120 $PYT tests/ops/test_linear.py -k "not bandwidth" 2>&1 | tail -5
@@ -44,16 +46,16 @@ if [ "$MODE" = gemv ]; then
   for f in gpt2-124m-F16 gpt2-1.5b-F16 gpt2-124m-F16; do
     for old in 1 ""; do
       el "== step $f GPTE_AB_GEMV_OLD=${old:-unset}"
-      GPTE_AB_GEMV_OLD=$old timeout 60 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" 2>&1 \
+      ab GPTE_AB_GEMV_OLD "$old" timeout 60 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" 2>&1 \
         | grep -E "graph step|gemv|kernel time" | head -7
     done
   done
-  for c in "" 1 "" 1; do
+  [ -n "$SKIP_BENCH" ] || for c in "" 1 "" 1; do
     el "== bench gpt2-124m-F16 GPTE_AB_TWO_COPIES=${c:-unset}"
     GPTE_AB_TWO_COPIES=$c timeout 45 python3 -m gpt_engine.cli bench "$M/gpt2-124m-F16.gguf" --device cuda -r 5 2>&1 | grep -E "tg128|pp512|host"
   done
-  el "== explore_dequant --ab (v1 vs v2, same process)"
-  timeout 90 python3 tests/bench/explore_dequant.py --ab 2>&1 | tail -30
+  [ -n "$SKIP_BENCH" ] || el "== explore_dequant --ab (v1 vs v2, same process)"
+  [ -n "$SKIP_BENCH" ] || timeout 90 python3 tests/bench/explore_dequant.py --ab 2>&1 | tail -30
 else
   for v in 1 ""; do
     el "== explore_dequant GPTE_AB_DEQUANT_V1=${v:-unset}"
