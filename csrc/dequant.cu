@@ -3,7 +3,7 @@
 // sync, a decode step is graph-captured) and whole matrices (prefill: dequantized once into a
 // scratch buffer that cuBLAS then reads; docs/kernels/quant.md says why).
 //
-// v1 (replaced by v2; kept below only for a same-run A/B, see TEMPORARY): one thread per quad (4
+// v1 (replaced by v2, measured against it in one run: docs/kernels/quant.md): one thread per quad (4
 // output values) of the flattened [nrows, K] output, 4 quads a block-width apart per thread,
 // 8-byte stores, the block bytes read through GlobalReader. Measured on the H200 at 1,626-1,949
 // GB/s, 0.38-0.46 of the same-run copy (MXFP4 -> fp16, bytes = packed read + fp16 written). The
@@ -36,12 +36,13 @@
 //     blocks start at even offsets) and 2-3 aligned words for qs[8 sub ..].
 //   - The other types: decode4 (quant_blocks.cuh) for the piece's two quads.
 // MXFP4 -> fp16: 204 SASS instructions per 16 values (13 per value) with the addressing; 26-32
-// registers per kernel, no spills (ptxas -v, sm_90a).
+// registers per kernel, no spills (ptxas -v, sm_90a). Measured against v1 in one run (H200,
+// 2026-12-02, copy 4,256 GB/s, tests/bench/explore_dequant.py): MXFP4 -> fp16 0.81-0.90 of copy
+// (v1 0.38-0.46), Q8_0 0.83-0.95 (v1 0.50-0.61); e.g. 4096 x 4096 MXFP4 11.9 us (v1 23.7).
 // The per-value arithmetic is decode4 / value_exact's (codes as exact floats, __fmul_rn /
 // __fadd_rn, no contraction, then one rounding to the output dtype), so v2 is bit-identical to
 // v1 and to gguf-py.
 #include <cmath>
-#include <cstdlib>
 
 #include "common.cuh"
 #include "launchers.h"
@@ -285,93 +286,19 @@ cudaError_t run(const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t
   return cudaSuccess;
 }
 
-// ---------------------------------------------------------------- v1
-// TEMPORARY (GT-029 A/B, to be removed by the lead after the measurement): the v1 kernel, launched
-// instead of v2 when the environment variable GPTE_AB_DEQUANT_V1 is set (read at each launch).
-constexpr int kUnrollV1 = 4;
-
-template <typename O> struct Quad;
-template <> struct Quad<float> { using V = float4; };
-template <> struct Quad<__half> { using V = uint2; };
-template <> struct Quad<__nv_bfloat16> { using V = uint2; };
-
-template <typename O> __device__ __forceinline__ typename Quad<O>::V pack4(const float* v);
-template <> __device__ __forceinline__ float4 pack4<float>(const float* v) { return make_float4(v[0], v[1], v[2], v[3]); }
-template <> __device__ __forceinline__ uint2 pack4<__half>(const float* v) {
-  const __half2 a = __floats2half2_rn(v[0], v[1]), b = __floats2half2_rn(v[2], v[3]);
-  return make_uint2(*reinterpret_cast<const uint32_t*>(&a), *reinterpret_cast<const uint32_t*>(&b));
-}
-template <> __device__ __forceinline__ uint2 pack4<__nv_bfloat16>(const float* v) {
-  const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
-  return make_uint2(*reinterpret_cast<const uint32_t*>(&a), *reinterpret_cast<const uint32_t*>(&b));
-}
-
-template <int T, typename O>
-__global__ void __launch_bounds__(kThreads) dequant_kernel_v1(const uint8_t* __restrict__ w, int64_t N, int64_t K,
-                                                              const int64_t* __restrict__ ids, int64_t total_quads,
-                                                              O* __restrict__ out, int* status) {
-  using TR = Traits<T>;
-  pdl_wait();  // ids come from the kernel before (a decode step's sampler)
-  pdl_launch_dependents();
-  const GlobalReader rd{w};
-  const int64_t qpr = K / 4;  // quads per row
-  const int64_t row_bytes = K / TR::QK * TR::TS;
-  const int64_t base = (int64_t)blockIdx.x * kThreads * kUnrollV1 + threadIdx.x;
-  bool bad = false;
-#pragma unroll
-  for (int u = 0; u < kUnrollV1; ++u) {
-    const int64_t qi = base + (int64_t)u * kThreads;
-    if (qi >= total_quads) break;
-    const int64_t r = qi / qpr, c = (qi - r * qpr) * 4;  // output row, first column of the quad
-    const int64_t src = ids ? ids[r] : r;
-    float v[4];
-    if (src >= 0 && src < N) {
-      const int64_t b = c / TR::QK;
-      const int in = (int)(c - b * TR::QK), j = in >> 5, qd = (in & 31) >> 2;
-      float wq[4], s, mn;
-      decode4<T>(rd, src * row_bytes + b * TR::TS, j, qd, wq, s, mn);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) v[k] = value_exact<T>(wq[k], s, mn);
-    } else {
-      bad = true;
-#pragma unroll
-      for (int k = 0; k < 4; ++k) v[k] = NAN;
-    }
-    reinterpret_cast<typename Quad<O>::V*>(out)[qi] = pack4<O>(v);
-  }
-  if (bad && status) atomicOr(status, kStatusBadIndex);
-}
-
-template <int T, typename O>
-cudaError_t run_v1(const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out, int* status,
-                   cudaStream_t st) {
-  const int64_t total = nrows * (K / 4);
-  const int64_t blocks = ceil_div(total, (int64_t)kThreads * kUnrollV1);
-  return launch_pdl(dequant_kernel_v1<T, O>, dim3((unsigned)blocks), dim3(kThreads), 0, st,
-                    static_cast<const uint8_t*>(w), N, K, ids, total, static_cast<O*>(out), status);
-}
-// ---------------------------------------------------------------- end of TEMPORARY v1
-
-template <int T, typename O>
-cudaError_t run_ab(bool v1, const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out,
-                   int* status, cudaStream_t st) {
-  if (v1) return run_v1<T, O>(w, N, K, ids, nrows, out, status, st);  // TEMPORARY (GT-029 A/B)
-  return run<T, O>(w, N, K, ids, nrows, out, status, st);
-}
-
 template <typename O>
-cudaError_t run_o(int t, bool v1, const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out,
+cudaError_t run_o(int t, const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out,
                   int* status, cudaStream_t st) {
   switch (t) {
-    case kQ8_0: return run_ab<kQ8_0, O>(v1, w, N, K, ids, nrows, out, status, st);
-    case kQ4_0: return run_ab<kQ4_0, O>(v1, w, N, K, ids, nrows, out, status, st);
-    case kQ4_1: return run_ab<kQ4_1, O>(v1, w, N, K, ids, nrows, out, status, st);
-    case kQ5_0: return run_ab<kQ5_0, O>(v1, w, N, K, ids, nrows, out, status, st);
-    case kQ5_1: return run_ab<kQ5_1, O>(v1, w, N, K, ids, nrows, out, status, st);
-    case kQ4_K: return run_ab<kQ4_K, O>(v1, w, N, K, ids, nrows, out, status, st);
-    case kQ5_K: return run_ab<kQ5_K, O>(v1, w, N, K, ids, nrows, out, status, st);
-    case kQ6_K: return run_ab<kQ6_K, O>(v1, w, N, K, ids, nrows, out, status, st);
-    case kMXFP4: return run_ab<kMXFP4, O>(v1, w, N, K, ids, nrows, out, status, st);
+    case kQ8_0: return run<kQ8_0, O>(w, N, K, ids, nrows, out, status, st);
+    case kQ4_0: return run<kQ4_0, O>(w, N, K, ids, nrows, out, status, st);
+    case kQ4_1: return run<kQ4_1, O>(w, N, K, ids, nrows, out, status, st);
+    case kQ5_0: return run<kQ5_0, O>(w, N, K, ids, nrows, out, status, st);
+    case kQ5_1: return run<kQ5_1, O>(w, N, K, ids, nrows, out, status, st);
+    case kQ4_K: return run<kQ4_K, O>(w, N, K, ids, nrows, out, status, st);
+    case kQ5_K: return run<kQ5_K, O>(w, N, K, ids, nrows, out, status, st);
+    case kQ6_K: return run<kQ6_K, O>(w, N, K, ids, nrows, out, status, st);
+    case kMXFP4: return run<kMXFP4, O>(w, N, K, ids, nrows, out, status, st);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -387,8 +314,7 @@ cudaError_t launch_dequantize_rows(int ggml_type, int odtype, const void* w, int
     return cudaErrorInvalidValue;
   if (K / 8 > kMaxPieces) return cudaErrorInvalidValue;  // a row of more than 2^33 values
   if (nrows == 0) return cudaSuccess;
-  const bool v1 = std::getenv("GPTE_AB_DEQUANT_V1") != nullptr;  // TEMPORARY (GT-029 A/B)
-  GPTE_DISPATCH(odtype, O, return run_o<O>(ggml_type, v1, w, N, K, ids, nrows, out, status, stream));
+  GPTE_DISPATCH(odtype, O, return run_o<O>(ggml_type, w, N, K, ids, nrows, out, status, stream));
   return cudaSuccess;
 }
 

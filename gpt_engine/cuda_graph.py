@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -37,10 +36,6 @@ from . import ops, sampling
 from .errors import EngineError
 from .generate import SamplingParams
 from .ops.attention_decode import short_keys, splits_for
-
-# Temporary A/B switch (tests/bench/ab_next.sh), removed with the measurement: "1" queues the ids
-# and the status word as two copies per step, as before the one readback buffer.
-_AB_TWO_COPIES = os.environ.get("GPTE_AB_TWO_COPIES") == "1"
 
 STATUS_MESSAGES = {  # csrc/launchers.h kStatus*
     1: "a token id or position was outside its embedding table",
@@ -319,11 +314,7 @@ class Decoder:
         """Queue the copy of the current ids and status (one buffer, one copy: each copy is a
         node on the stream between two graph replays) to pinned buffer i % 2."""
         st, j = self.state, i % 2
-        if _AB_TWO_COPIES:  # temporary, for the same-run A/B of tests/bench/ab_next.sh: the old two copies
-            self._host[j][:-1].copy_(st.ids, non_blocking=True)
-            self._host[j][-1:].view(torch.int32)[:1].copy_(st.status, non_blocking=True)
-        else:
-            self._host[j].copy_(st.readback, non_blocking=True)
+        self._host[j].copy_(st.readback, non_blocking=True)
         if self._events is not None:
             self._events[j].record()
 

@@ -16,7 +16,6 @@ follows them, SwiGLU and the residual adds are epilogues. The RoPE tables are bu
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +44,6 @@ def _stacked(weights: list[QWeight], device: torch.device) -> list[QWeight]:
     memory for no speed."""
     if device.type == "cpu":
         return weights
-    if os.environ.get("GPTE_AB_STACK_ON_GPU") == "1":  # temporary A/B switch (tests/bench/ab_next.sh): as before
-        weights = [w.to(device) for w in weights]
     try:
         return [QWeight.stack_rows(weights).to(device)]
     except ValueError:  # types differ (e.g. a Q4_K_M file with attn_v in Q6_K)

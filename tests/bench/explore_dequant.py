@@ -7,17 +7,13 @@ per call, GB/s (bytes = packed read + fp16 written) and the ratio to a same-run 
 mean). Every shape's output is checked bit for bit against gguf.quants.dequantize (fp16 from the
 timed calls, fp32 and bf16 from one call each), and the rows-by-id path on a few ids.
 
-    python tests/bench/explore_dequant.py            # the kernel the launcher picks (v2)
-    GPTE_AB_DEQUANT_V1=1 python tests/bench/explore_dequant.py   # TEMPORARY: the v1 kernel
-    python tests/bench/explore_dequant.py --ab       # both, one graph each, timed alternately
+    python tests/bench/explore_dequant.py
 
-With --ab the environment variable is set and cleared around the graph captures (the launcher reads
-it at each launch, so each graph holds one version's kernels) and the two are timed in pairs
-(gates.bench cuda_time_pair: same clocks, L2 flushed before each call).
+The v1/v2 comparison in docs/kernels/quant.md came from this script's --ab mode while v1 was still
+in the launcher behind a temporary switch (raw output: docs/kernels/runs/20261202-s6-ab1.log).
 """
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 
@@ -34,7 +30,6 @@ from tests.ops._bench import graphed  # noqa: E402
 Q = gguf.GGMLQuantizationType
 SHAPES = [(1600, 6400), (6400, 1600), (4096, 4096), (2880, 2880), (8192, 8192)]
 TYPES = [Q.MXFP4, Q.Q8_0]
-AB_ENV = "GPTE_AB_DEQUANT_V1"  # TEMPORARY (GT-029 A/B): the launcher runs v1 while it is set
 
 ext = _ext.load()
 bench = Bench("cuda", Baselines(), [])
@@ -77,9 +72,7 @@ def check(raw_np: np.ndarray, raw: torch.Tensor, qtype, outs) -> str:
 
 
 def main() -> None:
-    ab = "--ab" in sys.argv
-    version = "v1 and v2" if ab else ("v1 (GPTE_AB_DEQUANT_V1 set)" if os.environ.get(AB_ENV) else "v2")
-    print(f"{torch.cuda.get_device_name()}, dequantize kernel: {version}")
+    print(f"{torch.cuda.get_device_name()}, dequantize kernel v2")
     c0 = copy_gbs()
     print(f"copy 1 GiB: {c0:.0f} GB/s")
     rows = []
@@ -96,29 +89,15 @@ def main() -> None:
                     ext.dequantize_rows(r, int(qtype), None, o, None)
 
             nbytes = w0.numel() + n * k * 2
-            if ab:
-                os.environ[AB_ENV] = "1"
-                g1 = graphed(calls)
-                del os.environ[AB_ENV]
-                g2 = graphed(calls)
-                t1, t2 = bench.cuda_time_pair(g1, g2, warmup=3, reps=20)
-                ok_v2 = check(raw_np, w0, qtype, outs)  # outs hold v2's results (g2 ran last)
-                os.environ[AB_ENV] = "1"
-                g1()
-                ok_v1 = check(raw_np, w0, qtype, outs)  # outs from v1's graph, the checks' own calls v1
-                del os.environ[AB_ENV]
-                ok = f"v1 {ok_v1}, v2 {ok_v2}"
-                rows.append((qtype.name, n, k, reps, nbytes, [t1 / reps, t2 / reps], ok))
-            else:
-                t = bench.cuda_time(graphed(calls), warmup=3, reps=20, flush_l2=False) / reps
-                rows.append((qtype.name, n, k, reps, nbytes, [t], check(raw_np, w0, qtype, outs)))
+            t = bench.cuda_time(graphed(calls), warmup=3, reps=20, flush_l2=False) / reps
+            rows.append((qtype.name, n, k, reps, nbytes, [t], check(raw_np, w0, qtype, outs)))
             print(f"  {qtype.name} {n}x{k} done", flush=True)
             del raws, outs, w0
             torch.cuda.empty_cache()
     c1 = copy_gbs()
     copy = (c0 + c1) / 2
     print(f"copy 1 GiB: {c1:.0f} GB/s (before: {c0:.0f}; ratios below use {copy:.0f})\n")
-    cols = ["v1", "v2"] if ab else [version.split()[0]]
+    cols = ["v2"]
     head = "".join(f"{c + ' us':>10}{c + ' GB/s':>10}{c + ' /copy':>10}" for c in cols)
     print(f"{'type':<6}{'N x K':>12}{'calls':>6}{'MB':>8}{head}   check")
     for name, n, k, reps, nbytes, ts, ok in rows:

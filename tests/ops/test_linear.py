@@ -139,8 +139,8 @@ def test_linear_model_shapes_cuda(wtype, m, n, k):
 @pytest.mark.parametrize("k", [1600, 3072, 6400])
 def test_gemv_rows_do_not_depend_on_the_batch(k):
     """Row m of a batch is computed exactly as it is alone (same chunks, same order): what makes a
-    sequence's greedy ids in a batch equal its batch-1 run. K = 3072 is the widest row the split
-    GEMV (v11) takes at every M; 6400 goes to v6 / v3."""
+    sequence's greedy ids in a batch equal its batch-1 run. K = 6400 crosses from v3 (M = 16: the
+    rows do not fit v6's shared memory) to v6 (M = 1), which must give the same bits."""
     w, _ = make_weight(1601, k, "F16", "cuda")
     x = randn((16, k), torch.float16, "cuda")
     nm = _norm("layernorm", k, torch.float16, "cuda")
