@@ -42,11 +42,15 @@
 // block and keeps bytes in flight while computing:
 //   gate_up: 8-warp blocks, h staged once per block; warp w of W walks units (token x slot, row)
 //   u = w, w + W, ... with two units in registers: the next unit's gate and up rows are loaded
-//   before the current one's products (ptxas: 127 registers for NBL <= 3, no spills: 2 blocks,
-//   16 warps per SM; NBL = 4 needs 205 and runs 1 block per SM). At gpt-oss's shape: 11,520
-//   units over 2,112 warps (132 SMs), 5-6 each.
+//   before the current one's products (ptxas, nvcc 13.0: 126 registers for NBL <= 3, no spills:
+//   2 blocks, 16 warps per SM; NBL = 4 needs 175 and runs 1 block per SM). At gpt-oss's shape:
+//   11,520 units over 2,112 warps (132 SMs), 5-6 each.
 //   down: 16-warp blocks (one per SM, act staged once per SM), units = output rows (m, c), each
-//   warp a stream of expert rows with 4 in flight (128 registers, no spills); see the kernel.
+//   warp a stream of expert rows with 4 in flight (121 registers at NBL = 3, 128 at 4, no
+//   spills); see the kernel.
+//   Both stage their input block-major (kStreamBlockFloats): LDS.128, 8 shared-memory reads per
+//   32 values instead of 32 (once latency is hidden, issue is the next limit: ~950 warp
+//   instructions per gate/up unit, 87 units per SM at gpt-oss's shape, ~10 us at 4 per clock).
 //   Per SM that is 16 warps x 4 rows of 1,530 B in flight, ~98 KB, against the ~32 KB that
 //   4.2 TB/s x ~1 us (an assumed loaded DRAM latency) / 132 SMs asks for.
 // Per unit they run v3's arithmetic in v3's order (gate_up_dots, swiglu_oai; block_dot,
@@ -387,33 +391,75 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_split_kernel(
 constexpr int kGateUpStreamWarps = 8;   // 256 threads: 2 blocks per SM at <= 128 registers
 constexpr int kDownStreamWarps = 16;    // 512 threads, 1 block per SM: act staged once per SM, not twice
 constexpr int kDownStreamSlots = 4;     // rows in flight per warp (down): gpt-oss's k = 4 experts' rows
-constexpr int kStreamStageBatch = 12;   // staging loads in flight per thread (h / act come from L2)
+// 16-byte staging loads in flight per thread (h / act come from L2): gate_up 3 (256 threads x 3
+// loads cover M * C = 2,880 fp32 or 6,144 fp16 values in one round trip; 6 spilled next to two
+// units at NBL = 3 in bf16), down 6 (512 x 6 x 4 = 12,288 >= gpt-oss's k * F = 11,520; 3 at NBL = 4,
+// where 6 spilled next to its slots)
+constexpr int kGateUpStageBatch = 3;
+constexpr int kDownStageBatch = 6;
 constexpr int kStreamMaxRows = 16;      // M * k above this: the v3 kernels (enough blocks there)
-constexpr size_t kGateUpStreamMaxSmem = 64 * 1024;  // M * C * 4 bytes of staged h
-constexpr size_t kDownStreamMaxSmem = 96 * 1024;    // M * k * F * 4 bytes of staged act
+// Staged input of the v5 kernels, block-major: value j of 32-value block b of row i at
+// [(i * nblk + b) * 36 + j], 4 floats of padding per block. A lane reads its block's values four at
+// a time (LDS.128: 8 shared-memory reads per 32 values instead of v3's 32, same values, same order);
+// the 8 lanes of one 16-byte access phase start 36 floats = 4 banks apart, so they cover the 32
+// banks without a conflict. v3's [j][b] layout serves one 4-byte read per value.
+constexpr int kStreamBlockFloats = 36;
+constexpr size_t stream_smem_bytes(int64_t rows, int64_t n) {
+  return (size_t)rows * (size_t)(n / 32) * kStreamBlockFloats * sizeof(float);
+}
+constexpr size_t kGateUpStreamMaxSmem = 72 * 1024;  // staged h: M * C * 4 bytes <= 64 KiB, padded
+constexpr size_t kDownStreamMaxSmem = 108 * 1024;   // staged act: M * k * F * 4 bytes <= 96 KiB, padded
 
-// Stages `rows` rows of n = nblk * 32 values (src row-major [rows, n]) into xs: row i at xs + i * n,
-// laid out as stage_input lays out one row (value j of block b at [j][b], fp32 times 2^15, the
-// same values). One flat loop over all rows with kStreamStageBatch loads per thread issued before
-// their stores: the rows come from L2 (the kernel before wrote them), so each batch is one L2
-// round trip on the way to the first product, not one per element.
-template <int THREADS, typename S>
-__device__ __forceinline__ void stage_rows(float* xs, const S* __restrict__ src, int rows, int nblk) {
-  const int n = nblk * 32, total = rows * n;
-  for (int base = threadIdx.x; base < total; base += THREADS * kStreamStageBatch) {
-    float v[kStreamStageBatch];
+// Value i (0..3) of v (i a constant once inlined).
+__device__ __forceinline__ float f4_at(const float4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// Stages `total` values (rows of n = nblk * 32 values, row-major; src 16-byte aligned) into xs
+// block-major (above), fp32 times 2^15 (the values stage_input stages). 16-byte loads (4 fp32 or 8
+// fp16/bf16 values), BATCH of them per thread issued before their stores: the input comes from
+// L2 (the kernel before wrote it), so each batch is one L2 round trip on the way to the first
+// product (gpt-oss, M = 1: h is 360 loads for 256 threads, act 2,880 for 512: one batch each).
+// Value i of the flat input is value i % 32 of block i / 32 (n is a multiple of 32, so blocks do
+// not straddle rows), and a load's 4 or 8 values lie in one block.
+template <int THREADS, int BATCH, typename S>
+__device__ __forceinline__ void stage_rows(float* xs, const S* __restrict__ src, int total) {
+  constexpr int V = kVec16<S>;
+  const int nv = total / V;  // total is a multiple of 32
+  for (int base = threadIdx.x; base < nv; base += THREADS * BATCH) {
+    Vec<S, V> v[BATCH];
 #pragma unroll
-    for (int q = 0; q < kStreamStageBatch; ++q) {
+    for (int q = 0; q < BATCH; ++q) {
       const int i = base + q * THREADS;
-      if (i < total) v[q] = to_f(src[i]);
+      if (i < nv) v[q] = load_vec<S, V>(src, i);
     }
 #pragma unroll
-    for (int q = 0; q < kStreamStageBatch; ++q) {
+    for (int q = 0; q < BATCH; ++q) {
       const int i = base + q * THREADS;
-      if (i < total) {
-        const int row = i / n, c = i - row * n;
-        xs[row * n + (c & 31) * nblk + (c >> 5)] = v[q] * kInputScale;
+      if (i < nv) {
+        float* dst = xs + (i * V >> 5) * kStreamBlockFloats + (i * V & 31);
+#pragma unroll
+        for (int t = 0; t < V; ++t) dst[t] = to_f(v[q].v[t]) * kInputScale;
       }
+    }
+  }
+}
+
+// gate_up_dots on the block-major staging: xrow = the token's first staged block.
+template <int NBL>
+__device__ __forceinline__ void gate_up_dots_bm(const BlockWords (&gw)[NBL], const BlockWords (&uw)[NBL],
+                                                const uint8_t* grow, const uint8_t* urow, const float* xrow, int nblk,
+                                                int lane, float& ga, float& ua) {
+  ga = 0.f;
+  ua = 0.f;
+#pragma unroll
+  for (int i = 0; i < NBL; ++i) {
+    const int b = lane + 32 * i;
+    if (b < nblk) {
+      const float4* x4 = reinterpret_cast<const float4*>(xrow + b * kStreamBlockFloats);
+      auto x = [&](int j) { return f4_at(x4[j >> 2], j & 3); };
+      ga = block_dot(gw[i], reinterpret_cast<uintptr_t>(grow + (int64_t)b * kBlockBytes), x, ga);
+      ua = block_dot(uw[i], reinterpret_cast<uintptr_t>(urow + (int64_t)b * kBlockBytes), x, ua);
     }
   }
 }
@@ -440,7 +486,7 @@ struct GateUpStream {
   const T* bu;
   const uint8_t* g_end;
   const uint8_t* u_end;
-  const float* xs;  // staged h, [M][32][C / 32]
+  const float* xs;  // staged h, block-major
   float* act;
   int64_t row_bytes;
   int lane, nblk, K, E, F, C;
@@ -472,7 +518,8 @@ __device__ __forceinline__ void gate_up_load(const GateUpStream<T>& d, GateUpUni
 template <typename T, int NBL>
 __device__ __forceinline__ void gate_up_compute(const GateUpStream<T>& d, const GateUpUnit<T, NBL>& s) {
   float ga, ua;
-  gate_up_dots<NBL>(s.g, s.u, s.grow, s.urow, d.xs + (s.mj / d.K) * d.C, d.nblk, d.lane, ga, ua);
+  gate_up_dots_bm<NBL>(s.g, s.u, s.grow, s.urow, d.xs + (s.mj / d.K) * d.nblk * kStreamBlockFloats, d.nblk, d.lane,
+                       ga, ua);
   const float g = warp_sum(ga) + to_f(s.gb);
   const float u = warp_sum(ua) + to_f(s.ub);
   if (d.lane == 0) d.act[(int64_t)s.mj * d.F + s.r] = swiglu_oai(g, u);
@@ -484,10 +531,10 @@ __device__ __forceinline__ void gate_up_compute(const GateUpStream<T>& d, const 
 // units in registers (A, B): the next unit's loads are issued before the current one's products,
 // so a warp always has a unit's bytes in flight while it computes or waits (v3 paid ids -> loads ->
 // staging -> products once per wave of blocks, with nothing in flight while computing). The
-// products, sums, bias and SwiGLU are v3's (gate_up_dots, swiglu_oai): the output is v3's bit for bit.
+// products, sums, bias and SwiGLU are v3's (block_dot in gate_up_dots' order, swiglu_oai): the output
+// is v3's bit for bit. Two blocks per SM (<= 128 registers) while two units fit in them (NBL <= 3:
+// C up to 3072); NBL = 4 would spill at 128 and gets one block per SM and the registers it needs.
 template <typename T, int NBL>
-// (two blocks per SM, <= 128 registers, while two units fit: NBL <= 3, C up to 3072; NBL = 4
-// would spill at 128 and gets one block per SM and the registers it needs)
 __global__ void __launch_bounds__(32 * kGateUpStreamWarps, NBL <= 3 ? 2 : 1) moe_gate_up_stream_kernel(
     const T* __restrict__ h,            // [M, C]
     const int32_t* __restrict__ ids,    // [M, K]
@@ -497,7 +544,7 @@ __global__ void __launch_bounds__(32 * kGateUpStreamWarps, NBL <= 3 ? 2 : 1) moe
     const T* __restrict__ bu,           // [E, F]
     float* __restrict__ act,            // [M, K, F]
     int M, int K, int E, int F, int C) {
-  extern __shared__ float xs[];         // [M][32][C / 32]: h times 2^15
+  extern __shared__ __align__(16) float xs_bm[];  // h times 2^15, block-major
   pdl_wait();  // h and the routing come from the kernels before
   pdl_launch_dependents();
   const int lane = threadIdx.x & 31;
@@ -508,12 +555,12 @@ __global__ void __launch_bounds__(32 * kGateUpStreamWarps, NBL <= 3 ? 2 : 1) moe
   const int units = M * K * F;  // <= 16 * 4096
   const int W = gridDim.x * kGateUpStreamWarps;
   const int w = blockIdx.x * kGateUpStreamWarps + (threadIdx.x >> 5);
-  const GateUpStream<T> gs{ids, wg, bg, wu, bu, g_end, u_end, xs, act, row_bytes, lane, nblk, K, E, F, C};
+  const GateUpStream<T> gs{ids, wg, bg, wu, bu, g_end, u_end, xs_bm, act, row_bytes, lane, nblk, K, E, F, C};
   GateUpUnit<T, NBL> A, B;
   int u = w;  // A holds unit u, B unit u + W (each loaded only when it exists)
   if (u < units) gate_up_load(gs, A, u);
   if (u + W < units) gate_up_load(gs, B, u + W);
-  stage_rows<32 * kGateUpStreamWarps>(xs, h, M, nblk);  // under the first units' loads
+  stage_rows<32 * kGateUpStreamWarps, kGateUpStageBatch>(xs_bm, h, M * C);  // under the first units' loads
   __syncthreads();  // no barrier after this one: warps leave the loop independently
 #pragma unroll 1
   for (; u < units; u += 2 * W) {
@@ -567,7 +614,7 @@ __device__ __forceinline__ void down_load(const DownStream<T>& d, DownRow<T, NBL
 }
 
 // Down v5 (decode: M * k <= 16, M * k * F * 4 bytes <= 96 KiB): a persistent grid, each block staging
-// act[m, j] of every token and slot once (as moe_down_kernel does, times 2^15). Units are output
+// act[m, j] of every token and slot once (times 2^15 as moe_down_kernel, block-major). Units are output
 // rows (m, c), u = m * C + c; warp w of W takes u = w, w + W, ... A warp's work is one stream of
 // expert rows, unit by unit and within a unit j = 0..k-1 (row s of the stream: unit s / k, expert
 // s % k), kDownStreamSlots rows in flight: slot t holds stream rows t, t + 4, ...; when a slot's row
@@ -595,7 +642,7 @@ __global__ void __launch_bounds__(32 * kDownStreamWarps, 1) moe_down_stream_kern
     const T* __restrict__ residual,     // [M, C] or null
     T* __restrict__ out,                // [M, C]
     int M, int K, int E, int F, int C) {
-  extern __shared__ float sact[];       // [M * K][32][F / 32]: act times 2^15
+  extern __shared__ __align__(16) float sact_bm[];  // act times 2^15, block-major
   pdl_wait();  // act and the routing come from the kernels before
   pdl_launch_dependents();
   const int lane = threadIdx.x & 31;
@@ -610,7 +657,8 @@ __global__ void __launch_bounds__(32 * kDownStreamWarps, 1) moe_down_stream_kern
   int li = 0, lj = 0;  // the next stream row to load: the warp's unit li (u = w + li * W), expert lj
 #pragma unroll
   for (int t = 0; t < kDownStreamSlots; ++t) down_load(ds, slot[t], li, lj);
-  stage_rows<32 * kDownStreamWarps>(sact, act, M * K, nblk);  // under the first rows' loads
+  // under the first rows' loads
+  stage_rows<32 * kDownStreamWarps, NBL <= 3 ? kDownStageBatch : kDownStageBatch / 2>(sact_bm, act, M * K * F);
   __syncthreads();  // no barrier after this one: warps leave the loop independently
   int ci = 0, cj = 0;  // the stream row being computed: unit ci, expert cj
   float acc = 0.f;
@@ -629,13 +677,14 @@ __global__ void __launch_bounds__(32 * kDownStreamWarps, 1) moe_down_stream_kern
         // store would stall the warp a round trip per unit)
         if (cj == 0 && has_res) res = residual[u];
         const int mj = (u / C) * K + cj;
-        const float* xj = sact + (int64_t)mj * F;
+        const float* xj = sact_bm + mj * nblk * kStreamBlockFloats;
         float a = 0.f;
 #pragma unroll
         for (int i = 0; i < NBL; ++i) {
           const int b = lane + 32 * i;
           if (b < nblk) {
-            auto x = [&](int q) { return xj[q * nblk + b]; };
+            const float4* x4 = reinterpret_cast<const float4*>(xj + b * kStreamBlockFloats);
+            auto x = [&](int q) { return f4_at(x4[q >> 2], q & 3); };
             a = block_dot(slot[t].w[i], reinterpret_cast<uintptr_t>(slot[t].row + (int64_t)b * kBlockBytes), x, a);
           }
         }
@@ -880,9 +929,11 @@ template <typename T, int NBL>
 cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
   const bool v3 = ab_moe_v3();
   const bool stream_rows = a.M * a.K <= kStreamMaxRows;
-  const size_t gu_smem = (size_t)a.M * a.C * sizeof(float);
+  const size_t gu_smem = stream_smem_bytes(a.M, a.C);
   cudaError_t e;
-  if (!v3 && stream_rows && gu_smem <= kGateUpStreamMaxSmem) {
+  // (h from a 16-byte aligned allocation, as the model's always is: the v5 kernels stage it with
+  // 16-byte loads; act is the op's own buffer)
+  if (!v3 && stream_rows && gu_smem <= kGateUpStreamMaxSmem && aligned16(a.h)) {
     constexpr int threads = 32 * kGateUpStreamWarps;
     unsigned grid = 0;
     static StreamGridCache cache;
@@ -898,8 +949,8 @@ cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
                    (int)a.F, (int)a.C);
   }
   if (e != cudaSuccess) return e;
-  const size_t down_smem = moe_down_smem_bytes(a.M * a.K, a.F);  // act [M, K, F] staged whole
-  if (!v3 && stream_rows && down_smem <= kDownStreamMaxSmem) {
+  const size_t down_smem = stream_smem_bytes(a.M * a.K, a.F);  // act [M, K, F] staged whole
+  if (!v3 && stream_rows && down_smem <= kDownStreamMaxSmem && aligned16(a.act)) {
     constexpr int threads = 32 * kDownStreamWarps;
     unsigned grid = 0;
     static StreamGridCache cache;
