@@ -48,11 +48,11 @@
 //   down: 16-warp blocks (one per SM, act staged once per SM), units = output rows (m, c), each
 //   warp a stream of expert rows with 4 in flight (121 registers at NBL = 3, 128 at 4, no
 //   spills); see the kernel.
+//   Per SM either is 16 warps x 4 rows of 1,530 B in flight, ~98 KB, against the ~32 KB that
+//   4.2 TB/s x ~1 us (an assumed loaded DRAM latency) / 132 SMs asks for.
 //   Both stage their input block-major (kStreamBlockFloats): LDS.128, 8 shared-memory reads per
 //   32 values instead of 32 (once latency is hidden, issue is the next limit: ~950 warp
 //   instructions per gate/up unit, 87 units per SM at gpt-oss's shape, ~10 us at 4 per clock).
-//   Per SM that is 16 warps x 4 rows of 1,530 B in flight, ~98 KB, against the ~32 KB that
-//   4.2 TB/s x ~1 us (an assumed loaded DRAM latency) / 132 SMs asks for.
 // Per unit they run v3's arithmetic in v3's order (gate_up_dots, swiglu_oai; block_dot,
 // warp_sum, the j = 0..k-1 fma chain, store_down's rounding): their outputs equal v3's bit for
 // bit. Larger M * k, or an input that does not fit (gate_up: M * C * 4 > 64 KiB; down:
