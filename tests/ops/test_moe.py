@@ -83,6 +83,103 @@ def test_experts_vs_float64(device, dtype, shape, m):
     assert_nmse(out_r, ref + d(res), TOL_NAME[dtype] if dtype != torch.float32 else "nmse_fp16")
 
 
+# The v5 stream kernels (csrc/moe.cu, decode: M * k <= 16) against v3. (E, C, F): C/32 and F/32 not
+# multiples of 32 (the last lanes hold one block fewer; 33 blocks: a second lane pass), C != F both
+# ways, C/32 = 97 (four blocks per lane: the gate/up build with one block per SM).
+STREAM_SHAPES = [(4, 64, 160), (8, 1056, 96), (16, 96, 1056), (4, 3104, 64)]
+STREAM_MK = [(m, k) for m in (1, 2, 4) for k in (1, 2, 4)]
+AB_V3 = "GPTE_AB_MOE_V3"  # csrc/moe.cu ab_moe_v3 (temporary): set -> the v3 kernels
+# csrc/moe.cu persistent_grid (tests only): at most n blocks, so that small shapes give each warp
+# many units (unset, a small shape's grid has a warp per unit and the pipeline never turns over)
+MAX_BLOCKS = "GPTE_MOE_STREAM_MAX_BLOCKS"
+
+
+def _experts_as(monkeypatch, mode, blocks, *args, **kw):
+    """_experts with the v5 kernels (mode "v5", at most `blocks` blocks when given) or v3's."""
+    with monkeypatch.context() as mp:
+        mp.delenv(AB_V3, raising=False)
+        mp.delenv(MAX_BLOCKS, raising=False)
+        if mode == "v3":
+            mp.setenv(AB_V3, "1")
+        if blocks is not None:
+            mp.setenv(MAX_BLOCKS, str(blocks))
+        return _experts(*args, **kw)
+
+
+def _check_stream_vs_v3(monkeypatch, shape, m, dtype, blocks, offset=0):
+    """v5's output torch.equal to v3's (with and without the residual), and v5 against the float64
+    reference within test_experts_vs_float64's tolerance. h starts `offset` elements into its storage."""
+    e, k, c, f = shape
+    L = _layer(e, k, c, f, dtype, "cuda")
+    h = randn((m * c + offset,), dtype, "cuda")[offset:].view(m, c)
+    ids, w = mod.route_reference(h.cpu(), L.router.cpu(), L.router_bias.cpu(), k)
+    ids, w = ids.cuda(), w.cuda()
+    res = randn((m, c), dtype, "cuda")
+    for r in (None, res):
+        v5 = _experts_as(monkeypatch, "v5", blocks, h, ids, w, L, r)
+        v3 = _experts_as(monkeypatch, "v3", None, h, ids, w, L, r)
+        assert torch.equal(v5, v3), f"residual {r is not None}: v5 != v3 at {int((v5 != v3).sum())} of {v5.numel()}"
+    d = lambda t: t.cpu().double()  # noqa: E731
+    ref = mod.experts_reference(d(h), ids.cpu(), w.cpu(), L.gate.weight.raw.cpu(), d(L.gate.bias),
+                                L.up.weight.raw.cpu(), d(L.up.bias), L.down.weight.raw.cpu(), d(L.down.bias))
+    tol = TOL_NAME[dtype] if dtype != torch.float32 else "nmse_fp16"
+    assert_nmse(_experts_as(monkeypatch, "v5", blocks, h, ids, w, L), ref, tol)
+    assert_nmse(_experts_as(monkeypatch, "v5", blocks, h, ids, w, L, res), ref + d(res), tol)
+
+
+@STORY
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
+@pytest.mark.parametrize("blocks", [None, 1, 3], ids=lambda b: f"blocks{b}")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("m,k", STREAM_MK, ids=lambda v: str(v))
+@pytest.mark.parametrize("ecf", STREAM_SHAPES, ids=str)
+def test_stream_kernels_equal_v3(device, ecf, m, k, dtype, blocks, monkeypatch):
+    """The v5 stream kernels give v3's output bit for bit (M = 1, 2, 4; k = 1, 2, 4), on their own
+    grid and capped at 1 or 3 blocks (8 / 16 warps or 24 / 48: many units per warp, units not a
+    multiple of the warps), and match the float64 reference."""
+    e, c, f = ecf
+    _check_stream_vs_v3(monkeypatch, (e, k, c, f), m, dtype, blocks)
+
+
+@STORY
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
+@pytest.mark.parametrize("blocks", [None, 7], ids=lambda b: f"blocks{b}")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_stream_kernels_equal_v3_gpt_oss(device, dtype, blocks, monkeypatch):
+    """gpt-oss-20b's decode shape (E = 32, k = 4, C = F = 2880, M = 1): v5 equals v3 bit for bit
+    and matches the float64 reference (on its own grid 5-6 gate/up units and 1-2 down units per warp)."""
+    _check_stream_vs_v3(monkeypatch, (32, 4, 2880, 2880), 1, dtype, blocks)
+
+
+@STORY
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
+def test_stream_kernels_take_unaligned_h(device, monkeypatch):
+    """h not 16-byte aligned (one element into its storage): the v5 gate/up stages h 16 bytes at a
+    time, so the launcher keeps v3's gate/up there; the output is still v3's and the reference's."""
+    _check_stream_vs_v3(monkeypatch, (8, 4, 1056, 96), 2, torch.float16, None, offset=1)
+
+
+@STORY
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
+def test_stream_kernels_run_at_decode_shape(device, monkeypatch):
+    """At gpt-oss's decode shape the v5 kernels are the ones launched, and GPTE_AB_MOE_V3 brings v3
+    back (so the equality tests compare two different kernels)."""
+    e, k, c, f = 32, 4, 2880, 2880
+    L = _layer(e, k, c, f, torch.float16, device)
+    h = randn((1, c), torch.float16, device)
+    ids, w = ops.moe_route(h, L.router, L.router_bias, k)
+
+    def kernels(mode):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            _experts_as(monkeypatch, mode, None, h, ids, w, L, h)
+            torch.cuda.synchronize()
+        return " ".join(ev.name for ev in prof.events() if ev.device_type == torch.autograd.DeviceType.CUDA)
+
+    v5, v3 = kernels("v5"), kernels("v3")
+    assert "moe_gate_up_stream_kernel" in v5 and "moe_down_stream_kernel" in v5, v5
+    assert "stream_kernel" not in v3 and "moe_gate_up_kernel" in v3 and "moe_down_split_kernel" in v3, v3
+
+
 def _assert_routes_match(h, ids, w, L, k):
     """ids/w [M, k] from a routing kernel against route_reference on the same h: each row as a
     set of (expert, weight); a row whose k-th and (k+1)-th logits (float64) are closer than fp32
