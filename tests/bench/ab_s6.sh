@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Session 6's same-run A/Bs (repo root on the GPU machine, .whl carried; output in $OUT/ab.log).
-# Exploration, not evidence. Temporary switches: GPTE_AB_GEMV_OLD (v3/v6 instead of the split
-# GEMV v11), GPTE_AB_TWO_COPIES (two readback copies per step), GPTE_AB_STACK_ON_GPU (weights
-# stacked on the GPU), GPTE_AB_DEQUANT_V1, GPTE_AB_MOE_V3.
+# Exploration, not evidence. Temporary switches (each removed after its measurement; the raw
+# outputs are in docs/kernels/runs/20261202-s6-ab*.log): GPTE_AB_GEMV_OLD (v3/v6 instead of the
+# split GEMV v11), GPTE_AB_TWO_COPIES, GPTE_AB_DEQUANT_V1 (explore_dequant.py --ab), GPTE_AB_MOE_V3.
 #   bash tests/bench/ab_s6.sh gemv     GEMV alone + linear tests + decode steps + one copy + memory
-#   bash tests/bench/ab_s6.sh kernels  dequantize + MoE decode kernels + gpt-oss step + their tests
+#   bash tests/bench/ab_s6.sh kernels  MoE decode kernels v5 vs v3: tests, kernels alone, gpt-oss step
 set -o pipefail
 MODE=${1:-gemv}
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -57,19 +57,15 @@ if [ "$MODE" = gemv ]; then
   [ -n "$SKIP_BENCH" ] || el "== explore_dequant --ab (v1 vs v2, same process)"
   [ -n "$SKIP_BENCH" ] || timeout 90 python3 tests/bench/explore_dequant.py --ab 2>&1 | tail -30
 else
-  for v in 1 ""; do
-    el "== explore_dequant GPTE_AB_DEQUANT_V1=${v:-unset}"
-    GPTE_AB_DEQUANT_V1=$v timeout 100 python3 tests/bench/explore_dequant.py 2>&1 | tail -14
-    el "== explore_moe_decode GPTE_AB_MOE_V3=${v:-unset}"
-    GPTE_AB_MOE_V3=$v timeout 100 python3 tests/bench/explore_moe_decode.py 2>&1 | tail -10
-  done
-  el "== dequant + moe tests"
-  timeout 150 $PYT tests/ops/test_moe.py tests/ops/test_linear_q.py -k "not bandwidth" 2>&1 | tail -6
+  el "== MoE tests (v5 vs v3, reference)"
+  timeout 200 $PYT tests/ops/test_moe.py 2>&1 | tail -5
+  el "== explore_moe_decode (v5 and v3 graphs in one run)"
+  timeout 120 python3 tests/bench/explore_moe_decode.py 2>&1 | tail -16
   wait $MODELS_PID; cat /tmp/ab-models.txt
   for v in 1 "" 1 ""; do
-    el "== step gpt-oss-20b GPTE_AB_MOE_V3=${v:-unset} (GEMV v11 on)"
-    GPTE_AB_MOE_V3=$v timeout 120 python3 tests/bench/explore_decode_step.py "$M/gpt-oss-20b-MXFP4.gguf" 2>&1 \
-      | grep -E "graph step|moe|gemv|kernel time" | head -8
+    el "== step gpt-oss-20b GPTE_AB_MOE_V3=${v:-unset}"
+    ab GPTE_AB_MOE_V3 "$v" timeout 90 python3 tests/bench/explore_decode_step.py "$M/gpt-oss-20b-MXFP4.gguf" 2>&1 \
+      | grep -E "graph step|moe|kernel time" | head -8
   done
 fi
 wait $MODELS_PID 2>/dev/null
