@@ -22,7 +22,7 @@ el build done
 if [ "$MODE" = gemv ]; then
   MODELS="gpt2-124m-F16 gpt2-1.5b-F16"
 else
-  MODELS="gpt-oss-20b-MXFP4"
+  MODELS="${AB_MODELS:-}"  # the gpt-oss-20b file (12 GB) only when the steps are asked for
 fi
 python3 -c "
 import sys
@@ -62,7 +62,7 @@ else
   el "== explore_moe_decode (v5 and v3 graphs in one run)"
   timeout 120 python3 tests/bench/explore_moe_decode.py 2>&1 | tail -16
   wait $MODELS_PID; cat /tmp/ab-models.txt
-  for v in 1 "" 1 ""; do
+  [ -n "$AB_MODELS" ] && for v in 1 "" 1 ""; do
     el "== step gpt-oss-20b GPTE_AB_MOE_V3=${v:-unset}"
     ab GPTE_AB_MOE_V3 "$v" timeout 90 python3 tests/bench/explore_decode_step.py "$M/gpt-oss-20b-MXFP4.gguf" 2>&1 \
       | grep -E "graph step|moe|kernel time" | head -8
