@@ -46,6 +46,10 @@ else
   wait $MODELS_PID; cat /tmp/models.txt
   timeout ${GATES_TIMEOUT:-540} python3 -m gates.gpu tests --ignore=tests/ops > /tmp/gates.txt 2>&1; echo "gates.gpu exit $?"
   grep -E "^(FAILED|ERROR)" /tmp/gates.txt | head -30; cat "$OUT/gpu-summary.txt"
+  # CLI_BENCH=1: `gpt-engine bench` on the 124M file in the same run, beside the end-to-end test's
+  # figure (the two use the same timing code, bench.time_decode)
+  [ -n "$CLI_BENCH" ] && timeout 60 python3 -m gpt_engine.cli bench "$GPT_ENGINE_BENCH_MODELS/gpt2-124m-F16.gguf" \
+    --device cuda -r 5 2>&1 | grep -vE "^bench: "
   exit 0
 fi
 wait $MODELS_PID; cat /tmp/models.txt
