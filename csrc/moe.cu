@@ -32,31 +32,6 @@
 // [j][b] (consecutive lanes, consecutive words: no bank conflicts). Per lane and row the
 // products are summed in v1's order (block by block, values 0..15 each with its partner 16..31,
 // then the block scale), so v1 and v2 give the same sums.
-//
-// v5, decode (M * k <= 16 and the staged input fits, below): moe_gate_up_stream_kernel and
-// moe_down_stream_kernel, persistent grids of (SMs) x (resident blocks per SM) that stream their
-// experts' rows. Why: v3's gate_up (1,440 blocks of 8 warps, ~3 resident per SM, ~3.6 waves) paid a
-// dependent chain per wave (PDL wait, ids, the rows' loads, staging, products) with nothing in
-// flight while it computed: 24.4 us for 35.2 MB, ~0.3 of copy on the H200, and halving its
-// instructions (v4, tensor cores) did not move it (docs/gpt_oss.md). v5 pays the chain once per
-// block and keeps bytes in flight while computing:
-//   gate_up: 8-warp blocks, h staged once per block; warp w of W walks units (token x slot, row)
-//   u = w, w + W, ... with two units in registers: the next unit's gate and up rows are loaded
-//   before the current one's products (ptxas, nvcc 13.0: 126 registers for NBL <= 3, no spills:
-//   2 blocks, 16 warps per SM; NBL = 4 needs 175 and runs 1 block per SM). At gpt-oss's shape:
-//   11,520 units over 2,112 warps (132 SMs), 5-6 each.
-//   down: 16-warp blocks (one per SM, act staged once per SM), units = output rows (m, c), each
-//   warp a stream of expert rows with 4 in flight (121 registers at NBL = 3, 128 at 4, no
-//   spills); see the kernel.
-//   Per SM either is 16 warps x 4 rows of 1,530 B in flight, ~98 KB, against the ~32 KB that
-//   4.2 TB/s x ~1 us (an assumed loaded DRAM latency) / 132 SMs asks for.
-//   Both stage their input block-major (kStreamBlockFloats): LDS.128, 8 shared-memory reads per
-//   32 values instead of 32 (once latency is hidden, issue is the next limit: ~950 warp
-//   instructions per gate/up unit, 87 units per SM at gpt-oss's shape, ~10 us at 4 per clock).
-// Per unit they run v3's arithmetic in v3's order (gate_up_dots, swiglu_oai; block_dot,
-// warp_sum, the j = 0..k-1 fma chain, store_down's rounding): their outputs equal v3's bit for
-// bit. Larger M * k, or an input that does not fit (gate_up: M * C * 4 > 64 KiB; down:
-// M * k * F * 4 > 96 KiB), keeps the v3 kernels, which have enough blocks there.
 #include <cmath>
 
 #include "common.cuh"
@@ -163,33 +138,6 @@ __device__ __forceinline__ void stage_input(float* xs, const S* __restrict__ src
 
 __device__ __forceinline__ int clamp_expert(int e, int E) { return e < 0 ? 0 : (e >= E ? E - 1 : e); }
 
-// Lane's partial dots of one gate row and one up row with the staged input xs (value j of block b
-// at [j][b]): block by block, the gate block then the up block (the two sums are independent, so
-// each is the same sequence of fmas whichever way the two are interleaved). v3 and v5 share it.
-template <int NBL>
-__device__ __forceinline__ void gate_up_dots(const BlockWords (&gw)[NBL], const BlockWords (&uw)[NBL],
-                                             const uint8_t* grow, const uint8_t* urow, const float* xs, int nblk,
-                                             int lane, float& ga, float& ua) {
-  ga = 0.f;
-  ua = 0.f;
-#pragma unroll
-  for (int i = 0; i < NBL; ++i) {
-    const int b = lane + 32 * i;
-    if (b < nblk) {
-      auto x = [&](int j) { return xs[j * nblk + b]; };
-      ga = block_dot(gw[i], reinterpret_cast<uintptr_t>(grow + (int64_t)b * kBlockBytes), x, ga);
-      ua = block_dot(uw[i], reinterpret_cast<uintptr_t>(urow + (int64_t)b * kBlockBytes), x, ua);
-    }
-  }
-}
-
-// gpt-oss's clamped SwiGLU of one row's gate and up sums (biases added), in fp32.
-__device__ __forceinline__ float swiglu_oai(float g, float u) {
-  const float gc = fminf(g, kSwigluLimit);
-  const float uc = fminf(fmaxf(u, -kSwigluLimit), kSwigluLimit);
-  return gc / (1.f + expf(-kSwigluAlpha * gc)) * (uc + 1.f);
-}
-
 template <typename T, int NBL>
 __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_kernel(
     const T* __restrict__ h,            // [M, C]
@@ -227,11 +175,23 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_kernel(
   stage_input(xs, h + (int64_t)m * C, nblk);
   __syncthreads();
   if (r >= F) return;
-  float ga, ua;
-  gate_up_dots<NBL>(gw, uw, grow, urow, xs, nblk, lane, ga, ua);
+  float ga = 0.f, ua = 0.f;
+#pragma unroll
+  for (int i = 0; i < NBL; ++i) {
+    const int b = lane + 32 * i;
+    if (b < nblk) {
+      auto x = [&](int j) { return xs[j * nblk + b]; };
+      ga = block_dot(gw[i], reinterpret_cast<uintptr_t>(grow + (int64_t)b * kBlockBytes), x, ga);
+      ua = block_dot(uw[i], reinterpret_cast<uintptr_t>(urow + (int64_t)b * kBlockBytes), x, ua);
+    }
+  }
   const float g = warp_sum(ga) + to_f(bg[er]);
   const float u = warp_sum(ua) + to_f(bu[er]);
-  if (lane == 0) act[(int64_t)mj * F + r] = swiglu_oai(g, u);
+  if (lane == 0) {
+    const float gc = fminf(g, kSwigluLimit);
+    const float uc = fminf(fmaxf(u, -kSwigluLimit), kSwigluLimit);
+    act[(int64_t)mj * F + r] = gc / (1.f + expf(-kSwigluAlpha * gc)) * (uc + 1.f);
+  }
 }
 
 // The down output at o (token m, row c: m * C + c) from the weighted sum over the k experts:
@@ -241,13 +201,6 @@ template <typename T>
 __device__ __forceinline__ void store_down(T* out, const T* residual, int64_t o, float acc) {
   const T y = from_f<T>(acc);
   out[o] = residual != nullptr ? from_f<T>(to_f(residual[o]) + to_f(y)) : y;
-}
-
-// store_down with the residual value loaded earlier (res, when has_res): the same arithmetic.
-template <typename T>
-__device__ __forceinline__ void store_down_loaded(T* out, int64_t o, float acc, bool has_res, T res) {
-  const T y = from_f<T>(acc);
-  out[o] = has_res ? from_f<T>(to_f(res) + to_f(y)) : y;
 }
 
 template <typename T, int NBL>
@@ -385,321 +338,6 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_split_kernel(
     }
   }
   cluster.sync();  // no block leaves while rank 0 still reads its part
-}
-
-// ---- v5: persistent streaming kernels (decode; csrc/moe.cu header "v5") ----
-constexpr int kGateUpStreamWarps = 8;   // 256 threads: 2 blocks per SM at <= 128 registers
-constexpr int kDownStreamWarps = 16;    // 512 threads, 1 block per SM: act staged once per SM, not twice
-constexpr int kDownStreamSlots = 4;     // rows in flight per warp (down): gpt-oss's k = 4 experts' rows
-// 16-byte staging loads in flight per thread (h / act come from L2): gate_up 3 (256 threads x 3
-// loads cover M * C = 2,880 fp32 or 6,144 fp16 values in one round trip; 6 spilled next to two
-// units at NBL = 3 in bf16), down 6 (512 x 6 x 4 = 12,288 >= gpt-oss's k * F = 11,520; 3 at NBL = 4,
-// where 6 spilled next to its slots)
-constexpr int kGateUpStageBatch = 3;
-constexpr int kDownStageBatch = 6;
-constexpr int kStreamMaxRows = 16;      // M * k above this: the v3 kernels (enough blocks there)
-// Staged input of the v5 kernels, block-major: value j of 32-value block b of row i at
-// [(i * nblk + b) * 36 + j], 4 floats of padding per block. A lane reads its block's values four at
-// a time (LDS.128: 8 shared-memory reads per 32 values instead of v3's 32, same values, same order);
-// the 8 lanes of one 16-byte access phase start 36 floats = 4 banks apart, so they cover the 32
-// banks without a conflict. v3's [j][b] layout serves one 4-byte read per value.
-constexpr int kStreamBlockFloats = 36;
-constexpr size_t stream_smem_bytes(int64_t rows, int64_t n) {
-  return (size_t)rows * (size_t)(n / 32) * kStreamBlockFloats * sizeof(float);
-}
-constexpr size_t kGateUpStreamMaxSmem = 72 * 1024;  // staged h: M * C * 4 bytes <= 64 KiB, padded
-constexpr size_t kDownStreamMaxSmem = 108 * 1024;   // staged act: M * k * F * 4 bytes <= 96 KiB, padded
-
-// Value i (0..3) of v (i a constant once inlined).
-__device__ __forceinline__ float f4_at(const float4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
-// Stages `total` values (rows of n = nblk * 32 values, row-major; src 16-byte aligned) into xs
-// block-major (above), fp32 times 2^15 (the values stage_input stages). 16-byte loads (4 fp32 or 8
-// fp16/bf16 values), BATCH of them per thread issued before their stores: the input comes from
-// L2 (the kernel before wrote it), so each batch is one L2 round trip on the way to the first
-// product (gpt-oss, M = 1: h is 360 loads for 256 threads, act 2,880 for 512: one batch each).
-// Value i of the flat input is value i % 32 of block i / 32 (n is a multiple of 32, so blocks do
-// not straddle rows), and a load's 4 or 8 values lie in one block.
-template <int THREADS, int BATCH, typename S>
-__device__ __forceinline__ void stage_rows(float* xs, const S* __restrict__ src, int total) {
-  constexpr int V = kVec16<S>;
-  const int nv = total / V;  // total is a multiple of 32
-  for (int base = threadIdx.x; base < nv; base += THREADS * BATCH) {
-    Vec<S, V> v[BATCH];
-#pragma unroll
-    for (int q = 0; q < BATCH; ++q) {
-      const int i = base + q * THREADS;
-      if (i < nv) v[q] = load_vec<S, V>(src, i);
-    }
-#pragma unroll
-    for (int q = 0; q < BATCH; ++q) {
-      const int i = base + q * THREADS;
-      if (i < nv) {
-        float* dst = xs + (i * V >> 5) * kStreamBlockFloats + (i * V & 31);
-#pragma unroll
-        for (int t = 0; t < V; ++t) dst[t] = to_f(v[q].v[t]) * kInputScale;
-      }
-    }
-  }
-}
-
-// gate_up_dots on the block-major staging: xrow = the token's first staged block.
-template <int NBL>
-__device__ __forceinline__ void gate_up_dots_bm(const BlockWords (&gw)[NBL], const BlockWords (&uw)[NBL],
-                                                const uint8_t* grow, const uint8_t* urow, const float* xrow, int nblk,
-                                                int lane, float& ga, float& ua) {
-  ga = 0.f;
-  ua = 0.f;
-#pragma unroll
-  for (int i = 0; i < NBL; ++i) {
-    const int b = lane + 32 * i;
-    if (b < nblk) {
-      const float4* x4 = reinterpret_cast<const float4*>(xrow + b * kStreamBlockFloats);
-      auto x = [&](int j) { return f4_at(x4[j >> 2], j & 3); };
-      ga = block_dot(gw[i], reinterpret_cast<uintptr_t>(grow + (int64_t)b * kBlockBytes), x, ga);
-      ua = block_dot(uw[i], reinterpret_cast<uintptr_t>(urow + (int64_t)b * kBlockBytes), x, ua);
-    }
-  }
-}
-
-// One gate/up work unit in registers: both rows' blocks (lane i: blocks i, i + 32, ...), the row
-// addresses (their low bits place the 17 bytes in the words), the two biases as loaded (a
-// conversion here would wait for the load: converted when the unit is computed), and where it goes.
-template <typename T, int NBL>
-struct GateUpUnit {
-  BlockWords g[NBL], u[NBL];
-  const uint8_t* grow;
-  const uint8_t* urow;
-  T gb, ub;
-  int mj, r;  // token x slot, row of F
-};
-
-// What the gate/up unit functions need of their kernel (functions, not lambdas: see down_load).
-template <typename T>
-struct GateUpStream {
-  const int32_t* ids;
-  const uint8_t* wg;
-  const T* bg;
-  const uint8_t* wu;
-  const T* bu;
-  const uint8_t* g_end;
-  const uint8_t* u_end;
-  const float* xs;  // staged h, block-major
-  float* act;
-  int64_t row_bytes;
-  int lane, nblk, K, E, F, C;
-};
-
-// Issues every load of unit u = (mj, r) = (u / F, u % F) into s. ids[mj] straight from global
-// memory (one cached line read by every unit; no barrier on the first unit's way to its loads),
-// clamped as v3 clamps it.
-template <typename T, int NBL>
-__device__ __forceinline__ void gate_up_load(const GateUpStream<T>& d, GateUpUnit<T, NBL>& s, int u) {
-  s.mj = u / d.F;
-  s.r = u - s.mj * d.F;
-  const int64_t er = (int64_t)clamp_expert(d.ids[s.mj], d.E) * d.F + s.r;
-  s.grow = d.wg + er * d.row_bytes;
-  s.urow = d.wu + er * d.row_bytes;
-#pragma unroll
-  for (int i = 0; i < NBL; ++i) {
-    const int b = d.lane + 32 * i;
-    if (b < d.nblk) {
-      s.g[i] = load_block(s.grow + (int64_t)b * kBlockBytes, d.g_end);
-      s.u[i] = load_block(s.urow + (int64_t)b * kBlockBytes, d.u_end);
-    }
-  }
-  s.gb = d.bg[er];
-  s.ub = d.bu[er];
-}
-
-// v3's products, sums, bias and SwiGLU of unit s (token m = mj / K's staged h), stored by lane 0.
-template <typename T, int NBL>
-__device__ __forceinline__ void gate_up_compute(const GateUpStream<T>& d, const GateUpUnit<T, NBL>& s) {
-  float ga, ua;
-  gate_up_dots_bm<NBL>(s.g, s.u, s.grow, s.urow, d.xs + (s.mj / d.K) * d.nblk * kStreamBlockFloats, d.nblk, d.lane,
-                       ga, ua);
-  const float g = warp_sum(ga) + to_f(s.gb);
-  const float u = warp_sum(ua) + to_f(s.ub);
-  if (d.lane == 0) d.act[(int64_t)s.mj * d.F + s.r] = swiglu_oai(g, u);
-}
-
-// Gate/up v5 (decode: M * k <= 16, M * C * 4 bytes <= 64 KiB): a persistent grid of (SMs x resident
-// blocks per SM) blocks, each staging h once; warp w of W takes units u = w, w + W, ... of the
-// M * k * F units (mj, r) = (u / F, u % F), consecutive warps consecutive rows of one expert. Two
-// units in registers (A, B): the next unit's loads are issued before the current one's products,
-// so a warp always has a unit's bytes in flight while it computes or waits (v3 paid ids -> loads ->
-// staging -> products once per wave of blocks, with nothing in flight while computing). The
-// products, sums, bias and SwiGLU are v3's (block_dot in gate_up_dots' order, swiglu_oai): the output
-// is v3's bit for bit. Two blocks per SM (<= 128 registers) while two units fit in them (NBL <= 3:
-// C up to 3072); NBL = 4 would spill at 128 and gets one block per SM and the registers it needs.
-template <typename T, int NBL>
-__global__ void __launch_bounds__(32 * kGateUpStreamWarps, NBL <= 3 ? 2 : 1) moe_gate_up_stream_kernel(
-    const T* __restrict__ h,            // [M, C]
-    const int32_t* __restrict__ ids,    // [M, K]
-    const uint8_t* __restrict__ wg,     // [E * F, C / 32 * 17]
-    const T* __restrict__ bg,           // [E, F]
-    const uint8_t* __restrict__ wu,     // [E * F, C / 32 * 17]
-    const T* __restrict__ bu,           // [E, F]
-    float* __restrict__ act,            // [M, K, F]
-    int M, int K, int E, int F, int C) {
-  extern __shared__ __align__(16) float xs_bm[];  // h times 2^15, block-major
-  pdl_wait();  // h and the routing come from the kernels before
-  pdl_launch_dependents();
-  const int lane = threadIdx.x & 31;
-  const int nblk = C / 32;
-  const int64_t row_bytes = (int64_t)nblk * kBlockBytes;
-  const uint8_t* g_end = wg + (int64_t)E * F * row_bytes;
-  const uint8_t* u_end = wu + (int64_t)E * F * row_bytes;
-  const int units = M * K * F;  // <= 16 * 4096
-  const int W = gridDim.x * kGateUpStreamWarps;
-  const int w = blockIdx.x * kGateUpStreamWarps + (threadIdx.x >> 5);
-  const GateUpStream<T> gs{ids, wg, bg, wu, bu, g_end, u_end, xs_bm, act, row_bytes, lane, nblk, K, E, F, C};
-  GateUpUnit<T, NBL> A, B;
-  int u = w;  // A holds unit u, B unit u + W (each loaded only when it exists)
-  if (u < units) gate_up_load(gs, A, u);
-  if (u + W < units) gate_up_load(gs, B, u + W);
-  stage_rows<32 * kGateUpStreamWarps, kGateUpStageBatch>(xs_bm, h, M * C);  // under the first units' loads
-  __syncthreads();  // no barrier after this one: warps leave the loop independently
-#pragma unroll 1
-  for (; u < units; u += 2 * W) {
-    gate_up_compute(gs, A);
-    if (u + 2 * W < units) gate_up_load(gs, A, u + 2 * W);
-    if (u + W >= units) break;
-    gate_up_compute(gs, B);
-    if (u + 3 * W < units) gate_up_load(gs, B, u + 3 * W);
-  }
-}
-
-// One down row in a slot: its blocks, its address, its bias as loaded.
-template <typename T, int NBL>
-struct DownRow {
-  BlockWords w[NBL];
-  const uint8_t* row;
-  T bias;
-};
-
-// What down_load needs of its kernel (a function, not a lambda: a lambda the inliner left out
-// took the slots by reference and put them on the stack).
-template <typename T>
-struct DownStream {
-  const int32_t* ids;
-  const uint8_t* wd;
-  const T* bd;
-  const uint8_t* d_end;
-  int64_t row_bytes;
-  int units, W, w, lane, nblk, K, E, C;
-};
-
-// Loads stream row (li, lj) of the warp into s when its unit exists, then steps (li, lj) on.
-template <typename T, int NBL>
-__device__ __forceinline__ void down_load(const DownStream<T>& d, DownRow<T, NBL>& s, int& li, int& lj) {
-  const int u = d.w + li * d.W;
-  if (u < d.units) {
-    const int m = u / d.C, c = u - m * d.C;
-    const int64_t er = (int64_t)clamp_expert(d.ids[m * d.K + lj], d.E) * d.C + c;
-    s.row = d.wd + er * d.row_bytes;
-#pragma unroll
-    for (int i = 0; i < NBL; ++i) {
-      const int b = d.lane + 32 * i;
-      if (b < d.nblk) s.w[i] = load_block(s.row + (int64_t)b * kBlockBytes, d.d_end);
-    }
-    s.bias = d.bd[er];
-  }
-  if (++lj == d.K) {
-    lj = 0;
-    ++li;
-  }
-}
-
-// Down v5 (decode: M * k <= 16, M * k * F * 4 bytes <= 96 KiB): a persistent grid, each block staging
-// act[m, j] of every token and slot once (times 2^15 as moe_down_kernel, block-major). Units are output
-// rows (m, c), u = m * C + c; warp w of W takes u = w, w + W, ... A warp's work is one stream of
-// expert rows, unit by unit and within a unit j = 0..k-1 (row s of the stream: unit s / k, expert
-// s % k), kDownStreamSlots rows in flight: slot t holds stream rows t, t + 4, ...; when a slot's row
-// has been multiplied the slot is reloaded with the row 4 places on, before that row's sum is
-// finished, so 4 rows are always in flight (and any k works: k = 1 keeps 4 units in flight, k > 4
-// streams a unit in several passes). Per unit the sums are v3's: each expert's row block by block
-// (block_dot), warp_sum plus bias, weighted and summed j = 0..k-1 in one fma chain from 0, the
-// same chain as moe_down_kernel and moe_down_split_kernel, then store_down: their output bit for bit.
-//
-// Why units of whole output rows and not one expert's row (finer work, better balance): at gpt-oss's
-// shape there are M * C = 2880 units for ~2,100 warps (16 per SM on 132 SMs), so a warp does one or
-// two units, 4 or 8 rows; with 4 rows in flight per warp the first ~8,400 of the 11,520 rows are
-// requested within the first round trip and the rest as slots free, so the imbalance costs about
-// one row round trip at the end. Splitting a unit per expert would give 11,520 single-row units
-// (5.5 per warp) but the k partial sums of a row would then come from different warps: a combine
-// through global memory (partials plus an arrival counter per row, or a second kernel), one more
-// dependent round trip and workspace, for the same bytes in flight.
-template <typename T, int NBL>
-__global__ void __launch_bounds__(32 * kDownStreamWarps, 1) moe_down_stream_kernel(
-    const float* __restrict__ act,      // [M, K, F]
-    const int32_t* __restrict__ ids,    // [M, K]
-    const float* __restrict__ wts,      // [M, K]
-    const uint8_t* __restrict__ wd,     // [E * C, F / 32 * 17]
-    const T* __restrict__ bd,           // [E, C]
-    const T* __restrict__ residual,     // [M, C] or null
-    T* __restrict__ out,                // [M, C]
-    int M, int K, int E, int F, int C) {
-  extern __shared__ __align__(16) float sact_bm[];  // act times 2^15, block-major
-  pdl_wait();  // act and the routing come from the kernels before
-  pdl_launch_dependents();
-  const int lane = threadIdx.x & 31;
-  const int nblk = F / 32;
-  const int64_t row_bytes = (int64_t)nblk * kBlockBytes;
-  const uint8_t* d_end = wd + (int64_t)E * C * row_bytes;
-  const int units = M * C;  // <= 16 * 4096
-  const int W = gridDim.x * kDownStreamWarps;
-  const int w = blockIdx.x * kDownStreamWarps + (threadIdx.x >> 5);
-  const DownStream<T> ds{ids, wd, bd, d_end, row_bytes, units, W, w, lane, nblk, K, E, C};
-  DownRow<T, NBL> slot[kDownStreamSlots];
-  int li = 0, lj = 0;  // the next stream row to load: the warp's unit li (u = w + li * W), expert lj
-#pragma unroll
-  for (int t = 0; t < kDownStreamSlots; ++t) down_load(ds, slot[t], li, lj);
-  // under the first rows' loads
-  stage_rows<32 * kDownStreamWarps, NBL <= 3 ? kDownStageBatch : kDownStageBatch / 2>(sact_bm, act, M * K * F);
-  __syncthreads();  // no barrier after this one: warps leave the loop independently
-  int ci = 0, cj = 0;  // the stream row being computed: unit ci, expert cj
-  float acc = 0.f;
-  const bool has_res = residual != nullptr;
-  T res = from_f<T>(0.f);
-  // rows are computed in the order loaded: slot t holds stream rows t, t + 4, ...; the loop's
-  // exit is tested once per pass, not inside the unrolled slots (an early exit there kept the
-  // loop rolled and the slots in local memory)
-#pragma unroll 1
-  while (w + ci * W < units) {
-#pragma unroll
-    for (int t = 0; t < kDownStreamSlots; ++t) {  // slot t holds stream row ci * K + cj
-      const int u = w + ci * W;
-      if (u < units) {  // else so are the rows after it (never loaded)
-        // the unit's residual asked for with its first row, used after its last (a load at the
-        // store would stall the warp a round trip per unit)
-        if (cj == 0 && has_res) res = residual[u];
-        const int mj = (u / C) * K + cj;
-        const float* xj = sact_bm + mj * nblk * kStreamBlockFloats;
-        float a = 0.f;
-#pragma unroll
-        for (int i = 0; i < NBL; ++i) {
-          const int b = lane + 32 * i;
-          if (b < nblk) {
-            const float4* x4 = reinterpret_cast<const float4*>(xj + b * kStreamBlockFloats);
-            auto x = [&](int q) { return f4_at(x4[q >> 2], q & 3); };
-            a = block_dot(slot[t].w[i], reinterpret_cast<uintptr_t>(slot[t].row + (int64_t)b * kBlockBytes), x, a);
-          }
-        }
-        const float bias = to_f(slot[t].bias);
-        down_load(ds, slot[t], li, lj);  // the row 4 places on: in flight before this row's sum is done
-        acc = fmaf(wts[mj], warp_sum(a) + bias, acc);
-        if (++cj == K) {
-          if (lane == 0) store_down_loaded(out, (int64_t)u, acc, has_res, res);  // u = m * C + c
-          acc = 0.f;
-          cj = 0;
-          ++ci;
-        }
-      }
-    }
-  }
 }
 
 constexpr int kRouteWarps = 8;
@@ -877,89 +515,13 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
   }
 }
 
-// TEMPORARY, for the lead's same-run A/B of v5 against v3 (remove once measured): GPTE_AB_MOE_V3 set
-// in the environment -> the v3 kernels. Read at every launch (a captured graph keeps what it captured).
-inline bool ab_moe_v3() { return std::getenv("GPTE_AB_MOE_V3") != nullptr; }
-
-// The persistent grid of a v5 kernel: (SMs) x (its resident blocks per SM at this shared memory,
-// from the occupancy calculator: registers, shared memory, threads), and no more blocks than there
-// are warps' first units. Dynamic shared memory above the default 48 KiB is allowed first. The
-// answers are kept in `c`, one per kernel instance (a static of the caller: a static here would be
-// shared by every kernel of the same parameter types), per device and size.
-struct StreamGridCache {
-  int dev = -1, sms = 0, per_sm = 0;
-  size_t allowed = 48 * 1024, smem = ~size_t(0);
-};
-
-template <typename... KArgs>
-cudaError_t persistent_grid(void (*kernel)(KArgs...), StreamGridCache& c, int threads, size_t smem, int64_t units,
-                            unsigned* grid) {
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e != cudaSuccess) return e;
-  if (dev != c.dev) {
-    c = StreamGridCache();
-    e = cudaDeviceGetAttribute(&c.sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e != cudaSuccess) return e;
-    c.dev = dev;
-  }
-  if (smem > c.allowed) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return e;
-    c.allowed = smem;
-    c.smem = ~size_t(0);
-  }
-  if (smem != c.smem) {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c.per_sm, kernel, threads, smem);
-    if (e != cudaSuccess) return e;
-    if (c.per_sm < 1) return cudaErrorInvalidConfiguration;
-    c.smem = smem;
-  }
-  int64_t g = std::min<int64_t>((int64_t)c.sms * c.per_sm, ceil_div(units, threads / 32));
-  // GPTE_MOE_STREAM_MAX_BLOCKS=n (tests only): at most n blocks, so small shapes give each warp
-  // many units and exercise the pipeline's steady state, its last unit in A or in B, and slots
-  // reloaded across units (unset, a small shape gives each warp at most one unit)
-  if (const char* cap = std::getenv("GPTE_MOE_STREAM_MAX_BLOCKS"))
-    g = std::min<int64_t>(g, std::max(1, std::atoi(cap)));
-  *grid = (unsigned)g;
-  return cudaSuccess;
-}
-
 template <typename T, int NBL>
 cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
-  const bool v3 = ab_moe_v3();
-  const bool stream_rows = a.M * a.K <= kStreamMaxRows;
-  const size_t gu_smem = stream_smem_bytes(a.M, a.C);
-  cudaError_t e;
-  // (h from a 16-byte aligned allocation, as the model's always is: the v5 kernels stage it with
-  // 16-byte loads; act is the op's own buffer)
-  if (!v3 && stream_rows && gu_smem <= kGateUpStreamMaxSmem && aligned16(a.h)) {
-    constexpr int threads = 32 * kGateUpStreamWarps;
-    unsigned grid = 0;
-    static StreamGridCache cache;
-    e = persistent_grid(moe_gate_up_stream_kernel<T, NBL>, cache, threads, gu_smem, a.M * a.K * a.F, &grid);
-    if (e != cudaSuccess) return e;
-    e = launch_pdl(moe_gate_up_stream_kernel<T, NBL>, dim3(grid), dim3(threads), gu_smem, st, (const T*)a.h, a.ids,
-                   a.gate, (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.M, (int)a.K, (int)a.E,
-                   (int)a.F, (int)a.C);
-  } else {
-    const dim3 g1((unsigned)ceil_div(a.F, kGateUpRowsPerBlock), (unsigned)(a.M * a.K));
-    e = launch_pdl(moe_gate_up_kernel<T, NBL>, g1, dim3(kMoeThreads), (size_t)a.C * sizeof(float), st, (const T*)a.h,
-                   a.ids, a.gate, (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E,
-                   (int)a.F, (int)a.C);
-  }
+  const dim3 g1((unsigned)ceil_div(a.F, kGateUpRowsPerBlock), (unsigned)(a.M * a.K));
+  cudaError_t e = launch_pdl(moe_gate_up_kernel<T, NBL>, g1, dim3(kMoeThreads), (size_t)a.C * sizeof(float), st, (const T*)a.h, a.ids,
+                             a.gate, (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E,
+                             (int)a.F, (int)a.C);
   if (e != cudaSuccess) return e;
-  const size_t down_smem = stream_smem_bytes(a.M * a.K, a.F);  // act [M, K, F] staged whole
-  if (!v3 && stream_rows && down_smem <= kDownStreamMaxSmem && aligned16(a.act)) {
-    constexpr int threads = 32 * kDownStreamWarps;
-    unsigned grid = 0;
-    static StreamGridCache cache;
-    e = persistent_grid(moe_down_stream_kernel<T, NBL>, cache, threads, down_smem, a.M * a.C, &grid);
-    if (e != cudaSuccess) return e;
-    return launch_pdl(moe_down_stream_kernel<T, NBL>, dim3(grid), dim3(threads), down_smem, st, (const float*)a.act,
-                      a.ids, (const float*)a.weights, a.down, (const T*)a.down_bias, (const T*)a.residual, (T*)a.out,
-                      (int)a.M, (int)a.K, (int)a.E, (int)a.F, (int)a.C);
-  }
   if (a.K <= kMaxClusterExperts) {
     const dim3 g2((unsigned)a.K, (unsigned)ceil_div(a.C, kDownRowsPerBlock), (unsigned)a.M);
     return launch_pdl_cluster(moe_down_split_kernel<T, NBL>, g2, dim3(kMoeThreads), (size_t)a.F * sizeof(float),
