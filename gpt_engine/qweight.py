@@ -268,11 +268,12 @@ class QWeight:
 
     def _int4_ok(self) -> bool:
         # the int4 kernel needs out-features divisible by 16; only where the cache is allowed
-        return (self.qtype in _Q4_TYPES and len(self.shape) == 2 and self.shape[0] % 16 == 0
+        return (self.qtype in _INT4_TYPES and len(self.shape) == 2 and self.shape[0] % 16 == 0
                 and self._policy is not None and self._policy.cacheable(self.name)
                 and self._policy.enabled(torch.bfloat16))
 
 
+_INT4_TYPES = _Q4_TYPES
 _INT4_GROUP = 32  # one scale/zero pair per 32 values: the Q4_0/Q4_1 block size
 
 
