@@ -42,7 +42,30 @@
 // The per-value arithmetic is decode4 / value_exact's (codes as exact floats, __fmul_rn /
 // __fadd_rn, no contraction, then one rounding to the output dtype), so v2 is bit-identical to
 // v1 and to gguf-py.
+//
+// Block shape of the whole-matrix kernel (template parameters P pieces per thread x TH threads;
+// same per-piece code, so every shape writes the same bits). v2 is 2 x 256; GPTE_DEQUANT_SHAPE
+// (TEMPORARY, the same-run A/B; dequant_shape below) picks "1" = 1 x 256, "2" = 2 x 128, "3" =
+// 4 x 128. Why: 1600 x 6400 and 6400 x 1600 MXFP4 -> fp16 reach 0.79-0.81 of copy, the larger
+// shapes 0.83-0.90 (bar 0.80). 1600 x 6400 is 1.28 M pieces; at 2 x 256 that is 2,500 blocks of
+// 512 pieces, and with 8 resident blocks per SM (<= 32 registers) 1,056 at a time: 2.4 rounds of
+// blocks, the last 0.4 of one a tail on part of the SMs, and 4,096 pieces (4,096 x 4.25 B = 17 KB
+// of packed bytes) in flight per SM. The variants move those two levers separately:
+//   "1" 1 x 256: blocks half the size (5,000 of 256 pieces, 4.7 rounds: a finer tail), half the
+//       loads in flight per SM (2,048 pieces);
+//   "2" 2 x 128: blocks half the size at today's 4,096 pieces in flight per SM (16 blocks of 128
+//       threads resident);
+//   "3" 4 x 128: today's block size (512 pieces) with twice the loads in flight per SM (8,192
+//       pieces: 32 registers for MXFP4 / Q8_0 at sm_90a, so 16 blocks stay resident), i.e. 63% of
+//       a 1600 x 6400 matrix's loads issued in the first round instead of 42%. (4 x 256 would put
+//       the same bytes in flight but in blocks of 1,024 pieces: 1,250 blocks, 1.2 rounds, a worse tail.)
+// Predicted: the small shapes are ~1.4 us over the copy time (7.5 us measured, 25.9 MB / 4.26 TB/s
+// = 6.1 us), the large ones ~2-4 us on 25-45 us; a tail of up to ~1 us (one block's life: load
+// latency + its share of the issue slots) fits "2" and "1" gaining ~0.3-0.6 us at 1600 x 6400
+// (0.81 -> 0.84-0.87) and nothing measurable at 8192 x 8192; "3" gains only if the first-load
+// latency is what the small shapes pay (then ~0.2-0.5 us). The A/B decides; the loser shapes go.
 #include <cmath>
+#include <cstdlib>
 
 #include "common.cuh"
 #include "launchers.h"
@@ -52,8 +75,8 @@ namespace gpte {
 namespace {
 using namespace quant;
 
-constexpr int kThreads = 256;
-constexpr int kUnroll = 2;                     // pieces per thread (v2)
+constexpr int kThreads = 256;                  // threads per block (v2; the whole-matrix default)
+constexpr int kUnroll = 2;                     // pieces per thread (v2; the whole-matrix default)
 constexpr int64_t kMaxPieces = int64_t(1) << 30;  // pieces per launch: 32-bit indices in the kernel
 
 // ---------------------------------------------------------------- v2
@@ -188,24 +211,25 @@ template <> __device__ __forceinline__ void store_piece<__nv_bfloat16>(__nv_bflo
 template <int T> constexpr int kPiecesPerBlock = Traits<T>::QK / 8;  // 4 or 32
 template <int T> constexpr int kPieceShift = Traits<T>::QK == 32 ? 2 : 5;
 
-// Whole matrix: `pieces` pieces of contiguous rows (w, out already offset to this launch's part).
-template <int T, typename O>
-__global__ void __launch_bounds__(kThreads) dequant_matrix_kernel(const uint8_t* __restrict__ w, uint32_t pieces,
-                                                                  O* __restrict__ out) {
+// Whole matrix: `pieces` pieces of contiguous rows (w, out already offset to this launch's part);
+// P pieces per thread, TH threads per block (the block shape, DequantShape).
+template <int T, typename O, int P, int TH>
+__global__ void __launch_bounds__(TH) dequant_matrix_kernel(const uint8_t* __restrict__ w, uint32_t pieces,
+                                                            O* __restrict__ out) {  // [pieces * 8] values
   static_assert(kPiecesPerBlock<T> == 1 << kPieceShift<T>, "pieces per block");
-  const uint32_t g0 = blockIdx.x * (kThreads * kUnroll) + threadIdx.x;
-  Raw<T> raw[kUnroll];
+  const uint32_t g0 = blockIdx.x * (TH * P) + threadIdx.x;
+  Raw<T> raw[P];
 #pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {  // MXFP4 / Q8_0 weight bytes (constant), before the wait; others: offsets only
-    const uint32_t g = g0 + u * kThreads;
+  for (int u = 0; u < P; ++u) {  // MXFP4 / Q8_0 weight bytes (constant), before the wait; others: offsets only
+    const uint32_t g = g0 + u * TH;
     if (g < pieces)
       load_piece<T>(w, (int64_t)(g >> kPieceShift<T>) * Traits<T>::TS, (int)(g & (kPiecesPerBlock<T> - 1)), raw[u]);
   }
   pdl_wait();  // out may still be read by the kernel before (a scratch buffer reused)
   pdl_launch_dependents();
 #pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    const uint32_t g = g0 + u * kThreads;
+  for (int u = 0; u < P; ++u) {
+    const uint32_t g = g0 + u * TH;
     if (g >= pieces) break;
     float v[8];
     decode_piece<T>(w, raw[u], v);
@@ -215,6 +239,18 @@ __global__ void __launch_bounds__(kThreads) dequant_matrix_kernel(const uint8_t*
 
 // Rows by id (ids null: rows row0.. of w, used only when nrows > N): `pieces` pieces of the
 // output rows row0 .. (out and ids already offset to row0), K / 8 = ppr.d pieces per row.
+// TEMPORARY (same-run A/B of the whole-matrix block shape, GT-029): GPTE_DEQUANT_SHAPE = "1": 1
+// piece x 256 threads, "2": 2 x 128, "3": 4 x 128; unset, empty or any other value: 2 x 256 (v2).
+// Read once, at the first launch. The rows-by-id kernel keeps 2 x 256.
+int dequant_shape() {
+  static const int shape = [] {
+    const char* e = std::getenv("GPTE_DEQUANT_SHAPE");
+    if (e == nullptr || e[0] == '\0' || e[1] != '\0' || e[0] < '1' || e[0] > '3') return 0;
+    return e[0] - '0';
+  }();
+  return shape;
+}
+
 template <int T, typename O>
 __global__ void __launch_bounds__(kThreads) dequant_rows_kernel(const uint8_t* __restrict__ w, int64_t N,
                                                                 int64_t row_bytes, const int64_t* __restrict__ ids,
@@ -255,6 +291,19 @@ __global__ void __launch_bounds__(kThreads) dequant_rows_kernel(const uint8_t* _
   if (bad && status) atomicOr(status, kStatusBadIndex);
 }
 
+// The whole matrix of `total` pieces (rows contiguous) with the block shape (P, TH).
+template <int T, typename O, int P, int TH>
+cudaError_t run_matrix(const uint8_t* w8, int64_t total, O* o, cudaStream_t st) {
+  // part p0.. of the flattened matrix: its first block is p0 / (QK / 8) (p0 a multiple of 2^30)
+  for (int64_t p0 = 0; p0 < total; p0 += kMaxPieces) {
+    const int64_t n = std::min(total - p0, kMaxPieces);
+    const cudaError_t e = launch_pdl(dequant_matrix_kernel<T, O, P, TH>, dim3((unsigned)ceil_div(n, P * TH)), dim3(TH),
+                                     0, st, w8 + p0 / kPiecesPerBlock<T> * Traits<T>::TS, (uint32_t)n, o + p0 * 8);
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
 template <int T, typename O>
 cudaError_t run(const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out, int* status,
                 cudaStream_t st) {
@@ -263,16 +312,13 @@ cudaError_t run(const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t
   O* o = static_cast<O*>(out);
   const int64_t per_launch = kThreads * kUnroll;
   if (!ids && nrows <= N) {
-    // part p0.. of the flattened matrix: its first block is p0 / (QK / 8) (p0 a multiple of 2^30)
     const int64_t total = nrows * (K / 8);
-    for (int64_t p0 = 0; p0 < total; p0 += kMaxPieces) {
-      const int64_t n = std::min(total - p0, kMaxPieces);
-      const cudaError_t e = launch_pdl(dequant_matrix_kernel<T, O>, dim3((unsigned)ceil_div(n, per_launch)),
-                                       dim3(kThreads), 0, st, w8 + p0 / kPiecesPerBlock<T> * TR::TS, (uint32_t)n,
-                                       o + p0 * 8);
-      if (e != cudaSuccess) return e;
+    switch (dequant_shape()) {
+      case 1: return run_matrix<T, O, 1, 256>(w8, total, o, st);
+      case 2: return run_matrix<T, O, 2, 128>(w8, total, o, st);
+      case 3: return run_matrix<T, O, 4, 128>(w8, total, o, st);
+      default: return run_matrix<T, O, kUnroll, kThreads>(w8, total, o, st);
     }
-    return cudaSuccess;
   }
   const int64_t ppr = K / 8, rows_per_launch = std::max<int64_t>(1, kMaxPieces / ppr);
   const FastDiv fd = make_fastdiv((uint32_t)ppr);
