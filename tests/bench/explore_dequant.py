@@ -5,15 +5,21 @@ tests/ops/test_linear_q.py::test_mxfp4_dequant_bandwidth, so nothing comes from 
 per call, GB/s (bytes = packed read + fp16 written) and the ratio to a same-run device copy
 (torch copy_ of 1 GiB, bytes = 2 x size, timed before and after the shapes; the ratio uses their
 mean). Every shape's output is checked bit for bit against gguf.quants.dequantize (fp16 from the
-timed calls, fp32 and bf16 from one call each), and the rows-by-id path on a few ids.
+timed calls, fp32 and bf16 from one call each), and the rows-by-id path on a few ids. The packed
+weights and gguf-py's dequantization of them are cached in $EXPLORE_DEQUANT_CACHE
+(/tmp/explore_dequant_cache), so only the first of several runs pays for numpy.
 
     python tests/bench/explore_dequant.py
+    GPTE_DEQUANT_SHAPE=3 python tests/bench/explore_dequant.py   # another block shape (TEMPORARY
+        switch, csrc/dequant.cu dequant_shape: read once per process, so one run per value; ratios
+        of two runs compare through each run's own copy figure)
 
 The v1/v2 comparison in docs/kernels/quant.md came from this script's --ab mode while v1 was still
 in the launcher behind a temporary switch (raw output: docs/kernels/runs/20261202-s6-ab1.log).
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -44,15 +50,34 @@ def copy_gbs() -> float:
     return 2 * (1 << 30) / t / 1e9
 
 
+# Packed weights and their gguf-py dequantization, kept between runs (a run per block shape pays
+# the ~10-20 s of numpy quantizing 8192 x 8192 once); same seeds, so the same bytes as recomputed.
+CACHE = pathlib.Path(os.environ.get("EXPLORE_DEQUANT_CACHE", "/tmp/explore_dequant_cache"))
+
+
+def _cached(name: str, make) -> np.ndarray:
+    f = CACHE / f"{name}.npy"
+    if f.exists():
+        return np.load(f)
+    a = make()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(CACHE / f"{name}.tmp.npy", a)
+    (CACHE / f"{name}.tmp.npy").replace(f)
+    return a
+
+
 def packed(n: int, k: int, qtype) -> np.ndarray:
     """A random weight as the file holds it (gguf-py's quantizer, as tests/ops/test_linear.py make_weight)."""
-    w = (np.random.default_rng(n * 100003 + k).standard_normal((n, k)) * 0.05).astype(np.float32)
-    return np.ascontiguousarray(gguf.quants.quantize(w, qtype)).reshape(n, -1)
+    def make():
+        w = (np.random.default_rng(n * 100003 + k).standard_normal((n, k)) * 0.05).astype(np.float32)
+        return np.ascontiguousarray(gguf.quants.quantize(w, qtype)).reshape(n, -1)
+    return _cached(f"{qtype.name}-{n}x{k}", make)
 
 
 def check(raw_np: np.ndarray, raw: torch.Tensor, qtype, outs) -> str:
     n = raw_np.shape[0]
-    ref = torch.from_numpy(gguf.quants.dequantize(raw_np, qtype).astype(np.float32)).reshape(n, -1)
+    ref = torch.from_numpy(_cached(f"{qtype.name}-{n}x{raw_np.shape[1]}B-ref",
+                                   lambda: gguf.quants.dequantize(raw_np, qtype).astype(np.float32).reshape(n, -1)))
     bad = []
     for o in (outs[0], outs[-1]):
         if not torch.equal(o.cpu(), ref.half()):
@@ -71,8 +96,17 @@ def check(raw_np: np.ndarray, raw: torch.Tensor, qtype, outs) -> str:
     return "bit-exact" if not bad else "MISMATCH: " + ", ".join(bad)
 
 
+SHAPE_VAR = "GPTE_DEQUANT_SHAPE"
+SHAPE_NAMES = {"1": "1x256", "2": "2x128", "3": "4x128"}  # pieces per thread x threads; else 2x256
+
+
+def shape_label() -> str:
+    v = os.environ.get(SHAPE_VAR, "")
+    return f"{SHAPE_VAR}={v or 'unset'} ({SHAPE_NAMES.get(v, '2x256')})"
+
+
 def main() -> None:
-    print(f"{torch.cuda.get_device_name()}, dequantize kernel v2")
+    print(f"{torch.cuda.get_device_name()}, dequantize kernel v2, {shape_label()}")
     c0 = copy_gbs()
     print(f"copy 1 GiB: {c0:.0f} GB/s")
     rows = []
@@ -103,6 +137,11 @@ def main() -> None:
     for name, n, k, reps, nbytes, ts, ok in rows:
         cells = "".join(f"{t * 1e6:>10.2f}{nbytes / t / 1e9:>10.0f}{nbytes / t / 1e9 / copy:>10.3f}" for t in ts)
         print(f"{name:<6}{f'{n}x{k}':>12}{reps:>6}{nbytes / 1e6:>8.1f}{cells}   {ok}")
+    print()
+    for name, n, k, reps, nbytes, ts, ok in rows:
+        t = ts[0]
+        print(f"SUMMARY dequant {shape_label()} {name} {n}x{k}: {t * 1e6:.2f} us/call, "
+              f"{nbytes / t / 1e9 / copy:.3f} of copy ({copy:.0f} GB/s), {ok}")
 
 
 if __name__ == "__main__":
