@@ -25,12 +25,13 @@
 // them) whose maximum does not depend on the order of the steps, so v2 picks v1's token in every
 // case: lowest index among equal maxima across slices, an all -inf row -> 0, NaN never picked and
 // flagged (a row of NaN -> 0; NaN and -inf only -> the first -inf, as v1).
-// Predicted (H200, row from HBM): GPT-2 7 blocks of 7,180 entries (28.7 KB each, one round trip of
-// 16 loads per thread), gpt-oss 8 of 25,136 (100 KB each, two round trips); at v1's measured
-// ~47 GB/s per SM per 16 KB in flight, 64 KB in flight gives ~190 GB/s per SM if still latency
-// bound: GPT-2 max(one ~0.7 us trip, 28.7 KB / 190 GB/s = 0.15 us) + ~0.5 us (block reduction,
-// cluster barrier, rank 0's combine) + ~0.3 us fixed (v1's fit: 4.5 us - 201 KB / 47 GB/s) ~= 1.5
-// us (v1 4.5); gpt-oss 100 KB / 190 GB/s = 0.55 us, two trips ~1.4 us, + 0.8 ~= 2.2 us (v1 17).
+// Predicted (H200, per call; the same whether the row is in HBM or L2 while latency bound, as
+// v1 is): GPT-2 7 blocks of <= 7,200 entries (28.8 KB each: one round trip of 16 loads per
+// thread), gpt-oss 8 of <= 25,152 (100 KB each: two round trips). v1's fit gives ~47 GB/s per SM
+// with 16 KB in flight; 64 KB in flight gives ~190 GB/s per SM if still latency bound. GPT-2:
+// max(one ~0.7 us trip, 28.8 KB / 190 GB/s = 0.15 us) + ~0.5 us (block reduction, cluster
+// barrier, rank 0's combine) + ~0.3 us fixed (v1's fit: 4.5 us - 201 KB / 47 GB/s) ~= 1.5 us
+// (v1 4.5); gpt-oss: two trips ~1.4 us (100 KB / 190 GB/s = 0.55 us) + 0.8 ~= 2.2 us (v1 17).
 #include <cooperative_groups.h>
 
 #include <cmath>
@@ -164,12 +165,13 @@ __device__ __forceinline__ void block_best(const float* __restrict__ row, int s0
 }
 
 // grid rows * S (1-D), cluster (S, 1, 1): rank r of cluster b reduces slice r of row b.
-__global__ void __launch_bounds__(kThreads) argmax_cluster_kernel(const float* __restrict__ logits,  // [rows, row_stride]
-                                                                  int64_t row_stride, int n_valid,
-                                                                  int slice,  // L entries per block
-                                                                  int64_t* __restrict__ next,  // [rows]
-                                                                  int64_t* __restrict__ pos,   // [rows] or null
-                                                                  int* status) {
+__global__ void __launch_bounds__(kThreads)
+    argmax_cluster_kernel(const float* __restrict__ logits,  // [rows, row_stride]
+                          int64_t row_stride, int n_valid,
+                          int slice,                        // L entries per block
+                          int64_t* __restrict__ next,       // [rows]
+                          int64_t* __restrict__ pos,        // [rows] or null
+                          int* status) {                    // [1] or null
   __shared__ float cv[kMaxCluster];  // rank 0's slots: each rank's (value, index, NaN seen)
   __shared__ int ci[kMaxCluster];
   __shared__ int cn[kMaxCluster];
