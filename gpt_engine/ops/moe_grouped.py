@@ -1,0 +1,107 @@
+"""gpt-oss's MoE experts for many tokens (prefill) as one op with no host sync: a grouped GEMM
+over the chosen (token, expert) pairs only (csrc/moe_grouped.cu).
+
+``moe_grouped(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual)`` has
+``moe_experts``' signature and semantics (ops/moe.py; the reference is the same
+``experts_reference``): per token, sum over its k chosen experts e (ascending e, fp32) of
+weight * down_e(swiglu_oai(gate_e(h), up_e(h))), each projection with its bias, rounded once to
+h's dtype, plus ``residual`` when given. Expert stacks are the MXFP4 bytes as the model holds them.
+
+On the GPU (fp16/bf16, C and F multiples of 64) the routing becomes a static layout on the
+device, sizes fixed by (M, k, E) so the whole thing is graph-capturable:
+  * ``order`` [M*k]: the pair ids t*k + j sorted by expert (stable), ``counts`` [E] pairs per
+    expert (scatter_add: integers, so the atomics' order does not matter);
+  * ``dest`` [M*k]: t*k + the rank of the pair's expert among token t's k experts (ascending,
+    equal ids by slot), where the down kernel writes the pair's weighted fp32 output;
+then two kernels (gate/up + SwiGLU into act [M*k, F] in expert order; down into part [M*k, C]
+fp32) and the combine: each token's k rows summed in rank order, i.e. ascending expert order as
+the reference sums them (deterministic: no atomics on values). Other dtypes or sizes take
+``moe_experts``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _ext
+from . import moe as moe_mod
+
+KERNEL_K_MULTIPLE = 64  # csrc/moe_grouped.cu kTK: the K of each product (C, then F) per stage
+KERNEL_MAX_EXPERTS = 256  # csrc/moe_grouped.cu kMaxExperts: counts staged in shared memory
+
+
+def kernel_supports(c: int, f: int, dtype: torch.dtype, n_expert: int) -> bool:
+    """Whether csrc/moe_grouped.cu serves these sizes (else ``moe_experts`` runs)."""
+    return dtype in (torch.float16, torch.bfloat16) and c > 0 and f > 0 and \
+        c % KERNEL_K_MULTIPLE == 0 and f % KERNEL_K_MULTIPLE == 0 and 1 <= n_expert <= KERNEL_MAX_EXPERTS
+
+
+def routing_layout(ids: torch.Tensor, n_expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(order [M*k] int32, counts [E] int32, dest [M*k] int32) from ids [M, k], on ids' device,
+    with no host sync (shapes depend on M, k, E only). An id outside [0, E) is clamped, as the
+    per-token kernel (csrc/moe.cu clamp_expert) does."""
+    m, k = ids.shape
+    flat = ids.reshape(-1).long().clamp(0, n_expert - 1)
+    order = torch.sort(flat, stable=True).indices.to(torch.int32)
+    counts = torch.zeros(n_expert, dtype=torch.int32, device=ids.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+    ci = flat.view(m, k)
+    slot = torch.arange(k, device=ids.device)
+    # before[t, j, j']: pair (t, j') comes before (t, j) in ascending (expert, slot) order
+    before = (ci[:, None, :] < ci[:, :, None]) | ((ci[:, None, :] == ci[:, :, None]) & (slot[None, None, :] < slot[None, :, None]))
+    rank = before.sum(-1)                                               # [M, k]
+    dest = (torch.arange(m, device=ids.device)[:, None] * k + rank).reshape(-1).to(torch.int32)
+    return order, counts, dest
+
+
+@torch.library.custom_op("gpt_engine::moe_grouped", mutates_args=())
+def moe_grouped(h: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate: torch.Tensor,
+                gate_bias: torch.Tensor, up: torch.Tensor, up_bias: torch.Tensor, down: torch.Tensor,
+                down_bias: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return moe_mod.experts_reference(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual)
+
+
+@moe_grouped.register_fake
+def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=None):
+    moe_mod._check_experts(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual)
+    return h.new_empty(h.shape)
+
+
+def transient_bytes(m: int, k: int, c: int, f: int, n_expert: int, dtype: torch.dtype) -> int:
+    """Device bytes the CUDA path allocates for M tokens besides its output (memory estimate):
+    act [M*k, F] in dtype, part [M*k, C] fp32, the fp32 sum [M, C] and its rounded copy, and the
+    routing layout (int64 ids, sort values and indices, int32 order/dest/ones, the [M, k, k]
+    comparisons and the int64 ranks and dest before the cast)."""
+    el = torch.empty((), dtype=dtype).element_size()
+    p = m * k
+    layout = p * (8 + 8 + 8 + 4 + 4 + 4) + 4 * m * k * k + p * (8 + 8) + n_expert * 4
+    return p * f * el + p * c * 4 + m * c * (4 + el) + layout
+
+
+if _ext.available():
+
+    @moe_grouped.register_kernel("cuda")
+    def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=None):
+        moe_mod._check_experts(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual)
+        m, c, n_expert, f = moe_mod._dims(h, gate_bias)
+        if not kernel_supports(c, f, h.dtype, n_expert):
+            return moe_mod.moe_experts(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual)
+        k = ids.shape[1]
+        h = h.contiguous()
+        ext = _ext.load()
+        order, counts, dest = routing_layout(ids, n_expert)
+        act = torch.empty((m * k, f), dtype=h.dtype, device=h.device)
+        ext.moe_grouped_gate_up(h, order, counts, gate.contiguous(), gate_bias.contiguous(), up.contiguous(),
+                                up_bias.contiguous(), act, k)
+        part = torch.empty((m * k, c), dtype=torch.float32, device=h.device)
+        ext.moe_grouped_down(act, order, counts, dest, weights.reshape(-1).contiguous(), down.contiguous(),
+                             down_bias.contiguous(), part)
+        del act
+        # each token's k weighted outputs in ascending expert order (rank r = row t*k + r), fp32
+        pv = part.view(m, k, c)
+        acc = pv[:, 0].clone()
+        for r in range(1, k):
+            acc += pv[:, r]
+        out = acc.to(h.dtype)
+        return out if residual is None else residual + out
