@@ -69,14 +69,15 @@ def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=N
 
 
 def transient_bytes(m: int, k: int, c: int, f: int, n_expert: int, dtype: torch.dtype) -> int:
-    """Device bytes the CUDA path allocates for M tokens besides its output (memory estimate):
-    act [M*k, F] in dtype, part [M*k, C] fp32, the fp32 sum [M, C] and its rounded copy, and the
-    routing layout (int64 ids, sort values and indices, int32 order/dest/ones, the [M, k, k]
-    comparisons and the int64 ranks and dest before the cast)."""
+    """Device bytes the CUDA path holds at its peak for M tokens besides its output (memory
+    estimate): the routing layout (int64 ids and their clamped copy, sort values and indices,
+    int32 order/dest/ones, the [M, k, k] comparisons, int64 ranks and dest before the cast),
+    part [M*k, C] fp32, and the larger of act [M*k, F] in dtype (freed after the down kernel)
+    and the combine's fp32 sum [M, C] with its rounded copy."""
     el = torch.empty((), dtype=dtype).element_size()
     p = m * k
-    layout = p * (8 + 8 + 8 + 4 + 4 + 4) + 4 * m * k * k + p * (8 + 8) + n_expert * 4
-    return p * f * el + p * c * 4 + m * c * (4 + el) + layout
+    layout = p * (8 + 8 + 8 + 8 + 4 + 4 + 4) + 4 * m * k * k + p * (8 + 8) + n_expert * 4
+    return layout + p * c * 4 + max(p * f * el, m * c * (4 + el))
 
 
 if _ext.available():
