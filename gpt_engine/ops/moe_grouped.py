@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from . import _ext
 from . import moe as moe_mod
@@ -53,6 +54,43 @@ def routing_layout(ids: torch.Tensor, n_expert: int) -> tuple[torch.Tensor, torc
     rank = before.sum(-1)                                               # [M, k]
     dest = (torch.arange(m, device=ids.device)[:, None] * k + rank).reshape(-1).to(torch.int32)
     return order, counts, dest
+
+
+def combine(part: torch.Tensor, k: int, dtype: torch.dtype, residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """part [M*k, C] fp32 (row t*k + r: token t's weighted output of its r-th expert in ascending
+    order) -> [M, C]: the k rows summed in that order in fp32 (the reference's order), rounded
+    once to dtype, plus the residual (in dtype, as the reference adds it)."""
+    pv = part.view(-1, k, part.shape[1])
+    acc = pv[:, 0].clone()
+    for r in range(1, k):
+        acc += pv[:, r]
+    out = acc.to(dtype)
+    return out if residual is None else residual + out
+
+
+def layout_reference(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=None):
+    """The CUDA path's data flow in plain torch (any device; eager, it dequantizes every expert):
+    routing_layout, act in expert order, part rows at dest, combine. For testing the layout and
+    the combine against ``experts_reference`` where no GPU is."""
+    m, c, n_expert, f = moe_mod._dims(h, gate_bias)
+    k = ids.shape[1]
+    order, counts, dest = routing_layout(ids, n_expert)
+    starts = torch.cumsum(counts, 0) - counts
+    act = torch.empty((m * k, f), dtype=h.dtype, device=h.device)
+    part = torch.empty((m * k, c), dtype=torch.float32, device=h.device)
+    for e in range(n_expert):
+        pos = torch.arange(int(starts[e]), int(starts[e] + counts[e]), device=h.device)
+        pairs = order[pos].long()
+        x = h[pairs // k]
+        g = F.linear(x, moe_mod._expert(gate, e, f, c, h.dtype), gate_bias[e])
+        u = F.linear(x, moe_mod._expert(up, e, f, c, h.dtype), up_bias[e])
+        act[pos] = moe_mod.swiglu_oai(g, u)
+    for e in range(n_expert):
+        pos = torch.arange(int(starts[e]), int(starts[e] + counts[e]), device=h.device)
+        pairs = order[pos].long()
+        y = F.linear(act[pos], moe_mod._expert(down, e, c, f, h.dtype), down_bias[e])
+        part[dest[pairs].long()] = y.float() * weights.reshape(-1)[pairs, None]
+    return combine(part, k, h.dtype, residual)
 
 
 @torch.library.custom_op("gpt_engine::moe_grouped", mutates_args=())
@@ -99,10 +137,4 @@ if _ext.available():
         ext.moe_grouped_down(act, order, counts, dest, weights.reshape(-1).contiguous(), down.contiguous(),
                              down_bias.contiguous(), part)
         del act
-        # each token's k weighted outputs in ascending expert order (rank r = row t*k + r), fp32
-        pv = part.view(m, k, c)
-        acc = pv[:, 0].clone()
-        for r in range(1, k):
-            acc += pv[:, r]
-        out = acc.to(h.dtype)
-        return out if residual is None else residual + out
+        return combine(part, k, h.dtype, residual)
