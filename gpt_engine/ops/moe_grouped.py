@@ -9,8 +9,8 @@ h's dtype, plus ``residual`` when given. Expert stacks are the MXFP4 bytes as th
 
 On the GPU (fp16/bf16, C and F multiples of 64) the routing becomes a static layout on the
 device, sizes fixed by (M, k, E) so the whole thing is graph-capturable:
-  * ``order`` [M*k]: the pair ids t*k + j sorted by expert (stable), ``counts`` [E] pairs per
-    expert (scatter_add: integers, so the atomics' order does not matter);
+  * ``order`` [M*k]: the pair ids t*k + j sorted by expert (stable; a counting sort through a
+    [M*k, E] cumsum), ``counts`` [E] pairs per expert;
   * ``dest`` [M*k]: t*k + the rank of the pair's expert among token t's k experts (ascending,
     equal ids by slot), where the down kernel writes the pair's weighted fp32 output;
 then two kernels (gate/up + SwiGLU into act [M*k, F] in expert order; down into part [M*k, C]
@@ -44,9 +44,15 @@ def routing_layout(ids: torch.Tensor, n_expert: int) -> tuple[torch.Tensor, torc
     per-token kernel (csrc/moe.cu clamp_expert) does."""
     m, k = ids.shape
     flat = ids.reshape(-1).long().clamp(0, n_expert - 1)
-    order = torch.sort(flat, stable=True).indices.to(torch.int32)
-    counts = torch.zeros(n_expert, dtype=torch.int32, device=ids.device)
-    counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+    # a counting sort instead of torch.sort (sure to hold no host sync, and stable by
+    # construction): hit[p, e] = pair p chose e; its cumsum down the pairs gives each pair's
+    # place among its expert's pairs, the column sums the counts
+    hit = flat[:, None] == torch.arange(n_expert, device=ids.device)[None, :]          # [P, E]
+    within = hit.cumsum(0, dtype=torch.int32).gather(1, flat[:, None]).squeeze(1) - 1  # [P]
+    counts = hit.sum(0, dtype=torch.int32)                                             # [E]
+    starts = torch.cumsum(counts, 0, dtype=torch.int32) - counts
+    order = torch.empty_like(within).scatter_(0, (starts[flat] + within).long(),
+                                               torch.arange(m * k, dtype=torch.int32, device=ids.device))
     ci = flat.view(m, k)
     slot = torch.arange(k, device=ids.device)
     # before[t, j, j']: pair (t, j') comes before (t, j) in ascending (expert, slot) order
@@ -108,13 +114,14 @@ def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=N
 
 def transient_bytes(m: int, k: int, c: int, f: int, n_expert: int, dtype: torch.dtype) -> int:
     """Device bytes the CUDA path holds at its peak for M tokens besides its output (memory
-    estimate): the routing layout (int64 ids and their clamped copy, sort values and indices,
-    int32 order/dest/ones, the [M, k, k] comparisons, int64 ranks and dest before the cast),
-    part [M*k, C] fp32, and the larger of act [M*k, F] in dtype (freed after the down kernel)
-    and the combine's fp32 sum [M, C] with its rounded copy."""
+    estimate): the routing layout (int64 ids and their clamped copy, the [M*k, E] hits and their
+    int32 cumsum, int32 within/order/arange/dest, int64 positions, the [M, k, k] comparisons,
+    int64 ranks and dest before the cast), part [M*k, C] fp32, and the larger of act [M*k, F]
+    in dtype (freed after the down kernel) and the combine's fp32 sum [M, C] with its rounded
+    copy."""
     el = torch.empty((), dtype=dtype).element_size()
     p = m * k
-    layout = p * (8 + 8 + 8 + 8 + 4 + 4 + 4) + 4 * m * k * k + p * (8 + 8) + n_expert * 4
+    layout = p * (8 + 8 + 4 + 4 + 4 + 4 + 8) + p * n_expert * (1 + 4) + 4 * m * k * k + p * (8 + 8) + n_expert * 12
     return layout + p * c * 4 + max(p * f * el, m * c * (4 + el))
 
 
@@ -128,6 +135,8 @@ if _ext.available():
             return moe_mod.moe_experts(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual)
         k = ids.shape[1]
         h = h.contiguous()
+        if h.data_ptr() % 16:  # the kernel loads h rows as 16-byte vectors
+            h = h.clone()
         ext = _ext.load()
         order, counts, dest = routing_layout(ids, n_expert)
         act = torch.empty((m * k, f), dtype=h.dtype, device=h.device)
