@@ -642,6 +642,40 @@ void moe_grouped_down(const at::Tensor& act, const at::Tensor& order, const at::
   check_launch(op, gpte::launch_moe_grouped(dtype_code(act), false, a, stream_of(act)));
 }
 
+// the grouped MoE's routing layout: ids [M, k] int32 -> order [M*k], counts [E], dest [M*k] (int32)
+void moe_grouped_layout(const at::Tensor& ids, at::Tensor& order, at::Tensor& counts, at::Tensor& dest) {
+  const char* op = "moe_grouped_layout";
+  TORCH_CHECK(ids.is_cuda() && ids.is_contiguous() && ids.scalar_type() == at::kInt && ids.dim() == 2, op,
+              ": ids must be a contiguous int32 [M, k] cuda tensor, got ", ids.scalar_type(), " ", ids.sizes());
+  const int64_t P = ids.numel(), K = ids.size(1), E = counts.numel();
+  TORCH_CHECK(E >= 1 && E <= 256, op, ": ", E, " experts outside [1, 256]");
+  TORCH_CHECK(P * 4 <= (int64_t)gpte::kMoeGroupedLayoutMaxSmem, op, ": ", P, " pairs above the kernel's ",
+              gpte::kMoeGroupedLayoutMaxSmem / 4, " (ids are staged in shared memory)");
+  check_dense(op, "order", order, ids, at::kInt, {P});
+  check_dense(op, "counts", counts, ids, at::kInt, {E});
+  check_dense(op, "dest", dest, ids, at::kInt, {P});
+  const c10::cuda::CUDAGuard guard(ids.device());
+  check_launch(op, gpte::launch_moe_grouped_layout(ids.data_ptr<int32_t>(), P, E, K, order.data_ptr<int32_t>(),
+                                                   counts.data_ptr<int32_t>(), dest.data_ptr<int32_t>(),
+                                                   stream_of(ids)));
+}
+
+// the grouped MoE's combine: out [M, C] = sum of each token's k rows of part [M*k, C] fp32, in order (+ residual)
+void moe_grouped_combine(const at::Tensor& part, const std::optional<at::Tensor>& residual, at::Tensor& out,
+                         int64_t topk) {
+  const char* op = "moe_grouped_combine";
+  check_tensor(op, "out", out, out, true);
+  TORCH_CHECK(out.dim() == 2, op, ": out has shape ", out.sizes(), ", expected [M, C]");
+  const int64_t M = out.size(0), C = out.size(1);
+  TORCH_CHECK(topk >= 1 && C % 2 == 0, op, ": topk ", topk, " must be >= 1 and C ", C, " even");
+  check_dense(op, "part", part, out, at::kFloat, {M * topk, C});
+  if (residual) check_dense(op, "residual", *residual, out, out.scalar_type(), {M, C});
+  const c10::cuda::CUDAGuard guard(out.device());
+  check_launch(op, gpte::launch_moe_grouped_combine(dtype_code(out), part.data_ptr<float>(),
+                                                    residual ? residual->data_ptr() : nullptr, out.data_ptr(), M,
+                                                    topk, C, stream_of(out)));
+}
+
 void sample_greedy(const at::Tensor& logits, int64_t n_valid, at::Tensor& next, const std::optional<at::Tensor>& pos,
                    const std::optional<at::Tensor>& status) {
   const char* op = "sample_greedy";
@@ -714,4 +748,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("moe_grouped_down", &moe_grouped_down, "grouped MoE down, weighted, into per-(token, rank) fp32 rows",
         py::arg("act"), py::arg("order"), py::arg("counts"), py::arg("dest"), py::arg("weights"), py::arg("down"),
         py::arg("down_bias"), py::arg("part"));
+  m.def("moe_grouped_layout", &moe_grouped_layout, "grouped MoE routing layout: order, counts, dest", py::arg("ids"),
+        py::arg("order"), py::arg("counts"), py::arg("dest"));
+  m.def("moe_grouped_combine", &moe_grouped_combine, "grouped MoE combine: each token's k rows summed in order",
+        py::arg("part"), py::arg("residual"), py::arg("out"), py::arg("topk"));
 }

@@ -211,5 +211,16 @@ struct MoeGroupedArgs {
 // dtype fp16 or bf16; K a multiple of 64, N even, E <= 256; x 16-byte aligned. Grid rows: moe_grouped_row_tiles.
 cudaError_t launch_moe_grouped(int dtype, bool gate_up, const MoeGroupedArgs& a, cudaStream_t stream);
 int64_t moe_grouped_row_tiles(int64_t P, int64_t E);
+// The routing layout of the grouped MoE in one block: ids [P] (int32, P = M * topk; clamped to
+// [0, E)) -> order [P] (pair ids sorted by expert, stable), counts [E], dest [P] (token * topk +
+// rank of the pair's expert among the token's, ascending; equal ids by slot). E <= 256,
+// P * 4 <= kMoeGroupedLayoutMaxSmem (the ids are staged in shared memory).
+constexpr size_t kMoeGroupedLayoutMaxSmem = 200 * 1024;
+cudaError_t launch_moe_grouped_layout(const int32_t* ids, int64_t P, int64_t E, int64_t topk, int32_t* order,
+                                      int32_t* counts, int32_t* dest, cudaStream_t stream);
+// out [M, C] = T(sum over r = 0..topk-1 in order of part[t * topk + r] (fp32 [M * topk, C])) (+ residual
+// [M, C] in T, or null). C even; any dtype.
+cudaError_t launch_moe_grouped_combine(int dtype, const float* part, const void* residual, void* out, int64_t M,
+                                       int64_t topk, int64_t C, cudaStream_t stream);
 
 }  // namespace gpte

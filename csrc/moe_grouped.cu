@@ -44,6 +44,7 @@ constexpr int kStride = kTK + 8;  // halves per shared row: 144 bytes, ldmatrix 
 constexpr int kThreads = 256;
 constexpr int kBlockBytes = 17;
 constexpr int kMaxExperts = 256;  // counts staged in shared memory (moe.cu's routing limit too)
+constexpr int kLayoutThreads = 1024;
 constexpr int kStageHalves = (kTM + kTN) * kStride;
 constexpr size_t kSmemBytes = 2 * kStageHalves * 2;  // two stages of 16-bit values: 55,296 bytes
 
@@ -345,7 +346,126 @@ cudaError_t launch(const MoeGroupedArgs& a, cudaStream_t st) {
   return cudaGetLastError();
 }
 
+// The routing layout in one block (v1b; the torch ops it replaces were ~25 launches per layer):
+// ids [P] (P = M * topk, clamped to [0, E) as csrc/moe.cu clamps) staged in shared memory;
+// pass 1: warp w counts experts w, w + 32, ... by ballots over the pairs; thread 0 turns the
+// counts into starts; pass 2: the same warps write each expert's pairs in pair order (a stable
+// counting sort: the ballot's lower lanes first, chunks in order); dest: each pair's rank among
+// its token's experts (ascending, equal ids by slot).
+__global__ void __launch_bounds__(kLayoutThreads) moe_grouped_layout_kernel(
+    const int32_t* __restrict__ ids,    // [P]
+    int32_t* __restrict__ order,        // [P]
+    int32_t* __restrict__ counts,       // [E]
+    int32_t* __restrict__ dest,         // [P]
+    int P, int E, int topk) {
+  extern __shared__ int s_ids[];        // [P]
+  __shared__ int s_start[kMaxExperts];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  constexpr int kWarps = kLayoutThreads / 32;
+  for (int p = tid; p < P; p += kLayoutThreads) {
+    const int e = ids[p];
+    s_ids[p] = e < 0 ? 0 : (e >= E ? E - 1 : e);
+  }
+  __syncthreads();
+  for (int e = warp; e < E; e += kWarps) {
+    int n = 0;
+    for (int p0 = 0; p0 < P; p0 += 32) {
+      const int p = p0 + lane;
+      n += __popc(__ballot_sync(0xffffffffu, p < P && s_ids[p] == e));
+    }
+    if (lane == 0) s_start[e] = n;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    int run = 0;
+    for (int e = 0; e < E; ++e) {
+      const int c = s_start[e];
+      counts[e] = c;
+      s_start[e] = run;
+      run += c;
+    }
+  }
+  __syncthreads();
+  for (int e = warp; e < E; e += kWarps) {
+    int base = s_start[e];
+    for (int p0 = 0; p0 < P; p0 += 32) {
+      const int p = p0 + lane;
+      const bool hit = p < P && s_ids[p] == e;
+      const unsigned m = __ballot_sync(0xffffffffu, hit);
+      if (hit) order[base + __popc(m & ((1u << lane) - 1u))] = p;
+      base += __popc(m);
+    }
+  }
+  for (int p = tid; p < P; p += kLayoutThreads) {
+    const int t = p / topk, j = p - t * topk, e = s_ids[p];
+    int rank = 0;
+    for (int jj = 0; jj < topk; ++jj) {
+      const int o = s_ids[t * topk + jj];
+      rank += (o < e || (o == e && jj < j)) ? 1 : 0;
+    }
+    dest[p] = t * topk + rank;
+  }
+}
+
+// out[t] = T(sum_r part[t * topk + r]) (r = 0..topk-1 in order, fp32: the torch combine's
+// additions), plus the residual in T (the reference's residual + out). Two values per thread.
+template <typename T>
+__global__ void moe_grouped_combine_kernel(
+    const float* __restrict__ part,     // [M * topk, C]
+    const T* __restrict__ residual,     // [M, C] or null
+    T* __restrict__ out,                // [M, C]
+    int64_t M, int topk, int C) {
+  const int64_t half = C / 2;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < M * half; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t t = i / half, c = (i - t * half) * 2;
+    const float* src = part + t * topk * C + c;
+    float2 acc = *reinterpret_cast<const float2*>(src);
+    for (int r = 1; r < topk; ++r) {
+      const float2 v = *reinterpret_cast<const float2*>(src + (int64_t)r * C);
+      acc.x += v.x;
+      acc.y += v.y;
+    }
+    T y0 = from_f<T>(acc.x), y1 = from_f<T>(acc.y);
+    if (residual != nullptr) {
+      y0 = from_f<T>(to_f(residual[t * C + c]) + to_f(y0));
+      y1 = from_f<T>(to_f(residual[t * C + c + 1]) + to_f(y1));
+    }
+    out[t * C + c] = y0;
+    out[t * C + c + 1] = y1;
+  }
+}
+
 }  // namespace
+
+cudaError_t launch_moe_grouped_layout(const int32_t* ids, int64_t P, int64_t E, int64_t topk, int32_t* order,
+                                      int32_t* counts, int32_t* dest, cudaStream_t stream) {
+  if (P == 0) return cudaSuccess;
+  const size_t smem = (size_t)P * sizeof(int);
+  if (E < 1 || E > kMaxExperts || topk < 1 || P % topk || smem > kMoeGroupedLayoutMaxSmem) return cudaErrorInvalidValue;
+  static size_t configured = 48 * 1024;  // the default dynamic shared-memory limit
+  if (smem > configured) {
+    const cudaError_t e = cudaFuncSetAttribute(moe_grouped_layout_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               (int)kMoeGroupedLayoutMaxSmem);
+    if (e != cudaSuccess) return e;
+    configured = kMoeGroupedLayoutMaxSmem;
+  }
+  moe_grouped_layout_kernel<<<1, kLayoutThreads, smem, stream>>>(ids, order, counts, dest, (int)P, (int)E, (int)topk);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_moe_grouped_combine(int dtype, const float* part, const void* residual, void* out, int64_t M,
+                                       int64_t topk, int64_t C, cudaStream_t stream) {
+  if (M == 0) return cudaSuccess;
+  if (C % 2 || C <= 0 || topk < 1 || C > INT32_MAX) return cudaErrorInvalidValue;
+  const int64_t n = M * (C / 2);
+  const unsigned blocks = (unsigned)std::min<int64_t>(ceil_div(n, 256), 132 * 16);
+  GPTE_DISPATCH(dtype, T, {
+    moe_grouped_combine_kernel<T><<<blocks, 256, 0, stream>>>(part, (const T*)residual, (T*)out, M, (int)topk,
+                                                              (int)C);
+    return cudaGetLastError();
+  });
+  return cudaErrorInvalidValue;
+}
 
 int64_t moe_grouped_row_tiles(int64_t P, int64_t E) { return ceil_div(P, kTM) + E; }
 

@@ -16,7 +16,8 @@ device, sizes fixed by (M, k, E) so the whole thing is graph-capturable:
 then two kernels (gate/up + SwiGLU into act [M*k, F] in expert order; down into part [M*k, C]
 fp32) and the combine: each token's k rows summed in rank order, i.e. ascending expert order as
 the reference sums them (deterministic: no atomics on values). Other dtypes or sizes take
-``moe_experts``.
+``moe_experts``. The layout is one kernel launch (``routing_layout``, the torch ops it equals,
+beyond LAYOUT_KERNEL_MAX_PAIRS pairs) and the combine one (``combine``, likewise, bit for bit).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from . import moe as moe_mod
 
 KERNEL_K_MULTIPLE = 64  # csrc/moe_grouped.cu kTK: the K of each product (C, then F) per stage
 KERNEL_MAX_EXPERTS = 256  # csrc/moe_grouped.cu kMaxExperts: counts staged in shared memory
+LAYOUT_KERNEL_MAX_PAIRS = 200 * 1024 // 4  # csrc/launchers.h kMoeGroupedLayoutMaxSmem: ids staged as int32
 
 
 def kernel_supports(c: int, f: int, dtype: torch.dtype, n_expert: int) -> bool:
@@ -114,13 +116,17 @@ def _(h, ids, weights, gate, gate_bias, up, up_bias, down, down_bias, residual=N
 
 def transient_bytes(m: int, k: int, c: int, f: int, n_expert: int, dtype: torch.dtype) -> int:
     """Device bytes the CUDA path holds at its peak for M tokens besides its output (memory
-    estimate): the routing layout (int64 ids and their clamped copy, the [M*k, E] hits and their
+    estimate). With the layout kernel (M*k <= LAYOUT_KERNEL_MAX_PAIRS): order, dest, counts,
+    part [M*k, C] fp32 and act [M*k, F]; the combine kernel writes the output directly. Else
+    the torch layout (int64 ids and their clamped copy, the [M*k, E] hits and their
     int32 cumsum, int32 within/order/arange/dest, int64 positions, the [M, k, k] comparisons,
     int64 ranks and dest before the cast), part [M*k, C] fp32, and the larger of act [M*k, F]
     in dtype (freed after the down kernel) and the combine's fp32 sum [M, C] with its rounded
     copy."""
     el = torch.empty((), dtype=dtype).element_size()
     p = m * k
+    if p <= LAYOUT_KERNEL_MAX_PAIRS:  # the layout kernel: order, dest, counts; the combine kernel
+        return p * 8 + n_expert * 4 + p * c * 4 + p * f * el
     layout = p * (8 + 8 + 4 + 4 + 4 + 4 + 8) + p * n_expert * (1 + 4) + 4 * m * k * k + p * (8 + 8) + n_expert * 12
     return layout + p * c * 4 + max(p * f * el, m * c * (4 + el))
 
@@ -138,7 +144,13 @@ if _ext.available():
         if h.data_ptr() % 16:  # the kernel loads h rows as 16-byte vectors
             h = h.clone()
         ext = _ext.load()
-        order, counts, dest = routing_layout(ids, n_expert)
+        if m * k <= LAYOUT_KERNEL_MAX_PAIRS:  # one launch; else the torch ops (same result)
+            order = torch.empty(m * k, dtype=torch.int32, device=h.device)
+            dest = torch.empty_like(order)
+            counts = torch.empty(n_expert, dtype=torch.int32, device=h.device)
+            ext.moe_grouped_layout(ids.contiguous(), order, counts, dest)
+        else:
+            order, counts, dest = routing_layout(ids, n_expert)
         act = torch.empty((m * k, f), dtype=h.dtype, device=h.device)
         ext.moe_grouped_gate_up(h, order, counts, gate.contiguous(), gate_bias.contiguous(), up.contiguous(),
                                 up_bias.contiguous(), act, k)
@@ -146,4 +158,6 @@ if _ext.available():
         ext.moe_grouped_down(act, order, counts, dest, weights.reshape(-1).contiguous(), down.contiguous(),
                              down_bias.contiguous(), part)
         del act
-        return combine(part, k, h.dtype, residual)
+        out = torch.empty((m, c), dtype=h.dtype, device=h.device)  # combine()'s sums, in one launch
+        ext.moe_grouped_combine(part, None if residual is None else residual.contiguous(), out, k)
+        return out

@@ -169,6 +169,34 @@ def test_vs_float64(shape, m, skew, dtype):
 
 
 @STORY
+@pytest.mark.parametrize("skew", [None, "one"])
+@pytest.mark.parametrize("m,e,k", [(1, 4, 1), (7, 4, 2), (512, 32, 4), (300, 256, 8), (2048, 32, 4)])
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+def test_layout_and_combine_kernels_equal_the_torch_ops(m, e, k, skew):
+    """The layout kernel gives routing_layout's order, counts and dest exactly (ids out of range
+    clamped alike); the combine kernel gives combine()'s sums bit for bit, with and without the
+    residual, in fp16, bf16 and fp32."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    ids, _ = _routing(m, e, k, "cuda", skew)
+    ids[0, 0] = e + 3  # out of range: clamped to e - 1 by both
+    order = torch.empty(m * k, dtype=torch.int32, device="cuda")
+    dest = torch.empty_like(order)
+    counts = torch.empty(e, dtype=torch.int32, device="cuda")
+    ext.moe_grouped_layout(ids, order, counts, dest)
+    want = gmod.routing_layout(ids, e)
+    assert torch.equal(order, want[0]) and torch.equal(counts, want[1]) and torch.equal(dest, want[2])
+    c = 96
+    part = torch.randn(m * k, c, device="cuda")
+    for dt in (torch.float16, torch.bfloat16, torch.float32):
+        for res in (None, randn((m, c), dt, "cuda")):
+            out = torch.empty((m, c), dtype=dt, device="cuda")
+            ext.moe_grouped_combine(part, res, out, k)
+            assert torch.equal(out, gmod.combine(part, k, dt, res))
+
+
+@STORY
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
 def test_deterministic_and_equals_the_model_grouped_path(device):
     """Two calls give the same bits (no atomics on values), and the model's MoE with the switch
