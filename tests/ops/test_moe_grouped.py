@@ -139,8 +139,8 @@ def _cases():
     out = []
     for shape in SHAPES:
         for m in MS:
-            if shape[2] == 2880 and m not in (128, 512):
-                continue  # the float64 reference at 2880 is slow on the CPU: two sizes
+            if shape[2] == 2880 and m != 512:
+                continue  # the float64 reference at 2880 takes ~1 min of CPU: gpt-oss's prefill size only
             out.append(pytest.param(shape, m, id=f"{shape}-m{m}"))
     return out
 
@@ -155,8 +155,8 @@ def test_vs_float64(shape, m, skew, dtype):
     """The grouped GEMM against the float64 reference on the same rounded inputs and routing,
     with and without the residual; skew="one": all tokens on the same k experts."""
     e, k, c, f = shape
-    if skew == "one" and c == 2880 and m != 512:
-        pytest.skip("one skewed case at 2880")
+    if skew == "one" and c == 2880 and dtype != torch.float16:
+        pytest.skip("one skewed case at 2880 (fp16)")
     L = _layer(e, k, c, f, dtype, "cuda")
     h = randn((m, c), dtype, "cuda")
     ids, w = _routing(m, e, k, "cuda", skew)
