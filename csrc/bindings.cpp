@@ -590,6 +590,92 @@ void moe_experts(const at::Tensor& h, const at::Tensor& ids, const at::Tensor& w
   check_launch(op, gpte::launch_moe_experts(dtype_code(h), a, stream_of(h)));
 }
 
+// gate/up of the grouped MoE (moe_grouped.cu): act [P, F] = swiglu_oai(gate_e(h[token]), up_e(h[token]))
+// for the pairs in expert order.
+void moe_grouped_gate_up(const at::Tensor& h, const at::Tensor& order, const at::Tensor& counts, const at::Tensor& gate,
+                         const at::Tensor& gate_bias, const at::Tensor& up, const at::Tensor& up_bias, at::Tensor& act,
+                         int64_t topk) {
+  const char* op = "moe_grouped_gate_up";
+  check_tensor(op, "h", h, h, true);
+  TORCH_CHECK(h.dim() == 2, op, ": h has shape ", h.sizes(), ", expected [M, C]");
+  TORCH_CHECK(gate_bias.dim() == 2, op, ": gate_bias has shape ", gate_bias.sizes(), ", expected [E, F]");
+  const int64_t M = h.size(0), C = h.size(1), E = gate_bias.size(0), F = gate_bias.size(1), P = M * topk;
+  TORCH_CHECK(topk >= 1, op, ": topk ", topk, " < 1");
+  TORCH_CHECK(C % 64 == 0 && C > 0 && F % 2 == 0 && F > 0, op, ": C ", C, " must be a positive multiple of 64 and F ",
+              F, " positive and even");
+  check_dense(op, "order", order, h, at::kInt, {P});
+  check_dense(op, "counts", counts, h, at::kInt, {E});
+  check_dense(op, "gate", gate, h, at::kByte, {E * F, C / 32 * 17});
+  check_dense(op, "up", up, h, at::kByte, {E * F, C / 32 * 17});
+  check_dense(op, "gate_bias", gate_bias, h, h.scalar_type(), {E, F});
+  check_dense(op, "up_bias", up_bias, h, h.scalar_type(), {E, F});
+  check_dense(op, "act", act, h, h.scalar_type(), {P, F});
+  const c10::cuda::CUDAGuard guard(h.device());
+  gpte::MoeGroupedArgs a{h.data_ptr(), order.data_ptr<int32_t>(), counts.data_ptr<int32_t>(), gate.data_ptr<uint8_t>(),
+                         up.data_ptr<uint8_t>(), gate_bias.data_ptr(), up_bias.data_ptr(), act.data_ptr(), nullptr,
+                         nullptr, P, E, F, C, topk};
+  check_launch(op, gpte::launch_moe_grouped(dtype_code(h), true, a, stream_of(h)));
+}
+
+// down of the grouped MoE: part[dest[p]] = (down_e(act[i]) rounded to act's dtype) * weights[p] in fp32 for
+// the pair p = order[i] of sorted position i.
+void moe_grouped_down(const at::Tensor& act, const at::Tensor& order, const at::Tensor& counts, const at::Tensor& dest,
+                      const at::Tensor& weights, const at::Tensor& down, const at::Tensor& down_bias, at::Tensor& part) {
+  const char* op = "moe_grouped_down";
+  check_tensor(op, "act", act, act, true);
+  TORCH_CHECK(act.dim() == 2, op, ": act has shape ", act.sizes(), ", expected [P, F]");
+  TORCH_CHECK(down_bias.dim() == 2, op, ": down_bias has shape ", down_bias.sizes(), ", expected [E, C]");
+  const int64_t P = act.size(0), F = act.size(1), E = down_bias.size(0), C = down_bias.size(1);
+  TORCH_CHECK(F % 64 == 0 && F > 0 && C % 2 == 0 && C > 0, op, ": F ", F, " must be a positive multiple of 64 and C ",
+              C, " positive and even");
+  check_dense(op, "order", order, act, at::kInt, {P});
+  check_dense(op, "counts", counts, act, at::kInt, {E});
+  check_dense(op, "dest", dest, act, at::kInt, {P});
+  check_dense(op, "weights", weights, act, at::kFloat, {P});
+  check_dense(op, "down", down, act, at::kByte, {E * C, F / 32 * 17});
+  check_dense(op, "down_bias", down_bias, act, act.scalar_type(), {E, C});
+  check_dense(op, "part", part, act, at::kFloat, {P, C});
+  const c10::cuda::CUDAGuard guard(act.device());
+  gpte::MoeGroupedArgs a{act.data_ptr(), order.data_ptr<int32_t>(), counts.data_ptr<int32_t>(), down.data_ptr<uint8_t>(),
+                         nullptr, down_bias.data_ptr(), nullptr, part.data_ptr(), dest.data_ptr<int32_t>(),
+                         weights.data_ptr<float>(), P, E, C, F, 1};
+  check_launch(op, gpte::launch_moe_grouped(dtype_code(act), false, a, stream_of(act)));
+}
+
+// the grouped MoE's routing layout: ids [M, k] int32 -> order [M*k], counts [E], dest [M*k] (int32)
+void moe_grouped_layout(const at::Tensor& ids, at::Tensor& order, at::Tensor& counts, at::Tensor& dest) {
+  const char* op = "moe_grouped_layout";
+  TORCH_CHECK(ids.is_cuda() && ids.is_contiguous() && ids.scalar_type() == at::kInt && ids.dim() == 2, op,
+              ": ids must be a contiguous int32 [M, k] cuda tensor, got ", ids.scalar_type(), " ", ids.sizes());
+  const int64_t P = ids.numel(), K = ids.size(1), E = counts.numel();
+  TORCH_CHECK(E >= 1 && E <= 256, op, ": ", E, " experts outside [1, 256]");
+  TORCH_CHECK(P * 4 <= (int64_t)gpte::kMoeGroupedLayoutMaxSmem, op, ": ", P, " pairs above the kernel's ",
+              gpte::kMoeGroupedLayoutMaxSmem / 4, " (ids are staged in shared memory)");
+  check_dense(op, "order", order, ids, at::kInt, {P});
+  check_dense(op, "counts", counts, ids, at::kInt, {E});
+  check_dense(op, "dest", dest, ids, at::kInt, {P});
+  const c10::cuda::CUDAGuard guard(ids.device());
+  check_launch(op, gpte::launch_moe_grouped_layout(ids.data_ptr<int32_t>(), P, E, K, order.data_ptr<int32_t>(),
+                                                   counts.data_ptr<int32_t>(), dest.data_ptr<int32_t>(),
+                                                   stream_of(ids)));
+}
+
+// the grouped MoE's combine: out [M, C] = sum of each token's k rows of part [M*k, C] fp32, in order (+ residual)
+void moe_grouped_combine(const at::Tensor& part, const std::optional<at::Tensor>& residual, at::Tensor& out,
+                         int64_t topk) {
+  const char* op = "moe_grouped_combine";
+  check_tensor(op, "out", out, out, true);
+  TORCH_CHECK(out.dim() == 2, op, ": out has shape ", out.sizes(), ", expected [M, C]");
+  const int64_t M = out.size(0), C = out.size(1);
+  TORCH_CHECK(topk >= 1 && C % 2 == 0, op, ": topk ", topk, " must be >= 1 and C ", C, " even");
+  check_dense(op, "part", part, out, at::kFloat, {M * topk, C});
+  if (residual) check_dense(op, "residual", *residual, out, out.scalar_type(), {M, C});
+  const c10::cuda::CUDAGuard guard(out.device());
+  check_launch(op, gpte::launch_moe_grouped_combine(dtype_code(out), part.data_ptr<float>(),
+                                                    residual ? residual->data_ptr() : nullptr, out.data_ptr(), M,
+                                                    topk, C, stream_of(out)));
+}
+
 void sample_greedy(const at::Tensor& logits, int64_t n_valid, at::Tensor& next, const std::optional<at::Tensor>& pos,
                    const std::optional<at::Tensor>& status) {
   const char* op = "sample_greedy";
@@ -656,4 +742,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("ids"), py::arg("weights"), py::arg("gate"), py::arg("gate_bias"), py::arg("up"),
         py::arg("up_bias"), py::arg("down"), py::arg("down_bias"), py::arg("residual"), py::arg("act"),
         py::arg("out"));
+  m.def("moe_grouped_gate_up", &moe_grouped_gate_up, "grouped MoE gate/up + SwiGLU over the pairs in expert order",
+        py::arg("h"), py::arg("order"), py::arg("counts"), py::arg("gate"), py::arg("gate_bias"), py::arg("up"),
+        py::arg("up_bias"), py::arg("act"), py::arg("topk"));
+  m.def("moe_grouped_down", &moe_grouped_down, "grouped MoE down, weighted, into per-(token, rank) fp32 rows",
+        py::arg("act"), py::arg("order"), py::arg("counts"), py::arg("dest"), py::arg("weights"), py::arg("down"),
+        py::arg("down_bias"), py::arg("part"));
+  m.def("moe_grouped_layout", &moe_grouped_layout, "grouped MoE routing layout: order, counts, dest", py::arg("ids"),
+        py::arg("order"), py::arg("counts"), py::arg("dest"));
+  m.def("moe_grouped_combine", &moe_grouped_combine, "grouped MoE combine: each token's k rows summed in order",
+        py::arg("part"), py::arg("residual"), py::arg("out"), py::arg("topk"));
 }

@@ -192,4 +192,35 @@ cudaError_t launch_moe_experts(int dtype, const MoeArgs& a, cudaStream_t stream)
 int moe_blocks_per_lane(int64_t n);
 size_t moe_down_smem_bytes(int64_t K, int64_t F);
 
+// ---- gpt-oss mixture of experts for many tokens (moe_grouped.cu): grouped GEMM over the
+// chosen (token, expert) pairs, MXFP4 experts dequantized tile by tile ----
+struct MoeGroupedArgs {
+  const void* x;           // gate/up: h [M, K]; down: act [P, K] (rows in expert order); dtype
+  const int32_t* order;    // [P] pair ids (token * topk + slot) sorted by expert, stable
+  const int32_t* counts;   // [E] pairs per expert (sum P)
+  const uint8_t* w0;       // gate/up: gate, down: down; MXFP4 [E * N, K / 32 * 17], expert e = rows e*N..
+  const uint8_t* w1;       // gate/up: up [E * N, K / 32 * 17]; down: null
+  const void* b0;          // [E, N] (dtype): gate's or down's bias
+  const void* b1;          // gate/up: up's bias [E, N]; down: null
+  void* out;               // gate/up: act [P, N] (dtype, expert order); down: part [P, N] fp32
+  const int32_t* dest;     // down: [P] row of part per pair (token * topk + rank of its expert)
+  const float* weights;    // down: [P] routing weight per pair
+  int64_t P, E, N, K, topk;
+};
+// gate/up: act = swiglu_oai(x Wg^T + bg, x Wu^T + bu); down: part[dest] = (x Wd^T + bd) * weight.
+// dtype fp16 or bf16; K a multiple of 64, N even, E <= 256; x 16-byte aligned. Grid rows: moe_grouped_row_tiles.
+cudaError_t launch_moe_grouped(int dtype, bool gate_up, const MoeGroupedArgs& a, cudaStream_t stream);
+int64_t moe_grouped_row_tiles(int64_t P, int64_t E);
+// The routing layout of the grouped MoE in one block: ids [P] (int32, P = M * topk; clamped to
+// [0, E)) -> order [P] (pair ids sorted by expert, stable), counts [E], dest [P] (token * topk +
+// rank of the pair's expert among the token's, ascending; equal ids by slot). E <= 256,
+// P * 4 <= kMoeGroupedLayoutMaxSmem (the ids are staged in shared memory).
+constexpr size_t kMoeGroupedLayoutMaxSmem = 200 * 1024;
+cudaError_t launch_moe_grouped_layout(const int32_t* ids, int64_t P, int64_t E, int64_t topk, int32_t* order,
+                                      int32_t* counts, int32_t* dest, cudaStream_t stream);
+// out [M, C] = T(sum over r = 0..topk-1 in order of part[t * topk + r] (fp32 [M * topk, C])) (+ residual
+// [M, C] in T, or null). C even; any dtype.
+cudaError_t launch_moe_grouped_combine(int dtype, const float* part, const void* residual, void* out, int64_t M,
+                                       int64_t topk, int64_t C, cudaStream_t stream);
+
 }  // namespace gpte

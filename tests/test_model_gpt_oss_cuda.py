@@ -122,6 +122,29 @@ def test_cuda_grouped_prefill_moe_equals_the_per_token_kernel(oss, monkeypatch, 
     assert _nmse(grouped, reference_logits(hf, ids)) <= tol("nmse_fp16_model")
 
 
+@STORY
+@pytest.mark.parametrize("shape", ["L2-h4kv2-e4k2", "L2-h8kv2-e4k1-d64"])
+def test_cuda_grouped_gemm_prefill_moe(oss, monkeypatch, shape):
+    """With the GPT_ENGINE_MOE_GROUPED_GEMM switch on, a prompt of >= MOE_GROUPED_MIN_TOKENS
+    takes ops.moe_grouped (the grouped GEMM over the chosen pairs): logits equal
+    grouped_experts' within nmse_fp16_model, and both match transformers."""
+    from gpt_engine.models import gpt_oss
+
+    path, hf = oss.get(shape)
+    m = gpt_engine.load(path, device="cuda")
+    ids = well_routed_ids(hf, max(gpt_oss.MOE_GROUPED_MIN_TOKENS, 5 * m.config.sliding_window), m.config.vocab_size)
+    monkeypatch.setattr(gpt_oss, "MOE_GROUPED_GEMM", False)
+    today = m.logits(ids)
+    calls = []
+    real = gpt_oss.grouped_gemm_experts
+    monkeypatch.setattr(gpt_oss, "grouped_gemm_experts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(gpt_oss, "MOE_GROUPED_GEMM", True)
+    new = m.logits(ids)
+    assert calls, "the prompt did not take the grouped GEMM"
+    assert _nmse(new, today) <= tol("nmse_fp16_model")
+    assert _nmse(new, reference_logits(hf, ids)) <= tol("nmse_fp16_model")
+
+
 def _greedy_vs_transformers(hf, prompt: list[int], ours: list[int], margin: float = 0.02):
     """Our greedy ids against transformers' fp32 argmax after each prefix of our own
     continuation. fp16 moves logits by ~1e-2: a step where transformers' top two logits are

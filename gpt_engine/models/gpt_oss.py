@@ -28,6 +28,7 @@ many tokens (prefill) takes ``grouped_experts`` instead: every expert once for a
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import gguf
@@ -41,6 +42,8 @@ from ..ops._common import capturing
 from ..ops.dequantize import cuda_supported as dequantize_on_device
 from ..ops.linear import rmsnorm_reference as rmsnorm
 from ..ops.moe import kernel_supports as moe_kernel_supports
+from ..ops.moe_grouped import kernel_supports as moe_grouped_supports
+from ..ops.moe_grouped import transient_bytes as moe_grouped_transient_bytes
 from ..ops.qkv_rope import ROPE_MODES
 
 # The clamped SwiGLU of gpt-oss: OpenAI's reference (gpt_oss/torch/model.py, swiglu: alpha 1.702,
@@ -65,6 +68,10 @@ MOE_GROUPED_MIN_TOKENS = 64
 # and the per-expert [rows, F] temporaries) for long prompts, at one more read of the experts
 # per 2048 tokens.
 MOE_GROUPED_MAX_ROWS = 2048
+# A/B switch (temporary, until measured on the H200): GPT_ENGINE_MOE_GROUPED_GEMM=1 sends the
+# many-token MoE through ops.moe_grouped (a grouped GEMM over the chosen pairs only, MXFP4 read
+# directly) instead of grouped_experts. Read once; an empty value is unset.
+MOE_GROUPED_GEMM = os.environ.get("GPT_ENGINE_MOE_GROUPED_GEMM", "") not in ("", "0")
 
 
 def swiglu_oai(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -212,6 +219,21 @@ def grouped_experts(h: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor
             # y * w promotes y to fp32 exactly, then one fp32 product: y.float() * w in one kernel
             acc.add_(torch.where(picked[s:s + max_rows, e:e + 1], y * dense_w[s:s + max_rows, e:e + 1], 0.0))
     return out.to(h.dtype)
+
+
+def grouped_gemm_experts(h: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, L, residual: torch.Tensor | None,
+                         max_rows: int = MOE_GROUPED_MAX_ROWS) -> torch.Tensor:
+    """``reference_experts`` (+ residual) through ops.moe_grouped on the layer's MXFP4 stacks:
+    only the chosen (token, expert) pairs are computed; ``max_rows`` tokens per call bound its
+    temporaries (ops.moe_grouped.transient_bytes) for long prompts."""
+    def call(s: int, e: int) -> torch.Tensor:
+        return ops.moe_grouped(h[s:e], ids[s:e], weights[s:e], L.gate.weight.raw, L.gate.bias, L.up.weight.raw,
+                               L.up.bias, L.down.weight.raw, L.down.bias,
+                               None if residual is None else residual[s:e])
+    m = h.shape[0]
+    if m <= max_rows:
+        return call(0, m)
+    return torch.cat([call(s, min(m, s + max_rows)) for s in range(0, m, max_rows)])
 
 
 def _qkv_weights(weights: list[QWeight], biases: list[torch.Tensor],
@@ -437,6 +459,9 @@ class GptOss:
             return GptOss._experts_kernel(flat.contiguous(), ids, w, L, res).reshape(h.shape)
         if grouped:
             ids, w = ops.moe_route(flat.contiguous(), L.router, L.router_bias, k)
+            if MOE_GROUPED_GEMM and getattr(self, "moe_kernels", False) and \
+                    moe_grouped_supports(flat.shape[1], L.gate.rows, flat.dtype, L.gate.n_expert):
+                return grouped_gemm_experts(flat.contiguous(), ids, w, L, res).reshape(h.shape)
             out = grouped_experts(flat, ids, w, L)
         else:
             logits = F.linear(flat.float(), L.router, L.router_bias)           # [N, E], fp32
@@ -531,7 +556,13 @@ def estimate_memory(f, cfg, dtype: torch.dtype, n_ctx: int | None = None, device
     kv = 2 * cfg.n_layer * cfg.n_head_kv * cfg.head_dim * n_ctx * el
     transient = biggest + cfg.vocab_size * (el + 4)
     if device == "cuda":
-        transient = max(transient, grouped_moe_bytes(f, cfg, dtype, min(n_ctx, MOE_GROUPED_MAX_ROWS)))
+        rows = min(n_ctx, MOE_GROUPED_MAX_ROWS)
+        if MOE_GROUPED_GEMM and moe_grouped_supports(cfg.n_embd, cfg.n_ff_expert, dtype, cfg.n_expert):
+            grouped = moe_grouped_transient_bytes(rows, cfg.n_expert_used, cfg.n_embd, cfg.n_ff_expert,
+                                                  cfg.n_expert, dtype)
+        else:
+            grouped = grouped_moe_bytes(f, cfg, dtype, rows)
+        transient = max(transient, grouped)
     return {"weights": weights, "dense_cache": dense, "kv_cache": kv, "transient": transient,
             "total": weights + dense + kv + transient, "n_ctx": n_ctx, "device": device,
             "dtype": str(dtype).replace("torch.", ""), "bytes_read_per_token": bytes_read_per_token(f, cfg)}

@@ -18,6 +18,7 @@ from . import layernorm as layernorm_module
 from . import linear as linear_module
 from . import linear_qkv as linear_qkv_module
 from . import moe as moe_module
+from . import moe_grouped as moe_grouped_module
 from . import qkv_rope as qkv_rope_module
 from . import residual_add as residual_add_module
 from . import sample_greedy as sample_greedy_module
@@ -43,9 +44,10 @@ dequantize_rows = dequantize_module.dequantize_rows
 moe_route = moe_module.moe_route
 moe_norm_route = moe_module.moe_norm_route
 moe_experts = moe_module.moe_experts
+moe_grouped = moe_grouped_module.moe_grouped
 
 ALL_OPS = ("embedding", "layernorm", "add_layernorm", "residual_add", "gelu", "bias_gelu", "ffn",
            "attention_prefill", "kv_append", "attention_decode", "linear", "linear_qkv", "qkv_rope", "sample_greedy",
-           "dequantize_rows", "moe_route", "moe_norm_route", "moe_experts")
+           "dequantize_rows", "moe_route", "moe_norm_route", "moe_experts", "moe_grouped")
 
 __all__ = [*ALL_OPS, "Norm", "OpError", "OpIndexError", "cuda_kernels_available", "device_checked"]

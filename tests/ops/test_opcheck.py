@@ -49,6 +49,9 @@ def _samples(device):
                            torch.randn(5, device=device), 2),
         "moe_experts": (r(3, 64), moe_ids, moe_w, mx(3 * 32, 64), r(3, 32), mx(3 * 32, 64), r(3, 32),
                         mx(3 * 64, 32), r(3, 64), r(3, 64)),
+        # C = F = 64: the grouped GEMM serves it on CUDA (multiples of 64)
+        "moe_grouped": (r(3, 64), moe_ids, moe_w, mx(3 * 64, 64), r(3, 64), mx(3 * 64, 64), r(3, 64),
+                        mx(3 * 64, 64), r(3, 64), r(3, 64)),
     }
 
 
