@@ -774,29 +774,11 @@ cudaError_t allow_smem(void (*kernel)(KArgs...), size_t smem, size_t& configured
   return e;
 }
 
-template <typename T, int NBL>
-cudaError_t launch_experts_v6(const MoeArgs& a, cudaStream_t st) {
-  const int gate_rb = (int)(a.C / 32 * kBlockBytes), down_rb = (int)(a.F / 32 * kBlockBytes);
-  const size_t smem1 = 2 * (size_t)tile_buf_bytes(kTileRows, gate_rb) + (size_t)a.C * sizeof(float);
-  static size_t configured1 = 48 * 1024;
-  cudaError_t e = allow_smem(moe_gate_up_v6_kernel<T, NBL>, smem1, configured1);
-  if (e != cudaSuccess) return e;
-  const dim3 g1((unsigned)ceil_div(a.F, kTileRows), (unsigned)(a.M * a.K));
-  e = launch_pdl(moe_gate_up_v6_kernel<T, NBL>, g1, dim3(kMoeThreads), smem1, st, (const T*)a.h, a.ids, a.gate,
-                 (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E, (int)a.F, (int)a.C);
-  if (e != cudaSuccess) return e;
-  const size_t smem2 = (size_t)tile_buf_bytes(kTileRows, down_rb) + (size_t)a.F * sizeof(float);
-  static size_t configured2 = 48 * 1024;
-  e = allow_smem(moe_down_v6_kernel<T, NBL>, smem2, configured2);
-  if (e != cudaSuccess) return e;
-  const dim3 g2((unsigned)a.K, (unsigned)ceil_div(a.C, kTileRows), (unsigned)a.M);
-  return launch_pdl_cluster(moe_down_v6_kernel<T, NBL>, g2, dim3(kMoeThreads), smem2, st, dim3((unsigned)a.K, 1, 1),
-                            (const float*)a.act, a.ids, (const float*)a.weights, a.down, (const T*)a.down_bias,
-                            (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F, (int)a.C);
-}
-
 // 0: GPTE_AB_MOE_V3 decides (non-empty: v3), 3 or 6: forced by moe_ab_force (the A/B's tests and bench).
 int g_moe_force = 0;
+// 0: both expert kernels; 1: only gate/up, 2: only down (moe_ab_force, the bench's per-kernel
+// timings: the kernel left out leaves its output as it was).
+int g_moe_parts = 0;
 
 bool moe_v6_selected() {
   static const bool env_v3 = [] {
@@ -807,14 +789,38 @@ bool moe_v6_selected() {
 }
 
 template <typename T, int NBL>
+cudaError_t launch_experts_v6(const MoeArgs& a, cudaStream_t st) {
+  const int gate_rb = (int)(a.C / 32 * kBlockBytes), down_rb = (int)(a.F / 32 * kBlockBytes);
+  const size_t smem1 = 2 * (size_t)tile_buf_bytes(kTileRows, gate_rb) + (size_t)a.C * sizeof(float);
+  static size_t configured1 = 48 * 1024;
+  cudaError_t e = allow_smem(moe_gate_up_v6_kernel<T, NBL>, smem1, configured1);
+  if (e != cudaSuccess) return e;
+  const dim3 g1((unsigned)ceil_div(a.F, kTileRows), (unsigned)(a.M * a.K));
+  if (g_moe_parts != 2)
+    e = launch_pdl(moe_gate_up_v6_kernel<T, NBL>, g1, dim3(kMoeThreads), smem1, st, (const T*)a.h, a.ids, a.gate,
+                   (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E, (int)a.F, (int)a.C);
+  if (e != cudaSuccess || g_moe_parts == 1) return e;
+  const size_t smem2 = (size_t)tile_buf_bytes(kTileRows, down_rb) + (size_t)a.F * sizeof(float);
+  static size_t configured2 = 48 * 1024;
+  e = allow_smem(moe_down_v6_kernel<T, NBL>, smem2, configured2);
+  if (e != cudaSuccess) return e;
+  const dim3 g2((unsigned)a.K, (unsigned)ceil_div(a.C, kTileRows), (unsigned)a.M);
+  return launch_pdl_cluster(moe_down_v6_kernel<T, NBL>, g2, dim3(kMoeThreads), smem2, st, dim3((unsigned)a.K, 1, 1),
+                            (const float*)a.act, a.ids, (const float*)a.weights, a.down, (const T*)a.down_bias,
+                            (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F, (int)a.C);
+}
+
+template <typename T, int NBL>
 cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
   // v6 for the split down kernel's k (its clusters); more experts: v3's kernels
   if (a.K <= kMaxClusterExperts && moe_v6_selected()) return launch_experts_v6<T, NBL>(a, st);
   const dim3 g1((unsigned)ceil_div(a.F, kGateUpRowsPerBlock), (unsigned)(a.M * a.K));
-  cudaError_t e = launch_pdl(moe_gate_up_kernel<T, NBL>, g1, dim3(kMoeThreads), (size_t)a.C * sizeof(float), st, (const T*)a.h, a.ids,
-                             a.gate, (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E,
-                             (int)a.F, (int)a.C);
-  if (e != cudaSuccess) return e;
+  cudaError_t e = cudaSuccess;
+  if (g_moe_parts != 2)
+    e = launch_pdl(moe_gate_up_kernel<T, NBL>, g1, dim3(kMoeThreads), (size_t)a.C * sizeof(float), st, (const T*)a.h,
+                   a.ids, a.gate, (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E,
+                   (int)a.F, (int)a.C);
+  if (e != cudaSuccess || g_moe_parts == 1) return e;
   if (a.K <= kMaxClusterExperts) {
     const dim3 g2((unsigned)a.K, (unsigned)ceil_div(a.C, kDownRowsPerBlock), (unsigned)a.M);
     return launch_pdl_cluster(moe_down_split_kernel<T, NBL>, g2, dim3(kMoeThreads), (size_t)a.F * sizeof(float),
@@ -849,8 +855,9 @@ cudaError_t dispatch_nbl(const MoeArgs& a, cudaStream_t st) {
 
 }  // namespace
 
-int moe_ab_force(int64_t version) {
+int moe_ab_force(int64_t version, int64_t parts) {
   if (version == 0 || version == 3 || version == 6) g_moe_force = (int)version;
+  if (parts >= 0 && parts <= 2) g_moe_parts = (int)parts;
   return moe_v6_selected() ? 6 : 3;
 }
 
