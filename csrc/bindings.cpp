@@ -735,6 +735,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sample_greedy", &sample_greedy, "next = argmax(logits[:, :n_valid]); pos += 1", py::arg("logits"),
         py::arg("n_valid"), py::arg("next"), py::arg("pos"), py::arg("status"));
   m.def("attention_decode_splits", &gpte::attention_decode_splits, "splits the decode kernel uses");
+  m.def("moe_ab_force", &gpte::moe_ab_force,
+        "A/B of the MoE expert kernels: 3 or 6 forces v3 or v6, 0 returns to GPTE_AB_MOE_V3's choice; parts: "
+        "0 both kernels, 1 only gate/up, 2 only down (timing); returns the version in use",
+        py::arg("version"), py::arg("parts") = 0);
   m.def("moe_route", &moe_route, "[RMSNorm, then] router logits -> top-k experts and softmax weights",
         py::arg("h"), py::arg("router"), py::arg("router_bias"), py::arg("ids"), py::arg("weights"),
         py::arg("norm_weight") = py::none(), py::arg("eps") = 0.0, py::arg("h_out") = py::none());

@@ -32,11 +32,29 @@
 // [j][b] (consecutive lanes, consecutive words: no bank conflicts). Per lane and row the
 // products are summed in v1's order (block by block, values 0..15 each with its partner 16..31,
 // then the block scale), so v1 and v2 give the same sums.
+//
+// Decode v6 (default; GPTE_AB_MOE_V3 non-empty selects v3, read once, for an A/B in one run):
+// v3's kernels waited, per wave of ~3 resident blocks per SM, for the routing ids, then for the
+// weight loads into registers (3 KB per warp), then computed: too few bytes in flight per SM.
+// In v6 a block's tile is R = 16 consecutive rows of one expert (its gate and its up rows; down:
+// its expert's down rows), ONE contiguous span of 16 x 1,530 = 24,480 bytes at gpt-oss's shape,
+// since an expert's rows are consecutive in the stack. Right after the PDL wait one warp reads
+// the expert id and starts bulk asynchronous copies (TMA 1-D, cp.async.bulk, completing on an
+// mbarrier) of the span's 16-byte-aligned part into shared memory (the few bytes past an unaligned
+// tensor begin or end by plain loads: nothing outside the tensor is read); meanwhile every thread
+// stages the input; then the block waits on the barrier and computes from shared memory with
+// v3's arithmetic in v3's order (warp = row, lane blocks b = lane + 32 i, block_dot, warp_sum):
+// the outputs are v3's bit for bit. Sizes (C = F = 2880, k = 4): gate/up 720 blocks of 8 warps,
+// each warp two row pairs (one input read serves four dots), 2 x 24.5 KB tiles + 11.5 KB input =
+// 60.5 KB of shared memory, 3 blocks per SM = 147 KB of weights in flight per SM against the
+// ~64 KB that Little's law asks at ~4 TB/s x ~2 us / 132 SMs; 46 KB left for the down kernel's
+// first blocks under PDL. Down: 720 blocks (v3's grid, clusters of k), 24.5 + 11.5 KB, 6 per SM.
 #include <cmath>
 
 #include "common.cuh"
 #include "launchers.h"
 #include "quant_blocks.cuh"  // e8m0_half (ggml_e8m0_to_fp32_half), shared with the packed GEMV
+#include "tma.cuh"           // mbarrier and bulk-copy wrappers
 
 #include <cooperative_groups.h>
 
@@ -340,6 +358,237 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_split_kernel(
   cluster.sync();  // no block leaves while rank 0 still reads its part
 }
 
+// ---------------------------------------------------------------------------- decode v6
+constexpr int kTileRows = 16;  // rows of one expert per v6 block: 2 per warp
+constexpr int kTileSlack = 32; // a tile buffer also holds the span's offset in its first 16-byte
+                               // granule and the 3 bytes past the last block's 5th word
+
+// Shared-memory bytes of one tile buffer of `rows` rows of row_bytes (16-byte multiple).
+__host__ __device__ constexpr int tile_buf_bytes(int rows, int row_bytes) {
+  return (rows * row_bytes + 15) / 16 * 16 + kTileSlack;
+}
+
+// The span [s, s + n) of the tensor [begin, end) mapped into a tile buffer: global byte g at
+// buf[g - lo], lo = s rounded down to 16 (so a byte's address mod 16 is kept: block_dot's
+// funnel shifts read the same fields). [a0, a0 + bytes) is the part one bulk copy moves: 16-byte
+// aligned, inside the span's granules and inside the tensor.
+struct TileSpan {
+  uintptr_t s, lo, a0;
+  uint32_t n, bytes;
+};
+
+__device__ __forceinline__ TileSpan tile_span(const uint8_t* s, int64_t n, const uint8_t* begin, const uint8_t* end) {
+  TileSpan t;
+  t.s = reinterpret_cast<uintptr_t>(s);
+  t.n = (uint32_t)n;
+  t.lo = t.s & ~uintptr_t(15);
+  const uintptr_t hi = (t.s + n + 15) & ~uintptr_t(15);
+  const uintptr_t b16 = (reinterpret_cast<uintptr_t>(begin) + 15) & ~uintptr_t(15);
+  const uintptr_t e16 = reinterpret_cast<uintptr_t>(end) & ~uintptr_t(15);
+  t.a0 = t.lo > b16 ? t.lo : b16;
+  const uintptr_t a1 = hi < e16 ? hi : e16;
+  t.bytes = a1 > t.a0 ? (uint32_t)(a1 - t.a0) : 0u;
+  return t;
+}
+
+// The span's bytes the bulk copy leaves out (under 16 at each end, and only where the tensor's
+// begin or end is not 16-byte aligned), loaded by the lanes of one warp.
+__device__ __forceinline__ void tile_edges(uint8_t* buf, const TileSpan& t, int lane) {
+  const uintptr_t a1 = t.a0 + t.bytes, se = t.s + t.n;
+  const uintptr_t head_end = t.bytes ? (t.a0 < se ? t.a0 : se) : se;  // no copy: every byte here
+  for (uintptr_t g = t.s + lane; g < head_end; g += 32) buf[g - t.lo] = __ldg(reinterpret_cast<const uint8_t*>(g));
+  if (t.bytes)
+    for (uintptr_t g = (a1 > t.s ? a1 : t.s) + lane; g < se; g += 32)
+      buf[g - t.lo] = __ldg(reinterpret_cast<const uint8_t*>(g));
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// The 17-byte block at buf[q] as the 5 aligned words that hold it (load_block's, from shared memory).
+__device__ __forceinline__ BlockWords smem_block(const uint8_t* buf, int q) {
+  const uint32_t* w = reinterpret_cast<const uint32_t*>(buf + (q & ~3));
+  BlockWords r;
+#pragma unroll
+  for (int k = 0; k < 5; ++k) r.w[k] = w[k];
+  return r;
+}
+
+// stage_input with each thread's loads all issued before its stores (the same values at the
+// same places): the staging overlaps the bulk copies and should not be a chain of L2 trips.
+template <int NBL, typename S>
+__device__ __forceinline__ void stage_input_batched(float* xs, const S* __restrict__ src, int nblk) {
+  constexpr int kPer = NBL * 1024 / kMoeThreads;  // n <= NBL * 1024 values
+  const int n = nblk * 32;
+  float v[kPer];
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int c = threadIdx.x + u * kMoeThreads;
+    v[u] = c < n ? to_f(src[c]) * kInputScale : 0.f;
+  }
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int c = threadIdx.x + u * kMoeThreads;
+    if (c < n) xs[(c & 31) * nblk + (c >> 5)] = v[u];
+  }
+}
+
+// v6 gate/up: grid (F / 16, M * K), 8 warps; warp w computes tile rows w and w + 8 (gate and up).
+template <typename T, int NBL>
+__global__ void __launch_bounds__(kMoeThreads) moe_gate_up_v6_kernel(
+    const T* __restrict__ h,            // [M, C]
+    const int32_t* __restrict__ ids,    // [M, K]
+    const uint8_t* __restrict__ wg,     // [E * F, C / 32 * 17]
+    const T* __restrict__ bg,           // [E, F]
+    const uint8_t* __restrict__ wu,     // [E * F, C / 32 * 17]
+    const T* __restrict__ bu,           // [E, F]
+    float* __restrict__ act,            // [M, K, F]
+    int K, int E, int F, int C) {
+  extern __shared__ __align__(16) uint8_t moe_tiles[];  // gate tile, up tile, then xs [32][C / 32]
+  __shared__ __align__(8) uint64_t bar;
+  pdl_wait();  // h and the routing come from the kernels before
+  pdl_launch_dependents();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int mj = blockIdx.y, m = mj / K;
+  const int nblk = C / 32;
+  const int row_bytes = nblk * kBlockBytes;
+  const int buf_bytes = tile_buf_bytes(kTileRows, row_bytes);
+  uint8_t* gbuf = moe_tiles;
+  uint8_t* ubuf = moe_tiles + buf_bytes;
+  float* xs = reinterpret_cast<float*>(moe_tiles + 2 * buf_bytes);
+  const int r0 = blockIdx.x * kTileRows;
+  const int rows = F - r0 < kTileRows ? F - r0 : kTileRows;
+  const int e = clamp_expert(ids[mj], E);  // one L2 trip, every thread (a broadcast)
+  const int64_t n_tensor = (int64_t)E * F * row_bytes;
+  const TileSpan gs = tile_span(wg + ((int64_t)e * F + r0) * row_bytes, (int64_t)rows * row_bytes, wg, wg + n_tensor);
+  const TileSpan us = tile_span(wu + ((int64_t)e * F + r0) * row_bytes, (int64_t)rows * row_bytes, wu, wu + n_tensor);
+  const uint32_t b = smem_addr(&bar);
+  if (warp == 0) {
+    if (lane == 0) {
+      mbar_init(b, 1);
+      mbar_init_fence();
+      mbar_arrive_expect_tx(b, gs.bytes + us.bytes);
+      if (gs.bytes) bulk_load(smem_addr(gbuf + (gs.a0 - gs.lo)), reinterpret_cast<const void*>(gs.a0), gs.bytes, b);
+      if (us.bytes) bulk_load(smem_addr(ubuf + (us.a0 - us.lo)), reinterpret_cast<const void*>(us.a0), us.bytes, b);
+    }
+    tile_edges(gbuf, gs, lane);
+    tile_edges(ubuf, us, lane);
+  }
+  stage_input_batched<NBL>(xs, h + (int64_t)m * C, nblk);
+  __syncthreads();  // xs, the edges and the initialised barrier
+  mbar_wait(b, 0);
+  const int goff = (int)(gs.s - gs.lo), uoff = (int)(us.s - us.lo);
+  int rr[2];
+#pragma unroll
+  for (int t = 0; t < 2; ++t) rr[t] = min(warp + t * kMoeWarps, rows - 1);
+  float ga[2] = {}, ua[2] = {};
+#pragma unroll
+  for (int i = 0; i < NBL; ++i) {
+    const int bb = lane + 32 * i;
+    if (bb < nblk) {
+      auto x = [&](int j) { return xs[j * nblk + bb]; };
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const int qg = goff + rr[t] * row_bytes + bb * kBlockBytes;
+        const int qu = uoff + rr[t] * row_bytes + bb * kBlockBytes;
+        ga[t] = block_dot(smem_block(gbuf, qg), (uintptr_t)qg, x, ga[t]);
+        ua[t] = block_dot(smem_block(ubuf, qu), (uintptr_t)qu, x, ua[t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    const int r = r0 + warp + t * kMoeWarps;
+    const int64_t er = (int64_t)e * F + r;
+    const float g = warp_sum(ga[t]);
+    const float u = warp_sum(ua[t]);
+    if (lane == 0 && warp + t * kMoeWarps < rows) {
+      const float gb = g + to_f(bg[er]), ub = u + to_f(bu[er]);
+      const float gc = fminf(gb, kSwigluLimit);
+      const float uc = fminf(fmaxf(ub, -kSwigluLimit), kSwigluLimit);
+      act[(int64_t)mj * F + r] = gc / (1.f + expf(-kSwigluAlpha * gc)) * (uc + 1.f);
+    }
+  }
+}
+
+// v6 down: moe_down_split_kernel's grid and clusters (K, C / 16, M), its expert's 16 rows as one
+// bulk-copied tile; warp w computes tile rows w and w + 8 (v3's rows), rank 0 sums as in v3.
+template <typename T, int NBL>
+__global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
+    const float* __restrict__ act,      // [M, K, F]
+    const int32_t* __restrict__ ids,    // [M, K]
+    const float* __restrict__ wts,      // [M, K]
+    const uint8_t* __restrict__ wd,     // [E * C, F / 32 * 17]
+    const T* __restrict__ bd,           // [E, C]
+    const T* __restrict__ residual,     // [M, C] or null
+    T* __restrict__ out,                // [M, C]
+    int K, int E, int F, int C) {
+  extern __shared__ __align__(16) uint8_t moe_tiles[];  // the tile, then xs [32][F / 32]
+  __shared__ float part[kDownRowsPerBlock];
+  __shared__ __align__(8) uint64_t bar;
+  static_assert(kDownRowsPerBlock == kTileRows, "v6 down keeps v3's 16 rows per block");
+  pdl_wait();
+  pdl_launch_dependents();
+  cg::cluster_group cluster = cg::this_cluster();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int j = blockIdx.x, m = blockIdx.z;
+  const int nblk = F / 32;
+  const int row_bytes = nblk * kBlockBytes;
+  uint8_t* dbuf = moe_tiles;
+  float* xs = reinterpret_cast<float*>(moe_tiles + tile_buf_bytes(kTileRows, row_bytes));
+  const int c0 = blockIdx.y * kTileRows;
+  const int rows = C - c0 < kTileRows ? C - c0 : kTileRows;
+  const int e = clamp_expert(ids[m * K + j], E);
+  const TileSpan ds = tile_span(wd + ((int64_t)e * C + c0) * row_bytes, (int64_t)rows * row_bytes, wd,
+                                wd + (int64_t)E * C * row_bytes);
+  const uint32_t b = smem_addr(&bar);
+  if (warp == 0) {
+    if (lane == 0) {
+      mbar_init(b, 1);
+      mbar_init_fence();
+      mbar_arrive_expect_tx(b, ds.bytes);
+      if (ds.bytes) bulk_load(smem_addr(dbuf + (ds.a0 - ds.lo)), reinterpret_cast<const void*>(ds.a0), ds.bytes, b);
+    }
+    tile_edges(dbuf, ds, lane);
+  }
+  stage_input_batched<NBL>(xs, act + ((int64_t)m * K + j) * F, nblk);
+  __syncthreads();
+  mbar_wait(b, 0);
+  const int off = (int)(ds.s - ds.lo);
+  int rr[kDownRowsPerWarp];
+#pragma unroll
+  for (int t = 0; t < kDownRowsPerWarp; ++t) rr[t] = min(t * kMoeWarps + warp, rows - 1);
+  float a[kDownRowsPerWarp] = {};
+#pragma unroll
+  for (int i = 0; i < NBL; ++i) {
+    const int bb = lane + 32 * i;
+    if (bb < nblk) {
+      auto x = [&](int q) { return xs[q * nblk + bb]; };
+#pragma unroll
+      for (int t = 0; t < kDownRowsPerWarp; ++t) {
+        const int q = off + rr[t] * row_bytes + bb * kBlockBytes;
+        a[t] = block_dot(smem_block(dbuf, q), (uintptr_t)q, x, a[t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kDownRowsPerWarp; ++t) {
+    const float d = warp_sum(a[t]);
+    const int c = c0 + t * kMoeWarps + warp;
+    if (lane == 0 && t * kMoeWarps + warp < rows) part[t * kMoeWarps + warp] = d + to_f(bd[(int64_t)e * C + c]);
+  }
+  cluster.sync();  // every expert's part is written
+  if (j == 0 && threadIdx.x < kDownRowsPerBlock) {
+    const int r = threadIdx.x;
+    const int cc = c0 + r;
+    if (cc < C) {
+      float acc = 0.f;
+      for (int jj = 0; jj < K; ++jj) acc = fmaf(wts[m * K + jj], cluster.map_shared_rank(part, jj)[r], acc);
+      store_down(out, residual, (int64_t)m * C + cc, acc);
+    }
+  }
+  cluster.sync();  // no block leaves while rank 0 still reads its part
+}
+
 constexpr int kRouteWarps = 8;
 constexpr int kRouteThreads = 32 * kRouteWarps;
 constexpr int kRouteCluster = 8;  // blocks per token (the portable cluster size)
@@ -515,13 +764,63 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
   }
 }
 
+// Sets a kernel's dynamic shared-memory limit once it asks for more than the default 48 KB
+// (`configured`: what was set so far for that kernel).
+template <typename... KArgs>
+cudaError_t allow_smem(void (*kernel)(KArgs...), size_t smem, size_t& configured) {
+  if (smem <= configured) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (e == cudaSuccess) configured = smem;
+  return e;
+}
+
+// 0: GPTE_AB_MOE_V3 decides (non-empty: v3), 3 or 6: forced by moe_ab_force (the A/B's tests and bench).
+int g_moe_force = 0;
+// 0: both expert kernels; 1: only gate/up, 2: only down (moe_ab_force, the bench's per-kernel
+// timings: the kernel left out leaves its output as it was).
+int g_moe_parts = 0;
+
+bool moe_v6_selected() {
+  static const bool env_v3 = [] {
+    const char* v = std::getenv("GPTE_AB_MOE_V3");
+    return v != nullptr && *v != '\0';
+  }();
+  return g_moe_force == 6 || (g_moe_force == 0 && !env_v3);
+}
+
+template <typename T, int NBL>
+cudaError_t launch_experts_v6(const MoeArgs& a, cudaStream_t st) {
+  const int gate_rb = (int)(a.C / 32 * kBlockBytes), down_rb = (int)(a.F / 32 * kBlockBytes);
+  const size_t smem1 = 2 * (size_t)tile_buf_bytes(kTileRows, gate_rb) + (size_t)a.C * sizeof(float);
+  static size_t configured1 = 48 * 1024;
+  cudaError_t e = allow_smem(moe_gate_up_v6_kernel<T, NBL>, smem1, configured1);
+  if (e != cudaSuccess) return e;
+  const dim3 g1((unsigned)ceil_div(a.F, kTileRows), (unsigned)(a.M * a.K));
+  if (g_moe_parts != 2)
+    e = launch_pdl(moe_gate_up_v6_kernel<T, NBL>, g1, dim3(kMoeThreads), smem1, st, (const T*)a.h, a.ids, a.gate,
+                   (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E, (int)a.F, (int)a.C);
+  if (e != cudaSuccess || g_moe_parts == 1) return e;
+  const size_t smem2 = (size_t)tile_buf_bytes(kTileRows, down_rb) + (size_t)a.F * sizeof(float);
+  static size_t configured2 = 48 * 1024;
+  e = allow_smem(moe_down_v6_kernel<T, NBL>, smem2, configured2);
+  if (e != cudaSuccess) return e;
+  const dim3 g2((unsigned)a.K, (unsigned)ceil_div(a.C, kTileRows), (unsigned)a.M);
+  return launch_pdl_cluster(moe_down_v6_kernel<T, NBL>, g2, dim3(kMoeThreads), smem2, st, dim3((unsigned)a.K, 1, 1),
+                            (const float*)a.act, a.ids, (const float*)a.weights, a.down, (const T*)a.down_bias,
+                            (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F, (int)a.C);
+}
+
 template <typename T, int NBL>
 cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
+  // v6 for the split down kernel's k (its clusters); more experts: v3's kernels
+  if (a.K <= kMaxClusterExperts && moe_v6_selected()) return launch_experts_v6<T, NBL>(a, st);
   const dim3 g1((unsigned)ceil_div(a.F, kGateUpRowsPerBlock), (unsigned)(a.M * a.K));
-  cudaError_t e = launch_pdl(moe_gate_up_kernel<T, NBL>, g1, dim3(kMoeThreads), (size_t)a.C * sizeof(float), st, (const T*)a.h, a.ids,
-                             a.gate, (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E,
-                             (int)a.F, (int)a.C);
-  if (e != cudaSuccess) return e;
+  cudaError_t e = cudaSuccess;
+  if (g_moe_parts != 2)
+    e = launch_pdl(moe_gate_up_kernel<T, NBL>, g1, dim3(kMoeThreads), (size_t)a.C * sizeof(float), st, (const T*)a.h,
+                   a.ids, a.gate, (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E,
+                   (int)a.F, (int)a.C);
+  if (e != cudaSuccess || g_moe_parts == 1) return e;
   if (a.K <= kMaxClusterExperts) {
     const dim3 g2((unsigned)a.K, (unsigned)ceil_div(a.C, kDownRowsPerBlock), (unsigned)a.M);
     return launch_pdl_cluster(moe_down_split_kernel<T, NBL>, g2, dim3(kMoeThreads), (size_t)a.F * sizeof(float),
@@ -555,6 +854,12 @@ cudaError_t dispatch_nbl(const MoeArgs& a, cudaStream_t st) {
 }
 
 }  // namespace
+
+int moe_ab_force(int64_t version, int64_t parts) {
+  if (version == 0 || version == 3 || version == 6) g_moe_force = (int)version;
+  if (parts >= 0 && parts <= 2) g_moe_parts = (int)parts;
+  return moe_v6_selected() ? 6 : 3;
+}
 
 int moe_blocks_per_lane(int64_t n) { return (int)ceil_div(ceil_div(n, 32), 32); }
 

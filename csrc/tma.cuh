@@ -40,6 +40,14 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   } while (!done);
 }
 
+// 1-D bulk copy (no tensor map) of `bytes` (a multiple of 16) from global src (16-byte aligned)
+// to shared memory at dst (16-byte aligned), completing on bar (PTX "cp.async.bulk").
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
 // Loads the box at coordinates (c0, c1, c2, c3) (innermost first) of a rank-4 tensor map
 // into shared memory at dst (1024-byte aligned for the 128-byte swizzle), completing on bar.
 __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3,

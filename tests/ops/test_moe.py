@@ -310,3 +310,71 @@ def test_grouped_moe_is_graph_capturable(device):
     h.copy_(randn((128, c), torch.float16, device))
     g.replay()
     assert torch.equal(out, step())
+
+
+def _shifted(t, off):
+    """t's bytes in a tensor that starts `off` bytes into its allocation (not 16-byte aligned)."""
+    buf = torch.empty(t.numel() + off, dtype=t.dtype, device=t.device)
+    v = buf[off:].view(t.shape)
+    v.copy_(t)
+    return v
+
+
+@STORY
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(4, 64, 64), (32, 64, 64), (4, 96, 160), (32, 160, 96), (4, 2880, 2880),
+                                   (32, 2880, 2880)], ids=str)
+def test_decode_v6_equals_v3(device, dtype, shape):
+    """The decode v6 expert kernels (tiles bulk-copied into shared memory) give v3's outputs bit
+    for bit: tokens 1, 2, 5; k 1, 2, 4 with random distinct experts (the last expert's tile ends
+    the stack); rows of 51 and 85 bytes (C or F = 96, 160: tiles not 16-byte aligned); with and
+    without the residual; and on stacks starting 5 bytes into their allocation, whose first and
+    last bytes the bulk copy may not reach (plain loads take them)."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    e, c, f = shape
+    L = _layer(e, 4, c, f, dtype, device)
+    shifted = SimpleNamespace(gate=SimpleNamespace(weight=SimpleNamespace(raw=_shifted(L.gate.weight.raw, 5)),
+                                                   bias=L.gate.bias),
+                              up=SimpleNamespace(weight=SimpleNamespace(raw=_shifted(L.up.weight.raw, 5)), bias=L.up.bias),
+                              down=SimpleNamespace(weight=SimpleNamespace(raw=_shifted(L.down.weight.raw, 5)),
+                                                   bias=L.down.bias))
+    assert shifted.gate.weight.raw.data_ptr() % 16 != 0
+    gen = torch.Generator().manual_seed(1)
+    try:
+        for m in (1, 2, 5):
+            for k in (1, 2, 4):
+                ids = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(m)]).to(device, torch.int32)
+                ids[0, 0] = e - 1
+                w = torch.softmax(torch.randn(m, k, generator=gen), -1).to(device)
+                h = randn((m, c), dtype, device)
+                r = randn((m, c), dtype, device)
+                for layer in (L, shifted):
+                    for res in (None, r):
+                        assert ext.moe_ab_force(3) == 3
+                        v3 = _experts(h, ids, w, layer, res)
+                        assert ext.moe_ab_force(6) == 6
+                        v6 = _experts(h, ids, w, layer, res)
+                        torch.cuda.synchronize()
+                        assert torch.equal(v6, v3), (m, k, res is not None, layer is shifted)
+    finally:
+        ext.moe_ab_force(0)
+
+
+@STORY
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
+def test_decode_version_switch(device):
+    """GPTE_AB_MOE_V3 (read once; empty = unset) picks v3, else v6 runs; moe_ab_force(-1) only reports."""
+    import os
+    import subprocess
+    import sys
+    code = "from gpt_engine.ops import _ext; print(_ext.load().moe_ab_force(-1, -1))"
+    for value, want in (("1", "3"), ("", "6"), (None, "6")):
+        env = {k: v for k, v in os.environ.items() if k != "GPTE_AB_MOE_V3"}
+        if value is not None:
+            env["GPTE_AB_MOE_V3"] = value
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # gpt_engine importable
+        got = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                             check=True)
+        assert got.stdout.strip().splitlines()[-1] == want, (value, got.stdout, got.stderr)
