@@ -54,6 +54,7 @@
 // fmaf / __fmul_rn in a fixed order): a sequence's output does not depend on its batch.
 #pragma once
 #include <cmath>
+#include <type_traits>
 
 #include "linear_common.cuh"
 #include "quant_blocks.cuh"
@@ -123,12 +124,13 @@ __device__ __forceinline__ int dp4a(uint32_t a, uint32_t b, int c) {
 
 // acc + one group's contribution: codes c[8] of one weight row, x planes (h0, l0: values 0..15;
 // h1, l1: 16..31), xs = {d_x, sum q 0..15, sum q 16..31, -}. |sum c q| <= 32 * 128 * 32767 < 2^31.
-template <int T>
+// IC: the codes' format, IntCodes (v2) or IntCodesMx (v3: MXFP4 biased by 128)
+template <int T, typename IC>
 __device__ __forceinline__ float group_dot(const uint32_t* c, const uint4& h0, const uint4& l0, const uint4& h1,
                                            const uint4& l1, const float4& xs, float s0, float s1, float mn,
                                            float acc) {
-  constexpr bool WS = IntCodes<T>::kSigned;
-  constexpr int OFF = IntCodes<T>::kOff;
+  constexpr bool WS = IC::kSigned;
+  constexpr int OFF = IC::kOff;
   int hs0 = dp4a<WS, true>(c[0], h0.x, 0), ls0 = dp4a<WS, false>(c[0], l0.x, 0);
   hs0 = dp4a<WS, true>(c[1], h0.y, hs0), ls0 = dp4a<WS, false>(c[1], l0.y, ls0);
   hs0 = dp4a<WS, true>(c[2], h0.z, hs0), ls0 = dp4a<WS, false>(c[2], l0.z, ls0);
@@ -623,6 +625,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   float4* xsc = reinterpret_cast<float4*>(xq + (size_t)MT * xt * kXTile);
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
   const int stride = gridDim.x * kWarps;
+  using IC = std::conditional_t<V == 3, IntCodesMx<T>, IntCodes<T>>;
 
   // rows of a pair; a missing second row (odd N) re-reads the first, its sums never stored
   auto rows_of = [&](int pair, int& r0, int& r1, bool& has1) {
@@ -681,8 +684,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
         const int q = gi / GPB, j = gi - q * GPB, g = g0 + gi;
         uint32_t ca[8], cb[8];
         float a0, a1, am, b0, b1, bm;
-        group_codes<T>(bufa, sa.off + q * TR::TS, j, ca, a0, a1, am);
-        group_codes<T>(bufb, sb.off + q * TR::TS, j, cb, b0, b1, bm);
+        group_codes<T, V == 3>(bufa, sa.off + q * TR::TS, j, ca, a0, a1, am);
+        group_codes<T, V == 3>(bufb, sb.off + q * TR::TS, j, cb, b0, b1, bm);
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           const uint8_t* xp = xq + ((size_t)m * xt + (g >> 5)) * kXTile + lane * 16;  // slot g % 32 == lane
@@ -691,8 +694,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
           const uint4 h1 = *reinterpret_cast<const uint4*>(xp + 1024);
           const uint4 l1 = *reinterpret_cast<const uint4*>(xp + 1536);
           const float4 xs = xsc[(size_t)m * xt * 32 + g];
-          acc0[m] = group_dot<T>(ca, h0, l0, h1, l1, xs, a0, a1, am, acc0[m]);
-          acc1[m] = group_dot<T>(cb, h0, l0, h1, l1, xs, b0, b1, bm, acc1[m]);
+          acc0[m] = group_dot<T, IC>(ca, h0, l0, h1, l1, xs, a0, a1, am, acc0[m]);
+          acc1[m] = group_dot<T, IC>(cb, h0, l0, h1, l1, xs, b0, b1, bm, acc1[m]);
         }
       }
     }
