@@ -46,6 +46,15 @@
 //    (launch, x staging, first DRAM round trip, tail) is as large as the work, so hiding it
 //    matters more than a 16th warp. Pairs go round-robin over the blocks first (pair i -> block
 //    i % grid), so every SM works even when N is small.
+//
+// v3 (this header's default; GPTE_AB_GEMVQ_STAGE=2 launches v2 for an A/B, a temporary switch):
+// outputs bit-identical to v2 (tests/ops/test_linear_q_stage.py). Changed:
+//  - the activation staging, stage_x_v3 (its comment below): x from global memory straight into
+//    registers, the norm weights loaded before griddepcontrol.wait, norm statistics in v2's
+//    order of operations with 1-4 barriers in all (v2: 5-9), exact bit arithmetic for v2's
+//    frexpf / ldexpf / rint / clamp;
+//  - MXFP4 codes from mxfp4_biased8 (quant_blocks.cuh): the raw nibbles are prmt selectors, 13
+//    operations per 8 codes (v2 ~25), unsigned with offset 128 (IntCodesMx) like Q4_0's 8.
 // Layout of x in shared memory, per activation row: tiles of 32 groups (1,024 values), a tile
 // [half h][plane (hi, lo)][slot = group % 32][16 B = values 16h .. 16h + 15 of the group]: lane
 // l reads slot l, so each 16-byte load of a warp is 512 contiguous bytes (no bank conflicts).
