@@ -43,15 +43,18 @@ def time_us(fn, reps=20) -> float:
 
 def packed(n: int, k: int, qtype) -> torch.Tensor:
     """Random weight bytes of a packed type (one matrix): gguf-py's quantizer, ours for the
-    K-quants (gguf-py has none)."""
+    K-quants (gguf-py has none). 256 distinct rows repeated to n (the timing does not depend on
+    the values; the quantizers take ~1 s per million weights on the CPU)."""
     import numpy as np
-    w = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32) * 0.02
+    r = min(n, 256)
+    w = np.random.default_rng(0).standard_normal((r, k)).astype(np.float32) * 0.02
     if qtype.name.endswith("_K"):
         from gpt_engine.quantize import quantize
         raw = quantize(w, qtype)
     else:
         raw = gguf.quants.quantize(w, qtype)
-    return torch.from_numpy(np.ascontiguousarray(raw).reshape(n, -1)).cuda()
+    raw = np.tile(np.ascontiguousarray(raw).reshape(r, -1), ((n + r - 1) // r, 1))[:n]
+    return torch.from_numpy(np.ascontiguousarray(raw)).cuda()
 
 
 QUANT_TYPES = ["Q8_0", "MXFP4", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
