@@ -18,6 +18,7 @@ import gguf
 import torch
 
 from gpt_engine import ops
+from gpt_engine.ops.linear import packed_gemv_ok
 
 from .test_linear import make_weight
 
@@ -28,15 +29,15 @@ N = 40
 
 def _ks(qk: int, m: int) -> list[int]:
     """K: odd tile counts (tiles of 1,024 values), and past v3's first chunk where the shared
-    memory allows it."""
+    memory allows it (M = 16: K <= 4,096)."""
     if qk == 32:
-        ks = [2080, 4160]                   # 65 groups (3 tiles), 130 groups (5 tiles; > 128)
+        ks = [2080, 4160 if m < 16 else 4096]   # 65 groups (3 tiles; > 64), 130 (5 tiles; > 128)
         if m <= 2:
-            ks.append(9216)                 # 288 groups (9 tiles; > 256)
+            ks.append(9216)                     # 288 groups (9 tiles; > 256)
     else:
-        ks = [2304, 4352]                   # 72 groups (3 tiles), 136 groups (5 tiles)
+        ks = [2304, 4352 if m < 16 else 4096]   # 72 groups (3 tiles), 136 (5 tiles)
         if m <= 2:
-            ks.append(8448)                 # 264 groups (9 tiles)
+            ks.append(8448)                     # 264 groups (9 tiles)
     return ks
 
 
@@ -91,6 +92,8 @@ def run(seed: int, device: str = "cuda") -> dict[str, torch.Tensor]:
                 if k not in weights:
                     weights[k] = make_weight(N, k, wtype, device)[0]
                 w = weights[k]
+                assert device == "cpu" or all(packed_gemv_ok(w.raw, int(w.qtype), dt, m, k)
+                                              for dt in (torch.float16, torch.bfloat16)), (wtype, m, k)
                 for dtype in (torch.float16, torch.bfloat16):
                     x0 = torch.randn(m, k, device=device).to(dtype)
                     nw = (torch.randn(k, device=device) * 0.2 + 1.0).to(dtype)
