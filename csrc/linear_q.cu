@@ -1,5 +1,7 @@
 // Dispatch of the packed-block decode GEMV v2 (csrc/linear_q_impl.cuh; kernels instantiated per type
 // group in linear_q_a.cu, linear_q_b.cu, linear_q_k.cu).
+#include <cstdlib>
+
 #include "linear_q_impl.cuh"
 
 namespace gpte {
@@ -31,6 +33,16 @@ bool epilogue_ok(const LinearArgs& p) {
 }
 
 }  // namespace
+
+// GPTE_AB_GEMVQ_STAGE=2: the v2 activation staging, for an A/B against v3 in one run (temporary;
+// an empty value counts as unset)
+int gemvq_stage() {
+  static const int v = [] {
+    const char* e = std::getenv("GPTE_AB_GEMVQ_STAGE");
+    return e && *e && std::atoi(e) == 2 ? 2 : 3;
+  }();
+  return v;
+}
 
 bool linear_q_supported(int ggml_type, int adtype, int64_t M, int64_t K) {
   int qk, ts;

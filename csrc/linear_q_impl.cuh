@@ -46,6 +46,15 @@
 //    (launch, x staging, first DRAM round trip, tail) is as large as the work, so hiding it
 //    matters more than a 16th warp. Pairs go round-robin over the blocks first (pair i -> block
 //    i % grid), so every SM works even when N is small.
+//
+// v3 (this header's default; GPTE_AB_GEMVQ_STAGE=2 launches v2 for an A/B, a temporary switch):
+// outputs bit-identical to v2 (tests/ops/test_linear_q_stage.py). Changed:
+//  - the activation staging, stage_x_v3 (its comment below): x from global memory straight into
+//    registers, the norm weights loaded before griddepcontrol.wait, norm statistics in v2's
+//    order of operations with 1-4 barriers in all (v2: 5-9), exact bit arithmetic for v2's
+//    frexpf / ldexpf / rint / clamp;
+//  - MXFP4 codes from mxfp4_biased8 (quant_blocks.cuh): the raw nibbles are prmt selectors, 13
+//    operations per 8 codes (v2 ~25), unsigned with offset 128 (IntCodesMx) like Q4_0's 8.
 // Layout of x in shared memory, per activation row: tiles of 32 groups (1,024 values), a tile
 // [half h][plane (hi, lo)][slot = group % 32][16 B = values 16h .. 16h + 15 of the group]: lane
 // l reads slot l, so each 16-byte load of a warp is 512 contiguous bytes (no bank conflicts).
@@ -54,11 +63,16 @@
 // fmaf / __fmul_rn in a fixed order): a sequence's output does not depend on its batch.
 #pragma once
 #include <cmath>
+#include <type_traits>
 
 #include "linear_common.cuh"
 #include "quant_blocks.cuh"
 
 namespace gpte {
+// The activation staging the packed GEMV launches: 3 (stage_x_v3), or 2 (stage_x_int) when the
+// environment sets GPTE_AB_GEMVQ_STAGE=2 (a temporary A/B switch, read once; linear_q.cu).
+int gemvq_stage();
+
 namespace {
 using namespace linear_detail;
 using namespace quant;
@@ -119,12 +133,13 @@ __device__ __forceinline__ int dp4a(uint32_t a, uint32_t b, int c) {
 
 // acc + one group's contribution: codes c[8] of one weight row, x planes (h0, l0: values 0..15;
 // h1, l1: 16..31), xs = {d_x, sum q 0..15, sum q 16..31, -}. |sum c q| <= 32 * 128 * 32767 < 2^31.
-template <int T>
+// IC: the codes' format, IntCodes (v2) or IntCodesMx (v3: MXFP4 biased by 128)
+template <int T, typename IC>
 __device__ __forceinline__ float group_dot(const uint32_t* c, const uint4& h0, const uint4& l0, const uint4& h1,
                                            const uint4& l1, const float4& xs, float s0, float s1, float mn,
                                            float acc) {
-  constexpr bool WS = IntCodes<T>::kSigned;
-  constexpr int OFF = IntCodes<T>::kOff;
+  constexpr bool WS = IC::kSigned;
+  constexpr int OFF = IC::kOff;
   int hs0 = dp4a<WS, true>(c[0], h0.x, 0), ls0 = dp4a<WS, false>(c[0], l0.x, 0);
   hs0 = dp4a<WS, true>(c[1], h0.y, hs0), ls0 = dp4a<WS, false>(c[1], l0.y, ls0);
   hs0 = dp4a<WS, true>(c[2], h0.z, hs0), ls0 = dp4a<WS, false>(c[2], l0.z, ls0);
@@ -320,15 +335,296 @@ __device__ __forceinline__ void stage_x_int(const LinearArgs& p, uint8_t* xq, fl
   __syncthreads();
 }
 
+// ---- v3 staging (default; GPTE_AB_GEMVQ_STAGE=2 selects stage_x_int above for an A/B) ----
+// Same codes, scales and therefore outputs as stage_x_int, bit for bit, with a shorter
+// post-wait critical path:
+//  - Each thread owns 8 consecutive values of one group per (unit, row): group
+//    g = 64 (U c + u) + 8 warp + lane % 8, values 8 p .. 8 p + 7 with p = lane / 8 (4 threads
+//    per group). It loads them from global memory straight into registers (16-byte loads: a
+//    warp reads 8 groups = 512 contiguous bytes), so the quantization reads no raw copy. The
+//    norm weight and bias of those positions are loaded BEFORE griddepcontrol.wait (constant
+//    data), so the only post-wait round trip is x itself (v2: x, then nw/nb once per pass).
+//  - Norm statistics: a raw copy of x in the tile area (written from those registers) is read
+//    in v2's exact order: thread t sums k = t + 256 j for increasing j, warp_sum, then the 8
+//    warp partials in warp order; every thread adds the partials itself (v2: thread m, then
+//    one more barrier). Barriers: RMSNorm 3 (copy, sum of squares, end), LayerNorm 4 (+ mean),
+//    none 1 (v2: 5-9 by K, M and norm).
+//  - No in-place hazard: the quantization reads registers, and the raw copy's last readers
+//    are behind the statistics barrier, so codes are written without a barrier per pass.
+//  - Per value: 1 FMUL + 1 FADD turn v into its code (v2: ldexpf, FMUL, F2I, 2 clamps), the
+//    byte planes come from 4 PRMT per 4 values; frexpf is exponent arithmetic. Equivalences
+//    (IEEE fp32, round to nearest even, no FTZ: the build has no fast-math flags):
+//     * frexpf(a) for 0 < a <= FLT_MAX: a normal: mant = a's fraction with exponent field
+//       126, e = field - 126 (mant in [0.5, 1)); a subnormal: the same on a * 2^24 (exact),
+//       e - 24. a = 0, inf, NaN: v2 takes mant = 0, e = 0, and so does v3.
+//     * v2's code is rint(RN(RN(v 2^-e) inv)), inv = RN(32767 / mant) in [32767, 65534]. Let
+//       z = v 2^-e (|z| <= mant < 1). If |z| >= 2^-126, or e <= 0 (scaling up is exact), z
+//       is a float and ldexpf returns it; then RN(z inv) = RN(v c) with c = inv 2^-e, which
+//       is a normal float for e >= -100 (exponent field of inv is 141 or 142, minus e in
+//       [-100, 128]: [13, 242]) and is formed exactly by subtracting e from that field. For
+//       e < -100 (|v| < 2^-100): c = inv 2^(-e-64) and v is first scaled by 2^64 (exact, no
+//       overflow), the same single rounding of the same product. If |z| < 2^-126 (e > 0,
+//       tiny v), v2's ldexpf result and v3's product are both below 2^-126 * 65534 < 0.5
+//       in magnitude: code 0 either way.
+//     * rint(y) for |y| < 2^22 is RN(y + 1.5 * 2^23) - 1.5 * 2^23 (spacing 1 there, ties to
+//       even), and the low 16 bits of that sum's bit pattern are the code's (0x4B400000 has
+//       none set). |y| <= 32767 (1 + 2^-24)^2 < 32767.5 for finite groups, so v2's clamp to
+//       +-32767 never binds and is dropped.
+//     * d = ldexpf(RN(mant / 32767), e): RN(mant / 32767) is normal with exponent field 111
+//       or 112, so for e >= -100 adding e to the field is exact; ldexpf for the rest.
+//    Groups with a non-finite value (or a quad sum that overflows: v2's `bad`, kept as is) get
+//    d = NaN, which makes every output of the row NaN whatever the codes: their codes differ
+//    from v2's there (NaN or inf times 0 goes through the float trick, not F2I), nothing else.
+//  - Rows m >= M are not written (v2 wrote zeros): their sums are never stored.
+// Registers (<= 128 at M <= 4, no spills): chunk 0 is U units of 8 values per row (4 registers
+// each; U = 4 at M <= 2, 2 at M <= 8, 1 at 16: K <= 8,192 / 4,096 / 2,048), the norm weight
+// and bias 8 registers per unit, the first UN = 2 units' (K <= 4,096) before the wait, the rest
+// after the statistics (one more round trip). Units past chunk 0 go UR (2 at M <= 2, else 1) at
+// a time, each one more round trip but no barrier (a chunk loop around the unrolled units
+// spilled at M <= 2).
+template <int MT> __host__ __device__ constexpr int v3_units() { return MT <= 2 ? 4 : MT <= 8 ? 2 : 1; }
+template <int MT> __host__ __device__ constexpr int v3_norm_units() { return MT <= 8 ? 2 : 1; }
+template <int MT> __host__ __device__ constexpr int v3_rest_units() { return MT <= 2 ? 2 : 1; }
+
+// 8 values of A (2 bytes each) at src: one 16-byte load when aligned, else 8 two-byte loads
+__device__ __forceinline__ uint4 load8_raw(const void* src, bool vec) {
+  if (vec) return *reinterpret_cast<const uint4*>(src);
+  const uint16_t* s = static_cast<const uint16_t*>(src);
+  uint32_t w[4];
+#pragma unroll
+  for (int t = 0; t < 4; ++t) w[t] = (uint32_t)s[2 * t] | ((uint32_t)s[2 * t + 1] << 16);
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// NU units of this thread from unit u0 on: unit u is group 64 (u0 + u) + slot()
+template <typename A, int MT, int NU = v3_units<MT>()>
+struct XRegs {
+  static constexpr int U = NU, UN = v3_norm_units<MT>() < NU ? v3_norm_units<MT>() : NU;
+  uint4 nw[U], nb[U];  // norm weight / bias at this thread's 8 positions of unit u (raw A)
+  uint4 x[U][MT];      // the activations there, rows m < M (zeros past K)
+  static __device__ __forceinline__ int slot() { return 8 * (threadIdx.x >> 5) + (threadIdx.x & 7); }
+  static __device__ __forceinline__ int part() { return (threadIdx.x >> 3) & 3; }
+  // group of unit u (valid when < K / 32)
+  static __device__ __forceinline__ int group(int u0, int u) { return 64 * (u0 + u) + slot(); }
+
+  // norm weight / bias of units [ua, ub): constant data, so chunk 0's first UN units are
+  // loaded before the PDL wait
+  __device__ __forceinline__ void load_norm(const LinearArgs& p, int c, int ua = 0, int ub = U) {
+    const int ng = p.K / 32;
+    const bool vec = (((uintptr_t)p.norm_w | (uintptr_t)(p.norm_b ? p.norm_b : p.norm_w)) & 15) == 0;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (u < ua || u >= ub) continue;
+      const int g = group(c, u);
+      const int64_t k = 32 * (int64_t)g + 8 * part();
+      nw[u] = nb[u] = make_uint4(0, 0, 0, 0);
+      if (p.norm != kNormNone && g < ng) {
+        nw[u] = load8_raw(static_cast<const A*>(p.norm_w) + k, vec);
+        if (p.norm == kNormLayer) nb[u] = load8_raw(static_cast<const A*>(p.norm_b) + k, vec);
+      }
+    }
+  }
+  __device__ __forceinline__ void load_x(const LinearArgs& p, int c) {
+    const int ng = p.K / 32;
+    const A* xp = static_cast<const A*>(p.x);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int g = group(c, u);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        x[u][m] = make_uint4(0, 0, 0, 0);
+        if (m < p.M && g < ng) x[u][m] = load8_raw(xp + (int64_t)m * p.K + 32 * g + 8 * part(), p.vec_x);
+      }
+    }
+  }
+};
+
+// Mean and 1 / rms of rows m < M (every thread gets them), from a raw copy of x in the tile
+// area, in stage_x_int's order of operations; s_stat: [2][MT][kWarps] partial sums.
+template <typename A, int MT>
+__device__ __forceinline__ void norm_stats_v3(const LinearArgs& p, const XRegs<A, MT>& r, uint8_t* xq,
+                                              float* s_stat, float* mean, float* rstd) {
+  constexpr int U = XRegs<A, MT>::U;
+  const int ng = p.K / 32;
+  const size_t rs = (size_t)x_tiles(p.K) * kXTile;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  // the raw copy: chunk 0 from the registers, the rest of the row (K > 2,048 U) from global
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int g = XRegs<A, MT>::group(0, u);
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+      if (m < p.M && g < ng)
+        *reinterpret_cast<uint4*>(xq + m * rs + 2 * (size_t)(32 * g + 8 * XRegs<A, MT>::part())) = r.x[u][m];
+  }
+  const int pr = p.K / 8, pr0 = min(pr, 4 * 64 * U), rest = pr - pr0;  // 16-byte pieces per row
+  for (int c = threadIdx.x; c < p.M * rest; c += kThreads) {
+    const int m = c / rest, k8 = pr0 + c - m * rest;
+    *reinterpret_cast<uint4*>(xq + m * rs + 16 * (size_t)k8) =
+        load8_raw(static_cast<const A*>(p.x) + (int64_t)m * p.K + 8 * k8, p.vec_x);
+  }
+  __syncthreads();
+  auto partials = [&](float* red, auto term) {  // red[m][warp] = warp_sum over this warp's k
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m >= p.M) break;
+      const A* row = reinterpret_cast<const A*>(xq + m * rs);
+      float acc = 0.f;
+      for (int k = threadIdx.x; k < p.K; k += kThreads) acc += term(m, to_f(row[k]));
+      acc = warp_sum(acc);
+      if (lane == 0) red[m * kWarps + warp] = acc;
+    }
+    __syncthreads();
+  };
+  auto total = [&](const float* red, int m) {
+    float t = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) t += red[m * kWarps + w];
+    return t;
+  };
+#pragma unroll
+  for (int m = 0; m < MT; ++m) mean[m] = 0.f;  // RMSNorm: the sum of squares about 0
+  if (p.norm == kNormLayer) {
+    partials(s_stat, [](int, float v) { return v; });
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+      if (m < p.M) mean[m] = total(s_stat, m) / p.K;
+  }
+  float* red2 = s_stat + MT * kWarps;  // a second buffer: no thread may still read the first
+  partials(red2, [&](int m, float v) {
+    float mu = 0.f;
+#pragma unroll
+    for (int j = 0; j < MT; ++j)
+      if (j == m) mu = mean[j];
+    const float d = v - mu;
+    return d * d;
+  });
+#pragma unroll
+  for (int m = 0; m < MT; ++m) rstd[m] = m < p.M ? rsqrtf(total(red2, m) / p.K + p.eps) : 0.f;
+}
+
+// Codes and scale of one (unit, row): f = the thread's 8 values (normalised, rounded to A).
+// The 4 threads of a group are lanes l, l ^ 8, l ^ 16, l ^ 24 (part = lane / 8).
+__device__ __forceinline__ void quantize8_v3(const float* f, int part, bool store, uint8_t* dst, float4* scale) {
+  float amax = 0.f;
+#pragma unroll
+  for (int t = 0; t < 8; ++t) amax = fmaxf(amax, fabsf(f[t]));  // fmaxf: order-free, drops NaN as v2's
+  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
+  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16));
+  // v2's `bad` on its two quads: NaN iff a quad sum is not finite
+  float bad = 0.f * ((f[0] + f[1]) + (f[2] + f[3])) + 0.f * ((f[4] + f[5]) + (f[6] + f[7]));
+  bad += __shfl_xor_sync(0xffffffffu, bad, 8);
+  bad += __shfl_xor_sync(0xffffffffu, bad, 16);
+  // frexpf(amax) for finite nonzero amax (see the header above), else mant = 0, e = 0
+  const uint32_t ab = __float_as_uint(amax);
+  int e = 0;
+  float mant = 0.f;
+  if (ab - 1u < 0x7F7FFFFFu) {
+    const bool sub = ab < 0x00800000u;
+    const uint32_t nb = sub ? __float_as_uint(amax * 16777216.f) : ab;
+    e = (int)(nb >> 23) - (sub ? 150 : 126);
+    mant = __uint_as_float((nb & 0x007FFFFFu) | 0x3F000000u);
+  }
+  const float inv = mant > 0.f ? 32767.f / mant : 0.f;
+  const bool tiny = e < -100;
+  const float c = __uint_as_float(__float_as_uint(inv) - ((uint32_t)(tiny ? e + 64 : e) << 23));
+  uint32_t s[8];  // bits of RN(code + 1.5 * 2^23)
+#pragma unroll
+  for (int t = 0; t < 8; ++t) {
+    const float v = tiny ? __fmul_rn(f[t], 18446744073709551616.f) : f[t];  // 2^64
+    s[t] = __float_as_uint(__fadd_rn(__fmul_rn(v, c), 12582912.f));
+  }
+  uint32_t sum = 0;
+#pragma unroll
+  for (int t = 0; t < 8; ++t) sum += s[t];
+  int q = (int)(sum - 8u * 0x4B400000u);
+  q += __shfl_xor_sync(0xffffffffu, q, 8);  // parts 0, 1: values 0..15; parts 2, 3: 16..31
+  const int q_hi = __shfl_xor_sync(0xffffffffu, q, 16);
+  if (!store) return;
+  uint32_t hi[2], lo[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const uint32_t p01 = __byte_perm(s[4 * h], s[4 * h + 1], 0x5140), p23 = __byte_perm(s[4 * h + 2], s[4 * h + 3], 0x5140);
+    lo[h] = __byte_perm(p01, p23, 0x5410);  // byte 0 of each code
+    hi[h] = __byte_perm(p01, p23, 0x7632);  // byte 1
+  }
+  *reinterpret_cast<uint2*>(dst) = make_uint2(hi[0], hi[1]);
+  *reinterpret_cast<uint2*>(dst + 32 * 16) = make_uint2(lo[0], lo[1]);
+  if (part == 0) {
+    const float dy = mant / 32767.f;
+    const float d = e >= -100 ? __uint_as_float(__float_as_uint(dy) + ((uint32_t)e << 23)) : ldexpf(dy, e);
+    *scale = make_float4(d + bad, __int_as_float(q), __int_as_float(q_hi), 0.f);
+  }
+}
+
+// Codes of the NU units in r (first unit u0): norm applied, quantized, stored.
+template <typename A, int MT, int NU>
+__device__ __forceinline__ void quantize_units(const LinearArgs& p, const XRegs<A, MT, NU>& r, int u0, const float* mean,
+                                               const float* rstd, uint8_t* xq, float4* xsc) {
+  const int ng = p.K / 32, xt = x_tiles(p.K), part = XRegs<A, MT, NU>::part();
+  const size_t rs = (size_t)xt * kXTile;
+#pragma unroll
+  for (int u = 0; u < NU; ++u) {
+    const int g = XRegs<A, MT, NU>::group(u0, u);
+    if (64 * (u0 + u) + 8 * (int)(threadIdx.x >> 5) >= ng) continue;  // the whole warp is past K
+    float w[8], b[8];
+    unpack8<A>(r.nw[u], w);
+    unpack8<A>(r.nb[u], b);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m >= p.M) break;
+      float f[8];
+      unpack8<A>(r.x[u][m], f);
+      if (p.norm != kNormNone) {
+#pragma unroll
+        for (int t = 0; t < 8; ++t)  // the norm as XStage::normalize_tile computes and rounds it
+          f[t] = p.norm == kNormLayer ? to_f(from_f<A>((f[t] - mean[m]) * rstd[m] * w[t] + b[t]))
+                                      : to_f(from_f<A>(f[t] * rstd[m] * w[t]));
+      }
+      const bool ok = g < ng;
+      const int gs = ok ? g : 0;
+      uint8_t* dst = xq + m * rs + (size_t)(gs >> 5) * kXTile + (((part >> 1) * 64 + (gs & 31)) * 16 + (part & 1) * 8);
+      quantize8_v3(f, part, ok, dst, xsc + (size_t)m * xt * 32 + gs);
+    }
+  }
+}
+
+// The activation rows -> x tiles and group scales (every thread; ends on a barrier). r holds
+// chunk 0's first norm weights (loaded before the PDL wait).
+template <typename A, int MT>
+__device__ __forceinline__ void stage_x_v3(const LinearArgs& p, uint8_t* xq, float4* xsc, float* s_stat,
+                                           XRegs<A, MT>& r) {
+  constexpr int U = XRegs<A, MT>::U, UR = v3_rest_units<MT>();
+  const int ng = p.K / 32;
+  r.load_x(p, 0);
+  float mean[MT], rstd[MT];
+  if (p.norm != kNormNone) {
+    norm_stats_v3<A, MT>(p, r, xq, s_stat, mean, rstd);
+    r.load_norm(p, 0, XRegs<A, MT>::UN, U);  // the rest of chunk 0's (K > 2,048 UN)
+  }
+  quantize_units<A, MT, U>(p, r, 0, mean, rstd, xq, xsc);
+  // K > 2,048 U: UR units at a time, each a round trip
+#pragma unroll 1
+  for (int u0 = U; 64 * u0 < ng; u0 += UR) {
+    XRegs<A, MT, UR> q;
+    q.load_norm(p, u0);
+    q.load_x(p, u0);
+    quantize_units<A, MT, UR>(p, q, u0, mean, rstd, xq, xsc);
+  }
+  __syncthreads();
+}
+
 // launch bounds: at M <= 4 two blocks' registers fit an SM (<= 128 per thread), this call's and
 // the next one's; at M >= 8 the accumulators need more
-template <int T, typename A, int MT>
+// V: the activation staging, 3 (stage_x_v3) or 2 (stage_x_int; GPTE_AB_GEMVQ_STAGE=2)
+template <int T, typename A, int MT, int V>
 __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const LinearArgs p) {
   using TR = Traits<T>;
   constexpr int S = stages(TR::QK, TR::TS, MT), RB = row_buf(TR::QK, TR::TS), BB = batch_blocks(TR::QK, TR::TS);
   constexpr int GPB = TR::QK / 32, BG = batch_groups(TR::QK, TR::TS), PMAX = (max_pieces(TR::QK, TR::TS) + 31) / 32;
   extern __shared__ __align__(16) uint8_t smem[];  // [warps][S][2 rows][RB] ring, x tiles, x scales
-  __shared__ float s_mean[MT], s_rstd[MT], s_red[kWarps][MT];
+  // v2: s_mean[MT], s_rstd[MT], s_red[kWarps][MT]; v3: two [MT][kWarps] buffers of partial sums
+  __shared__ float s_stat[V == 2 ? (2 + kWarps) * MT : 2 * kWarps * MT];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const uint8_t* __restrict__ w = static_cast<const uint8_t*>(p.w);
   const int nb = p.K / TR::QK, nbatch = (nb + BB - 1) / BB, xt = x_tiles(p.K);
@@ -338,6 +634,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   float4* xsc = reinterpret_cast<float4*>(xq + (size_t)MT * xt * kXTile);
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
   const int stride = gridDim.x * kWarps;
+  using IC = std::conditional_t<V == 3, IntCodesMx<T>, IntCodes<T>>;
 
   // rows of a pair; a missing second row (odd N) re-reads the first, its sums never stored
   auto rows_of = [&](int pair, int& r0, int& r1, bool& has1) {
@@ -396,8 +693,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
         const int q = gi / GPB, j = gi - q * GPB, g = g0 + gi;
         uint32_t ca[8], cb[8];
         float a0, a1, am, b0, b1, bm;
-        group_codes<T>(bufa, sa.off + q * TR::TS, j, ca, a0, a1, am);
-        group_codes<T>(bufb, sb.off + q * TR::TS, j, cb, b0, b1, bm);
+        group_codes<T, V == 3>(bufa, sa.off + q * TR::TS, j, ca, a0, a1, am);
+        group_codes<T, V == 3>(bufb, sb.off + q * TR::TS, j, cb, b0, b1, bm);
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           const uint8_t* xp = xq + ((size_t)m * xt + (g >> 5)) * kXTile + lane * 16;  // slot g % 32 == lane
@@ -406,8 +703,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
           const uint4 h1 = *reinterpret_cast<const uint4*>(xp + 1024);
           const uint4 l1 = *reinterpret_cast<const uint4*>(xp + 1536);
           const float4 xs = xsc[(size_t)m * xt * 32 + g];
-          acc0[m] = group_dot<T>(ca, h0, l0, h1, l1, xs, a0, a1, am, acc0[m]);
-          acc1[m] = group_dot<T>(cb, h0, l0, h1, l1, xs, b0, b1, bm, acc1[m]);
+          acc0[m] = group_dot<T, IC>(ca, h0, l0, h1, l1, xs, a0, a1, am, acc0[m]);
+          acc1[m] = group_dot<T, IC>(cb, h0, l0, h1, l1, xs, b0, b1, bm, acc1[m]);
         }
       }
     }
@@ -429,9 +726,14 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
     issue(s, head);
     head = advance(head);
   }
+  XRegs<A, MT> xr;  // v3: this thread's activations and norm weights
+  if constexpr (V == 3) xr.load_norm(p, 0, 0, XRegs<A, MT>::UN);
   pdl_wait();
   pdl_launch_dependents();
-  stage_x_int<A, MT>(p, xq, xsc, s_mean, s_rstd, s_red);
+  if constexpr (V == 3)
+    stage_x_v3<A, MT>(p, xq, xsc, s_stat, xr);
+  else
+    stage_x_int<A, MT>(p, xq, xsc, s_stat, s_stat + MT, reinterpret_cast<float(*)[MT]>(s_stat + 2 * MT));
 
   for (int i = 0; tail.pair < npairs; ++i) {
     cp_async_wait<S - 2>();  // batch i has landed (groups committed so far: i + S - 1)
@@ -445,14 +747,14 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   cp_async_wait<0>();
 }
 
-template <int T, typename A, int MT>
+template <int T, typename A, int MT, int V>
 cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   using TR = Traits<T>;
   LinearArgs p = a;
   p.vec_x = aligned16(p.x);  // the staging's 16-byte loads (K % 32 == 0)
   const size_t smem = smem_bytes(TR::QK, TR::TS, MT, p.K);
   if (smem > (size_t)kSmemMax) return cudaErrorInvalidValue;
-  auto kern = gemv_q_kernel<T, A, MT>;
+  auto kern = gemv_q_kernel<T, A, MT, V>;
   static bool attr_set = false;  // once per instantiation: allow up to kSmemMax of shared memory,
   if (!attr_set) {              // and ask for the whole carveout as shared memory so that a second
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemMax);
@@ -467,13 +769,18 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   return launch_pdl(kern, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
 }
 
+template <int T, typename A, int V>
+cudaError_t launch_tav(const LinearArgs& p, int num_sms, cudaStream_t st) {
+  if (p.M <= 1) return launch_mt<T, A, 1, V>(p, num_sms, st);
+  if (p.M <= 2) return launch_mt<T, A, 2, V>(p, num_sms, st);
+  if (p.M <= 4) return launch_mt<T, A, 4, V>(p, num_sms, st);
+  if (p.M <= 8) return launch_mt<T, A, 8, V>(p, num_sms, st);
+  return launch_mt<T, A, 16, V>(p, num_sms, st);
+}
+
 template <int T, typename A>
 cudaError_t launch_ta(const LinearArgs& p, int num_sms, cudaStream_t st) {
-  if (p.M <= 1) return launch_mt<T, A, 1>(p, num_sms, st);
-  if (p.M <= 2) return launch_mt<T, A, 2>(p, num_sms, st);
-  if (p.M <= 4) return launch_mt<T, A, 4>(p, num_sms, st);
-  if (p.M <= 8) return launch_mt<T, A, 8>(p, num_sms, st);
-  return launch_mt<T, A, 16>(p, num_sms, st);
+  return gemvq_stage() == 2 ? launch_tav<T, A, 2>(p, num_sms, st) : launch_tav<T, A, 3>(p, num_sms, st);
 }
 
 }  // namespace

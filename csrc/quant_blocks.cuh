@@ -210,13 +210,46 @@ __device__ __forceinline__ uint32_t mxfp4_int8(uint32_t c) {
   return (pos & ~sm) | (neg & sm);
 }
 
+// prmt.b32 in its default mode (PTX ISA): selector nibble n picks byte (n & 7) of {b, a}, and
+// with n's bit 3 set gives that byte's sign (0x00 or 0xFF) instead. (__byte_perm documents
+// only the 3-bit selectors, so the sign mode is asked for explicitly.)
+__device__ __forceinline__ uint32_t prmt_b32(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
+// One MXFP4 qs word (bytes 4i..4i+3 of the 16: values 4i..4i+3 in the low nibbles, 16+4i..
+// in the high) -> the codes of values 4i..4i+3 (lo) and 16+4i..19+4i (hi), each byte 128 +
+// ggml's doubled E2M1 value (unsigned; the GEMV removes the 128 with the x sums, IntCodesMx).
+// The raw nibbles are the prmt selectors: bits 0-2 the magnitude, bit 3 the sign, so
+// prmt(table, q) gives +T[mag] for positive codes and 0 for negative ones (T has no byte with
+// its sign bit set), and the same on q ^ 0x8888.. gives T[mag] for the negative codes only;
+// 128 + P - N per byte has no borrow (P + 128 >= 128 > 12 >= N). Code 8 (-0) gives 128 (0), as
+// in ggml. Two prmt pick the natural value order out of the interleaved nibble order.
+// 13 operations for 8 codes (mxfp4_int8: ~25). Checked against mxfp4_int8 on every nibble at
+// every position (the GEMV's v2/v3 A/B test compares the outputs bit for bit).
+__device__ __forceinline__ void mxfp4_biased8(uint32_t q, uint32_t& lo, uint32_t& hi) {
+  constexpr uint32_t T0 = 0x03020100u, T1 = 0x0C080604u;  // 0 1 2 3 | 4 6 8 12
+  const uint32_t qn = q ^ 0x88888888u;
+  const uint32_t pa = prmt_b32(T0, T1, q), pb = prmt_b32(T0, T1, q >> 16);  // [v0, v16, v1, v17], [v2, v18, v3, v19]
+  const uint32_t na = prmt_b32(T0, T1, qn), nb = prmt_b32(T0, T1, qn >> 16);
+  const uint32_t ua = (pa | 0x80808080u) - na, ub = (pb | 0x80808080u) - nb;
+  lo = prmt_b32(ua, ub, 0x6420u);
+  hi = prmt_b32(ua, ub, 0x7531u);
+}
+// IntCodes with MXFP4 as mxfp4_biased8 gives it: unsigned, offset 128 (the GEMV v3)
+template <int T> struct IntCodesMx : IntCodes<T> {};
+template <> struct IntCodesMx<kMXFP4> { static constexpr bool kSigned = false; static constexpr int kOff = 128; };
+
 // A 16-bit field at an even offset: one load (a block of a type with an even size starts at an
 // even offset of a 16-byte aligned span, so its fp16 fields are 2-byte aligned).
 __device__ __forceinline__ uint32_t smem_u16(const uint8_t* buf, int off) {
   return *reinterpret_cast<const uint16_t*>(buf + off);
 }
 
-template <int T>
+// kMx: MXFP4 codes from mxfp4_biased8 (IntCodesMx), else mxfp4_int8 (IntCodes)
+template <int T, bool kMx = false>
 __device__ __forceinline__ void group_codes(const uint8_t* buf, int blk, int j, uint32_t* c, float& s0, float& s1,
                                             float& mn) {
   const SharedReader rd{buf};
@@ -265,12 +298,17 @@ __device__ __forceinline__ void group_codes(const uint8_t* buf, int blk, int j, 
 #pragma unroll
         for (int i = 0; i < 4; ++i) q[i] = __funnelshift_rc(a[i], a[i + 1], r8 + 8);
       }
+      if constexpr (T == kMXFP4 && kMx) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        c[i] = q[i] & 0x0F0F0F0Fu;
-        c[i + 4] = (q[i] >> 4) & 0x0F0F0F0Fu;
+        for (int i = 0; i < 4; ++i) mxfp4_biased8(q[i], c[i], c[i + 4]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          c[i] = q[i] & 0x0F0F0F0Fu;
+          c[i + 4] = (q[i] >> 4) & 0x0F0F0F0Fu;
+        }
       }
-      if constexpr (T == kMXFP4) {
+      if constexpr (T == kMXFP4 && !kMx) {
 #pragma unroll
         for (int i = 0; i < 8; ++i) c[i] = mxfp4_int8(c[i]);
       }

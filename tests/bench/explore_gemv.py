@@ -4,7 +4,12 @@ are read per replay (nothing from L2). Prints us per call, GB/s, the ratio to a 
 and to cuBLAS (F.linear on the same calls). The recorded benchmark is
 tests/ops/test_linear.py::test_gemv_bandwidth.
 
-    python tests/bench/explore_gemv.py [--quant]
+    python tests/bench/explore_gemv.py [--quant [--types Q8_0,MXFP4] [--shapes 1x1600x6400,4x1600x6400]
+                                        [--norm layernorm|rmsnorm]]
+
+--quant: the packed types (csrc/linear_q.cu); --types / --shapes (M x N x K) pick a subset,
+--norm fuses that norm into every call (the activation staging then computes it).
+GPTE_AB_GEMVQ_STAGE=2 in the environment runs the v2 activation staging (A/B against v3).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_engine import ops
+from gpt_engine.ops.linear import apply_norm
 from gpt_engine.qweight import QWeight
 from tests.ops._bench import graphed
 
@@ -37,18 +43,30 @@ def time_us(fn, reps=20) -> float:
 
 def packed(n: int, k: int, qtype) -> torch.Tensor:
     """Random weight bytes of a packed type (one matrix): gguf-py's quantizer, ours for the
-    K-quants (gguf-py has none)."""
+    K-quants (gguf-py has none). 256 distinct rows repeated to n (the timing does not depend on
+    the values; the quantizers take ~1 s per million weights on the CPU)."""
     import numpy as np
-    w = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32) * 0.02
+    r = min(n, 256)
+    w = np.random.default_rng(0).standard_normal((r, k)).astype(np.float32) * 0.02
     if qtype.name.endswith("_K"):
         from gpt_engine.quantize import quantize
         raw = quantize(w, qtype)
     else:
         raw = gguf.quants.quantize(w, qtype)
-    return torch.from_numpy(np.ascontiguousarray(raw).reshape(n, -1)).cuda()
+    raw = np.tile(np.ascontiguousarray(raw).reshape(r, -1), ((n + r - 1) // r, 1))[:n]
+    return torch.from_numpy(np.ascontiguousarray(raw)).cuda()
 
 
 QUANT_TYPES = ["Q8_0", "MXFP4", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+
+
+QUANT_SHAPES = [(1, 1600, 6400), (1, 6400, 1600), (1, 4096, 4096), (1, 2880, 2880), (1, 4800, 1600),
+                (1, 1600, 1600), (4, 1600, 6400)]
+
+
+def _arg(name: str) -> str | None:
+    import sys
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
 
 
 def quant_table(copy_gbs: float) -> None:
@@ -56,23 +74,35 @@ def quant_table(copy_gbs: float) -> None:
     super-blocks for the K-quants. nmse: the first call's output against the float64 product
     with gguf-py's dequantized weight (tests/tolerances.py nmse_fp16 = 1e-5 is the ops tests' bar)."""
     import numpy as np
+    import os
     Q = gguf.GGMLQuantizationType
-    for name in QUANT_TYPES:
+    types = _arg("--types").split(",") if _arg("--types") else QUANT_TYPES
+    shapes = ([tuple(int(v) for v in s.split("x")) for s in _arg("--shapes").split(",")] if _arg("--shapes")
+              else QUANT_SHAPES)
+    norm_kind = _arg("--norm")
+    print(f"staging v{2 if os.environ.get('GPTE_AB_GEMVQ_STAGE') == '2' else 3}, norm {norm_kind}")
+    for name in types:
         t = Q[name]
         qk = gguf.GGML_QUANT_SIZES[t][0]
         print(f"\n{t.name}\n{'M':>3}{'N x K':>14}{'us':>8}{'GB/s':>8}{'/copy':>7}{'nmse':>10}")
-        for m, n, k in [(1, 1600, 6400), (1, 6400, 1600), (1, 4096, 4096), (1, 2880, 2880), (1, 4800, 1600),
-                        (1, 1600, 1600), (4, 1600, 6400)]:
+        for m, n, k in shapes:
             k = k // qk * qk
             raw = packed(n, k, t)
             nbytes = raw.numel()
             reps = max(4, (512 << 20) // nbytes)
             qs = [QWeight(raw.clone(), t, (n, k)) for _ in range(reps)]
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            nm = None
+            xn = x
+            if norm_kind:
+                nw = (torch.randn(k, device="cuda") * 0.2 + 1).half()
+                nb = (torch.randn(k, device="cuda") * 0.2).half() if norm_kind == "layernorm" else None
+                nm = ops.Norm(norm_kind, nw, nb, 1e-5)
+                xn = apply_norm(x, nm)
             w64 = torch.from_numpy(gguf.quants.dequantize(raw.cpu().numpy(), t).astype(np.float64)).reshape(n, k)
-            ref = x.cpu().double() @ w64.T
-            err = float(((ops.linear(x, qs[0]).cpu().double() - ref) ** 2).sum() / (ref ** 2).sum())
-            t_q = time_us(graphed(lambda: [ops.linear(x, q) for q in qs])) / reps
+            ref = xn.cpu().double() @ w64.T
+            err = float(((ops.linear(x, qs[0], norm=nm).cpu().double() - ref) ** 2).sum() / (ref ** 2).sum())
+            t_q = time_us(graphed(lambda: [ops.linear(x, q, norm=nm) for q in qs])) / reps
             gbs = nbytes / t_q / 1e3
             print(f"{m:>3}{n:>7}x{k:<6}{t_q:>8.2f}{gbs:>8.0f}{gbs / copy_gbs:>7.2f}{err:>10.1e}")
             del qs
