@@ -44,28 +44,13 @@
 // v1 and to gguf-py.
 //
 // Block shape of the whole-matrix kernel (template parameters P pieces per thread x TH threads;
-// same per-piece code, so every shape writes the same bits). v2 is 2 x 256; GPTE_DEQUANT_SHAPE
-// (TEMPORARY, the same-run A/B; dequant_shape below) picks "1" = 1 x 256, "2" = 2 x 128, "3" =
-// 4 x 128. Why: 1600 x 6400 and 6400 x 1600 MXFP4 -> fp16 reach 0.79-0.81 of copy, the larger
-// shapes 0.83-0.90 (bar 0.80). 1600 x 6400 is 1.28 M pieces; at 2 x 256 that is 2,500 blocks of
-// 512 pieces, and with 8 resident blocks per SM (<= 32 registers) 1,056 at a time: 2.4 rounds of
-// blocks, the last 0.4 of one a tail on part of the SMs, and 4,096 pieces (4,096 x 4.25 B = 17 KB
-// of packed bytes) in flight per SM. The variants move those two levers separately:
-//   "1" 1 x 256: blocks half the size (5,000 of 256 pieces, 4.7 rounds: a finer tail), half the
-//       loads in flight per SM (2,048 pieces);
-//   "2" 2 x 128: blocks half the size at today's 4,096 pieces in flight per SM (16 blocks of 128
-//       threads resident);
-//   "3" 4 x 128: today's block size (512 pieces) with twice the loads in flight per SM (8,192
-//       pieces: 32 registers for MXFP4 / Q8_0 at sm_90a, so 16 blocks stay resident), i.e. 63% of
-//       a 1600 x 6400 matrix's loads issued in the first round instead of 42%. (4 x 256 would put
-//       the same bytes in flight but in blocks of 1,024 pieces: 1,250 blocks, 1.2 rounds, a worse tail.)
-// Predicted: the small shapes are ~1.4 us over the copy time (7.5 us measured, 25.9 MB / 4.26 TB/s
-// = 6.1 us), the large ones ~2-4 us on 25-45 us; a tail of up to ~1 us (one block's life: load
-// latency + its share of the issue slots) fits "2" and "1" gaining ~0.3-0.6 us at 1600 x 6400
-// (0.81 -> 0.84-0.87) and nothing measurable at 8192 x 8192; "3" gains only if the first-load
-// latency is what the small shapes pay (then ~0.2-0.5 us). The A/B decides; the loser shapes go.
+// every shape runs the same per-piece code and writes the same bits): 2 x 256. Measured against
+// 1 x 256, 2 x 128 and 4 x 128 in one run (H200, 2026-12-02, copy 4,257 GB/s; docs/kernels/quant.md):
+// MXFP4 -> fp16 at 1600 x 6400 / 6400 x 1600 / 4096^2 / 2880^2 / 8192^2 took 0.80 / 0.80 / 0.83 /
+// 0.83 / 0.89 of copy at 2 x 256; 1 x 256 was lower everywhere (0.74-0.86), 2 x 128 gained 0.014 on
+// the two small shapes and lost 0.07 at 2880^2, 4 x 128 was within 0.01 on the small shapes and
+// lower on the large ones. No shape wins everywhere; the tail at 1600 x 6400 is not the lever.
 #include <cmath>
-#include <cstdlib>
 
 #include "common.cuh"
 #include "launchers.h"
@@ -239,18 +224,6 @@ __global__ void __launch_bounds__(TH) dequant_matrix_kernel(const uint8_t* __res
 
 // Rows by id (ids null: rows row0.. of w, used only when nrows > N): `pieces` pieces of the
 // output rows row0 .. (out and ids already offset to row0), K / 8 = ppr.d pieces per row.
-// TEMPORARY (same-run A/B of the whole-matrix block shape, GT-029): GPTE_DEQUANT_SHAPE = "1": 1
-// piece x 256 threads, "2": 2 x 128, "3": 4 x 128; unset, empty or any other value: 2 x 256 (v2).
-// Read once, at the first launch. The rows-by-id kernel keeps 2 x 256.
-int dequant_shape() {
-  static const int shape = [] {
-    const char* e = std::getenv("GPTE_DEQUANT_SHAPE");
-    if (e == nullptr || e[0] == '\0' || e[1] != '\0' || e[0] < '1' || e[0] > '3') return 0;
-    return e[0] - '0';
-  }();
-  return shape;
-}
-
 template <int T, typename O>
 __global__ void __launch_bounds__(kThreads) dequant_rows_kernel(const uint8_t* __restrict__ w, int64_t N,
                                                                 int64_t row_bytes, const int64_t* __restrict__ ids,
@@ -313,12 +286,7 @@ cudaError_t run(const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t
   const int64_t per_launch = kThreads * kUnroll;
   if (!ids && nrows <= N) {
     const int64_t total = nrows * (K / 8);
-    switch (dequant_shape()) {
-      case 1: return run_matrix<T, O, 1, 256>(w8, total, o, st);
-      case 2: return run_matrix<T, O, 2, 128>(w8, total, o, st);
-      case 3: return run_matrix<T, O, 4, 128>(w8, total, o, st);
-      default: return run_matrix<T, O, kUnroll, kThreads>(w8, total, o, st);
-    }
+    return run_matrix<T, O, kUnroll, kThreads>(w8, total, o, st);
   }
   const int64_t ppr = K / 8, rows_per_launch = std::max<int64_t>(1, kMaxPieces / ppr);
   const FastDiv fd = make_fastdiv((uint32_t)ppr);

@@ -190,9 +190,8 @@ struct MoeArgs {
 // C, F multiples of 32, at most 4096; M * K <= 65535.
 cudaError_t launch_moe_experts(int dtype, const MoeArgs& a, cudaStream_t stream);
 int moe_blocks_per_lane(int64_t n);
-// A/B of the expert kernels (moe.cu, decode v6 against v3): 3 or 6 forces that version for the
-// launches after it, 0 returns to GPTE_AB_MOE_V3's choice (non-empty: v3); other values change
-// nothing. parts (timing only): 0 both kernels, 1 only gate/up, 2 only down (the kernel
+// Test and bench hook of the expert kernels (moe.cu, decode v6 against v3): 3 or 6 forces that
+// version for the launches after it, 0 returns to the default (v6); other values change nothing. parts (timing only): 0 both kernels, 1 only gate/up, 2 only down (the kernel
 // left out is not launched). Returns the version the next launch takes (k > 8: v3's kernels).
 int moe_ab_force(int64_t version, int64_t parts);
 size_t moe_down_smem_bytes(int64_t K, int64_t F);

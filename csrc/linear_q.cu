@@ -34,16 +34,6 @@ bool epilogue_ok(const LinearArgs& p) {
 
 }  // namespace
 
-// GPTE_AB_GEMVQ_STAGE=2: the v2 activation staging, for an A/B against v3 in one run (temporary;
-// an empty value counts as unset)
-int gemvq_stage() {
-  static const int v = [] {
-    const char* e = std::getenv("GPTE_AB_GEMVQ_STAGE");
-    return e && *e && std::atoi(e) == 2 ? 2 : 3;
-  }();
-  return v;
-}
-
 bool linear_q_supported(int ggml_type, int adtype, int64_t M, int64_t K) {
   int qk, ts;
   ggml_block_shape(ggml_type, qk, ts);

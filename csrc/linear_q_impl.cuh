@@ -47,8 +47,8 @@
 //    matters more than a 16th warp. Pairs go round-robin over the blocks first (pair i -> block
 //    i % grid), so every SM works even when N is small.
 //
-// v3 (this header's default; GPTE_AB_GEMVQ_STAGE=2 launches v2 for an A/B, a temporary switch):
-// outputs bit-identical to v2 (tests/ops/test_linear_q_stage.py). Changed:
+// v3 (this header): outputs bit-identical to v2 (checked on the H200 over ~2,300 cases by a v2/v3
+// A/B test before v2 was removed; docs/kernels/quant.md has the measured speed-up). Changed:
 //  - the activation staging, stage_x_v3 (its comment below): x from global memory straight into
 //    registers, the norm weights loaded before griddepcontrol.wait, norm statistics in v2's
 //    order of operations with 1-4 barriers in all (v2: 5-9), exact bit arithmetic for v2's
@@ -69,10 +69,6 @@
 #include "quant_blocks.cuh"
 
 namespace gpte {
-// The activation staging the packed GEMV launches: 3 (stage_x_v3), or 2 (stage_x_int) when the
-// environment sets GPTE_AB_GEMVQ_STAGE=2 (a temporary A/B switch, read once; linear_q.cu).
-int gemvq_stage();
-
 namespace {
 using namespace linear_detail;
 using namespace quant;
@@ -183,160 +179,9 @@ __device__ __forceinline__ Span span_of(int64_t row_bytes, int nb, int row, int 
   return s;
 }
 
-// The activation rows -> x tiles and group scales (every thread of the block; ends on a barrier).
-// 1. the raw rows (A) copied into the tile area with 16-byte loads, all issued together (row m at
-//    m * xt * kXTile: tile t of a row holds exactly the raw bytes of its 1,024 values);
-// 2. norm statistics from shared memory, every warp on every row (then 8 partial sums per row);
-// 3. each tile quantized in place: one 32-value group per 8 threads, so the block covers one tile
-//    at a time; a pass reads the values of kPass tiles into registers, waits on a barrier, then
-//    writes their codes over them (a tile's codes take exactly its raw bytes).
-// Rows m >= M are zeros.
-constexpr int kPass = 4;  // tiles per read-barrier-write pass
-
-template <typename A>
-__device__ __forceinline__ void raw4(const uint8_t* src, float* v) {  // 4 values of A at an 8-byte aligned address
-  const uint2 r = *reinterpret_cast<const uint2*>(src);
-  const A* e = reinterpret_cast<const A*>(&r);
-#pragma unroll
-  for (int t = 0; t < 4; ++t) v[t] = to_f(e[t]);
-}
-
-template <typename A, int MT>
-__device__ __forceinline__ void stage_x_int(const LinearArgs& p, uint8_t* xq, float4* xsc, float* s_mean,
-                                            float* s_rstd, float (*s_red)[MT]) {
-  const A* __restrict__ x = static_cast<const A*>(p.x);
-  const A* nw = static_cast<const A*>(p.norm_w);
-  const A* nbias = static_cast<const A*>(p.norm_b);
-  const int ng = p.K / 32, xt = x_tiles(p.K);
-  const size_t rs = (size_t)xt * kXTile;  // bytes per staged row
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-
-  // 1. raw copy: 8 values per 16-byte piece (K % 32 == 0), or one value at a time when x is not
-  //    16-byte aligned
-  const int pr = p.K / 8;  // pieces per row
-  if (p.vec_x) {
-#pragma unroll 4
-    for (int c = threadIdx.x; c < p.M * pr; c += kThreads) {
-      const int m = c / pr, k8 = c - m * pr;
-      *reinterpret_cast<uint4*>(xq + m * rs + 16 * (size_t)k8) =
-          *reinterpret_cast<const uint4*>(x + (int64_t)m * p.K + 8 * k8);
-    }
-  } else {
-#pragma unroll 4
-    for (int c = threadIdx.x; c < p.M * p.K; c += kThreads) {
-      const int m = c / p.K, k = c - m * p.K;
-      reinterpret_cast<A*>(xq + m * rs)[k] = x[(int64_t)m * p.K + k];
-    }
-  }
-  __syncthreads();
-
-  // 2. mean (LayerNorm) and 1 / rms of each row, as XStage::row_stats computes them (fp32, eps
-  //    inside the root), the sums spread over the block
-  if (p.norm != kNormNone) {
-    auto block_sum = [&](auto term) {  // per row m < M: sum over k of term(m, value); ends on a barrier
-      for (int m = 0; m < p.M; ++m) {
-        const A* r = reinterpret_cast<const A*>(xq + m * rs);
-        float acc = 0.f;
-        for (int k = threadIdx.x; k < p.K; k += kThreads) acc += term(m, to_f(r[k]));
-        acc = warp_sum(acc);
-        if (lane == 0) s_red[warp][m] = acc;
-      }
-      __syncthreads();
-    };
-    if (p.norm == kNormLayer) {
-      block_sum([](int, float v) { return v; });
-      if (threadIdx.x < p.M) {
-        float t = 0.f;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) t += s_red[w][threadIdx.x];
-        s_mean[threadIdx.x] = t / p.K;
-      }
-    } else if (threadIdx.x < MT) {
-      s_mean[threadIdx.x] = 0.f;  // RMSNorm: the sum of squares about 0
-    }
-    __syncthreads();
-    block_sum([&](int m, float v) {
-      const float d = v - s_mean[m];
-      return d * d;
-    });
-    if (threadIdx.x < p.M) {
-      float t = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) t += s_red[w][threadIdx.x];
-      s_rstd[threadIdx.x] = rsqrtf(t / p.K + p.eps);
-    }
-    __syncthreads();
-  }
-
-  // 3. quantize in place: pass over tiles (m, t) in chunks of kPass; thread -> group slot
-  //    threadIdx / 8 of the tile, quad i = threadIdx % 8
-  const int i = threadIdx.x & 7, slot = threadIdx.x >> 3, ntile = MT * xt;
-  for (int t0 = 0; t0 < ntile; t0 += kPass) {
-    float v[kPass][4];
-#pragma unroll
-    for (int r = 0; r < kPass; ++r) {
-      const int tile = t0 + r, m = tile / xt, g = (tile - m * xt) * 32 + slot;
-#pragma unroll
-      for (int t = 0; t < 4; ++t) v[r][t] = 0.f;
-      if (tile < ntile && m < p.M && g < ng) {
-        raw4<A>(xq + m * rs + 2 * (size_t)(32 * g + 4 * i), v[r]);
-        if (p.norm != kNormNone) {
-#pragma unroll
-          for (int t = 0; t < 4; ++t) {  // the norm as XStage::normalize_tile computes and rounds it
-            const int k = 32 * g + 4 * i + t;
-            v[r][t] = p.norm == kNormLayer
-                          ? to_f(from_f<A>((v[r][t] - s_mean[m]) * s_rstd[m] * to_f(nw[k]) + to_f(nbias[k])))
-                          : to_f(from_f<A>(v[r][t] * s_rstd[m] * to_f(nw[k])));
-          }
-        }
-      }
-    }
-    __syncthreads();  // every raw value of these tiles is in registers before any code overwrites them
-#pragma unroll
-    for (int r = 0; r < kPass; ++r) {
-      const int tile = t0 + r, m = tile / xt, g = (tile - m * xt) * 32 + slot;
-      float amax = fmaxf(fmaxf(fabsf(v[r][0]), fabsf(v[r][1])), fmaxf(fabsf(v[r][2]), fabsf(v[r][3])));
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
-      // fmaxf drops NaN and a NaN converts to code 0: carry non-finite inputs in the scale instead
-      // (0 * (NaN or inf) = NaN), so the group's outputs are NaN as the unquantized product's are
-      float bad = 0.f * ((v[r][0] + v[r][1]) + (v[r][2] + v[r][3]));
-      bad += __shfl_xor_sync(0xffffffffu, bad, 1);
-      bad += __shfl_xor_sync(0xffffffffu, bad, 2);
-      bad += __shfl_xor_sync(0xffffffffu, bad, 4);
-      // amax = mant * 2^e: codes q = rint(v * 2^-e * 32767 / mant) and d = 2^e * mant / 32767, so
-      // that no step overflows or flushes for tiny (bf16: down to 1e-40) or huge finite groups
-      int e = 0;
-      const float mant = amax <= 3.4028235e38f ? frexpf(amax, &e) : 0.f;
-      const float inv = mant > 0.f ? 32767.f / mant : 0.f;
-      uint32_t hi = 0, lo = 0;
-      int sum = 0;
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        const int q = max(-32767, min(32767, __float2int_rn(ldexpf(v[r][t], -e) * inv)));
-        hi |= (uint32_t)((q >> 8) & 0xFF) << (8 * t);
-        lo |= (uint32_t)(q & 0xFF) << (8 * t);
-        sum += q;
-      }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);  // lanes 0-3: values 0..15; lanes 4-7: 16..31
-      const int sum_hi = __shfl_xor_sync(0xffffffffu, sum, 4);
-      if (tile < ntile && g < ng) {  // rows m >= M: zero codes and scales
-        uint8_t* d = xq + m * rs + (size_t)(g >> 5) * kXTile + (((i >> 2) * 2 * 32 + (g & 31)) * 16 + (i & 3) * 4);
-        *reinterpret_cast<uint32_t*>(d) = hi;
-        *reinterpret_cast<uint32_t*>(d + 32 * 16) = lo;
-        if (i == 0)
-          xsc[(size_t)m * xt * 32 + g] =
-              make_float4(ldexpf(mant / 32767.f, e) + bad, __int_as_float(sum), __int_as_float(sum_hi), 0.f);
-      }
-    }
-  }
-  __syncthreads();
-}
-
-// ---- v3 staging (default; GPTE_AB_GEMVQ_STAGE=2 selects stage_x_int above for an A/B) ----
-// Same codes, scales and therefore outputs as stage_x_int, bit for bit, with a shorter
+// ---- v3 staging ----
+// Same codes, scales and therefore outputs as v2's staging (stage_x_int, gone: measured against
+// it bit for bit on the H200 before it was removed, docs/kernels/quant.md), with a shorter
 // post-wait critical path:
 //  - Each thread owns 8 consecutive values of one group per (unit, row): group
 //    g = 64 (U c + u) + 8 warp + lane % 8, values 8 p .. 8 p + 7 with p = lane / 8 (4 threads
@@ -616,15 +461,13 @@ __device__ __forceinline__ void stage_x_v3(const LinearArgs& p, uint8_t* xq, flo
 
 // launch bounds: at M <= 4 two blocks' registers fit an SM (<= 128 per thread), this call's and
 // the next one's; at M >= 8 the accumulators need more
-// V: the activation staging, 3 (stage_x_v3) or 2 (stage_x_int; GPTE_AB_GEMVQ_STAGE=2)
-template <int T, typename A, int MT, int V>
+template <int T, typename A, int MT>
 __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const LinearArgs p) {
   using TR = Traits<T>;
   constexpr int S = stages(TR::QK, TR::TS, MT), RB = row_buf(TR::QK, TR::TS), BB = batch_blocks(TR::QK, TR::TS);
   constexpr int GPB = TR::QK / 32, BG = batch_groups(TR::QK, TR::TS), PMAX = (max_pieces(TR::QK, TR::TS) + 31) / 32;
   extern __shared__ __align__(16) uint8_t smem[];  // [warps][S][2 rows][RB] ring, x tiles, x scales
-  // v2: s_mean[MT], s_rstd[MT], s_red[kWarps][MT]; v3: two [MT][kWarps] buffers of partial sums
-  __shared__ float s_stat[V == 2 ? (2 + kWarps) * MT : 2 * kWarps * MT];
+  __shared__ float s_stat[2 * kWarps * MT];  // two [MT][kWarps] buffers of partial sums
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const uint8_t* __restrict__ w = static_cast<const uint8_t*>(p.w);
   const int nb = p.K / TR::QK, nbatch = (nb + BB - 1) / BB, xt = x_tiles(p.K);
@@ -634,7 +477,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   float4* xsc = reinterpret_cast<float4*>(xq + (size_t)MT * xt * kXTile);
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
   const int stride = gridDim.x * kWarps;
-  using IC = std::conditional_t<V == 3, IntCodesMx<T>, IntCodes<T>>;
+  using IC = IntCodesMx<T>;
 
   // rows of a pair; a missing second row (odd N) re-reads the first, its sums never stored
   auto rows_of = [&](int pair, int& r0, int& r1, bool& has1) {
@@ -693,8 +536,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
         const int q = gi / GPB, j = gi - q * GPB, g = g0 + gi;
         uint32_t ca[8], cb[8];
         float a0, a1, am, b0, b1, bm;
-        group_codes<T, V == 3>(bufa, sa.off + q * TR::TS, j, ca, a0, a1, am);
-        group_codes<T, V == 3>(bufb, sb.off + q * TR::TS, j, cb, b0, b1, bm);
+        group_codes<T, true>(bufa, sa.off + q * TR::TS, j, ca, a0, a1, am);
+        group_codes<T, true>(bufb, sb.off + q * TR::TS, j, cb, b0, b1, bm);
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           const uint8_t* xp = xq + ((size_t)m * xt + (g >> 5)) * kXTile + lane * 16;  // slot g % 32 == lane
@@ -726,14 +569,11 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
     issue(s, head);
     head = advance(head);
   }
-  XRegs<A, MT> xr;  // v3: this thread's activations and norm weights
-  if constexpr (V == 3) xr.load_norm(p, 0, 0, XRegs<A, MT>::UN);
+  XRegs<A, MT> xr;  // this thread's activations and norm weights
+  xr.load_norm(p, 0, 0, XRegs<A, MT>::UN);
   pdl_wait();
   pdl_launch_dependents();
-  if constexpr (V == 3)
-    stage_x_v3<A, MT>(p, xq, xsc, s_stat, xr);
-  else
-    stage_x_int<A, MT>(p, xq, xsc, s_stat, s_stat + MT, reinterpret_cast<float(*)[MT]>(s_stat + 2 * MT));
+  stage_x_v3<A, MT>(p, xq, xsc, s_stat, xr);
 
   for (int i = 0; tail.pair < npairs; ++i) {
     cp_async_wait<S - 2>();  // batch i has landed (groups committed so far: i + S - 1)
@@ -747,14 +587,14 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   cp_async_wait<0>();
 }
 
-template <int T, typename A, int MT, int V>
+template <int T, typename A, int MT>
 cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   using TR = Traits<T>;
   LinearArgs p = a;
   p.vec_x = aligned16(p.x);  // the staging's 16-byte loads (K % 32 == 0)
   const size_t smem = smem_bytes(TR::QK, TR::TS, MT, p.K);
   if (smem > (size_t)kSmemMax) return cudaErrorInvalidValue;
-  auto kern = gemv_q_kernel<T, A, MT, V>;
+  auto kern = gemv_q_kernel<T, A, MT>;
   static bool attr_set = false;  // once per instantiation: allow up to kSmemMax of shared memory,
   if (!attr_set) {              // and ask for the whole carveout as shared memory so that a second
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemMax);
@@ -769,18 +609,13 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   return launch_pdl(kern, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
 }
 
-template <int T, typename A, int V>
-cudaError_t launch_tav(const LinearArgs& p, int num_sms, cudaStream_t st) {
-  if (p.M <= 1) return launch_mt<T, A, 1, V>(p, num_sms, st);
-  if (p.M <= 2) return launch_mt<T, A, 2, V>(p, num_sms, st);
-  if (p.M <= 4) return launch_mt<T, A, 4, V>(p, num_sms, st);
-  if (p.M <= 8) return launch_mt<T, A, 8, V>(p, num_sms, st);
-  return launch_mt<T, A, 16, V>(p, num_sms, st);
-}
-
 template <int T, typename A>
 cudaError_t launch_ta(const LinearArgs& p, int num_sms, cudaStream_t st) {
-  return gemvq_stage() == 2 ? launch_tav<T, A, 2>(p, num_sms, st) : launch_tav<T, A, 3>(p, num_sms, st);
+  if (p.M <= 1) return launch_mt<T, A, 1>(p, num_sms, st);
+  if (p.M <= 2) return launch_mt<T, A, 2>(p, num_sms, st);
+  if (p.M <= 4) return launch_mt<T, A, 4>(p, num_sms, st);
+  if (p.M <= 8) return launch_mt<T, A, 8>(p, num_sms, st);
+  return launch_mt<T, A, 16>(p, num_sms, st);
 }
 
 }  // namespace

@@ -33,7 +33,7 @@
 // products are summed in v1's order (block by block, values 0..15 each with its partner 16..31,
 // then the block scale), so v1 and v2 give the same sums.
 //
-// Decode v6 (default; GPTE_AB_MOE_V3 non-empty selects v3, read once, for an A/B in one run):
+// Decode v6 (k <= 8; v3 stays for k > 8 and as the bit-equality reference, moe_ab_force):
 // v3's kernels waited, per wave of ~3 resident blocks per SM, for the routing ids, then for the
 // weight loads into registers (3 KB per warp), then computed: too few bytes in flight per SM.
 // In v6 a block's tile is R = 16 consecutive rows of one expert (its gate and its up rows; down:
@@ -774,19 +774,13 @@ cudaError_t allow_smem(void (*kernel)(KArgs...), size_t smem, size_t& configured
   return e;
 }
 
-// 0: GPTE_AB_MOE_V3 decides (non-empty: v3), 3 or 6: forced by moe_ab_force (the A/B's tests and bench).
+// 0 or 6: v6; 3: v3, forced by moe_ab_force (the tests' bit-equality check and the decode bench).
 int g_moe_force = 0;
 // 0: both expert kernels; 1: only gate/up, 2: only down (moe_ab_force, the bench's per-kernel
 // timings: the kernel left out leaves its output as it was).
 int g_moe_parts = 0;
 
-bool moe_v6_selected() {
-  static const bool env_v3 = [] {
-    const char* v = std::getenv("GPTE_AB_MOE_V3");
-    return v != nullptr && *v != '\0';
-  }();
-  return g_moe_force == 6 || (g_moe_force == 0 && !env_v3);
-}
+bool moe_v6_selected() { return g_moe_force != 3; }
 
 template <typename T, int NBL>
 cudaError_t launch_experts_v6(const MoeArgs& a, cudaStream_t st) {

@@ -3,7 +3,7 @@
 // pos[b] += 1 so the next replay of the decode graph works on the next position. A NaN logit
 // raises kStatusNonFinite in the status word instead of being picked silently.
 //
-// v1 (kept for the same-run A/B, selected by GPTE_AB_ARGMAX_V1, TEMPORARY): one block of 1024
+// v1 (gone; measured against v2 below in one run, docs/kernels/decode.md): one block of 1024
 // threads per row; each thread keeps its best (value, index) over a strided range (4 loads in
 // flight), then a warp and a block reduction. One SM reads the whole row with at most
 // 1024 x 4 x 4 B = 16 KB in flight, so the row costs ceil(row / 16 KB) memory round trips: measured
@@ -54,64 +54,6 @@ __device__ __forceinline__ void better(float& bv, int& bi, float v, int i) {
   if (v > bv || (v == bv && i < bi)) {
     bv = v;
     bi = i;
-  }
-}
-
-// ---------------------------------------------------------------- v1
-
-__global__ void __launch_bounds__(kThreads) argmax_kernel(const float* __restrict__ logits, int64_t row_stride,
-                                                          int n_valid, int64_t* __restrict__ next,
-                                                          int64_t* __restrict__ pos, int* status) {
-  __shared__ float sv[32];
-  __shared__ int si[32];
-  pdl_wait();
-  pdl_launch_dependents();
-  const int b = blockIdx.x;
-  const float* row = logits + (int64_t)b * row_stride;
-  float bv = -INFINITY;
-  int bi = n_valid;  // "none yet": larger than every index
-  bool nan = false;
-  constexpr int kU = 4;
-  for (int base = threadIdx.x; base < n_valid; base += kThreads * kU) {
-    float v[kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int i = base + u * kThreads;
-      v[u] = i < n_valid ? __ldg(row + i) : -INFINITY;
-    }
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      nan |= v[u] != v[u];
-      better(bv, bi, v[u], base + u * kThreads);
-    }
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    better(bv, bi, ov, oi);
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    sv[warp] = bv;
-    si[warp] = bi;
-  }
-  nan = __syncthreads_or(nan);
-  if (warp == 0) {
-    bv = sv[lane];
-    bi = si[lane];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      better(bv, bi, ov, oi);
-    }
-    if (lane == 0) {
-      // all -inf (or NaN) rows: token 0, flagged when NaN
-      next[b] = bi < n_valid ? bi : 0;
-      if (pos) pos[b] += 1;
-      if (nan && status) atomicOr(status, kStatusNonFinite);
-    }
   }
 }
 
@@ -209,26 +151,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// TEMPORARY (same-run A/B of v1 and v2): GPTE_AB_ARGMAX_V1 set to a non-empty value launches v1.
-// Read once, at the first launch.
-bool ab_argmax_v1() {
-  static const bool v1 = [] {
-    const char* e = std::getenv("GPTE_AB_ARGMAX_V1");
-    return e != nullptr && *e != '\0';
-  }();
-  return v1;
-}
-
 }  // namespace
 
 cudaError_t launch_sample_greedy(const float* logits, int64_t rows, int64_t row_stride, int64_t n_valid,
                                  int64_t* next, int64_t* pos, int* status, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  // indices are int: below 2^31 with room for a thread's last stride (v1 4096, v2 16384 entries)
+  // indices are int: below 2^31 with room for a thread's last stride (16384 entries)
   if (n_valid <= 0 || n_valid > row_stride || n_valid > INT32_MAX - kThreads * kU2) return cudaErrorInvalidValue;
-  if (ab_argmax_v1())
-    return launch_pdl(argmax_kernel, dim3((unsigned)rows), dim3(kThreads), 0, stream, logits, row_stride,
-                      (int)n_valid, next, pos, status);
   const int64_t S = std::min<int64_t>(kMaxCluster, ceil_div(n_valid, kEntriesPerBlock));
   const int64_t slice = ceil_div(ceil_div(n_valid, S), kSliceAlign) * kSliceAlign;
   if (rows * S > INT32_MAX) return cudaErrorInvalidValue;  // grid.x

@@ -269,11 +269,23 @@ def test_20b_memory_estimate_components():
     assert est["kv_cache"] == 2 * 24 * 8 * 64 * 4096 * 2
     assert est["transient"] == 2880 * 2880 * (4 + 2) + 201088 * (2 + 4)
     assert est["total"] == est["weights"] + est["kv_cache"] + est["transient"]
-    # on the GPU: a 2048-token pass of the grouped MoE (fp32 sums and their fp16 copy, routing
-    # [rows, 32] fp32 + bool, the down phase: SwiGLU and y in fp16 with 2 fp32 copies of y) and
-    # one expert matrix in fp16
+    # on the GPU: a 2048-token pass of the grouped-GEMM MoE (ops.moe_grouped): 2048 x 4 pairs,
+    # their order and dest (int32 each), 32 expert counts (int32), the pairs' fp32 down rows
+    # [8192, 2880] and their fp16 SwiGLU activations [8192, 2880]
     gpu = estimate_memory(f, cfg, torch.float16, n_ctx=4096, device="cuda")
-    assert gpu["transient"] == 2048 * (2880 * 6 + 32 * 5 + 2 * 2880 * 2 + 2 * 2880 * 4) + 2880 * 2880 * 2
+    pairs = 2048 * 4
+    assert gpu["transient"] == pairs * 8 + 32 * 4 + pairs * 2880 * 4 + pairs * 2880 * 2
+    # with the grouped GEMM off, the all-experts path: fp32 sums and their fp16 copy, routing
+    # [rows, 32] fp32 + bool, the down phase (SwiGLU and y in fp16 with 2 fp32 copies of y) and
+    # one expert matrix in fp16
+    from gpt_engine.models import gpt_oss
+    old = gpt_oss.MOE_GROUPED_GEMM
+    try:
+        gpt_oss.MOE_GROUPED_GEMM = False
+        off = estimate_memory(f, cfg, torch.float16, n_ctx=4096, device="cuda")
+    finally:
+        gpt_oss.MOE_GROUPED_GEMM = old
+    assert off["transient"] == 2048 * (2880 * 6 + 32 * 5 + 2 * 2880 * 2 + 2 * 2880 * 4) + 2880 * 2880 * 2
     assert gpu["weights"] == est["weights"] and gpu["kv_cache"] == est["kv_cache"]
 
 

@@ -125,7 +125,7 @@ def test_cuda_grouped_prefill_moe_equals_the_per_token_kernel(oss, monkeypatch, 
 @STORY
 @pytest.mark.parametrize("shape", ["L2-h4kv2-e4k2", "L2-h8kv2-e4k1-d64"])
 def test_cuda_grouped_gemm_prefill_moe(oss, monkeypatch, shape):
-    """With the GPT_ENGINE_MOE_GROUPED_GEMM switch on, a prompt of >= MOE_GROUPED_MIN_TOKENS
+    """With MOE_GROUPED_GEMM on (the default), a prompt of >= MOE_GROUPED_MIN_TOKENS
     takes ops.moe_grouped (the grouped GEMM over the chosen pairs): logits equal
     grouped_experts' within nmse_fp16_model, and both match transformers."""
     from gpt_engine.models import gpt_oss

@@ -10,9 +10,6 @@ weights and gguf-py's dequantization of them are cached in $EXPLORE_DEQUANT_CACH
 (/tmp/explore_dequant_cache), so only the first of several runs pays for numpy.
 
     python tests/bench/explore_dequant.py
-    GPTE_DEQUANT_SHAPE=3 python tests/bench/explore_dequant.py   # another block shape (TEMPORARY
-        switch, csrc/dequant.cu dequant_shape: read once per process, so one run per value; ratios
-        of two runs compare through each run's own copy figure)
 
 The v1/v2 comparison in docs/kernels/quant.md came from this script's --ab mode while v1 was still
 in the launcher behind a temporary switch (raw output: docs/kernels/runs/20261202-s6-ab1.log).
@@ -96,13 +93,8 @@ def check(raw_np: np.ndarray, raw: torch.Tensor, qtype, outs) -> str:
     return "bit-exact" if not bad else "MISMATCH: " + ", ".join(bad)
 
 
-SHAPE_VAR = "GPTE_DEQUANT_SHAPE"
-SHAPE_NAMES = {"1": "1x256", "2": "2x128", "3": "4x128"}  # pieces per thread x threads; else 2x256
-
-
 def shape_label() -> str:
-    v = os.environ.get(SHAPE_VAR, "")
-    return f"{SHAPE_VAR}={v or 'unset'} ({SHAPE_NAMES.get(v, '2x256')})"
+    return "2x256"
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ tests/ops/test_linear.py::test_gemv_bandwidth.
 
 --quant: the packed types (csrc/linear_q.cu); --types / --shapes (M x N x K) pick a subset,
 --norm fuses that norm into every call (the activation staging then computes it).
-GPTE_AB_GEMVQ_STAGE=2 in the environment runs the v2 activation staging (A/B against v3).
 """
 from __future__ import annotations
 
@@ -74,13 +73,11 @@ def quant_table(copy_gbs: float) -> None:
     super-blocks for the K-quants. nmse: the first call's output against the float64 product
     with gguf-py's dequantized weight (tests/tolerances.py nmse_fp16 = 1e-5 is the ops tests' bar)."""
     import numpy as np
-    import os
     Q = gguf.GGMLQuantizationType
     types = _arg("--types").split(",") if _arg("--types") else QUANT_TYPES
     shapes = ([tuple(int(v) for v in s.split("x")) for s in _arg("--shapes").split(",")] if _arg("--shapes")
               else QUANT_SHAPES)
     norm_kind = _arg("--norm")
-    print(f"staging v{2 if os.environ.get('GPTE_AB_GEMVQ_STAGE') == '2' else 3}, norm {norm_kind}")
     for name in types:
         t = Q[name]
         qk = gguf.GGML_QUANT_SIZES[t][0]

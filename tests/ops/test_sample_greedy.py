@@ -1,9 +1,5 @@
 """sample_greedy: device argmax over the valid vocabulary, lowest index on ties, NaN flagged
 and never picked, positions advanced; oracle torch.argmax on the CPU."""
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -56,14 +52,10 @@ def test_sample_greedy_argument_errors():
         ops.sample_greedy(torch.zeros(2, 5), 5, torch.zeros(3, dtype=torch.long), None, None)
 
 
-# ---------------------------------------------------------------- v2 (a cluster per row) and v1
-# csrc/sample_greedy.cu: v2 splits a row over a cluster of up to 8 blocks; v1 (one block per row)
-# stays behind the TEMPORARY switch GPTE_AB_ARGMAX_V1, read once per process, so v1 runs in a child
-# process (test_v1_in_a_child_process) over the same cases. Oracle: torch.argmax for rows without
-# NaN; with NaN, the kernels' rule (v1's: NaN is never picked, `v > best` is false for it): the
-# lowest index of the largest non-NaN entry, 0 when every entry is NaN.
-AB_V1 = "GPTE_AB_ARGMAX_V1"
-REPO = pathlib.Path(__file__).resolve().parents[2]
+# ---------------------------------------------------------------- v2 (a cluster per row)
+# csrc/sample_greedy.cu: v2 splits a row over a cluster of up to 8 blocks. Oracle: torch.argmax
+# for rows without NaN; with NaN, the kernel's rule (NaN is never picked, `v > best` is false for
+# it): the lowest index of the largest non-NaN entry, 0 when every entry is NaN.
 
 
 def v2_slices(n: int) -> list[tuple[int, int]]:
@@ -186,32 +178,8 @@ def argmax_kernel_names() -> list[str]:
     return [n for n in names if "argmax" in n]
 
 
-def child_main(seed: int) -> None:
-    """Run in a child process with GPTE_AB_ARGMAX_V1 set: every case against v1, and v1 launched."""
-    torch.manual_seed(seed)
-    names = argmax_kernel_names()
-    assert names and all("argmax_kernel" in n and "cluster" not in n for n in names), f"v1 not launched: {names}"
-    for case in ARGMAX_CASES:
-        check_argmax_case(case, "cuda")
-    print(f"v1: {len(ARGMAX_CASES)} cases passed")
-
-
 @pytest.mark.story("GX-003", "GT-027")
 @pytest.mark.parametrize("device", [CUDA])
 def test_v2_is_the_default(device):
-    if os.environ.get(AB_V1):
-        pytest.skip(f"{AB_V1} is set in this process: v1 is launched here")
     names = argmax_kernel_names()
     assert names and all("argmax_cluster_kernel" in n for n in names), names
-
-
-@pytest.mark.story("GX-003", "GT-027")
-@pytest.mark.parametrize("device", [CUDA])
-def test_v1_in_a_child_process(device, fresh_seed):
-    """v1 (GPTE_AB_ARGMAX_V1, read once per process) on every case above, in a child process."""
-    env = dict(os.environ, **{AB_V1: "1"})
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    code = f"from tests.ops.test_sample_greedy import child_main; child_main({fresh_seed})"
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, f"child failed (seed {fresh_seed}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
-    assert f"v1: {len(ARGMAX_CASES)} cases passed" in r.stdout
