@@ -101,13 +101,15 @@ def test_cuda_path_uses_the_kernels(oss, shape):
 @STORY
 @pytest.mark.parametrize("shape", ["L2-h4kv2-e4k2", "L2-h8kv2-e4k1-d64"])
 def test_cuda_grouped_prefill_moe_equals_the_per_token_kernel(oss, monkeypatch, shape):
-    """A prompt of >= MOE_GROUPED_MIN_TOKENS takes grouped_experts (every expert once); the
-    same prompt with the per-token kernel (ops.moe_experts, threshold raised) gives the same
+    """With the grouped GEMM off (MOE_GROUPED_GEMM False; on, test_cuda_grouped_gemm_prefill_moe
+    covers it), a prompt of >= MOE_GROUPED_MIN_TOKENS takes grouped_experts (every expert once);
+    the same prompt with the per-token kernel (ops.moe_experts, threshold raised) gives the same
     logits within nmse_fp16_model, and both match transformers."""
     from gpt_engine.models import gpt_oss
 
     path, hf = oss.get(shape)
     m = gpt_engine.load(path, device="cuda")
+    monkeypatch.setattr(gpt_oss, "MOE_GROUPED_GEMM", False)
     ids = well_routed_ids(hf, max(gpt_oss.MOE_GROUPED_MIN_TOKENS, 5 * m.config.sliding_window), m.config.vocab_size)
     calls = []
     real = gpt_oss.grouped_experts
