@@ -209,14 +209,35 @@ def test_smollm2_logits_match(smollm2_pair):
         assert err <= tol("llamacpp_nmse_smollm2"), f"{text!r}: NMSE {err:.3g}"
 
 
+def _same_or_near_tie(m, llm, ids: list[int], ours: list[int], theirs: list[int]) -> None:
+    """Identical ids, or identical up to a parting step where each engine's full forward over the
+    common prefix picks what its own decode path picked (neither decode path is at fault) and the
+    two rows agree within llamacpp_nmse_smollm2_row: a near-tie inside the documented tolerance,
+    reported as a warning, never hidden; an exact tie is named as such."""
+    if ours == theirs:
+        return
+    k = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+    prefix = ids + ours[:k]
+    row_ours, row_theirs = m.logits(prefix)[-1], llamacpp_logits(llm, prefix)[-1]
+    assert int(row_ours.argmax()) == ours[k] and int(row_theirs.argmax()) == theirs[k]
+    err = nmse(row_ours[None], row_theirs[None])
+    assert err <= tol("llamacpp_nmse_smollm2_row"), f"step {k}: NMSE {err:.3g}; " + _tie_report(m, ids, ours, theirs)
+    warnings.warn(_tie_report(m, ids, ours, theirs) + f"; the rows there agree to NMSE {err:.3g}")
+
+
 @STORY
 def test_smollm2_greedy_matches(smollm2_pair):
+    """The " Paris" prompt. Its 32 ids were identical on the machines before 2026-12-02; the same
+    pinned llama-cpp-python built on an AMD EPYC with AVX2 (its q8_1 matmuls take another SIMD
+    path) parts from us at step 26, where our two candidates are 0.09 apart (logit std 2.6; a
+    float64 run of our model picks ours too) and the rows agree to NMSE ~1e-4. So the ids must be
+    identical or part only as a near-tie, checked as the next test checks its prompt."""
     m, llm = smollm2_pair
     ids = m.encode_prompt(SMOLLM2_PROMPT)
     ours = m.generate(ids, max_new_tokens=GREEDY_TOKENS, stop_at_eos=False).token_ids
     theirs = llamacpp_greedy(llm, ids, GREEDY_TOKENS)
-    assert ours == theirs, _tie_report(m, ids, ours, theirs)
     assert m.tokenizer.decode(ours[:1]) == " Paris"
+    _same_or_near_tie(m, llm, ids, ours, theirs)
 
 
 @STORY
@@ -231,15 +252,7 @@ def test_smollm2_greedy_parts_only_within_the_tolerance(smollm2_pair):
     ids = m.encode_prompt("Once upon a time, in a small village by the sea,")
     ours = m.generate(ids, max_new_tokens=GREEDY_TOKENS, stop_at_eos=False).token_ids
     theirs = llamacpp_greedy(llm, ids, GREEDY_TOKENS)
-    if ours == theirs:
-        return
-    k = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
-    prefix = ids + ours[:k]
-    row_ours, row_theirs = m.logits(prefix)[-1], llamacpp_logits(llm, prefix)[-1]
-    assert int(row_ours.argmax()) == ours[k] and int(row_theirs.argmax()) == theirs[k]
-    err = nmse(row_ours[None], row_theirs[None])
-    assert err <= tol("llamacpp_nmse_smollm2_row"), f"step {k}: NMSE {err:.3g}; " + _tie_report(m, ids, ours, theirs)
-    warnings.warn(_tie_report(m, ids, ours, theirs) + f"; the rows there agree to NMSE {err:.3g}")
+    _same_or_near_tie(m, llm, ids, ours, theirs)
 
 
 # --------------------------------------------------------------------------- generated files
