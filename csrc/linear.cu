@@ -183,15 +183,6 @@ constexpr int kPipeSmemMax = 200 * 1024;  // of the 227 KiB a block may opt in t
 __host__ __device__ constexpr int pipe_u(int mt) { return mt <= 2 ? 4 : (mt <= 4 ? 2 : 1); }
 __host__ __device__ constexpr int pipe_ring_bytes(int mt) { return kStages * 2 * pipe_u(mt) * kPipeThreads * 16; }
 
-__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
-  const unsigned d = (unsigned)__cvta_generic_to_shared(smem_dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(gmem_src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 template <typename W, typename A, int MT>
 __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const LinearArgs p) {
   constexpr int CH = 16 / sizeof(W);

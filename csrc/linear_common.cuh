@@ -17,6 +17,17 @@ namespace linear_detail {
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
+// cp.async (sm_80+): 16 bytes global -> shared without a register round trip; the ring GEMVs
+// (dense: linear.cu, decode_layers.cu; packed: linear_q_impl.cuh) keep their bytes in flight here.
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
+  const unsigned d = (unsigned)__cvta_generic_to_shared(smem_dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(gmem_src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
 // The two weight rows of pair `pair`: (2p, 2p+1); SwiGLU: gate row p and up row n_out + p; QKV
 // with neox RoPE: per head, (i, i + R/2) for i < R/2, then adjacent pairs past the rotary dims.
 __device__ __forceinline__ void pair_rows(const LinearArgs& p, int pair, int& r0, int& r1) {

@@ -107,14 +107,12 @@ __host__ __device__ constexpr size_t smem_bytes(int qk, int ts, int mt, int64_t 
   return ring_bytes(qk, ts, mt) + (size_t)mt * x_tiles(K) * (kXTile + kXScale);
 }
 
+// cp_async16 with a source size: bytes past src_bytes are zero-filled (a ragged last block)
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, int src_bytes) {
   const unsigned d = (unsigned)__cvta_generic_to_shared(smem_dst);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(gmem_src), "r"(src_bytes) : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
+// (cp_async_commit / cp_async_wait: linear_common.cuh)
 
 // dp4a with the weight codes' signedness (a) against x's hi plane (signed) or lo plane (unsigned)
 template <bool WS, bool XS>

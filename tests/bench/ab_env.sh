@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One GPU call that A/Bs a decode-path switch read from the environment (exploration, not
+# evidence): build, the CUDA tests in TESTS, then per model in MODELS (shape-type names of
+# benchmodels files) the graph-captured step (tests/bench/explore_decode_step.py) and, for the
+# models in E2E, `gpt-engine bench` tg128 through the public API, each with AB_VAR unset (the
+# default) and with AB_VAR=$AB_OFF, alternated, same run. Used for the short-sequence attention
+# graph (AB_VAR=GPT_ENGINE_ATTN_SHORT_KEYS, docs/kernels/decode.md v10) and the one-launch decode
+# layers (AB_VAR=GPT_ENGINE_DECODE_LAYERS, v12). Repo root on the GPU machine, .whl carried;
+# everything printed goes to $OUT/ab.log.
+set -o pipefail
+export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+exec > >(tee -a "$OUT/ab.log") 2>&1
+export PYTHONUNBUFFERED=1
+export GPT_ENGINE_BENCH_MODELS=${GPT_ENGINE_BENCH_MODELS:-/tmp/gpt-engine-bench-models}
+AB_VAR=${AB_VAR:-GPT_ENGINE_ATTN_SHORT_KEYS}
+AB_OFF=${AB_OFF:-0}
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+M=$GPT_ENGINE_BENCH_MODELS
+t0=$(date +%s)
+python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('extension built')" 2>&1 | tail -3
+echo "build: $(( $(date +%s) - t0 )) s"
+MODELS=${MODELS-gpt2-124m-F16 gpt2-1.5b-F16 llama-1b-F16 gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4 gpt-oss-20b-MXFP4}
+E2E=${E2E:-}
+TESTS=${TESTS-tests/ops/test_attention_decode.py tests/ops/test_attention_sinks.py tests/test_cuda_graph.py tests/ops/test_gpt2_block.py}
+(python3 -c "
+import sys
+from gpt_engine import benchmodels as b
+for s in sys.argv[1:]:
+    shape, q = s.rsplit('-', 1); print(b.ensure('$M', shape, q))
+" $MODELS > /tmp/ab-models.txt 2>&1) &
+MODELS_PID=$!
+[ -n "$TESTS" ] && timeout ${TEST_TIMEOUT:-240} python3 -m pytest -p gates.pytest_plugin --no-evidence -p no:cacheprovider -q -m cuda --tb=short -rf \
+  $TESTS -k "not bandwidth and not benchmark" 2>&1 | grep -vE "^\.|^$|^SKIPPED" | tail -40
+echo "tests: $(( $(date +%s) - t0 )) s"
+if [ -n "${SAN:-}" ]; then  # pytest arguments to run under compute-sanitizer memcheck
+  t1=$(date +%s)
+  timeout ${SAN_TIMEOUT:-150} compute-sanitizer --tool memcheck --error-exitcode 9 --log-file "$OUT/memcheck.txt" \
+    python3 -m pytest -p gates.pytest_plugin --no-evidence -p no:cacheprovider -q $SAN 2>&1 | tail -3
+  echo "compute-sanitizer memcheck exit: $? ($(( $(date +%s) - t1 )) s)"; tail -3 "$OUT/memcheck.txt"
+fi
+wait $MODELS_PID; cat /tmp/ab-models.txt
+for f in $MODELS; do
+  for v in "" "$AB_OFF"; do
+    echo "== step $f $AB_VAR=${v:-default}"
+    env $([ -n "$v" ] && echo "$AB_VAR=$v") timeout 90 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" 2>&1 \
+      | grep -E "graph step|attention|decode_|kernel time" | head -8
+  done
+done
+for f in $E2E; do
+  for v in "" "$AB_OFF" "" "$AB_OFF"; do
+    echo "== bench $f $AB_VAR=${v:-default}"
+    env $([ -n "$v" ] && echo "$AB_VAR=$v") timeout 120 python3 -m gpt_engine.cli bench "$M/$f.gguf" -p 0 -n 128 -r 3 \
+      --device cuda 2>&1 | grep -E "tg128" | head -2
+  done
+done
+echo "total: $(( $(date +%s) - t0 )) s"
