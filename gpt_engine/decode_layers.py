@@ -24,7 +24,7 @@ import torch
 
 from . import ops
 from .ops import _ext
-from .ops import linear as lin
+from .ops.linear import ACTS, NORMS
 
 ENV = "GPT_ENGINE_DECODE_LAYERS"
 F16 = 1  # ggml type id
@@ -132,13 +132,13 @@ class DecodeLayers:
         for i, p in enumerate(products):
             n1, n2 = p.norm1, p.norm2
             parts.append(ext.linear_qkv_plan(
-                self.xin[i], _dense(p.qkv), p.qkv_b, n1.weight, n1.bias, self.q[i], lin.NORMS[n1.kind], float(n1.eps),
+                self.xin[i], _dense(p.qkv), p.qkv_b, n1.weight, n1.bias, self.q[i], NORMS[n1.kind], float(n1.eps),
                 st.pos, heads.cos, heads.sin, st.cache.k[i], st.cache.v[i], st.lens, st.status, H, Hkv,
                 heads.rope_mode, heads.rope_dim))
             parts.append(ext.linear_plan(self.att[i], _dense(p.o), p.o_b, self.xin[i], None, None, self.xmid[i],
                                          0, 0, 1e-5))
             parts.append(ext.linear_plan(self.xmid[i], _dense(p.up), p.up_b, None, n2.weight, n2.bias, self.h[i],
-                                         lin.NORMS[n2.kind], lin.ACTS[p.act], float(n2.eps)))
+                                         NORMS[n2.kind], ACTS[p.act], float(n2.eps)))
             parts.append(ext.linear_plan(self.h[i], _dense(p.down), p.down_b, self.xmid[i], None, None,
                                          self.xin[i + 1], 0, 0, 1e-5))
             parts.append(ext.attention_plan(self.q[i], st.cache.k[i], st.cache.v[i], st.lens, self.att[i],

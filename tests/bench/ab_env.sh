@@ -51,7 +51,7 @@ for f in $E2E; do
   for v in "" "$AB_OFF" "" "$AB_OFF"; do
     echo "== bench $f $AB_VAR=${v:-default}"
     env $([ -n "$v" ] && echo "$AB_VAR=$v") timeout 120 python3 -m gpt_engine.cli bench "$M/$f.gguf" -p 0 -n 128 -r 3 \
-      --device cuda 2>&1 | grep -E "tg128" | head -2
+      --device cuda 2>&1 | grep -E "tg128" | grep -v "^bench:" | head -2
   done
 done
 echo "total: $(( $(date +%s) - t0 )) s"
