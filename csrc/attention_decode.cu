@@ -23,13 +23,35 @@
 // every instruction that runs is the one that ran before (other models are unchanged).
 #include <cmath>
 
-#include "attention_decode_impl.cuh"
 #include "common.cuh"
 #include "launchers.h"
 
 namespace gpte {
 namespace {
-using namespace attn_detail;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kUnroll = 4;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kSplitAlign = 64;  // keys; a multiple of every instantiation's keys per step
+
+template <typename T, int VEC>
+__device__ __forceinline__ Vec<T, VEC> ldg_vec(const T* p) {
+  const uint4 r = __ldg(reinterpret_cast<const uint4*>(p));
+  return *reinterpret_cast<const Vec<T, VEC>*>(&r);
+}
+
+// Merge running softmax state (m2, l2, acc2) into (m, l, acc).
+template <int N>
+__device__ __forceinline__ void merge_state(float& m, float& l, float* acc, float m2, float l2, const float* acc2) {
+  const float mx = fmaxf(m, m2);
+  if (mx == -INFINITY) return;  // both empty
+  const float a = fast_exp2(m - mx), b = fast_exp2(m2 - mx);
+  l = l * a + l2 * b;
+#pragma unroll
+  for (int j = 0; j < N; ++j) acc[j] = acc[j] * a + acc2[j] * b;
+  m = mx;
+}
 
 template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc,
@@ -40,10 +62,212 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
                                                               int window, T* __restrict__ out,
                                                               const float* __restrict__ sinks, float sink_log2,
                                                               int short_keys) {
+  constexpr int VEC = kVec16<T>;
+  constexpr int TPK = D / VEC;  // threads per key row
+  static_assert(TPK >= 1 && TPK <= 32 && (TPK & (TPK - 1)) == 0, "head dim must give a power-of-two row split");
+  constexpr int KPW = 32 / TPK;          // keys per warp per step
+  constexpr int KPB = KPW * kWarps;      // keys per block per step
+  __shared__ float sm_acc[kWarps][G][D];
+  __shared__ float sm_m[kWarps][G], sm_l[kWarps][G];
+
   pdl_wait();  // q, the cache and the lengths come from the kernels before
   pdl_launch_dependents();
-  decode_split_block<T, D, G>(q, kc, vc, lens, lens64, ws_o, ws_ml, Hq, Hkv, S, splits, group, gblocks, scale_log2,
-                              window, out, sinks, sink_log2, short_keys, blockIdx.x, blockIdx.y, blockIdx.z);
+  const int split = blockIdx.x;
+  const int hkv = blockIdx.y / gblocks, gb = blockIdx.y % gblocks;
+  const int b = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sub = lane % TPK;
+  const int slot = warp * KPW + lane / TPK;
+
+  int64_t len = lens64 ? reinterpret_cast<const int64_t*>(lens)[b] : reinterpret_cast<const int32_t*>(lens)[b];
+  len = len < 0 ? 0 : (len > S ? S : len);
+  // whole 64-key steps per split (a ragged last step in every split cost up to 10%; the
+  // splits past the end of a short sequence stay empty)
+  const int64_t wbeg = window > 0 && len > window ? len - window : 0;  // first key the window keeps
+  // a short sequence: split 0 walks every key and writes the output, the other splits stay empty
+  const bool one = short_keys > 0 && len - wbeg <= short_keys;
+  const int sp = one ? 1 : splits;
+  const int64_t chunk = ((len - wbeg + sp - 1) / sp + kSplitAlign - 1) / kSplitAlign * kSplitAlign;
+  const int64_t kbeg = wbeg + (int64_t)split * chunk;
+  const int64_t kend = kbeg + chunk < len ? kbeg + chunk : len;
+
+  float qf[G][VEC];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const int gi = gb * G + g;
+    if (gi < group) {
+      const int hq = hkv * group + gi;
+      const Vec<T, VEC> qv = load_vec<T, VEC>(q + ((int64_t)b * Hq + hq) * D, sub);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) qf[g][j] = to_f(qv.v[j]) * scale_log2;
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) qf[g][j] = 0.f;
+    }
+  }
+  float m[G], l[G], acc[G][VEC];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) acc[g][j] = 0.f;
+  }
+
+  const int64_t head = ((int64_t)b * Hkv + hkv) * S;
+  const T* kbase = kc + head * D + sub * VEC;
+  const T* vbase = vc + head * D + sub * VEC;
+  // Register double buffer: the next step's K/V loads are issued before this step's math,
+  // so every thread keeps 2 * kUnroll * 16 bytes in flight without waiting on its own math.
+  constexpr int U = G >= 4 ? 2 : kUnroll;  // fewer keys per step where q/acc take the registers
+  constexpr int STEP = KPB * U;
+  Vec<T, VEC> kv[U], vv[U];
+  auto load_step = [&](int64_t k0, Vec<T, VEC>* kd, Vec<T, VEC>* vd) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t key = k0 + u * KPB + slot;
+      if (key < kend) {
+        kd[u] = ldg_vec<T, VEC>(kbase + key * D);
+        vd[u] = ldg_vec<T, VEC>(vbase + key * D);
+      }
+    }
+  };
+  if (kbeg < kend) load_step(kbeg, kv, vv);
+  for (int64_t k0 = kbeg; k0 < kend; k0 += STEP) {
+    Vec<T, VEC> kn[U], vn[U];
+    if (k0 + STEP < kend) load_step(k0 + STEP, kn, vn);
+    bool ok[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) ok[u] = k0 + u * KPB + slot < kend;
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float s[U];
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float dot = 0.f;
+        if (ok[u]) {
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) dot = fmaf(qf[g][j], to_f(kv[u].v[j]), dot);
+        }
+#pragma unroll
+        for (int o = TPK / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        s[u] = ok[u] ? dot : -INFINITY;
+        mx = fmaxf(mx, s[u]);
+      }
+      if (mx == -INFINITY) continue;  // no key of this slot yet
+      const float corr = fast_exp2(m[g] - mx);
+      float p[U], psum = 0.f;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        p[u] = fast_exp2(s[u] - mx);
+        psum += p[u];
+      }
+      l[g] = l[g] * corr + psum;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        float a = acc[g][j] * corr;
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (ok[u]) a = fmaf(p[u], to_f(vv[u].v[j]), a);
+        acc[g][j] = a;
+      }
+      m[g] = mx;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      kv[u] = kn[u];
+      vv[u] = vn[u];
+    }
+  }
+
+  // merge the key slots of this warp (lanes with the same `sub` hold the same head dims)
+#pragma unroll
+  for (int o = TPK; o < 32; o <<= 1) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m[g], o);
+      const float l2 = __shfl_xor_sync(0xffffffffu, l[g], o);
+      float acc2[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) acc2[j] = __shfl_xor_sync(0xffffffffu, acc[g][j], o);
+      merge_state<VEC>(m[g], l[g], acc[g], m2, l2, acc2);
+    }
+  }
+  if (lane < TPK) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) sm_acc[warp][g][sub * VEC + j] = acc[g][j];
+      if (sub == 0) {
+        sm_m[warp][g] = m[g];
+        sm_l[warp][g] = l[g];
+      }
+    }
+  }
+  __syncthreads();
+  // merge the warps and write this split's partial state
+  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
+    const int g = idx / D, d = idx % D;
+    const int gi = gb * G + g;
+    if (gi >= group) continue;
+    float mm = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, sm_m[w][g]);
+    float ll = 0.f, oo = 0.f;
+    if (mm != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = fast_exp2(sm_m[w][g] - mm);
+        ll += f * sm_l[w][g];
+        oo += f * sm_acc[w][g][d];
+      }
+    }
+    const int64_t hrow = (int64_t)b * Hq + hkv * group + gi;
+    const int64_t row = hrow * splits + split;
+    ws_o[row * D + d] = oo;
+    if (d == 0) {
+      ws_ml[row * 2] = mm;
+      ws_ml[row * 2 + 1] = ll;
+    }
+    if (one && split == 0) {
+      // decode_reduce_kernel's arithmetic over one non-empty split (the others hold m = -inf,
+      // l = 0, o = 0 and add exact zeros there): common max with the sink, weight, denominator
+      const float s2 = sinks != nullptr ? sinks[hrow % Hq] * sink_log2 : -INFINITY;
+      const float mx = sinks != nullptr ? fmaxf(mm, s2) : mm;
+      const float w = (mm == -INFINITY || mx == -INFINITY) ? 0.f : exp2f(mm - mx);
+      float den = w * ll;
+      if (sinks != nullptr) den += exp2f(s2 - mx);
+      out[hrow * D + d] = from_f<T>(den > 0.f ? (w * oo) / den : 0.f);
+    }
+  }
+}
+
+// One block per (batch, query head). The splits are reduced in parallel: every thread takes
+// a share of the splits for the common max and the sum, then (head dim x split group) threads
+// accumulate the rescaled partial outputs. A loop over the splits in one thread per output
+// element would chain one memory latency per split (the first version did; it cost ~0.6 us
+// per split, the larger part of a short decode call).
+constexpr int kReduceThreads = 256;
+constexpr int kMaxSplits = 1024;
+
+__device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = lane < kReduceThreads / 32 ? red[lane] : (is_max ? -INFINITY : 0.f);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  return v;
 }
 
 template <typename T, int D>
@@ -52,11 +276,45 @@ __global__ void __launch_bounds__(kReduceThreads) decode_reduce_kernel(const flo
                                                                       const float* __restrict__ sinks,
                                                                       T* __restrict__ out, int splits, int Hq,
                                                                       float sink_log2) {
+  constexpr int SG = kReduceThreads / D;  // split groups
+  __shared__ float sw[kMaxSplits];
+  __shared__ float red[32];
+  __shared__ float part[SG][D];
   pdl_wait();
   pdl_launch_dependents();
-  decode_reduce_block<T, D>(ws_o, ws_ml, sinks, out, splits, Hq, sink_log2, blockIdx.x);
+  const int64_t row = blockIdx.x;  // b * Hq + hq
+  const float* ml = ws_ml + row * splits * 2;
+  float mm = -INFINITY;
+  for (int s = threadIdx.x; s < splits; s += kReduceThreads) mm = fmaxf(mm, ml[2 * s]);
+  mm = block_reduce(mm, red, true);
+  // the sink column, in the workspace's exp2 domain (scores were scaled by scale * log2 e;
+  // the sink logit is unscaled, so it takes log2 e alone)
+  const float s2 = sinks != nullptr ? sinks[row % Hq] * sink_log2 : -INFINITY;
+  if (sinks != nullptr) mm = fmaxf(mm, s2);
+  float ll = 0.f;
+  for (int s = threadIdx.x; s < splits; s += kReduceThreads) {
+    const float m = ml[2 * s];
+    const float w = (m == -INFINITY || mm == -INFINITY) ? 0.f : exp2f(m - mm);
+    sw[s] = w;
+    ll += w * ml[2 * s + 1];
+  }
+  ll = block_reduce(ll, red, false);  // its barriers also publish sw[]
+  if (sinks != nullptr) ll += exp2f(s2 - mm);
+  const int d = threadIdx.x % D, g = threadIdx.x / D;
+  const float* po = ws_o + row * splits * D + d;
+  float acc = 0.f;
+#pragma unroll 4
+  for (int s = g; s < splits; s += SG) acc += sw[s] * po[(int64_t)s * D];
+  part[g][d] = acc;
+  __syncthreads();
+  if (g == 0) {
+#pragma unroll
+    for (int k = 1; k < SG; ++k) acc += part[k][d];
+    out[row * D + d] = from_f<T>(ll > 0.f ? acc / ll : 0.f);
+  }
 }
 
+int pick_group_tile(int64_t group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
 
 struct SinkWindow {
   const float* sinks;  // [Hq] fp32 or null

@@ -1,7 +1,6 @@
 // Torch glue for the gpt_engine CUDA kernels: the only file that includes torch headers.
 // Each function checks device, layout, dtype and shape of every tensor before launching on
 // the current CUDA stream; outputs are allocated by the Python side (gpt_engine/ops/*.py).
-#include <cstring>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
@@ -352,14 +351,13 @@ void linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Te
   check_launch(op, launch_linear_any(qtype, w, x, p));
 }
 
-// linear_args for the QKV epilogue: the checks and fields linear_qkv launches with.
-gpte::LinearArgs qkv_args(const char* op, const at::Tensor& x, const at::Tensor& w,
-                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& norm_w,
-                          const std::optional<at::Tensor>& norm_b, at::Tensor& q_out, int64_t norm, double eps,
-                          const at::Tensor& pos, const std::optional<at::Tensor>& cos_t,
-                          const std::optional<at::Tensor>& sin_t, at::Tensor& k_cache, at::Tensor& v_cache,
-                          const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& status,
-                          int64_t n_head, int64_t n_head_kv, int64_t rope_mode, int64_t rope_dim, int64_t qtype) {
+void linear_qkv(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                const std::optional<at::Tensor>& norm_w, const std::optional<at::Tensor>& norm_b, at::Tensor& q_out,
+                int64_t norm, double eps, const at::Tensor& pos, const std::optional<at::Tensor>& cos_t,
+                const std::optional<at::Tensor>& sin_t, at::Tensor& k_cache, at::Tensor& v_cache,
+                const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& status, int64_t n_head,
+                int64_t n_head_kv, int64_t rope_mode, int64_t rope_dim, int64_t qtype) {
+  const char* op = "linear_qkv";
   TORCH_CHECK(n_head > 0 && n_head_kv > 0 && w.dim() == 2 && w.size(0) % (n_head + 2 * n_head_kv) == 0, op,
               ": weight rows are not (n_head + 2 n_head_kv) heads");
   const int64_t D = w.size(0) / (n_head + 2 * n_head_kv);
@@ -411,135 +409,8 @@ gpte::LinearArgs qkv_args(const char* op, const at::Tensor& x, const at::Tensor&
                 op, ": status must be one int32 on ", x.device());
     e.status = status->data_ptr<int>();
   }
-  return p;
-}
-
-void linear_qkv(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                const std::optional<at::Tensor>& norm_w, const std::optional<at::Tensor>& norm_b, at::Tensor& q_out,
-                int64_t norm, double eps, const at::Tensor& pos, const std::optional<at::Tensor>& cos_t,
-                const std::optional<at::Tensor>& sin_t, at::Tensor& k_cache, at::Tensor& v_cache,
-                const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& status, int64_t n_head,
-                int64_t n_head_kv, int64_t rope_mode, int64_t rope_dim, int64_t qtype) {
-  gpte::LinearArgs p = qkv_args("linear_qkv", x, w, bias, norm_w, norm_b, q_out, norm, eps, pos, cos_t, sin_t, k_cache,
-                                v_cache, lens, status, n_head, n_head_kv, rope_mode, rope_dim, qtype);
   const c10::cuda::CUDAGuard guard(x.device());
-  check_launch("linear_qkv", launch_linear_any(qtype, w, x, p));
-}
-
-// ---- decode_layers plans: the bytes of the structs the persistent kernel reads (launchers.h) ----
-
-template <typename T> at::Tensor struct_bytes(const T& v) {
-  at::Tensor t = at::empty({(int64_t)sizeof(T)}, at::TensorOptions().dtype(at::kByte));
-  std::memcpy(t.data_ptr(), &v, sizeof(T));
-  return t;
-}
-
-// The decode-layers kernel streams fp16 weights with fp16 activations at M = 1 only.
-void check_plan_product(const char* op, const at::Tensor& x, const at::Tensor& w) {
-  TORCH_CHECK(x.scalar_type() == at::kHalf && w.scalar_type() == at::kHalf && x.dim() == 2 && x.size(0) == 1 &&
-                  x.size(1) % 8 == 0,
-              op, ": decode_layers takes fp16 weights and one fp16 activation row with K % 8 == 0, got w ",
-              w.scalar_type(), ", x ", x.scalar_type(), " ", x.sizes());
-}
-
-// kt and vec_x as launch_linear_gemv sets them for its ring kernel (whole K staged)
-gpte::LinearArgs finish_plan(gpte::LinearArgs p) {
-  p.kt = p.K;
-  p.vec_x = true;
-  return p;
-}
-
-at::Tensor linear_plan(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                       const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm_w,
-                       const std::optional<at::Tensor>& norm_b, at::Tensor& out, int64_t norm, int64_t act,
-                       double eps) {
-  const char* op = "linear_plan";
-  check_plan_product(op, x, w);
-  TORCH_CHECK(act >= gpte::kActNone && act <= gpte::kActSwiglu, op, ": unknown act code ", act);
-  TORCH_CHECK(w.dim() == 2 && (act != gpte::kActSwiglu || w.size(0) % 2 == 0), op,
-              ": SwiGLU needs an even number of weight rows");
-  TORCH_CHECK(out.scalar_type() == at::kHalf, op, ": out must be fp16");
-  const int64_t n_out = act == gpte::kActSwiglu ? w.size(0) / 2 : w.size(0);
-  return struct_bytes(finish_plan(linear_args(op, x, w, bias, residual, norm_w, norm_b, out, norm, act, eps, n_out, -1)));
-}
-
-at::Tensor linear_qkv_plan(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                           const std::optional<at::Tensor>& norm_w, const std::optional<at::Tensor>& norm_b,
-                           at::Tensor& q_out, int64_t norm, double eps, const at::Tensor& pos,
-                           const std::optional<at::Tensor>& cos_t, const std::optional<at::Tensor>& sin_t,
-                           at::Tensor& k_cache, at::Tensor& v_cache, const std::optional<at::Tensor>& lens,
-                           const std::optional<at::Tensor>& status, int64_t n_head, int64_t n_head_kv,
-                           int64_t rope_mode, int64_t rope_dim) {
-  const char* op = "linear_qkv_plan";
-  check_plan_product(op, x, w);
-  return struct_bytes(finish_plan(qkv_args(op, x, w, bias, norm_w, norm_b, q_out, norm, eps, pos, cos_t, sin_t,
-                                           k_cache, v_cache, lens, status, n_head, n_head_kv, rope_mode, rope_dim,
-                                           -1)));
-}
-
-at::Tensor attention_plan(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& lens,
-                          at::Tensor& out, at::Tensor& ws_o, at::Tensor& ws_ml, int64_t splits, double scale,
-                          int64_t short_keys) {
-  const char* op = "attention_plan";
-  check_tensor(op, "k_cache", kc, q, true);
-  check_tensor(op, "v_cache", vc, q, true);
-  check_same_shape(op, "v_cache", vc, kc);
-  TORCH_CHECK(q.scalar_type() == at::kHalf && q.dim() == 3 && q.size(0) == 1 && q.is_contiguous(), op,
-              ": q must be contiguous fp16 [1, Hq, D], got ", q.scalar_type(), " ", q.sizes());
-  const int64_t Hq = q.size(1), D = q.size(2);
-  TORCH_CHECK(kc.dim() == 4 && kc.size(0) == 1 && kc.size(3) == D && Hq % kc.size(1) == 0, op, ": k_cache has shape ",
-              kc.sizes(), ", expected [1, Hkv, S, ", D, "] with Hq % Hkv == 0");
-  TORCH_CHECK(gpte::decode_layers_supported(D, Hq / kc.size(1)), op, ": no decode_layers kernel for head dim ", D,
-              " and ", Hq / kc.size(1), " query heads per kv head");
-  TORCH_CHECK(lens.is_cuda() && lens.device() == q.device() && lens.scalar_type() == at::kInt && lens.numel() == 1, op,
-              ": lens must be one int32 on ", q.device());
-  TORCH_CHECK(out.scalar_type() == at::kHalf && out.is_contiguous() && out.numel() == Hq * D && out.device() == q.device(),
-              op, ": out must be contiguous fp16 with ", Hq * D, " elements");
-  TORCH_CHECK(splits >= 1 && splits <= 1024 && short_keys >= 0 && short_keys < INT32_MAX, op, ": splits ", splits,
-              " or short_keys ", short_keys, " out of range");
-  for (const at::Tensor* t : {&ws_o, &ws_ml})
-    TORCH_CHECK(t->is_cuda() && t->device() == q.device() && t->scalar_type() == at::kFloat && t->is_contiguous(), op,
-                ": workspaces must be contiguous float32 on ", q.device());
-  TORCH_CHECK(ws_o.numel() >= Hq * splits * D && ws_ml.numel() >= Hq * splits * 2, op, ": workspaces too small");
-  gpte::AttnArgs a{};
-  a.q = q.data_ptr();
-  a.k_cache = kc.data_ptr();
-  a.v_cache = vc.data_ptr();
-  a.lens = lens.data_ptr<int32_t>();
-  a.out = out.data_ptr();
-  a.ws_o = ws_o.data_ptr<float>();
-  a.ws_ml = ws_ml.data_ptr<float>();
-  a.Hq = (int)Hq;
-  a.Hkv = (int)kc.size(1);
-  a.S = (int)kc.size(2);
-  a.D = (int)D;
-  a.splits = (int)splits;
-  a.short_keys = (int)short_keys;
-  // launch_attention_decode takes scale as float and multiplies by log2 e in float: the same here
-  const float sc = (float)scale;
-  a.scale_log2 = sc * 1.4426950408889634f;
-  return struct_bytes(a);
-}
-
-void decode_layers(const at::Tensor& plans, int64_t n_layer, const at::Tensor& x_in, at::Tensor& counter,
-                   int64_t head_dim, int64_t group, int64_t max_k) {
-  const char* op = "decode_layers";
-  TORCH_CHECK(plans.is_cuda() && plans.scalar_type() == at::kByte && plans.is_contiguous() &&
-                  plans.numel() == n_layer * (int64_t)sizeof(gpte::DecodeLayerPlan) &&
-                  reinterpret_cast<uintptr_t>(plans.data_ptr()) % 16 == 0,
-              op, ": plans must be ", n_layer, " x ", sizeof(gpte::DecodeLayerPlan), " contiguous bytes on the GPU");
-  TORCH_CHECK(x_in.device() == plans.device() && x_in.scalar_type() == at::kHalf && x_in.is_contiguous() &&
-                  x_in.dim() == 2 && x_in.size(0) == 1,
-              op, ": x_in must be one contiguous fp16 row on ", plans.device());
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(x_in.data_ptr()) % 16 == 0, op, ": x_in must be 16-byte aligned");
-  TORCH_CHECK(counter.device() == plans.device() && counter.scalar_type() == at::kLong && counter.numel() == 1, op,
-              ": counter must be one int64 on ", plans.device());
-  const c10::cuda::CUDAGuard guard(plans.device());
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  check_launch(op, gpte::launch_decode_layers(reinterpret_cast<const gpte::DecodeLayerPlan*>(plans.data_ptr()),
-                                              (int)n_layer, x_in.data_ptr(),
-                                              reinterpret_cast<unsigned long long*>(counter.data_ptr()),
-                                              (int)head_dim, (int)group, (int)max_k, sms, stream_of(plans)));
+  check_launch(op, launch_linear_any(qtype, w, x, p));
 }
 
 // out [nrows, K] = dequantize(w[ids]) (ids null: every row of w, nrows = N).
@@ -854,23 +725,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("norm"), py::arg("eps"), py::arg("pos"), py::arg("cos"), py::arg("sin"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("lens"), py::arg("status"), py::arg("n_head"), py::arg("n_head_kv"),
         py::arg("rope_mode"), py::arg("rope_dim"), py::arg("qtype") = -1);
-  m.def("linear_plan", &linear_plan, "the LinearArgs bytes ops.linear would launch with (decode_layers plans)",
-        py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("residual"), py::arg("norm_w"), py::arg("norm_b"),
-        py::arg("out"), py::arg("norm"), py::arg("act"), py::arg("eps"));
-  m.def("linear_qkv_plan", &linear_qkv_plan, "the LinearArgs bytes ops.linear_qkv would launch with", py::arg("x"),
-        py::arg("w"), py::arg("bias"), py::arg("norm_w"), py::arg("norm_b"), py::arg("q_out"), py::arg("norm"),
-        py::arg("eps"), py::arg("pos"), py::arg("cos"), py::arg("sin"), py::arg("k_cache"), py::arg("v_cache"),
-        py::arg("lens"), py::arg("status"), py::arg("n_head"), py::arg("n_head_kv"), py::arg("rope_mode"),
-        py::arg("rope_dim"));
-  m.def("attention_plan", &attention_plan, "the AttnArgs bytes of one layer's decode attention", py::arg("q"),
-        py::arg("k_cache"), py::arg("v_cache"), py::arg("lens"), py::arg("out"), py::arg("ws_o"), py::arg("ws_ml"),
-        py::arg("splits"), py::arg("scale"), py::arg("short_keys"));
-  m.def("decode_layer_plan_bytes", []() { return (int64_t)sizeof(gpte::DecodeLayerPlan); },
-        "bytes of one layer's plan: 4 LinearArgs then one AttnArgs");
-  m.def("decode_layers_supported", &gpte::decode_layers_supported, "whether decode_layers has a kernel for (D, group)");
-  m.def("decode_layers", &decode_layers, "every block of a batch-1 decode step in one persistent launch",
-        py::arg("plans"), py::arg("n_layer"), py::arg("x_in"), py::arg("counter"), py::arg("head_dim"),
-        py::arg("group"), py::arg("max_k"));
   m.def("linear_q_supported", &gpte::linear_q_supported, "whether the packed GEMV takes (ggml type, act dtype, M, K)");
   m.def("dequantize_rows", &dequantize_rows, "out = dequantize(w[ids]) (GGUF packed rows, bit-exact)", py::arg("w"),
         py::arg("qtype"), py::arg("ids"), py::arg("out"), py::arg("status"));

@@ -103,35 +103,6 @@ struct LinearArgs {
   bool vec_x;            // set by the launcher: x rows read with 16-byte loads
 };
 
-// ---- decode_layers: every transformer block of a batch-1 decode step in one persistent launch ----
-// The attention of one layer as the decode attention kernels take it (launch_attention_decode).
-struct AttnArgs {
-  const void* q;         // [1, Hq, D] (dtype A), written by the layer's QKV product
-  const void* k_cache;   // [1, Hkv, S, D]
-  const void* v_cache;
-  const int32_t* lens;   // [1]: set by the QKV epilogue
-  void* out;             // [1, Hq * D]
-  float* ws_o;           // [Hq, splits, D] fp32 split workspace (its own per layer)
-  float* ws_ml;          // [Hq, splits, 2]
-  int Hq, Hkv, S, D, splits, short_keys;
-  float scale_log2;      // scale * log2 e, rounded as launch_attention_decode rounds it
-  int pad_;
-};
-// One layer: its four products (QKV with the cache epilogue, output + residual, up with the
-// norm and GELU or SwiGLU, down + residual), exactly the LinearArgs ops.linear / ops.linear_qkv
-// launch (kt and vec_x filled), and its attention.
-struct DecodeLayerPlan {
-  LinearArgs lin[4];
-  AttnArgs attn;
-};
-bool decode_layers_supported(int64_t head_dim, int64_t group);
-// plans: device array [n_layer]; x_in [1, C] replaces layer 0's input (its QKV x and output
-// residual); counter: one uint64 of device memory, zero before the first launch and never
-// written by anything else; max_k: the longest K of any product (the staged activation row).
-cudaError_t launch_decode_layers(const DecodeLayerPlan* plans, int n_layer, const void* x_in,
-                                 unsigned long long* counter, int head_dim, int group, int max_k, int num_sms,
-                                 cudaStream_t stream);
-
 // ---- qkv_rope: split the QKV projection into heads, RoPE, append k/v to the cache ----
 struct QkvRopeArgs {
   const void* qkv;       // [ntok, (Hq + 2 Hkv) * D] (dtype), dense

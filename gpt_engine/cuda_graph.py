@@ -32,7 +32,7 @@ from typing import Iterator
 
 import torch
 
-from . import decode_layers, ops, sampling
+from . import ops, sampling
 from .errors import EngineError
 from .generate import SamplingParams
 from .ops.attention_decode import short_keys, splits_for
@@ -119,9 +119,6 @@ class DecodeState:
         # (reduce False during its capture). Neither changes a number (ops.attention_decode).
         self.short_keys = short_keys() if device.type == "cuda" else 0
         self.reduce = True
-        # every block of a batch-1 step in one launch where it applies (None: the per-op step);
-        # built last: its plan points into the buffers above
-        self.layers = decode_layers.build(net, self)
 
     def set_params(self, params: list[SamplingParams]) -> None:
         def put(dst, vals):

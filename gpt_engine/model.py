@@ -13,7 +13,6 @@ from typing import Iterator
 
 import torch
 
-from . import decode_layers
 from . import generate as _gen
 from . import oom
 from .config import ModelConfig
@@ -425,9 +424,6 @@ def _estimate_cuda(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int
       [gate; up]).
     - ``kv_cache``: ``DecodeState.cache``: K and V, layers x KV heads x head dim x the decoder's
       capacity (``decode_capacity(n_ctx)``, not ``n_ctx``) in ``dtype``.
-    - ``decode_layers``: where the one-launch decode layers apply (``decode_layers.py``: F16
-      products, fp16, a served head layout), the buffers the batch-1 decode state holds for them:
-      every layer's intermediates and split workspaces, the plan (``decode_layers.held_bytes``).
     - not in ``total``: ``cublas_workspaces``, once per process, not per model: torch keeps a
       cuBLAS workspace (``cublas_workspace_bytes``) for each stream that ran a product; the
       prefill's products run on the process's one warm-up stream (``cuda_graph._side_stream``)
@@ -547,18 +543,9 @@ def _estimate_cuda(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int
         step += 3 * H * cap * D * 4
     transient = max(prefill, step)
     cublas_ws = 2 * ws  # the warm-up stream's and the capture stream's
-    # the one-launch decode layers' buffers, held by the batch-1 decode state where they apply
-    # (decode_layers.py: F16 products, fp16, a served head layout)
-    one_launch = (cfg.architecture in ("gpt2", "llama") and dtype == torch.float16
-                  and decode_layers.heads_served(D, H, Hkv)
-                  and all(len(group) == 4 and all(m[3] == "F16" and decode_layers.k_served(m[2]) for m in group)
-                          for group in layers[:-1]))
-    held_layers = (decode_layers.held_bytes(cfg.n_layer, E, H, D, F, splits, allocator_block_bytes)
-                   if one_launch else 0)
-    total = weights + held_extra + allocator_rounding + kv + held_layers + transient
+    total = weights + held_extra + allocator_rounding + kv + transient
     return {"weights": weights, "dense_cache": 0, "held_extra": held_extra, "allocator_rounding": allocator_rounding,
-            "kv_cache": kv, "decode_layers": held_layers, "cublas_workspaces": cublas_ws, "transient": transient,
-            "total": total,
+            "kv_cache": kv, "cublas_workspaces": cublas_ws, "transient": transient, "total": total,
             "prefill": prefill, "decode_step": step, "activations": activations, "gemm_workspace": gemm_ws,
             "attention_scores": attention_scores, "logits": logits, "dequant": dequant,
             "dense_cache_used": False, "cpu_cache_budget": 0, "n_ctx": cap, "prompt_tokens": T,

@@ -6,11 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt_engine import decode_layers
 from gpt_engine.config import ModelConfig
 from gpt_engine.gguf_file import GGUFFile
 from gpt_engine.model import allocator_block_bytes, cublas_workspace_bytes, decode_capacity, estimate_memory
-from gpt_engine.ops.attention_decode import max_splits
 
 
 def _open(path):
@@ -35,17 +33,9 @@ def test_cuda_estimate_of_an_f16_file_has_no_dequant_and_a_q8_file_one_fp16_laye
     layer = {"gpt2": [3 * E * E, E * E, F * E], "llama": [(cfg.n_head + 2 * cfg.n_head_kv) * cfg.head_dim * E,
                                                           E * E, 2 * F * E]}[arch]
     assert e8["dequant"] in [n * 2 for n in layer]
-    # the one-launch decode layers' buffers: only where they apply (F16 products; head dim 64 with
-    # one query head per KV head here for GPT-2; Llama's 2 per KV head is not a layout it serves)
-    assert e8["decode_layers"] == 0
-    if arch == "gpt2":
-        assert e16["decode_layers"] == decode_layers.held_bytes(cfg.n_layer, E, cfg.n_head, cfg.head_dim, F,
-                                                                max_splits(1024), allocator_block_bytes)
-    else:
-        assert e16["decode_layers"] == 0
     for e, f in ((e16, f16), (e8, q8)):
         assert e["total"] == (e["weights"] + e["held_extra"] + e["allocator_rounding"] + e["kv_cache"]
-                              + e["decode_layers"] + e["transient"])
+                              + e["transient"])
         assert e["transient"] == max(e["prefill"], e["decode_step"])
         assert e["prefill"] == e["activations"] + e["dequant"] + e["attention_scores"] + e["gemm_workspace"]
         assert e["cublas_workspaces"] == 2 * cublas_workspace_bytes()  # once per process: not in total

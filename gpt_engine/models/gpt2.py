@@ -18,7 +18,6 @@ import torch
 
 from .. import ops
 from ..ops._common import capturing
-from ..decode_layers import LayerProducts
 from ..kv_cache import KVCache
 from ..qweight import QWeight
 from .attention import HeadLayout, attend_decode, attend_tokens, one_token_at_a_time
@@ -106,14 +105,6 @@ class GPT2:
         logits [B, V] float32; k/v appended, st.lens set. Nothing here reads the device."""
         B = st.ids.shape[0]
         x = self._embed(st.ids.view(B, 1), st.pos.view(B, 1)).view(B, self.cfg.n_embd)
-        if st.layers is not None:  # every block in one launch, the same bits (decode_layers.py)
-            x = st.layers.run(x)
-        else:
-            for i, L in enumerate(self.layers):
-                x = block(L, x, lambda h, w, b, n, i=i: attend_decode(self.heads, h, w, b, n, st, i))
+        for i, L in enumerate(self.layers):
+            x = block(L, x, lambda h, w, b, n, i=i: attend_decode(self.heads, h, w, b, n, st, i))
         return ops.linear(x, self.head, norm=self.lnf, float_out=True)
-
-    def decode_products(self) -> list[LayerProducts]:
-        """Each block's products in ``block``'s order, for the one-launch decode layers."""
-        return [LayerProducts(L["ln1"], L["qkv_w"], L["qkv_b"], L["o_w"], L["o_b"], L["ln2"], L["up_w"], L["up_b"],
-                              "gelu_tanh", L["down_w"], L["down_b"]) for L in self.layers]

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..ops._common import capturing
-from ..decode_layers import LayerProducts
 from ..kv_cache import KVCache
 from ..ops.qkv_rope import ROPE_MODES
 from ..qweight import QWeight
@@ -125,17 +124,6 @@ class Llama:
         logits [B, V] float32; k/v appended, st.lens set. Nothing here reads the device."""
         B = st.ids.shape[0]
         x = self.embd.rows(st.ids, self.dtype, checked=False, status=st.status).view(B, self.cfg.n_embd)
-        if st.layers is not None:  # every block in one launch, the same bits (decode_layers.py)
-            x = st.layers.run(x)
-        else:
-            for i, L in enumerate(self.layers):
-                x = block(L, x, lambda h, w, b, n, i=i: attend_decode(self.heads, h, w, b, n, st, i))
+        for i, L in enumerate(self.layers):
+            x = block(L, x, lambda h, w, b, n, i=i: attend_decode(self.heads, h, w, b, n, st, i))
         return ops.linear(x, self.head, norm=self.norm, float_out=True)
-
-    def decode_products(self) -> list[LayerProducts] | None:
-        """Each block's products in ``block``'s order, for the one-launch decode layers; None when
-        a layer's q/k/v or gate/up are separate products (a mixed-type file)."""
-        if any(len(L["qkv"]) != 1 or len(L["gate_up"]) != 1 for L in self.layers):
-            return None
-        return [LayerProducts(L["attn_norm"], L["qkv"][0], None, L["o"], None, L["ffn_norm"], L["gate_up"][0], None,
-                              "swiglu", L["down"], None) for L in self.layers]

@@ -5,7 +5,7 @@
 # models in E2E, `gpt-engine bench` tg128 through the public API, each with AB_VAR unset (the
 # default) and with AB_VAR=$AB_OFF, alternated, same run. Used for the short-sequence attention
 # graph (AB_VAR=GPT_ENGINE_ATTN_SHORT_KEYS, docs/kernels/decode.md v10) and the one-launch decode
-# layers (AB_VAR=GPT_ENGINE_DECODE_LAYERS, v12). Repo root on the GPU machine, .whl carried;
+# layers (AB_VAR=GPT_ENGINE_DECODE_LAYERS on branch decode-layers-v1, v12). Repo root on the GPU machine, .whl carried;
 # everything printed goes to $OUT/ab.log.
 set -o pipefail
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
