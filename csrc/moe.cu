@@ -53,7 +53,7 @@
 
 #include "common.cuh"
 #include "launchers.h"
-#include "quant_blocks.cuh"  // e8m0_half (ggml_e8m0_to_fp32_half), shared with the packed GEMV
+#include "quant_blocks.cuh"  // e8m0_half (ggml_e8m0_to_fp32_half), shared with the packed GEMV; load_mxfp4_words
 #include "tma.cuh"           // mbarrier and bulk-copy wrappers
 
 #include <cooperative_groups.h>
@@ -76,36 +76,6 @@ constexpr int kBlockBytes = 17;  // MXFP4: scale byte + 16 bytes of nibbles, 32 
 constexpr float kSwigluAlpha = 1.702f;
 constexpr float kSwigluLimit = 7.0f;
 
-// The 17-byte block at p as the 5 aligned words that hold it (p any alignment; words before
-// p belong to the same tensor or its 4-byte-aligned allocation). Bytes at or past `end` (the
-// tensor's end) are not read: the tensor's last block takes the byte-by-byte path.
-struct BlockWords {
-  uint32_t w[5];
-};
-
-__device__ __forceinline__ BlockWords load_block(const uint8_t* p, const uint8_t* end) {
-  BlockWords r;
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  const uint8_t* base = reinterpret_cast<const uint8_t*>(a & ~uintptr_t(3));
-  if (base + 20 <= end) {
-    const uint32_t* w = reinterpret_cast<const uint32_t*>(base);
-#pragma unroll
-    for (int k = 0; k < 5; ++k) r.w[k] = __ldg(w + k);
-  } else {
-#pragma unroll
-    for (int k = 0; k < 5; ++k) {
-      uint32_t v = 0;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint8_t* q = base + 4 * k + i;
-        if (q >= p && q < end) v |= (uint32_t)__ldg(q) << (8 * i);
-      }
-      r.w[k] = v;
-    }
-  }
-  return r;
-}
-
 // E2M1 codes to fp16 in registers (v3; v2 looked each code up in a shared-memory table: one
 // LDS per weight, which with the input's LDS bound the kernels by shared-memory issue). A code
 // s|e1e0|m placed as fp16 bits s at 15 and e1e0m at 11..9 is the fp16 number 2^-14 * E2M1(code)
@@ -125,7 +95,7 @@ __device__ __forceinline__ float2 fp4_pair(uint32_t mag_at9, uint32_t sign_at15)
 // its partner 16 + j (high nibble), times the block scale, added to acc (v1's order). x(j):
 // the input value j of this block, times 2^15.
 template <typename X>
-__device__ __forceinline__ float block_dot(const BlockWords& bw, uintptr_t addr, X x, float acc) {
+__device__ __forceinline__ float block_dot(const quant::Mxfp4Words& bw, uintptr_t addr, X x, float acc) {
   const int sh = 8 * (int)(addr & 3);
   const float sc = quant::e8m0_half(__funnelshift_rc(bw.w[0], bw.w[1], sh) & 0xffu);
   float s = 0.f;
@@ -181,13 +151,13 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_kernel(
   const uint8_t* grow = wg + er * row_bytes;
   const uint8_t* urow = wu + er * row_bytes;
   // every block of both rows in flight before the input is staged
-  BlockWords gw[NBL], uw[NBL];
+  quant::Mxfp4Words gw[NBL], uw[NBL];
 #pragma unroll
   for (int i = 0; i < NBL; ++i) {
     const int b = lane + 32 * i;
     if (b < nblk) {
-      gw[i] = load_block(grow + (int64_t)b * kBlockBytes, g_end);
-      uw[i] = load_block(urow + (int64_t)b * kBlockBytes, u_end);
+      gw[i] = quant::load_mxfp4_words(grow + (int64_t)b * kBlockBytes, g_end);
+      uw[i] = quant::load_mxfp4_words(urow + (int64_t)b * kBlockBytes, u_end);
     }
   }
   stage_input(xs, h + (int64_t)m * C, nblk);
@@ -248,7 +218,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_kernel(
     float acc = 0.f;
 #pragma unroll 1
     for (int j0 = 0; j0 < K; j0 += kDownExpertsInFlight) {
-      BlockWords dw[kDownExpertsInFlight][NBL];
+      quant::Mxfp4Words dw[kDownExpertsInFlight][NBL];
       const uint8_t* rows[kDownExpertsInFlight];
       int64_t ers[kDownExpertsInFlight];
 #pragma unroll
@@ -259,7 +229,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_kernel(
 #pragma unroll
         for (int i = 0; i < NBL; ++i) {
           const int b = lane + 32 * i;
-          if (j0 + jj < K && b < nblk) dw[jj][i] = load_block(rows[jj] + (int64_t)b * kBlockBytes, d_end);
+          if (j0 + jj < K && b < nblk) dw[jj][i] = quant::load_mxfp4_words(rows[jj] + (int64_t)b * kBlockBytes, d_end);
         }
       }
 #pragma unroll
@@ -316,7 +286,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_split_kernel(
   const int e = clamp_expert(ids[m * K + j], E);
   int c[kDownRowsPerWarp];
   const uint8_t* rows[kDownRowsPerWarp];
-  BlockWords dw[kDownRowsPerWarp][NBL];
+  quant::Mxfp4Words dw[kDownRowsPerWarp][NBL];
 #pragma unroll
   for (int t = 0; t < kDownRowsPerWarp; ++t) {
     c[t] = blockIdx.y * kDownRowsPerBlock + t * kMoeWarps + warp;
@@ -324,7 +294,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_split_kernel(
 #pragma unroll
     for (int i = 0; i < NBL; ++i) {
       const int b = lane + 32 * i;
-      if (b < nblk) dw[t][i] = load_block(rows[t] + (int64_t)b * kBlockBytes, d_end);
+      if (b < nblk) dw[t][i] = quant::load_mxfp4_words(rows[t] + (int64_t)b * kBlockBytes, d_end);
     }
   }
   stage_input(xs, act + ((int64_t)m * K + j) * F, nblk);
@@ -404,10 +374,10 @@ __device__ __forceinline__ void tile_edges(uint8_t* buf, const TileSpan& t, int 
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
-// The 17-byte block at buf[q] as the 5 aligned words that hold it (load_block's, from shared memory).
-__device__ __forceinline__ BlockWords smem_block(const uint8_t* buf, int q) {
+// The 17-byte block at buf[q] as the 5 aligned words that hold it (load_mxfp4_words's, from shared memory).
+__device__ __forceinline__ quant::Mxfp4Words smem_block(const uint8_t* buf, int q) {
   const uint32_t* w = reinterpret_cast<const uint32_t*>(buf + (q & ~3));
-  BlockWords r;
+  quant::Mxfp4Words r;
 #pragma unroll
   for (int k = 0; k < 5; ++k) r.w[k] = w[k];
   return r;

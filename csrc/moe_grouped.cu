@@ -32,7 +32,7 @@
 
 #include "common.cuh"
 #include "launchers.h"
-#include "quant_blocks.cuh"  // e8m0_half (ggml_e8m0_to_fp32_half)
+#include "quant_blocks.cuh"  // e8m0_half (ggml_e8m0_to_fp32_half), load_mxfp4_words (shared with moe.cu)
 
 namespace gpte {
 namespace {
@@ -67,34 +67,6 @@ template <typename T> __device__ __forceinline__ uint32_t pack2(float a, float b
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// The 17-byte block at p as the 5 aligned words holding it (moe.cu's load_block: the tensor's
-// allocation is 4-byte aligned; bytes at or past `end` are not read).
-struct Words5 {
-  uint32_t w[5];
-};
-
-__device__ __forceinline__ Words5 load_words(const uint8_t* p, const uint8_t* end) {
-  Words5 r;
-  const uint8_t* base = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(3));
-  if (base + 20 <= end) {
-    const uint32_t* w = reinterpret_cast<const uint32_t*>(base);
-#pragma unroll
-    for (int k = 0; k < 5; ++k) r.w[k] = __ldg(w + k);
-  } else {
-#pragma unroll
-    for (int k = 0; k < 5; ++k) {
-      uint32_t v = 0;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint8_t* q = base + 4 * k + i;
-        if (q >= p && q < end) v |= (uint32_t)__ldg(q) << (8 * i);
-      }
-      r.w[k] = v;
-    }
-  }
-  return r;
-}
-
 // Two E2M1 codes (bits 0..3 of each 16-bit half, after the caller's shifts put magnitude bits
 // at 9..11 and the sign at 15) as fp16 2^-14 x E2M1 = (ggml's doubled value) x 2^-15.
 __device__ __forceinline__ float2 fp4_pair(uint32_t mag_at9, uint32_t sign_at15) {
@@ -105,7 +77,7 @@ __device__ __forceinline__ float2 fp4_pair(uint32_t mag_at9, uint32_t sign_at15)
 // Block bytes (5 words, byte offset `sh` / 8 into the first) -> its 32 values in T, packed in
 // pairs (value 2i low, 2i + 1 high) into out[16]: code x scale exact in fp32, rounded once.
 template <typename T>
-__device__ __forceinline__ void decode_block(const Words5& bw, int sh, uint32_t* out) {
+__device__ __forceinline__ void decode_block(const quant::Mxfp4Words& bw, int sh, uint32_t* out) {
   const float sc = quant::e8m0_half(__funnelshift_rc(bw.w[0], bw.w[1], sh) & 0xffu);
   // (f x 2^15) is ggml's doubled code exactly; times the halved scale: ggml's fp32 value (the
   // 2^15 is not folded into the scale, which would overflow fp32 for e > 240)
@@ -209,7 +181,7 @@ __global__ void __launch_bounds__(kThreads, 2) moe_grouped_kernel(
   const uint8_t* wrow = wbase + ((int64_t)e * N + (wvalid ? wn : 0)) * row_bytes;
 
   uint4 xv[2];
-  Words5 wv;
+  quant::Mxfp4Words wv;
   auto load_stage = [&](int k0) {
     if (xrow != nullptr) {
       const uint4* p = reinterpret_cast<const uint4*>(xrow + k0 + xc);
@@ -218,7 +190,7 @@ __global__ void __launch_bounds__(kThreads, 2) moe_grouped_kernel(
     } else {
       xv[0] = xv[1] = make_uint4(0, 0, 0, 0);
     }
-    if (wvalid) wv = load_words(wrow + (int64_t)(k0 / 32 + wb) * kBlockBytes, wend);
+    if (wvalid) wv = quant::load_mxfp4_words(wrow + (int64_t)(k0 / 32 + wb) * kBlockBytes, wend);
   };
   auto store_stage = [&](int k0, int buf) {
     uint16_t* xs = smem + buf * kStageHalves;

@@ -92,6 +92,38 @@ __device__ __forceinline__ float e8m0_half(uint32_t e) {
   return __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1) << 23));
 }
 
+// An MXFP4 block (Traits<kMXFP4>::TS = 17 bytes) at p as the 5 aligned words that hold it, read
+// from global memory through the read-only path: the MoE kernels (moe.cu's GEMVs, moe_grouped.cu's
+// tile loads) take rows that are not 4-byte aligned, so they read whole words and pick the fields
+// with funnel shifts (byte shift 8 * (p & 3)). p may have any alignment; the words before p belong
+// to the same tensor or its 4-byte-aligned allocation. Bytes at or past `end` (the tensor's end)
+// are not read: a block whose words would cross it is read byte by byte, the missing bytes zero.
+struct Mxfp4Words {
+  uint32_t w[5];
+};
+
+__device__ __forceinline__ Mxfp4Words load_mxfp4_words(const uint8_t* p, const uint8_t* end) {
+  Mxfp4Words r;
+  const uint8_t* base = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(3));
+  if (base + 20 <= end) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(base);
+#pragma unroll
+    for (int k = 0; k < 5; ++k) r.w[k] = __ldg(w + k);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 5; ++k) {
+      uint32_t v = 0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint8_t* q = base + 4 * k + i;
+        if (q >= p && q < end) v |= (uint32_t)__ldg(q) << (8 * i);
+      }
+      r.w[k] = v;
+    }
+  }
+  return r;
+}
+
 // K-quant 6-bit scale and min of group j (ggml get_scale_min_k4); sc12 = the 12 scale bytes.
 template <typename R, typename O>
 __device__ __forceinline__ void k_scale_min(const R& rd, O sc12, int j, uint32_t& sc, uint32_t& m) {

@@ -19,24 +19,14 @@ import torch.nn.functional as F
 from gpt_engine import ops
 from gpt_engine.ops.linear import apply_norm
 from gpt_engine.qweight import QWeight
-from tests.ops._bench import graphed
+from tests.ops._bench import event_times_ms, graphed
 
 SHAPES = [(768, 768), (2304, 768), (3072, 768), (768, 3072), (1600, 1600), (4800, 1600), (6400, 1600),
           (1600, 6400), (4096, 4096), (2880, 2880), (50257, 768), (50257, 1600)]
 
 
 def time_us(fn, reps=20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3)
+    ts = [t * 1e3 for t in event_times_ms(fn, reps, warmup=3)]
     return sorted(ts)[len(ts) // 2]
 
 

@@ -25,6 +25,8 @@ import torch
 from gpt_engine import ops, quants
 from gpt_engine.models import gpt_oss
 from gpt_engine.ops import _ext
+from tests.ops._bench import event_times_ms
+from tests.ops._util import capture_graph
 
 E, K, C, F = 32, 4, 2880, 2880
 
@@ -47,32 +49,8 @@ def layer(dtype):
                            gate=stack(F, C), up=stack(F, C), down=stack(C, F))
 
 
-def graphed(fn):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = fn()
-    return g, out
-
-
 def median_ms(fn, n=30, warm=5) -> float:
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return statistics.median(event_times_ms(fn, n, warm))
 
 
 def run(m: int, dtype=torch.float16) -> None:
@@ -89,8 +67,8 @@ def run(m: int, dtype=torch.float16) -> None:
         return ops.moe_grouped(h, ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw, L.up.bias,
                                L.down.weight.raw, L.down.bias, h)
 
-    ga, out_a = graphed(today)
-    gb, out_b = graphed(new)
+    ga, out_a = capture_graph(today, warmup=3)
+    gb, out_b = capture_graph(new, warmup=3)
     ga.replay()
     gb.replay()
     torch.cuda.synchronize()

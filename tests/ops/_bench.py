@@ -17,7 +17,7 @@ values keep their meaning: our median time, torch's median time, same bytes.
 import pytest
 import torch
 
-from ._util import HAS_CUDA
+from ._util import HAS_CUDA, capture_graph
 
 # A benchmark: CUDA-only, recorded as evidence through the bench fixture.
 cuda_bench = [pytest.mark.cuda, pytest.mark.benchmark,
@@ -49,14 +49,29 @@ def graphed(fn, warmup: int = 3):
     """fn captured in a CUDA graph; returns the replay callable. Decode steps run as graph
     replays in the engine (no Python dispatch, no host syncs), so the per-step ops are timed
     that way; the torch/SDPA references are captured the same way, for the same reason."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
+    g, _ = capture_graph(fn, warmup)
     torch.cuda.synchronize()
     return g.replay
+
+
+def event_times_ms(fn, reps: int, warmup: int, *, before=None, sync_after_warmup: bool = True) -> list[float]:
+    """Milliseconds of each of `reps` calls of fn, each between its own pair of CUDA events and
+    waited for before the next, after `warmup` untimed calls (then a device synchronize unless
+    sync_after_warmup is False). before(), when given, runs before each timed call's start event
+    (an L2 flush, a host-lead spin). For the exploration scripts, which each reduce the list
+    their own way (median, upper middle, units); the evidence timings are the harness's `bench`."""
+    for _ in range(warmup):
+        fn()
+    if sync_after_warmup:
+        torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        if before is not None:
+            before()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return ts

@@ -1,8 +1,14 @@
-"""Helpers of the ops tests: devices, dtypes, NMSE against float64 references."""
+"""Helpers of the ops tests: devices, dtypes, NMSE against float64 references, the MoE test
+layers and references (tests/ops/test_moe.py and test_moe_grouped.py build the same ones), and
+CUDA graph capture."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from gpt_engine import ops
+from gpt_engine import ops, quants
+from gpt_engine.models import gpt_oss
+from gpt_engine.ops import moe_module
 from tests.tolerances import tol
 
 HAS_CUDA = torch.cuda.is_available() and ops.cuda_kernels_available()
@@ -54,3 +60,58 @@ def mxfp4_rows(rows: int, cols: int, device) -> torch.Tensor:
     raw = torch.randint(0, 256, (rows, cols // 32, 17), dtype=torch.uint8)
     raw[..., 0] = torch.randint(e0 - 2, e0 + 1, (rows, cols // 32), dtype=torch.uint8)
     return raw.reshape(rows, cols // 32 * 17).to(device)
+
+
+def moe_layer(e, k, c, f, dtype, device, seed=0):
+    """A Layer-like object holding what GptOss.moe reads (router fp32, ExpertStacks of MXFP4
+    bytes, biases in the activation dtype). The MXFP4 bytes come from the global generator, the
+    router and biases from a generator seeded with `seed`."""
+    g = torch.Generator().manual_seed(seed)
+
+    def stack(rows, cols):
+        w = SimpleNamespace(raw=mxfp4_rows(e * rows, cols, device), qtype=quants.Q.MXFP4, shape=(e, rows, cols))
+        return gpt_oss.ExpertStack(w, (torch.randn(e, rows, generator=g) * 0.5).to(device, dtype))
+
+    return SimpleNamespace(router=(torch.randn(e, c, generator=g) / c ** 0.5).to(device),
+                           router_bias=torch.randn(e, generator=g).to(device),
+                           gate=stack(f, c), up=stack(f, c), down=stack(c, f))
+
+
+def moe_weights(L):
+    """The expert arguments of ops.moe_experts / ops.moe_grouped, in their order."""
+    return (L.gate.weight.raw, L.gate.bias, L.up.weight.raw, L.up.bias, L.down.weight.raw, L.down.bias)
+
+
+def moe_model(k, **attrs):
+    """The stand-in `self` of GptOss.moe: it reads cfg.n_expert_used and, on the GPU paths,
+    on_gpu and moe_kernels (given as attrs)."""
+    return SimpleNamespace(cfg=SimpleNamespace(n_expert_used=k), **attrs)
+
+
+def moe_route_reference(h, L, k):
+    """ids [M, k] int32 and weights [M, k] fp32 of the routing reference, on the CPU."""
+    return moe_module.route_reference(h.cpu(), L.router.cpu(), L.router_bias.cpu(), k)
+
+
+def moe_reference64(h, ids, w, L, residual=None):
+    """The experts in float64 on the CPU (experts_reference) on the test's rounded inputs."""
+    d = lambda t: t.cpu().double()  # noqa: E731
+    ref = moe_module.experts_reference(d(h), ids.cpu(), w.cpu(), L.gate.weight.raw.cpu(), d(L.gate.bias),
+                                       L.up.weight.raw.cpu(), d(L.up.bias), L.down.weight.raw.cpu(), d(L.down.bias))
+    return ref if residual is None else ref + d(residual)
+
+
+def capture_graph(fn, warmup: int = 1):
+    """fn captured in a CUDA graph after `warmup` calls on a side stream (capture needs its
+    allocations and lazy initialisations done); returns the graph and the output tensors the
+    capture wrote, which every replay rewrites."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    return g, out

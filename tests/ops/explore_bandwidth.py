@@ -12,7 +12,7 @@ import torch
 
 from gates.bench import HOST_LEAD_CYCLES
 from gpt_engine import ops
-from tests.ops._bench import graphed
+from tests.ops._bench import event_times_ms, graphed
 
 l2 = torch.cuda.get_device_properties(0).L2_cache_size
 dirty = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
@@ -29,19 +29,12 @@ def flush_clean():
 
 
 def cuda_time(fn, flush, reps=50, warmup=10):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
+    def before():
         flush()
         torch.cuda._sleep(HOST_LEAD_CYCLES)  # as the harness: the host queues fn before the clock starts
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(ts)
+
+    ts = event_times_ms(fn, reps, warmup, before=before, sync_after_warmup=False)
+    return statistics.median([t / 1e3 for t in ts])  # seconds
 
 
 src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_(0, 255)

@@ -5,12 +5,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gpt_engine import ops, quants
+from gpt_engine import ops
 from gpt_engine.models import gpt_oss
-from gpt_engine.ops import moe_module as mod
 
 from ._cases import device_cases
-from ._util import DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, mxfp4_rows, randn
+from ._util import (DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, capture_graph, moe_layer, moe_model, moe_reference64,
+                    moe_route_reference, moe_weights, randn)
 
 STORY = pytest.mark.story("GX-002")
 CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")]
@@ -20,28 +20,13 @@ CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs CU
 SHAPES = [(4, 2, 64, 96), (8, 1, 96, 64), (32, 4, 128, 128), (16, 3, 1056, 64), (32, 4, 2880, 2880)]
 
 
-def _layer(e, k, c, f, dtype, device, seed=0):
-    """A Layer-like object holding what GptOss.moe reads (router fp32, ExpertStacks of MXFP4
-    bytes, biases in the activation dtype)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def stack(rows, cols):
-        w = SimpleNamespace(raw=mxfp4_rows(e * rows, cols, device), qtype=quants.Q.MXFP4, shape=(e, rows, cols))
-        return gpt_oss.ExpertStack(w, (torch.randn(e, rows, generator=g) * 0.5).to(device, dtype))
-
-    return SimpleNamespace(router=(torch.randn(e, c, generator=g) / c ** 0.5).to(device),
-                           router_bias=torch.randn(e, generator=g).to(device),
-                           gate=stack(f, c), up=stack(f, c), down=stack(c, f))
-
-
 def _model_moe(h, L, k):
     """GptOss.moe itself (a method that reads only cfg.n_expert_used from its model)."""
-    return gpt_oss.GptOss.moe(SimpleNamespace(cfg=SimpleNamespace(n_expert_used=k)), h, L)
+    return gpt_oss.GptOss.moe(moe_model(k), h, L)
 
 
 def _experts(h, ids, w, L, residual=None):
-    return ops.moe_experts(h, ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw, L.up.bias,
-                           L.down.weight.raw, L.down.bias, residual)
+    return ops.moe_experts(h, ids, w, *moe_weights(L), residual)
 
 
 @STORY
@@ -50,7 +35,7 @@ def _experts(h, ids, w, L, residual=None):
 def test_references_equal_the_model_moe(shape, m):
     """moe_route + moe_experts (their CPU references) are GptOss.moe split in two: equal bit for bit."""
     e, k, c, f = shape
-    L = _layer(e, k, c, f, torch.float32, "cpu")
+    L = moe_layer(e, k, c, f, torch.float32, "cpu")
     h = torch.randn(m, c)
     ids, w = ops.moe_route(h, L.router, L.router_bias, k)
     assert ids.dtype == torch.int32 and w.dtype == torch.float32 and ids.shape == (m, k)
@@ -68,19 +53,17 @@ def test_experts_vs_float64(device, dtype, shape, m):
     """The expert kernels on the routing the reference picks, against the reference in float64
     on the same (rounded) inputs; with and without the fused residual."""
     e, k, c, f = shape
-    L = _layer(e, k, c, f, dtype, device)
+    L = moe_layer(e, k, c, f, dtype, device)
     h = randn((m, c), dtype, device)
-    ids, w = mod.route_reference(h.cpu(), L.router.cpu(), L.router_bias.cpu(), k)
+    ids, w = moe_route_reference(h, L, k)
     ids, w = ids.to(device), w.to(device)
     res = randn((m, c), dtype, device)
-    d = lambda t: t.cpu().double()  # noqa: E731
-    ref = mod.experts_reference(d(h), ids.cpu(), w.cpu(), L.gate.weight.raw.cpu(), d(L.gate.bias),
-                                L.up.weight.raw.cpu(), d(L.up.bias), L.down.weight.raw.cpu(), d(L.down.bias))
+    ref = moe_reference64(h, ids, w, L)
     out = _experts(h, ids, w, L)
     assert out.shape == (m, c) and out.dtype == dtype
     assert_nmse(out, ref, TOL_NAME[dtype] if dtype != torch.float32 else "nmse_fp16")
     out_r = _experts(h, ids, w, L, res)
-    assert_nmse(out_r, ref + d(res), TOL_NAME[dtype] if dtype != torch.float32 else "nmse_fp16")
+    assert_nmse(out_r, ref + res.cpu().double(), TOL_NAME[dtype] if dtype != torch.float32 else "nmse_fp16")
 
 
 def _assert_routes_match(h, ids, w, L, k):
@@ -88,7 +71,7 @@ def _assert_routes_match(h, ids, w, L, k):
     set of (expert, weight); a row whose k-th and (k+1)-th logits (float64) are closer than fp32
     summation order can separate is skipped."""
     e = L.router.shape[0]
-    rid, rw = mod.route_reference(h.cpu(), L.router.cpu(), L.router_bias.cpu(), k)
+    rid, rw = moe_route_reference(h, L, k)
     logits = torch.nn.functional.linear(h.cpu().double(), L.router.cpu().double(), L.router_bias.cpu().double())
     top = logits.topk(min(k + 1, e), dim=-1).values
     for i in range(h.shape[0]):
@@ -109,7 +92,7 @@ def test_route_vs_reference(device, shape, m):
     sets of (expert, weight); a row whose k-th and (k+1)-th logits are closer than fp32
     summation order can separate is skipped)."""
     e, k, c, f = shape
-    L = _layer(e, k, c, f, torch.float16, device)
+    L = moe_layer(e, k, c, f, torch.float16, device)
     h = randn((m, c), torch.float16, device)
     ids, w = ops.moe_route(h, L.router, L.router_bias, k)
     _assert_routes_match(h, ids, w, L, k)
@@ -126,7 +109,7 @@ def test_norm_route_vs_reference(device, dtype, shape, m):
     (rows whose k-th and (k+1)-th logits are closer than fp32 summation order can separate are
     skipped, as in test_route_vs_reference)."""
     e, k, c, f = shape
-    L = _layer(e, k, c, f, dtype, device)
+    L = moe_layer(e, k, c, f, dtype, device)
     x = randn((m, c), dtype, device) * 3
     norm = torch.rand(c, generator=torch.Generator().manual_seed(1)).to(device) + 0.5
     eps = 1e-5
@@ -141,7 +124,7 @@ def test_norm_route_vs_reference(device, dtype, shape, m):
 @STORY
 @pytest.mark.parametrize("device", DEVICES)
 def test_norm_route_bad_inputs(device):
-    L = _layer(4, 2, 64, 64, torch.float16, device)
+    L = moe_layer(4, 2, 64, 64, torch.float16, device)
     x = randn((2, 64), torch.float16, device)
     norm = torch.ones(64, device=device)
     with pytest.raises(ops.OpError, match="norm_weight must be float32"):
@@ -169,13 +152,25 @@ def test_route_kernel_takes_ties_in_index_order(device):
     assert torch.equal(w, torch.full_like(w, 1 / k))
 
 
+def _assert_graph_replays_eager(step, h):
+    """step captured in a CUDA graph: its replay gives eager's bits, and again after h (the
+    input step reads) is refilled in place with new values."""
+    eager = step()
+    g, out = capture_graph(step)
+    g.replay()
+    assert torch.equal(out, eager)
+    h.copy_(randn(h.shape, h.dtype, h.device))
+    g.replay()
+    assert torch.equal(out, step())
+
+
 @STORY
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
 def test_moe_is_graph_capturable_and_deterministic(device):
     """Route + experts captured in a CUDA graph (no host sync), replayed on new inputs: the
     same result as eager, bit for bit (the k experts are summed in a fixed order)."""
     e, k, c, f = 32, 4, 2880, 2880
-    L = _layer(e, k, c, f, torch.float16, device)
+    L = moe_layer(e, k, c, f, torch.float16, device)
     h = randn((1, c), torch.float16, device)
 
     norm = torch.rand(c, device=device) + 0.5
@@ -185,26 +180,13 @@ def test_moe_is_graph_capturable_and_deterministic(device):
         hn, ids_n, w_n = ops.moe_norm_route(h, norm, 1e-5, L.router, L.router_bias, k)
         return _experts(h, ids, w, L, h) + _experts(hn, ids_n, w_n, L, h)
 
-    eager = step()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = step()
-    g.replay()
-    assert torch.equal(out, eager)
-    h.copy_(randn((1, c), torch.float16, device))
-    g.replay()
-    assert torch.equal(out, step())
+    _assert_graph_replays_eager(step, h)
 
 
 @STORY
 @pytest.mark.parametrize("device", DEVICES)
 def test_moe_bad_inputs(device):
-    L = _layer(4, 2, 64, 64, torch.float32, device)
+    L = moe_layer(4, 2, 64, 64, torch.float32, device)
     h = torch.randn(2, 64, device=device)
     ids = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32, device=device)
     w = torch.rand(2, 2, device=device)
@@ -216,15 +198,10 @@ def test_moe_bad_inputs(device):
         ops.moe_experts(h, ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw, L.up.bias,
                         L.down.weight.raw[:-1], L.down.bias)
     with pytest.raises(ops.OpError, match="multiples of 32"):
-        ops.moe_experts(h[:, :48], ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw, L.up.bias,
-                        L.down.weight.raw, L.down.bias)
+        ops.moe_experts(h[:, :48], ids, w, *moe_weights(L))
 
 
 # --------------------------------------------------------------------------- grouped (prefill) path
-
-def _route(h, L, k):
-    return mod.route_reference(h.cpu(), L.router.cpu(), L.router_bias.cpu(), k)
-
 
 @STORY
 @pytest.mark.parametrize("m,max_rows", [(1, 2048), (64, 2048), (100, 2048), (100, 7)])
@@ -235,14 +212,14 @@ def test_grouped_experts_equal_the_reference_loop(shape, m, max_rows):
     (each chosen expert on its tokens) on the same routing, CPU float32; and GptOss.moe taking
     the grouped path (on_gpu, m >= MOE_GROUPED_MIN_TOKENS) against the CPU model's MoE."""
     e, k, c, f = shape
-    L = _layer(e, k, c, f, torch.float32, "cpu")
+    L = moe_layer(e, k, c, f, torch.float32, "cpu")
     h = torch.randn(m, c)
-    ids, w = _route(h, L, k)
+    ids, w = moe_route_reference(h, L, k)
     want = gpt_oss.reference_experts(h, ids.long(), w, L)
     got = gpt_oss.grouped_experts(h, ids, w, L, max_rows=max_rows)
     assert got.shape == want.shape and got.dtype == want.dtype
     assert_nmse(got, want.double(), "nmse_fp32")
-    gpu_like = SimpleNamespace(cfg=SimpleNamespace(n_expert_used=k), on_gpu=True, moe_kernels=False)
+    gpu_like = moe_model(k, on_gpu=True, moe_kernels=False)
     r = torch.randn(m, c)
     assert_nmse(gpt_oss.GptOss.moe(gpu_like, h, L, residual=r), (r + _model_moe(h, L, k)).double(), "nmse_fp32")
 
@@ -252,11 +229,11 @@ def test_grouped_experts_ignore_what_unchosen_experts_compute():
     """An expert nobody chose may produce inf (fp16 overflow): its weight 0 must not turn the sum
     into NaN (0 * inf); the output equals the reference, which never computes it."""
     e, k, c, f = 8, 2, 64, 96
-    L = _layer(e, k, c, f, torch.float32, "cpu")
+    L = moe_layer(e, k, c, f, torch.float32, "cpu")
     L.router_bias[3] = -1e9                       # expert 3 is never chosen
     L.down.bias[3] = float("inf")                 # and would give inf for every token
     h = torch.randn(20, c)
-    ids, w = _route(h, L, k)
+    ids, w = moe_route_reference(h, L, k)
     assert not (ids == 3).any()
     got = gpt_oss.grouped_experts(h, ids, w, L)
     assert torch.isfinite(got).all()
@@ -272,12 +249,10 @@ def test_grouped_experts_vs_float64(device, shape, dtype):
     the activation dtype, torch GEMMs) against the float64 reference on the same rounded inputs
     and routing (CPU, measured: 2e-7 fp16, 1.3e-5 bf16, bit-equal to the reference loop)."""
     e, k, c, f = shape
-    L = _layer(e, k, c, f, dtype, device)
+    L = moe_layer(e, k, c, f, dtype, device)
     h = randn((192, c), dtype, device)
-    ids, w = _route(h, L, k)
-    d = lambda t: t.cpu().double()  # noqa: E731
-    ref = mod.experts_reference(d(h), ids, w, L.gate.weight.raw.cpu(), d(L.gate.bias), L.up.weight.raw.cpu(),
-                                d(L.up.bias), L.down.weight.raw.cpu(), d(L.down.bias))
+    ids, w = moe_route_reference(h, L, k)
+    ref = moe_reference64(h, ids, w, L)
     out = gpt_oss.grouped_experts(h, ids.to(device), w.to(device), L)
     assert out.dtype == dtype and out.device.type == device
     assert_nmse(out, ref, TOL_NAME[dtype])
@@ -289,27 +264,14 @@ def test_grouped_moe_is_graph_capturable(device):
     """Route + grouped experts (the prefill MoE) captured in a CUDA graph: nothing reads the
     device; replays on new inputs equal eager."""
     e, k, c, f = 32, 4, 2880, 2880
-    L = _layer(e, k, c, f, torch.float16, device)
+    L = moe_layer(e, k, c, f, torch.float16, device)
     h = randn((128, c), torch.float16, device)
-    model = SimpleNamespace(cfg=SimpleNamespace(n_expert_used=k), on_gpu=True, moe_kernels=True)
+    model = moe_model(k, on_gpu=True, moe_kernels=True)
 
     def step():
         return gpt_oss.GptOss.moe(model, h, L, residual=h)
 
-    eager = step()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = step()
-    g.replay()
-    assert torch.equal(out, eager)
-    h.copy_(randn((128, c), torch.float16, device))
-    g.replay()
-    assert torch.equal(out, step())
+    _assert_graph_replays_eager(step, h)
 
 
 def _shifted(t, off):
@@ -334,7 +296,7 @@ def test_decode_v6_equals_v3(device, dtype, shape):
     from gpt_engine.ops import _ext
     ext = _ext.load()
     e, c, f = shape
-    L = _layer(e, 4, c, f, dtype, device)
+    L = moe_layer(e, 4, c, f, dtype, device)
     shifted = SimpleNamespace(gate=SimpleNamespace(weight=SimpleNamespace(raw=_shifted(L.gate.weight.raw, 5)),
                                                    bias=L.gate.bias),
                               up=SimpleNamespace(weight=SimpleNamespace(raw=_shifted(L.up.weight.raw, 5)), bias=L.up.bias),

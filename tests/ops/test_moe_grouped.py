@@ -1,8 +1,6 @@
 """The grouped-GEMM MoE for many tokens (ops.moe_grouped, csrc/moe_grouped.cu; GX-002): the
 routing layout on the CPU, the op against the float64 reference built from gguf-py-dequantized
 MXFP4 experts (moe.experts_reference), opcheck, and graph capture with new routing on replay."""
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -11,8 +9,8 @@ from gpt_engine.models import gpt_oss
 from gpt_engine.ops import moe_grouped_module as gmod
 from gpt_engine.ops import moe_module as mod
 
-from ._util import HAS_CUDA, TOL_NAME, assert_nmse, randn
-from .test_moe import _layer
+from ._util import (HAS_CUDA, TOL_NAME, assert_nmse, capture_graph, moe_layer, moe_model, moe_reference64,
+                    moe_route_reference, moe_weights, randn)
 
 STORY = pytest.mark.story("GX-002")
 CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")]
@@ -37,15 +35,7 @@ def _routing(m, e, k, device, skew=None, seed=0):
 
 
 def _op(h, ids, w, L, residual=None):
-    return ops.moe_grouped(h, ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw, L.up.bias,
-                           L.down.weight.raw, L.down.bias, residual)
-
-
-def _reference64(h, ids, w, L, residual=None):
-    d = lambda t: t.cpu().double()  # noqa: E731
-    ref = mod.experts_reference(d(h), ids.cpu(), w.cpu(), L.gate.weight.raw.cpu(), d(L.gate.bias),
-                                L.up.weight.raw.cpu(), d(L.up.bias), L.down.weight.raw.cpu(), d(L.down.bias))
-    return ref if residual is None else ref + d(residual)
+    return ops.moe_grouped(h, ids, w, *moe_weights(L), residual)
 
 
 # --------------------------------------------------------------------------- CPU
@@ -85,12 +75,11 @@ def test_routing_layout_orders_equal_ids_by_slot():
 def test_cpu_op_is_the_reference(residual):
     """On the CPU the op is moe_experts' reference: equal to ops.moe_experts bit for bit."""
     e, k, c, f = 4, 2, 64, 64
-    L = _layer(e, k, c, f, torch.float32, "cpu")
+    L = moe_layer(e, k, c, f, torch.float32, "cpu")
     h = torch.randn(9, c)
     ids, w = _routing(9, e, k, "cpu")
     r = torch.randn(9, c) if residual else None
-    want = ops.moe_experts(h, ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw, L.up.bias,
-                           L.down.weight.raw, L.down.bias, r)
+    want = ops.moe_experts(h, ids, w, *moe_weights(L), r)
     assert torch.equal(_op(h, ids, w, L, r), want)
 
 
@@ -104,11 +93,11 @@ def test_layout_and_combine_equal_the_reference(m, shape, skew, residual, dtype)
     combine) in plain torch equals experts_reference bit for bit: each expert sees the same rows
     in the same order, and each token's outputs are summed in the same (ascending) order."""
     e, k, c, f = shape
-    L = _layer(e, k, c, f, dtype, "cpu")
+    L = moe_layer(e, k, c, f, dtype, "cpu")
     h = randn((m, c), dtype, "cpu")
     ids, w = _routing(m, e, k, "cpu", skew)
     r = randn((m, c), dtype, "cpu") if residual else None
-    args = (h, ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw, L.up.bias, L.down.weight.raw, L.down.bias, r)
+    args = (h, ids, w, *moe_weights(L), r)
     assert torch.equal(gmod.layout_reference(*args), mod.experts_reference(*args))
 
 
@@ -126,10 +115,9 @@ def test_kernel_supports():
 def test_opcheck(device):
     dt = torch.float16 if device == "cuda" else torch.float32
     e, k, c, f = 4, 2, 64, 64
-    L = _layer(e, k, c, f, dt, device)
+    L = moe_layer(e, k, c, f, dt, device)
     ids, w = _routing(5, e, k, device)
-    args = (randn((5, c), dt, device), ids, w, L.gate.weight.raw, L.gate.bias, L.up.weight.raw, L.up.bias,
-            L.down.weight.raw, L.down.bias, randn((5, c), dt, device))
+    args = (randn((5, c), dt, device), ids, w, *moe_weights(L), randn((5, c), dt, device))
     torch.library.opcheck(torch.ops.gpt_engine.moe_grouped.default, args)
 
 
@@ -157,11 +145,11 @@ def test_vs_float64(shape, m, skew, dtype):
     e, k, c, f = shape
     if skew == "one" and c == 2880 and dtype != torch.float16:
         pytest.skip("one skewed case at 2880 (fp16)")
-    L = _layer(e, k, c, f, dtype, "cuda")
+    L = moe_layer(e, k, c, f, dtype, "cuda")
     h = randn((m, c), dtype, "cuda")
     ids, w = _routing(m, e, k, "cuda", skew)
     res = randn((m, c), dtype, "cuda")
-    ref = _reference64(h, ids, w, L)
+    ref = moe_reference64(h, ids, w, L)
     out = _op(h, ids, w, L)
     assert out.shape == (m, c) and out.dtype == dtype
     assert_nmse(out, ref, TOL_NAME[dtype])
@@ -202,13 +190,13 @@ def test_deterministic_and_equals_the_model_grouped_path(device):
     """Two calls give the same bits (no atomics on values), and the model's MoE with the switch
     on (GptOss.moe -> grouped_gemm_experts) matches today's grouped_experts path within fp16."""
     e, k, c, f = 32, 4, 2880, 2880
-    L = _layer(e, k, c, f, torch.float16, device)
+    L = moe_layer(e, k, c, f, torch.float16, device)
     h = randn((256, c), torch.float16, device)
-    ids, w = mod.route_reference(h.cpu(), L.router.cpu(), L.router_bias.cpu(), k)
+    ids, w = moe_route_reference(h, L, k)
     ids, w = ids.to(device), w.to(device)
     a, b = _op(h, ids, w, L, h), _op(h, ids, w, L, h)
     assert torch.equal(a, b)
-    model = SimpleNamespace(cfg=SimpleNamespace(n_expert_used=k), on_gpu=True, moe_kernels=True)
+    model = moe_model(k, on_gpu=True, moe_kernels=True)
     old = gpt_oss.MOE_GROUPED_GEMM
     try:
         gpt_oss.MOE_GROUPED_GEMM = True
@@ -230,7 +218,7 @@ def test_graph_capture_replays_new_routing(device):
     weights, including a skewed routing: the same bits as an eager call on those inputs."""
     e, k, c, f = 32, 4, 2880, 2880
     m = 128
-    L = _layer(e, k, c, f, torch.float16, device)
+    L = moe_layer(e, k, c, f, torch.float16, device)
     h = randn((m, c), torch.float16, device)
     ids, w = _routing(m, e, k, device, seed=1)
 
@@ -238,14 +226,7 @@ def test_graph_capture_replays_new_routing(device):
         return _op(h, ids, w, L, h)
 
     eager = step()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = step()
+    g, out = capture_graph(step)
     g.replay()
     assert torch.equal(out, eager)
     for seed, skew in ((2, None), (3, "one")):
