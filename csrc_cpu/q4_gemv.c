@@ -157,28 +157,23 @@ static inline __attribute__((always_inline)) void rows512(
 }
 #endif
 
-/* y[r][n] for rows n in [n0, n1) and every row r < m of x. w: [N][nb * bs] bytes, x: [m][K],
- * xs: [m][nb] block sums of x, y: [m][N]. */
-static void rows_range(int qtype, const uint8_t *w, const float *x, const float *xs, float *y,
-                       int m, int64_t N, int64_t K, int64_t n0, int64_t n1) {
-#if defined(__AVX512F__)
-    switch (m) { /* one specialisation per row count: accumulators in registers */
-        case 1: rows512(qtype, w, x, xs, y, 1, N, K, n0, n1); return;
-        case 2: rows512(qtype, w, x, xs, y, 2, N, K, n0, n1); return;
-        case 3: rows512(qtype, w, x, xs, y, 3, N, K, n0, n1); return;
-        case 4: rows512(qtype, w, x, xs, y, 4, N, K, n0, n1); return;
-        default: rows512(qtype, w, x, xs, y, m, N, K, n0, n1); return;
-    }
-#else
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+/* The AVX2 path for a compile-time m (rows256 is inlined per case of rows_range's switch), so the
+ * accumulators stay in registers: with a run-time m they lived in stack arrays and every block
+ * paid a store-to-load round trip on each chain (SmolLM2's 576 x 576 product on one thread of
+ * the 2-core AMD EPYC machine: 76 us; see docs/quality.md). The arithmetic and its order are the
+ * header's AVX2 order, unchanged. */
+static inline __attribute__((always_inline)) void rows256(
+        int qtype, const uint8_t *w, const float *x, const float *xs, float *y, const int m, int64_t N,
+        int64_t K, int64_t n0, int64_t n1) {
     const int64_t nb = K / QK;
     const int bs = qtype == T_Q4_1 ? 20 : 18, qo = bs - 16;
+    const __m256i lo4 = _mm256_set1_epi32(0x0f);
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *row = w + n * nb * bs;
-        float off[MAX_ROWS] = {0};
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+        float off[MAX_ROWS];
         __m256 acc0[MAX_ROWS], acc1[MAX_ROWS];
-        for (int r = 0; r < m; r++) { acc0[r] = _mm256_setzero_ps(); acc1[r] = _mm256_setzero_ps(); }
-        const __m256i lo4 = _mm256_set1_epi32(0x0f);
+        for (int r = 0; r < m; r++) { acc0[r] = _mm256_setzero_ps(); acc1[r] = _mm256_setzero_ps(); off[r] = 0.f; }
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + b * bs;
             if (!(b & 3)) _mm_prefetch((const char *)blk + PF_DIST, _MM_HINT_T0); /* as rows512 */
@@ -208,7 +203,36 @@ static void rows_range(int qtype, const uint8_t *w, const float *x, const float 
             h = _mm_add_ss(h, _mm_movehdup_ps(h));
             y[r * N + n] = _mm_cvtss_f32(h) + off[r];
         }
+    }
+}
+#endif
+
+/* y[r][n] for rows n in [n0, n1) and every row r < m of x. w: [N][nb * bs] bytes, x: [m][K],
+ * xs: [m][nb] block sums of x, y: [m][N]. */
+static void rows_range(int qtype, const uint8_t *w, const float *x, const float *xs, float *y,
+                       int m, int64_t N, int64_t K, int64_t n0, int64_t n1) {
+#if defined(__AVX512F__)
+    switch (m) { /* one specialisation per row count: accumulators in registers */
+        case 1: rows512(qtype, w, x, xs, y, 1, N, K, n0, n1); return;
+        case 2: rows512(qtype, w, x, xs, y, 2, N, K, n0, n1); return;
+        case 3: rows512(qtype, w, x, xs, y, 3, N, K, n0, n1); return;
+        case 4: rows512(qtype, w, x, xs, y, 4, N, K, n0, n1); return;
+        default: rows512(qtype, w, x, xs, y, m, N, K, n0, n1); return;
+    }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    switch (m) { /* as the AVX-512 path: one specialisation per row count */
+        case 1: rows256(qtype, w, x, xs, y, 1, N, K, n0, n1); return;
+        case 2: rows256(qtype, w, x, xs, y, 2, N, K, n0, n1); return;
+        case 3: rows256(qtype, w, x, xs, y, 3, N, K, n0, n1); return;
+        case 4: rows256(qtype, w, x, xs, y, 4, N, K, n0, n1); return;
+        default: rows256(qtype, w, x, xs, y, m, N, K, n0, n1); return;
+    }
 #else
+    const int64_t nb = K / QK;
+    const int bs = qtype == T_Q4_1 ? 20 : 18, qo = bs - 16;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *row = w + n * nb * bs;
+        float off[MAX_ROWS] = {0};
         float acc[MAX_ROWS] = {0};
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + b * bs;
@@ -226,7 +250,6 @@ static void rows_range(int qtype, const uint8_t *w, const float *x, const float 
             }
         }
         for (int r = 0; r < m; r++) y[r * N + n] = acc[r] + off[r];
-#endif
     }
 #endif
 }
