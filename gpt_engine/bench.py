@@ -25,10 +25,12 @@ def weight_bytes_per_token(m) -> int:
     """Bytes of weights one decode step reads: every tensor of the file except the embedding
     tables it only gathers rows from (token_embd unless it is also the tied LM head, and
     position_embd). On the GPU the file's packed bytes; on the CPU, where the weights are
-    dequantized once into a dense cache when it fits (QWeight), the dense copies it then reads.
+    dequantized once into a dense cache when it fits (QWeight), the dense copies it then reads,
+    except the matrices whose product reads their packed blocks (``qweight.packed_product``:
+    float32 Q4_0/Q4_1 through cpu_q4), which it reads packed.
     A mixture of experts reads only the experts a token picked: the architecture says how much
     (``net.bytes_read_per_token``; gpt-oss: k of E experts per layer, attention, the output matrix)."""
-    from .qweight import _is_view, cache_policy
+    from .qweight import _is_view, cache_policy, packed_product
 
     own = getattr(m.net, "bytes_read_per_token", None)
     if own is not None:
@@ -40,7 +42,8 @@ def weight_bytes_per_token(m) -> int:
     read = {name: t for name, t in m.gguf.tensors.items() if name not in skip}
     if m.device.type == "cpu" and cache_policy(m.gguf).enabled(m.dtype):
         el = torch.empty((), dtype=m.dtype).element_size()
-        return sum(t.nbytes if _is_view(t.qtype, m.dtype) else t.n_elements * el for t in read.values())
+        return sum(t.nbytes if _is_view(t.qtype, m.dtype) or packed_product(t.qtype, t.shape, m.dtype)
+                   else t.n_elements * el for t in read.values())
     return sum(t.nbytes for t in read.values())
 
 

@@ -332,3 +332,23 @@ def test_unknown_architecture_names_the_supported_ones(tmp_path, capsys):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     code, _, err = run_cli(capsys, "inspect", str(path))
     assert code == 2 and "mamba" in err and "gpt2" in err and "llama" in err
+
+
+@pytest.mark.story("GT-048")
+def test_bench_counts_packed_cpu_products_at_their_packed_size(models):
+    """MBU's numerator on the CPU: a float32 Q4_1 matrix whose product reads its packed blocks
+    (cpu_q4) counts its file bytes, every other matrix its dense float32 copy."""
+    import gpt_engine
+    from gpt_engine import bench
+    from gpt_engine.qweight import packed_product
+
+    m = gpt_engine.load(models.path("llama", "Q4_1"))
+    t = m.gguf.tensors
+    read = {n: i for n, i in t.items() if n != "token_embd.weight" or m.config.tied_output}
+    packed = {n for n, i in read.items() if packed_product(i.qtype, i.shape, m.dtype)}
+    if not packed:
+        from gpt_engine import cpu_q4
+        assert not cpu_q4.available()
+        pytest.skip("no C compiler here: every matrix takes the dense path (the other sum below)")
+    want = sum(i.nbytes if n in packed or i.qtype.name == "F32" else i.n_elements * 4 for n, i in read.items())
+    assert bench.weight_bytes_per_token(m) == want
