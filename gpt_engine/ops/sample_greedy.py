@@ -32,7 +32,14 @@ def reference(logits, n_valid, next_ids, pos, status):
     _check(logits, n_valid, next_ids, pos, status)
     x = logits[:, :n_valid]
     nan = torch.isnan(x)
-    next_ids.copy_(torch.where(nan, float("-inf"), x).argmax(dim=-1).reshape(next_ids.shape))
+    # The kernels' rule (csrc/sample_greedy.cu): a NaN is never picked, so the answer is the lowest
+    # index of the largest non-NaN entry, 0 when every entry is NaN. argmax after NaN -> -inf alone
+    # differs where the non-NaN entries are all -inf and a NaN comes first (it would pick the NaN's
+    # index): so the candidates are the maxima that are not NaN, and argmax of that mask gives the
+    # first one (torch.argmax returns the first of equal maxima; an all-False row gives 0).
+    finite = torch.where(nan, float("-inf"), x)
+    cand = (finite == finite.amax(dim=-1, keepdim=True)) & ~nan
+    next_ids.copy_(cand.to(torch.uint8).argmax(dim=-1).reshape(next_ids.shape))
     if pos is not None:
         pos.add_(1)
     if status is not None:

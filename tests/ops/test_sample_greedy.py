@@ -148,19 +148,12 @@ def check_argmax_case(name: str, device: str) -> None:
     assert int(status) == want_status, f"{name}: status {int(status)} != {want_status}"
 
 
-# the CPU reference maps NaN to -inf before argmax: it differs from the kernels' rule only when a
-# row's non-NaN entries are all -inf and a NaN comes first (row 2 of the nan cases)
-_CPU_SKIP = {name for name in ARGMAX_CASES if name.startswith("nan-")}
-
-
 @pytest.mark.story("GX-003", "GT-027")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(ARGMAX_CASES))
 def test_argmax_cases(device, case):
     """On CUDA: the kernel launched by default (v2) on rows of 1 to 201,088 entries, ties across
     slice boundaries, NaN, all -inf, padded rows (CPU: the reference, the oracle checked)."""
-    if device == "cpu" and case in _CPU_SKIP:
-        pytest.skip("the CPU reference maps NaN to -inf first (differs from the kernels' rule on one row)")
     check_argmax_case(case, device)
 
 
