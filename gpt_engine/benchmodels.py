@@ -5,6 +5,11 @@ Speed, not oracles: the weights are random numbers written straight into the fil
 vocabulary, so a 1.5B-parameter file is written in seconds rather than the minutes a
 transformers model plus gguf-py's quantizer take. Correctness is proven on the small oracle
 models of testmodels.py; these files only have to be valid, finite and of the right shape.
+
+Types (``TYPES``): F16, BF16, F32, the block types Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K,
+Q6_K, MXFP4 (every matrix in that type), and the mix Q4_K_M: each matrix in the type
+testmodels.q4_k_m_plan gives it, in the style of llama.cpp's Q4_K_M (``plan``). Norms, biases and
+GPT-2's position table stay F32.
 """
 from __future__ import annotations
 
@@ -26,11 +31,56 @@ SHAPES = {
                      rope_theta=500000.0),
 }
 WEIGHT_STD = 0.02
-TYPES = ("F16", "BF16", "F32", "Q8_0", "MXFP4")
+# "Q4_K_M" is a mix, not a block type: each matrix gets the type testmodels.q4_k_m_plan picks.
+TYPES = ("F16", "BF16", "F32", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "MXFP4",
+         "Q4_K_M")
+
+
+def _code_ms(bits: int, offset: float) -> float:
+    """Mean square of (q - offset) for q uniform on the ``bits``-bit codes 0 .. 2^bits - 1:
+    variance (4^bits - 1) / 12 plus the squared distance of the mean (2^bits - 1) / 2 from
+    ``offset``."""
+    return (4 ** bits - 1) / 12 + ((2 ** bits - 1) / 2 - offset) ** 2
+
+
+def _put_f16(raw: np.ndarray, off: int, value) -> None:
+    """Store ``value`` (a number, or one per block) as the f16 at byte ``off`` of every block."""
+    raw[:, off:off + 2] = np.atleast_1d(np.asarray(value, dtype=np.float16)).view(np.uint8).reshape(-1, 2)
+
+
+def _signs(rng: np.random.Generator, n: int) -> np.ndarray:
+    """+1/-1 per block: symmetric types ((q - 8) * d) average -d/2 per block with uniform codes;
+    a random sign of d (llama.cpp's quantizers write negative d too) centres the tensor."""
+    return rng.integers(0, 2, size=n).astype(np.float32) * 2 - 1
+
+
+# K-quant sub-block scales: 6-bit in Q4_K/Q5_K, of which llama.cpp's quantizer makes the largest
+# of a super-block 63 (make_qkx2_quants); int8 in Q6_K, largest +-127/128. Random in the upper
+# half of that range: sane, varied, and no near-zero sub-blocks.
+_K_SUB = (32, 64)
+_Q6_SUB = (64, 128)
+
+
+def _pack_k_scales(sc: np.ndarray, mn: np.ndarray) -> np.ndarray:
+    """The 12 scale bytes of a Q4_K/Q5_K block from 8 6-bit scales and 8 6-bit mins (ggml-common.h
+    block_q4_K; the inverse of gguf-py's Q4_K.get_scale_min): bytes 0-3 scale j and the top two
+    bits of scale j+4, bytes 4-7 the same for the mins, bytes 8-11 the low nibbles of scale and
+    min j+4."""
+    sc, mn = sc.astype(np.uint8), mn.astype(np.uint8)
+    out = np.empty((sc.shape[0], 12), dtype=np.uint8)
+    out[:, 0:4] = (sc[:, :4] & 0x3F) | ((sc[:, 4:] >> 4) << 6)
+    out[:, 4:8] = (mn[:, :4] & 0x3F) | ((mn[:, 4:] >> 4) << 6)
+    out[:, 8:12] = (sc[:, 4:] & 0x0F) | ((mn[:, 4:] & 0x0F) << 4)
+    return out
 
 
 def _encode(rng: np.random.Generator, rows: int, cols: int, qtype: str):
-    """Random values of std WEIGHT_STD in ``qtype``: (payload, raw_dtype for the writer)."""
+    """Random values of std WEIGHT_STD in ``qtype``: (payload, raw_dtype for the writer).
+
+    Block types: random code bytes with the scale fields set so that the dequantized values
+    have mean ~0 and std ~WEIGHT_STD. Layouts: ggml-common.h's block structs (sizes
+    gguf.GGML_QUANT_SIZES); values as gguf-py's gguf/quants.py dequantizes them. Types with a
+    min (Q4_1, Q5_1, Q4_K, Q5_K) get min = -(mid code) * scale, so every (sub-)block is centred."""
     import gguf
 
     t = gguf.GGMLQuantizationType[qtype]
@@ -41,12 +91,40 @@ def _encode(rng: np.random.Generator, rows: int, cols: int, qtype: str):
         w = rng.standard_normal((rows, cols), dtype=np.float32) * WEIGHT_STD
         return (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(rows, -1), t
     bs, ts = gguf.GGML_QUANT_SIZES[t]
+    if cols % bs:
+        raise ValueError(f"benchmodels: {qtype} needs rows of whole {bs}-value blocks, not {cols}")
     nblk = rows * cols // bs
     raw = rng.integers(0, 256, size=(nblk, ts), dtype=np.uint8)
-    if qtype == "Q8_0":   # {f16 d, i8 qs[32]}: uniform int8 has std ~73.9
+    if qtype == "Q8_0":   # {f16 d, i8 qs[32]}: uniform int8 has rms ~73.9
         raw[:, 0:2] = np.frombuffer(np.float16(WEIGHT_STD / 73.9).tobytes(), np.uint8)
     elif qtype == "MXFP4":  # {e8m0 e, 16 bytes of E2M1 nibbles}: E2M1 values have rms ~2.9
         raw[:, 0] = 127 + int(np.round(np.log2(WEIGHT_STD / 2.9)))
+    elif qtype in ("Q4_0", "Q5_0"):   # {f16 d, [u8 qh[4],] u8 qs[16]}: (q - 8) * d, (q - 16) * d
+        bits = 4 if qtype == "Q4_0" else 5
+        _put_f16(raw, 0, _signs(rng, nblk) * (WEIGHT_STD / _code_ms(bits, 2 ** (bits - 1)) ** 0.5))
+    elif qtype in ("Q4_1", "Q5_1"):   # {f16 d, f16 m, [u8 qh[4],] u8 qs[16]}: q * d + m
+        bits = 4 if qtype == "Q4_1" else 5
+        d = np.float16(WEIGHT_STD / _code_ms(bits, (2 ** bits - 1) / 2) ** 0.5)
+        _put_f16(raw, 0, d)
+        _put_f16(raw, 2, -(2 ** bits - 1) / 2 * np.float32(d))
+    elif qtype in ("Q4_K", "Q5_K"):
+        # {f16 d, f16 dmin, u8 scales[12], [u8 qh[32],] u8 qs[128]}: sub-block j of 32 values is
+        # d * sc_j * q - dmin * m_j. m_j = sc_j and dmin = (mid code) * d centre every sub-block.
+        bits = 4 if qtype == "Q4_K" else 5
+        sc = rng.integers(*_K_SUB, size=(nblk, 8))
+        ms_sc = float(np.mean(np.arange(*_K_SUB, dtype=np.float64) ** 2))
+        d = np.float16(WEIGHT_STD / (ms_sc * _code_ms(bits, (2 ** bits - 1) / 2)) ** 0.5)
+        _put_f16(raw, 0, d)
+        _put_f16(raw, 2, (2 ** bits - 1) / 2 * np.float32(d))
+        raw[:, 4:16] = _pack_k_scales(sc, sc)
+    elif qtype == "Q6_K":
+        # {u8 ql[128], u8 qh[64], i8 scales[16], f16 d}: sub-block j of 16 values is
+        # d * scales_j * (q - 32), q the 6-bit code; random-sign scales centre the tensor.
+        mag = rng.integers(*_Q6_SUB, size=(nblk, 16))
+        sign = rng.integers(0, 2, size=(nblk, 16)) * 2 - 1
+        raw[:, 192:208] = (mag * sign).astype(np.int8).view(np.uint8)
+        ms_sc = float(np.mean(np.arange(*_Q6_SUB, dtype=np.float64) ** 2))
+        _put_f16(raw, 208, WEIGHT_STD / (ms_sc * _code_ms(6, 32)) ** 0.5)
     else:
         raise ValueError(f"benchmodels: no random-block writer for {qtype}")
     return raw.reshape(rows, cols // bs * ts), t
@@ -67,10 +145,74 @@ def _writer(path: Path, arch: str, shape: str, qtype: str, s: dict):
     return w
 
 
-def make(path: str | Path, shape: str, qtype: str = "F16", seed: int = 0) -> Path:
-    """Write the random ``shape`` model with 2-D weights in ``qtype`` at ``path``."""
+def tensors(shape: str, n_vocab: int | None = None) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, torch-order shape, kind) of every tensor of the SHAPES model ``shape``, in the
+    order ``make`` writes them (its random draws follow this order). Kinds: "mat", a weight
+    matrix in the file's type; "table", position_embd, F32 (llama.cpp's quantizer leaves
+    positional embeddings alone: src/llama-quant.cpp); "norm", 1 +- 0.1; "bias", 0 +- 0.02.
+    ``n_vocab``: the real GPT-2 vocabulary's size unless given."""
+    if n_vocab is None:
+        from .testmodels import gpt2_vocab
+
+        n_vocab = len(gpt2_vocab()[0])
+    s = SHAPES[shape]
+    c, f, d = s["n_embd"], s["n_ff"], s["n_embd"] // s["n_head"]
+    kv = s["n_head_kv"] * d
+    out = [("token_embd.weight", (n_vocab, c), "mat")]
+    if s["arch"] == "gpt2":
+        out.append(("position_embd.weight", (s["n_ctx"], c), "table"))
+    for i in range(s["n_layer"]):
+        p = f"blk.{i}."
+        out += [(p + "attn_norm.weight", (c,), "norm"), (p + "ffn_norm.weight", (c,), "norm")]
+        if s["arch"] == "gpt2":
+            out += [(p + "attn_norm.bias", (c,), "bias"), (p + "ffn_norm.bias", (c,), "bias")]
+            for name, rows, cols in (("attn_qkv", 3 * c, c), ("attn_output", c, c), ("ffn_up", f, c),
+                                     ("ffn_down", c, f)):
+                out += [(f"{p}{name}.weight", (rows, cols), "mat"), (f"{p}{name}.bias", (rows,), "bias")]
+        else:
+            out += [(f"{p}{name}.weight", (rows, cols), "mat") for name, rows, cols in (
+                ("attn_q", c, c), ("attn_k", kv, c), ("attn_v", kv, c), ("attn_output", c, c),
+                ("ffn_gate", f, c), ("ffn_up", f, c), ("ffn_down", c, f))]
+    out.append(("output_norm.weight", (c,), "norm"))
+    if s["arch"] == "gpt2":
+        out.append(("output_norm.bias", (c,), "bias"))
+    return out
+
+
+def plan(shape: str, qtype: str, n_vocab: int | None = None) -> dict[str, str]:
+    """The type of every tensor ``make`` writes for ``shape`` in ``qtype``: weight matrices in
+    ``qtype``, or for the mix "Q4_K_M" the type testmodels.q4_k_m_plan gives them (the same
+    rule the oracle tests re-quantize with, K types falling back on rows that are not whole
+    super-blocks); the rest F32."""
+    from types import SimpleNamespace
+
+    from .testmodels import q4_k_m_plan
+
+    ts = tensors(shape, n_vocab)
+    mats = {n: SimpleNamespace(shape=shp) for n, shp, kind in ts if kind == "mat"}
+    if qtype == "Q4_K_M":
+        types = q4_k_m_plan(mats, SHAPES[shape]["n_layer"])
+    elif qtype in TYPES:
+        types = dict.fromkeys(mats, qtype)
+    else:
+        raise ValueError(f"benchmodels: unknown type {qtype}; one of {TYPES}")
+    return {n: types.get(n, "F32") for n, _, _ in ts}
+
+
+def _file_type(qtype: str) -> int:
+    """general.file_type, llama.cpp's id for the file's type (informational: our loader reads
+    each tensor's own type)."""
     import gguf
 
+    from .testmodels import _FILE_TYPE
+
+    own = {"F32": gguf.LlamaFileType.ALL_F32, "BF16": gguf.LlamaFileType.MOSTLY_BF16}
+    return int(own[qtype] if qtype in own else _FILE_TYPE[qtype])   # "Q4_K_M": MOSTLY_Q4_K_M
+
+
+def make(path: str | Path, shape: str, qtype: str = "F16", seed: int = 0) -> Path:
+    """Write the random ``shape`` model with 2-D weights in ``qtype`` (a block type, or the mix
+    "Q4_K_M": see ``plan``) at ``path``."""
     from .testmodels import add_vocab
 
     if shape in GPT_OSS_SHAPES:
@@ -81,55 +223,24 @@ def make(path: str | Path, shape: str, qtype: str = "F16", seed: int = 0) -> Pat
     arch = s["arch"]
     w = _writer(path, arch, shape, qtype, s)
     n_vocab = add_vocab(w, "gpt2")
-    c, f, d = s["n_embd"], s["n_ff"], s["n_embd"] // s["n_head"]
-    kv = s["n_head_kv"] * d
-
-    def mat(name, rows, cols):
-        payload, raw = _encode(rng, rows, cols, qtype)
-        w.add_tensor(name, payload, raw_dtype=raw)
-
-    def vec(name, n, mean=0.0, std=0.02):
-        w.add_tensor(name, (mean + std * rng.standard_normal(n, dtype=np.float32)).astype(np.float32))
-
-    def table(name, rows, cols):  # small dense tables stay F32, as llama.cpp keeps them
-        w.add_tensor(name, (WEIGHT_STD * rng.standard_normal((rows, cols), dtype=np.float32)))
-
-    mat("token_embd.weight", n_vocab, c)
     if arch == "gpt2":
         w.add_layer_norm_eps(1e-5)
-        table("position_embd.weight", s["n_ctx"], c)
     else:
         w.add_head_count_kv(s["n_head_kv"])
         w.add_layer_norm_rms_eps(1e-5)
         w.add_rope_freq_base(s["rope_theta"])
-        w.add_rope_dimension_count(d)
-    for i in range(s["n_layer"]):
-        p = f"blk.{i}."
-        vec(p + "attn_norm.weight", c, 1.0, 0.1)
-        vec(p + "ffn_norm.weight", c, 1.0, 0.1)
-        if arch == "gpt2":
-            vec(p + "attn_norm.bias", c)
-            vec(p + "ffn_norm.bias", c)
-            mat(p + "attn_qkv.weight", 3 * c, c)
-            vec(p + "attn_qkv.bias", 3 * c)
-            mat(p + "attn_output.weight", c, c)
-            vec(p + "attn_output.bias", c)
-            mat(p + "ffn_up.weight", f, c)
-            vec(p + "ffn_up.bias", f)
-            mat(p + "ffn_down.weight", c, f)
-            vec(p + "ffn_down.bias", c)
+        w.add_rope_dimension_count(s["n_embd"] // s["n_head"])
+    types = plan(shape, qtype, n_vocab)
+    for name, shp, kind in tensors(shape, n_vocab):
+        if kind == "mat":
+            payload, raw = _encode(rng, *shp, types[name])
+            w.add_tensor(name, payload, raw_dtype=raw)
+        elif kind == "table":   # small dense tables stay F32, as llama.cpp keeps them
+            w.add_tensor(name, WEIGHT_STD * rng.standard_normal(shp, dtype=np.float32))
         else:
-            mat(p + "attn_q.weight", c, c)
-            mat(p + "attn_k.weight", kv, c)
-            mat(p + "attn_v.weight", kv, c)
-            mat(p + "attn_output.weight", c, c)
-            mat(p + "ffn_gate.weight", f, c)
-            mat(p + "ffn_up.weight", f, c)
-            mat(p + "ffn_down.weight", c, f)
-    vec("output_norm.weight", c, 1.0, 0.1)
-    if arch == "gpt2":
-        vec("output_norm.bias", c)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+            mean, std = (1.0, 0.1) if kind == "norm" else (0.0, WEIGHT_STD)
+            w.add_tensor(name, (mean + std * rng.standard_normal(shp[0], dtype=np.float32)).astype(np.float32))
+    w.add_file_type(_file_type(qtype))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -631,9 +631,9 @@ def uniform_plan(tensors, qtype: str) -> dict[str, str]:
 def q4_k_m_plan(tensors, n_layer: int) -> dict[str, str]:
     """A mix in the style of llama.cpp's Q4_K_M (src/llama-quant.cpp, as we read it): Q4_K by
     default; attn_v and ffn_down in Q6_K on the layers where ``use_more_bits`` holds (first and
-    last eighth of the layers, and every third layer between); the LM head (the token embedding
-    when tied) in Q6_K; every K type falls back (``K_FALLBACK``) where rows are not whole
-    256-value super-blocks. 1-D tensors F32."""
+    last eighth of the layers, and every third layer between); a fused attn_qkv (GPT-2) in Q5_K;
+    the LM head (the token embedding when tied) in Q6_K; every K type falls back (``K_FALLBACK``)
+    where rows are not whole 256-value super-blocks. 1-D tensors F32."""
     def more_bits(i: int) -> bool:
         return i < n_layer // 8 or i >= 7 * n_layer // 8 or (i - n_layer // 8) % 3 == 2
 
@@ -648,6 +648,8 @@ def q4_k_m_plan(tensors, n_layer: int) -> dict[str, str]:
             q = "Q6_K"
         elif n.startswith("blk.") and n.endswith(("attn_v.weight", "ffn_down.weight")) and more_bits(int(n.split(".")[1])):
             q = "Q6_K"
+        elif n.endswith("attn_qkv.weight"):
+            q = "Q5_K"
         plan[n] = fit_type(q, t.shape[-1])
     return plan
 
