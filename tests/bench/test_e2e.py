@@ -37,7 +37,10 @@ LLAMACPP = {("gpt2-124m", "F16"): (1661, 164e3), ("gpt2-1.5b", "F16"): (330, 34.
 COMPILED_PEER = {"gpt2-124m"}  # compiling costs ~1 min of GPU time per model; the peer bar is set on 124M
 MODELS = [("gpt2-124m", "F16"), ("gpt2-1.5b", "F16"), ("smollm2-135m", "F16"), ("llama-1b", "F16"),
           # the quantized weights' figures (the packed GEMV through the public API)
-          ("gpt2-124m", "Q8_0"), ("gpt2-124m", "MXFP4"), ("gpt2-1.5b", "Q8_0"), ("gpt2-1.5b", "MXFP4")]
+          ("gpt2-124m", "Q8_0"), ("gpt2-124m", "MXFP4"), ("gpt2-1.5b", "Q8_0"), ("gpt2-1.5b", "MXFP4"),
+          # the Q4_K_M-style mix (benchmodels.plan: on GPT-2 1.5B's 1600-wide rows mostly the Q5_0 / Q5_1
+          # fallbacks, Q4_K / Q6_K on the 6400-wide ffn_down, the tied head Q8_0)
+          ("gpt2-1.5b", "Q4_K_M")]
 
 
 def _matmul_params(m) -> int:
