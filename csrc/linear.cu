@@ -50,8 +50,11 @@ template <> __device__ __forceinline__ void unpack16<__nv_bfloat16>(const uint4&
   unpack8<__nv_bfloat16>(r, f);
 }
 
+// Blocks per SM: 4 at M = 1 (<= 128 registers, 16 warps: session 9), else 3 (<= 168 registers).
+template <int MT> constexpr int kGemvBlocksPerSm = MT == 1 ? 4 : 3;
+
 template <typename W, typename A, int MT>
-__global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const LinearArgs p) {
+__global__ void __launch_bounds__(kThreads, kGemvBlocksPerSm<MT>) gemv_kernel(const LinearArgs p) {
   constexpr int CH = 16 / sizeof(W);                      // weight elements per 16-byte load
   constexpr int U = MT >= 8 ? 2 : (MT >= 4 ? 4 : 8);      // chunks per row in flight per lane
   extern __shared__ float xs[];                           // [MT][kt] staged activations
@@ -320,10 +323,12 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   p.kt = kt < kpad ? kt : kpad;
   const int64_t ngroups = ceil_div(npairs, kWarps);
   const size_t smem = (size_t)MT * p.kt * sizeof(float);
-  // the 3 blocks per SM the launch bounds allow (12 warps, each with 2 x U 16-byte loads per lane
-  // in flight: ~100 KB per SM, several times the bandwidth-latency product); fewer where the
-  // staged activations take the shared memory
-  const int per_sm = std::max(1, std::min(3, (int)((200 * 1024) / (smem + 1024))));
+  // the blocks per SM the launch bounds allow (M = 1: 4 blocks, 16 warps, each with 2 x 8 16-byte
+  // loads per lane in flight, ~128 KB per SM; else 3); fewer where the staged activations take the
+  // shared memory. M = 1 ran with 3 until session 9 although its 128 registers let 4 fit: 4 took
+  // 6400 x 1600 from 9.68 to 7.92 us (3,200 row pairs on 1,584 warps were 3 rounds, on 2,112 two)
+  // and 50257 x 1600 from 46.3 to 41.3 us (docs/kernels/decode.md v13)
+  const int per_sm = std::max(1, std::min(kGemvBlocksPerSm<MT>, (int)((200 * 1024) / (smem + 1024))));
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(ngroups, (int64_t)num_sms * per_sm));
   return launch_pdl(gemv_kernel<W, A, MT>, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
 }
