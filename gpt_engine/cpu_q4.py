@@ -1,7 +1,8 @@
-"""Float32 CPU products with Q4_0 / Q4_1 weights read packed (csrc_cpu/q4_gemv.c).
+"""Float32 CPU products with Q4_0 / Q4_1 / Q8_0 weights read packed (csrc_cpu/q4_gemv.c).
 
 The float32 CPU decode step is bound by the bytes its products read: F.linear on the dense
-float32 cache reads 32 bits per weight, these blocks 4.5 (Q4_0) or 5 (Q4_1); torch 2.13 has no
+float32 cache reads 32 bits per weight, these blocks 4.5 (Q4_0), 5 (Q4_1) or 8.5 (Q8_0: the
+SmolLM2 files' tied LM head, 49152 x 576, 113 MB as float32 against 30 MB packed); torch 2.13 has no
 vectorized float32 kernel for them (its int4 kernel runs a scalar loop in float32:
 docs/quality.md). ``gemv`` is y = x @ W.T for a few rows of x (the decode case), float32
 accumulation; its results differ from F.linear on the dequantized weights only in float32
@@ -39,8 +40,8 @@ BUILD_DIR = REPO / "build" / "cpu_q4"
 # the product's multiply-adds are explicit intrinsics / fmaf, unaffected
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 MAX_ROWS = 8  # rows of x per gemv call (MAX_ROWS in the C file)
-TYPES = {2: "Q4_0", 3: "Q4_1"}  # GGMLQuantizationType values the kernel reads
-BLOCK_BYTES = {2: 18, 3: 20}
+TYPES = {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}  # GGMLQuantizationType values the kernel reads
+BLOCK_BYTES = {2: 18, 3: 20, 8: 34}  # gguf-py GGML_QUANT_SIZES
 
 
 def _compiler() -> str | None:
@@ -102,7 +103,7 @@ def load():
         return lib
     except Exception as e:  # noqa: BLE001 - any failure means: keep the dense path
         warnings.warn(f"gpt_engine: the float32 Q4 CPU kernel ({SOURCE.name}) is unavailable ({e}); "
-                      "Q4_0/Q4_1 products use the dense float32 cache instead (slower, more memory)",
+                      "Q4_0/Q4_1/Q8_0 products use the dense float32 cache instead (slower, more memory)",
                       RuntimeWarning, stacklevel=2)
         return None
 
@@ -113,7 +114,7 @@ def available() -> bool:
 
 def _check_weight(raw: torch.Tensor, qtype: int, n: int, k: int) -> None:
     if qtype not in TYPES:
-        raise ValueError(f"cpu_q4: type {qtype} is not Q4_0/Q4_1")
+        raise ValueError(f"cpu_q4: type {qtype} is not Q4_0/Q4_1/Q8_0")
     if k % 32 or k <= 0 or n <= 0:
         raise ValueError(f"cpu_q4: weight [{n}, {k}]: in-features must be a positive multiple of 32")
     if (raw.device.type != "cpu" or raw.dtype != torch.uint8 or not raw.is_contiguous()
