@@ -36,7 +36,8 @@
  * PF_DIST bytes ahead keeps the stream going (measured on the 210 matrices of a SmolLM2 step,
  * one thread: 13.1 ms without, 9.1 with 2 KiB; 1-4 KiB within 5%).
  *
- * Threads: OpenMP over output rows n (static split), linked against the libgomp the running torch
+ * Threads: OpenMP over output rows n (static split; q4_gemv_multi splits the rows of its weights
+ * stacked), linked against the libgomp the running torch
  * already loaded, so its pool and torch's are the same threads (see cpu_q4.py).
  */
 #include <stdint.h>
@@ -297,7 +298,8 @@ static inline __attribute__((always_inline)) void rows_typed(
 #endif
 }
 
-/* w: [N][nb * bs] bytes, x: [m][K], xs: [m][nb] block sums of x (unused for Q8_0), y: [m][N]. */
+/* w: [N][nb * bs] bytes, x: [m][K], xs: [m][nb] block sums of x (unused for Q8_0), y: [m][ldy]
+ * with ldy = N (the argument named N in the row functions is y's row stride). */
 static void rows_range(int qtype, const uint8_t *w, const float *x, const float *xs, float *y,
                        int m, int64_t N, int64_t K, int64_t n0, int64_t n1) {
     switch (qtype) { /* one specialisation per type: its block layout and terms known at compile time */
@@ -309,15 +311,28 @@ static void rows_range(int qtype, const uint8_t *w, const float *x, const float 
 
 static int known_type(int qtype) { return qtype == T_Q4_0 || qtype == T_Q4_1 || qtype == T_Q8_0; }
 
-/* y[m][N] = x[m][K] @ W.T for W [N][K] in Q4_0 / Q4_1 / Q8_0 blocks; 1 <= m <= MAX_ROWS,
- * K % 32 == 0. Returns 0, or -1 for a request outside those limits (the caller checks first). */
-int q4_gemv(int qtype, const uint8_t *w, const float *x, float *y, int64_t m, int64_t N, int64_t K,
-            int threads) {
-    if (!known_type(qtype) || m < 1 || m > MAX_ROWS || K % QK || N < 1) return -1;
-    const int64_t nb = K / QK;
+#define MAX_MATS 8 /* weights per q4_gemv_multi call (q, k, v: 3; gate, up: 2) */
+
+/* y[m][sum N_i] = x[m][K] @ [W_0; W_1; ...].T for nw weights W_i [N_i][K] of types qtypes[i]
+ * (Q4_0 / Q4_1 / Q8_0 blocks) sharing x: the products of one input, written side by side, in one
+ * call and one parallel region (q, k and v; gate and up). Each output is computed exactly as
+ * q4_gemv computes it for W_i alone (same code, same order): only the work split differs.
+ * 1 <= m <= MAX_ROWS, K % 32 == 0, 1 <= nw <= MAX_MATS. Returns 0, or -1 outside those limits. */
+int q4_gemv_multi(int nw, const int *qtypes, const uint8_t *const *ws, const int64_t *ns, const float *x,
+                  float *y, int64_t m, int64_t K, int threads) {
+    if (nw < 1 || nw > MAX_MATS || m < 1 || m > MAX_ROWS || K % QK) return -1;
+    int64_t off[MAX_MATS + 1];
+    int need_sums = 0;
+    off[0] = 0;
+    for (int i = 0; i < nw; i++) {
+        if (!known_type(qtypes[i]) || ns[i] < 1) return -1;
+        need_sums |= qtypes[i] != T_Q8_0; /* Q8_0 has no offset term */
+        off[i + 1] = off[i] + ns[i];
+    }
+    const int64_t N = off[nw], nb = K / QK;
     float stack_xs[MAX_ROWS * 256];
     float *xs = stack_xs;
-    if (qtype != T_Q8_0) { /* Q8_0 has no offset term */
+    if (need_sums) {
         if (m * nb > MAX_ROWS * 256) xs = (float *)malloc(sizeof(float) * m * nb);
         if (!xs) return -1;
         for (int64_t i = 0; i < m * nb; i++) xs[i] = sum32(x + i * QK);
@@ -331,11 +346,23 @@ int q4_gemv(int qtype, const uint8_t *w, const float *x, float *y, int64_t m, in
 #else
         int t = 0, nt = 1;
 #endif
-        int64_t n0 = N * t / nt, n1 = N * (t + 1) / nt;
-        rows_range(qtype, w, x, xs, y, (int)m, N, K, n0, n1);
+        /* this thread's share of the stacked output rows, cut at the weights' boundaries */
+        const int64_t g0 = N * t / nt, g1 = N * (t + 1) / nt;
+        for (int i = 0; i < nw; i++) {
+            const int64_t lo = g0 > off[i] ? g0 : off[i], hi = g1 < off[i + 1] ? g1 : off[i + 1];
+            if (lo < hi)
+                rows_range(qtypes[i], ws[i], x, xs, y + off[i], (int)m, N, K, lo - off[i], hi - off[i]);
+        }
     }
     if (xs != stack_xs) free(xs);
     return 0;
+}
+
+/* y[m][N] = x[m][K] @ W.T for W [N][K] in Q4_0 / Q4_1 / Q8_0 blocks; 1 <= m <= MAX_ROWS,
+ * K % 32 == 0. Returns 0, or -1 for a request outside those limits (the caller checks first). */
+int q4_gemv(int qtype, const uint8_t *w, const float *x, float *y, int64_t m, int64_t N, int64_t K,
+            int threads) {
+    return q4_gemv_multi(1, &qtype, &w, &N, x, y, m, K, threads);
 }
 
 /* Dequantize rows of Q4_0 / Q4_1 / Q8_0 blocks to float32 exactly as gguf-py does (d * q + m,

@@ -142,6 +142,7 @@ class QWeight:
         self._dense: dict[torch.dtype, torch.Tensor] = {}
         self._int4: tuple[torch.Tensor, torch.Tensor] | None = None
         self._q4 = None  # cpu_q4.Product once decided (False: not this weight's path)
+        self._stack = None  # (weights, cpu_q4.Products): linear_stacked's joint product, led by this weight
 
     @classmethod
     def from_gguf(cls, f, name: str, device: str | torch.device = "cpu") -> "QWeight":
@@ -258,6 +259,21 @@ class QWeight:
             # matrix dequantized for this use, then torch's GEMM (cpu_q4.Product)
             return self._q4(x, bias)
         return F.linear(x, self.dense(x.dtype), bias)
+
+    @staticmethod
+    def linear_stacked(weights: list["QWeight"], x: torch.Tensor) -> torch.Tensor:
+        """``torch.cat([w.linear(x) for w in weights], -1)``, the same values: in float32 with every
+        weight read packed, one kernel call for all of them (``cpu_q4.Products``, built once and
+        kept on the first weight), else the concatenation."""
+        first = weights[0]
+        if x.dtype == torch.float32 and all(w._q4_product() is not None for w in weights):
+            st = first._stack
+            if st is None or len(st[0]) != len(weights) or any(a is not b for a, b in zip(st[0], weights)):
+                from . import cpu_q4
+
+                st = first._stack = (tuple(weights), cpu_q4.Products([w._q4 for w in weights]))
+            return st[1](x)
+        return torch.cat([w.linear(x) for w in weights], dim=-1)
 
     def _q4_product(self):
         """The float32 packed-block product of this weight (``cpu_q4.Product``), or None."""

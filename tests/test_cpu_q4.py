@@ -261,3 +261,47 @@ def test_q4_model_caches_only_its_other_weights(models, monkeypatch, qtype, tied
     monkeypatch.setenv(CACHE_ENV, "0")
     m2 = gpt_engine.load(path)
     assert m2.generate([1, 2, 3], max_new_tokens=4, stop_at_eos=False).token_ids == out
+
+
+@needs_kernel
+@pytest.mark.story("GX-001", "GT-048")
+@pytest.mark.parametrize("rows", [1, 3, 8, 12])  # 12: more than MAX_ROWS, the concatenation path
+def test_products_of_one_input_equal_the_concatenation_bit_for_bit(rows):
+    # q, k, v (or gate, up) in one q4_gemv_multi call: each output computed as its own weight's
+    # product computes it, whatever the thread count and however the row split meets the weights
+    rng = np.random.default_rng(rows)
+    shapes = [("Q4_1", 67, 576), ("Q4_0", 13, 576), ("Q8_0", 40, 576), ("Q4_1", 1, 576)]
+    prods = [cpu_q4.Product(torch.from_numpy(_blocks(q, n, k, rng)), int(QT[q]), n, k) for q, n, k in shapes]
+    multi = cpu_q4.Products(prods)
+    x = torch.randn(rows, 576, generator=torch.Generator().manual_seed(rows))
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            want = torch.cat([p(x) for p in prods], dim=-1)
+            got = multi(x)
+            assert got.shape == (rows, 121) and torch.equal(got, want), t
+    finally:
+        torch.set_num_threads(threads)
+    # QWeight.linear_stacked: the same joint product, and the concatenation where a weight is not packed
+    qws = [_qweight(q, n, k, seed=i) for i, (q, n, k) in enumerate(shapes)]
+    x = torch.randn(2, rows, 576)
+    assert torch.equal(QWeight.linear_stacked(qws, x), torch.cat([w.linear(x) for w in qws], dim=-1))
+    raw5 = gguf.quants.quantize(np.random.default_rng(1).normal(0, 0.05, (8, 576)).astype(np.float32), QT.Q5_0)
+    q5 = QWeight(torch.from_numpy(raw5), QT.Q5_0, (8, 576), qweight.DenseCachePolicy({}, 1 << 30), "blk.0.attn_v.weight")
+    mixed = [qws[0], q5]
+    assert torch.equal(QWeight.linear_stacked(mixed, x), torch.cat([w.linear(x) for w in mixed], dim=-1))
+
+
+@needs_kernel
+@pytest.mark.story("GX-001")
+def test_products_refuse_mismatched_weights():
+    rng = np.random.default_rng(0)
+    a = cpu_q4.Product(torch.from_numpy(_blocks("Q4_1", 4, 64, rng)), int(QT.Q4_1), 4, 64)
+    b = cpu_q4.Product(torch.from_numpy(_blocks("Q4_1", 4, 96, rng)), int(QT.Q4_1), 4, 96)
+    with pytest.raises(ValueError, match="in-feature"):
+        cpu_q4.Products([a, b])
+    with pytest.raises(ValueError, match="in-feature"):
+        cpu_q4.Products([a] * (cpu_q4.MAX_MATS + 1))
+    with pytest.raises(ValueError, match="float32"):
+        cpu_q4.Products([a, a])(torch.randn(1, 64, dtype=torch.float64))

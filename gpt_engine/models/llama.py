@@ -57,7 +57,8 @@ def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
     if len(L["gate_up"]) == 1:
         h = ops.linear(x, L["gate_up"][0], norm=L["ffn_norm"], act="swiglu")
     else:
-        g, u = ops.linear_module.linear_each(x, L["gate_up"], L["ffn_norm"])
+        gu = ops.linear_module.linear_cat(x, L["gate_up"], L["ffn_norm"])  # one product call on the CPU
+        g, u = gu.split([w.raw.shape[0] for w in L["gate_up"]], dim=-1)
         h = (F.silu(g.float()) * u.float()).to(x.dtype)
     return ops.linear(h, L["down"], residual=x)
 
