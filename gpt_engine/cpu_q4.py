@@ -1,7 +1,8 @@
-"""Float32 CPU products with Q4_0 / Q4_1 weights read packed (csrc_cpu/q4_gemv.c).
+"""Float32 CPU products with Q4_0 / Q4_1 / Q8_0 weights read packed (csrc_cpu/q4_gemv.c).
 
 The float32 CPU decode step is bound by the bytes its products read: F.linear on the dense
-float32 cache reads 32 bits per weight, these blocks 4.5 (Q4_0) or 5 (Q4_1); torch 2.13 has no
+float32 cache reads 32 bits per weight, these blocks 4.5 (Q4_0), 5 (Q4_1) or 8.5 (Q8_0: the
+SmolLM2 files' tied LM head, 49152 x 576, 113 MB as float32 against 30 MB packed); torch 2.13 has no
 vectorized float32 kernel for them (its int4 kernel runs a scalar loop in float32:
 docs/quality.md). ``gemv`` is y = x @ W.T for a few rows of x (the decode case), float32
 accumulation; its results differ from F.linear on the dequantized weights only in float32
@@ -39,8 +40,8 @@ BUILD_DIR = REPO / "build" / "cpu_q4"
 # the product's multiply-adds are explicit intrinsics / fmaf, unaffected
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 MAX_ROWS = 8  # rows of x per gemv call (MAX_ROWS in the C file)
-TYPES = {2: "Q4_0", 3: "Q4_1"}  # GGMLQuantizationType values the kernel reads
-BLOCK_BYTES = {2: 18, 3: 20}
+TYPES = {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}  # GGMLQuantizationType values the kernel reads
+BLOCK_BYTES = {2: 18, 3: 20, 8: 34}  # gguf-py GGML_QUANT_SIZES
 
 
 def _compiler() -> str | None:
@@ -98,11 +99,13 @@ def load():
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         lib.q4_gemv.argtypes = [ctypes.c_int, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
         lib.q4_dequant.argtypes = [ctypes.c_int, ptr, ptr, i64, i64, ctypes.c_int]
+        lib.q4_gemv_multi.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, ptr, i64, i64, ctypes.c_int]
         lib.q4_gemv.restype = lib.q4_dequant.restype = lib.q4_simd_width.restype = ctypes.c_int
+        lib.q4_gemv_multi.restype = ctypes.c_int
         return lib
     except Exception as e:  # noqa: BLE001 - any failure means: keep the dense path
         warnings.warn(f"gpt_engine: the float32 Q4 CPU kernel ({SOURCE.name}) is unavailable ({e}); "
-                      "Q4_0/Q4_1 products use the dense float32 cache instead (slower, more memory)",
+                      "Q4_0/Q4_1/Q8_0 products use the dense float32 cache instead (slower, more memory)",
                       RuntimeWarning, stacklevel=2)
         return None
 
@@ -113,7 +116,7 @@ def available() -> bool:
 
 def _check_weight(raw: torch.Tensor, qtype: int, n: int, k: int) -> None:
     if qtype not in TYPES:
-        raise ValueError(f"cpu_q4: type {qtype} is not Q4_0/Q4_1")
+        raise ValueError(f"cpu_q4: type {qtype} is not Q4_0/Q4_1/Q8_0")
     if k % 32 or k <= 0 or n <= 0:
         raise ValueError(f"cpu_q4: weight [{n}, {k}]: in-features must be a positive multiple of 32")
     if (raw.device.type != "cpu" or raw.dtype != torch.uint8 or not raw.is_contiguous()
@@ -170,6 +173,48 @@ class Product:
         if self._gemv(self.qtype, self._ptr, x2.data_ptr(), y.data_ptr(), m, self.n, k, torch.get_num_threads()):
             raise RuntimeError(f"cpu_q4.gemv: kernel refused m={m} n={self.n} k={k} type={self.qtype}")
         return y if bias is None else y.add_(bias)
+
+
+MAX_MATS = 8  # weights per q4_gemv_multi call (MAX_MATS in the C file)
+
+
+class Products:
+    """Several weights [n_i, k] that multiply the same input (q, k, v; gate, up) as one call:
+    ``x @ [W_0; W_1; ...].T`` -> [..., sum n_i], each output computed exactly as ``Product`` computes
+    it for its own weight (the C file's q4_gemv_multi: one parallel region, the block sums of x
+    once), so the result is bit-identical to ``torch.cat([Product(w)(x) for w], -1)``; more than
+    MAX_ROWS rows: that concatenation (its dequantize + F.linear path)."""
+
+    def __init__(self, products: list[Product]):
+        if not 1 <= len(products) <= MAX_MATS or len({p.k for p in products}) != 1:
+            raise ValueError(f"cpu_q4.Products: 1..{MAX_MATS} weights of one in-feature count, got "
+                             f"{[(p.n, p.k) for p in products]}")
+        lib = load()
+        if lib is None:
+            raise RuntimeError("cpu_q4: kernel unavailable")
+        self.products, self.k = list(products), products[0].k
+        self.n = sum(p.n for p in products)
+        nw = len(products)
+        # the argument arrays, built once (the raw tensors stay referenced by the Products)
+        self._types = (ctypes.c_int * nw)(*[p.qtype for p in products])
+        self._ptrs = (ctypes.c_void_p * nw)(*[p._ptr for p in products])
+        self._ns = (ctypes.c_int64 * nw)(*[p.n for p in products])
+        self._nw, self._multi = nw, lib.q4_gemv_multi
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.k
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[-1] != k:
+            raise ValueError(f"cpu_q4: x must be float32 [..., {k}] on the CPU, got {x.dtype} "
+                             f"{tuple(x.shape)} on {x.device}")
+        m = x.numel() // k
+        if m > MAX_ROWS or m == 0:
+            return torch.cat([p(x) for p in self.products], dim=-1)
+        x2 = x if x.is_contiguous() else x.contiguous()
+        y = torch.empty(*x.shape[:-1], self.n, dtype=torch.float32)
+        if self._multi(self._nw, self._types, self._ptrs, self._ns, x2.data_ptr(), y.data_ptr(), m, k,
+                       torch.get_num_threads()):
+            raise RuntimeError(f"cpu_q4.Products: kernel refused m={m} k={k} n={list(self._ns)}")
+        return y
 
 
 def dequantize(raw: torch.Tensor, qtype: int, n: int, k: int) -> torch.Tensor:

@@ -254,9 +254,9 @@ def estimate_memory(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: in
     - ``weights``: the file's tensor bytes. Weights stay packed: memory-mapped on the CPU (the
       pages become resident as they are read), the same raw bytes on the GPU.
     - ``dense_cache``: CPU only. Every weight dequantized once to ``dtype`` when the whole
-      model's dense copies fit ``qweight.cpu_cache_budget()``, else 0 (``dense_cache_used``);
-      float32 Q4_0/Q4_1 matrices are not among them (their product reads the packed blocks:
-      ``qweight.packed_product``).
+      model's dense copies fit ``qweight.cpu_cache_budget()`` (``dense_cache_used``), else 0;
+      float32 Q4_0/Q4_1/Q8_0 matrices are not among them (their product reads the packed blocks:
+      ``qweight.packed_product``), so the cache can be on and hold 0 bytes.
     - ``kv_cache``: 2 (K and V) x layers x KV heads x head dim x ``n_ctx`` x element size.
     - ``transient``: the largest set of temporaries alive at once, during the prefill of the
       prompt: either inside a layer (``activations + attention_scores`` + one dequantized layer
@@ -288,7 +288,10 @@ def _estimate_cpu(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int 
     weights = sum(t.nbytes for t in f.tensors.values())
     budget = cpu_cache_budget() if device == "cpu" else 0
     cache_all = dense_cache_bytes(f.tensors, dtype)
-    dense_cache = cache_all if device == "cpu" and cache_all <= budget else 0
+    # the all-or-nothing decision (qweight.DenseCachePolicy); a budget of 0 turns the cache off. The
+    # cache may be on and hold 0 bytes: float32 SmolLM2 reads every matrix packed
+    dense_used = device == "cpu" and budget > 0 and cache_all <= budget
+    dense_cache = cache_all if dense_used else 0
     kv = 2 * cfg.n_layer * cfg.n_head_kv * cfg.head_dim * n_ctx * el
     q_w, kv_w = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
     E, F = cfg.n_embd, cfg.n_ff
@@ -307,28 +310,29 @@ def _estimate_cpu(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int 
     # dequantized matrices: per use without the cache (fp32, plus the dtype copy); with it, only
     # the fp32 intermediate while a non-fp32 cache is built. The LM head is dequantized after the
     # last layer's temporaries are gone, the layers' matrices while theirs are alive.
-    # Weights whose product reads them packed (qweight.packed_product: float32 Q4_0/Q4_1) have no
+    # Weights whose product reads them packed (qweight.packed_product: float32 Q4_0/Q4_1/Q8_0) have no
     # cached copy: a product with more than cpu_q4.MAX_ROWS rows (a prefill) dequantizes the
     # matrix (fp32) for that one use; a decode step's product needs none.
     deq_el = (0 if dtype == torch.float32 else 4) if dense_cache else 4 + (el if dtype != torch.float32 else 0)
     from . import cpu_q4
     from .qweight import packed_product
 
-    def deq(t) -> int:
+    def deq(t, rows: int) -> int:
         if packed_product(t.qtype, t.shape, dtype):
-            return t.n_elements * 4 if T > cpu_q4.MAX_ROWS else 0
+            return t.n_elements * 4 if rows > cpu_q4.MAX_ROWS else 0
         return t.n_elements * deq_el
 
     head = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"
     tables = {head, "token_embd.weight", "position_embd.weight"}
-    layer_deq = max((deq(t) for n, t in f.tensors.items() if n not in tables), default=0)
-    head_deq = deq(f.tensors[head]) if head in f.tensors else 0
+    layer_deq = max((deq(t, T) for n, t in f.tensors.items() if n not in tables), default=0)
+    # the head multiplies the last position's row only (``logits`` above is one row too)
+    head_deq = deq(f.tensors[head], 1) if head in f.tensors else 0
     dequant = max(layer_deq, head_deq)
     transient = max(activations + attention_scores + layer_deq, logits + head_deq)
     total = weights + dense_cache + kv + transient
     return {"weights": weights, "dense_cache": dense_cache, "kv_cache": kv, "transient": transient,
             "total": total, "activations": activations, "attention_scores": attention_scores,
-            "logits": logits, "dequant": dequant, "dense_cache_used": bool(dense_cache),
+            "logits": logits, "dequant": dequant, "dense_cache_used": dense_used,
             "cpu_cache_budget": budget, "n_ctx": n_ctx, "prompt_tokens": T, "device": device,
             "dtype": str(dtype).replace("torch.", "")}
 

@@ -16,10 +16,10 @@ dequantizes that one matrix again (memory: one matrix at a time). On CUDA nothin
 the weights stay packed and the kernels read ``raw``.
 
 ``linear(x)`` is the CPU product with a weight. In float32 (the CPU default: the reference
-path) it is ``F.linear(x, dense(x.dtype))``, except for 2-D Q4_0/Q4_1 weights when the float32
-Q4 kernel builds (``cpu_q4``): a decode step's few rows of x are multiplied by the packed
-blocks directly (4.5-5 bits read per weight instead of 32; the same products up to float32
-rounding), more rows (a prefill) by the matrix dequantized for that one use (bit-identical to
+path) it is ``F.linear(x, dense(x.dtype))``, except for 2-D Q4_0/Q4_1/Q8_0 weights when the
+float32 packed-block kernel builds (``cpu_q4``): a decode step's few rows of x are multiplied by
+the packed blocks directly (4.5-8.5 bits read per weight instead of 32; the same products up to
+float32 rounding), more rows (a prefill) by the matrix dequantized for that one use (bit-identical to
 ``dense()``). Those weights are then never in the dense cache (``packed_product``). In bfloat16, 4-bit weights (Q4_0, Q4_1) are
 instead repacked once into torch's int4 weight layout with a bf16 scale and zero point per
 32 values (the block's own codes; scale and offset rounded to bf16) and multiplied by
@@ -66,13 +66,16 @@ def lookup_only(name: str, tensors) -> bool:
 
 
 _Q4_TYPES = (_Q.Q4_0, _Q.Q4_1)
+# types the float32 packed-block kernel reads (cpu_q4.TYPES); Q8_0 is SmolLM2's tied LM head,
+# the largest matrix of its decode step (30 MB packed against 113 MB as a dense float32 copy)
+_PACKED_TYPES = (_Q.Q4_0, _Q.Q4_1, _Q.Q8_0)
 
 
 def packed_product(qtype: gguf.GGMLQuantizationType, shape, dtype: torch.dtype) -> bool:
     """The CPU product of this weight in ``dtype`` reads its packed blocks (``cpu_q4``), so it
-    has no dense copy: float32, a 2-D Q4_0/Q4_1 matrix, and the kernel built on this machine
+    has no dense copy: float32, a 2-D Q4_0/Q4_1/Q8_0 matrix, and the kernel built on this machine
     (without a C compiler these weights take the dense path and the dense cache)."""
-    if dtype != torch.float32 or qtype not in _Q4_TYPES or len(shape) != 2:
+    if dtype != torch.float32 or qtype not in _PACKED_TYPES or len(shape) != 2:
         return False
     from . import cpu_q4
 
@@ -139,6 +142,7 @@ class QWeight:
         self._dense: dict[torch.dtype, torch.Tensor] = {}
         self._int4: tuple[torch.Tensor, torch.Tensor] | None = None
         self._q4 = None  # cpu_q4.Product once decided (False: not this weight's path)
+        self._stack = None  # (weights, cpu_q4.Products): linear_stacked's joint product, led by this weight
 
     @classmethod
     def from_gguf(cls, f, name: str, device: str | torch.device = "cpu") -> "QWeight":
@@ -255,6 +259,21 @@ class QWeight:
             # matrix dequantized for this use, then torch's GEMM (cpu_q4.Product)
             return self._q4(x, bias)
         return F.linear(x, self.dense(x.dtype), bias)
+
+    @staticmethod
+    def linear_stacked(weights: list["QWeight"], x: torch.Tensor) -> torch.Tensor:
+        """``torch.cat([w.linear(x) for w in weights], -1)``, the same values: in float32 with every
+        weight read packed, one kernel call for all of them (``cpu_q4.Products``, built once and
+        kept on the first weight), else the concatenation."""
+        first = weights[0]
+        if x.dtype == torch.float32 and all(w._q4_product() is not None for w in weights):
+            st = first._stack
+            if st is None or len(st[0]) != len(weights) or any(a is not b for a, b in zip(st[0], weights)):
+                from . import cpu_q4
+
+                st = first._stack = (tuple(weights), cpu_q4.Products([w._q4 for w in weights]))
+            return st[1](x)
+        return torch.cat([w.linear(x) for w in weights], dim=-1)
 
     def _q4_product(self):
         """The float32 packed-block product of this weight (``cpu_q4.Product``), or None."""

@@ -36,14 +36,14 @@ def _cached(m) -> int:
 @pytest.mark.story("GT-025", "GX-001")
 def test_dense_is_cached_once_and_bit_identical(models, monkeypatch):
     monkeypatch.delenv(CACHE_ENV, raising=False)
-    # Q8_0: float32 Q4_0/Q4_1 matrices have no dense copy (their product reads the blocks:
+    # Q5_0: float32 Q4_0/Q4_1/Q8_0 matrices have no dense copy (their product reads the blocks:
     # tests/test_cpu_q4.py)
-    path = models.path("llama", "Q8_0")
+    path = models.path("llama", "Q5_0")
     m = gpt_engine.load(path)
     w = m.net.layers[0]["down"]
     first = w.dense(torch.float32)
     assert w.dense(torch.float32) is first  # kept: no second dequantization
-    ref = dequantize(m.gguf.tensor_data("blk.0.ffn_down.weight"), QT.Q8_0)
+    ref = dequantize(m.gguf.tensor_data("blk.0.ffn_down.weight"), QT.Q5_0)
     assert torch.equal(first.view(torch.int32), ref.view(torch.int32))
     # rows() of a cached table reads the cache, same values as dequantizing just those rows
     ids = torch.tensor([[0, 5], [7, 0]])
@@ -56,7 +56,7 @@ def test_dense_is_cached_once_and_bit_identical(models, monkeypatch):
 @pytest.mark.story("GT-025", "GX-001")
 def test_whole_model_cached_after_one_step_and_nothing_more(models, monkeypatch):
     monkeypatch.delenv(CACHE_ENV, raising=False)
-    m = gpt_engine.load(models.path("llama", "Q8_0"))
+    m = gpt_engine.load(models.path("llama", "Q5_0"))  # a dense-cached type (not read packed)
     m.generate([1, 2, 3], max_new_tokens=3, stop_at_eos=False)
     want = dense_cache_bytes(m.gguf.tensors, torch.float32)
     assert _cached(m) == want == cache_policy(m.gguf).nbytes
@@ -67,7 +67,7 @@ def test_whole_model_cached_after_one_step_and_nothing_more(models, monkeypatch)
 
 @pytest.mark.story("GT-025", "GX-001")
 def test_over_budget_caches_nothing_and_estimate_says_so(models, monkeypatch):
-    path = models.path("llama", "Q8_0")
+    path = models.path("llama", "Q5_0")  # a dense-cached type (not read packed)
     with GGUFFile(path) as f:
         need = dense_cache_bytes(f.tensors, torch.float32)
     monkeypatch.setenv(CACHE_ENV, str(need - 1))  # one byte short: all or nothing
@@ -172,7 +172,7 @@ def test_memory_estimate_matches_measured_peak_on_cpu(T, cache):
 # ----------------------------------------------------------------------------- QWeight.linear
 
 @pytest.mark.story("GT-025", "GX-001")
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q5_0"])
 @pytest.mark.parametrize("rows", [192, 40])  # 40: not a multiple of 16, the int4 kernel's need
 def test_linear_matches_float64_product(qtype, rows):
     from gpt_engine.quantize import quantize
@@ -188,9 +188,9 @@ def test_linear_matches_float64_product(qtype, rows):
     packed = qweight.packed_product(QT[qtype], (rows, 576), torch.float32)
     from gpt_engine import cpu_q4
 
-    assert packed == (qtype != "Q8_0" and cpu_q4.available())  # tests/test_cpu_q4.py
+    assert packed == (qtype != "Q5_0" and cpu_q4.available())  # tests/test_cpu_q4.py
     y = qw.linear(x, bias)
-    if packed:  # float32 Q4_x: the packed-block kernel, float32 rounding apart from the exact product
+    if packed:  # float32 Q4_x / Q8_0: the packed-block kernel, float32 rounding apart from the exact product
         nmse = float(((y.double() - exact) ** 2).sum() / (exact ** 2).sum())
         assert nmse <= tol("nmse_fp32"), nmse
     else:  # float32: the reference path, F.linear on the cached dense weight, nothing else
@@ -200,7 +200,7 @@ def test_linear_matches_float64_product(qtype, rows):
     assert y.dtype == torch.bfloat16 and y.shape == (2, 3, rows)
     nmse = float(((y.double() - exact) ** 2).sum() / (exact ** 2).sum())
     assert nmse <= tol("nmse_bf16"), nmse
-    int4 = qtype != "Q8_0" and rows % 16 == 0
+    int4 = qtype in ("Q4_0", "Q4_1") and rows % 16 == 0
     assert (qw._int4 is not None) is int4
     dense_f32 = 0 if packed else qw.dense().numel() * 4  # a packed-product weight has no float32 copy
     if int4:  # packed codes + bf16 scale/zero pairs, counted in the cache: 4.5 bits per weight

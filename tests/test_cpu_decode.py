@@ -51,3 +51,28 @@ def test_cpu_decode_refuses_a_position_outside_the_cache():
     with pytest.raises(ContextOverflowError):
         cpu_decode.attend(lay, torch.randn(1, 8 * 16), kc, vc, 8)
     assert not kc.any() and not vc.any()
+
+
+@pytest.mark.story("GX-001")
+@pytest.mark.parametrize("qtype, batch", [("Q4_1", 1), ("Q4_0", 2), ("Q8_0", 3), ("F16", 1)])
+def test_lean_llama_decode_block_is_bitwise_the_op_layer_path(models, monkeypatch, qtype, batch):
+    # cpu_decode.block (float32 CPU decode steps whose matrices are all read packed) against the
+    # op-layer block on the same cache: the same operations on the same values, so the same bits.
+    # F16: not read packed, so no lean products (the op-layer path runs in both).
+    import gpt_engine
+    from gpt_engine.models.llama import Llama
+
+    m = gpt_engine.load(models.path("llama", qtype))
+    assert (m.net._cpu_products() is not None) is (qtype != "F16")
+    ids = torch.tensor([[1, 2, 3, 4]] * batch) + torch.arange(batch)[:, None]
+
+    def steps():
+        cache = m.net.new_cache(batch, 12)
+        outs = [m.net.forward(ids, cache, last_only=True)]
+        for t in (5, 9, 2, 7):
+            outs.append(m.net.forward(torch.full((batch, 1), t), cache, last_only=True))
+        return torch.cat(outs, dim=1)
+
+    lean = steps()
+    monkeypatch.setattr(Llama, "_cpu_products", lambda self: None)
+    assert torch.equal(lean, steps())

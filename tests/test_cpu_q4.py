@@ -1,4 +1,4 @@
-"""The float32 CPU product with Q4_0/Q4_1 weights read packed (csrc_cpu/q4_gemv.c, gpt_engine/cpu_q4.py).
+"""The float32 CPU product with Q4_0/Q4_1/Q8_0 weights read packed (csrc_cpu/q4_gemv.c, gpt_engine/cpu_q4.py).
 
 Oracle: the float64 product of x with gguf-py's dequantized weights (``gguf.quants.dequantize``,
 an independent decoder); the kernel differs from it only by float32 rounding (``nmse_fp32``).
@@ -21,7 +21,7 @@ from gpt_engine.qweight import CACHE_ENV, QWeight, cache_policy, dense_cache_byt
 from tests.tolerances import tol
 
 QT = gguf.GGMLQuantizationType
-BLOCK = {"Q4_0": 18, "Q4_1": 20}
+BLOCK = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
 
 # the kernel's tests need a C compiler; the fallback test runs everywhere. Only a missing compiler
 # skips them: with one, a kernel that fails to build or load fails them (load() returns None).
@@ -71,7 +71,7 @@ def _check(raw: np.ndarray, qtype: str, n: int, k: int, rows: int, seed: int = 0
 
 @needs_kernel
 @pytest.mark.story("GX-001", "GT-048")
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 @pytest.mark.parametrize("n, k", [(1, 32), (5, 32), (13, 96), (37, 160), (200, 576), (67, 1536)],
                          ids=lambda v: str(v))
 @pytest.mark.parametrize("rows", [1, 3, 8])
@@ -84,7 +84,7 @@ def test_gemv_matches_float64_product_of_gguf_py_weights(qtype, n, k, rows):
 
 @needs_kernel
 @pytest.mark.story("GX-001", "GT-048")
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 def test_gemv_edge_blocks(qtype):
     rng = np.random.default_rng(7)
     n, k = 24, 256
@@ -104,7 +104,7 @@ def test_gemv_edge_blocks(qtype):
 
 @needs_kernel
 @pytest.mark.story("GX-001", "GT-048")
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 def test_threads_split_rows_and_give_the_same_bits(qtype):
     raw = torch.from_numpy(_blocks(qtype, 301, 576, np.random.default_rng(3)))
     x = torch.randn(2, 576)
@@ -121,7 +121,7 @@ def test_threads_split_rows_and_give_the_same_bits(qtype):
 
 @needs_kernel
 @pytest.mark.story("GX-001", "GT-048")
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 def test_dequantize_is_gguf_py_bit_for_bit(qtype):
     rng = np.random.default_rng(11)
     raw = _blocks(qtype, 40, 320, rng)
@@ -154,7 +154,7 @@ def test_other_vector_paths(rebuilt, isa, width):
     lib = rebuilt(arch + common)
     assert lib is not None and lib.q4_simd_width() == width
     rng = np.random.default_rng(5)
-    for qtype in ("Q4_0", "Q4_1"):
+    for qtype in ("Q4_0", "Q4_1", "Q8_0"):
         for n, k, rows in [(1, 32, 1), (37, 160, 3), (67, 576, 8)]:
             _check(_blocks(qtype, n, k, rng), qtype, n, k, rows)
         raw = _blocks(qtype, 24, 256, rng, d=np.array([0.0, -0.02, 2 ** -24, 1023 * 2 ** -24, 0.01, -3e-5, 0.5, 2 ** -14]),
@@ -177,8 +177,10 @@ def test_bad_input_is_refused():
         cpu_q4.gemv(torch.randn(1, 64), raw, int(QT.Q4_0), 4)  # 20-byte blocks read as Q4_0's 18
     with pytest.raises(ValueError, match="multiple of 32"):
         cpu_q4.gemv(torch.randn(1, 48), raw, int(QT.Q4_1), 4)
-    with pytest.raises(ValueError, match="not Q4_0/Q4_1"):
-        cpu_q4.gemv(torch.randn(1, 64), raw, int(QT.Q8_0), 4)
+    with pytest.raises(ValueError, match="raw must be"):
+        cpu_q4.gemv(torch.randn(1, 64), raw, int(QT.Q8_0), 4)  # 20-byte blocks read as Q8_0's 34
+    with pytest.raises(ValueError, match="not Q4_0/Q4_1/Q8_0"):
+        cpu_q4.gemv(torch.randn(1, 64), raw, int(QT.Q5_0), 4)
 
 
 # ----------------------------------------------------------------------------- QWeight.linear
@@ -190,7 +192,7 @@ def _qweight(qtype: str, n: int, k: int, seed: int = 0) -> QWeight:
 
 @needs_kernel
 @pytest.mark.story("GX-001", "GT-025")
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 def test_linear_reads_packed_blocks_and_caches_nothing(qtype):
     qw = _qweight(qtype, 72, 576)
     bias = torch.randn(72)
@@ -241,10 +243,10 @@ def test_without_a_compiler_the_dense_path_is_kept(no_compiler, models, monkeypa
 
 @needs_kernel
 @pytest.mark.story("GX-001", "GT-025")
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 @pytest.mark.parametrize("tied", [False, True])
 def test_q4_model_caches_only_its_other_weights(models, monkeypatch, qtype, tied):
-    # tied: the Q4 token table is also the LM head; its product reads the blocks, and a lookup
+    # tied: the packed token table is also the LM head; its product reads the blocks, and a lookup
     # dequantizes just the rows it needs, so it has no dense copy either
     monkeypatch.delenv(CACHE_ENV, raising=False)
     path = models.path("llama", qtype, tied=tied)
@@ -259,3 +261,47 @@ def test_q4_model_caches_only_its_other_weights(models, monkeypatch, qtype, tied
     monkeypatch.setenv(CACHE_ENV, "0")
     m2 = gpt_engine.load(path)
     assert m2.generate([1, 2, 3], max_new_tokens=4, stop_at_eos=False).token_ids == out
+
+
+@needs_kernel
+@pytest.mark.story("GX-001", "GT-048")
+@pytest.mark.parametrize("rows", [1, 3, 8, 12])  # 12: more than MAX_ROWS, the concatenation path
+def test_products_of_one_input_equal_the_concatenation_bit_for_bit(rows):
+    # q, k, v (or gate, up) in one q4_gemv_multi call: each output computed as its own weight's
+    # product computes it, whatever the thread count and however the row split meets the weights
+    rng = np.random.default_rng(rows)
+    shapes = [("Q4_1", 67, 576), ("Q4_0", 13, 576), ("Q8_0", 40, 576), ("Q4_1", 1, 576)]
+    prods = [cpu_q4.Product(torch.from_numpy(_blocks(q, n, k, rng)), int(QT[q]), n, k) for q, n, k in shapes]
+    multi = cpu_q4.Products(prods)
+    x = torch.randn(rows, 576, generator=torch.Generator().manual_seed(rows))
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            want = torch.cat([p(x) for p in prods], dim=-1)
+            got = multi(x)
+            assert got.shape == (rows, 121) and torch.equal(got, want), t
+    finally:
+        torch.set_num_threads(threads)
+    # QWeight.linear_stacked: the same joint product, and the concatenation where a weight is not packed
+    qws = [_qweight(q, n, k, seed=i) for i, (q, n, k) in enumerate(shapes)]
+    x = torch.randn(2, rows, 576)
+    assert torch.equal(QWeight.linear_stacked(qws, x), torch.cat([w.linear(x) for w in qws], dim=-1))
+    raw5 = gguf.quants.quantize(np.random.default_rng(1).normal(0, 0.05, (8, 576)).astype(np.float32), QT.Q5_0)
+    q5 = QWeight(torch.from_numpy(raw5), QT.Q5_0, (8, 576), qweight.DenseCachePolicy({}, 1 << 30), "blk.0.attn_v.weight")
+    mixed = [qws[0], q5]
+    assert torch.equal(QWeight.linear_stacked(mixed, x), torch.cat([w.linear(x) for w in mixed], dim=-1))
+
+
+@needs_kernel
+@pytest.mark.story("GX-001")
+def test_products_refuse_mismatched_weights():
+    rng = np.random.default_rng(0)
+    a = cpu_q4.Product(torch.from_numpy(_blocks("Q4_1", 4, 64, rng)), int(QT.Q4_1), 4, 64)
+    b = cpu_q4.Product(torch.from_numpy(_blocks("Q4_1", 4, 96, rng)), int(QT.Q4_1), 4, 96)
+    with pytest.raises(ValueError, match="in-feature"):
+        cpu_q4.Products([a, b])
+    with pytest.raises(ValueError, match="in-feature"):
+        cpu_q4.Products([a] * (cpu_q4.MAX_MATS + 1))
+    with pytest.raises(ValueError, match="float32"):
+        cpu_q4.Products([a, a])(torch.randn(1, 64, dtype=torch.float64))

@@ -6,12 +6,12 @@ N / (time(1 + N new tokens) - time(1 new token)), so the prompt's prefill and th
 cancel out. References measured in the same run:
 
 - ``uncached_float32``: the same model with the CPU dense cache off (GPT_ENGINE_CPU_CACHE_BYTES=0):
-  the Q4_1 layer matrices still on the packed-block kernel, the Q8_0 head dequantized on every use;
+  in float32 the same path since every SmolLM2 matrix (Q4_1 layers, the Q8_0 head) is read packed;
 - ``roofline``: measured CPU copy bandwidth / weight bytes a step reads (the dense cache, plus
   the packed blocks of the float32 kernel's matrices; KV cache aside), the ceiling for a
   bandwidth-bound step.
 
-Two metrics: float32 (the CPU default, the reference path: Q4_0/Q4_1 matrices on the packed-block
+Two metrics: float32 (the CPU default, the reference path: Q4_0/Q4_1/Q8_0 matrices on the packed-block
 kernel csrc_cpu/q4_gemv.c, other matrices on the dense float32 cache) and bfloat16 (``load(dtype=bf16)``;
 once the op layer's CPU linear calls ``QWeight.linear``, its Q4_1 products take the int4 kernel).
 Each also runs on one thread (``params``): with two threads a decode step is ~1,000 small
@@ -104,8 +104,7 @@ def test_decode_speed_default_model(bench, monkeypatch):
 def test_linear_step_float32_vs_bf16_int4(bench, monkeypatch):
     """Component benchmark: every matrix product of one SmolLM2 decode step (7 per layer + the
     tied LM head), through QWeight.linear on the model's own weights: float32 (the default: Q4_1
-    layer matrices on the packed-block kernel, csrc_cpu/q4_gemv.c; the Q8_0 head on the dense
-    cache) against bfloat16, where Q4_1 weights take torch's int4 kernel (the head: dense bf16),
+    layer matrices and the Q8_0 head on the packed-block kernel, csrc_cpu/q4_gemv.c) against bfloat16, where Q4_1 weights take torch's int4 kernel (the head: dense bf16),
     and against the float32 path before the packed kernel, F.linear on dense float32 copies of
     every matrix (made here: a same-run A/B without a switch in the library). The op layer's
     CPU linear calls QWeight.linear; not an end-to-end figure."""
@@ -134,11 +133,11 @@ def test_linear_step_float32_vs_bf16_int4(bench, monkeypatch):
     t16 = bench.cpu_time(step(torch.bfloat16), warmup=2, reps=15)
     n_int4 = sum(w._int4 is not None for w, _ in ws)
     assert n_int4 == 7 * c.n_layer  # every Q4_1 layer matrix took the int4 kernel
-    assert sum(bool(w._q4) for w, _ in ws) == 7 * c.n_layer  # ... and the float32 packed kernel
+    assert sum(bool(w._q4) for w, _ in ws) == 7 * c.n_layer + 1  # ... and the float32 packed kernel (+ the Q8_0 head)
     bench.record("perf.cpu_linear_step.smollm2-135m.Q4_1.float32", t32 * 1e3, "ms", kind="time",
                  references={"float32_dense_f_linear": t32d * 1e3, "bf16_int4": t16 * 1e3},
                  params={"threads": torch.get_num_threads(), "loadavg_1m": os.getloadavg()[0],
-                         "matrices": len(ws), "q4_kernel_matrices": 7 * c.n_layer,
+                         "matrices": len(ws), "q4_kernel_matrices": 7 * c.n_layer + 1,
                          "how": "bench.cpu_time median of 15 wall-clock runs; shared machine"})
     bench.record("perf.cpu_linear_step.smollm2-135m.Q4_1.bf16_int4", t16 * 1e3, "ms", kind="time",
                  references={"float32": t32 * 1e3, "float32_dense_f_linear": t32d * 1e3},

@@ -40,7 +40,7 @@ def project_qkv(x: torch.Tensor, weights: list, bias: torch.Tensor | None, norm)
         return ops.linear(x, weights[0], bias, norm=norm)
     if bias is not None:
         raise ValueError("a bias needs the stacked QKV weight")
-    return torch.cat(ops.linear_module.linear_each(x, weights, norm), dim=-1)
+    return ops.linear_module.linear_cat(x, weights, norm)
 
 
 def attend_tokens(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, cache: KVCache | None, layer: int,

@@ -15,14 +15,22 @@ already checked by ``KVCache.reserve``), so:
   it, differing only in fp32 summation order (tests/test_cpu_decode.py checks it against the
   reference op).
 
+``block`` is a whole Llama layer of such a step in float32 when every matrix is read packed
+(``layer_products``: SmolLM2's Q4_1 layers): the op layer's operations on the same values, so the
+same bits, without its per-call checks and no-op dtype conversions; q/k/v and gate/up each one
+packed-kernel call (cpu_q4.Products).
+
 The ops' references stay the oracles of the CUDA kernels; this is the model's CPU shortcut.
 """
 from __future__ import annotations
 
 import torch
 
+import torch.nn.functional as F
+
 from ..errors import ContextOverflowError
 from ..ops._common import acc_dtype
+from ..ops.linear import apply_norm
 from ..ops.qkv_rope import rotate
 
 
@@ -48,3 +56,35 @@ def attend(lay, qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     qg = qk.narrow(1, 0, hq).to(acc).reshape(b, hkv, hq // hkv, d)  # query heads grouped by their kv head
     p = torch.softmax((qg @ kk.transpose(-1, -2)) * lay.scale, dim=-1)  # [B, Hkv, G, n]
     return (p @ vv).to(qkv.dtype).reshape(b, hq * d)
+
+
+def layer_products(layers: list[dict]):
+    """Per Llama layer, (q/k/v, o, gate/up, down, gate rows) with each product a packed-kernel call
+    (cpu_q4.Products / cpu_q4.Product) for ``block``; None unless every matrix of every layer is
+    read packed in float32 (qweight.packed_product) and the layer has no bias."""
+    from ..cpu_q4 import Products
+
+    out = []
+    for L in layers:
+        mats = [*L["qkv"], L["o"], *L["gate_up"], L["down"]]
+        if (len(L["gate_up"]) != 2 or L["gate_up"][0].shape != L["gate_up"][1].shape
+                or any(w._q4_product() is None for w in mats)):
+            return None
+        out.append((Products([w._q4 for w in L["qkv"]]), L["o"]._q4, Products([w._q4 for w in L["gate_up"]]),
+                    L["down"]._q4, L["gate_up"][0].shape[0]))
+    return out
+
+
+def block(L: dict, prods, x: torch.Tensor, lay, k_cache: torch.Tensor, v_cache: torch.Tensor,
+          start: int) -> torch.Tensor:
+    """One Llama block (models/llama.py ``block``) for a float32 CPU decode step, x [B, C] at
+    position ``start``, with its products as ``layer_products`` made them: the same operations on the
+    same values as the op-layer path (RMSNorm by the reference function, the packed products,
+    ``attend``, residual adds, SwiGLU), so bitwise the same result, without the op layer's per-call
+    checks and dtype round trips (no-ops in float32): ~3,000 small ops per token are the step's
+    largest cost on a 2-core CPU (docs/quality.md)."""
+    qkv, o, gate_up, down, n_gate = prods
+    a = attend(lay, qkv(apply_norm(x, L["attn_norm"])), k_cache, v_cache, start)
+    x = o(a).add_(x)  # y + residual: the one rounding the op layer's epilogue does
+    g, u = gate_up(apply_norm(x, L["ffn_norm"])).split([n_gate, n_gate], dim=-1)
+    return down(F.silu(g).mul_(u)).add_(x)

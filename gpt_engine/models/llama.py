@@ -25,6 +25,7 @@ from ..ops._common import capturing
 from ..kv_cache import KVCache
 from ..ops.qkv_rope import ROPE_MODES
 from ..qweight import QWeight
+from . import cpu_decode
 from .attention import HeadLayout, attend_decode, attend_tokens, one_token_at_a_time
 
 
@@ -57,7 +58,8 @@ def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
     if len(L["gate_up"]) == 1:
         h = ops.linear(x, L["gate_up"][0], norm=L["ffn_norm"], act="swiglu")
     else:
-        g, u = ops.linear_module.linear_each(x, L["gate_up"], L["ffn_norm"])
+        gu = ops.linear_module.linear_cat(x, L["gate_up"], L["ffn_norm"])  # one product call on the CPU
+        g, u = gu.split([w.raw.shape[0] for w in L["gate_up"]], dim=-1)
         h = (F.silu(g.float()) * u.float()).to(x.dtype)
     return ops.linear(h, L["down"], residual=x)
 
@@ -91,6 +93,7 @@ class Llama:
         self.norm = rms("output_norm.weight")
         self.head = self.embd if cfg.tied_output else w("output.weight")
         cos, sin = rope_tables(torch.arange(cfg.n_ctx, device=device), cfg.rope_dim, cfg.rope_theta)
+        self._lean = None  # _cpu_products()
         self.heads = HeadLayout(cfg.n_head, cfg.n_head_kv, cfg.head_dim, 1.0 / math.sqrt(cfg.head_dim),
                                 ROPE_MODES["adjacent"], cfg.rope_dim, cos, sin)
 
@@ -106,10 +109,15 @@ class Llama:
         start = cache.reserve(T) if cache is not None else 0
         if cache is not None and start > 0 and T > 1:
             return one_token_at_a_time(self.forward, ids, cache, last_only)
-        pos = torch.arange(start, start + T, device=self.device).expand(B, T).reshape(-1).contiguous()
         x = self.embd.rows(ids, self.dtype, checked=not capturing()).reshape(B * T, c.n_embd)
-        for i, L in enumerate(self.layers):
-            x = block(L, x, lambda h, w, b, n, i=i: attend_tokens(self.heads, h, w, b, n, cache, i, B, start, pos))
+        lean = self._cpu_products() if cache is not None and start > 0 and T == 1 else None
+        if lean is not None:  # a float32 CPU decode step (cpu_decode.block): the same values, fewer ops
+            for i, L in enumerate(self.layers):
+                x = cpu_decode.block(L, lean[i], x, self.heads, cache.k[i], cache.v[i], start)
+        else:
+            pos = torch.arange(start, start + T, device=self.device).expand(B, T).reshape(-1).contiguous()
+            for i, L in enumerate(self.layers):
+                x = block(L, x, lambda h, w, b, n, i=i: attend_tokens(self.heads, h, w, b, n, cache, i, B, start, pos))
         if cache is not None:
             cache.length = start + T
         x = x.view(B, T, c.n_embd)
@@ -118,6 +126,15 @@ class Llama:
         elif last_only:
             x = x[:, -1:]
         return ops.linear(x.contiguous(), self.head, norm=self.norm, float_out=True)
+
+    def _cpu_products(self):
+        """Per layer (q/k/v, o, gate/up, down) as packed-kernel products (cpu_decode.block), built on
+        first use; None where the model is not float32 on the CPU or a matrix is not read packed."""
+        if self._lean is None:
+            self._lean = False
+            if torch.device(self.device).type == "cpu" and self.dtype == torch.float32:
+                self._lean = cpu_decode.layer_products(self.layers) or False
+        return self._lean or None
 
     def decode_logits(self, st) -> torch.Tensor:
         """One decode step for st.batch sequences at device positions st.pos (a DecodeState):

@@ -251,6 +251,23 @@ def linear(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, residual: to
     return dense_forward(x, None, bias, residual, nk, nw, nb, eps, ACTS[act], float_out, product=w.linear)
 
 
+def linear_cat(x: torch.Tensor, weights: list, norm: Norm | None) -> torch.Tensor:
+    """``torch.cat(linear_each(x, weights, norm), -1)``: the products of one input with separate
+    weights (q/k/v or gate/up kept unstacked on the CPU), side by side. On the CPU the weights'
+    joint product (``QWeight.linear_stacked``: one packed-kernel call when every weight is read
+    packed), the same values as the concatenation."""
+    if x.device.type != "cpu":
+        return torch.cat(linear_each(x, weights, norm), dim=-1)
+    from gpt_engine.qweight import QWeight
+
+    n, k = sum(w.raw.shape[0] for w in weights), weights[0].shape[-1]
+    _check(x, n, k, None, None, 0, None, None, 0)
+    for w in weights:
+        if w.shape[-1] != k:
+            raise OpError(f"{OP}: weights of {k} and {w.shape[-1]} in-features cannot share one input")
+    return QWeight.linear_stacked(weights, apply_norm(x, norm))
+
+
 def linear_each(x: torch.Tensor, weights: list, norm: Norm | None, biases: list | None = None) -> list[torch.Tensor]:
     """``linear(x, w, b, norm=norm)`` for each weight w (and bias b) of a layer whose products
     were not stacked into one weight (separate q/k/v or gate/up). On the CPU norm(x) is computed
