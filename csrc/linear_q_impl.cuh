@@ -38,13 +38,13 @@
 //    as v1 moved it. Lanes decode bytes other lanes copied: cp.async.wait_group then __syncwarp.
 //    Batches run on across pair boundaries (a pair's reduction and epilogue overlap the next
 //    pair's loads); the first stages - 1 batches are issued before griddepcontrol.wait.
-//  - One block of 8 warps per SM, its rings 4-7 batches deep by type (kRingBudget: 55-73 KB of
-//    both rows in flight per SM, the Little's-law figure at ~4 TB/s), <= 128 registers and
-//    < 114 KB of shared memory at M <= 4 (K <= ~9,000 at M = 1), so a second block fits on the
-//    SM: the next call's (launched early by PDL), which issues its first batches while this one
-//    streams. At 4-bit sizes (4096 x 4096 Q4_0: 2.2 us of streaming) the per-call fixed cost
-//    (launch, x staging, first DRAM round trip, tail) is as large as the work, so hiding it
-//    matters more than a 16th warp. Pairs go round-robin over the blocks first (pair i -> block
+//  - One block of 8 warps per SM (two at M = 1 since v3.1), its rings 4-7 batches deep by type
+//    (kRingBudget: 55-73 KB of both rows in flight per SM, the Little's-law figure at ~4 TB/s),
+//    <= 128 registers and < 114 KB of shared memory at M <= 4 (K <= ~9,000 at M = 1), so a
+//    second block fits on the SM: the next call's (launched early by PDL), which issues its
+//    first batches while this one streams. At 4-bit sizes (4096 x 4096 Q4_0: 2.2 us of
+//    streaming) the per-call fixed cost (launch, x staging, first DRAM round trip, tail) is as
+//    large as the work, so hiding it matters more than a 16th warp. Pairs go round-robin over the blocks first (pair i -> block
 //    i % grid), so every SM works even when N is small.
 //
 // v3 (this header): outputs bit-identical to v2 (checked on the H200 over ~2,300 cases by a v2/v3
@@ -55,6 +55,8 @@
 //    frexpf / ldexpf / rint / clamp;
 //  - MXFP4 codes from mxfp4_biased8 (quant_blocks.cuh): the raw nibbles are prmt selectors, 13
 //    operations per 8 codes (v2 ~25), unsigned with offset 128 (IntCodesMx) like Q4_0's 8.
+// v3.1: at M = 1 the grid is 2 blocks per SM (launch_mt), same per-pair code and outputs; the
+//    ring budget and launch bounds already allowed two resident blocks at M <= 4.
 // Layout of x in shared memory, per activation row: tiles of 32 groups (1,024 values), a tile
 // [half h][plane (hi, lo)][slot = group % 32][16 B = values 16h .. 16h + 15 of the group]: lane
 // l reads slot l, so each 16-byte load of a warp is 512 contiguous bytes (no bank conflicts).
@@ -63,6 +65,7 @@
 // fmaf / __fmul_rn in a fixed order): a sequence's output does not depend on its batch.
 #pragma once
 #include <cmath>
+#include <cstdlib>
 #include <type_traits>
 
 #include "linear_common.cuh"
@@ -602,8 +605,18 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
     attr_set = true;
   }
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
-  // one block per SM: the rest of the SM is for the next call's block (see kRingBudget)
-  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(npairs, num_sms));
+  // Blocks per SM: 2 at M = 1, 1 at M >= 2 (there the rest of the SM is for the next call's
+  // block, see kRingBudget). At M = 1 two resident blocks measured faster in the decode step
+  // (GPT-2 1.5B graph step -2.7% Q8_0, -5.2% MXFP4, -7.0% Q4_K_M-style) though the next call's
+  // block then waits for a slot; at M = 4 they measured 1.7x slower (docs/kernels/quant.md,
+  // "Two blocks per SM at M = 1"). GPT_ENGINE_QGEMV_BLOCKS_PER_SM=1 keeps one block per SM at
+  // every M (read once per process; for same-run A/B measurements).
+  static const bool one_per_sm = [] {
+    const char* v = std::getenv("GPT_ENGINE_QGEMV_BLOCKS_PER_SM");
+    return v != nullptr && v[0] == '1' && v[1] == '\0';
+  }();
+  const int per_sm = (MT == 1 && !one_per_sm) ? 2 : 1;
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(npairs, (int64_t)num_sms * per_sm));
   return launch_pdl(kern, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
 }
 

@@ -199,21 +199,10 @@ def plan(shape: str, qtype: str, n_vocab: int | None = None) -> dict[str, str]:
     return {n: types.get(n, "F32") for n, _, _ in ts}
 
 
-def _file_type(qtype: str) -> int:
-    """general.file_type, llama.cpp's id for the file's type (informational: our loader reads
-    each tensor's own type)."""
-    import gguf
-
-    from .testmodels import _FILE_TYPE
-
-    own = {"F32": gguf.LlamaFileType.ALL_F32, "BF16": gguf.LlamaFileType.MOSTLY_BF16}
-    return int(own[qtype] if qtype in own else _FILE_TYPE[qtype])   # "Q4_K_M": MOSTLY_Q4_K_M
-
-
 def make(path: str | Path, shape: str, qtype: str = "F16", seed: int = 0) -> Path:
     """Write the random ``shape`` model with 2-D weights in ``qtype`` (a block type, or the mix
     "Q4_K_M": see ``plan``) at ``path``."""
-    from .testmodels import add_vocab
+    from .testmodels import FILE_TYPE, add_vocab
 
     if shape in GPT_OSS_SHAPES:
         return make_gpt_oss(path, shape, qtype, seed)
@@ -240,7 +229,7 @@ def make(path: str | Path, shape: str, qtype: str = "F16", seed: int = 0) -> Pat
         else:
             mean, std = (1.0, 0.1) if kind == "norm" else (0.0, WEIGHT_STD)
             w.add_tensor(name, (mean + std * rng.standard_normal(shp[0], dtype=np.float32)).astype(np.float32))
-    w.add_file_type(_file_type(qtype))
+    w.add_file_type(FILE_TYPE[qtype])   # "Q4_K_M": MOSTLY_Q4_K_M
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -612,9 +612,10 @@ def hf_mxfp4_to_gguf(blocks, scales):
 # llama.cpp's fallback for K-quant tensors whose rows are not whole 256-value super-blocks
 # (src/llama-quant.cpp, tensor type selection): Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0.
 K_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
-# gguf-py's LlamaFileType ids for general.file_type (the field is informational for our loader)
-_FILE_TYPE = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q4_K": 14, "Q5_K": 16,
-              "Q6_K": 18, "MXFP4": 38, "Q4_K_M": 15}
+# gguf-py's LlamaFileType ids for general.file_type (the field is informational for our loader);
+# a whole-file K type is the "_S" id (MOSTLY_Q4_K_S = 14), the mix "Q4_K_M" its own (15)
+FILE_TYPE = {"F32": 0, "F16": 1, "BF16": 32, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+             "Q4_K": 14, "Q5_K": 16, "Q6_K": 18, "MXFP4": 38, "Q4_K_M": 15}
 
 
 def fit_type(qtype: str, row: int) -> str:
@@ -673,8 +674,8 @@ def requantize_gguf(src, dst, plan: dict[str, str], file_type: str | None = None
             types = f.value_types[key]
             if key == "general.architecture":
                 continue  # GGUFWriter writes it from its arch argument
-            if key == "general.file_type" and file_type in _FILE_TYPE:
-                value = _FILE_TYPE[file_type]
+            if key == "general.file_type" and file_type in FILE_TYPE:
+                value = FILE_TYPE[file_type]
             if hasattr(value, "tolist"):  # numeric arrays are parsed into numpy; the writer wants lists
                 value = value.tolist()
             w.add_key_value(key, value, types[0], sub_type=types[1] if len(types) > 1 else None)

@@ -5,8 +5,9 @@ tracer is paused while it times): ``Model.generate`` greedy, decode tokens/s =
 N / (time(1 + N new tokens) - time(1 new token)), so the prompt's prefill and the first token
 cancel out. References measured in the same run:
 
-- ``uncached_float32``: the same model with the CPU dense cache off (GPT_ENGINE_CPU_CACHE_BYTES=0):
-  in float32 the same path since every SmolLM2 matrix (Q4_1 layers, the Q8_0 head) is read packed;
+- ``uncached_float32``: the same model with the CPU dense cache off (GPT_ENGINE_CPU_CACHE_BYTES=0),
+  its runs alternated with the measured ones (in float32 it is the same path, since every
+  SmolLM2 matrix, the Q4_1 layers and the Q8_0 head, is read packed);
 - ``roofline``: measured CPU copy bandwidth / weight bytes a step reads (the dense cache, plus
   the packed blocks of the float32 kernel's matrices; KV cache aside), the ceiling for a
   bandwidth-bound step.
@@ -39,21 +40,31 @@ PROMPT = "The capital of France is"
 N_NEW = 16
 
 
-def decode_rates(bench, m, ids, n: int, reps: int) -> tuple[list[float], list[int]]:
-    """Per run: N / (t(1 + N new tokens) - t(1)), each time taken by ``bench.cpu_time`` (one
-    traced warm-up call, then one timed call with the harness's function tracer paused: under
-    its sys.settrace hook on Python 3.11 every Python call costs about twice as much, which a
-    decode step of ~1,000 small ops would otherwise measure)."""
+def decode_rate(bench, m, ids, n: int) -> tuple[float, list[int]]:
+    """N / (t(1 + N new tokens) - t(1)), each time taken by ``bench.cpu_time`` (one traced
+    warm-up call, then one timed call with the harness's function tracer paused: under its
+    sys.settrace hook on Python 3.11 every Python call costs about twice as much, which a decode
+    step of ~1,000 small ops would otherwise measure); also the ids of the longer run."""
     out = []
     one = lambda: m.generate(ids, max_new_tokens=1, stop_at_eos=False)  # noqa: E731
     more = lambda: out.append(m.generate(ids, max_new_tokens=1 + n, stop_at_eos=False))  # noqa: E731
-    m.generate(ids, max_new_tokens=2, stop_at_eos=False)  # first touch of the mapped weights, cache build
-    rates = []
+    t1 = bench.cpu_time(one, warmup=1, reps=1)
+    tn = bench.cpu_time(more, warmup=1, reps=1)
+    return n / (tn - t1), out[-1].token_ids
+
+
+def decode_rates(bench, models, ids, n: int, reps: int) -> tuple[list[list[float]], list[list[int]]]:
+    """``reps`` rates per model in ``models``, the models alternated within each repetition so
+    that a load from other jobs on the shared machine falls on all of them alike; the ids of each
+    model's last run."""
+    for m in models:  # first touch of the mapped weights; the dense cache decided and built
+        m.generate(ids, max_new_tokens=2, stop_at_eos=False)
+    rates, toks = [[] for _ in models], [None] * len(models)
     for _ in range(reps):
-        t1 = bench.cpu_time(one, warmup=1, reps=1)
-        tn = bench.cpu_time(more, warmup=1, reps=1)
-        rates.append(n / (tn - t1))
-    return rates, out[-1].token_ids
+        for i, m in enumerate(models):
+            r, toks[i] = decode_rate(bench, m, ids, n)
+            rates[i].append(r)
+    return rates, toks
 
 
 @pytest.mark.story("GX-001", "GT-048")
@@ -63,25 +74,25 @@ def test_decode_speed_default_model(bench, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, "0")
     slow = gpt_engine.load()
     ids = slow.encode_prompt(PROMPT)
-    ref_rates, ref_toks = decode_rates(bench, slow, ids, 4, 1)
-    del slow
+    slow.generate(ids, max_new_tokens=2, stop_at_eos=False)  # its cache policy decided with the budget 0
+    assert not slow.memory_estimate()["dense_cache_used"]
     monkeypatch.delenv(CACHE_ENV)
     threads = torch.get_num_threads()
     common = {"new_tokens": N_NEW, "loadavg_1m": os.getloadavg()[0], "cpu_count": os.cpu_count(),
               "how": "Model.generate wall clock (bench.cpu_time: harness tracer paused), N/(t(1+N) - t(1)), "
-                     "median of 3; shared machine"}
+                     "median of 3, alternated with the uncached reference's runs; shared machine"}
     for dtype, name in ((torch.float32, "perf.decode.smollm2-135m.Q4_1"),
                         (torch.bfloat16, "perf.decode.smollm2-135m.Q4_1.bf16")):
         m = gpt_engine.load(dtype=dtype)
         assert m.memory_estimate()["dense_cache_used"]
-        rates, toks = decode_rates(bench, m, ids, N_NEW, 3)
+        (rates, ref_rates), (toks, ref_toks) = decode_rates(bench, [m, slow], ids, N_NEW, 3)
         try:  # the same on one thread: immune to another job taking one of the two cores
             torch.set_num_threads(1)
-            one, _ = decode_rates(bench, m, ids, N_NEW, 3)
+            (one,), _ = decode_rates(bench, [m], ids, N_NEW, 3)
         finally:
             torch.set_num_threads(threads)
         if dtype == torch.float32:
-            assert toks[:len(ref_toks)] == ref_toks  # the cache changes speed only
+            assert toks == ref_toks  # the cache changes speed only
         # weight bytes a step reads: the dense copies, plus the packed blocks of the matrices whose
         # float32 product reads them (Q4_1 here; the bf16 figure keeps the dense-size count)
         per_token = dense_cache_bytes(m.gguf.tensors, dtype) + sum(

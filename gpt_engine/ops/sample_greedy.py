@@ -37,8 +37,8 @@ def reference(logits, n_valid, next_ids, pos, status):
     # differs where the non-NaN entries are all -inf and a NaN comes first (it would pick the NaN's
     # index): so the candidates are the maxima that are not NaN, and argmax of that mask gives the
     # first one (torch.argmax returns the first of equal maxima; an all-False row gives 0).
-    finite = torch.where(nan, float("-inf"), x)
-    cand = (finite == finite.amax(dim=-1, keepdim=True)) & ~nan
+    no_nan = torch.where(nan, float("-inf"), x)  # NaN out of the running; +-inf stay
+    cand = (no_nan == no_nan.amax(dim=-1, keepdim=True)) & ~nan
     next_ids.copy_(cand.to(torch.uint8).argmax(dim=-1).reshape(next_ids.shape))
     if pos is not None:
         pos.add_(1)
