@@ -54,4 +54,16 @@ for f in $E2E; do
       --device cuda 2>&1 | grep -E "tg128" | grep -v "^bench:" | head -2
   done
 done
+# PREFILL_AB=1: the same code through `gpt-engine bench` with and without a 512-token prefill
+# timed before the decode (-p 512 / -p 0, alternated), for the files in E2E: the end-to-end test
+# times pp512 first, the A/B above runs -p 0
+if [ -n "${PREFILL_AB:-}" ]; then
+  for f in $E2E; do
+    for pp in 0 512 0 512; do
+      echo "== bench $f -p $pp"
+      timeout 120 python3 -m gpt_engine.cli bench "$M/$f.gguf" -p $pp -n 128 -r 3 --device cuda 2>&1 \
+        | grep -E "tg128" | grep -v "^bench:" | head -2
+    done
+  done
+fi
 echo "total: $(( $(date +%s) - t0 )) s"
