@@ -47,11 +47,16 @@ for f in $MODELS; do
       | grep -E "graph step|attention|decode_|kernel time" | head -8
   done
 done
+# tg128 of model file $1 through `gpt-engine bench` after a $2-token prefill (0: none); the
+# environment it runs in is the caller's
+tg128() {
+  timeout 120 python3 -m gpt_engine.cli bench "$M/$1.gguf" -p "$2" -n 128 -r 3 --device cuda 2>&1 \
+    | grep -E "tg128" | grep -v "^bench:" | head -2
+}
 for f in $E2E; do
   for v in "" "$AB_OFF" "" "$AB_OFF"; do
     echo "== bench $f $AB_VAR=${v:-default}"
-    env $([ -n "$v" ] && echo "$AB_VAR=$v") timeout 120 python3 -m gpt_engine.cli bench "$M/$f.gguf" -p 0 -n 128 -r 3 \
-      --device cuda 2>&1 | grep -E "tg128" | grep -v "^bench:" | head -2
+    if [ -n "$v" ]; then (export "$AB_VAR=$v"; tg128 "$f" 0); else tg128 "$f" 0; fi
   done
 done
 # PREFILL_AB=1: the same code through `gpt-engine bench` with and without a 512-token prefill
@@ -61,8 +66,7 @@ if [ -n "${PREFILL_AB:-}" ]; then
   for f in $E2E; do
     for pp in 0 512 0 512; do
       echo "== bench $f -p $pp"
-      timeout 120 python3 -m gpt_engine.cli bench "$M/$f.gguf" -p $pp -n 128 -r 3 --device cuda 2>&1 \
-        | grep -E "tg128" | grep -v "^bench:" | head -2
+      tg128 "$f" "$pp"
     done
   done
 fi
