@@ -80,7 +80,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 // dynamic shared memory a block may opt in to on sm_90 (cudaDevAttrMaxSharedMemoryPerBlockOptin,
 // 227 KiB), less the static arrays
-constexpr int kSmemMax = 227 * 1024 - 1024;
+constexpr int kSmemMax = 227 * 1024 - 2048;
 constexpr int kXTile = 32 * 32 * 2;  // bytes of one x tile: 32 groups x 32 values x 2 planes
 constexpr int kXScale = 32 * 16;     // bytes of one tile's group scales: 32 x {d, sum lo, sum hi, 0}
 
@@ -469,6 +469,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   constexpr int GPB = TR::QK / 32, BG = batch_groups(TR::QK, TR::TS), PMAX = (max_pieces(TR::QK, TR::TS) + 31) / 32;
   extern __shared__ __align__(16) uint8_t smem[];  // [warps][S][2 rows][RB] ring, x tiles, x scales
   __shared__ float s_stat[2 * kWarps * MT];  // two [MT][kWarps] buffers of partial sums
+  // K split (p.ksplit = 2): the second half's sums of each pair, [round parity][pair lane][MT][2]
+  __shared__ float s_split[2 * (kWarps / 2) * MT * 2];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const uint8_t* __restrict__ w = static_cast<const uint8_t*>(p.w);
   const int nb = p.K / TR::QK, nbatch = (nb + BB - 1) / BB, xt = x_tiles(p.K);
@@ -477,7 +479,14 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   uint8_t* xq = smem + ring_bytes(TR::QK, TR::TS, MT);
   float4* xsc = reinterpret_cast<float4*>(xq + (size_t)MT * xt * kXTile);
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
-  const int stride = gridDim.x * kWarps;
+  // With p.ksplit = 2 warps w and w + 4 take the same pairs, each one half of the batches
+  // (part 0: [0, nbatch / 2), part 1: the rest); part 1 hands its sums to part 0 through
+  // s_split and a named barrier of the two warps, and part 0 adds them (its own first) and
+  // finishes the pair. The split depends on the shape only (launch_mt), never on M, so a row's
+  // output does not depend on its batch.
+  const int KS = p.ksplit, lanes = kWarps / KS, pl = warp % lanes, part = warp / lanes;
+  const int b_lo = part * nbatch / KS, b_hi = (part + 1) * nbatch / KS;
+  const int stride = gridDim.x * lanes;
   using IC = IntCodesMx<T>;
 
   // rows of a pair; a missing second row (odd N) re-reads the first, its sums never stored
@@ -490,8 +499,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
     int pair, b;  // pair index, batch of its rows; pair >= npairs: done
   };
   auto advance = [&](Cur s) {
-    if (++s.b == nbatch) {
-      s.b = 0;
+    if (++s.b == b_hi) {
+      s.b = b_lo;
       s.pair += stride;
     }
     return s;
@@ -522,6 +531,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   float acc0[MT], acc1[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
+  int rnd = 0;  // pairs this warp has finished (the parity picks the s_split buffer)
   auto consume = [&](int st, Cur s) {
     int r0, r1;
     bool has1;
@@ -552,18 +562,42 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
         }
       }
     }
-    if (s.b + 1 < nbatch) return;  // more batches of this pair follow
+    if (s.b + 1 < b_hi) return;  // more batches of this pair follow
+    if (KS == 1) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
+        if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1);
+        acc0[m] = acc1[m] = 0.f;
+      }
+      return;
+    }
+    // Two buffers by round parity: part 1 writes round r + 2's sums only after the barrier of
+    // round r + 1, which part 0 reaches after reading round r's.
+    float* sp = s_split + ((rnd & 1) * (kWarps / 2) + pl) * MT * 2;
+    float v0[MT], v1[MT];
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
-      const float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
-      if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1);
+      v0[m] = warp_sum(acc0[m]);
+      v1[m] = warp_sum(acc1[m]);
       acc0[m] = acc1[m] = 0.f;
+      if (part == 1 && lane == 0) {
+        sp[2 * m] = v0[m];
+        sp[2 * m + 1] = v1[m];
+      }
     }
+    asm volatile("bar.sync %0, 64;" ::"r"(1 + pl) : "memory");  // ids 1-4; 0 is __syncthreads
+    if (part == 0) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0[m] + sp[2 * m], v1[m] + sp[2 * m + 1]);
+    }
+    ++rnd;
   };
 
   // Before the wait on the previous kernel: this warp's first S - 1 batches (weights are constant;
   // cp.async touches only this block's shared memory).
-  Cur tail{(int)blockIdx.x + (int)gridDim.x * warp, 0};
+  Cur tail{(int)blockIdx.x + (int)gridDim.x * pl, b_lo};
   Cur head = tail;
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) {
@@ -617,6 +651,16 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   }();
   const int per_sm = (MT == 1 && !one_per_sm) ? 2 : 1;
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(npairs, (int64_t)num_sms * per_sm));
+  // K split: two warps per pair when the pairs fill at most half of the warps of the M = 1 grid
+  // and a row has at least two batches (1600x6400: 800 pairs on 2,112 warps), so that the long
+  // rows' decode chain is halved; a function of the shape only (batch invariance).
+  // GPT_ENGINE_QGEMV_KSPLIT=1 turns it off (read once per process; for same-run A/B runs).
+  static const bool no_split = [] {
+    const char* v = std::getenv("GPT_ENGINE_QGEMV_KSPLIT");
+    return v != nullptr && v[0] == '1' && v[1] == '\0';
+  }();
+  const int nbatch = (int)((p.K / TR::QK + batch_blocks(TR::QK, TR::TS) - 1) / batch_blocks(TR::QK, TR::TS));
+  p.ksplit = (!no_split && nbatch >= 2 && (int64_t)npairs * 2 <= (int64_t)num_sms * 2 * kWarps) ? 2 : 1;
   return launch_pdl(kern, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
 }
 
