@@ -99,14 +99,18 @@ def test_packed_gemv_activations_not_16_byte_aligned(wtype, norm):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("wtype", PACKED)
-def test_packed_gemv_is_taken_and_rows_do_not_depend_on_the_batch(wtype):
+@pytest.mark.parametrize("long_k", [False, True], ids=["k1536", "k6400"])
+def test_packed_gemv_is_taken_and_rows_do_not_depend_on_the_batch(wtype, long_k):
     """The packed GEMV serves M <= 16 (not the dequantize fallback) and row m of a batch is computed
-    as it is alone."""
+    as it is alone. The long rows (several batches each, few row pairs) take the K halves: two
+    warps per pair at M = 1, one warp at M >= 2, the same sums either way."""
     from gpt_engine.ops import linear_module as lin
-    w, _ = make_weight(301, 1536, wtype, "cuda")
-    assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, 16, 1536)
-    x = randn((16, 1536), torch.float16, "cuda")
-    nm = ops.Norm("rmsnorm", randn((1536,), torch.float16, "cuda", 0.2, 1.0))
+    k = (6400 if _qk(wtype) == 32 else 6144) if long_k else 1536
+    mfull = 8 if long_k else 16  # 16 rows of x at K = 6400 do not fit the kernel's shared memory
+    w, _ = make_weight(301, k, wtype, "cuda")
+    assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, mfull, k)
+    x = randn((mfull, k), torch.float16, "cuda")
+    nm = ops.Norm("rmsnorm", randn((k,), torch.float16, "cuda", 0.2, 1.0))
     full = ops.linear(x, w, norm=nm)
     for m in (1, 3):
         assert torch.equal(ops.linear(x[:m].contiguous(), w, norm=nm), full[:m])
