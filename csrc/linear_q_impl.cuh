@@ -85,7 +85,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 // dynamic shared memory a block may opt in to on sm_90 (cudaDevAttrMaxSharedMemoryPerBlockOptin,
 // 227 KiB), less the static arrays
-constexpr int kSmemMax = 227 * 1024 - 2048;
+constexpr int kSmemMax = 227 * 1024 - 1024;
 constexpr int kXTile = 32 * 32 * 2;  // bytes of one x tile: 32 groups x 32 values x 2 planes
 constexpr int kXScale = 32 * 16;     // bytes of one tile's group scales: 32 x {d, sum lo, sum hi, 0}
 
@@ -473,10 +473,11 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   constexpr int S = stages(TR::QK, TR::TS, MT), RB = row_buf(TR::QK, TR::TS), BB = batch_blocks(TR::QK, TR::TS);
   constexpr int GPB = TR::QK / 32, BG = batch_groups(TR::QK, TR::TS), PMAX = (max_pieces(TR::QK, TR::TS) + 31) / 32;
   extern __shared__ __align__(16) uint8_t smem[];  // [warps][S][2 rows][RB] ring, x tiles, x scales
-  __shared__ float s_stat[2 * kWarps * MT];  // two [MT][kWarps] buffers of partial sums
-  // K halves: with p.ksplit = 2 the second half's sums of each pair, [round parity][pair lane][MT][2];
-  // with p.ksplit = 1 the first half's, [warp][MT][2]
-  __shared__ float s_split[kWarps * MT * 2];
+  // Two [MT][kWarps] buffers of the staging's partial sums; after the staging's last barrier the
+  // same floats hold the K halves' sums (s_split): with p.ksplit = 2 the second half's of each
+  // pair, [round parity][pair lane][MT][2]; with p.ksplit = 1 the first half's, [warp][MT][2].
+  __shared__ float s_stat[2 * kWarps * MT];
+  float* const s_split = s_stat;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const uint8_t* __restrict__ w = static_cast<const uint8_t*>(p.w);
   const int nb = p.K / TR::QK, nbatch = (nb + BB - 1) / BB, xt = x_tiles(p.K);
@@ -494,7 +495,9 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   //    stashes the first half's sums in s_split when it ends.
   // Same per-lane accumulation order and the same two-term sum either way, so a row's output does
   // not depend on its batch.
-  const int KS = p.ksplit, KH = p.khalves, lanes = kWarps / KS, pl = warp % lanes, part = warp / lanes;
+  // (a row of one batch has no halves whatever the launcher says: part 0's range would be empty)
+  const int KH = nbatch >= 2 ? p.khalves : 1, KS = KH == 2 ? p.ksplit : 1;
+  const int lanes = kWarps / KS, pl = warp % lanes, part = warp / lanes;
   const int b_lo = part * nbatch / KS, b_hi = (part + 1) * nbatch / KS, b_mid = nbatch / 2;
   const int stride = gridDim.x * lanes;
   using IC = IntCodesMx<T>;
