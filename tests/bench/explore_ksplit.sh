@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Exploration (branch qgemv-ksplit), one GPU call: the packed GEMV with two warps per row pair
 # (default) against one (GPT_ENGINE_QGEMV_KSPLIT=1): the packed-GEMV tests, the GEMV alone, an
-# Nsight Compute profile of both, the graph-captured decode step and tg128 of packed files.
+# Nsight Compute profile of both (NCU_RUNS=1), the graph-captured decode step, and tg128 of the
+# files in E2E through `gpt-engine bench`.
 set -o pipefail
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee -a "$OUT/ab.log") 2>&1
@@ -26,7 +27,7 @@ echo "build: $(( $(date +%s) - t0 )) s"
 timeout 150 python3 -m pytest -p gates.pytest_plugin --no-evidence -p no:cacheprovider -q -x -m cuda --tb=short -rf \
   tests/ops/test_linear_q.py -k "not bandwidth and not benchmark" 2>&1 | grep -vE "^\.|^$|^SKIPPED" | tail -15
 echo "tests: $(( $(date +%s) - t0 )) s"
-SH=1x1600x6400,1x768x3072,1x1600x1600,1x6400x1600,4x1600x6400
+SH=${SH:-1x1600x6400,1x768x3072,1x1600x1600,1x6400x1600,2x1600x6400,4x1600x6400,8x1600x6400}
 for v in "" 1; do
   echo "== GEMV alone KSPLIT=${v:-default}"
   GPT_ENGINE_QGEMV_KSPLIT=$v timeout 120 python3 tests/bench/explore_gemv.py --quant --types Q8_0,MXFP4,Q4_K --shapes $SH 2>&1 | grep -v "^$"
@@ -42,9 +43,18 @@ for rep in 1 2; do
     done
   done
 done
+# tg128 through the public API, halves on / off alternated, for the files in E2E
+for F in ${E2E:-}; do
+  for v in "" 1 "" 1; do
+    [ "$(left)" -lt 40 ] && break 2
+    echo "== bench $F KSPLIT=${v:-default}"
+    GPT_ENGINE_QGEMV_KSPLIT=$v timeout 60 python3 -m gpt_engine.cli bench "$M/$F.gguf" -p 0 -n 128 -r 3 --device cuda 2>&1 \
+      | grep -E "tg128" | grep -v "^bench:" | head -1
+  done
+done
 NCU=$(which ncu 2>/dev/null || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 echo "NCU=$NCU"
-if [ -n "$NCU" ] && [ "$(left)" -gt 60 ]; then
+if [ -n "${NCU_RUNS:-}" ] && [ -n "$NCU" ] && [ "$(left)" -gt 60 ]; then
   for v in 1 ""; do
     GPT_ENGINE_QGEMV_KSPLIT=$v timeout $(( $(left) / 2 )) $NCU --clock-control none -k regex:gemv --launch-count 20 \
       --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats \
