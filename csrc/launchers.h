@@ -101,6 +101,8 @@ struct LinearArgs {
   QkvEpilogue qkv;       // act == kActQkv only
   int kt;                // set by the launcher: K tile staged in shared memory
   bool vec_x;            // set by the launcher: x rows read with 16-byte loads
+  int ksplit;            // set by the packed GEMV's launcher: warps per row pair (1 or 2)
+  int khalves;           // set by the packed GEMV's launcher: 2 = a row's sum is its two K halves' sums added
 };
 
 // ---- qkv_rope: split the QKV projection into heads, RoPE, append k/v to the cache ----

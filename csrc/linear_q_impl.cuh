@@ -21,9 +21,9 @@
 //    Gaussian rows, 3x the fp16 bound of the ops tests and enough to flip greedy ids of the model
 //    tests (test_cuda_graph runs Q8_0/Q4_1/MXFP4 models against transformers' ids); 16 bits give
 //    ~3.4e-10, below fp16's own rounding, for 2 dp4a per 4 weights instead of 1 (the budget
-//    allows it: ~1.5 instructions per weight at M = 1, docs/kernels/quant.md). x costs 2 B per value per row in
-//    shared memory (v1: 4) plus 16 B per group and row ({d, sum of q over values 0..15, over
-//    16..31}: the sums carry the code offsets and the min terms).
+//    allows it: ~1.5 instructions per weight at M = 1, docs/kernels/quant.md). x costs 2 B per
+//    value per row in shared memory (v1: 4) plus 16 B per group and row ({d, sum of q over
+//    values 0..15, over 16..31}: the sums carry the code offsets and the min terms).
 //  - Integer dot products: one lane takes one whole 32-value group of both rows of its pair;
 //    group_codes() (quant_blocks.cuh) gives the 8 code words, 16 dp4a per row give the group's
 //    exact integer sum, then acc += d_x * (s_w * float(isum - off * sum_q) + m_w * float(sum_q))
@@ -44,8 +44,8 @@
 //    second block fits on the SM: the next call's (launched early by PDL), which issues its
 //    first batches while this one streams. At 4-bit sizes (4096 x 4096 Q4_0: 2.2 us of
 //    streaming) the per-call fixed cost (launch, x staging, first DRAM round trip, tail) is as
-//    large as the work, so hiding it matters more than a 16th warp. Pairs go round-robin over the blocks first (pair i -> block
-//    i % grid), so every SM works even when N is small.
+//    large as the work, so hiding it matters more than a 16th warp. Pairs go round-robin over
+//    the blocks first (pair i -> block i % grid), so every SM works even when N is small.
 //
 // v3 (this header): outputs bit-identical to v2 (checked on the H200 over ~2,300 cases by a v2/v3
 // A/B test before v2 was removed; docs/kernels/quant.md has the measured speed-up). Changed:
@@ -61,8 +61,13 @@
 // [half h][plane (hi, lo)][slot = group % 32][16 B = values 16h .. 16h + 15 of the group]: lane
 // l reads slot l, so each 16-byte load of a warp is 512 contiguous bytes (no bank conflicts).
 // Batches are whole multiples of 32 groups, so lane l always owns slot l.
+// v3.2: long rows (at least two batches, pairs filling at most half of the M = 1 grid's warps)
+//    are summed as two K halves; at M = 1 two warps take a pair, one half each (Nsight Compute:
+//    the kernel is latency-bound, 0.48 eligible warps per scheduler at 1600x6400; the halves cut
+//    each busy warp's chain in two). docs/kernels/quant.md has the measurements.
 // Per-row results are independent of M (integer sums are exact, the float steps are explicit
-// fmaf / __fmul_rn in a fixed order): a sequence's output does not depend on its batch.
+// fmaf / __fmul_rn in a fixed order, the K halves a function of the shape): a sequence's output
+// does not depend on its batch.
 #pragma once
 #include <cmath>
 #include <cstdlib>
@@ -468,7 +473,11 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   constexpr int S = stages(TR::QK, TR::TS, MT), RB = row_buf(TR::QK, TR::TS), BB = batch_blocks(TR::QK, TR::TS);
   constexpr int GPB = TR::QK / 32, BG = batch_groups(TR::QK, TR::TS), PMAX = (max_pieces(TR::QK, TR::TS) + 31) / 32;
   extern __shared__ __align__(16) uint8_t smem[];  // [warps][S][2 rows][RB] ring, x tiles, x scales
-  __shared__ float s_stat[2 * kWarps * MT];  // two [MT][kWarps] buffers of partial sums
+  // Two [MT][kWarps] buffers of the staging's partial sums; after the staging's last barrier the
+  // same floats hold the K halves' sums (s_split): with p.ksplit = 2 the second half's of each
+  // pair, [round parity][pair lane][MT][2]; with p.ksplit = 1 the first half's, [warp][MT][2].
+  __shared__ float s_stat[2 * kWarps * MT];
+  float* const s_split = s_stat;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const uint8_t* __restrict__ w = static_cast<const uint8_t*>(p.w);
   const int nb = p.K / TR::QK, nbatch = (nb + BB - 1) / BB, xt = x_tiles(p.K);
@@ -477,7 +486,20 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   uint8_t* xq = smem + ring_bytes(TR::QK, TR::TS, MT);
   float4* xsc = reinterpret_cast<float4*>(xq + (size_t)MT * xt * kXTile);
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
-  const int stride = gridDim.x * kWarps;
+  // K halves (p.khalves = 2, a function of the shape only: launch_mt): a row's result is
+  // warp_sum over the batches [0, nbatch / 2) plus warp_sum over the rest, whoever computes them.
+  //  - p.ksplit = 2 (M = 1): warps w and w + 4 take the same pairs, one half each; part 1 hands
+  //    its sums to part 0 through s_split and a named barrier of the two warps, and part 0 adds
+  //    them and finishes the pair.
+  //  - p.ksplit = 1 (M >= 2, where the grid has half the warps): one warp takes both halves, and
+  //    stashes the first half's sums in s_split when it ends.
+  // Same per-lane accumulation order and the same two-term sum either way, so a row's output does
+  // not depend on its batch.
+  // (a row of one batch has no halves whatever the launcher says: part 0's range would be empty)
+  const int KH = nbatch >= 2 ? p.khalves : 1, KS = KH == 2 ? p.ksplit : 1;
+  const int lanes = kWarps / KS, pl = warp % lanes, part = warp / lanes;
+  const int b_lo = part * nbatch / KS, b_hi = (part + 1) * nbatch / KS, b_mid = nbatch / 2;
+  const int stride = gridDim.x * lanes;
   using IC = IntCodesMx<T>;
 
   // rows of a pair; a missing second row (odd N) re-reads the first, its sums never stored
@@ -490,8 +512,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
     int pair, b;  // pair index, batch of its rows; pair >= npairs: done
   };
   auto advance = [&](Cur s) {
-    if (++s.b == nbatch) {
-      s.b = 0;
+    if (++s.b == b_hi) {
+      s.b = b_lo;
       s.pair += stride;
     }
     return s;
@@ -522,6 +544,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   float acc0[MT], acc1[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
+  int rnd = 0;  // pairs this warp has finished (the parity picks the s_split buffer)
   auto consume = [&](int st, Cur s) {
     int r0, r1;
     bool has1;
@@ -552,18 +575,62 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
         }
       }
     }
-    if (s.b + 1 < nbatch) return;  // more batches of this pair follow
+    if (KS == 1 && KH == 2 && s.b + 1 == b_mid) {  // one warp, both halves: stash the first
+      float* hp = s_split + warp * MT * 2;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
+        acc0[m] = acc1[m] = 0.f;
+        if (lane == 0) {
+          hp[2 * m] = v0;
+          hp[2 * m + 1] = v1;
+        }
+      }
+      __syncwarp();  // lane 0's stores, for lane m at the pair's end
+      return;
+    }
+    if (s.b + 1 < b_hi) return;  // more batches of this pair follow
+    if (KS == 1) {
+      const float* hp = s_split + warp * MT * 2;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
+        if (KH == 2) {
+          v0 = hp[2 * m] + v0;
+          v1 = hp[2 * m + 1] + v1;
+        }
+        if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1);
+        acc0[m] = acc1[m] = 0.f;
+      }
+      __syncwarp();  // every lane has read hp before lane 0 stashes the next pair's first half
+      return;
+    }
+    // Two buffers by round parity: part 1 writes round r + 2's sums only after the barrier of
+    // round r + 1, which part 0 reaches after reading round r's.
+    float* sp = s_split + ((rnd & 1) * (kWarps / 2) + pl) * MT * 2;
+    float v0[MT], v1[MT];
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
-      const float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
-      if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1);
+      v0[m] = warp_sum(acc0[m]);
+      v1[m] = warp_sum(acc1[m]);
       acc0[m] = acc1[m] = 0.f;
+      if (part == 1 && lane == 0) {
+        sp[2 * m] = v0[m];
+        sp[2 * m + 1] = v1[m];
+      }
     }
+    asm volatile("bar.sync %0, 64;" ::"r"(1 + pl) : "memory");  // ids 1-4; 0 is __syncthreads
+    if (part == 0) {  // first half + second half, as the one-warp path adds them
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0[m] + sp[2 * m], v1[m] + sp[2 * m + 1]);
+    }
+    ++rnd;
   };
 
   // Before the wait on the previous kernel: this warp's first S - 1 batches (weights are constant;
   // cp.async touches only this block's shared memory).
-  Cur tail{(int)blockIdx.x + (int)gridDim.x * warp, 0};
+  Cur tail{(int)blockIdx.x + (int)gridDim.x * pl, b_lo};
   Cur head = tail;
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) {
@@ -617,6 +684,20 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   }();
   const int per_sm = (MT == 1 && !one_per_sm) ? 2 : 1;
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(npairs, (int64_t)num_sms * per_sm));
+  // K halves when the pairs fill at most half of the warps of the M = 1 grid and a row has at
+  // least two batches (1600x6400: 800 pairs on 2,112 warps): a function of the shape only, so
+  // the arithmetic is the same at every M (batch invariance). At M = 1 two warps take a pair,
+  // one half each, so the long rows' decode chain is halved; at M >= 2 (one block per SM, half
+  // the warps) one warp takes both halves, since two measured slower there (M = 4, 1600x6400:
+  // +10-17%). GPT_ENGINE_QGEMV_KSPLIT=1 turns the halves off (read once per process; for
+  // same-run A/B runs).
+  static const bool no_split = [] {
+    const char* v = std::getenv("GPT_ENGINE_QGEMV_KSPLIT");
+    return v != nullptr && v[0] == '1' && v[1] == '\0';
+  }();
+  const int nbatch = (int)((p.K / TR::QK + batch_blocks(TR::QK, TR::TS) - 1) / batch_blocks(TR::QK, TR::TS));
+  p.khalves = (!no_split && nbatch >= 2 && (int64_t)npairs * 2 <= (int64_t)num_sms * 2 * kWarps) ? 2 : 1;
+  p.ksplit = (p.khalves == 2 && MT == 1) ? 2 : 1;
   return launch_pdl(kern, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
 }
 

@@ -99,14 +99,25 @@ def test_packed_gemv_activations_not_16_byte_aligned(wtype, norm):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("wtype", PACKED)
-def test_packed_gemv_is_taken_and_rows_do_not_depend_on_the_batch(wtype):
+@pytest.mark.parametrize("shape", ["k1536", "k6400", "every-pair-lane"])
+def test_packed_gemv_is_taken_and_rows_do_not_depend_on_the_batch(wtype, shape):
     """The packed GEMV serves M <= 16 (not the dequantize fallback) and row m of a batch is computed
-    as it is alone."""
+    as it is alone. Rows of two or more batches with few row pairs take the K halves: two warps per
+    pair at M = 1, one warp at M >= 2, the same sums either way (csrc/linear_q_impl.cuh). k6400:
+    7 / 4 / 3 / 6 batches by type; every-pair-lane: N = 16 x SMs - 1 rows, the most pairs that
+    still take the halves, so every pair lane's named barrier runs, and an odd last row."""
     from gpt_engine.ops import linear_module as lin
-    w, _ = make_weight(301, 1536, wtype, "cuda")
-    assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, 16, 1536)
-    x = randn((16, 1536), torch.float16, "cuda")
-    nm = ops.Norm("rmsnorm", randn((1536,), torch.float16, "cuda", 0.2, 1.0))
+    k = {"k1536": 1536, "k6400": 6400 if _qk(wtype) == 32 else 6144, "every-pair-lane": 4096}[shape]
+    mfull = 16 if shape == "k1536" else 8  # 16 rows of x at K = 6400 do not fit the shared memory
+    if shape == "every-pair-lane":  # 64 quantized rows repeated (the quantizers are slow on the CPU)
+        n = 16 * torch.cuda.get_device_properties(0).multi_processor_count - 1
+        w64, _ = make_weight(64, k, wtype, "cuda")
+        w = QWeight(w64.raw.repeat((n + 63) // 64, 1)[:n].contiguous(), w64.qtype, (n, k))
+    else:
+        w, _ = make_weight(301, k, wtype, "cuda")
+    assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, mfull, k)
+    x = randn((mfull, k), torch.float16, "cuda")
+    nm = ops.Norm("rmsnorm", randn((k,), torch.float16, "cuda", 0.2, 1.0))
     full = ops.linear(x, w, norm=nm)
     for m in (1, 3):
         assert torch.equal(ops.linear(x[:m].contiguous(), w, norm=nm), full[:m])
