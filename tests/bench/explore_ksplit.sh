@@ -22,6 +22,7 @@ for s in sys.argv[1:]:
     shape, q = s.rsplit('-', 1); print(b.ensure('$M', shape, q))
 " $MODELS > /tmp/ks-models.txt 2>&1) &
 P1=$!
+bash tests/bench/ext_cache.sh restore
 python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('built')" 2>&1 | tail -3
 echo "build: $(( $(date +%s) - t0 )) s"
 timeout 150 python3 -m pytest -p gates.pytest_plugin --no-evidence -p no:cacheprovider -q -x -m cuda --tb=short -rf \

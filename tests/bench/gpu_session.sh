@@ -5,6 +5,8 @@
 #   ops:     build, `python -m gates.gpu tests/ops` (the kernels: evidence + log), models written
 #   rest:    `python -m gates.gpu tests --ignore=tests/ops` (models, decode loop, end-to-end benchmarks)
 # For ops/rest export GPT_ENGINE_GIT_COMMIT=<the full sha of the commit being run> first.
+# The built extension comes back as $OUT/ext-<hash>.tgz.part-*; copied into .extcache/ and
+# carried, it spares the next cold machine the ~4-minute build (tests/bench/ext_cache.sh).
 # Everything printed goes to $OUT/session.log too; bench results to $OUT/bench.json.
 # Benchmark models are written once into $GPT_ENGINE_BENCH_MODELS (kept while the machine is warm).
 set -o pipefail
@@ -29,8 +31,12 @@ for s in sys.argv[1:]:
 " $SHAPES > /tmp/models.txt 2>&1) &
 MODELS_PID=$!
 t0=$(date +%s)
+# a cold machine reuses the objects of an earlier one with the same csrc (.extcache carried)
+bash tests/bench/ext_cache.sh restore
 python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('extension built')" > /tmp/build.txt 2>&1
 tail -20 /tmp/build.txt; echo "build: $(( $(date +%s) - t0 )) s"
+# EXT_SAVE=0: do not send the built objects back ($OUT/ext-<hash>.tgz.part-*: ext_cache.sh)
+[ "${EXT_SAVE:-1}" = 1 ] && bash tests/bench/ext_cache.sh save
 if [ "$MODE" = quick ]; then
   timeout ${TEST_TIMEOUT:-300} python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
     ${TESTS:-tests/ops/test_linear.py tests/ops/test_linear_qkv.py tests/ops/test_qkv_rope.py tests/ops/test_sample_greedy.py tests/ops/test_opcheck.py \
