@@ -7,6 +7,7 @@
 #            $OUT/ext-<hash>.tgz.part-aa, -ab, ... (15 MiB each: files come back at <= 16 MiB)
 #   restore: unpack .extcache/ext-<hash>.tgz.part-* (copy the parts there from a reply's files,
 #            then name .extcache in the call's carry) into build/ops_ext/, for this tree's hash only
+#            (.extcache: list it in .git/info/exclude, not .gitignore, which is a source of every story)
 #
 # Safe by construction: <hash> is gpt_engine.ops._ext.build_dir()'s content hash of every csrc
 # file, the flags and the torch / CUDA versions, so parts built from other sources never match.
