@@ -1,0 +1,136 @@
+"""The read ceiling at a decode matrix's size, on the GPU machine (exploration, not evidence).
+
+The GEMV bars (GT-033 packed >= 0.7 of copy, issue bars 0.8; GX-003 F16 >= 0.85) are ratios to
+a 1 GiB device copy, while a decode GEMV reads 1-35 MB per call. This times a kernel that only
+reads (tests/bench/read_ceiling.cu, built with nvcc and called through ctypes: each 16-byte
+vector loaded once) over exactly those byte counts, timed the way tests/ops/test_linear_q.py
+times the GEMV: a CUDA graph of back-to-back calls over distinct buffers, 512 MiB per replay
+(nothing from L2), median of 20 replays, per call. Three launch modes (the .cu file says what
+each one models), and a same-size device copy (torch's copy_, the dequantize kernel's kind of
+work) beside them. The ratio of each to the same run's 1 GiB copy is the most that any kernel
+reading that many bytes could score on the bar as the benchmarks measure it.
+
+    python tests/bench/explore_read_ceiling.py [--blocks-per-sm 4]
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import pathlib
+import statistics
+import subprocess
+
+import torch
+
+HERE = pathlib.Path(__file__).resolve().parent
+# name: bytes per call (the GEMV benchmarks' shapes; packed sizes from docs/kernels/quant.md's floors)
+SIZES = {
+    "MXFP4 2880x2880": 2880 * 2880 // 32 * 17,
+    "MXFP4 1600x6400": 1600 * 6400 // 32 * 17,
+    "MXFP4 4096x4096": 4096 * 4096 // 32 * 17,
+    "Q8_0 1600x6400": 1600 * 6400 // 32 * 34,
+    "Q8_0 4096x4096": 4096 * 4096 // 32 * 34,
+    "F16 768x768": 768 * 768 * 2,
+    "F16 768x3072": 768 * 3072 * 2,
+    "F16 1600x1600": 1600 * 1600 * 2,
+    "F16 1600x6400": 1600 * 6400 * 2,
+    "F16 4096x4096": 4096 * 4096 * 2,
+    "1 GiB": 1 << 30,
+}
+POOL = 512 << 20
+
+
+def replay_s(fn, reps: int = 20) -> float:
+    """Median seconds of one replay of a CUDA graph of fn."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()  # warm-up outside capture (lazy init)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(ts)
+
+
+def build() -> ctypes.CDLL:
+    """nvcc -shared, called through ctypes: the launches go on the stream passed in."""
+    so = pathlib.Path("/tmp/read_ceiling.so")
+    subprocess.run(["nvcc", "-gencode=arch=compute_90a,code=sm_90a", "-O3", "-std=c++17", "-shared",
+                    "-Xcompiler", "-fPIC", "-cudart", "shared", str(HERE / "read_ceiling.cu"), "-o", str(so)],
+                   check=True)
+    lib = ctypes.CDLL(str(so))
+    lib.read_chain.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_int64), ctypes.c_int,
+                               ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64]
+    lib.read_chain.restype = ctypes.c_int
+    return lib
+
+
+def chain(lib, bufs, out, mode: int, blocks: int):
+    """A callable that launches the read kernel once per buffer on the current stream."""
+    ptrs = (ctypes.c_uint64 * len(bufs))(*[b.data_ptr() for b in bufs])
+    n16 = (ctypes.c_int64 * len(bufs))(*[b.numel() // 16 for b in bufs])
+
+    def run():
+        rc = lib.read_chain(ptrs, n16, len(bufs), mode, blocks, torch.cuda.current_stream().cuda_stream,
+                            out.data_ptr())
+        if rc:
+            raise RuntimeError(f"read_chain failed: {rc}")
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--blocks-per-sm", type=int, default=4)
+    args = ap.parse_args()
+    lib = build()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    blocks = sms * args.blocks_per_sm
+    out = torch.zeros(1, dtype=torch.int32, device="cuda")
+
+    big = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_(0, 256)
+    dst = torch.empty_like(big)
+    copy_gbps = 2 * big.numel() / replay_s(lambda: dst.copy_(big), reps=10) / 1e9
+    del big, dst
+    torch.cuda.empty_cache()
+    print(f"{torch.cuda.get_device_name()}: copy {copy_gbps:.0f} GB/s (1 GiB, read + write), "
+          f"{blocks} blocks of 256 threads per read launch")
+    print(f"{'bytes per call':>28} {'MB':>7} | {'read, plain':>16} {'read, PDL wait':>16} "
+          f"{'read, PDL early':>16} {'copy_ (r+w)':>16}   (GB/s, ratio to the 1 GiB copy)")
+    for name, nbytes in SIZES.items():
+        nbytes = nbytes // 16 * 16
+        n = max(2, POOL // nbytes) if nbytes < (1 << 30) else 1
+        bufs = [torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 256) for _ in range(n)]
+        cells = []
+        for mode in (0, 1, 2):
+            t = replay_s(chain(lib, bufs, out, mode, blocks)) / n
+            gbps = nbytes / t / 1e9
+            cells.append(f"{gbps:7.0f} {gbps / copy_gbps:5.2f}  ")
+        if nbytes < (1 << 30):  # the 1 GiB row's copy is the reference itself
+            dsts = [torch.empty_like(b) for b in bufs]  # 512 MiB read and 512 MiB written per replay
+
+            def copies():
+                for d, b in zip(dsts, bufs):
+                    d.copy_(b)
+            t = replay_s(copies) / n
+            gbps = 2 * nbytes / t / 1e9
+            cells.append(f"{gbps:7.0f} {gbps / copy_gbps:5.2f}")
+            del dsts
+        print(f"{name:>28} {nbytes / 1e6:7.2f} | " + " ".join(cells))
+        del bufs
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+// The most a kernel that only reads can stream at one matrix's size (exploration, not shipped:
+// tests/bench/explore_read_ceiling.py builds it inline). The GEMV bars are ratios to a 1 GiB
+// copy; a decode GEMV reads 1-35 MB per call, where a kernel's ramp and drain are a large part
+// of its time. This kernel does nothing but load every 16-byte vector of its buffer once (XOR
+// into a register that is written out only if it equals a value random data never gives), so
+// its time at a size is the ceiling for any kernel that reads that many bytes, in three modes:
+//   mode 0: a plain launch: the kernel starts after the previous one has finished;
+//   mode 1: a PDL launch that waits (griddepcontrol.wait) before loading: launch latency hidden,
+//           loads still after the previous kernel (a GEMV that prefetched nothing);
+//   mode 2: a PDL launch that loads at once: the next kernel's loads overlap this one's drain
+//           (a GEMV whose weight prefetch before its wait covered the whole matrix).
+// Built with nvcc -shared and called through ctypes (no torch headers: the launches go on the
+// stream the caller passes, so a CUDA graph captures them).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr unsigned kNever = 0x9e3779b9u;
+
+template <int Mode>
+__global__ void __launch_bounds__(kThreads) read_kernel(const uint4* __restrict__ p,  // [n16]
+                                                       long long n16, unsigned* out) {  // [1]
+  if (Mode >= 1) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  if (Mode == 1) asm volatile("griddepcontrol.wait;" ::: "memory");
+  const long long stride = (long long)gridDim.x * kThreads;
+  long long i = (long long)blockIdx.x * kThreads + threadIdx.x;
+  unsigned acc = 0;
+  for (; i + 3 * stride < n16; i += 4 * stride) {  // four 16-byte loads in flight per thread
+    const uint4 a = __ldg(p + i), b = __ldg(p + i + stride), c = __ldg(p + i + 2 * stride),
+                d = __ldg(p + i + 3 * stride);
+    acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+  }
+  for (; i < n16; i += stride) {
+    const uint4 a = __ldg(p + i);
+    acc ^= a.x ^ a.y ^ a.z ^ a.w;
+  }
+  if (acc == kNever) out[0] = acc;  // keeps the loads; never taken on random bytes in practice
+}
+
+}  // namespace
+
+// One launch per buffer, in order, on `stream` (the caller may be capturing it into a CUDA graph).
+// ptrs / n16: n device addresses of 16-byte-aligned buffers and their sizes in 16-byte vectors;
+// out: a device address of one uint32. Returns 0, or the cudaError_t of the failed launch
+// (-1: bad arguments).
+extern "C" int read_chain(const uint64_t* ptrs, const int64_t* n16, int n, int mode, int blocks,
+                          uint64_t stream, uint64_t out) {
+  if (mode < 0 || mode > 2 || blocks < 1 || n < 0 || out == 0) return -1;
+  for (int k = 0; k < n; ++k) {
+    if (ptrs[k] == 0 || ptrs[k] % 16 != 0 || n16[k] < 1) return -1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+    cfg.blockDim = dim3(kThreads);
+    cfg.stream = reinterpret_cast<cudaStream_t>(stream);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = mode >= 1 ? 1 : 0;
+    const uint4* p = reinterpret_cast<const uint4*>(ptrs[k]);
+    unsigned* o = reinterpret_cast<unsigned*>(out);
+    const long long m = n16[k];
+    cudaError_t e = mode == 0   ? cudaLaunchKernelEx(&cfg, read_kernel<0>, p, m, o)
+                    : mode == 1 ? cudaLaunchKernelEx(&cfg, read_kernel<1>, p, m, o)
+                                : cudaLaunchKernelEx(&cfg, read_kernel<2>, p, m, o);
+    if (e != cudaSuccess) return static_cast<int>(e);
+  }
+  return 0;
+}
