@@ -52,13 +52,20 @@ def main(paths: list[str]) -> None:
               f"decode_host median {statistics.median(dec.stats.host_per_step_us):.1f} us")
         st = dec.state
         start = [x.clone() for x in (st.ids, st.pos, st.lens, st.status)]
-        g = dec._graph("greedy", short=True) if st.short_keys else dec._graph("greedy")
+        # each loop replays N steps from the same position: replay k reads pos0 + k + 1 keys, so the
+        # last reads pos0 + N (~95 + 100 here: inside the short graph's range and the capacity)
+        n, pos0 = 100, int(st.pos.max())
+        if pos0 + n > st.capacity:
+            raise SystemExit(f"{pos0 + n} keys exceed the decoder's capacity {st.capacity}")
+        short = 0 < pos0 + n <= st.short_keys
+        g = dec._graph("greedy", short=short)
+        print(f"  graph {'greedy:short' if short else 'greedy'}, keys {pos0 + 1}..{pos0 + n}")
         for drain in (False, True, False):
             for x, s in zip((st.ids, st.pos, st.lens, st.status), start):
                 x.copy_(s)
-            r = loop(dec, g, 100, drain)
+            r = loop(dec, g, n, drain)
             print(f"  {'drained ' if drain else 'queued  '} " + "  ".join(f"{k} {v:7.1f}" for k, v in r.items()))
-        del m
+        del m, dec, g, st, start  # the decoder (cache, graphs) goes before the next model loads
         torch.cuda.empty_cache()
 
 

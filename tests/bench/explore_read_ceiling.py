@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 
@@ -30,10 +32,14 @@ SIZES = {
     "MXFP4 4096x4096": 4096 * 4096 // 32 * 17,
     "Q8_0 1600x6400": 1600 * 6400 // 32 * 34,
     "Q8_0 4096x4096": 4096 * 4096 // 32 * 34,
+    "Q8_0 2880x2880": 2880 * 2880 // 32 * 34,
     "F16 768x768": 768 * 768 * 2,
     "F16 768x3072": 768 * 3072 * 2,
+    "F16 2304x768": 2304 * 768 * 2,
     "F16 1600x1600": 1600 * 1600 * 2,
     "F16 1600x6400": 1600 * 6400 * 2,
+    "F16 4800x1600": 4800 * 1600 * 2,
+    "F16 2880x2880": 2880 * 2880 * 2,
     "F16 4096x4096": 4096 * 4096 * 2,
     "1 GiB": 1 << 30,
 }
@@ -67,7 +73,8 @@ def replay_s(fn, reps: int = 20) -> float:
 def build() -> ctypes.CDLL:
     """nvcc -shared, called through ctypes: the launches go on the stream passed in."""
     so = pathlib.Path("/tmp/read_ceiling.so")
-    subprocess.run(["nvcc", "-gencode=arch=compute_90a,code=sm_90a", "-O3", "-std=c++17", "-shared",
+    nvcc = os.environ.get("NVCC") or shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"  # as compile_check
+    subprocess.run([nvcc, "-gencode=arch=compute_90a,code=sm_90a", "-O3", "-std=c++17", "-shared",
                     "-Xcompiler", "-fPIC", "-cudart", "shared", str(HERE / "read_ceiling.cu"), "-o", str(so)],
                    check=True)
     lib = ctypes.CDLL(str(so))
@@ -106,8 +113,8 @@ def main() -> None:
     torch.cuda.empty_cache()
     print(f"{torch.cuda.get_device_name()}: copy {copy_gbps:.0f} GB/s (1 GiB, read + write), "
           f"{blocks} blocks of 256 threads per read launch")
-    print(f"{'bytes per call':>28} {'MB':>7} | {'read, plain':>16} {'read, PDL wait':>16} "
-          f"{'read, PDL early':>16} {'copy_ (r+w)':>16}   (GB/s, ratio to the 1 GiB copy)")
+    print(f"{'matrix':>28} {'MB/call':>7} | {'read, plain':>16} {'read, PDL wait':>16} "
+          f"{'read, PDL early':>16} {'copy_ (r+w)':>16}   (GB/s and ratio to the 1 GiB copy)")
     for name, nbytes in SIZES.items():
         nbytes = nbytes // 16 * 16
         n = max(2, POOL // nbytes) if nbytes < (1 << 30) else 1
@@ -116,7 +123,7 @@ def main() -> None:
         for mode in (0, 1, 2):
             t = replay_s(chain(lib, bufs, out, mode, blocks)) / n
             gbps = nbytes / t / 1e9
-            cells.append(f"{gbps:7.0f} {gbps / copy_gbps:5.2f}  ")
+            cells.append(f"{gbps:10.0f} {gbps / copy_gbps:5.2f}")  # 16 wide, as the header
         if nbytes < (1 << 30):  # the 1 GiB row's copy is the reference itself
             dsts = [torch.empty_like(b) for b in bufs]  # 512 MiB read and 512 MiB written per replay
 
@@ -125,7 +132,7 @@ def main() -> None:
                     d.copy_(b)
             t = replay_s(copies) / n
             gbps = 2 * nbytes / t / 1e9
-            cells.append(f"{gbps:7.0f} {gbps / copy_gbps:5.2f}")
+            cells.append(f"{gbps:10.0f} {gbps / copy_gbps:5.2f}")
             del dsts
         print(f"{name:>28} {nbytes / 1e6:7.2f} | " + " ".join(cells))
         del bufs

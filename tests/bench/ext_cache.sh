@@ -8,6 +8,8 @@
 #   restore: unpack .extcache/ext-<hash>.tgz.part-* (copy the parts there from a reply's files,
 #            then name .extcache in the call's carry) into build/ops_ext/, for this tree's hash only
 #            (.extcache: list it in .git/info/exclude, not .gitignore, which is a source of every story)
+#            Unpacked aside and moved in only whole; skipped where the build is already there; a
+#            restored build is not saved again. Mind the 64 MiB a call carries: tree + .whl + parts.
 #
 # Safe by construction: <hash> is gpt_engine.ops._ext.build_dir()'s content hash of every csrc
 # file, the flags and the torch / CUDA versions, so parts built from other sources never match.
@@ -18,23 +20,42 @@ set -o pipefail
 MODE=${1:?usage: ext_cache.sh save|restore}
 DIR=$(python3 -c "from gpt_engine.ops import _ext; print(_ext.build_dir())") || exit 0
 H=$(basename "$DIR")
+[[ $H =~ ^[0-9a-f]{16}$ ]] || { echo "ext_cache: no build directory ($DIR)"; exit 0; }
+P=$(dirname "$DIR")
 if [ "$MODE" = save ]; then
   [ -f "$DIR/gpt_engine_ops_ext.so" ] || { echo "ext_cache: no built extension in $DIR"; exit 0; }
-  tmp=$(mktemp -d)
-  tar -C "$(dirname "$DIR")" --exclude=lock -czf - "$H" | split -b 15m - "$tmp/ext-$H.tgz.part-"
-  total=$(du -cm "$tmp"/ext-"$H".tgz.part-* | tail -1 | cut -f1)
-  n=$(ls "$tmp" | wc -l)
-  if [ "$total" -gt 44 ] || [ "$n" -gt 3 ]; then
-    echo "ext_cache: $n parts, $total MiB: too large to come back beside the evidence; not saved"
+  [ -n "$OUT" ] && [ -d "$OUT" ] || { echo "ext_cache: no \$OUT; not saved"; exit 0; }
+  # restored from .extcache (this call or an earlier one on this machine): the caller has the
+  # parts already, so they do not take the reply's file slots again
+  [ -f "$P/.restored-$H" ] && { echo "ext_cache: $H came from .extcache; not sent back"; exit 0; }
+  tmp=$(mktemp -d) || exit 0
+  if tar -C "$P" --exclude=lock -czf - "$H" | split -b 15m - "$tmp/ext-$H.tgz.part-"; then
+    total=$(du -cm "$tmp"/ext-"$H".tgz.part-* | tail -1 | cut -f1)
+    n=$(ls "$tmp" | wc -l)
+    if [ "$total" -gt 44 ] || [ "$n" -gt 3 ]; then
+      echo "ext_cache: $n parts, $total MiB: too large to come back beside the evidence; not saved"
+    else
+      mv "$tmp"/ext-"$H".tgz.part-* "$OUT/" && echo "ext_cache: saved $H ($n parts, $total MiB)"
+    fi
   else
-    mv "$tmp"/ext-"$H".tgz.part-* "${OUT:?}/" && echo "ext_cache: saved $H ($n parts, $total MiB)"
+    echo "ext_cache: packing $H failed; not saved"
   fi
   rm -rf "$tmp"
 elif [ "$MODE" = restore ]; then
-  if ls .extcache/ext-"$H".tgz.part-* > /dev/null 2>&1; then
-    mkdir -p "$(dirname "$DIR")"
-    cat .extcache/ext-"$H".tgz.part-* | tar -C "$(dirname "$DIR")" -xzf - \
-      && rm -f "$DIR/lock" && echo "ext_cache: restored $H" || echo "ext_cache: restore of $H failed; building"
+  if [ -f "$DIR/gpt_engine_ops_ext.so" ]; then
+    echo "ext_cache: $H already built here"
+  elif ls .extcache/ext-"$H".tgz.part-* > /dev/null 2>&1; then
+    # unpacked beside, moved in only whole: a missing or cut part must not leave half a build
+    # (a truncated object newer than its source would pass ninja's time check)
+    mkdir -p "$P" && tmp=$(mktemp -d -p "$P" .restore-XXXXXX) || exit 0
+    if cat .extcache/ext-"$H".tgz.part-* | tar -C "$tmp" -xzf - && [ -f "$tmp/$H/gpt_engine_ops_ext.so" ] \
+        && rm -rf "$DIR" && rm -f "$tmp/$H/lock" && mv "$tmp/$H" "$DIR" && touch "$P/.restored-$H"; then
+      # ninja rebuilds what is older than its sources: 0 here means the objects will be reused
+      echo "ext_cache: restored $H ($(find csrc -type f -newer "$DIR/gpt_engine_ops_ext.so" | wc -l) csrc files newer than it)"
+    else
+      echo "ext_cache: restore of $H failed; building"
+    fi
+    rm -rf "$tmp"
   else
     echo "ext_cache: no parts for $H in .extcache"
   fi

@@ -7,8 +7,10 @@
 //   mode 0: a plain launch: the kernel starts after the previous one has finished;
 //   mode 1: a PDL launch that waits (griddepcontrol.wait) before loading: launch latency hidden,
 //           loads still after the previous kernel (a GEMV that prefetched nothing);
-//   mode 2: a PDL launch that loads at once: the next kernel's loads overlap this one's drain
-//           (a GEMV whose weight prefetch before its wait covered the whole matrix).
+//   mode 2: a PDL launch that loads at once: the next kernel's blocks start (and load) as soon as
+//           every block of this one has started and SM slots free up, so its loads overlap this
+//           one's whole run, not only its drain (a GEMV whose weight prefetch before its wait
+//           covered the whole matrix: an upper bound).
 // Built with nvcc -shared and called through ctypes (no torch headers: the launches go on the
 // stream the caller passes, so a CUDA graph captures them).
 #include <cuda_runtime.h>
