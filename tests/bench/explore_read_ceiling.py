@@ -24,6 +24,8 @@ import subprocess
 
 import torch
 
+from tests.ops._bench import event_times_ms, graphed
+
 HERE = pathlib.Path(__file__).resolve().parent
 # name: bytes per call (the GEMV benchmarks' shapes; packed sizes from docs/kernels/quant.md's floors)
 SIZES = {
@@ -47,27 +49,8 @@ POOL = 512 << 20
 
 
 def replay_s(fn, reps: int = 20) -> float:
-    """Median seconds of one replay of a CUDA graph of fn."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()  # warm-up outside capture (lazy init)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(ts)
+    """Median seconds of one replay of a CUDA graph of fn (the ops benchmarks' helpers)."""
+    return statistics.median(event_times_ms(graphed(fn), reps, warmup=3)) / 1e3
 
 
 def build() -> ctypes.CDLL:
