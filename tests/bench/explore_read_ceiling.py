@@ -43,8 +43,26 @@ SIZES = {
     "F16 4800x1600": 4800 * 1600 * 2,
     "F16 2880x2880": 2880 * 2880 * 2,
     "F16 4096x4096": 4096 * 4096 * 2,
+    # the whole-matrix MXFP4 -> fp16 dequantize (GT-029) moves 5.44 MB in and 20.48 MB out: its
+    # copy_ cell (half read, half written) is the same-size reference for that bar
+    "dequant 1600x6400 / 2": (1600 * 6400 // 32 * 17 + 1600 * 6400 * 2) // 2,
     "1 GiB": 1 << 30,
 }
+
+
+def _gpt2_step(d: int, layers: int, vocab: int, fmt: str) -> list[int]:
+    """Bytes of every weight matrix a GPT-2 decode step reads, in order (qkv, proj, fc, fc proj
+    per layer, then the tied head, which the packed test files keep in the same type)."""
+    per = (lambda n, k: n * k * 2) if fmt == "F16" else (
+        (lambda n, k: n * k // 32 * 17) if fmt == "MXFP4" else (lambda n, k: n * k // 32 * 34))
+    mats = [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)] * layers + [(vocab, d)]
+    return [per(n, k) for n, k in mats]
+
+
+# A whole decode step's weight reads at the kernel granularity the engine launches them: the
+# step's time with nothing but these reads is the most its MBU could be with one kernel per matrix.
+STEPS = {f"GPT-2 {name} {fmt} step": _gpt2_step(d, L, 50257, fmt)
+         for name, d, L in (("124M", 768, 12), ("1.5B", 1600, 48)) for fmt in ("F16", "Q8_0", "MXFP4")}
 POOL = 512 << 20
 
 
@@ -118,6 +136,18 @@ def main() -> None:
             cells.append(f"{gbps:10.0f} {gbps / copy_gbps:5.2f}")
             del dsts
         print(f"{name:>28} {nbytes / 1e6:7.2f} | " + " ".join(cells))
+        del bufs
+        torch.cuda.empty_cache()
+    print(f"\n{'step (reads only)':>28} {'MB/step':>7} | {'plain us, MBU':>16} {'PDL wait':>16} {'PDL early':>16}"
+          "   (MBU = step bytes / step time / the 1 GiB copy's GB/s)")
+    for name, sizes in STEPS.items():
+        bufs = [torch.empty(n // 16 * 16, dtype=torch.uint8, device="cuda").random_(0, 256) for n in sizes]
+        total = sum(b.numel() for b in bufs)
+        cells = []
+        for mode in (0, 1, 2):
+            t = replay_s(chain(lib, bufs, out, mode, blocks))
+            cells.append(f"{t * 1e6:9.1f} {total / t / 1e9 / copy_gbps:6.3f}")
+        print(f"{name:>28} {total / 1e6:7.1f} | " + " ".join(cells))
         del bufs
         torch.cuda.empty_cache()
 
