@@ -15,7 +15,9 @@ export PYTHONPATH=/tmp/site:$PWD
 M=$GPT_ENGINE_BENCH_MODELS
 t0=$(date +%s)
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
-timeout 240 python3 tests/bench/explore_read_ceiling.py
+timeout 200 python3 tests/bench/explore_read_ceiling.py --blocks-per-sm 4
+echo "== the same at 8 blocks of 256 threads per SM (the most resident)"
+timeout 150 python3 tests/bench/explore_read_ceiling.py --blocks-per-sm 8
 echo "read ceiling: $(( $(date +%s) - t0 )) s"
 (python3 -c "
 from gpt_engine import benchmodels as b
