@@ -11,6 +11,7 @@ replay that blocks behind the running step shows as the difference between the t
 """
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -50,6 +51,20 @@ def main(paths: list[str]) -> None:
         dec = m._decoders[(1, True)]
         print(f"## {path.split('/')[-1]}: generate {len(out.token_ids) / out.decode_s:.0f} tok/s, "
               f"decode_host median {statistics.median(dec.stats.host_per_step_us):.1f} us")
+        # the bimodal host time: several generate calls in one process, then the same with the
+        # thread pinned to one core (os.sched_setaffinity), to see whether migration explains it
+        cores = sorted(os.sched_getaffinity(0))
+        for pin in (False, True):
+            if pin:
+                os.sched_setaffinity(0, {cores[len(cores) // 2]})
+            cells = []
+            for _ in range(5):
+                o = m.generate(list(range(100, 132)), max_new_tokens=64, stop_at_eos=False)
+                d = m._decoders[(1, True)]
+                cells.append(f"{statistics.median(d.stats.host_per_step_us):.0f} us / "
+                             f"{len(o.token_ids) / o.decode_s:.0f} tok/s")
+            print(f"  generate x5, {'pinned to one core' if pin else f'{len(cores)} cores'}: " + ", ".join(cells))
+        os.sched_setaffinity(0, set(cores))
         st = dec.state
         start = [x.clone() for x in (st.ids, st.pos, st.lens, st.status)]
         # each loop replays N steps from the same position: replay k reads pos0 + k + 1 keys, so the

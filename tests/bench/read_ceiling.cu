@@ -11,6 +11,10 @@
 //           every block of this one has started and SM slots free up, so its loads overlap this
 //           one's whole run, not only its drain (a GEMV whose weight prefetch before its wait
 //           covered the whole matrix: an upper bound).
+//   mode 3: a plain launch of a copy kernel (the buffer's first half read, written to its second
+//           half): the same-size reference for a kernel that writes as much as it reads, such as
+//           the dequantize (a torch copy_ captured in a graph runs as a memcpy node, which measured
+//           ~2.7 TB/s on the H200 where a copy kernel gives ~4.2: not a kernel's reference).
 // Built with nvcc -shared and called through ctypes (no torch headers: the launches go on the
 // stream the caller passes, so a CUDA graph captures them).
 #include <cuda_runtime.h>
@@ -42,6 +46,20 @@ __global__ void __launch_bounds__(kThreads) read_kernel(const uint4* __restrict_
   if (acc == kNever) out[0] = acc;  // keeps the loads; never taken on random bytes in practice
 }
 
+__global__ void __launch_bounds__(kThreads) copy_kernel(uint4* __restrict__ p, long long half16) {  // [2 * half16]
+  const long long stride = (long long)gridDim.x * kThreads;
+  long long i = (long long)blockIdx.x * kThreads + threadIdx.x;
+  for (; i + 3 * stride < half16; i += 4 * stride) {
+    const uint4 a = __ldg(p + i), b = __ldg(p + i + stride), c = __ldg(p + i + 2 * stride),
+                d = __ldg(p + i + 3 * stride);
+    p[half16 + i] = a;
+    p[half16 + i + stride] = b;
+    p[half16 + i + 2 * stride] = c;
+    p[half16 + i + 3 * stride] = d;
+  }
+  for (; i < half16; i += stride) p[half16 + i] = __ldg(p + i);
+}
+
 }  // namespace
 
 // One launch per buffer, in order, on `stream` (the caller may be capturing it into a CUDA graph).
@@ -50,7 +68,7 @@ __global__ void __launch_bounds__(kThreads) read_kernel(const uint4* __restrict_
 // (-1: bad arguments).
 extern "C" int read_chain(const uint64_t* ptrs, const int64_t* n16, int n, int mode, int blocks,
                           uint64_t stream, uint64_t out) {
-  if (mode < 0 || mode > 2 || blocks < 1 || n < 0 || out == 0) return -1;
+  if (mode < 0 || mode > 3 || blocks < 1 || n < 0 || out == 0) return -1;
   for (int k = 0; k < n; ++k) {
     if (ptrs[k] == 0 || ptrs[k] % 16 != 0 || n16[k] < 1) return -1;
     cudaLaunchConfig_t cfg = {};
@@ -61,11 +79,13 @@ extern "C" int read_chain(const uint64_t* ptrs, const int64_t* n16, int n, int m
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = mode >= 1 ? 1 : 0;
+    cfg.numAttrs = mode == 1 || mode == 2 ? 1 : 0;
     const uint4* p = reinterpret_cast<const uint4*>(ptrs[k]);
     unsigned* o = reinterpret_cast<unsigned*>(out);
     const long long m = n16[k];
-    cudaError_t e = mode == 0   ? cudaLaunchKernelEx(&cfg, read_kernel<0>, p, m, o)
+    if (mode == 3 && m < 2) return -1;
+    cudaError_t e = mode == 3   ? cudaLaunchKernelEx(&cfg, copy_kernel, const_cast<uint4*>(p), m / 2)
+                    : mode == 0 ? cudaLaunchKernelEx(&cfg, read_kernel<0>, p, m, o)
                     : mode == 1 ? cudaLaunchKernelEx(&cfg, read_kernel<1>, p, m, o)
                                 : cudaLaunchKernelEx(&cfg, read_kernel<2>, p, m, o);
     if (e != cudaSuccess) return static_cast<int>(e);
