@@ -5,10 +5,13 @@ and to cuBLAS (F.linear on the same calls). The recorded benchmark is
 tests/ops/test_linear.py::test_gemv_bandwidth.
 
     python tests/bench/explore_gemv.py [--quant [--types Q8_0,MXFP4] [--shapes 1x1600x6400,4x1600x6400]
-                                        [--norm layernorm|rmsnorm]]
+                                        [--norm layernorm|rmsnorm]] [--l2]
 
 --quant: the packed types (csrc/linear_q.cu); --types / --shapes (M x N x K) pick a subset,
 --norm fuses that norm into every call (the activation staging then computes it).
+--l2: every call reads the SAME weight (after the first, from L2: 50 MB on the H200), so the time
+left is the call's own chain (launch, wait, x staging, the dot products, the epilogue) and not
+DRAM; the GB/s column then counts the bytes as if read.
 """
 from __future__ import annotations
 
@@ -62,6 +65,8 @@ def quant_table(copy_gbs: float) -> None:
     """Every packed type at M = 1 (and M = 4 for the first shape); K rounded down to whole
     super-blocks for the K-quants. nmse: the first call's output against the float64 product
     with gguf-py's dequantized weight (tests/tolerances.py nmse_fp16 = 1e-5 is the ops tests' bar)."""
+    import sys
+
     import numpy as np
     Q = gguf.GGMLQuantizationType
     types = _arg("--types").split(",") if _arg("--types") else QUANT_TYPES
@@ -77,7 +82,8 @@ def quant_table(copy_gbs: float) -> None:
             raw = packed(n, k, t)
             nbytes = raw.numel()
             reps = max(4, (512 << 20) // nbytes)
-            qs = [QWeight(raw.clone(), t, (n, k)) for _ in range(reps)]
+            qs = ([QWeight(raw.clone(), t, (n, k))] * reps if "--l2" in sys.argv
+                  else [QWeight(raw.clone(), t, (n, k)) for _ in range(reps)])
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             nm = None
             xn = x
@@ -110,7 +116,8 @@ def main() -> None:
         for n, k in SHAPES:
             nbytes = n * k * 2
             reps = max(4, (512 << 20) // nbytes)
-            ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(reps)]
+            ws = ([torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02] * reps if "--l2" in sys.argv
+                  else [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(reps)])
             qs = [QWeight(w.view(torch.uint8), gguf.GGMLQuantizationType.F16, (n, k)) for w in ws]
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             err = (ops.linear(x, qs[0]).double() - x.double() @ ws[0].double().T).abs().max().item()
