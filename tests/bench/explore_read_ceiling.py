@@ -139,15 +139,43 @@ def main() -> None:
         print(f"{name:>28} {nbytes / 1e6:7.2f} | " + " ".join(cells))
         del bufs
         torch.cuda.empty_cache()
+    # mode 4 (hold the share in shared memory across the wait) at 1, 2 and 4 blocks per SM: the
+    # share per block is bytes / grid, so the next kernel's blocks fit beside only while 2 shares do
+    holds = (1, 2, 4)
+    print(f"\n{'hold (read.cu mode 4)':>28} {'MB/call':>7} | " + " ".join(f"{f'{h} per SM, KB/blk':>22}" for h in holds)
+          + "   (GB/s and ratio to the 1 GiB copy; '-': a share above 227 KiB)")
+    for name, nbytes in SIZES.items():
+        nbytes = nbytes // 16 * 16
+        if nbytes >= (1 << 30):
+            continue
+        n = max(2, POOL // nbytes)
+        bufs = [torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 256) for _ in range(n)]
+        cells = []
+        for h in holds:
+            grid = sms * h
+            share_kb = -(-nbytes // 16 // grid) * 16 / 1024
+            try:
+                t = replay_s(chain(lib, bufs, out, 4, grid)) / n
+                gbps = nbytes / t / 1e9
+                cells.append(f"{gbps:8.0f} {gbps / copy_gbps:5.2f} {share_kb:7.1f}")
+            except RuntimeError:
+                cells.append(f"{'-':>8} {'':5} {share_kb:7.1f}")
+        print(f"{name:>28} {nbytes / 1e6:7.2f} | " + " ".join(cells))
+        del bufs
+        torch.cuda.empty_cache()
     print(f"\n{'step (reads only)':>28} {'MB/step':>7} | {'plain us, MBU':>16} {'PDL wait':>16} {'PDL early':>16}"
-          "   (MBU = step bytes / step time / the 1 GiB copy's GB/s)")
+          + "".join(f" {f'hold {h}/SM':>16}" for h in holds) + "   (MBU = step bytes / step time / the 1 GiB copy's GB/s; hold: the LM head, whose share\n"
+          "does not fit, as PDL wait)")
     for name, sizes in STEPS.items():
         bufs = [torch.empty(n // 16 * 16, dtype=torch.uint8, device="cuda").random_(0, 256) for n in sizes]
         total = sum(b.numel() for b in bufs)
         cells = []
-        for mode in (0, 1, 2):
-            t = replay_s(chain(lib, bufs, out, mode, blocks))
-            cells.append(f"{t * 1e6:9.1f} {total / t / 1e9 / copy_gbps:6.3f}")
+        for mode, grid in ((0, blocks), (1, blocks), (2, blocks)) + tuple((5, sms * h) for h in holds):
+            try:
+                t = replay_s(chain(lib, bufs, out, mode, grid))
+                cells.append(f"{t * 1e6:9.1f} {total / t / 1e9 / copy_gbps:6.3f}")
+            except RuntimeError:
+                cells.append(f"{'-':>9} {'':6}")
         print(f"{name:>28} {total / 1e6:7.1f} | " + " ".join(cells))
         del bufs
         torch.cuda.empty_cache()
