@@ -5,10 +5,12 @@ a 1 GiB device copy, while a decode GEMV reads 1-35 MB per call. This times a ke
 reads (tests/bench/read_ceiling.cu, built with nvcc and called through ctypes: each 16-byte
 vector loaded once) over exactly those byte counts, timed the way tests/ops/test_linear_q.py
 times the GEMV: a CUDA graph of back-to-back calls over distinct buffers, 512 MiB per replay
-(nothing from L2), median of 20 replays, per call. Three launch modes (the .cu file says what
-each one models), and a same-size device copy (torch's copy_, the dequantize kernel's kind of
-work) beside them. The ratio of each to the same run's 1 GiB copy is the most that any kernel
-reading that many bytes could score on the bar as the benchmarks measure it.
+(nothing from L2), median of 20 replays, per call. Launch modes plain / PDL wait / PDL early,
+a copy kernel of the same bytes (the dequantize's kind of work), and "hold" (each block keeps
+its share in shared memory across the wait) at 1, 2 and 4 blocks per SM; the .cu file says what
+each models. Then whole GPT-2 decode steps of nothing but their weight reads, in the same modes.
+The ratio of each to the harness's 1 GiB copy (eager, as gates/bench.py measures it) is the most
+that a kernel reading that many bytes in that way can score on the bar as the benchmarks measure it.
 
     python tests/bench/explore_read_ceiling.py [--blocks-per-sm 4]
 """
