@@ -102,6 +102,20 @@ def chain(lib, bufs, out, mode: int, blocks: int):
     return run
 
 
+def random_buffers(sizes) -> list[torch.Tensor]:
+    """Device buffers of random bytes (never zeros), each size rounded down to 16 bytes."""
+    return [torch.empty(n // 16 * 16, dtype=torch.uint8, device="cuda").random_(0, 256) for n in sizes]
+
+
+def time_or_none(lib, bufs, out, mode: int, grid: int) -> float | None:
+    """Seconds per replay of one launch per buffer, or None where read_chain refuses the launch
+    (mode 4: a share above what a block may hold)."""
+    try:
+        return replay_s(chain(lib, bufs, out, mode, grid))
+    except RuntimeError:
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks-per-sm", type=int, default=4)
@@ -128,16 +142,12 @@ def main() -> None:
     for name, nbytes in SIZES.items():
         nbytes = nbytes // 16 * 16
         n = max(2, POOL // nbytes) if nbytes < (1 << 30) else 1
-        bufs = [torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 256) for _ in range(n)]
+        bufs = random_buffers([nbytes] * n)
         cells = []
-        for mode in (0, 1, 2):
-            t = replay_s(chain(lib, bufs, out, mode, blocks)) / n
-            gbps = nbytes / t / 1e9
+        # modes 0-2 read nbytes a call; mode 3 (copy) moves each buffer's first half into its second
+        for mode, moved in ((0, nbytes), (1, nbytes), (2, nbytes), (3, nbytes // 32 * 32)):
+            gbps = moved / (replay_s(chain(lib, bufs, out, mode, blocks)) / n) / 1e9
             cells.append(f"{gbps:10.0f} {gbps / copy_gbps:5.2f}")  # 16 wide, as the header
-        # the copy kernel moves each buffer's first half into its second: nbytes moved per call
-        t = replay_s(chain(lib, bufs, out, 3, blocks)) / n
-        gbps = nbytes // 32 * 32 / t / 1e9
-        cells.append(f"{gbps:10.0f} {gbps / copy_gbps:5.2f}")
         print(f"{name:>28} {nbytes / 1e6:7.2f} | " + " ".join(cells))
         del bufs
         torch.cuda.empty_cache()
@@ -151,17 +161,14 @@ def main() -> None:
         if nbytes >= (1 << 30):
             continue
         n = max(2, POOL // nbytes)
-        bufs = [torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 256) for _ in range(n)]
+        bufs = random_buffers([nbytes] * n)
         cells = []
         for h in holds:
-            grid = sms * h
-            share_kb = -(-nbytes // 16 // grid) * 16 / 1024
-            try:
-                t = replay_s(chain(lib, bufs, out, 4, grid)) / n
-                gbps = nbytes / t / 1e9
-                cells.append(f"{gbps:8.0f} {gbps / copy_gbps:5.2f} {share_kb:7.1f}")
-            except RuntimeError:
-                cells.append(f"{'-':>8} {'':5} {share_kb:7.1f}")
+            t = time_or_none(lib, bufs, out, 4, sms * h)
+            share_kb = -(-nbytes // 16 // (sms * h)) * 16 / 1024
+            gbps = nbytes / (t / n) / 1e9 if t else None
+            cells.append(f"{gbps:8.0f} {gbps / copy_gbps:5.2f} {share_kb:7.1f}" if gbps
+                         else f"{'-':>8} {'':5} {share_kb:7.1f}")
         print(f"{name:>28} {nbytes / 1e6:7.2f} | " + " ".join(cells))
         del bufs
         torch.cuda.empty_cache()
@@ -169,15 +176,12 @@ def main() -> None:
           + "".join(f" {f'hold {h}/SM':>16}" for h in holds) + "   (MBU = step bytes / step time / the 1 GiB copy's GB/s; hold: the LM head, whose share\n"
           "does not fit, as PDL wait)")
     for name, sizes in STEPS.items():
-        bufs = [torch.empty(n // 16 * 16, dtype=torch.uint8, device="cuda").random_(0, 256) for n in sizes]
+        bufs = random_buffers(sizes)
         total = sum(b.numel() for b in bufs)
         cells = []
         for mode, grid in ((0, blocks), (1, blocks), (2, blocks)) + tuple((5, sms * h) for h in holds):
-            try:
-                t = replay_s(chain(lib, bufs, out, mode, grid))
-                cells.append(f"{t * 1e6:9.1f} {total / t / 1e9 / copy_gbps:6.3f}")
-            except RuntimeError:
-                cells.append(f"{'-':>9} {'':6}")
+            t = time_or_none(lib, bufs, out, mode, grid)
+            cells.append(f"{t * 1e6:9.1f} {total / t / 1e9 / copy_gbps:6.3f}" if t else f"{'-':>9} {'':6}")
         print(f"{name:>28} {total / 1e6:7.1f} | " + " ".join(cells))
         del bufs
         torch.cuda.empty_cache()
