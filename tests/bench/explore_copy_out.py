@@ -69,8 +69,16 @@ def main() -> None:
         host[i % 2].copy_(dev, non_blocking=True)
         ev[i % 2].record()
 
+    cur = torch.cuda.current_stream()  # Event.record() without a stream looks the stream up each call
+
+    def copy_event_stream(i):
+        host[i % 2].copy_(dev, non_blocking=True)
+        ev[i % 2].record(cur)
+
     variants = {
         "copy+event": copy_event,
+        "copy+event(stream)": copy_event_stream,
+        "event(stream)": lambda i: ev[i % 2].record(cur),
         "copy": lambda i: host[i % 2].copy_(dev, non_blocking=True),
         "event": lambda i: ev[i % 2].record(),
         "tiny graph": lambda i: tiny.replay(),
