@@ -8,18 +8,10 @@
 # layers (AB_VAR=GPT_ENGINE_DECODE_LAYERS on branch decode-layers-v1, v12). Repo root on the GPU machine, .whl carried;
 # everything printed goes to $OUT/ab.log.
 set -o pipefail
-export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-exec > >(tee -a "$OUT/ab.log") 2>&1
-export PYTHONUNBUFFERED=1
-export GPT_ENGINE_BENCH_MODELS=${GPT_ENGINE_BENCH_MODELS:-/tmp/gpt-engine-bench-models}
+. tests/bench/gpu_env.sh ab.log
 AB_VAR=${AB_VAR:-GPT_ENGINE_ATTN_SHORT_KEYS}
 AB_OFF=${AB_OFF:-0}
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-M=$GPT_ENGINE_BENCH_MODELS
-t0=$(date +%s)
-python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('extension built')" 2>&1 | tail -3
-echo "build: $(( $(date +%s) - t0 )) s"
+build_ext
 MODELS=${MODELS-gpt2-124m-F16 gpt2-1.5b-F16 llama-1b-F16 gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4 gpt-oss-20b-MXFP4}
 E2E=${E2E:-}
 TESTS=${TESTS-tests/ops/test_attention_decode.py tests/ops/test_attention_sinks.py tests/test_cuda_graph.py tests/ops/test_gpt2_block.py}

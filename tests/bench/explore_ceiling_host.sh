@@ -6,14 +6,7 @@
 # sent back as $OUT/ext-<hash>.tgz.part-* (ext_cache.sh). Everything printed goes to $OUT/ceiling.log.
 #   OUT=$OUT bash tests/bench/explore_ceiling_host.sh      (carry .whl, and .extcache if you have it)
 set -o pipefail
-export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-exec > >(tee -a "$OUT/ceiling.log") 2>&1
-export PYTHONUNBUFFERED=1
-export GPT_ENGINE_BENCH_MODELS=${GPT_ENGINE_BENCH_MODELS:-/tmp/gpt-engine-bench-models}
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-M=$GPT_ENGINE_BENCH_MODELS
-t0=$(date +%s)
+. tests/bench/gpu_env.sh ceiling.log
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
 timeout 200 python3 tests/bench/explore_read_ceiling.py --blocks-per-sm 4
 echo "== the same at 8 blocks of 256 threads per SM (the most resident)"
@@ -25,9 +18,7 @@ for s in ('gpt2-124m', 'gpt2-1.5b'):
     print(b.ensure('$M', s, 'F16'))
 " > /tmp/ch-models.txt 2>&1) &
 P1=$!
-bash tests/bench/ext_cache.sh restore
-python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('extension ready')" 2>&1 | tail -3
-echo "build: $(( $(date +%s) - t0 )) s"
+build_ext
 bash tests/bench/ext_cache.sh save
 wait $P1; cat /tmp/ch-models.txt
 timeout 180 python3 tests/bench/explore_host.py "$M/gpt2-124m-F16.gguf" "$M/gpt2-1.5b-F16.gguf"

@@ -4,15 +4,8 @@
 # Nsight Compute profile of both (NCU_RUNS=1), the graph-captured decode step, and tg128 of the
 # files in E2E through `gpt-engine bench`.
 set -o pipefail
-export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-exec > >(tee -a "$OUT/ab.log") 2>&1
-export PYTHONUNBUFFERED=1
-export GPT_ENGINE_BENCH_MODELS=/tmp/gpt-engine-bench-models
+. tests/bench/gpu_env.sh ab.log
 DEADLINE=${DEADLINE:-560}
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-M=$GPT_ENGINE_BENCH_MODELS
-t0=$(date +%s)
 left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
 MODELS=${MODELS:-gpt2-1.5b-MXFP4 gpt2-1.5b-Q8_0 gpt2-124m-MXFP4}
 (python3 -c "
@@ -22,9 +15,7 @@ for s in sys.argv[1:]:
     shape, q = s.rsplit('-', 1); print(b.ensure('$M', shape, q))
 " $MODELS > /tmp/ks-models.txt 2>&1) &
 P1=$!
-bash tests/bench/ext_cache.sh restore
-python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('built')" 2>&1 | tail -3
-echo "build: $(( $(date +%s) - t0 )) s"
+build_ext
 timeout 150 python3 -m pytest -p gates.pytest_plugin --no-evidence -p no:cacheprovider -q -x -m cuda --tb=short -rf \
   tests/ops/test_linear_q.py -k "not bandwidth and not benchmark" 2>&1 | grep -vE "^\.|^$|^SKIPPED" | tail -15
 echo "tests: $(( $(date +%s) - t0 )) s"

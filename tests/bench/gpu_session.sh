@@ -11,12 +11,7 @@
 # Benchmark models are written once into $GPT_ENGINE_BENCH_MODELS (kept while the machine is warm).
 set -o pipefail
 MODE=${1:-quick}
-export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-exec > >(tee -a "$OUT/session.log") 2>&1
-export PYTHONUNBUFFERED=1
-export GPT_ENGINE_BENCH_MODELS=${GPT_ENGINE_BENCH_MODELS:-/tmp/gpt-engine-bench-models}
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
+. tests/bench/gpu_env.sh session.log
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 # the o200k vocabulary of the gpt-oss files (bpe-openai's copy, carried in .whl/: no network there)
 [ -f .whl/o200k_base.tiktoken.gz ] && export GPT_ENGINE_O200K_FILE=${GPT_ENGINE_O200K_FILE:-$PWD/.whl/o200k_base.tiktoken.gz}
@@ -30,11 +25,8 @@ for s in sys.argv[1:]:
     t = time.time(); p = b.ensure('$GPT_ENGINE_BENCH_MODELS', shape, q or 'F16'); print(p, round(time.time() - t, 1), 's')
 " $SHAPES > /tmp/models.txt 2>&1) &
 MODELS_PID=$!
-t0=$(date +%s)
-# a cold machine reuses the objects of an earlier one with the same csrc (.extcache carried)
-bash tests/bench/ext_cache.sh restore
-python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('extension built')" > /tmp/build.txt 2>&1
-tail -20 /tmp/build.txt; echo "build: $(( $(date +%s) - t0 )) s"
+t0=$(date +%s)  # the build's time, not the wheels' and the models' start
+build_ext 20  # a cold machine reuses an earlier one's objects with the same csrc (.extcache carried)
 # EXT_SAVE=0: do not send the built objects back ($OUT/ext-<hash>.tgz.part-*: ext_cache.sh)
 [ "${EXT_SAVE:-1}" = 1 ] && bash tests/bench/ext_cache.sh save
 if [ "$MODE" = quick ]; then
@@ -59,7 +51,6 @@ else
   exit 0
 fi
 wait $MODELS_PID; cat /tmp/models.txt
-M=$GPT_ENGINE_BENCH_MODELS
 if [ -n "$EXPLORE" ]; then
   timeout 200 python3 tests/bench/explore_decode_step.py $M/gpt2-124m-F16.gguf $M/gpt2-1.5b-F16.gguf $M/llama-1b-F16.gguf
 fi

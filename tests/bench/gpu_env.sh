@@ -1,0 +1,18 @@
+# Sourced (not run) by the GPU-machine scripts in tests/bench, from the repository root with .whl
+# carried: `. tests/bench/gpu_env.sh LOG` sends everything printed to $OUT/LOG too, installs the
+# carried wheels (no network there) and sets PYTHONPATH, the benchmark-model folder ($M) and t0.
+# build_ext: the extension, restored from .extcache when carried (ext_cache.sh), else built.
+export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+exec > >(tee -a "$OUT/${1:?usage: . tests/bench/gpu_env.sh LOGNAME}") 2>&1
+export PYTHONUNBUFFERED=1
+export GPT_ENGINE_BENCH_MODELS=${GPT_ENGINE_BENCH_MODELS:-/tmp/gpt-engine-bench-models}
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+M=$GPT_ENGINE_BENCH_MODELS
+t0=$(date +%s)
+
+build_ext() {  # prints the last lines of the build's output and the seconds since t0
+  bash tests/bench/ext_cache.sh restore
+  python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('extension built')" 2>&1 | tail -${1:-3}
+  echo "build: $(( $(date +%s) - t0 )) s"
+}
