@@ -56,6 +56,13 @@ QUANT_SHAPES = [(1, 1600, 6400), (1, 6400, 1600), (1, 4096, 4096), (1, 2880, 288
                 (1, 1600, 1600), (4, 1600, 6400)]
 
 
+def calls(make, reps: int) -> list:
+    """The weights of `reps` timed calls: distinct (each from DRAM), or with --l2 one weight
+    repeated (from L2 after the first call)."""
+    import sys
+    return [make()] * reps if "--l2" in sys.argv else [make() for _ in range(reps)]
+
+
 def _arg(name: str) -> str | None:
     import sys
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
@@ -65,8 +72,6 @@ def quant_table(copy_gbs: float) -> None:
     """Every packed type at M = 1 (and M = 4 for the first shape); K rounded down to whole
     super-blocks for the K-quants. nmse: the first call's output against the float64 product
     with gguf-py's dequantized weight (tests/tolerances.py nmse_fp16 = 1e-5 is the ops tests' bar)."""
-    import sys
-
     import numpy as np
     Q = gguf.GGMLQuantizationType
     types = _arg("--types").split(",") if _arg("--types") else QUANT_TYPES
@@ -82,8 +87,7 @@ def quant_table(copy_gbs: float) -> None:
             raw = packed(n, k, t)
             nbytes = raw.numel()
             reps = max(4, (512 << 20) // nbytes)
-            qs = ([QWeight(raw.clone(), t, (n, k))] * reps if "--l2" in sys.argv
-                  else [QWeight(raw.clone(), t, (n, k)) for _ in range(reps)])
+            qs = calls(lambda: QWeight(raw.clone(), t, (n, k)), reps)
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             nm = None
             xn = x
@@ -116,8 +120,7 @@ def main() -> None:
         for n, k in SHAPES:
             nbytes = n * k * 2
             reps = max(4, (512 << 20) // nbytes)
-            ws = ([torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02] * reps if "--l2" in sys.argv
-                  else [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(reps)])
+            ws = calls(lambda: torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02, reps)
             qs = [QWeight(w.view(torch.uint8), gguf.GGMLQuantizationType.F16, (n, k)) for w in ws]
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             err = (ops.linear(x, qs[0]).double() - x.double() @ ws[0].double().T).abs().max().item()

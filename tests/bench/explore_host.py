@@ -60,8 +60,7 @@ def main(paths: list[str]) -> None:
             cells = []
             for _ in range(5):
                 o = m.generate(list(range(100, 132)), max_new_tokens=64, stop_at_eos=False)
-                d = m._decoders[(1, True)]
-                cells.append(f"{statistics.median(d.stats.host_per_step_us):.0f} us / "
+                cells.append(f"{statistics.median(dec.stats.host_per_step_us):.0f} us / "
                              f"{len(o.token_ids) / o.decode_s:.0f} tok/s")
             print(f"  generate x5, {'pinned to one core' if pin else f'{len(cores)} cores'}: " + ", ".join(cells))
         os.sched_setaffinity(0, set(cores))

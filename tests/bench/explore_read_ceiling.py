@@ -26,6 +26,7 @@ import subprocess
 
 import torch
 
+from gpt_engine.bench import copy_bandwidth
 from tests.ops._bench import event_times_ms, graphed
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -125,16 +126,11 @@ def main() -> None:
     blocks = sms * args.blocks_per_sm
     out = torch.zeros(1, dtype=torch.int32, device="cuda")
 
-    big = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_(0, 256)
-    dst = torch.empty_like(big)
-    # the reference as the harness measures it (gates/bench.py: an eager copy_, not captured: a
-    # copy_ captured in a graph runs as a memcpy node at ~2.7 TB/s on the H200), after ~1 s of
-    # copies (the card idles at a low clock)
-    for _ in range(2000):
-        dst.copy_(big)
-    copy_gbps = 2 * big.numel() / (statistics.median(event_times_ms(lambda: dst.copy_(big), 30, warmup=5)) / 1e3) / 1e9
-    del big, dst
-    torch.cuda.empty_cache()
+    # the reference as the harness and `gpt-engine bench` measure it (an eager 1 GiB copy_: one
+    # captured in a graph runs as a memcpy node at ~2.7 TB/s on the H200); the first call only
+    # warms the card from its idle clock
+    copy_bandwidth("cuda")
+    copy_gbps = copy_bandwidth("cuda")
     print(f"{torch.cuda.get_device_name()}: copy {copy_gbps:.0f} GB/s (1 GiB, read + write), "
           f"{blocks} blocks of 256 threads per read launch")
     print(f"{'matrix':>28} {'MB/call':>7} | {'read, plain':>16} {'read, PDL wait':>16} "
