@@ -161,6 +161,7 @@ class Decoder:
         pin = self.device.type == "cuda"
         self._host = [torch.empty(batch + 1, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._events = [torch.cuda.Event() for _ in range(2)] if pin else None
+        self._stream = None  # set by run()
 
     # ------------------------------------------------------------------ one step
     def _sample(self, logits: torch.Tensor, kind: str) -> None:
@@ -277,6 +278,10 @@ class Decoder:
             replay = lambda r: (short if r <= last_short else full).replay()  # noqa: E731
         else:
             replay = lambda r: self.step(kind)  # noqa: E731
+        # the stream the replays and copies go on, looked up once: Event.record() without one
+        # looks it up each call, ~5 us of the host's time per token (H200,
+        # tests/bench/explore_copy_out.py: record 6.3-6.6 us, with the stream passed 1.3 us)
+        self._stream = torch.cuda.current_stream() if self._events is not None else None
         self._copy_out(0)
         self.stats = stats = LoopStats()
         t1 = time.perf_counter()
@@ -316,7 +321,7 @@ class Decoder:
         st, j = self.state, i % 2
         self._host[j].copy_(st.readback, non_blocking=True)
         if self._events is not None:
-            self._events[j].record()
+            self._events[j].record(self._stream)
 
     def _read(self, i: int) -> tuple[list[int], int]:
         j = i % 2
