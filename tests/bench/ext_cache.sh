@@ -67,11 +67,8 @@ elif [ "$MODE" = restore ]; then
   # files get a time just before the library's.
   if [ -f "$DIR/gpt_engine_ops_ext.so" ]; then
     t=$(( $(stat -c %Y "$DIR/gpt_engine_ops_ext.so") - 1 ))
-    n=$(find csrc -type f -newer "$DIR/gpt_engine_ops_ext.so" | wc -l)
-    if [ "$n" -gt 0 ]; then
-      find csrc -type f -newer "$DIR/gpt_engine_ops_ext.so" -exec touch -d "@$t" {} +
-      echo "ext_cache: $n csrc files newer than the build of the same content; their times set before it"
-    fi
+    n=$(find csrc -type f -newer "$DIR/gpt_engine_ops_ext.so" -print -exec touch -d "@$t" {} + | wc -l)
+    [ "$n" -gt 0 ] && echo "ext_cache: $n csrc files newer than the build of the same content; their times set before it"
   fi
 fi
 exit 0
