@@ -13,17 +13,10 @@ set -o pipefail
 MODE=${1:-quick}
 . tests/bench/gpu_env.sh session.log
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-# the o200k vocabulary of the gpt-oss files (bpe-openai's copy, carried in .whl/: no network there)
-[ -f .whl/o200k_base.tiktoken.gz ] && export GPT_ENGINE_O200K_FILE=${GPT_ENGINE_O200K_FILE:-$PWD/.whl/o200k_base.tiktoken.gz}
+# (GPT_ENGINE_O200K_FILE, the gpt-oss vocabulary: gpu_env.sh)
 # shape[:type] (type F16 when absent); every model the benchmarks load, written while the extension builds
 SHAPES=${SHAPES:-gpt2-124m gpt2-1.5b smollm2-135m llama-1b}
-(python3 -c "
-import sys, time
-from gpt_engine import benchmodels as b
-for s in sys.argv[1:]:
-    shape, _, q = s.partition(':')
-    t = time.time(); p = b.ensure('$GPT_ENGINE_BENCH_MODELS', shape, q or 'F16'); print(p, round(time.time() - t, 1), 's')
-" $SHAPES > /tmp/models.txt 2>&1) &
+(SHAPES="$SHAPES" bash tests/bench/gen_models.sh > /tmp/models.txt 2>&1) &
 MODELS_PID=$!
 t0=$(date +%s)  # the build's time, not the wheels' and the models' start
 build_ext 20  # a cold machine reuses an earlier one's objects with the same csrc (.extcache carried)
