@@ -2,10 +2,14 @@
 
 The host launches one graph per token today, and the launch costs the host ~0.2-0.25 us per
 kernel node (docs/kernels/decode.md, "Decode loop"): ~56-65 us a token at GPT-2 1.5B against a
-30 us bar. A graph instantiated for device launch can end with a kernel that tail-launches the
-same graph (cudaGetCurrentGraphExec + cudaStreamGraphTailLaunch), so one host launch would run a
-whole request. tests/bench/device_loop.cu has that kernel; this script builds it with nvcc
-(relocatable device code and cudadevrt, which the engine's extension does not use) and asks:
+30 us bar. Two ways to run a whole request from one host launch (tests/bench/device_loop.cu, built here
+with nvcc into its own library: relocatable device code and cudadevrt, which the engine's
+extension does not use):
+  tail: the step's graph, instantiated for device launch, ends with a kernel that tail-launches
+        the same graph (cudaGetCurrentGraphExec + cudaStreamGraphTailLaunch);
+  while: the step's graph is the body of a conditional WHILE node whose condition its last kernel
+        sets (cudaGraphSetConditional; needs no relocatable code).
+For each way the script asks:
 
   1. synthetic: N PDL kernels (ops.residual_add) + the relaunch kernel, captured by torch with
      keep_graph, instantiated for device launch. Does instantiation accept the PDL edges? GPU
@@ -101,6 +105,30 @@ def host_run(fn, k: int) -> float:
     return a.elapsed_time(b) / k
 
 
+def loop_exec(lib, way: str, capture, ctl: torch.Tensor, status: torch.Tensor | None):
+    """capture(last) captures the step into a kept graph with last() as its final launch; the
+    step graph made into a loop of the given way: its exec handle, or None (reason printed)."""
+    sp = ctypes.c_void_p(status.data_ptr()) if status is not None else None
+    cp = ctypes.c_void_p(ctl.data_ptr())
+    if way == "tail":
+        g = capture(lambda: lib.devloop_launch_relaunch(stream_ptr(), cp, sp))
+        return instantiate(lib, g), g
+    parent, h = ctypes.c_void_p(), ctypes.c_ulonglong()
+    e = lib.devloop_cond_create(ctypes.byref(parent), ctypes.byref(h))
+    if e != 0:
+        print(f"  conditional handle: {lib.devloop_error(e).decode()}")
+        return None, None
+    g = capture(lambda: lib.devloop_launch_set_condition(stream_ptr(), h, cp, sp))
+    ex, res, nt = ctypes.c_void_p(), ctypes.c_int(), ctypes.c_int()
+    e = lib.devloop_cond_finish(parent, h, ctypes.c_void_p(g.raw_cuda_graph()), stream_ptr(), ctypes.byref(ex),
+                                ctypes.byref(res), ctypes.byref(nt))
+    if e != 0:
+        print(f"  WHILE node: {lib.devloop_error(e).decode()} (result {res.value}, "
+              f"node {NODE_TYPES.get(nt.value, nt.value)})")
+        return None, g
+    return ex, g
+
+
 def synthetic(lib, n: int, k: int = 200) -> None:
     x = torch.randn(4096, device="cuda", dtype=torch.float16)
     y = torch.randn(4096, device="cuda", dtype=torch.float16)
@@ -113,21 +141,27 @@ def synthetic(lib, n: int, k: int = 200) -> None:
         for _ in range(n):
             z = ops.residual_add(x, z)
 
-    gd = KeptGraph()
-    with torch.cuda.graph(gd):
-        body()
-        lib.devloop_launch_relaunch(stream_ptr(), ctypes.c_void_p(ctl.data_ptr()), None)
+    def capture(last):
+        g = KeptGraph()
+        with torch.cuda.graph(g):
+            body()
+            last()
+        return g
+
     gh = torch.cuda.CUDAGraph()
     with torch.cuda.graph(gh):
         body()
-    ex = instantiate(lib, gd)
     host = min(host_run(gh.replay, k) for _ in range(3)) * 1e3
-    if ex is None:
-        print(f"  N={n}: host replays {host:.1f} us a step; device loop not possible")
-        return
-    dev = min(device_run(lib, ex, ctl, k) for _ in range(3)) * 1e3
-    print(f"  N={n}: host replays {host:.1f} us a step, device loop {dev:.1f} us a step")
-    lib.devloop_destroy(ex)
+    cells = [f"host replays {host:.1f} us a step"]
+    for way in ("tail", "while"):
+        ex, _ = loop_exec(lib, way, capture, ctl, None)
+        if ex is None:
+            cells.append(f"{way}: not possible")
+            continue
+        dev = min(device_run(lib, ex, ctl, k) for _ in range(3)) * 1e3
+        cells.append(f"{way} loop {dev:.1f} us a step")
+        lib.devloop_destroy(ex)
+    print(f"  N={n}: " + ", ".join(cells))
 
 
 def model(lib, path: str, k: int = 64) -> None:
@@ -139,45 +173,52 @@ def model(lib, path: str, k: int = 64) -> None:
     ctl = torch.zeros(3, dtype=torch.int64, device="cuda")
     hist = torch.zeros(k + 1, dtype=torch.int64, device="cuda")
     start = [t.clone() for t in (st.ids, st.pos, st.lens, st.status)]
+    name = os.path.basename(path)
 
     def restore():
         for t, s in zip((st.ids, st.pos, st.lens, st.status), start):
             t.copy_(s)
 
-    def fn():  # the step, its token into hist[ctl[0]], then the relaunch
-        dec.step("greedy")
-        hist.index_copy_(0, ctl[:1].clamp(0, k), st.ids[:1])
-        lib.devloop_launch_relaunch(stream_ptr(), ctypes.c_void_p(ctl.data_ptr()),
-                                    ctypes.c_void_p(st.status.data_ptr()))
+    def capture(last):  # the step, its token into hist[ctl[0]], then last() (the loop's kernel)
+        def fn():
+            dec.step("greedy")
+            hist.index_copy_(0, ctl[:1].clamp(0, k), st.ids[:1])
+            if torch.cuda.is_current_stream_capturing():  # not in the eager warm-up: a condition
+                last()                                    # set outside its graph is undefined
+        orig = torch.cuda.CUDAGraph
+        torch.cuda.CUDAGraph = KeptGraph
+        try:
+            g, _ = dec._warm_and_capture(fn)
+        finally:
+            torch.cuda.CUDAGraph = orig
+        restore()
+        return g
 
-    orig = torch.cuda.CUDAGraph
-    torch.cuda.CUDAGraph = KeptGraph
-    try:
-        g_dev, _ = dec._warm_and_capture(fn)
-    finally:
-        torch.cuda.CUDAGraph = orig
-    restore()
-    ex = instantiate(lib, g_dev)
-    name = os.path.basename(path)
-    if ex is None:
-        print(f"  {name}: device loop not possible")
-        return
     ref = []
     restore()
     for _ in range(k):
         g_host.replay()
         ref.append(int(st.ids[0]))
     restore()
-    dev_ms = device_run(lib, ex, ctl, k)
-    got = hist[:k].tolist()
-    same = got == ref
-    restore()
     host_ms = host_run(g_host.replay, k)
-    print(f"  {name}: {k} tokens {'identical' if same else 'DIFFER'} (first {ref[:6]} / {got[:6]}); "
-          f"host replays {host_ms * 1e3:.1f} us a step, device loop {dev_ms * 1e3:.1f} us a step")
+    cells = [f"host replays {host_ms * 1e3:.1f} us a step"]
+    keep = []
+    for way in ("tail", "while"):
+        restore()
+        ex, g = loop_exec(lib, way, capture, ctl, st.status)
+        keep.append(g)
+        if ex is None:
+            cells.append(f"{way}: not possible")
+            continue
+        restore()
+        dev_ms = device_run(lib, ex, ctl, k)
+        got = hist[:k].tolist()
+        cells.append(f"{way} loop {dev_ms * 1e3:.1f} us a step, {k} tokens "
+                     f"{'identical' if got == ref else 'DIFFER: ' + str(ref[:6]) + ' / ' + str(got[:6])}")
+        lib.devloop_destroy(ex)
     restore()
-    lib.devloop_destroy(ex)
-    del m, dec, st, g_host, g_dev
+    print(f"  {name}: " + "; ".join(cells))
+    del m, dec, st, g_host, keep
     torch.cuda.empty_cache()
 
 
