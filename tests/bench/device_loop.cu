@@ -34,6 +34,27 @@ __global__ void set_condition_kernel(cudaGraphConditionalHandle h, long long* ct
   cudaGraphSetConditional(h, (done < ctl[1] && (status == nullptr || *status == 0)) ? 1u : 0u);
 }
 
+// Instantiates g with `flags` and uploads it. On failure: the instantiate result
+// (cudaGraphInstantiateResult) in *result and the failing node's type (cudaGraphNodeType) in
+// *node_type, or -1 when none is named.
+int instantiate_upload(cudaGraph_t g, unsigned long long flags, void* stream, void** exec_out, int* result,
+                       int* node_type) {
+  cudaGraphInstantiateParams p = {};
+  p.flags = flags;
+  cudaGraphExec_t ex = nullptr;
+  cudaError_t e = cudaGraphInstantiateWithParams(&ex, g, &p);
+  *result = (int)p.result_out;
+  *node_type = -1;
+  if (p.errNode_out != nullptr) {
+    cudaGraphNodeType t;
+    if (cudaGraphNodeGetType(p.errNode_out, &t) == cudaSuccess) *node_type = (int)t;
+  }
+  if (e != cudaSuccess) return (int)e;
+  e = cudaGraphUpload(ex, static_cast<cudaStream_t>(stream));
+  *exec_out = ex;
+  return (int)e;
+}
+
 }  // namespace
 
 extern "C" {
@@ -58,7 +79,7 @@ int devloop_launch_set_condition(void* stream, unsigned long long handle, long l
 }
 
 // B, step 3: the WHILE node in the parent, the captured step as a child graph of its body, the
-// parent instantiated for host launch and uploaded. Failure details as devloop_instantiate's.
+// parent instantiated for host launch and uploaded. Failure details as instantiate_upload's.
 int devloop_cond_finish(void* parent, unsigned long long handle, void* step_graph, void* stream, void** exec_out,
                         int* result, int* node_type) {
   cudaGraph_t g = static_cast<cudaGraph_t>(parent);
@@ -74,18 +95,7 @@ int devloop_cond_finish(void* parent, unsigned long long handle, void* step_grap
   if (e != cudaSuccess) return (int)e;
   e = cudaGraphAddChildGraphNode(&child, np.conditional.phGraph_out[0], nullptr, 0, static_cast<cudaGraph_t>(step_graph));
   if (e != cudaSuccess) return (int)e;
-  cudaGraphInstantiateParams p = {};
-  cudaGraphExec_t ex = nullptr;
-  e = cudaGraphInstantiateWithParams(&ex, g, &p);
-  *result = (int)p.result_out;
-  if (p.errNode_out != nullptr) {
-    cudaGraphNodeType t;
-    if (cudaGraphNodeGetType(p.errNode_out, &t) == cudaSuccess) *node_type = (int)t;
-  }
-  if (e != cudaSuccess) return (int)e;
-  e = cudaGraphUpload(ex, static_cast<cudaStream_t>(stream));
-  *exec_out = ex;
-  return (int)e;
+  return instantiate_upload(g, 0, stream, exec_out, result, node_type);
 }
 
 int devloop_launch_relaunch(void* stream, long long* ctl, const int* status) {
@@ -93,24 +103,10 @@ int devloop_launch_relaunch(void* stream, long long* ctl, const int* status) {
   return (int)cudaGetLastError();
 }
 
-// Instantiates graph for device launch and uploads it. On failure: the instantiate result
-// (cudaGraphInstantiateResult) in *result and the failing node's type (cudaGraphNodeType) in
-// *node_type, or -1 when none is named.
+// A's graph instantiated for device launch and uploaded (failure details as instantiate_upload's).
 int devloop_instantiate(void* graph, void* stream, void** exec_out, int* result, int* node_type) {
-  cudaGraphInstantiateParams p = {};
-  p.flags = cudaGraphInstantiateFlagDeviceLaunch;
-  cudaGraphExec_t ex = nullptr;
-  cudaError_t e = cudaGraphInstantiateWithParams(&ex, static_cast<cudaGraph_t>(graph), &p);
-  *result = (int)p.result_out;
-  *node_type = -1;
-  if (p.errNode_out != nullptr) {
-    cudaGraphNodeType t;
-    if (cudaGraphNodeGetType(p.errNode_out, &t) == cudaSuccess) *node_type = (int)t;
-  }
-  if (e != cudaSuccess) return (int)e;
-  e = cudaGraphUpload(ex, static_cast<cudaStream_t>(stream));
-  *exec_out = ex;
-  return (int)e;
+  return instantiate_upload(static_cast<cudaGraph_t>(graph), cudaGraphInstantiateFlagDeviceLaunch, stream, exec_out,
+                            result, node_type);
 }
 
 int devloop_launch(void* exec, void* stream) {
