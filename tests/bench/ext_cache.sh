@@ -69,7 +69,9 @@ elif [ "$MODE" = restore ]; then
   # would make ninja recompile it for nothing (~200 s for the packed GEMV's three units). Such
   # files get an old time (2000-01-01): ninja compares a source with its own object, which can be
   # minutes older than the library.
-  if [ -f "$DIR/gpt_engine_ops_ext.so" ]; then
+  # (not in a directory ext_seed.py just seeded: its library is an earlier build's, and the newer
+  # sources are exactly the ones that differ from it)
+  if [ -f "$DIR/gpt_engine_ops_ext.so" ] && [ ! -f "$DIR/.seeded" ]; then
     n=$(find csrc -type f -newer "$DIR/gpt_engine_ops_ext.so" -print -exec touch -d "@946684800" {} + | wc -l)
     [ "$n" -gt 0 ] && echo "ext_cache: $n csrc files newer than the build of the same content; their times set before it"
   fi

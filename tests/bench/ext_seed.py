@@ -6,7 +6,8 @@ when one kernel file changed. This copies the closest earlier build into that di
 ninja recompile only what differs:
 
   manifest DIR   write DIR/csrc.sha256: the key (flags, arch, torch and CUDA versions) and the
-                 sha256 of every csrc file, for the build in DIR (call it after a build)
+                 sha256 of every csrc file, for the build in DIR (call it after a build; it
+                 also removes the seed's marker, DIR/.seeded)
   seed DIR       DIR has no build: take the earlier build (a sibling directory, or parts in
                  .extcache/ext-<hash>.tgz.part-*) with the same key and the most csrc files of
                  identical bytes, copy it into DIR, then give every csrc file of identical bytes an
@@ -39,6 +40,7 @@ MANIFEST = "csrc.sha256"
 # the time given to sources of identical bytes: older than any object of any build (ninja compares
 # a source with its own object, which may be older than the library by minutes)
 OLD = 946684800  # 2000-01-01
+SEEDED = ".seeded"  # in a seeded directory until its build finishes
 
 
 def key() -> str:
@@ -55,6 +57,7 @@ def write_manifest(d: pathlib.Path) -> None:
         return
     lines = [f"key {key()}"] + [f"{h} {n}" for n, h in digests().items()]
     (d / MANIFEST).write_text("\n".join(lines) + "\n")
+    (d / SEEDED).unlink(missing_ok=True)  # built from this tree now
 
 
 def read_manifest(text: str) -> tuple[str, dict[str, str]]:
@@ -126,6 +129,9 @@ def seed(d: pathlib.Path) -> None:
                     same.append(p.name)
                 else:
                     os.utime(p, (now, now))
+        # until the build finishes (write_manifest), ext_cache.sh must not re-time this tree's
+        # newer sources against the seed's library: they are the ones to recompile
+        (b / SEEDED).write_text(name + "\n")
         if d.exists():
             shutil.rmtree(d)
         os.rename(b, d)

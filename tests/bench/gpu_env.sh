@@ -18,8 +18,11 @@ t0=$(date +%s)
 
 build_ext() {  # prints the last lines of the build's output and the seconds since t0
   bash tests/bench/ext_cache.sh restore
-  python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('extension built')" 2>&1 | tail -${1:-3}
+  python3 -c "from gpt_engine.ops import _ext; _ext.load(); print('extension built')" 2>&1 | tee /tmp/build_ext.txt \
+    | tail -${1:-3}
   # what the build was made from, so that a later build of changed sources can start from it
-  python3 tests/bench/ext_seed.py manifest "$(python3 -c "from gpt_engine.ops import _ext; print(_ext.build_dir())")"
+  # (only after a build that succeeded: a failed one in a seeded directory keeps the seed's library)
+  grep -qx "extension built" /tmp/build_ext.txt &&
+    python3 tests/bench/ext_seed.py manifest "$(python3 -c "from gpt_engine.ops import _ext; print(_ext.build_dir())")"
   echo "build: $(( $(date +%s) - t0 )) s"
 }
