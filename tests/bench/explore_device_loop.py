@@ -22,6 +22,7 @@ For each way the script asks:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pathlib
@@ -62,6 +63,17 @@ class KeptGraph(torch.cuda.CUDAGraph):
 
     def __init__(self, *a, **k):
         super().__init__()
+
+
+@contextlib.contextmanager
+def graphs_as(cls):
+    """Every torch.cuda.CUDAGraph made inside (the decoder's captures among them) is a `cls`."""
+    orig = torch.cuda.CUDAGraph
+    torch.cuda.CUDAGraph = cls
+    try:
+        yield
+    finally:
+        torch.cuda.CUDAGraph = orig
 
 
 def stream_ptr() -> ctypes.c_void_p:
@@ -187,12 +199,8 @@ def model(lib, path: str, k: int = 64) -> None:
             hist.index_copy_(0, ctl[:1].clamp(0, k), st.ids[:1])
             if torch.cuda.is_current_stream_capturing():  # not in the eager warm-up: a condition
                 last()                                    # set outside its graph is undefined
-        orig = torch.cuda.CUDAGraph
-        torch.cuda.CUDAGraph = KeptGraph
-        try:
+        with graphs_as(KeptGraph):
             g, _ = dec._warm_and_capture(fn)
-        finally:
-            torch.cuda.CUDAGraph = orig
         restore()
         return g
 

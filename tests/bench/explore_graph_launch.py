@@ -26,6 +26,7 @@ import torch
 
 import gpt_engine
 from gpt_engine import ops
+from tests.bench.explore_device_loop import KeptGraph, graphs_as
 
 
 def host_us(g: torch.cuda.CUDAGraph, n: int = 200) -> float:
@@ -70,30 +71,22 @@ def node_kinds(path: str) -> str:
     return f"{dict(kinds)}, {edges} edges, {prog} mentions of 'programmatic'"
 
 
+class DebugGraph(KeptGraph):  # kept for the dump, with torch's graph debug mode on
+    def __init__(self, *a, **k):
+        super().__init__()
+        self.enable_debug_mode()
+
+
 def model(path: str) -> None:
-    orig = torch.cuda.CUDAGraph
-
-    class DebugGraph(orig):  # every graph the decoder captures keeps its cudaGraph_t for the dump
-        def __new__(cls, *a, **k):  # keep_graph: the cudaGraph_t outlives capture_end for the dump
-            return super().__new__(cls, keep_graph=True)
-
-        def __init__(self, *a, **k):
-            super().__init__()
-            self.enable_debug_mode()
-
-    torch.cuda.CUDAGraph = DebugGraph
-    try:
+    with graphs_as(DebugGraph):  # every graph the decoder captures
         m = gpt_engine.load(path, device="cuda")
         m.generate(list(range(100, 132)), max_new_tokens=8, stop_at_eos=False)
-    finally:
-        torch.cuda.CUDAGraph = orig
     dec = m._decoders[(1, True)]
     g = dec._graph("greedy", short=True)
     dot = f"/tmp/step-{os.getpid()}.dot"
     g.debug_dump(dot)
     print(f"  {os.path.basename(path)}: step graph {node_kinds(dot)}; replay host {host_us(g):.1f} us")
-    st = dec.state
-    del m, dec, g, st
+    del m, dec, g
     torch.cuda.empty_cache()
 
 

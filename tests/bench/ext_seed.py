@@ -106,7 +106,7 @@ def seed(d: pathlib.Path) -> None:
     if not cands:
         print("ext_seed: no earlier build with this key; building from nothing")
         return
-    n, name, text, src = max(cands, key=lambda c: c[0])
+    _, name, text, src = max(cands, key=lambda c: c[0])
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=".seed-", dir=d.parent))
     try:
         if isinstance(src, pathlib.Path):
@@ -118,7 +118,9 @@ def seed(d: pathlib.Path) -> None:
                 print(f"ext_seed: the parts of {name} did not unpack; building from nothing")
                 return
         (b / "lock").unlink(missing_ok=True)
-        (b / MANIFEST).unlink()  # this directory's manifest is written after its own build
+        # this directory's manifest is written after its own build (parts made before manifests
+        # existed have none inside: .extcache's beside them named the seed)
+        (b / MANIFEST).unlink(missing_ok=True)
         _, files = read_manifest(text)
         now = time.time()
         same = []

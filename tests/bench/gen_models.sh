@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Writes the benchmark models of SHAPES (shape[:type], as gpu_session.sh takes them) into $GPT_ENGINE_BENCH_MODELS in
-# three parallel processes, grouped so that a quantized file follows its own F16 file in one
-# process: ~45 s on the H200 machine against ~90 s in one process. Run after gpu_env.sh is sourced (PYTHONPATH, the models' folder).
+# Writes the benchmark models of SHAPES (shape[:type], as gpu_session.sh takes them) into
+# $GPT_ENGINE_BENCH_MODELS in three parallel processes, grouped so that a quantized file follows
+# its own F16 file in one process: 47 s on the H200 machine in session 16 against ~90 s in one.
+# Run after gpu_env.sh is sourced (PYTHONPATH, the models' folder).
 gen() {
   python3 -c "
 import sys, time
