@@ -5,6 +5,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <cstring>
+
 #include "launchers.h"
 
 namespace {
@@ -413,9 +415,11 @@ void linear_qkv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
   check_launch(op, launch_linear_any(qtype, w, x, p));
 }
 
-// out [nrows, K] = dequantize(w[ids]) (ids null: every row of w, nrows = N).
+// out [nrows, K] = dequantize(w[ids]) (ids null: every row of w, nrows = N); with add [A, K] (out's
+// dtype) and add_ids [nrows]: out[r] = out[r] + add[add_ids[r]] in the same kernel.
 void dequantize_rows(const at::Tensor& w, int64_t qtype, const std::optional<at::Tensor>& ids, at::Tensor& out,
-                     const std::optional<at::Tensor>& status) {
+                     const std::optional<at::Tensor>& status, const std::optional<at::Tensor>& add,
+                     const std::optional<at::Tensor>& add_ids) {
   const char* op = "dequantize_rows";
   TORCH_CHECK(w.is_cuda() && w.is_contiguous(), op, ": weight must be a contiguous cuda tensor");
   TORCH_CHECK(reinterpret_cast<uintptr_t>(w.data_ptr()) % 4 == 0, op, ": weight must be 4-byte aligned");
@@ -434,10 +438,24 @@ void dequantize_rows(const at::Tensor& w, int64_t qtype, const std::optional<at:
     TORCH_CHECK(status->is_cuda() && status->device() == w.device() && status->scalar_type() == at::kInt &&
                     status->numel() == 1,
                 op, ": status must be one int32 on ", w.device());
+  TORCH_CHECK(add.has_value() == add_ids.has_value(), op, ": add and add_ids come together");
+  if (add) {
+    TORCH_CHECK(ids.has_value(), op, ": add needs ids (rows looked up)");
+    check_tensor(op, "add", *add, out, true);
+    TORCH_CHECK(add->dim() == 2 && add->size(1) == K && add->size(0) >= 1, op, ": add has shape ", add->sizes(),
+                ", expected [A, ", K, "]");
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(add->data_ptr()) % 16 == 0, op, ": add must be 16-byte aligned");
+    TORCH_CHECK(add_ids->is_cuda() && add_ids->device() == w.device() && add_ids->scalar_type() == at::kLong &&
+                    add_ids->is_contiguous() && add_ids->numel() == nrows,
+                op, ": add_ids must be a contiguous int64 tensor of ", nrows, " entries on ", w.device());
+  }
   const c10::cuda::CUDAGuard guard(w.device());
   check_launch(op, gpte::launch_dequantize_rows((int)qtype, dtype_code(out), w.data_ptr(), N, K,
                                                 ids ? ids->data_ptr<int64_t>() : nullptr, nrows, out.data_ptr(),
-                                                status ? status->data_ptr<int>() : nullptr, stream_of(w)));
+                                                status ? status->data_ptr<int>() : nullptr,
+                                                add ? add->data_ptr() : nullptr,
+                                                add ? add_ids->data_ptr<int64_t>() : nullptr, add ? add->size(0) : 0,
+                                                stream_of(w)));
 }
 
 void qkv_rope(const at::Tensor& qkv, const at::Tensor& pos, const std::optional<at::Tensor>& cos_t,
@@ -700,6 +718,66 @@ void sample_greedy(const at::Tensor& logits, int64_t n_valid, at::Tensor& next, 
                                               status ? status->data_ptr<int>() : nullptr, stream_of(logits)));
 }
 
+// ---- the decode loop on the device (decode_loop.cu)
+
+// int64 [n] on the host, pinned and mapped into the device's address space: the loop's ring and
+// host words, which its tail kernel writes and the host polls while the loop runs.
+at::Tensor loop_host_buffer(int64_t n) {
+  TORCH_CHECK(n >= 1, "loop_host_buffer: n must be >= 1, got ", n);
+  void* p = nullptr;
+  const cudaError_t e = gpte::mapped_host_alloc(&p, static_cast<size_t>(n) * sizeof(int64_t));
+  TORCH_CHECK(e == cudaSuccess, "loop_host_buffer: cudaHostAlloc of ", n, " int64 failed: ", cudaGetErrorString(e));
+  std::memset(p, 0, static_cast<size_t>(n) * sizeof(int64_t));
+  return at::from_blob(p, {n}, [](void* q) { gpte::mapped_host_free(q); }, at::TensorOptions().dtype(at::kLong));
+}
+
+void check_host_words(const char* name, const at::Tensor& t, int64_t n) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kLong && t.is_contiguous() && t.numel() == n,
+              "loop_build: ", name, " must be a contiguous int64 [", n, "] from loop_host_buffer");
+}
+
+// The parent graph of the loop (launchers.h decode_loop_build). step_short / step_full: the
+// captured steps' cudaGraph_t (torch's CUDAGraph(keep_graph=True).raw_cuda_graph()); step_short
+// 0 when there is none. ctl: int64 [kLoopCtlHead + B] and readback: int64 [B + 1], both on the
+// device; ring: int64 [rows * (B + 1)] and host: int64 [3] from loop_host_buffer. Returns the
+// exec's handle for loop_launch / loop_destroy.
+int64_t loop_build(int64_t step_short, int64_t step_full, const at::Tensor& ctl, const at::Tensor& readback,
+                   const at::Tensor& ring, const at::Tensor& host) {
+  const char* op = "loop_build";
+  TORCH_CHECK(step_full != 0, op, ": step_full is null");
+  TORCH_CHECK(readback.is_cuda() && readback.scalar_type() == at::kLong && readback.is_contiguous() &&
+                  readback.dim() == 1 && readback.numel() >= 2,
+              op, ": readback must be a contiguous int64 [B + 1] cuda tensor");
+  const int64_t batch = readback.numel() - 1;
+  TORCH_CHECK(ctl.is_cuda() && ctl.device() == readback.device() && ctl.scalar_type() == at::kLong &&
+                  ctl.is_contiguous() && ctl.numel() == gpte::kLoopCtlHead + batch,
+              op, ": ctl must be a contiguous int64 [", gpte::kLoopCtlHead + batch, "] on ", readback.device());
+  TORCH_CHECK(ring.numel() % (batch + 1) == 0 && ring.numel() > 0, op, ": ring must hold rows of B + 1 = ", batch + 1,
+              " int64");
+  check_host_words("ring", ring, ring.numel());
+  check_host_words("host", host, 3);
+  const c10::cuda::CUDAGuard guard(readback.device());
+  void* graphs[2] = {reinterpret_cast<void*>(step_short), reinterpret_cast<void*>(step_full)};
+  void* exec = nullptr;
+  int result = 0;
+  const cudaError_t e = gpte::decode_loop_build(
+      graphs, ctl.data_ptr<int64_t>(), readback.data_ptr<int64_t>(), static_cast<int>(batch), ring.data_ptr<int64_t>(),
+      ring.numel() / (batch + 1), host.data_ptr<int64_t>(), stream_of(readback), &exec, &result);
+  TORCH_CHECK(e == cudaSuccess, op, ": the device loop's graph was refused: ", cudaGetErrorString(e),
+              " (instantiate result ", result, ")");
+  return reinterpret_cast<int64_t>(exec);
+}
+
+void loop_launch(int64_t exec, const at::Tensor& readback) {
+  TORCH_CHECK(exec != 0, "loop_launch: null exec");
+  const c10::cuda::CUDAGuard guard(readback.device());
+  check_launch("loop_launch", gpte::decode_loop_launch(reinterpret_cast<void*>(exec), stream_of(readback)));
+}
+
+void loop_destroy(int64_t exec) {
+  if (exec != 0) gpte::decode_loop_destroy(reinterpret_cast<void*>(exec));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -726,8 +804,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("v_cache"), py::arg("lens"), py::arg("status"), py::arg("n_head"), py::arg("n_head_kv"),
         py::arg("rope_mode"), py::arg("rope_dim"), py::arg("qtype") = -1);
   m.def("linear_q_supported", &gpte::linear_q_supported, "whether the packed GEMV takes (ggml type, act dtype, M, K)");
-  m.def("dequantize_rows", &dequantize_rows, "out = dequantize(w[ids]) (GGUF packed rows, bit-exact)", py::arg("w"),
-        py::arg("qtype"), py::arg("ids"), py::arg("out"), py::arg("status"));
+  m.def("dequantize_rows", &dequantize_rows, "out = dequantize(w[ids]) [+ add[add_ids]] (GGUF packed rows, bit-exact)",
+        py::arg("w"), py::arg("qtype"), py::arg("ids"), py::arg("out"), py::arg("status"), py::arg("add") = py::none(),
+        py::arg("add_ids") = py::none());
   m.def("qkv_rope", &qkv_rope, "split qkv into heads, RoPE, append k/v to the cache", py::arg("qkv"), py::arg("pos"),
         py::arg("cos"), py::arg("sin"), py::arg("q_out"), py::arg("k_out"), py::arg("v_out"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("lens"), py::arg("status"), py::arg("T"), py::arg("rope_mode"),
@@ -756,4 +835,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("order"), py::arg("counts"), py::arg("dest"));
   m.def("moe_grouped_combine", &moe_grouped_combine, "grouped MoE combine: each token's k rows summed in order",
         py::arg("part"), py::arg("residual"), py::arg("out"), py::arg("topk"));
+  m.def("loop_host_buffer", &loop_host_buffer, "int64 [n], pinned host memory mapped into the device", py::arg("n"));
+  m.def("loop_build", &loop_build, "the device decode loop's graph (WHILE nodes over the captured steps)",
+        py::arg("step_short"), py::arg("step_full"), py::arg("ctl"), py::arg("readback"), py::arg("ring"),
+        py::arg("host"));
+  m.def("loop_launch", &loop_launch, "launch the device decode loop on readback's current stream", py::arg("exec"),
+        py::arg("readback"));
+  m.def("loop_destroy", &loop_destroy, "free the device decode loop's exec", py::arg("exec"));
 }

@@ -193,6 +193,22 @@ template <> __device__ __forceinline__ void store_piece<__nv_bfloat16>(__nv_bflo
                  u32_of(__floats2bfloat162_rn(v[4], v[5])), u32_of(__floats2bfloat162_rn(v[6], v[7])));
 }
 
+// Piece g of a dense table row, as fp32 (8 values from element 8 g of row-major O values).
+template <typename O> __device__ __forceinline__ void load_dense_piece(const O* t, size_t g, float* a);
+template <> __device__ __forceinline__ void load_dense_piece<float>(const float* t, size_t g, float* a) {
+  const float4 x = reinterpret_cast<const float4*>(t)[2 * g], y = reinterpret_cast<const float4*>(t)[2 * g + 1];
+  a[0] = x.x, a[1] = x.y, a[2] = x.z, a[3] = x.w, a[4] = y.x, a[5] = y.y, a[6] = y.z, a[7] = y.w;
+}
+template <typename O> __device__ __forceinline__ void load_dense_piece(const O* t, size_t g, float* a) {
+  const Vec<O, 8> x = load_vec<O, 8>(t, (int64_t)g);  // 16 bytes
+#pragma unroll
+  for (int k = 0; k < 8; ++k) a[k] = to_f(x.v[k]);
+}
+// v (fp32) rounded to O once, as the unfused path stores the dequantized row, then back to fp32:
+// the sum with the added row is then residual_add's (fp32 sum of two O values, one rounding).
+template <typename O> __device__ __forceinline__ float round_to(float v) { return to_f(from_f<O>(v)); }
+template <> __device__ __forceinline__ float round_to<float>(float v) { return v; }
+
 template <int T> constexpr int kPiecesPerBlock = Traits<T>::QK / 8;  // 4 or 32
 template <int T> constexpr int kPieceShift = Traits<T>::QK == 32 ? 2 : 5;
 
@@ -228,12 +244,15 @@ template <int T, typename O>
 __global__ void __launch_bounds__(kThreads) dequant_rows_kernel(const uint8_t* __restrict__ w, int64_t N,
                                                                 int64_t row_bytes, const int64_t* __restrict__ ids,
                                                                 int64_t row0, uint32_t pieces, FastDiv ppr,
-                                                                O* __restrict__ out, int* status) {
+                                                                O* __restrict__ out, int* status,
+                                                                const O* __restrict__ add,
+                                                                const int64_t* __restrict__ add_ids, int64_t A) {
   pdl_wait();  // ids come from the kernel before (a decode step's sampler)
   pdl_launch_dependents();
   const uint32_t g0 = blockIdx.x * (kThreads * kUnroll) + threadIdx.x;
   Raw<T> raw[kUnroll];
   bool ok[kUnroll];
+  int64_t add_piece[kUnroll];  // piece of `add` summed into output piece g (add: row add_ids[r], piece c)
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const uint32_t g = g0 + u * kThreads;
@@ -242,6 +261,11 @@ __global__ void __launch_bounds__(kThreads) dequant_rows_kernel(const uint8_t* _
     const uint32_t r = fastdiv(g, ppr), c = g - r * ppr.d;  // output row, piece within the row
     const int64_t src = ids ? ids[r] : row0 + r;
     ok[u] = src >= 0 && src < N;
+    if (add) {
+      const int64_t a = add_ids[r];
+      ok[u] = ok[u] && a >= 0 && a < A;
+      add_piece[u] = a * ppr.d + c;
+    }
     if (ok[u])
       load_piece<T>(w, src * row_bytes + (int64_t)(c >> kPieceShift<T>) * Traits<T>::TS,
                     (int)(c & (kPiecesPerBlock<T> - 1)), raw[u]);
@@ -254,6 +278,12 @@ __global__ void __launch_bounds__(kThreads) dequant_rows_kernel(const uint8_t* _
     float v[8];
     if (ok[u]) {
       decode_piece<T>(w, raw[u], v);
+      if (add) {
+        float a[8];
+        load_dense_piece<O>(add, (size_t)add_piece[u], a);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] = round_to<O>(v[k]) + a[k];
+      }
     } else {
       bad = true;
 #pragma unroll
@@ -279,12 +309,12 @@ cudaError_t run_matrix(const uint8_t* w8, int64_t total, O* o, cudaStream_t st) 
 
 template <int T, typename O>
 cudaError_t run(const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out, int* status,
-                cudaStream_t st) {
+                const void* add, const int64_t* add_ids, int64_t A, cudaStream_t st) {
   using TR = Traits<T>;
   const uint8_t* w8 = static_cast<const uint8_t*>(w);
   O* o = static_cast<O*>(out);
   const int64_t per_launch = kThreads * kUnroll;
-  if (!ids && nrows <= N) {
+  if (!ids && !add && nrows <= N) {
     const int64_t total = nrows * (K / 8);
     return run_matrix<T, O, kUnroll, kThreads>(w8, total, o, st);
   }
@@ -294,7 +324,8 @@ cudaError_t run(const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t
     const int64_t rows = std::min(nrows - r0, rows_per_launch), n = rows * ppr;
     const cudaError_t e =
         launch_pdl(dequant_rows_kernel<T, O>, dim3((unsigned)ceil_div(n, per_launch)), dim3(kThreads), 0, st, w8, N,
-                   K / TR::QK * TR::TS, ids ? ids + r0 : nullptr, r0, (uint32_t)n, fd, o + r0 * K, status);
+                   K / TR::QK * TR::TS, ids ? ids + r0 : nullptr, r0, (uint32_t)n, fd, o + r0 * K, status,
+                   static_cast<const O*>(add), add ? add_ids + r0 : nullptr, A);
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;
@@ -302,17 +333,17 @@ cudaError_t run(const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t
 
 template <typename O>
 cudaError_t run_o(int t, const void* w, int64_t N, int64_t K, const int64_t* ids, int64_t nrows, void* out,
-                  int* status, cudaStream_t st) {
+                  int* status, const void* add, const int64_t* add_ids, int64_t A, cudaStream_t st) {
   switch (t) {
-    case kQ8_0: return run<kQ8_0, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ4_0: return run<kQ4_0, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ4_1: return run<kQ4_1, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ5_0: return run<kQ5_0, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ5_1: return run<kQ5_1, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ4_K: return run<kQ4_K, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ5_K: return run<kQ5_K, O>(w, N, K, ids, nrows, out, status, st);
-    case kQ6_K: return run<kQ6_K, O>(w, N, K, ids, nrows, out, status, st);
-    case kMXFP4: return run<kMXFP4, O>(w, N, K, ids, nrows, out, status, st);
+    case kQ8_0: return run<kQ8_0, O>(w, N, K, ids, nrows, out, status, add, add_ids, A, st);
+    case kQ4_0: return run<kQ4_0, O>(w, N, K, ids, nrows, out, status, add, add_ids, A, st);
+    case kQ4_1: return run<kQ4_1, O>(w, N, K, ids, nrows, out, status, add, add_ids, A, st);
+    case kQ5_0: return run<kQ5_0, O>(w, N, K, ids, nrows, out, status, add, add_ids, A, st);
+    case kQ5_1: return run<kQ5_1, O>(w, N, K, ids, nrows, out, status, add, add_ids, A, st);
+    case kQ4_K: return run<kQ4_K, O>(w, N, K, ids, nrows, out, status, add, add_ids, A, st);
+    case kQ5_K: return run<kQ5_K, O>(w, N, K, ids, nrows, out, status, add, add_ids, A, st);
+    case kQ6_K: return run<kQ6_K, O>(w, N, K, ids, nrows, out, status, add, add_ids, A, st);
+    case kMXFP4: return run<kMXFP4, O>(w, N, K, ids, nrows, out, status, add, add_ids, A, st);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -320,15 +351,17 @@ cudaError_t run_o(int t, const void* w, int64_t N, int64_t K, const int64_t* ids
 }  // namespace
 
 cudaError_t launch_dequantize_rows(int ggml_type, int odtype, const void* w, int64_t N, int64_t K,
-                                   const int64_t* ids, int64_t nrows, void* out, int* status, cudaStream_t stream) {
+                                   const int64_t* ids, int64_t nrows, void* out, int* status, const void* add,
+                                   const int64_t* add_ids, int64_t A, cudaStream_t stream) {
   int qk, ts;
   ggml_block_shape(ggml_type, qk, ts);
   if (qk == 0 || K <= 0 || K % qk || N <= 0 || (reinterpret_cast<uintptr_t>(w) & 3) ||
       (reinterpret_cast<uintptr_t>(out) & 15))
     return cudaErrorInvalidValue;
   if (K / 8 > kMaxPieces) return cudaErrorInvalidValue;  // a row of more than 2^33 values
+  if (add && (!add_ids || A <= 0 || (reinterpret_cast<uintptr_t>(add) & 15))) return cudaErrorInvalidValue;
   if (nrows == 0) return cudaSuccess;
-  GPTE_DISPATCH(odtype, O, return run_o<O>(ggml_type, w, N, K, ids, nrows, out, status, stream));
+  GPTE_DISPATCH(odtype, O, return run_o<O>(ggml_type, w, N, K, ids, nrows, out, status, add, add_ids, A, stream));
   return cudaSuccess;
 }
 

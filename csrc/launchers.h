@@ -161,8 +161,13 @@ cudaError_t launch_linear_q(int ggml_type, int adtype, const LinearArgs& p, int 
 // gives a NaN row and ORs kStatusBadIndex into *status (status may be null). With ids null the
 // kernel reads w before its PDL wait (as the GEMVs read weights): w must not be written by the
 // kernel just before it on the stream.
+// add (null, or with ids: a dense [A, K] table of the output dtype, 16-byte aligned) and add_ids
+// [nrows]: out row r = dtype(dtype(dequantize(w[ids[r]])) + add[add_ids[r]]), the sum in fp32 as
+// residual_add's (GPT-2's packed token row plus its position row, one kernel); an add id outside
+// [0, A) also gives a NaN row and the status bit.
 cudaError_t launch_dequantize_rows(int ggml_type, int odtype, const void* w, int64_t N, int64_t K,
-                                   const int64_t* ids, int64_t nrows, void* out, int* status, cudaStream_t stream);
+                                   const int64_t* ids, int64_t nrows, void* out, int* status, const void* add,
+                                   const int64_t* add_ids, int64_t A, cudaStream_t stream);
 // ---- gpt-oss mixture of experts (moe.cu): routing, then MXFP4 expert GEMVs ----
 // Router logits h W^T + b (fp32 W [E, C], b [E]) -> top K experts per token (descending)
 // and their softmax weights. E <= 256, K <= 32, C * 4 <= kMoeRouteMaxSmem (h[m] staged as fp32).
@@ -228,5 +233,21 @@ cudaError_t launch_moe_grouped_layout(const int32_t* ids, int64_t P, int64_t E, 
 // [M, C] in T, or null). C even; any dtype.
 cudaError_t launch_moe_grouped_combine(int dtype, const float* part, const void* residual, void* out, int64_t M,
                                        int64_t topk, int64_t C, cudaStream_t stream);
+
+// The decode loop on the device (decode_loop.cu): one parent graph per (decoder, sampler kind)
+// whose WHILE nodes replay the captured steps step_graphs[0] (short; may be null) and
+// step_graphs[1] (full) until a stop rule holds. ctl: int64 [kLoopCtlHead + batch] on the device;
+// readback: int64 [batch + 1] on the device (the step's ids, then its status word); ring: int64
+// [rows, batch + 1] and host: int64 [3], both from mapped_host_alloc. On an instantiation failure
+// *instantiate_result holds the cudaGraphInstantiateResult. *exec_out: the uploaded exec.
+constexpr int kLoopCtlHead = 5;
+cudaError_t decode_loop_build(void* const* step_graphs, int64_t* ctl, const int64_t* readback, int batch,
+                              int64_t* ring, int64_t rows, int64_t* host, cudaStream_t stream, void** exec_out,
+                              int* instantiate_result);
+cudaError_t decode_loop_launch(void* exec, cudaStream_t stream);
+cudaError_t decode_loop_destroy(void* exec);
+// Pinned host memory mapped into the device's address space (the loop's ring and host words).
+cudaError_t mapped_host_alloc(void** ptr, size_t bytes);
+cudaError_t mapped_host_free(void* ptr);
 
 }  // namespace gpte

@@ -21,12 +21,23 @@ step i (copied to pinned memory behind step i, before step i+1 overwrote them), 
 them while step i+1 runs, and stops within one extra step of an EOS. The eager path runs the
 same ``step`` without the graph: it is the reference the graph is tested against, and the
 fallback (``graphs=False``).
+
+The device loop (``device_loop=True``, or ``GPT_ENGINE_DEVICE_LOOP=1``) launches the whole
+request from the host once: the captured steps run as the bodies of conditional WHILE nodes of
+one parent graph (csrc/decode_loop.cu), and a one-thread kernel after each step writes its ids
+and status word to a ring in mapped pinned memory and publishes the row count, which the host
+polls. The host's work per token is then reading a row, whatever the step's kernel count (a
+graph launch costs the host ~0.2-0.25 us per node: docs/kernels/decode.md). The device applies
+the same stop rules as the host loop (the token budget, a status bit, EOS in every sequence)
+and a cancel word the host sets when its consumer stops reading.
 """
 from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -35,6 +46,7 @@ import torch
 from . import ops, sampling
 from .errors import EngineError
 from .generate import SamplingParams
+from .ops import _ext
 from .ops.attention_decode import short_keys, splits_for
 
 STATUS_MESSAGES = {  # csrc/launchers.h kStatus*
@@ -130,6 +142,38 @@ class DecodeState:
         put(self.seed, [p.seed if p.seed is not None else int(torch.randint(0, 2**62, ())) for p in params])
 
 
+LOOP_CTL_HEAD = 5  # csrc/launchers.h kLoopCtlHead: short left, full left, next row, stopped, EOS id
+
+
+def device_loop_default() -> bool:
+    """Whether a Decoder runs its requests as a device loop unless told: GPT_ENGINE_DEVICE_LOOP=1."""
+    return os.environ.get("GPT_ENGINE_DEVICE_LOOP", "0") == "1"
+
+
+class LoopBuffers:
+    """What the device loop of one decoder reads and writes besides the decode state (csrc/
+    decode_loop.cu), allocated once: ctl on the device (the phases' step budgets, the next ring row,
+    the stop flag, the EOS id, per sequence whether it has produced EOS), its pinned source, the
+    ring (one row of ids + status per step, ``capacity`` rows) and the host words (rows published,
+    finished, cancel), both in mapped pinned memory. ``execs``: the built parent graph per sampler
+    kind, destroyed with this object."""
+
+    def __init__(self, batch: int, capacity: int, device: torch.device):
+        ext = _ext.load()
+        self.batch, self.rows = batch, capacity
+        self.ctl = torch.zeros(LOOP_CTL_HEAD + batch, dtype=torch.int64, device=device)
+        self.ctl_src = torch.zeros(LOOP_CTL_HEAD + batch, dtype=torch.int64, pin_memory=True)
+        self.ring = ext.loop_host_buffer(capacity * (batch + 1))
+        self.host = ext.loop_host_buffer(3)
+        # numpy views: a read is a plain load of the pinned word, ~0.1 us (a torch index is ~us)
+        self.ring_np, self.host_np = self.ring.numpy(), self.host.numpy()
+        self.execs: dict[str, int] = {}
+
+    def __del__(self):
+        for ex in getattr(self, "execs", {}).values():
+            _ext.load().loop_destroy(ex)
+
+
 @dataclass
 class LoopStats:
     """What the last ``Decoder.run`` measured (wall clock, host side)."""
@@ -144,7 +188,7 @@ class LoopStats:
 class Decoder:
     """Decode loop of one model for one batch size and capacity."""
 
-    def __init__(self, model, batch: int, capacity: int, graphs: bool = True):
+    def __init__(self, model, batch: int, capacity: int, graphs: bool = True, device_loop: bool | None = None):
         # not the Model itself: Model._decoders holds this object, and a reference cycle would
         # leave graphs to the garbage collector, which may then destroy them in the middle of
         # another capture (a fatal error)
@@ -162,6 +206,9 @@ class Decoder:
         self._host = [torch.empty(batch + 1, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._events = [torch.cuda.Event() for _ in range(2)] if pin else None
         self._stream = None  # set by run()
+        # the device loop needs the captured graphs kept (not only their execs) to clone them
+        self.device_loop = self.use_graphs and (device_loop_default() if device_loop is None else device_loop)
+        self._loop_buffers: LoopBuffers | None = None
 
     # ------------------------------------------------------------------ one step
     def _sample(self, logits: torch.Tensor, kind: str) -> None:
@@ -195,7 +242,7 @@ class Decoder:
             fn()
         torch.cuda.current_stream().wait_stream(side)
         _release_warmup(self.device)
-        g = torch.cuda.CUDAGraph()
+        g = torch.cuda.CUDAGraph(keep_graph=self.device_loop)
         with _no_gc(), torch.cuda.graph(g, pool=self._pool):
             out = fn()
         if self._pool is None:
@@ -219,6 +266,27 @@ class Decoder:
                 t.copy_(s)
             self.graphs[key] = g
         return g
+
+    def _loop(self, kind: str) -> LoopBuffers | None:
+        """The device loop for a sampler kind, built on first use (both steps captured first);
+        None, with a warning and the host loop from then on, when the driver refuses it."""
+        lb = self._loop_buffers
+        if lb is not None and kind in lb.execs:
+            return lb
+        st = self.state
+        short = self._graph(kind, short=True) if st.short_keys > 0 else None
+        full = self._graph(kind)
+        if lb is None:
+            lb = self._loop_buffers = LoopBuffers(st.batch, st.capacity, self.device)
+        try:
+            lb.execs[kind] = _ext.load().loop_build(short.raw_cuda_graph() if short is not None else 0,
+                                                    full.raw_cuda_graph(), lb.ctl, st.readback, lb.ring, lb.host)
+        except RuntimeError as e:
+            warnings.warn(f"the device decode loop is not available here ({e}); using the host loop",
+                          RuntimeWarning, stacklevel=3)
+            self.device_loop = False
+            return None
+        return lb
 
     # ------------------------------------------------------------------ prefill
     def bucket(self, n: int) -> int:
@@ -271,6 +339,10 @@ class Decoder:
         # its attention reads len(p) + r keys: the host knows each step's longest sequence in
         # advance, and captures every graph the request will use before the timed loop
         longest = max(len(p) for p in prompts)
+        lb = self._loop(kind) if self.device_loop and max_new_tokens > 1 else None
+        if lb is not None:
+            yield from self._run_device(lb, kind, max_new_tokens, longest, eos if stop_at_eos else None, t0)
+            return
         if self.use_graphs:
             last_short = st.short_keys - longest  # the last replay with every sequence short
             full = self._graph(kind) if max_new_tokens - 1 > last_short else None
@@ -313,6 +385,59 @@ class Decoder:
         finally:
             if self.device.type == "cuda":
                 torch.cuda.current_stream().synchronize()  # nothing queued outlives the request
+            stats.decode_s = time.perf_counter() - t1
+
+    def _run_device(self, lb: LoopBuffers, kind: str, max_new_tokens: int, longest: int, eos: int | None,
+                    t0: float) -> Iterator[list[int | None]]:
+        """run()'s loop with the device loop: token 0 (the prefill's) comes back as in the host
+        loop, tokens 1.. from the ring, row r = token r + 1, as the device publishes them."""
+        st, b = self.state, self.state.batch
+        # replay r (r = 1 ..) reads len(p) + r keys: the first (short_keys - longest) run the
+        # short step (as the host loop's replay choice), the rest the full one
+        n_short = min(max(st.short_keys - longest, 0), max_new_tokens - 1) if st.short_keys > 0 else 0
+        c = lb.ctl_src.numpy()
+        c[:] = 0
+        c[0], c[1], c[4] = n_short, max_new_tokens - 1 - n_short, -1 if eos is None else eos
+        ring, hv = lb.ring_np, lb.host_np
+        hv[:] = 0  # the previous request ended with a synchronize: the device no longer writes here
+        self._stream = torch.cuda.current_stream()
+        self._copy_out(0)
+        lb.ctl.copy_(lb.ctl_src, non_blocking=True)
+        _ext.load().loop_launch(lb.execs[kind], st.readback)
+        self.stats = stats = LoopStats()
+        t1 = time.perf_counter()
+        stats.prefill_s = t1 - t0
+        done = [False] * b
+        try:
+            for i in range(max_new_tokens):
+                if i == 0:
+                    ids, status = self._read(0)
+                else:
+                    while hv[0] < i:  # "finished" read first, then the count (decode_loop.cu)
+                        if hv[1] and hv[0] < i:
+                            raise EngineError(f"the device decode loop stopped after {int(hv[0])} of "
+                                              f"{max_new_tokens - 1} steps without a reason the host saw")
+                h2 = time.perf_counter()
+                if i > 0:
+                    row = ring[(i - 1) * (b + 1):i * (b + 1)].tolist()
+                    ids, status = row[:b], row[b] & 0xFFFFFFFF
+                if status:
+                    raise EngineError("decode step failed on the device: " + "; ".join(
+                        m for bit, m in STATUS_MESSAGES.items() if status & bit) + f" (status {status:#x})")
+                out = [None if d else t for d, t in zip(done, ids)]
+                if eos is not None:
+                    done = [d or t == eos for d, t in zip(done, ids)]
+                stats.steps += 1
+                yield out
+                h3 = time.perf_counter()
+                stats.host_s += h3 - h2
+                stats.host_per_step_us.append((h3 - h2) * 1e6)
+                if all(done):
+                    return
+        finally:
+            hv[2] = 1  # cancel: a loop still running stops after its current step
+            torch.cuda.current_stream().synchronize()
+            stats.replays = int(hv[0])
             stats.decode_s = time.perf_counter() - t1
 
     def _copy_out(self, i: int) -> None:

@@ -201,13 +201,18 @@ class QWeight:
         return t
 
     def rows(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32, checked: bool = True,
-             status: torch.Tensor | None = None) -> torch.Tensor:
+             status: torch.Tensor | None = None, add: torch.Tensor | None = None,
+             add_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``ids`` of a 2-D weight (embedding lookup), dequantizing only those rows
         unless the dense copy is already cached. ``checked=False`` skips the host-side range
         check (a device sync): for prompt ids already checked on the host and a decode step's
         ids, which come from its own sampler. On CUDA a packed table is read by the dequantize
         kernel (csrc/dequant.cu: the rows' blocks only, straight into ``dtype``); an id out of
-        range then gives a NaN row and sets bit 1 of ``status`` (the decode step's word), if given."""
+        range then gives a NaN row and sets bit 1 of ``status`` (the decode step's word), if given.
+        ``add`` [A, K] in ``dtype`` and ``add_ids`` (ids' shape): each row plus add[add_ids] as
+        ops.residual_add sums them, in the same kernel on that path (GPT-2's position rows)."""
+        from . import ops
+
         flat = ids.reshape(-1).to(self.raw.device)
         cached = self._dense.get(dtype)
         if self.raw.is_cuda and cached is None and self.qtype not in (_Q.F32, _Q.F16, _Q.BF16):
@@ -219,8 +224,17 @@ class QWeight:
                     if lo < 0 or hi >= self.raw.shape[0]:
                         raise quants.GGUFError(f"dequantize_rows: row id out of range [0, {self.raw.shape[0]}): "
                                                f"min {lo}, max {hi}")
+                if add is not None and add.dtype == dtype and add.dim() == 2 and add.shape[1] == self.shape[-1]:
+                    if checked and flat.numel():
+                        lo, hi = int(add_ids.min()), int(add_ids.max())
+                        if lo < 0 or hi >= add.shape[0]:
+                            raise quants.GGUFError(f"rows: add id out of range [0, {add.shape[0]}): min {lo}, max {hi}")
+                    out = dq.dequantize_rows(self.raw, int(self.qtype), flat.contiguous(), dtype, status, add,
+                                             add_ids.reshape(-1).contiguous())
+                    return out.reshape(*ids.shape, self.shape[-1])
                 out = dq.dequantize_rows(self.raw, int(self.qtype), flat.contiguous(), dtype, status)
-                return out.reshape(*ids.shape, self.shape[-1])
+                out = out.reshape(*ids.shape, self.shape[-1])
+                return out if add is None else ops.residual_add(out, add[add_ids])
         if cached is not None:
             out = cached.index_select(0, flat)
         elif self.qtype in (_Q.F32, _Q.F16):
@@ -229,7 +243,8 @@ class QWeight:
             out = quants.dequantize_rows(self.raw, self.qtype, flat)
         else:
             out = quants.dequantize(self.raw.index_select(0, flat), self.qtype)
-        return out.to(dtype).reshape(*ids.shape, self.shape[-1])
+        out = out.to(dtype).reshape(*ids.shape, self.shape[-1])
+        return out if add is None else ops.residual_add(out, add[add_ids])
 
     @classmethod
     def stack_rows(cls, weights: list["QWeight"]) -> "QWeight":

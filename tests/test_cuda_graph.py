@@ -192,3 +192,107 @@ def test_seeded_gpu_sampling_is_reproducible_and_seed_dependent(models):
     b = m.generate("Hello there", seed=1234, **kw).token_ids
     c = m.generate("Hello there", seed=4321, **kw).token_ids
     assert a == b and a != c
+
+
+# ---------------------------------------------------------------- the device loop (decode_loop.cu)
+
+def _device_loop(m, batch, capacity):
+    dec = Decoder(m, batch, capacity, graphs=True, device_loop=True)
+    assert dec.device_loop, "the device loop was not enabled"
+    return dec
+
+
+def _loop_built(dec, kind="greedy"):
+    """The request really ran as a device loop (no fallback warning turned it off)."""
+    return dec.device_loop and dec._loop_buffers is not None and kind in dec._loop_buffers.execs
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+@pytest.mark.parametrize("arch,qtype", [("gpt2", "F16"), ("gpt2", "Q8_0"), ("llama", "F16")])
+def test_device_loop_equals_host_loop_256_tokens(models, arch, qtype):
+    """Both WHILE loops run (23 + r keys cross short_keys): the same ids as host replays."""
+    m = gpt_engine.load(models.path(arch, qtype, n_ctx=512), device="cuda")
+    prompt = _prompt(23, m.config.vocab_size, 3)
+    host, dev = Decoder(m, 1, 512, graphs=True, device_loop=False), _device_loop(m, 1, 512)
+    a, b = _run(host, [prompt], 256), _run(dev, [prompt], 256)
+    assert _loop_built(dev)
+    assert a == b and len(b[0]) == 256
+    assert dev.stats.replays == 255 and dev.stats.steps == 256
+    assert set(dev.graphs) == {"greedy", "greedy:short"}
+    # a second request on the same loop (the control words reset per request)
+    assert _run(dev, [prompt[:7]], 40) == _run(host, [prompt[:7]], 40)
+
+
+@pytest.mark.story("GX-003", "GT-027")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+@pytest.mark.parametrize("sampled", [False, True])
+def test_device_loop_batch_equals_host_loop(models, sampled):
+    m = gpt_engine.load(models.path("gpt2", "F16"), device="cuda")
+    prompts = [_prompt(3 + 7 * b, m.config.vocab_size, 50 + b) for b in range(4)]
+    params = [SamplingParams(temperature=0.9, top_k=40, top_p=0.9, seed=11 + b) if sampled else SamplingParams()
+              for b in range(4)]
+    host, dev = Decoder(m, 4, 128, graphs=True, device_loop=False), _device_loop(m, 4, 128)
+    assert _run(dev, prompts, 30, params) == _run(host, prompts, 30, params)
+    assert _loop_built(dev, "sample" if sampled else "greedy")
+
+
+@pytest.mark.story("GX-003", "GT-027")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+def test_device_loop_stops_on_eos_and_on_cancel(models):
+    m = gpt_engine.load(models.path("gpt2", "F16"), device="cuda")
+    prompt = _prompt(9, m.config.vocab_size, 7)
+    host = Decoder(m, 1, 64, graphs=True, device_loop=False)
+    full = _run(host, [prompt], 30)[0]
+    eos = full[6]
+    j = full.index(eos)
+    dev = _device_loop(m, 1, 64)
+    got = [t[0] for t in dev.run([prompt], 30, [SamplingParams()], stop_at_eos=True, eos=eos)]
+    assert got == full[:j + 1]
+    assert dev.stats.replays == j, f"{dev.stats.replays} device steps for {j + 1} tokens (EOS at token {j})"
+    # the consumer stops reading after 5 tokens: the loop is cancelled, the next request runs whole
+    gen = dev.run([prompt], 30, [SamplingParams()], stop_at_eos=False)
+    assert [next(gen)[0] for _ in range(5)] == full[:5]
+    gen.close()
+    assert dev.stats.replays < 29
+    assert _run(dev, [prompt], 30)[0] == full
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+def test_device_loop_status_bit_becomes_the_error_after_one_step(models):
+    """A status bit raised by the step whose sample moves to position 10 ends both loops at the same token
+    with the same named error."""
+    m = gpt_engine.load(models.path("gpt2", "F16"), device="cuda")
+
+    def poisoned(dec):
+        real = dec._sample
+
+        def sample(logits, kind):
+            real(logits, kind)
+            st = dec.state
+            st.status.bitwise_or_((st.pos[:1] == 10).to(torch.int32) * 4)
+        dec._sample = sample
+        return dec
+
+    seen = []
+    for dec in (poisoned(Decoder(m, 1, 64, graphs=True, device_loop=False)), poisoned(_device_loop(m, 1, 64))):
+        toks = []
+        with pytest.raises(EngineError, match="NaN logits"):
+            for out in dec.run([[1, 2, 3]], 20, [SamplingParams()], stop_at_eos=False):
+                toks.append(out[0])
+        seen.append(toks)
+    assert seen[0] == seen[1] and len(seen[0]) == 7, seen  # tokens 0-6; token 7 came from the step that set the bit
+
+
+@pytest.mark.story("GX-003")
+def test_device_loop_is_off_without_graphs(models):
+    """The device loop is a CUDA-graph feature: on the CPU (or with graphs off) the host loop runs."""
+    m = gpt_engine.load(models.path("gpt2", "F32"), device="cpu")
+    dec = Decoder(m, 1, 32, graphs=True, device_loop=True)
+    assert not dec.device_loop
+    assert len(_run(dec, [[1, 2, 3]], 4)[0]) == 4

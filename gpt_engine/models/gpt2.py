@@ -72,9 +72,10 @@ class GPT2:
         if self.wte.qtype.name in _DENSE and self.wpe_dense is not None:
             return ops.embedding(ids, pos, self.wte.dense(self.dtype), self.wpe_dense)
         checked = not capturing()  # prompt ids were checked on the host; a decode step's come from its sampler
+        if self.wpe_dense is not None:  # the token row and its position row summed in the lookup's kernel
+            return self.wte.rows(ids, self.dtype, checked=checked, add=self.wpe_dense, add_ids=pos)
         tok = self.wte.rows(ids, self.dtype, checked=checked)
-        pe = self.wpe_dense[pos] if self.wpe_dense is not None else self.wpe.rows(pos, self.dtype, checked=checked)
-        return ops.residual_add(tok, pe)
+        return ops.residual_add(tok, self.wpe.rows(pos, self.dtype, checked=checked))
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False,
                 at: torch.Tensor | None = None) -> torch.Tensor:

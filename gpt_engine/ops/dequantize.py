@@ -6,7 +6,11 @@ dequantization rounded once to ``dtype``. Used for embedding lookups of packed t
 dequantized on read) and, with ids None, for the prefill path of the linear op (the whole
 matrix once into a scratch buffer that cuBLAS reads; docs/kernels/quant.md).
 
-On CUDA (csrc/dequant.cu) an id outside [0, N) gives a NaN row and, when ``status`` (the decode
+With ``add`` (a dense [A, K] table in ``dtype``) and ``add_ids`` (one row of it per output row),
+each output row is summed with its add row as ``residual_add`` sums (fp32, one rounding) in the
+same kernel: GPT-2's packed token row plus its position row is one launch, not three.
+
+On CUDA (csrc/dequant.cu) an id (or add id) outside [0, N) (or [0, A)) gives a NaN row and, when ``status`` (the decode
 step's int32 status word) is given, ORs bit 1 into it: no host read-back (callers that want
 an exception check the ids on the host first, as QWeight.rows(checked=True) does). The CPU
 path is gpt_engine.quants (the oracle) and raises on a bad id.
@@ -18,7 +22,7 @@ from typing import Optional
 import torch
 
 from . import _ext
-from ._common import OpError, OpIndexError, capturing, new_output
+from ._common import OpError, OpIndexError, acc_dtype, capturing, new_output
 
 OP = "dequantize_rows"
 # ggml type ids with a CUDA block decoder (csrc/launchers.h ggml_block_shape)
@@ -42,38 +46,63 @@ def _shape(raw: torch.Tensor, qtype: int, ids: Optional[torch.Tensor]) -> tuple[
     return (raw.shape[0] if ids is None else ids.shape[0]), raw.shape[1] // ts * bs
 
 
-def _check_range(raw, ids):
+def _check_add(raw, ids, dtype, add, add_ids, k):
+    if (add is None) != (add_ids is None):
+        raise OpError(f"{OP}: add and add_ids come together")
+    if add is None:
+        return
+    if ids is None:
+        raise OpError(f"{OP}: add needs ids (rows looked up)")
+    if add.dtype != dtype or add.dim() != 2 or add.shape[1] != k or add.shape[0] < 1:
+        raise OpError(f"{OP}: add must be [A, {k}] {dtype}, got {add.dtype} {list(add.shape)}")
+    if add_ids.dtype != torch.int64 or add_ids.shape != ids.shape:
+        raise OpError(f"{OP}: add_ids must be int64 {list(ids.shape)}, got {add_ids.dtype} {list(add_ids.shape)}")
+    if add.device != raw.device or add_ids.device != raw.device:
+        raise OpError(f"{OP}: add / add_ids are on {add.device} / {add_ids.device} but raw is on {raw.device}")
+
+
+def _check_range(raw, ids, add=None, add_ids=None):
     """Host read-back of the ids (skipped under capture / device_checked: the kernel flags them)."""
     if ids is None or ids.numel() == 0 or capturing():
         return
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= raw.shape[0]:
-        raise OpIndexError(f"{OP}: id {lo if lo < 0 else hi} outside [0, {raw.shape[0]})")
+    for name, t, n in (("id", ids, raw.shape[0]), ("add id", add_ids, add.shape[0] if add is not None else 0)):
+        if t is None:
+            continue
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= n:
+            raise OpIndexError(f"{OP}: {name} {lo if lo < 0 else hi} outside [0, {n})")
 
 
-def reference(raw, qtype, ids, dtype):
+def reference(raw, qtype, ids, dtype, add=None, add_ids=None):
     from gpt_engine import quants
 
-    _shape(raw, qtype, ids)
+    _, k = _shape(raw, qtype, ids)
     if dtype not in _OUT_DTYPES:
         raise OpError(f"{OP}: dtype {dtype}, expected one of {_OUT_DTYPES}")
-    _check_range(raw, ids)
+    _check_add(raw, ids, dtype, add, add_ids, k)
+    _check_range(raw, ids, add, add_ids)
     picked = raw if ids is None else raw.index_select(0, ids)
     out = quants.dequantize(picked, qtype)
     if out.data_ptr() == picked.data_ptr():
         out = out.clone()
-    return out.to(dtype)
+    out = out.to(dtype)
+    if add is not None:  # residual_add's sum: both rounded to dtype, added in the accumulation type
+        acc = acc_dtype(dtype)
+        out = (out.to(acc) + add.index_select(0, add_ids).to(acc)).to(dtype)
+    return out
 
 
 @torch.library.custom_op("gpt_engine::dequantize_rows", mutates_args=("status",))
 def dequantize_rows(raw: torch.Tensor, qtype: int, ids: Optional[torch.Tensor], dtype: torch.dtype,
-                    status: Optional[torch.Tensor]) -> torch.Tensor:
-    return reference(raw, qtype, ids, dtype)
+                    status: Optional[torch.Tensor], add: Optional[torch.Tensor] = None,
+                    add_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return reference(raw, qtype, ids, dtype, add, add_ids)
 
 
 @dequantize_rows.register_fake
-def _(raw, qtype, ids, dtype, status):
+def _(raw, qtype, ids, dtype, status, add=None, add_ids=None):
     n, k = _shape(raw, qtype, ids)
+    _check_add(raw, ids, dtype, add, add_ids, k)
     return raw.new_empty((n, k), dtype=dtype)
 
 
@@ -86,10 +115,13 @@ def cuda_supported(raw: torch.Tensor, qtype: int) -> bool:
 if _ext.available():
 
     @dequantize_rows.register_kernel("cuda")
-    def _(raw, qtype, ids, dtype, status):
+    def _(raw, qtype, ids, dtype, status, add=None, add_ids=None):
         n, k = _shape(raw, qtype, ids)
-        if dtype not in _OUT_DTYPES or not cuda_supported(raw, qtype):
-            return reference(raw, qtype, ids, dtype)
+        _check_add(raw, ids, dtype, add, add_ids, k)
+        if (dtype not in _OUT_DTYPES or not cuda_supported(raw, qtype)
+                or (add is not None and (not add.is_contiguous() or add.data_ptr() % 16))):
+            return reference(raw, qtype, ids, dtype, add, add_ids)
         out = new_output((n, k), raw, dtype)
-        _ext.load().dequantize_rows(raw, int(qtype), ids.contiguous() if ids is not None else None, out, status)
+        _ext.load().dequantize_rows(raw, int(qtype), ids.contiguous() if ids is not None else None, out, status,
+                                    add, add_ids.contiguous() if add_ids is not None else None)
         return out

@@ -191,6 +191,39 @@ def test_packed_embedding_rows_cuda(wtype):
         wc.rows(torch.tensor([3, 500], device="cuda"), torch.float16)
 
 
+@pytest.mark.story("GT-034")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("wtype", ["Q8_0", "MXFP4", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_dequantize_rows_plus_add_rows(device, wtype, dtype):
+    """GPT-2's packed token rows plus their position rows in one call: bit for bit gguf-py's rows
+    rounded to dtype, plus the added rows as residual_add sums them; a bad add id gives a NaN row
+    and bit 1 of the status word on CUDA."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, ())))
+    qk = _qk(wtype)
+    n, bpr = 37, (768 // qk if qk == 256 else 24)
+    raw = edge_blocks(wtype, n * bpr, rng).reshape(n, -1)
+    k = bpr * qk
+    ref_rows = torch.from_numpy(gguf.quants.dequantize(raw, Q[wtype]).astype(np.float32)).reshape(n, -1).to(dtype)
+    add = torch.randn(50, k).to(dtype)
+    ids, pos = torch.tensor([5, 0, 36, 5, 17]), torch.tensor([0, 49, 3, 3, 12])
+    want = ops.residual_add(ref_rows[ids], add[pos])
+    t = torch.from_numpy(raw.copy()).to(device)
+    got = ops.dequantize_rows(t, int(Q[wtype]), ids.to(device), dtype, None, add.to(device), pos.to(device))
+    assert torch.equal(got.cpu(), want), f"{int((got.cpu() != want).sum())} values differ"
+    if device == "cuda":
+        status = torch.zeros(1, dtype=torch.int32, device=device)
+        with ops.device_checked():
+            bad = ops.dequantize_rows(t, int(Q[wtype]), ids[:3].to(device), dtype, status, add.to(device),
+                                      torch.tensor([1, 50, 2], device=device))
+        assert int(status) == 1
+        assert torch.isnan(bad[1].float()).all()
+        assert torch.equal(bad[[0, 2]].cpu(), ops.residual_add(ref_rows[ids[[0, 2]]], add[[1, 2]]))
+    with pytest.raises(Exception, match="add id 50 outside"):
+        ops.dequantize_rows(t, int(Q[wtype]), ids[:2].to(device), dtype, None, add.to(device),
+                            torch.tensor([1, 50], device=device))
+
+
 # ---------------------------------------------------------------- MXFP4 at gpt-oss shapes
 
 # gpt-oss-20b: hidden 2880, 64 query heads and 8 KV heads of 64, expert FFN 2880 (SwiGLU)
