@@ -33,7 +33,21 @@ namespace {
 // host: int64 [3] mapped pinned: [0] rows published, [1] finished, [2] cancel (host-written).
 // ring: int64 [rows, B + 1] mapped pinned: per step the ids then the status word.
 // readback: int64 [B + 1] device: the step's ids then its status word (low half; high half 0).
-__global__ void loop_init_kernel(cudaGraphConditionalHandle h, int w, const int64_t* ctl) {
+// init(w) of the request's first loop (first = 1) also reads token 0 (the prefill's sample, in
+// readback): a sequence whose token 0 is EOS is done, and if every sequence is (or the status word
+// is set) no step runs, as the host stops after token 0 too.
+__global__ void loop_init_kernel(cudaGraphConditionalHandle h, int w, int64_t* ctl, const int64_t* readback, int batch,
+                                 int first) {
+  if (first) {
+    const int64_t eos = ctl[4];
+    bool all_done = eos >= 0;
+    for (int b = 0; b < batch; ++b) {
+      const bool d = eos >= 0 && readback[b] == eos;
+      ctl[kLoopCtlHead + b] = d ? 1 : 0;
+      all_done = all_done && d;
+    }
+    if (all_done || readback[batch] != 0) ctl[3] = 1;
+  }
   cudaGraphSetConditional(h, (ctl[3] == 0 && ctl[w] > 0) ? 1u : 0u);
 }
 
@@ -101,8 +115,8 @@ cudaError_t decode_loop_build(void* const* step_graphs, int64_t* ctl, const int6
     e = cudaGraphConditionalHandleCreate(&handles[w], parent, 0, cudaGraphCondAssignDefault);
     if (e != cudaSuccess) break;
     cudaGraphNode_t init = nullptr, cond = nullptr, child = nullptr, tail = nullptr;
-    int w_arg = w;
-    void* init_args[] = {&handles[w], &w_arg, &ctl};
+    int w_arg = w, first = last == nullptr ? 1 : 0;
+    void* init_args[] = {&handles[w], &w_arg, &ctl, &readback, &batch, &first};
     e = add_kernel(&init, parent, last ? &last : nullptr, reinterpret_cast<void*>(loop_init_kernel), init_args);
     if (e != cudaSuccess) break;
     cudaGraphNodeParams np = {};
