@@ -9,7 +9,8 @@ ninja recompile only what differs:
                  sha256 of every csrc file, for the build in DIR (call it after a build; it
                  also removes the seed's marker, DIR/.seeded)
   seed DIR       DIR has no build: take the earlier build (a sibling directory, or parts in
-                 .extcache/ext-<hash>.tgz.part-*) with the same key and the most csrc files of
+                 .extcache/ext-<hash>.tgz.part-*, their manifest read from inside them or from
+                 .extcache/ext-<hash>.csrc.sha256 beside them) with the same key and the most csrc files of
                  identical bytes, copy it into DIR, then give every csrc file of identical bytes an
                  old time (2000-01-01) and every other csrc file the present time
 
@@ -71,6 +72,15 @@ def read_manifest(text: str) -> tuple[str, dict[str, str]]:
     return k, files
 
 
+def manifest_in(parts: list[pathlib.Path]) -> str:
+    """The manifest packed inside a set of parts ('' when they hold none: made before manifests)."""
+    cat = subprocess.Popen(["cat", *map(str, parts)], stdout=subprocess.PIPE)
+    r = subprocess.run(["tar", "-xzOf", "-", "--wildcards", f"*/{MANIFEST}"], stdin=cat.stdout,
+                       capture_output=True, text=True)
+    cat.wait()
+    return r.stdout if r.returncode == 0 and cat.returncode == 0 else ""
+
+
 def unpack(parts: list[pathlib.Path], into: pathlib.Path) -> pathlib.Path | None:
     """The build directory inside a set of parts, unpacked under `into`."""
     cat = subprocess.Popen(["cat", *map(str, parts)], stdout=subprocess.PIPE)
@@ -96,11 +106,14 @@ def seed(d: pathlib.Path) -> None:
             t = (s / MANIFEST).read_text()
             cands.append((score(t), s.name, t, s))
     ec = pathlib.Path(".extcache")
-    for m in sorted(ec.glob("ext-*.csrc.sha256")) if ec.is_dir() else []:
-        h = m.name[len("ext-"):-len(".csrc.sha256")]
+    for first in sorted(ec.glob("ext-*.tgz.part-aa")) if ec.is_dir() else []:
+        h = first.name[len("ext-"):-len(".tgz.part-aa")]
         parts = sorted(ec.glob(f"ext-{h}.tgz.part-*"))
-        if parts and not (d.parent / h / LIB).is_file():
-            t = m.read_text()
+        if (d.parent / h / LIB).is_file():
+            continue
+        side = ec / f"ext-{h}.csrc.sha256"  # beside the parts, or (ext_cache.sh save) inside them
+        t = side.read_text() if side.is_file() else manifest_in(parts)
+        if t:
             cands.append((score(t), h, t, parts))
     cands = [c for c in cands if c[0] > 0]
     if not cands:
