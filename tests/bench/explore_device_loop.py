@@ -1,15 +1,12 @@
 """Can the decode step's graph relaunch itself from the device? (exploration, not evidence)
 
-The host launches one graph per token today, and the launch costs the host ~0.2-0.25 us per
-kernel node (docs/kernels/decode.md, "Decode loop"): ~56-65 us a token at GPT-2 1.5B against a
-30 us bar. Two ways to run a whole request from one host launch (tests/bench/device_loop.cu, built here
-with nvcc into its own library: relocatable device code and cudadevrt, which the engine's
-extension does not use):
-  tail: the step's graph, instantiated for device launch, ends with a kernel that tail-launches
-        the same graph (cudaGetCurrentGraphExec + cudaStreamGraphTailLaunch);
-  while: the step's graph is the body of a conditional WHILE node whose condition its last kernel
-        sets (cudaGraphSetConditional; needs no relocatable code).
-For each way the script asks:
+The host launched one graph per token, and the launch costs the host ~0.2-0.25 us per kernel
+node (docs/kernels/decode.md, "Decode loop"). The engine now runs a request from one host launch
+with conditional WHILE nodes (csrc/decode_loop.cu; its same-run A/B against the host loop:
+tests/bench/explore_device_loop_ab.py). This script tries the other way, not built into the
+engine: the step's graph, instantiated for device launch, ends with a kernel that tail-launches
+the same graph (cudaGetCurrentGraphExec + cudaStreamGraphTailLaunch; relocatable device code and
+cudadevrt, so tests/bench/device_loop.cu is built here with nvcc into its own library). It asks:
 
   1. synthetic: N PDL kernels (ops.residual_add) + the relaunch kernel, captured by torch with
      keep_graph, instantiated for device launch. Does instantiation accept the PDL edges? GPU
@@ -119,28 +116,13 @@ def host_run(fn, k: int) -> float:
     return (time.perf_counter() - t) * 1e3 / k
 
 
-def loop_exec(lib, way: str, capture, ctl: torch.Tensor, status: torch.Tensor | None):
+def loop_exec(lib, capture, ctl: torch.Tensor, status: torch.Tensor | None):
     """capture(last) captures the step into a kept graph with last() as its final launch; the
-    step graph made into a loop of the given way: its exec handle, or None (reason printed)."""
+    step graph with the relaunch kernel last, instantiated for device launch: (exec or None, graph)."""
     sp = ctypes.c_void_p(status.data_ptr()) if status is not None else None
     cp = ctypes.c_void_p(ctl.data_ptr())
-    if way == "tail":
-        g = capture(lambda: lib.devloop_launch_relaunch(stream_ptr(), cp, sp))
-        return instantiate(lib, g), g
-    parent, h = ctypes.c_void_p(), ctypes.c_ulonglong()
-    e = lib.devloop_cond_create(ctypes.byref(parent), ctypes.byref(h))
-    if e != 0:
-        print(f"  conditional handle: {lib.devloop_error(e).decode()}")
-        return None, None
-    g = capture(lambda: lib.devloop_launch_set_condition(stream_ptr(), h, cp, sp))
-    ex, res, nt = ctypes.c_void_p(), ctypes.c_int(), ctypes.c_int()
-    e = lib.devloop_cond_finish(parent, h, ctypes.c_void_p(g.raw_cuda_graph()), stream_ptr(), ctypes.byref(ex),
-                                ctypes.byref(res), ctypes.byref(nt))
-    if e != 0:
-        print(f"  WHILE node: {lib.devloop_error(e).decode()} (result {res.value}, "
-              f"node {NODE_TYPES.get(nt.value, nt.value)})")
-        return None, g
-    return ex, g
+    g = capture(lambda: lib.devloop_launch_relaunch(stream_ptr(), cp, sp))
+    return instantiate(lib, g), g
 
 
 def synthetic(lib, n: int, k: int = 200) -> None:
@@ -167,13 +149,12 @@ def synthetic(lib, n: int, k: int = 200) -> None:
         body()
     host = min(host_run(gh.replay, k) for _ in range(3)) * 1e3
     cells = [f"host replays {host:.1f} us a step"]
-    for way in ("tail", "while"):
-        ex, _ = loop_exec(lib, way, capture, ctl, None)
-        if ex is None:
-            cells.append(f"{way}: not possible")
-            continue
+    ex, _ = loop_exec(lib, capture, ctl, None)
+    if ex is None:
+        cells.append("tail: not possible")
+    else:
         dev = min(device_run(lib, ex, ctl, k) for _ in range(3)) * 1e3
-        cells.append(f"{way} loop {dev:.1f} us a step")
+        cells.append(f"tail loop {dev:.1f} us a step")
         lib.devloop_destroy(ex)
     print(f"  N={n}: " + ", ".join(cells))
 
@@ -197,8 +178,8 @@ def model(lib, path: str, k: int = 64) -> None:
         def fn():
             dec.step("greedy")
             hist.index_copy_(0, ctl[:1].clamp(0, k), st.ids[:1])
-            if torch.cuda.is_current_stream_capturing():  # not in the eager warm-up: a condition
-                last()                                    # set outside its graph is undefined
+            if torch.cuda.is_current_stream_capturing():  # not in the eager warm-up: a relaunch
+                last()                                    # outside a device graph does nothing useful
         with graphs_as(KeptGraph):
             g, _ = dec._warm_and_capture(fn)
         restore()
@@ -212,23 +193,20 @@ def model(lib, path: str, k: int = 64) -> None:
     restore()
     host_ms = host_run(g_host.replay, k)
     cells = [f"host replays {host_ms * 1e3:.1f} us a step"]
-    keep = []
-    for way in ("tail", "while"):
-        restore()
-        ex, g = loop_exec(lib, way, capture, ctl, st.status)
-        keep.append(g)
-        if ex is None:
-            cells.append(f"{way}: not possible")
-            continue
+    restore()
+    ex, g = loop_exec(lib, capture, ctl, st.status)
+    if ex is None:
+        cells.append("tail: not possible")
+    else:
         restore()
         dev_ms = device_run(lib, ex, ctl, k)
         got = hist[:k].tolist()
-        cells.append(f"{way} loop {dev_ms * 1e3:.1f} us a step, {k} tokens "
+        cells.append(f"tail loop {dev_ms * 1e3:.1f} us a step, {k} tokens "
                      f"{'identical' if got == ref else 'DIFFER: ' + str(ref[:6]) + ' / ' + str(got[:6])}")
         lib.devloop_destroy(ex)
     restore()
     print(f"  {name}: " + "; ".join(cells))
-    del m, dec, st, g_host, keep
+    del m, dec, st, g_host, g
     torch.cuda.empty_cache()
 
 
