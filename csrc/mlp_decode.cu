@@ -24,6 +24,7 @@
 // thread copies and a barrier per stage lets any thread read any row. Up stages: warp w takes
 // row w of the stage. Down stages: thread t owns 16-byte column chunk t % CC of part t / CC.
 #include <cmath>
+#include <cstdlib>
 
 #include "linear_common.cuh"
 #include "mlp_decode.h"
@@ -116,7 +117,9 @@ __global__ void __launch_bounds__(kMlpThreads, 1) mlp_decode_kernel(const MlpArg
   for (int i = 0; i < SLOTS - 1; ++i) issue(i);
   pdl_wait();
   pdl_launch_dependents();
-  XStage<A, MT, kMlpThreads>::stage(in, xs, 0, 1, s_mean, s_rstd);  // ends on a barrier
+  const int dbg = p.dbg;
+  if (!(dbg & 4)) XStage<A, MT, kMlpThreads>::stage(in, xs, 0, 1, s_mean, s_rstd);  // ends on a barrier
+  else __syncthreads();
 
   const int parts = p.parts, part = tid / cc, col = tid - part * cc;  // down: this thread's chunk
   const bool down_active = part < parts;
@@ -133,6 +136,7 @@ __global__ void __launch_bounds__(kMlpThreads, 1) mlp_decode_kernel(const MlpArg
     int first, n;
     rows_of(i, first, n);
     const uint4* slot = reinterpret_cast<const uint4*>(ring + (size_t)(i % SLOTS) * rs * rb);
+    if (dbg & 1) continue;
     if (i < nsu) {
       if (warp < n) {  // one row per warp: the dense GEMV's lane order and butterfly
         float a[MT];
@@ -194,6 +198,7 @@ __global__ void __launch_bounds__(kMlpThreads, 1) mlp_decode_kernel(const MlpArg
     }
   }
   cp_async_wait<0>();
+  if (dbg & 2) return;
 
   // This block's partial sums -> partial[b * parts + part][m][C].
   float* partial = p.partial;
@@ -282,7 +287,8 @@ cudaError_t launch_mt(const MlpArgs& a, int num_sms, cudaStream_t st) {
   p.smax = g.smax;
   p.gsum = p.partial + (int64_t)g.grid * g.parts * p.in.M * p.in.K;
   p.in.kt = p.in.K;
-  p.in.vec_x = true;  // C % 8 == 0 and x 16-byte aligned: checked by mlp_decode_supported / the binding
+  p.in.vec_x = true;
+  { const char* e = getenv("GPTE_MLP_DEBUG"); p.dbg = e ? atoi(e) : 0; }  // C % 8 == 0 and x 16-byte aligned: checked by mlp_decode_supported / the binding
   return launch_pdl(mlp_decode_kernel<W, A, MT>, dim3((unsigned)g.grid), dim3(kMlpThreads), g.smem, st, p);
 }
 

@@ -20,6 +20,7 @@ struct MlpArgs {
   unsigned* counters;    // [kMlpMaxGroups + 1], zero before the first call; each call leaves them zero
   int F, act;            // hidden units; kActGeluTanh or kActSwiglu
   int parts, stage_rows, smax;  // set by the launcher
+  int dbg;
 };
 bool mlp_decode_supported(int wdtype, int adtype, int64_t M, int64_t C, int64_t F, int64_t act, int num_sms);
 int64_t mlp_decode_workspace_floats(int wdtype, int64_t M, int64_t C, int64_t F, int num_sms);
