@@ -8,7 +8,6 @@
 #include <cstring>
 
 #include "launchers.h"
-#include "mlp_decode.h"
 
 namespace {
 
@@ -352,85 +351,6 @@ void linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Te
   gpte::LinearArgs p = linear_args(op, x, w, bias, residual, norm_w, norm_b, out, norm, act, eps, n_out, qtype);
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch(op, launch_linear_any(qtype, w, x, p));
-}
-
-// The decode MLP in one kernel (csrc/mlp_decode.cu): out = residual + w_dt.T act(w_up norm(x) + b_up) + b_down.
-void mlp_decode(const at::Tensor& x, const std::optional<at::Tensor>& norm_w, const std::optional<at::Tensor>& norm_b,
-                int64_t norm, double eps, const at::Tensor& w_up, const std::optional<at::Tensor>& b_up,
-                const at::Tensor& w_dt, const std::optional<at::Tensor>& b_down,
-                const std::optional<at::Tensor>& residual, at::Tensor& out, at::Tensor& counters, int64_t act) {
-  const char* op = "mlp_decode";
-  check_tensor(op, "x", x, x, true);
-  TORCH_CHECK(x.dim() == 2, op, ": x must be [M, C], got ", x.sizes());
-  const int64_t M = x.size(0), C = x.size(1);
-  TORCH_CHECK(act == gpte::kActGeluTanh || act == gpte::kActSwiglu, op, ": act must be gelu_tanh or swiglu, got ", act);
-  check_tensor(op, "w_dt", w_dt, w_up, true);
-  TORCH_CHECK(w_dt.dim() == 2 && w_dt.size(1) == C, op, ": w_dt has shape ", w_dt.sizes(), ", expected [F, ", C, "]");
-  const int64_t F = w_dt.size(0), R = act == gpte::kActSwiglu ? 2 * F : F;
-  TORCH_CHECK(w_up.is_cuda() && w_up.device() == x.device() && w_up.is_contiguous() && w_up.dim() == 2 &&
-                  w_up.size(0) == R && w_up.size(1) == C,
-              op, ": w_up must be a contiguous [", R, ", ", C, "] cuda tensor on ", x.device(), ", got ", w_up.sizes());
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  TORCH_CHECK(gpte::mlp_decode_supported(dtype_code(w_up), dtype_code(x), M, C, F, act, sms), op,
-              ": no fused MLP kernel for weight ", w_up.scalar_type(), ", activations ", x.scalar_type(), ", M=", M,
-              ", C=", C, ", F=", F);
-  if (const at::Tensor* b = opt(b_up)) {
-    check_tensor(op, "b_up", *b, x, true);
-    TORCH_CHECK(b->dim() == 1 && b->size(0) == R, op, ": b_up has shape ", b->sizes(), ", expected [", R, "]");
-  }
-  if (const at::Tensor* b = opt(b_down)) {
-    check_tensor(op, "b_down", *b, x, true);
-    TORCH_CHECK(b->dim() == 1 && b->size(0) == C, op, ": b_down has shape ", b->sizes(), ", expected [", C, "]");
-  }
-  if (const at::Tensor* r = opt(residual)) {
-    check_tensor(op, "residual", *r, x, true);
-    check_same_shape(op, "residual", *r, x);
-  }
-  TORCH_CHECK(norm >= gpte::kNormNone && norm <= gpte::kNormRms, op, ": unknown norm code ", norm);
-  if (norm != gpte::kNormNone) {
-    const at::Tensor* nw = opt(norm_w);
-    TORCH_CHECK(nw != nullptr, op, ": norm weight missing");
-    check_tensor(op, "norm_weight", *nw, x, true);
-    TORCH_CHECK(nw->dim() == 1 && nw->size(0) == C, op, ": norm weight has shape ", nw->sizes());
-    if (norm == gpte::kNormLayer) {
-      const at::Tensor* nb = opt(norm_b);
-      TORCH_CHECK(nb != nullptr, op, ": layernorm bias missing");
-      check_tensor(op, "norm_bias", *nb, x, true);
-      TORCH_CHECK(nb->dim() == 1 && nb->size(0) == C, op, ": norm bias has shape ", nb->sizes());
-    }
-  }
-  check_tensor(op, "out", out, x, true);
-  check_same_shape(op, "out", out, x);
-  TORCH_CHECK(counters.is_cuda() && counters.device() == x.device() && counters.is_contiguous() &&
-                  counters.scalar_type() == at::kInt && counters.numel() >= gpte::kMlpMaxGroups + 1,
-              op, ": counters must be a contiguous int32 cuda tensor of at least ", gpte::kMlpMaxGroups + 1,
-              " zeros on ", x.device());
-  const c10::cuda::CUDAGuard guard(x.device());
-  // partial sums then first-level sums: per call, from the caching allocator (a graph's pool
-  // during capture); every element read is written first in the same call
-  const int64_t nf = gpte::mlp_decode_workspace_floats(dtype_code(w_up), M, C, F, sms);
-  at::Tensor ws = at::empty({nf}, x.options().dtype(at::kFloat));
-  gpte::MlpArgs p{};
-  p.in.x = x.data_ptr();
-  p.in.M = (int)M;
-  p.in.N = (int)C;
-  p.in.K = (int)C;
-  p.in.n_out = (int)C;
-  p.in.norm = (int)norm;
-  p.in.norm_w = norm != gpte::kNormNone ? norm_w->data_ptr() : nullptr;
-  p.in.norm_b = norm == gpte::kNormLayer ? norm_b->data_ptr() : nullptr;
-  p.in.eps = (float)eps;
-  p.w_up = w_up.data_ptr();
-  p.b_up = b_up ? b_up->data_ptr() : nullptr;
-  p.w_dt = w_dt.data_ptr();
-  p.b_down = b_down ? b_down->data_ptr() : nullptr;
-  p.residual = residual ? residual->data_ptr() : nullptr;
-  p.out = out.data_ptr();
-  p.partial = ws.data_ptr<float>();
-  p.counters = reinterpret_cast<unsigned*>(counters.data_ptr<int32_t>());
-  p.F = (int)F;
-  p.act = (int)act;
-  check_launch(op, gpte::launch_mlp_decode(dtype_code(w_up), dtype_code(x), p, sms, stream_of(x)));
 }
 
 void linear_qkv(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
@@ -883,14 +803,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("norm"), py::arg("eps"), py::arg("pos"), py::arg("cos"), py::arg("sin"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("lens"), py::arg("status"), py::arg("n_head"), py::arg("n_head_kv"),
         py::arg("rope_mode"), py::arg("rope_dim"), py::arg("qtype") = -1);
-  m.def("mlp_decode", &mlp_decode, "decode MLP in one kernel: out = residual + down(act(up(norm(x))))", py::arg("x"),
-        py::arg("norm_w"), py::arg("norm_b"), py::arg("norm"), py::arg("eps"), py::arg("w_up"), py::arg("b_up"),
-        py::arg("w_dt"), py::arg("b_down"), py::arg("residual"), py::arg("out"), py::arg("counters"), py::arg("act"));
-  m.def("mlp_decode_supported", [](const at::Tensor& w, const at::Tensor& x, int64_t M, int64_t C, int64_t F,
-                                   int64_t act) {
-    const int sms = at::cuda::getDeviceProperties(x.device().index())->multiProcessorCount;
-    return gpte::mlp_decode_supported(dtype_code(w), dtype_code(x), M, C, F, act, sms);
-  }, "whether the fused decode MLP takes (weight dtype, activation dtype, M, C, F, act) on x's device");
   m.def("linear_q_supported", &gpte::linear_q_supported, "whether the packed GEMV takes (ggml type, act dtype, M, K)");
   m.def("dequantize_rows", &dequantize_rows, "out = dequantize(w[ids]) [+ add[add_ids]] (GGUF packed rows, bit-exact)",
         py::arg("w"), py::arg("qtype"), py::arg("ids"), py::arg("out"), py::arg("status"), py::arg("add") = py::none(),

@@ -6,8 +6,8 @@ MODEL_ARCH.GPT2; linear weights are (out, in) as GGUF stores them.
 Every product goes through ``ops.linear`` with the block's LayerNorms fused in front of the
 product that follows them and bias, GELU and residual adds in its epilogue: per block, the
 QKV product (LN1 fused; in decode the head split and the KV append too), the attention, the
-output projection (+ residual), then the MLP (``ops.mlp``): the up product (LN2 fused, GELU) and
-the down product (+ residual), one kernel in a GPU decode step. ``block()`` is that sequence; the
+output projection (+ residual), the MLP up product (LN2 fused, GELU) and the down product
+(+ residual). ``block()`` is that sequence; the
 full forward, prefill, the host-positioned step and the graph-captured decode step all run it.
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
     """One GPT-2 block on x [ntok, C] (the residual stream); attn(x, weights, bias, norm) -> [ntok, C]
     does the QKV product (LN1 fused) and the attention."""
     x = ops.linear(attn(x, [L["qkv_w"]], L["qkv_b"], L["ln1"]), L["o_w"], L["o_b"], residual=x)
-    return ops.mlp(x, L["ln2"], L["up_w"], L["up_b"], L["down_w"], L["down_b"], "gelu_tanh")
+    h = ops.linear(x, L["up_w"], L["up_b"], norm=L["ln2"], act="gelu_tanh")
+    return ops.linear(h, L["down_w"], L["down_b"], residual=x)
 
 
 class GPT2:
@@ -41,11 +42,6 @@ class GPT2:
 
         def small(name: str) -> torch.Tensor:  # norms and biases: tiny, dense at load
             return w(name).dense(dtype)
-
-        def down(name: str):  # transposed for the fused decode MLP where it runs (ops.mlp)
-            host = QWeight.from_gguf(f, name, "cpu")
-            t = ops.mlp_module.transposed_down(host, cfg.n_embd, host.shape[-1], "gelu_tanh", dtype, device)
-            return t if t is not None else host.to(device)
 
         def ln(prefix: str) -> ops.Norm:
             return ops.Norm("layernorm", small(prefix + ".weight"), small(prefix + ".bias"), cfg.norm_eps)
@@ -62,7 +58,7 @@ class GPT2:
                 "o_w": w(p + "attn_output.weight"), "o_b": small(p + "attn_output.bias"),
                 "ln2": ln(p + "ffn_norm"),
                 "up_w": w(p + "ffn_up.weight"), "up_b": small(p + "ffn_up.bias"),
-                "down_w": down(p + "ffn_down.weight"), "down_b": small(p + "ffn_down.bias"),
+                "down_w": w(p + "ffn_down.weight"), "down_b": small(p + "ffn_down.bias"),
             })
         self.lnf = ln("output_norm")
         self.head = self.wte if cfg.tied_output else w("output.weight")

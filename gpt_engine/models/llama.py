@@ -56,7 +56,7 @@ def block(L: dict, x: torch.Tensor, attn) -> torch.Tensor:
     [ntok, Hq D] does the QKV product (RMSNorm fused), RoPE, the KV append and the attention."""
     x = ops.linear(attn(x, L["qkv"], None, L["attn_norm"]), L["o"], residual=x)
     if len(L["gate_up"]) == 1:
-        return ops.mlp(x, L["ffn_norm"], L["gate_up"][0], None, L["down"], None, "swiglu")
+        h = ops.linear(x, L["gate_up"][0], norm=L["ffn_norm"], act="swiglu")
     else:
         gu = ops.linear_module.linear_cat(x, L["gate_up"], L["ffn_norm"])  # one product call on the CPU
         g, u = gu.split([w.raw.shape[0] for w in L["gate_up"]], dim=-1)
@@ -87,14 +87,9 @@ class Llama:
                                 device),
                 "o": w(p + "attn_output.weight"),
                 "ffn_norm": rms(p + "ffn_norm.weight"),
+                "gate_up": _stacked([host(p + "ffn_gate.weight"), host(p + "ffn_up.weight")], device),
+                "down": w(p + "ffn_down.weight"),
             })
-            gate_up = _stacked([host(p + "ffn_gate.weight"), host(p + "ffn_up.weight")], device)
-            down = host(p + "ffn_down.weight")
-            # transposed for the fused decode MLP where it runs (ops.mlp): one stacked dense gate/up
-            # weight of the down weight's type
-            t = (ops.mlp_module.transposed_down(down, cfg.n_embd, down.shape[-1], "swiglu", dtype, device)
-                 if len(gate_up) == 1 and gate_up[0].qtype == down.qtype else None)
-            self.layers[-1].update({"gate_up": gate_up, "down": t if t is not None else down.to(device)})
         self.norm = rms("output_norm.weight")
         self.head = self.embd if cfg.tied_output else w("output.weight")
         cos, sin = rope_tables(torch.arange(cfg.n_ctx, device=device), cfg.rope_dim, cfg.rope_theta)

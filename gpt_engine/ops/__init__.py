@@ -17,7 +17,6 @@ from . import kv_append as kv_append_module
 from . import layernorm as layernorm_module
 from . import linear as linear_module
 from . import linear_qkv as linear_qkv_module
-from . import mlp as mlp_module
 from . import moe as moe_module
 from . import moe_grouped as moe_grouped_module
 from . import qkv_rope as qkv_rope_module
@@ -39,7 +38,6 @@ attention_decode = attention_decode_module.attention_decode
 linear = linear_module.linear          # takes a QWeight; the custom op is torch.ops.gpt_engine.linear
 Norm = linear_module.Norm
 linear_qkv = linear_qkv_module.linear_qkv  # takes a QWeight; the custom op is torch.ops.gpt_engine.linear_qkv
-mlp = mlp_module.mlp                   # takes QWeights / a DownT; the custom op is torch.ops.gpt_engine.mlp
 qkv_rope = qkv_rope_module.qkv_rope
 sample_greedy = sample_greedy_module.sample_greedy
 dequantize_rows = dequantize_module.dequantize_rows
@@ -49,7 +47,7 @@ moe_experts = moe_module.moe_experts
 moe_grouped = moe_grouped_module.moe_grouped
 
 ALL_OPS = ("embedding", "layernorm", "add_layernorm", "residual_add", "gelu", "bias_gelu", "ffn",
-           "attention_prefill", "kv_append", "attention_decode", "linear", "linear_qkv", "mlp", "qkv_rope", "sample_greedy",
+           "attention_prefill", "kv_append", "attention_decode", "linear", "linear_qkv", "qkv_rope", "sample_greedy",
            "dequantize_rows", "moe_route", "moe_norm_route", "moe_experts", "moe_grouped")
 
 __all__ = [*ALL_OPS, "Norm", "OpError", "OpIndexError", "cuda_kernels_available", "device_checked"]

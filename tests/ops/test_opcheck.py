@@ -38,10 +38,6 @@ def _samples(device):
         "linear": (r(2, 64), w16, 1, r(24), None, r(64), r(64), 1, 1e-5, 1, False),
         "linear_qkv": (r(2, 64), torch.randn(256, 64, device=device).half().view(torch.uint8), 1, None, r(64), None,
                        2, 1e-5, pos1, cos, sin, r(2, 1, 40, 64), r(2, 1, 40, 64), lens, status, 2, 1, 1, 64),
-        # GELU MLP, C = 64, F = 96: the fused decode kernel on CUDA (3 rows)
-        "mlp": (r(3, 64), r(64), r(64), 1, 1e-5, torch.randn(96, 64, device=device).half().view(torch.uint8), 1,
-                r(96), torch.randn(96, 64, device=device).half(), r(64),
-                torch.zeros(65, dtype=torch.int32, device=device), 1),
         "qkv_rope": (r(2, (4 + 2 * 2) * 64), pos1, cos, sin, kc, vc, lens, status, 4, 2, 1, 1, 64),
         # MXFP4 raw blocks [7 rows, 2 blocks of 17 bytes]: 3 rows looked up
         "dequantize_rows": (torch.randint(0, 256, (7, 34), dtype=torch.uint8, device=device), 39,
