@@ -168,14 +168,15 @@ struct XStage {
       }
     }
   }
-  // Every warp on every row (v2, session 18): thread t sums k = t, t + NT, ... in that order,
-  // warp_sum, then the NT / 32 warp partials in warp order (the packed GEMV's order,
-  // linear_q_impl.cuh), so a row's statistics do not depend on M. v1 gave each row to one warp:
+  // Four warps on every row (v2, session 18): thread t < 128 sums k = t, t + 128, ... in that
+  // order, warp_sum, then the 4 warp partials in warp order, whatever NT is, so a row's
+  // statistics depend neither on M nor on which GEMV kernel (128 or 256 threads) stages it. v1 gave each row to one warp:
   // ~K / 32 dependent loads and adds per pass on the critical path of every norm-fused GEMV
   // (1,600 wide: 50 per pass, two passes for LayerNorm).
   static __device__ void row_stats(const LinearArgs& p, const float* xs, bool from_smem, float* s_mean,
                                    float* s_rstd) {
-    constexpr int NW = NT / 32;
+    constexpr int NW = 4, NV = 32 * NW;  // the threads that sum (NT >= 128)
+    static_assert(NT >= NV, "row_stats needs 128 threads");
     __shared__ float red[MT][NW];
     const A* __restrict__ x = static_cast<const A*>(p.x);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -194,9 +195,9 @@ struct XStage {
       for (int m = 0; m < MT; ++m) {
         if (m >= p.M) break;
         float s = 0.f;
-        for (int k = threadIdx.x; k < p.K; k += NT) s += val(m, k);
+        for (int k = threadIdx.x; k < p.K && threadIdx.x < NV; k += NV) s += val(m, k);
         s = warp_sum(s);
-        if (lane == 0) red[m][warp] = s;
+        if (lane == 0 && warp < NW) red[m][warp] = s;
       }
       __syncthreads();
 #pragma unroll
@@ -208,12 +209,12 @@ struct XStage {
     for (int m = 0; m < MT; ++m) {
       if (m >= p.M) break;
       float v = 0.f;
-      for (int k = threadIdx.x; k < p.K; k += NT) {
+      for (int k = threadIdx.x; k < p.K && threadIdx.x < NV; k += NV) {
         const float d = val(m, k) - mean[m];
         v = fmaf(d, d, v);
       }
       v = warp_sum(v);
-      if (lane == 0) red[m][warp] = v;
+      if (lane == 0 && warp < NW) red[m][warp] = v;
     }
     __syncthreads();
 #pragma unroll
