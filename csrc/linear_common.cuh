@@ -168,30 +168,61 @@ struct XStage {
       }
     }
   }
+  // Four warps on every row (v2, session 18): thread t < 128 sums k = t, t + 128, ... in that
+  // order, warp_sum, then the 4 warp partials in warp order, whatever NT is, so a row's
+  // statistics depend neither on M nor on which GEMV kernel (128 or 256 threads) stages it. v1 gave each row to one warp:
+  // ~K / 32 dependent loads and adds per pass on the critical path of every norm-fused GEMV
+  // (1,600 wide: 50 per pass, two passes for LayerNorm).
   static __device__ void row_stats(const LinearArgs& p, const float* xs, bool from_smem, float* s_mean,
                                    float* s_rstd) {
+    constexpr int NW = 4, NV = 32 * NW;  // the threads that sum (NT >= 128)
+    static_assert(NT >= NV, "row_stats needs 128 threads");
+    __shared__ float red[MT][NW];
     const A* __restrict__ x = static_cast<const A*>(p.x);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int m = warp; m < p.M; m += NT / 32) {
-      const float* r = xs + m * p.kt;
-      const A* xr = x + (int64_t)m * p.K;
-      float mean = 0.f;
-      if (p.norm == kNormLayer) {
+    auto val = [&](int m, int k) { return from_smem ? xs[m * p.kt + k] : to_f(x[(int64_t)m * p.K + k]); };
+    auto total = [&](int m) {
+      float t = 0.f;
+#pragma unroll
+      for (int w = 0; w < NW; ++w) t += red[m][w];
+      return t;
+    };
+    float mean[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) mean[m] = 0.f;
+    if (p.norm == kNormLayer) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        if (m >= p.M) break;
         float s = 0.f;
-        for (int k = lane; k < p.K; k += 32) s += from_smem ? r[k] : to_f(xr[k]);
-        mean = warp_sum(s) / p.K;
+        for (int k = threadIdx.x; k < p.K && threadIdx.x < NV; k += NV) s += val(m, k);
+        s = warp_sum(s);
+        if (lane == 0 && warp < NW) red[m][warp] = s;
       }
+      __syncthreads();
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (m < p.M) mean[m] = total(m) / p.K;
+      __syncthreads();  // red is reused below
+    }
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m >= p.M) break;
       float v = 0.f;
-      for (int k = lane; k < p.K; k += 32) {
-        const float d = (from_smem ? r[k] : to_f(xr[k])) - mean;
+      for (int k = threadIdx.x; k < p.K && threadIdx.x < NV; k += NV) {
+        const float d = val(m, k) - mean[m];
         v = fmaf(d, d, v);
       }
       v = warp_sum(v);
-      if (lane == 0) {
-        s_mean[m] = mean;
-        s_rstd[m] = rsqrtf(v / p.K + p.eps);
-      }
+      if (lane == 0 && warp < NW) red[m][warp] = v;
     }
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+      if (m < p.M && threadIdx.x == m) {
+        s_mean[m] = mean[m];
+        s_rstd[m] = rsqrtf(total(m) / p.K + p.eps);
+      }
   }
   static __device__ void normalize_tile(const LinearArgs& p, float* xs, int t, const float* s_mean,
                                         const float* s_rstd) {
