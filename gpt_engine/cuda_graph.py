@@ -162,18 +162,18 @@ class LoopBuffers:
 
     def __init__(self, batch: int, capacity: int, device: torch.device):
         ext = _ext.load()
-        self.batch, self.rows = batch, capacity
         self.ctl = torch.zeros(LOOP_CTL_HEAD + batch, dtype=torch.int64, device=device)
         self.ctl_src = torch.zeros(LOOP_CTL_HEAD + batch, dtype=torch.int64, pin_memory=True)
         self.ring = ext.loop_host_buffer(capacity * (batch + 1))
         self.host = ext.loop_host_buffer(3)
         # numpy views: a read is a plain load of the pinned word, ~0.1 us (a torch index is ~us)
         self.ring_np, self.host_np = self.ring.numpy(), self.host.numpy()
+        self._destroy = ext.loop_destroy  # bound here: __del__ may run while the interpreter exits
         self.execs: dict[str, int] = {}
 
     def __del__(self):
         for ex in getattr(self, "execs", {}).values():
-            _ext.load().loop_destroy(ex)
+            self._destroy(ex)
 
 
 @dataclass
@@ -185,6 +185,10 @@ class LoopStats:
     replays: int = 0             # decode steps run (graph replays or eager steps)
     host_s: float = 0.0          # host work in the loop, excluding waits for the GPU
     host_per_step_us: list = field(default_factory=list)
+
+    def add_host(self, seconds: float) -> None:
+        self.host_s += seconds
+        self.host_per_step_us.append(seconds * 1e6)
 
 
 class Decoder:
@@ -330,6 +334,7 @@ class Decoder:
         if max_new_tokens <= 0:
             return
         kind = "greedy" if all(p.temperature == 0.0 for p in params) else "sample"
+        stop = eos if stop_at_eos else None  # the id that ends a sequence, if any
         t0 = time.perf_counter()
         st.status.zero_()
         st.set_params(params)
@@ -343,7 +348,7 @@ class Decoder:
         longest = max(len(p) for p in prompts)
         lb = self._loop(kind) if self.device_loop and max_new_tokens > 1 else None
         if lb is not None:
-            yield from self._run_device(lb, kind, max_new_tokens, longest, eos if stop_at_eos else None, t0)
+            yield from self._run_device(lb, kind, max_new_tokens, longest, stop, t0)
             return
         if self.use_graphs:
             last_short = st.short_keys - longest  # the last replay with every sequence short
@@ -371,17 +376,9 @@ class Decoder:
                 h1 = time.perf_counter()
                 ids, status = self._read(i)
                 h2 = time.perf_counter()
-                if status:
-                    raise EngineError("decode step failed on the device: " + "; ".join(
-                        m for bit, m in STATUS_MESSAGES.items() if status & bit) + f" (status {status:#x})")
-                out = [None if d else t for d, t in zip(done, ids)]
-                if stop_at_eos and eos is not None:
-                    done = [d or t == eos for d, t in zip(done, ids)]
                 stats.steps += 1
-                yield out
-                h3 = time.perf_counter()
-                stats.host_s += (h1 - h0) + (h3 - h2)
-                stats.host_per_step_us.append(((h1 - h0) + (h3 - h2)) * 1e6)
+                yield self._token(ids, status, done, stop)
+                stats.add_host((h1 - h0) + (time.perf_counter() - h2))
                 if all(done):
                     return
         finally:
@@ -423,17 +420,9 @@ class Decoder:
                 if i > 0:
                     row = ring[(i - 1) * (b + 1):i * (b + 1)].tolist()
                     ids, status = row[:b], row[b] & 0xFFFFFFFF
-                if status:
-                    raise EngineError("decode step failed on the device: " + "; ".join(
-                        m for bit, m in STATUS_MESSAGES.items() if status & bit) + f" (status {status:#x})")
-                out = [None if d else t for d, t in zip(done, ids)]
-                if eos is not None:
-                    done = [d or t == eos for d, t in zip(done, ids)]
                 stats.steps += 1
-                yield out
-                h3 = time.perf_counter()
-                stats.host_s += h3 - h2
-                stats.host_per_step_us.append((h3 - h2) * 1e6)
+                yield self._token(ids, status, done, eos)
+                stats.add_host(time.perf_counter() - h2)
                 if all(done):
                     return
         finally:
@@ -441,6 +430,19 @@ class Decoder:
             torch.cuda.current_stream().synchronize()
             stats.replays = int(hv[0])
             stats.decode_s = time.perf_counter() - t1
+
+    @staticmethod
+    def _token(ids: list[int], status: int, done: list[bool], eos: int | None) -> list[int | None]:
+        """One step's row for the caller (None for a sequence that has ended) from its ids and
+        status word, the same in both loops: a status bit raises its error; a sequence whose id is
+        ``eos`` is marked in ``done`` (in place) after this row."""
+        if status:
+            raise EngineError("decode step failed on the device: " + "; ".join(
+                m for bit, m in STATUS_MESSAGES.items() if status & bit) + f" (status {status:#x})")
+        out = [None if d else t for d, t in zip(done, ids)]
+        if eos is not None:
+            done[:] = [d or t == eos for d, t in zip(done, ids)]
+        return out
 
     def _copy_out(self, i: int) -> None:
         """Queue the copy of the current ids and status (one buffer, one copy: each copy is a

@@ -129,6 +129,14 @@ def _raw_tensor(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
+def _check_ids(ids: torch.Tensor, n: int, what: str) -> None:
+    """A clear error for ids outside [0, n) (a device sync: only where the caller asked for it)."""
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= n:
+            raise quants.GGUFError(f"{what} out of range [0, {n}): min {lo}, max {hi}")
+
+
 class QWeight:
     def __init__(self, raw: torch.Tensor, qtype: gguf.GGMLQuantizationType, shape: tuple[int, ...],
                  cache: DenseCachePolicy | None = None, name: str | None = None):
@@ -211,30 +219,22 @@ class QWeight:
         range then gives a NaN row and sets bit 1 of ``status`` (the decode step's word), if given.
         ``add`` [A, K] in ``dtype`` and ``add_ids`` (ids' shape): each row plus add[add_ids] as
         ops.residual_add sums them, in the same kernel on that path (GPT-2's position rows)."""
-        from . import ops
-
         flat = ids.reshape(-1).to(self.raw.device)
         cached = self._dense.get(dtype)
         if self.raw.is_cuda and cached is None and self.qtype not in (_Q.F32, _Q.F16, _Q.BF16):
             from .ops import dequantize as dq
 
             if dtype in (torch.float32, torch.float16, torch.bfloat16) and dq.cuda_supported(self.raw, self.qtype):
-                if checked and flat.numel():
-                    lo, hi = int(flat.min()), int(flat.max())
-                    if lo < 0 or hi >= self.raw.shape[0]:
-                        raise quants.GGUFError(f"dequantize_rows: row id out of range [0, {self.raw.shape[0]}): "
-                                               f"min {lo}, max {hi}")
+                if checked:
+                    _check_ids(flat, self.raw.shape[0], "dequantize_rows: row id")
                 if add is not None and add.dtype == dtype and add.dim() == 2 and add.shape[1] == self.shape[-1]:
-                    if checked and flat.numel():
-                        lo, hi = int(add_ids.min()), int(add_ids.max())
-                        if lo < 0 or hi >= add.shape[0]:
-                            raise quants.GGUFError(f"rows: add id out of range [0, {add.shape[0]}): min {lo}, max {hi}")
+                    if checked:
+                        _check_ids(add_ids, add.shape[0], "rows: add id")
                     out = dq.dequantize_rows(self.raw, int(self.qtype), flat.contiguous(), dtype, status, add,
                                              add_ids.reshape(-1).contiguous())
                     return out.reshape(*ids.shape, self.shape[-1])
                 out = dq.dequantize_rows(self.raw, int(self.qtype), flat.contiguous(), dtype, status)
-                out = out.reshape(*ids.shape, self.shape[-1])
-                return out if add is None else ops.residual_add(out, add[add_ids])
+                return self._plus(out.reshape(*ids.shape, self.shape[-1]), add, add_ids)
         if cached is not None:
             out = cached.index_select(0, flat)
         elif self.qtype in (_Q.F32, _Q.F16):
@@ -243,7 +243,13 @@ class QWeight:
             out = quants.dequantize_rows(self.raw, self.qtype, flat)
         else:
             out = quants.dequantize(self.raw.index_select(0, flat), self.qtype)
-        out = out.to(dtype).reshape(*ids.shape, self.shape[-1])
+        return self._plus(out.to(dtype).reshape(*ids.shape, self.shape[-1]), add, add_ids)
+
+    @staticmethod
+    def _plus(out: torch.Tensor, add: torch.Tensor | None, add_ids: torch.Tensor | None) -> torch.Tensor:
+        """rows()'s result plus add[add_ids] where no kernel fused the sum."""
+        from . import ops
+
         return out if add is None else ops.residual_add(out, add[add_ids])
 
     @classmethod

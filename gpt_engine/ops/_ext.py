@@ -50,8 +50,14 @@ def build_dir() -> pathlib.Path:
     for p in sorted(CSRC.iterdir()):
         if p.is_file():
             h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    h.update(repr((_flags(), NVCC_ARCH, torch.__version__, torch.version.cuda)).encode())
+    h.update(build_config())
     return BUILD_DIR / h.hexdigest()[:16]
+
+
+def build_config() -> bytes:
+    """What a build depends on besides the csrc files' bytes (tests/bench/ext_seed.py keys its
+    seeds by it too)."""
+    return repr((_flags(), NVCC_ARCH, torch.__version__, torch.version.cuda)).encode()
 
 
 @functools.cache

@@ -32,8 +32,6 @@ import sys
 import tempfile
 import time
 
-import torch
-
 from gpt_engine.ops import _ext
 
 LIB = "gpt_engine_ops_ext.so"
@@ -45,7 +43,7 @@ SEEDED = ".seeded"  # in a seeded directory until its build finishes
 
 
 def key() -> str:
-    return hashlib.sha256(repr((_ext._flags(), _ext.NVCC_ARCH, torch.__version__, torch.version.cuda)).encode()).hexdigest()
+    return hashlib.sha256(_ext.build_config()).hexdigest()
 
 
 def digests() -> dict[str, str]:

@@ -102,7 +102,8 @@ def test_end_to_end_throughput(bench, shape, qtype):
                  params={"eager_sd": eager["sd"], "graph_sd": tg["sd"]})
     if tg.get("host_us_per_token") is not None:
         bench.record(f"decode_host.{shape}.{qtype}", tg["host_us_per_token"], "us", kind="time",
-                     params={"what": "median host time per decode token inside Decoder.run (replay, copies, "
-                                     "read-back bookkeeping, yield), waits for the GPU excluded"})
+                     params={"what": "median host time per decode token inside Decoder.run, waits for the GPU "
+                                     "excluded: the device loop (the default) reads the token's ring row, "
+                                     "checks it and yields; the host loop also replays and queues the copy"})
     assert tg["mean"] > 0 and pp["mean"] > 0
     assert agree["hf_greedy_agree"] > 0  # the peer computes the same model (random-weight near-ties aside)
