@@ -34,7 +34,15 @@
 //     (the weight base is only 4-byte aligned; a 17-byte block starts at any byte).
 //   - Q8_0 {f16 d, int8 qs[32]} (ggml-common.h block_q8_0): the fp16 scale (one 2-byte load,
 //     blocks start at even offsets) and 2-3 aligned words for qs[8 sub ..].
-//   - The other types: decode4 (quant_blocks.cuh) for the piece's two quads.
+//   - The other types (v2.1): the aligned words holding the piece's code bytes, high bits and
+//     scale fields, also loaded before pdl_wait, then decode4's codes and float steps on them
+//     (v2 read them through decode4 after the wait: 5-14 separate loads per piece, byte by byte
+//     for the fp16 fields). Measured against v2 in one run (H200, 2026-12-04, copy 4,239-4,243
+//     GB/s, tests/bench/explore_dequant.py via tests/bench/ab_build.sh, every output bit-exact),
+//     ratio to copy at 1600 x 6400 / 6400 x 1600 / 4800 x 1600: Q4_0 0.73 / 0.73 / 0.68 -> 0.83 /
+//     0.83 / 0.84, Q4_1 0.73 / 0.73 / 0.69 -> 0.79 / 0.79 / 0.76, Q5_0 0.68 / 0.68 / 0.64 -> 0.80 /
+//     0.81 / 0.77, Q5_1 0.73 / 0.73 / 0.69 -> 0.78 / 0.78 / 0.76; at 1600 x 6400 Q4_K 0.64 -> 0.70,
+//     Q5_K 0.62 -> 0.73, Q6_K 0.68 -> 0.77 (Q8_0 unchanged, 0.84-0.85). 26-48 registers.
 // MXFP4 -> fp16: 204 SASS instructions per 16 values (13 per value) with the addressing; 26-32
 // registers per kernel, no spills (ptxas -v, sm_90a). Measured against v1 in one run (H200,
 // 2026-12-02, copy 4,256 GB/s, tests/bench/explore_dequant.py): MXFP4 -> fp16 0.81-0.90 of copy
@@ -84,26 +92,38 @@ __device__ __forceinline__ uint32_t fastdiv(uint32_t n, const FastDiv& f) { retu
 // MXFP4 / Q8_0: the aligned words a[0..2] holding the piece's 8 code bytes from byte `off` (a[2]
 // read only when off % 4 != 0: it then starts before the piece's last byte, so no word past the
 // weight's end is read), and the scale field.
-template <int T> struct Raw {  // other types: the block offset only, decode4 loads
-  int64_t blk;
-  int sub;
-};
 struct RawWords {
   uint32_t a[3], scale;
   int sh;  // 8 * (offset of the code bytes % 4)
 };
+// The other types (v2.1): the same 8 code bytes (low bits) in a[], the 8 high-bit bytes in b[]
+// (Q5_K, Q6_K; Q5_0 / Q5_1 keep their qh field in f[1]), the scale fields in f[] as the aligned
+// words that hold them; every word read holds a byte of the field it is read for, so nothing past
+// the weight's last word is touched. sub: the piece within its block.
+struct RawFields {
+  uint32_t a[3], b[3], f[4];
+  int sh, fsh, sub;  // 8 * (byte offset % 4) of the code bytes and of f[0]'s field (f[1]'s: Q5_0)
+};
+template <int T> struct Raw : RawFields {};
 template <> struct Raw<kMXFP4> : RawWords {};
 template <> struct Raw<kQ8_0> : RawWords {};
 
-__device__ __forceinline__ void load_words(const uint8_t* w, int64_t off, RawWords& r) {
+__device__ __forceinline__ void load_words(const uint8_t* w, int64_t off, uint32_t* a, int& sh) {
   const uint32_t* p = reinterpret_cast<const uint32_t*>(w) + (off >> 2);
-  r.sh = (int)(off & 3) * 8;
-  r.a[0] = __ldg(p);
-  r.a[1] = __ldg(p + 1);
-  r.a[2] = r.sh ? __ldg(p + 2) : 0u;
+  sh = (int)(off & 3) * 8;
+  a[0] = __ldg(p);
+  a[1] = __ldg(p + 1);
+  a[2] = sh ? __ldg(p + 2) : 0u;
 }
+__device__ __forceinline__ void load_words(const uint8_t* w, int64_t off, RawWords& r) { load_words(w, off, r.a, r.sh); }
+// the aligned word holding byte `off`
+__device__ __forceinline__ uint32_t word_at(const uint8_t* w, int64_t off) {
+  return __ldg(reinterpret_cast<const uint32_t*>(w) + (off >> 2));
+}
+__device__ __forceinline__ uint32_t byte_of(uint32_t word, int sh) { return (word >> sh) & 0xFFu; }
 
-// Piece `sub` of the block at byte `blk`.
+// Piece `sub` of the block at byte `blk` (block layouts: quant_blocks.cuh decode4, whose byte
+// offsets these are: piece sub = quads 2 (sub % 4) and 2 (sub % 4) + 1 of group sub / 4).
 template <int T>
 __device__ __forceinline__ void load_piece(const uint8_t* w, int64_t blk, int sub, Raw<T>& r) {
   if constexpr (T == kMXFP4) {
@@ -114,8 +134,32 @@ __device__ __forceinline__ void load_piece(const uint8_t* w, int64_t blk, int su
     r.scale = __ldg(reinterpret_cast<const unsigned short*>(w + blk));
     load_words(w, blk + 2 + 8 * sub, r);
   } else {
-    r.blk = blk;
     r.sub = sub;
+    r.fsh = (int)(blk & 3) * 8;  // blocks start at even bytes (TS even), so f[0]'s fp16 fields fit one word
+    if constexpr (T == kQ4_0 || T == kQ4_1 || T == kQ5_0 || T == kQ5_1) {
+      // codes: qs[8 (sub % 2) ..], low nibbles for sub < 2; d (and m) at the block's start
+      constexpr int qh = T == kQ5_0 ? 2 : 4, qs = T == kQ4_0 ? 2 : T == kQ4_1 ? 4 : T == kQ5_0 ? 6 : 8;
+      r.f[0] = word_at(w, blk);
+      if constexpr (T == kQ5_0 || T == kQ5_1) r.f[1] = word_at(w, blk + qh + sub);  // qh byte sub: values 8 sub ..
+      load_words(w, blk + qs + 8 * (sub & 1), r.a, r.sh);
+    } else if constexpr (T == kQ4_K || T == kQ5_K) {
+      // d, dmin (f[0]), the 12 scale bytes (f[1..3]); Q5_K: qh[8 (sub % 4) ..]; codes of group j
+      const int j = sub >> 2;
+      constexpr int qs = T == kQ4_K ? 16 : 48;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) r.f[k] = __ldg(reinterpret_cast<const uint32_t*>(w + blk) + k);
+      if constexpr (T == kQ5_K) load_words(w, blk + 16 + 8 * (sub & 3), r.b, r.sh);
+      load_words(w, blk + qs + 32 * (j >> 1) + 8 * (sub & 3), r.a, r.sh);
+    } else if constexpr (T == kQ6_K) {
+      // ql[64 h + 32 (g % 2) + 8 (sub % 4) ..], qh[32 h + 8 (sub % 4) ..], scale byte, d (group j = 4 h + g)
+      const int h = sub >> 4, g = (sub >> 2) & 3;
+      load_words(w, blk + 128 + 32 * h + 8 * (sub & 3), r.b, r.sh);
+      load_words(w, blk + 64 * h + 32 * (g & 1) + 8 * (sub & 3), r.a, r.sh);
+      const int64_t sc = blk + 192 + 8 * h + 2 * g + ((sub & 3) >> 1);
+      r.f[0] = word_at(w, sc);
+      r.f[2] = (int)(sc & 3) * 8;
+      r.f[1] = word_at(w, blk + 208);
+    }
   }
 }
 
@@ -160,13 +204,46 @@ __device__ __forceinline__ void decode_piece(const uint8_t* w, const Raw<T>& r, 
       for (int k = 0; k < 4; ++k) v[4 * h + k] = value_exact<T>(wq[k], s, 0.f);
     }
   } else {
-    // values 8 sub .. 8 sub + 7 of the block: group j = sub / 4, quads 2 (sub % 4) and + 1
-    const GlobalReader rd{w};
-    const int j = r.sub >> 2, i = 2 * (r.sub & 3);
+    // values 8 sub .. 8 sub + 7 of the block from the loaded words, with decode4's codes, s and mn
+    const int sub = r.sub, j = sub >> 2;
+    float s, mn = 0.f;
+    int nib = 0;  // bit shift of the piece's nibbles in its code bytes
+    uint32_t hb = 0;  // Q5_0 / Q5_1: the qh byte of the piece
+    if constexpr (T == kQ4_0 || T == kQ5_0) {
+      s = f16_bits(r.f[0] >> r.fsh);
+      nib = 4 * (sub >> 1);
+      if constexpr (T == kQ5_0) hb = byte_of(r.f[1], (int)((r.fsh / 8 + 2 + sub) & 3) * 8);
+    } else if constexpr (T == kQ4_1 || T == kQ5_1) {
+      s = f16_bits(r.f[0]);  // blocks of 20 / 24 bytes start at 4-byte multiples: d low, m high
+      mn = f16_bits(r.f[0] >> 16);
+      nib = 4 * (sub >> 1);
+      if constexpr (T == kQ5_1) hb = byte_of(r.f[1], 8 * sub);
+    } else if constexpr (T == kQ4_K || T == kQ5_K) {
+      // get_scale_min_k4 (quant_blocks.cuh k_scale_min) on scale bytes j, j + 4 (j < 4) or
+      // j + 4, j - 4, j (j >= 4): bytes 8 (j % 4) bits up in f[1], f[2], f[3]
+      const int bs = 8 * (j & 3);
+      const uint32_t b1 = byte_of(r.f[1], bs), b2 = byte_of(r.f[2], bs), b3 = byte_of(r.f[3], bs);
+      const uint32_t sc = j < 4 ? (b1 & 63u) : ((b3 & 0xFu) | ((b1 >> 6) << 4));
+      const uint32_t m = j < 4 ? (b2 & 63u) : ((b3 >> 4) | ((b2 >> 6) << 4));
+      s = __fmul_rn(f16_bits(r.f[0]), (float)sc);
+      mn = -__fmul_rn(f16_bits(r.f[0] >> 16), (float)m);
+      nib = 4 * (j & 1);
+    } else {  // Q6_K
+      s = __fmul_rn(f16_bits(r.f[1] >> r.sh), (float)(int)(int8_t)byte_of(r.f[0], (int)r.f[2]));
+      nib = 4 * ((sub >> 3) & 1);  // g >= 2: high nibbles
+    }
+    const int sh = r.sh;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float wq[4], s, mn;
-      decode4<T>(rd, r.blk, j, i + h, wq, s, mn);
+      uint32_t c = (__funnelshift_r(r.a[h], r.a[h + 1], sh) >> nib) & 0x0F0F0F0Fu;
+      float wq[4];
+      if constexpr (T == kQ5_0 || T == kQ5_1) c |= spread4_to_bit4((hb >> (4 * h)) & 0xFu);
+      if constexpr (T == kQ5_K) c |= ((__funnelshift_r(r.b[h], r.b[h + 1], sh) >> j) & 0x01010101u) << 4;
+      if constexpr (T == kQ6_K) c |= ((__funnelshift_r(r.b[h], r.b[h + 1], sh) >> (2 * ((sub >> 2) & 3))) & 0x03030303u) << 4;
+      if constexpr (T == kQ4_0) codes4<8>(c, wq);
+      else if constexpr (T == kQ5_0) codes4<16>(c, wq);
+      else if constexpr (T == kQ6_K) codes4<32>(c, wq);
+      else codes4<0>(c, wq);
 #pragma unroll
       for (int k = 0; k < 4; ++k) v[4 * h + k] = value_exact<T>(wq[k], s, mn);
     }

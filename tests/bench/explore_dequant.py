@@ -31,8 +31,11 @@ from gpt_engine.ops import _ext  # noqa: E402
 from tests.ops._bench import graphed  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
-SHAPES = [(1600, 6400), (6400, 1600), (4096, 4096), (2880, 2880), (8192, 8192)]
-TYPES = [Q.MXFP4, Q.Q8_0]
+# DEQUANT_TYPES="Q5_0 Q4_K ..." and DEQUANT_SHAPES="6400x1600 1600x6400" override the defaults;
+# a shape whose K is not a whole number of a type's blocks is skipped for that type
+SHAPES = [tuple(int(v) for v in s.split("x")) for s in os.environ.get(
+    "DEQUANT_SHAPES", "1600x6400 6400x1600 4096x4096 2880x2880 8192x8192").split()]
+TYPES = [Q[t] for t in os.environ.get("DEQUANT_TYPES", "MXFP4 Q8_0").split()]
 
 ext = _ext.load()
 bench = Bench("cuda", Baselines(), [])
@@ -66,8 +69,10 @@ def _cached(name: str, make) -> np.ndarray:
 def packed(n: int, k: int, qtype) -> np.ndarray:
     """A random weight as the file holds it (gguf-py's quantizer, as tests/ops/test_linear.py make_weight)."""
     def make():
+        from gpt_engine.quantize import quantize  # gguf-py's quantizers, ours for the K-quants
+
         w = (np.random.default_rng(n * 100003 + k).standard_normal((n, k)) * 0.05).astype(np.float32)
-        return np.ascontiguousarray(gguf.quants.quantize(w, qtype)).reshape(n, -1)
+        return np.ascontiguousarray(quantize(w, qtype)).reshape(n, -1)
     return _cached(f"{qtype.name}-{n}x{k}", make)
 
 
@@ -98,12 +103,14 @@ def shape_label() -> str:
 
 
 def main() -> None:
-    print(f"{torch.cuda.get_device_name()}, dequantize kernel v2, {shape_label()}")
+    print(f"{torch.cuda.get_device_name()}, dequantize kernel {os.environ.get('DEQUANT_LABEL', 'v2')}, {shape_label()}")
     c0 = copy_gbs()
     print(f"copy 1 GiB: {c0:.0f} GB/s")
     rows = []
     for qtype in TYPES:
         for n, k in SHAPES:
+            if k % gguf.GGML_QUANT_SIZES[qtype][0]:
+                continue
             raw_np = packed(n, k, qtype)
             w0 = torch.from_numpy(raw_np.copy()).cuda()
             reps = max(2, (512 << 20) // (n * k * 2))
