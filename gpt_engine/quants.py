@@ -258,6 +258,15 @@ def dequantize(data, qtype) -> torch.Tensor:
     return out.reshape(*lead, n_out)
 
 
+def check_ids(ids: torch.Tensor, n: int, what: str) -> None:
+    """A clear error for ids outside [0, n) (on a GPU a device sync: only where the caller asked
+    for the check)."""
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= n:
+            raise GGUFError(f"{what} out of range [0, {n}): min {lo}, max {hi}")
+
+
 def dequantize_rows(data2d, qtype, row_ids: torch.Tensor) -> torch.Tensor:
     """Dequantize only rows ``row_ids`` of a [rows, row_bytes] tensor (embedding lookups).
 
@@ -268,10 +277,7 @@ def dequantize_rows(data2d, qtype, row_ids: torch.Tensor) -> torch.Tensor:
     if raw.dim() != 2:
         raise GGUFError(f"dequantize_rows: data must be 2-D [rows, row_bytes], got shape {tuple(raw.shape)}")
     ids = torch.as_tensor(row_ids, dtype=torch.long, device=raw.device)
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= raw.shape[0]):
-        raise GGUFError(
-            f"dequantize_rows: row id out of range [0, {raw.shape[0]}): min {int(ids.min())}, max {int(ids.max())}"
-        )
+    check_ids(ids, raw.shape[0], "dequantize_rows: row id")
     picked = raw.index_select(0, ids.reshape(-1))
     out = dequantize(picked, qtype)
     if out.data_ptr() == picked.data_ptr():

@@ -129,14 +129,6 @@ def _raw_tensor(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
-def _check_ids(ids: torch.Tensor, n: int, what: str) -> None:
-    """A clear error for ids outside [0, n) (a device sync: only where the caller asked for it)."""
-    if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= n:
-            raise quants.GGUFError(f"{what} out of range [0, {n}): min {lo}, max {hi}")
-
-
 class QWeight:
     def __init__(self, raw: torch.Tensor, qtype: gguf.GGMLQuantizationType, shape: tuple[int, ...],
                  cache: DenseCachePolicy | None = None, name: str | None = None):
@@ -226,10 +218,10 @@ class QWeight:
 
             if dtype in (torch.float32, torch.float16, torch.bfloat16) and dq.cuda_supported(self.raw, self.qtype):
                 if checked:
-                    _check_ids(flat, self.raw.shape[0], "dequantize_rows: row id")
+                    quants.check_ids(flat, self.raw.shape[0], "dequantize_rows: row id")
                 if add is not None and add.dtype == dtype and add.dim() == 2 and add.shape[1] == self.shape[-1]:
                     if checked:
-                        _check_ids(add_ids, add.shape[0], "rows: add id")
+                        quants.check_ids(add_ids, add.shape[0], "rows: add id")
                     out = dq.dequantize_rows(self.raw, int(self.qtype), flat.contiguous(), dtype, status, add,
                                              add_ids.reshape(-1).contiguous())
                     return out.reshape(*ids.shape, self.shape[-1])
