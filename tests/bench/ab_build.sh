@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU call that A/Bs a kernel-file change by building twice in one run (exploration, not
 # evidence): the tree as it is (A), then with the files of $AB_FILES (default tests/bench/ab_files/,
-# same relative names under csrc/) copied over csrc/ (B; ext_seed.py recompiles only what differs).
+# same relative names under csrc/) copied over csrc/, or the patch $AB_PATCH applied with
+# `git apply` (e.g. tests/bench/ab_patches/*.patch), as build B (ext_seed.py recompiles only what
+# differs).
 # For each build: the CUDA tests in TESTS (B only unless TESTS_A=1), the command in RUN (run with
 # LABEL=A or B; e.g. an explore script), and `gpt-engine bench` on each file of MODELS
 # (benchmodels shape:type names) with BENCH_ARGS. Repo root on the GPU machine, .whl carried;
@@ -30,7 +32,8 @@ one() {
 }
 one A
 cat /tmp/models.txt
-(cd "$AB_FILES" && find . -type f) | while read -r f; do cp "$AB_FILES/$f" "csrc/$f"; echo "B: csrc/$f"; done
+[ -d "$AB_FILES" ] && (cd "$AB_FILES" && find . -type f) | while read -r f; do cp "$AB_FILES/$f" "csrc/$f"; echo "B: csrc/$f"; done
+if [ -n "${AB_PATCH:-}" ]; then git apply "$AB_PATCH" && echo "B: $AB_PATCH applied" || { echo "B: $AB_PATCH does not apply"; exit 1; }; fi
 t0=$(date +%s)
 one B
 echo "total: $SECONDS s"

@@ -25,7 +25,8 @@ from gpt_engine.qweight import QWeight
 from tests.ops._bench import event_times_ms, graphed
 
 SHAPES = [(768, 768), (2304, 768), (3072, 768), (768, 3072), (1600, 1600), (4800, 1600), (6400, 1600),
-          (1600, 6400), (4096, 4096), (2880, 2880), (50257, 768), (50257, 1600)]
+          (1600, 6400), (4096, 4096), (2880, 2880), (5120, 2880), (2880, 4096), (50257, 768), (50257, 1600)]
+# (5120 x 2880 and 2880 x 4096: gpt-oss-20b's QKV and output products, docs/gpt_oss.md session 20)
 
 
 def time_us(fn, reps=20) -> float:
