@@ -25,7 +25,8 @@ one() {
   [ -n "${RUN:-}" ] && (eval "$RUN")
   wait $MODELS_PID 2>/dev/null
   for m in $MODELS; do
-    f="$M/${m%%:*}-$( [ "${m#*:}" = "$m" ] && echo F16 || echo "${m#*:}").gguf"
+    t=${m#*:}; [ "$t" = "$m" ] && t=F16  # shape[:type], F16 when no type
+    f="$M/${m%%:*}-$t.gguf"
     echo "--- bench $LABEL $f"
     timeout 120 python3 -m gpt_engine.cli bench "$f" --device cuda ${BENCH_ARGS:--p 512 -n 0 -r 5} 2>&1 | grep -vE "^bench: "
   done

@@ -1,5 +1,5 @@
 """The whole-matrix dequantize (csrc/dequant.cu, prefill's scratch matrix) alone, per shape
-(exploration, not evidence; GT-029): MXFP4 and Q8_0 to fp16, calls captured in a CUDA graph, each
+(exploration, not evidence; GT-029): MXFP4 and Q8_0 (or $DEQUANT_TYPES) to fp16, calls captured in a CUDA graph, each
 call on its own copy of the packed weight into its own output (>= 512 MiB written per replay, as
 tests/ops/test_linear_q.py::test_mxfp4_dequant_bandwidth, so nothing comes from L2). Prints us
 per call, GB/s (bytes = packed read + fp16 written) and the ratio to a same-run device copy
@@ -9,7 +9,7 @@ timed calls, fp32 and bf16 from one call each), and the rows-by-id path on a few
 weights and gguf-py's dequantization of them are cached in $EXPLORE_DEQUANT_CACHE
 (/tmp/explore_dequant_cache), so only the first of several runs pays for numpy.
 
-    python tests/bench/explore_dequant.py
+    [DEQUANT_TYPES="Q5_0 Q4_K"] [DEQUANT_SHAPES="1600x6400"] python tests/bench/explore_dequant.py
 
 The v1/v2 comparison in docs/kernels/quant.md came from this script's --ab mode while v1 was still
 in the launcher behind a temporary switch (raw output: docs/kernels/runs/20261202-s6-ab1.log).
@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from gates.bench import Baselines, Bench  # noqa: E402
 from gpt_engine.ops import _ext  # noqa: E402
+from gpt_engine.quantize import quantize  # noqa: E402
 from tests.ops._bench import graphed  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -67,10 +68,9 @@ def _cached(name: str, make) -> np.ndarray:
 
 
 def packed(n: int, k: int, qtype) -> np.ndarray:
-    """A random weight as the file holds it (gguf-py's quantizer, as tests/ops/test_linear.py make_weight)."""
+    """A random weight as the file holds it (gpt_engine.quantize: gguf-py's quantizers, ours for the
+    K-quants; as tests/ops/test_linear.py make_weight)."""
     def make():
-        from gpt_engine.quantize import quantize  # gguf-py's quantizers, ours for the K-quants
-
         w = (np.random.default_rng(n * 100003 + k).standard_normal((n, k)) * 0.05).astype(np.float32)
         return np.ascontiguousarray(quantize(w, qtype)).reshape(n, -1)
     return _cached(f"{qtype.name}-{n}x{k}", make)
