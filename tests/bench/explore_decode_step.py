@@ -4,6 +4,11 @@ profiler's per-kernel GPU times over 20 replays. (The GEMV alone, per model widt
 benchmark tests/ops/test_linear.py::test_gemv_bandwidth.)
 
     python tests/bench/explore_decode_step.py [MODEL.gguf ...]
+
+MOE_VERSIONS="61 6" (gpt-oss files): instead, an A/B of the MoE expert kernels in the model's own
+step: for each version (ext.moe_ab_force: 3, 6, 61 = v6.1, the default) the short greedy graph is
+captured anew, then the graphs are replayed in turn, 100 replays each, ROUNDS (default 5) times;
+medians per version.
 """
 from __future__ import annotations
 
@@ -28,6 +33,29 @@ def replay_us(fn, n=100) -> float:
     return a.elapsed_time(b) / n * 1e3
 
 
+def moe_ab(dec, rewind, versions: list[int]) -> None:
+    """The short greedy step captured once per MoE kernel version, replayed in turn."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    graphs = {}
+    try:
+        for v in versions:
+            assert ext.moe_ab_force(v, 0) == v
+            dec.graphs.clear()
+            rewind()
+            graphs[v] = dec._graph("greedy", short=dec.state.short_keys > 0)
+    finally:
+        ext.moe_ab_force(0, 0)
+    times = {v: [] for v in versions}
+    for _ in range(int(os.environ.get("ROUNDS", "5"))):
+        for v, g in graphs.items():
+            rewind()
+            times[v].append(replay_us(g.replay))
+    for v, ts in times.items():
+        print(f"moe v{v}: graph step median {sorted(ts)[len(ts) // 2]:.1f} us  ({' '.join(f'{t:.1f}' for t in ts)})")
+    dec.graphs.clear()
+
+
 def step_breakdown(path: str) -> None:
     m = gpt_engine.load(path, device="cuda")
     try:  # a build whose GEMVs skip their wait (branch explore-s12) decodes garbage; time it anyway
@@ -43,6 +71,10 @@ def step_breakdown(path: str) -> None:
     def rewind():
         for t, s in zip((st.ids, st.pos, st.lens, st.status), start):
             t.copy_(s)
+    versions = os.environ.get("MOE_VERSIONS", "").split()
+    if versions:
+        moe_ab(dec, rewind, [int(v) for v in versions])
+        return
     graphs = [("greedy", dec._graph("greedy"))]
     if st.short_keys:
         graphs.append(("greedy:short", dec._graph("greedy", short=True)))
