@@ -491,19 +491,13 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
     const T* __restrict__ bd,           // [E, C]
     const T* __restrict__ residual,     // [M, C] or null
     T* __restrict__ out,                // [M, C]
-    int K, int E, int F, int C,
-    bool ids_early) {                   // ids complete before this grid's wait (v6.1, below)
+    int K, int E, int F, int C) {
   extern __shared__ __align__(16) uint8_t moe_tiles[];  // the tile, then xs [32][F / 32]
   __shared__ float part[kDownRowsPerBlock];
   __shared__ __align__(8) uint64_t bar;
   static_assert(kDownRowsPerBlock == kTileRows, "v6 down keeps v3's 16 rows per block");
-  // v6.1: the tile's bulk copy starts BEFORE griddepcontrol.wait when ids_early is set, i.e. when
-  // the launch put the gate/up kernel between the routing and this one: every gate/up block
-  // returns from its own wait (the routing grid complete, its writes performed) before it lets
-  // this grid start, so the ids are final here; they are read through L2 (ld.global.cg: an L1
-  // line from an earlier replay could be stale). Only act, the weights of the sum and the
-  // residual come from the gate/up kernel, and they are read after the wait.
-  if (!ids_early) pdl_wait();
+  pdl_wait();
+  pdl_launch_dependents();
   cg::cluster_group cluster = cg::this_cluster();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int j = blockIdx.x, m = blockIdx.z;
@@ -513,7 +507,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
   float* xs = reinterpret_cast<float*>(moe_tiles + tile_buf_bytes(kTileRows, row_bytes));
   const int c0 = blockIdx.y * kTileRows;
   const int rows = C - c0 < kTileRows ? C - c0 : kTileRows;
-  const int e = clamp_expert(ids_early ? __ldcg(ids + m * K + j) : ids[m * K + j], E);
+  const int e = clamp_expert(ids[m * K + j], E);
   const TileSpan ds = tile_span(wd + ((int64_t)e * C + c0) * row_bytes, (int64_t)rows * row_bytes, wd,
                                 wd + (int64_t)E * C * row_bytes);
   const uint32_t b = smem_addr(&bar);
@@ -526,8 +520,6 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
     }
     tile_edges(dbuf, ds, lane);
   }
-  if (ids_early) pdl_wait();  // act comes from the gate/up kernel
-  pdl_launch_dependents();
   stage_input_batched<NBL>(xs, act + ((int64_t)m * K + j) * F, nblk);
   __syncthreads();
   mbar_wait(b, 0);
@@ -752,8 +744,7 @@ cudaError_t allow_smem(void (*kernel)(KArgs...), size_t smem, size_t& configured
   return e;
 }
 
-// 0: the default, v6.1 (v6 with the down tiles' copies started before the wait); 6: v6; 3: v3;
-// forced by moe_ab_force (the tests' bit-equality check and the decode benches).
+// 0 or 6: v6; 3: v3, forced by moe_ab_force (the tests' bit-equality check and the decode bench).
 int g_moe_force = 0;
 // 0: both expert kernels; 1: only gate/up, 2: only down (moe_ab_force, the bench's per-kernel
 // timings: the kernel left out leaves its output as it was).
@@ -780,8 +771,7 @@ cudaError_t launch_experts_v6(const MoeArgs& a, cudaStream_t st) {
   const dim3 g2((unsigned)a.K, (unsigned)ceil_div(a.C, kTileRows), (unsigned)a.M);
   return launch_pdl_cluster(moe_down_v6_kernel<T, NBL>, g2, dim3(kMoeThreads), smem2, st, dim3((unsigned)a.K, 1, 1),
                             (const float*)a.act, a.ids, (const float*)a.weights, a.down, (const T*)a.down_bias,
-                            (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F, (int)a.C,
-                            /*ids_early=*/g_moe_parts == 0 && g_moe_force == 0);
+                            (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F, (int)a.C);
 }
 
 template <typename T, int NBL>
@@ -830,10 +820,9 @@ cudaError_t dispatch_nbl(const MoeArgs& a, cudaStream_t st) {
 }  // namespace
 
 int moe_ab_force(int64_t version, int64_t parts) {
-  if (version == 0 || version == 61) g_moe_force = 0;
-  if (version == 3 || version == 6) g_moe_force = (int)version;
+  if (version == 0 || version == 3 || version == 6) g_moe_force = (int)version;
   if (parts >= 0 && parts <= 2) g_moe_parts = (int)parts;
-  return g_moe_force == 3 ? 3 : g_moe_force == 6 ? 6 : 61;
+  return moe_v6_selected() ? 6 : 3;
 }
 
 int moe_blocks_per_lane(int64_t n) { return (int)ceil_div(ceil_div(n, 32), 32); }

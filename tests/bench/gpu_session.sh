@@ -9,6 +9,13 @@
 # carried, it spares the next cold machine the ~4-minute build (tests/bench/ext_cache.sh).
 # Everything printed goes to $OUT/session.log too; bench results to $OUT/bench.json.
 # Benchmark models are written once into $GPT_ENGINE_BENCH_MODELS (kept while the machine is warm).
+# Time: GATES_TIMEOUT is the gates run's own limit, and `timeout` puts that run in a process group
+# of its own, so an outer `timeout` around this script that fires first kills the script but NOT
+# the gates run, which then competes with the next call's (session 21 lost two evidence calls so).
+# Keep the outer limit above the build + GATES_TIMEOUT. A build seeded from .extcache is ~30 s when
+# csrc is unchanged, ~100-180 s for one changed .cu file, ~290 s when a header many files include
+# changed (quant_blocks.cuh, linear_common.cuh): then build first in a call of its own
+# (`TESTS=... BENCH=0 bash tests/bench/gpu_session.sh quick`, EXT_SAVE=1) and run ops/rest warm.
 set -o pipefail
 MODE=${1:-quick}
 . tests/bench/gpu_env.sh session.log
