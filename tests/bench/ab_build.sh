@@ -18,7 +18,7 @@ one() {
   export LABEL=$1
   echo "=== build $LABEL"; build_ext 3
   if [ "$LABEL" = B ] || [ -n "${TESTS_A:-}" ]; then
-    [ -n "${TESTS:-}" ] && timeout ${TEST_TIMEOUT:-200} python3 -m pytest -p gates.pytest_plugin --no-evidence \
+    [ -n "${TESTS:-}" ] && timeout -s INT -k 20 ${TEST_TIMEOUT:-200} python3 -m pytest -p gates.pytest_plugin --no-evidence \
       -p no:cacheprovider -q -m cuda --tb=short -rf $TESTS -k "not bandwidth and not benchmark" 2>&1 \
       | grep -vE "^\.|^$|^SKIPPED" | tail -30
   fi

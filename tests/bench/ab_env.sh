@@ -22,7 +22,7 @@ for s in sys.argv[1:]:
     shape, q = s.rsplit('-', 1); print(b.ensure('$M', shape, q))
 " $MODELS > /tmp/ab-models.txt 2>&1) &
 MODELS_PID=$!
-[ -n "$TESTS" ] && timeout ${TEST_TIMEOUT:-240} python3 -m pytest -p gates.pytest_plugin --no-evidence -p no:cacheprovider -q -m cuda --tb=short -rf \
+[ -n "$TESTS" ] && timeout -s INT -k 20 ${TEST_TIMEOUT:-240} python3 -m pytest -p gates.pytest_plugin --no-evidence -p no:cacheprovider -q -m cuda --tb=short -rf \
   $TESTS -k "not bandwidth and not benchmark" 2>&1 | grep -vE "^\.|^$|^SKIPPED" | tail -40
 echo "tests: $(( $(date +%s) - t0 )) s"
 if [ -n "${SAN:-}" ]; then  # pytest arguments to run under compute-sanitizer memcheck

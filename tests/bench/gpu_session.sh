@@ -16,6 +16,9 @@
 # csrc is unchanged, ~100-180 s for one changed .cu file, ~290 s when a header many files include
 # changed (quant_blocks.cuh, linear_common.cuh): then build first in a call of its own
 # (`TESTS=... BENCH=0 bash tests/bench/gpu_session.sh quick`, EXT_SAVE=1) and run ops/rest warm.
+# Test runs get SIGINT at their limit (timeout -s INT, then KILL 20 s later): pytest then stops
+# and still prints its summary of what ran; a plain timeout's SIGTERM left no verdict at all
+# (session 21, a 150 s limit on six test files).
 set -o pipefail
 MODE=${1:-quick}
 . tests/bench/gpu_env.sh session.log
@@ -30,7 +33,7 @@ build_ext 20  # a cold machine reuses an earlier one's objects with the same csr
 # EXT_SAVE=0: do not send the built objects back ($OUT/ext-<hash>.tgz.part-*: ext_cache.sh)
 [ "${EXT_SAVE:-1}" = 1 ] && bash tests/bench/ext_cache.sh save
 if [ "$MODE" = quick ]; then
-  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
+  timeout -s INT -k 20 ${TEST_TIMEOUT:-300} python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
     ${TESTS:-tests/ops/test_linear.py tests/ops/test_linear_qkv.py tests/ops/test_qkv_rope.py tests/ops/test_sample_greedy.py tests/ops/test_opcheck.py \
     tests/test_sampling.py tests/test_cuda_graph.py tests/test_model_cuda.py tests/ops/test_gpt2_block.py} \
     > /tmp/quick-tests.txt 2>&1
