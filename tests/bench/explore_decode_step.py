@@ -8,13 +8,13 @@ benchmark tests/ops/test_linear.py::test_gemv_bandwidth.)
 MOE_VERSIONS="6 3" (gpt-oss files): instead, an A/B of the MoE expert kernels in the model's own
 step: for each version (ext.moe_ab_force: 3, 6; 61 = v6.1 and 7 = v7 with
 tests/bench/ab_patches/moe-v6.1-ring-two-rounds-mends.patch or moe-v7-int-codes.patch applied)
-the short greedy graph is
-captured anew, then the graphs are replayed in turn, 100 replays each, ROUNDS (default 5) times;
-medians per version.
+the short greedy graph is captured anew, then the graphs are replayed in turn, 100 replays each,
+ROUNDS (default 5) times; medians per version.
 """
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 
 import torch
@@ -54,7 +54,7 @@ def moe_ab(dec, rewind, versions: list[int]) -> None:
             rewind()
             times[v].append(replay_us(g.replay))
     for v, ts in times.items():
-        print(f"moe v{v}: graph step median {sorted(ts)[len(ts) // 2]:.1f} us  ({' '.join(f'{t:.1f}' for t in ts)})")
+        print(f"moe v{v}: graph step median {statistics.median(ts):.1f} us  ({' '.join(f'{t:.1f}' for t in ts)})")
     dec.graphs.clear()
 
 
