@@ -815,8 +815,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("n_valid"), py::arg("next"), py::arg("pos"), py::arg("status"));
   m.def("attention_decode_splits", &gpte::attention_decode_splits, "splits the decode kernel uses");
   m.def("moe_ab_force", &gpte::moe_ab_force,
-        "test/bench hook of the MoE expert kernels: 3 or 6 forces v3 or v6, 0 returns to the default (v6); parts: "
-        "0 both kernels, 1 only gate/up, 2 only down (timing); returns the version in use",
+        "test/bench hook of the MoE expert kernels: 3, 6 or 61 forces v3, v6 or v6.1, 0 (or 7) returns to the "
+        "default (v7, returned as 7); parts: 0 both kernels, 1 only gate/up, 2 only down (timing; the down "
+        "tiles' early copies need both); returns the version in use",
         py::arg("version"), py::arg("parts") = 0);
   m.def("moe_route", &moe_route, "[RMSNorm, then] router logits -> top-k experts and softmax weights",
         py::arg("h"), py::arg("router"), py::arg("router_bias"), py::arg("ids"), py::arg("weights"),

@@ -5,7 +5,7 @@
 //
 // v1 (replaced by v2, measured against it in one run: docs/kernels/quant.md): one thread per quad (4
 // output values) of the flattened [nrows, K] output, 4 quads a block-width apart per thread,
-// 8-byte stores, the block bytes read through GlobalReader. Measured on the H200 at 1,626-1,949
+// 8-byte stores, the block bytes read as unaligned words, field by field. Measured on the H200 at 1,626-1,949
 // GB/s, 0.38-0.46 of the same-run copy (MXFP4 -> fp16, bytes = packed read + fp16 written). The
 // cause: at ~4 TB/s a 32-value MXFP4 block (17 B read + 64 B written) must be done in ~17-20
 // thread-instructions per value across the GPU (132 SMs x 4 issue slots x 1.75-1.98 GHz), and
@@ -35,8 +35,8 @@
 //   - Q8_0 {f16 d, int8 qs[32]} (ggml-common.h block_q8_0): the fp16 scale (one 2-byte load,
 //     blocks start at even offsets) and 2-3 aligned words for qs[8 sub ..].
 //   - The other types (v2.1): the aligned words holding the piece's code bytes, high bits and
-//     scale fields, also loaded before pdl_wait, then decode4's codes and float steps on them
-//     (v2 read them through decode4 after the wait: 5-14 separate loads per piece, byte by byte
+//     scale fields, also loaded before pdl_wait, then the layouts' codes and float steps on them
+//     (v2 read them field by field after the wait: 5-14 separate loads per piece, byte by byte
 //     for the fp16 fields). Measured against v2 in one run (H200, 2026-12-04, copy 4,239-4,243
 //     GB/s, tests/bench/explore_dequant.py via tests/bench/ab_build.sh, every output bit-exact),
 //     ratio to copy at 1600 x 6400 / 6400 x 1600 / 4800 x 1600: Q4_0 0.73 / 0.73 / 0.68 -> 0.83 /
@@ -47,7 +47,7 @@
 // registers per kernel, no spills (ptxas -v, sm_90a). Measured against v1 in one run (H200,
 // 2026-12-02, copy 4,256 GB/s, tests/bench/explore_dequant.py): MXFP4 -> fp16 0.81-0.90 of copy
 // (v1 0.38-0.46), Q8_0 0.83-0.95 (v1 0.50-0.61); e.g. 4096 x 4096 MXFP4 11.9 us (v1 23.7).
-// The per-value arithmetic is decode4 / value_exact's (codes as exact floats, __fmul_rn /
+// The per-value arithmetic is value_exact's (quant_blocks.cuh; codes as exact floats, __fmul_rn /
 // __fadd_rn, no contraction, then one rounding to the output dtype), so v2 is bit-identical to
 // v1 and to gguf-py.
 //
@@ -122,7 +122,7 @@ __device__ __forceinline__ uint32_t word_at(const uint8_t* w, int64_t off) {
 }
 __device__ __forceinline__ uint32_t byte_of(uint32_t word, int sh) { return (word >> sh) & 0xFFu; }
 
-// Piece `sub` of the block at byte `blk` (block layouts: quant_blocks.cuh decode4, whose byte
+// Piece `sub` of the block at byte `blk` (block layouts: quant_blocks.cuh's header, whose byte
 // offsets these are: piece sub = quads 2 (sub % 4) and 2 (sub % 4) + 1 of group sub / 4).
 template <int T>
 __device__ __forceinline__ void load_piece(const uint8_t* w, int64_t blk, int sub, Raw<T>& r) {
@@ -157,7 +157,7 @@ __device__ __forceinline__ void load_piece(const uint8_t* w, int64_t blk, int su
       load_words(w, blk + 64 * h + 32 * (g & 1) + 8 * (sub & 3), r.a, r.sh);
       const int64_t sc = blk + 192 + 8 * h + 2 * g + ((sub & 3) >> 1);
       r.f[0] = word_at(w, sc);
-      r.f[2] = (int)(sc & 3) * 8;
+      r.fsh = (int)(sc & 3) * 8;  // the scale byte's shift in f[0]
       r.f[1] = word_at(w, blk + 208);
     }
   }
@@ -184,7 +184,7 @@ __device__ __forceinline__ uint32_t mxfp4_biased(uint32_t c) {
   return (pos & ~sm) | (neg & sm);
 }
 
-// The 8 exact values of a loaded piece (decode4 + value_exact's float arithmetic).
+// The 8 exact values of a loaded piece (the layouts' codes, value_exact's float arithmetic).
 template <int T>
 __device__ __forceinline__ void decode_piece(const uint8_t* w, const Raw<T>& r, float* v) {
   if constexpr (T == kMXFP4 || T == kQ8_0) {
@@ -204,7 +204,7 @@ __device__ __forceinline__ void decode_piece(const uint8_t* w, const Raw<T>& r, 
       for (int k = 0; k < 4; ++k) v[4 * h + k] = value_exact<T>(wq[k], s, 0.f);
     }
   } else {
-    // values 8 sub .. 8 sub + 7 of the block from the loaded words, with decode4's codes, s and mn
+    // values 8 sub .. 8 sub + 7 of the block from the loaded words: codes, s and mn as the layouts say
     const int sub = r.sub, j = sub >> 2;
     float s, mn = 0.f;
     int nib = 0;  // bit shift of the piece's nibbles in its code bytes
@@ -219,17 +219,15 @@ __device__ __forceinline__ void decode_piece(const uint8_t* w, const Raw<T>& r, 
       nib = 4 * (sub >> 1);
       if constexpr (T == kQ5_1) hb = byte_of(r.f[1], 8 * sub);
     } else if constexpr (T == kQ4_K || T == kQ5_K) {
-      // get_scale_min_k4 (quant_blocks.cuh k_scale_min) on scale bytes j, j + 4 (j < 4) or
-      // j + 4, j - 4, j (j >= 4): bytes 8 (j % 4) bits up in f[1], f[2], f[3]
+      // scale bytes j % 4, j % 4 + 4 and j % 4 + 8: 8 (j % 4) bits up in f[1], f[2], f[3]
       const int bs = 8 * (j & 3);
-      const uint32_t b1 = byte_of(r.f[1], bs), b2 = byte_of(r.f[2], bs), b3 = byte_of(r.f[3], bs);
-      const uint32_t sc = j < 4 ? (b1 & 63u) : ((b3 & 0xFu) | ((b1 >> 6) << 4));
-      const uint32_t m = j < 4 ? (b2 & 63u) : ((b3 >> 4) | ((b2 >> 6) << 4));
+      uint32_t sc, m;
+      k_scale_min(byte_of(r.f[1], bs), byte_of(r.f[2], bs), byte_of(r.f[3], bs), j, sc, m);
       s = __fmul_rn(f16_bits(r.f[0]), (float)sc);
       mn = -__fmul_rn(f16_bits(r.f[0] >> 16), (float)m);
       nib = 4 * (j & 1);
     } else {  // Q6_K
-      s = __fmul_rn(f16_bits(r.f[1] >> r.sh), (float)(int)(int8_t)byte_of(r.f[0], (int)r.f[2]));
+      s = __fmul_rn(f16_bits(r.f[1] >> r.sh), (float)(int)(int8_t)byte_of(r.f[0], r.fsh));
       nib = 4 * ((sub >> 3) & 1);  // g >= 2: high nibbles
     }
     const int sh = r.sh;

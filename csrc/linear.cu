@@ -304,8 +304,16 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   // the ring kernel where it measured faster (H200, M = 1, graph-captured calls, 2026-12-01,
   // docs/kernels/decode.md): K >= 4096 (1600x6400 10.1 -> 8.8 us, 4096x4096 13.2 -> 11.9 us);
   // shorter rows keep v3 (1600x1600 2.9 vs 3.7 us, 4800x1600 7.2 vs 8.3 us): its 3 blocks per SM
-  // start streaming sooner than one 256-thread block whose ring needs kStages - 1 batches
-  if (p.K >= 4096 && pipe_smem <= (size_t)kPipeSmemMax) {
+  // start streaming sooner than one 256-thread block whose ring needs kStages - 1 batches.
+  // Also where v3 would take two dependent batches per pair (more than 8 x 32 chunks: a lane holds
+  // 8 in flight) AND more than one round of pairs over its warps (gpt-oss's QKV 5120 x 2880: 360
+  // chunks, 2,560 pairs on 2,112 warps: 11.90 -> 10.15 us; its untied head 201088 x 2880; tg128
+  // 418.7 -> 431.1 tok/s, same call, H200, 2026-12-04, docs/kernels/decode.md v18). Either
+  // condition alone is not enough: 2880 x 2880 (1,440 pairs, one round) 6.45 -> 7.67 us and
+  // 124M's 768 x 3072 (384 pairs) cost 124M's tg128 8% in the ring kernel.
+  const bool two_batches = kpad / CH > 8 * 32;
+  const bool two_rounds = npairs > (int64_t)num_sms * kGemvBlocksPerSm<MT> * kWarps;
+  if ((p.K >= 4096 || (MT == 1 && two_batches && two_rounds)) && pipe_smem <= (size_t)kPipeSmemMax) {
     static bool attr_set = false;  // once per instantiation: allow more than 48 KiB of shared memory
     if (!attr_set) {
       cudaError_t e = cudaFuncSetAttribute(gemv_pipe_kernel<W, A, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,

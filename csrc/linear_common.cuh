@@ -168,11 +168,11 @@ struct XStage {
       }
     }
   }
-  // Four warps on every row (v2, session 18): thread t < 128 sums k = t, t + 128, ... in that
-  // order, warp_sum, then the 4 warp partials in warp order, whatever NT is, so a row's
-  // statistics depend neither on M nor on which GEMV kernel (128 or 256 threads) stages it. v1 gave each row to one warp:
-  // ~K / 32 dependent loads and adds per pass on the critical path of every norm-fused GEMV
-  // (1,600 wide: 50 per pass, two passes for LayerNorm).
+  // Four warps on every row (v2.1, docs/kernels/decode.md v16): thread t < 128 sums k = t,
+  // t + 128, ... in that order, warp_sum, then the 4 warp partials in warp order, whatever NT is,
+  // so a row's statistics depend neither on M nor on which GEMV kernel (128 or 256 threads)
+  // stages it. v1 gave each row to one warp: ~K / 32 dependent loads and adds per pass on the
+  // critical path of every norm-fused GEMV (1,600 wide: 50 per pass, two passes for LayerNorm).
   static __device__ void row_stats(const LinearArgs& p, const float* xs, bool from_smem, float* s_mean,
                                    float* s_rstd) {
     constexpr int NW = 4, NV = 32 * NW;  // the threads that sum (NT >= 128)

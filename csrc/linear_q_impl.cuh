@@ -122,47 +122,6 @@ __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src,
 }
 // (cp_async_commit / cp_async_wait: linear_common.cuh)
 
-// dp4a with the weight codes' signedness (a) against x's hi plane (signed) or lo plane (unsigned)
-template <bool WS, bool XS>
-__device__ __forceinline__ int dp4a(uint32_t a, uint32_t b, int c) {
-  int d;
-  if constexpr (WS && XS) asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  else if constexpr (WS) asm("dp4a.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  else if constexpr (XS) asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  else asm("dp4a.u32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-
-// acc + one group's contribution: codes c[8] of one weight row, x planes (h0, l0: values 0..15;
-// h1, l1: 16..31), xs = {d_x, sum q 0..15, sum q 16..31, -}. |sum c q| <= 32 * 128 * 32767 < 2^31.
-// IC: the codes' format, IntCodes (v2) or IntCodesMx (v3: MXFP4 biased by 128)
-template <int T, typename IC>
-__device__ __forceinline__ float group_dot(const uint32_t* c, const uint4& h0, const uint4& l0, const uint4& h1,
-                                           const uint4& l1, const float4& xs, float s0, float s1, float mn,
-                                           float acc) {
-  constexpr bool WS = IC::kSigned;
-  constexpr int OFF = IC::kOff;
-  int hs0 = dp4a<WS, true>(c[0], h0.x, 0), ls0 = dp4a<WS, false>(c[0], l0.x, 0);
-  hs0 = dp4a<WS, true>(c[1], h0.y, hs0), ls0 = dp4a<WS, false>(c[1], l0.y, ls0);
-  hs0 = dp4a<WS, true>(c[2], h0.z, hs0), ls0 = dp4a<WS, false>(c[2], l0.z, ls0);
-  hs0 = dp4a<WS, true>(c[3], h0.w, hs0), ls0 = dp4a<WS, false>(c[3], l0.w, ls0);
-  int hs1 = dp4a<WS, true>(c[4], h1.x, 0), ls1 = dp4a<WS, false>(c[4], l1.x, 0);
-  hs1 = dp4a<WS, true>(c[5], h1.y, hs1), ls1 = dp4a<WS, false>(c[5], l1.y, ls1);
-  hs1 = dp4a<WS, true>(c[6], h1.z, hs1), ls1 = dp4a<WS, false>(c[6], l1.z, ls1);
-  hs1 = dp4a<WS, true>(c[7], h1.w, hs1), ls1 = dp4a<WS, false>(c[7], l1.w, ls1);
-  const int q0 = __float_as_int(xs.y), q1 = __float_as_int(xs.z);
-  float f;
-  if constexpr (T == kQ6_K) {  // two 16-value scales
-    const int t0 = hs0 * 256 + ls0 - OFF * q0, t1 = hs1 * 256 + ls1 - OFF * q1;
-    f = fmaf(s1, (float)t1, __fmul_rn(s0, (float)t0));
-  } else {
-    const int t = (hs0 + hs1) * 256 + (ls0 + ls1) - OFF * (q0 + q1);
-    f = __fmul_rn(s0, (float)t);
-    if constexpr (Traits<T>::kHasMin) f = fmaf(mn, (float)(q0 + q1), f);
-  }
-  return fmaf(xs.x, f, acc);
-}
-
 // One row's batch: byte span [start, end) of the weight, copied as the 16-byte pieces of
 // [start & ~15, end rounded up); the last piece of the tensor may be partial.
 struct Span {

@@ -49,10 +49,19 @@
 // 60.5 KB of shared memory, 3 blocks per SM = 147 KB of weights in flight per SM against the
 // ~64 KB that Little's law asks at ~4 TB/s x ~2 us / 132 SMs; 46 KB left for the down kernel's
 // first blocks under PDL. Down: 720 blocks (v3's grid, clusters of k), 24.5 + 11.5 KB, 6 per SM.
+// v6.1 (H200, one build, tests/bench/explore_moe_decode.py: 37.30 -> 34.17 us per layer, gpt-oss
+// step 2,296.9 -> 2,242.9 us; outputs v6's): the down kernel starts its tile copies before its PDL
+// wait (moe_down_v6_kernel, ids_early).
+// v7 (the default; moe_ab_force 61 / 6 / 3 select v6.1 / v6 / v3): v6.1 with the inputs staged as
+// 16-bit codes and the products in integers (stage_codes, row_block: the packed GEMV's format and
+// group_dot); within nmse_moe_v7_vs_v3 of v3, no longer bit-equal. Predicted from the instruction
+// count (~2.7 per weight against ~4.3; the PTX of gate/up at NBL = 3 has 1,833 instructions against
+// v6's 3,491): gate/up ~22 -> ~15-16 us, down ~15 -> ~11 us per layer.
 #include <cmath>
 
 #include "common.cuh"
 #include "launchers.h"
+#include "swiglu_oai.cuh"    // gpt-oss's clamped SwiGLU
 #include "quant_blocks.cuh"  // e8m0_half (ggml_e8m0_to_fp32_half), shared with the packed GEMV; load_mxfp4_words
 #include "tma.cuh"           // mbarrier and bulk-copy wrappers
 
@@ -72,9 +81,6 @@ constexpr int kDownRowsPerBlock = kMoeWarps * kDownRowsPerWarp;
 constexpr int kDownExpertsInFlight = 4;          // rows of up to 4 experts loaded at once (gpt-oss: k = 4)
 constexpr int kBlockBytes = 17;  // MXFP4: scale byte + 16 bytes of nibbles, 32 values
 
-// SwiGLU of gpt-oss: OpenAI's reference gpt_oss/torch/model.py swiglu (alpha 1.702, limit 7).
-constexpr float kSwigluAlpha = 1.702f;
-constexpr float kSwigluLimit = 7.0f;
 
 // E2M1 codes to fp16 in registers (v3; v2 looked each code up in a shared-memory table: one
 // LDS per weight, which with the input's LDS bound the kernels by shared-memory issue). A code
@@ -176,9 +182,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_kernel(
   const float g = warp_sum(ga) + to_f(bg[er]);
   const float u = warp_sum(ua) + to_f(bu[er]);
   if (lane == 0) {
-    const float gc = fminf(g, kSwigluLimit);
-    const float uc = fminf(fmaxf(u, -kSwigluLimit), kSwigluLimit);
-    act[(int64_t)mj * F + r] = gc / (1.f + expf(-kSwigluAlpha * gc)) * (uc + 1.f);
+    act[(int64_t)mj * F + r] = swiglu_oai(g, u);
   }
 }
 
@@ -402,8 +406,108 @@ __device__ __forceinline__ void stage_input_batched(float* xs, const S* __restri
   }
 }
 
+// ---- v7: the input as 16-bit codes, the products in integers
+// The packed GEMV's activation format (csrc/linear_q_impl.cuh v2, which says why 16 bits and not
+// llama.cpp's int8: ~3.4e-10 NMSE per product against ~3e-5) and its group_dot (quant_blocks.cuh),
+// with mxfp4_biased8's codes: per 32-value group (one MXFP4 block of the row) d = max|x| / 32767,
+// q = rint(x * (32767 / max|x|)), |q| <= 32767, stored as byte planes hi = q >> 8 (int8) and
+// lo = q & 255, and {d, sum of q over values 0..15, over 16..31}. A group with a non-finite value
+// gets d = NaN, so each of its rows' sums is NaN (v6: NaN or inf products, NaN or inf sums). Why:
+// v6 spends ~4.3 instructions per weight (E2M1 -> fp16 -> fp32, an FMA, the input loads) and is
+// issue-bound at ~0.37 of copy; here ~2.7 (13 operations per 8 codes, 2 dp4a per 4 weights, the
+// scale steps; the 80 bytes of x per group shared by the warp's rows), docs/gpt_oss.md.
+// Layout (bank-conflict free: lane l reads slot l, consecutive 16-byte pieces): per 32 groups a
+// tile of planes [hi 0..15, lo 0..15, hi 16..31, lo 16..31][slot = group % 32][16 B], then the
+// slots' {d, sums} as float4.
+constexpr int kQPlanes = 4 * 32 * 16;
+constexpr int kQTile = kQPlanes + 32 * 16;
+__host__ __device__ constexpr int code_tiles_bytes(int nblk) { return (nblk + 31) / 32 * kQTile; }
+__device__ __forceinline__ int qplane_off(int g, int plane) { return (g >> 5) * kQTile + (plane * 32 + (g & 31)) * 16; }
+__device__ __forceinline__ int qscale_off(int g) { return (g >> 5) * kQTile + kQPlanes + (g & 31) * 16; }
+
+// Stages row src (nblk * 32 values) as codes into xq: four threads per group (consecutive lanes),
+// values 8p .. 8p + 7 each, the group's max and non-finite flag and the half sums over the quad.
+template <typename S>
+__device__ __forceinline__ void stage_codes(uint8_t* xq, const S* __restrict__ src, int nblk) {
+  const int lane = threadIdx.x & 31;
+  const unsigned quad = 0xFu << (lane & ~3);
+  for (int u = threadIdx.x; u < nblk * 4; u += kMoeThreads) {  // a quad's lanes share u >> 2
+    const int g = u >> 2, p = u & 3;
+    float v[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = to_f(src[g * 32 + p * 8 + k]);
+    float mx = 0.f;
+    int bad = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      mx = fmaxf(mx, fabsf(v[k]));
+      bad |= !isfinite(v[k]);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(quad, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(quad, mx, 2));
+    bad |= __shfl_xor_sync(quad, bad, 1);
+    bad |= __shfl_xor_sync(quad, bad, 2);
+    const float inv = mx > 0.f ? 32767.f / mx : 0.f;
+    uint32_t hi[2] = {0u, 0u}, lo[2] = {0u, 0u};
+    int sum = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int q = __float2int_rn(v[k] * inv);  // |v * inv| <= 32767 (1 + 2^-23) < 32767.5
+      sum += q;
+      hi[k >> 2] |= ((uint32_t)(q >> 8) & 0xFFu) << (8 * (k & 3));
+      lo[k >> 2] |= ((uint32_t)q & 0xFFu) << (8 * (k & 3));
+    }
+    const int h = p >> 1;  // values 0..15 or 16..31
+    *reinterpret_cast<uint2*>(xq + qplane_off(g, 2 * h) + 8 * (p & 1)) = make_uint2(hi[0], hi[1]);
+    *reinterpret_cast<uint2*>(xq + qplane_off(g, 2 * h + 1) + 8 * (p & 1)) = make_uint2(lo[0], lo[1]);
+    sum += __shfl_xor_sync(quad, sum, 1);  // the half's sum (p and p ^ 1)
+    const int other = __shfl_xor_sync(quad, sum, 2);
+    if (p == 0)
+      *reinterpret_cast<float4*>(xq + qscale_off(g)) =
+          make_float4(bad ? __int_as_float(0x7fc00000) : mx / 32767.f, __int_as_float(sum), __int_as_float(other), 0.f);
+  }
+}
+
+// Group bb's staged codes, loaded once per group and shared by the warp's rows (the compiler did
+// not merge the per-row loads: 5 shared loads per row and group in the PTX before they were hoisted).
+struct XCodes {
+  uint4 h0, l0, h1, l1;
+  float4 s;
+};
+__device__ __forceinline__ XCodes load_codes(const uint8_t* xq, int bb) {
+  XCodes x;
+  x.h0 = *reinterpret_cast<const uint4*>(xq + qplane_off(bb, 0));
+  x.l0 = *reinterpret_cast<const uint4*>(xq + qplane_off(bb, 1));
+  x.h1 = *reinterpret_cast<const uint4*>(xq + qplane_off(bb, 2));
+  x.l1 = *reinterpret_cast<const uint4*>(xq + qplane_off(bb, 3));
+  x.s = *reinterpret_cast<const float4*>(xq + qscale_off(bb));
+  return x;
+}
+
+// Row r's dot with the staged input: v6's block_dot on fp32 inputs, or v7's group_dot on codes.
+// q: the block's byte offset in the tile buffer; bb: the block (= group) index; xc: its codes (v7).
+template <bool kInt>
+__device__ __forceinline__ float row_block(const uint8_t* buf, int q, int bb, int nblk, const float* xs,
+                                           const XCodes& xc, float acc) {
+  if constexpr (kInt) {
+    uint32_t c[8];
+    float s0, s1, mn;
+    quant::group_codes<quant::kMXFP4, true>(buf, q, 0, c, s0, s1, mn);
+    return quant::group_dot<quant::kMXFP4, quant::IntCodesMx<quant::kMXFP4>>(c, xc.h0, xc.l0, xc.h1, xc.l1, xc.s, s0,
+                                                                             s1, mn, acc);
+  } else {
+    auto x = [&](int j) { return xs[j * nblk + bb]; };
+    return block_dot(smem_block(buf, q), (uintptr_t)q, x, acc);
+  }
+}
+
+// Shared-memory bytes of the staged input: fp32 [32][nblk] (v6) or the code tiles (v7).
+template <bool kInt> __host__ __device__ constexpr int staged_input_bytes(int nblk) {
+  return kInt ? code_tiles_bytes(nblk) : nblk * 32 * (int)sizeof(float);
+}
+
 // v6 gate/up: grid (F / 16, M * K), 8 warps; warp w computes tile rows w and w + 8 (gate and up).
-template <typename T, int NBL>
+template <typename T, int NBL, bool kInt>
 __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_v6_kernel(
     const T* __restrict__ h,            // [M, C]
     const int32_t* __restrict__ ids,    // [M, K]
@@ -413,7 +517,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_v6_kernel(
     const T* __restrict__ bu,           // [E, F]
     float* __restrict__ act,            // [M, K, F]
     int K, int E, int F, int C) {
-  extern __shared__ __align__(16) uint8_t moe_tiles[];  // gate tile, up tile, then xs [32][C / 32]
+  extern __shared__ __align__(16) uint8_t moe_tiles[];  // gate tile, up tile, then xs [32][C / 32] or the codes
   __shared__ __align__(8) uint64_t bar;
   pdl_wait();  // h and the routing come from the kernels before
   pdl_launch_dependents();
@@ -425,6 +529,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_v6_kernel(
   uint8_t* gbuf = moe_tiles;
   uint8_t* ubuf = moe_tiles + buf_bytes;
   float* xs = reinterpret_cast<float*>(moe_tiles + 2 * buf_bytes);
+  uint8_t* xq = moe_tiles + 2 * buf_bytes;  // v7: the same place
   const int r0 = blockIdx.x * kTileRows;
   const int rows = F - r0 < kTileRows ? F - r0 : kTileRows;
   const int e = clamp_expert(ids[mj], E);  // one L2 trip, every thread (a broadcast)
@@ -443,7 +548,8 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_v6_kernel(
     tile_edges(gbuf, gs, lane);
     tile_edges(ubuf, us, lane);
   }
-  stage_input_batched<NBL>(xs, h + (int64_t)m * C, nblk);
+  if constexpr (kInt) stage_codes(xq, h + (int64_t)m * C, nblk);
+  else stage_input_batched<NBL>(xs, h + (int64_t)m * C, nblk);
   __syncthreads();  // xs, the edges and the initialised barrier
   mbar_wait(b, 0);
   const int goff = (int)(gs.s - gs.lo), uoff = (int)(us.s - us.lo);
@@ -455,13 +561,14 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_v6_kernel(
   for (int i = 0; i < NBL; ++i) {
     const int bb = lane + 32 * i;
     if (bb < nblk) {
-      auto x = [&](int j) { return xs[j * nblk + bb]; };
+      XCodes xc;
+      if constexpr (kInt) xc = load_codes(xq, bb);
 #pragma unroll
       for (int t = 0; t < 2; ++t) {
         const int qg = goff + rr[t] * row_bytes + bb * kBlockBytes;
         const int qu = uoff + rr[t] * row_bytes + bb * kBlockBytes;
-        ga[t] = block_dot(smem_block(gbuf, qg), (uintptr_t)qg, x, ga[t]);
-        ua[t] = block_dot(smem_block(ubuf, qu), (uintptr_t)qu, x, ua[t]);
+        ga[t] = row_block<kInt>(gbuf, qg, bb, nblk, xs, xc, ga[t]);
+        ua[t] = row_block<kInt>(ubuf, qu, bb, nblk, xs, xc, ua[t]);
       }
     }
   }
@@ -473,16 +580,14 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_v6_kernel(
     const float u = warp_sum(ua[t]);
     if (lane == 0 && warp + t * kMoeWarps < rows) {
       const float gb = g + to_f(bg[er]), ub = u + to_f(bu[er]);
-      const float gc = fminf(gb, kSwigluLimit);
-      const float uc = fminf(fmaxf(ub, -kSwigluLimit), kSwigluLimit);
-      act[(int64_t)mj * F + r] = gc / (1.f + expf(-kSwigluAlpha * gc)) * (uc + 1.f);
+      act[(int64_t)mj * F + r] = swiglu_oai(gb, ub);
     }
   }
 }
 
 // v6 down: moe_down_split_kernel's grid and clusters (K, C / 16, M), its expert's 16 rows as one
 // bulk-copied tile; warp w computes tile rows w and w + 8 (v3's rows), rank 0 sums as in v3.
-template <typename T, int NBL>
+template <typename T, int NBL, bool kInt>
 __global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
     const float* __restrict__ act,      // [M, K, F]
     const int32_t* __restrict__ ids,    // [M, K]
@@ -491,13 +596,19 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
     const T* __restrict__ bd,           // [E, C]
     const T* __restrict__ residual,     // [M, C] or null
     T* __restrict__ out,                // [M, C]
-    int K, int E, int F, int C) {
-  extern __shared__ __align__(16) uint8_t moe_tiles[];  // the tile, then xs [32][F / 32]
+    int K, int E, int F, int C,
+    bool ids_early) {                   // ids complete before this grid's wait (v6.1, below)
+  extern __shared__ __align__(16) uint8_t moe_tiles[];  // the tile, then xs [32][F / 32] or the codes
   __shared__ float part[kDownRowsPerBlock];
   __shared__ __align__(8) uint64_t bar;
   static_assert(kDownRowsPerBlock == kTileRows, "v6 down keeps v3's 16 rows per block");
-  pdl_wait();
-  pdl_launch_dependents();
+  // v6.1: the tile's bulk copy starts BEFORE griddepcontrol.wait when ids_early is set, i.e. when
+  // the launch put the gate/up kernel between the routing and this one: every gate/up block
+  // returns from its own wait (the routing grid complete, its writes performed) before it lets
+  // this grid start, so the ids are final here; they are read through L2 (ld.global.cg: an L1
+  // line from an earlier replay could be stale). Only act, the weights of the sum and the
+  // residual come from the gate/up kernel, and they are read after the wait.
+  if (!ids_early) pdl_wait();
   cg::cluster_group cluster = cg::this_cluster();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int j = blockIdx.x, m = blockIdx.z;
@@ -505,9 +616,10 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
   const int row_bytes = nblk * kBlockBytes;
   uint8_t* dbuf = moe_tiles;
   float* xs = reinterpret_cast<float*>(moe_tiles + tile_buf_bytes(kTileRows, row_bytes));
+  uint8_t* xq = moe_tiles + tile_buf_bytes(kTileRows, row_bytes);  // v7: the same place
   const int c0 = blockIdx.y * kTileRows;
   const int rows = C - c0 < kTileRows ? C - c0 : kTileRows;
-  const int e = clamp_expert(ids[m * K + j], E);
+  const int e = clamp_expert(ids_early ? __ldcg(ids + m * K + j) : ids[m * K + j], E);
   const TileSpan ds = tile_span(wd + ((int64_t)e * C + c0) * row_bytes, (int64_t)rows * row_bytes, wd,
                                 wd + (int64_t)E * C * row_bytes);
   const uint32_t b = smem_addr(&bar);
@@ -520,7 +632,10 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
     }
     tile_edges(dbuf, ds, lane);
   }
-  stage_input_batched<NBL>(xs, act + ((int64_t)m * K + j) * F, nblk);
+  if (ids_early) pdl_wait();  // act comes from the gate/up kernel
+  pdl_launch_dependents();
+  if constexpr (kInt) stage_codes(xq, act + ((int64_t)m * K + j) * F, nblk);
+  else stage_input_batched<NBL>(xs, act + ((int64_t)m * K + j) * F, nblk);
   __syncthreads();
   mbar_wait(b, 0);
   const int off = (int)(ds.s - ds.lo);
@@ -532,11 +647,12 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
   for (int i = 0; i < NBL; ++i) {
     const int bb = lane + 32 * i;
     if (bb < nblk) {
-      auto x = [&](int q) { return xs[q * nblk + bb]; };
+      XCodes xc;
+      if constexpr (kInt) xc = load_codes(xq, bb);
 #pragma unroll
       for (int t = 0; t < kDownRowsPerWarp; ++t) {
         const int q = off + rr[t] * row_bytes + bb * kBlockBytes;
-        a[t] = block_dot(smem_block(dbuf, q), (uintptr_t)q, x, a[t]);
+        a[t] = row_block<kInt>(dbuf, q, bb, nblk, xs, xc, a[t]);
       }
     }
   }
@@ -744,7 +860,9 @@ cudaError_t allow_smem(void (*kernel)(KArgs...), size_t smem, size_t& configured
   return e;
 }
 
-// 0 or 6: v6; 3: v3, forced by moe_ab_force (the tests' bit-equality check and the decode bench).
+// 0: the default, v7 (v6.1 with the inputs as 16-bit codes and integer products); 61: v6.1 (v6
+// with the down tiles' copies started before the wait); 6: v6; 3: v3; forced by moe_ab_force (the
+// tests' equality checks and the decode benches).
 int g_moe_force = 0;
 // 0: both expert kernels; 1: only gate/up, 2: only down (moe_ab_force, the bench's per-kernel
 // timings: the kernel left out leaves its output as it was).
@@ -752,32 +870,34 @@ int g_moe_parts = 0;
 
 bool moe_v6_selected() { return g_moe_force != 3; }
 
-template <typename T, int NBL>
+template <typename T, int NBL, bool kInt>
 cudaError_t launch_experts_v6(const MoeArgs& a, cudaStream_t st) {
   const int gate_rb = (int)(a.C / 32 * kBlockBytes), down_rb = (int)(a.F / 32 * kBlockBytes);
-  const size_t smem1 = 2 * (size_t)tile_buf_bytes(kTileRows, gate_rb) + (size_t)a.C * sizeof(float);
+  const size_t smem1 = 2 * (size_t)tile_buf_bytes(kTileRows, gate_rb) + (size_t)staged_input_bytes<kInt>((int)(a.C / 32));
   static size_t configured1 = 48 * 1024;
-  cudaError_t e = allow_smem(moe_gate_up_v6_kernel<T, NBL>, smem1, configured1);
+  cudaError_t e = allow_smem(moe_gate_up_v6_kernel<T, NBL, kInt>, smem1, configured1);
   if (e != cudaSuccess) return e;
   const dim3 g1((unsigned)ceil_div(a.F, kTileRows), (unsigned)(a.M * a.K));
   if (g_moe_parts != 2)
-    e = launch_pdl(moe_gate_up_v6_kernel<T, NBL>, g1, dim3(kMoeThreads), smem1, st, (const T*)a.h, a.ids, a.gate,
+    e = launch_pdl(moe_gate_up_v6_kernel<T, NBL, kInt>, g1, dim3(kMoeThreads), smem1, st, (const T*)a.h, a.ids, a.gate,
                    (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E, (int)a.F, (int)a.C);
   if (e != cudaSuccess || g_moe_parts == 1) return e;
-  const size_t smem2 = (size_t)tile_buf_bytes(kTileRows, down_rb) + (size_t)a.F * sizeof(float);
+  const size_t smem2 = (size_t)tile_buf_bytes(kTileRows, down_rb) + (size_t)staged_input_bytes<kInt>((int)(a.F / 32));
   static size_t configured2 = 48 * 1024;
-  e = allow_smem(moe_down_v6_kernel<T, NBL>, smem2, configured2);
+  e = allow_smem(moe_down_v6_kernel<T, NBL, kInt>, smem2, configured2);
   if (e != cudaSuccess) return e;
   const dim3 g2((unsigned)a.K, (unsigned)ceil_div(a.C, kTileRows), (unsigned)a.M);
-  return launch_pdl_cluster(moe_down_v6_kernel<T, NBL>, g2, dim3(kMoeThreads), smem2, st, dim3((unsigned)a.K, 1, 1),
+  return launch_pdl_cluster(moe_down_v6_kernel<T, NBL, kInt>, g2, dim3(kMoeThreads), smem2, st, dim3((unsigned)a.K, 1, 1),
                             (const float*)a.act, a.ids, (const float*)a.weights, a.down, (const T*)a.down_bias,
-                            (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F, (int)a.C);
+                            (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F, (int)a.C,
+                            /*ids_early=*/g_moe_parts == 0 && (g_moe_force == 0 || g_moe_force == 61));
 }
 
 template <typename T, int NBL>
 cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
   // v6 for the split down kernel's k (its clusters); more experts: v3's kernels
-  if (a.K <= kMaxClusterExperts && moe_v6_selected()) return launch_experts_v6<T, NBL>(a, st);
+  if (a.K <= kMaxClusterExperts && moe_v6_selected())
+    return g_moe_force == 0 ? launch_experts_v6<T, NBL, true>(a, st) : launch_experts_v6<T, NBL, false>(a, st);
   const dim3 g1((unsigned)ceil_div(a.F, kGateUpRowsPerBlock), (unsigned)(a.M * a.K));
   cudaError_t e = cudaSuccess;
   if (g_moe_parts != 2)
@@ -820,9 +940,10 @@ cudaError_t dispatch_nbl(const MoeArgs& a, cudaStream_t st) {
 }  // namespace
 
 int moe_ab_force(int64_t version, int64_t parts) {
-  if (version == 0 || version == 3 || version == 6) g_moe_force = (int)version;
+  if (version == 0 || version == 7) g_moe_force = 0;
+  if (version == 3 || version == 6 || version == 61) g_moe_force = (int)version;
   if (parts >= 0 && parts <= 2) g_moe_parts = (int)parts;
-  return moe_v6_selected() ? 6 : 3;
+  return g_moe_force == 0 ? 7 : g_moe_force;
 }
 
 int moe_blocks_per_lane(int64_t n) { return (int)ceil_div(ceil_div(n, 32), 32); }

@@ -33,6 +33,7 @@
 #include "common.cuh"
 #include "launchers.h"
 #include "quant_blocks.cuh"  // e8m0_half (ggml_e8m0_to_fp32_half), load_mxfp4_words (shared with moe.cu)
+#include "swiglu_oai.cuh"    // gpt-oss's clamped SwiGLU
 
 namespace gpte {
 namespace {
@@ -48,9 +49,6 @@ constexpr int kLayoutThreads = 1024;
 constexpr int kStageHalves = (kTM + kTN) * kStride;
 constexpr size_t kSmemBytes = 2 * kStageHalves * 2;  // two stages of 16-bit values: 55,296 bytes
 
-// gpt-oss's clamped SwiGLU (OpenAI's reference gpt_oss/torch/model.py swiglu: alpha 1.702, limit 7)
-constexpr float kSwigluAlpha = 1.702f;
-constexpr float kSwigluLimit = 7.0f;
 
 template <typename T> struct Pair2;
 template <> struct Pair2<__half> {
@@ -275,10 +273,9 @@ __global__ void __launch_bounds__(kThreads, 2) moe_grouped_kernel(
 #pragma unroll
           for (int q = 0; q < 2; ++q) {
             // gate and up rounded as the reference's F.linear outputs, the SwiGLU in fp32
-            const float g = fminf(to_f(from_f<T>(acc[i][j][h * 2 + q] + to_f(b0[(int64_t)e * N + c + q]))), kSwigluLimit);
+            const float g = to_f(from_f<T>(acc[i][j][h * 2 + q] + to_f(b0[(int64_t)e * N + c + q])));
             const float u = to_f(from_f<T>(acc[i][j + 2][h * 2 + q] + to_f(b1[(int64_t)e * N + c + q])));
-            const float uc = fminf(fmaxf(u, -kSwigluLimit), kSwigluLimit);
-            o[q] = g / (1.f + expf(-kSwigluAlpha * g)) * (uc + 1.f);
+            o[q] = swiglu_oai(g, u);
           }
           *reinterpret_cast<uint32_t*>(act + c) = pack2<T>(o[0], o[1]);
         }

@@ -1,24 +1,28 @@
-// GGUF block decoders on the device: decode4() (exact float values, used by the dequantize kernel
-// csrc/dequant.cu) and group_codes() (integer codes of a whole 32-value group for dp4a, used by
-// the packed-weight GEMV csrc/linear_q_impl.cuh); written so that other kernels (MoE experts) can
-// reuse them.
+// GGUF block decoding on the device, shared by the dequantize kernel (csrc/dequant.cu: exact
+// float values), the packed-weight GEMV (csrc/linear_q_impl.cuh: group_codes(), integer codes of
+// a whole 32-value group for dp4a) and the MoE kernels (MXFP4 words, E8M0 scales).
 //
-// Layouts: ggml-common.h's block structs, as gpt_engine/quants.py documents and decodes them
-// (that file is the CPU oracle, bit-exact with gguf-py). Type ids are gguf-py's
-// GGMLQuantizationType values.
-//
-// The unit of work is a "quad": 4 consecutive values of a 32-value group. A block holds QK / 32
-// groups (1 for the 32-value types, 8 for the 256-value K-quants), a group 8 quads. decode4()
-// returns, for quad i of group j of the block at byte offset `blk`:
-//   w[0..3]  the integer codes as exact floats (offset already removed: Q4_0 q - 8, Q5_0 q - 16,
-//            Q6_K q - 32, Q8_0 the int8, MXFP4 the E2M1 value doubled, as ggml's kvalues_mxfp4)
-//   s        the multiplier: d, d * sc (K-quants, one fp32 rounding) or the E8M0 scale halved
-//   mn       the additive term (kHasMin types): Q4_1/Q5_1 +m, Q4_K/Q5_K -(dmin * m)
-// The exact value (ggml's order of fp32 operations, no contraction) is w*s, or w*s + mn:
-// value_exact() below.
-//
-// Bytes are read through a reader `R` with u32(off) (little-endian, any alignment), u16(off) and
-// u8(off), so the same decoder reads a block from global memory or from a shared-memory copy.
+// Block layouts (ggml-common.h's block structs; gpt_engine/quants.py, the CPU oracle bit-exact
+// with gguf-py, documents and decodes each one; type ids are gguf-py's GGMLQuantizationType):
+//   Q8_0  {f16 d, int8 qs[32]}                          value = q * d
+//   Q4_0  {f16 d, u8 qs[16]}                            value t < 16 in the low nibble of qs[t],
+//                                                       t + 16 in the high one; (q - 8) * d
+//   Q4_1  {f16 d, f16 m, u8 qs[16]}                     nibbles as Q4_0; q * d + m
+//   Q5_0  {f16 d, u32 qh, u8 qs[16]}                    bit t of qh is bit 4 of value t; (q - 16) * d
+//   Q5_1  {f16 d, f16 m, u32 qh, u8 qs[16]}             as Q5_0; q * d + m
+//   MXFP4 {e8m0 e, u8 qs[16]}                           E2M1 codes, nibbles as Q4_0; ggml's doubled
+//                                                       value (kvalues_mxfp4) * 2^(e - 128)
+//   Q4_K  {f16 d, f16 dmin, u8 scales[12], u8 qs[128]}  group j of 32: qs bytes 32 (j / 2) ..,
+//                                                       low nibbles for even j, high for odd;
+//                                                       (d * sc) * q - (dmin * m), sc and m by
+//                                                       k_scale_min()
+//   Q5_K  Q4_K with u8 qh[32] before qs                 bit j of qh[t] is bit 4 of value t
+//   Q6_K  {u8 ql[128], u8 qh[64], int8 scales[16], f16 d}  group j = 4h + g, value t: low 4 bits
+//                                                       from ql[64h + 32(g & 1) + t] (high nibble
+//                                                       when g >= 2), high 2 bits (qh[32h + t] >>
+//                                                       2g) & 3; (d * sc) * (q - 32), sc = scales[8h
+//                                                       + 2g + (t >= 16)]
+// The exact value follows ggml's order of fp32 operations with no contraction: value_exact().
 #pragma once
 #include <cuda_fp16.h>
 
@@ -45,20 +49,6 @@ template <> struct Traits<kQ4_K> { static constexpr int QK = 256, TS = 144; stat
 template <> struct Traits<kQ5_K> { static constexpr int QK = 256, TS = 176; static constexpr bool kHasMin = true; };
 template <> struct Traits<kQ6_K> { static constexpr int QK = 256, TS = 210; static constexpr bool kHasMin = false; };
 template <> struct Traits<kMXFP4> { static constexpr int QK = 32, TS = 17; static constexpr bool kHasMin = false; };
-
-// Reads from a 4-byte-aligned base: two aligned words and a funnel shift for an unaligned u32
-// (the second word is touched only when the value straddles it).
-struct GlobalReader {
-  const uint8_t* base;  // 4-byte aligned
-  __device__ __forceinline__ uint32_t u32(int64_t off) const {
-    const uint32_t* w = reinterpret_cast<const uint32_t*>(base) + (off >> 2);
-    const int sh = (int)(off & 3) * 8;
-    const uint32_t lo = __ldg(w);
-    return sh ? __funnelshift_r(lo, __ldg(w + 1), sh) : lo;
-  }
-  __device__ __forceinline__ uint32_t u16(int64_t off) const { return base[off] | ((uint32_t)base[off + 1] << 8); }
-  __device__ __forceinline__ uint32_t u8(int64_t off) const { return base[off]; }
-};
 
 // Shared memory: the buffer has 4 readable bytes past its data, so both words are always read.
 struct SharedReader {
@@ -124,77 +114,12 @@ __device__ __forceinline__ Mxfp4Words load_mxfp4_words(const uint8_t* p, const u
   return r;
 }
 
-// K-quant 6-bit scale and min of group j (ggml get_scale_min_k4); sc12 = the 12 scale bytes.
-template <typename R, typename O>
-__device__ __forceinline__ void k_scale_min(const R& rd, O sc12, int j, uint32_t& sc, uint32_t& m) {
-  if (j < 4) {
-    sc = rd.u8(sc12 + j) & 63u;
-    m = rd.u8(sc12 + j + 4) & 63u;
-  } else {
-    const uint32_t c = rd.u8(sc12 + j + 4), a = rd.u8(sc12 + j - 4), b = rd.u8(sc12 + j);
-    sc = (c & 0xFu) | ((a >> 6) << 4);
-    m = (c >> 4) | ((b >> 6) << 4);
-  }
-}
-
-template <int T, typename R, typename O>
-__device__ __forceinline__ void decode4(const R& rd, O blk, int j, int i, float* w, float& s, float& mn) {
-  mn = 0.f;
-  if constexpr (T == kQ8_0) {  // {f16 d, int8 qs[32]}: q * d
-    s = f16_bits(rd.u16(blk));
-    codes4<128>(rd.u32(blk + 2 + 4 * i) ^ 0x80808080u, w);
-  } else if constexpr (T == kQ4_0) {  // {f16 d, u8 qs[16]}: value v in the low nibble of qs[v], v+16 in the high
-    s = f16_bits(rd.u16(blk));
-    codes4<8>((rd.u32(blk + 2 + 4 * (i & 3)) >> (4 * (i >> 2))) & 0x0F0F0F0Fu, w);
-  } else if constexpr (T == kQ4_1) {  // {f16 d, f16 m, u8 qs[16]}: q * d + m
-    s = f16_bits(rd.u16(blk));
-    mn = f16_bits(rd.u16(blk + 2));
-    codes4<0>((rd.u32(blk + 4 + 4 * (i & 3)) >> (4 * (i >> 2))) & 0x0F0F0F0Fu, w);
-  } else if constexpr (T == kQ5_0) {  // {f16 d, u32 qh, u8 qs[16]}: bit v of qh is bit 4 of value v
-    s = f16_bits(rd.u16(blk));
-    const uint32_t qh = rd.u32(blk + 2);
-    const uint32_t lo = (rd.u32(blk + 6 + 4 * (i & 3)) >> (4 * (i >> 2))) & 0x0F0F0F0Fu;
-    codes4<16>(lo | spread4_to_bit4((qh >> (4 * i)) & 0xFu), w);
-  } else if constexpr (T == kQ5_1) {  // {f16 d, f16 m, u32 qh, u8 qs[16]}: q * d + m
-    s = f16_bits(rd.u16(blk));
-    mn = f16_bits(rd.u16(blk + 2));
-    const uint32_t qh = rd.u32(blk + 4);
-    const uint32_t lo = (rd.u32(blk + 8 + 4 * (i & 3)) >> (4 * (i >> 2))) & 0x0F0F0F0Fu;
-    codes4<0>(lo | spread4_to_bit4((qh >> (4 * i)) & 0xFu), w);
-  } else if constexpr (T == kMXFP4) {  // {e8m0 e, u8 qs[16]}: E2M1 codes, nibbles as Q4_0
-    s = e8m0_half(rd.u8(blk));
-    const uint32_t c = (rd.u32(blk + 1 + 4 * (i & 3)) >> (4 * (i >> 2))) & 0x0F0F0F0Fu;
-    // doubled E2M1 magnitudes {0,1,2,3,4,6,8,12} and their negatives as byte lookup tables: the
-    // 3-bit magnitudes become the byte selectors of one prmt per sign
-    const uint32_t mag = c & 0x07070707u, t = mag | (mag >> 4);
-    const uint32_t sel = (t & 0xFFu) | ((t >> 8) & 0xFF00u);
-    const uint32_t pos = __byte_perm(0x03020100u, 0x0C080604u, sel);
-    const uint32_t neg = __byte_perm(0xFDFEFF00u, 0xF4F8FAFCu, sel);
-    const uint32_t sm = ((c >> 3) & 0x01010101u) * 0xFFu;
-    codes4<128>(((pos & ~sm) | (neg & sm)) ^ 0x80808080u, w);  // code 8 (-0) gives 0, as in ggml
-  } else if constexpr (T == kQ4_K || T == kQ5_K) {
-    // Q4_K {f16 d, f16 dmin, u8 scales[12], u8 qs[128]}; Q5_K adds u8 qh[32] before qs. Group j:
-    // qs bytes 32 (j / 2) .., low nibbles for even j, high for odd; Q5_K: bit j of qh[l] is bit 4
-    // of value l. value = (d * sc) * q - (dmin * m)
-    uint32_t sc, m;
-    k_scale_min(rd, blk + 4, j, sc, m);
-    s = __fmul_rn(f16_bits(rd.u16(blk)), (float)sc);
-    mn = -__fmul_rn(f16_bits(rd.u16(blk + 2)), (float)m);
-    constexpr int qs = T == kQ4_K ? 16 : 48;
-    uint32_t c = (rd.u32(blk + qs + 32 * (j >> 1) + 4 * i) >> (4 * (j & 1))) & 0x0F0F0F0Fu;
-    if constexpr (T == kQ5_K) c |= ((rd.u32(blk + 16 + 4 * i) >> j) & 0x01010101u) << 4;
-    codes4<0>(c, w);
-  } else if constexpr (T == kQ6_K) {
-    // {u8 ql[128], u8 qh[64], int8 scales[16], f16 d}: group j = 4h + g, value t of the group:
-    // low 4 bits from ql[64h + 32(g & 1) + t] (high nibble when g >= 2), high 2 bits
-    // (qh[32h + t] >> 2g) & 3; q - 32; scale 8h + 2g + (t >= 16). value = (d * sc) * q
-    const int h = j >> 2, g = j & 3;
-    const uint32_t lo = (rd.u32(blk + 64 * h + 32 * (g & 1) + 4 * i) >> (4 * (g >> 1))) & 0x0F0F0F0Fu;
-    const uint32_t hi = (rd.u32(blk + 128 + 32 * h + 4 * i) >> (2 * g)) & 0x03030303u;
-    const int sc = (int)(int8_t)rd.u8(blk + 192 + 8 * h + 2 * g + (i >> 2));
-    s = __fmul_rn(f16_bits(rd.u16(blk + 208)), (float)sc);
-    codes4<32>(lo | (hi << 4), w);
-  }
+// K-quant 6-bit scale and min of group j (ggml get_scale_min_k4) from the scale bytes q[j % 4],
+// q[j % 4 + 4] and q[j % 4 + 8] of the 12 (b1, b2, b3): groups 0..3 take bytes j and j + 4;
+// groups 4..7 take byte j + 4's nibbles and the top two bits of bytes j - 4 (scale) and j (min).
+__device__ __forceinline__ void k_scale_min(uint32_t b1, uint32_t b2, uint32_t b3, int j, uint32_t& sc, uint32_t& m) {
+  sc = j < 4 ? (b1 & 63u) : ((b3 & 0xFu) | ((b1 >> 6) << 4));
+  m = j < 4 ? (b2 & 63u) : ((b3 >> 4) | ((b2 >> 6) << 4));
 }
 
 // ---- integer codes of a whole 32-value group, for dp4a dot products (the packed GEMV v2) ----
@@ -206,8 +131,8 @@ __device__ __forceinline__ void decode4(const R& rd, O blk, int j, int i, float*
 //           unsigned with the type's offset IntCodes<T>::kOff still in them (Q4_0 8, Q5_0 16,
 //           Q6_K 32; 0 for the types with a min)
 //   s0, s1  the multiplier of values 0..15 and 16..31 (equal except for Q6_K's 16-value scales)
-//   mn      the additive term of the kHasMin types (as decode4)
-// so that value t = s * (code_t - kOff) (+ mn): the same numbers decode4 gives.
+//   mn      the additive term of the kHasMin types: Q4_1/Q5_1 +m, Q4_K/Q5_K -(dmin * m)
+// so that value t = s * (code_t - kOff) (+ mn): the layouts' values (header).
 template <int T> struct IntCodes { static constexpr bool kSigned = false; static constexpr int kOff = 0; };
 template <> struct IntCodes<kQ8_0> { static constexpr bool kSigned = true; static constexpr int kOff = 0; };
 template <> struct IntCodes<kMXFP4> { static constexpr bool kSigned = true; static constexpr int kOff = 0; };
@@ -273,6 +198,48 @@ __device__ __forceinline__ void mxfp4_biased8(uint32_t q, uint32_t& lo, uint32_t
 // IntCodes with MXFP4 as mxfp4_biased8 gives it: unsigned, offset 128 (the GEMV v3)
 template <int T> struct IntCodesMx : IntCodes<T> {};
 template <> struct IntCodesMx<kMXFP4> { static constexpr bool kSigned = false; static constexpr int kOff = 128; };
+
+// dp4a with the weight codes' signedness (a) against x's hi plane (signed) or lo plane (unsigned)
+template <bool WS, bool XS>
+__device__ __forceinline__ int dp4a(uint32_t a, uint32_t b, int c) {
+  int d;
+  if constexpr (WS && XS) asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  else if constexpr (WS) asm("dp4a.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  else if constexpr (XS) asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  else asm("dp4a.u32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// acc + one group's contribution: codes c[8] of one weight row, x planes (h0, l0: values 0..15;
+// h1, l1: 16..31), xs = {d_x, sum q 0..15, sum q 16..31, -}. |sum c q| <= 32 * 128 * 32767 < 2^31.
+// IC: the codes' format, IntCodes (the packed GEMV v2) or IntCodesMx (its v3 and the MoE decode v7:
+// MXFP4 biased by 128). x as 16-bit codes: the packed GEMV's activation format (linear_q_impl.cuh v2).
+template <int T, typename IC>
+__device__ __forceinline__ float group_dot(const uint32_t* c, const uint4& h0, const uint4& l0, const uint4& h1,
+                                           const uint4& l1, const float4& xs, float s0, float s1, float mn,
+                                           float acc) {
+  constexpr bool WS = IC::kSigned;
+  constexpr int OFF = IC::kOff;
+  int hs0 = dp4a<WS, true>(c[0], h0.x, 0), ls0 = dp4a<WS, false>(c[0], l0.x, 0);
+  hs0 = dp4a<WS, true>(c[1], h0.y, hs0), ls0 = dp4a<WS, false>(c[1], l0.y, ls0);
+  hs0 = dp4a<WS, true>(c[2], h0.z, hs0), ls0 = dp4a<WS, false>(c[2], l0.z, ls0);
+  hs0 = dp4a<WS, true>(c[3], h0.w, hs0), ls0 = dp4a<WS, false>(c[3], l0.w, ls0);
+  int hs1 = dp4a<WS, true>(c[4], h1.x, 0), ls1 = dp4a<WS, false>(c[4], l1.x, 0);
+  hs1 = dp4a<WS, true>(c[5], h1.y, hs1), ls1 = dp4a<WS, false>(c[5], l1.y, ls1);
+  hs1 = dp4a<WS, true>(c[6], h1.z, hs1), ls1 = dp4a<WS, false>(c[6], l1.z, ls1);
+  hs1 = dp4a<WS, true>(c[7], h1.w, hs1), ls1 = dp4a<WS, false>(c[7], l1.w, ls1);
+  const int q0 = __float_as_int(xs.y), q1 = __float_as_int(xs.z);
+  float f;
+  if constexpr (T == kQ6_K) {  // two 16-value scales
+    const int t0 = hs0 * 256 + ls0 - OFF * q0, t1 = hs1 * 256 + ls1 - OFF * q1;
+    f = fmaf(s1, (float)t1, __fmul_rn(s0, (float)t0));
+  } else {
+    const int t = (hs0 + hs1) * 256 + (ls0 + ls1) - OFF * (q0 + q1);
+    f = __fmul_rn(s0, (float)t);
+    if constexpr (Traits<T>::kHasMin) f = fmaf(mn, (float)(q0 + q1), f);
+  }
+  return fmaf(xs.x, f, acc);
+}
 
 // A 16-bit field at an even offset: one load (a block of a type with an even size starts at an
 // even offset of a 16-byte aligned span, so its fp16 fields are 2-byte aligned).
@@ -349,9 +316,9 @@ __device__ __forceinline__ void group_codes(const uint8_t* buf, int blk, int j, 
         for (int i = 0; i < 8; ++i) c[i] |= nibble_to_bit4((qh >> (4 * i)) & 0xFu);
       }
     }
-  } else if constexpr (T == kQ4_K || T == kQ5_K) {  // layouts as in decode4
+  } else if constexpr (T == kQ4_K || T == kQ5_K) {  // layouts: header
     uint32_t sc, m;
-    k_scale_min(rd, blk + 4, j, sc, m);
+    k_scale_min(rd.u8(blk + 4 + (j & 3)), rd.u8(blk + 8 + (j & 3)), rd.u8(blk + 12 + (j & 3)), j, sc, m);
     s0 = __fmul_rn(f16_bits(smem_u16(buf, blk)), (float)sc);
     mn = -__fmul_rn(f16_bits(smem_u16(buf, blk + 2)), (float)m);
     constexpr int qs = T == kQ4_K ? 16 : 48;
@@ -364,7 +331,7 @@ __device__ __forceinline__ void group_codes(const uint8_t* buf, int blk, int j, 
 #pragma unroll
       for (int i = 0; i < 8; ++i) c[i] |= ((q[i] >> j) & 0x01010101u) << 4;
     }
-  } else if constexpr (T == kQ6_K) {  // layout as in decode4; scales 8h + 2g (values 0..15), + 1 (16..31)
+  } else if constexpr (T == kQ6_K) {  // layout: header; scales 8h + 2g (values 0..15), + 1 (16..31)
     const int h = j >> 2, g = j & 3;
     uint32_t lo[8], hi[8];
     smem_words<8>(buf, blk + 64 * h + 32 * (g & 1), lo);
@@ -379,7 +346,7 @@ __device__ __forceinline__ void group_codes(const uint8_t* buf, int blk, int j, 
   s1 = s0;
 }
 
-// The exact dequantized value of a code from decode4 (ggml's fp32 operation order, no FMA).
+// The exact dequantized value of a code w with multiplier s and additive term mn (ggml's fp32 operation order, no FMA).
 template <int T>
 __device__ __forceinline__ float value_exact(float w, float s, float mn) {
   const float v = __fmul_rn(w, s);

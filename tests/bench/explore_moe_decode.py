@@ -4,7 +4,7 @@ own random MXFP4 stacks (3 x 141 MB per layer, 5.1 GB in all) and its own random
 so a replay reads 12 x 52.9 MB of chosen-expert bytes and nothing comes from L2 (50 MB).
 
 Graphs of 12 layers (ext.moe_experts per layer, PDL launches as in the decode step) are captured
-for v3 and v6 (moe_ab_force), each three ways: both kernels, only gate/up, only down; the six are
+for v3, v6, v6.1 and v7 (moe_ab_force), each three ways: both kernels, only gate/up, only down; the six are
 replayed in turn (v3, v6, v3, v6, ...) 30 times, CUDA events around each replay, median. Prints us
 per layer, GB/s on the chosen experts' bytes (gate/up 35.2 MB, down 17.6 MB per layer) and the ratio
 to a same-run device copy (1 GiB, timed before and after), then v6's outputs against v3's (max abs
@@ -45,6 +45,11 @@ BLOCK_BYTES = 17
 GATE_UP_BYTES = K * 2 * F * (C // 32 * BLOCK_BYTES)  # chosen experts' gate and up rows per layer
 DOWN_BYTES = K * C * (F // 32 * BLOCK_BYTES)
 PARTS = {0: "both", 1: "gate_up", 2: "down"}
+# moe_ab_force versions: v3, v6, v6.1 (v6 with the down kernel's tile copies started before its PDL
+# wait; only with both kernels, so its gate_up and down rows equal v6's) and the default v7 (v6.1
+# with 16-bit input codes and integer products: not bit-equal to v3, within nmse_moe_v7_vs_v3)
+VERSIONS = (3, 6, 61, 7)
+LABEL = {3: "v3", 6: "v6", 61: "v6.1", 7: "v7"}
 
 
 def mxfp4(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
@@ -111,13 +116,13 @@ def main() -> None:
 
     # outputs of each version (eager), then the graphs
     results = {}
-    for v in (3, 6):
+    for v in VERSIONS:
         assert ext.moe_ab_force(v, 0) == v
         run_layers()
         torch.cuda.synchronize()
         results[v] = [(L["act"].clone(), L["out"].clone()) for L in layers]
     graphs = {}
-    for v in (3, 6):
+    for v in VERSIONS:
         for p in PARTS:
             ext.moe_ab_force(v, p)
             graphs[(v, p)] = graphed(run_layers)
@@ -142,19 +147,22 @@ def main() -> None:
     print(f"{'kernels':<10}{'version':>8}{'us/layer':>10}{'GB/s':>8}{'of copy':>9}")
     per = {}
     for p, name in PARTS.items():
-        for v in (3, 6):
+        for v in VERSIONS:
             t = events_median(times[(v, p)]) / LAYERS
             per[(v, p)] = t
             gbs = nbytes[p] / t / 1e9
-            print(f"{name:<10}{'v' + str(v):>8}{t * 1e6:>10.2f}{gbs:>8.0f}{gbs / copy:>9.2f}")
+            print(f"{name:<10}{LABEL[v]:>8}{t * 1e6:>10.2f}{gbs:>8.0f}{gbs / copy:>9.2f}")
         print(f"{name:<10}{'v6/v3':>8}{per[(6, p)] / per[(3, p)]:>10.3f}")
+        print(f"{name:<10}{'v6.1/v6':>8}{per[(61, p)] / per[(6, p)]:>10.3f}")
+        print(f"{name:<10}{'v7/v6.1':>8}{per[(7, p)] / per[(61, p)]:>10.3f}")
 
-    # v6 against v3 (eager outputs above)
-    diff, equal = 0.0, 0
-    for (a3, o3), (a6, o6) in zip(results[3], results[6]):
-        diff = max(diff, (a6 - a3).abs().max().item(), (o6.float() - o3.float()).abs().max().item())
-        equal += int(torch.equal(a3, a6) and torch.equal(o3, o6))
-    print(f"v6 vs v3: max abs diff {diff:g}, bit-equal layers {equal}/{LAYERS}")
+    # v6, v6.1 and v7 against v3 (eager outputs above; v7 differs by its input codes, ~1e-5 relative)
+    for v in VERSIONS[1:]:
+        diff, equal = 0.0, 0
+        for (a3, o3), (a6, o6) in zip(results[3], results[v]):
+            diff = max(diff, (a6 - a3).abs().max().item(), (o6.float() - o3.float()).abs().max().item())
+            equal += int(torch.equal(a3, a6) and torch.equal(o3, o6))
+        print(f"{LABEL[v]} vs v3: max abs diff {diff:g}, bit-equal layers {equal}/{LAYERS}")
 
 
 if __name__ == "__main__":

@@ -282,14 +282,25 @@ def _shifted(t, off):
     return v
 
 
+def _decode_cases(e, c, dtype, device, gen):
+    """The decode kernels' cases: tokens 1, 2, 5 x k 1, 2, 4, random distinct experts (token 0's
+    first is the last expert, whose tile ends the stack), routing weights, inputs and a residual."""
+    for m in (1, 2, 5):
+        for k in (1, 2, 4):
+            ids = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(m)]).to(device, torch.int32)
+            ids[0, 0] = e - 1
+            w = torch.softmax(torch.randn(m, k, generator=gen), -1).to(device)
+            yield m, k, ids, w, randn((m, c), dtype, device), randn((m, c), dtype, device)
+
+
 @STORY
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(4, 64, 64), (32, 64, 64), (4, 96, 160), (32, 160, 96), (4, 2880, 2880),
                                    (32, 2880, 2880)], ids=str)
 def test_decode_v6_equals_v3(device, dtype, shape):
-    """The decode v6 expert kernels (tiles bulk-copied into shared memory) give v3's outputs bit
-    for bit: tokens 1, 2, 5; k 1, 2, 4 with random distinct experts (the last expert's tile ends
+    """The decode v6 expert kernels (tiles bulk-copied into shared memory) and v6.1 (the down tiles'
+    copies started before the PDL wait) give v3's outputs bit for bit: tokens 1, 2, 5; k 1, 2, 4 with random distinct experts (the last expert's tile ends
     the stack); rows of 51 and 85 bytes (C or F = 96, 160: tiles not 16-byte aligned); with and
     without the residual; and on stacks starting 5 bytes into their allocation, whose first and
     last bytes the bulk copy may not reach (plain loads take them)."""
@@ -305,20 +316,62 @@ def test_decode_v6_equals_v3(device, dtype, shape):
     assert shifted.gate.weight.raw.data_ptr() % 16 != 0
     gen = torch.Generator().manual_seed(1)
     try:
-        for m in (1, 2, 5):
-            for k in (1, 2, 4):
-                ids = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(m)]).to(device, torch.int32)
-                ids[0, 0] = e - 1
-                w = torch.softmax(torch.randn(m, k, generator=gen), -1).to(device)
-                h = randn((m, c), dtype, device)
-                r = randn((m, c), dtype, device)
-                for layer in (L, shifted):
-                    for res in (None, r):
-                        assert ext.moe_ab_force(3) == 3
-                        v3 = _experts(h, ids, w, layer, res)
-                        assert ext.moe_ab_force(6) == 6
-                        v6 = _experts(h, ids, w, layer, res)
-                        torch.cuda.synchronize()
-                        assert torch.equal(v6, v3), (m, k, res is not None, layer is shifted)
+        for m, k, ids, w, h, r in _decode_cases(e, c, dtype, device, gen):
+            for layer in (L, shifted):
+                for res in (None, r):
+                    assert ext.moe_ab_force(3) == 3
+                    v3 = _experts(h, ids, w, layer, res)
+                    assert ext.moe_ab_force(6) == 6
+                    v6 = _experts(h, ids, w, layer, res)
+                    assert ext.moe_ab_force(61) == 61
+                    v61 = _experts(h, ids, w, layer, res)
+                    torch.cuda.synchronize()
+                    assert torch.equal(v6, v3), (m, k, res is not None, layer is shifted)
+                    assert torch.equal(v61, v3), (m, k, res is not None, layer is shifted, "v6.1")
+    finally:
+        ext.moe_ab_force(0)
+
+
+@STORY
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [(4, 64, 64), (32, 96, 160), (32, 160, 96), (32, 2880, 2880)], ids=str)
+def test_decode_v7_matches_v3(device, dtype, shape):
+    """The decode v7 expert kernels (the default: v6.1's tiles, the inputs as 16-bit codes per 32
+    values, integer products) against v3: act (fp32) within nmse_moe_v7_vs_v3, and the output
+    within it too for fp32 activations (for 16-bit ones, the output's rounding: the dtype's
+    tolerance); tokens 1, 2, 5, k 1, 2, 4, with and without the residual, on stacks starting 5
+    bytes into their allocation; and an inf in the input makes every act and output value NaN
+    (its group's scale is NaN, and the SwiGLU's clamps keep a NaN as torch.clamp does)."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    e, c, f = shape
+    L = moe_layer(e, 4, c, f, dtype, device)
+    stacks = (_shifted(L.gate.weight.raw, 5), L.gate.bias, _shifted(L.up.weight.raw, 5), L.up.bias,
+              _shifted(L.down.weight.raw, 5), L.down.bias)
+    gen = torch.Generator().manual_seed(2)
+
+    def run(version, h, ids, w, res):
+        assert ext.moe_ab_force(version) == version
+        act = torch.full((h.shape[0], ids.shape[1], f), float("nan"), device=device)
+        out = torch.empty_like(h)
+        ext.moe_experts(h, ids, w, *stacks, res, act, out)
+        return act, out
+
+    try:
+        for m, k, ids, w, h, r in _decode_cases(e, c, dtype, device, gen):
+            for res in (None, r):
+                act3, out3 = run(3, h, ids, w, res)
+                act7, out7 = run(7, h, ids, w, res)
+                what = f"m={m} k={k} residual={res is not None}"
+                assert_nmse(act7, act3.double(), "nmse_moe_v7_vs_v3", what=f"act, {what}")
+                assert_nmse(out7, out3.double(), "nmse_moe_v7_vs_v3" if dtype == torch.float32 else TOL_NAME[dtype],
+                            what=f"out, {what}")
+        h = randn((1, c), dtype, device)
+        h[0, 7] = float("inf")
+        ids = torch.tensor([[0]], dtype=torch.int32, device=device)
+        w = torch.ones(1, 1, device=device)
+        act7, out7 = run(7, h, ids, w, None)  # every gate and up sum NaN; the clamps keep it (swiglu_oai.cuh)
+        assert torch.isnan(act7).all() and torch.isnan(out7).all()
     finally:
         ext.moe_ab_force(0)
