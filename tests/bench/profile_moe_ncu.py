@@ -1,0 +1,41 @@
+"""ncu target: gpt-oss's MoE decode kernels at its shape (E = 32, k = 4, C = F = 2880, one token,
+fp16), one layer of random MXFP4 stacks, called three times eagerly per version (MOE_VERSIONS,
+default "7"; ncu flushes the caches before each profiled kernel, so every call reads DRAM).
+Profile the last call: --launch-skip 4 --launch-count 2 with -k regex:moe_ (route kernel not
+called here: the ids are given). GPU machine, after the extension is built:
+
+    ncu --clock-control none -k regex:moe_ --launch-skip 4 --launch-count 2 --section ... \
+        python3 tests/bench/profile_moe_ncu.py
+"""
+import os
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repo root
+
+import torch  # noqa: E402
+
+from gpt_engine.ops import _ext  # noqa: E402
+from tests.bench.explore_moe_decode import C, E, F, K, mxfp4  # noqa: E402
+
+ext = _ext.load()
+gen = torch.Generator(device="cuda").manual_seed(0)
+dt = torch.float16
+gate, up, down = mxfp4(E * F, C, gen), mxfp4(E * F, C, gen), mxfp4(E * C, F, gen)
+gb = (torch.randn(E, F, device="cuda", generator=gen) * 0.5).to(dt)
+ub = (torch.randn(E, F, device="cuda", generator=gen) * 0.5).to(dt)
+db = (torch.randn(E, C, device="cuda", generator=gen) * 0.5).to(dt)
+ids = torch.tensor([[3, 11, 17, 29]], device="cuda", dtype=torch.int32)
+w = torch.softmax(torch.randn(1, K, device="cuda", generator=gen), -1)
+act = torch.zeros(1, K, F, device="cuda")
+out = torch.zeros(1, C, device="cuda", dtype=dt)
+h = torch.randn(1, C, device="cuda", generator=gen).to(dt)
+for v in (int(s) for s in os.environ.get("MOE_VERSIONS", "7").split()):
+    assert ext.moe_ab_force(v, 0) == v
+    for _ in range(3):
+        torch.cuda.nvtx.range_push(f"moe v{v}")
+        ext.moe_experts(h, ids, w, gate, gb, up, ub, down, db, None, act, out)
+        torch.cuda.nvtx.range_pop()
+    torch.cuda.synchronize()
+    print(f"moe v{v} done", flush=True)
+ext.moe_ab_force(0, 0)
