@@ -1,8 +1,10 @@
 """ncu target: gpt-oss's MoE decode kernels at its shape (E = 32, k = 4, C = F = 2880, one token,
 fp16), one layer of random MXFP4 stacks, called three times eagerly per version (MOE_VERSIONS,
 default "7"; ncu flushes the caches before each profiled kernel, so every call reads DRAM).
-Profile the last call: --launch-skip 4 --launch-count 2 with -k regex:moe_ (route kernel not
-called here: the ids are given). GPU machine, after the extension is built:
+Each call runs the expert kernels (gate/up, down) on fixed ids; with ROUTE=1 it first runs the
+routing kernel as the model does (RMSNorm fused, a random fp32 router), whose ids the experts
+then use. Profile the last call of the first version: --launch-skip 4 --launch-count 2 with
+-k regex:moe_ (ROUTE=1: --launch-skip 6 --launch-count 3). GPU machine, after the build:
 
     ncu --clock-control none -k regex:moe_ --launch-skip 4 --launch-count 2 --section ... \
         python3 tests/bench/profile_moe_ncu.py
@@ -30,10 +32,17 @@ w = torch.softmax(torch.randn(1, K, device="cuda", generator=gen), -1)
 act = torch.zeros(1, K, F, device="cuda")
 out = torch.zeros(1, C, device="cuda", dtype=dt)
 h = torch.randn(1, C, device="cuda", generator=gen).to(dt)
+route = os.environ.get("ROUTE") == "1"
+router = torch.randn(E, C, device="cuda", generator=gen) * C ** -0.5
+router_b = torch.randn(E, device="cuda", generator=gen) * 0.1
+norm_w = torch.rand(C, device="cuda", generator=gen) + 0.5
+x = torch.randn(1, C, device="cuda", generator=gen).to(dt)
 for v in (int(s) for s in os.environ.get("MOE_VERSIONS", "7").split()):
     assert ext.moe_ab_force(v, 0) == v
     for _ in range(3):
         torch.cuda.nvtx.range_push(f"moe v{v}")
+        if route:  # ids, w and h as the model makes them
+            ext.moe_route(x, router, router_b, ids, w, norm_w, 1e-5, h)
         ext.moe_experts(h, ids, w, gate, gb, up, ub, down, db, None, act, out)
         torch.cuda.nvtx.range_pop()
     torch.cuda.synchronize()
