@@ -5,11 +5,10 @@ benchmark tests/ops/test_linear.py::test_gemv_bandwidth.)
 
     python tests/bench/explore_decode_step.py [MODEL.gguf ...]
 
-MOE_VERSIONS="6 3" (gpt-oss files): instead, an A/B of the MoE expert kernels in the model's own
-step: for each version (ext.moe_ab_force: 3, 6; 61 = v6.1 and 7 = v7 with
-tests/bench/ab_patches/moe-v6.1-ring-two-rounds-mends.patch or moe-v7-int-codes.patch applied)
-the short greedy graph is captured anew, then the graphs are replayed in turn, 100 replays each,
-ROUNDS (default 5) times; medians per version.
+MOE_VERSIONS="7 61" (gpt-oss files): instead, an A/B of the MoE expert kernels in the model's own
+step: for each version (ext.moe_ab_force: 3, 6, 61 = v6.1, 7 = v7, the default) the short
+greedy graph is captured anew, then the graphs are replayed in turn, 100 replays each, ROUNDS
+(default 5) times; medians per version.
 """
 from __future__ import annotations
 
