@@ -19,6 +19,8 @@ SHAPES = [(1, 1), (3, 7), (5, 768), (4, 1023), (3, 1600), (2, 4097), (1, 8192), 
 def test_add_layernorm_vs_float64(device, dtype, shape):
     c = shape[-1]
     x, r = randn(shape, dtype, device, 2.0), randn(shape, dtype, device, 3.0, 1.0)
+    while not (x.double() + r.double()).any():  # x = -r exactly: at (1, 1) about 1 draw in 1,250 in
+        r = randn(shape, dtype, device, 3.0, 1.0)  # bf16, and the NMSE of an all-zero sum is undefined
     w, b = randn((c,), dtype, device), randn((c,), dtype, device)
     h, y = ops.add_layernorm(x, r, w, b, 1e-5)
     # oracle: the sum in float64, rounded to the dtype as the engine's residual stream is, then LN in float64

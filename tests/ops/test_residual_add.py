@@ -16,6 +16,8 @@ SHAPES = [(1,), (7,), (3, 768), (5, 1023), (2, 3, 4097), (1 << 20,), ((1 << 20) 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_residual_add_vs_float64(device, dtype, shape):
     x, y = randn(shape, dtype, device), randn(shape, dtype, device, 2.0)
+    while not (x.double() + y.double()).any():  # x = -y exactly: at (1,) about 1 draw in 1,400 in bf16,
+        y = randn(shape, dtype, device, 2.0)     # and the NMSE of an all-zero sum is undefined
     out = ops.residual_add(x, y)
     assert out.dtype == dtype and out.shape == x.shape
     assert_nmse(out, f64(x) + f64(y), TOL_NAME[dtype])
