@@ -819,6 +819,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "default (v7, returned as 7); parts: 0 both kernels, 1 only gate/up, 2 only down (timing; the down "
         "tiles' early copies need both); returns the version in use",
         py::arg("version"), py::arg("parts") = 0);
+  m.def("moe_route_ab_force", &gpte::moe_route_ab_force,
+        "test/bench hook of the routing kernel: 3 forces v3, 0 (or 4) returns to the default (v4 where it applies); "
+        "returns the version in use",
+        py::arg("version"));
+  m.def("moe_route_version", &gpte::moe_route_version,
+        "the routing kernel version moe_route runs for E experts of width C (a 16-byte aligned router, "
+        "at most 16 tokens)",
+        py::arg("E"), py::arg("C"));
   m.def("moe_route", &moe_route, "[RMSNorm, then] router logits -> top-k experts and softmax weights",
         py::arg("h"), py::arg("router"), py::arg("router_bias"), py::arg("ids"), py::arg("weights"),
         py::arg("norm_weight") = py::none(), py::arg("eps") = 0.0, py::arg("h_out") = py::none());

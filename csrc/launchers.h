@@ -197,10 +197,17 @@ struct MoeArgs {
 // C, F multiples of 32, at most 4096; M * K <= 65535.
 cudaError_t launch_moe_experts(int dtype, const MoeArgs& a, cudaStream_t stream);
 int moe_blocks_per_lane(int64_t n);
-// Test and bench hook of the expert kernels (moe.cu, decode v6 against v3): 3 or 6 forces that
-// version for the launches after it, 0 returns to the default (v6); other values change nothing. parts (timing only): 0 both kernels, 1 only gate/up, 2 only down (the kernel
-// left out is not launched). Returns the version the next launch takes (k > 8: v3's kernels).
+// Test and bench hook of the expert kernels (moe.cu): 3, 6, 61 or 7 forces that version for the
+// launches after it, 0 (or 7) returns to the default (v7); other values change nothing. parts
+// (timing only): 0 both kernels, 1 only gate/up, 2 only down (the kernel left out is not
+// launched). Returns the version the next launch takes (k > 8: v3's kernels).
 int moe_ab_force(int64_t version, int64_t parts);
+// Test and bench hook of the routing kernel (moe.cu): 3 forces v3, 0 (or 4) returns to the
+// default (v4 where launch_moe_route can use it, else v3). Returns 3 or 4.
+int moe_route_ab_force(int64_t version);
+// The routing kernel launch_moe_route runs for E experts of width C (a 16-byte aligned router,
+// at most 16 tokens; more take v3): 4 or 3.
+int moe_route_version(int64_t E, int64_t C);
 size_t moe_down_smem_bytes(int64_t K, int64_t F);
 
 // ---- gpt-oss mixture of experts for many tokens (moe_grouped.cu): grouped GEMM over the

@@ -313,60 +313,6 @@ __device__ __forceinline__ void norm_stats_v3(const LinearArgs& p, const XRegs<A
   for (int m = 0; m < MT; ++m) rstd[m] = m < p.M ? rsqrtf(total(red2, m) / p.K + p.eps) : 0.f;
 }
 
-// Codes and scale of one (unit, row): f = the thread's 8 values (normalised, rounded to A).
-// The 4 threads of a group are lanes l, l ^ 8, l ^ 16, l ^ 24 (part = lane / 8).
-__device__ __forceinline__ void quantize8_v3(const float* f, int part, bool store, uint8_t* dst, float4* scale) {
-  float amax = 0.f;
-#pragma unroll
-  for (int t = 0; t < 8; ++t) amax = fmaxf(amax, fabsf(f[t]));  // fmaxf: order-free, drops NaN as v2's
-  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
-  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16));
-  // v2's `bad` on its two quads: NaN iff a quad sum is not finite
-  float bad = 0.f * ((f[0] + f[1]) + (f[2] + f[3])) + 0.f * ((f[4] + f[5]) + (f[6] + f[7]));
-  bad += __shfl_xor_sync(0xffffffffu, bad, 8);
-  bad += __shfl_xor_sync(0xffffffffu, bad, 16);
-  // frexpf(amax) for finite nonzero amax (see the header above), else mant = 0, e = 0
-  const uint32_t ab = __float_as_uint(amax);
-  int e = 0;
-  float mant = 0.f;
-  if (ab - 1u < 0x7F7FFFFFu) {
-    const bool sub = ab < 0x00800000u;
-    const uint32_t nb = sub ? __float_as_uint(amax * 16777216.f) : ab;
-    e = (int)(nb >> 23) - (sub ? 150 : 126);
-    mant = __uint_as_float((nb & 0x007FFFFFu) | 0x3F000000u);
-  }
-  const float inv = mant > 0.f ? 32767.f / mant : 0.f;
-  const bool tiny = e < -100;
-  const float c = __uint_as_float(__float_as_uint(inv) - ((uint32_t)(tiny ? e + 64 : e) << 23));
-  uint32_t s[8];  // bits of RN(code + 1.5 * 2^23)
-#pragma unroll
-  for (int t = 0; t < 8; ++t) {
-    const float v = tiny ? __fmul_rn(f[t], 18446744073709551616.f) : f[t];  // 2^64
-    s[t] = __float_as_uint(__fadd_rn(__fmul_rn(v, c), 12582912.f));
-  }
-  uint32_t sum = 0;
-#pragma unroll
-  for (int t = 0; t < 8; ++t) sum += s[t];
-  int q = (int)(sum - 8u * 0x4B400000u);
-  q += __shfl_xor_sync(0xffffffffu, q, 8);  // parts 0, 1: values 0..15; parts 2, 3: 16..31
-  const int q_hi = __shfl_xor_sync(0xffffffffu, q, 16);
-  if (!store) return;
-  uint32_t hi[2], lo[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const uint32_t p01 = __byte_perm(s[4 * h], s[4 * h + 1], 0x5140), p23 = __byte_perm(s[4 * h + 2], s[4 * h + 3], 0x5140);
-    lo[h] = __byte_perm(p01, p23, 0x5410);  // byte 0 of each code
-    hi[h] = __byte_perm(p01, p23, 0x7632);  // byte 1
-  }
-  *reinterpret_cast<uint2*>(dst) = make_uint2(hi[0], hi[1]);
-  *reinterpret_cast<uint2*>(dst + 32 * 16) = make_uint2(lo[0], lo[1]);
-  if (part == 0) {
-    const float dy = mant / 32767.f;
-    const float d = e >= -100 ? __uint_as_float(__float_as_uint(dy) + ((uint32_t)e << 23)) : ldexpf(dy, e);
-    *scale = make_float4(d + bad, __int_as_float(q), __int_as_float(q_hi), 0.f);
-  }
-}
-
 // Codes of the NU units in r (first unit u0): norm applied, quantized, stored.
 template <typename A, int MT, int NU>
 __device__ __forceinline__ void quantize_units(const LinearArgs& p, const XRegs<A, MT, NU>& r, int u0, const float* mean,

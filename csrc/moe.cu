@@ -3,7 +3,8 @@
 //
 // moe_route_kernel: a cluster of min(8, E) blocks per token. Router logits = h W_r^T + b_r in
 //   fp32 (W_r [E, C] fp32), the top k (descending, ties to the lower index) and a softmax over
-//   those k logits only -> ids [M, k] int32, weights [M, k] fp32.
+//   those k logits only -> ids [M, k] int32, weights [M, k] fp32. moe_route_v4_kernel (the
+//   default where it fits) computes the same bits with every constant load before the PDL wait.
 // moe_gate_up_kernel: grid (row tiles of F, M * k). For token m and its j-th expert e, rows r
 //   of e's gate and up matrices (MXFP4 [E*F, C/32*17], expert e = rows e*F..) dotted with
 //   h[m], plus biases, through gpt-oss's clamped SwiGLU -> act [M, k, F] fp32. Only the
@@ -57,6 +58,10 @@
 // group_dot); within nmse_moe_v7_vs_v3 of v3, no longer bit-equal. Predicted from the instruction
 // count (~2.7 per weight against ~4.3; the PTX of gate/up at NBL = 3 has 1,833 instructions against
 // v6's 3,491): gate/up ~22 -> ~15-16 us, down ~15 -> ~11 us per layer.
+// v8, tried and not kept (H200, one build, explore_moe_decode.py): gate/up as a persistent grid
+// walking a ring of tiles, down in 24-row tiles (one wave); predicted ~13 and ~10-11 us, measured
+// 22.04 and 14.07 us per layer against v7's 18.82 and 13.19 (the 20b step 2,220.8 against v7's
+// 2,138.6 us, both with routing v3). docs/gpt_oss.md keeps the record.
 #include <cmath>
 
 #include "common.cuh"
@@ -80,7 +85,6 @@ constexpr int kDownRowsPerWarp = 2;              // each with every chosen exper
 constexpr int kDownRowsPerBlock = kMoeWarps * kDownRowsPerWarp;
 constexpr int kDownExpertsInFlight = 4;          // rows of up to 4 experts loaded at once (gpt-oss: k = 4)
 constexpr int kBlockBytes = 17;  // MXFP4: scale byte + 16 bytes of nibbles, 32 values
-
 
 // E2M1 codes to fp16 in registers (v3; v2 looked each code up in a shared-memory table: one
 // LDS per weight, which with the input's LDS bound the kernels by shared-memory issue). A code
@@ -409,10 +413,11 @@ __device__ __forceinline__ void stage_input_batched(float* xs, const S* __restri
 // ---- v7: the input as 16-bit codes, the products in integers
 // The packed GEMV's activation format (csrc/linear_q_impl.cuh v2, which says why 16 bits and not
 // llama.cpp's int8: ~3.4e-10 NMSE per product against ~3e-5) and its group_dot (quant_blocks.cuh),
-// with mxfp4_biased8's codes: per 32-value group (one MXFP4 block of the row) d = max|x| / 32767,
-// q = rint(x * (32767 / max|x|)), |q| <= 32767, stored as byte planes hi = q >> 8 (int8) and
-// lo = q & 255, and {d, sum of q over values 0..15, over 16..31}. A group with a non-finite value
-// gets d = NaN, so each of its rows' sums is NaN (v6: NaN or inf products, NaN or inf sums). Why:
+// with mxfp4_biased8's codes, made by its quantizer (quant_blocks.cuh quantize8_v3): per 32-value
+// group (one MXFP4 block of the row) d = max|x| / 32767 and q = rint(x * 32767 / max|x|) (the
+// scale formed exactly from frexp(max|x|)), |q| <= 32767, stored as byte planes hi = q >> 8 (int8)
+// and lo = q & 255, and {d, sum of q over values 0..15, over 16..31}. A group with a non-finite
+// value gets d = NaN, so each of its rows' sums is NaN (v6: NaN or inf products, NaN or inf sums). Why:
 // v6 spends ~4.3 instructions per weight (E2M1 -> fp16 -> fp32, an FMA, the input loads) and is
 // issue-bound at ~0.37 of copy; here ~2.7 (13 operations per 8 codes, 2 dp4a per 4 weights, the
 // scale steps; the 80 bytes of x per group shared by the warp's rows), docs/gpt_oss.md.
@@ -425,46 +430,24 @@ __host__ __device__ constexpr int code_tiles_bytes(int nblk) { return (nblk + 31
 __device__ __forceinline__ int qplane_off(int g, int plane) { return (g >> 5) * kQTile + (plane * 32 + (g & 31)) * 16; }
 __device__ __forceinline__ int qscale_off(int g) { return (g >> 5) * kQTile + kQPlanes + (g & 31) * 16; }
 
-// Stages row src (nblk * 32 values) as codes into xq: four threads per group (consecutive lanes),
-// values 8p .. 8p + 7 each, the group's max and non-finite flag and the half sums over the quad.
+// Stages row src (nblk * 32 values) as codes into xq with the packed GEMV's quantizer
+// (quant_blocks.cuh quantize8_v3): warp w takes groups 8 w + lane % 8, then 64 on, ..., each
+// with four lanes (l, l ^ 8, l ^ 16, l ^ 24: values 8 p .. 8 p + 7, p = lane / 8). The loop
+// bound is the warp's, so every lane takes part in the quantizer's shuffles. (Before: its own
+// quantizer, four consecutive lanes per group rounding v * 32767 / max; codes differed from the
+// GEMV's in the last bit.)
 template <typename S>
 __device__ __forceinline__ void stage_codes(uint8_t* xq, const S* __restrict__ src, int nblk) {
-  const int lane = threadIdx.x & 31;
-  const unsigned quad = 0xFu << (lane & ~3);
-  for (int u = threadIdx.x; u < nblk * 4; u += kMoeThreads) {  // a quad's lanes share u >> 2
-    const int g = u >> 2, p = u & 3;
-    float v[8];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = lane >> 3;
+  for (int g0 = warp * 8; g0 < nblk; g0 += kMoeWarps * 8) {
+    const int g = g0 + (lane & 7);
+    const bool ok = g < nblk;
+    const int gs = ok ? g : 0;
+    float f[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) v[k] = to_f(src[g * 32 + p * 8 + k]);
-    float mx = 0.f;
-    int bad = 0;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      mx = fmaxf(mx, fabsf(v[k]));
-      bad |= !isfinite(v[k]);
-    }
-    mx = fmaxf(mx, __shfl_xor_sync(quad, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(quad, mx, 2));
-    bad |= __shfl_xor_sync(quad, bad, 1);
-    bad |= __shfl_xor_sync(quad, bad, 2);
-    const float inv = mx > 0.f ? 32767.f / mx : 0.f;
-    uint32_t hi[2] = {0u, 0u}, lo[2] = {0u, 0u};
-    int sum = 0;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const int q = __float2int_rn(v[k] * inv);  // |v * inv| <= 32767 (1 + 2^-23) < 32767.5
-      sum += q;
-      hi[k >> 2] |= ((uint32_t)(q >> 8) & 0xFFu) << (8 * (k & 3));
-      lo[k >> 2] |= ((uint32_t)q & 0xFFu) << (8 * (k & 3));
-    }
-    const int h = p >> 1;  // values 0..15 or 16..31
-    *reinterpret_cast<uint2*>(xq + qplane_off(g, 2 * h) + 8 * (p & 1)) = make_uint2(hi[0], hi[1]);
-    *reinterpret_cast<uint2*>(xq + qplane_off(g, 2 * h + 1) + 8 * (p & 1)) = make_uint2(lo[0], lo[1]);
-    sum += __shfl_xor_sync(quad, sum, 1);  // the half's sum (p and p ^ 1)
-    const int other = __shfl_xor_sync(quad, sum, 2);
-    if (p == 0)
-      *reinterpret_cast<float4*>(xq + qscale_off(g)) =
-          make_float4(bad ? __int_as_float(0x7fc00000) : mx / 32767.f, __int_as_float(sum), __int_as_float(other), 0.f);
+    for (int k = 0; k < 8; ++k) f[k] = ok ? to_f(src[gs * 32 + part * 8 + k]) : 0.f;
+    quant::quantize8_v3(f, part, ok, xq + qplane_off(gs, 2 * (part >> 1)) + 8 * (part & 1),
+                        reinterpret_cast<float4*>(xq + qscale_off(gs)));
   }
 }
 
@@ -681,105 +664,72 @@ constexpr int kRouteCluster = 8;  // blocks per token (the portable cluster size
 constexpr int kMaxExperts = 256;
 constexpr int kMaxTopK = 32;
 constexpr int kRouteUnroll = 8;  // float4 router loads per lane in flight
+// v4 holds h and the norm weights in registers, kRouteHoldPerThread per thread: C <= 4,096
+constexpr int kRouteHoldPerThread = 16;
+// v4 keeps a block's router rows in shared memory beside h, at most this much per block: a
+// block that asks for less lands beside the kernel before it (PDL) and starts its copies while
+// that kernel runs. gpt-oss-20b (E 32, C 2,880: 4 rows a block) needs 57.6 KB; the 120b shape
+// (E 128: 16 rows, 196 KB) keeps v3.
+constexpr size_t kRouteHoldMaxSmem = 100 * 1024;
+// v4 serves decode batches only: at prefill's hundreds of tokens its 57.6 KB blocks would fit 3
+// per SM where v3's 11.5 KB blocks fit 8, and every block reads its rows from L2 either way.
+constexpr int64_t kRouteHoldMaxTokens = 16;
 
-// Router logits of token m by a cluster of S = min(8, E) blocks (v3; v2 gave each token one
-// block of 32 warps: the E x C fp32 router, 368 KB for gpt-oss, streamed through one SM's L2
-// port, ~12 us per call). Block r of the cluster stages h[m] (normalising it first when asked:
-// each block computes the same statistics, rank 0 writes h_out), computes the logits of experts
-// r, r + S, ... (up to 8 of them with the block's warps sharing each row in contiguous chunks;
-// more: one warp per row) with float4 loads, kRouteUnroll in flight per lane, and keeps them in
-// its shared memory. Rank 0 then gathers the E logits through distributed shared memory and takes
-// the top k by warp 0: k rounds of a warp arg-max with the serial scan's result (descending,
-// ties to the lower index, NaN logits never win unless the first untaken one is NaN: then it
-// stands), and a softmax over those k in choice order.
-template <typename T>
-__global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
-    const T* __restrict__ h,            // [M, C]
-    const float* __restrict__ wr,       // [E, C]
-    const float* __restrict__ br,       // [E]
-    int32_t* __restrict__ ids,          // [M, K]
-    float* __restrict__ wts,            // [M, K]
-    int E, int C, int K,
-    bool vec,                           // C % 4 == 0 and wr 16-byte aligned: float4 loads
-    const float* __restrict__ norm_w,   // [C] or null: h is first RMS-normalised (fp32, rounded to T)
-    float eps,
-    T* __restrict__ h_out) {            // [M, C] the normalised h (with norm_w); grid (M, S), cluster (1, S, 1)
-  extern __shared__ __align__(16) float xs_route[];  // [C]
-  __shared__ float logits[kMaxExperts];  // this block's experts' logits at [e]; rank 0: then all E
-  __shared__ float partial[kRouteWarps];
-  cg::cluster_group cluster = cg::this_cluster();
-  const int S = gridDim.y, rank = blockIdx.y, m = blockIdx.x;
+// One warp's chunk [lo, hi) (float4 units) of a router row dotted with h (fp32, shared memory):
+// lane l takes chunks lo + l, lo + l + 32, ..., kRouteUnroll loads in flight. kShared: the row
+// is in shared memory (v4), else in global memory (v3).
+template <bool kShared>
+__device__ __forceinline__ float route_dot4(const float4* w4, const float4* x4, int lo, int hi, int lane) {
+  float s = 0.f;
+  for (int c0 = lo + lane; c0 < hi; c0 += 32 * kRouteUnroll) {
+    float4 wv[kRouteUnroll];
+#pragma unroll
+    for (int u = 0; u < kRouteUnroll; ++u) {
+      const int c = c0 + 32 * u;
+      wv[u] = c < hi ? (kShared ? w4[c] : __ldg(w4 + c)) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < kRouteUnroll; ++u) {
+      const int c = c0 + 32 * u;
+      if (c < hi) {
+        const float4 xv = x4[c];
+        s = fmaf(xv.x, wv[u].x, s);
+        s = fmaf(xv.y, wv[u].y, s);
+        s = fmaf(xv.z, wv[u].z, s);
+        s = fmaf(xv.w, wv[u].w, s);
+      }
+    }
+  }
+  return s;
+}
+
+// The logits of this block's experts e = rank, rank + S, ... written to dst[e] (v3: the block's
+// own shared memory; v4: rank 0's, through distributed shared memory). Row i of the block is at
+// rows + i * C (kShared: staged in shared memory) or at rows + e * C (the global router). Up to 8
+// rows: the block's warps share each row in contiguous chunks, summed in chunk order; more: one
+// warp per row.
+template <bool kShared>
+__device__ __forceinline__ void route_logits(const float* rows, const float* xs, const float* __restrict__ br,
+                                             float* dst, float* partial, int E, int C, int S, int rank, bool vec) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int ne = (E - rank + S - 1) / S;                    // this block's experts: rank + S * i
   const int wpe = ne >= kRouteWarps ? 1 : kRouteWarps / ne;  // warps per expert row
-  // this block's router rows asked into L2 while the kernel before still runs (PDL): they are
-  // constant, and the loads after the wait then come from L2, not DRAM
-  for (int i = 0; i < ne; ++i) {
-    const char* w = reinterpret_cast<const char*>(wr + (int64_t)(rank + S * i) * C);
-    for (int64_t o = (int64_t)threadIdx.x * 128; o < (int64_t)C * 4; o += (int64_t)kRouteThreads * 128)
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(w + o));
-  }
-  pdl_wait();
-  pdl_launch_dependents();
-  const T* x = h + (int64_t)m * C;
-  for (int c = threadIdx.x; c < C; c += kRouteThreads) xs_route[c] = to_f(x[c]);
-  __syncthreads();
-  if (norm_w != nullptr) {
-    // gpt-oss's post-attention RMSNorm as the model's reference runs it (F.rms_norm on the fp32
-    // row: x * rsqrt(mean(x^2) + eps) * w, rounded once to T); the router then reads the rounded h
-    float ss = 0.f;
-    for (int c = threadIdx.x; c < C; c += kRouteThreads) ss = fmaf(xs_route[c], xs_route[c], ss);
-    ss = warp_sum(ss);
-    if (lane == 0) partial[warp] = ss;
-    __syncthreads();
-    float total = 0.f;
-#pragma unroll
-    for (int w = 0; w < kRouteWarps; ++w) total += partial[w];
-    const float r = rsqrtf(total / (float)C + eps);
-    __syncthreads();  // partial is reused below
-    for (int c = threadIdx.x; c < C; c += kRouteThreads) {
-      const T v = from_f<T>(xs_route[c] * r * norm_w[c]);
-      if (rank == 0) h_out[(int64_t)m * C + c] = v;
-      xs_route[c] = to_f(v);
-    }
-    __syncthreads();
-  }
   // warp -> (expert i of this block, chunk p of its row); with wpe == 1 a warp walks rows i, i + 8, ...
   const int n = vec ? C >> 2 : C;  // row length in load units
   const int chunk = (n + wpe - 1) / wpe;
   for (int i = warp / wpe; i < ne; i += (wpe == 1 ? kRouteWarps : ne)) {
     const int e = rank + S * i;
     const int p = warp % wpe, lo = p * chunk, hi = min(n, lo + chunk);
-    const float* w = wr + (int64_t)e * C;
+    const float* w = rows + (int64_t)(kShared ? i : e) * C;
     float s = 0.f;
     if (vec) {
-      const float4* w4 = reinterpret_cast<const float4*>(w);
-      const float4* x4 = reinterpret_cast<const float4*>(xs_route);
-      for (int c0 = lo + lane; c0 < hi; c0 += 32 * kRouteUnroll) {
-        float4 wv[kRouteUnroll];
-#pragma unroll
-        for (int u = 0; u < kRouteUnroll; ++u) {
-          const int c = c0 + 32 * u;
-          wv[u] = c < hi ? __ldg(w4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-#pragma unroll
-        for (int u = 0; u < kRouteUnroll; ++u) {
-          const int c = c0 + 32 * u;
-          if (c < hi) {
-            const float4 xv = x4[c];
-            s = fmaf(xv.x, wv[u].x, s);
-            s = fmaf(xv.y, wv[u].y, s);
-            s = fmaf(xv.z, wv[u].z, s);
-            s = fmaf(xv.w, wv[u].w, s);
-          }
-        }
-      }
+      s = route_dot4<kShared>(reinterpret_cast<const float4*>(w), reinterpret_cast<const float4*>(xs), lo, hi, lane);
     } else {
-      for (int c = lo + lane; c < hi; c += 32) s = fmaf(xs_route[c], __ldg(w + c), s);
+      for (int c = lo + lane; c < hi; c += 32) s = fmaf(xs[c], kShared ? w[c] : __ldg(w + c), s);
     }
     s = warp_sum(s);
     if (wpe == 1) {
-      if (lane == 0) logits[e] = s + br[e];
+      if (lane == 0) dst[e] = s + br[e];
     } else if (lane == 0) {
       partial[warp] = s;
     }
@@ -790,17 +740,34 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
       const int i = threadIdx.x, e = rank + S * i;
       float s = 0.f;
       for (int p = 0; p < wpe; ++p) s += partial[i * wpe + p];
-      logits[e] = s + br[e];
+      dst[e] = s + br[e];
     }
   }
-  cluster.sync();  // every block's logits are in its shared memory
-  if (rank == 0 && warp == 0) {
-    for (int e = lane; e < E; e += 32)
-      if (e % S != 0) logits[e] = cluster.map_shared_rank(logits, e % S)[e];
-  }
-  cluster.sync();  // rank 0 has read them: the others may leave
-  if (rank != 0 || warp != 0) return;
-  __syncwarp();
+}
+
+// rsqrt(mean(x^2) + eps) of the block's row from each thread's sum of squares `ss` (warp sums,
+// then the warps' in warp order: every block of a cluster gets the same bits). Ends with a block
+// barrier (partial is free again).
+__device__ __forceinline__ float route_norm_scale(float ss, float* partial, int C, float eps) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  ss = warp_sum(ss);
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < kRouteWarps; ++w) total += partial[w];
+  const float r = rsqrtf(total / (float)C + eps);
+  __syncthreads();  // partial is reused after
+  return r;
+}
+
+// Warp 0 of rank 0, the E logits in its shared memory: the top K by K rounds of a warp arg-max
+// with the serial scan's result (descending, ties to the lower index, NaN logits never win unless
+// the first untaken one is NaN: then it stands), and a softmax over those K in choice order ->
+// ids_m [K], wts_m [K].
+__device__ __forceinline__ void route_top_k(const float* logits, int E, int K, int32_t* __restrict__ ids_m,
+                                            float* __restrict__ wts_m) {
+  const int lane = threadIdx.x & 31;
   uint32_t taken[kMaxExperts / 32] = {};  // the same in every lane
   int sel = 0;      // lane j < K: the j-th choice
   float top = 0.f;  // and its logit
@@ -845,9 +812,176 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
   float sum = 0.f;
   for (int j = 0; j < K; ++j) sum += expf(__shfl_sync(0xffffffffu, top, j) - top0);
   if (lane < K) {
-    ids[m * K + lane] = sel;
-    wts[m * K + lane] = expf(top - top0) / sum;
+    ids_m[lane] = sel;
+    wts_m[lane] = expf(top - top0) / sum;
   }
+}
+
+// Router logits of token m by a cluster of S = min(8, E) blocks (v3; v2 gave each token one
+// block of 32 warps: the E x C fp32 router, 368 KB for gpt-oss, streamed through one SM's L2
+// port, ~12 us per call). Block r of the cluster stages h[m] (normalising it first when asked:
+// each block computes the same statistics, rank 0 writes h_out), computes the logits of experts
+// r, r + S, ... (route_logits) with float4 loads, kRouteUnroll in flight per lane, and keeps them
+// in its shared memory. Rank 0 then gathers the E logits through distributed shared memory and
+// takes the top k by warp 0 (route_top_k).
+template <typename T>
+__global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(
+    const T* __restrict__ h,            // [M, C]
+    const float* __restrict__ wr,       // [E, C]
+    const float* __restrict__ br,       // [E]
+    int32_t* __restrict__ ids,          // [M, K]
+    float* __restrict__ wts,            // [M, K]
+    int E, int C, int K,
+    bool vec,                           // C % 4 == 0 and wr 16-byte aligned: float4 loads
+    const float* __restrict__ norm_w,   // [C] or null: h is first RMS-normalised (fp32, rounded to T)
+    float eps,
+    T* __restrict__ h_out) {            // [M, C] the normalised h (with norm_w); grid (M, S), cluster (1, S, 1)
+  extern __shared__ __align__(16) float xs_route[];  // [C]
+  __shared__ float logits[kMaxExperts];  // this block's experts' logits at [e]; rank 0: then all E
+  __shared__ float partial[kRouteWarps];
+  cg::cluster_group cluster = cg::this_cluster();
+  const int S = gridDim.y, rank = blockIdx.y, m = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ne = (E - rank + S - 1) / S;  // this block's experts: rank + S * i
+  // this block's router rows asked into L2 while the kernel before still runs (PDL): they are
+  // constant, and the loads after the wait then come from L2, not DRAM
+  for (int i = 0; i < ne; ++i) {
+    const char* w = reinterpret_cast<const char*>(wr + (int64_t)(rank + S * i) * C);
+    for (int64_t o = (int64_t)threadIdx.x * 128; o < (int64_t)C * 4; o += (int64_t)kRouteThreads * 128)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(w + o));
+  }
+  pdl_wait();
+  pdl_launch_dependents();
+  const T* x = h + (int64_t)m * C;
+  for (int c = threadIdx.x; c < C; c += kRouteThreads) xs_route[c] = to_f(x[c]);
+  __syncthreads();
+  if (norm_w != nullptr) {
+    // gpt-oss's post-attention RMSNorm as the model's reference runs it (F.rms_norm on the fp32
+    // row: x * rsqrt(mean(x^2) + eps) * w, rounded once to T); the router then reads the rounded h
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < C; c += kRouteThreads) ss = fmaf(xs_route[c], xs_route[c], ss);
+    const float r = route_norm_scale(ss, partial, C, eps);
+    for (int c = threadIdx.x; c < C; c += kRouteThreads) {
+      const T v = from_f<T>(xs_route[c] * r * norm_w[c]);
+      if (rank == 0) h_out[(int64_t)m * C + c] = v;
+      xs_route[c] = to_f(v);
+    }
+    __syncthreads();
+  }
+  route_logits<false>(wr, xs_route, br, logits, partial, E, C, S, rank, vec);
+  cluster.sync();  // every block's logits are in its shared memory
+  if (rank == 0 && warp == 0) {
+    for (int e = lane; e < E; e += 32)
+      if (e % S != 0) logits[e] = cluster.map_shared_rank(logits, e % S)[e];
+  }
+  cluster.sync();  // rank 0 has read them: the others may leave
+  if (rank != 0 || warp != 0) return;
+  __syncwarp();
+  route_top_k(logits, E, K, ids + (int64_t)m * K, wts + (int64_t)m * K);
+}
+
+// The cluster barrier in its two halves (PTX ISA: barrier.cluster). A thread alternates arrive
+// and wait; a thread that exits counts as arrived.
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_arrive_release() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait_acquire() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
+
+// v4 (the default where it applies: at most kRouteHoldMaxTokens tokens, C % 4 == 0, C <= 4,096,
+// the router 16-byte aligned, the block's rows within kRouteHoldMaxSmem). v3's chain after the PDL
+// wait was h, the norm weights (loaded only then, from DRAM), two rounds of router loads from L2,
+// two full cluster barriers
+// around a pull of the logits, then the top k: 9.9 us a layer in the 20b step without PDL. v4
+// does every constant load before the wait: the block's router rows bulk-copied into its shared
+// memory (one mbarrier), the norm weights into registers; after it, h comes into registers (the
+// norm statistics from there), the dot products read shared memory only, and each block pushes
+// its logits into rank 0's shared memory, so one barrier phase (release / acquire) replaces the
+// two barriers and the pull (a first phase, arrived at the start and waited on before the push,
+// makes sure rank 0 has started). The same arithmetic in the same order as v3 (route_logits,
+// route_norm_scale, route_top_k): the same bits. Predicted from the chain: the norm weights' DRAM
+// round trip, the two rounds of router loads and one cluster barrier with its pull leave it,
+// ~2.5-3.5 us of 9.9; in the PDL step -2 to -3 us a layer (-50 to -70 us at gpt-oss-20b).
+// Measured (H200, one build, explore_decode_step.py's MOE_VERSIONS A/B, the 20b step with the
+// experts of the v8 trial): 2,220.8 us with v3, 2,125.2 with v4, -96 us (-4 us in each of the 24
+// layers), more than predicted.
+// (kRouteThreads, 1): without the minimum, ptxas kept the kernel at 64 registers and spilled 8
+// bytes (h and the norm weights alone are 32 registers a thread); it takes 71-79 with it.
+template <typename T>
+__global__ void __launch_bounds__(kRouteThreads, 1) moe_route_v4_kernel(
+    const T* __restrict__ h,            // [M, C]
+    const float* __restrict__ wr,       // [E, C], 16-byte aligned, C % 4 == 0
+    const float* __restrict__ br,       // [E]
+    int32_t* __restrict__ ids,          // [M, K]
+    float* __restrict__ wts,            // [M, K]
+    int E, int C, int K,
+    const float* __restrict__ norm_w,   // [C] or null: h is first RMS-normalised (fp32, rounded to T)
+    float eps,
+    T* __restrict__ h_out) {            // [M, C] the normalised h (with norm_w); grid (M, S), cluster (1, S, 1)
+  extern __shared__ __align__(16) float xs_route[];  // [C] h as fp32, then this block's router rows [ne][C]
+  __shared__ float logits[kMaxExperts];  // rank 0: every block's logits, pushed
+  __shared__ float partial[kRouteWarps];
+  __shared__ __align__(8) uint64_t rows_bar;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int S = gridDim.y, rank = blockIdx.y, m = blockIdx.x;
+  const int warp = threadIdx.x >> 5;
+  const int ne = (E - rank + S - 1) / S;  // this block's experts: rank + S * i
+  float* rows = xs_route + C;
+  cluster_arrive_relaxed();  // phase 1: this block has started
+  if (threadIdx.x == 0) {
+    const uint32_t b = smem_addr(&rows_bar);
+    mbar_init(b, 1);
+    mbar_init_fence();
+    mbar_arrive_expect_tx(b, (uint32_t)ne * (uint32_t)C * 4u);
+    for (int i = 0; i < ne; ++i)
+      bulk_load(smem_addr(rows + (int64_t)i * C), wr + (int64_t)(rank + S * i) * C, (uint32_t)C * 4u, b);
+  }
+  float nw[kRouteHoldPerThread];
+  if (norm_w != nullptr) {
+#pragma unroll
+    for (int i = 0; i < kRouteHoldPerThread; ++i) {
+      const int c = threadIdx.x + i * kRouteThreads;
+      nw[i] = c < C ? __ldg(norm_w + c) : 0.f;
+    }
+  }
+  pdl_wait();
+  pdl_launch_dependents();
+  const T* x = h + (int64_t)m * C;
+  float xv[kRouteHoldPerThread];
+#pragma unroll
+  for (int i = 0; i < kRouteHoldPerThread; ++i) {
+    const int c = threadIdx.x + i * kRouteThreads;
+    xv[i] = c < C ? to_f(x[c]) : 0.f;
+  }
+  if (norm_w != nullptr) {
+    float ss = 0.f;  // v3's order: c = thread, + kRouteThreads, ...
+#pragma unroll
+    for (int i = 0; i < kRouteHoldPerThread; ++i)
+      if (threadIdx.x + i * kRouteThreads < C) ss = fmaf(xv[i], xv[i], ss);
+    const float r = route_norm_scale(ss, partial, C, eps);
+#pragma unroll
+    for (int i = 0; i < kRouteHoldPerThread; ++i) {
+      const int c = threadIdx.x + i * kRouteThreads;
+      if (c < C) {
+        const T v = from_f<T>(xv[i] * r * nw[i]);
+        if (rank == 0) h_out[(int64_t)m * C + c] = v;
+        xs_route[c] = to_f(v);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kRouteHoldPerThread; ++i) {
+      const int c = threadIdx.x + i * kRouteThreads;
+      if (c < C) xs_route[c] = xv[i];
+    }
+  }
+  __syncthreads();  // xs_route, and rows_bar initialised
+  mbar_wait(smem_addr(&rows_bar), 0);
+  cluster_wait_acquire();  // phase 1 complete: every block (rank 0 too) has started
+  route_logits<true>(rows, xs_route, br, cluster.map_shared_rank(logits, 0), partial, E, C, S, rank, true);
+  cluster_arrive_release();  // phase 2: this thread's logits are in rank 0's shared memory
+  if (rank != 0 || warp != 0) return;
+  cluster_wait_acquire();  // every block's
+  __syncwarp();
+  route_top_k(logits, E, K, ids + (int64_t)m * K, wts + (int64_t)m * K);
 }
 
 // Sets a kernel's dynamic shared-memory limit once it asks for more than the default 48 KB
@@ -867,6 +1001,10 @@ int g_moe_force = 0;
 // 0: both expert kernels; 1: only gate/up, 2: only down (moe_ab_force, the bench's per-kernel
 // timings: the kernel left out leaves its output as it was).
 int g_moe_parts = 0;
+
+// 0: the routing kernel v4 where it applies (launch_moe_route says where), else v3; 3: v3
+// everywhere; forced by moe_route_ab_force (the tests' equality check and the decode benches).
+int g_route_force = 0;
 
 bool moe_v6_selected() { return g_moe_force != 3; }
 
@@ -946,6 +1084,23 @@ int moe_ab_force(int64_t version, int64_t parts) {
   return g_moe_force == 0 ? 7 : g_moe_force;
 }
 
+// v4's shared memory: h, then rank 0's ceil(E / S) router rows (the most any block holds).
+static size_t route_v4_smem(int64_t E, int64_t C) {
+  return (size_t)(1 + ceil_div(E, std::min<int64_t>(kRouteCluster, E))) * (size_t)C * sizeof(float);
+}
+
+int moe_route_version(int64_t E, int64_t C) {
+  const bool v4 = g_route_force != 3 && E >= 1 && C % 4 == 0 && C <= (int64_t)kRouteThreads * kRouteHoldPerThread &&
+                  route_v4_smem(E, C) <= kRouteHoldMaxSmem;
+  return v4 ? 4 : 3;
+}
+
+int moe_route_ab_force(int64_t version) {
+  if (version == 0 || version == 4) g_route_force = 0;
+  if (version == 3) g_route_force = 3;
+  return g_route_force == 0 ? 4 : 3;
+}
+
 int moe_blocks_per_lane(int64_t n) { return (int)ceil_div(ceil_div(n, 32), 32); }
 
 size_t moe_down_smem_bytes(int64_t K, int64_t F) { return (size_t)K * F * sizeof(float); }
@@ -959,15 +1114,21 @@ cudaError_t launch_moe_route(int dtype, const void* h, const float* router, cons
   const size_t smem = (size_t)C * sizeof(float);  // h[m] staged as fp32
   if (smem > kMoeRouteMaxSmem) return cudaErrorInvalidValue;
   const bool vec = C % 4 == 0 && aligned16(router);
+  const unsigned S = (unsigned)std::min<int64_t>(kRouteCluster, E);
+  const size_t smem4 = route_v4_smem(E, C);
+  const bool v4 = vec && M <= kRouteHoldMaxTokens && moe_route_version(E, C) == 4;
   GPTE_DISPATCH(dtype, T, {
-    static size_t configured = 48 * 1024;  // the default dynamic shared-memory limit
-    if (smem > configured) {
-      const cudaError_t e =
-          cudaFuncSetAttribute(moe_route_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (v4) {
+      static size_t configured4 = 48 * 1024;
+      const cudaError_t e = allow_smem(moe_route_v4_kernel<T>, smem4, configured4);
       if (e != cudaSuccess) return e;
-      configured = smem;
+      return launch_pdl_cluster(moe_route_v4_kernel<T>, dim3((unsigned)M, S), dim3(kRouteThreads), smem4, stream,
+                                dim3(1, S, 1), (const T*)h, router, router_bias, ids, weights, (int)E, (int)C, (int)K,
+                                norm_w, eps, (T*)h_out);
     }
-    const unsigned S = (unsigned)std::min<int64_t>(kRouteCluster, E);
+    static size_t configured = 48 * 1024;
+    const cudaError_t e = allow_smem(moe_route_kernel<T>, smem, configured);
+    if (e != cudaSuccess) return e;
     return launch_pdl_cluster(moe_route_kernel<T>, dim3((unsigned)M, S), dim3(kRouteThreads), smem, stream, dim3(1, S, 1),
                               (const T*)h, router, router_bias, ids, weights, (int)E, (int)C, (int)K, vec, norm_w,
                               eps, (T*)h_out);

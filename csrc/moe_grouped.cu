@@ -49,7 +49,6 @@ constexpr int kLayoutThreads = 1024;
 constexpr int kStageHalves = (kTM + kTN) * kStride;
 constexpr size_t kSmemBytes = 2 * kStageHalves * 2;  // two stages of 16-bit values: 55,296 bytes
 
-
 template <typename T> struct Pair2;
 template <> struct Pair2<__half> {
   using type = __half2;

@@ -354,5 +354,64 @@ __device__ __forceinline__ float value_exact(float w, float s, float mn) {
   return v;
 }
 
+// One 32-value group of activations as 16-bit codes (the packed GEMV's v3 staging and the MoE
+// kernels' stage_codes; the codes, the scale and the exactness argument are in
+// csrc/linear_q_impl.cuh's header): f = the thread's 8 values 8 part .. 8 part + 7; the 4 threads
+// of a group are lanes l, l ^ 8, l ^ 16, l ^ 24 (part = lane / 8), and every lane of the warp
+// calls it (full-warp shuffles; store false: a lane past the last group). dst: the high bytes of
+// the 8 codes, their low bytes 512 bytes on (the code tiles' next plane); part 0 writes *scale =
+// (d, or NaN for a non-finite group; the sum of codes 0..15; of codes 16..31; 0).
+__device__ __forceinline__ void quantize8_v3(const float* f, int part, bool store, uint8_t* dst, float4* scale) {
+  float amax = 0.f;
+#pragma unroll
+  for (int t = 0; t < 8; ++t) amax = fmaxf(amax, fabsf(f[t]));  // fmaxf: order-free, drops NaN as v2's
+  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
+  amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16));
+  // v2's `bad` on its two quads: NaN iff a quad sum is not finite
+  float bad = 0.f * ((f[0] + f[1]) + (f[2] + f[3])) + 0.f * ((f[4] + f[5]) + (f[6] + f[7]));
+  bad += __shfl_xor_sync(0xffffffffu, bad, 8);
+  bad += __shfl_xor_sync(0xffffffffu, bad, 16);
+  // frexpf(amax) for finite nonzero amax (linear_q_impl.cuh's header), else mant = 0, e = 0
+  const uint32_t ab = __float_as_uint(amax);
+  int e = 0;
+  float mant = 0.f;
+  if (ab - 1u < 0x7F7FFFFFu) {
+    const bool sub = ab < 0x00800000u;
+    const uint32_t nb = sub ? __float_as_uint(amax * 16777216.f) : ab;
+    e = (int)(nb >> 23) - (sub ? 150 : 126);
+    mant = __uint_as_float((nb & 0x007FFFFFu) | 0x3F000000u);
+  }
+  const float inv = mant > 0.f ? 32767.f / mant : 0.f;
+  const bool tiny = e < -100;
+  const float c = __uint_as_float(__float_as_uint(inv) - ((uint32_t)(tiny ? e + 64 : e) << 23));
+  uint32_t s[8];  // bits of RN(code + 1.5 * 2^23)
+#pragma unroll
+  for (int t = 0; t < 8; ++t) {
+    const float v = tiny ? __fmul_rn(f[t], 18446744073709551616.f) : f[t];  // 2^64
+    s[t] = __float_as_uint(__fadd_rn(__fmul_rn(v, c), 12582912.f));
+  }
+  uint32_t sum = 0;
+#pragma unroll
+  for (int t = 0; t < 8; ++t) sum += s[t];
+  int q = (int)(sum - 8u * 0x4B400000u);
+  q += __shfl_xor_sync(0xffffffffu, q, 8);  // parts 0, 1: values 0..15; parts 2, 3: 16..31
+  const int q_hi = __shfl_xor_sync(0xffffffffu, q, 16);
+  if (!store) return;
+  uint32_t hi[2], lo[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const uint32_t p01 = __byte_perm(s[4 * h], s[4 * h + 1], 0x5140), p23 = __byte_perm(s[4 * h + 2], s[4 * h + 3], 0x5140);
+    lo[h] = __byte_perm(p01, p23, 0x5410);  // byte 0 of each code
+    hi[h] = __byte_perm(p01, p23, 0x7632);  // byte 1
+  }
+  *reinterpret_cast<uint2*>(dst) = make_uint2(hi[0], hi[1]);
+  *reinterpret_cast<uint2*>(dst + 32 * 16) = make_uint2(lo[0], lo[1]);
+  if (part == 0) {
+    const float dy = mant / 32767.f;
+    const float d = e >= -100 ? __uint_as_float(__float_as_uint(dy) + ((uint32_t)e << 23)) : ldexpf(dy, e);
+    *scale = make_float4(d + bad, __int_as_float(q), __int_as_float(q_hi), 0.f);
+  }
+}
+
 }  // namespace quant
 }  // namespace gpte

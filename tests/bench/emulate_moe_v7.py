@@ -23,13 +23,19 @@ from tests.tolerances import tol  # noqa: E402
 
 
 def codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x [n] (n % 32 == 0) float32 -> (d per group, q int per value): stage_codes' formula in fp32."""
+    """x [n] (n % 32 == 0) float32 -> (d per group, q int per value): stage_codes' formula, the
+    packed GEMV's quantize8_v3 (csrc/quant_blocks.cuh) in fp32: amax = mant 2^e (frexp), q =
+    rint(RN(x RN(32767 / mant) 2^-e)), d = RN(mant / 32767) 2^e."""
     g = x.reshape(-1, 32).astype(np.float32)
-    mx = np.abs(g).max(axis=1).astype(np.float32)
-    inv = np.where(mx > 0, np.float32(32767) / np.where(mx > 0, mx, 1), 0).astype(np.float32)
-    q = np.rint((g * inv[:, None]).astype(np.float32)).astype(np.int64)  # rint: ties to even, as cvt.rni
+    amax = np.abs(g).max(axis=1).astype(np.float32)
+    mant, e = np.frexp(amax)  # mant in [0.5, 1) for finite nonzero amax, 0 for 0
+    mant = mant.astype(np.float32)
+    inv = np.where(mant > 0, np.float32(32767) / np.where(mant > 0, mant, 1), 0).astype(np.float32)
+    c = np.ldexp(inv, -e).astype(np.float32)  # exact: a power-of-two scaling of a normal float
+    q = np.rint((g * c[:, None]).astype(np.float32)).astype(np.int64)  # rint: ties to even
     assert np.abs(q).max() <= 32767
-    return (mx / np.float32(32767)).astype(np.float32), q
+    d = np.ldexp((mant / np.float32(32767)).astype(np.float32), e).astype(np.float32)
+    return d, q
 
 
 def int_products(w: np.ndarray, d: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -5,8 +5,9 @@ benchmark tests/ops/test_linear.py::test_gemv_bandwidth.)
 
     python tests/bench/explore_decode_step.py [MODEL.gguf ...]
 
-MOE_VERSIONS="7 61" (gpt-oss files): instead, an A/B of the MoE expert kernels in the model's own
-step: for each version (ext.moe_ab_force: 3, 6, 61 = v6.1, 7 = v7, the default) the short
+MOE_VERSIONS="7 7r3" (gpt-oss files): instead, an A/B of the MoE kernels in the model's own
+step: for each version (ext.moe_ab_force: 3, 6, 61 = v6.1, 7 = v7, the default; a suffix
+r3 also forces the routing kernel v3, ext.moe_route_ab_force, else the default v4) the short
 greedy graph is captured anew, then the graphs are replayed in turn, 100 replays each, ROUNDS
 (default 5) times; medians per version.
 """
@@ -34,19 +35,23 @@ def replay_us(fn, n=100) -> float:
     return a.elapsed_time(b) / n * 1e3
 
 
-def moe_ab(dec, rewind, versions: list[int]) -> None:
-    """The short greedy step captured once per MoE kernel version, replayed in turn."""
+def moe_ab(dec, rewind, versions: list[str]) -> None:
+    """The short greedy step captured once per MoE kernel version ("7", or "7r3": experts v7 and
+    the routing kernel v3), replayed in turn."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     graphs = {}
     try:
         for v in versions:
-            assert ext.moe_ab_force(v, 0) == v
+            experts, _, route = v.partition("r")
+            assert ext.moe_ab_force(int(experts), 0) == int(experts)
+            assert ext.moe_route_ab_force(int(route or 4)) == int(route or 4)
             dec.graphs.clear()
             rewind()
             graphs[v] = dec._graph("greedy", short=dec.state.short_keys > 0)
     finally:
         ext.moe_ab_force(0, 0)
+        ext.moe_route_ab_force(0)
     times = {v: [] for v in versions}
     for _ in range(int(os.environ.get("ROUNDS", "5"))):
         for v, g in graphs.items():
@@ -74,7 +79,7 @@ def step_breakdown(path: str) -> None:
             t.copy_(s)
     versions = os.environ.get("MOE_VERSIONS", "").split()
     if versions:
-        moe_ab(dec, rewind, [int(v) for v in versions])
+        moe_ab(dec, rewind, versions)
         return
     graphs = [("greedy", dec._graph("greedy"))]
     if st.short_keys:

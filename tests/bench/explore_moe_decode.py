@@ -1,14 +1,16 @@
-"""MoE decode expert kernels v6 against v3 at gpt-oss-20b's shape (exploration, not evidence; GPU
-machine): E = 32 experts, k = 4, C = F = 2880, one token, fp16 activations, 12 layers each with its
-own random MXFP4 stacks (3 x 141 MB per layer, 5.1 GB in all) and its own random distinct experts,
-so a replay reads 12 x 52.9 MB of chosen-expert bytes and nothing comes from L2 (50 MB).
+"""MoE decode expert kernels, each version against v3, at gpt-oss-20b's shape (exploration, not
+evidence; GPU machine): E = 32 experts, k = 4, C = F = 2880, one token, fp16 activations, 12 layers
+each with its own random MXFP4 stacks (3 x 141 MB per layer, 5.1 GB in all) and its own random
+distinct experts, so a replay reads 12 x 52.9 MB of chosen-expert bytes and nothing comes from L2
+(50 MB).
 
 Graphs of 12 layers (ext.moe_experts per layer, PDL launches as in the decode step) are captured
-for v3, v6, v6.1 and v7 (moe_ab_force), each three ways: both kernels, only gate/up, only down; the six are
-replayed in turn (v3, v6, v3, v6, ...) 30 times, CUDA events around each replay, median. Prints us
-per layer, GB/s on the chosen experts' bytes (gate/up 35.2 MB, down 17.6 MB per layer) and the ratio
-to a same-run device copy (1 GiB, timed before and after), then v6's outputs against v3's (max abs
-difference, bit-equal count: 0 and 12/12 expected). Runs in ~30 s after the extension is built.
+for each of VERSIONS (moe_ab_force), each three ways: both kernels, only gate/up, only down; the
+graphs are replayed in turn 30 times, CUDA events around each replay, median. Prints us per layer,
+GB/s on the chosen experts' bytes (gate/up 35.2 MB, down 17.6 MB per layer) and the ratio to a
+same-run device copy (1 GiB, timed before and after), each version's time over the one before it,
+then each version's outputs against v3's (max abs difference, bit-equal layers: v6.1 12/12, v7
+differs by its input codes). Runs in ~30 s after the extension is built.
 
     python tests/bench/explore_moe_decode.py [--dtype bf16] [--reps 30]
 

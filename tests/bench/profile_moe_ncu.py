@@ -1,6 +1,7 @@
 """ncu target: gpt-oss's MoE decode kernels at its shape (E = 32, k = 4, C = F = 2880, one token,
 fp16), one layer of random MXFP4 stacks, called three times eagerly per version (MOE_VERSIONS,
-default "7"; ncu flushes the caches before each profiled kernel, so every call reads DRAM).
+default "7"; "7r3" also forces the routing kernel v3; ncu flushes the caches before each
+profiled kernel, so every call reads DRAM).
 Each call runs the expert kernels (gate/up, down) on fixed ids; with ROUTE=1 it first runs the
 routing kernel as the model does (RMSNorm fused, a random fp32 router), whose ids the experts
 then use. Profile the last call of the first version: --launch-skip 4 --launch-count 2 with
@@ -37,8 +38,10 @@ router = torch.randn(E, C, device="cuda", generator=gen) * C ** -0.5
 router_b = torch.randn(E, device="cuda", generator=gen) * 0.1
 norm_w = torch.rand(C, device="cuda", generator=gen) + 0.5
 x = torch.randn(1, C, device="cuda", generator=gen).to(dt)
-for v in (int(s) for s in os.environ.get("MOE_VERSIONS", "7").split()):
-    assert ext.moe_ab_force(v, 0) == v
+for v in os.environ.get("MOE_VERSIONS", "7").split():  # "7", or "7r3": experts v7, routing kernel v3
+    experts, _, route_v = v.partition("r")
+    assert ext.moe_ab_force(int(experts), 0) == int(experts)
+    assert ext.moe_route_ab_force(int(route_v or 4)) == int(route_v or 4)
     for _ in range(3):
         torch.cuda.nvtx.range_push(f"moe v{v}")
         if route:  # ids, w and h as the model makes them
@@ -48,3 +51,4 @@ for v in (int(s) for s in os.environ.get("MOE_VERSIONS", "7").split()):
     torch.cuda.synchronize()
     print(f"moe v{v} done", flush=True)
 ext.moe_ab_force(0, 0)
+ext.moe_route_ab_force(0)

@@ -152,6 +152,49 @@ def test_route_kernel_takes_ties_in_index_order(device):
     assert torch.equal(w, torch.full_like(w, 1 / k))
 
 
+@STORY
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("e,k,c", [(32, 4, 2880), (4, 2, 64), (8, 1, 96), (3, 2, 128), (40, 6, 64), (16, 3, 1056),
+                                   (16, 4, 4096)], ids=str)
+def test_route_v4_equals_v3(device, dtype, e, k, c):
+    """The routing kernel v4 (router rows and norm weights loaded before the PDL wait, logits pushed
+    into rank 0's shared memory) gives v3's ids, weights and normalised h bit for bit: with and
+    without the norm, tokens 1 and 7, one to eight blocks per cluster holding one to eight rows
+    each, rows split over warps or not (40 experts: 5 a block), and C at v4's 4,096 limit. Each
+    run starts from NaN-filled outputs, so a value v4 does not write cannot pass."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    L = moe_layer(e, k, c, 64, dtype, device)
+    norm = torch.rand(c, generator=torch.Generator().manual_seed(3)).to(device) + 0.5
+    assert ext.moe_route_version(e, c) == 4 and L.router.data_ptr() % 16 == 0, "the case would not run v4"
+
+    def run(version, x, with_norm):
+        assert ext.moe_route_ab_force(version) == version
+        ids = torch.full((x.shape[0], k), -1, dtype=torch.int32, device=device)
+        w = torch.full((x.shape[0], k), float("nan"), device=device)
+        h = torch.full_like(x, float("nan"))
+        if with_norm:
+            ext.moe_route(x, L.router, L.router_bias, ids, w, norm, 1e-5, h)
+        else:
+            ext.moe_route(x, L.router, L.router_bias, ids, w)
+        return ids, w, h
+
+    try:
+        for m in (1, 7):
+            x = randn((m, c), dtype, device) * 3
+            for with_norm in (False, True):
+                got, want = run(4, x, with_norm), run(3, x, with_norm)
+                torch.cuda.synchronize()
+                what = f"m={m} norm={with_norm}"
+                assert (got[0] >= 0).all() and not got[1].isnan().any(), f"v4 left outputs unwritten: {what}"
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), f"v4 routes differ: {what}"
+                if with_norm:
+                    assert torch.equal(got[2], want[2]), f"v4's normalised h differs: {what}"
+    finally:
+        ext.moe_route_ab_force(0)
+
+
 def _assert_graph_replays_eager(step, h):
     """step captured in a CUDA graph: its replay gives eager's bits, and again after h (the
     input step reads) is refilled in place with new values."""
@@ -300,8 +343,8 @@ def _decode_cases(e, c, dtype, device, gen):
                                    (32, 2880, 2880)], ids=str)
 def test_decode_v6_equals_v3(device, dtype, shape):
     """The decode v6 expert kernels (tiles bulk-copied into shared memory) and v6.1 (the down tiles'
-    copies started before the PDL wait) give v3's outputs bit for bit: tokens 1, 2, 5; k 1, 2, 4 with random distinct experts (the last expert's tile ends
-    the stack); rows of 51 and 85 bytes (C or F = 96, 160: tiles not 16-byte aligned); with and
+    copies started before the PDL wait) give v3's outputs bit for bit: tokens 1, 2, 5; k 1, 2, 4
+    with random distinct experts (the last expert's tile ends the stack); rows of 51 and 85 bytes (C or F = 96, 160: tiles not 16-byte aligned); with and
     without the residual; and on stacks starting 5 bytes into their allocation, whose first and
     last bytes the bulk copy may not reach (plain loads take them)."""
     from gpt_engine.ops import _ext
