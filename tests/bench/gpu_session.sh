@@ -4,7 +4,9 @@
 #            `gpt-engine bench` on each F16 shape (BENCH=0 skips it)
 #   ops:     build, `python -m gates.gpu tests/ops` (the kernels: evidence + log), models written
 #   rest:    `python -m gates.gpu tests --ignore=tests/ops` (models, decode loop, end-to-end benchmarks)
-# For ops/rest export GPT_ENGINE_GIT_COMMIT=<the full sha of the commit being run> first.
+# For ops/rest export GPT_ENGINE_GIT_COMMIT=<the full sha of the commit being run> first, written
+# out: `git rev-parse HEAD` on the GPU machine named an older commit than the tree it ran (session
+# 24; `python -m gates evidence` rejects such a run: its file hashes are not that commit's).
 # The built extension comes back as $OUT/ext-<hash>.tgz.part-*; copied into .extcache/ and
 # carried, it spares the next cold machine the ~4-minute build (tests/bench/ext_cache.sh).
 # Everything printed goes to $OUT/session.log too; bench results to $OUT/bench.json.
