@@ -2,7 +2,9 @@
 # One cold GPU-machine call for the patches in tests/bench/ab_patches written in session 24, applied
 # in order: build-split-by-type (the dense and packed GEMV instantiations compiled one weight type
 # per file, so the build's longest file is ~1 min instead of ~185 s: the build time printed below
-# is its measurement; no kernel changes), attn-group-tile-by-grid (decode attention v5,
+# is its measurement; no kernel's source changes: the PTX of all 90 packed kernels and of 55 of the
+# 60 dense ones is identical, the other 5, M = 8 / 16 with bf16, are scheduled differently; the
+# linear tests below check them), attn-group-tile-by-grid (decode attention v5,
 # docs/kernels/attention.md: query heads per block halved while a short sequence's grid has fewer
 # than 32 blocks; gpt-oss 8 -> 2) and gemv-ring-rule-hook (ext.linear_ring_force: which kernel
 # gpt-oss's QKV and head take, to A/B in the PDL step; the default is unchanged). Then: the build

@@ -9,6 +9,10 @@ then use. Profile the last call of the first version: --launch-skip 4 --launch-c
 
     ncu --clock-control none -k regex:moe_ --launch-skip 4 --launch-count 2 --section ... \
         python3 tests/bench/profile_moe_ncu.py
+
+Why the warps wait needs the stall reasons, which the sections print only with `--section
+WarpStateStats --print-details all` (session 22's run of the sections without it printed the
+cycles per issued instruction, 10.2 and 16.0, and no reason).
 """
 import os
 import pathlib
