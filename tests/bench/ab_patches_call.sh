@@ -6,12 +6,13 @@
 # 60 dense ones is identical, the other 5, M = 8 / 16 with bf16, are scheduled differently; the
 # linear tests below check them), attn-group-tile-by-grid (decode attention v5,
 # docs/kernels/attention.md: query heads per block halved while a short sequence's grid has fewer
-# than 32 blocks; gpt-oss 8 -> 2) and gemv-ring-rule-hook (ext.linear_ring_force: which kernel
-# gpt-oss's QKV and head take, to A/B in the PDL step; the default is unchanged). Then: the build
-# (its objects come back, EXT_SAVE), the decode-attention, sink, linear and gpt-oss CUDA tests,
-# each tile alone (explore_decode.py tiles) and in the model's own step (ATTN_TILES A/B on the
-# gpt-oss, Llama-1b and SmolLM2 files; GEMV_RING on gpt-oss's), `gpt-engine bench` tg128 on the 20b
-# file. ~420 s cold with the split build (~570 s without).
+# than 32 blocks; gpt-oss 8 -> 2), gemv-ring-rule-hook (ext.linear_ring_force: which kernel
+# gpt-oss's QKV and head take, to A/B in the PDL step; the default is unchanged) and comment-mends
+# (moe.cu's routing-v4 comment and a test docstring rewrapped: hashed sources, so they wait for
+# the csrc change that needs new evidence anyway). Then: the build (its objects come back,
+# EXT_SAVE), the decode-attention, sink, linear and gpt-oss CUDA tests, each tile alone
+# (explore_decode.py tiles) and in the model's own step (ATTN_TILES A/B on the gpt-oss, Llama-1b
+# and SmolLM2 files; GEMV_RING on gpt-oss's), `gpt-engine bench` tg128 on the 20b file. ~420 s cold with the split build (~570 s without).
 # Repo root, .whl carried:
 #   OUT=$OUT timeout 595 bash tests/bench/ab_patches_call.sh
 # If kept: apply the patches here, commit, and run gpu_session.sh ops / rest warm with the commit's
@@ -19,7 +20,7 @@
 # evidence call recorded the wrong commit through `git rev-parse HEAD` there; CI's evidence audit
 # rejects such a run, so it only costs the call).
 set -o pipefail
-for p in build-split-by-type attn-group-tile-by-grid gemv-ring-rule-hook; do
+for p in build-split-by-type attn-group-tile-by-grid gemv-ring-rule-hook comment-mends; do
   f=tests/bench/ab_patches/$p.patch
   if command -v git >/dev/null; then git apply "$f"; else patch -p1 -s --dry-run < "$f" && patch -p1 -s < "$f"; fi \
     || { echo "patch $p does not apply"; exit 1; }
