@@ -12,7 +12,8 @@
 # the csrc change that needs new evidence anyway). Then: the build (its objects come back,
 # EXT_SAVE), the decode-attention, sink, linear and gpt-oss CUDA tests, each tile alone
 # (explore_decode.py tiles) and in the model's own step (ATTN_TILES A/B on the gpt-oss, Llama-1b
-# and SmolLM2 files; GEMV_RING on gpt-oss's), `gpt-engine bench` tg128 on the 20b file. ~420 s cold with the split build (~570 s without).
+# and SmolLM2 files; GEMV_RING on gpt-oss's), `gpt-engine bench` tg128 on the 20b file. ~420 s
+# cold with the split build (~570 s without).
 # Repo root, .whl carried:
 #   OUT=$OUT timeout 595 bash tests/bench/ab_patches_call.sh
 # If kept: apply the patches here, commit, and run gpu_session.sh ops / rest warm with the commit's
