@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# One cold GPU-machine call for the patches in tests/bench/ab_patches written in session 24, applied
-# in order: build-split-by-type (the dense and packed GEMV instantiations compiled one weight type
-# per file, so the build's longest file is ~1 min instead of ~185 s: the build time printed below
-# is its measurement; no kernel's source changes: the PTX of all 90 packed kernels and of 55 of the
-# 60 dense ones is identical, the other 5, M = 8 / 16 with bf16, are scheduled differently; the
-# linear tests below check them), attn-group-tile-by-grid (decode attention v5,
-# docs/kernels/attention.md: query heads per block halved while a short sequence's grid has fewer
-# than 32 blocks; gpt-oss 8 -> 2), gemv-ring-rule-hook (ext.linear_ring_force: which kernel
-# gpt-oss's QKV and head take, to A/B in the PDL step; the default is unchanged) and comment-mends
-# (moe.cu's routing-v4 comment and a test docstring rewrapped: hashed sources, so they wait for
-# the csrc change that needs new evidence anyway). Then: the build (its objects come back,
-# EXT_SAVE), the decode-attention, sink, linear and gpt-oss CUDA tests, each tile alone
-# (explore_decode.py tiles) and in the model's own step (ATTN_TILES A/B on the gpt-oss, Llama-1b
-# and SmolLM2 files; GEMV_RING on gpt-oss's), `gpt-engine bench` tg128 on the 20b file. ~420 s
-# cold with the split build (~570 s without).
+# One cold GPU-machine call for the patches in tests/bench/ab_patches, applied in order (written in
+# sessions 24 and 25, none run yet):
+#   1. build-split-by-type: the dense and packed GEMV instantiations compiled one weight type per
+#      file, so the build's longest file is ~1 min instead of ~185 s (the build time printed below
+#      is its measurement). No kernel's source changes: the PTX of all 90 packed kernels and of 55
+#      of the 60 dense ones is identical; the other 5 (M = 8 / 16 with bf16) are scheduled
+#      differently, and the linear tests below check them.
+#   2. attn-group-tile-by-grid: decode attention v5 (docs/kernels/attention.md): query heads per
+#      block halved while a short sequence's grid has fewer than 32 blocks; gpt-oss 8 -> 2.
+#   3. gemv-ring-rule-hook: ext.linear_ring_force, which kernel gpt-oss's QKV and head take, to
+#      A/B in the PDL step; the default is unchanged.
+#   4. comment-mends: moe.cu's routing-v4 comment and a test docstring rewrapped (hashed sources,
+#      so they wait for the csrc change that needs new evidence anyway).
+#   5. moe-v71-two-barriers: MoE decode v7.1 (docs/gpt_oss.md), v7 with each block's weights on
+#      two barriers (its bits are v7's); moe_ab_force(71), the default unchanged.
+# Then, most decisive first (each step has its own time limit): the build (its objects come back,
+# EXT_SAVE); the decode-attention, sink, linear, gpt-oss and MoE v7.1 CUDA tests; the gpt-oss step
+# A/Bs in one process (MOE_VERSIONS, ATTN_TILES, GEMV_RING); each tile alone (explore_decode.py
+# tiles) and ATTN_TILES in the Llama-1b and SmolLM2 steps; the MoE kernels alone
+# (explore_moe_decode.py); `gpt-engine bench` tg128 on the 20b file. ~480 s cold with the split
+# build (~630 s without: the last parts would be cut).
 # Repo root, .whl carried:
 #   OUT=$OUT timeout 595 bash tests/bench/ab_patches_call.sh
 # If kept: apply the patches here, commit, and run gpu_session.sh ops / rest warm with the commit's
@@ -21,7 +27,7 @@
 # evidence call recorded the wrong commit through `git rev-parse HEAD` there; CI's evidence audit
 # rejects such a run, so it only costs the call).
 set -o pipefail
-for p in build-split-by-type attn-group-tile-by-grid gemv-ring-rule-hook comment-mends; do
+for p in build-split-by-type attn-group-tile-by-grid gemv-ring-rule-hook comment-mends moe-v71-two-barriers; do
   f=tests/bench/ab_patches/$p.patch
   if command -v git >/dev/null; then git apply "$f"; else patch -p1 -s --dry-run < "$f" && patch -p1 -s < "$f"; fi \
     || { echo "patch $p does not apply"; exit 1; }
@@ -39,12 +45,16 @@ $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --t
   tests/ops/test_linear_q.py tests/ops/test_linear_qkv.py tests/test_model_gpt_oss_cuda.py -k "not bandwidth" \
   > /tmp/t.txt 2>&1  # (the GEMV benchmarks run in the evidence call)
 echo "tests exit $?"; grep -vE "^\.|^$" /tmp/t.txt | tail -30
-$T 90 python3 tests/ops/explore_decode.py tiles
+$T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
+  tests/ops/test_moe.py -k "v7_matches" > /tmp/t2.txt 2>&1  # v7.1 = v7 bit for bit, 12 tests
+echo "moe tests exit $?"; grep -vE "^\.|^$" /tmp/t2.txt | tail -10
 wait $MODELS_PID; cat /tmp/models.txt
-GEMV_RING="0 1 2" ATTN_TILES="0 8 4 1" ROUNDS=5 $T 100 python3 tests/bench/explore_decode_step.py \
+MOE_VERSIONS="7 71" GEMV_RING="0 1 2" ATTN_TILES="0 8 4 1" ROUNDS=5 $T 120 python3 tests/bench/explore_decode_step.py \
   "$M/gpt-oss-20b-MXFP4.gguf" | sed "s/^/gpt-oss-20b /"
+$T 90 python3 tests/ops/explore_decode.py tiles
 for f in llama-1b-F16 smollm2-135m-F16; do
   ATTN_TILES="0 8 4 1" ROUNDS=5 $T 80 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
 done
+$T 90 python3 tests/bench/explore_moe_decode.py
 $T 60 python3 -m gpt_engine.cli bench "$M/gpt-oss-20b-MXFP4.gguf" --device cuda -p 0 -n 128 -r 3 2>&1 | grep -vE "^bench: "
 echo "call: $(( $(date +%s) - t0 )) s after the wheels"
