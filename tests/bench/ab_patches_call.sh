@@ -12,10 +12,11 @@
 #      A/B in the PDL step; the default is unchanged.
 #   4. comment-mends: moe.cu's routing-v4 comment and a test docstring rewrapped (hashed sources,
 #      so they wait for the csrc change that needs new evidence anyway).
-#   5. moe-v71-two-barriers: MoE decode v7.1 (docs/gpt_oss.md), v7 with each block's weights on
-#      two barriers (its bits are v7's); moe_ab_force(71), the default unchanged.
+#   5. moe-v71-v72: MoE decode v7.1 (docs/gpt_oss.md: v7 with each block's weights on two
+#      barriers) and v7.2 (v7.1 with the input codes in the weights' nibble order: two prmt fewer
+#      per 8 codes); both give v7's bits; moe_ab_force(71 / 72), the default unchanged.
 # Then, most decisive first (each step has its own time limit): the build (its objects come back,
-# EXT_SAVE); the decode-attention, sink, linear, gpt-oss and MoE v7.1 CUDA tests; the gpt-oss step
+# EXT_SAVE); the decode-attention, sink, linear, gpt-oss and MoE v7.1 / v7.2 CUDA tests; the gpt-oss step
 # A/Bs in one process (MOE_VERSIONS, ATTN_TILES, GEMV_RING); each tile alone (explore_decode.py
 # tiles) and ATTN_TILES in the Llama-1b and SmolLM2 steps; the MoE kernels alone
 # (explore_moe_decode.py); `gpt-engine bench` tg128 on the 20b file. ~480 s cold with the split
@@ -27,7 +28,7 @@
 # evidence call recorded the wrong commit through `git rev-parse HEAD` there; CI's evidence audit
 # rejects such a run, so it only costs the call).
 set -o pipefail
-for p in build-split-by-type attn-group-tile-by-grid gemv-ring-rule-hook comment-mends moe-v71-two-barriers; do
+for p in build-split-by-type attn-group-tile-by-grid gemv-ring-rule-hook comment-mends moe-v71-v72; do
   f=tests/bench/ab_patches/$p.patch
   if command -v git >/dev/null; then git apply "$f"; else patch -p1 -s --dry-run < "$f" && patch -p1 -s < "$f"; fi \
     || { echo "patch $p does not apply"; exit 1; }
@@ -46,10 +47,10 @@ $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --t
   > /tmp/t.txt 2>&1  # (the GEMV benchmarks run in the evidence call)
 echo "tests exit $?"; grep -vE "^\.|^$" /tmp/t.txt | tail -30
 $T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
-  tests/ops/test_moe.py -k "v7_matches" > /tmp/t2.txt 2>&1  # v7.1 = v7 bit for bit, 12 tests
+  tests/ops/test_moe.py -k "v7_matches" > /tmp/t2.txt 2>&1  # v7.1 and v7.2 = v7 bit for bit, 12 tests
 echo "moe tests exit $?"; grep -vE "^\.|^$" /tmp/t2.txt | tail -10
 wait $MODELS_PID; cat /tmp/models.txt
-MOE_VERSIONS="7 71" GEMV_RING="0 1 2" ATTN_TILES="0 8 4 1" ROUNDS=5 $T 120 python3 tests/bench/explore_decode_step.py \
+MOE_VERSIONS="7 71 72" GEMV_RING="0 1 2" ATTN_TILES="0 8 4 1" ROUNDS=5 $T 120 python3 tests/bench/explore_decode_step.py \
   "$M/gpt-oss-20b-MXFP4.gguf" | sed "s/^/gpt-oss-20b /"
 $T 90 python3 tests/ops/explore_decode.py tiles
 for f in llama-1b-F16 smollm2-135m-F16; do
