@@ -12,7 +12,9 @@ then use. Profile the last call of the first version: --launch-skip 4 --launch-c
 
 Why the warps wait needs the stall reasons, which the sections print only with `--section
 WarpStateStats --print-details all` (session 22's run of the sections without it printed the
-cycles per issued instruction, 10.2 and 16.0, and no reason).
+cycles per issued instruction, 10.2 and 16.0, and no reason). Which pipe is the busiest (v7.2's
+premise: the integer ALU pipe, where PRMT, LOP3 and SHF go) is in `--section
+ComputeWorkloadAnalysis`.
 """
 import os
 import pathlib
