@@ -8,8 +8,10 @@
 #      differently, and the linear tests below check them.
 #   2. attn-group-tile-by-grid: decode attention v5 (docs/kernels/attention.md): query heads per
 #      block halved while a short sequence's grid has fewer than 32 blocks; gpt-oss 8 -> 2.
-#   3. gemv-ring-rule-hook: ext.linear_ring_force, which kernel gpt-oss's QKV and head take, to
-#      A/B in the PDL step; the default is unchanged.
+#   3. gemv-ring-rule-hook: ext.linear_ring_force, which kernel gpt-oss's QKV and head take, and
+#      (mode 3) whether the long rows that fit one round of v3's warps leave the ring kernel
+#      (gpt-oss's output projection, the 1.5B and Llama-1b down products), to A/B in the PDL
+#      step; the default is unchanged, and the bits are the same either way.
 #   4. comment-mends: moe.cu's routing-v4 comment and a test docstring rewrapped (hashed sources,
 #      so they wait for the csrc change that needs new evidence anyway).
 #   5. moe-v71-v72: MoE decode v7.1 (docs/gpt_oss.md: v7 with each block's weights on two
@@ -18,7 +20,8 @@
 # Then, most decisive first (each step has its own time limit): the build (its objects come back,
 # EXT_SAVE); the decode-attention, sink, linear, gpt-oss and MoE v7.1 / v7.2 CUDA tests; the gpt-oss step
 # A/Bs in one process (MOE_VERSIONS, ATTN_TILES, GEMV_RING); each tile alone (explore_decode.py
-# tiles) and ATTN_TILES in the Llama-1b and SmolLM2 steps; the MoE kernels alone
+# tiles); ATTN_TILES in the Llama-1b and SmolLM2 steps, GEMV_RING 0 / 3 in the Llama-1b and GPT-2
+# 1.5B steps; the MoE kernels alone
 # (explore_moe_decode.py); `gpt-engine bench` tg128 on the 20b file. ~480 s cold with the split
 # build (~630 s without: the last parts would be cut).
 # Repo root, .whl carried:
@@ -33,7 +36,7 @@ for p in build-split-by-type attn-group-tile-by-grid gemv-ring-rule-hook comment
   if command -v git >/dev/null; then git apply "$f"; else patch -p1 -s --dry-run < "$f" && patch -p1 -s < "$f"; fi \
     || { echo "patch $p does not apply"; exit 1; }
 done
-export SHAPES="gpt-oss-20b:MXFP4 llama-1b smollm2-135m"
+export SHAPES="gpt-oss-20b:MXFP4 llama-1b smollm2-135m gpt2-1.5b"
 . tests/bench/gpu_env.sh attn-call.log
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 (bash tests/bench/gen_models.sh > /tmp/models.txt 2>&1) &
@@ -50,11 +53,12 @@ $T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --t
   tests/ops/test_moe.py -k "v7_matches" > /tmp/t2.txt 2>&1  # v7.1 and v7.2 = v7 bit for bit, 12 tests
 echo "moe tests exit $?"; grep -vE "^\.|^$" /tmp/t2.txt | tail -10
 wait $MODELS_PID; cat /tmp/models.txt
-MOE_VERSIONS="7 71 72" GEMV_RING="0 1 2" ATTN_TILES="0 8 4 1" ROUNDS=5 $T 120 python3 tests/bench/explore_decode_step.py \
+MOE_VERSIONS="7 71 72" GEMV_RING="0 1 2 3" ATTN_TILES="0 8 4 1" ROUNDS=5 $T 120 python3 tests/bench/explore_decode_step.py \
   "$M/gpt-oss-20b-MXFP4.gguf" | sed "s/^/gpt-oss-20b /"
 $T 90 python3 tests/ops/explore_decode.py tiles
-for f in llama-1b-F16 smollm2-135m-F16; do
-  ATTN_TILES="0 8 4 1" ROUNDS=5 $T 80 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
+for f in llama-1b-F16 smollm2-135m-F16 gpt2-1.5b-F16; do
+  case $f in llama*) R="0 3" A="0 8 4 1" ;; smollm2*) R="" A="0 8 4 1" ;; *) R="0 3" A="" ;; esac
+  GEMV_RING="$R" ATTN_TILES="$A" ROUNDS=5 $T 80 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
 done
 $T 90 python3 tests/bench/explore_moe_decode.py
 $T 60 python3 -m gpt_engine.cli bench "$M/gpt-oss-20b-MXFP4.gguf" --device cuda -p 0 -n 128 -r 3 2>&1 | grep -vE "^bench: "
