@@ -31,11 +31,7 @@
 # evidence call recorded the wrong commit through `git rev-parse HEAD` there; CI's evidence audit
 # rejects such a run, so it only costs the call).
 set -o pipefail
-for p in build-split-by-type attn-group-tile-by-grid gemv-ring-rule-hook comment-mends moe-v71-v72; do
-  f=tests/bench/ab_patches/$p.patch
-  if command -v git >/dev/null; then git apply "$f"; else patch -p1 -s --dry-run < "$f" && patch -p1 -s < "$f"; fi \
-    || { echo "patch $p does not apply"; exit 1; }
-done
+bash tests/bench/ab_patches_apply.sh || exit 1
 export SHAPES="gpt-oss-20b:MXFP4 llama-1b smollm2-135m gpt2-1.5b"
 . tests/bench/gpu_env.sh attn-call.log
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader

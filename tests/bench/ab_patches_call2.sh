@@ -15,11 +15,7 @@
 # is the one call 1 built. Repo root, .whl carried:
 #   OUT=$OUT timeout 595 bash tests/bench/ab_patches_call2.sh
 set -o pipefail
-for p in build-split-by-type attn-group-tile-by-grid gemv-ring-rule-hook comment-mends moe-v71-v72; do
-  f=tests/bench/ab_patches/$p.patch
-  if command -v git >/dev/null; then git apply "$f"; else patch -p1 -s --dry-run < "$f" && patch -p1 -s < "$f"; fi \
-    || { echo "patch $p does not apply"; exit 1; }
-done
+bash tests/bench/ab_patches_apply.sh || exit 1
 . tests/bench/gpu_env.sh call2.log
 build_ext 3
 T="timeout -s INT -k 10"
