@@ -12,18 +12,19 @@
 #      (mode 3) whether the long rows that fit one round of v3's warps leave the ring kernel
 #      (gpt-oss's output projection, the 1.5B and Llama-1b down products), to A/B in the PDL
 #      step; the default is unchanged, and the bits are the same either way.
-#   4. comment-mends: moe.cu's routing-v4 comment and a test docstring rewrapped (hashed sources,
+#   4. comment-mends: the routing v4 rule in one function (moe.cu route_v4_fits, the same
+#      conditions), moe.cu's routing-v4 comment and a test docstring rewrapped (hashed sources,
 #      so they wait for the csrc change that needs new evidence anyway).
 #   5. moe-v71-v72: MoE decode v7.1 (docs/gpt_oss.md: v7 with each block's weights on two
 #      barriers) and v7.2 (v7.1 with the input codes in the weights' nibble order: two prmt fewer
 #      per 8 codes); both give v7's bits; moe_ab_force(71 / 72), the default unchanged.
 # Then, most decisive first (each step has its own time limit): the build (its objects come back,
-# EXT_SAVE); the decode-attention, sink, linear, gpt-oss and MoE v7.1 / v7.2 CUDA tests; the gpt-oss step
-# A/Bs in one process (MOE_VERSIONS, ATTN_TILES, GEMV_RING); each tile alone (explore_decode.py
-# tiles); ATTN_TILES in the Llama-1b and SmolLM2 steps, GEMV_RING 0 / 3 in the Llama-1b and GPT-2
-# 1.5B steps; the MoE kernels alone
-# (explore_moe_decode.py); `gpt-engine bench` tg128 on the 20b file. ~480 s cold with the split
-# build (~630 s without: the last parts would be cut).
+# EXT_SAVE); the decode-attention, sink, linear, gpt-oss and MoE v7.1 / v7.2 CUDA tests; the
+# gpt-oss step A/Bs in one process (MOE_VERSIONS, ATTN_TILES, GEMV_RING); each tile alone
+# (explore_decode.py tiles); ATTN_TILES in the Llama-1b and SmolLM2 steps, GEMV_RING 0 / 3 in the
+# Llama-1b and GPT-2 1.5B steps; the MoE kernels alone (explore_moe_decode.py); `gpt-engine bench`
+# tg128 on the 20b file. ~480 s cold with the split build (~630 s without: the last parts would be
+# cut).
 # Repo root, .whl carried:
 #   OUT=$OUT timeout 595 bash tests/bench/ab_patches_call.sh
 # If kept: apply the patches here, commit, and run gpu_session.sh ops / rest warm with the commit's

@@ -25,7 +25,7 @@ $T 200 compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest -p
   tests/ops/test_attention_decode.py::test_decode_every_group_tile_vs_float64 \
   tests/ops/test_linear_qkv.py::test_linear_qkv_gpt_oss_shape_each_ring_rule \
   tests/ops/test_linear.py::test_gemv_long_rows_same_bits_on_either_kernel \
-  -k "(v7_matches and 2880 and float16) or (every_group_tile and 200) or ring_rule or long_rows" \
+  -k "(v7_matches and 2880 and torch.float16) or (every_group_tile and 200) or ring_rule or long_rows" \
   > /tmp/mc.txt 2>&1
 echo "memcheck exit $? (3: errors found)"; grep -E "ERROR SUMMARY|passed|failed|error" /tmp/mc.txt | tail -8
 for v in 7 72; do
