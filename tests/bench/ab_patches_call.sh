@@ -18,13 +18,19 @@
 #   5. moe-v71-v72: MoE decode v7.1 (docs/gpt_oss.md: v7 with each block's weights on two
 #      barriers) and v7.2 (v7.1 with the input codes in the weights' nibble order: two prmt fewer
 #      per 8 codes); both give v7's bits; moe_ab_force(71 / 72), the default unchanged.
+#   6. gemv-one-batch-u12 (session 26): the dense GEMV v3 with 12 chunks per lane, one batch per
+#      pair for rows of 257-384 chunks (K = 2,880: gpt-oss's QKV and 1.16 GB head; 124M's
+#      768 x 3072), linear_ring_force modes 4 (every such product) and 5 (past 8 rounds: the head);
+#      the same bits; the default unchanged. The head alone is timed for the first time
+#      (explore_gemv.py), with cuBLAS beside it.
 # Then, most decisive first (each step has its own time limit): the build (its objects come back,
 # EXT_SAVE); the decode-attention, sink, linear, gpt-oss and MoE v7.1 / v7.2 CUDA tests; the
-# gpt-oss step A/Bs in one process (MOE_VERSIONS, ATTN_TILES, GEMV_RING); each tile alone
+# gpt-oss step A/Bs in one process (MOE_VERSIONS, ATTN_TILES, GEMV_RING); the K = 2,880 / 3,072
+# GEMVs alone under ring modes 1 0 4 5 (explore_gemv.py, cuBLAS beside); each tile alone
 # (explore_decode.py tiles); ATTN_TILES in the Llama-1b and SmolLM2 steps, GEMV_RING 0 / 3 in the
-# Llama-1b and GPT-2 1.5B steps; the MoE kernels alone (explore_moe_decode.py); `gpt-engine bench`
-# tg128 on the 20b file. ~480 s cold with the split build (~630 s without: the last parts would be
-# cut).
+# Llama-1b and GPT-2 1.5B steps, 0 / 4 in the GPT-2 124M step; the MoE kernels alone
+# (explore_moe_decode.py); `gpt-engine bench` tg128 on the 20b file. ~510 s cold with the split
+# build (~660 s without: the last parts would be cut).
 # Repo root, .whl carried:
 #   OUT=$OUT timeout 595 bash tests/bench/ab_patches_call.sh
 # If kept: apply the patches here, commit, and run gpu_session.sh ops / rest warm with the commit's
@@ -33,7 +39,7 @@
 # rejects such a run, so it only costs the call).
 set -o pipefail
 bash tests/bench/ab_patches_apply.sh || exit 1
-export SHAPES="gpt-oss-20b:MXFP4 llama-1b smollm2-135m gpt2-1.5b"
+export SHAPES="gpt-oss-20b:MXFP4 llama-1b smollm2-135m gpt2-1.5b gpt2-124m"
 . tests/bench/gpu_env.sh attn-call.log
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 (bash tests/bench/gen_models.sh > /tmp/models.txt 2>&1) &
@@ -50,11 +56,12 @@ $T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --t
   tests/ops/test_moe.py -k "v7_matches" > /tmp/t2.txt 2>&1  # v7.1 and v7.2 = v7 bit for bit, 12 tests
 echo "moe tests exit $?"; grep -vE "^\.|^$" /tmp/t2.txt | tail -10
 wait $MODELS_PID; cat /tmp/models.txt
-MOE_VERSIONS="7 71 72" GEMV_RING="0 1 2 3" ATTN_TILES="0 8 4 1" ROUNDS=5 $T 120 python3 tests/bench/explore_decode_step.py \
+MOE_VERSIONS="7 71 72" GEMV_RING="0 1 2 3 4 5" ATTN_TILES="0 8 4 1" ROUNDS=5 $T 130 python3 tests/bench/explore_decode_step.py \
   "$M/gpt-oss-20b-MXFP4.gguf" | sed "s/^/gpt-oss-20b /"
+GEMV_RING="1 0 4 5" $T 60 python3 tests/bench/explore_gemv.py --m1 --dense-shapes 201088x2880,5120x2880,768x3072
 $T 90 python3 tests/ops/explore_decode.py tiles
-for f in llama-1b-F16 smollm2-135m-F16 gpt2-1.5b-F16; do
-  case $f in llama*) R="0 3" A="0 8 4 1" ;; smollm2*) R="" A="0 8 4 1" ;; *) R="0 3" A="" ;; esac
+for f in llama-1b-F16 smollm2-135m-F16 gpt2-1.5b-F16 gpt2-124m-F16; do
+  case $f in llama*) R="0 3" A="0 8 4 1" ;; smollm2*) R="" A="0 8 4 1" ;; gpt2-124m*) R="0 4" A="" ;; *) R="0 3" A="" ;; esac
   GEMV_RING="$R" ATTN_TILES="$A" ROUNDS=5 $T 80 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
 done
 $T 90 python3 tests/bench/explore_moe_decode.py

@@ -5,12 +5,13 @@
 #   1. compute-sanitizer memcheck on the new kernels' CUDA tests: the MoE decode v7.1 / v7.2
 #      (test_decode_v7_matches_v3 at the 20b shape), decode attention v5's tiles
 #      (test_decode_every_group_tile_vs_float64) and the dense GEMV's ring rule (the QKV shape
-#      under each mode, the long rows on either kernel).
+#      under each mode, the long rows on either kernel, the one-batch rows on every kernel).
 #   2. ncu on the MoE expert kernels, v7 then v7.2 (tests/bench/profile_moe_ncu.py): the pipes'
 #      utilisation (v7.2's premise: the integer ALU pipe bounds the dot-product loop) and the
 #      warps' stall reasons.
 #   3. With STEP_NCU=1: the 20b decode step kernel by kernel (tests/bench/profile_step_ncu.py;
-#      each kernel alone, no PDL), to split the QKV product's ~19 us from the rest.
+#      each kernel alone, no PDL, grouped by kernel and bytes read), to split the QKV product's
+#      time from the head's (docs/gpt_oss.md: which of the two is slow).
 # The same patches as call 1 are applied, so the build directory (named by the sources' hash)
 # is the one call 1 built. Repo root, .whl carried:
 #   OUT=$OUT timeout 595 bash tests/bench/ab_patches_call2.sh
@@ -25,7 +26,8 @@ $T 200 compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest -p
   tests/ops/test_attention_decode.py::test_decode_every_group_tile_vs_float64 \
   tests/ops/test_linear_qkv.py::test_linear_qkv_gpt_oss_shape_each_ring_rule \
   tests/ops/test_linear.py::test_gemv_long_rows_same_bits_on_either_kernel \
-  -k "(v7_matches and 2880 and torch.float16) or (every_group_tile and 200) or ring_rule or long_rows" \
+  tests/ops/test_linear.py::test_gemv_one_batch_rows_same_bits_on_every_kernel \
+  -k "(v7_matches and 2880 and torch.float16) or (every_group_tile and 200) or ring_rule or long_rows or one_batch" \
   > /tmp/mc.txt 2>&1
 echo "memcheck exit $? (3: errors found)"; grep -E "ERROR SUMMARY|passed|failed|error" /tmp/mc.txt | tail -8
 for v in 7 72; do
@@ -38,7 +40,7 @@ for v in 7 72; do
 done
 if [ "${STEP_NCU:-0}" = 1 ]; then
   GPT_ENGINE_DEVICE_LOOP=0 $T 240 ncu --clock-control none --profile-from-start off --csv \
-    --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__waves_per_multiprocessor \
+    --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__waves_per_multiprocessor,dram__bytes_read.sum \
     python3 tests/bench/profile_step_ncu.py "$M/gpt-oss-20b-MXFP4.gguf" > /tmp/ncu-step.csv 2> /tmp/ncu-step.err
   echo "ncu step exit $?"; tail -3 /tmp/ncu-step.err
   python3 tests/bench/profile_step_ncu.py --summary /tmp/ncu-step.csv

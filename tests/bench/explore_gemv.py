@@ -5,13 +5,18 @@ and to cuBLAS (F.linear on the same calls). The recorded benchmark is
 tests/ops/test_linear.py::test_gemv_bandwidth.
 
     python tests/bench/explore_gemv.py [--quant [--types Q8_0,MXFP4] [--shapes 1x1600x6400,4x1600x6400]
-                                        [--norm layernorm|rmsnorm]] [--l2]
+                                        [--norm layernorm|rmsnorm]] [--l2] [--m1] [--dense-shapes 5120x2880,...]
+    GEMV_RING="1 0 4" python tests/bench/explore_gemv.py --m1 --dense-shapes 201088x2880,5120x2880
 
 --quant: the packed types (csrc/linear_q.cu); --types / --shapes (M x N x K) pick a subset,
 --norm fuses that norm into every call (the activation staging then computes it).
 --l2: every call reads the SAME weight (after the first, from L2: 50 MB on the H200), so the time
 left is the call's own chain (launch, wait, x staging, the dot products, the epilogue) and not
 DRAM; the GB/s column then counts the bytes as if read.
+--dense-shapes (N x K) picks the dense table's shapes. GEMV_RING="modes": the dense table times each
+shape once per mode of the extension's ring-rule hook (ext.linear_ring_force, when the build has
+it: which dense kernel takes which rows; csrc/linear_impl.cuh launch_mt says what each mode does),
+one column per mode, then the hook's default (0) again.
 """
 from __future__ import annotations
 
@@ -25,8 +30,10 @@ from gpt_engine.qweight import QWeight
 from tests.ops._bench import event_times_ms, graphed
 
 SHAPES = [(768, 768), (2304, 768), (3072, 768), (768, 3072), (1600, 1600), (4800, 1600), (6400, 1600),
-          (1600, 6400), (4096, 4096), (2880, 2880), (5120, 2880), (2880, 4096), (50257, 768), (50257, 1600)]
-# (5120 x 2880 and 2880 x 4096: gpt-oss-20b's QKV and output products, docs/gpt_oss.md session 20)
+          (1600, 6400), (4096, 4096), (2880, 2880), (5120, 2880), (2880, 4096), (50257, 768), (50257, 1600),
+          (201088, 2880)]
+# (5120 x 2880 and 2880 x 4096: gpt-oss-20b's QKV and output products, docs/gpt_oss.md session 20;
+# 201088 x 2880: its untied LM head, 1.16 GB, never timed alone before session 26)
 
 
 def time_us(fn, reps=20) -> float:
@@ -116,19 +123,39 @@ def main() -> None:
     if "--quant" in sys.argv:
         quant_table(copy_gbs)
         return
+    import os
+    rings = os.environ.get("GEMV_RING", "").split()
+    ext = None
+    if rings:
+        from gpt_engine.ops import _ext
+        ext = _ext.load()
+        if not hasattr(ext, "linear_ring_force"):
+            sys.exit("GEMV_RING: this build has no ext.linear_ring_force")
+    shapes = ([tuple(int(v) for v in s.split("x")) for s in _arg("--dense-shapes").split(",")]
+              if _arg("--dense-shapes") else SHAPES)
     for m in (1,) if "--m1" in sys.argv else (1, 4):
-        print(f"\nM = {m}\n{'N x K':>14}{'us':>8}{'GB/s':>8}{'/copy':>7}{'cuBLAS us':>11}")
-        for n, k in SHAPES:
+        cols = "".join(f"{'ring ' + r + ' us':>12}{'/copy':>7}" for r in rings) if rings else f"{'us':>8}{'GB/s':>8}{'/copy':>7}"
+        print(f"\nM = {m}\n{'N x K':>14}{cols}{'cuBLAS us':>11}")
+        for n, k in shapes:
             nbytes = n * k * 2
             reps = max(4, (512 << 20) // nbytes)
             ws = calls(lambda: torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02, reps)
             qs = [QWeight(w.view(torch.uint8), gguf.GGMLQuantizationType.F16, (n, k)) for w in ws]
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-            err = (ops.linear(x, qs[0]).double() - x.double() @ ws[0].double().T).abs().max().item()
-            t = time_us(graphed(lambda: [ops.linear(x, q) for q in qs])) / reps
+            ref = x.double() @ ws[0].double().T
+            line, errs = f"{n:>7}x{k:<6}", []
+            for r in rings or [None]:
+                if r is not None and ext.linear_ring_force(int(r)) != int(r):
+                    sys.exit(f"GEMV_RING {r}: not a mode of this build")
+                errs.append((ops.linear(x, qs[0]).double() - ref).abs().max().item())
+                t = time_us(graphed(lambda: [ops.linear(x, q) for q in qs])) / reps
+                gbs = nbytes / t / 1e3
+                line += f"{t:>12.2f}{gbs / copy_gbs:>7.2f}" if rings else f"{t:>8.2f}{gbs:>8.0f}{gbs / copy_gbs:>7.2f}"
+            if ext is not None:
+                ext.linear_ring_force(0)
+            del ref
             tc = time_us(graphed(lambda: [F.linear(x, w) for w in ws])) / reps
-            gbs = nbytes / t / 1e3
-            print(f"{n:>7}x{k:<6}{t:>8.2f}{gbs:>8.0f}{gbs / copy_gbs:>7.2f}{tc:>11.2f}   maxerr {err:.1e}")
+            print(f"{line}{tc:>11.2f}   maxerr {' '.join(f'{e:.1e}' for e in errs)}")
             del ws, qs
 
 
