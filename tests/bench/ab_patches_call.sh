@@ -22,7 +22,8 @@
 #      pair for rows of 257-384 chunks (K = 2,880: gpt-oss's QKV and 1.16 GB head; 124M's
 #      768 x 3072), linear_ring_force modes 4 (every such product) and 5 (past 8 rounds: the head);
 #      the same bits; the default unchanged. The head alone is timed for the first time
-#      (explore_gemv.py), with cuBLAS beside it.
+#      (explore_gemv.py), with cuBLAS beside it, and in the step on cuBLAS (HEAD_CUBLAS, a
+#      Python-side bench hook: if cuBLAS wins by far, routing the head there needs no rebuild).
 # Then, most decisive first (each step has its own time limit): the build (its objects come back,
 # EXT_SAVE); the decode-attention, sink, linear, gpt-oss and MoE v7.1 / v7.2 CUDA tests; the
 # gpt-oss step A/Bs in one process (MOE_VERSIONS, ATTN_TILES, GEMV_RING); the K = 2,880 / 3,072
@@ -56,7 +57,7 @@ $T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --t
   tests/ops/test_moe.py -k "v7_matches" > /tmp/t2.txt 2>&1  # v7.1 and v7.2 = v7 bit for bit, 12 tests
 echo "moe tests exit $?"; grep -vE "^\.|^$" /tmp/t2.txt | tail -10
 wait $MODELS_PID; cat /tmp/models.txt
-MOE_VERSIONS="7 71 72" GEMV_RING="0 1 2 3 4 5" ATTN_TILES="0 8 4 1" ROUNDS=5 $T 130 python3 tests/bench/explore_decode_step.py \
+MOE_VERSIONS="7 71 72" GEMV_RING="0 1 2 3 4 5" ATTN_TILES="0 8 4 1" HEAD_CUBLAS="0 1" ROUNDS=5 $T 130 python3 tests/bench/explore_decode_step.py \
   "$M/gpt-oss-20b-MXFP4.gguf" | sed "s/^/gpt-oss-20b /"
 GEMV_RING="1 0 4 5" $T 60 python3 tests/bench/explore_gemv.py --m1 --dense-shapes 201088x2880,5120x2880,768x3072
 $T 90 python3 tests/ops/explore_decode.py tiles
