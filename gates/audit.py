@@ -7,11 +7,17 @@ names, with only the project's own code in the process?":
 - its name matches its content (finish time, machine class, commit);
 - no timestamp lies in the future or before its commit;
 - the commit exists, is an ancestor of HEAD, and holds exactly the file hashes the run
-  recorded (a dirty tree, an edited file or a file that was never committed shows here);
+  recorded (a dirty tree, an edited file or a file that was never committed shows here), and
+  the run's whole source tree, used or not, is the commit's (an untracked or edited file that no
+  test was seen to use counts too: GPT_ENGINE_GIT_COMMIT names a commit without proving the tree);
+  the commit tracks no symbolic link where sources live (the files behind it would be no
+  story's source);
 - the run was not dirty, interrupted, or short of collection errors; no phase that raised
   was reported as passed; the trace of used files was not displaced;
 - every active plugin is pytest's, xdist's or the repository's own, and no option overrides
-  the project's configuration (-o, -c, -W, -p of anything else, --pdb, ...); no module named
+  the project's configuration (-o, -c, -W, -p of anything else, --pdb, --confcutdir, ...); every
+  repository conftest on the tests' paths was loaded; Python did not run with -O; no engine
+  setting (GPT_ENGINE_* / GPTE_* other than the harness's) was in the environment; no module named
   like one of the repository's was loaded from a file outside it;
 - a GPU run comes with its raw pytest log beside it, the log names the JSON's sha256, and
   the log's per-test outcomes (-rA) agree with the JSON's;
@@ -38,6 +44,14 @@ OK_EXIT = (0, 1, 5)                       # passed, tests failed, nothing collec
 OWN_P = {"gates.pytest_plugin", "xdist.plugin", "xdist", "no:cacheprovider"}
 STRICTER_OVERRIDES = {"strict_markers=true", "strict_config=true", "strict=true", "xfail_strict=true"}
 SHA = re.compile(r"^[0-9a-f]{40}$")
+# GPT_ENGINE_* / GPTE_* variables a run may carry: the harness's own (where cards, evidence and
+# benchmark models live; the commit of a tree without .git), the sha256-checked copy of the
+# o200k oracle file (gpt_engine/testmodels.py) and the build's verbosity. Any other one switches
+# an engine path or a kernel rule (GPT_ENGINE_DEVICE_LOOP, GPT_ENGINE_ATTN_SHORT_KEYS,
+# GPT_ENGINE_CPU_CACHE_BYTES, GPTE_NO_PDL, ...): that run did not test the code as it ships.
+ENGINE_ENV_OK = {"GPT_ENGINE_GIT_COMMIT", "GPT_ENGINE_GIT_DIRTY", "GPT_ENGINE_BENCH_MODELS", "GPT_ENGINE_GPT_OSS_20B",
+                 "GPT_ENGINE_O200K_FILE", "GPT_ENGINE_ROOT", "GPT_ENGINE_STORIES_DIR", "GPT_ENGINE_EVIDENCE_DIR",
+                 "GPT_ENGINE_REPORTS_DIR", "GPT_ENGINE_BUILD_VERBOSE"}
 _LOG_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XPASS|XFAIL) (\S.*?)(?: - .*)?$")
 
 
@@ -68,6 +82,7 @@ class Git:
         self._commits: dict = {}
         self._blobs: dict = {}
         self._hidden: dict = {}
+        self._trees: dict = {}
 
     def _run(self, *args, input=None) -> str | None:
         try:
@@ -127,6 +142,32 @@ class Git:
             ignore = self._run("show", f"{commit}:{prefix}.gitignore") or ""
             self._hidden[commit] = _sources.hidden_tracked(tracked, ignore)
         return self._hidden[commit]
+
+    def source_tree(self, commit: str) -> tuple[dict, list]:
+        """({path: sha256} of every file `commit` tracks under the root that counts as a source,
+        by the commit's own .gitignore; [its tracked symlinks that count as sources])."""
+        if commit not in self._trees:
+            prefix = self._prefix()
+            out = self._run("ls-tree", "-r", "-z", "--full-tree", commit) or ""
+            ignore = self._run("show", f"{commit}:{prefix}.gitignore") or ""
+            pats = _sources.parse_gitignore(ignore)
+            files, links = [], []
+            for entry in out.split("\0"):
+                if not entry or "\t" not in entry:
+                    continue
+                meta, path = entry.split("\t", 1)
+                if not path.startswith(prefix):
+                    continue
+                rel = path[len(prefix):]
+                if not _sources.is_source(rel, pats):
+                    continue
+                mode = meta.split()[0]
+                if mode == "120000":
+                    links.append(rel)
+                elif mode != "160000":          # a submodule has no blob here
+                    files.append(rel)
+            self._trees[commit] = (self.blob_sha256(commit, files), sorted(links))
+        return self._trees[commit]
 
     def first_versions(self, folder: Path) -> dict:
         """{file name: git blob id of its first committed version} for every evidence file
@@ -188,6 +229,16 @@ def plugin_problems(doc) -> list[str]:
     for k, what in (("noconftest", "--noconftest"), ("usepdb", "--pdb"), ("trace", "--trace")):
         if o.get(k):
             out.append(f"{what} was given")
+    if o.get("confcutdir") not in (None, "."):
+        out.append(f"--confcutdir={o['confcutdir']}: conftests above it were not loaded")
+    if o.get("conftests_not_loaded"):
+        out.append(f"repository conftests on the tests' paths were not loaded: {_few(o['conftests_not_loaded'])}")
+    if o.get("optimize"):
+        out.append(f"Python ran with -O (optimize level {o['optimize']}, PYTHONOPTIMIZE): the asserts outside the"
+                   " test modules pytest rewrites were removed")
+    knobs = sorted(k for k in o.get("env", {}) if k.startswith(("GPT_ENGINE_", "GPTE_")) and k not in ENGINE_ENV_OK)
+    if knobs:
+        out.append(f"engine settings in the environment: {_few(knobs)} (the code as it ships was not what ran)")
     if o.get("inifilename") or o.get("inifile") not in ("pyproject.toml",):
         out.append(f"configuration came from {o.get('inifilename') or o.get('inifile')}, not pyproject.toml")
     if not o.get("rootdir_is_repo", False):
@@ -274,6 +325,21 @@ def audit_run(doc: dict, git: Git | None, first: dict, now: datetime) -> Audit:
             if wrong:
                 a.reasons.append(f"{len(wrong)} recorded source hash(es) differ from commit {commit[:10]}: {_few(wrong)}"
                                  " (the run's tree had uncommitted changes)")
+            tree = doc.get("source_tree")
+            at_commit, links = git.source_tree(commit)
+            if links:
+                a.reasons.append(f"commit {commit[:10]} tracks {len(links)} symbolic link(s) where sources live:"
+                                 f" {_few(links)} (files behind a link are no story's source, so changing them"
+                                 " would stale nothing)")
+            if tree is not None:
+                extra = sorted(set(tree) - set(at_commit))
+                missing = sorted(set(at_commit) - set(tree))
+                edited = sorted(f for f in set(tree) & set(at_commit) if tree[f] != at_commit[f])
+                for what, fs in (("not in the commit (untracked)", extra), ("edited", edited),
+                                 ("missing from the run's tree", missing)):
+                    if fs:
+                        a.reasons.append(f"the run's source tree differs from commit {commit[:10]}: {len(fs)} file(s)"
+                                         f" {what}: {_few(fs)}")
             hidden = git.hidden_tracked(commit)
             if hidden:
                 a.reasons.append(f"commit {commit[:10]} tracks {len(hidden)} file(s) that .gitignore or a build-output name"

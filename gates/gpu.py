@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gates import audit as _audit
 from gates import evidence as _evidence
 from gates import provenance as _prov
 from gates.paths import resolve
@@ -53,8 +54,9 @@ def summary(doc: dict) -> str:
     if doc["run"].get("interrupted"):
         warn.append("interrupted")
     pt = doc.get("pytest", {})
-    if pt.get("rewritten") or pt.get("tracer_displaced"):
-        warn.append("a hook rewrote outcomes or displaced the trace")
+    if pt.get("env"):
+        lines.insert(1, "environment: " + " ".join(f"{k}={v}" for k, v in pt["env"].items()))
+    warn += _audit.plugin_problems(doc)   # what the verdict will refuse, said here on the GPU machine
     if warn:
         lines.append("THIS RUN WILL NOT COUNT TOWARD ANY GATE: " + "; ".join(warn))
     return "\n".join(lines)
@@ -82,6 +84,8 @@ def main(argv=None) -> int:
     print("+", " ".join(cmd), flush=True)
     with open(tmp_log, "w", encoding="utf-8") as log:
         log.write("+ " + " ".join(cmd) + "\n")
+        from gates.pytest_plugin import env_facts     # the variables the evidence records, for the reviewer
+        log.write("env: " + " ".join(f"{k}={v}" for k, v in env_facts().items()) + "\n")
         proc = subprocess.Popen(cmd, cwd=paths.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**pytest_env(), "PYTHONUNBUFFERED": "1"})
         for line in proc.stdout:

@@ -24,14 +24,19 @@ def git_state(root: Path) -> dict:
     """Commit and dirty flag. GPT_ENGINE_GIT_COMMIT / GPT_ENGINE_GIT_DIRTY, when set, win: the
     GPU machine gets a copy of the working tree without .git. The verdict does not take the
     commit on trust: it must exist, be an ancestor of HEAD, and hold exactly the file hashes
-    the run recorded (gates/audit.py). Untracked files that git does not ignore make the tree
-    dirty: a new conftest.py or module changes what runs as surely as an edit."""
+    the run recorded (gates/audit.py), and the run's whole source tree must be the commit's.
+    Untracked files that git does not ignore make the tree dirty: a new conftest.py or module
+    changes what runs as surely as an edit. Where the named commit is this .git's HEAD, git
+    answers the dirty question even so."""
     env_commit = os.environ.get("GPT_ENGINE_GIT_COMMIT")
     if env_commit:  # the caller knows better than whatever .git the copy may carry
         dirty_env = os.environ.get("GPT_ENGINE_GIT_DIRTY")
-        return {"commit": env_commit,
-                "dirty": None if dirty_env is None else dirty_env.lower() in ("1", "true", "yes"),
-                "commit_source": "env"}
+        dirty = None if dirty_env is None else dirty_env.lower() in ("1", "true", "yes")
+        head = _git(root, "rev-parse", "HEAD")
+        if dirty is None and head and head.strip() == env_commit:   # git can answer: it does
+            status = _git(root, "status", "--porcelain", "--untracked-files=normal")
+            dirty = bool(status and status.strip())
+        return {"commit": env_commit, "dirty": dirty, "commit_source": "env"}
     commit = _git(root, "rev-parse", "HEAD")
     if commit:
         status = _git(root, "status", "--porcelain", "--untracked-files=normal")

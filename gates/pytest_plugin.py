@@ -164,9 +164,38 @@ def shadowed_modules(root: Path) -> list[str]:
     return sorted(out)
 
 
+# Environment variables that can change what the engine, torch, CUDA or the interpreter does:
+# every one set when the run starts is recorded with it (the audit refuses the engine's own
+# settings other than the harness's, gates/audit.py ENGINE_ENV_OK; the rest is for the reader).
+ENV_PREFIXES = ("GPT_ENGINE_", "GPTE_", "PYTHON", "PYTEST_", "CUBLAS", "CUDA_", "NVIDIA_", "PYTORCH_", "TORCH_",
+                "OMP_", "MKL_", "TOKENIZERS_")
+
+
+def env_facts() -> dict:
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
+
+
+def conftests_on_path(nodeids, known) -> set[str]:
+    """The repository conftest.py files pytest loads for these tests: one in every directory from
+    the root down to each test module's (the root's own included)."""
+    out = set()
+    for nid in nodeids:
+        parts = nid.split("::", 1)[0].split("/")[:-1]
+        for i in range(len(parts) + 1):
+            f = "/".join([*parts[:i], "conftest.py"])
+            if f in known:
+                out.add(f)
+    return out
+
+
 def options_facts(config, root: Path) -> dict:
     o = config.option
     ini = config.inipath
+    cut = getattr(config.known_args_namespace, "confcutdir", None) or getattr(o, "confcutdir", None)
+    try:
+        cut = Path(cut).resolve().relative_to(root).as_posix() if cut else None
+    except ValueError:
+        cut = str(cut)
     return {
         "args": [str(a) for a in config.invocation_params.args],
         "addopts_env": os.environ.get("PYTEST_ADDOPTS") or None,
@@ -178,6 +207,10 @@ def options_facts(config, root: Path) -> dict:
         "importmode": getattr(o, "importmode", None),
         "assertmode": getattr(o, "assertmode", None),
         "noconftest": bool(getattr(o, "noconftest", False)),
+        # conftests above this folder are not loaded; pytest's own default is the ini file's folder
+        "confcutdir": cut,
+        # -O / PYTHONOPTIMIZE: plain asserts outside the test modules pytest rewrites are removed
+        "optimize": sys.flags.optimize,
         "usepdb": bool(getattr(o, "usepdb", False)),
         "trace": bool(getattr(o, "trace", False)),
         "inifilename": getattr(o, "inifilename", None),
@@ -204,6 +237,7 @@ class Recorder:
         self.written_sha = None
         self._cuda_name = None
         self.started = _evidence.utc_now()
+        self.env = env_facts()                     # as the run was started (a test may set its own)
         self.stories = None
         self.catalog = None
         self.snapshot = None
@@ -450,7 +484,8 @@ class Recorder:
     def _facts(self) -> dict:
         tr = _tracer._ACTIVE
         return {"plugins": plugin_facts(self.config, self.root), "displaced": list(tr.displaced) if tr else [],
-                "deselected": self.deselected, "selected": self.selected, "shadowed": shadowed_modules(self.root)}
+                "deselected": self.deselected, "selected": self.selected, "shadowed": shadowed_modules(self.root),
+                "optimize": sys.flags.optimize, "env": env_facts()}
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error):
@@ -484,6 +519,11 @@ class Recorder:
         repo_plugins = sorted(p[1] for p in plugins if p[2])
         known = self.snapshot
         imports = _sources.Imports(self.root, known)
+        loaded = {p[1] for p in plugins if p[2]}
+        conftests_missing = sorted(conftests_on_path(self.tests, known) - loaded)
+        env = dict(self.env)
+        for f in facts:          # a worker's environment, where it differs (it should not)
+            env.update({k: v for k, v in f.get("env", {}).items() if env.get(k) != v})
         story_files, used_by_story, cuda_stories = {}, {}, set()
         for t in self.tests.values():
             if t["outcome"] is None:
@@ -516,6 +556,9 @@ class Recorder:
                 "modified_during_run": modified,
             },
             "pytest": {**options_facts(self.config, self.root),
+                       "optimize": max([sys.flags.optimize, *(f.get("optimize", 0) for f in facts)]),
+                       "env": env,
+                       "conftests_not_loaded": conftests_missing,
                        "plugins": [{"module": m, "file": f, "in_repo": r} for m, f, r in sorted(plugins, key=str)],
                        "tracer_displaced": sorted({d for f in facts for d in f["displaced"]}),
                        "rewritten": sorted(self.rewritten),
@@ -523,6 +566,9 @@ class Recorder:
             "provenance": prov,
             "baselines": self.run_baselines,
             "source_hashes": {sid: _sources.combine({f: known[f] for f in fs}) for sid, fs in story_files.items()},
+            # every source of the tree when the run started, used or not: the audit compares it with
+            # the commit's (an untracked, edited or missing file anywhere makes the run not count)
+            "source_tree": dict(known),
             "story_files": story_files,
             "source_files": dict(sorted(files.items())),
             "tests": sorted(({k: v for k, v in t.items() if k != "_files"} for t in self.tests.values()),

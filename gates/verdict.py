@@ -141,6 +141,15 @@ def normalized(m: dict) -> dict:
             if physics.positive(rv) and physics.positive(m.get("value"))}
 
 
+def _kind(v) -> str | None:
+    """What a `where` may compare: numbers with numbers, strings and booleans by equality."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float)):
+        return "number"
+    return "str" if isinstance(v, str) else None
+
+
 class Evaluator:
     def __init__(self, stories: dict, runs: list, tree, *, catalog=None, manifest=None, audits=None):
         """tree: gates.sources.Tree (sources.hash_stories(root)). catalog, manifest and audits
@@ -281,7 +290,10 @@ class Evaluator:
             return CritResult(c, "skipped", f"{len(skipped)}/{n} skipped (a skip is not a pass): {names}", ev, counts)
         return CritResult(c, "pass", f"all {n} test(s) passed", ev, counts)
 
-    def _where_ok(self, c: Criterion, params: dict) -> bool:
+    def _where_ok(self, c: Criterion, params: dict) -> bool | None:
+        """Whether a case is one the bar's `where` selects; None where a param cannot be compared
+        with the bar's value (a string where a number belongs): such a case is a problem, never
+        silently left out of the bar."""
         for key, cond in c.where.items():
             if key not in params:
                 return False
@@ -289,10 +301,12 @@ class Evaluator:
             ops = cond if isinstance(cond, dict) else {"eq": cond}
             try:
                 for op, x in ops.items():
+                    if _kind(v) != _kind(x) or _kind(v) is None or (op != "eq" and _kind(v) != "number"):
+                        return None
                     if not {"gt": v > x, "ge": v >= x, "lt": v < x, "le": v <= x, "eq": v == x}[op]:
                         return False
             except TypeError:
-                return False
+                return None
         return True
 
     def _bench(self, s: Story, c: Criterion) -> CritResult:
@@ -322,8 +336,13 @@ class Evaluator:
                 lack = [k for k in c.where if k not in m.get("params", {})]
                 if lack:
                     problems.append(f"{m['name']}: lacks param(s) {', '.join(lack)} that the bar's `where` needs")
-                elif self._where_ok(c, m.get("params", {})):
-                    cases.append((m, t, run))
+                else:
+                    ok = self._where_ok(c, m.get("params", {}))
+                    if ok is None:
+                        problems.append(f"{m['name']}: its params {m.get('params')} cannot be compared with the bar's"
+                                        f" `where` {c.where}")
+                    elif ok:
+                        cases.append((m, t, run))
         if not cases:
             if named and not problems:
                 return CritResult(c, "missing", f"metric {c.metric} recorded, but no case satisfies where {c.where}")
