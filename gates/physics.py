@@ -105,8 +105,18 @@ def ratio(value: float, reference: float, higher_is_better: bool) -> float:
     return value / reference if higher_is_better else reference / value
 
 
+# A GPU's baselines measured far below its datasheet mean the card was shared, throttled or
+# misconfigured while the run measured them, and every ratio to them would flatter the run (a
+# kernel at 0.9 of a copy measured at half speed is "1.8x copy", capped only at BANDWIDTH_SLACK).
+# Measured on every H100 / H200 run so far: copy 0.88-0.90 of hbm_gbps, bf16 matmul 0.77-0.82 of
+# bf16_tflops (reports/evidence); the floors leave ~10% and ~25% below those for honest spread.
+COPY_FLOOR = 0.8
+MATMUL_FLOOR = 0.6
+
+
 def baseline_problems(device: str, copy_gbps, matmul_tflops, peaks: dict | None) -> list[str]:
-    """A GPU's measured baselines cannot exceed its datasheet peaks (gates/catalog.toml)."""
+    """A GPU's measured baselines cannot exceed its datasheet peaks (gates/catalog.toml), nor
+    fall below COPY_FLOOR / MATMUL_FLOOR of them."""
     if device == "cpu":
         return []
     if peaks is None:
@@ -116,4 +126,10 @@ def baseline_problems(device: str, copy_gbps, matmul_tflops, peaks: dict | None)
         out.append(f"copy baseline {copy_gbps:.0f} GB/s exceeds {device}'s memory bandwidth {peaks['hbm_gbps']:g} GB/s")
     if matmul_tflops is not None and positive(matmul_tflops) and matmul_tflops > peaks["bf16_tflops"]:
         out.append(f"matmul baseline {matmul_tflops:.0f} TFLOP/s exceeds {device}'s dense bf16 peak {peaks['bf16_tflops']:g} TFLOP/s")
+    if copy_gbps is not None and positive(copy_gbps) and copy_gbps < COPY_FLOOR * peaks["hbm_gbps"]:
+        out.append(f"copy baseline {copy_gbps:.0f} GB/s is below {COPY_FLOOR} x {device}'s memory bandwidth"
+                   f" {peaks['hbm_gbps']:g} GB/s (a shared or throttled card: every copy ratio would flatter the run)")
+    if matmul_tflops is not None and positive(matmul_tflops) and matmul_tflops < MATMUL_FLOOR * peaks["bf16_tflops"]:
+        out.append(f"matmul baseline {matmul_tflops:.0f} TFLOP/s is below {MATMUL_FLOOR} x {device}'s dense bf16 peak"
+                   f" {peaks['bf16_tflops']:g} TFLOP/s (a shared or throttled card)")
     return out

@@ -196,3 +196,18 @@ def test_a_case_whose_where_param_cannot_be_compared_fails(tmp_path):
              benchmarks=[_decode("B8.H32.T32768", 1.0, 0.95, 1 << 30), bad])
     crit = evaluate(repo).story("GT-018").criteria[1]
     assert crit.state == "fail" and "cannot be compared with the bar's `where`" in crit.reason, crit.reason
+
+
+def test_a_copy_baseline_measured_on_a_busy_card_is_invalid(tmp_path):
+    """A copy measured while the card was shared (python -m gates.gpu -n 2 on one GPU) halves the
+    reference and doubles every copy ratio, up to the 1.1x cap: a floor under the baselines."""
+    from tests.harness._synth import metric, passing_gate1
+    repo = Repo(tmp_path)
+    repo.gate1_minimal()
+    passing_gate1(repo)
+    slow = metric("layernorm.fp16", 1600.0, {"torch": 1200.0, "copy": 1700.0}, "tests/test_emb.py::test_bench",
+                  ["GT-008"])                                      # 0.94 of a copy measured at half speed
+    repo.run(machine="gpu", tests=[("tests/test_emb.py::test_bench", ["GT-008"], "passed", GPU)], benchmarks=[slow],
+             edit=lambda d: d["baselines"][GPU].update(copy_gbps=1700.0))
+    crit = evaluate(repo).story("GT-008").criteria[2]
+    assert crit.state == "invalid" and "is below 0.8 x NVIDIA H100 80GB HBM3's memory bandwidth 3350" in crit.reason
