@@ -34,8 +34,8 @@
 # build (~660 s without: the last parts would be cut).
 # Repo root, .whl carried:
 #   OUT=$OUT timeout 595 bash tests/bench/ab_patches_call.sh
-# If kept: apply the patches here, commit, and run gpu_session.sh ops / rest warm with the commit's
-# full sha written out (the device copy's git HEAD is not this machine's: session 24's first
+# If kept: apply the patches here, commit (the tree clean, nothing untracked: gpu_session.sh says
+# why), and run gpu_session.sh ops / rest warm with the commit's full sha written out (the device copy's git HEAD is not this machine's: session 24's first
 # evidence call recorded the wrong commit through `git rev-parse HEAD` there; CI's evidence audit
 # rejects such a run, so it only costs the call).
 set -o pipefail

@@ -6,7 +6,12 @@
 #   rest:    `python -m gates.gpu tests --ignore=tests/ops` (models, decode loop, end-to-end benchmarks)
 # For ops/rest export GPT_ENGINE_GIT_COMMIT=<the full sha of the commit being run> first, written
 # out: `git rev-parse HEAD` on the GPU machine named an older commit than the tree it ran (session
-# 24; `python -m gates evidence` rejects such a run: its file hashes are not that commit's).
+# 24; `python -m gates evidence` rejects such a run: its file hashes are not that commit's). Call
+# from a clean tree: since session 26 the audit compares the run's whole source tree with the
+# commit's, so an uncommitted edit or an untracked file anywhere sources live (docs and notes
+# included; dot-folders, build/ and ignored files are not sources) makes the run not count. No
+# GPT_ENGINE_* / GPTE_* setting may be exported for ops/rest either (gates/audit.py ENGINE_ENV_OK
+# lists the harness's own, which gpu_env.sh sets).
 # The built extension comes back as $OUT/ext-<hash>.tgz.part-*; copied into .extcache/ and
 # carried, it spares the next cold machine the ~4-minute build (tests/bench/ext_cache.sh).
 # Everything printed goes to $OUT/session.log too; bench results to $OUT/bench.json.
