@@ -52,7 +52,14 @@ SHA = re.compile(r"^[0-9a-f]{40}$")
 ENGINE_ENV_OK = {"GPT_ENGINE_GIT_COMMIT", "GPT_ENGINE_GIT_DIRTY", "GPT_ENGINE_BENCH_MODELS", "GPT_ENGINE_GPT_OSS_20B",
                  "GPT_ENGINE_O200K_FILE", "GPT_ENGINE_ROOT", "GPT_ENGINE_STORIES_DIR", "GPT_ENGINE_EVIDENCE_DIR",
                  "GPT_ENGINE_REPORTS_DIR", "GPT_ENGINE_BUILD_VERBOSE"}
+# Settings outside the engine's own that change what a run measures or builds: a launch that
+# blocks until its kernel ends, allocations that bypass torch's cache (both add host time inside
+# timed regions, unevenly between our op and its reference), extra nvcc flags for the extension
+# build (not in its build key). Refused unless set to the default ("0", or empty).
+PROCESS_ENV_REFUSED = ("CUDA_LAUNCH_BLOCKING", "PYTORCH_NO_CUDA_MEMORY_CACHING", "NVCC_APPEND_FLAGS",
+                       "NVCC_PREPEND_FLAGS")
 _LOG_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XPASS|XFAIL) (\S.*?)(?: - .*)?$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -239,6 +246,10 @@ def plugin_problems(doc) -> list[str]:
     knobs = sorted(k for k in o.get("env", {}) if k.startswith(("GPT_ENGINE_", "GPTE_")) and k not in ENGINE_ENV_OK)
     if knobs:
         out.append(f"engine settings in the environment: {_few(knobs)} (the code as it ships was not what ran)")
+    env = o.get("env", {})
+    skew = sorted(k for k in PROCESS_ENV_REFUSED if env.get(k, "0") not in ("0", ""))
+    if skew:
+        out.append(f"process settings in the environment that change what runs or is timed: {_few(skew)}")
     if o.get("inifilename") or o.get("inifile") not in ("pyproject.toml",):
         out.append(f"configuration came from {o.get('inifilename') or o.get('inifile')}, not pyproject.toml")
     if not o.get("rootdir_is_repo", False):
@@ -268,9 +279,12 @@ def log_problems(path: Path, doc: dict, raw: bytes) -> list[str]:
         return [f"{log.name} does not name this file with sha256 {sha[:12]}…: the JSON is not what that run wrote"]
     passed_log, failed_log = set(), set()
     for line in text.splitlines():
-        m = _LOG_LINE.match(line.rstrip())
-        if m:
-            (passed_log if m.group(1) == "PASSED" else failed_log).add(m.group(2))
+        line = _ANSI.sub("", line).rstrip()       # a coloured log (FORCE_COLOR, PY_COLORS) says the same
+        m = _LOG_LINE.match(line)
+        if m and m.group(1) == "PASSED":          # no message follows a pass: an id may hold " - "
+            passed_log.add(line[len("PASSED "):])
+        elif m:
+            failed_log.add(m.group(2))
     log_pass = passed_log - failed_log
     json_pass = {t["nodeid"] for t in doc["tests"] if t["outcome"] == "passed"}
     if json_pass and not (passed_log or failed_log):

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     # -m cuda, not "cuda or benchmark": the benchmarks without the cuda mark time the CPU
     # (tests/test_cpu_speed.py, test_quality.py) and belong to the CPU machine's evidence; run
     # here they timed another CPU and failed for want of the embedded model's package.
-    args = ["-rA", "-q", "--continue-on-collection-errors"] + ([] if run_all else ["-m", "cuda"])
+    args = ["-rA", "-q", "--color=no", "--continue-on-collection-errors"] + ([] if run_all else ["-m", "cuda"])
     cmd = pytest_cmd(args + (argv or ["tests"]))
     tmp_log = paths.evidence / ".tmp-gpu-run.log"
     print("+", " ".join(cmd), flush=True)

@@ -33,7 +33,7 @@ def git_state(root: Path) -> dict:
         dirty_env = os.environ.get("GPT_ENGINE_GIT_DIRTY")
         dirty = None if dirty_env is None else dirty_env.lower() in ("1", "true", "yes")
         head = _git(root, "rev-parse", "HEAD")
-        if dirty is None and head and head.strip() == env_commit:   # git can answer: it does
+        if head and head.strip() == env_commit:   # git can answer: it does, whatever the variable says
             status = _git(root, "status", "--porcelain", "--untracked-files=normal")
             dirty = bool(status and status.strip())
         return {"commit": env_commit, "dirty": dirty, "commit_source": "env"}

@@ -140,10 +140,12 @@ def plugin_facts(config, root: Path) -> list[dict]:
 
 
 def shadowed_modules(root: Path) -> list[str]:
-    """Imported modules named like one of the repository's modules but loaded from a file
-    outside it (a patched copy put first on sys.path, a stale installed copy of the package):
-    the evidence would name the repository's file while the tests ran another."""
-    root = Path(root)
+    """Imported modules named like one of the repository's modules but loaded from another file:
+    a patched copy put first on sys.path, a stale installed copy of the package, a copy inside
+    the root where sources are never counted (build/), a compiled module or a package beside the
+    repository's .py (Python prefers both). The evidence would name the repository's file while
+    the tests ran another."""
+    root = Path(root).resolve()
     pats = _sources.gitignore_patterns(root)
     out = []
     for name, mod in list(sys.modules.items()):
@@ -154,21 +156,19 @@ def shadowed_modules(root: Path) -> list[str]:
             path = Path(f).resolve()
         except (OSError, RuntimeError):
             continue
-        if path.is_relative_to(root):
-            continue
         parts = name.split(".")
-        for rel in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
-            if _sources.is_source(rel, pats) and (root / rel).is_file():
-                out.append(f"{name} from {path} (the repository's is {rel})")
-                break
+        mine = [rel for rel in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py")
+                if _sources.is_source(rel, pats) and (root / rel).is_file()]
+        if mine and path not in {(root / rel).resolve() for rel in mine}:
+            out.append(f"{name} from {path} (the repository's is {mine[0]})")
     return sorted(out)
 
 
 # Environment variables that can change what the engine, torch, CUDA or the interpreter does:
 # every one set when the run starts is recorded with it (the audit refuses the engine's own
 # settings other than the harness's, gates/audit.py ENGINE_ENV_OK; the rest is for the reader).
-ENV_PREFIXES = ("GPT_ENGINE_", "GPTE_", "PYTHON", "PYTEST_", "CUBLAS", "CUDA_", "NVIDIA_", "PYTORCH_", "TORCH_",
-                "OMP_", "MKL_", "TOKENIZERS_")
+ENV_PREFIXES = ("GPT_ENGINE_", "GPTE_", "PYTHON", "PYTEST_", "CUBLAS", "CUDA_", "NVIDIA_", "NVCC_", "PYTORCH_",
+                "TORCH_", "OMP_", "MKL_", "TOKENIZERS_", "FORCE_COLOR", "PY_COLORS", "NO_COLOR")
 
 
 def env_facts() -> dict:
@@ -186,6 +186,18 @@ def conftests_on_path(nodeids, known) -> set[str]:
             if f in known:
                 out.add(f)
     return out
+
+
+_DEFINES_TESTS = re.compile(r"^\s*(?:async\s+)?def test|^\s*class Test", re.M)
+
+
+def _defines_tests(path: Path) -> bool:
+    """Whether a test file's text defines a test function or class (a helper module named
+    test_*.py, such as tests/test_tokenizer_oracles.py, defines none)."""
+    try:
+        return bool(_DEFINES_TESTS.search(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError):
+        return True
 
 
 def options_facts(config, root: Path) -> dict:
@@ -597,9 +609,15 @@ class Recorder:
             items.append({"nodeid": item.nodeid, "stories": _item_stories(item),
                           "cuda": item.get_closest_marker("cuda") is not None,
                           "benchmark": item.get_closest_marker("benchmark") is not None})
+        with_items = {item.nodeid.split("::", 1)[0] for item in self._items}
         for rel in self.snapshot:
             if rel.startswith("tests/") and TEST_FILE.search(rel) and rel not in self._collected_modules:
                 problems.append({"path": rel, "problem": "was not collected", "reason": "ignored by an option or a conftest"})
+            elif (rel.startswith("tests/") and TEST_FILE.search(rel) and rel not in with_items
+                  and not any(p["path"].split("::", 1)[0] == rel for p in problems) and _defines_tests(self.root / rel)):
+                # it defines tests, was collected, and gave none: `__test__ = False`, a collection hook
+                problems.append({"path": rel, "problem": "collected no test although it defines some",
+                                 "reason": "__test__ = False or a collection hook"})
         for p in problems:
             path = p["path"].split("::", 1)[0]
             try:

@@ -269,6 +269,13 @@ class Tree:
         self.root = Path(root)
         self._pats = gitignore_patterns(self.root)
         self._sha: dict[str, str | None] = {}
+        self._all: dict[str, str] | None = None
+
+    def snapshot(self) -> dict[str, str]:
+        """Every source now (taken once: files added since a run are looked for here)."""
+        if self._all is None:
+            self._all = snapshot(self.root)
+        return self._all
 
     def sha(self, rel: str) -> str | None:
         """sha256 of the file now, None when it is gone or no longer counts as a source."""

@@ -17,6 +17,7 @@ Rules (docs/harness.md "Verdicts"):
 from __future__ import annotations
 
 import fnmatch
+import math
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ from gates import audit as _audit
 from gates import catalog as _catalog
 from gates import manifest as _manifest
 from gates import physics
+from gates import sources as _sources
 from gates.cards import GATES, CardError, Criterion, Story
 
 SAMPLE_TESTS = 25     # test ids listed per evidence file in gate JSON and reports
@@ -40,6 +42,18 @@ def device_matches(required: str, actual) -> bool:
 
 def _ts(run) -> str:
     return run["run"]["finished"]
+
+
+def _order(run) -> tuple:
+    """Newest last: by finish, then start (runs of one second), then name. A run finishing in the
+    same second as another of its commit gets the name X-2.json, longer than X.json (and X-10
+    longer than X-9), so the later one sorts later."""
+    return _ts(run), run["run"].get("started", ""), len(run["_file"]), run["_file"]
+
+
+# Files whose addition can change what a recorded module or kernel runs (a package beside a
+# module, a new kernel file that the extension build globs, a conftest).
+_CODE_SUFFIXES = (".py", ".pth", ".cu", ".cuh", ".cpp", ".c", ".h", ".hpp")
 
 
 def age_text(iso_ts: str, now: datetime | None = None) -> str:
@@ -146,8 +160,17 @@ def _kind(v) -> str | None:
     if isinstance(v, bool):
         return "bool"
     if isinstance(v, (int, float)):
-        return "number"
+        return "number" if math.isfinite(v) else None
     return "str" if isinstance(v, str) else None
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def _under(path_dir: str, d: str) -> bool:
+    """Whether directory path_dir is d or inside it ("" is the root, which holds everything)."""
+    return d == "" or path_dir == d or path_dir.startswith(d + "/")
 
 
 class Evaluator:
@@ -156,7 +179,7 @@ class Evaluator:
         default to the ones of tree.root (the harness's own tests pass synthetic ones)."""
         self.stories = stories
         self.tree = tree
-        self.runs = sorted(runs, key=lambda r: (_ts(r), r["_file"]), reverse=True)   # newest first
+        self.runs = sorted(runs, key=_order, reverse=True)   # newest first
         self.catalog = catalog or _catalog.load(tree.root)
         unknown = _catalog.unknown_cards(self.catalog, stories)
         if unknown:
@@ -183,13 +206,46 @@ class Evaluator:
                 self._fresh[key] = False
             else:
                 changed, removed = self.tree.changes(run.get("source_files", {}), files)
-                self._fresh[key] = not changed and not removed
+                self._fresh[key] = not changed and not removed and not self.added(run, sid)
         return self._fresh[key]
+
+    def added(self, run, sid) -> list[str]:
+        """Sources added since the run that can change what its records of the story ran (runs
+        that recorded their whole source tree only; older ones are judged without this):
+        - a file the card's `sources` globs match, or, where the run has GPU records of the
+          story, one the kernel globs match (the extension compiles every csrc/*.cu);
+        - a conftest.py in a directory on one of the story's tests' paths;
+        - a code file (.py, .cu, ...) under the directory of a recorded module or kernel that is
+          not a test module (a package beside a module is imported in its place)."""
+        tree = run.get("source_tree")
+        if tree is None:
+            return []
+        new = [f for f in self.tree.snapshot() if f not in tree]
+        if not new:
+            return []
+        story = self.stories.get(sid)
+        mine = [t for t in run["tests"] if sid in t["stories"]]
+        globs = list(story.sources) if story is not None else []
+        if any(t.get("device") not in ("cpu", None) for t in mine):
+            globs += list(self.catalog.kernel_sources)
+        out = set(_sources.expand(new, globs))
+        test_dirs = {_parent(t["nodeid"].split("::", 1)[0]) for t in mine}
+        code_dirs = {_parent(f) for f in run.get("story_files", {}).get(sid, [])
+                     if f.endswith(_CODE_SUFFIXES) and not f.rsplit("/", 1)[-1].startswith("test_") and "/" in f}
+        for f in new:
+            d = _parent(f)
+            if f.rsplit("/", 1)[-1] == "conftest.py" and any(_under(td, d) for td in test_dirs):
+                out.add(f)
+            elif f.endswith(_CODE_SUFFIXES) and any(_under(d, cd) for cd in code_dirs):
+                out.add(f)
+        return sorted(out)
 
     def stale_reason(self, run, sid) -> str:
         files = run.get("story_files", {}).get(sid, [])
         changed, removed = self.tree.changes(run.get("source_files", {}), files)
-        parts = [f"{label} {_few(fs)}" for label, fs in (("changed", changed), ("removed", removed)) if fs]
+        added = self.added(run, sid)
+        parts = [f"{label} {_few(fs)}" for label, fs in (("changed", changed), ("removed", removed),
+                                                          ("added", added)) if fs]
         return ", ".join(parts) or "the run recorded no files for this story"
 
     def _records(self, run) -> dict:

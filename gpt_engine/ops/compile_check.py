@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     if not os.path.exists(args.nvcc):
         print(f"compile_check: nvcc not found ({args.nvcc}); set NVCC or PATH", file=sys.stderr)
         return 2
-    sources = sorted(CSRC.glob("*.cu"))
+    sources = sorted(p for p in CSRC.glob("*.cu") if not p.name.startswith("."))  # as _ext.sources()
     if not sources:
         print(f"compile_check: no .cu files in {CSRC}", file=sys.stderr)
         return 2

@@ -11,7 +11,8 @@
 # commit's, so an uncommitted edit or an untracked file anywhere sources live (docs and notes
 # included; dot-folders, build/ and ignored files are not sources) makes the run not count. No
 # GPT_ENGINE_* / GPTE_* setting may be exported for ops/rest either (gates/audit.py ENGINE_ENV_OK
-# lists the harness's own, which gpu_env.sh sets).
+# lists the harness's own, which gpu_env.sh sets). Check here first, at the commit the call names:
+# `python tests/bench/evidence_preflight.py` (exit 0: nothing in the tree would be refused).
 # The built extension comes back as $OUT/ext-<hash>.tgz.part-*; copied into .extcache/ and
 # carried, it spares the next cold machine the ~4-minute build (tests/bench/ext_cache.sh).
 # Everything printed goes to $OUT/session.log too; bench results to $OUT/bench.json.

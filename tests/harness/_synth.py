@@ -214,6 +214,7 @@ class Repo:
             "source_hashes": {sid: sources.combine({f: known[f] for f in fs}) for sid, fs in story_files.items()},
             "story_files": story_files,
             "source_files": {f: known[f] for fs in story_files.values() for f in fs},
+            "source_tree": dict(known),
             "tests": [], "benchmarks": list(benchmarks), "collection_errors": list(collection_errors),
         }
         for nodeid, stories_, outcome, device in tests:
