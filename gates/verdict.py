@@ -215,8 +215,9 @@ class Evaluator:
         - a file the card's `sources` globs match, or, where the run has GPU records of the
           story, one the kernel globs match (the extension compiles every csrc/*.cu);
         - a conftest.py in a directory on one of the story's tests' paths;
-        - a code file (.py, .cu, ...) under the directory of a recorded module or kernel that is
-          not a test module (a package beside a module is imported in its place)."""
+        - a code file (.py, .cu, ...) other than a test module, under the directory of a recorded
+          module or kernel that is not a test module (a package beside a module is imported in
+          its place; a new test file beside the tests' helpers changes nothing they run)."""
         tree = run.get("source_tree")
         if tree is None:
             return []
@@ -236,8 +237,9 @@ class Evaluator:
             d = _parent(f)
             if f.rsplit("/", 1)[-1] == "conftest.py" and any(_under(td, d) for td in test_dirs):
                 out.add(f)
-            elif f.endswith(_CODE_SUFFIXES) and any(_under(d, cd) for cd in code_dirs):
-                out.add(f)
+            elif (f.endswith(_CODE_SUFFIXES) and not f.rsplit("/", 1)[-1].startswith("test_")
+                  and any(_under(d, cd) for cd in code_dirs)):
+                out.add(f)      # (a new test module shadows nothing a recorded module imports)
         return sorted(out)
 
     def stale_reason(self, run, sid) -> str:

@@ -16,7 +16,7 @@ import pytest
 from gates import evidence, manifest, sources
 from gates.audit import log_problems
 
-from tests.harness._synth import (GPU, TESTS_CUDA, Repo, git, inner_env, metric, newest_evidence, passing_gate1,
+from tests.harness._synth import (GPU, TESTS_CPU, TESTS_CUDA, Repo, git, inner_env, metric, newest_evidence, passing_gate1,
                                   run_inner, write_log)
 from tests.harness.test_attacks_process import BROKEN, GOOD, USES_HELPER, evaluate, gt001, refused
 from tests.harness.test_verdict import DECODE, _decode, _decode_repo
@@ -246,3 +246,21 @@ def test_a_nodeid_with_a_spaced_dash_still_vouches(tmp_path):
     id such as [gpt2 - 124m] makes log and JSON disagree."""
     repo, path, doc = _gpu_with_log(tmp_path, "tests/test_emb.py::test_cuda[gpt2 - 124m]")
     assert log_problems(path, doc, path.read_bytes()) == []                 # before the fix: refused
+
+
+def test_a_new_test_module_beside_the_tests_helpers_stales_nothing(tmp_path):
+    """The added-file rule looks for code that can replace what a recorded module runs; a new
+    test file in tests/ops (beside _util.py, which every ops test records) is not such code, and
+    staling every kernel story's GPU evidence for it would cost a GPU run for nothing."""
+    repo = kernel_story(tmp_path)
+    repo.add_card("GT-001", 1, "gate1", [], [TESTS_CPU])       # the new test's story (cards are sources)
+    repo.write("tests/_util.py", "def helper():\n    return 1\n")
+    repo.write("tests/test_k.py", "import pytest\nfrom tests import _util  # noqa: F401\n")
+    repo.run(machine="gpu", tests=[(KERNEL_TEST, ["GT-016"], "passed", GPU)])
+    assert evaluate(repo).story("GT-016").status == "verified"
+    repo.write("tests/test_other.py", 'import pytest\n\n\n@pytest.mark.story("GT-001")\ndef test_other():\n    pass\n')
+    repo.commit("a new test module")
+    assert evaluate(repo).story("GT-016").status == "verified"
+    repo.write("tests/_util/__init__.py", "def helper():\n    return 2\n")   # a package beside the helper
+    repo.commit("helper as a package")
+    assert evaluate(repo).story("GT-016").status == "stale"
