@@ -233,7 +233,8 @@ def plugin_problems(doc) -> list[str]:
         out.append(f"-o overrides the project's configuration: {overrides}")
     if o.get("pythonwarnings"):
         out.append(f"-W changes the project's warning filters: {o['pythonwarnings']}")
-    for k, what in (("noconftest", "--noconftest"), ("usepdb", "--pdb"), ("trace", "--trace")):
+    for k, what in (("noconftest", "--noconftest"), ("usepdb", "--pdb"), ("trace", "--trace"),
+                    ("runxfail", "--runxfail")):
         if o.get(k):
             out.append(f"{what} was given")
     if o.get("confcutdir") not in (None, "."):

@@ -219,6 +219,7 @@ def options_facts(config, root: Path) -> dict:
         "importmode": getattr(o, "importmode", None),
         "assertmode": getattr(o, "assertmode", None),
         "noconftest": bool(getattr(o, "noconftest", False)),
+        "runxfail": bool(getattr(o, "runxfail", False)),
         # conftests above this folder are not loaded; pytest's own default is the ini file's folder
         "confcutdir": cut,
         # -O / PYTHONOPTIMIZE: plain asserts outside the test modules pytest rewrites are removed

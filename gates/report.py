@@ -499,7 +499,9 @@ def _throughput(cx: _Context) -> dict:
             rows.append({"model": model, "type": qtype, "device": device, "value": m["value"], "unit": m["unit"],
                          "valid": not metric_problems(cx.ev.catalog.devices, run, m), "peers": cells, "file": run["_file"],
                          "href": cx.evidence_href(run["_file"]), "age": age_text(run["run"]["finished"], cx.now),
-                         "audit": audit_word(au)})
+                         "audit": audit_word(au),
+                         # the code it measured has changed since (the record is shown, not current)
+                         "stale": not all(cx.ev.fresh(run, sid) for sid in m.get("stories", []))})
         tables[phase] = {"peers": peers, "rows": rows}
     return tables
 

@@ -264,3 +264,12 @@ def test_a_new_test_module_beside_the_tests_helpers_stales_nothing(tmp_path):
     repo.write("tests/_util/__init__.py", "def helper():\n    return 2\n")   # a package beside the helper
     repo.commit("helper as a package")
     assert evaluate(repo).story("GT-016").status == "stale"
+
+
+def test_a_run_with_runxfail_does_not_count(tmp_path):
+    """--runxfail turns an xfail marker off, so a test expected to fail and passing would read as
+    a plain pass (the repo has no xfail test today; the option is refused like --noconftest)."""
+    repo = kernel_story(tmp_path)
+    repo.run(machine="gpu", tests=[(KERNEL_TEST, ["GT-016"], "passed", GPU)],
+             edit=lambda d: d["pytest"].update(runxfail=True))
+    assert "--runxfail was given" in refused(repo, newest_evidence(repo))

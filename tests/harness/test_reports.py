@@ -213,6 +213,24 @@ def test_throughput_table_per_model_and_type_against_peers(repo):
     assert "| gpt2-124m | F16 | NVIDIA H100 80GB HBM3 | 1,200 tok/s | 16,600 (ours 0.07×) | 1,661 (ours 0.72×) |" in m0
     assert "| gpt2-1.5b | Q8_0 | NVIDIA H100 80GB HBM3 | 300 tok/s | — | 367 (ours 0.82×) | — | — | — |" in m0
     assert "End to end: tokens per second" in read(repo, "m0_readiness.html")
+    assert not any(r["stale"] for r in dec["rows"]) and "**stale**" not in m0
+
+
+def test_a_throughput_figure_of_changed_code_says_it_is_stale(repo):
+    """The table shows the newest record; once the code it measured changes, the row says so
+    (it used to show it beside its age and 'counts', as if current)."""
+    passing_gate1(repo)
+    repo.run(machine="gpu", tests=[("tests/test_perf.py::test_e2e", ["GT-048"], "passed", GPU)], benchmarks=[
+        metric("perf.decode.gpt2-124m.F16", 1200.0, {"llamacpp": 1661.0}, "tests/test_perf.py::test_e2e", ["GT-048"],
+               unit="tok/s", kind="throughput")])
+    test = repo.root / "tests" / "test_perf.py"
+    test.write_text(test.read_text() + "\n# changed after the run\n")
+    repo.commit("change the measured code")
+    ctx, _ = build_context(repo.paths)
+    assert [r["stale"] for r in ctx["throughput"]["decode"]["rows"]] == [True]
+    render_all(repo.paths)
+    assert "counts, **stale** (the code changed since) |" in read(repo, "m0_readiness.md")
+    assert "stale" in read(repo, "m0_readiness.html")
 
 
 def test_no_throughput_section_without_end_to_end_numbers(repo):
