@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,10 +89,24 @@ def main(argv=None) -> int:
         log.write("env: " + " ".join(f"{k}={v}" for k, v in env_facts().items()) + "\n")
         proc = subprocess.Popen(cmd, cwd=paths.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**pytest_env(), "PYTHONUNBUFFERED": "1"})
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            log.write(line)
-        rc = proc.wait()
+
+        # A time limit's SIGTERM (gpu_session.sh runs this under `timeout`) used to kill this process
+        # while pytest's last lines were still in the pipe: the evidence was written, its log never
+        # finished, and the run could not count (session 26 lost a whole tests/ops run so). Now the
+        # signal is passed on to pytest as an interrupt, and its output is read to the end.
+        def stop(signum, frame):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        old_term = signal.signal(signal.SIGTERM, stop)
+        old_int = signal.signal(signal.SIGINT, stop)
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+            rc = proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
     new = sorted(p for p in paths.evidence.glob("*.json") if p.name not in before)
     if not new:
         print(f"no evidence file was written; the log is {tmp_log}", file=sys.stderr)

@@ -51,3 +51,37 @@ def test_gpu_runner_writes_evidence_and_log_that_vouch_for_each_other(tmp_path_f
         t["outcome"] = "passed" if t["outcome"] == "failed" else t["outcome"]
     ev.write_text(json.dumps(forged))
     assert "does not name this file" in audit.log_problems(ev, forged, ev.read_bytes())[0]
+
+
+def test_a_time_limit_still_leaves_a_complete_log(tmp_path_factory):
+    """gpu_session.sh runs gates.gpu under `timeout`: its SIGTERM goes on to pytest as an interrupt
+    and the log is read to the end, so the evidence written (interrupted, not counting) and its log
+    agree (before, the log lost its last lines and an honest run that had just finished could
+    not count: session 26's tests/ops run)."""
+    import os
+    import signal
+    import time
+    repo = Repo(tmp_path_factory.mktemp("repo"))
+    repo.add_card("GT-001", 1, "gate1", [], [TESTS_CPU])
+    repo.write("tests/test_a.py", textwrap.dedent('''
+        import time
+        import pytest
+
+        @pytest.mark.story("GT-001")
+        @pytest.mark.parametrize("i", range(40))
+        def test_slow(i):
+            time.sleep(0.25)
+    '''))
+    head = repo.commit("tests")
+    out = tmp_path_factory.mktemp("out")
+    p = subprocess.Popen([sys.executable, "-m", "gates.gpu", "--all"], cwd=repo.root, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=inner_env(repo, OUT=str(out), GPT_ENGINE_GIT_COMMIT=head))
+    time.sleep(6)
+    os.kill(p.pid, signal.SIGTERM)
+    p.communicate(timeout=120)
+    [ev] = repo.paths.evidence.glob("*.json")
+    log = evidence.log_path(ev)
+    assert log.is_file(), "the log was not moved beside the evidence"
+    doc = evidence.load_file(ev)
+    assert doc["run"]["interrupted"]
+    assert audit.log_problems(ev, doc, ev.read_bytes()) == []       # the log vouches for what ran
