@@ -215,6 +215,30 @@ def gpu_run(doc) -> bool:
     return any(t.get("device") not in ("cpu", None) for t in doc["tests"]) or doc["provenance"].get("machine_class") != "cpu"
 
 
+def env_problems(env: dict) -> list[str]:
+    """Settings in a run's environment that mean it did not test the code as it ships (the audit of a
+    recorded run and tests/bench/evidence_preflight.py before a GPU call use this one rule)."""
+    out = []
+    knobs = sorted(k for k in env if k.startswith(("GPT_ENGINE_", "GPTE_")) and k not in ENGINE_ENV_OK)
+    if knobs:
+        out.append(f"engine settings in the environment: {_few(knobs)} (the code as it ships was not what ran)")
+    skew = sorted(k for k in PROCESS_ENV_REFUSED if env.get(k, "0") not in ("0", ""))
+    if skew:
+        out.append(f"process settings in the environment that change what runs or is timed: {_few(skew)}")
+    return out
+
+
+def tree_problems(tree: dict, at_commit: dict, commit: str) -> list[str]:
+    """How a run's source tree ({path: sha256}) differs from its commit's: untracked, edited or missing
+    files where sources live (the audit and the preflight before a GPU call use this one rule)."""
+    extra = sorted(set(tree) - set(at_commit))
+    missing = sorted(set(at_commit) - set(tree))
+    edited = sorted(f for f in set(tree) & set(at_commit) if tree[f] != at_commit[f])
+    return [f"the run's source tree differs from commit {commit[:10]}: {len(fs)} file(s) {what}: {_few(fs)}"
+            for what, fs in (("not in the commit (untracked)", extra), ("edited", edited),
+                             ("missing from the run's tree", missing)) if fs]
+
+
 def plugin_problems(doc) -> list[str]:
     """Active plugins and options that are not the project's own."""
     pt = doc.get("pytest", {})
@@ -244,13 +268,7 @@ def plugin_problems(doc) -> list[str]:
     if o.get("optimize"):
         out.append(f"Python ran with -O (optimize level {o['optimize']}, PYTHONOPTIMIZE): the asserts outside the"
                    " test modules pytest rewrites were removed")
-    knobs = sorted(k for k in o.get("env", {}) if k.startswith(("GPT_ENGINE_", "GPTE_")) and k not in ENGINE_ENV_OK)
-    if knobs:
-        out.append(f"engine settings in the environment: {_few(knobs)} (the code as it ships was not what ran)")
-    env = o.get("env", {})
-    skew = sorted(k for k in PROCESS_ENV_REFUSED if env.get(k, "0") not in ("0", ""))
-    if skew:
-        out.append(f"process settings in the environment that change what runs or is timed: {_few(skew)}")
+    out += env_problems(o.get("env", {}))
     if o.get("inifilename") or o.get("inifile") not in ("pyproject.toml",):
         out.append(f"configuration came from {o.get('inifilename') or o.get('inifile')}, not pyproject.toml")
     if not o.get("rootdir_is_repo", False):
@@ -347,14 +365,7 @@ def audit_run(doc: dict, git: Git | None, first: dict, now: datetime) -> Audit:
                                  f" {_few(links)} (files behind a link are no story's source, so changing them"
                                  " would stale nothing)")
             if tree is not None:
-                extra = sorted(set(tree) - set(at_commit))
-                missing = sorted(set(at_commit) - set(tree))
-                edited = sorted(f for f in set(tree) & set(at_commit) if tree[f] != at_commit[f])
-                for what, fs in (("not in the commit (untracked)", extra), ("edited", edited),
-                                 ("missing from the run's tree", missing)):
-                    if fs:
-                        a.reasons.append(f"the run's source tree differs from commit {commit[:10]}: {len(fs)} file(s)"
-                                         f" {what}: {_few(fs)}")
+                a.reasons += tree_problems(tree, at_commit, commit)
             hidden = git.hidden_tracked(commit)
             if hidden:
                 a.reasons.append(f"commit {commit[:10]} tracks {len(hidden)} file(s) that .gitignore or a build-output name"

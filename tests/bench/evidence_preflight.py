@@ -15,24 +15,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gates import sources  # noqa: E402
-from gates.audit import ENGINE_ENV_OK, PROCESS_ENV_REFUSED, Git  # noqa: E402
+from gates.audit import Git, env_problems, tree_problems  # noqa: E402
 
 
 def main() -> int:
     root = Path(__file__).resolve().parents[2]
+    git = Git(root)
     tree = sources.snapshot(root)
-    at_head, links = Git(root).source_tree("HEAD")
-    problems = [f"untracked: {f}" for f in sorted(set(tree) - set(at_head))]
-    problems += [f"missing: {f}" for f in sorted(set(at_head) - set(tree))]
-    problems += [f"edited: {f}" for f in sorted(f for f in set(tree) & set(at_head) if tree[f] != at_head[f])]
+    at_head, links = git.source_tree("HEAD")
+    # the audit's own rules (gates/audit.py), so this check and CI's cannot drift apart
+    problems = tree_problems(tree, at_head, git.head or "HEAD")
     problems += [f"tracked symlink: {f}" for f in links]
-    problems += [f"engine setting in the environment: {k}" for k in sorted(os.environ)
-                 if k.startswith(("GPT_ENGINE_", "GPTE_")) and k not in ENGINE_ENV_OK]
-    problems += [f"process setting in the environment: {k}" for k in PROCESS_ENV_REFUSED
-                 if os.environ.get(k, "0") not in ("0", "")]
+    problems += env_problems(dict(os.environ))
     for p in problems:
         print(p)
-    print(f"{len(tree)} sources, HEAD {Git(root).head}: " + ("the run would count as far as the tree goes" if not problems
+    print(f"{len(tree)} sources, HEAD {git.head}: " + ("the run would count as far as the tree goes" if not problems
                                                            else f"{len(problems)} problem(s): commit or remove them first"))
     return 1 if problems else 0
 
