@@ -314,7 +314,28 @@ __global__ void __launch_bounds__(kReduceThreads) decode_reduce_kernel(const flo
   }
 }
 
-int pick_group_tile(int64_t group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
+// The query heads one block serves (the group tile G). A block reads its kv head's K/V once for
+// its G heads, but each thread then walks G heads' dots and softmax updates in turn, and G >= 4
+// halves the keys in flight per step (U) to fit the registers. A short sequence takes one split
+// (short_keys), so its grid is Hkv x ceil(group / G) blocks: gpt-oss (64 query heads on 8 kv
+// heads, G = 8) had 8 blocks of 8 heads on 132 SMs, 8.7 us a layer in the 20b step without PDL
+// against 3.3 us for GPT-2 1.5B's 25 one-head blocks (docs/gpt_oss.md, session 20's profile).
+// So G starts at the group (rounded up to a power of two, at most 8) and halves while one
+// sequence's one-split grid has fewer than kMinHeadBlocks blocks: gpt-oss 8 -> 2 (32 blocks),
+// Llama-1b's 32 / 8 heads 4 -> 1, SmolLM2's 9 / 3 4 -> 1; groups of 1 and grids already wide
+// enough keep theirs. The other G blocks of a kv head read the same K/V, mostly from L2. The
+// choice depends on the shape only (never on the batch or the lengths), so a sequence's sums
+// are the same in every batch and in both decode graphs. attention_decode_tile_force (tests,
+// A/Bs) overrides the rule.
+constexpr int64_t kMinHeadBlocks = 32;
+int g_tile_force = 0;  // 0: the rule; 1, 2, 4 or 8: that tile
+
+int pick_group_tile(int64_t group, int64_t hkv) {
+  if (g_tile_force != 0) return g_tile_force;
+  int g = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+  while (g > 1 && hkv * ceil_div(group, (int64_t)g) < kMinHeadBlocks) g /= 2;
+  return g;
+}
 
 struct SinkWindow {
   const float* sinks;  // [Hq] fp32 or null
@@ -343,7 +364,7 @@ template <typename T, int D>
 cudaError_t launch_d(const T* q, const T* kc, const T* vc, const void* lens, bool lens64, T* out, float* ws_o,
                      float* ws_ml, int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int splits, float scale,
                      SinkWindow sw, cudaStream_t st) {
-  switch (pick_group_tile(Hq / Hkv)) {
+  switch (pick_group_tile(Hq / Hkv, Hkv)) {
     case 1: return launch_g<T, D, 1>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, st);
     case 2: return launch_g<T, D, 2>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, st);
     case 4: return launch_g<T, D, 4>(q, kc, vc, lens, lens64, out, ws_o, ws_ml, B, Hq, Hkv, S, splits, scale, sw, st);
@@ -358,12 +379,21 @@ int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int n
   // the H100 at batch 4-8: tests/ops/explore_decode.py, docs/kernels/attention.md), each
   // split a whole number of 64-key steps.
   const int64_t group = Hq / Hkv;
-  const int64_t g = pick_group_tile(group);
+  const int64_t g = pick_group_tile(group, Hkv);
   const int64_t units = B * Hkv * ((group + g - 1) / g);
   int64_t splits = std::max<int64_t>(1, 4LL * num_sms / std::max<int64_t>(units, 1));
   splits = std::min<int64_t>(std::min<int64_t>(splits, std::max<int64_t>(1, ceil_div(S, kSplitAlign))), kMaxSplits);
   const int64_t chunk = ceil_div(ceil_div(S, splits), kSplitAlign) * kSplitAlign;
   return (int)std::max<int64_t>(1, std::min<int64_t>(ceil_div(S, chunk), kMaxSplits));
+}
+
+int attention_decode_group_tile(int64_t Hq, int64_t Hkv) {
+  return Hkv > 0 && Hq % Hkv == 0 ? pick_group_tile(Hq / Hkv, Hkv) : 0;
+}
+
+int attention_decode_tile_force(int64_t tile) {
+  if (tile == 0 || tile == 1 || tile == 2 || tile == 4 || tile == 8) g_tile_force = (int)tile;
+  return g_tile_force;
 }
 
 cudaError_t launch_attention_decode(int dtype, const void* q, const void* k_cache, const void* v_cache,

@@ -814,10 +814,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sample_greedy", &sample_greedy, "next = argmax(logits[:, :n_valid]); pos += 1", py::arg("logits"),
         py::arg("n_valid"), py::arg("next"), py::arg("pos"), py::arg("status"));
   m.def("attention_decode_splits", &gpte::attention_decode_splits, "splits the decode kernel uses");
+  m.def("attention_decode_group_tile", &gpte::attention_decode_group_tile,
+        "the query heads per block the decode kernel takes for Hq query heads on Hkv kv heads", py::arg("Hq"),
+        py::arg("Hkv"));
+  m.def("linear_ring_force", &gpte::linear_ring_force,
+        "test/bench hook of the dense decode GEMV's ring-kernel rule below K = 4096 (two batches per pair): "
+        "0 past one round of pairs (the default), 1 never, 2 past 8 rounds, 3 as 0 and v3 also at K >= 4096 "
+        "where the pairs fit one round, 4 v3 with 12 chunks per lane (one batch per pair) for rows of 257-384 "
+        "chunks, 5 the same past 8 rounds only; returns the mode in effect",
+        py::arg("mode"));
+  m.def("attention_decode_tile_force", &gpte::attention_decode_tile_force,
+        "test/bench hook of the decode kernel: 1, 2, 4 or 8 forces that group tile, 0 returns to the rule; "
+        "returns the force in effect",
+        py::arg("tile"));
   m.def("moe_ab_force", &gpte::moe_ab_force,
-        "test/bench hook of the MoE expert kernels: 3, 6 or 61 forces v3, v6 or v6.1, 0 (or 7) returns to the "
-        "default (v7, returned as 7); parts: 0 both kernels, 1 only gate/up, 2 only down (timing; the down "
-        "tiles' early copies need both); returns the version in use",
+        "test/bench hook of the MoE expert kernels: 3, 6, 61, 71 or 72 forces v3, v6, v6.1, v7.1 or v7.2, 0 (or 7) "
+        "returns to the default (v7, returned as 7); parts: 0 both kernels, 1 only gate/up, 2 only down "
+        "(timing; the down tiles' early copies need both); returns the version in use",
         py::arg("version"), py::arg("parts") = 0);
   m.def("moe_route_ab_force", &gpte::moe_route_ab_force,
         "test/bench hook of the routing kernel: 3 forces v3, 0 (or 4) returns to the default (v4 where it applies); "

@@ -46,6 +46,18 @@ cudaError_t launch_attention_prefill(int dtype, const void* q, const void* k, co
 // Number of sequence splits the decode kernel will use (sizes the fp32 workspace:
 // B * Hq * splits * D floats for partial outputs, B * Hq * splits * 2 for (max, sum)).
 int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int num_sms);
+// The query heads per block the decode kernel takes for Hq / Hkv heads (0: not a GQA shape).
+int attention_decode_group_tile(int64_t Hq, int64_t Hkv);
+// Test and bench hook: 1, 2, 4 or 8 forces that group tile for the launches (and split counts)
+// after it, 0 returns to the rule; other values change nothing. Returns the force in effect.
+int attention_decode_tile_force(int64_t tile);
+// Test and bench hook of the dense decode GEMV (linear_impl.cuh, launch_mt): where K < 4096 rows
+// would take v3 two batches per pair, 0 takes the ring kernel past one round of pairs (the
+// default), 1 never, 2 only past 8 rounds; 3 as 0, and v3 also for M = 1 rows of K >= 4096 whose
+// pairs fit one round of v3's warps; 4 v3 with 12 chunks per lane (one batch per pair) for M = 1
+// rows of 257-384 chunks, 5 the same past 8 rounds only; other values change nothing. Returns the
+// mode in effect.
+int linear_ring_force(int64_t mode);
 
 // q: [B, Hq, D]; caches dense [B, Hkv, S, D]; seq_lens int32 or int64 [B]; D 64 or 128.
 // sinks: null or fp32 [Hq] per-head sink logits; window: 0 or the sliding window (keys at

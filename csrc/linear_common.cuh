@@ -1,4 +1,4 @@
-// Pieces every decode GEMV kernel shares (csrc/linear.cu: dense weights; csrc/linear_q_impl.cuh:
+// Pieces every decode GEMV kernel shares (csrc/linear_impl.cuh: dense weights; csrc/linear_q_impl.cuh:
 // GGUF blocks): the weight-row pairing, the staging of the activation rows into shared memory
 // with the fused LayerNorm/RMSNorm (XStage: the dense kernels; the packed GEMV stages 16-bit
 // integer codes its own way, with the same norm formula and rounding), and the epilogues (bias,
@@ -18,7 +18,7 @@ namespace linear_detail {
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
 // cp.async (sm_80+): 16 bytes global -> shared without a register round trip; the ring GEMVs
-// (dense: linear.cu; packed: linear_q_impl.cuh) keep their bytes in flight here.
+// (dense: linear_impl.cuh; packed: linear_q_impl.cuh) keep their bytes in flight here.
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
   const unsigned d = (unsigned)__cvta_generic_to_shared(smem_dst);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(gmem_src) : "memory");

@@ -1,13 +1,19 @@
-// Dispatch of the packed-block decode GEMV v2 (csrc/linear_q_impl.cuh; kernels instantiated per type
-// group in linear_q_a.cu, linear_q_b.cu, linear_q_k.cu).
+// Dispatch of the packed-block decode GEMV (csrc/linear_q_impl.cuh; its kernels instantiated one type
+// per file, linear_q_<type>.cu).
 #include <cstdlib>
 
 #include "linear_q_impl.cuh"
 
 namespace gpte {
-cudaError_t launch_linear_q_a(int t, int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
-cudaError_t launch_linear_q_b(int t, int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
-cudaError_t launch_linear_q_k(int t, int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
+cudaError_t launch_linear_q_q8_0(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
+cudaError_t launch_linear_q_q4_0(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
+cudaError_t launch_linear_q_q4_1(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
+cudaError_t launch_linear_q_q5_0(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
+cudaError_t launch_linear_q_q5_1(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
+cudaError_t launch_linear_q_mxfp4(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
+cudaError_t launch_linear_q_q4_k(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
+cudaError_t launch_linear_q_q5_k(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
+cudaError_t launch_linear_q_q6_k(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
 namespace {
 using namespace linear_detail;
 using namespace quant;
@@ -46,9 +52,16 @@ cudaError_t launch_linear_q(int ggml_type, int adtype, const LinearArgs& p, int 
   if (!linear_q_supported(ggml_type, adtype, p.M, p.K) || !aligned16(p.w) || !epilogue_ok(p))
     return cudaErrorInvalidValue;
   switch (ggml_type) {
-    case kQ8_0: case kQ4_0: case kQ4_1: return launch_linear_q_a(ggml_type, adtype, p, num_sms, stream);
-    case kQ5_0: case kQ5_1: case kMXFP4: return launch_linear_q_b(ggml_type, adtype, p, num_sms, stream);
-    default: return launch_linear_q_k(ggml_type, adtype, p, num_sms, stream);
+    case quant::kQ8_0: return launch_linear_q_q8_0(adtype, p, num_sms, stream);
+    case quant::kQ4_0: return launch_linear_q_q4_0(adtype, p, num_sms, stream);
+    case quant::kQ4_1: return launch_linear_q_q4_1(adtype, p, num_sms, stream);
+    case quant::kQ5_0: return launch_linear_q_q5_0(adtype, p, num_sms, stream);
+    case quant::kQ5_1: return launch_linear_q_q5_1(adtype, p, num_sms, stream);
+    case quant::kMXFP4: return launch_linear_q_mxfp4(adtype, p, num_sms, stream);
+    case quant::kQ4_K: return launch_linear_q_q4_k(adtype, p, num_sms, stream);
+    case quant::kQ5_K: return launch_linear_q_q5_k(adtype, p, num_sms, stream);
+    case quant::kQ6_K: return launch_linear_q_q6_k(adtype, p, num_sms, stream);
+    default: return cudaErrorInvalidValue;
   }
 }
 

@@ -31,7 +31,7 @@
 //    instructions for 32 weights (5-9 shared loads, 8 unpacks, 16 dp4a, ~8 for the scales), the
 //    x loads (4 x 16 B + 16 B, conflict-free) shared by the pair's two rows.
 //  - Weight stream through a cp.async ring in shared memory, stages() deep per warp (as
-//    gemv_pipe_kernel in csrc/linear.cu), so the bytes in flight cost no registers. A batch is
+//    gemv_pipe_kernel in csrc/linear_impl.cuh), so the bytes in flight cost no registers. A batch is
 //    64 groups of a row (32 for the types of more than 20 bytes per group) = 0.6-1.3 KB; rows are
 //    not 16-byte aligned for most types, so a batch's byte span widened to 16-byte boundaries is
 //    copied with 16-byte cp.async.cg (the tensor's last piece with a source size < 16: zero fill)
@@ -613,6 +613,14 @@ cudaError_t launch_ta(const LinearArgs& p, int num_sms, cudaStream_t st) {
   if (p.M <= 4) return launch_mt<T, A, 4>(p, num_sms, st);
   if (p.M <= 8) return launch_mt<T, A, 8>(p, num_sms, st);
   return launch_mt<T, A, 16>(p, num_sms, st);
+}
+
+// One packed type's launcher for both activation dtypes. Each type's file (linear_q_<type>.cu)
+// instantiates it once, so the extension's build compiles the types in parallel: three types in
+// one file took ~185 s of the GPU machine's ~225 s build, the longest path.
+template <int T>
+cudaError_t launch_type(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st) {
+  return adtype == kF16 ? launch_ta<T, __half>(p, num_sms, st) : launch_ta<T, __nv_bfloat16>(p, num_sms, st);
 }
 
 }  // namespace

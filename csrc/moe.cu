@@ -62,6 +62,21 @@
 // walking a ring of tiles, down in 24-row tiles (one wave); predicted ~13 and ~10-11 us, measured
 // 22.04 and 14.07 us per layer against v7's 18.82 and 13.19 (the 20b step 2,220.8 against v7's
 // 2,138.6 us, both with routing v3). docs/gpt_oss.md keeps the record.
+// v7.1 (moe_ab_force 71; written in session 25, first run in session 27): v7 with each block's weights on two
+// barriers: gate/up waits for its gate tile, sums its gate rows, then waits for the up tile; down
+// copies its 16 rows as two 8-row halves and sums row w, then row w + 8. Each sum's terms and
+// order are v7's (the outputs are v7's bits); the input codes are read once per pass. Why: a v7
+// block computes nothing until its last tile byte lands, so at ~5 blocks per SM per wave the
+// compute of the first half of the rows could run under the copy of the second. Predicted: 0 to
+// -1.5 us per kernel per wave, -1 to -3 us a layer (gate/up 1.36 waves, down 1.09), if the copies
+// of one block land in the order issued.
+// v7.2 (moe_ab_force 72; session 25, first run in session 27): v7.1 with the input codes staged in the order
+// of the weights' nibbles (quantize8_v3<true>), so each qs word decodes without mxfp4_biased8's two
+// reordering prmt (mxfp4_biased8_zip, 9 operations for 8 codes against 13; a group's integer sum
+// is the same in either order: v7's bits). SASS of gate/up at the 20b shape (cuobjdump 13.5 on
+// this build): its dot-product loop 1,309 -> 1,215 instructions, 673 -> 582 on the integer ALU
+// pipe (PRMT, LOP3, SHF, IADD3: half rate), 636 -> 633 others. Predicted: gate/up and
+// down -5 to -10% beyond v7.1, if the ALU pipe bounds the loop as its counts suggest.
 #include <cmath>
 
 #include "common.cuh"
@@ -346,6 +361,9 @@ __host__ __device__ constexpr int tile_buf_bytes(int rows, int row_bytes) {
   return (rows * row_bytes + 15) / 16 * 16 + kTileSlack;
 }
 
+// v7.1's down tile: two buffers of half a tile (8 rows) each, one after the other.
+__host__ __device__ constexpr int down_half_bytes(int row_bytes) { return tile_buf_bytes(kTileRows / 2, row_bytes); }
+
 // The span [s, s + n) of the tensor [begin, end) mapped into a tile buffer: global byte g at
 // buf[g - lo], lo = s rounded down to 16 (so a byte's address mod 16 is kept: block_dot's
 // funnel shifts read the same fields). [a0, a0 + bytes) is the part one bulk copy moves: 16-byte
@@ -435,8 +453,8 @@ __device__ __forceinline__ int qscale_off(int g) { return (g >> 5) * kQTile + kQ
 // with four lanes (l, l ^ 8, l ^ 16, l ^ 24: values 8 p .. 8 p + 7, p = lane / 8). The loop
 // bound is the warp's, so every lane takes part in the quantizer's shuffles. (Before: its own
 // quantizer, four consecutive lanes per group rounding v * 32767 / max; codes differed from the
-// GEMV's in the last bit.)
-template <typename S>
+// GEMV's in the last bit.) kZip (v7.2): in mxfp4_biased8_zip's order (quantize8_v3<true>).
+template <bool kZip, typename S>
 __device__ __forceinline__ void stage_codes(uint8_t* xq, const S* __restrict__ src, int nblk) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = lane >> 3;
   for (int g0 = warp * 8; g0 < nblk; g0 += kMoeWarps * 8) {
@@ -446,8 +464,8 @@ __device__ __forceinline__ void stage_codes(uint8_t* xq, const S* __restrict__ s
     float f[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) f[k] = ok ? to_f(src[gs * 32 + part * 8 + k]) : 0.f;
-    quant::quantize8_v3(f, part, ok, xq + qplane_off(gs, 2 * (part >> 1)) + 8 * (part & 1),
-                        reinterpret_cast<float4*>(xq + qscale_off(gs)));
+    uint8_t* const dst = kZip ? xq + qplane_off(gs, 0) : xq + qplane_off(gs, 2 * (part >> 1)) + 8 * (part & 1);
+    quant::quantize8_v3<kZip>(f, part, ok, dst, reinterpret_cast<float4*>(xq + qscale_off(gs)));
   }
 }
 
@@ -468,14 +486,15 @@ __device__ __forceinline__ XCodes load_codes(const uint8_t* xq, int bb) {
 }
 
 // Row r's dot with the staged input: v6's block_dot on fp32 inputs, or v7's group_dot on codes.
-// q: the block's byte offset in the tile buffer; bb: the block (= group) index; xc: its codes (v7).
-template <bool kInt>
+// q: the block's byte offset in the tile buffer; bb: the block (= group) index; xc: its codes (v7;
+// kZip: v7.2's order, the same sum).
+template <bool kInt, bool kZip>
 __device__ __forceinline__ float row_block(const uint8_t* buf, int q, int bb, int nblk, const float* xs,
                                            const XCodes& xc, float acc) {
   if constexpr (kInt) {
     uint32_t c[8];
     float s0, s1, mn;
-    quant::group_codes<quant::kMXFP4, true>(buf, q, 0, c, s0, s1, mn);
+    quant::group_codes<quant::kMXFP4, true, kZip>(buf, q, 0, c, s0, s1, mn);
     return quant::group_dot<quant::kMXFP4, quant::IntCodesMx<quant::kMXFP4>>(c, xc.h0, xc.l0, xc.h1, xc.l1, xc.s, s0,
                                                                              s1, mn, acc);
   } else {
@@ -489,8 +508,27 @@ template <bool kInt> __host__ __device__ constexpr int staged_input_bytes(int nb
   return kInt ? code_tiles_bytes(nblk) : nblk * 32 * (int)sizeof(float);
 }
 
+// The lane's groups bb = lane, lane + 32, ... below nblk in order, each with its staged codes (v7;
+// loaded once for every row that f sums): f(bb, xc).
+template <int NBL, bool kInt, typename F>
+__device__ __forceinline__ void for_lane_groups(const uint8_t* xq, int nblk, F&& f) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int i = 0; i < NBL; ++i) {
+    const int bb = lane + 32 * i;
+    if (bb < nblk) {
+      XCodes xc;
+      if constexpr (kInt) xc = load_codes(xq, bb);
+      f(bb, xc);
+    }
+  }
+}
+
 // v6 gate/up: grid (F / 16, M * K), 8 warps; warp w computes tile rows w and w + 8 (gate and up).
-template <typename T, int NBL, bool kInt>
+// kSplit (v7.1): the gate and up tiles complete on two barriers, and each warp sums its gate rows
+// as soon as the gate tile is in, then its up rows; the same sums in the same order (bit-equal).
+// kZip (v7.2, with kSplit): the input codes in the weights' nibble order (row_block, stage_codes).
+template <typename T, int NBL, bool kInt, bool kSplit, bool kZip>
 __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_v6_kernel(
     const T* __restrict__ h,            // [M, C]
     const int32_t* __restrict__ ids,    // [M, K]
@@ -501,7 +539,7 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_v6_kernel(
     float* __restrict__ act,            // [M, K, F]
     int K, int E, int F, int C) {
   extern __shared__ __align__(16) uint8_t moe_tiles[];  // gate tile, up tile, then xs [32][C / 32] or the codes
-  __shared__ __align__(8) uint64_t bar;
+  __shared__ __align__(8) uint64_t bar[kSplit ? 2 : 1];  // [0]: both tiles (kSplit: the gate tile), [1]: the up tile
   pdl_wait();  // h and the routing come from the kernels before
   pdl_launch_dependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -519,41 +557,50 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_v6_kernel(
   const int64_t n_tensor = (int64_t)E * F * row_bytes;
   const TileSpan gs = tile_span(wg + ((int64_t)e * F + r0) * row_bytes, (int64_t)rows * row_bytes, wg, wg + n_tensor);
   const TileSpan us = tile_span(wu + ((int64_t)e * F + r0) * row_bytes, (int64_t)rows * row_bytes, wu, wu + n_tensor);
-  const uint32_t b = smem_addr(&bar);
+  const uint32_t b = smem_addr(&bar[0]), b_up = kSplit ? smem_addr(&bar[kSplit ? 1 : 0]) : b;
   if (warp == 0) {
     if (lane == 0) {
       mbar_init(b, 1);
+      if constexpr (kSplit) mbar_init(b_up, 1);
       mbar_init_fence();
-      mbar_arrive_expect_tx(b, gs.bytes + us.bytes);
+      if constexpr (kSplit) {
+        mbar_arrive_expect_tx(b, gs.bytes);
+        mbar_arrive_expect_tx(b_up, us.bytes);
+      } else {
+        mbar_arrive_expect_tx(b, gs.bytes + us.bytes);
+      }
       if (gs.bytes) bulk_load(smem_addr(gbuf + (gs.a0 - gs.lo)), reinterpret_cast<const void*>(gs.a0), gs.bytes, b);
-      if (us.bytes) bulk_load(smem_addr(ubuf + (us.a0 - us.lo)), reinterpret_cast<const void*>(us.a0), us.bytes, b);
+      if (us.bytes) bulk_load(smem_addr(ubuf + (us.a0 - us.lo)), reinterpret_cast<const void*>(us.a0), us.bytes, b_up);
     }
     tile_edges(gbuf, gs, lane);
     tile_edges(ubuf, us, lane);
   }
-  if constexpr (kInt) stage_codes(xq, h + (int64_t)m * C, nblk);
+  if constexpr (kInt) stage_codes<kZip>(xq, h + (int64_t)m * C, nblk);
   else stage_input_batched<NBL>(xs, h + (int64_t)m * C, nblk);
-  __syncthreads();  // xs, the edges and the initialised barrier
+  __syncthreads();  // xs, the edges and the initialised barriers
   mbar_wait(b, 0);
   const int goff = (int)(gs.s - gs.lo), uoff = (int)(us.s - us.lo);
   int rr[2];
 #pragma unroll
   for (int t = 0; t < 2; ++t) rr[t] = min(warp + t * kMoeWarps, rows - 1);
   float ga[2] = {}, ua[2] = {};
+  // the warp's rows of one tile (gate: buf = gbuf, up: ubuf) summed into acc over one group
+  auto tile_rows = [&](const uint8_t* buf, int off, float* acc, int bb, const XCodes& xc) {
 #pragma unroll
-  for (int i = 0; i < NBL; ++i) {
-    const int bb = lane + 32 * i;
-    if (bb < nblk) {
-      XCodes xc;
-      if constexpr (kInt) xc = load_codes(xq, bb);
-#pragma unroll
-      for (int t = 0; t < 2; ++t) {
-        const int qg = goff + rr[t] * row_bytes + bb * kBlockBytes;
-        const int qu = uoff + rr[t] * row_bytes + bb * kBlockBytes;
-        ga[t] = row_block<kInt>(gbuf, qg, bb, nblk, xs, xc, ga[t]);
-        ua[t] = row_block<kInt>(ubuf, qu, bb, nblk, xs, xc, ua[t]);
-      }
-    }
+    for (int t = 0; t < 2; ++t)
+      acc[t] = row_block<kInt, kZip>(buf, off + rr[t] * row_bytes + bb * kBlockBytes, bb, nblk, xs, xc, acc[t]);
+  };
+  if constexpr (kSplit) {
+    // the gate rows while the up tile still arrives, then the up rows: each sum's terms in v7's
+    // order; the input codes are loaded twice per group (once per pass)
+    for_lane_groups<NBL, kInt>(xq, nblk, [&](int bb, const XCodes& xc) { tile_rows(gbuf, goff, ga, bb, xc); });
+    mbar_wait(b_up, 0);
+    for_lane_groups<NBL, kInt>(xq, nblk, [&](int bb, const XCodes& xc) { tile_rows(ubuf, uoff, ua, bb, xc); });
+  } else {  // both tiles per group, one load of its codes
+    for_lane_groups<NBL, kInt>(xq, nblk, [&](int bb, const XCodes& xc) {
+      tile_rows(gbuf, goff, ga, bb, xc);
+      tile_rows(ubuf, uoff, ua, bb, xc);
+    });
   }
 #pragma unroll
   for (int t = 0; t < 2; ++t) {
@@ -570,7 +617,10 @@ __global__ void __launch_bounds__(kMoeThreads) moe_gate_up_v6_kernel(
 
 // v6 down: moe_down_split_kernel's grid and clusters (K, C / 16, M), its expert's 16 rows as one
 // bulk-copied tile; warp w computes tile rows w and w + 8 (v3's rows), rank 0 sums as in v3.
-template <typename T, int NBL, bool kInt>
+// kSplit (v7.1): the tile as two 8-row halves, each in its own buffer (down_half_bytes) on its own
+// barrier; each warp sums row w as soon as the first half is in, then row w + 8 (bit-equal).
+// kZip (v7.2): as gate/up's.
+template <typename T, int NBL, bool kInt, bool kSplit, bool kZip>
 __global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
     const float* __restrict__ act,      // [M, K, F]
     const int32_t* __restrict__ ids,    // [M, K]
@@ -581,10 +631,11 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
     T* __restrict__ out,                // [M, C]
     int K, int E, int F, int C,
     bool ids_early) {                   // ids complete before this grid's wait (v6.1, below)
-  extern __shared__ __align__(16) uint8_t moe_tiles[];  // the tile, then xs [32][F / 32] or the codes
+  extern __shared__ __align__(16) uint8_t moe_tiles[];  // the tile (kSplit: two halves), then xs [32][F / 32] or codes
   __shared__ float part[kDownRowsPerBlock];
-  __shared__ __align__(8) uint64_t bar;
+  __shared__ __align__(8) uint64_t bar[kSplit ? 2 : 1];  // [0]: the tile (kSplit: rows 0..7), [1]: rows 8..15
   static_assert(kDownRowsPerBlock == kTileRows, "v6 down keeps v3's 16 rows per block");
+  static_assert(kDownRowsPerWarp == 2 && kTileRows == 2 * kMoeWarps, "kSplit: one row per warp in each half");
   // v6.1: the tile's bulk copy starts BEFORE griddepcontrol.wait when ids_early is set, i.e. when
   // the launch put the gate/up kernel between the routing and this one: every gate/up block
   // returns from its own wait (the routing grid complete, its writes performed) before it lets
@@ -598,46 +649,69 @@ __global__ void __launch_bounds__(kMoeThreads) moe_down_v6_kernel(
   const int nblk = F / 32;
   const int row_bytes = nblk * kBlockBytes;
   uint8_t* dbuf = moe_tiles;
-  float* xs = reinterpret_cast<float*>(moe_tiles + tile_buf_bytes(kTileRows, row_bytes));
-  uint8_t* xq = moe_tiles + tile_buf_bytes(kTileRows, row_bytes);  // v7: the same place
+  const int tile_bytes = kSplit ? 2 * down_half_bytes(row_bytes) : tile_buf_bytes(kTileRows, row_bytes);
+  float* xs = reinterpret_cast<float*>(moe_tiles + tile_bytes);
+  uint8_t* xq = moe_tiles + tile_bytes;  // v7: the same place
   const int c0 = blockIdx.y * kTileRows;
   const int rows = C - c0 < kTileRows ? C - c0 : kTileRows;
   const int e = clamp_expert(ids_early ? __ldcg(ids + m * K + j) : ids[m * K + j], E);
-  const TileSpan ds = tile_span(wd + ((int64_t)e * C + c0) * row_bytes, (int64_t)rows * row_bytes, wd,
-                                wd + (int64_t)E * C * row_bytes);
-  const uint32_t b = smem_addr(&bar);
+  const uint8_t* const tile0 = wd + ((int64_t)e * C + c0) * row_bytes;
+  const uint8_t* const wend = wd + (int64_t)E * C * row_bytes;
+  // kSplit: rows [0, ra) in dbuf, rows [kMoeWarps, rows) in bbuf (rb of them, possibly none)
+  const int ra = kSplit ? min(rows, kMoeWarps) : rows, rb = kSplit ? rows - ra : 0;
+  uint8_t* const bbuf = dbuf + down_half_bytes(row_bytes);
+  const TileSpan ds = tile_span(tile0, (int64_t)ra * row_bytes, wd, wend);
+  const TileSpan ds2 = tile_span(tile0 + (int64_t)ra * row_bytes, (int64_t)rb * row_bytes, wd, wend);
+  const uint32_t b = smem_addr(&bar[0]), b2 = kSplit ? smem_addr(&bar[kSplit ? 1 : 0]) : b;
   if (warp == 0) {
     if (lane == 0) {
       mbar_init(b, 1);
+      if constexpr (kSplit) mbar_init(b2, 1);
       mbar_init_fence();
       mbar_arrive_expect_tx(b, ds.bytes);
       if (ds.bytes) bulk_load(smem_addr(dbuf + (ds.a0 - ds.lo)), reinterpret_cast<const void*>(ds.a0), ds.bytes, b);
+      if constexpr (kSplit) {
+        mbar_arrive_expect_tx(b2, ds2.bytes);
+        if (ds2.bytes)
+          bulk_load(smem_addr(bbuf + (ds2.a0 - ds2.lo)), reinterpret_cast<const void*>(ds2.a0), ds2.bytes, b2);
+      }
     }
     tile_edges(dbuf, ds, lane);
+    if constexpr (kSplit) tile_edges(bbuf, ds2, lane);
   }
   if (ids_early) pdl_wait();  // act comes from the gate/up kernel
   pdl_launch_dependents();
-  if constexpr (kInt) stage_codes(xq, act + ((int64_t)m * K + j) * F, nblk);
+  if constexpr (kInt) stage_codes<kZip>(xq, act + ((int64_t)m * K + j) * F, nblk);
   else stage_input_batched<NBL>(xs, act + ((int64_t)m * K + j) * F, nblk);
   __syncthreads();
   mbar_wait(b, 0);
   const int off = (int)(ds.s - ds.lo);
-  int rr[kDownRowsPerWarp];
-#pragma unroll
-  for (int t = 0; t < kDownRowsPerWarp; ++t) rr[t] = min(t * kMoeWarps + warp, rows - 1);
   float a[kDownRowsPerWarp] = {};
+  // the warp's row t (tile row t * 8 + warp): its buffer, the buffer's span offset and its row
+  // there (kSplit: the halves' buffers; a warp past a half's rows sums a row of that half's buffer
+  // and drops it, as past the tile's rows below)
+  const uint8_t* bufs[kDownRowsPerWarp];
+  int offs[kDownRowsPerWarp], rw[kDownRowsPerWarp];
 #pragma unroll
-  for (int i = 0; i < NBL; ++i) {
-    const int bb = lane + 32 * i;
-    if (bb < nblk) {
-      XCodes xc;
-      if constexpr (kInt) xc = load_codes(xq, bb);
-#pragma unroll
-      for (int t = 0; t < kDownRowsPerWarp; ++t) {
-        const int q = off + rr[t] * row_bytes + bb * kBlockBytes;
-        a[t] = row_block<kInt>(dbuf, q, bb, nblk, xs, xc, a[t]);
-      }
-    }
+  for (int t = 0; t < kDownRowsPerWarp; ++t) {
+    bufs[t] = kSplit && t == 1 ? bbuf : dbuf;
+    offs[t] = kSplit && t == 1 ? (int)(ds2.s - ds2.lo) : off;
+    rw[t] = kSplit ? min(warp, max(t == 0 ? ra : rb, 1) - 1) : min(t * kMoeWarps + warp, rows - 1);
+  }
+  auto row_t = [&](int t, int bb, const XCodes& xc) {
+    a[t] = row_block<kInt, kZip>(bufs[t], offs[t] + rw[t] * row_bytes + bb * kBlockBytes, bb, nblk, xs, xc, a[t]);
+  };
+  if constexpr (kSplit) {
+    // row w of the first half, then (once the second half is in) row w of the second: each sum's
+    // terms in v7's order
+    for_lane_groups<NBL, kInt>(xq, nblk, [&](int bb, const XCodes& xc) { row_t(0, bb, xc); });
+    mbar_wait(b2, 0);
+    for_lane_groups<NBL, kInt>(xq, nblk, [&](int bb, const XCodes& xc) { row_t(1, bb, xc); });
+  } else {  // both rows per group, one load of its codes
+    for_lane_groups<NBL, kInt>(xq, nblk, [&](int bb, const XCodes& xc) {
+      row_t(0, bb, xc);
+      row_t(1, bb, xc);
+    });
   }
 #pragma unroll
   for (int t = 0; t < kDownRowsPerWarp; ++t) {
@@ -886,20 +960,19 @@ __device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier
 __device__ __forceinline__ void cluster_arrive_release() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait_acquire() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
 
-// v4 (the default where it applies: at most kRouteHoldMaxTokens tokens, C % 4 == 0, C <= 4,096,
-// the router 16-byte aligned, the block's rows within kRouteHoldMaxSmem). v3's chain after the PDL
-// wait was h, the norm weights (loaded only then, from DRAM), two rounds of router loads from L2,
-// two full cluster barriers
-// around a pull of the logits, then the top k: 9.9 us a layer in the 20b step without PDL. v4
-// does every constant load before the wait: the block's router rows bulk-copied into its shared
-// memory (one mbarrier), the norm weights into registers; after it, h comes into registers (the
-// norm statistics from there), the dot products read shared memory only, and each block pushes
-// its logits into rank 0's shared memory, so one barrier phase (release / acquire) replaces the
-// two barriers and the pull (a first phase, arrived at the start and waited on before the push,
-// makes sure rank 0 has started). The same arithmetic in the same order as v3 (route_logits,
-// route_norm_scale, route_top_k): the same bits. Predicted from the chain: the norm weights' DRAM
-// round trip, the two rounds of router loads and one cluster barrier with its pull leave it,
-// ~2.5-3.5 us of 9.9; in the PDL step -2 to -3 us a layer (-50 to -70 us at gpt-oss-20b).
+// v4 (the default where it applies: at most kRouteHoldMaxTokens tokens, C % 4 == 0, C <= 4,096, the
+// router 16-byte aligned, the block's rows within kRouteHoldMaxSmem). v3's chain after the PDL wait
+// was h, the norm weights (loaded only then, from DRAM), two rounds of router loads from L2, two
+// full cluster barriers around a pull of the logits, then the top k: 9.9 us a layer in the 20b step
+// without PDL. v4 does every constant load before the wait: the block's router rows bulk-copied
+// into its shared memory (one mbarrier), the norm weights into registers; after it, h comes into
+// registers (the norm statistics from there), the dot products read shared memory only, and each
+// block pushes its logits into rank 0's shared memory, so one barrier phase (release / acquire)
+// replaces the two barriers and the pull (a first phase, arrived at the start and waited on before
+// the push, makes sure rank 0 has started). The same arithmetic in the same order as v3
+// (route_logits, route_norm_scale, route_top_k): the same bits. Predicted from the chain: the norm
+// weights' DRAM round trip, the two rounds of router loads and one cluster barrier with its pull
+// leave it, ~2.5-3.5 us of 9.9; in the PDL step -2 to -3 us a layer (-50 to -70 us at gpt-oss-20b).
 // Measured (H200, one build, explore_decode_step.py's MOE_VERSIONS A/B, the 20b step with the
 // experts of the v8 trial): 2,220.8 us with v3, 2,125.2 with v4, -96 us (-4 us in each of the 24
 // layers), more than predicted.
@@ -994,9 +1067,10 @@ cudaError_t allow_smem(void (*kernel)(KArgs...), size_t smem, size_t& configured
   return e;
 }
 
-// 0: the default, v7 (v6.1 with the inputs as 16-bit codes and integer products); 61: v6.1 (v6
-// with the down tiles' copies started before the wait); 6: v6; 3: v3; forced by moe_ab_force (the
-// tests' equality checks and the decode benches).
+// 0: the default, v7 (v6.1 with the inputs as 16-bit codes and integer products); 71: v7.1 (v7
+// with each tile on two barriers, csrc header); 72: v7.2 (v7.1 with the codes in the weights'
+// nibble order); 61: v6.1 (v6 with the down tiles' copies started before the wait); 6: v6; 3: v3;
+// forced by moe_ab_force (the tests' equality checks and the decode benches).
 int g_moe_force = 0;
 // 0: both expert kernels; 1: only gate/up, 2: only down (moe_ab_force, the bench's per-kernel
 // timings: the kernel left out leaves its output as it was).
@@ -1008,34 +1082,42 @@ int g_route_force = 0;
 
 bool moe_v6_selected() { return g_moe_force != 3; }
 
-template <typename T, int NBL, bool kInt>
+template <typename T, int NBL, bool kInt, bool kSplit, bool kZip>
 cudaError_t launch_experts_v6(const MoeArgs& a, cudaStream_t st) {
   const int gate_rb = (int)(a.C / 32 * kBlockBytes), down_rb = (int)(a.F / 32 * kBlockBytes);
   const size_t smem1 = 2 * (size_t)tile_buf_bytes(kTileRows, gate_rb) + (size_t)staged_input_bytes<kInt>((int)(a.C / 32));
   static size_t configured1 = 48 * 1024;
-  cudaError_t e = allow_smem(moe_gate_up_v6_kernel<T, NBL, kInt>, smem1, configured1);
+  cudaError_t e = allow_smem(moe_gate_up_v6_kernel<T, NBL, kInt, kSplit, kZip>, smem1, configured1);
   if (e != cudaSuccess) return e;
   const dim3 g1((unsigned)ceil_div(a.F, kTileRows), (unsigned)(a.M * a.K));
   if (g_moe_parts != 2)
-    e = launch_pdl(moe_gate_up_v6_kernel<T, NBL, kInt>, g1, dim3(kMoeThreads), smem1, st, (const T*)a.h, a.ids, a.gate,
-                   (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K, (int)a.E, (int)a.F, (int)a.C);
+    e = launch_pdl(moe_gate_up_v6_kernel<T, NBL, kInt, kSplit, kZip>, g1, dim3(kMoeThreads), smem1, st,
+                   (const T*)a.h, a.ids, a.gate, (const T*)a.gate_bias, a.up, (const T*)a.up_bias, a.act, (int)a.K,
+                   (int)a.E, (int)a.F, (int)a.C);
   if (e != cudaSuccess || g_moe_parts == 1) return e;
-  const size_t smem2 = (size_t)tile_buf_bytes(kTileRows, down_rb) + (size_t)staged_input_bytes<kInt>((int)(a.F / 32));
+  const size_t tile2 = kSplit ? 2 * (size_t)down_half_bytes(down_rb) : (size_t)tile_buf_bytes(kTileRows, down_rb);
+  const size_t smem2 = tile2 + (size_t)staged_input_bytes<kInt>((int)(a.F / 32));
   static size_t configured2 = 48 * 1024;
-  e = allow_smem(moe_down_v6_kernel<T, NBL, kInt>, smem2, configured2);
+  e = allow_smem(moe_down_v6_kernel<T, NBL, kInt, kSplit, kZip>, smem2, configured2);
   if (e != cudaSuccess) return e;
   const dim3 g2((unsigned)a.K, (unsigned)ceil_div(a.C, kTileRows), (unsigned)a.M);
-  return launch_pdl_cluster(moe_down_v6_kernel<T, NBL, kInt>, g2, dim3(kMoeThreads), smem2, st, dim3((unsigned)a.K, 1, 1),
-                            (const float*)a.act, a.ids, (const float*)a.weights, a.down, (const T*)a.down_bias,
-                            (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F, (int)a.C,
-                            /*ids_early=*/g_moe_parts == 0 && (g_moe_force == 0 || g_moe_force == 61));
+  return launch_pdl_cluster(moe_down_v6_kernel<T, NBL, kInt, kSplit, kZip>, g2, dim3(kMoeThreads), smem2, st,
+                            dim3((unsigned)a.K, 1, 1), (const float*)a.act, a.ids, (const float*)a.weights, a.down,
+                            (const T*)a.down_bias, (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F,
+                            (int)a.C,
+                            /*ids_early=*/g_moe_parts == 0 &&
+                                (g_moe_force == 0 || g_moe_force == 61 || g_moe_force == 71 || g_moe_force == 72));
 }
 
 template <typename T, int NBL>
 cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
   // v6 for the split down kernel's k (its clusters); more experts: v3's kernels
-  if (a.K <= kMaxClusterExperts && moe_v6_selected())
-    return g_moe_force == 0 ? launch_experts_v6<T, NBL, true>(a, st) : launch_experts_v6<T, NBL, false>(a, st);
+  if (a.K <= kMaxClusterExperts && moe_v6_selected()) {
+    if (g_moe_force == 0) return launch_experts_v6<T, NBL, true, false, false>(a, st);
+    if (g_moe_force == 71) return launch_experts_v6<T, NBL, true, true, false>(a, st);
+    if (g_moe_force == 72) return launch_experts_v6<T, NBL, true, true, true>(a, st);
+    return launch_experts_v6<T, NBL, false, false, false>(a, st);
+  }
   const dim3 g1((unsigned)ceil_div(a.F, kGateUpRowsPerBlock), (unsigned)(a.M * a.K));
   cudaError_t e = cudaSuccess;
   if (g_moe_parts != 2)
@@ -1079,7 +1161,7 @@ cudaError_t dispatch_nbl(const MoeArgs& a, cudaStream_t st) {
 
 int moe_ab_force(int64_t version, int64_t parts) {
   if (version == 0 || version == 7) g_moe_force = 0;
-  if (version == 3 || version == 6 || version == 61) g_moe_force = (int)version;
+  if (version == 3 || version == 6 || version == 61 || version == 71 || version == 72) g_moe_force = (int)version;
   if (parts >= 0 && parts <= 2) g_moe_parts = (int)parts;
   return g_moe_force == 0 ? 7 : g_moe_force;
 }
@@ -1089,11 +1171,15 @@ static size_t route_v4_smem(int64_t E, int64_t C) {
   return (size_t)(1 + ceil_div(E, std::min<int64_t>(kRouteCluster, E))) * (size_t)C * sizeof(float);
 }
 
-int moe_route_version(int64_t E, int64_t C) {
-  const bool v4 = g_route_force != 3 && E >= 1 && C % 4 == 0 && C <= (int64_t)kRouteThreads * kRouteHoldPerThread &&
-                  route_v4_smem(E, C) <= kRouteHoldMaxSmem;
-  return v4 ? 4 : 3;
+// Whether launch_moe_route runs v4 for M tokens of width C over E experts (aligned: the router is
+// 16-byte aligned): every condition of the rule in one place.
+static bool route_v4_fits(int64_t E, int64_t C, int64_t M, bool aligned) {
+  return g_route_force != 3 && aligned && M <= kRouteHoldMaxTokens && E >= 1 && C % 4 == 0 &&
+         C <= (int64_t)kRouteThreads * kRouteHoldPerThread && route_v4_smem(E, C) <= kRouteHoldMaxSmem;
 }
+
+// (a decode call: one token, an aligned router; the tests ask it whether a case runs v4)
+int moe_route_version(int64_t E, int64_t C) { return route_v4_fits(E, C, 1, true) ? 4 : 3; }
 
 int moe_route_ab_force(int64_t version) {
   if (version == 0 || version == 4) g_route_force = 0;
@@ -1116,7 +1202,7 @@ cudaError_t launch_moe_route(int dtype, const void* h, const float* router, cons
   const bool vec = C % 4 == 0 && aligned16(router);
   const unsigned S = (unsigned)std::min<int64_t>(kRouteCluster, E);
   const size_t smem4 = route_v4_smem(E, C);
-  const bool v4 = vec && M <= kRouteHoldMaxTokens && moe_route_version(E, C) == 4;
+  const bool v4 = route_v4_fits(E, C, M, vec);
   GPTE_DISPATCH(dtype, T, {
     if (v4) {
       static size_t configured4 = 48 * 1024;

@@ -195,6 +195,20 @@ __device__ __forceinline__ void mxfp4_biased8(uint32_t q, uint32_t& lo, uint32_t
   lo = prmt_b32(ua, ub, 0x6420u);
   hi = prmt_b32(ua, ub, 0x7531u);
 }
+// mxfp4_biased8 without its two reordering prmt: ua = the codes of values [4i, 16 + 4i, 4i + 1,
+// 17 + 4i], ub = [4i + 2, 18 + 4i, 4i + 3, 19 + 4i] (the nibbles' own order), for activations
+// staged in that order (quantize8_v3<true>: each plane's bytes alternate values v and 16 + v).
+// 128 + P - N as one three-input add (P < 128: the | of mxfp4_biased8 is this add). 9 operations
+// for 8 codes. A dot product over a whole group is the same integer sum in either order, so the
+// MoE decode v7.2 computes v7's bits with it.
+__device__ __forceinline__ void mxfp4_biased8_zip(uint32_t q, uint32_t& ua, uint32_t& ub) {
+  constexpr uint32_t T0 = 0x03020100u, T1 = 0x0C080604u;  // 0 1 2 3 | 4 6 8 12
+  const uint32_t qn = q ^ 0x88888888u;
+  const uint32_t pa = prmt_b32(T0, T1, q), pb = prmt_b32(T0, T1, q >> 16);
+  const uint32_t na = prmt_b32(T0, T1, qn), nb = prmt_b32(T0, T1, qn >> 16);
+  ua = pa + 0x80808080u - na;
+  ub = pb + 0x80808080u - nb;
+}
 // IntCodes with MXFP4 as mxfp4_biased8 gives it: unsigned, offset 128 (the GEMV v3)
 template <int T> struct IntCodesMx : IntCodes<T> {};
 template <> struct IntCodesMx<kMXFP4> { static constexpr bool kSigned = false; static constexpr int kOff = 128; };
@@ -247,8 +261,10 @@ __device__ __forceinline__ uint32_t smem_u16(const uint8_t* buf, int off) {
   return *reinterpret_cast<const uint16_t*>(buf + off);
 }
 
-// kMx: MXFP4 codes from mxfp4_biased8 (IntCodesMx), else mxfp4_int8 (IntCodes)
-template <int T, bool kMx = false>
+// kMx: MXFP4 codes from mxfp4_biased8 (IntCodesMx), else mxfp4_int8 (IntCodes). kZip (MXFP4 with
+// kMx only): from mxfp4_biased8_zip, c[2i] = ua and c[2i + 1] = ub of qs word i, for x staged by
+// quantize8_v3<true> (the same integer group sums as the natural order).
+template <int T, bool kMx = false, bool kZip = false>
 __device__ __forceinline__ void group_codes(const uint8_t* buf, int blk, int j, uint32_t* c, float& s0, float& s1,
                                             float& mn) {
   const SharedReader rd{buf};
@@ -297,7 +313,11 @@ __device__ __forceinline__ void group_codes(const uint8_t* buf, int blk, int j, 
 #pragma unroll
         for (int i = 0; i < 4; ++i) q[i] = __funnelshift_rc(a[i], a[i + 1], r8 + 8);
       }
-      if constexpr (T == kMXFP4 && kMx) {
+      static_assert(!kZip || (T == kMXFP4 && kMx), "the zip order is MXFP4's biased codes only");
+      if constexpr (kZip) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) mxfp4_biased8_zip(q[i], c[2 * i], c[2 * i + 1]);
+      } else if constexpr (T == kMXFP4 && kMx) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) mxfp4_biased8(q[i], c[i], c[i + 4]);
       } else {
@@ -361,6 +381,11 @@ __device__ __forceinline__ float value_exact(float w, float s, float mn) {
 // calls it (full-warp shuffles; store false: a lane past the last group). dst: the high bytes of
 // the 8 codes, their low bytes 512 bytes on (the code tiles' next plane); part 0 writes *scale =
 // (d, or NaN for a non-finite group; the sum of codes 0..15; of codes 16..31; 0).
+// kZip (mxfp4_biased8_zip's order, the MoE decode v7.2): each plane's 16 bytes alternate value v
+// and v + 16, i.e. plane 0 (high bytes) and 1 (low bytes) hold values 0..7 with 16..23, planes 2
+// and 3 values 8..15 with 24..31; part p writes bytes 8 (p / 2) .. 8 (p / 2) + 7 of planes 2 (p & 1)
+// and 2 (p & 1) + 1, with the codes it gets from lane ^ 16. dst: the group's slot in plane 0.
+template <bool kZip = false>
 __device__ __forceinline__ void quantize8_v3(const float* f, int part, bool store, uint8_t* dst, float4* scale) {
   float amax = 0.f;
 #pragma unroll
@@ -396,7 +421,9 @@ __device__ __forceinline__ void quantize8_v3(const float* f, int part, bool stor
   int q = (int)(sum - 8u * 0x4B400000u);
   q += __shfl_xor_sync(0xffffffffu, q, 8);  // parts 0, 1: values 0..15; parts 2, 3: 16..31
   const int q_hi = __shfl_xor_sync(0xffffffffu, q, 16);
-  if (!store) return;
+  if constexpr (!kZip) {
+    if (!store) return;
+  }
   uint32_t hi[2], lo[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -404,8 +431,22 @@ __device__ __forceinline__ void quantize8_v3(const float* f, int part, bool stor
     lo[h] = __byte_perm(p01, p23, 0x5410);  // byte 0 of each code
     hi[h] = __byte_perm(p01, p23, 0x7632);  // byte 1
   }
-  *reinterpret_cast<uint2*>(dst) = make_uint2(hi[0], hi[1]);
-  *reinterpret_cast<uint2*>(dst + 32 * 16) = make_uint2(lo[0], lo[1]);
+  if constexpr (kZip) {
+    // parts 0 / 1 keep their first four values and take their partner's (parts 2 / 3, 16 values
+    // on) first four; the partner keeps its last four and takes theirs: every lane shuffles
+    const bool low = part < 2;
+    const uint32_t hi_in = __shfl_xor_sync(0xffffffffu, low ? hi[1] : hi[0], 16);
+    const uint32_t lo_in = __shfl_xor_sync(0xffffffffu, low ? lo[1] : lo[0], 16);
+    if (!store) return;
+    const uint32_t ha = low ? hi[0] : hi_in, hb = low ? hi_in : hi[1];  // values v .. v + 3, v + 16 .. v + 19
+    const uint32_t la = low ? lo[0] : lo_in, lb = low ? lo_in : lo[1];
+    uint8_t* slot = dst + (part & 1) * 2 * 32 * 16 + (part >> 1) * 8;
+    *reinterpret_cast<uint2*>(slot) = make_uint2(__byte_perm(ha, hb, 0x5140), __byte_perm(ha, hb, 0x7362));
+    *reinterpret_cast<uint2*>(slot + 32 * 16) = make_uint2(__byte_perm(la, lb, 0x5140), __byte_perm(la, lb, 0x7362));
+  } else {
+    *reinterpret_cast<uint2*>(dst) = make_uint2(hi[0], hi[1]);
+    *reinterpret_cast<uint2*>(dst + 32 * 16) = make_uint2(lo[0], lo[1]);
+  }
   if (part == 0) {
     const float dy = mant / 32767.f;
     const float d = e >= -100 ? __uint_as_float(__float_as_uint(dy) + ((uint32_t)e << 23)) : ldexpf(dy, e);

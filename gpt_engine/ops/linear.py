@@ -37,6 +37,10 @@ GEMV_MAX_ROWS = 16                                 # csrc/launchers.h kLinearMax
 _DENSE = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}  # ggml type ids F32, F16, BF16
 _GEMV_ACT_DTYPES = (torch.float16, torch.bfloat16)
 _ACT_CODE = {torch.float16: 1, torch.bfloat16: 2}   # csrc/common.cuh DType
+# Bench hook (explore_decode_step.py HEAD_CUBLAS; None in the engine): dense weights of at least
+# this many bytes take cuBLAS at <= 16 rows too, to time the 1.16 GB gpt-oss head there in the step
+# (norm, F.linear, then fp32: the logits pass through x's dtype, so not the GEMV's bits).
+CUBLAS_MIN_BYTES: int | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,8 @@ if _ext.available():
             return out.reshape(*lead, n_out)
         else:  # prefill, or a GEMV whose activations do not fit: one dequantization, then dense
             w = packed_dense(weight, qtype, n, k, x.dtype)
-        if m > GEMV_MAX_ROWS or m == 0 or k % (16 // w.element_size()):
+        if (m > GEMV_MAX_ROWS or m == 0 or k % (16 // w.element_size())
+                or (CUBLAS_MIN_BYTES is not None and qtype in _DENSE and weight.numel() >= CUBLAS_MIN_BYTES)):
             w = w.to(x.dtype)
             r2 = residual.reshape(-1, n_out) if residual is not None else None
             y = _prefill(x2, w, bias, r2, norm, norm_weight, norm_bias, eps, act, float_out)

@@ -2,7 +2,7 @@
 the epilogue), RoPE on q and k, k and v written into the KV cache at each sequence's device
 position, the sequence lengths set. Equals ``linear`` followed by ``qkv_rope`` (its reference
 is exactly that composition); the kernel is the linear op's GEMV with a QKV epilogue
-(csrc/linear.cu): each warp holds a pair of weight rows, and the pairs are chosen so a rotary
+(csrc/linear_impl.cuh): each warp holds a pair of weight rows, and the pairs are chosen so a rotary
 pair (adjacent, or i and i + R/2 for neox) is computed by one warp.
 
 x [B, K] (one token per sequence); weight raw [(Hq + 2 Hkv) D, bytes per row]; pos [B] int64;

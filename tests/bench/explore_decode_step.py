@@ -6,10 +6,21 @@ benchmark tests/ops/test_linear.py::test_gemv_bandwidth.)
     python tests/bench/explore_decode_step.py [MODEL.gguf ...]
 
 MOE_VERSIONS="7 7r3" (gpt-oss files): instead, an A/B of the MoE kernels in the model's own
-step: for each version (ext.moe_ab_force: 3, 6, 61 = v6.1, 7 = v7, the default; a suffix
-r3 also forces the routing kernel v3, ext.moe_route_ab_force, else the default v4) the short
-greedy graph is captured anew, then the graphs are replayed in turn, 100 replays each, ROUNDS
-(default 5) times; medians per version.
+step: for each version (ext.moe_ab_force: 3, 6, 61 = v6.1, 7 = v7, the default, 71 = v7.1,
+72 = v7.2; a suffix r3 also forces the routing kernel v3, ext.moe_route_ab_force, else the
+default v4) the short greedy graph is captured anew, then the graphs are replayed in turn, 100
+replays each, ROUNDS (default 5) times; medians per version.
+
+ATTN_TILES="0 8 2 1" (any file): the same A/B for the decode attention's group tile (query heads
+per block, ext.attention_decode_tile_force; 0: the shape's rule, csrc/attention_decode.cu).
+GEMV_RING="0 1 2 3" (any file): the same for the dense GEMV's ring-kernel rule (ext.linear_ring_force:
+0 the default, 1 v3 everywhere below K = 4096, 2 the ring kernel for gpt-oss's head only, v3 for
+its QKV, 3 as 0 and v3 also for the long rows whose pairs fit one round: gpt-oss's output
+projection, GPT-2 1.5B's and Llama-1b's down products; 4 v3 with 12 chunks per lane, one batch per
+pair, for rows of 257-384 chunks: gpt-oss's QKV and head, GPT-2 124M's 768 x 3072; 5 the same for
+the head only).
+HEAD_CUBLAS="0 1": dense products of >= 1 GiB (gpt-oss's untied 201,088 x 2,880 head) on the GEMV
+kernel (0) or on cuBLAS (1: our norm ops, F.linear, then fp32; linear.CUBLAS_MIN_BYTES).
 """
 from __future__ import annotations
 
@@ -35,31 +46,38 @@ def replay_us(fn, n=100) -> float:
     return a.elapsed_time(b) / n * 1e3
 
 
-def moe_ab(dec, rewind, versions: list[str]) -> None:
-    """The short greedy step captured once per MoE kernel version ("7", or "7r3": experts v7 and
-    the routing kernel v3), replayed in turn."""
-    from gpt_engine.ops import _ext
-    ext = _ext.load()
+def hook_ab(dec, rewind, name: str, settings: list[str], force, reset) -> None:
+    """The short greedy step captured once per setting of a test/bench hook (force(setting) sets
+    it, reset() lifts it), then the graphs replayed in turn, ROUNDS times; medians."""
     graphs = {}
     try:
-        for v in versions:
-            experts, _, route = v.partition("r")
-            assert ext.moe_ab_force(int(experts), 0) == int(experts)
-            assert ext.moe_route_ab_force(int(route or 4)) == int(route or 4)
+        for v in settings:
+            force(v)
             dec.graphs.clear()
             rewind()
             graphs[v] = dec._graph("greedy", short=dec.state.short_keys > 0)
     finally:
-        ext.moe_ab_force(0, 0)
-        ext.moe_route_ab_force(0)
-    times = {v: [] for v in versions}
+        reset()
+    times = {v: [] for v in settings}
     for _ in range(int(os.environ.get("ROUNDS", "5"))):
         for v, g in graphs.items():
             rewind()
             times[v].append(replay_us(g.replay))
     for v, ts in times.items():
-        print(f"moe v{v}: graph step median {statistics.median(ts):.1f} us  ({' '.join(f'{t:.1f}' for t in ts)})")
+        print(f"{name} {v}: graph step median {statistics.median(ts):.1f} us  ({' '.join(f'{t:.1f}' for t in ts)})")
     dec.graphs.clear()
+
+
+def moe_force(ext, v: str) -> None:
+    """ "7", or "7r3": experts v7 and the routing kernel v3."""
+    experts, _, route = v.partition("r")
+    assert ext.moe_ab_force(int(experts), 0) == int(experts)
+    assert ext.moe_route_ab_force(int(route or 4)) == int(route or 4)
+
+
+def moe_reset(ext) -> None:
+    ext.moe_ab_force(0, 0)
+    ext.moe_route_ab_force(0)
 
 
 def step_breakdown(path: str) -> None:
@@ -77,9 +95,29 @@ def step_breakdown(path: str) -> None:
     def rewind():
         for t, s in zip((st.ids, st.pos, st.lens, st.status), start):
             t.copy_(s)
-    versions = os.environ.get("MOE_VERSIONS", "").split()
+    from gpt_engine.ops import _ext
+    versions, tiles = os.environ.get("MOE_VERSIONS", "").split(), os.environ.get("ATTN_TILES", "").split()
+    rings = os.environ.get("GEMV_RING", "").split()
+    heads = os.environ.get("HEAD_CUBLAS", "").split()
     if versions:
-        moe_ab(dec, rewind, versions)
+        ext = _ext.load()
+        hook_ab(dec, rewind, "moe", versions, lambda v: moe_force(ext, v), lambda: moe_reset(ext))
+    if tiles:
+        ext = _ext.load()
+        hook_ab(dec, rewind, "attention tile", tiles,
+                lambda v: ext.attention_decode_tile_force(int(v)) == int(v) or sys.exit(f"tile {v}: not a tile"),
+                lambda: ext.attention_decode_tile_force(0))
+    if rings:
+        ext = _ext.load()
+        hook_ab(dec, rewind, "gemv ring rule", rings,
+                lambda v: ext.linear_ring_force(int(v)) == int(v) or sys.exit(f"ring rule {v}: not a mode"),
+                lambda: ext.linear_ring_force(0))
+    if heads:
+        from gpt_engine.ops import linear_module as lin
+        hook_ab(dec, rewind, "head on cuBLAS", heads,
+                lambda v: setattr(lin, "CUBLAS_MIN_BYTES", 1 << 30 if v == "1" else None),
+                lambda: setattr(lin, "CUBLAS_MIN_BYTES", None))
+    if versions or tiles or rings or heads:
         return
     graphs = [("greedy", dec._graph("greedy"))]
     if st.short_keys:

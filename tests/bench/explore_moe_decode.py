@@ -10,7 +10,8 @@ graphs are replayed in turn 30 times, CUDA events around each replay, median. Pr
 GB/s on the chosen experts' bytes (gate/up 35.2 MB, down 17.6 MB per layer) and the ratio to a
 same-run device copy (1 GiB, timed before and after), each version's time over the one before it,
 then each version's outputs against v3's (max abs difference, bit-equal layers: v6.1 12/12, v7
-differs by its input codes). Runs in ~30 s after the extension is built.
+differs by its input codes; v7.1 and v7.2 12/12 against v7). Runs in ~40 s after the extension is
+built.
 
     python tests/bench/explore_moe_decode.py [--dtype bf16] [--reps 30]
 
@@ -49,9 +50,11 @@ DOWN_BYTES = K * C * (F // 32 * BLOCK_BYTES)
 PARTS = {0: "both", 1: "gate_up", 2: "down"}
 # moe_ab_force versions: v3, v6, v6.1 (v6 with the down kernel's tile copies started before its PDL
 # wait; only with both kernels, so its gate_up and down rows equal v6's) and the default v7 (v6.1
-# with 16-bit input codes and integer products: not bit-equal to v3, within nmse_moe_v7_vs_v3)
-VERSIONS = (3, 6, 61, 7)
-LABEL = {3: "v3", 6: "v6", 61: "v6.1", 7: "v7"}
+# with 16-bit input codes and integer products: not bit-equal to v3, within nmse_moe_v7_vs_v3) and
+# v7.1 (v7 with each tile on two barriers) and v7.2 (v7.1 with the codes in the weights' nibble
+# order): both v7's bits
+VERSIONS = (3, 6, 61, 7, 71, 72)
+LABEL = {3: "v3", 6: "v6", 61: "v6.1", 7: "v7", 71: "v7.1", 72: "v7.2"}
 
 
 def mxfp4(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
@@ -120,6 +123,9 @@ def main() -> None:
     results = {}
     for v in VERSIONS:
         assert ext.moe_ab_force(v, 0) == v
+        for L in layers:  # a version that leaves an element unwritten must not inherit the last one's
+            L["act"].fill_(float("nan"))
+            L["out"].fill_(float("nan"))
         run_layers()
         torch.cuda.synchronize()
         results[v] = [(L["act"].clone(), L["out"].clone()) for L in layers]
@@ -157,6 +163,8 @@ def main() -> None:
         print(f"{name:<10}{'v6/v3':>8}{per[(6, p)] / per[(3, p)]:>10.3f}")
         print(f"{name:<10}{'v6.1/v6':>8}{per[(61, p)] / per[(6, p)]:>10.3f}")
         print(f"{name:<10}{'v7/v6.1':>8}{per[(7, p)] / per[(61, p)]:>10.3f}")
+        print(f"{name:<10}{'v7.1/v7':>8}{per[(71, p)] / per[(7, p)]:>10.3f}")
+        print(f"{name:<10}{'v7.2/v7':>8}{per[(72, p)] / per[(7, p)]:>10.3f}")
 
     # v6, v6.1 and v7 against v3 (eager outputs above; v7 differs by its input codes, ~1e-5 relative)
     for v in VERSIONS[1:]:
@@ -165,6 +173,10 @@ def main() -> None:
             diff = max(diff, (a6 - a3).abs().max().item(), (o6.float() - o3.float()).abs().max().item())
             equal += int(torch.equal(a3, a6) and torch.equal(o3, o6))
         print(f"{LABEL[v]} vs v3: max abs diff {diff:g}, bit-equal layers {equal}/{LAYERS}")
+    for v in (71, 72):
+        same = sum(int(torch.equal(a7, av) and torch.equal(o7, ov))
+                   for (a7, o7), (av, ov) in zip(results[7], results[v]))
+        print(f"{LABEL[v]} vs v7: bit-equal layers {same}/{LAYERS}")
 
 
 if __name__ == "__main__":

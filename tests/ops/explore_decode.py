@@ -1,9 +1,15 @@
-"""Decode split counts (not a test; run by hand on the GPU machine).
+"""Decode split counts and group tiles (not a test; run by hand on the GPU machine).
 
-    PYTHONPATH=$PWD python tests/ops/explore_decode.py
+    PYTHONPATH=$PWD python tests/ops/explore_decode.py [tiles]
 For the benchmark's decode cases, times the kernel (CUDA graph replays, the harness's flush
 and host-lead spin) at forced split counts and at the heuristic's choice, against SDPA.
+With `tiles`: the GQA shapes of the benchmark models (gpt-oss 64 / 8, Llama-1b 32 / 8, SmolLM2
+9 / 3 query / kv heads, D = 64, batch 1) at each group tile the kernel has (query heads per
+block, ext.attention_decode_tile_force) and at the rule's, T = 128 in one split without the
+reduce (the decode loop's short graph) and T = 1,024 to 32,768 split as the heuristic says.
 """
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +21,36 @@ ext = _ext.load()
 bench = Bench("cuda", Baselines(), [])
 sms = torch.cuda.get_device_properties(0).multi_processor_count
 
+
+
+
+def tiles() -> None:
+    cols = [1, 2, 4, 8]
+    print(f"{'case':22} {'rule':>4} " + " ".join(f"{'t' + str(g):>7}" for g in cols) + "  (us)", flush=True)
+    for hq, hkv in ((64, 8), (32, 8), (9, 3)):
+        rule = ext.attention_decode_group_tile(hq, hkv)
+        for t in (128, 1024, 4096, 32768):
+            d = 64
+            q = torch.randn(1, hq, d, device="cuda", dtype=torch.float16)
+            kc, vc = (torch.randn(1, hkv, t, d, device="cuda", dtype=torch.float16) for _ in range(2))
+            lens = torch.full((1,), t, device="cuda", dtype=torch.int32)
+            out = torch.empty_like(q)
+            short = t <= 256  # the short graph's call: one split, no reduce launch
+            row = []
+            try:
+                for g in cols:
+                    assert ext.attention_decode_tile_force(g) == g
+                    row.append(bench.cuda_time(graphed(lambda: ext.attention_decode(
+                        q, kc, vc, lens, out, 0.125, 0, None, 0, 256 if short else 0, not short))))
+            finally:
+                ext.attention_decode_tile_force(0)
+            print(f"H{hq}/{hkv} T{t:<6} {'short' if short else 'split':>6} {rule:>4} "
+                  + " ".join(f"{x * 1e6:7.2f}" for x in row), flush=True)
+
+
+if sys.argv[1:] == ["tiles"]:
+    tiles()
+    sys.exit(0)
 
 SPLITS = [1, 2, 4, 8, 16, 32, 64, 128]
 print(f"{'case':16} {'auto':>5} " + " ".join(f"{s:>6}" for s in SPLITS) + "   heur   sdpa  (us)", flush=True)

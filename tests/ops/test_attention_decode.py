@@ -170,6 +170,69 @@ def test_decode_short_sequences_take_one_split(short_keys, case):
     assert torch.equal(no_reduce[short], full[short])
 
 
+# (B, Hq, Hkv, S, D, lens, window): gpt-oss's heads (64 on 8) short, in the window and past it,
+# with sinks, split over a long full layer, and split with sinks over a window longer than one
+# split (the reduce adds the sinks); groups 4 and 8 split or not; D = 128; a group of 3 (a tile of
+# 4 then has an empty head)
+TILE_CASES = [(1, 64, 8, 200, 64, [130], 128), (2, 64, 8, 4100, 64, [4097, 200], 128), (1, 64, 8, 4100, 64, [4097], 0),
+              (1, 64, 8, 4100, 64, [4097], 1024), (3, 8, 2, 1000, 64, [999, 1, 513], 0),
+              (1, 16, 2, 4100, 64, [4097], 0), (2, 16, 2, 77, 128, [77, 40], 0), (2, 9, 3, 300, 64, [300, 5], 0)]
+
+
+@pytest.mark.story("GT-019")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("tile", [1, 2, 4, 8])
+@pytest.mark.parametrize("case", TILE_CASES, ids=str)
+def test_decode_every_group_tile_vs_float64(tile, case):
+    """Every group tile (query heads per block: the rule picks one from the shape, the test hook
+    forces each) gives the float64 reference's output, with sinks and a window where the case has
+    one, split or in one split; the one-split sequences get the same bits without the reduce."""
+    from gpt_engine.ops import _ext
+    b, hq, hkv, s, d, lens, window = case
+    q = randn((b, hq, d), torch.float16, "cuda")
+    kc, vc = randn((b, hkv, s, d), torch.float16, "cuda"), randn((b, hkv, s, d), torch.float16, "cuda")
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    sinks = torch.linspace(-5.0, 5.0, hq, device="cuda") if window else None
+    ref = mod.reference(*f64(q, kc, vc), seq_lens.cpu(), d ** -0.5, None if sinks is None else sinks.cpu(), window)
+    ext = _ext.load()
+    try:
+        assert ext.attention_decode_tile_force(tile) == tile
+        assert ext.attention_decode_group_tile(hq, hkv) == tile
+        full = torch.full_like(q, float("nan"))
+        ext.attention_decode(q, kc, vc, seq_lens, full, d ** -0.5, 0, sinks, window, 256, True)
+        assert_nmse(full, ref, "nmse_attention")
+        short = [i for i, n in enumerate(lens) if min(n, window or n) <= 256]
+        no_reduce = torch.full_like(q, float("nan"))
+        if len(short) == b:
+            ext.attention_decode(q, kc, vc, seq_lens, no_reduce, d ** -0.5, 0, sinks, window, 256, False)
+            assert torch.equal(no_reduce, full)
+    finally:
+        ext.attention_decode_tile_force(0)
+
+
+@pytest.mark.story("GT-019")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+def test_decode_group_tile_rule():
+    """The rule (csrc/attention_decode.cu, pick_group_tile): the group rounded up to a power of two
+    (at most 8), halved while one sequence's one-split grid (Hkv x ceil(group / tile) blocks) is
+    under 32 blocks; the hook's force wins until it is lifted."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    assert ext.attention_decode_tile_force(0) == 0
+    # (Hq, Hkv) -> tile: GPT-2 (MHA), gpt-oss, Llama-1b, SmolLM2, groups of 8 on 16 and of 16 on 8
+    # kv heads (halved to 4), groups of 8 on 32 kv heads (wide enough: 8 kept)
+    rule = {(25, 25): 1, (64, 8): 2, (32, 8): 1, (9, 3): 1, (128, 16): 4, (128, 8): 4, (256, 32): 8}
+    assert {k: ext.attention_decode_group_tile(*k) for k in rule} == rule
+    try:
+        assert ext.attention_decode_tile_force(8) == 8 and ext.attention_decode_group_tile(64, 8) == 8
+        assert ext.attention_decode_tile_force(3) == 8  # not a tile: nothing changes
+    finally:
+        ext.attention_decode_tile_force(0)
+    assert ext.attention_decode_group_tile(64, 8) == 2
+
+
 @pytest.mark.story("GT-018")
 @pytest.mark.parametrize("device", DEVICES)
 def test_decode_without_reduce_refuses_long_sequences(device):

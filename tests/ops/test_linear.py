@@ -151,6 +151,85 @@ def test_gemv_rows_do_not_depend_on_the_batch(k):
 
 
 @pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("n,k", [(2880, 4096), (1600, 6400), (2048, 8192)], ids=str)
+def test_gemv_long_rows_same_bits_on_either_kernel(n, k):
+    """ext.linear_ring_force(3) moves M = 1 rows of K >= 4,096 whose pairs fit one round of v3's
+    warps from the ring kernel to v3 (gpt-oss's output projection, GPT-2 1.5B's and Llama-1b's
+    down products): the same bits (same chunks in the same order), here with the residual
+    epilogue, and within the oracle's bound."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    w, w64 = make_weight(n, k, "F16", "cuda")
+    x, r = randn((1, k), torch.float16, "cuda"), randn((1, n), torch.float16, "cuda")
+    outs, took = [], []
+    try:
+        for mode in (0, 3):
+            assert ext.linear_ring_force(mode) == mode
+            outs.append(ops.linear(x, w, residual=r))
+            took.append(gemv_kernel_taken(lambda: ops.linear(x, w, residual=r)))
+    finally:
+        ext.linear_ring_force(0)
+    # two kernels compared, not one with itself (the bits alone cannot show that the hook moved
+    # the product; on a card with fewer SMs these pairs may exceed one round and stay on the ring)
+    assert took == ["ring", "v3"]
+    assert torch.equal(outs[0], outs[1])
+    assert_nmse(outs[1], oracle(x, w64, residual=r), TOL_NAME[torch.float16])
+
+
+def gemv_kernel_taken(fn) -> str:
+    """Which dense GEMV kernel fn launched, from the profiler's kernel names: "ring"
+    (gemv_pipe_kernel), "v3 x12" (gemv_kernel with 12 chunks per lane) or "v3" (gemv_kernel)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names = [ev.name for ev in prof.events() if ev.device_type == torch.autograd.DeviceType.CUDA]
+    if any("gemv_pipe_kernel" in nm for nm in names):
+        return "ring"
+    gemv = [nm for nm in names if "gemv_kernel<" in nm]
+    assert len(gemv) == 1, names
+    return "v3 x12" if ", 12>" in gemv[0] else "v3"
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("n,k,norm,float_out", [(5120, 2880, "rmsnorm", False), (768, 3072, None, False),
+                                                (40000, 2880, "rmsnorm", True)], ids=str)
+def test_gemv_one_batch_rows_same_bits_on_every_kernel(n, k, norm, float_out):
+    """M = 1 rows of 257-384 16-byte chunks (gpt-oss's QKV width 2,880, GPT-2 124M's 3,072), which
+    v3 takes in two batches per pair: ext.linear_ring_force 1 (v3), 0 (the ring kernel where the
+    pairs exceed one round: 5120 and 40000 rows), 4 (v3 with 12 chunks per lane, one batch) and 5
+    (the same past 8 rounds of pairs: the 40,000-row head-like case, with its RMSNorm and fp32
+    logits) give the same bits, each lane's chunks being summed in the same order, and match the
+    oracle."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    w, w64 = make_weight(n, k, "F16", "cuda")
+    x = randn((1, k), torch.float16, "cuda")
+    nm = _norm(norm, k, torch.float16, "cuda")
+    many = n > 2 * 2112  # more than one round of v3's pairs on 132 SMs (the H200's; a smaller card has fewer)
+    want = {1: "v3", 0: "ring" if many else "v3", 4: "v3 x12", 5: "v3 x12" if n == 40000 else ("ring" if many else "v3")}
+    outs, took = {}, {}
+    try:
+        for mode in (1, 0, 4, 5):
+            assert ext.linear_ring_force(mode) == mode
+            outs[mode] = ops.linear(x, w, norm=nm, float_out=float_out)
+            took[mode] = gemv_kernel_taken(lambda: ops.linear(x, w, norm=nm, float_out=float_out))
+    finally:
+        ext.linear_ring_force(0)
+    # the hook really moved the product (the bits alone cannot show it); which products pass one
+    # or 8 rounds depends on the SM count, so the whole table is checked on the H200's 132
+    assert took[1] == "v3" and took[4] == "v3 x12", took
+    if torch.cuda.get_device_properties(0).multi_processor_count == 132:
+        assert took == want
+    for mode in (0, 4, 5):
+        assert torch.equal(outs[mode], outs[1]), f"mode {mode} ({took[mode]}) differs from v3"
+    assert_nmse(outs[4], oracle(x, w64, norm=nm), TOL_NAME[torch.float16])
+
+
+@pytest.mark.story("GX-003")
 @pytest.mark.parametrize("device", DEVICES)
 def test_linear_errors(device):
     w, _ = make_weight(8, 64, "F16", device)

@@ -10,7 +10,7 @@ from gpt_engine import ops
 from gpt_engine.models.llama import rope_tables
 from gpt_engine.ops.qkv_rope import ROPE_MODES
 
-from ._util import DEVICES, TOL_NAME, assert_nmse, randn
+from ._util import DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, randn
 from .test_linear import make_weight
 from .test_qkv_rope import THETA, oracle_rotate
 
@@ -37,6 +37,31 @@ TYPE_CASES = [(t, c) for t in WTYPES for c in CASES
 def test_linear_qkv_vs_oracle(device, dtype, case, wtype):
     if device == "cpu":
         dtype = torch.float32  # the CPU path computes in the model's CPU dtype
+    check_against_oracle(device, dtype, case, wtype)
+
+
+@pytest.mark.story("GX-003", "GT-019")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("ring", [0, 1, 2, 4])
+def test_linear_qkv_gpt_oss_shape_each_ring_rule(dtype, ring):
+    """gpt-oss's QKV at one token (C = 2,880, 64 / 8 heads of 64, RMSNorm, bias, neox RoPE; F16
+    weights): rows that v3 takes in two batches, 2,560 pairs, where the launcher's ring rule picks
+    the kernel (ext.linear_ring_force: 0 the ring kernel, the default; 1 and 2 v3; 4 v3 with 12
+    chunks per lane, one batch per pair). Each matches the oracle."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    try:
+        assert ext.linear_ring_force(ring) == ring
+        check_against_oracle("cuda", dtype, (1, 2880, 64, 8, 64, "rmsnorm", True, "neox", 64), "F16")
+    finally:
+        ext.linear_ring_force(0)
+
+
+def check_against_oracle(device, dtype, case, wtype):
+    """linear_qkv on one case against the float64 oracle: q, the k and v rows written into the
+    cache at each sequence's position (and no other row), the lengths, the status."""
     b, c, hq, hkv, d, norm, bias, mode, r = case
     s = 48
     n = (hq + 2 * hkv) * d

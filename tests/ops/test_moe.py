@@ -344,9 +344,10 @@ def _decode_cases(e, c, dtype, device, gen):
 def test_decode_v6_equals_v3(device, dtype, shape):
     """The decode v6 expert kernels (tiles bulk-copied into shared memory) and v6.1 (the down tiles'
     copies started before the PDL wait) give v3's outputs bit for bit: tokens 1, 2, 5; k 1, 2, 4
-    with random distinct experts (the last expert's tile ends the stack); rows of 51 and 85 bytes (C or F = 96, 160: tiles not 16-byte aligned); with and
-    without the residual; and on stacks starting 5 bytes into their allocation, whose first and
-    last bytes the bulk copy may not reach (plain loads take them)."""
+    with random distinct experts (the last expert's tile ends the stack); rows of 51 and 85 bytes
+    (C or F = 96, 160: tiles not 16-byte aligned); with and without the residual; and on stacks
+    starting 5 bytes into their allocation, whose first and last bytes the bulk copy may not reach
+    (plain loads take them)."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     e, c, f = shape
@@ -385,7 +386,9 @@ def test_decode_v7_matches_v3(device, dtype, shape):
     within it too for fp32 activations (for 16-bit ones, the output's rounding: the dtype's
     tolerance); tokens 1, 2, 5, k 1, 2, 4, with and without the residual, on stacks starting 5
     bytes into their allocation; and an inf in the input makes every act and output value NaN
-    (its group's scale is NaN, and the SwiGLU's clamps keep a NaN as torch.clamp does)."""
+    (its group's scale is NaN, and the SwiGLU's clamps keep a NaN as torch.clamp does). v7.1
+    (each tile on two barriers, its rows summed in two passes) and v7.2 (v7.1 with the input codes
+    in the weights' nibble order) give v7's act and output bit for bit in every case."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     e, c, f = shape
@@ -407,6 +410,9 @@ def test_decode_v7_matches_v3(device, dtype, shape):
                 act3, out3 = run(3, h, ids, w, res)
                 act7, out7 = run(7, h, ids, w, res)
                 what = f"m={m} k={k} residual={res is not None}"
+                for v in (71, 72):
+                    act_v, out_v = run(v, h, ids, w, res)
+                    assert torch.equal(act_v, act7) and torch.equal(out_v, out7), f"v{v / 10} vs v7, {what}"
                 assert_nmse(act7, act3.double(), "nmse_moe_v7_vs_v3", what=f"act, {what}")
                 assert_nmse(out7, out3.double(), "nmse_moe_v7_vs_v3" if dtype == torch.float32 else TOL_NAME[dtype],
                             what=f"out, {what}")
@@ -416,5 +422,8 @@ def test_decode_v7_matches_v3(device, dtype, shape):
         w = torch.ones(1, 1, device=device)
         act7, out7 = run(7, h, ids, w, None)  # every gate and up sum NaN; the clamps keep it (swiglu_oai.cuh)
         assert torch.isnan(act7).all() and torch.isnan(out7).all()
+        for v in (71, 72):
+            act_v, out_v = run(v, h, ids, w, None)
+            assert torch.isnan(act_v).all() and torch.isnan(out_v).all(), f"v{v / 10}"
     finally:
         ext.moe_ab_force(0)

@@ -1,0 +1,401 @@
+// Linear layers at small batch (decode): out[m, n] = epilogue(sum_k xn[m, k] * W[n, k]) for
+// M <= 16 activation rows, reading every weight byte exactly once.
+//
+// Floor: the weight bytes over copy bandwidth (GPT-2 1.5B, one 1600 x 6400 F16 matrix: 20.5 MB,
+// 4.8 us at 4.26 TB/s); x, bias and the output are < 1% of that at M <= 16.
+//
+// v1 (this file): one warp computes a PAIR of weight rows (rows 2p and 2p+1, or for SwiGLU the
+// gate row p and the up row F + p, so the epilogue holds both factors); each lane streams
+// 16-byte weight chunks of both rows with U chunks per row in flight before the first FMA,
+// fp32 accumulation, one butterfly reduction per (row, m) at the end. The activations are
+// staged in shared memory as fp32 once per block (norm applied there: LayerNorm or RMSNorm of
+// the input row, rounded to the activation dtype exactly as the unfused path rounds its norm
+// output), in K tiles of at most 48 KiB; blocks are persistent over row groups so the staging
+// is paid once per block, not once per row, whenever K fits one tile (always for M <= 4).
+// Epilogues: + bias, tanh-GELU, SwiGLU (silu(gate) * up), + residual, fp32 output (logits).
+// v6 (gemv_pipe_kernel below): long rows (K >= 4096) stream through a cp.async shared-memory
+// ring instead; v4 (K split over warps) and v5 (two batches in registers) were slower and are
+// gone (docs/kernels/decode.md has each version's numbers).
+// The kernels and their launchers live in this header; each weight dtype's instantiations are
+// compiled in a file of their own (linear_f32.cu, linear_f16.cu, linear_bf16.cu: launch_w), so
+// the extension's build compiles them in parallel (one file took ~137 s of the GPU machine's
+// ~225 s build), and linear.cu checks the arguments and dispatches.
+#pragma once
+#include <cmath>
+
+#include "linear_common.cuh"
+
+namespace gpte {
+extern int g_linear_ring_mode;  // linear.cu: linear_ring_force's setting (one for every weight dtype's file)
+namespace {
+using namespace linear_detail;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kSmemFloats = 10240;  // 40 KiB of staged activations: with the static arrays, under the
+                                    // 48 KiB a block gets without an opt-in
+
+// Weight bytes that never get reused within a step: keep them out of L1.
+__device__ __forceinline__ uint4 ldg_stream(const void* ptr) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(ptr));
+  return r;
+}
+
+template <typename W> __device__ __forceinline__ void unpack16(const uint4& r, float* f);
+template <> __device__ __forceinline__ void unpack16<float>(const uint4& r, float* f) {
+  f[0] = __uint_as_float(r.x);
+  f[1] = __uint_as_float(r.y);
+  f[2] = __uint_as_float(r.z);
+  f[3] = __uint_as_float(r.w);
+}
+template <> __device__ __forceinline__ void unpack16<__half>(const uint4& r, float* f) { unpack8<__half>(r, f); }
+template <> __device__ __forceinline__ void unpack16<__nv_bfloat16>(const uint4& r, float* f) {
+  unpack8<__nv_bfloat16>(r, f);
+}
+
+// Blocks per SM: 4 at M = 1 (<= 128 registers, 16 warps: session 9), else 3 (<= 168 registers).
+template <int MT> constexpr int kGemvBlocksPerSm = MT == 1 ? 4 : 3;
+// v19 (M = 1 only, UW = 12): 12 chunks per row per lane in flight instead of 8, so that rows of
+// 257-384 chunks (fp16 / bf16 K in (2048, 3072]: gpt-oss's 2,880) are one batch per pair instead
+// of two dependent ones; 2 x 12 x 16 bytes of weights in registers per lane, hence 3 blocks per
+// SM (<= 168 registers). Each lane still takes chunks lane, lane + 32, ... in increasing order, so
+// the sums are v3's (and the ring kernel's) bit for bit.
+template <int MT, int UW> constexpr int gemv_blocks_per_sm() { return UW == 12 ? 3 : kGemvBlocksPerSm<MT>; }
+
+template <typename W, typename A, int MT, int UW = 0>
+__global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_kernel(const LinearArgs p) {
+  static_assert(UW == 0 || (UW == 12 && MT == 1), "the 12-chunk batch is built for M = 1 only");
+  constexpr int CH = 16 / sizeof(W);                      // weight elements per 16-byte load
+  constexpr int U = UW ? UW : (MT >= 8 ? 2 : (MT >= 4 ? 4 : 8));  // chunks per row in flight per lane
+  extern __shared__ float xs[];                           // [MT][kt] staged activations
+  __shared__ float s_mean[MT], s_rstd[MT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const W* __restrict__ w = static_cast<const W*>(p.w);
+  const bool swiglu = p.act == kActSwiglu;
+  const int npairs = swiglu ? p.n_out : (p.N + 1) / 2;
+  const int ngroups = (npairs + kWarps - 1) / kWarps;
+  const int ntiles = (p.K + p.kt - 1) / p.kt;
+
+  // Before the wait on the previous kernel: fetch this warp's first batch of weight chunks (the
+  // weights are constant, so this overlaps the previous kernel; nothing else is touched yet).
+  uint4 a[U], b[U];
+  bool prefetched = false;
+  {
+    const int pair = blockIdx.x * kWarps + warp;
+    if (blockIdx.x < ngroups && pair < npairs) {
+      int r0, r1;
+      pair_rows(p, pair, r0, r1);
+      const int nch = min(p.kt, p.K) / CH;
+      const W* w0 = w + (int64_t)r0 * p.K;
+      const W* w1 = w + (int64_t)(r1 < p.N ? r1 : r0) * p.K;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int c = u * 32 + lane;
+        if (c < nch) {
+          a[u] = ldg_stream(w0 + (int64_t)c * CH);
+          b[u] = ldg_stream(w1 + (int64_t)c * CH);
+        }
+      }
+      prefetched = true;
+    }
+  }
+  pdl_wait();
+  pdl_launch_dependents();
+
+  using XS = XStage<A, MT, kThreads>;
+  if (p.norm != kNormNone && ntiles > 1) XS::row_stats_global(p, s_mean, s_rstd);
+  if (ntiles == 1) XS::stage(p, xs, 0, ntiles, s_mean, s_rstd);
+  for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
+    const int pair = g * kWarps + warp;
+    const bool active = pair < npairs;
+    int r0 = 0, r1 = 0;
+    if (active) pair_rows(p, pair, r0, r1);
+    const bool has1 = active && r1 < p.N;
+    float acc0[MT], acc1[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
+
+    for (int t = 0; t < ntiles; ++t) {
+      if (ntiles > 1) {
+        __syncthreads();  // every warp is done with the previous tile
+        XS::stage(p, xs, t, ntiles, s_mean, s_rstd);
+      }
+      if (!active) continue;
+      const int k0 = t * p.kt;
+      const int nch = min(p.kt, p.K - k0) / CH;
+      // a missing second row (odd N) re-reads row 0; its sums are never stored
+      const W* w0 = w + (int64_t)r0 * p.K + k0;
+      const W* w1 = w + (int64_t)(has1 ? r1 : r0) * p.K + k0;
+      for (int c0 = 0; c0 < nch; c0 += 32 * U) {
+        if (prefetched) {
+          prefetched = false;  // the first batch of the first group and tile is already in a/b
+        } else {
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            const int c = c0 + u * 32 + lane;
+            if (c < nch) {
+              a[u] = ldg_stream(w0 + (int64_t)c * CH);
+              b[u] = ldg_stream(w1 + (int64_t)c * CH);
+            }
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int c = c0 + u * 32 + lane;
+          if (c < nch) {
+            float wa[CH], wb[CH];
+            unpack16<W>(a[u], wa);
+            unpack16<W>(b[u], wb);
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+              const float4* xm = reinterpret_cast<const float4*>(xs + m * p.kt + c * CH);
+              float xv[CH];
+#pragma unroll
+              for (int j = 0; j < CH / 4; ++j) {
+                const float4 q = xm[j];
+                xv[4 * j] = q.x;
+                xv[4 * j + 1] = q.y;
+                xv[4 * j + 2] = q.z;
+                xv[4 * j + 3] = q.w;
+              }
+#pragma unroll
+              for (int j = 0; j < CH; ++j) {
+                acc0[m] = fmaf(wa[j], xv[j], acc0[m]);
+                acc1[m] = fmaf(wb[j], xv[j], acc1[m]);
+              }
+            }
+          }
+        }
+      }
+    }
+    if (!active) continue;
+
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      acc0[m] = warp_sum(acc0[m]);
+      acc1[m] = warp_sum(acc1[m]);
+      if (m < p.M && lane == m) finish_pair<A>(p, m, pair, r0, r1, has1, acc0[m], acc1[m]);
+    }
+  }
+}
+
+// v6: the whole activation row set staged once (one K tile), then every warp streams its weight
+// rows as one flat sequence of batches (U 16-byte chunks per lane of both rows of a pair), with
+// kStages - 1 batches in flight through cp.async into a per-lane shared-memory ring: the bytes in
+// flight no longer cost registers (v5 held two batches in registers: ~8 KB per warp, ~50 KB per
+// SM, 0.43-0.68 of copy; Little's law at ~4 TB/s and ~2 us loaded latency wants ~60+ KB per SM).
+// Each lane reads back only the chunks it copied itself, so cp.async.wait_group is the only
+// synchronisation. Batches run on across pair boundaries, so one pair's reduction and epilogue
+// overlap the next pair's loads. Pairs go to warps round-robin over the blocks first (pair j ->
+// block j % grid, warp j / grid), so every SM gets work even when N is small.
+constexpr int kPipeWarps = 8;
+constexpr int kPipeThreads = 32 * kPipeWarps;
+constexpr int kStages = 4;
+constexpr int kPipeSmemMax = 200 * 1024;  // of the 227 KiB a block may opt in to
+
+__host__ __device__ constexpr int pipe_u(int mt) { return mt <= 2 ? 4 : (mt <= 4 ? 2 : 1); }
+__host__ __device__ constexpr int pipe_ring_bytes(int mt) { return kStages * 2 * pipe_u(mt) * kPipeThreads * 16; }
+
+template <typename W, typename A, int MT>
+__global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const LinearArgs p) {
+  constexpr int CH = 16 / sizeof(W);
+  constexpr int U = pipe_u(MT);
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint4* ring = reinterpret_cast<uint4*>(smem);                     // [kStages][2][U][threads] chunks
+  float* xs = reinterpret_cast<float*>(smem + pipe_ring_bytes(MT));  // [MT][kt] staged activations
+  __shared__ float s_mean[MT], s_rstd[MT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const W* __restrict__ w = static_cast<const W*>(p.w);
+  const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
+  const int nch = p.kt / CH;  // chunks per row (kt = K rounded up to CH; K % CH == 0)
+  const int stride = gridDim.x * kPipeWarps;
+  auto slot = [&](int s, int r, int u) { return ring + ((s * 2 + r) * U + u) * kPipeThreads + threadIdx.x; };
+
+  struct Cur {
+    int pair, c;  // pair index, first chunk of the batch; pair >= npairs: done
+  };
+  auto advance = [&](Cur s) {
+    s.c += 32 * U;
+    if (s.c >= nch) {
+      s.c = 0;
+      s.pair += stride;
+    }
+    return s;
+  };
+  auto issue = [&](int st, Cur s) {  // one commit group per call, empty past the end
+    if (s.pair < npairs) {
+      int r0, r1;
+      pair_rows(p, s.pair, r0, r1);
+      const W* w0 = w + (int64_t)r0 * p.K;
+      const W* w1 = w + (int64_t)(r1 < p.N ? r1 : r0) * p.K;  // odd N: the lone row re-read, never stored
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int c = s.c + u * 32 + lane;
+        if (c < nch) {
+          cp_async16(slot(st, 0, u), w0 + (int64_t)c * CH);
+          cp_async16(slot(st, 1, u), w1 + (int64_t)c * CH);
+        }
+      }
+    }
+    cp_async_commit();
+  };
+  float acc0[MT], acc1[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
+  auto consume = [&](int st, Cur s) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = s.c + u * 32 + lane;
+      if (c < nch) {
+        float wa[CH], wb[CH];
+        unpack16<W>(*slot(st, 0, u), wa);
+        unpack16<W>(*slot(st, 1, u), wb);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const float4* xm = reinterpret_cast<const float4*>(xs + m * p.kt + c * CH);
+#pragma unroll
+          for (int j = 0; j < CH / 4; ++j) {
+            const float4 q = xm[j];
+            acc0[m] = fmaf(wa[4 * j], q.x, acc0[m]);
+            acc0[m] = fmaf(wa[4 * j + 1], q.y, acc0[m]);
+            acc0[m] = fmaf(wa[4 * j + 2], q.z, acc0[m]);
+            acc0[m] = fmaf(wa[4 * j + 3], q.w, acc0[m]);
+            acc1[m] = fmaf(wb[4 * j], q.x, acc1[m]);
+            acc1[m] = fmaf(wb[4 * j + 1], q.y, acc1[m]);
+            acc1[m] = fmaf(wb[4 * j + 2], q.z, acc1[m]);
+            acc1[m] = fmaf(wb[4 * j + 3], q.w, acc1[m]);
+          }
+        }
+      }
+    }
+    if (s.c + 32 * U < nch) return;  // more batches of this pair follow
+    int r0, r1;
+    pair_rows(p, s.pair, r0, r1);
+    const bool has1 = r1 < p.N;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
+      if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1);
+      acc0[m] = acc1[m] = 0.f;
+    }
+  };
+
+  // Before the wait on the previous kernel: this warp's first kStages - 1 batches (weights are
+  // constant; cp.async touches only this block's shared memory).
+  Cur tail{(int)blockIdx.x + (int)gridDim.x * warp, 0};
+  Cur head = tail;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    issue(s, head);
+    head = advance(head);
+  }
+  pdl_wait();
+  pdl_launch_dependents();
+  XStage<A, MT, kPipeThreads>::stage(p, xs, 0, 1, s_mean, s_rstd);
+
+  for (int i = 0; tail.pair < npairs; ++i) {
+    cp_async_wait<kStages - 2>();  // batch i has landed (groups committed so far: i + kStages - 1)
+    consume(i % kStages, tail);
+    issue((i + kStages - 1) % kStages, head);  // the slot batch i - 1 used, consumed by this lane
+    head = advance(head);
+    tail = advance(tail);
+  }
+  cp_async_wait<0>();
+}
+
+template <typename W, typename A, int MT>
+cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
+  constexpr int CH = 16 / sizeof(W);
+  LinearArgs p = a;
+  const int kpad = (int)ceil_div(p.K, CH) * CH;
+  p.vec_x = p.K % 8 == 0 && aligned16(p.x);
+  const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;  // (QKV: N even)
+  const size_t pipe_smem = pipe_ring_bytes(MT) + (size_t)MT * kpad * sizeof(float);
+  // the ring kernel where it measured faster (H200, M = 1, graph-captured calls, 2026-12-01,
+  // docs/kernels/decode.md): K >= 4096 (1600x6400 10.1 -> 8.8 us, 4096x4096 13.2 -> 11.9 us);
+  // shorter rows keep v3 (1600x1600 2.9 vs 3.7 us, 4800x1600 7.2 vs 8.3 us): its 3 blocks per SM
+  // start streaming sooner than one 256-thread block whose ring needs kStages - 1 batches.
+  // Also where v3 would take two dependent batches per pair (more than 8 x 32 chunks: a lane holds
+  // 8 in flight) AND more than one round of pairs over its warps (gpt-oss's QKV 5120 x 2880: 360
+  // chunks, 2,560 pairs on 2,112 warps: 11.90 -> 10.15 us; its untied head 201088 x 2880; tg128
+  // 418.7 -> 431.1 tok/s, same call, H200, 2026-12-04, docs/kernels/decode.md v18). Either
+  // condition alone is not enough: 2880 x 2880 (1,440 pairs, one round) 6.45 -> 7.67 us and
+  // 124M's 768 x 3072 (384 pairs) cost 124M's tg128 8% in the ring kernel.
+  // That case was timed alone and in a step without PDL; in the PDL step the ring kernel's one
+  // ~200 KB block per SM cannot start beside the previous kernel's blocks, where v3's small blocks
+  // can and fetch their first weights early. linear_ring_force (tests, A/Bs) sets the case's rule:
+  // 0 as above, 1 never (v3 below K = 4096, the rule before), 2 only past 8 rounds of pairs (the
+  // 201,088-row head: ~48 rounds; gpt-oss's QKV, 1.2 rounds, back on v3); 3 as 0, and v3 at
+  // K >= 4096 too where the pairs fit one round (gpt-oss's output projection 2880 x 4096, 1,440
+  // pairs; GPT-2 1.5B's 1600 x 6400 and Llama-1b's 2048 x 8192 down products): the same question
+  // for the long rows, whose rule was timed alone and without PDL (v6). v3 and the ring kernel
+  // sum a row's chunks in the same order, so the mode changes no bits.
+  // Modes 4 and 5 (v19, off by default until its A/B) try the other way out of v3's second batch: v3 with 12
+  // chunks per lane in flight, one batch per pair for rows of 257-384 chunks (gpt-oss's QKV and
+  // head at K = 2,880; GPT-2 124M's 768 x 3072), 3 blocks per SM: 4 for every such product, 5 for
+  // those past 8 rounds of pairs only (the head; the rest as 0). The session-20 and -21 profiles
+  // without PDL put gpt-oss's head at ~440-480 us a step for 1.16 GB (~0.6 of copy, if its QKV
+  // calls cost what they cost alone), where the 1.5B head (one batch per pair) streams at 0.95.
+  const int mode = g_linear_ring_mode;
+  const bool two_batches = kpad / CH > 8 * 32;
+  const int64_t round = (int64_t)num_sms * kGemvBlocksPerSm<MT> * kWarps;
+  const bool u12_case = MT == 1 && two_batches && kpad / CH <= 12 * 32 &&
+                        (mode == 4 || (mode == 5 && npairs > 8 * round));
+  const bool ring_case = MT == 1 && two_batches && !u12_case &&
+                         (mode == 0 || mode == 3 || mode >= 4 ? npairs > round : mode == 2 && npairs > 8 * round);
+  const bool long_rows = p.K >= 4096 && !(mode == 3 && MT == 1 && npairs <= round);
+  if ((long_rows || ring_case) && pipe_smem <= (size_t)kPipeSmemMax) {
+    static bool attr_set = false;  // once per instantiation: allow more than 48 KiB of shared memory
+    if (!attr_set) {
+      cudaError_t e = cudaFuncSetAttribute(gemv_pipe_kernel<W, A, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           kPipeSmemMax);
+      if (e != cudaSuccess) return e;
+      attr_set = true;
+    }
+    p.kt = kpad;
+    const int grid = std::max(1, std::min(num_sms, npairs));
+    return launch_pdl(gemv_pipe_kernel<W, A, MT>, dim3((unsigned)grid), dim3(kPipeThreads), pipe_smem, st, p);
+  }
+  const int step = 32 * CH;  // a tile is whole warp-wide chunk rows where it can be
+  int kt = kSmemFloats / MT / step * step;
+  if (kt < CH) return cudaErrorInvalidValue;
+  p.kt = kt < kpad ? kt : kpad;
+  const int64_t ngroups = ceil_div(npairs, kWarps);
+  const size_t smem = (size_t)MT * p.kt * sizeof(float);
+  // the blocks per SM the launch bounds allow (M = 1: 4 blocks, 16 warps, each with 2 x 8 16-byte
+  // loads per lane in flight, ~128 KB per SM; else 3); fewer where the staged activations take the
+  // shared memory. M = 1 ran with 3 until session 9 although its 128 registers let 4 fit: 4 took
+  // 6400 x 1600 from 9.68 to 7.92 us (3,200 row pairs on 1,584 warps were 3 rounds, on 2,112 two)
+  // and 50257 x 1600 from 46.3 to 41.3 us (docs/kernels/decode.md v13)
+  if constexpr (MT == 1) {
+    if (u12_case) {
+      const int per_sm = std::max(1, std::min(gemv_blocks_per_sm<1, 12>(), (int)((200 * 1024) / (smem + 1024))));
+      const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(ngroups, (int64_t)num_sms * per_sm));
+      return launch_pdl(gemv_kernel<W, A, 1, 12>, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
+    }
+  }
+  const int per_sm = std::max(1, std::min(kGemvBlocksPerSm<MT>, (int)((200 * 1024) / (smem + 1024))));
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(ngroups, (int64_t)num_sms * per_sm));
+  return launch_pdl(gemv_kernel<W, A, MT>, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
+}
+
+template <typename W, typename A>
+cudaError_t launch_wa(const LinearArgs& p, int num_sms, cudaStream_t st) {
+  if (p.M <= 1) return launch_mt<W, A, 1>(p, num_sms, st);
+  if (p.M <= 2) return launch_mt<W, A, 2>(p, num_sms, st);
+  if (p.M <= 4) return launch_mt<W, A, 4>(p, num_sms, st);
+  if (p.M <= 8) return launch_mt<W, A, 8>(p, num_sms, st);
+  return launch_mt<W, A, 16>(p, num_sms, st);
+}
+
+// One weight dtype's launcher for both activation dtypes (instantiated once, in its own file).
+template <typename W>
+cudaError_t launch_w(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st) {
+  return adtype == kF16 ? launch_wa<W, __half>(p, num_sms, st) : launch_wa<W, __nv_bfloat16>(p, num_sms, st);
+}
+
+}  // namespace
+}  // namespace gpte
