@@ -821,7 +821,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "test/bench hook of the dense decode GEMV's ring-kernel rule below K = 4096 (two batches per pair): "
         "0 past one round of pairs (the default), 1 never, 2 past 8 rounds, 3 as 0 and v3 also at K >= 4096 "
         "where the pairs fit one round, 4 v3 with 12 chunks per lane (one batch per pair) for rows of 257-384 "
-        "chunks, 5 the same past 8 rounds only; returns the mode in effect",
+        "chunks, 5 the same past 8 rounds only; + 8: the ring kernel's weight copies as 1-D bulk copies (v20, M = 1); "
+        "returns the mode in effect",
         py::arg("mode"));
   m.def("attention_decode_tile_force", &gpte::attention_decode_tile_force,
         "test/bench hook of the decode kernel: 1, 2, 4 or 8 forces that group tile, 0 returns to the rule; "

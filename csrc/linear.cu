@@ -7,7 +7,8 @@ namespace gpte {
 int g_linear_ring_mode = 0;
 
 int linear_ring_force(int64_t mode) {
-  if (mode >= 0 && mode <= 5) g_linear_ring_mode = (int)mode;
+  // 0-5: the rule (csrc/linear_impl.cuh); + 8: the ring kernel's copies as bulk copies (v20)
+  if (mode >= 0 && (mode & 7) <= 5 && mode <= 13) g_linear_ring_mode = (int)mode;
   return g_linear_ring_mode;
 }
 

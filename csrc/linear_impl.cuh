@@ -24,6 +24,7 @@
 #include <cmath>
 
 #include "linear_common.cuh"
+#include "tma.cuh"
 
 namespace gpte {
 extern int g_linear_ring_mode;  // linear.cu: linear_ring_force's setting (one for every weight dtype's file)
@@ -191,6 +192,15 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
 // synchronisation. Batches run on across pair boundaries, so one pair's reduction and epilogue
 // overlap the next pair's loads. Pairs go to warps round-robin over the blocks first (pair j ->
 // block j % grid, warp j / grid), so every SM gets work even when N is small.
+// v20 (Bulk, M = 1 only; linear_ring_force's bit 8, off by default): the same batches, order and
+// arithmetic, but each batch of a row is ONE 1-D bulk copy (cp.async.bulk, issued by lane 0,
+// completing on a per-warp, per-stage mbarrier) into a warp-contiguous stage, instead of one
+// 16-byte cp.async per lane per chunk. Why: ncu on the 1600 x 6400 ring kernel (session 12,
+// docs/kernels/runs/20261203-s12-ncu-qgemv.txt) counted 48% "excessive" L2 sectors and an L2 hit
+// rate of 52% against v3's 7% with plain 16-byte loads, as if every 16-byte copy reached L2 as a
+// request of its own: the ring kernel is the one that stays near 0.6-0.7 of copy even on large
+// matrices (4096 x 4096 0.70; gpt-oss's 1.16 GB head ~0.5 in the session-21 profile). Lanes read
+// chunks other lanes did not copy, so lane 0's next copy into a stage waits for __syncwarp.
 constexpr int kPipeWarps = 8;
 constexpr int kPipeThreads = 32 * kPipeWarps;
 constexpr int kStages = 4;
@@ -199,20 +209,34 @@ constexpr int kPipeSmemMax = 200 * 1024;  // of the 227 KiB a block may opt in t
 __host__ __device__ constexpr int pipe_u(int mt) { return mt <= 2 ? 4 : (mt <= 4 ? 2 : 1); }
 __host__ __device__ constexpr int pipe_ring_bytes(int mt) { return kStages * 2 * pipe_u(mt) * kPipeThreads * 16; }
 
-template <typename W, typename A, int MT>
+template <typename W, typename A, int MT, bool Bulk = false>
 __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const LinearArgs p) {
   constexpr int CH = 16 / sizeof(W);
   constexpr int U = pipe_u(MT);
   extern __shared__ __align__(16) unsigned char smem[];
-  uint4* ring = reinterpret_cast<uint4*>(smem);                     // [kStages][2][U][threads] chunks
+  // cp.async: [kStages][2][U][threads] chunks (each lane's own); Bulk: [warps][kStages][2][U * 32]
+  // (each warp's row span of a batch contiguous, as one bulk copy writes it); the same bytes
+  uint4* ring = reinterpret_cast<uint4*>(smem);
   float* xs = reinterpret_cast<float*>(smem + pipe_ring_bytes(MT));  // [MT][kt] staged activations
   __shared__ float s_mean[MT], s_rstd[MT];
+  __shared__ __align__(8) uint64_t s_bar[Bulk ? kPipeWarps * kStages : 1];  // Bulk: [warps][kStages]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const W* __restrict__ w = static_cast<const W*>(p.w);
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
   const int nch = p.kt / CH;  // chunks per row (kt = K rounded up to CH; K % CH == 0)
   const int stride = gridDim.x * kPipeWarps;
-  auto slot = [&](int s, int r, int u) { return ring + ((s * 2 + r) * U + u) * kPipeThreads + threadIdx.x; };
+  auto slot = [&](int s, int r, int u) {
+    if constexpr (Bulk) return ring + (((warp * kStages + s) * 2 + r) * U + u) * 32 + lane;
+    else return ring + ((s * 2 + r) * U + u) * kPipeThreads + threadIdx.x;
+  };
+  auto bar = [&](int s) { return (uint32_t)__cvta_generic_to_shared(&s_bar[Bulk ? warp * kStages + s : 0]); };
+  if constexpr (Bulk) {
+    if (lane == 0) {
+      for (int s = 0; s < kStages; ++s) mbar_init(bar(s), 1);  // one arrival (lane 0's) per phase
+      mbar_init_fence();
+    }
+    __syncwarp();
+  }
 
   struct Cur {
     int pair, c;  // pair index, first chunk of the batch; pair >= npairs: done
@@ -231,16 +255,28 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
       pair_rows(p, s.pair, r0, r1);
       const W* w0 = w + (int64_t)r0 * p.K;
       const W* w1 = w + (int64_t)(r1 < p.N ? r1 : r0) * p.K;  // odd N: the lone row re-read, never stored
+      if constexpr (Bulk) {
+        // the stage's previous batch was read by every lane (the caller's __syncwarp); order those
+        // generic-proxy reads before the async proxy's writes into the same bytes
+        if (lane == 0) {
+          const uint32_t nb = (uint32_t)min(32 * U, nch - s.c) * 16u;  // a row's last batch may be short
+          asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+          mbar_arrive_expect_tx(bar(st), 2 * nb);
+          bulk_load((uint32_t)__cvta_generic_to_shared(slot(st, 0, 0) - lane), w0 + (int64_t)s.c * CH, nb, bar(st));
+          bulk_load((uint32_t)__cvta_generic_to_shared(slot(st, 1, 0) - lane), w1 + (int64_t)s.c * CH, nb, bar(st));
+        }
+      } else {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int c = s.c + u * 32 + lane;
-        if (c < nch) {
-          cp_async16(slot(st, 0, u), w0 + (int64_t)c * CH);
-          cp_async16(slot(st, 1, u), w1 + (int64_t)c * CH);
+        for (int u = 0; u < U; ++u) {
+          const int c = s.c + u * 32 + lane;
+          if (c < nch) {
+            cp_async16(slot(st, 0, u), w0 + (int64_t)c * CH);
+            cp_async16(slot(st, 1, u), w1 + (int64_t)c * CH);
+          }
         }
       }
     }
-    cp_async_commit();
+    if constexpr (!Bulk) cp_async_commit();
   };
   float acc0[MT], acc1[MT];
 #pragma unroll
@@ -297,13 +333,30 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
   XStage<A, MT, kPipeThreads>::stage(p, xs, 0, 1, s_mean, s_rstd);
 
   for (int i = 0; tail.pair < npairs; ++i) {
-    cp_async_wait<kStages - 2>();  // batch i has landed (groups committed so far: i + kStages - 1)
+    if constexpr (Bulk) {
+      mbar_wait(bar(i % kStages), (uint32_t)(i / kStages) & 1u);  // batch i: the stage's (i / kStages)-th phase
+    } else {
+      cp_async_wait<kStages - 2>();  // batch i has landed (groups committed so far: i + kStages - 1)
+    }
     consume(i % kStages, tail);
+    if constexpr (Bulk) __syncwarp();  // every lane is done with the stage batch i - 1 used
     issue((i + kStages - 1) % kStages, head);  // the slot batch i - 1 used, consumed by this lane
     head = advance(head);
     tail = advance(tail);
   }
-  cp_async_wait<0>();
+  if constexpr (!Bulk) cp_async_wait<0>();  // (Bulk: every copy issued was waited for above)
+}
+
+template <typename W, typename A, int MT, bool Bulk>
+cudaError_t launch_ring(const LinearArgs& p, int grid, size_t smem, cudaStream_t st) {
+  static bool attr_set = false;  // once per instantiation: allow more than 48 KiB of shared memory
+  if (!attr_set) {
+    cudaError_t e = cudaFuncSetAttribute(gemv_pipe_kernel<W, A, MT, Bulk>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         kPipeSmemMax);
+    if (e != cudaSuccess) return e;
+    attr_set = true;
+  }
+  return launch_pdl(gemv_pipe_kernel<W, A, MT, Bulk>, dim3((unsigned)grid), dim3(kPipeThreads), smem, st, p);
 }
 
 template <typename W, typename A, int MT>
@@ -339,7 +392,8 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   // those past 8 rounds of pairs only (the head; the rest as 0). The session-20 and -21 profiles
   // without PDL put gpt-oss's head at ~440-480 us a step for 1.16 GB (~0.6 of copy, if its QKV
   // calls cost what they cost alone), where the 1.5B head (one batch per pair) streams at 0.95.
-  const int mode = g_linear_ring_mode;
+  const int mode = g_linear_ring_mode & 7;
+  const bool bulk = MT == 1 && (g_linear_ring_mode & 8);  // v20: the ring kernel's copies as bulk copies
   const bool two_batches = kpad / CH > 8 * 32;
   const int64_t round = (int64_t)num_sms * kGemvBlocksPerSm<MT> * kWarps;
   const bool u12_case = MT == 1 && two_batches && kpad / CH <= 12 * 32 &&
@@ -348,16 +402,12 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
                          (mode == 0 || mode == 3 || mode >= 4 ? npairs > round : mode == 2 && npairs > 8 * round);
   const bool long_rows = p.K >= 4096 && !(mode == 3 && MT == 1 && npairs <= round);
   if ((long_rows || ring_case) && pipe_smem <= (size_t)kPipeSmemMax) {
-    static bool attr_set = false;  // once per instantiation: allow more than 48 KiB of shared memory
-    if (!attr_set) {
-      cudaError_t e = cudaFuncSetAttribute(gemv_pipe_kernel<W, A, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           kPipeSmemMax);
-      if (e != cudaSuccess) return e;
-      attr_set = true;
-    }
     p.kt = kpad;
     const int grid = std::max(1, std::min(num_sms, npairs));
-    return launch_pdl(gemv_pipe_kernel<W, A, MT>, dim3((unsigned)grid), dim3(kPipeThreads), pipe_smem, st, p);
+    if constexpr (MT == 1) {
+      if (bulk) return launch_ring<W, A, MT, true>(p, grid, pipe_smem, st);
+    }
+    return launch_ring<W, A, MT, false>(p, grid, pipe_smem, st);
   }
   const int step = 32 * CH;  // a tile is whole warp-wide chunk rows where it can be
   int kt = kSmemFloats / MT / step * step;

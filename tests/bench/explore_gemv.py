@@ -14,7 +14,8 @@ tests/ops/test_linear.py::test_gemv_bandwidth.
 left is the call's own chain (launch, wait, x staging, the dot products, the epilogue) and not
 DRAM; the GB/s column then counts the bytes as if read.
 --dense-shapes (N x K) picks the dense table's shapes. GEMV_RING="modes": the dense table times each
-shape once per mode of the extension's ring-rule hook (ext.linear_ring_force, when the build has
+shape once per mode of the extension's ring-rule hook (ext.linear_ring_force, + 8 for the ring
+kernel's bulk copies, v20; a mode whose output is not the first mode's bits is flagged; when the build has
 it: which dense kernel takes which rows; csrc/linear_impl.cuh launch_mt says what each mode does),
 one column per mode, then the hook's default (0) again.
 """
@@ -143,11 +144,14 @@ def main() -> None:
             qs = [QWeight(w.view(torch.uint8), gguf.GGMLQuantizationType.F16, (n, k)) for w in ws]
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             ref = x.double() @ ws[0].double().T
-            line, errs = f"{n:>7}x{k:<6}", []
+            line, errs, first, same = f"{n:>7}x{k:<6}", [], None, []
             for r in rings or [None]:
                 if r is not None and ext.linear_ring_force(int(r)) != int(r):
                     sys.exit(f"GEMV_RING {r}: not a mode of this build")
-                errs.append((ops.linear(x, qs[0]).double() - ref).abs().max().item())
+                out = ops.linear(x, qs[0])
+                errs.append((out.double() - ref).abs().max().item())
+                first = out if first is None else first
+                same.append(torch.equal(out, first))  # every mode sums the same chunks in the same order
                 t = time_us(graphed(lambda: [ops.linear(x, q) for q in qs])) / reps
                 gbs = nbytes / t / 1e3
                 line += f"{t:>12.2f}{gbs / copy_gbs:>7.2f}" if rings else f"{t:>8.2f}{gbs:>8.0f}{gbs / copy_gbs:>7.2f}"
@@ -155,7 +159,8 @@ def main() -> None:
                 ext.linear_ring_force(0)
             del ref
             tc = time_us(graphed(lambda: [F.linear(x, w) for w in ws])) / reps
-            print(f"{line}{tc:>11.2f}   maxerr {' '.join(f'{e:.1e}' for e in errs)}")
+            print(f"{line}{tc:>11.2f}   maxerr {' '.join(f'{e:.1e}' for e in errs)}"
+                  + ("" if all(same) else f"   BITS DIFFER from mode {rings[0]}: {same}"))
             del ws, qs
 
 
