@@ -49,8 +49,31 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 (bash tests/bench/gen_models.sh > /tmp/models.txt 2>&1) &
 MODELS_PID=$!
 build_ext 10
-bash tests/bench/ext_cache.sh save
+[ "${EXT_SAVE:-1}" = 1 ] && bash tests/bench/ext_cache.sh save
 T="timeout -s INT -k 10"
+if [ "${SHORT:-0}" = 1 ]; then
+  # SHORT=1 (session 27: failed machine starts had taken ~750 s of the budget): what decides a
+  # default first, then the rest as time allows (~500 s after a ~120 s build, the outer limit cuts
+  # the tail): the same-bits tests of the hooks, the 20b step A/Bs, the GEMVs alone, the
+  # 1.5B / 124M / Llama-1b steps, the MoE v7.x tests, the 20b bench
+  $T 90 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
+    tests/ops/test_linear.py tests/ops/test_attention_decode.py -k "same_bits or group_tile" > /tmp/t.txt 2>&1
+  echo "tests exit $?"; grep -vE "^\.|^$" /tmp/t.txt | tail -20
+  wait $MODELS_PID; cat /tmp/models.txt
+  MOE_VERSIONS="7 71 72" GEMV_RING="0 8 1 4 5 12 13" ATTN_TILES="0 8 4 1" HEAD_CUBLAS="0 1" ROUNDS=3 $T 130 \
+    python3 tests/bench/explore_decode_step.py "$M/gpt-oss-20b-MXFP4.gguf" | sed "s/^/gpt-oss-20b /"
+  GEMV_RING="0 8 1 4" $T 80 python3 tests/bench/explore_gemv.py --m1 --dense-shapes 201088x2880,5120x2880,768x3072,1600x6400,4096x4096
+  for f in gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16; do
+    case $f in llama*) R="0 8 3" A="0 8 4 1" ;; gpt2-124m*) R="0 4" A="" ;; *) R="0 8 3" A="" ;; esac
+    GEMV_RING="$R" ATTN_TILES="$A" ROUNDS=3 $T 60 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
+  done
+  $T 100 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
+    tests/ops/test_moe.py -k "v7_matches" > /tmp/t2.txt 2>&1
+  echo "moe tests exit $?"; grep -vE "^\.|^$" /tmp/t2.txt | tail -10
+  $T 60 python3 -m gpt_engine.cli bench "$M/gpt-oss-20b-MXFP4.gguf" --device cuda -p 0 -n 128 -r 3 2>&1 | grep -vE "^bench: "
+  echo "call: $(( $(date +%s) - t0 )) s after the wheels"
+  exit 0
+fi
 $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
   tests/ops/test_attention_decode.py tests/ops/test_attention_sinks.py tests/ops/test_linear.py \
   tests/ops/test_linear_q.py tests/ops/test_linear_qkv.py tests/test_model_gpt_oss_cuda.py -k "not bandwidth" \
@@ -63,16 +86,11 @@ wait $MODELS_PID; cat /tmp/models.txt
 MOE_VERSIONS="7 71 72" GEMV_RING="0 8 1 4 5 12 13" ATTN_TILES="0 8 4 1" HEAD_CUBLAS="0 1" ROUNDS=5 $T 130 python3 tests/bench/explore_decode_step.py \
   "$M/gpt-oss-20b-MXFP4.gguf" | sed "s/^/gpt-oss-20b /"
 GEMV_RING="0 8 1 4" $T 80 python3 tests/bench/explore_gemv.py --m1 --dense-shapes 201088x2880,5120x2880,768x3072,1600x6400,4096x4096
-# SHORT=1 (session 27: failed machine starts had taken ~500 s of the budget): only what decides
-# a default, ~380 s after the build: the tests, the 20b step A/Bs, the GEMVs alone, the 20b bench
-# and the Llama-1b / 1.5B / 124M steps (the tiles alone, SmolLM2 and the MoE kernels alone left out)
-[ "${SHORT:-0}" = 1 ] || $T 90 python3 tests/ops/explore_decode.py tiles
-FILES="llama-1b-F16 smollm2-135m-F16 gpt2-1.5b-F16 gpt2-124m-F16"
-[ "${SHORT:-0}" = 1 ] && FILES="llama-1b-F16 gpt2-1.5b-F16 gpt2-124m-F16"
-for f in $FILES; do
+$T 90 python3 tests/ops/explore_decode.py tiles
+for f in llama-1b-F16 smollm2-135m-F16 gpt2-1.5b-F16 gpt2-124m-F16; do
   case $f in llama*) R="0 8 3" A="0 8 4 1" ;; smollm2*) R="" A="0 8 4 1" ;; gpt2-124m*) R="0 4" A="" ;; *) R="0 8 3" A="" ;; esac
   GEMV_RING="$R" ATTN_TILES="$A" ROUNDS=5 $T 80 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
 done
-[ "${SHORT:-0}" = 1 ] || $T 90 python3 tests/bench/explore_moe_decode.py
+$T 90 python3 tests/bench/explore_moe_decode.py
 $T 60 python3 -m gpt_engine.cli bench "$M/gpt-oss-20b-MXFP4.gguf" --device cuda -p 0 -n 128 -r 3 2>&1 | grep -vE "^bench: "
 echo "call: $(( $(date +%s) - t0 )) s after the wheels"
