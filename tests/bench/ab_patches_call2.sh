@@ -20,16 +20,7 @@ bash tests/bench/ab_patches_apply.sh || exit 1
 . tests/bench/gpu_env.sh call2.log
 build_ext 3
 T="timeout -s INT -k 10"
-$T 200 compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest -p gates.pytest_plugin --no-evidence \
-  -q -rf -m cuda --tb=short \
-  "tests/ops/test_moe.py::test_decode_v7_matches_v3" \
-  tests/ops/test_attention_decode.py::test_decode_every_group_tile_vs_float64 \
-  tests/ops/test_linear_qkv.py::test_linear_qkv_gpt_oss_shape_each_ring_rule \
-  tests/ops/test_linear.py::test_gemv_long_rows_same_bits_on_either_kernel \
-  tests/ops/test_linear.py::test_gemv_one_batch_rows_same_bits_on_every_kernel \
-  -k "(v7_matches and 2880 and torch.float16) or (every_group_tile and 200) or ring_rule or long_rows or one_batch" \
-  > /tmp/mc.txt 2>&1
-echo "memcheck exit $? (3: errors found)"; grep -E "ERROR SUMMARY|passed|failed|error" /tmp/mc.txt | tail -8
+OUT=$OUT bash tests/bench/memcheck_decode.sh  # (its own log, memcheck.log)
 for v in 7 72; do
   MOE_VERSIONS=$v $T 90 ncu --clock-control none -k regex:moe_ --launch-skip 4 --launch-count 2 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy \
