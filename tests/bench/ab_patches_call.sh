@@ -24,7 +24,7 @@
 #      the same bits; the default unchanged. The head alone is timed for the first time
 #      (explore_gemv.py), with cuBLAS beside it, and in the step on cuBLAS (HEAD_CUBLAS, a
 #      Python-side bench hook: if cuBLAS wins by far, routing the head there needs no rebuild).
-# Session 27 landed all six (off by default but v5's tile rule) and v20 (the ring kernel's copies as
+# Session 27 landed all six (every one off by default: forced tiles 2 / 1 time v5's rule) and v20 (the ring kernel's copies as
 # bulk copies, ring mode + 8), so this call now runs the tree as it is: GEMV_RING 8 / 12 / 13 are
 # modes 0 / 4 / 5 with v20's copies (explore_gemv.py flags a mode whose bits differ).
 # Then, most decisive first (each step has its own time limit): the build (its objects come back,
@@ -60,11 +60,11 @@ if [ "${SHORT:-0}" = 1 ]; then
     tests/ops/test_linear.py tests/ops/test_attention_decode.py -k "same_bits or group_tile" > /tmp/t.txt 2>&1
   echo "tests exit $?"; grep -vE "^\.|^$" /tmp/t.txt | tail -20
   wait $MODELS_PID; cat /tmp/models.txt
-  MOE_VERSIONS="7 71 72" GEMV_RING="0 8 1 4 5 12 13" ATTN_TILES="0 8 4 1" HEAD_CUBLAS="0 1" ROUNDS=3 $T 130 \
+  MOE_VERSIONS="7 71 72" GEMV_RING="0 8 1 4 5 12 13" ATTN_TILES="0 2 4 1" HEAD_CUBLAS="0 1" ROUNDS=3 $T 130 \
     python3 tests/bench/explore_decode_step.py "$M/gpt-oss-20b-MXFP4.gguf" | sed "s/^/gpt-oss-20b /"
   GEMV_RING="0 8 1 4" $T 80 python3 tests/bench/explore_gemv.py --m1 --dense-shapes 201088x2880,5120x2880,768x3072,1600x6400,4096x4096
   for f in gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16; do
-    case $f in llama*) R="0 8 3" A="0 8 4 1" ;; gpt2-124m*) R="0 4" A="" ;; *) R="0 8 3" A="" ;; esac
+    case $f in llama*) R="0 8 3" A="0 2 1" ;; gpt2-124m*) R="0 4" A="" ;; *) R="0 8 3" A="" ;; esac
     GEMV_RING="$R" ATTN_TILES="$A" ROUNDS=3 $T 60 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
   done
   $T 100 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
@@ -83,12 +83,12 @@ $T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --t
   tests/ops/test_moe.py -k "v7_matches" > /tmp/t2.txt 2>&1  # v7.1 and v7.2 = v7 bit for bit, 12 tests
 echo "moe tests exit $?"; grep -vE "^\.|^$" /tmp/t2.txt | tail -10
 wait $MODELS_PID; cat /tmp/models.txt
-MOE_VERSIONS="7 71 72" GEMV_RING="0 8 1 4 5 12 13" ATTN_TILES="0 8 4 1" HEAD_CUBLAS="0 1" ROUNDS=5 $T 130 python3 tests/bench/explore_decode_step.py \
+MOE_VERSIONS="7 71 72" GEMV_RING="0 8 1 4 5 12 13" ATTN_TILES="0 2 4 1" HEAD_CUBLAS="0 1" ROUNDS=5 $T 130 python3 tests/bench/explore_decode_step.py \
   "$M/gpt-oss-20b-MXFP4.gguf" | sed "s/^/gpt-oss-20b /"
 GEMV_RING="0 8 1 4" $T 80 python3 tests/bench/explore_gemv.py --m1 --dense-shapes 201088x2880,5120x2880,768x3072,1600x6400,4096x4096
 $T 90 python3 tests/ops/explore_decode.py tiles
 for f in llama-1b-F16 smollm2-135m-F16 gpt2-1.5b-F16 gpt2-124m-F16; do
-  case $f in llama*) R="0 8 3" A="0 8 4 1" ;; smollm2*) R="" A="0 8 4 1" ;; gpt2-124m*) R="0 4" A="" ;; *) R="0 8 3" A="" ;; esac
+  case $f in llama*) R="0 8 3" A="0 2 1" ;; smollm2*) R="" A="0 2 1" ;; gpt2-124m*) R="0 4" A="" ;; *) R="0 8 3" A="" ;; esac
   GEMV_RING="$R" ATTN_TILES="$A" ROUNDS=5 $T 80 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
 done
 $T 90 python3 tests/bench/explore_moe_decode.py
