@@ -83,6 +83,17 @@ def _case(device, m, n, k, wtype, dtype, norm=None, act="none", bias=False, resi
         torch.backends.cuda.matmul.allow_tf32 = False
     w, w64 = make_weight(n, k, wtype, device)
     x = randn((m, k), dtype, device)
+    # A relative-error bound on a dot product holds only where the result is not a cancellation of
+    # its terms: fp32 summation error is bounded by ~u K sum|w x| (Higham, Accuracy and Stability,
+    # 3.1), so a tiny result (N = 1: one output, which random terms cancel to 1/300 of their size
+    # in ~0.5% of draws; CI's fresh-clone run at 88b6262 drew one, NMSE 3.2e-10) can exceed
+    # nmse_fp32 with nothing wrong. Inputs whose outputs' squared size falls below 1/16 K of their
+    # terms' (random data: ~1/0.4 K, so 40x from typical) are redrawn from the same seeded stream.
+    for _ in range(20):
+        terms = (x.cpu().double().abs() @ w64.abs().T) ** 2
+        if float(((x.cpu().double() @ w64.T) ** 2).sum()) * 16 * k >= float(terms.sum()):
+            break
+        x = randn((m, k), dtype, device)
     n_out = n // 2 if act == "swiglu" else n
     b = randn((n,), dtype, device, scale=0.1) if bias else None
     r = randn((m, n_out), dtype, device) if residual else None
