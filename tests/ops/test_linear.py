@@ -90,8 +90,8 @@ def _case(device, m, n, k, wtype, dtype, norm=None, act="none", bias=False, resi
     # nmse_fp32 with nothing wrong. Inputs whose outputs' squared size falls below 1/16 K of their
     # terms' (random data: ~1/0.4 K, so 40x from typical) are redrawn from the same seeded stream.
     for _ in range(20):
-        terms = (x.cpu().double().abs() @ w64.abs().T) ** 2
-        if float(((x.cpu().double() @ w64.T) ** 2).sum()) * 16 * k >= float(terms.sum()):
+        x64 = x.cpu().double()
+        if float(((x64 @ w64.T) ** 2).sum()) * 16 * k >= float(((x64.abs() @ w64.abs().T) ** 2).sum()):
             break
         x = randn((m, k), dtype, device)
     n_out = n // 2 if act == "swiglu" else n
