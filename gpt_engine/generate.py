@@ -28,18 +28,22 @@ class SamplingParams:
 
 def distribution(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     """The probabilities [V] (float64, CPU, summing to 1) that ``sample`` draws from at
-    temperature > 0: logits / temperature, one softmax over the whole vocabulary, then top-k
-    and top-p (nucleus, Holtzman et al. 2019: the smallest set of most likely tokens whose
-    probability reaches p) masks on those probabilities, renormalised. The oracle of the
-    device sampler (sampling.py)."""
+    temperature > 0, in transformers' order (temperature, top-k, top-p): logits / temperature,
+    one softmax over the whole vocabulary; top-k keeps every token at least as likely as the
+    k-th (ties kept); top-p (nucleus, Holtzman et al. 2019: the smallest set of most likely
+    tokens whose probability reaches p) is taken over what top-k kept, renormalised, as
+    transformers' TopPLogitsWarper and llama.cpp's top-p sampler see it after top-k; the result
+    is renormalised. The oracle of the device sampler (sampling.py); tests/test_sampling.py
+    checks it against transformers' warpers."""
     probs = torch.softmax(logits.detach().to("cpu", torch.float64) / p.temperature, dim=-1)
     keep = torch.ones_like(probs, dtype=torch.bool)
     if p.top_k and p.top_k < probs.numel():
         kth = torch.topk(probs, p.top_k).values[-1]
         keep &= probs >= kth
     if p.top_p < 1.0:
-        sorted_p, order = torch.sort(probs * keep, descending=True)
-        before = torch.cumsum(sorted_p, 0) - sorted_p   # mass strictly above each token
+        kept = probs * keep
+        sorted_p, order = torch.sort(kept / kept.sum(), descending=True)
+        before = torch.cumsum(sorted_p, 0) - sorted_p   # kept mass strictly above each token
         nucleus = torch.zeros_like(keep)
         nucleus[order] = before < p.top_p               # always keeps the most likely token
         keep &= nucleus

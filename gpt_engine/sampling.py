@@ -3,8 +3,9 @@ in torch ops that run on the device with no host sync (so the whole step can be 
 
 Per row: probabilities = softmax(logits / temperature) over the valid vocabulary; sorted once
 (descending); top-k keeps every token at least as likely as the k-th (ties kept, like the CPU
-sampler), top-p keeps a token while the mass strictly above it is below p; the kept mass is
-renormalised and drawn from by inverse CDF with one uniform number. Greedy rows (temperature
+sampler), top-p keeps a token while the mass strictly above it, as a share of what top-k kept,
+is below p (transformers' and llama.cpp's top-p after top-k); the kept mass is renormalised and
+drawn from by inverse CDF with one uniform number. Greedy rows (temperature
 0) take the argmax (lowest index among equal maxima). The CPU sampler in generate.py
 (``distribution``) is the oracle; the draws differ (another generator) but the distribution is
 the same, which tests/test_sampling.py checks with a chi-square test.
@@ -56,8 +57,9 @@ def sample_rows(logits: torch.Tensor, n_valid: int, temperature: torch.Tensor, t
     kth = sp.gather(1, (k - 1)[:, None])
     keep = sp >= kth
     masked = sp * keep
-    before = torch.cumsum(masked, dim=-1) - masked
-    keep &= (before < top_p[:, None]) | (top_p[:, None] >= 1.0)
+    cum = torch.cumsum(masked, dim=-1)
+    before = cum - masked  # kept mass strictly above each token; cum[:, -1] is all of it
+    keep &= (before < top_p[:, None] * cum[:, -1:]) | (top_p[:, None] >= 1.0)
     final = sp * keep
     cdf = torch.cumsum(final.double(), dim=-1)
     u = uniform(seed, counter) * cdf[:, -1]

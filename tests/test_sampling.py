@@ -8,6 +8,7 @@ import torch
 
 from gpt_engine import sampling
 from gpt_engine.generate import SamplingParams, distribution
+from tests.tolerances import tol
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
@@ -64,6 +65,59 @@ def test_device_sampler_matches_cpu_distribution(device, cfg):
     stat, dof = chi_square(counts, probs)
     p = chi2_sf(stat, dof)
     assert p > ALPHA, f"chi-square {stat:.1f} on {dof} dof, p = {p:.2e}"
+
+
+ORACLE_CASES = CONFIGS + [(0.5, 0, 0.95), (1.0, 300, 0.5), (1.0, 1, 0.3)]
+
+
+def transformers_distribution(logits: torch.Tensor, temp: float, top_k: int, top_p: float) -> torch.Tensor:
+    """The independent oracle: transformers' own warpers in the order its generate() applies them
+    (temperature, top-k, top-p), then a softmax over what is left."""
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+    scores = logits.float()[None].clone()
+    ids = torch.zeros((1, 1), dtype=torch.long)
+    scores = TemperatureLogitsWarper(temp)(ids, scores)
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(ids, scores)
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(ids, scores)
+    return torch.softmax(scores[0].double(), dim=-1)
+
+
+@pytest.mark.story("GT-027")
+@pytest.mark.parametrize("cfg", ORACLE_CASES, ids=str)
+def test_distribution_matches_transformers_warpers(cfg):
+    """generate.distribution (the device sampler's oracle) against transformers: the same support
+    and the same probabilities, top-p taken over what top-k kept (renormalised)."""
+    temp, top_k, top_p = cfg
+    g = torch.Generator().manual_seed(1234)
+    logits = torch.randn(300, generator=g, dtype=torch.float32) * 2.0
+    ours = distribution(logits, SamplingParams(temp, top_k, top_p))
+    # the case is decisive: no token's kept mass above it is within the margin of p
+    probs = torch.softmax(logits.double() / temp, -1)
+    kept = probs if not top_k else probs * (probs >= torch.topk(probs, top_k).values[-1])
+    sp = torch.sort(kept / kept.sum(), descending=True).values
+    before = torch.cumsum(sp, 0) - sp
+    if top_p < 1.0:
+        assert (before[sp > 0] - top_p).abs().min() > tol("sampler_top_p_margin"), "boundary case: not decisive"
+    ref = transformers_distribution(logits, temp, top_k, top_p)
+    assert torch.equal(ours > 0, ref > 0), f"support {int((ours > 0).sum())} tokens, transformers {int((ref > 0).sum())}"
+    assert (ours > 0).sum() >= 1
+    rel = ((ours - ref).abs() / ref.clamp_min(1e-300))[ref > 0].max().item()
+    assert rel < tol("sampler_probs_rel_vs_transformers"), f"max relative difference {rel:.2e}"
+
+
+@pytest.mark.story("GT-027")
+def test_top_p_is_taken_over_what_top_k_kept():
+    """Two near-equal tokens survive top-k = 2 with ~0.52 / ~0.48 of the kept mass; top-p = 0.5
+    then keeps only the first (transformers and llama.cpp agree). Over the whole vocabulary the
+    first holds under 0.5 of the mass, so a top-p taken there would keep both."""
+    logits = torch.tensor([0.0, 3.0, 1.0, 2.9, -5.0])
+    probs = distribution(logits, SamplingParams(1.0, 2, 0.5))
+    assert torch.softmax(logits.double(), -1)[1] < 0.5  # the trap the rule must not fall into
+    assert probs.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
+    assert torch.equal(probs > 0, transformers_distribution(logits, 1.0, 2, 0.5) > 0)
 
 
 @pytest.mark.story("GT-027")
