@@ -3,12 +3,12 @@ layers and references (tests/ops/test_moe.py and test_moe_grouped.py build the s
 CUDA graph capture."""
 from types import SimpleNamespace
 
+import gguf
 import pytest
 import torch
 
 from gpt_engine import ops, quants
 from gpt_engine.models import gpt_oss
-from gpt_engine.ops import moe_module
 from tests.tolerances import tol
 
 HAS_CUDA = torch.cuda.is_available() and ops.cuda_kernels_available()
@@ -88,17 +88,45 @@ def moe_model(k, **attrs):
     return SimpleNamespace(cfg=SimpleNamespace(n_expert_used=k), **attrs)
 
 
+def router_logits64(h, L):
+    """The router's logits [M, E] in float64 on the CPU, from the test's rounded inputs."""
+    return torch.nn.functional.linear(h.cpu().double(), L.router.cpu().double(), L.router_bias.cpu().double())
+
+
 def moe_route_reference(h, L, k):
-    """ids [M, k] int32 and weights [M, k] fp32 of the routing reference, on the CPU."""
-    return moe_module.route_reference(h.cpu(), L.router.cpu(), L.router_bias.cpu(), k)
+    """ids [M, k] int32 and weights [M, k] fp32 of gpt-oss's routing, computed here in float64
+    (independent of gpt_engine's own route_reference): the k largest router logits, and a softmax
+    over those k only (transformers' GptOssTopKRouter)."""
+    top, ids = router_logits64(h, L).topk(k, dim=-1)
+    return ids.to(torch.int32), torch.softmax(top, dim=-1).float()
+
+
+def _experts64(stack, e, rows, cols):
+    """Expert e's [rows, cols] matrix in float64, decoded by gguf-py (the format's reference
+    dequantizer) from the stacked MXFP4 bytes."""
+    raw = stack.weight.raw[e * rows:(e + 1) * rows].cpu().numpy()
+    return torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.MXFP4)).double().reshape(rows, cols)
 
 
 def moe_reference64(h, ids, w, L, residual=None):
-    """The experts in float64 on the CPU (experts_reference) on the test's rounded inputs."""
-    d = lambda t: t.cpu().double()  # noqa: E731
-    ref = moe_module.experts_reference(d(h), ids.cpu(), w.cpu(), L.gate.weight.raw.cpu(), d(L.gate.bias),
-                                       L.up.weight.raw.cpu(), d(L.up.bias), L.down.weight.raw.cpu(), d(L.down.bias))
-    return ref if residual is None else ref + d(residual)
+    """The experts in float64 on the CPU on the test's rounded inputs, written here (independent
+    of gpt_engine's experts_reference): each token's k experts, weights decoded by gguf-py, the
+    clamped SwiGLU of transformers' GptOssExperts (gate <= 7, up in [-7, 7],
+    gate * sigmoid(1.702 gate) * (up + 1)), outputs weighted by the routing weights and summed."""
+    hd = h.cpu().double()
+    m, c = hd.shape
+    f = L.gate.bias.shape[1]
+    out = torch.zeros((m, c), dtype=torch.float64)
+    for e in torch.unique(ids.cpu()).tolist():
+        wg, wu, wd = _experts64(L.gate, e, f, c), _experts64(L.up, e, f, c), _experts64(L.down, e, c, f)
+        bg, bu, bd = (t.bias[e].cpu().double() for t in (L.gate, L.up, L.down))
+        tok, slot = (ids.cpu() == e).nonzero(as_tuple=True)  # the tokens that chose e, and where
+        x = hd[tok]
+        g = (x @ wg.T + bg).clamp(max=7.0)
+        u = (x @ wu.T + bu).clamp(min=-7.0, max=7.0)
+        act = g * torch.sigmoid(1.702 * g) * (u + 1)
+        out.index_add_(0, tok, w.cpu().double()[tok, slot, None] * (act @ wd.T + bd))
+    return out if residual is None else out + residual.cpu().double()
 
 
 def capture_graph(fn, warmup: int = 1):

@@ -1,5 +1,7 @@
-"""gpt-oss's mixture of experts as ops (GX-002): moe_route and moe_experts against the CPU
-model's GptOss.moe (the oracle), MXFP4 expert stacks as the model holds them."""
+"""gpt-oss's mixture of experts as ops (GX-002), MXFP4 expert stacks as the model holds them:
+moe_route and moe_experts against float64 references written in tests/ops/_util.py (experts
+decoded by gguf-py, transformers' clamped SwiGLU, a softmax over the k chosen router logits),
+independent of gpt_engine's own references; and the CPU ops equal the model's GptOss.moe."""
 from types import SimpleNamespace
 
 import pytest
@@ -8,9 +10,11 @@ import torch
 from gpt_engine import ops
 from gpt_engine.models import gpt_oss
 
+from tests.tolerances import tol
+
 from ._cases import device_cases
 from ._util import (DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, capture_graph, moe_layer, moe_model, moe_reference64,
-                    moe_route_reference, moe_weights, randn)
+                    moe_route_reference, moe_weights, randn, router_logits64)
 
 STORY = pytest.mark.story("GX-002")
 CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")]
@@ -61,9 +65,11 @@ def test_experts_vs_float64(device, dtype, shape, m):
     ref = moe_reference64(h, ids, w, L)
     out = _experts(h, ids, w, L)
     assert out.shape == (m, c) and out.dtype == dtype
-    assert_nmse(out, ref, TOL_NAME[dtype] if dtype != torch.float32 else "nmse_fp16")
+    # fp32 on the GPU: the v7 kernels' 16-bit input codes; on the CPU, plain fp32 products
+    bound = TOL_NAME[dtype] if dtype != torch.float32 or device == "cpu" else "nmse_moe_fp32_activations"
+    assert_nmse(out, ref, bound)
     out_r = _experts(h, ids, w, L, res)
-    assert_nmse(out_r, ref + res.cpu().double(), TOL_NAME[dtype] if dtype != torch.float32 else "nmse_fp16")
+    assert_nmse(out_r, ref + res.cpu().double(), bound)
 
 
 def _assert_routes_match(h, ids, w, L, k):
@@ -72,15 +78,18 @@ def _assert_routes_match(h, ids, w, L, k):
     summation order can separate is skipped."""
     e = L.router.shape[0]
     rid, rw = moe_route_reference(h, L, k)
-    logits = torch.nn.functional.linear(h.cpu().double(), L.router.cpu().double(), L.router_bias.cpu().double())
-    top = logits.topk(min(k + 1, e), dim=-1).values
+    top = router_logits64(h, L).topk(min(k + 1, e), dim=-1).values
+    decided = 0
     for i in range(h.shape[0]):
-        if k < e and float(top[i, k - 1] - top[i, k]) < 1e-4:
+        if k < e and float(top[i, k - 1] - top[i, k]) < tol("moe_route_tie_gap"):
             continue
+        decided += 1
         got = sorted(zip(ids[i].tolist(), w[i].tolist()))
         want = sorted(zip(rid[i].tolist(), rw[i].tolist()))
         assert [g[0] for g in got] == [x[0] for x in want], f"row {i}: experts {got} != {want}"
-        assert torch.allclose(torch.tensor([g[1] for g in got]), torch.tensor([x[1] for x in want]), atol=1e-5)
+        diff = max(abs(g[1] - x[1]) for g, x in zip(got, want))
+        assert diff <= tol("moe_route_weight_abs"), f"row {i}: weights {got} != {want}"
+    assert decided >= (h.shape[0] + 1) // 2, f"only {decided} of {h.shape[0]} rows decisive: the test input is degenerate"
 
 
 @STORY

@@ -1,6 +1,7 @@
 """The grouped-GEMM MoE for many tokens (ops.moe_grouped, csrc/moe_grouped.cu; GX-002): the
 routing layout on the CPU, the op against the float64 reference built from gguf-py-dequantized
-MXFP4 experts (moe.experts_reference), opcheck, and graph capture with new routing on replay."""
+MXFP4 experts (tests/ops/_util.py moe_reference64, written apart from gpt_engine's own
+experts_reference), opcheck, and graph capture with new routing on replay."""
 import pytest
 import torch
 
