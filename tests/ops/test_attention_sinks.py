@@ -1,6 +1,9 @@
 """gpt-oss attention in the kernels (GX-002): per-head sinks and the sliding window in
-attention_prefill and attention_decode, against models.gpt_oss.sink_attention (the model's
-oracle) over grids of window (< and >= the sequence), sink size, GQA ratio and batch."""
+attention_prefill and attention_decode, against transformers' gpt-oss eager attention in float64
+(`oracle` below) over grids of window (< and >= the sequence), sink size, GQA ratio and batch;
+the ops' CPU references and the model's sink_attention against the same oracle."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -8,12 +11,35 @@ from gpt_engine import ops
 from gpt_engine.models.gpt_oss import sink_attention
 from gpt_engine.ops import attention_decode_module as dec_mod
 from gpt_engine.ops import attention_prefill_module as pre_mod
+from tests.tolerances import tol
 
 from ._cases import device_cases
 from ._util import DEVICES, HAS_CUDA, assert_nmse, f64, randn
 
 STORY = pytest.mark.story("GX-002")
 CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")]
+
+
+def oracle(q, k, v, sinks, qpos, window, scale):
+    """transformers' own gpt-oss attention (modeling_gpt_oss.eager_attention_forward: the sinks
+    as an extra softmax column that is dropped before the values) in float64, under the mask that
+    transformers' masking_utils defines (causal_mask_function, and sliding_window_overlay when
+    there is a window). q [B, T, Hq, d] at positions qpos ([T], or [B, T]); k/v [B, Hkv, S, d] at
+    positions 0..S-1; sinks [Hq] (None: no sink). Returns [B, T, Hq, d] float64."""
+    from transformers import masking_utils as mu
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+    t, hq, s = q.shape[1], q.shape[2], k.shape[2]
+    qi = qpos.reshape(-1, 1, t, 1)
+    kv = torch.arange(s).reshape(1, 1, 1, s)
+    allowed = mu.causal_mask_function(0, 0, qi, kv)
+    if window is not None:
+        allowed = allowed & mu.sliding_window_overlay(window)(0, 0, qi, kv)
+    mask = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, float("-inf"))
+    sk = torch.full((hq,), float("-inf"), dtype=torch.float64) if sinks is None else sinks.cpu().double()
+    module = SimpleNamespace(num_key_value_groups=hq // k.shape[1], sinks=sk, training=False)
+    out, _ = eager_attention_forward(module, q.cpu().double().transpose(1, 2), k.cpu().double(), v.cpu().double(),
+                                     mask, scale)
+    return out
 
 
 def _sinks(hq, size, device):
@@ -44,9 +70,8 @@ def test_prefill_sinks_window_vs_sink_attention(device, dtype, sink, case):
     sinks = None if sink is None else _sinks(hq, sink, device)
     out = ops.attention_prefill(q, k, v, d ** -0.5, sinks, window or 0)
     assert out.shape == q.shape and out.dtype == dtype
-    s = torch.full((hq,), -torch.inf, dtype=torch.float64) if sinks is None else sinks.cpu().double()
     qq, kk, vv = f64(q, k, v)
-    ref = sink_attention(qq, kk.transpose(1, 2), vv.transpose(1, 2), s, torch.arange(t), window, d ** -0.5)
+    ref = oracle(qq, kk.transpose(1, 2), vv.transpose(1, 2), sinks, torch.arange(t), window, d ** -0.5)
     assert_nmse(out, ref, "nmse_attention")
 
 
@@ -69,32 +94,33 @@ def test_decode_sinks_window_vs_sink_attention(device, dtype, sink, case):
     sinks = None if sink is None else _sinks(hq, sink, device)
     out = ops.attention_decode(q, kc, vc, seq_lens, d ** -0.5, 0, sinks, window or 0)
     assert out.shape == q.shape and out.dtype == dtype
-    sk = torch.full((hq,), -torch.inf, dtype=torch.float64) if sinks is None else sinks.cpu().double()
     qq, kk, vv = f64(q, kc, vc)
-    ref = torch.cat([sink_attention(qq[i:i + 1, None], kk[i:i + 1], vv[i:i + 1], sk, torch.tensor([n - 1]), window,
-                                    d ** -0.5)[:, 0] for i, n in enumerate(lens)])
+    ref = torch.cat([oracle(qq[i:i + 1, None], kk[i:i + 1], vv[i:i + 1], sinks, torch.tensor([n - 1]), window,
+                            d ** -0.5)[:, 0] for i, n in enumerate(lens)])
     assert_nmse(out, ref, "nmse_attention")
 
 
 @STORY
+@pytest.mark.parametrize("window", [7, None])
 @pytest.mark.parametrize("hq,hkv", [(4, 4), (8, 2)])
-def test_references_equal_sink_attention_exactly(hq, hkv):
-    """The ops' CPU references (the oracles the kernels are held to) compute sink_attention's
-    math: same masks, same extra softmax column (sink_attention works in fp32, the references
-    here in float64: they agree to fp32 rounding)."""
+def test_references_equal_the_oracle(hq, hkv, window):
+    """The ops' CPU references (attention_prefill's and attention_decode's, float64 here) compute
+    transformers' math to float64 rounding; the model's sink_attention (fp32) to fp32 rounding."""
     torch.manual_seed(0)
-    b, t, d, w = 2, 40, 16, 7
+    b, t, d = 2, 40, 16
     q, k, v = (torch.randn(b, t, h, d, dtype=torch.float64) for h in (hq, hkv, hkv))
     sinks = torch.randn(hq, dtype=torch.float64)
-    want = sink_attention(q, k.transpose(1, 2), v.transpose(1, 2), sinks, torch.arange(t), w, 0.3)
-    assert torch.allclose(pre_mod.reference(q, k, v, 0.3, sinks, w), want, rtol=1e-5, atol=1e-5)
+    want = oracle(q, k.transpose(1, 2), v.transpose(1, 2), sinks, torch.arange(t), window, 0.3)
+    assert_nmse(pre_mod.reference(q, k, v, 0.3, sinks, window or 0), want, "nmse_float64_same_math", "prefill reference")
+    model = sink_attention(q, k.transpose(1, 2), v.transpose(1, 2), sinks, torch.arange(t), window, 0.3)
+    assert_nmse(model, want, "nmse_fp32", "sink_attention")
     kc, vc = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
     lens = torch.tensor([t, 23])
     qd = torch.stack([q[i, n - 1] for i, n in enumerate(lens.tolist())])  # each sequence's last token
-    got = dec_mod.reference(qd, kc, vc, lens, 0.3, sinks, w)
-    for i, n in enumerate(lens.tolist()):
-        ref = sink_attention(q[i:i + 1, n - 1:n], kc[i:i + 1], vc[i:i + 1], sinks, torch.tensor([n - 1]), w, 0.3)
-        assert torch.allclose(got[i], ref[0, 0], rtol=1e-5, atol=1e-5)
+    got = dec_mod.reference(qd, kc, vc, lens, 0.3, sinks, window or 0)
+    ref = torch.cat([oracle(q[i:i + 1, n - 1:n], kc[i:i + 1], vc[i:i + 1], sinks, torch.tensor([n - 1]), window, 0.3)[:, 0]
+                     for i, n in enumerate(lens.tolist())])
+    assert_nmse(got, ref, "nmse_float64_same_math", "decode reference")
 
 
 @STORY

@@ -164,13 +164,14 @@ def test_gemv_rows_do_not_depend_on_the_batch(k):
 @pytest.mark.story("GX-003")
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
-@pytest.mark.parametrize("n,k", [(2880, 4096), (1600, 6400), (2048, 8192)], ids=str)
+@pytest.mark.parametrize("n,k", [(2880, 4096), (1600, 6400), (2048, 8192), (1601, 6400)], ids=str)
 def test_gemv_long_rows_same_bits_on_either_kernel(n, k):
     """ext.linear_ring_force(3) moves M = 1 rows of K >= 4,096 whose pairs fit one round of v3's
     warps from the ring kernel to v3 (gpt-oss's output projection, GPT-2 1.5B's and Llama-1b's
     down products): the same bits (same chunks in the same order), here with the residual
     epilogue, and within the oracle's bound. Mode 8 (0 with v20's bulk copies) keeps them on the
-    ring kernel, with the same bits."""
+    ring kernel, with the same bits. Odd N: the last pair's lone row is copied twice (both bulk
+    copies of a batch read it) and stored once."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     w, w64 = make_weight(n, k, "F16", "cuda")

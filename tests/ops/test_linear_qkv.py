@@ -44,12 +44,13 @@ def test_linear_qkv_vs_oracle(device, dtype, case, wtype):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("ring", [0, 1, 2, 4])
+@pytest.mark.parametrize("ring", [0, 1, 2, 4, 8])
 def test_linear_qkv_gpt_oss_shape_each_ring_rule(dtype, ring):
     """gpt-oss's QKV at one token (C = 2,880, 64 / 8 heads of 64, RMSNorm, bias, neox RoPE; F16
     weights): rows that v3 takes in two batches, 2,560 pairs, where the launcher's ring rule picks
     the kernel (ext.linear_ring_force: 0 the ring kernel, the default; 1 and 2 v3; 4 v3 with 12
-    chunks per lane, one batch per pair). Each matches the oracle."""
+    chunks per lane, one batch per pair; 8 the ring kernel with v20's bulk copies, under the QKV
+    epilogue's RoPE row pairing). Each matches the oracle."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     try:
