@@ -1,9 +1,12 @@
 """The CPU decode step's attention shortcut (gpt_engine/models/cpu_decode.py) against the ops it
 stands in for: ``qkv_rope`` (then ``attention_decode``) references on the same qkv row, caches and
 position. RoPE and the cache rows must be bitwise the reference's (the same function, the same
-table row); the attention output within fp32 summation order of the float64 reference."""
+table row: a consistency check of the shortcut, not an oracle); the attention output within fp32
+summation order of the float64 reference, and of float64 oracles written here (RoPE by
+test_qkv_rope.oracle_rotate, attention by torch's SDPA)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gpt_engine.errors import ContextOverflowError
 from gpt_engine.models import cpu_decode
@@ -13,6 +16,7 @@ from gpt_engine.ops import attention_decode_module as att
 from gpt_engine.ops import qkv_rope_module as qr
 
 from .ops._util import assert_nmse
+from .ops.test_qkv_rope import oracle_rotate
 
 # (B, Hq, Hkv, D, S, start, rope mode, rope dim): GQA groups 1..4, first and last cache row,
 # adjacent / neox / no RoPE (GPT-2), partial rotary dim
@@ -33,6 +37,7 @@ def test_cpu_decode_matches_the_reference_ops(case):
     qkv = torch.randn(b, (hq + 2 * hkv) * d)
     kc, vc = torch.randn(b, hkv, s, d), torch.randn(b, hkv, s, d)
     kc_ref, vc_ref = kc.clone(), vc.clone()
+    kc0, vc0 = kc.clone(), vc.clone()
     out = cpu_decode.attend(lay, qkv, kc, vc, start)
 
     pos = torch.full((b,), start, dtype=torch.int64)
@@ -42,6 +47,27 @@ def test_cpu_decode_matches_the_reference_ops(case):
     ref = att.reference(q.double(), kc_ref.double(), vc_ref.double(), lens, lay.scale)
     assert out.shape == (b, hq * d) and out.dtype == torch.float32
     assert_nmse(out.view(b, hq, d), ref, "nmse_fp32")
+    # and against oracles written apart from the engine: RoPE in float64 complex arithmetic
+    # (tests/ops/test_qkv_rope.oracle_rotate), attention by torch's SDPA in float64
+    assert_nmse(out.view(b, hq, d), _oracle(qkv, kc0, vc0, start, hq, hkv, d, mode, rdim, lay.scale), "nmse_fp32",
+                "vs float64 oracle")
+
+
+def _oracle(qkv, kc, vc, start, hq, hkv, d, mode, rdim, scale):
+    """One token per sequence at position start, in float64: q and k rotated by the test's own
+    RoPE oracle, k and v written at row start of copies of the caches, then SDPA over rows
+    0..start with each kv head repeated for its query heads. [B, Hq, D]."""
+    b = qkv.shape[0]
+    x = qkv.double()
+    q, k, v = (x[:, :hq * d].view(b, hq, d), x[:, hq * d:(hq + hkv) * d].view(b, hkv, d),
+               x[:, (hq + hkv) * d:].view(b, hkv, d))
+    pos = torch.full((b,), start)
+    name = {0: "none", 1: "adjacent", 2: "neox"}[mode]
+    q, k = oracle_rotate(q, pos, name, rdim), oracle_rotate(k, pos, name, rdim)
+    kk, vv = kc.double().clone(), vc.double().clone()
+    kk[:, :, start], vv[:, :, start] = k, v
+    kk, vv = (t[:, :, :start + 1].repeat_interleave(hq // hkv, dim=1) for t in (kk, vv))
+    return F.scaled_dot_product_attention(q[:, :, None], kk, vv, scale=scale)[:, :, 0]
 
 
 @pytest.mark.story("GX-001")

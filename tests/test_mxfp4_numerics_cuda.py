@@ -41,7 +41,7 @@ CHUNK = 512
 def test_mxfp4_linear_vs_dequantized_reference(monkeypatch, dtype, m, n, k, epi):
     from tests.ops.test_linear import _case
 
-    monkeypatch.setattr(_common, "FILL_OUTPUTS_WITH_NAN", True)
+    monkeypatch.setattr(_common, "OUTPUT_FILL", float("nan"))
     torch.manual_seed(m * 7919 + n)
     norm, act, bias, residual, float_out = epi
     if act == "swiglu" and n % 2:

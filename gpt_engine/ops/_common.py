@@ -87,14 +87,16 @@ def rows_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-# Tests set this to True so every kernel output starts as NaN: an element the
-# kernel forgets to write then fails the test instead of passing by luck.
-FILL_OUTPUTS_WITH_NAN = False
+# Tests set a value here so that every kernel output starts filled with it: NaN, so that an
+# element the kernel forgets to write fails the test instead of passing by luck; inf where the
+# test expects NaN in a bad row, so that the kernel must write the NaN itself while an unwritten
+# good row still fails its finiteness check (tests/ops/conftest.py).
+OUTPUT_FILL: float | None = None
 
 
 def new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Allocates a kernel output (dense, like's device, like's dtype unless given)."""
     dtype = dtype or like.dtype
-    if FILL_OUTPUTS_WITH_NAN:
-        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=like.device)
+    if OUTPUT_FILL is not None:
+        return torch.full(tuple(shape), OUTPUT_FILL, dtype=dtype, device=like.device)
     return torch.empty(tuple(shape), dtype=dtype, device=like.device)

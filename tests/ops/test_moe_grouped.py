@@ -172,9 +172,9 @@ def test_layout_and_combine_kernels_equal_the_torch_ops(m, e, k, skew):
     ext = _ext.load()
     ids, _ = _routing(m, e, k, "cuda", skew)
     ids[0, 0] = e + 3  # out of range: clamped to e - 1 by both
-    order = torch.empty(m * k, dtype=torch.int32, device="cuda")
-    dest = torch.empty_like(order)
-    counts = torch.empty(e, dtype=torch.int32, device="cuda")
+    order = torch.full((m * k,), -1, dtype=torch.int32, device="cuda")  # -1: unwritten, never a stale answer
+    dest = torch.full_like(order, -1)
+    counts = torch.full((e,), -1, dtype=torch.int32, device="cuda")
     ext.moe_grouped_layout(ids, order, counts, dest)
     want = gmod.routing_layout(ids, e)
     assert torch.equal(order, want[0]) and torch.equal(counts, want[1]) and torch.equal(dest, want[2])
@@ -182,7 +182,7 @@ def test_layout_and_combine_kernels_equal_the_torch_ops(m, e, k, skew):
     part = torch.randn(m * k, c, device="cuda")
     for dt in (torch.float16, torch.bfloat16, torch.float32):
         for res in (None, randn((m, c), dt, "cuda")):
-            out = torch.empty((m, c), dtype=dt, device="cuda")
+            out = torch.full((m, c), float("nan"), dtype=dt, device="cuda")
             ext.moe_grouped_combine(part, res, out, k)
             assert torch.equal(out, gmod.combine(part, k, dt, res))
 
