@@ -270,7 +270,7 @@ def test_rmsnorm_reference_matches_transformers():
     with torch.no_grad():
         norm.weight.copy_(torch.randn(96))
     x = torch.randn(5, 96)
-    assert torch.allclose(lin.rmsnorm_reference(x, norm.weight.detach(), 1e-5), norm(x).detach(), atol=1e-6)
+    assert_nmse(lin.rmsnorm_reference(x, norm.weight.detach(), 1e-5), norm(x).detach(), "nmse_fp32")
 
 
 GEMV_SHAPES = [(768, 768), (2304, 768), (3072, 768), (768, 3072), (1600, 1600), (4800, 1600), (6400, 1600),
