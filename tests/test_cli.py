@@ -335,6 +335,31 @@ def test_unknown_architecture_names_the_supported_ones(tmp_path, capsys):
 
 
 @pytest.mark.story("GT-048")
+@pytest.mark.parametrize("arch,qtype", [("gpt2", "F16"), ("gpt2", "Q8_0"), ("llama", "F16"), ("llama", "Q4_1")])
+def test_bench_gpu_bytes_per_token_match_gguf_py(models, arch, qtype):
+    """MBU's numerator on the GPU (the file's bytes of every tensor a decode step reads: what
+    sets the recorded roofline, so an overcount would inflate MBU) against gguf-py's reading of the
+    same file: every tensor's n_bytes except position_embd and, when the file has its own output
+    matrix, token_embd (a step gathers one row of each)."""
+    from types import SimpleNamespace
+
+    import gguf
+    import torch
+
+    import gpt_engine
+    from gpt_engine import bench
+
+    path = models.path(arch, qtype)
+    sizes = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors}
+    skip = {"position_embd.weight"} | ({"token_embd.weight"} if "output.weight" in sizes else set())
+    want = sum(b for n, b in sizes.items() if n not in skip)
+    m = gpt_engine.load(path)
+    on_gpu = SimpleNamespace(net=SimpleNamespace(), config=m.config, gguf=m.gguf, device=torch.device("cuda"),
+                             dtype=torch.float16)  # the figure's GPU branch, without a GPU
+    assert bench.weight_bytes_per_token(on_gpu) == want
+
+
+@pytest.mark.story("GT-048")
 def test_bench_counts_packed_cpu_products_at_their_packed_size(models):
     """MBU's numerator on the CPU: a float32 Q4_1 matrix whose product reads its packed blocks
     (cpu_q4) counts its file bytes, every other matrix its dense float32 copy."""
