@@ -13,12 +13,13 @@ names, with only the project's own code in the process?":
   the commit tracks no symbolic link where sources live (the files behind it would be no
   story's source);
 - the run was not dirty, interrupted, or short of collection errors; no phase that raised
-  was reported as passed; the trace of used files was not displaced;
+  was reported as passed; an exit status of 1 (tests failed) has a failing record; the trace
+  of used files was not displaced;
 - every active plugin is pytest's, xdist's or the repository's own, and no option overrides
-  the project's configuration (-o, -c, -W, -p of anything else, --pdb, --confcutdir, ...); every
-  repository conftest on the tests' paths was loaded; Python did not run with -O; no engine
-  setting (GPT_ENGINE_* / GPTE_* other than the harness's) was in the environment; no module named
-  like one of the repository's was loaded from a file outside it;
+  the project's configuration (-o, -c, -W, -p of anything else, --pdb, --confcutdir,
+  --keep-duplicates, ...); every repository conftest on the tests' paths was loaded; Python
+  did not run with -O; no engine setting (GPT_ENGINE_* / GPTE_* other than the harness's) was in
+  the environment; no module named like one of the repository's was loaded from a file outside it;
 - a GPU run comes with its raw pytest log beside it, the log names the JSON's sha256, and
   the log's per-test outcomes (-rA) agree with the JSON's;
 - a CPU run counts only where it was made, never committed: CI runs the CPU suite itself;
@@ -41,6 +42,7 @@ from gates import sources as _sources
 FUTURE_SLACK = timedelta(minutes=5)       # clocks of two machines disagree a little
 BEFORE_COMMIT_SLACK = timedelta(hours=1)
 OK_EXIT = (0, 1, 5)                       # passed, tests failed, nothing collected
+FAILING = ("failed", "error")             # the outcomes of a report that makes pytest exit 1
 OWN_P = {"gates.pytest_plugin", "xdist.plugin", "xdist", "no:cacheprovider"}
 STRICTER_OVERRIDES = {"strict_markers=true", "strict_config=true", "strict=true", "xfail_strict=true"}
 SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -258,7 +260,7 @@ def plugin_problems(doc) -> list[str]:
     if o.get("pythonwarnings"):
         out.append(f"-W changes the project's warning filters: {o['pythonwarnings']}")
     for k, what in (("noconftest", "--noconftest"), ("usepdb", "--pdb"), ("trace", "--trace"),
-                    ("runxfail", "--runxfail")):
+                    ("runxfail", "--runxfail"), ("keepduplicates", "--keep-duplicates")):
         if o.get(k):
             out.append(f"{what} was given")
     if o.get("confcutdir") not in (None, "."):
@@ -379,6 +381,12 @@ def audit_run(doc: dict, git: Git | None, first: dict, now: datetime) -> Audit:
         a.reasons.append(f"{len(doc['collection_errors'])} collection error(s)")
     if run.get("interrupted") or run.get("exit_status") not in OK_EXIT:
         a.reasons.append(f"interrupted or aborted (exit status {run.get('exit_status')})")
+    elif (run.get("exit_status") == 1 and not doc.get("collection_errors")
+          and not any(t.get("outcome") in FAILING for t in doc.get("tests", []))):
+        # pytest exits 1 only when a report failed: the records lost that failure (a test run twice
+        # under one id, a hook that changed what was recorded)
+        a.reasons.append("exit status 1 (tests failed) but no test is recorded as failing: the records do not"
+                         " say what pytest saw")
     a.reasons += plugin_problems(doc)
     if gpu_run(doc):
         a.reasons += log_problems(path, doc, raw)

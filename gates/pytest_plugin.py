@@ -13,6 +13,8 @@ end (workeroutput); only the controller, which sees every report, writes the evi
 """
 from __future__ import annotations
 
+import ast
+import fnmatch
 import hashlib
 import json
 import os
@@ -69,6 +71,10 @@ def _item_stories(item) -> list[str]:
     for m in item.iter_markers("story"):
         ids.extend(m.args)
     return sorted(set(ids), key=ids.index)
+
+
+# From the best outcome to the worst: a test's record keeps the worst any of its reports gave.
+OUTCOME_RANK = {"passed": 0, "xfailed": 1, "skipped": 2, "xpassed": 3, "failed": 4, "error": 5}
 
 
 def _skip_reason(report) -> str | None:
@@ -200,6 +206,79 @@ def _defines_tests(path: Path) -> bool:
         return True
 
 
+def _pytest_name(name: str, patterns) -> bool:
+    """pytest's rule for python_functions / python_classes: a prefix, or a glob."""
+    return any(name.startswith(p) or (any(c in p for c in "*?[") and fnmatch.fnmatch(name, p)) for p in patterns)
+
+
+def _story_ids(exprs, aliases: dict) -> set:
+    """The story ids written as string literals in the `story(...)` marks among these decorator or
+    `pytestmark` expressions, through module-level names bound to such marks (STORY = ...)."""
+    ids = set()
+    for expr in exprs:
+        for node in ast.walk(expr):
+            if isinstance(node, ast.Name) and node.id in aliases:
+                ids |= aliases[node.id]
+            elif isinstance(node, ast.Call):
+                f = node.func
+                if (f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)) == "story":
+                    ids |= {a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    return ids
+
+
+def _pytestmark(body) -> list:
+    """The expressions assigned to `pytestmark` in a module or class body."""
+    out = []
+    for st in body:
+        if isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in st.targets):
+            out.append(st.value)
+        elif isinstance(st, (ast.AnnAssign, ast.AugAssign)) and isinstance(st.target, ast.Name) \
+                and st.target.id == "pytestmark" and st.value is not None:
+            out.append(st.value)
+    return out
+
+
+def _is_fixture(fn) -> bool:
+    """Decorated with `fixture`, `pytest.fixture` or `pytest.fixture(...)`."""
+    for d in fn.decorator_list:
+        d = d.func if isinstance(d, ast.Call) else d
+        if (d.id if isinstance(d, ast.Name) else getattr(d, "attr", None)) == "fixture":
+            return True
+    return False
+
+
+def defined_tests(text: str, functions=("test",), classes=("Test",)) -> list[tuple]:
+    """The tests a test module's source defines, as pytest would collect them by name (its
+    python_functions / python_classes; fixtures are not tests): (class name or None, function
+    name, {story ids its marks name}) for every top-level test function and every test method of
+    a top-level test class (nested test classes too). The ids are those written as literals in
+    its own decorators, its classes' decorators or `pytestmark`, or the module's `pytestmark`,
+    also through a module-level name bound to a story mark; {} when none is written so."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    aliases: dict[str, set] = {}
+    for st in tree.body:                 # STORY = pytest.mark.story("GT-040"), MARKS = [STORY, ...]
+        if isinstance(st, ast.Assign):
+            ids = _story_ids([st.value], aliases)
+            for t in st.targets:
+                if isinstance(t, ast.Name) and ids:
+                    aliases[t.id] = ids
+    out = []
+
+    def walk(body, cls, inherited):
+        for st in body:
+            if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef)) and _pytest_name(st.name, functions) \
+                    and not _is_fixture(st):
+                out.append((cls, st.name, inherited | _story_ids(st.decorator_list, aliases)))
+            elif isinstance(st, ast.ClassDef) and _pytest_name(st.name, classes):
+                walk(st.body, st.name, inherited | _story_ids([*st.decorator_list, *_pytestmark(st.body)], aliases))
+
+    walk(tree.body, None, _story_ids(_pytestmark(tree.body), aliases))
+    return out
+
+
 def options_facts(config, root: Path) -> dict:
     o = config.option
     ini = config.inipath
@@ -220,6 +299,8 @@ def options_facts(config, root: Path) -> dict:
         "assertmode": getattr(o, "assertmode", None),
         "noconftest": bool(getattr(o, "noconftest", False)),
         "runxfail": bool(getattr(o, "runxfail", False)),
+        # a test file given twice runs its tests twice under the same ids
+        "keepduplicates": bool(getattr(o, "keepduplicates", False)),
         # conftests above this folder are not loaded; pytest's own default is the ini file's folder
         "confcutdir": cut,
         # -O / PYTHONOPTIMIZE: plain asserts outside the test modules pytest rewrites are removed
@@ -464,16 +545,24 @@ class Recorder:
         if raw != "passed" and report.passed and not hasattr(report, "wasxfail"):
             # a phase that raised was reported as passed: some hook rewrote it
             self.rewritten.append(f"{report.nodeid} ({report.when}: {raw or 'no raw outcome'} reported as passed)")
+        new = None
         if report.when in ("setup", "call"):
             if report.skipped:
-                rec["outcome"] = "xfailed" if hasattr(report, "wasxfail") else "skipped"
-                rec["skip_reason"] = _skip_reason(report)
+                new = "xfailed" if hasattr(report, "wasxfail") else "skipped"
             elif report.failed:
-                rec["outcome"] = "error" if report.when == "setup" else "failed"
+                new = "error" if report.when == "setup" else "failed"
             elif report.when == "call":
-                rec["outcome"] = "xpassed" if hasattr(report, "wasxfail") else "passed"
+                new = "xpassed" if hasattr(report, "wasxfail") else "passed"
         elif report.failed:              # teardown failure spoils a pass
-            rec["outcome"] = "error"
+            new = "error"
+        # The worst outcome of the id stands. In one run of a test the phases only ever make it worse
+        # (setup or call decide, a failing teardown makes it an error), so this is the phases' own
+        # rule; a test run twice under one id (--keep-duplicates, a hook that repeats items) must not
+        # have a later pass hide an earlier failure.
+        if new is not None and OUTCOME_RANK[new] >= OUTCOME_RANK.get(rec["outcome"], -1):
+            rec["outcome"] = new
+            if new in ("skipped", "xfailed"):
+                rec["skip_reason"] = _skip_reason(report)
         if report.failed and not rec["message"]:
             rec["message"] = _failure_message(report)
         rec["_files"].update(payload.get("files", []))
@@ -619,7 +708,10 @@ class Recorder:
                 # it defines tests, was collected, and gave none: `__test__ = False`, a collection hook
                 problems.append({"path": rel, "problem": "collected no test although it defines some",
                                  "reason": "__test__ = False or a collection hook"})
+        problems += self._uncollected_tests(known_ids, {p["path"].split("::", 1)[0] for p in problems})
         for p in problems:
+            if p.get("stories"):
+                continue                     # the stories the uncollected test itself names
             path = p["path"].split("::", 1)[0]
             try:
                 text = (self.root / path).read_text(encoding="utf-8")
@@ -633,6 +725,43 @@ class Recorder:
         tmp = out.with_suffix(".partial")
         tmp.write_text(json.dumps(doc, indent=0) + "\n")
         os.replace(tmp, out)
+
+    def _uncollected_tests(self, known_ids, reported) -> list[dict]:
+        """Tests a collected module defines that gave no item: `test_x.__test__ = False`, a class
+        with `__init__`, a collection hook dropping one item. The module itself collected other
+        tests, so the file-level checks see nothing. Every test must carry a story mark, so a test
+        definition pytest would collect by its name but did not is hidden, marked or not (a mark
+        can come through any expression; the ids are read where they are literals, else the
+        file's). An item matches a definition by its module, its function's own name
+        (originalname: every parametrization of it) and, for a method, a class of its class's MRO
+        (a base class's tests run under its subclasses)."""
+        seen = set()
+        for item in self._items:
+            rel = item.nodeid.split("::", 1)[0]
+            name = getattr(item, "originalname", None) or item.name.split("[", 1)[0]
+            cls = getattr(item, "cls", None)
+            if cls is None:
+                seen.add((rel, None, name))
+            else:
+                seen.update((rel, c.__name__, name) for c in cls.__mro__)
+        functions = self.config.getini("python_functions") or ["test"]
+        classes = self.config.getini("python_classes") or ["Test"]
+        out = []
+        for rel in sorted(self._collected_modules - reported):
+            if not (rel.startswith("tests/") and TEST_FILE.search(rel)):
+                continue
+            try:
+                text = (self.root / rel).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            for cls, name, ids in defined_tests(text, functions, classes):
+                if (rel, cls, name) in seen:
+                    continue
+                out.append({"path": f"{rel}::{cls + '::' if cls else ''}{name}",
+                            "problem": "defines a test that was not collected",
+                            "reason": "__test__ = False, a test class with __init__, or a collection hook",
+                            "stories": sorted(set(ids) & known_ids) or None})
+        return out
 
     def pytest_terminal_summary(self, terminalreporter):
         if self.written is not None:

@@ -40,6 +40,12 @@ HARNESS_FILES = (
     "gates/manifest.py", "gates/verdict.py", "gates/audit.py",
 )
 CONFIG_FILES = ("pyproject.toml", ".gitignore")
+# Files a repository module builds or loads at run time, beside the code the tracer sees run.
+# gpt_engine/cpu_q4.py compiles csrc_cpu/q4_gemv.c and reads it only inside a cached load()
+# (once per process), so the tracer charged the C file to whichever story's test came first.
+# Like the catalog's [kernels] globs for GPU records, this does not depend on call order: every
+# record whose files include the module depends on everything the globs match (`built_from`).
+BUILT_FROM = {"gpt_engine/cpu_q4.py": ("csrc_cpu/**",)}
 # The one dot-file that is a source: it decides which untracked files are not.
 _ALWAYS = {".gitignore"}
 
@@ -230,7 +236,9 @@ def story_files(known: dict, imports: Imports, used: set, story=None, cuda: bool
       any test's outcome), themselves only: their imports count for the tests that use them;
     - the harness code and pytest configuration (HARNESS_FILES, CONFIG_FILES);
     - the story's card and the extra files it lists;
-    - for records from a GPU, the kernel sources the extension is built from (kernel_globs)."""
+    - for records from a GPU, the kernel sources the extension is built from (kernel_globs);
+    - where the files include a module that builds code at run time (BUILT_FROM:
+      gpt_engine/cpu_q4.py compiles csrc_cpu/), the files it builds from."""
     base = {f for f in used if f in known}
     out = set(base)
     for f in base:
@@ -239,6 +247,7 @@ def story_files(known: dict, imports: Imports, used: set, story=None, cuda: bool
     out |= {f for f in plugins if f in known}
     for f in list(out):
         out.update(package_inits(f, known))
+    out.update(built_from(out, known))
     out.update(f for f in (*HARNESS_FILES, *CONFIG_FILES) if f in known)
     if story is not None:
         card = _rel_card(story)
@@ -252,6 +261,13 @@ def story_files(known: dict, imports: Imports, used: set, story=None, cuda: bool
 
 def _rel_card(story) -> str:
     return f"stories/{Path(story.path).name}"
+
+
+def built_from(files, known) -> list[str]:
+    """The files of `known` that the modules among `files` build or load at run time
+    (BUILT_FROM), sorted."""
+    files = set(files)
+    return expand(known, [g for mod, globs in BUILT_FROM.items() if mod in files for g in globs])
 
 
 def combine(files: dict[str, str]) -> str:

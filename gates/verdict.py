@@ -198,14 +198,32 @@ class Evaluator:
         self._gate_cache: dict[str, dict] = {}
 
     # ---------- freshness ----------
+    @staticmethod
+    def _files(run, sid) -> tuple[list | None, dict]:
+        """(the files a run's records of the story depend on, their hashes at the run). The
+        recorded story_files, plus what a module among them builds at run time
+        (sources.BUILT_FROM: gpt_engine/cpu_q4.py compiles csrc_cpu/**) as the run's source tree
+        held it: a run whose first test to build the C kernel was another story's recorded the C
+        file for that story only. Runs without a source tree are judged on story_files alone."""
+        files = run.get("story_files", {}).get(sid)
+        recorded = run.get("source_files", {})
+        tree = run.get("source_tree")
+        if files is None or not tree:
+            return files, recorded
+        listed = set(files)
+        extra = [f for f in _sources.built_from(listed, tree) if f not in listed]
+        if not extra:
+            return files, recorded
+        return [*files, *extra], {**{f: tree[f] for f in extra}, **recorded}
+
     def fresh(self, run, sid) -> bool:
         key = (run["_file"], sid)
         if key not in self._fresh:
-            files = run.get("story_files", {}).get(sid)
+            files, recorded = self._files(run, sid)
             if files is None:
                 self._fresh[key] = False
             else:
-                changed, removed = self.tree.changes(run.get("source_files", {}), files)
+                changed, removed = self.tree.changes(recorded, files)
                 self._fresh[key] = not changed and not removed and not self.added(run, sid)
         return self._fresh[key]
 
@@ -217,7 +235,13 @@ class Evaluator:
         - a conftest.py in a directory on one of the story's tests' paths;
         - a code file (.py, .cu, ...) other than a test module, under the directory of a recorded
           module or kernel that is not a test module (a package beside a module is imported in
-          its place; a new test file beside the tests' helpers changes nothing they run)."""
+          its place; a new test file beside the tests' helpers changes nothing they run);
+        - a file a recorded module builds from at run time (sources.BUILT_FROM: a new
+          csrc_cpu/*.h where gpt_engine/cpu_q4.py is recorded);
+        - for every story: a code file added at the repository root, or under a top-level
+          directory the run's tree did not have, or a new top-level package's __init__.py (the
+          root is first on sys.path: a root gguf.py or gguf/__init__.py is imported instead of
+          the installed gguf, whatever the story's tests import it from)."""
         tree = run.get("source_tree")
         if tree is None:
             return []
@@ -230,6 +254,13 @@ class Evaluator:
         if any(t.get("device") not in ("cpu", None) for t in mine):
             globs += list(self.catalog.kernel_sources)
         out = set(_sources.expand(new, globs))
+        out.update(_sources.built_from(run.get("story_files", {}).get(sid, []), new))
+        tops = {f.split("/", 1)[0] for f in tree if "/" in f}
+        for f in new:
+            parts = f.split("/")
+            if f.endswith(_CODE_SUFFIXES) and (len(parts) == 1 or parts[0] not in tops
+                                               or parts[1:] == ["__init__.py"]):
+                out.add(f)
         test_dirs = {_parent(t["nodeid"].split("::", 1)[0]) for t in mine}
         code_dirs = {_parent(f) for f in run.get("story_files", {}).get(sid, [])
                      if f.endswith(_CODE_SUFFIXES) and not f.rsplit("/", 1)[-1].startswith("test_") and "/" in f}
@@ -243,8 +274,8 @@ class Evaluator:
         return sorted(out)
 
     def stale_reason(self, run, sid) -> str:
-        files = run.get("story_files", {}).get(sid, [])
-        changed, removed = self.tree.changes(run.get("source_files", {}), files)
+        files, recorded = self._files(run, sid)
+        changed, removed = self.tree.changes(recorded, files or [])
         added = self.added(run, sid)
         parts = [f"{label} {_few(fs)}" for label, fs in (("changed", changed), ("removed", removed),
                                                           ("added", added)) if fs]
@@ -474,7 +505,10 @@ class Evaluator:
         s = self.stories[sid]
         entry = self.catalog.stories.get(sid)
         card_problems = _catalog.card_problems(entry, s) if entry else []
-        implemented = any(sid in t["stories"] for r in self.runs for t in r["tests"])
+        # only evidence that counts: a forged or rejected file must not turn not-started into
+        # partial. Fresh or not: a stale run still shows the story was implemented (its
+        # criteria say stale), only its proof is out of date.
+        implemented = any(sid in t["stories"] for r in self.counting for t in r["tests"])
         if s.is_verdict:
             g = self.gate(s.verdict)
             members = [self.story(x) for x in self.catalog.stories_of_gate(s.verdict) if x in self.stories]

@@ -60,6 +60,53 @@ def test_gate1_bars_are_set_by_physics():
     assert _bars("GT-005") == {("gguf_open.gpt2_vocab", "each", (), (("gguf_reader", 0.2),), NONE)}
 
 
+# Every bar of every story, as literal data: (story, metric, device, aggregate, min_ratio,
+# max_ratio, where). Lowering any bar in gates/catalog.toml (and its card) fails here until this
+# table is edited too, in the same reviewed change.
+ALL_BARS = [
+    ("GT-005", "gguf_open.gpt2_vocab", "cpu", "each", {}, {"gguf_reader": 0.2}, {}),
+    ("GT-008", "embedding.fp16", "cuda", "each", {"copy": 0.9, "torch": 1.0}, {}, {}),
+    ("GT-011", "layernorm.fp16", "cuda", "each", {"copy": 0.9, "torch": 1.0}, {}, {}),
+    ("GT-013", "gelu_tanh.fp16", "cuda", "each", {"copy": 0.9, "torch": 1.0}, {}, {}),
+    ("GT-013", "gelu_erf.fp16", "cuda", "each", {"copy": 0.9, "torch": 1.0}, {}, {}),
+    ("GT-014", "bias_gelu.fp16", "cuda", "each", {"copy": 0.9, "torch": 1.0}, {}, {}),
+    ("GT-014", "ffn.fp16", "cuda", "each", {"torch": 0.95}, {}, {}),
+    ("GT-015", "residual_add.fp16", "cuda", "each", {"copy": 0.9, "torch": 1.0}, {}, {}),
+    ("GT-015", "add_layernorm.fp16", "cuda", "each", {"copy": 0.9, "torch": 1.0}, {}, {}),
+    ("GT-016", "gpt2_block_decode.fp16", "cuda", "each", {}, {"torch": 1.0}, {}),
+    ("GT-017", "attention_prefill.fp16.T*", "cuda", "each", {"sdpa": 0.7}, {}, {}),
+    ("GT-018", "attention_decode.fp16.*", "cuda", "each", {"copy": 0.85}, {}, {"kv_bytes": {"ge": 268435456}}),
+    ("GT-018", "attention_decode.fp16.*", "cuda", "each", {"sdpa": 0.85}, {}, {}),
+    ("GT-018", "attention_decode.fp16.*", "cuda", "median", {"sdpa": 0.95}, {}, {}),
+    ("GT-029", "mxfp4_dequant.*", "cuda", "each", {"copy": 0.8}, {}, {}),
+    ("GT-033", "mxfp4_gemv.*", "cuda", "each", {"copy": 0.7}, {}, {}),
+    ("GT-048", "perf.decode.*", "cuda", "each", {}, {"roofline": 1.0}, {}),
+    ("GT-048", "perf.prefill.*", "cuda", "each", {}, {"roofline": 1.0}, {}),
+    ("GT-048", "perf.decode.gpt2-124m.F16", "cuda", "each", {"roofline": 0.2, "compiled": 3.0}, {}, {}),
+    ("GT-048", "perf.decode.gpt2-1.5b.F16", "cuda", "each", {"roofline": 0.55}, {}, {}),
+    ("GT-048", "perf.prefill.gpt2-1.5b.F16", "cuda", "each", {"roofline": 0.19}, {}, {}),
+    ("GX-003", "decode_graph.*", "cuda", "each", {"eager": 1.0}, {"roofline": 1.0}, {}),
+    ("GX-003", "decode_graph.gpt2-124m.F16", "cuda", "each", {"eager": 10.0}, {}, {}),
+    ("GX-003", "linear_gemv.*", "cuda", "each", {"copy": 0.85}, {}, {}),
+]
+
+
+def _canonical(rows) -> list:
+    """Order-free: the bars sorted, each ratio table and `where` as sorted items."""
+    return sorted((sid, m, dev, agg, tuple(sorted(lo.items())), tuple(sorted(hi.items())), repr(sorted(w.items())))
+                  for sid, m, dev, agg, lo, hi, w in rows)
+
+
+def bar_table(cat) -> list:
+    return _canonical((sid, b.metric, b.device, b.aggregate, b.min_ratio, b.max_ratio, b.where)
+                      for sid, e in cat.stories.items() for b in e.bars)
+
+
+def test_every_bar_of_every_story_is_pinned():
+    """Not only gate1's: GT-033's copy 0.7 lowered to 0.1 in the catalog and its card passed."""
+    assert bar_table(catalog.load(REAL.root)) == _canonical(ALL_BARS)
+
+
 def test_every_bar_cites_its_physics():
     cat = catalog.load(REAL.root)
     for e in cat.stories.values():
