@@ -57,9 +57,11 @@ ENGINE_ENV_OK = {"GPT_ENGINE_GIT_COMMIT", "GPT_ENGINE_GIT_DIRTY", "GPT_ENGINE_BE
 # Settings outside the engine's own that change what a run measures or builds: a launch that
 # blocks until its kernel ends, allocations that bypass torch's cache (both add host time inside
 # timed regions, unevenly between our op and its reference), extra nvcc flags for the extension
-# build (not in its build key). Refused unless set to the default ("0", or empty).
+# build (not in its build key), cuBLAS's workspace size (prefill's GEMM speed, and the memory peak
+# that memory_estimate() is judged against: the engine reads it to estimate, so a small workspace
+# shrinks both). Refused unless set to the default ("0", or empty).
 PROCESS_ENV_REFUSED = ("CUDA_LAUNCH_BLOCKING", "PYTORCH_NO_CUDA_MEMORY_CACHING", "NVCC_APPEND_FLAGS",
-                       "NVCC_PREPEND_FLAGS")
+                       "NVCC_PREPEND_FLAGS", "CUBLAS_WORKSPACE_CONFIG")
 _LOG_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XPASS|XFAIL) (\S.*?)(?: - .*)?$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -202,3 +202,16 @@ def test_counted_evidence_still_marks_a_story_implemented_when_it_is_stale(tmp_p
     repo.commit("edit the test")
     res = evaluate(repo).story("GT-001")
     assert (res.status, res.implemented) == ("stale", True)
+
+
+def test_a_run_with_a_small_cublas_workspace_does_not_count(tmp_path):
+    """CUBLAS_WORKSPACE_CONFIG=:0:0 shrinks cuBLAS's workspace: prefill's GEMMs run other
+    algorithms, and the memory peak memory_estimate() is judged against shrinks along with the
+    estimate (the engine reads the variable to estimate). Recorded, and now refused like
+    CUDA_LAUNCH_BLOCKING."""
+    from tests.harness.test_attacks_round2 import GPU, KERNEL_TEST, kernel_story
+
+    repo = kernel_story(tmp_path)
+    repo.run(machine="gpu", tests=[(KERNEL_TEST, ["GT-016"], "passed", GPU)],
+             edit=lambda d: d["pytest"].update(env={"CUBLAS_WORKSPACE_CONFIG": ":0:0", "PYTHONPATH": "/tmp/site"}))
+    refused(repo, newest_evidence(repo))                                     # before the fix: it counted
