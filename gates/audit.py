@@ -202,6 +202,24 @@ class Git:
         return dict(zip(first, ids)) if len(ids) == len(first) else {}
 
 
+    def added_times(self, folder: Path) -> dict:
+        """{file name: committer time of the commit that first added it} for the evidence files
+        and logs of `folder`, as first_versions finds them."""
+        rel = self.rel(folder)
+        out = self._run("log", "--format=%x00%ct", "--diff-filter=A", "--no-renames", "--name-only", "--reverse",
+                        "--", rel)
+        times: dict[str, datetime] = {}
+        when = None
+        for line in (out or "").splitlines():
+            if line.startswith("\0"):
+                when = datetime.fromtimestamp(int(line[1:]), timezone.utc)
+            elif line.strip() and when is not None:
+                name = line.strip()
+                if name.startswith(rel + "/") and "/" not in name[len(rel) + 1:]:
+                    times.setdefault(name[len(rel) + 1:], when)
+        return times
+
+
 def blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
@@ -318,7 +336,8 @@ def log_problems(path: Path, doc: dict, raw: bytes) -> list[str]:
     return []
 
 
-def audit_run(doc: dict, git: Git | None, first: dict, now: datetime) -> Audit:
+def audit_run(doc: dict, git: Git | None, first: dict, now: datetime, added: dict | None = None) -> Audit:
+    """added: {file name: time of the commit that first added it} (Git.added_times)."""
     path = Path(doc["_path"])
     a = Audit(doc["_file"], history=doc["_history"])
     raw = path.read_bytes()
@@ -338,6 +357,12 @@ def audit_run(doc: dict, git: Git | None, first: dict, now: datetime) -> Audit:
             a.reasons.append(f"its name does not match its content (expected {expect})")
         if finished > now + FUTURE_SLACK:
             a.reasons.append(f"finished {run['finished']} lies in the future")
+        # a file committed before the time it says its run finished was stamped by a clock ahead of
+        # the committer's: once that time has passed it would win "newest" over honest later runs
+        committed = (added or {}).get(path.name)
+        if committed is not None and finished > committed + FUTURE_SLACK:
+            a.reasons.append(f"finished {run['finished']}, after the commit that added it"
+                             f" ({committed.strftime('%Y-%m-%dT%H:%M:%SZ')}): its clock ran ahead")
         if _ts(run["started"]) > finished:
             a.reasons.append("started after it finished")
     except (KeyError, ValueError):
@@ -406,7 +431,8 @@ def audit_runs(root: Path, runs: list, folder: Path | None = None, now: datetime
     if folder is None and runs:
         folder = Path(runs[0]["_path"]).parent
     first = git.first_versions(folder) if (git and folder and Path(folder).is_dir()) else {}
-    audits = {d["_file"]: audit_run(d, git, first, now) for d in runs}
+    added = git.added_times(folder) if (git and folder and Path(folder).is_dir()) else {}
+    audits = {d["_file"]: audit_run(d, git, first, now, added) for d in runs}
     gone = sorted(n for n in first if not (Path(folder) / n).exists())
     return audits, [f"{n} was committed and is gone: committed evidence is history and stays" for n in gone]
 

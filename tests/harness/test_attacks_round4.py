@@ -215,3 +215,29 @@ def test_a_run_with_a_small_cublas_workspace_does_not_count(tmp_path):
     repo.run(machine="gpu", tests=[(KERNEL_TEST, ["GT-016"], "passed", GPU)],
              edit=lambda d: d["pytest"].update(env={"CUBLAS_WORKSPACE_CONFIG": ":0:0", "PYTHONPATH": "/tmp/site"}))
     refused(repo, newest_evidence(repo))                                     # before the fix: it counted
+
+
+def test_a_run_stamped_after_the_commit_that_added_it_does_not_count(tmp_path):
+    """A GPU run whose clock ran two days ahead, committed at once: the future check rejects it
+    only until that date has passed, after which it would beat every honest run made in between
+    (the newest run decides). Its finish lies after the commit that added the file: refused at
+    any time. An honest run committed after it finished still counts."""
+    from datetime import timedelta
+
+    from gates import evidence
+    from gates.audit import audit_runs
+    from tests.harness._synth import GPU, git
+
+    repo = Repo(tmp_path)
+    repo.gate1_minimal()
+    passing_gate1(repo)
+    cuda = [("tests/test_emb.py::test_cuda", ["GT-008"], "passed", GPU)]
+    ahead = repo.run(machine="gpu", minutes=60 * 24 * 2, tests=cuda)
+    honest = repo.run(machine="gpu", tests=cuda)
+    git(repo.root, "add", "-f", str(repo.paths.evidence))
+    git(repo.root, "commit", "-q", "-m", "evidence")
+    later = repo.t0 + timedelta(days=3)           # the stamped date has passed
+    audits, _ = audit_runs(repo.root, evidence.load_all(repo.paths.evidence), repo.paths.evidence, now=later)
+    assert "after the commit that added it" in " | ".join(audits[ahead.name].reasons)   # before the fix: counted
+    assert not audits[ahead.name].counts
+    assert audits[honest.name].counts, audits[honest.name].reasons
