@@ -26,6 +26,11 @@ SUPPORTED_ARCHITECTURES = ("gpt2", "llama", "gpt-oss")
 
 # llama.cpp's default rope base when the file does not give one (see module docstring).
 DEFAULT_ROPE_THETA = 10000.0
+# The longest context_length a RoPE model may declare: its cos/sin tables are built for the whole
+# context at load (fp32, rope_dim/2 pairs: 512 MB at 2^20 positions and rope_dim 128, on the host
+# and again on the GPU). Llama 3.1 and gpt-oss declare 131,072; a corrupt or hostile 2^31 would
+# otherwise exhaust memory before any other check ran.
+MAX_ROPE_CONTEXT = 1 << 20
 
 # llama.cpp's defaults for an absent yarn_beta_fast / yarn_beta_slow (llama-hparams.h,
 # yarn_beta_fast = 32.0f, yarn_beta_slow = 1.0f), the same as the YaRN paper's alpha/beta
@@ -201,6 +206,13 @@ class ModelConfig:
                     f"{f.path}: {key(Keys.Rope.DIMENSION_COUNT)} is {rope_dim}; it must be even "
                     f"and at most the head size {head_dim}"
                 )
+            if arch == "llama":  # gpt-oss reads its YaRN keys itself (_yarn)
+                _no_llama_rope_scaling(f.path, md, key)
+            if n_ctx > MAX_ROPE_CONTEXT:
+                raise ModelError(
+                    f"{f.path}: '{key(Keys.LLM.CONTEXT_LENGTH)}' is {n_ctx}; this engine builds its RoPE tables for "
+                    f"the whole context when it loads a model and supports at most {MAX_ROPE_CONTEXT} positions"
+                )
         moe = {}
         if arch == "gpt-oss":
             moe = _gpt_oss_fields(f.path, md, key, get_int, get_float, head_dim, rope_dim, rope_theta)
@@ -256,6 +268,21 @@ def _gpt_oss_fields(path, md, key, get_int, get_float, head_dim, rope_dim, rope_
         "sliding_period": get_int(Keys.Attention.SLIDING_WINDOW_PATTERN, default=DEFAULT_SLIDING_PERIOD),
         "yarn": _yarn(path, md, key, get_int, get_float),
     }
+
+
+def _no_llama_rope_scaling(path, md, key) -> None:
+    """A Llama file's rope scaling keys: linear, YaRN and LongRoPE scaling change every angle and
+    this engine applies none of them to Llama, so such a file is refused rather than run with
+    plain RoPE (Llama 3.1's scaling comes as the rope_freqs.weight tensor instead, which is
+    applied: models/llama.py rope_tables)."""
+    kind = md.get(key(Keys.Rope.SCALING_TYPE))
+    if kind not in (None, "none"):
+        raise ModelError(f"{path}: '{key(Keys.Rope.SCALING_TYPE)}' is {kind!r}; this engine runs Llama files with "
+                         "plain RoPE (and rope_freqs factors) only")
+    factor = md.get(key(Keys.Rope.SCALING_FACTOR))
+    if factor is not None and factor != 1.0:
+        raise ModelError(f"{path}: '{key(Keys.Rope.SCALING_FACTOR)}' is {factor}; rope scaling is not applied to "
+                         "Llama files here")
 
 
 def _yarn(path, md, key, get_int, get_float) -> YarnScaling | None:

@@ -6,6 +6,8 @@ writes from). GGUF stores a linear weight as ne = [in, out], i.e. torch shape (o
 """
 from __future__ import annotations
 
+import re
+
 from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
 from .errors import ModelError
@@ -102,8 +104,18 @@ def optional_tensors(cfg) -> dict[str, tuple[int, ...]]:
     return {}
 
 
+_BLOCK = re.compile(r"blk\.(\d+)\.")  # a layer's tensor names start blk.<i>. (gguf-py's TENSOR_NAMES)
+
+
 def check_tensors(cfg, tensors: dict, path) -> None:
-    """Raise ModelError naming every missing, mis-shaped and unexpected tensor."""
+    """Raise ModelError naming every missing, mis-shaped and unexpected tensor. First the layer
+    count: every layer 0 .. block_count - 1 must have tensors in the file, checked before every
+    layer's names are listed (a block_count of 10^8 would list 900 million); layers past it are
+    named below as unexpected tensors."""
+    held = {int(m.group(1)) for name in tensors if (m := _BLOCK.match(name))}
+    if sum(1 for i in held if i < cfg.n_layer) < cfg.n_layer:
+        raise ModelError(f"{path}: block_count is {cfg.n_layer} but the file holds tensors for {len(held)} layer(s)"
+                         + (f" (blk.{min(held)} .. blk.{max(held)})" if held else ""))
     need = expected_tensors(cfg)
     may = optional_tensors(cfg)
     missing = [n for n in need if n not in tensors]
@@ -115,12 +127,15 @@ def check_tensors(cfg, tensors: dict, path) -> None:
             unexpected.append(n)
         elif tuple(ti.shape) != want:
             shaped.append(f"{n} has shape {tuple(ti.shape)}, expected {want}")
+    def few(xs, sep=", ", n=8):  # one line of readable length, however many tensors are wrong
+        return sep.join(xs[:n]) + (f" (+{len(xs) - n} more)" if len(xs) > n else "")
+
     problems = []
     if missing:
-        problems.append(f"missing tensors: {', '.join(missing)}")
+        problems.append(f"missing tensors: {few(missing)}")
     if shaped:
-        problems.append(f"wrong shapes: {'; '.join(shaped)}")
+        problems.append(f"wrong shapes: {few(shaped, '; ')}")
     if unexpected:
-        problems.append(f"unexpected tensors: {', '.join(repr(n) for n in unexpected)}")
+        problems.append(f"unexpected tensors: {few([repr(n) for n in unexpected])}")
     if problems:
         raise ModelError(f"{path}: {cfg.architecture} weights do not match the config: {' | '.join(problems)}")

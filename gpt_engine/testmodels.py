@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -253,21 +254,56 @@ def _unpermute_qk(w, n_head: int):
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+# Llama 3.1's "llama3" rope scaling (its config.json: factor 8, low_freq_factor 1, high_freq_factor 4);
+# the test files pick a short original context so that short prompts reach the scaled frequencies
+LLAMA3_ROPE = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+
+
+def llama3_rope_factors(rope_dim: int, theta: float, orig_ctx: int) -> list[float]:
+    """The per-pair factors llama.cpp's converter (convert_hf_to_gguf.py, LlamaModel) writes as
+    ``rope_freqs.weight`` for rope_type "llama3": 1 for wavelengths under orig_ctx / high_freq_factor,
+    factor over orig_ctx / low_freq_factor, and between them 1 / ((1 - s) / factor + s) with
+    s = (orig_ctx / wavelength - low) / (high - low). Frequencies in float32, as the converter has them."""
+    import torch
+
+    r = LLAMA3_ROPE
+    freqs = 1.0 / (theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float32) / rope_dim))
+    low_wavelen, high_wavelen = orig_ctx / r["low_freq_factor"], orig_ctx / r["high_freq_factor"]
+    out = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(r["factor"])
+        else:
+            s = (orig_ctx / wavelen - r["low_freq_factor"]) / (r["high_freq_factor"] - r["low_freq_factor"])
+            out.append(1.0 / ((1 - s) / r["factor"] + s))
+    return out
+
+
 def make_llama(path, *, qtype: str = "F32", vocab: str = "small", n_layer: int = 2,
                n_embd: int = 64, n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128,
-               n_ctx: int = 128, rope_theta: float = 10000.0, seed: int = 0, tied: bool = False):
+               n_ctx: int = 128, rope_theta: float = 10000.0, seed: int = 0, tied: bool = False,
+               llama3_orig_ctx: int = 0):
     """Write a random Llama GGUF (RMSNorm, RoPE, GQA, SwiGLU) at ``path``; returns
-    the HF ``LlamaForCausalLM`` holding the weights the file holds."""
+    the HF ``LlamaForCausalLM`` holding the weights the file holds. llama3_orig_ctx > 0: Llama 3.1's
+    rope scaling (LLAMA3_ROPE, that original context) in the HF model, and in the file as the
+    converter writes it, a ``rope_freqs.weight`` tensor of per-pair factors."""
     import gguf
     import numpy as np
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     n_vocab = len(gpt2_vocab()[0] if vocab == "gpt2" else small_vocab()[0])
+    rope = {"rope_type": "default", "rope_theta": rope_theta}
+    if llama3_orig_ctx:
+        rope = {"rope_type": "llama3", "rope_theta": rope_theta, **LLAMA3_ROPE,
+                "original_max_position_embeddings": llama3_orig_ctx}
     cfg = LlamaConfig(vocab_size=n_vocab, hidden_size=n_embd, intermediate_size=n_ff,
                       num_hidden_layers=n_layer, num_attention_heads=n_head,
                       num_key_value_heads=n_head_kv, max_position_embeddings=n_ctx,
-                      rms_norm_eps=1e-5, rope_theta=rope_theta, tie_word_embeddings=tied,
+                      rms_norm_eps=1e-5, rope_parameters=rope, tie_word_embeddings=tied,
                       bos_token_id=n_vocab - 1, eos_token_id=n_vocab - 1)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
@@ -297,6 +333,9 @@ def make_llama(path, *, qtype: str = "F32", vocab: str = "small", n_layer: int =
     put["output_norm.weight"] = ("model.norm.weight", None)
     if not tied:
         put["output.weight"] = ("lm_head.weight", None)
+    if llama3_orig_ctx:
+        factors = llama3_rope_factors(n_embd // n_head, rope_theta, llama3_orig_ctx)
+        w.add_tensor("rope_freqs.weight", np.array(factors, dtype=np.float32))
 
     with torch.no_grad():
         for g_name, (h_name, heads) in put.items():

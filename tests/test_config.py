@@ -163,3 +163,35 @@ def test_architecture_never_from_the_file_name(tmp_path):
     f = build(tmp_path, None, GPT2_KEYS, {"gpt2.attention.layer_norm_epsilon": 1e-5}, name="gpt2-small.gguf")
     with pytest.raises(ModelError, match="'general.architecture' is missing"):
         ModelConfig.from_gguf(f)
+
+
+@pytest.mark.story("GT-005")
+def test_a_rope_context_past_the_limit_is_refused_before_anything_is_built(tmp_path):
+    """A RoPE model's cos/sin tables are built for its whole context at load: a context_length of
+    2^31 (a corrupt or hostile file) is refused by name, not allowed to exhaust memory."""
+    from gpt_engine.config import MAX_ROPE_CONTEXT
+
+    eps = {"llama.attention.layer_norm_rms_epsilon": 1e-6}
+    with pytest.raises(ModelError, match=f"'llama.context_length' is {2**31}; .* at most {MAX_ROPE_CONTEXT}"):
+        ModelConfig.from_gguf(build(tmp_path, "llama", {**LLAMA_KEYS, "llama.context_length": 2**31}, eps))
+    ModelConfig.from_gguf(build(tmp_path, "llama", {**LLAMA_KEYS, "llama.context_length": MAX_ROPE_CONTEXT}, eps,
+                                name="at-limit.gguf"))
+
+
+@pytest.mark.story("GT-005", "GX-001")
+@pytest.mark.parametrize("kind", ["linear", "yarn", "longrope"])
+def test_llama_rope_scaling_keys_are_refused_not_ignored(tmp_path, kind):
+    """Linear, YaRN or LongRoPE scaling on a Llama file would change every angle; this engine applies
+    none of them to Llama, so the file is refused by name instead of run with plain RoPE."""
+    eps = {"llama.attention.layer_norm_rms_epsilon": 1e-6}
+    f = build(tmp_path, "llama", LLAMA_KEYS, eps, extra=[("llama.rope.scaling.type", VT.STRING, _gguf_str(kind))])
+    with pytest.raises(ModelError, match=f"'llama.rope.scaling.type' is '{kind}'"):
+        ModelConfig.from_gguf(f)
+    f = build(tmp_path, "llama", LLAMA_KEYS, {**eps, "llama.rope.scaling.factor": 4.0}, name="factor.gguf")
+    with pytest.raises(ModelError, match="'llama.rope.scaling.factor' is 4.0"):
+        ModelConfig.from_gguf(f)
+
+
+def _gguf_str(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return struct.pack("<Q", len(b)) + b

@@ -125,6 +125,9 @@ FILES = {
     "llama-Q8_0-gpt2": ("llama", {"qtype": "Q8_0", "vocab": "gpt2"}, "llamacpp_nmse_q8_activations"),
     "llama-Q4_1-small": ("llama", {"qtype": "Q4_1"}, "llamacpp_nmse_q8_activations"),
     "llama-MXFP4-small": ("llama", {"qtype": "MXFP4"}, "llamacpp_nmse_q8_activations"),
+    # Llama 3.1's rope scaling as the rope_freqs.weight tensor (original context 32: the test
+    # prompt reaches the scaled frequencies)
+    "llama-F32-llama3": ("llama", {"qtype": "F32", "llama3_orig_ctx": 32}, "llamacpp_nmse_f32"),
     "gpt-oss-F32-yarn": ("gpt-oss", {"expert_qtype": "F32"}, "llamacpp_nmse_f32"),
     "gpt-oss-F32-noyarn-h8kv1-e8k4": ("gpt-oss", {"expert_qtype": "F32", "yarn": None, "n_head": 8, "n_head_kv": 1,
                                                   "n_expert": 8, "n_expert_used": 4, "n_ff": 32, "sliding_window": 4,

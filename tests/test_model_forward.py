@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import gpt_engine
+from gpt_engine import testmodels
 from gpt_engine.errors import ContextOverflowError, EngineError
 from tests.tolerances import tol
 
@@ -45,6 +46,27 @@ def test_logits_match_transformers(models, arch, qtype, kw):
     assert torch.isfinite(ours).all()
     err = (ours - ref).abs().max().item()
     assert err <= tol("logits_max_abs_f32"), f"max |ours - transformers| = {err:.3g}"
+
+
+@pytest.mark.story("GX-001", "GT-026")
+def test_llama3_rope_factors_match_transformers(tmp_path):
+    """A Llama 3.1-style file: ``rope_freqs.weight`` holds the per-pair factors llama.cpp's converter
+    writes for rope_type "llama3" (testmodels.llama3_rope_factors), with an original context of 32
+    so that 60 positions reach the scaled frequencies. Our logits against transformers'
+    LlamaForCausalLM with that rope on the same weights (its own llama3 frequencies; transformers'
+    GGUF loader does not read the tensor, so the model the file was written from is the oracle),
+    and the factors are in effect: without them the logits move by far more than the bound."""
+    hf = testmodels.make_llama(tmp_path / "l3.gguf", llama3_orig_ctx=32)
+    testmodels.make_llama(tmp_path / "plain.gguf")  # the same weights, plain RoPE
+    m = gpt_engine.load(tmp_path / "l3.gguf")
+    ids = _ids(60, m.config.vocab_size, seed=7)
+    ours = m.logits(ids)
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0]
+    err = (ours - ref).abs().max().item()
+    assert err <= tol("logits_max_abs_f32"), f"max |ours - transformers| = {err:.3g}"
+    plain = gpt_engine.load(tmp_path / "plain.gguf").logits(ids)
+    assert (plain - ref).abs().max().item() > 100 * tol("logits_max_abs_f32")
 
 
 @pytest.mark.story("GT-026")

@@ -117,3 +117,24 @@ def test_optional_rope_freqs_is_accepted_with_its_shape():
     bad = dataclasses.replace(rf, shape=(64,))
     with pytest.raises(ModelError, match=r"rope_freqs.weight has shape \(64,\), expected \(32,\)"):
         check_tensors(cfg, {**tensors, "rope_freqs.weight": bad}, SMOLLM2)
+
+
+@pytest.mark.story("GT-024")
+def test_a_block_count_past_the_layers_the_file_holds_is_refused_at_once():
+    """block_count 10^8 in a 30-layer file: refused by name before any layer's tensor names are
+    listed (listing them would take ~900 million strings)."""
+    cfg, tensors = smollm2_parts()
+    with pytest.raises(ModelError, match="block_count is 100000000 but the file holds tensors for 30 layer"):
+        check_tensors(dataclasses.replace(cfg, n_layer=10**8), tensors, SMOLLM2)
+
+
+@pytest.mark.story("GT-024")
+def test_a_long_list_of_problems_stays_one_readable_line():
+    cfg, tensors = smollm2_parts()
+    short = {n: t for n, t in tensors.items() if not n.startswith("blk.29.")}  # a layer without its tensors
+    with pytest.raises(ModelError, match="block_count is 30 but the file holds tensors for 29 layer"):
+        check_tensors(cfg, short, SMOLLM2)
+    many = {n: dataclasses.replace(t, shape=(7,)) if n.startswith("blk.") else t for n, t in tensors.items()}
+    with pytest.raises(ModelError) as ei:
+        check_tensors(cfg, many, SMOLLM2)
+    assert "\n" not in str(ei.value) and len(str(ei.value)) < 2000 and "more)" in str(ei.value)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..errors import ModelError
 from ..ops._common import capturing
 from ..kv_cache import KVCache
 from ..ops.qkv_rope import ROPE_MODES
@@ -29,12 +30,30 @@ from . import cpu_decode
 from .attention import HeadLayout, attend_decode, attend_tokens, one_token_at_a_time
 
 
-def rope_tables(positions: torch.Tensor, rope_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(positions: torch.Tensor, rope_dim: int, theta: float,
+                freq_factors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [T, rope_dim/2] for integer positions [T]; inv_freq as in the RoFormer
-    paper and HF's default rope: theta^(-2i/rope_dim)."""
+    paper and HF's default rope: theta^(-2i/rope_dim). freq_factors [rope_dim/2] (a file's
+    ``rope_freqs.weight``, written by llama.cpp's converter for Llama 3.1's "llama3" rope scaling):
+    each inverse frequency divided by its factor, as llama.cpp's rope applies the tensor
+    (ggml_rope_ext's freq_factors) and as transformers computes the llama3 frequencies."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float64, device=positions.device) / rope_dim))
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.to(device=positions.device, dtype=torch.float64)
     ang = positions.to(torch.float64)[:, None] * inv_freq[None, :]
     return ang.cos().float(), ang.sin().float()
+
+
+def rope_factors(f, path) -> torch.Tensor | None:
+    """The file's per-pair RoPE frequency factors (``rope_freqs.weight``, float64 [rope_dim/2]),
+    or None; check_tensors has checked its shape. A factor that is not a finite number > 0 would
+    make every angle meaningless: refused."""
+    if "rope_freqs.weight" not in f.tensors:
+        return None
+    factors = QWeight.from_gguf(f, "rope_freqs.weight", "cpu").dense(torch.float32).double().reshape(-1)
+    if not (torch.isfinite(factors).all() and (factors > 0).all()):
+        raise ModelError(f"{path}: rope_freqs.weight holds a factor that is not a finite number > 0")
+    return factors
 
 
 def _stacked(weights: list[QWeight], device: torch.device) -> list[QWeight]:
@@ -92,7 +111,8 @@ class Llama:
             })
         self.norm = rms("output_norm.weight")
         self.head = self.embd if cfg.tied_output else w("output.weight")
-        cos, sin = rope_tables(torch.arange(cfg.n_ctx, device=device), cfg.rope_dim, cfg.rope_theta)
+        cos, sin = rope_tables(torch.arange(cfg.n_ctx, device=device), cfg.rope_dim, cfg.rope_theta,
+                               rope_factors(f, f.path))
         self._lean = None  # _cpu_products()
         self.heads = HeadLayout(cfg.n_head, cfg.n_head_kv, cfg.head_dim, 1.0 / math.sqrt(cfg.head_dim),
                                 ROPE_MODES["adjacent"], cfg.rope_dim, cos, sin)
