@@ -51,11 +51,12 @@ def n_params(m) -> int:
     return sum(math.prod(t.shape) for t in m.gguf.tensors.values())
 
 
-def copy_bandwidth(device: str) -> float:
+def copy_bandwidth(device) -> float:
     """GB/s of a device-to-device (or memory-to-memory) copy, bytes read + written."""
-    if device == "cuda":
+    device = torch.device(device)
+    if device.type == "cuda":
         n = 1 << 30
-        src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+        src = torch.empty(n, dtype=torch.uint8, device=device).random_(0, 255)
         dst = torch.empty_like(src)
         for _ in range(3):
             dst.copy_(src)
@@ -130,17 +131,27 @@ def run(path, device: str = "cpu", n_prompt: int = 512, n_gen: int = 128, reps: 
     unless its SHA-256 is ``sha256`` when one is given) and measure ppN and tgN; returns a
     JSON-able dict, the file's SHA-256 included so that a result names the exact model."""
     import gpt_engine
+    from .errors import ContextOverflowError
+    from .model import check_device
 
+    dev = check_device(device)  # before the copy runs on it: a missing GPU is a one-line error
     # measured first (under a second; no progress line, so that a file load() refuses leaves its
     # error as the only output), and the copy's two 1 GiB buffers freed before the peak that
     # counts, the load's and the tests', starts
-    bw = copy_bandwidth(device)
-    if device == "cuda":
+    bw = copy_bandwidth(dev)
+    if dev.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
-    m = gpt_engine.load(path, device=device, dtype=dtype, sha256=sha256)
+    m = gpt_engine.load(path, device=dev, dtype=dtype, sha256=sha256)
     load_s = time.perf_counter() - t0
+    n_ctx = m.config.n_ctx  # before any prompt is made: -p 10^12 would allocate it first
+    if n_prompt > 0 and n_prompt + 1 > n_ctx:
+        raise ContextOverflowError(f"-p {n_prompt}: the prompt and its one generated token exceed the model's "
+                                   f"context length {n_ctx}")
+    if n_gen > 0 and TG_PROMPT + n_gen > n_ctx:
+        raise ContextOverflowError(f"-n {n_gen}: the {TG_PROMPT}-token prompt and {n_gen} generated tokens exceed "
+                                   f"the model's context length {n_ctx}")
     tests = {}
     if n_prompt > 0:
         tests[f"pp{n_prompt}"] = time_prefill(m, n_prompt, reps, progress)
@@ -161,13 +172,14 @@ def run(path, device: str = "cpu", n_prompt: int = 512, n_gen: int = 128, reps: 
         "params": n_params(m), "type": "+".join(qtypes), "device": _device_name(device),
         "dtype": str(m.dtype).removeprefix("torch."), "copy_gbps": bw,
         "weight_bytes_per_token": wb, "load_s": load_s, "tests": tests,
-        "peak_memory_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
     }
 
 
-def _device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
+def _device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     import platform
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 

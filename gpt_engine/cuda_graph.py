@@ -136,7 +136,7 @@ class DecodeState:
         def put(dst, vals):
             dst.copy_(torch.tensor(vals, dtype=dst.dtype))
         put(self.temperature, [p.temperature for p in params])
-        put(self.top_k, [p.top_k for p in params])
+        put(self.top_k, [min(p.top_k, 1 << 62) for p in params])  # int64; any k past the vocabulary keeps all
         put(self.top_p, [p.top_p for p in params])
         # an unseeded request draws its seed from torch's global generator, as the CPU path does
         put(self.seed, [p.seed if p.seed is not None else int(torch.randint(0, 2**62, ())) for p in params])

@@ -18,12 +18,37 @@ class SamplingParams:
     seed: int | None = None
 
     def check(self) -> None:
-        if not (0.0 <= self.temperature < float("inf")):  # also rejects NaN
-            raise EngineError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise EngineError(f"top_k must be >= 0, got {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise EngineError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not _is_number(self.temperature) or not (0.0 <= self.temperature < float("inf")):  # also NaN
+            raise EngineError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise EngineError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if not _is_number(self.top_p) or not (0.0 < self.top_p <= 1.0):
+            raise EngineError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < SEED_LIMIT):
+            raise EngineError(f"seed must be None or an integer in [0, 2^63), got {self.seed!r}")
+
+
+# Seeds go into torch.Generator.manual_seed and, on the GPU, an int64 tensor (sampling.py):
+# [0, 2^63) fits both.
+SEED_LIMIT = 1 << 63
+
+
+def _is_int(v) -> bool:
+    """An integer (Python or numpy/torch scalar), not a bool."""
+    import numbers
+
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    import numbers
+
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_max_new_tokens(n) -> None:
+    if not _is_int(n) or n < 0:
+        raise EngineError(f"max_new_tokens must be an integer >= 0, got {n!r}")
 
 
 def distribution(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
@@ -35,7 +60,11 @@ def distribution(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     transformers' TopPLogitsWarper and llama.cpp's top-p sampler see it after top-k; the result
     is renormalised. The oracle of the device sampler (sampling.py); tests/test_sampling.py
     checks it against transformers' warpers."""
-    probs = torch.softmax(logits.detach().to("cpu", torch.float64) / p.temperature, dim=-1)
+    x = logits.detach().to("cpu", torch.float64)
+    _check_logits(x)
+    # shifted by the maximum before the division, so that a tiny temperature gives 0 for the most
+    # likely token(s) and -inf for the rest (the greedy limit), never inf / inf
+    probs = torch.softmax((x - x.max()) / p.temperature, dim=-1)
     keep = torch.ones_like(probs, dtype=torch.bool)
     if p.top_k and p.top_k < probs.numel():
         kth = torch.topk(probs, p.top_k).values[-1]
@@ -51,12 +80,20 @@ def distribution(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return probs / probs.sum()
 
 
+def _check_logits(x: torch.Tensor) -> None:
+    """NaN or +inf in the logits (a model whose weights or activations overflow) would make the
+    draw meaningless; -inf is a masked id (past the tokenizer's vocabulary), as long as one id is left."""
+    if torch.isnan(x).any() or torch.isposinf(x).any() or not torch.isfinite(x).any():
+        raise EngineError("the model produced non-finite logits (NaN or inf): its weights or activations overflow")
+
+
 def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
     """Pick the next token from logits [V] on the CPU: argmax when temperature is 0, else a
     draw from ``distribution`` with the seeded generator. Float64 on the CPU, so a seed gives
     the same draw whatever device made the logits (the CPU path; the GPU path samples on the
     device with sampling.py and its own counter-based generator)."""
     if p.temperature == 0.0:
+        _check_logits(logits)  # the argmax of NaNs is token 0, silently
         return int(torch.argmax(logits).item())
     return int(torch.multinomial(distribution(logits, p), 1, generator=generator).item())
 
@@ -77,8 +114,7 @@ def tokens(model, prompt_ids: list[int], max_new_tokens: int, params: SamplingPa
     """Yield new token ids one by one: prefill once, then one decode step per token.
     ``result`` (optional) collects the ids and the finish reason as they come."""
     params.check()
-    if max_new_tokens < 0:
-        raise EngineError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    check_max_new_tokens(max_new_tokens)
     result = result if result is not None else Generation(prompt_ids=list(prompt_ids))
     if max_new_tokens == 0:
         return

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from . import generate as _gen
@@ -56,6 +57,21 @@ class Model:
 
     # ------------------------------------------------------------------ checks
     def _check_ids(self, ids) -> list[int]:
+        """Token ids as a list of ints: a list or tuple of integers, or a 1-D integer tensor or
+        array. Anything else (a str, bytes, floats, bools, nested lists) is refused by name
+        rather than converted: '12' is not [1, 2], and 1.7 is not token 1."""
+        if isinstance(ids, (torch.Tensor, np.ndarray)):
+            integer = (np.issubdtype(ids.dtype, np.integer) if isinstance(ids, np.ndarray)
+                       else not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool))
+            if ids.ndim != 1 or not integer:
+                raise EngineError(f"token ids must be a 1-D integer tensor or array, got {ids.dtype} of shape "
+                                  f"{tuple(ids.shape)}")
+            ids = ids.tolist()
+        elif not isinstance(ids, (list, tuple)):
+            raise EngineError(f"token ids must be a list of integers, got {type(ids).__name__}")
+        bad_type = next((i for i in ids if not _gen._is_int(i)), None)
+        if bad_type is not None:
+            raise EngineError(f"token ids must be integers, got {bad_type!r} ({type(bad_type).__name__})")
         ids = [int(i) for i in ids]
         if not ids:
             raise EngineError("empty token sequence: need at least one token")
@@ -66,7 +82,9 @@ class Model:
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         tok = self.tokenizer
-        ids = list(prompt) if not isinstance(prompt, str) else tok.encode(prompt)
+        if isinstance(prompt, (bytes, bytearray)):
+            raise EngineError("the prompt must be a str or a list of token ids, got bytes (decode them first)")
+        ids = prompt if not isinstance(prompt, str) else tok.encode(prompt)
         if isinstance(prompt, str) and tok.bos_id is not None and (tok.add_bos or not ids):
             ids = [tok.bos_id] + ids  # an empty prompt starts from BOS (GPT-2: <|endoftext|>)
         return self._check_ids(ids)
@@ -131,8 +149,7 @@ class Model:
                   for b in range(len(prompts))]
         for p in params:
             p.check()
-        if max_new_tokens < 0:
-            raise EngineError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        _gen.check_max_new_tokens(max_new_tokens)
         if max_new_tokens == 0:
             return outs
         eos = self.tokenizer.eos_id
@@ -193,8 +210,7 @@ class Model:
                        result: _gen.Generation) -> Iterator[int]:
         """The GPU path of _gen.tokens: the graph-captured decode loop."""
         params.check()
-        if max_new_tokens < 0:
-            raise EngineError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        _gen.check_max_new_tokens(max_new_tokens)
         if max_new_tokens == 0:
             return
         eos = self.tokenizer.eos_id
@@ -564,6 +580,22 @@ def _estimate(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, device: str) ->
     return own(f, cfg, dtype, device=device)
 
 
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device this engine runs on ('cpu', 'cuda' or 'cuda:N' of a GPU that
+    exists), else a ModelError naming it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in _DEFAULT_DTYPE:
+        raise ModelError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {str(device)!r} requested but no CUDA device is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(f"device {str(device)!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
 def load(path: str | Path | None = None, device: str = "cpu", *, tokenizer_path: str | Path | None = None,
          dtype: torch.dtype | None = None, sha256: str | None = None) -> Model:
     """Open a GGUF model (the embedded SmolLM2 when ``path`` is None) on ``device``.
@@ -580,14 +612,7 @@ def load(path: str | Path | None = None, device: str = "cpu", *, tokenizer_path:
         raise ModelError(f"{path} is a directory, not a GGUF model file")
     if not path.is_file():
         raise ModelError(f"{path} is not a regular file (a device or a FIFO), not a GGUF model file")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in _DEFAULT_DTYPE:
-        raise ModelError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' requested but no CUDA device is available")
+    dev = check_device(device)
     f = GGUFFile(path) if pin is None else open_pinned(path, pin)
     try:
         cfg = ModelConfig.from_gguf(f)

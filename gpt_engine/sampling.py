@@ -51,7 +51,9 @@ def sample_rows(logits: torch.Tensor, n_valid: int, temperature: torch.Tensor, t
     x = logits[:, :n_valid].float()
     greedy = x.argmax(dim=-1)
     t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
-    probs = torch.softmax(x / t[:, None], dim=-1)
+    # shifted by the row's maximum before the division: a tiny temperature then gives 0 for the most
+    # likely token(s) and -inf for the rest (the greedy limit), never inf / inf (the CPU sampler too)
+    probs = torch.softmax((x - x.max(dim=-1, keepdim=True).values) / t[:, None], dim=-1)
     sp, order = torch.sort(probs, dim=-1, descending=True)
     k = torch.where((top_k > 0) & (top_k < n_valid), top_k, torch.full_like(top_k, n_valid))
     kth = sp.gather(1, (k - 1)[:, None])

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpt_engine.cli import main
 
@@ -158,7 +159,11 @@ BAD_INPUT = [
     (["generate", "--prompt", "x", "--temperature", "inf"], "--temperature: must be a finite number, got 'inf'"),
     (["generate", "--prompt", "x", "--temperature", "nan"], "--temperature: must be a finite number"),
     (["generate", "--prompt", "x", "--top-p=-inf"], "--top-p: must be a finite number"),
-    (["generate", "MODEL", "--prompt", "x", "--top-p", "2"], "top_p must be in (0, 1]"),
+    (["generate", "MODEL", "--prompt", "x", "--top-p", "2"], "top_p must be a number in (0, 1]"),
+    (["generate", "BAD", "--prompt", "x", "--temperature", "1", "--seed", "99999999999999999999999"],
+     "seed must be None or an integer in [0, 2^63)"),
+    (["bench", "MODEL", "-p", "1000000000000", "-n", "0", "-r", "1"], "-p 1000000000000: the prompt and its one"),
+    (["bench", "MODEL", "-p", "0", "-n", "5000", "-r", "1"], "-n 5000: the 32-token prompt and 5000 generated"),
     (["generate", "MODEL", "--prompt", "x", "--max-new-tokens", "many"], "not an integer: 'many'"),
     (["generate", "MODEL", "--prompt", "x", "--max-new-tokens", "-1"], "--max-new-tokens: must be >= 0"),
     (["generate", "MODEL"], "required: --prompt"),
@@ -182,6 +187,16 @@ BAD_INPUT = [
     (["inspect", "MODEL", "--dtype", "fp16"], "--dtype: invalid choice: 'fp16'"),
     (["bench", "MODEL", "--dtype", "fp16"], "--dtype: invalid choice: 'fp16'"),
 ]
+
+
+@pytest.mark.story("GT-042")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without a GPU gives")
+@pytest.mark.parametrize("cmd", ["bench", "generate"])
+def test_cuda_without_a_gpu_is_one_line(models, bad_paths, cmd):
+    """bench measured the copy bandwidth on the device before load() checked it, so a machine
+    without a GPU got torch's assertion with a traceback; every command now names the problem."""
+    argv = [cmd, "MODEL", "--device", "cuda"] + (["--prompt", "x"] if cmd == "generate" else ["-r", "1"])
+    _refused(models, bad_paths, argv, "requested but no CUDA device is available")
 
 
 @pytest.mark.story("GT-005", "GT-007", "GT-042")

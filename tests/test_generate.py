@@ -165,3 +165,51 @@ def test_load_names_what_the_path_is(tmp_path):
         gpt_engine.load("/dev/null")
     with pytest.raises(EngineError, match="model file not found"):
         gpt_engine.load(tmp_path / "absent.gguf")
+
+
+@pytest.mark.story("GT-027")
+@pytest.mark.parametrize("bad", ["12", b"hi", [1.7], [True], None, 5, [[1, 2]], torch.tensor([1.0]),
+                                 torch.tensor([[1, 2]]), [float("nan")]], ids=repr)
+def test_token_ids_of_the_wrong_kind_are_refused_not_converted(models, bad):
+    """'12' is not [1, 2] and 1.7 is not token 1: ids must be integers (a list, tuple, or 1-D
+    integer tensor or array); anything else is an EngineError naming it."""
+    m = gpt_engine.load(models.path("gpt2", "F32"))
+    with pytest.raises(EngineError, match="token ids must be"):
+        m.logits(bad)
+    assert m.logits(torch.tensor([1, 2])).shape == m.logits((1, 2)).shape == (2, m.config.vocab_size)
+
+
+@pytest.mark.story("GT-027")
+@pytest.mark.parametrize("kw,needle", [
+    ({"max_new_tokens": 1.5}, "max_new_tokens must be an integer"), ({"max_new_tokens": "3"}, "max_new_tokens must be"),
+    ({"seed": "x", "temperature": 1.0}, "seed must be None or an integer"), ({"seed": 2**64}, "seed must be"),
+    ({"seed": -1}, "seed must be"), ({"top_k": 1.5}, "top_k must be an integer"),
+    ({"temperature": "1"}, "temperature must be"), ({"top_p": None}, "top_p must be")], ids=str)
+def test_sampling_arguments_of_the_wrong_kind_are_refused(models, kw, needle):
+    m = gpt_engine.load(models.path("gpt2", "F32"))
+    with pytest.raises(EngineError, match=needle):
+        m.generate([1, 2], **{"max_new_tokens": 2, **kw})
+    with pytest.raises(EngineError, match="got bytes"):
+        m.generate(b"hi", max_new_tokens=2)
+
+
+@pytest.mark.story("GT-027")
+def test_a_tiny_temperature_is_the_greedy_limit_not_a_crash():
+    """logits / 1e-300 overflowed to inf / inf = NaN probabilities (a raw multinomial error); the
+    sampler shifts by the maximum first, so the limit is the argmax."""
+    logits = torch.tensor([0.5, 2.0, -1.0, 1.9])
+    for t in (1e-300, 1e-40):
+        p = SamplingParams(temperature=t, seed=1)
+        assert sample(logits, p, torch.Generator().manual_seed(1)) == 1
+
+
+@pytest.mark.story("GT-027")
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_nan_logits_are_an_error_not_token_0(temperature):
+    """A model whose weights overflow gives NaN logits; the argmax of NaNs is token 0 and a draw
+    from NaN probabilities a raw torch error: both are an EngineError naming the cause. -inf (an id
+    masked past the tokenizer's vocabulary) is fine."""
+    p = SamplingParams(temperature=temperature, seed=1)
+    with pytest.raises(EngineError, match="non-finite logits"):
+        sample(torch.tensor([0.1, float("nan"), 0.3]), p, torch.Generator().manual_seed(1))
+    assert sample(torch.tensor([0.1, float("-inf"), 0.3]), p, torch.Generator().manual_seed(1)) in (0, 2)

@@ -172,3 +172,15 @@ def test_chi2_sf_known_values():
     # chi-square(2) survival is exp(-x/2); chi-square(1) at 3.841 is 0.05
     assert math.isclose(chi2_sf(3.0, 2), math.exp(-1.5), rel_tol=1e-9)
     assert math.isclose(chi2_sf(3.841458820694124, 1), 0.05, rel_tol=1e-6)
+
+
+@pytest.mark.story("GT-027", "GX-003")
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_tiny_temperature_draws_the_argmax(device):
+    """float32 logits / 1e-40 overflowed to inf / inf = NaN probabilities, and the inverse-CDF draw
+    then returned an arbitrary id; shifted by the row's maximum first, the limit is the argmax."""
+    logits = torch.randn(3, 500, device=device) * 3
+    ids = sampling.sample_rows(logits, 500, torch.full((3,), 1e-40, device=device),
+                               torch.zeros(3, dtype=torch.long, device=device), torch.ones(3, device=device),
+                               torch.arange(3, device=device), torch.arange(3, device=device))
+    assert torch.equal(ids, logits.argmax(-1))
