@@ -63,25 +63,35 @@ def test_a_time_limit_still_leaves_a_complete_log(tmp_path_factory):
     import time
     repo = Repo(tmp_path_factory.mktemp("repo"))
     repo.add_card("GT-001", 1, "gate1", [], [TESTS_CPU])
-    repo.write("tests/test_a.py", textwrap.dedent('''
+    started = tmp_path_factory.mktemp("mark") / "started"  # outside the repository: no source
+    repo.write("tests/test_a.py", textwrap.dedent(f'''
+        import pathlib
         import time
         import pytest
 
         @pytest.mark.story("GT-001")
         @pytest.mark.parametrize("i", range(40))
         def test_slow(i):
-            time.sleep(0.25)
+            pathlib.Path({str(started)!r}).touch()
+            time.sleep(0.5)
     '''))
     head = repo.commit("tests")
     out = tmp_path_factory.mktemp("out")
     p = subprocess.Popen([sys.executable, "-m", "gates.gpu", "--all"], cwd=repo.root, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=inner_env(repo, OUT=str(out), GPT_ENGINE_GIT_COMMIT=head))
-    time.sleep(6)
+    # the limit fires once tests are running, not after a fixed wait from the start (CI's loaded
+    # run at d81ebde saw the 40 quarter-second tests end uninterrupted after a 6 s wait); the tests
+    # now last 20 s, so that the interrupt lands inside them even if this process is held up
+    deadline = time.monotonic() + 120
+    while not started.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "no test started"
+    time.sleep(1)                      # a few of the 40 half-second tests, far from all of them
     os.kill(p.pid, signal.SIGTERM)
-    p.communicate(timeout=120)
+    output, _ = p.communicate(timeout=120)
     [ev] = repo.paths.evidence.glob("*.json")
     log = evidence.log_path(ev)
     assert log.is_file(), "the log was not moved beside the evidence"
     doc = evidence.load_file(ev)
-    assert doc["run"]["interrupted"]
+    assert doc["run"]["interrupted"], output[-3000:]
     assert audit.log_problems(ev, doc, ev.read_bytes()) == []       # the log vouches for what ran
