@@ -12,6 +12,7 @@ E2M1 values doubled (integers 0..12) and multiplies by *half* the E8M0 scale, wh
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
@@ -50,8 +51,10 @@ def qtype_of(qtype) -> GGMLQuantizationType:
     try:
         if isinstance(qtype, str):
             t = Q[qtype.upper()]
-        else:
+        elif isinstance(qtype, numbers.Integral) and not isinstance(qtype, bool):
             t = Q(int(qtype))
+        else:  # 2.5 or True would otherwise pass int() as type 2 (Q4_0) or 1 (F16)
+            raise TypeError(qtype)
     except (KeyError, ValueError, TypeError):
         raise GGUFError(f"unknown ggml type {qtype!r}; supported: {', '.join(t.name for t in SUPPORTED)}") from None
     if t not in SUPPORTED:

@@ -125,6 +125,12 @@ class Tokenizer:
         No BOS is added; see ``add_bos``."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode needs a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate (os.fsdecode of bad bytes): the tokenizers
+            # library would say "TextInputSequence must be str" of what is a str
+            raise TokenizerError(f"the text is not valid Unicode: a lone surrogate U+{ord(text[e.start]):04X} at "
+                                 f"offset {e.start}") from None
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def _check_id(self, token_id) -> int:

@@ -213,3 +213,27 @@ def test_nan_logits_are_an_error_not_token_0(temperature):
     with pytest.raises(EngineError, match="non-finite logits"):
         sample(torch.tensor([0.1, float("nan"), 0.3]), p, torch.Generator().manual_seed(1))
     assert sample(torch.tensor([0.1, float("-inf"), 0.3]), p, torch.Generator().manual_seed(1)) in (0, 2)
+
+
+@pytest.mark.story("GT-027")
+def test_a_lone_surrogate_and_bad_load_arguments_are_named():
+    """A str holding a lone surrogate made the tokenizers library say 'TextInputSequence must be
+    str'; load() took a path of 123 or '' and a dtype of 'float32' or torch.int8 to raw torch errors
+    (or a model that failed later); dequantize read a type of 2.5 as Q4_0."""
+    import numpy as np
+
+    from gpt_engine.errors import GGUFError, ModelError, TokenizerError
+
+    m = gpt_engine.load()
+    with pytest.raises(TokenizerError, match="lone surrogate U\\+DCFF at offset 1"):
+        m.tokenizer.encode("a\udcffb")
+    for bad in (123, ""):
+        with pytest.raises(ModelError, match="model path must be a non-empty str or Path"):
+            gpt_engine.load(bad)
+    for bad in ("float32", torch.int8):
+        with pytest.raises(ModelError, match="dtype must be torch.float32, torch.float16 or torch.bfloat16"):
+            gpt_engine.load(dtype=bad)
+    for bad in (2.5, True, None):
+        with pytest.raises(GGUFError, match="unknown ggml type"):
+            gpt_engine.dequantize(np.zeros(18, np.uint8), bad)
+    assert gpt_engine.dequantize(np.zeros(18, np.uint8), np.int64(2)).shape == (32,)  # Q4_0 by its id
