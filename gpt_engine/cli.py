@@ -294,7 +294,7 @@ def cmd_tokenize(args) -> int:
     ids = m.tokenizer.encode(text)
     if args.json:
         print(json.dumps({"text": text, "ids": ids, "tokens": [m.tokenizer.decode([i]) for i in ids]},
-                         ensure_ascii=False))
+                         ensure_ascii=False))  # text: valid UTF-8 (checked on argv)
     else:
         print(" ".join(map(str, ids)))
     return 0
@@ -375,8 +375,18 @@ def cmd_generate(args) -> int:
     print(json.dumps({"prompt_ids": out.prompt_ids, "token_ids": out.token_ids, "text": out.text,
                       "finish_reason": out.finish_reason, "model": str(m.path), "sha256": m.sha256,
                       "device": args.device, "timings": timings},
-                     ensure_ascii=False))
+                     ensure_ascii=not _valid_unicode(str(m.path))))
     return 0
+
+
+def _valid_unicode(s: str) -> bool:
+    """False for a str holding lone surrogates (a file name from non-UTF-8 bytes, os.fsdecode):
+    printed raw they would be invalid UTF-8 in a JSON line; JSON's \\u escapes keep it valid."""
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 # --------------------------------------------------------------------------- bench
@@ -399,6 +409,8 @@ def add_bench(sub) -> None:
 def check_bench(args) -> None:
     if args.n_gen == 1:
         raise UsageError("argument -n/--n-gen: must be 0 or >= 2 (decode speed needs two tokens)")
+    if args.n_gen == 0 and args.n_prompt == 0:
+        raise UsageError("arguments -p and -n are both 0: nothing to measure")
 
 
 def cmd_bench(args) -> int:

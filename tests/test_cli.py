@@ -182,6 +182,7 @@ BAD_INPUT = [
     (["generate", "MODEL", "--prompt", "word " * 1500], "more than the model's context length 1024"),
     (["bench", "MODEL", "-n", "1"], "-n/--n-gen: must be 0 or >= 2"),
     (["bench", "MODEL", "-r", "0"], "-r/--reps: must be >= 1"),
+    (["bench", "MODEL", "-p", "0", "-n", "0"], "-p and -n are both 0: nothing to measure"),
     (["bench", "DIR"], "is a directory, not a GGUF model file"),
     (["generate", "MODEL", "--prompt", "x", "--dtype", "int8"], "--dtype: invalid choice: 'int8'"),
     (["inspect", "MODEL", "--dtype", "fp16"], "--dtype: invalid choice: 'fp16'"),
