@@ -10,6 +10,7 @@ from gates.paths import resolve
 from gates.verdict import percentages
 
 from tests.harness._synth import TESTS_CPU, Repo, newest_evidence, passing_gate1, run_inner
+from tests.harness.test_attacks import passing  # noqa: F401 (the fixture: gate1 passing on a synthetic repo)
 from tests.harness.test_attacks_process import evaluate, gt001, refused
 
 pytestmark = pytest.mark.story("GT-042")
@@ -138,15 +139,6 @@ def test_a_root_module_that_shadows_an_installed_package_stales_the_story(tmp_pa
     ev = evaluate(repo)
     assert ev.story("GT-001").status == "stale"                                  # before the fix: verified
     assert "added gguf.py" in ev.story("GT-001").criteria[0].reason
-
-
-@pytest.fixture
-def passing(tmp_path):
-    repo = Repo(tmp_path)
-    repo.gate1_minimal()
-    passing_gate1(repo)
-    assert evaluate(repo).gate("gate1")["verdict"] == "pass"
-    return repo
 
 
 @pytest.mark.parametrize("added", ["gguf.py", "gguf/__init__.py", "numpy.pth", "vendor/gguf/__init__.py",
