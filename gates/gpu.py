@@ -87,8 +87,13 @@ def main(argv=None) -> int:
         log.write("+ " + " ".join(cmd) + "\n")
         from gates.pytest_plugin import env_facts     # the variables the evidence records, for the reviewer
         log.write("env: " + " ".join(f"{k}={v}" for k, v in env_facts().items()) + "\n")
+        # SIGINT back to its default in pytest: a process started with SIGINT ignored (a background
+        # job of a non-interactive shell: `gates.gpu ... &` in a script) passes SIG_IGN on, Python
+        # then installs no KeyboardInterrupt handler, and the interrupt below would be lost (the run
+        # went on to its end past its time limit; seen in a backgrounded fresh-clone CI run)
         proc = subprocess.Popen(cmd, cwd=paths.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**pytest_env(), "PYTHONUNBUFFERED": "1"})
+                                env={**pytest_env(), "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
         # A time limit's SIGTERM (gpu_session.sh runs this under `timeout`) used to kill this process
         # while pytest's last lines were still in the pipe: the evidence was written, its log never
