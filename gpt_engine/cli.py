@@ -237,7 +237,7 @@ def cmd_inspect(args) -> int:
     mib = 1 / (1 << 20)
     lines = [f"{info['file']}  (GGUF v{f.version})",
              f"sha256        {info['sha256']}",
-             f"architecture  {c.architecture}  {c.name or ''}",
+             f"architecture  {c.architecture}  {_printable(c.name or '')}",
              "hyper-params  " + ", ".join(f"{k}={v}" for k, v in info["hyperparameters"].items()),
              *c.describe(),
              *_moe_lines(info["layout"]["ffn"], c),
@@ -379,6 +379,12 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _printable(s: str) -> str:
+    """A file's own string (general.name) for one line of text: control characters escaped, so a
+    name holding a newline cannot break the line format."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
 def _valid_unicode(s: str) -> bool:
     """False for a str holding lone surrogates (a file name from non-UTF-8 bytes, os.fsdecode):
     printed raw they would be invalid UTF-8 in a JSON line; JSON's \\u escapes keep it valid."""
@@ -459,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
+    if sys.stdout is None:  # started with stdout closed (>&-): every command's output would be lost
+        return _error("standard output is closed: nowhere to write the result")
     try:
         args = parser.parse_args(argv)
         if hasattr(args, "check"):

@@ -393,3 +393,24 @@ def test_bench_counts_packed_cpu_products_at_their_packed_size(models):
         pytest.skip("no C compiler here: every matrix takes the dense path (the other sum below)")
     want = sum(i.nbytes if n in packed or i.qtype.name == "F32" else i.n_elements * 4 for n, i in read.items())
     assert bench.weight_bytes_per_token(m) == want
+
+
+@pytest.mark.story("GT-042")
+@pytest.mark.parametrize("argv", [["tokenize", "hi"], ["generate", "MODEL", "--prompt", "hi", "--max-new-tokens", "2"]],
+                         ids=lambda a: a[0])
+def test_a_closed_stdout_is_one_line_not_lost_output(models, argv):
+    """Started with stdout closed (>&-), generate died of an AttributeError and tokenize exited 0
+    with its output lost; both now say so on stderr and exit 2."""
+    argv = [str(models.path("gpt2", "F32")) if a == "MODEL" else a for a in argv]
+    r = subprocess.run([str(EXE), *argv], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.decode().splitlines() == ["error: standard output is closed: nowhere to write the result"]
+
+
+@pytest.mark.story("GT-042")
+def test_a_file_name_with_control_characters_stays_on_its_line():
+    from gpt_engine.cli import _printable
+
+    assert _printable("my\nmodel\t\x1b[31m") == "my\\nmodel\\t\\x1b[31m"
+    assert _printable("SmolLM2 135M Instruct, café") == "SmolLM2 135M Instruct, café"
