@@ -7,6 +7,7 @@ bytes on the GPU) and are dequantized when used.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Iterator
@@ -605,8 +606,8 @@ def load(path: str | Path | None = None, device: str = "cpu", *, tokenizer_path:
     with a ``GGUFError`` naming the file and both hashes; a pin that is not 64 hex digits is an
     ``EngineError``. Without a pin nothing is hashed until ``Model.sha256`` is read."""
     pin = normalize_pin(sha256) if sha256 is not None else None
-    if path is not None and not isinstance(path, (str, Path)) or path == "":
-        raise ModelError(f"model path must be a non-empty str or Path, got {path!r}")
+    if path is not None and not isinstance(path, (str, os.PathLike)) or path == "":
+        raise ModelError(f"model path must be a non-empty str or path, got {path!r}")
     if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ModelError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16 (the activations), got {dtype!r}")
     path = Path(path) if path is not None else default_model_path()

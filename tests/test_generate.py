@@ -228,7 +228,7 @@ def test_a_lone_surrogate_and_bad_load_arguments_are_named():
     with pytest.raises(TokenizerError, match="lone surrogate U\\+DCFF at offset 1"):
         m.tokenizer.encode("a\udcffb")
     for bad in (123, ""):
-        with pytest.raises(ModelError, match="model path must be a non-empty str or Path"):
+        with pytest.raises(ModelError, match="model path must be a non-empty str or path"):
             gpt_engine.load(bad)
     for bad in ("float32", torch.int8):
         with pytest.raises(ModelError, match="dtype must be torch.float32, torch.float16 or torch.bfloat16"):
