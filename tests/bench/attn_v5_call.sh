@@ -15,9 +15,15 @@
 # files; the Llama model CUDA tests. ~450 s cold in all (build ~110 s).
 # Repo root, .whl carried:   OUT=$OUT timeout 450 bash tests/bench/attn_v5_call.sh
 # If it passes: `git apply tests/bench/ab_patches/attn-v5-on.patch` here, commit, then the evidence
-# calls (gpu_session.sh ops / rest) at that commit.
+# calls (gpu_session.sh ops / rest) at that commit. Or commit the patch first and run this call on
+# that commit (it then finds the patch applied and says so), so that the evidence calls can follow
+# on the same warm machine with the build this call made (a machine idles out 30 s after a call).
 set -o pipefail
-git apply tests/bench/ab_patches/attn-v5-on.patch || { echo "attn-v5-on.patch does not apply"; exit 1; }
+if git apply --reverse --check tests/bench/ab_patches/attn-v5-on.patch 2>/dev/null; then
+  echo "attn-v5-on.patch: already applied"
+else
+  git apply tests/bench/ab_patches/attn-v5-on.patch || { echo "attn-v5-on.patch does not apply"; exit 1; }
+fi
 export SHAPES="gpt-oss-20b:MXFP4 llama-1b"
 . tests/bench/gpu_env.sh attn-v5-call.log
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
