@@ -327,10 +327,9 @@ __global__ void __launch_bounds__(kReduceThreads) decode_reduce_kernel(const flo
 // choice depends on the shape only (never on the batch or the lengths), so a sequence's sums
 // are the same in every batch and in both decode graphs. attention_decode_tile_force (tests,
 // A/Bs) overrides the rule.
-// Off until its A/B (v5, written in session 24, never yet run on a GPU): 1 keeps v4's tiles (no
-// grid is under one block); 32 is v5's rule. Its choices can be timed before it is on: forced
-// tiles 2 (gpt-oss) and 1 (Llama-1b, SmolLM2) are the tiles it would pick.
-constexpr int64_t kMinHeadBlocks = 1;
+// v5 (written in session 24; A/B in session 29 on an H100, docs/kernels/attention.md: the 20b
+// step 2,268 -> 2,115 us, Llama-1b's 1,065 -> 1,013 us). 1 would restore v4's tiles.
+constexpr int64_t kMinHeadBlocks = 32;
 int g_tile_force = 0;  // 0: the rule; 1, 2, 4 or 8: that tile
 
 int pick_group_tile(int64_t group, int64_t hkv) {

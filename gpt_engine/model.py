@@ -365,7 +365,6 @@ def cublas_workspace_bytes() -> int:
     (cuBLAS handle, stream) pair that runs a product, and keeps it. ``CUBLAS_WORKSPACE_CONFIG``
     (":KiB:count" pairs) when set, else torch's default: 32 MiB on compute capability 9 and
     newer (Hopper, Blackwell), 4096 KiB x 2 + 16 KiB x 8 before; 32 MiB when no GPU answers."""
-    import os
     import re
 
     v = os.environ.get("CUBLAS_WORKSPACE_CONFIG")

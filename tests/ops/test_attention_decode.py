@@ -217,23 +217,20 @@ def test_decode_every_group_tile_vs_float64(tile, case):
 def test_decode_group_tile_rule():
     """The rule (csrc/attention_decode.cu, pick_group_tile): the group rounded up to a power of two
     (at most 8), halved while one sequence's one-split grid (Hkv x ceil(group / tile) blocks) is
-    under kMinHeadBlocks; the hook's force wins until it is lifted. kMinHeadBlocks is 1 until v5's
-    A/B (no halving: v4's tiles); with v5's 32 the table is V5 below."""
+    under kMinHeadBlocks (32, v5); the hook's force wins until it is lifted."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     assert ext.attention_decode_tile_force(0) == 0
     # (Hq, Hkv) -> tile: GPT-2 (MHA), gpt-oss, Llama-1b, SmolLM2, groups of 8 on 16 and of 16 on 8
     # kv heads, groups of 8 on 32 kv heads
-    rule = {(25, 25): 1, (64, 8): 8, (32, 8): 4, (9, 3): 4, (128, 16): 8, (128, 8): 8, (256, 32): 8}
-    # v5 (kMinHeadBlocks 32): {(25, 25): 1, (64, 8): 2, (32, 8): 1, (9, 3): 1, (128, 16): 4, (128, 8): 4,
-    # (256, 32): 8}
+    rule = {(25, 25): 1, (64, 8): 2, (32, 8): 1, (9, 3): 1, (128, 16): 4, (128, 8): 4, (256, 32): 8}
     assert {k: ext.attention_decode_group_tile(*k) for k in rule} == rule
     try:
-        assert ext.attention_decode_tile_force(2) == 2 and ext.attention_decode_group_tile(64, 8) == 2
-        assert ext.attention_decode_tile_force(3) == 2  # not a tile: nothing changes
+        assert ext.attention_decode_tile_force(8) == 8 and ext.attention_decode_group_tile(64, 8) == 8
+        assert ext.attention_decode_tile_force(3) == 8  # not a tile: nothing changes
     finally:
         ext.attention_decode_tile_force(0)
-    assert ext.attention_decode_group_tile(64, 8) == 8
+    assert ext.attention_decode_group_tile(64, 8) == 2
 
 
 @pytest.mark.story("GT-018")
