@@ -6,7 +6,7 @@
 # Session 27 landed the six patches of sessions 24-26 on main (build-split-by-type,
 # attn-group-tile-by-grid, gemv-ring-rule-hook, comment-mends, moe-v71-v72, gemv-one-batch-u12), so
 # none is left to apply; the calls still run this first so that a new patch slots in here.
-# attn-v5-on.patch (session 29) is not stacked here: tests/bench/attn_v5_call.sh applies it alone.
+# attn-v5-on.patch (session 29) landed in session 30 (56e6efc) with its check call, attn_v5_call.sh.
 PATCHES=""
 for p in $PATCHES; do
   f=tests/bench/ab_patches/$p.patch
