@@ -7,6 +7,7 @@
 # attn-group-tile-by-grid, gemv-ring-rule-hook, comment-mends, moe-v71-v72, gemv-one-batch-u12), so
 # none is left to apply; the calls still run this first so that a new patch slots in here.
 # attn-v5-on.patch (session 29) landed in session 30 (56e6efc) with its check call, attn_v5_call.sh.
+# qgemv-zip.patch (session 30) is not stacked here either: tests/bench/pending_ab_call.sh applies it.
 PATCHES=""
 for p in $PATCHES; do
   f=tests/bench/ab_patches/$p.patch
