@@ -242,7 +242,10 @@ class QWeight:
         """rows()'s result plus add[add_ids] where no kernel fused the sum."""
         from . import ops
 
-        return out if add is None else ops.residual_add(out, add[add_ids])
+        if add is None:
+            return out
+        # on the CPU the op's body (models/attention.py says why)
+        return (ops.residual_add_module.reference if out.device.type == "cpu" else ops.residual_add)(out, add[add_ids])
 
     @classmethod
     def stack_rows(cls, weights: list["QWeight"]) -> "QWeight":

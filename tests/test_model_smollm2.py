@@ -44,3 +44,28 @@ def test_logits_match_transformers_on_the_same_file(smollm2, smollm2_path):
     err = (ours - ref).abs().max().item()
     assert err <= tol("logits_max_abs_f32"), f"max |ours - transformers| = {err:.3g}"
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+
+
+
+@pytest.mark.story("GX-001")
+@pytest.mark.parametrize("model", ["embedded", "gpt2-F16", "gpt2-Q8_0"])
+def test_a_first_cpu_prompt_does_not_import_torch_dynamo(models, model):
+    """A model's first prompt on the CPU calls no custom op through torch.library's dispatcher,
+    whose first call imports torch._dynamo: ~1.2 s on a 2-core machine, 20x the embedded model's
+    whole 5-token prefill (gpt_engine/models/attention.py, attend_tokens). The embedded SmolLM2
+    and GPT-2 with a dense and a packed token table (ops.embedding; the packed rows plus the
+    position rows). A fresh interpreter, since any custom-op call earlier in this one may have
+    imported it already."""
+    import subprocess
+    import sys
+    path = None if model == "embedded" else str(models.path("gpt2", model.split("-")[1], vocab="gpt2"))
+    code = ("import sys, gpt_engine; m = gpt_engine.load(sys.argv[1] if len(sys.argv) > 1 else None); "
+            "print(repr(m.generate('The capital of France is', max_new_tokens=3).text)); "
+            "print('torch._dynamo' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code] + ([path] if path else []), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text, imported = r.stdout.strip().splitlines()[-2:]
+    if model == "embedded":
+        assert text.startswith("' Paris"), text  # the prompt ran (test_capital_of_france_is_paris's answer)
+    assert imported == "False", "a CPU prompt imported torch._dynamo (a custom op went through the dispatcher)"

@@ -19,6 +19,7 @@ import torch
 
 from .. import ops
 from ..kv_cache import KVCache
+from ..ops import attention_prefill_module, qkv_rope_module
 from . import cpu_decode
 
 
@@ -52,12 +53,20 @@ def attend_tokens(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, c
     if qkv.device.type == "cpu" and start > 0 and cache is not None and t == 1:  # a CPU decode step (cpu_decode.py)
         return cpu_decode.attend(lay, qkv, cache.k[layer], cache.v[layer], start)
     kc, vc = (cache.k[layer], cache.v[layer]) if cache is not None else (None, None)
-    q, k, v = ops.qkv_rope(qkv, pos, lay.cos, lay.sin, kc, vc, None, None, lay.n_head, lay.n_head_kv, t,
-                           lay.rope_mode, lay.rope_dim)
+    # On the CPU the two ops' bodies (their references) are called directly: same checks, same
+    # values. Through torch.library's dispatcher the first call of any custom op imports
+    # torch._dynamo (torch 2.13 wraps each op's backend call in a dynamo-disable that imports it on
+    # first use): ~1.2 s of the embedded model's first prompt on a 2-core machine, whose whole
+    # 5-token prefill then takes ~0.05 s. (A CPU decode step skips the ops too: cpu_decode.)
+    cpu = qkv.device.type == "cpu"
+    rope = qkv_rope_module.reference if cpu else ops.qkv_rope
+    q, k, v = rope(qkv, pos, lay.cos, lay.sin, kc, vc, None, None, lay.n_head, lay.n_head_kv, t, lay.rope_mode,
+                   lay.rope_dim)
     d = lay.head_dim
     if start == 0:
-        a = ops.attention_prefill(q.view(batch, t, lay.n_head, d), k.view(batch, t, lay.n_head_kv, d),
-                                  v.view(batch, t, lay.n_head_kv, d), lay.scale)
+        prefill = attention_prefill_module.reference if cpu else ops.attention_prefill
+        a = prefill(q.view(batch, t, lay.n_head, d), k.view(batch, t, lay.n_head_kv, d),
+                    v.view(batch, t, lay.n_head_kv, d), lay.scale)
     else:
         assert t == 1, "continuations are fed one token at a time"
         lens = torch.full((batch,), start + 1, dtype=torch.int32, device=qkv.device)

@@ -69,13 +69,16 @@ class GPT2:
         return KVCache(c.n_layer, batch, c.n_head, max_len, c.head_dim, self.dtype, self.device)
 
     def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        cpu = ids.device.type == "cpu"  # the ops' CPU bodies called directly (models/attention.py says why)
         if self.wte.qtype.name in _DENSE and self.wpe_dense is not None:
-            return ops.embedding(ids, pos, self.wte.dense(self.dtype), self.wpe_dense)
+            embed = ops.embedding_module.reference if cpu else ops.embedding
+            return embed(ids, pos, self.wte.dense(self.dtype), self.wpe_dense)
         checked = not capturing()  # prompt ids were checked on the host; a decode step's come from its sampler
         if self.wpe_dense is not None:  # the token row and its position row summed in the lookup's kernel
             return self.wte.rows(ids, self.dtype, checked=checked, add=self.wpe_dense, add_ids=pos)
         tok = self.wte.rows(ids, self.dtype, checked=checked)
-        return ops.residual_add(tok, self.wpe.rows(pos, self.dtype, checked=checked))
+        add = ops.residual_add_module.reference if cpu else ops.residual_add
+        return add(tok, self.wpe.rows(pos, self.dtype, checked=checked))
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False,
                 at: torch.Tensor | None = None) -> torch.Tensor:
