@@ -48,17 +48,23 @@ def test_logits_match_transformers_on_the_same_file(smollm2, smollm2_path):
 
 
 @pytest.mark.story("GX-001")
-@pytest.mark.parametrize("model", ["embedded", "gpt2-F16", "gpt2-Q8_0"])
-def test_a_first_cpu_prompt_does_not_import_torch_dynamo(models, model):
+@pytest.mark.parametrize("model", ["embedded", "gpt2-F16", "gpt2-Q8_0", "gpt-oss"])
+def test_a_first_cpu_prompt_does_not_import_torch_dynamo(models, tmp_path, model):
     """A model's first prompt on the CPU calls no custom op through torch.library's dispatcher,
     whose first call imports torch._dynamo: ~1.2 s on a 2-core machine, 20x the embedded model's
-    whole 5-token prefill (gpt_engine/models/attention.py, attend_tokens). The embedded SmolLM2
-    and GPT-2 with a dense and a packed token table (ops.embedding; the packed rows plus the
-    position rows). A fresh interpreter, since any custom-op call earlier in this one may have
+    whole 5-token prefill (gpt_engine/models/attention.py, attend_tokens). The embedded SmolLM2,
+    GPT-2 with a dense and a packed token table (ops.embedding; the packed rows plus the position
+    rows) and a small gpt-oss (its own prompt path). A fresh interpreter, since any custom-op call earlier in this one may have
     imported it already."""
     import subprocess
     import sys
-    path = None if model == "embedded" else str(models.path("gpt2", model.split("-")[1], vocab="gpt2"))
+    path = None
+    if model.startswith("gpt2"):
+        path = str(models.path("gpt2", model.split("-")[1], vocab="gpt2"))
+    elif model == "gpt-oss":
+        from gpt_engine import testmodels
+        path = str(tmp_path / "gpt-oss.gguf")
+        testmodels.make_gpt_oss(path)
     code = ("import sys, gpt_engine; m = gpt_engine.load(sys.argv[1] if len(sys.argv) > 1 else None); "
             "print(repr(m.generate('The capital of France is', max_new_tokens=3).text)); "
             "print('torch._dynamo' in sys.modules)")

@@ -348,8 +348,10 @@ class GptOss:
         x = self.embd.rows(ids, self.dtype, checked=not capturing()).reshape(B * T, c.n_embd)
         for i, L in enumerate(self.layers):
             kc, vc = (cache.k[i], cache.v[i]) if cache is not None else (None, None)
-            q, k, v = ops.qkv_rope(self.project_qkv(x, L), tok_pos, self.rope_cos, self.rope_sin, kc, vc, None, None,
-                                   c.n_head, c.n_head_kv, T, ROPE_MODE, c.head_dim)
+            # on the CPU the op's body (models/attention.py, attend_tokens, says why)
+            rope = ops.qkv_rope_module.reference if x.device.type == "cpu" else ops.qkv_rope
+            q, k, v = rope(self.project_qkv(x, L), tok_pos, self.rope_cos, self.rope_sin, kc, vc, None, None,
+                           c.n_head, c.n_head_kv, T, ROPE_MODE, c.head_dim)
             a = self.attend_tokens(q, k, v, L, i, B, T, start, pos, cache)
             x = ops.linear(a.reshape(B * T, -1), L.o, L.o_bias, residual=x)
             x = self.ffn(x, L)
