@@ -241,11 +241,11 @@ class QWeight:
     def _plus(out: torch.Tensor, add: torch.Tensor | None, add_ids: torch.Tensor | None) -> torch.Tensor:
         """rows()'s result plus add[add_ids] where no kernel fused the sum."""
         from . import ops
+        from .ops._common import direct_on_cpu
 
         if add is None:
             return out
-        # on the CPU the op's body (models/attention.py says why)
-        return (ops.residual_add_module.reference if out.device.type == "cpu" else ops.residual_add)(out, add[add_ids])
+        return direct_on_cpu(ops.residual_add, ops.residual_add_module.reference, out)(out, add[add_ids])
 
     @classmethod
     def stack_rows(cls, weights: list["QWeight"]) -> "QWeight":

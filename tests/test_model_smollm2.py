@@ -46,16 +46,15 @@ def test_logits_match_transformers_on_the_same_file(smollm2, smollm2_path):
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
 
 
-
 @pytest.mark.story("GX-001")
 @pytest.mark.parametrize("model", ["embedded", "gpt2-F16", "gpt2-Q8_0", "gpt-oss"])
 def test_a_first_cpu_prompt_does_not_import_torch_dynamo(models, tmp_path, model):
     """A model's first prompt on the CPU calls no custom op through torch.library's dispatcher,
     whose first call imports torch._dynamo: ~1.2 s on a 2-core machine, 20x the embedded model's
-    whole 5-token prefill (gpt_engine/models/attention.py, attend_tokens). The embedded SmolLM2,
-    GPT-2 with a dense and a packed token table (ops.embedding; the packed rows plus the position
-    rows) and a small gpt-oss (its own prompt path). A fresh interpreter, since any custom-op call earlier in this one may have
-    imported it already."""
+    whole 5-token prefill (gpt_engine/ops/_common.py, direct_on_cpu). The embedded SmolLM2, GPT-2
+    with a dense and a packed token table (ops.embedding; the packed rows plus the position rows)
+    and a small gpt-oss (its own prompt path). A fresh interpreter, since any custom-op call
+    earlier in this one may have imported it already."""
     import subprocess
     import sys
     path = None

@@ -20,6 +20,7 @@ import torch
 from .. import ops
 from ..kv_cache import KVCache
 from ..ops import attention_prefill_module, qkv_rope_module
+from ..ops._common import direct_on_cpu
 from . import cpu_decode
 
 
@@ -53,18 +54,12 @@ def attend_tokens(lay: HeadLayout, x: torch.Tensor, weights: list, bias, norm, c
     if qkv.device.type == "cpu" and start > 0 and cache is not None and t == 1:  # a CPU decode step (cpu_decode.py)
         return cpu_decode.attend(lay, qkv, cache.k[layer], cache.v[layer], start)
     kc, vc = (cache.k[layer], cache.v[layer]) if cache is not None else (None, None)
-    # On the CPU the two ops' bodies (their references) are called directly: same checks, same
-    # values. Through torch.library's dispatcher the first call of any custom op imports
-    # torch._dynamo (torch 2.13 wraps each op's backend call in a dynamo-disable that imports it on
-    # first use): ~1.2 s of the embedded model's first prompt on a 2-core machine, whose whole
-    # 5-token prefill then takes ~0.05 s. (A CPU decode step skips the ops too: cpu_decode.)
-    cpu = qkv.device.type == "cpu"
-    rope = qkv_rope_module.reference if cpu else ops.qkv_rope
+    rope = direct_on_cpu(ops.qkv_rope, qkv_rope_module.reference, qkv)
     q, k, v = rope(qkv, pos, lay.cos, lay.sin, kc, vc, None, None, lay.n_head, lay.n_head_kv, t, lay.rope_mode,
                    lay.rope_dim)
     d = lay.head_dim
     if start == 0:
-        prefill = attention_prefill_module.reference if cpu else ops.attention_prefill
+        prefill = direct_on_cpu(ops.attention_prefill, attention_prefill_module.reference, q)
         a = prefill(q.view(batch, t, lay.n_head, d), k.view(batch, t, lay.n_head_kv, d),
                     v.view(batch, t, lay.n_head_kv, d), lay.scale)
     else:

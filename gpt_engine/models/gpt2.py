@@ -17,7 +17,7 @@ import math
 import torch
 
 from .. import ops
-from ..ops._common import capturing
+from ..ops._common import capturing, direct_on_cpu
 from ..kv_cache import KVCache
 from ..qweight import QWeight
 from .attention import HeadLayout, attend_decode, attend_tokens, one_token_at_a_time
@@ -69,15 +69,14 @@ class GPT2:
         return KVCache(c.n_layer, batch, c.n_head, max_len, c.head_dim, self.dtype, self.device)
 
     def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        cpu = ids.device.type == "cpu"  # the ops' CPU bodies called directly (models/attention.py says why)
         if self.wte.qtype.name in _DENSE and self.wpe_dense is not None:
-            embed = ops.embedding_module.reference if cpu else ops.embedding
+            embed = direct_on_cpu(ops.embedding, ops.embedding_module.reference, ids)
             return embed(ids, pos, self.wte.dense(self.dtype), self.wpe_dense)
         checked = not capturing()  # prompt ids were checked on the host; a decode step's come from its sampler
         if self.wpe_dense is not None:  # the token row and its position row summed in the lookup's kernel
             return self.wte.rows(ids, self.dtype, checked=checked, add=self.wpe_dense, add_ids=pos)
         tok = self.wte.rows(ids, self.dtype, checked=checked)
-        add = ops.residual_add_module.reference if cpu else ops.residual_add
+        add = direct_on_cpu(ops.residual_add, ops.residual_add_module.reference, tok)
         return add(tok, self.wpe.rows(pos, self.dtype, checked=checked))
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False,

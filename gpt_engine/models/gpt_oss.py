@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .. import ops, quants
 from ..kv_cache import KVCache
 from ..qweight import QWeight, _is_view, cache_policy, cpu_cache_budget, dense_cache_bytes, lookup_only, packed_product
-from ..ops._common import capturing
+from ..ops._common import capturing, direct_on_cpu
 from ..ops.dequantize import cuda_supported as dequantize_on_device
 from ..ops.linear import rmsnorm_reference as rmsnorm
 from ..ops.moe import kernel_supports as moe_kernel_supports
@@ -348,8 +348,7 @@ class GptOss:
         x = self.embd.rows(ids, self.dtype, checked=not capturing()).reshape(B * T, c.n_embd)
         for i, L in enumerate(self.layers):
             kc, vc = (cache.k[i], cache.v[i]) if cache is not None else (None, None)
-            # on the CPU the op's body (models/attention.py, attend_tokens, says why)
-            rope = ops.qkv_rope_module.reference if x.device.type == "cpu" else ops.qkv_rope
+            rope = direct_on_cpu(ops.qkv_rope, ops.qkv_rope_module.reference, x)
             q, k, v = rope(self.project_qkv(x, L), tok_pos, self.rope_cos, self.rope_sin, kc, vc, None, None,
                            c.n_head, c.n_head_kv, T, ROPE_MODE, c.head_dim)
             a = self.attend_tokens(q, k, v, L, i, B, T, start, pos, cache)

@@ -55,6 +55,17 @@ def check_approximate(op: str, approximate: str) -> None:
         raise OpError(f"{op}: approximate={approximate!r}, expected 'tanh' or 'none'")
 
 
+def direct_on_cpu(op, reference, t: torch.Tensor):
+    """``op`` (a torch.library custom op) for a tensor on a GPU; for one on the CPU the op's CPU
+    body, ``reference``, to call directly: the same function, so the same checks and values.
+    Through the dispatcher a process's first custom-op call imports torch._dynamo (torch 2.13 wraps
+    each op's backend call in a dynamo-disable that imports it on first use): ~1.2 s of the
+    embedded model's first prompt on a 2-core machine, whose 5-token prefill then takes ~0.06 s
+    (docs/quality.md, "The first prompt on the CPU"). The models' CPU prompt paths call their ops
+    through this; a CPU decode step skips the ops altogether (models/cpu_decode.py)."""
+    return reference if t.device.type == "cpu" else op
+
+
 _DEVICE_CHECKED = [0]  # depth of nested device_checked() blocks
 
 

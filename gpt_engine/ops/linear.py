@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _ext
-from ._common import OpError, acc_dtype, check_float, check_shape, new_output
+from ._common import OpError, acc_dtype, check_float, check_shape, direct_on_cpu, new_output
 from .bias_gelu import bias_gelu
 from .layernorm import layernorm
 from .layernorm import reference as layernorm_reference
@@ -104,10 +104,7 @@ def _check(x, n, k, bias, residual, norm, norm_weight, norm_bias, act):
 
 def _normed(x, norm, norm_weight, norm_bias, eps):
     if norm == NORMS["layernorm"]:
-        # on the CPU the op's body: through the dispatcher a process's first custom-op call imports
-        # torch._dynamo (~1.2 s; gpt_engine/models/attention.py, attend_tokens)
-        ln = layernorm_reference if x.device.type == "cpu" else layernorm
-        return ln(x, norm_weight, norm_bias, eps)
+        return direct_on_cpu(layernorm, layernorm_reference, x)(x, norm_weight, norm_bias, eps)
     if norm == NORMS["rmsnorm"]:
         return rmsnorm_reference(x, norm_weight, eps)
     return x

@@ -55,6 +55,14 @@ t0=$(date +%s)  # the build's time, not the wheels' and the models' start
 build_ext 20  # a cold machine reuses an earlier one's objects with the same csrc (.extcache carried)
 # EXT_SAVE=0: do not send the built objects back ($OUT/ext-<hash>.tgz.part-*: ext_cache.sh)
 [ "${EXT_SAVE:-1}" = 1 ] && bash tests/bench/ext_cache.sh save
+run_gates() {  # python -m gates.gpu "$@" under GATES_TIMEOUT, then what it found
+  timeout ${GATES_TIMEOUT:-540} python3 -m gates.gpu "$@" > /tmp/gates.txt 2>&1
+  local rc=$?
+  echo "gates.gpu exit $rc"
+  # cut or failed: where it was (session 30's first ops call said only "exit 124")
+  [ $rc = 0 ] || tail -c 1200 /tmp/gates.txt
+  grep -E "^(FAILED|ERROR)" /tmp/gates.txt | head -30; cat "$OUT/gpu-summary.txt"
+}
 if [ "$MODE" = quick ]; then
   timeout -s INT -k 20 ${TEST_TIMEOUT:-300} python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
     ${TESTS:-tests/ops/test_linear.py tests/ops/test_linear_qkv.py tests/ops/test_qkv_rope.py tests/ops/test_sample_greedy.py tests/ops/test_opcheck.py \
@@ -63,20 +71,14 @@ if [ "$MODE" = quick ]; then
   echo "tests exit $?"; grep -vE "^\.|^$" /tmp/quick-tests.txt | tail -150
 elif [ "$MODE" = ops ] || [ "$MODE" = heavy ]; then
   [ "$MODE" = ops ] && WHAT="tests/ops" || WHAT="$HEAVY"
-  timeout ${GATES_TIMEOUT:-540} python3 -m gates.gpu $WHAT > /tmp/gates.txt 2>&1; rc=$?; echo "gates.gpu exit $rc"
-  # cut or failed: where it was (session 30's first ops call said only "exit 124")
-  [ $rc = 0 ] || tail -c 1200 /tmp/gates.txt
-  grep -E "^(FAILED|ERROR)" /tmp/gates.txt | head -30; cat "$OUT/gpu-summary.txt"
+  run_gates $WHAT
   wait $MODELS_PID; cat /tmp/models.txt
   exit 0
 else
   wait $MODELS_PID; cat /tmp/models.txt
   if [ "$MODE" = light ]; then WHAT="tests $(for f in $HEAVY; do printf -- '--ignore=%s ' "$f"; done)"
   else WHAT="tests --ignore=tests/ops"; fi
-  timeout ${GATES_TIMEOUT:-540} python3 -m gates.gpu $WHAT > /tmp/gates.txt 2>&1; rc=$?; echo "gates.gpu exit $rc"
-  # cut or failed: where it was (session 30's first ops call said only "exit 124")
-  [ $rc = 0 ] || tail -c 1200 /tmp/gates.txt
-  grep -E "^(FAILED|ERROR)" /tmp/gates.txt | head -30; cat "$OUT/gpu-summary.txt"
+  run_gates $WHAT
   # CLI_BENCH=1: `gpt-engine bench` on the 124M file in the same run, beside the end-to-end test's
   # figure (the two use the same timing code, bench.time_decode)
   [ -n "$CLI_BENCH" ] && timeout 60 python3 -m gpt_engine.cli bench "$GPT_ENGINE_BENCH_MODELS/gpt2-124m-F16.gguf" \
