@@ -824,13 +824,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "chunks, 5 the same past 8 rounds only; + 8: the ring kernel's weight copies as 1-D bulk copies (v20, M = 1); "
         "returns the mode in effect",
         py::arg("mode"));
+  m.def("qgemv_zip_force", &gpte::qgemv_zip_force,
+        "test/bench hook of the packed decode GEMV: 1 takes v3.3's MXFP4 code order (the default), 0 v3's "
+        "(the same bits); returns the setting in effect",
+        py::arg("on"));
   m.def("attention_decode_tile_force", &gpte::attention_decode_tile_force,
         "test/bench hook of the decode kernel: 1, 2, 4 or 8 forces that group tile, 0 returns to the rule; "
         "returns the force in effect",
         py::arg("tile"));
   m.def("moe_ab_force", &gpte::moe_ab_force,
-        "test/bench hook of the MoE expert kernels: 3, 6, 61, 71 or 72 forces v3, v6, v6.1, v7.1 or v7.2, 0 (or 7) "
-        "returns to the default (v7, returned as 7); parts: 0 both kernels, 1 only gate/up, 2 only down "
+        "test/bench hook of the MoE expert kernels: 3, 6, 61, 7 or 71 forces v3, v6, v6.1, v7 or v7.1, 0 (or 72) "
+        "returns to the default (v7.2, returned as 72); parts: 0 both kernels, 1 only gate/up, 2 only down "
         "(timing; the down tiles' early copies need both); returns the version in use",
         py::arg("version"), py::arg("parts") = 0);
   m.def("moe_route_ab_force", &gpte::moe_route_ab_force,

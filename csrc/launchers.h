@@ -58,6 +58,9 @@ int attention_decode_tile_force(int64_t tile);
 // rows of 257-384 chunks, 5 the same past 8 rounds only; other values change nothing. Returns the
 // mode in effect.
 int linear_ring_force(int64_t mode);
+// Test/bench hook of the packed decode GEMV (csrc/linear_q_impl.cuh v3.3): 1 decodes MXFP4 in the
+// nibbles' order (the same bits), 0 v3's order (the default); other values change nothing.
+int qgemv_zip_force(int64_t on);
 
 // q: [B, Hq, D]; caches dense [B, Hkv, S, D]; seq_lens int32 or int64 [B]; D 64 or 128.
 // sinks: null or fp32 [Hq] per-head sink logits; window: 0 or the sliding window (keys at
@@ -209,8 +212,8 @@ struct MoeArgs {
 // C, F multiples of 32, at most 4096; M * K <= 65535.
 cudaError_t launch_moe_experts(int dtype, const MoeArgs& a, cudaStream_t stream);
 int moe_blocks_per_lane(int64_t n);
-// Test and bench hook of the expert kernels (moe.cu): 3, 6, 61 or 7 forces that version for the
-// launches after it, 0 (or 7) returns to the default (v7); other values change nothing. parts
+// Test and bench hook of the expert kernels (moe.cu): 3, 6, 61, 7 or 71 forces that version for the
+// launches after it, 0 (or 72) returns to the default (v7.2); other values change nothing. parts
 // (timing only): 0 both kernels, 1 only gate/up, 2 only down (the kernel left out is not
 // launched). Returns the version the next launch takes (k > 8: v3's kernels).
 int moe_ab_force(int64_t version, int64_t parts);

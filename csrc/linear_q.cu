@@ -5,6 +5,15 @@
 #include "linear_q_impl.cuh"
 
 namespace gpte {
+int g_qgemv_zip = 1;  // v3.3 by default since session 31 (its A/B: csrc/linear_q_impl.cuh)
+
+int qgemv_zip_force(int64_t on) {
+  // 1: v3.3's code order (MXFP4 only, the default; csrc/linear_q_impl.cuh); 0: v3's (the A/B and
+  // the same-bits test)
+  if (on == 0 || on == 1) g_qgemv_zip = (int)on;
+  return g_qgemv_zip;
+}
+
 cudaError_t launch_linear_q_q8_0(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
 cudaError_t launch_linear_q_q4_0(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
 cudaError_t launch_linear_q_q4_1(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);

@@ -65,6 +65,16 @@
 //    are summed as two K halves; at M = 1 two warps take a pair, one half each (Nsight Compute:
 //    the kernel is latency-bound, 0.48 eligible warps per scheduler at 1600x6400; the halves cut
 //    each busy warp's chain in two). docs/kernels/quant.md has the measurements.
+// v3.3 (written in session 30, the default since session 31; qgemv_zip_force(0) returns to v3):
+//    MXFP4 codes from mxfp4_biased8_zip, the MoE decode v7.2's order (quant_blocks.cuh): 9
+//    operations per 8 codes instead of 13, the activations staged in the same order
+//    (quantize8_v3<true>). A group's dp4a sums are the same integers in another order, so the
+//    outputs are v3's bits (test_mxfp4_zip_same_bits). The MoE's A/B (session 29, H100): -0.9%
+//    of the 20b step, ~1 us a layer. Predicted here: -1% to -3% of the 1.5B MXFP4 step (the
+//    decode and dot products were ~290 us of ~1,570, session 15; ~20% fewer instructions there).
+//    Measured (session 31, H100 80GB HBM3, one warm call, docs/kernels/quant.md): graph steps
+//    1.5B MXFP4 1,583.5 -> 1,550.8 us (-2.1%), 124M MXFP4 283.9 -> 278.9 us (-1.8%); the GEMV
+//    alone -2% to -5% at every bar shape; memcheck clean on the same-bits tests.
 // Per-row results are independent of M (integer sums are exact, the float steps are explicit
 // fmaf / __fmul_rn in a fixed order, the K halves a function of the shape): a sequence's output
 // does not depend on its batch.
@@ -77,6 +87,7 @@
 #include "quant_blocks.cuh"
 
 namespace gpte {
+extern int g_qgemv_zip;  // linear_q.cu: qgemv_zip_force's setting (1: v3.3, MXFP4 only, the default; 0: v3)
 namespace {
 using namespace linear_detail;
 using namespace quant;
@@ -313,8 +324,9 @@ __device__ __forceinline__ void norm_stats_v3(const LinearArgs& p, const XRegs<A
   for (int m = 0; m < MT; ++m) rstd[m] = m < p.M ? rsqrtf(total(red2, m) / p.K + p.eps) : 0.f;
 }
 
-// Codes of the NU units in r (first unit u0): norm applied, quantized, stored.
-template <typename A, int MT, int NU>
+// Codes of the NU units in r (first unit u0): norm applied, quantized, stored. kZip (v3.3): in
+// mxfp4_biased8_zip's order (quantize8_v3<true> finds each part's bytes from the group's plane-0 slot).
+template <typename A, int MT, int NU, bool kZip = false>
 __device__ __forceinline__ void quantize_units(const LinearArgs& p, const XRegs<A, MT, NU>& r, int u0, const float* mean,
                                                const float* rstd, uint8_t* xq, float4* xsc) {
   const int ng = p.K / 32, xt = x_tiles(p.K), part = XRegs<A, MT, NU>::part();
@@ -339,15 +351,16 @@ __device__ __forceinline__ void quantize_units(const LinearArgs& p, const XRegs<
       }
       const bool ok = g < ng;
       const int gs = ok ? g : 0;
-      uint8_t* dst = xq + m * rs + (size_t)(gs >> 5) * kXTile + (((part >> 1) * 64 + (gs & 31)) * 16 + (part & 1) * 8);
-      quantize8_v3(f, part, ok, dst, xsc + (size_t)m * xt * 32 + gs);
+      uint8_t* dst = xq + m * rs + (size_t)(gs >> 5) * kXTile +
+                     (kZip ? (gs & 31) * 16 : ((part >> 1) * 64 + (gs & 31)) * 16 + (part & 1) * 8);
+      quantize8_v3<kZip>(f, part, ok, dst, xsc + (size_t)m * xt * 32 + gs);
     }
   }
 }
 
 // The activation rows -> x tiles and group scales (every thread; ends on a barrier). r holds
 // chunk 0's first norm weights (loaded before the PDL wait).
-template <typename A, int MT>
+template <typename A, int MT, bool kZip = false>
 __device__ __forceinline__ void stage_x_v3(const LinearArgs& p, uint8_t* xq, float4* xsc, float* s_stat,
                                            XRegs<A, MT>& r) {
   constexpr int U = XRegs<A, MT>::U, UR = v3_rest_units<MT>();
@@ -358,22 +371,23 @@ __device__ __forceinline__ void stage_x_v3(const LinearArgs& p, uint8_t* xq, flo
     norm_stats_v3<A, MT>(p, r, xq, s_stat, mean, rstd);
     r.load_norm(p, 0, XRegs<A, MT>::UN, U);  // the rest of chunk 0's (K > 2,048 UN)
   }
-  quantize_units<A, MT, U>(p, r, 0, mean, rstd, xq, xsc);
+  quantize_units<A, MT, U, kZip>(p, r, 0, mean, rstd, xq, xsc);
   // K > 2,048 U: UR units at a time, each a round trip
 #pragma unroll 1
   for (int u0 = U; 64 * u0 < ng; u0 += UR) {
     XRegs<A, MT, UR> q;
     q.load_norm(p, u0);
     q.load_x(p, u0);
-    quantize_units<A, MT, UR>(p, q, u0, mean, rstd, xq, xsc);
+    quantize_units<A, MT, UR, kZip>(p, q, u0, mean, rstd, xq, xsc);
   }
   __syncthreads();
 }
 
 // launch bounds: at M <= 4 two blocks' registers fit an SM (<= 128 per thread), this call's and
-// the next one's; at M >= 8 the accumulators need more
-template <int T, typename A, int MT>
+// the next one's; at M >= 8 the accumulators need more. kZip: v3.3 (MXFP4 only, the header).
+template <int T, typename A, int MT, bool kZip = false>
 __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const LinearArgs p) {
+  static_assert(!kZip || T == kMXFP4, "v3.3's code order is MXFP4's");
   using TR = Traits<T>;
   constexpr int S = stages(TR::QK, TR::TS, MT), RB = row_buf(TR::QK, TR::TS), BB = batch_blocks(TR::QK, TR::TS);
   constexpr int GPB = TR::QK / 32, BG = batch_groups(TR::QK, TR::TS), PMAX = (max_pieces(TR::QK, TR::TS) + 31) / 32;
@@ -465,8 +479,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
         const int q = gi / GPB, j = gi - q * GPB, g = g0 + gi;
         uint32_t ca[8], cb[8];
         float a0, a1, am, b0, b1, bm;
-        group_codes<T, true>(bufa, sa.off + q * TR::TS, j, ca, a0, a1, am);
-        group_codes<T, true>(bufb, sb.off + q * TR::TS, j, cb, b0, b1, bm);
+        group_codes<T, true, kZip>(bufa, sa.off + q * TR::TS, j, ca, a0, a1, am);
+        group_codes<T, true, kZip>(bufb, sb.off + q * TR::TS, j, cb, b0, b1, bm);
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           const uint8_t* xp = xq + ((size_t)m * xt + (g >> 5)) * kXTile + lane * 16;  // slot g % 32 == lane
@@ -546,7 +560,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   xr.load_norm(p, 0, 0, XRegs<A, MT>::UN);
   pdl_wait();
   pdl_launch_dependents();
-  stage_x_v3<A, MT>(p, xq, xsc, s_stat, xr);
+  stage_x_v3<A, MT, kZip>(p, xq, xsc, s_stat, xr);
 
   for (int i = 0; tail.pair < npairs; ++i) {
     cp_async_wait<S - 2>();  // batch i has landed (groups committed so far: i + S - 1)
@@ -567,14 +581,17 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   p.vec_x = aligned16(p.x);  // the staging's 16-byte loads (K % 32 == 0)
   const size_t smem = smem_bytes(TR::QK, TR::TS, MT, p.K);
   if (smem > (size_t)kSmemMax) return cudaErrorInvalidValue;
-  auto kern = gemv_q_kernel<T, A, MT>;
-  static bool attr_set = false;  // once per instantiation: allow up to kSmemMax of shared memory,
-  if (!attr_set) {              // and ask for the whole carveout as shared memory so that a second
+  // v3.3 (qgemv_zip_force): MXFP4 in the nibbles' code order; the same sums, so the same bits
+  constexpr bool kHasZip = T == kMXFP4;
+  const bool zip = kHasZip && g_qgemv_zip != 0;
+  auto kern = zip ? gemv_q_kernel<T, A, MT, kHasZip> : gemv_q_kernel<T, A, MT, false>;
+  static bool attr_set[2] = {false, false};  // once per kernel: allow up to kSmemMax of shared
+  if (!attr_set[zip]) {                      // memory, and ask for the whole carveout as shared
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemMax);
-    if (e == cudaSuccess)       // block (the next call's) fits beside this one
+    if (e == cudaSuccess)  // memory so that a second block (the next call's) fits beside this one
       e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
     if (e != cudaSuccess) return e;
-    attr_set = true;
+    attr_set[zip] = true;
   }
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
   // Blocks per SM: 2 at M = 1, 1 at M >= 2 (there the rest of the SM is for the next call's

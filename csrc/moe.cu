@@ -53,7 +53,7 @@
 // v6.1 (H200, one build, tests/bench/explore_moe_decode.py: 37.30 -> 34.17 us per layer, gpt-oss
 // step 2,296.9 -> 2,242.9 us; outputs v6's): the down kernel starts its tile copies before its PDL
 // wait (moe_down_v6_kernel, ids_early).
-// v7 (the default; moe_ab_force 61 / 6 / 3 select v6.1 / v6 / v3): v6.1 with the inputs staged as
+// v7 (moe_ab_force 7; 61 / 6 / 3 select v6.1 / v6 / v3): v6.1 with the inputs staged as
 // 16-bit codes and the products in integers (stage_codes, row_block: the packed GEMV's format and
 // group_dot); within nmse_moe_v7_vs_v3 of v3, no longer bit-equal. Predicted from the instruction
 // count (~2.7 per weight against ~4.3; the PTX of gate/up at NBL = 3 has 1,833 instructions against
@@ -76,7 +76,10 @@
 // is the same in either order: v7's bits). SASS of gate/up at the 20b shape (cuobjdump 13.5 on
 // this build): its dot-product loop 1,309 -> 1,215 instructions, 673 -> 582 on the integer ALU
 // pipe (PRMT, LOP3, SHF, IADD3: half rate), 636 -> 633 others. Predicted: gate/up and
-// down -5 to -10% beyond v7.1, if the ALU pipe bounds the loop as its counts suggest.
+// down -5 to -10% beyond v7.1, if the ALU pipe bounds the loop as its counts suggest. Measured in
+// the 20b graph step (H100 80GB HBM3, one process each): session 29 v7 2,269.7 us, v7.1 2,275.4,
+// v7.2 2,248.7 (-0.9%); session 31 (decode attention v5 on) v7 2,121.2, v7.2 2,098.6 (-1.1%).
+// The default since session 31 (v7's bits, test_decode_v7_matches_v3).
 #include <cmath>
 
 #include "common.cuh"
@@ -1067,9 +1070,9 @@ cudaError_t allow_smem(void (*kernel)(KArgs...), size_t smem, size_t& configured
   return e;
 }
 
-// 0: the default, v7 (v6.1 with the inputs as 16-bit codes and integer products); 71: v7.1 (v7
-// with each tile on two barriers, csrc header); 72: v7.2 (v7.1 with the codes in the weights'
-// nibble order); 61: v6.1 (v6 with the down tiles' copies started before the wait); 6: v6; 3: v3;
+// 0: the default, v7.2 (v7.1 with the codes in the weights' nibble order); 7: v7 (v6.1 with the
+// inputs as 16-bit codes and integer products); 71: v7.1 (v7 with each tile on two barriers, csrc
+// header); 61: v6.1 (v6 with the down tiles' copies started before the wait); 6: v6; 3: v3;
 // forced by moe_ab_force (the tests' equality checks and the decode benches).
 int g_moe_force = 0;
 // 0: both expert kernels; 1: only gate/up, 2: only down (moe_ab_force, the bench's per-kernel
@@ -1106,16 +1109,16 @@ cudaError_t launch_experts_v6(const MoeArgs& a, cudaStream_t st) {
                             (const T*)a.down_bias, (const T*)a.residual, (T*)a.out, (int)a.K, (int)a.E, (int)a.F,
                             (int)a.C,
                             /*ids_early=*/g_moe_parts == 0 &&
-                                (g_moe_force == 0 || g_moe_force == 61 || g_moe_force == 71 || g_moe_force == 72));
+                                (g_moe_force == 0 || g_moe_force == 7 || g_moe_force == 61 || g_moe_force == 71));
 }
 
 template <typename T, int NBL>
 cudaError_t launch_experts(const MoeArgs& a, cudaStream_t st) {
   // v6 for the split down kernel's k (its clusters); more experts: v3's kernels
   if (a.K <= kMaxClusterExperts && moe_v6_selected()) {
-    if (g_moe_force == 0) return launch_experts_v6<T, NBL, true, false, false>(a, st);
+    if (g_moe_force == 0) return launch_experts_v6<T, NBL, true, true, true>(a, st);  // v7.2
+    if (g_moe_force == 7) return launch_experts_v6<T, NBL, true, false, false>(a, st);
     if (g_moe_force == 71) return launch_experts_v6<T, NBL, true, true, false>(a, st);
-    if (g_moe_force == 72) return launch_experts_v6<T, NBL, true, true, true>(a, st);
     return launch_experts_v6<T, NBL, false, false, false>(a, st);
   }
   const dim3 g1((unsigned)ceil_div(a.F, kGateUpRowsPerBlock), (unsigned)(a.M * a.K));
@@ -1160,10 +1163,10 @@ cudaError_t dispatch_nbl(const MoeArgs& a, cudaStream_t st) {
 }  // namespace
 
 int moe_ab_force(int64_t version, int64_t parts) {
-  if (version == 0 || version == 7) g_moe_force = 0;
-  if (version == 3 || version == 6 || version == 61 || version == 71 || version == 72) g_moe_force = (int)version;
+  if (version == 0 || version == 72) g_moe_force = 0;
+  if (version == 3 || version == 6 || version == 61 || version == 7 || version == 71) g_moe_force = (int)version;
   if (parts >= 0 && parts <= 2) g_moe_parts = (int)parts;
-  return g_moe_force == 0 ? 7 : g_moe_force;
+  return g_moe_force == 0 ? 72 : g_moe_force;
 }
 
 // v4's shared memory: h, then rank 0's ceil(E / S) router rows (the most any block holds).

@@ -6,8 +6,8 @@ benchmark tests/ops/test_linear.py::test_gemv_bandwidth.)
     python tests/bench/explore_decode_step.py [MODEL.gguf ...]
 
 MOE_VERSIONS="7 7r3" (gpt-oss files): instead, an A/B of the MoE kernels in the model's own
-step: for each version (ext.moe_ab_force: 3, 6, 61 = v6.1, 7 = v7, the default, 71 = v7.1,
-72 = v7.2; a suffix r3 also forces the routing kernel v3, ext.moe_route_ab_force, else the
+step: for each version (ext.moe_ab_force: 3, 6, 61 = v6.1, 7 = v7, 71 = v7.1,
+72 = v7.2, the default; a suffix r3 also forces the routing kernel v3, ext.moe_route_ab_force, else the
 default v4) the short greedy graph is captured anew, then the graphs are replayed in turn, 100
 replays each, ROUNDS (default 5) times; medians per version.
 
@@ -19,6 +19,8 @@ its QKV, 3 as 0 and v3 also for the long rows whose pairs fit one round: gpt-oss
 projection, GPT-2 1.5B's and Llama-1b's down products; 4 v3 with 12 chunks per lane, one batch per
 pair, for rows of 257-384 chunks: gpt-oss's QKV and head, GPT-2 124M's 768 x 3072; 5 the same for
 the head only).
+QGEMV_ZIP="0 1" (packed files): the same for the packed GEMV's MXFP4 code order
+(ext.qgemv_zip_force: 0 v3's; 1 v3.3's, the same bits, the default; csrc/linear_q_impl.cuh).
 HEAD_CUBLAS="0 1": dense products of >= 1 GiB (gpt-oss's untied 201,088 x 2,880 head) on the GEMV
 kernel (0) or on cuBLAS (1: our norm ops, F.linear, then fp32; linear.CUBLAS_MIN_BYTES).
 """
@@ -99,6 +101,7 @@ def step_breakdown(path: str) -> None:
     versions, tiles = os.environ.get("MOE_VERSIONS", "").split(), os.environ.get("ATTN_TILES", "").split()
     rings = os.environ.get("GEMV_RING", "").split()
     heads = os.environ.get("HEAD_CUBLAS", "").split()
+    zips = os.environ.get("QGEMV_ZIP", "").split()
     if versions:
         ext = _ext.load()
         hook_ab(dec, rewind, "moe", versions, lambda v: moe_force(ext, v), lambda: moe_reset(ext))
@@ -112,12 +115,17 @@ def step_breakdown(path: str) -> None:
         hook_ab(dec, rewind, "gemv ring rule", rings,
                 lambda v: ext.linear_ring_force(int(v)) == int(v) or sys.exit(f"ring rule {v}: not a mode"),
                 lambda: ext.linear_ring_force(0))
+    if zips:
+        ext = _ext.load()
+        hook_ab(dec, rewind, "qgemv zip", zips,
+                lambda v: ext.qgemv_zip_force(int(v)) == int(v) or sys.exit(f"qgemv zip {v}: not a setting"),
+                lambda: ext.qgemv_zip_force(1))
     if heads:
         from gpt_engine.ops import linear_module as lin
         hook_ab(dec, rewind, "head on cuBLAS", heads,
                 lambda v: setattr(lin, "CUBLAS_MIN_BYTES", 1 << 30 if v == "1" else None),
                 lambda: setattr(lin, "CUBLAS_MIN_BYTES", None))
-    if versions or tiles or rings or heads:
+    if versions or tiles or rings or heads or zips:
         return
     graphs = [("greedy", dec._graph("greedy"))]
     if st.short_keys:

@@ -18,6 +18,9 @@ shape once per mode of the extension's ring-rule hook (ext.linear_ring_force, + 
 kernel's bulk copies, v20; a mode whose output is not the first mode's bits is flagged; when the build has
 it: which dense kernel takes which rows; csrc/linear_impl.cuh launch_mt says what each mode does),
 one column per mode, then the hook's default (0) again.
+QGEMV_ZIP="0 1" with --quant: each packed shape once per setting of ext.qgemv_zip_force (MXFP4's
+code order, csrc/linear_q_impl.cuh v3.3; other types ignore it), one row each; a setting whose
+output is not the first setting's bits is flagged; then the default (1) again.
 """
 from __future__ import annotations
 
@@ -87,6 +90,13 @@ def quant_table(copy_gbs: float) -> None:
     shapes = ([tuple(int(v) for v in s.split("x")) for s in _arg("--shapes").split(",")] if _arg("--shapes")
               else QUANT_SHAPES)
     norm_kind = _arg("--norm")
+    import os
+    import sys
+    zips = os.environ.get("QGEMV_ZIP", "").split()
+    ext = None
+    if zips:
+        from gpt_engine.ops import _ext
+        ext = _ext.load()
     for name in types:
         t = Q[name]
         qk = gguf.GGML_QUANT_SIZES[t][0]
@@ -107,10 +117,19 @@ def quant_table(copy_gbs: float) -> None:
                 xn = apply_norm(x, nm)
             w64 = torch.from_numpy(gguf.quants.dequantize(raw.cpu().numpy(), t).astype(np.float64)).reshape(n, k)
             ref = xn.cpu().double() @ w64.T
-            err = float(((ops.linear(x, qs[0], norm=nm).cpu().double() - ref) ** 2).sum() / (ref ** 2).sum())
-            t_q = time_us(graphed(lambda: [ops.linear(x, q, norm=nm) for q in qs])) / reps
-            gbs = nbytes / t_q / 1e3
-            print(f"{m:>3}{n:>7}x{k:<6}{t_q:>8.2f}{gbs:>8.0f}{gbs / copy_gbs:>7.2f}{err:>10.1e}")
+            first = None
+            for z in zips or [None]:
+                if z is not None and ext.qgemv_zip_force(int(z)) != int(z):
+                    sys.exit(f"QGEMV_ZIP {z}: not a setting of this build")
+                out = ops.linear(x, qs[0], norm=nm)
+                first = out if first is None else first
+                err = float(((out.cpu().double() - ref) ** 2).sum() / (ref ** 2).sum())
+                t_q = time_us(graphed(lambda: [ops.linear(x, q, norm=nm) for q in qs])) / reps
+                gbs = nbytes / t_q / 1e3
+                print(f"{m:>3}{n:>7}x{k:<6}{t_q:>8.2f}{gbs:>8.0f}{gbs / copy_gbs:>7.2f}{err:>10.1e}"
+                      + (f"  zip {z}" if z is not None else "") + ("" if torch.equal(out, first) else "  BITS DIFFER"))
+            if ext is not None:
+                ext.qgemv_zip_force(1)  # the default
             del qs
 
 

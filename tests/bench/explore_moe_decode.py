@@ -49,10 +49,10 @@ GATE_UP_BYTES = K * 2 * F * (C // 32 * BLOCK_BYTES)  # chosen experts' gate and 
 DOWN_BYTES = K * C * (F // 32 * BLOCK_BYTES)
 PARTS = {0: "both", 1: "gate_up", 2: "down"}
 # moe_ab_force versions: v3, v6, v6.1 (v6 with the down kernel's tile copies started before its PDL
-# wait; only with both kernels, so its gate_up and down rows equal v6's) and the default v7 (v6.1
-# with 16-bit input codes and integer products: not bit-equal to v3, within nmse_moe_v7_vs_v3) and
-# v7.1 (v7 with each tile on two barriers) and v7.2 (v7.1 with the codes in the weights' nibble
-# order): both v7's bits
+# wait; only with both kernels, so its gate_up and down rows equal v6's) and v7 (v6.1 with 16-bit
+# input codes and integer products: not bit-equal to v3, within nmse_moe_v7_vs_v3) and v7.1 (v7 with
+# each tile on two barriers) and v7.2 (v7.1 with the codes in the weights' nibble order; the
+# default since session 31): both v7's bits
 VERSIONS = (3, 6, 61, 7, 71, 72)
 LABEL = {3: "v3", 6: "v6", 61: "v6.1", 7: "v7", 71: "v7.1", 72: "v7.2"}
 

@@ -123,6 +123,42 @@ def test_packed_gemv_is_taken_and_rows_do_not_depend_on_the_batch(wtype, shape):
         assert torch.equal(ops.linear(x[:m].contiguous(), w, norm=nm), full[:m])
 
 
+
+@pytest.mark.story("GX-003", "GT-033")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m,k", [(1, 32), (1, 1600), (1, 2880), (1, 6400), (2, 2880), (3, 6400), (8, 6400),
+                                 (16, 1600)], ids=str)
+@pytest.mark.parametrize("norm", [None, "layernorm", "rmsnorm"], ids=str)
+def test_mxfp4_zip_same_bits(dtype, m, k, norm):
+    """v3.3 (the default since session 31; ext.qgemv_zip_force(0) returns to v3: MXFP4 codes in
+    the nibbles' order, the activations staged in that order, csrc/linear_q_impl.cuh) computes v3's bits: a group's dp4a sums are the same
+    integers in another order. Every M tile, the K halves (k 6400 at M = 1: four batches), groups
+    past a 64-group unit (k 2880, 6400), part of one (k 1600), one group (k 32), and each fused norm, with a bias and the
+    residual; and the output against the float64 oracle once more."""
+    from gpt_engine.ops import _ext
+    from gpt_engine.ops import linear_module as lin
+    ext = _ext.load()
+    n = 301  # odd: the last pair's second row is absent
+    w, w64 = make_weight(n, k, "MXFP4", "cuda")
+    assert lin.packed_gemv_ok(w.raw, int(w.qtype), dtype, m, k)
+    x = randn((m, k), dtype, "cuda")
+    bias = randn((n,), dtype, "cuda")
+    res = randn((m, n), dtype, "cuda")
+    nm = _norm(norm, k, dtype, "cuda")
+    try:
+        assert ext.qgemv_zip_force(0) == 0
+        v3 = ops.linear(x, w, bias, norm=nm, residual=res)
+        assert ext.qgemv_zip_force(1) == 1
+        v33 = ops.linear(x, w, bias, norm=nm, residual=res)
+        assert ext.qgemv_zip_force(2) == 1  # not a setting: nothing changes
+    finally:
+        ext.qgemv_zip_force(1)  # the default
+    assert torch.equal(v33, v3)
+    assert_nmse(v33, oracle(x, w64, bias, norm=nm, residual=res), TOL_NAME[dtype])
+
+
 # ---------------------------------------------------------------- dequantize: bit-exact
 
 _F16_FIELDS = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q4_K": [0, 2],

@@ -390,14 +390,15 @@ def test_decode_v6_equals_v3(device, dtype, shape):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("shape", [(4, 64, 64), (32, 96, 160), (32, 160, 96), (32, 2880, 2880)], ids=str)
 def test_decode_v7_matches_v3(device, dtype, shape):
-    """The decode v7 expert kernels (the default: v6.1's tiles, the inputs as 16-bit codes per 32
+    """The decode v7 expert kernels (v6.1's tiles, the inputs as 16-bit codes per 32
     values, integer products) against v3: act (fp32) within nmse_moe_v7_vs_v3, and the output
     within it too for fp32 activations (for 16-bit ones, the output's rounding: the dtype's
     tolerance); tokens 1, 2, 5, k 1, 2, 4, with and without the residual, on stacks starting 5
     bytes into their allocation; and an inf in the input makes every act and output value NaN
     (its group's scale is NaN, and the SwiGLU's clamps keep a NaN as torch.clamp does). v7.1
     (each tile on two barriers, its rows summed in two passes) and v7.2 (v7.1 with the input codes
-    in the weights' nibble order) give v7's act and output bit for bit in every case."""
+    in the weights' nibble order; the default since session 31) give v7's act and output bit for
+    bit in every case."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     e, c, f = shape
