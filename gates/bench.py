@@ -207,6 +207,11 @@ class Bench:
         if kind == "flops":
             matmul = self.matmul_rate()
             refs.setdefault("matmul", matmul / f)
+        if "roofline" in refs:  # checked against what defines it (physics.roofline_problems)
+            if "matmul_params" in params:
+                matmul = self.matmul_rate()
+            else:
+                copy = self.copy_bandwidth()
         reasons = physics.problems(kind, unit, value, refs, params, self.device == "cuda", copy, matmul)
         ratios = {ref: (physics.ratio(value, rv, higher_is_better)
                         if physics.positive(rv) and physics.positive(value) else None)

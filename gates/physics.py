@@ -30,6 +30,14 @@ BANDWIDTH_SLACK = 1.1
 # than 100 ns.
 MIN_CUDA_TIME_S = 1e-6
 MIN_CPU_TIME_S = 1e-7
+# A "roofline" reference is a throughput's own ceiling in the run: the weight bytes a decode token
+# reads at the run's copy bandwidth (params.weight_bytes_per_token, or bytes_per_token), or the
+# matmul FLOPs a prefill token needs at the run's matmul rate (params.matmul_params, 2 FLOPs
+# each). It is recomputed from those params and the run's baselines, so a roofline taken against a
+# deflated bandwidth, or written by hand, which would inflate every MBU, is caught. 10%: the
+# gpt-oss-20b figure is measured in a subprocess that measures its own copy bandwidth (0.967 and
+# 0.974 of the run's in sessions 31 and 26); the rest use the run's own, so agree exactly.
+ROOFLINE_SLACK = 0.1
 
 
 def factor(kind: str, unit: str) -> float:
@@ -97,7 +105,34 @@ def problems(kind: str, unit: str, value, references: dict, params: dict, on_cud
     for ref, rv in sorted(references.items()):
         if not positive(rv):
             reasons.append(f"reference {ref}={rv} is not a positive number")
+    if "roofline" in references and positive(references["roofline"]):
+        reasons += roofline_problems(canon, references["roofline"], params, copy_gbps, matmul_tflops)
     return reasons
+
+
+def roofline_problems(value: float, roofline: float, params: dict, copy_gbps, matmul_tflops) -> list[str]:
+    """A roofline reference that its params and the run's baselines do not give back (ROOFLINE_SLACK),
+    or a figure above its roofline (BANDWIDTH_SLACK: the copy measurement's spread)."""
+    flops, nbytes = params.get("matmul_params"), params.get("weight_bytes_per_token", params.get("bytes_per_token"))
+    if positive(flops):
+        if not positive(matmul_tflops):
+            return ["a roofline from matmul FLOPs, but no matmul rate was measured in the run"]
+        expected, what = matmul_tflops * 1e12 / (2 * flops), f"2 x {flops:.4g} FLOPs a token at {matmul_tflops:.1f} TFLOP/s"
+    elif str(params.get("test", "")).startswith("pp"):  # a prompt's roofline is its FLOPs, not its bytes
+        return ["a prefill roofline without params.matmul_params (the FLOPs that define it)"]
+    elif positive(nbytes):
+        if not positive(copy_gbps):
+            return ["a roofline from weight bytes, but no copy bandwidth was measured in the run"]
+        expected, what = copy_gbps * 1e9 / nbytes, f"{nbytes:.4g} B a token at {copy_gbps:.1f} GB/s"
+    else:
+        return ["reference roofline without what defines it (params.weight_bytes_per_token, bytes_per_token or"
+                " matmul_params)"]
+    out = []
+    if abs(roofline / expected - 1) > ROOFLINE_SLACK:
+        out.append(f"reference roofline {roofline:.6g} is not {what} = {expected:.6g}")
+    if value > BANDWIDTH_SLACK * expected:
+        out.append(f"{value:.6g} is above its roofline {expected:.6g} ({what})")
+    return out
 
 
 def ratio(value: float, reference: float, higher_is_better: bool) -> float:

@@ -95,11 +95,11 @@ def test_end_to_end_throughput(bench, shape, qtype):
     prefill_refs = {"hf": hf_pp, "roofline": flops_rate / (2 * _matmul_params(m))}
     bench.record(f"perf.prefill.{shape}.{qtype}", pp["mean"], "tok/s", kind="throughput", references=prefill_refs,
                  params={**common, "test": f"pp{N_PROMPT}", "sd": pp["sd"], "samples": pp["samples"],
-                         "llamacpp_same_card_kind_earlier_run": llama_pp})
+                         "matmul_params": _matmul_params(m), "llamacpp_same_card_kind_earlier_run": llama_pp})
     # GX-003: the graph against the eager step and the roofline; host work per token
     bench.record(f"decode_graph.{shape}.{qtype}", tg["mean"], "tok/s", kind="throughput",
                  references={"eager": eager["mean"], "roofline": roofline},
-                 params={"eager_sd": eager["sd"], "graph_sd": tg["sd"]})
+                 params={"eager_sd": eager["sd"], "graph_sd": tg["sd"], "weight_bytes_per_token": wb})
     if tg.get("host_us_per_token") is not None:
         bench.record(f"decode_host.{shape}.{qtype}", tg["host_us_per_token"], "us", kind="time",
                      params={"what": "median host time per decode token inside Decoder.run, waits for the GPU "

@@ -430,6 +430,19 @@ def test_a_plugin_from_outside_the_repository_is_caught(buggy, tmp_path_factory)
             params={"time_s": 1e-9}), "params.time_s"),
     (dict(metric("layernorm.fp16", 2600.0, {"torch": 1200.0}, "tests/test_emb.py::test_bench", ["GT-008"]),
           references={"torch": 1200.0, "copy": 9000.0}), "is not the run's measured baseline"),
+    # a roofline (tok/s) is recomputed from what defines it and the run's baselines (copy 3,000 GB/s,
+    # matmul 700 TFLOP/s): none given; one from a deflated bandwidth (1,500 GB/s: MBU doubled); a
+    # figure above its roofline; a prefill roofline from the wrong FLOP count
+    (metric("layernorm.fp16", 100.0, {"roofline": 200.0}, "tests/test_emb.py::test_bench", ["GT-008"],
+            unit="tok/s", kind="throughput"), "without what defines it"),
+    (metric("layernorm.fp16", 100.0, {"roofline": 200.0}, "tests/test_emb.py::test_bench", ["GT-008"],
+            unit="tok/s", kind="throughput", params={"weight_bytes_per_token": 7.5e9}),
+     "reference roofline 200 is not 7.5e+09 B a token at 3000.0 GB/s = 400"),
+    (metric("layernorm.fp16", 500.0, {"roofline": 400.0}, "tests/test_emb.py::test_bench", ["GT-008"],
+            unit="tok/s", kind="throughput", params={"weight_bytes_per_token": 7.5e9}), "above its roofline 400"),
+    (metric("layernorm.fp16", 100.0, {"roofline": 1000.0}, "tests/test_emb.py::test_bench", ["GT-008"],
+            unit="tok/s", kind="throughput", params={"matmul_params": 1.75e11, "weight_bytes_per_token": 3e9}),
+     "FLOPs a token at 700.0 TFLOP/s = 2000"),
 ])
 def test_the_verdict_reapplies_physics(passing, m, expect):
     passing.run(machine="gpu", tests=[("tests/test_emb.py::test_bench", ["GT-008"], "passed", GPU)], benchmarks=[m])

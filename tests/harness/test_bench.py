@@ -37,6 +37,35 @@ def test_flops_above_matmul_rate_time_nonpositive_and_memory_floor():
     assert b.record("weights.gpt2_124m.f16", 250e6, "B", kind="memory", params={"n_params": 124e6, "bits": 16})["valid"]
 
 
+def test_a_roofline_is_checked_against_what_defines_it_when_recorded():
+    """A decode roofline must be the weight bytes a token at the run's copy bandwidth, a prefill one
+    the matmul FLOPs a token at the run's matmul rate (within physics.ROOFLINE_SLACK), and the
+    figure cannot pass it; a roofline without either definition is not believed."""
+    b, _ = make_bench()  # copy 3,000 GB/s, matmul 700 TFLOP/s
+    wb = 3000e9 / 400  # a 400 tok/s roofline
+    ok = b.record("perf.decode.m.F16", 200.0, "tok/s", kind="throughput", references={"roofline": 400.0},
+                  params={"weight_bytes_per_token": wb})
+    assert ok["valid"] and ok["ratios"]["roofline"] == 0.5
+    # a subprocess's own copy measurement, 3% under the run's (gpt-oss-20b): within the slack
+    assert b.record("perf.decode.m.F16", 200.0, "tok/s", kind="throughput", references={"roofline": 388.0},
+                    params={"weight_bytes_per_token": wb})["valid"]
+    deflated = b.record("perf.decode.m.F16", 200.0, "tok/s", kind="throughput", references={"roofline": 250.0},
+                        params={"weight_bytes_per_token": wb})
+    assert not deflated["valid"] and "reference roofline 250 is not" in deflated["invalid_reason"]
+    above = b.record("perf.decode.m.F16", 450.0, "tok/s", kind="throughput", references={"roofline": 400.0},
+                     params={"weight_bytes_per_token": wb})
+    assert not above["valid"] and "above its roofline" in above["invalid_reason"]
+    bare = b.record("perf.decode.m.F16", 200.0, "tok/s", kind="throughput", references={"roofline": 400.0})
+    assert not bare["valid"] and "without what defines it" in bare["invalid_reason"]
+    # prefill: 2 FLOPs per multiplied weight; the weight bytes do not define its roofline
+    pp = b.record("perf.prefill.m.F16", 1e5, "tok/s", kind="throughput", references={"roofline": 7e5},
+                  params={"matmul_params": 5e8, "weight_bytes_per_token": wb})
+    assert pp["valid"], pp["invalid_reason"]
+    wrong = b.record("perf.prefill.m.F16", 1e5, "tok/s", kind="throughput", references={"roofline": 7e5},
+                     params={"matmul_params": 1e9, "weight_bytes_per_token": wb})
+    assert not wrong["valid"] and "FLOPs a token" in wrong["invalid_reason"]
+
+
 def test_lower_is_better_ratio_and_bad_reference():
     b, _ = make_bench("cpu")
     m = b.record("gguf_open.gpt2_vocab", 0.5, "s", kind="time", references={"gguf_reader": 6.0})
