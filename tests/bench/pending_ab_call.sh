@@ -1,52 +1,67 @@
 #!/usr/bin/env bash
-# One cold GPU-machine call for what waits after session 30 (written then; no GPU time was left):
-#   1. tests/bench/ab_patches/qgemv-zip.patch, the packed GEMV v3.3 (csrc/linear_q_impl.cuh's
-#      header): MXFP4 decoded in the nibbles' order as the MoE decode v7.2 does (9 operations per
-#      8 codes instead of 13), the activations staged in that order; the same bits as v3;
-#      ext.qgemv_zip_force(1) turns it on, the default stays v3. Compiled for sm_90a here (no
-#      spills; 119 registers at M = 1 against 126), never run.
-#   2. the candidates that session 29 measured on an H100 with attention v4 and left off, again
-#      with attention v5 on (main since 56e6efc): MoE decode v7.2 (-0.9% of the 20b step then)
-#      and the dense ring modes 8 / 13 (v20's bulk copies; -0.8% / -1.2%).
-# Most decisive first (each step has its own limit; the caller's outer limit cuts the tail):
-# the build (its objects do not come back: EXT_SAVE=0, the tree is patched); compute-sanitizer
-# memcheck on the v3.3 same-bits tests; the whole packed-GEMV test file with the patch; the MXFP4
-# GEMVs alone under QGEMV_ZIP 0 / 1 (explore_gemv.py --quant, bits compared); the GPT-2 1.5B and
-# 124M MXFP4 steps under QGEMV_ZIP 0 / 1 in one process each; the 20b step under MOE_VERSIONS and
-# GEMV_RING; the MoE same-bits tests. ~500 s cold (the MXFP4 file compiles twice the kernels).
+# One GPU-machine call for what waits after session 31 (written then, no GPU time left), best run
+# warm right after the evidence calls (gpu_session.sh heavy, then light), on the same machine:
+#   1. compute-sanitizer memcheck on the MoE decode v7.2 kernels, the default since session 31
+#      (csrc/moe.cu; same bits as v7, measured -1.1% of the 20b step) and never memchecked; on the
+#      build of the commit itself, before anything is patched.
+#   2. tests/bench/ab_patches/fused-mlp.patch (written in session 31 by a helper, never run): GPT-2's
+#      decode MLP (LN2, up, GELU, down, residual) as ONE kernel, csrc/mlp_fused.cu (v21 in
+#      docs/kernels/decode.md's table; v15, the same product, lost in session 18: 35.4 against
+#      19.4 us). Off unless ext.mlp_fused_force(1 | 2 | 3) picks a grid plan. Its header says what
+#      must be checked first: a hang in the last blocks' spin (the first test runs the smallest case
+#      alone under a short limit), then the bits (same bits over 20 calls and graph replays), then
+#      memcheck, then the speed: the kernel alone (explore_mlp_fused.py) and the 1.5B / 124M graph
+#      steps under MLP_FUSED 0 / 1 / 2 / 3 in one process each.
+#   3. OP=gelu tests/ops/explore_elementwise.py: launch shapes of the one-input map for the fp16
+#      tanh GELU against torch on this card (gelu_tanh.fp16 0.99x torch on two H100s: gate1's only
+#      missed bar there); the winner, if one beats today's 256 x 4 by more than the spread, goes
+#      into csrc/elementwise.cuh.
 # Repo root, .whl carried:   OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# If v3.3 wins in the steps: apply the patch here, set g_qgemv_zip's default to 1 (csrc/linear_q.cu)
-# and the hook's doc, commit, then the evidence calls (gpu_session.sh heavy, then light) at that
-# commit. If it loses, delete the patch and record the numbers in docs/kernels/quant.md.
+# Each step has its own limit; the outer limit cuts the tail (3 is the least decisive).
+# If v21 wins the 1.5B step by more than ~1% with the same greedy tokens: apply the patch, turn the
+# hook's default on for the winning plan (csrc, the Python rule in ops/mlp_fused.py), count its
+# workspace in memory_estimate, commit, then the evidence calls. If it loses: record the numbers in
+# docs/kernels/decode.md's v21 row and delete the patch.
 set -o pipefail
-if git apply --reverse --check tests/bench/ab_patches/qgemv-zip.patch 2>/dev/null; then
-  echo "qgemv-zip.patch: already applied"
-else
-  git apply tests/bench/ab_patches/qgemv-zip.patch || { echo "qgemv-zip.patch does not apply"; exit 1; }
-fi
-export SHAPES="gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt-oss-20b:MXFP4"
+export SHAPES="gpt2-1.5b gpt2-124m"
 . tests/bench/gpu_env.sh pending-ab-call.log
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+T="timeout -s INT -k 10"
+PYT="python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short"
 (bash tests/bench/gen_models.sh > /tmp/models.txt 2>&1) &
 MODELS_PID=$!
+build_ext 3  # the commit's own extension (seconds when the evidence call built it on this machine)
+
+echo "## 1. memcheck, MoE decode v7.2 (the default)"
+$T 150 compute-sanitizer --tool memcheck --error-exitcode 3 $PYT tests/ops/test_moe.py \
+  -k "v7_matches and torch.float16" > /tmp/mc_moe.txt 2>&1
+echo "memcheck exit $? (3: errors found)"; grep -E "ERROR SUMMARY|passed|failed|error" /tmp/mc_moe.txt | tail -6
+
+echo "## 2. fused-mlp.patch (v21)"
+if git apply --reverse --check tests/bench/ab_patches/fused-mlp.patch 2>/dev/null; then
+  echo "fused-mlp.patch: already applied"
+else
+  git apply tests/bench/ab_patches/fused-mlp.patch || { echo "fused-mlp.patch does not apply"; exit 1; }
+fi
 build_ext 10
-T="timeout -s INT -k 10"
-$T 90 compute-sanitizer --tool memcheck --error-exitcode 3 \
-  python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
-  tests/ops/test_linear_q.py -k "zip_same_bits and float16 and (6400 or 2880)" > /tmp/mc.txt 2>&1
-echo "memcheck exit $? (3: errors found)"; grep -E "ERROR SUMMARY|passed|failed|error" /tmp/mc.txt | tail -8
-$T 150 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
-  tests/ops/test_linear_q.py -k "not bandwidth" > /tmp/t.txt 2>&1
-echo "packed GEMV tests exit $?"; grep -vE "^\.|^$" /tmp/t.txt | tail -15
-QGEMV_ZIP="0 1" $T 60 python3 tests/bench/explore_gemv.py --quant --types MXFP4 \
-  --shapes 1x1600x6400,1x6400x1600,1x4800x1600,1x1600x1600,1x4096x4096,1x2880x2880,4x1600x6400
+$T 60 $PYT -x tests/ops/test_mlp_fused.py -k "vs_float64 and torch.float16 and 64-256" > /tmp/t0.txt 2>&1
+rc=$?; echo "smallest case exit $rc (124: the limit: a hang?)"; grep -vE "^\.|^$" /tmp/t0.txt | tail -8
+if [ $rc = 124 ] || [ $rc = 130 ]; then
+  echo "again without PDL"; GPTE_NO_PDL=1 $T 60 $PYT -x tests/ops/test_mlp_fused.py \
+    -k "vs_float64 and torch.float16 and 64-256" 2>&1 | grep -vE "^\.|^$" | tail -6
+  exit 1
+fi
+$T 150 $PYT tests/ops/test_mlp_fused.py > /tmp/t1.txt 2>&1
+echo "fused MLP tests exit $?"; grep -vE "^\.|^$" /tmp/t1.txt | tail -12
 wait $MODELS_PID; cat /tmp/models.txt
-for f in gpt2-1.5b-MXFP4 gpt2-124m-MXFP4; do
-  QGEMV_ZIP="0 1" ROUNDS=5 $T 60 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
+for f in gpt2-1.5b-F16 gpt2-124m-F16; do
+  MLP_FUSED="0 1 2 3" ROUNDS=5 $T 120 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
 done
-MOE_VERSIONS="7 72" GEMV_RING="0 8 13" ROUNDS=3 $T 100 \
-  python3 tests/bench/explore_decode_step.py "$M/gpt-oss-20b-MXFP4.gguf" | sed "s/^/gpt-oss-20b /"
-$T 60 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rf -m cuda --tb=short \
-  tests/ops/test_moe.py -k "v7_matches" > /tmp/t2.txt 2>&1
-echo "moe tests exit $?"; grep -vE "^\.|^$" /tmp/t2.txt | tail -6
+$T 90 python3 tests/bench/explore_mlp_fused.py
+$T 150 compute-sanitizer --tool memcheck --error-exitcode 3 $PYT tests/ops/test_mlp_fused.py \
+  -k "(torch.float16 and (64-256 or 72-288 or 768-3072)) or hook" > /tmp/mc_mlp.txt 2>&1
+echo "memcheck exit $? (3: errors found)"; grep -E "ERROR SUMMARY|passed|failed|error" /tmp/mc_mlp.txt | tail -6
+
+echo "## 3. gelu_tanh launch shapes (OP=gelu)"
+OP=gelu $T 120 python3 tests/ops/explore_elementwise.py 0 3 4 5 11 12 13 19 21 22 23
 echo "call: $(( $(date +%s) - t0 )) s after the wheels"
