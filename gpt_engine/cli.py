@@ -49,18 +49,27 @@ def _show(value: str, limit: int = 40) -> str:
 # --------------------------------------------------------------------------- argument types
 # argparse turns an ArgumentTypeError into "argument --x: <message>".
 
-def utf8_text(value: str) -> str:
-    """Text that will be tokenized. Python hands argv bytes that are not UTF-8 over as lone
-    surrogates (PEP 383); the tokenizer cannot take them, so refuse them here."""
+def _first_lone_surrogate(s: str) -> int | None:
+    """Where s holds its first lone surrogate, or None: Python hands over argv and file-name bytes
+    that are not UTF-8 as lone surrogates (PEP 383, os.fsdecode)."""
     try:
-        value.encode("utf-8")
+        s.encode("utf-8")
+        return None
     except UnicodeEncodeError as e:
-        raw = os.fsencode(value)
-        at = len(os.fsencode(value[:e.start]))
-        lo, hi = max(0, at - 16), at + 16
-        shown = ("..." if lo else "") + raw[lo:hi].decode("utf-8", "backslashreplace") + ("..." if len(raw) > hi else "")
-        raise argparse.ArgumentTypeError(f'not valid UTF-8: byte 0x{raw[at]:02x} at offset {at} ("{shown}")') from None
-    return value
+        return e.start
+
+
+def utf8_text(value: str) -> str:
+    """Text that will be tokenized. The tokenizer cannot take lone surrogates, so refuse them here,
+    naming the first bad byte."""
+    start = _first_lone_surrogate(value)
+    if start is None:
+        return value
+    raw = os.fsencode(value)
+    at = len(os.fsencode(value[:start]))
+    lo, hi = max(0, at - 16), at + 16
+    shown = ("..." if lo else "") + raw[lo:hi].decode("utf-8", "backslashreplace") + ("..." if len(raw) > hi else "")
+    raise argparse.ArgumentTypeError(f'not valid UTF-8: byte 0x{raw[at]:02x} at offset {at} ("{shown}")')
 
 
 def _regular_file(value: str, what: str) -> Path:
@@ -372,10 +381,12 @@ def cmd_generate(args) -> int:
     }
     # the file's hash makes the record say which model produced it; read after the clock
     # stopped (unpinned, it is computed now: the whole file is read)
+    # a path from non-UTF-8 bytes printed raw would make the line invalid UTF-8; JSON's \u escapes
+    # keep it valid
     print(json.dumps({"prompt_ids": out.prompt_ids, "token_ids": out.token_ids, "text": out.text,
                       "finish_reason": out.finish_reason, "model": str(m.path), "sha256": m.sha256,
                       "device": args.device, "timings": timings},
-                     ensure_ascii=not _valid_unicode(str(m.path))))
+                     ensure_ascii=_first_lone_surrogate(str(m.path)) is not None))
     return 0
 
 
@@ -383,16 +394,6 @@ def _printable(s: str) -> str:
     """A file's own string (general.name) for one line of text: control characters escaped, so a
     name holding a newline cannot break the line format."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
-
-
-def _valid_unicode(s: str) -> bool:
-    """False for a str holding lone surrogates (a file name from non-UTF-8 bytes, os.fsdecode):
-    printed raw they would be invalid UTF-8 in a JSON line; JSON's \\u escapes keep it valid."""
-    try:
-        s.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 # --------------------------------------------------------------------------- bench

@@ -2,6 +2,7 @@
 steps against the preallocated KV cache)."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -35,14 +36,11 @@ SEED_LIMIT = 1 << 63
 
 def _is_int(v) -> bool:
     """An integer (Python or numpy/torch scalar), not a bool."""
-    import numbers
-
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _is_number(v) -> bool:
-    import numbers
-
+    """A real number (Python or numpy scalar), not a bool."""
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 

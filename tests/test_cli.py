@@ -238,6 +238,18 @@ def _sha256(path) -> str:
 
 
 @pytest.mark.story("GT-040")
+def test_generate_json_names_a_model_at_a_path_that_is_not_utf8(models, capsys, tmp_path):
+    """A model file whose name holds a byte that is not UTF-8 (Python gives it a lone surrogate):
+    the JSON line stays valid, ASCII with \\u escapes, and names the path exactly."""
+    link = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.gguf")
+    os.symlink(models.path("gpt2", "Q8_0"), link)
+    code, out, err = run_cli(capsys, "generate", link, "--prompt", "Hello", "--max-new-tokens", "1", "--json")
+    assert code == 0, err
+    assert out.isascii() and "\\udce9" in out
+    assert json.loads(out)["model"] == link
+
+
+@pytest.mark.story("GT-040")
 def test_json_outputs_carry_the_model_files_sha256(models, capsys):
     """generate, inspect and bench name the exact model file they ran: its SHA-256 (hashlib's)."""
     from gpt_engine import bench
