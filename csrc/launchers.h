@@ -59,7 +59,7 @@ int attention_decode_tile_force(int64_t tile);
 // mode in effect.
 int linear_ring_force(int64_t mode);
 // Test/bench hook of the packed decode GEMV (csrc/linear_q_impl.cuh v3.3): 1 decodes MXFP4 in the
-// nibbles' order (the same bits), 0 v3's order (the default); other values change nothing.
+// nibbles' order (the default), 0 in v3's (the same bits); other values change nothing.
 int qgemv_zip_force(int64_t on);
 
 // q: [B, Hq, D]; caches dense [B, Hkv, S, D]; seq_lens int32 or int64 [B]; D 64 or 128.

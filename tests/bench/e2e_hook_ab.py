@@ -23,15 +23,12 @@ rounds = int(os.environ.get("ROUNDS", "3"))
 m = gpt_engine.load(sys.argv[1], device="cuda")
 roofline = bench.copy_bandwidth(m.device) * 1e9 / bench.weight_bytes_per_token(m)
 rates = {s: [] for s in settings}
-try:
-    for _ in range(rounds):
-        for s in settings:
-            if hook(s) != s:
-                sys.exit(f"{os.environ['HOOK']}({s}): not a setting")
-            m._decoders.clear()  # graphs captured under another setting hold its kernels
-            rates[s].append(bench.time_decode(m, 128, 3)["mean"])
-finally:
-    hook(settings[-1])
+for _ in range(rounds):
+    for s in settings:
+        if hook(s) != s:
+            sys.exit(f"{os.environ['HOOK']}({s}): not a setting")
+        m._decoders.clear()  # graphs captured under another setting hold its kernels
+        rates[s].append(bench.time_decode(m, 128, 3)["mean"])
 for s in settings:
     r = statistics.median(rates[s])
     print(f"{os.path.basename(sys.argv[1])} {os.environ['HOOK']}({s}): tg128 {r:.1f} tok/s (rounds "

@@ -24,7 +24,11 @@ output is not the first setting's bits is flagged; then the default (1) again.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import gguf
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,7 +53,6 @@ def packed(n: int, k: int, qtype) -> torch.Tensor:
     """Random weight bytes of a packed type (one matrix): gguf-py's quantizer, ours for the
     K-quants (gguf-py has none). 256 distinct rows repeated to n (the timing does not depend on
     the values; the quantizers take ~1 s per million weights on the CPU)."""
-    import numpy as np
     r = min(n, 256)
     w = np.random.default_rng(0).standard_normal((r, k)).astype(np.float32) * 0.02
     if qtype.name.endswith("_K"):
@@ -71,12 +74,10 @@ QUANT_SHAPES = [(1, 1600, 6400), (1, 6400, 1600), (1, 4096, 4096), (1, 2880, 288
 def calls(make, reps: int) -> list:
     """The weights of `reps` timed calls: distinct (each from DRAM), or with --l2 one weight
     repeated (from L2 after the first call)."""
-    import sys
     return [make()] * reps if "--l2" in sys.argv else [make() for _ in range(reps)]
 
 
 def _arg(name: str) -> str | None:
-    import sys
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
 
 
@@ -84,14 +85,11 @@ def quant_table(copy_gbs: float) -> None:
     """Every packed type at M = 1 (and M = 4 for the first shape); K rounded down to whole
     super-blocks for the K-quants. nmse: the first call's output against the float64 product
     with gguf-py's dequantized weight (tests/tolerances.py nmse_fp16 = 1e-5 is the ops tests' bar)."""
-    import numpy as np
     Q = gguf.GGMLQuantizationType
     types = _arg("--types").split(",") if _arg("--types") else QUANT_TYPES
     shapes = ([tuple(int(v) for v in s.split("x")) for s in _arg("--shapes").split(",")] if _arg("--shapes")
               else QUANT_SHAPES)
     norm_kind = _arg("--norm")
-    import os
-    import sys
     zips = os.environ.get("QGEMV_ZIP", "").split()
     ext = None
     if zips:
@@ -139,11 +137,9 @@ def main() -> None:
     copy_gbs = 2 * src.numel() * 2 / time_us(lambda: dst.copy_(src)) / 1e3
     print(f"copy {copy_gbs:.0f} GB/s")
     del src, dst
-    import sys
     if "--quant" in sys.argv:
         quant_table(copy_gbs)
         return
-    import os
     rings = os.environ.get("GEMV_RING", "").split()
     ext = None
     if rings:
