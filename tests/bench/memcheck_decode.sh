@@ -6,6 +6,10 @@
 # extension it built is reused), repo root, .whl carried:
 #   OUT=$OUT bash tests/bench/memcheck_decode.sh
 # Exit 3 from compute-sanitizer: errors found (printed below).
+# The same-bits GEMV tests ask torch's profiler which kernel ran; under compute-sanitizer the
+# profiler cannot start (CUPTI: multiple subscribers), so they fail at their first mode and the
+# later modes do not run under it (session 32: 7 failed, 0 errors). Read their FAILED lines as
+# that; the default rule (mode 0) and test_linear_qkv's ring-rule test are covered.
 . tests/bench/gpu_env.sh memcheck.log
 build_ext 3
 timeout -s INT -k 10 ${MEMCHECK_TIMEOUT:-200} compute-sanitizer --tool memcheck --error-exitcode 3 \
@@ -17,4 +21,4 @@ timeout -s INT -k 10 ${MEMCHECK_TIMEOUT:-200} compute-sanitizer --tool memcheck 
   tests/ops/test_linear.py::test_gemv_one_batch_rows_same_bits_on_every_kernel \
   -k "(v7_matches and 2880 and torch.float16) or (every_group_tile and 200) or ring_rule or long_rows or one_batch" \
   > /tmp/mc.txt 2>&1
-echo "memcheck exit $? (3: errors found)"; grep -E "ERROR SUMMARY|passed|failed|error" /tmp/mc.txt | tail -8
+echo "memcheck exit $? (3: errors found)"; grep -iE "ERROR SUMMARY|passed|failed|error" /tmp/mc.txt | tail -16
