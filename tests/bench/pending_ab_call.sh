@@ -3,6 +3,8 @@
 #   1. OP=gelu tests/ops/explore_elementwise.py: the tanh GELU's launch shapes against torch. On an
 #      H100 it decides GT-013's launch shape (gelu_tanh 0.99x torch there, gate1's one missed bar);
 #      on the H200 (session 32) 256 x 1 led today's 256 x 4 by 2.2% in one timing, and the bar is met.
+#   1b. gpt-oss-20b's graph step kernel by kernel IN the graph (explore_decode_step.py's profiler
+#      mode, any card): which of the QKV's ~20 us alone (ncu, session 32) survive the PDL overlap.
 #   2. On an H200 only: the dense GEMV's v19 / v20 candidates (ext.linear_ring_force 4 / 5 / 8 and
 #      their sums 12 / 13, off by default), never A/B'd on that card. Two H100 runs put them under
 #      1% (session 29: 20b step -1.2% under 13; session 32: +0.1%, end to end +0.4%). The 20b graph
@@ -12,6 +14,8 @@
 # Repo root, .whl carried:   OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
 # A rule that wins the 20b step by more than ~1% end to end on the H200, with no loss over 0.5% on
 # a dense model, becomes the default (csrc/linear.cu's g_linear_ring_mode), then the evidence calls.
+# gate1 and gate2 are enforced in CI since session 32: a change under csrc/ lands only together with
+# GPU evidence of its own commit (docs/harness.md, CI).
 set -o pipefail
 export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 . tests/bench/gpu_env.sh pending-ab-call.log
@@ -23,6 +27,9 @@ build_ext 10
 echo "## 1. gelu_tanh launch shapes (OP=gelu)"
 OP=gelu $T 60 python3 tests/ops/explore_elementwise.py 0 3 4 5 11 12 13 19 21 22 23
 wait $MODELS_PID; cat /tmp/models.txt
+echo "## 1b. gpt-oss-20b: the graph step's kernels in the graph (the profiler over 20 replays; the ncu"
+echo "##     profile of session 32 timed each kernel alone, without PDL)"
+$T 90 python3 tests/bench/explore_decode_step.py "$M/gpt-oss-20b-MXFP4.gguf"
 nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 || { echo "not an H200: the ring A/B is for the H200"; exit 0; }
 
 echo "## 2. gpt-oss-20b graph step under each ring rule"
