@@ -5,6 +5,14 @@
 #      on the H200 (session 32) 256 x 1 led today's 256 x 4 by 2.2% in one timing, and the bar is met.
 #   1b. gpt-oss-20b's graph step kernel by kernel IN the graph (explore_decode_step.py's profiler
 #      mode, any card): which of the QKV's ~20 us alone (ncu, session 32) survive the PDL overlap.
+#   1c. tests/bench/explore_gemv_chain.py (any card; added by tests/bench/ab_patches/gemv-chain.patch,
+#      applied on the GPU machine only: a code file added under tests/ stales the GPU evidence of
+#      every story that records a helper module there, gates/verdict.py `added`, and gate1 and gate2
+#      are enforced): a chain of the GPT-2 step's products in ONE
+#      persistent kernel (a loader warp streaming weights ahead across dependencies, consumers
+#      waiting on per-product counters; gemv_chain.cu) against the engine's one launch per product
+#      in a graph: the first measurement of the decode megakernel's premise (docs/kernels/decode.md,
+#      "Why the remaining gap").
 #   2. On an H200 only: the dense GEMV's v19 / v20 candidates (ext.linear_ring_force 4 / 5 / 8 and
 #      their sums 12 / 13, off by default), never A/B'd on that card. Two H100 runs put them under
 #      1% (session 29: 20b step -1.2% under 13; session 32: +0.1%, end to end +0.4%). The 20b graph
@@ -25,11 +33,17 @@ T="timeout -s INT -k 10"
 MODELS_PID=$!
 build_ext 10
 echo "## 1. gelu_tanh launch shapes (OP=gelu)"
-OP=gelu $T 60 python3 tests/ops/explore_elementwise.py 0 3 4 5 11 12 13 19 21 22 23
+OP=gelu $T 90 python3 tests/ops/explore_elementwise.py  # every launch shape (the TMA ones are add-only)
 wait $MODELS_PID; cat /tmp/models.txt
 echo "## 1b. gpt-oss-20b: the graph step's kernels in the graph (the profiler over 20 replays; the ncu"
 echo "##     profile of session 32 timed each kernel alone, without PDL)"
 $T 90 python3 tests/bench/explore_decode_step.py "$M/gpt-oss-20b-MXFP4.gguf"
+echo "## 1c. a chain of the GPT-2 step's products in one persistent kernel (tests/bench/gemv_chain.cu,"
+echo "##     never run before: the 124M chain first, under a short limit, in case it hangs)"
+git apply --reverse --check tests/bench/ab_patches/gemv-chain.patch 2>/dev/null ||
+  git apply tests/bench/ab_patches/gemv-chain.patch || echo "gemv-chain.patch does not apply"
+CHAINS=gpt2-124m $T 60 python3 tests/bench/explore_gemv_chain.py
+[ $? = 0 ] && CHAINS="gpt2-1.5b updown-1.5b" CONFIGS="8x25600 16x12800 4x51200" $T 120 python3 tests/bench/explore_gemv_chain.py
 nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 || { echo "not an H200: the ring A/B is for the H200"; exit 0; }
 
 echo "## 2. gpt-oss-20b graph step under each ring rule"
