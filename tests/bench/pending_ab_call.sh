@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU-machine call for what still waits after session 32 (main's tree, no patch; one build):
+# One GPU-machine call for what still waits after session 32 (main's tree, one build; step 1c
+# applies tests/bench/ab_patches/gemv-chain.patch on the GPU machine):
 #   1. OP=gelu tests/ops/explore_elementwise.py: the tanh GELU's launch shapes against torch. On an
 #      H100 it decides GT-013's launch shape (gelu_tanh 0.99x torch there, gate1's one missed bar);
 #      on the H200 (session 32) 256 x 1 led today's 256 x 4 by 2.2% in one timing, and the bar is met.
