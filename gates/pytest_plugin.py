@@ -19,7 +19,9 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,59 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "benchmark: records metrics as evidence through the bench fixture")
     if not config.pluginmanager.has_plugin(RECORDER):
         config.pluginmanager.register(Recorder(config), RECORDER)
+    if not config.pluginmanager.has_plugin(HOLD_INTERRUPTS):
+        config.pluginmanager.register(HoldInterrupts(), HOLD_INTERRUPTS)
+
+
+HOLD_INTERRUPTS = "gates-hold-interrupts"
+
+
+class HoldInterrupts:
+    """Holds a SIGINT while pytest_runtest_logreport runs and raises it when the hook returns.
+
+    gates.gpu stops a run at its time limit with SIGINT (a KeyboardInterrupt in pytest). Raised
+    inside the report hook, after the terminal reporter's implementation (which puts the phase's
+    outcome in the log) and before the Recorder's (trylast: the JSON's), it left the two
+    disagreeing on the test in flight, and the audit then refused the log (one CI failure of
+    tests/harness/test_gpu.py::test_a_time_limit_still_leaves_a_complete_log, session 32). The
+    interrupt still stops the run; it only waits until every implementation has seen the report.
+    Installed only over Python's default handler, in the main thread (a SIGINT that was ignored or
+    handled by someone else stays so)."""
+
+    def __init__(self):
+        self.holding = False
+        self.pending = False
+        self.installed = False
+
+    def _on_sigint(self, signum, frame):
+        if self.holding:
+            self.pending = True
+            return
+        signal.default_int_handler(signum, frame)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            signal.signal(signal.SIGINT, self._on_sigint)
+            self.installed = True
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self, config):
+        if self.installed and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.installed = False
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_logreport(self, report):
+        self.holding = True
+        try:
+            return (yield)
+        finally:
+            self.holding = False
+            if self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
 
 
 def _is_worker(config) -> bool:

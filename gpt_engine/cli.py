@@ -442,7 +442,7 @@ def _version() -> str:
 
 
 def build_parser() -> _Parser:
-    ap = _Parser(prog="gpt-engine", description="GPT inference for GGUF models (GPT-2, Llama) on CPU or CUDA.")
+    ap = _Parser(prog="gpt-engine", description="GPT inference for GGUF models (GPT-2, Llama, GPT-OSS) on CPU or CUDA.")
     ap.add_argument("--version", action="version", version=f"gpt-engine {_version()}")
     sub = ap.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True,
                             parser_class=_Parser)

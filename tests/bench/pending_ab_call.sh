@@ -25,10 +25,6 @@
 # a dense model, becomes the default (csrc/linear.cu's g_linear_ring_mode), then the evidence calls.
 # gate1 and gate2 are enforced in CI since session 32: a change under csrc/ lands only together with
 # GPU evidence of its own commit (docs/harness.md, CI).
-# Land tests/bench/ab_patches/harness-hold-interrupts.patch in that same commit (gates/ is a source of
-# every story, so it too needs the evidence): the harness holds a SIGINT while the report hooks run,
-# the race behind session 32's one flaky CI failure (its new test hits the race every time; 227
-# harness tests passed with it on the CPU).
 set -o pipefail
 export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 . tests/bench/gpu_env.sh pending-ab-call.log
