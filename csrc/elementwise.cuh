@@ -4,7 +4,10 @@
 // whole vector (or every element, when a pointer is not 16-byte aligned) take the scalar path.
 // Launch shapes (threads x 16-byte vectors per thread and input), from tests/ops/explore_elementwise.py
 // on the H200 (2^28 fp16 elements, paired against torch, median of 50 pairs, L2 flushed):
-//  - one input (gelu): 256 x 4, 0.97 of copy (gelu_erf 1.29x torch, gelu_tanh 1.14x);
+//  - one input (gelu): 256 x 1. 256 x 4 gave 0.97 of copy (gelu_erf 1.29x torch, gelu_tanh 1.14x)
+//    on the H200, where 256 x 1 led it by 2.2% (session 32); on an H100 (session 33, 30 shapes,
+//    tanh) 256 x 1 1.006x torch, 128 x 1 and 512 x 1 1.007x, 256 x 4 0.999x, persistent grids
+//    0.93-0.97x: one vector per thread is ahead on both cards, by little (all at copy bandwidth);
 //  - two inputs (residual_add): 1024 x 1. Of 14 shapes (64-1024 threads, 1-4 vectors, persistent
 //    grids, L2::256B prefetch loads), 256 x 4 gave 0.986 / 0.985x torch's x + y in two runs and
 //    1024 x 1 0.999 / 0.998x (4,414-4,428 GB/s, the HBM ceiling both kernels share; persistent
@@ -16,7 +19,7 @@ namespace gpte {
 
 // threads per block and vectors per thread, by input count (see above)
 template <int NIN> constexpr int kMapThreads = NIN == 2 ? 1024 : 256;
-template <int NIN> constexpr int kMapUnroll = NIN == 2 ? 1 : 4;
+template <int NIN> constexpr int kMapUnroll = 1;
 
 // NIN = 1: y is unused (may be null) and f is called as f(x, 0).
 template <typename T, int VEC, int NIN, typename F>

@@ -223,10 +223,10 @@ void add_variant(torch::Tensor x, torch::Tensor y, torch::Tensor out, int64_t va
   const bool g = op == 1;  // 1: gelu(x); 0: x + y
   TORCH_CHECK(!g || variant < 24, "the TMA variants are add-only");
   switch (variant) {
-    case 0: return run<256, 4, false>(x, y, out, bps, g);  // elementwise.cuh today
+    case 0: return run<256, 4, false>(x, y, out, bps, g);  // elementwise.cuh until session 33
     case 1: return run<128, 1, false>(x, y, out, bps, g);
     case 2: return run<128, 2, false>(x, y, out, bps, g);
-    case 3: return run<256, 1, false>(x, y, out, bps, g);
+    case 3: return run<256, 1, false>(x, y, out, bps, g);  // elementwise.cuh since session 33
     case 4: return run<256, 2, false>(x, y, out, bps, g);
     case 5: return run<512, 2, false>(x, y, out, bps, g);
     case 6: return run<256, 4, true>(x, y, out, bps, g);
@@ -253,7 +253,7 @@ void add_variant(torch::Tensor x, torch::Tensor y, torch::Tensor out, int64_t va
   }
 }
 """
-VARIANTS = {0: "256 x 4 (today)", 1: "128 x 1", 2: "128 x 2", 3: "256 x 1", 4: "256 x 2", 5: "512 x 2",
+VARIANTS = {0: "256 x 4 (until s33)", 1: "128 x 1", 2: "128 x 2", 3: "256 x 1 (today)", 4: "256 x 2", 5: "512 x 2",
             6: "256 x 4 persistent", 7: "512 x 4 persistent", 8: "1024 x 2 persistent", 9: "64 x 1",
             10: "64 x 2", 11: "128 x 4", 12: "512 x 1", 13: "1024 x 1", 14: "1024 x 1 L2::256B",
             15: "256 x 1 L2::256B", 16: "256 x 4 L2::256B", 17: "128 x 1 L2::256B", 18: "256 x 2 L2::256B",
