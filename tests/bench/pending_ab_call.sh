@@ -25,6 +25,9 @@
 # a dense model, becomes the default (csrc/linear.cu's g_linear_ring_mode), then the evidence calls.
 # gate1 and gate2 are enforced in CI since session 32: a change under csrc/ lands only together with
 # GPU evidence of its own commit (docs/harness.md, CI).
+# Session 33 ran steps 1, 1b and 1c on an H100 (docs/kernels/runs/20261205-s33-device-calls.log):
+# 256 x 1 moved into elementwise.cuh; the chain's premise refuted there (docs/kernels/decode.md).
+# Step 2 (an H200 only) has still not run.
 set -o pipefail
 export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 . tests/bench/gpu_env.sh pending-ab-call.log
