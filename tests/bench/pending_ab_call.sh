@@ -28,8 +28,10 @@
 # Session 33 ran steps 1, 1b and 1c on an H100 (docs/kernels/runs/20261205-s33-device-calls.log):
 # 256 x 1 moved into elementwise.cuh (commit 037576d); the in-graph profile only bounds the PDL
 # overlap; the chain's premise refuted there (docs/kernels/decode.md). This script now runs the
-# chain (step 1 below, any card; the H200 is the card the issues name) and, on an H200 only, the
-# ring A/B (steps 2-4), which has still not run there. The numbered steps above are session 32's.
+# chain (step 1 below, any card; the H200 is the card the issues name), the dense steps with each
+# fused piece off (step 1b, tests/bench/ab_patches/step-pieces.patch, any card) and, on an H200
+# only, the ring A/B (steps 2-4), which has still not run there. The numbered steps above are
+# session 32's.
 set -o pipefail
 export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 . tests/bench/gpu_env.sh pending-ab-call.log
@@ -37,6 +39,10 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 T="timeout -s INT -k 10"
 (bash tests/bench/gen_models.sh > /tmp/models.txt 2>&1) &
 MODELS_PID=$!
+# step-pieces.patch (exploration hooks, off unless set: step 5) goes in before the one build; a
+# later evidence call on this machine then rebuilds linear.cu and bindings.cpp from main's tree
+git apply --reverse --check tests/bench/ab_patches/step-pieces.patch 2>/dev/null ||
+  git apply tests/bench/ab_patches/step-pieces.patch || echo "step-pieces.patch does not apply"
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
 echo "## 1. the persistent GEMV chain on this card (tests/bench/gemv_chain.cu; session 33 on an H100:"
@@ -44,6 +50,12 @@ echo "##    0.85-0.99x the per-launch graph, waits off 13-20% ahead; docs/kernel
 git apply --reverse --check tests/bench/ab_patches/gemv-chain.patch 2>/dev/null ||
   git apply tests/bench/ab_patches/gemv-chain.patch || echo "gemv-chain.patch does not apply"
 CHAINS="gpt2-1.5b updown-1.5b gpt2-124m" CONFIGS="8x25600 4x51200" $T 120 python3 tests/bench/explore_gemv_chain.py
+echo "## 1b. the dense steps with their fused pieces off in turn (step-pieces.patch; wrong results, timing"
+echo "##     only): 1 norm, 2 bias, 4 GELU, 8 residual, 16 the attention launch; docs/kernels/decode.md"
+echo "##     puts ~15 us a layer of the 1.5B step beyond its products' stream (session 33, H100s)"
+for f in gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16; do
+  STEP_SKIP="0 1 2 4 8 16 15 31" ROUNDS=3 $T 90 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
+done
 nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 || { echo "not an H200: the ring A/B is for the H200"; exit 0; }
 
 echo "## 2. gpt-oss-20b graph step under each ring rule"
