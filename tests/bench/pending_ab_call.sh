@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# One GPU-machine call for what still waits after session 33 (main's tree plus two exploration
-# patches applied on the GPU machine only: a code file added under tests/ or a csrc edit would stale
+# One GPU-machine call for what still waits after session 33 (main's tree plus one exploration
+# patch applied on the GPU machine only: a code file added under tests/ or a csrc edit would stale
 # the GPU evidence of gate1 and gate2, which CI enforces; docs/harness.md):
-#   1. tests/bench/explore_gemv_chain.py (tests/bench/ab_patches/gemv-chain.patch, any card): a chain
-#      of the GPT-2 step's products in one persistent kernel against one launch per product in a
-#      graph (the megakernel's premise). Session 33 on an H100: 0.85-0.99x the graph, waits off
-#      13-20% ahead (docs/kernels/decode.md, "Why the remaining gap"); the H200 has not run it.
 #   1b. explore_decode_step.py STEP_SKIP (tests/bench/ab_patches/step-pieces.patch, any card): the
-#      dense steps with the GEMV's fused norm, bias, GELU, residual and the attention launch off in
-#      turn (wrong results, timing only): where the ~15 us a layer of the 1.5B step beyond its
-#      products' stream goes; the prediction is in docs/kernels/decode.md.
-#   2-4. On an H200 only: the dense GEMV's v19 / v20 candidates (ext.linear_ring_force 4 / 5 / 8 and
-#      their sums 12 / 13, off by default), never A/B'd on that card (two H100 runs: under 1%). The
-#      20b graph step under each rule, the 20b end to end under 0 / 13 / 8, the dense models' steps.
-#      compute-sanitizer on those rules is tests/bench/memcheck_decode.sh (read its header first).
+#      dense steps (and gpt-oss's, whose QKV, output projection and head are dense GEMVs) with the
+#      GEMV's fused norm, bias, GELU, residual and the attention launch off in turn (wrong results,
+#      timing only): where the ~15 us a layer of the 1.5B step beyond its products' stream goes;
+#      the prediction is in docs/kernels/decode.md.
+#   2. On an H200 only: the gpt-oss-20b graph step under the dense GEMV's v19 / v20 rules
+#      (ext.linear_ring_force 4 / 5 / 8 and their sums 12 / 13, off by default), never A/B'd on that
+#      card (two H100 runs: under 1%). compute-sanitizer on those rules is
+#      tests/bench/memcheck_decode.sh (read its header first).
+# The persistent chain (gemv-chain.patch, session 33's step 1) is out: refuted on an H100, with a
+# ceiling of ~13% on the 1.5B chain even without its waits (docs/kernels/decode.md).
 # Repo root, .whl carried:   OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# A rule that wins the 20b step by more than ~1% end to end on the H200, with no loss over 0.5% on
-# a dense model, becomes the default (csrc/linear.cu's g_linear_ring_mode), then the evidence calls
+# A rule that wins the 20b step by more than ~1% on the H200 gets its end-to-end A/B
+# (tests/bench/e2e_hook_ab.py, HOOK=linear_ring_force) and the dense models' steps next; only then
+# would it become the default (csrc/linear.cu's g_linear_ring_mode), with the evidence calls
 # (gpu_session.sh heavy, then light, at that commit). step-pieces.patch edits csrc, so an evidence
 # call on the same warm machine rebuilds linear.cu and bindings.cpp from main's tree first.
 set -o pipefail
@@ -31,15 +31,10 @@ git apply --reverse --check tests/bench/ab_patches/step-pieces.patch 2>/dev/null
   git apply tests/bench/ab_patches/step-pieces.patch || echo "step-pieces.patch does not apply"
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
-echo "## 1. the persistent GEMV chain on this card (tests/bench/gemv_chain.cu; session 33 on an H100:"
-echo "##    0.85-0.99x the per-launch graph, waits off 13-20% ahead; docs/kernels/decode.md)"
-git apply --reverse --check tests/bench/ab_patches/gemv-chain.patch 2>/dev/null ||
-  git apply tests/bench/ab_patches/gemv-chain.patch || echo "gemv-chain.patch does not apply"
-CHAINS="gpt2-1.5b updown-1.5b gpt2-124m" CONFIGS="8x25600 4x51200" $T 120 python3 tests/bench/explore_gemv_chain.py
 echo "## 1b. the dense steps with their fused pieces off in turn (step-pieces.patch; wrong results, timing"
 echo "##     only): 1 norm, 2 bias, 4 GELU, 8 residual, 16 the attention launch; docs/kernels/decode.md"
 echo "##     puts ~15 us a layer of the 1.5B step beyond its products' stream (session 33, H100s)"
-for f in gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16; do
+for f in gpt2-1.5b-F16 gpt-oss-20b-MXFP4 gpt2-124m-F16 llama-1b-F16; do
   STEP_SKIP="0 1 2 4 8 16 15 31" ROUNDS=3 $T 90 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
 done
 nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 || { echo "not an H200: the ring A/B is for the H200"; exit 0; }
@@ -47,13 +42,5 @@ nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 || { echo "not 
 echo "## 2. gpt-oss-20b graph step under each ring rule"
 GEMV_RING="0 5 8 13 4 12 3" ROUNDS=${ROUNDS:-3} $T 120 python3 tests/bench/explore_decode_step.py \
   "$M/gpt-oss-20b-MXFP4.gguf"
-
-echo "## 3. gpt-oss-20b end to end"
-HOOK=linear_ring_force SETTINGS="0 13 8" $T 100 python3 tests/bench/e2e_hook_ab.py "$M/gpt-oss-20b-MXFP4.gguf"
-
-echo "## 4. the dense models' steps"
-for f in gpt2-1.5b-F16 llama-1b-F16 gpt2-124m-F16; do
-  GEMV_RING="0 8 4 12" ROUNDS=3 $T 60 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
-done
 
 echo "call: $(( $(date +%s) - t0 )) s after the wheels"
