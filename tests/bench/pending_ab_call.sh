@@ -7,6 +7,9 @@
 #      GEMV's fused norm, bias, GELU, residual and the attention launch off in turn (wrong results,
 #      timing only): where the ~15 us a layer of the 1.5B step beyond its products' stream goes;
 #      the prediction is in docs/kernels/decode.md.
+#   1c. the v22 candidate in the same patch (bit 32, no skip: the dense GEMV's norm weight / bias
+#      lines and its first pair's bias lines pulled into L1 before the PDL wait): the same ids,
+#      then the graph steps (1b's list) and tg128 through the public API, alternated.
 #   2. On an H200 only: the gpt-oss-20b graph step under the dense GEMV's v19 / v20 rules
 #      (ext.linear_ring_force 4 / 5 / 8 and their sums 12 / 13, off by default), never A/B'd on that
 #      card (two H100 runs: under 1%). compute-sanitizer on those rules is
@@ -35,7 +38,27 @@ echo "## 1b. the dense steps with their fused pieces off in turn (step-pieces.pa
 echo "##     only): 1 norm, 2 bias, 4 GELU, 8 residual, 16 the attention launch; docs/kernels/decode.md"
 echo "##     puts ~15 us a layer of the 1.5B step beyond its products' stream (session 33, H100s)"
 for f in gpt2-1.5b-F16 gpt-oss-20b-MXFP4 gpt2-124m-F16 llama-1b-F16; do
-  STEP_SKIP="0 1 2 4 8 16 15 31" ROUNDS=3 $T 90 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
+  STEP_SKIP="0 32 1 2 4 8 16 15 31 32 0" ROUNDS=3 $T 100 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
+done
+echo "## 1c. v22 candidate (STEP_SKIP bit 32: norm weight / bias lines into L1 before the PDL wait): the same ids"
+echo "##     and logits as without it, then end to end through the public API, alternated"
+$T 60 python3 - "$M/gpt2-124m-F16.gguf" "$M/llama-1b-F16.gguf" <<'PY'
+import sys, torch, gpt_engine
+from gpt_engine.ops import _ext
+ext = _ext.load()
+for path in sys.argv[1:]:
+    m = gpt_engine.load(path, device="cuda")
+    outs = {}
+    for mask in (0, 32, 0):
+        ext.linear_explore_skip(mask)
+        m._decoders.clear()
+        outs.setdefault(mask, []).append(m.generate(list(range(100, 132)), max_new_tokens=64, stop_at_eos=False).token_ids)
+    ext.linear_explore_skip(0)
+    same = outs[32][0] == outs[0][0] == outs[0][1]
+    print(path.rsplit("/", 1)[-1], "v22 ids equal to the default's over 64 tokens:", same)
+PY
+for f in gpt2-1.5b-F16 gpt2-124m-F16 gpt-oss-20b-MXFP4 llama-1b-F16; do
+  HOOK=linear_explore_skip SETTINGS="0 32" ROUNDS=3 $T 100 python3 tests/bench/e2e_hook_ab.py "$M/$f.gguf"
 done
 nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 || { echo "not an H200: the ring A/B is for the H200"; exit 0; }
 
