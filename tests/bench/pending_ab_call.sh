@@ -34,31 +34,38 @@ git apply --reverse --check tests/bench/ab_patches/step-pieces.patch 2>/dev/null
   git apply tests/bench/ab_patches/step-pieces.patch || echo "step-pieces.patch does not apply"
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
-echo "## 1b. the dense steps with their fused pieces off in turn (step-pieces.patch; wrong results, timing"
-echo "##     only): 1 norm, 2 bias, 4 GELU, 8 residual, 16 the attention launch; docs/kernels/decode.md"
-echo "##     puts ~15 us a layer of the 1.5B step beyond its products' stream (session 33, H100s)"
-for f in gpt2-1.5b-F16 gpt-oss-20b-MXFP4 gpt2-124m-F16 llama-1b-F16; do
-  STEP_SKIP="0 32 1 2 4 8 16 15 31 32 0" ROUNDS=3 $T 100 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
-done
-echo "## 1c. v22 candidate (STEP_SKIP bit 32: norm weight / bias lines into L1 before the PDL wait): the same ids"
-echo "##     and logits as without it, then end to end through the public API, alternated"
-$T 60 python3 - "$M/gpt2-124m-F16.gguf" "$M/llama-1b-F16.gguf" <<'PY'
-import sys, torch, gpt_engine
+echo "## 1c. v22b (bit 64: the norm weight / bias copied to shared memory after the first weight loads, the"
+echo "##     first pair's bias lines into L1): the dense GEMV tests with it forced on, then the same ids"
+$T 150 python3 - <<'PY'
+import sys, pytest
+from gpt_engine.ops import _ext
+ext = _ext.load()
+assert ext.linear_explore_skip(64) == 64
+rc = pytest.main(["-q", "-x", "-p", "no:cacheprovider", "-p", "gates.pytest_plugin", "--no-evidence", "tests/ops/test_linear.py", "-k", "not bandwidth"])
+print("dense GEMV tests with v22b forced on: exit", int(rc))
+PY
+$T 90 python3 - "$M/gpt2-124m-F16.gguf" "$M/llama-1b-F16.gguf" "$M/gpt-oss-20b-MXFP4.gguf" <<'PY'
+import sys, gpt_engine
 from gpt_engine.ops import _ext
 ext = _ext.load()
 for path in sys.argv[1:]:
     m = gpt_engine.load(path, device="cuda")
     outs = {}
-    for mask in (0, 32, 0):
+    for mask in (0, 64, 32, 0):
         ext.linear_explore_skip(mask)
         m._decoders.clear()
         outs.setdefault(mask, []).append(m.generate(list(range(100, 132)), max_new_tokens=64, stop_at_eos=False).token_ids)
     ext.linear_explore_skip(0)
-    same = outs[32][0] == outs[0][0] == outs[0][1]
-    print(path.rsplit("/", 1)[-1], "v22 ids equal to the default's over 64 tokens:", same)
+    print(path.rsplit("/", 1)[-1], "ids over 64 tokens equal to the default's: v22b", outs[64][0] == outs[0][0],
+          "v22", outs[32][0] == outs[0][0], "default twice", outs[0][0] == outs[0][1])
 PY
+echo "## 1b. the steps: v22b (64), v22 (32), and the pieces off (1 norm, 2 bias; 66 = v22b + bias off)"
+for f in gpt2-1.5b-F16 gpt-oss-20b-MXFP4 gpt2-124m-F16 llama-1b-F16; do
+  STEP_SKIP="0 64 32 1 2 66" ROUNDS=3 $T 80 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
+done
+echo "## 1d. end to end through the public API, alternated: default (0), v22b (64), v22 (32)"
 for f in gpt2-1.5b-F16 gpt2-124m-F16 gpt-oss-20b-MXFP4 llama-1b-F16; do
-  HOOK=linear_explore_skip SETTINGS="0 32" ROUNDS=3 $T 100 python3 tests/bench/e2e_hook_ab.py "$M/$f.gguf"
+  HOOK=linear_explore_skip SETTINGS="0 64 32" ROUNDS=3 $T 100 python3 tests/bench/e2e_hook_ab.py "$M/$f.gguf"
 done
 nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 || { echo "not an H200: the ring A/B is for the H200"; exit 0; }
 
