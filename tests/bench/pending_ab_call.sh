@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
-# One GPU-machine call for what still waits after session 33 (main's tree plus one exploration
-# patch applied on the GPU machine only: a code file added under tests/ or a csrc edit would stale
-# the GPU evidence of gate1 and gate2, which CI enforces; docs/harness.md):
-#   1b. explore_decode_step.py STEP_SKIP (tests/bench/ab_patches/step-pieces.patch, any card): the
-#      dense steps (and gpt-oss's, whose QKV, output projection and head are dense GEMVs) with the
-#      GEMV's fused norm, bias, GELU, residual and the attention launch off in turn (wrong results,
-#      timing only): where the ~15 us a layer of the 1.5B step beyond its products' stream goes;
-#      the prediction is in docs/kernels/decode.md.
-#   1c. the v22 candidate in the same patch (bit 32, no skip: the dense GEMV's norm weight / bias
-#      lines and its first pair's bias lines pulled into L1 before the PDL wait): the same ids,
-#      then the graph steps (1b's list) and tg128 through the public API, alternated.
-#   (The H200-only ring A/B of v19 / v20, GEMV_RING="0 5 8 13 4 12 3" explore_decode_step.py on the
-#   20b file, is out of this call for device time; two H100 runs put it under 1%.)
-# The persistent chain (gemv-chain.patch, session 33's step 1) is out: refuted on an H100, with a
-# ceiling of ~13% on the 1.5B chain even without its waits (docs/kernels/decode.md).
+# One GPU-machine call for what still waits after session 34: the v22b A/B (main's tree plus
+# tests/bench/ab_patches/step-pieces.patch applied on the GPU machine only: a code file added under
+# tests/ or a csrc edit would stale the GPU evidence of gate1 and gate2, which CI enforces;
+# docs/harness.md). Session 34 measured the pieces (bits 1-31) and v22 (bit 32) on an H100
+# (docs/kernels/decode.md, "What the chain says about the rest of the 1.5B step"); v22b (bit 64:
+# the dense GEMV copies its norm weight / bias into shared memory with cp.async after its first
+# weight loads, before the PDL wait, and prefetches its first pair's bias lines into L1) was
+# written after that call and has not run:
+#   1b. the graph steps of GPT-2 1.5B, gpt-oss-20b, GPT-2 124M and Llama ~1B under 0 / 64 / 32 / 1
+#      (1 = the norm off: the most v22b could save);
+#   1c. the dense GEMV tests (tests/ops/test_linear.py) with v22b forced on in-process, then the
+#      same greedy ids under 0 / 64 / 32 (124M, Llama ~1B, gpt-oss-20b: the ring kernel's stash);
+#   1d. tg128 through the public API, 0 against 64, alternated (1.5B, 124M, gpt-oss-20b).
+#   QUICK=1: 1b for the 1.5B and 124M only (a call with little device time left).
 # Repo root, .whl carried:   OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# A rule that wins the 20b step by more than ~1% on the H200 gets its end-to-end A/B
-# (tests/bench/e2e_hook_ab.py, HOOK=linear_ring_force) and the dense models' steps next; only then
-# would it become the default (csrc/linear.cu's g_linear_ring_mode), with the evidence calls
-# (gpu_session.sh heavy, then light, at that commit). step-pieces.patch edits csrc, so an evidence
-# call on the same warm machine rebuilds linear.cu and bindings.cpp from main's tree first.
+# If v22b wins (no step slower by more than 0.5%), tests/bench/ab_patches/v22b-land.patch is the same
+# change as main would carry it (no switch; `git apply` it at the repository root), then the
+# evidence calls at that commit (gpu_session.sh heavy, then light). step-pieces.patch edits csrc,
+# so an evidence call on the same warm machine rebuilds from the committed tree first.
+# (The H200-only ring A/B of v19 / v20, GEMV_RING="0 5 8 13 4 12 3" explore_decode_step.py on the
+# 20b file, is left out for device time; two H100 runs put it under 1%. The persistent chain,
+# gemv-chain.patch, is out: refuted on an H100, docs/kernels/decode.md.)
 set -o pipefail
 # QUICK=1 (a call with little device time left): the 1.5B and 124M steps under 0 / 64 / 1 only
 if [ "${QUICK:-0}" = 1 ]; then export SHAPES="gpt2-124m gpt2-1.5b"; else export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"; fi
