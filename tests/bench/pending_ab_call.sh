@@ -14,10 +14,18 @@
 #   1d. tg128 through the public API, 0 against 64, alternated (1.5B, 124M, gpt-oss-20b).
 #   QUICK=1: 1b for the 1.5B and 124M only (a call with little device time left).
 # Repo root, .whl carried:   OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# If v22b wins (no step slower by more than 0.5%), tests/bench/ab_patches/v22b-land.patch is the same
-# change as main would carry it (no switch; `git apply` it at the repository root), then the
-# evidence calls at that commit (gpu_session.sh heavy, then light). step-pieces.patch edits csrc,
-# so an evidence call on the same warm machine rebuilds from the committed tree first.
+# tests/bench/ab_patches/v22b-land.patch is v22b as main would carry it: on by default, with a
+# test/bench hook (ext.linear_consts_early_force 1 / 0, CONSTS_EARLY="1 0" in explore_decode_step.py)
+# and test_gemv_norm_copy_same_bits (tests/ops/test_linear.py: the same bits either way, v3 and the
+# ring kernel, aligned and unaligned norm vectors). With little device time, a shorter road than
+# this script: `git apply` it at the repository root, commit, evidence_preflight.py, then one cold
+# call `gpu_session.sh heavy` followed in the same command by the step A/B
+# (CONSTS_EARLY="1 0" ROUNDS=3 explore_decode_step.py on the 1.5B and 124M files, which heavy writes),
+# and one warm call `gpu_session.sh light` followed by `HOOK=linear_consts_early_force SETTINGS="1 0"
+# e2e_hook_ab.py` on the 1.5B, 124M and gpt-oss files. If any step is slower by more than 0.5% with
+# it on, revert the commit: main's earlier evidence then matches the tree again.
+# step-pieces.patch edits csrc, so an evidence call on the same warm machine as this script
+# rebuilds from the committed tree first.
 # (The H200-only ring A/B of v19 / v20, GEMV_RING="0 5 8 13 4 12 3" explore_decode_step.py on the
 # 20b file, is left out for device time; two H100 runs put it under 1%. The persistent chain,
 # gemv-chain.patch, is out: refuted on an H100, docs/kernels/decode.md.)
