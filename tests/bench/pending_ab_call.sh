@@ -43,19 +43,16 @@ git apply --reverse --check tests/bench/ab_patches/step-pieces.patch 2>/dev/null
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
 echo "## 1b. the steps: v22b (64), v22 (32), and the norm off (1)"
-if [ "${QUICK:-0}" = 1 ]; then
-  for f in gpt2-1.5b-F16 gpt2-124m-F16; do
-    STEP_SKIP="0 64 1" ROUNDS=3 $T 60 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
-  done
-  exit 0
-fi
-for f in gpt2-1.5b-F16 gpt-oss-20b-MXFP4 gpt2-124m-F16 llama-1b-F16; do
-  STEP_SKIP="0 64 32 1" ROUNDS=3 $T 70 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
+if [ "${QUICK:-0}" = 1 ]; then STEPS="gpt2-1.5b-F16 gpt2-124m-F16" SKIPS="0 64 1"
+else STEPS="gpt2-1.5b-F16 gpt-oss-20b-MXFP4 gpt2-124m-F16 llama-1b-F16" SKIPS="0 64 32 1"; fi
+for f in $STEPS; do
+  STEP_SKIP="$SKIPS" ROUNDS=3 $T 70 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
 done
+[ "${QUICK:-0}" = 1 ] && exit 0
 echo "## 1c. v22b (bit 64: the norm weight / bias copied to shared memory after the first weight loads, the"
 echo "##     first pair's bias lines into L1): the dense GEMV tests with it forced on, then the same ids"
 $T 150 python3 - <<'PY'
-import sys, pytest
+import pytest
 from gpt_engine.ops import _ext
 ext = _ext.load()
 assert ext.linear_explore_skip(64) == 64
