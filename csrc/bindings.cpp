@@ -824,11 +824,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "chunks, 5 the same past 8 rounds only; + 8: the ring kernel's weight copies as 1-D bulk copies (v20, M = 1); "
         "returns the mode in effect",
         py::arg("mode"));
-  m.def("linear_consts_early_force", &gpte::linear_consts_early_force,
-        "test/bench hook of the dense decode GEMV's v22b: 1 (the default) copies the fused norm's weight / bias "
-        "to shared memory and prefetches the first pair's bias lines before the PDL wait, 0 reads them after it "
-        "(the same bits); returns the setting in effect",
-        py::arg("on"));
   m.def("qgemv_zip_force", &gpte::qgemv_zip_force,
         "test/bench hook of the packed decode GEMV: 1 takes v3.3's MXFP4 code order (the default), 0 v3's "
         "(the same bits); returns the setting in effect",

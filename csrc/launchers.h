@@ -58,10 +58,6 @@ int attention_decode_tile_force(int64_t tile);
 // rows of 257-384 chunks, 5 the same past 8 rounds only; other values change nothing. Returns the
 // mode in effect.
 int linear_ring_force(int64_t mode);
-// Test/bench hook of the dense decode GEMV's v22b (csrc/linear_impl.cuh): 1 (the default) copies the
-// fused norm's weight / bias to shared memory and prefetches the first pair's bias lines before the
-// PDL wait, 0 reads them after it as before (the same bits); other values change nothing.
-int linear_consts_early_force(int64_t on);
 // Test/bench hook of the packed decode GEMV (csrc/linear_q_impl.cuh v3.3): 1 decodes MXFP4 in the
 // nibbles' order (the default), 0 in v3's (the same bits); other values change nothing.
 int qgemv_zip_force(int64_t on);
@@ -122,9 +118,6 @@ struct LinearArgs {
   bool vec_x;            // set by the launcher: x rows read with 16-byte loads
   int ksplit;            // set by the packed GEMV's launcher: warps per row pair (1 or 2)
   int khalves;           // set by the packed GEMV's launcher: 2 = a row's sum is its two K halves' sums added
-  int nstash;            // set by the dense GEMV's launcher (v22b): its norm weight / bias are copied to shared
-                         // memory before the PDL wait
-  int bias_early;        // set by the dense GEMV's launcher (v22b): the first pair's bias lines prefetched
 };
 
 // ---- qkv_rope: split the QKV projection into heads, RoPE, append k/v to the cache ----

@@ -12,13 +12,6 @@ int linear_ring_force(int64_t mode) {
   return g_linear_ring_mode;
 }
 
-int g_linear_consts_early = 1;
-
-int linear_consts_early_force(int64_t on) {
-  if (on == 0 || on == 1) g_linear_consts_early = (int)on;
-  return g_linear_consts_early;
-}
-
 cudaError_t launch_linear_gemv_f32(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
 cudaError_t launch_linear_gemv_f16(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);
 cudaError_t launch_linear_gemv_bf16(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st);

@@ -139,9 +139,6 @@ template <> __device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4& 
 // NT threads of the block; every step ends on a barrier. Whole-row statistics come from shared
 // memory when the row is one tile, else from one pass over global memory up front
 // (row_stats_global, called once before the first tile).
-// v22b: bytes of one norm vector copied to shared memory (K values of A, 16-byte padded)
-template <typename A> __host__ __device__ inline int norm_stash_bytes(int K) { return (int)((K * sizeof(A) + 15) / 16 * 16); }
-
 template <typename A, int MT, int NT>
 struct XStage {
   static __device__ void load_tile(const LinearArgs& p, float* xs, int t) {
@@ -227,12 +224,10 @@ struct XStage {
         s_rstd[m] = rsqrtf(total(m) / p.K + p.eps);
       }
   }
-  // stash (v22b, one tile only): the norm weight / bias already copied to shared memory by
-  // stash_norm, or null to read them from global memory
   static __device__ void normalize_tile(const LinearArgs& p, float* xs, int t, const float* s_mean,
-                                        const float* s_rstd, const A* stash = nullptr) {
-    const A* nw = stash ? stash : static_cast<const A*>(p.norm_w);
-    const A* nb = stash ? stash + norm_stash_bytes<A>(p.K) / sizeof(A) : static_cast<const A*>(p.norm_b);
+                                        const float* s_rstd) {
+    const A* nw = static_cast<const A*>(p.norm_w);
+    const A* nb = static_cast<const A*>(p.norm_b);
     const int k0 = t * p.kt, len = min(p.kt, p.K - k0);
 #pragma unroll 4
     for (int i = threadIdx.x; i < p.M * len; i += NT) {
@@ -245,8 +240,7 @@ struct XStage {
     }
   }
   // Tile t staged and normalised (ntiles: how many tiles the row has). Ends on a barrier.
-  static __device__ void stage(const LinearArgs& p, float* xs, int t, int ntiles, float* s_mean, float* s_rstd,
-                               const A* stash = nullptr) {
+  static __device__ void stage(const LinearArgs& p, float* xs, int t, int ntiles, float* s_mean, float* s_rstd) {
     load_tile(p, xs, t);
     __syncthreads();
     if (p.norm != kNormNone) {
@@ -254,7 +248,7 @@ struct XStage {
         row_stats(p, xs, true, s_mean, s_rstd);
         __syncthreads();
       }
-      normalize_tile(p, xs, t, s_mean, s_rstd, stash);
+      normalize_tile(p, xs, t, s_mean, s_rstd);
       __syncthreads();
     }
   }
@@ -263,26 +257,6 @@ struct XStage {
     __syncthreads();
   }
 };
-
-// v22b: the norm weight (and LayerNorm bias) copied to shared memory st (norm_stash_bytes each)
-// by all NT threads, with cp.async where the source is 16-byte aligned (the caller commits and
-// waits), else element by element; visible to the block after its next barrier.
-template <typename A, int NT>
-__device__ __forceinline__ void stash_norm(const LinearArgs& p, A* st) {
-  const int kb = norm_stash_bytes<A>(p.K);
-  char* d = reinterpret_cast<char*>(st);
-  auto copy = [&](const void* src, char* dst) {
-    if (((uintptr_t)src & 15) == 0 && (p.K * (int)sizeof(A)) % 16 == 0) {
-      for (int i = threadIdx.x; i < kb / 16; i += NT) cp_async16(dst + 16 * i, static_cast<const char*>(src) + 16 * i);
-    } else {
-      const A* s = static_cast<const A*>(src);
-      A* dd = reinterpret_cast<A*>(dst);
-      for (int k = threadIdx.x; k < p.K; k += NT) dd[k] = s[k];
-    }
-  };
-  copy(p.norm_w, d);
-  if (p.norm == kNormLayer) copy(p.norm_b, d + kb);
-}
 
 }  // namespace linear_detail
 }  // namespace gpte

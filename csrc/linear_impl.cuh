@@ -28,7 +28,6 @@
 
 namespace gpte {
 extern int g_linear_ring_mode;  // linear.cu: linear_ring_force's setting (one for every weight dtype's file)
-extern int g_linear_consts_early;  // linear.cu: linear_consts_early_force's setting (v22b on: 1)
 namespace {
 using namespace linear_detail;
 
@@ -67,16 +66,6 @@ template <int MT> constexpr int kGemvBlocksPerSm = MT == 1 ? 4 : 3;
 // the sums are v3's (and the ring kernel's) bit for bit.
 template <int MT, int UW> constexpr int gemv_blocks_per_sm() { return UW == 12 ? 3 : kGemvBlocksPerSm<MT>; }
 
-// v22b: this warp's first pair's (rows r0, r1) bias lines into L1 (called after the first weight loads)
-template <typename A>
-__device__ __forceinline__ void prefetch_bias(const LinearArgs& p, int r0, int r1) {
-  if (p.bias_early && p.bias && (threadIdx.x & 31) == 0) {
-    const A* b = static_cast<const A*>(p.bias);
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(b + r0));
-    if (r1 < p.N) asm volatile("prefetch.global.L1 [%0];" ::"l"(b + r1));
-  }
-}
-
 template <typename W, typename A, int MT, int UW = 0>
 __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_kernel(const LinearArgs p) {
   static_assert(UW == 0 || (UW == 12 && MT == 1), "the 12-chunk batch is built for M = 1 only");
@@ -112,22 +101,14 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
         }
       }
       prefetched = true;
-      prefetch_bias<A>(p, r0, r1);
     }
-  }
-  // (the launcher sets nstash only with a norm, one tile and room in shared memory)
-  A* stash = p.nstash ? reinterpret_cast<A*>(xs + MT * p.kt) : nullptr;
-  if (stash) {
-    stash_norm<A, kThreads>(p, stash);
-    cp_async_commit();
   }
   pdl_wait();
   pdl_launch_dependents();
 
   using XS = XStage<A, MT, kThreads>;
-  if (stash) cp_async_wait<0>();  // this thread's stash copies (stage's first barrier shows all)
   if (p.norm != kNormNone && ntiles > 1) XS::row_stats_global(p, s_mean, s_rstd);
-  if (ntiles == 1) XS::stage(p, xs, 0, ntiles, s_mean, s_rstd, stash);
+  if (ntiles == 1) XS::stage(p, xs, 0, ntiles, s_mean, s_rstd);
   for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
     const int pair = g * kWarps + warp;
     const bool active = pair < npairs;
@@ -342,28 +323,14 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
   // constant; cp.async touches only this block's shared memory).
   Cur tail{(int)blockIdx.x + (int)gridDim.x * warp, 0};
   Cur head = tail;
-  A* stash = p.nstash ? reinterpret_cast<A*>(xs + MT * p.kt) : nullptr;
-  if (stash) {  // v22b: in batch 0's commit group (Bulk: a group of its own)
-    stash_norm<A, kPipeThreads>(p, stash);
-    if constexpr (Bulk) cp_async_commit();
-  }
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     issue(s, head);
     head = advance(head);
   }
-  if (tail.pair < npairs) {
-    int r0, r1;
-    pair_rows(p, tail.pair, r0, r1);
-    prefetch_bias<A>(p, r0, r1);
-  }
   pdl_wait();
   pdl_launch_dependents();
-  if (stash) {  // this thread's stash copies have landed (stage's first barrier shows all)
-    if constexpr (Bulk) cp_async_wait<0>();
-    else cp_async_wait<kStages - 2>();  // groups 0 .. kStages - 2 committed; 0 holds the stash
-  }
-  XStage<A, MT, kPipeThreads>::stage(p, xs, 0, 1, s_mean, s_rstd, stash);
+  XStage<A, MT, kPipeThreads>::stage(p, xs, 0, 1, s_mean, s_rstd);
 
   for (int i = 0; tail.pair < npairs; ++i) {
     if constexpr (Bulk) {
@@ -434,31 +401,20 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   const bool ring_case = MT == 1 && two_batches && !u12_case &&
                          (mode == 0 || mode == 3 || mode >= 4 ? npairs > round : mode == 2 && npairs > 8 * round);
   const bool long_rows = p.K >= 4096 && !(mode == 3 && MT == 1 && npairs <= round);
-  p.bias_early = g_linear_consts_early;
-  const size_t stash = g_linear_consts_early && p.norm != kNormNone
-                           ? (size_t)norm_stash_bytes<A>(p.K) * (p.norm == kNormLayer ? 2 : 1) : 0;
-  p.nstash = 0;
   if ((long_rows || ring_case) && pipe_smem <= (size_t)kPipeSmemMax) {
     p.kt = kpad;
-    if (stash && pipe_smem + stash <= (size_t)kPipeSmemMax) p.nstash = 1;
-    const size_t ring_smem = pipe_smem + (p.nstash ? stash : 0);
     const int grid = std::max(1, std::min(num_sms, npairs));
     if constexpr (MT == 1) {
-      if (bulk) return launch_ring<W, A, MT, true>(p, grid, ring_smem, st);
+      if (bulk) return launch_ring<W, A, MT, true>(p, grid, pipe_smem, st);
     }
-    return launch_ring<W, A, MT, false>(p, grid, ring_smem, st);
+    return launch_ring<W, A, MT, false>(p, grid, pipe_smem, st);
   }
   const int step = 32 * CH;  // a tile is whole warp-wide chunk rows where it can be
   int kt = kSmemFloats / MT / step * step;
   if (kt < CH) return cudaErrorInvalidValue;
   p.kt = kt < kpad ? kt : kpad;
   const int64_t ngroups = ceil_div(npairs, kWarps);
-  size_t smem = (size_t)MT * p.kt * sizeof(float);
-  // v22b: one tile, and under the 48 KiB a block gets without an opt-in with the static arrays (<= 384 B)
-  if (stash && p.kt >= kpad && smem + stash <= 47 * 1024) {
-    p.nstash = 1;
-    smem += stash;
-  }
+  const size_t smem = (size_t)MT * p.kt * sizeof(float);
   // the blocks per SM the launch bounds allow (M = 1: 4 blocks, 16 warps, each with 2 x 8 16-byte
   // loads per lane in flight, ~128 KB per SM; else 3); fewer where the staged activations take the
   // shared memory. M = 1 ran with 3 until session 9 although its 128 registers let 4 fit: 4 took

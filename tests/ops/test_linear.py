@@ -244,49 +244,6 @@ def test_gemv_one_batch_rows_same_bits_on_every_kernel(n, k, norm, float_out):
 
 
 @pytest.mark.story("GX-003")
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
-@pytest.mark.parametrize("m,n,k,wtype,dtype,norm,ring,offset", [
-    (1, 2304, 768, "F16", torch.float16, "layernorm", 0, 0),     # GPT-2 124M's QKV: v3, one tile
-    (1, 6400, 1600, "F16", torch.bfloat16, "layernorm", 0, 0),   # GPT-2 1.5B's up, bf16
-    (4, 1600, 1600, "F16", torch.float16, "layernorm", 0, 0),    # M = 4: the copy beside a 4-row tile
-    (1, 5120, 2880, "F16", torch.float16, "rmsnorm", 0, 0),      # gpt-oss's QKV: the ring kernel
-    (1, 5120, 2880, "F16", torch.float16, "rmsnorm", 8, 0),      # the same with v20's bulk copies
-    (1, 1024, 4096, "F16", torch.float16, "rmsnorm", 0, 0),      # long rows: the ring kernel
-    (1, 512, 1004, "F32", torch.float16, "layernorm", 0, 0),     # 2,008-byte norm vectors: element copies
-    (1, 512, 1600, "F16", torch.float16, "layernorm", 0, 1),     # norm vectors not 16-byte aligned
-    (1, 300, 1024, "F16", torch.float32, "rmsnorm", 0, 0),       # fp32 activations
-    (24, 300, 1024, "F16", torch.float16, "layernorm", 0, 0),    # cuBLAS (no GEMV): untouched
-], ids=str)
-def test_gemv_norm_copy_same_bits(m, n, k, wtype, dtype, norm, ring, offset):
-    """v22b (ext.linear_consts_early_force 1, the default) copies the fused norm's weight / bias
-    into shared memory before the PDL wait and prefetches the first pair's bias lines; 0 reads them
-    after the wait as before. The same values in the same order: the same bits, on v3 and the ring
-    kernel (with and without bulk copies), for aligned and unaligned norm vectors and 16-byte or
-    element copies, with a bias and the residual; and within the oracle's bound."""
-    from gpt_engine.ops import _ext
-    ext = _ext.load()
-    w, w64 = make_weight(n, k, wtype, "cuda")
-    x = randn((m, k), dtype, "cuda")
-    b, r = randn((n,), dtype, "cuda", scale=0.1), randn((m, n), dtype, "cuda")
-    nm = _norm(norm, k + offset, dtype, "cuda")
-    if offset:  # a view one element in: its data pointer is 2 bytes past a 16-byte boundary
-        nm = ops.Norm(nm.kind, nm.weight[offset:], None if nm.bias is None else nm.bias[offset:], nm.eps)
-        assert nm.weight.data_ptr() % 16 != 0
-    outs = {}
-    try:
-        assert ext.linear_ring_force(ring) == ring
-        for on in (1, 0, 1):
-            assert ext.linear_consts_early_force(on) == on
-            outs.setdefault(on, []).append(ops.linear(x, w, b, residual=r, norm=nm))
-    finally:
-        ext.linear_consts_early_force(1)
-        ext.linear_ring_force(0)
-    assert torch.equal(outs[1][0], outs[0][0]) and torch.equal(outs[1][1], outs[0][0])
-    assert_nmse(outs[1][0], oracle(x, w64, b, r, nm), TOL_NAME[dtype])
-
-
-@pytest.mark.story("GX-003")
 @pytest.mark.parametrize("device", DEVICES)
 def test_linear_errors(device):
     w, _ = make_weight(8, 64, "F16", device)
