@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU-machine call for what still waits after session 35: where the 1.5B step's fused LayerNorm
+# Two GPU-machine calls for what still waits after session 35 (PART=1, then PART=2 on the same warm
+# machine: its models are kept). PART=1: where the 1.5B step's fused LayerNorm
 # spends its ~4 us a call (docs/kernels/decode.md, v22c: not in its weight / bias loads). Main's
 # tree plus tests/bench/ab_patches/norm-split.patch, applied on the GPU machine only (a csrc edit
 # would stale the GPU evidence of gate1 and gate2, which CI enforces; docs/harness.md). The patch
@@ -13,7 +14,15 @@
 # the cost (next: fewer barriers, the two passes' reductions in one); if 256 does, the loop's
 # shared-memory round trips behind its stores; if neither alone but 384 does, the barriers
 # between them.
-# Repo root, .whl carried:   OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
+# PART=2: v23 (tests/bench/ab_patches/v23-land.patch, docs/kernels/decode.md): the LayerNorm
+# statistics in one pass shifted by the row's first value (16-bit activations), every thread
+# holding the statistics itself, and 2-3 fewer barriers per norm-fused call. Built and timed
+# against main in the same call (main rebuilt last, timed by the same loop with a no-op hook):
+# STATS="1 0" (0: v2.1's two passes, with v23's barriers removed: the same bits as main), and the
+# dense GEMV tests with it. Prediction: whatever PART=1's 512 and 128 columns say the mean pass
+# and the barriers cost; if they cost nothing, v23 does nothing. Land it (git apply, commit,
+# evidence heavy + light at that commit) only if no step is slower than main by more than 0.5%.
+# Repo root, .whl carried:   PART=1 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
 # (~150-210 s cold build, ~50 s models in parallel, ~30 s a file.) If an H200 comes, the evidence
 # of main on the card the issues name is worth more than this (H200 evidence is stale since
 # session 33): gpu_session.sh heavy, then light, at main's commit (docs/harness.md).
@@ -24,12 +33,30 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 T="timeout -s INT -k 10"
 (bash tests/bench/gen_models.sh > /tmp/models.txt 2>&1) &
 MODELS_PID=$!
-git apply --reverse --check tests/bench/ab_patches/norm-split.patch 2>/dev/null ||
-  git apply tests/bench/ab_patches/norm-split.patch || echo "norm-split.patch does not apply"
-build_ext 10
-wait $MODELS_PID; cat /tmp/models.txt
-echo "## the steps with parts of the fused norm off (1 all, 128 statistics, 256 normalize loop, 512 mean pass, 384 both)"
-for f in gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4; do
-  NORM_SPLIT="0 1 128 256 512 384" ROUNDS=3 $T 70 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
-done
+S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
+if [ "${PART:-1}" = 1 ]; then
+  git apply --reverse --check tests/bench/ab_patches/norm-split.patch 2>/dev/null ||
+    git apply tests/bench/ab_patches/norm-split.patch || echo "norm-split.patch does not apply"
+  build_ext 10
+  wait $MODELS_PID; cat /tmp/models.txt
+  echo "## the steps with parts of the fused norm off (1 all, 128 statistics, 256 normalize loop, 512 mean pass, 384 both)"
+  for f in $S; do
+    NORM_SPLIT="0 1 128 256 512 384" ROUNDS=3 $T 70 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
+  done
+  git apply --reverse tests/bench/ab_patches/norm-split.patch  # main's csrc again for PART=2's control
+else
+  git apply tests/bench/ab_patches/v23-land.patch || { echo "v23-land.patch does not apply"; exit 1; }
+  build_ext 10
+  wait $MODELS_PID; cat /tmp/models.txt
+  echo "## v23: the steps under STATS 1 (one pass) and 0 (two passes, v23's barriers)"
+  for f in $S; do
+    STATS="1 0" ROUNDS=3 $T 50 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/v23 $f /"
+  done
+  $T 90 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m cuda tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -3
+  git apply --reverse tests/bench/ab_patches/v23-land.patch && echo "main's csrc again"
+  t0=$(date +%s); build_ext 3
+  for f in $S; do
+    QGEMV_ZIP=1 ROUNDS=3 $T 40 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/main $f /"
+  done
+fi
 echo "call: $(( $(date +%s) - t0 )) s after the wheels"
