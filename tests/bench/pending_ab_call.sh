@@ -34,29 +34,24 @@ T="timeout -s INT -k 10"
 (bash tests/bench/gen_models.sh > /tmp/models.txt 2>&1) &
 MODELS_PID=$!
 S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
+steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one hook's settings
+  for f in $S; do
+    env "$3" ROUNDS=3 $T "$2" python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$1 $f /"
+  done
+}
+[ "${PART:-1}" = 1 ] && PATCH=norm-split.patch || PATCH=v23-land.patch
+git apply tests/bench/ab_patches/$PATCH || { echo "$PATCH does not apply"; exit 1; }
+build_ext 10
+wait $MODELS_PID; cat /tmp/models.txt
 if [ "${PART:-1}" = 1 ]; then
-  git apply --reverse --check tests/bench/ab_patches/norm-split.patch 2>/dev/null ||
-    git apply tests/bench/ab_patches/norm-split.patch || echo "norm-split.patch does not apply"
-  build_ext 10
-  wait $MODELS_PID; cat /tmp/models.txt
   echo "## the steps with parts of the fused norm off (1 all, 128 statistics, 256 normalize loop, 512 mean pass, 384 both)"
-  for f in $S; do
-    NORM_SPLIT="0 1 128 256 512 384" ROUNDS=3 $T 70 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$f /"
-  done
-  git apply --reverse tests/bench/ab_patches/norm-split.patch  # main's csrc again for PART=2's control
+  steps norm-split 70 NORM_SPLIT="0 1 128 256 512 384"
 else
-  git apply tests/bench/ab_patches/v23-land.patch || { echo "v23-land.patch does not apply"; exit 1; }
-  build_ext 10
-  wait $MODELS_PID; cat /tmp/models.txt
   echo "## v23: the steps under STATS 1 (one pass) and 0 (two passes, v23's barriers)"
-  for f in $S; do
-    STATS="1 0" ROUNDS=3 $T 50 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/v23 $f /"
-  done
+  steps v23 50 STATS="1 0"
   $T 90 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m cuda tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -3
   git apply --reverse tests/bench/ab_patches/v23-land.patch && echo "main's csrc again"
   t0=$(date +%s); build_ext 3
-  for f in $S; do
-    QGEMV_ZIP=1 ROUNDS=3 $T 40 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/main $f /"
-  done
+  steps main 40 QGEMV_ZIP=1  # a no-op hook on these files: the same timing loop
 fi
 echo "call: $(( $(date +%s) - t0 )) s after the wheels"
