@@ -44,13 +44,19 @@ steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one ho
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
 # the cost was the loop's 4 dependent rounds of global loads (misses after the step's weights).
-case "${PART:-1}" in 1) PATCH=norm-split.patch;; 2) PATCH=v23-land.patch;; *) PATCH=v24-probe.patch;; esac
+case "${PART:-1}" in 1) PATCH=norm-split.patch;; 2) PATCH=v23-land.patch;; 3) PATCH=v24-probe.patch;; *) PATCH=v24b-probe.patch;; esac
 git apply tests/bench/ab_patches/$PATCH || { echo "$PATCH does not apply"; exit 1; }
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
 if [ "${PART:-1}" = 1 ]; then
   echo "## the steps with parts of the fused norm off (1 all, 128 statistics, 256 normalize loop, 512 mean pass, 384 both)"
   steps norm-split 70 NORM_SPLIT="0 1 128 256 512 384"
+elif [ "$PART" = 4 ]; then
+  # v24b: v23 plus the 16-byte norm loads as a loop of its own (v23's loop untouched for 0: call 3's
+  # probe made its mode 0 355 us slower than v23 at 1.5B, the v22b trap again)
+  echo "## v24b probe: the steps under NORM_LOAD 0 (v23) 1 (16-byte norm loads)"
+  steps v24b 50 NORM_LOAD="0 1"
+  $T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m cuda tests/ops/test_linear.py -k "norm_load or stats_one_pass or norm" 2>&1 | tail -3
 elif [ "$PART" = 3 ]; then
   echo "## v24 probe: the steps under NORM_LOAD 0 (v23) 1 (evict_last) 2 (16-byte) 3 (both)"
   steps v24 60 NORM_LOAD="0 1 2 3"
