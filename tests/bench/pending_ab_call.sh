@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# Two GPU-machine calls for what still waits after session 35 (PART=1, then PART=2 on the same warm
-# machine: its models are kept). PART=1: where the 1.5B step's fused LayerNorm
+# GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
+# the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
+# What the next session should do first (written at the end of session 36):
+#   1. land v23 (`git apply tests/bench/ab_patches/v23-land.patch`, commit, then
+#      `python tests/bench/evidence_preflight.py`); it beat main on all four steps on one H100 in
+#      session 36 (docs/kernels/decode.md), so it needs only its evidence: gpu_session.sh heavy
+#      (cold: build ~170-230 s, GATES_TIMEOUT under the outer limit minus the build), then light;
+#   2. PART=5 on the same warm machine: the phase probe (below), to place the ~255 us the 1.5B
+#      norm still costs after v23.
+# PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
 # spends its ~4 us a call (docs/kernels/decode.md, v22c: not in its weight / bias loads). Main's
 # tree plus tests/bench/ab_patches/norm-split.patch, applied on the GPU machine only (a csrc edit
 # would stale the GPU evidence of gate1 and gate2, which CI enforces; docs/harness.md). The patch
@@ -9,12 +17,7 @@
 #   (mean 0, rstd 1; the normalize loop kept), 256 the normalize loop off (the statistics kept),
 #   512 LayerNorm's mean pass off (one pass, as RMSNorm: what a one-pass statistics could save),
 #   384 both statistics and loop (against 1: what the one barrier left costs).
-# On RMSNorm (Llama ~1B, gpt-oss) 512 changes nothing: a noise check.
-# Prediction: if 128 takes most of 1's saving at 1.5B, the statistics' reductions and barriers are
-# the cost (next: fewer barriers, the two passes' reductions in one); if 256 does, the loop's
-# shared-memory round trips behind its stores; if neither alone but 384 does, the barriers
-# between them.
-# PART=2: v23 (tests/bench/ab_patches/v23-land.patch, docs/kernels/decode.md): the LayerNorm
+# PART=2 (session 36, done): v23 (tests/bench/ab_patches/v23-land.patch, docs/kernels/decode.md): the LayerNorm
 # statistics in one pass shifted by the row's first value (16-bit activations), every thread
 # holding the statistics itself, and 2-3 fewer barriers per norm-fused call. Built and timed
 # against main in the same call (main rebuilt last, timed by the same loop with a no-op hook):
@@ -40,17 +43,33 @@ steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one ho
     env "$3" ROUNDS=3 $T "$2" python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$1 $f /"
   done
 }
-# PART=3 (session 36): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
+# PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
 # the cost was the loop's 4 dependent rounds of global loads (misses after the step's weights).
-case "${PART:-1}" in 1) PATCH=norm-split.patch;; 2) PATCH=v23-land.patch;; 3) PATCH=v24-probe.patch;; *) PATCH=v24b-probe.patch;; esac
+# PART=5 (written in session 36): phase-probe.patch on v23 (v23 applied first where main lacks it):
+# every block of the dense v3 GEMV records when it reaches each phase (wait released, x staged,
+# statistics, normalize loop, first group's dot products, end) inside the replayed step;
+# tests/bench/explore_phase_probe.py prints the medians per product shape. Prediction: at 1.5B the
+# QKV and up products' normalize phase (loop + barrier) is ~2-3 us a block, and a call's time from
+# its input being ready to its last block's end is ~2.9 us longer than the same shape without a
+# norm (the 1600 x 1600 output projection is the reference: same K, no norm).
+case "${PART:-1}" in 1) PATCH=norm-split.patch;; 2) PATCH=v23-land.patch;; 3) PATCH=v24-probe.patch;;
+  4) PATCH=v24b-probe.patch;; *) PATCH=phase-probe.patch;; esac
+if [ "$PATCH" = phase-probe.patch ] && git apply --check tests/bench/ab_patches/v23-land.patch 2>/dev/null; then
+  git apply tests/bench/ab_patches/v23-land.patch && echo "v23 applied (not on main yet)"
+fi
 git apply tests/bench/ab_patches/$PATCH || { echo "$PATCH does not apply"; exit 1; }
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
 if [ "${PART:-1}" = 1 ]; then
   echo "## the steps with parts of the fused norm off (1 all, 128 statistics, 256 normalize loop, 512 mean pass, 384 both)"
   steps norm-split 70 NORM_SPLIT="0 1 128 256 512 384"
+elif [ "$PART" = 5 ]; then
+  echo "## phase probe (v23 + phase-probe.patch): per-block phase times in the replayed step"
+  for f in gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16; do
+    $T 120 python3 tests/bench/explore_phase_probe.py "$M/$f.gguf"
+  done
 elif [ "$PART" = 4 ]; then
   # v24b: v23 plus the 16-byte norm loads as a loop of its own (v23's loop untouched for 0: call 3's
   # probe made its mode 0 355 us slower than v23 at 1.5B, the v22b trap again)
