@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (written at the end of session 36):
-#   1. land v23 (`git apply tests/bench/ab_patches/v23-land.patch`, commit, then
-#      `python tests/bench/evidence_preflight.py`); it beat main on all four steps on one H100 in
-#      session 36 (docs/kernels/decode.md), so it needs only its evidence: gpu_session.sh heavy
-#      (cold: build ~170-230 s, GATES_TIMEOUT under the outer limit minus the build), then light;
-#   2. PART=5 on the same warm machine: the phase probe (below), to place the ~255 us the 1.5B
-#      norm still costs after v23.
+# What the next session should do first (written at the end of session 36; ~1,450-1,600 s of
+# device time without refusals):
+#   1. PART=6 (cold, ~300 s): v23 built and its four steps timed (the reference of 2);
+#   2. PART=7 (warm, ~300 s): v23 + v25 (tests/bench/ab_patches/v25-land.patch) built, the same
+#      four steps, the dense GEMV tests;
+#   3. land the winner (v23 + v25 if no step is more than 0.5% slower than v23's in 1, else v23
+#      alone; v23 beat main on all four steps in session 36): `git apply` the patch(es), commit,
+#      `python tests/bench/evidence_preflight.py`, then gpu_session.sh heavy (warm; a rebuild
+#      ~200 s where the landed tree is not the last one built: keep GATES_TIMEOUT under the outer
+#      limit minus the build), then light, at that commit;
+#   4. PART=5 if time is left: the phase probe (on v23; it would need rebasing onto v25).
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
 # spends its ~4 us a call (docs/kernels/decode.md, v22c: not in its weight / bias loads). Main's
 # tree plus tests/bench/ab_patches/norm-split.patch, applied on the GPU machine only (a csrc edit
@@ -54,17 +58,30 @@ steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one ho
 # QKV and up products' normalize phase (loop + barrier) is ~2-3 us a block, and a call's time from
 # its input being ready to its last block's end is ~2.9 us longer than the same shape without a
 # norm (the 1600 x 1600 output projection is the reference: same K, no norm).
-case "${PART:-1}" in 1) PATCH=norm-split.patch;; 2) PATCH=v23-land.patch;; 3) PATCH=v24-probe.patch;;
-  4) PATCH=v24b-probe.patch;; *) PATCH=phase-probe.patch;; esac
-if [ "$PATCH" = phase-probe.patch ] && git apply --check tests/bench/ab_patches/v23-land.patch 2>/dev/null; then
+# PART=6 / 7 (written in session 36): v23 alone, then v23 + v25 (the M = 1 row summed as it is
+# loaded, in 8-element chunks; the statistics' shared-memory pass and one barrier gone, every
+# path in the new order: docs/kernels/decode.md, v25). Prediction: ~0.5-1 us a norm-fused call,
+# 1.5B -50..-100 us, 124M -12..-25, Llama ~1B -15..-30, gpt-oss a few us.
+case "${PART:-1}" in 1) PATCH=norm-split.patch;; 2|6) PATCH=v23-land.patch;; 3) PATCH=v24-probe.patch;;
+  4) PATCH=v24b-probe.patch;; 7) PATCH=v25-land.patch;; *) PATCH=phase-probe.patch;; esac
+if [ "$PATCH" = v23-land.patch ] && ! git apply --check tests/bench/ab_patches/v23-land.patch 2>/dev/null; then
+  PATCH=""; echo "v23 is on main already: main's tree as it is"
+fi
+if { [ "$PATCH" = phase-probe.patch ] || [ "$PATCH" = v25-land.patch ]; } &&
+   git apply --check tests/bench/ab_patches/v23-land.patch 2>/dev/null; then
   git apply tests/bench/ab_patches/v23-land.patch && echo "v23 applied (not on main yet)"
 fi
-git apply tests/bench/ab_patches/$PATCH || { echo "$PATCH does not apply"; exit 1; }
+[ -z "$PATCH" ] || git apply tests/bench/ab_patches/$PATCH || { echo "$PATCH does not apply"; exit 1; }
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
 if [ "${PART:-1}" = 1 ]; then
   echo "## the steps with parts of the fused norm off (1 all, 128 statistics, 256 normalize loop, 512 mean pass, 384 both)"
   steps norm-split 70 NORM_SPLIT="0 1 128 256 512 384"
+elif [ "$PART" = 6 ] || [ "$PART" = 7 ]; then
+  L=$([ "$PART" = 6 ] && echo v23 || echo v25)
+  echo "## $L: the four steps (STATS=1: v23's default, a no-op setting of its hook)"
+  steps $L 50 STATS="1"
+  [ "$PART" = 7 ] && $T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m cuda tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -3
 elif [ "$PART" = 5 ]; then
   echo "## phase probe (v23 + phase-probe.patch): per-block phase times in the replayed step"
   for f in gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16; do
