@@ -11,7 +11,8 @@
 #      `python tests/bench/evidence_preflight.py`, then gpu_session.sh heavy (warm; a rebuild
 #      ~200 s where the landed tree is not the last one built: keep GATES_TIMEOUT under the outer
 #      limit minus the build), then light, at that commit;
-#   4. PART=5 if time is left: the phase probe (on v23; it would need rebasing onto v25).
+#   4. PART=5 if time is left: the phase probe (phase-probe.patch on v23, phase-probe-v25.patch
+#      where v25 has landed).
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
 # spends its ~4 us a call (docs/kernels/decode.md, v22c: not in its weight / bias loads). Main's
 # tree plus tests/bench/ab_patches/norm-split.patch, applied on the GPU machine only (a csrc edit
@@ -64,6 +65,8 @@ steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one ho
 # 1.5B -50..-100 us, 124M -12..-25, Llama ~1B -15..-30, gpt-oss a few us.
 case "${PART:-1}" in 1) PATCH=norm-split.patch;; 2|6) PATCH=v23-land.patch;; 3) PATCH=v24-probe.patch;;
   4) PATCH=v24b-probe.patch;; 7) PATCH=v25-land.patch;; *) PATCH=phase-probe.patch;; esac
+# (the probe on a tree with v25 landed: phase-probe-v25.patch, whose "x" phase holds the statistics)
+grep -q load_row_stats csrc/linear_common.cuh && [ "$PATCH" = phase-probe.patch ] && PATCH=phase-probe-v25.patch
 if [ "$PATCH" = v23-land.patch ] && ! git apply --check tests/bench/ab_patches/v23-land.patch 2>/dev/null; then
   PATCH=""; echo "v23 is on main already: main's tree as it is"
 fi
