@@ -12,7 +12,8 @@
 #      ~200 s where the landed tree is not the last one built: keep GATES_TIMEOUT under the outer
 #      limit minus the build), then light, at that commit;
 #   4. PART=5 if time is left: the phase probe (phase-probe.patch on v23, phase-probe-v25.patch
-#      where v25 has landed).
+#      where v25 has landed); PART=8 (no rebuild on a warm machine, ~60-120 s): ncu's stall
+#      samples per SASS instruction of the norm-fused dense GEMV, each kernel alone.
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
 # spends its ~4 us a call (docs/kernels/decode.md, v22c: not in its weight / bias loads). Main's
 # tree plus tests/bench/ab_patches/norm-split.patch, applied on the GPU machine only (a csrc edit
@@ -64,7 +65,7 @@ steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one ho
 # path in the new order: docs/kernels/decode.md, v25). Prediction: ~0.5-1 us a norm-fused call,
 # 1.5B -50..-100 us, 124M -12..-25, Llama ~1B -15..-30, gpt-oss a few us.
 case "${PART:-1}" in 1) PATCH=norm-split.patch;; 2|6) PATCH=v23-land.patch;; 3) PATCH=v24-probe.patch;;
-  4) PATCH=v24b-probe.patch;; 7) PATCH=v25-land.patch;; *) PATCH=phase-probe.patch;; esac
+  4) PATCH=v24b-probe.patch;; 7) PATCH=v25-land.patch;; 8) PATCH="";; *) PATCH=phase-probe.patch;; esac
 # (the probe on a tree with v25 landed: phase-probe-v25.patch, whose "x" phase holds the statistics)
 grep -q load_row_stats csrc/linear_common.cuh && [ "$PATCH" = phase-probe.patch ] && PATCH=phase-probe-v25.patch
 if [ "$PATCH" = v23-land.patch ] && ! git apply --check tests/bench/ab_patches/v23-land.patch 2>/dev/null; then
@@ -80,6 +81,19 @@ wait $MODELS_PID; cat /tmp/models.txt
 if [ "${PART:-1}" = 1 ]; then
   echo "## the steps with parts of the fused norm off (1 all, 128 statistics, 256 normalize loop, 512 mean pass, 384 both)"
   steps norm-split 70 NORM_SPLIT="0 1 128 256 512 384"
+elif [ "$PART" = 8 ]; then
+  # ncu on main's dense GEMV at 1.5B's norm-fused shapes and the 1600 x 1600 output projection
+  # (tests/bench/profile_gemv_ncu.py CFG=norm; each kernel alone, no PDL): the stall samples per
+  # SASS instruction, to see which instructions of the staging the warps wait on. Files under $OUT.
+  echo "## ncu: dense GEMV, 6400 / 4800 x 1600 LayerNorm and 1600 x 1600 (2 calls each, all 6 profiled)"
+  CFG=norm $T 300 ncu --clock-control none -k regex:gemv_kernel --set full --import-source no \
+    -o /tmp/gemv -f python3 tests/bench/profile_gemv_ncu.py > /tmp/ncu-gemv.txt 2>&1
+  echo "ncu exit $?"; tail -5 /tmp/ncu-gemv.txt
+  ncu -i /tmp/gemv.ncu-rep --page details --print-details all > "$OUT/gemv-ncu-details.txt" 2>&1
+  echo "details exit $?"
+  ncu -i /tmp/gemv.ncu-rep --page source --print-source sass --csv > "$OUT/gemv-ncu-sass.csv" 2>&1
+  echo "source page exit $? ($(wc -l < "$OUT/gemv-ncu-sass.csv") lines)"
+  grep -E "gemv_kernel|Duration|Stall|stall|Warp Cycles|Issued" "$OUT/gemv-ncu-details.txt" | head -60
 elif [ "$PART" = 6 ] || [ "$PART" = 7 ]; then
   L=$([ "$PART" = 6 ] && echo v23 || echo v25)
   echo "## $L: the four steps (STATS=1: v23's default, a no-op setting of its hook)"

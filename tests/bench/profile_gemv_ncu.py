@@ -1,4 +1,13 @@
-"""ncu target: each GEMV config called twice eagerly (the second is the one to read)."""
+"""ncu target: each GEMV config called twice eagerly (the second is the one to read).
+
+CFG=norm (session 36, docs/kernels/decode.md): instead, the dense GEMV at GPT-2 1.5B's
+norm-fused shapes and the same K without a norm, with their model epilogues, to read where the
+warps stall instruction by instruction. Switching the fused LayerNorm's normalize loop off saves
+~2.9 us a call in the step, and neither its norm-vector loads (v22c, v24b) nor the statistics'
+barriers (v23) explain that. `pending_ab_call.sh` PART=8 runs it under
+`ncu --set full -k regex:gemv_kernel` and prints the source page (SASS, per-instruction samples).
+"""
+import os
 import sys
 import gguf
 import torch
@@ -7,6 +16,21 @@ from gpt_engine.qweight import QWeight
 sys.path.insert(0, ".")
 from tests.bench.explore_gemv import packed
 Q = gguf.GGMLQuantizationType
+if os.environ.get("CFG") == "norm":
+    k = 1600
+    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+    nm = ops.Norm("layernorm", (torch.randn(k, device="cuda") * 0.2 + 1).half(),
+                  (torch.randn(k, device="cuda") * 0.2).half(), 1e-5)
+    for n, kw in [(6400, dict(norm=nm, act="gelu_tanh")), (4800, dict(norm=nm)),
+                  (1600, dict(residual=torch.randn(1, 1600, device="cuda", dtype=torch.float16)))]:
+        q = QWeight((torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02).view(torch.uint8),
+                    Q.F16, (n, k))
+        b = (torch.randn(n, device="cuda") * 0.5).half()
+        for _ in range(2):
+            ops.linear(x, q, b, **kw)
+        torch.cuda.synchronize()
+        print("F16", n, k, sorted(kw), "done", flush=True)
+    sys.exit(0)
 CFG = [("MXFP4", 1600, 6400, None), ("MXFP4", 6400, 1600, "layernorm"), ("Q8_0", 1600, 6400, None),
        ("Q8_0", 4096, 4096, None), ("F16", 1600, 6400, None), ("F16", 6400, 1600, "layernorm")]
 for name, n, k, norm in CFG:
