@@ -3,15 +3,17 @@
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
 # What the next session should do first (written at the end of session 36; ~1,450-1,600 s of
 # device time without refusals):
-#   1. PART=6 (cold, ~300 s): v23 built and its four steps timed (the reference of 2);
+#   1. PART=6 (cold, ~300 s): v23 built and its four steps timed (the reference of 2 and 3);
 #   2. PART=7 (warm, ~300 s): v23 + v25 (tests/bench/ab_patches/v25-land.patch) built, the same
 #      four steps, the dense GEMV tests;
-#   3. land the winner (v23 + v25 if no step is more than 0.5% slower than v23's in 1, else v23
-#      alone; v23 beat main on all four steps in session 36): `git apply` the patch(es), commit,
+#   3. PART=9 (warm, ~300 s): v23 + v25 + v26 (v26-land.patch: the normalize loop 4 elements an
+#      iteration), the same;
+#   4. land the fastest stack whose every step is within 0.5% of the one below it (v23 beat main
+#      on all four steps in session 36): `git apply` the patch(es), commit,
 #      `python tests/bench/evidence_preflight.py`, then gpu_session.sh heavy (warm; a rebuild
 #      ~200 s where the landed tree is not the last one built: keep GATES_TIMEOUT under the outer
 #      limit minus the build), then light, at that commit;
-#   4. PART=5 if time is left: the phase probe (phase-probe.patch on v23, phase-probe-v25.patch
+#   5. PART=5 if time is left: the phase probe (phase-probe.patch on v23, phase-probe-v25.patch
 #      where v25 has landed); PART=8 (no rebuild on a warm machine, ~60-120 s): ncu's stall
 #      samples per SASS instruction of the norm-fused dense GEMV, each kernel alone.
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
@@ -65,7 +67,11 @@ steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one ho
 # path in the new order: docs/kernels/decode.md, v25). Prediction: ~0.5-1 us a norm-fused call,
 # 1.5B -50..-100 us, 124M -12..-25, Llama ~1B -15..-30, gpt-oss a few us.
 case "${PART:-1}" in 1) PATCH=norm-split.patch;; 2|6) PATCH=v23-land.patch;; 3) PATCH=v24-probe.patch;;
-  4) PATCH=v24b-probe.patch;; 7) PATCH=v25-land.patch;; 8) PATCH="";; *) PATCH=phase-probe.patch;; esac
+  4) PATCH=v24b-probe.patch;; 7|9) PATCH=v25-land.patch;; 8) PATCH="";; *) PATCH=phase-probe.patch;; esac
+if [ "$PATCH" = v25-land.patch ] && ! git apply --check tests/bench/ab_patches/v25-land.patch 2>/dev/null &&
+   grep -q load_row_stats csrc/linear_common.cuh; then
+  PATCH=""; echo "v25 is on main already"
+fi
 # (the probe on a tree with v25 landed: phase-probe-v25.patch, whose "x" phase holds the statistics)
 grep -q load_row_stats csrc/linear_common.cuh && [ "$PATCH" = phase-probe.patch ] && PATCH=phase-probe-v25.patch
 if [ "$PATCH" = v23-land.patch ] && ! git apply --check tests/bench/ab_patches/v23-land.patch 2>/dev/null; then
@@ -76,6 +82,9 @@ if { [ "$PATCH" = phase-probe.patch ] || [ "$PATCH" = v25-land.patch ]; } &&
   git apply tests/bench/ab_patches/v23-land.patch && echo "v23 applied (not on main yet)"
 fi
 [ -z "$PATCH" ] || git apply tests/bench/ab_patches/$PATCH || { echo "$PATCH does not apply"; exit 1; }
+if [ "${PART:-1}" = 9 ]; then  # v26 on v25
+  git apply tests/bench/ab_patches/v26-land.patch || { echo "v26-land.patch does not apply"; exit 1; }
+fi
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
 if [ "${PART:-1}" = 1 ]; then
@@ -94,11 +103,11 @@ elif [ "$PART" = 8 ]; then
   ncu -i /tmp/gemv.ncu-rep --page source --print-source sass --csv > "$OUT/gemv-ncu-sass.csv" 2>&1
   echo "source page exit $? ($(wc -l < "$OUT/gemv-ncu-sass.csv") lines)"
   grep -E "gemv_kernel|Duration|Stall|stall|Warp Cycles|Issued" "$OUT/gemv-ncu-details.txt" | head -60
-elif [ "$PART" = 6 ] || [ "$PART" = 7 ]; then
-  L=$([ "$PART" = 6 ] && echo v23 || echo v25)
+elif [ "$PART" = 6 ] || [ "$PART" = 7 ] || [ "$PART" = 9 ]; then
+  L=$(case $PART in 6) echo v23;; 7) echo v25;; *) echo v26;; esac)
   echo "## $L: the four steps (STATS=1: v23's default, a no-op setting of its hook)"
   steps $L 50 STATS="1"
-  [ "$PART" = 7 ] && $T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m cuda tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -3
+  [ "$PART" != 6 ] && $T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m cuda tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -3
 elif [ "$PART" = 5 ]; then
   echo "## phase probe (v23 + phase-probe.patch): per-block phase times in the replayed step"
   for f in gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16; do
