@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (written at the end of session 36; ~1,450-1,600 s of
-# device time without refusals):
+# What the next session should do first (written at the end of session 36; ~1,650 s of device
+# time without refusals):
 #   1. PART=6 (cold, ~300 s): v23 built and its four steps timed (the reference of 2 and 3);
 #   2. PART=7 (warm, ~300 s): v23 + v25 (tests/bench/ab_patches/v25-land.patch) built, the same
 #      four steps, the dense GEMV tests;
@@ -12,7 +12,14 @@
 #      on all four steps in session 36): `git apply` the patch(es), commit,
 #      `python tests/bench/evidence_preflight.py`, then gpu_session.sh heavy (warm; a rebuild
 #      ~200 s where the landed tree is not the last one built: keep GATES_TIMEOUT under the outer
-#      limit minus the build), then light, at that commit;
+#      limit minus the build), then light, at that commit. The calls (session 33's, with the commit):
+#        export GPT_ENGINE_GIT_COMMIT=<full sha> EXT_SAVE=0 SHAPES="gpt2-124m gpt2-1.5b smollm2-135m
+#          llama-1b gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M
+#          gpt-oss-20b:MXFP4"; GATES_TIMEOUT=540 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh heavy
+#        (GATES_TIMEOUT=540 where the landed tree is the one built last, ~20 s to load; 360 where it
+#        must be rebuilt, ~200 s: heavy took 208 s on session 33's H100, up to ~350 s on a slow host)
+#        (the same exports) GATES_TIMEOUT=540 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh light
+#      then commit both json + log files with `git add -f` (never edit them);
 #   5. PART=5 if time is left: the phase probe (phase-probe.patch on v23, phase-probe-v25.patch
 #      where v25 has landed); PART=8 (no rebuild on a warm machine, ~60-120 s): ncu's stall
 #      samples per SASS instruction of the norm-fused dense GEMV, each kernel alone.
