@@ -73,25 +73,26 @@ steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one ho
 # loaded, in 8-element chunks; the statistics' shared-memory pass and one barrier gone, every
 # path in the new order: docs/kernels/decode.md, v25). Prediction: ~0.5-1 us a norm-fused call,
 # 1.5B -50..-100 us, 124M -12..-25, Llama ~1B -15..-30, gpt-oss a few us.
-case "${PART:-1}" in 1) PATCH=norm-split.patch;; 2|6) PATCH=v23-land.patch;; 3) PATCH=v24-probe.patch;;
-  4) PATCH=v24b-probe.patch;; 7|9) PATCH=v25-land.patch;; 8) PATCH="";; *) PATCH=phase-probe.patch;; esac
-if [ "$PATCH" = v25-land.patch ] && ! git apply --check tests/bench/ab_patches/v25-land.patch 2>/dev/null &&
-   grep -q load_row_stats csrc/linear_common.cuh; then
-  PATCH=""; echo "v25 is on main already"
-fi
-# (the probe on a tree with v25 landed: phase-probe-v25.patch, whose "x" phase holds the statistics)
-grep -q load_row_stats csrc/linear_common.cuh && [ "$PATCH" = phase-probe.patch ] && PATCH=phase-probe-v25.patch
-if [ "$PATCH" = v23-land.patch ] && ! git apply --check tests/bench/ab_patches/v23-land.patch 2>/dev/null; then
-  PATCH=""; echo "v23 is on main already: main's tree as it is"
-fi
-if { [ "$PATCH" = phase-probe.patch ] || [ "$PATCH" = v25-land.patch ]; } &&
-   git apply --check tests/bench/ab_patches/v23-land.patch 2>/dev/null; then
-  git apply tests/bench/ab_patches/v23-land.patch && echo "v23 applied (not on main yet)"
-fi
-[ -z "$PATCH" ] || git apply tests/bench/ab_patches/$PATCH || { echo "$PATCH does not apply"; exit 1; }
-if [ "${PART:-1}" = 9 ]; then  # v26 on v25
-  git apply tests/bench/ab_patches/v26-land.patch || { echo "v26-land.patch does not apply"; exit 1; }
-fi
+# Each PART's patches, applied in order. A *-land patch that does not apply is taken as on main
+# already (the stacks run on whatever main holds by then); a probe that does not apply stops the call.
+take() {
+  for p in "$@"; do
+    if git apply --check "tests/bench/ab_patches/$p.patch" 2>/dev/null; then
+      git apply "tests/bench/ab_patches/$p.patch" && echo "$p applied"
+    elif [ "${p%-land}" != "$p" ]; then
+      echo "$p does not apply: taken as on main already"
+    else
+      echo "$p does not apply"; exit 1
+    fi
+  done
+}
+# (the probe on a tree with v25: phase-probe-v25.patch, whose "x" phase holds the statistics)
+PROBE=phase-probe; grep -q load_row_stats csrc/linear_common.cuh && PROBE=phase-probe-v25
+case "${PART:-1}" in
+  1) take norm-split;; 2|6) take v23-land;; 3) take v24-probe;; 4) take v24b-probe;;
+  5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8) ;;
+  *) echo "PART=$PART: not a part (1-9)"; exit 2;;
+esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
 if [ "${PART:-1}" = 1 ]; then
