@@ -817,6 +817,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_decode_group_tile", &gpte::attention_decode_group_tile,
         "the query heads per block the decode kernel takes for Hq query heads on Hkv kv heads", py::arg("Hq"),
         py::arg("Hkv"));
+  m.def("linear_stats_force", &gpte::linear_stats_force,
+        "test/bench hook of the dense decode GEMV's LayerNorm statistics (v23): 1 (the default) one pass shifted "
+        "by the row's first value, 0 two passes (v2.1's bits); returns the setting in effect",
+        py::arg("on"));
   m.def("linear_ring_force", &gpte::linear_ring_force,
         "test/bench hook of the dense decode GEMV's ring-kernel rule below K = 4096 (two batches per pair): "
         "0 past one round of pairs (the default), 1 never, 2 past 8 rounds, 3 as 0 and v3 also at K >= 4096 "

@@ -58,6 +58,10 @@ int attention_decode_tile_force(int64_t tile);
 // rows of 257-384 chunks, 5 the same past 8 rounds only; other values change nothing. Returns the
 // mode in effect.
 int linear_ring_force(int64_t mode);
+// Test/bench hook of the dense decode GEMV's LayerNorm statistics (csrc/linear_common.cuh v23):
+// 1 (the default) one pass shifted by the row's first value, 0 two passes (v2.1's bits); other
+// values change nothing. Returns the setting in effect.
+int linear_stats_force(int64_t on);
 // Test/bench hook of the packed decode GEMV (csrc/linear_q_impl.cuh v3.3): 1 decodes MXFP4 in the
 // nibbles' order (the default), 0 in v3's (the same bits); other values change nothing.
 int qgemv_zip_force(int64_t on);
@@ -118,6 +122,7 @@ struct LinearArgs {
   bool vec_x;            // set by the launcher: x rows read with 16-byte loads
   int ksplit;            // set by the packed GEMV's launcher: warps per row pair (1 or 2)
   int khalves;           // set by the packed GEMV's launcher: 2 = a row's sum is its two K halves' sums added
+  int stats_one_pass;    // set by the dense GEMV's launcher (v23): LayerNorm statistics in one shifted pass
 };
 
 // ---- qkv_rope: split the QKV projection into heads, RoPE, append k/v to the cache ----

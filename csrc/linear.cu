@@ -5,6 +5,12 @@
 
 namespace gpte {
 int g_linear_ring_mode = 0;
+int g_linear_stats_one_pass = 1;
+
+int linear_stats_force(int64_t on) {
+  if (on == 0 || on == 1) g_linear_stats_one_pass = (int)on;
+  return g_linear_stats_one_pass;
+}
 
 int linear_ring_force(int64_t mode) {
   // 0-5: the rule (csrc/linear_impl.cuh); + 8: the ring kernel's copies as bulk copies (v20)

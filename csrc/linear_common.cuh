@@ -173,23 +173,64 @@ struct XStage {
   // so a row's statistics depend neither on M nor on which GEMV kernel (128 or 256 threads)
   // stages it. v1 gave each row to one warp: ~K / 32 dependent loads and adds per pass on the
   // critical path of every norm-fused GEMV (1,600 wide: 50 per pass, two passes for LayerNorm).
-  static __device__ void row_stats(const LinearArgs& p, const float* xs, bool from_smem, float* s_mean,
-                                   float* s_rstd) {
+  // v23 (docs/kernels/decode.md): every thread adds the partials itself into its own registers
+  // (mean, rstd: rows m < M; v2.1: thread m into shared memory, then a barrier), and each pass has
+  // its own partials buffer: LayerNorm 1 or 2 barriers (v2.1: 3, and stage's barrier after it),
+  // RMSNorm 1 (v2.1: 1 and stage's). ext.linear_stats_force:
+  // 1 (the default) LayerNorm of 16-bit activations in one pass shifted by the row's first value:
+  // with c = x[0], mean = c + S1 / K and var = S2 / K - (S1 / K)^2, S1 = sum (x - c),
+  // S2 = sum (x - c)^2. The cancellation in var multiplies the sums' rounding by
+  // (var + (mean - c)^2) / var <= K + 1, since (x[0] - mean)^2 <= K var for any row: ~2 for
+  // typical rows, at worst (x[0] a lone outlier) a relative error of a few 1e-4 at K = 1,600, under
+  // the 2^-11 (4.9e-4) rounding of the normalized 16-bit output; a row of large mean and small
+  // spread, which the unshifted one-pass form loses, costs nothing. fp32 activations, whose
+  // output keeps 2^-24, always take two passes. 0: two passes as v2.1 (v2.1's bits, its barriers
+  // removed).
+  static __device__ void row_stats(const LinearArgs& p, const float* xs, bool from_smem, float (&mean)[MT],
+                                   float (&rstd)[MT]) {
     constexpr int NW = 4, NV = 32 * NW;  // the threads that sum (NT >= 128)
     static_assert(NT >= NV, "row_stats needs 128 threads");
-    __shared__ float red[MT][NW];
+    __shared__ float red[MT][NW], red2[MT][NW];
     const A* __restrict__ x = static_cast<const A*>(p.x);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     auto val = [&](int m, int k) { return from_smem ? xs[m * p.kt + k] : to_f(x[(int64_t)m * p.K + k]); };
-    auto total = [&](int m) {
+    auto total = [&](float (&r)[MT][NW], int m) {
       float t = 0.f;
 #pragma unroll
-      for (int w = 0; w < NW; ++w) t += red[m][w];
+      for (int w = 0; w < NW; ++w) t += r[m][w];
       return t;
     };
-    float mean[MT];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) mean[m] = 0.f;
+    for (int m = 0; m < MT; ++m) mean[m] = 0.f, rstd[m] = 0.f;
+    if (sizeof(A) == 2 && p.norm == kNormLayer && p.stats_one_pass) {
+      float c[MT] = {};  // (read for rows m < M only)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        if (m >= p.M) break;
+        c[m] = val(m, 0);
+        float s = 0.f, q = 0.f;
+        for (int k = threadIdx.x; k < p.K && threadIdx.x < NV; k += NV) {
+          const float d = val(m, k) - c[m];
+          s += d;
+          q = fmaf(d, d, q);
+        }
+        s = warp_sum(s);
+        q = warp_sum(q);
+        if (lane == 0 && warp < NW) {
+          red[m][warp] = s;
+          red2[m][warp] = q;
+        }
+      }
+      __syncthreads();
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (m < p.M) {
+          const float d = total(red, m) / p.K;
+          mean[m] = c[m] + d;
+          rstd[m] = rsqrtf(fmaxf(total(red2, m) / p.K - d * d, 0.f) + p.eps);
+        }
+      return;
+    }
     if (p.norm == kNormLayer) {
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
@@ -202,8 +243,7 @@ struct XStage {
       __syncthreads();
 #pragma unroll
       for (int m = 0; m < MT; ++m)
-        if (m < p.M) mean[m] = total(m) / p.K;
-      __syncthreads();  // red is reused below
+        if (m < p.M) mean[m] = total(red, m) / p.K;
     }
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
@@ -214,46 +254,59 @@ struct XStage {
         v = fmaf(d, d, v);
       }
       v = warp_sum(v);
-      if (lane == 0 && warp < NW) red[m][warp] = v;
+      if (lane == 0 && warp < NW) red2[m][warp] = v;
     }
     __syncthreads();
 #pragma unroll
     for (int m = 0; m < MT; ++m)
-      if (m < p.M && threadIdx.x == m) {
-        s_mean[m] = mean[m];
-        s_rstd[m] = rsqrtf(total(m) / p.K + p.eps);
-      }
+      if (m < p.M) rstd[m] = rsqrtf(total(red2, m) / p.K + p.eps);
   }
-  static __device__ void normalize_tile(const LinearArgs& p, float* xs, int t, const float* s_mean,
-                                        const float* s_rstd) {
+  // (v23: row by row, so that a row's mean / rstd are registers; an element's arithmetic as before)
+  static __device__ void normalize_tile(const LinearArgs& p, float* xs, int t, const float (&mean)[MT],
+                                        const float (&rstd)[MT]) {
     const A* nw = static_cast<const A*>(p.norm_w);
     const A* nb = static_cast<const A*>(p.norm_b);
     const int k0 = t * p.kt, len = min(p.kt, p.K - k0);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m >= p.M) break;
 #pragma unroll 4
-    for (int i = threadIdx.x; i < p.M * len; i += NT) {
-      const int m = i / len, k = i - m * len;
-      float* v = xs + m * p.kt + k;
-      if (p.norm == kNormLayer)
-        *v = to_f(from_f<A>((*v - s_mean[m]) * s_rstd[m] * to_f(nw[k0 + k]) + to_f(nb[k0 + k])));
-      else
-        *v = to_f(from_f<A>(*v * s_rstd[m] * to_f(nw[k0 + k])));
+      for (int k = threadIdx.x; k < len; k += NT) {
+        float* v = xs + m * p.kt + k;
+        if (p.norm == kNormLayer)
+          *v = to_f(from_f<A>((*v - mean[m]) * rstd[m] * to_f(nw[k0 + k]) + to_f(nb[k0 + k])));
+        else
+          *v = to_f(from_f<A>(*v * rstd[m] * to_f(nw[k0 + k])));
+      }
     }
   }
-  // Tile t staged and normalised (ntiles: how many tiles the row has). Ends on a barrier.
-  static __device__ void stage(const LinearArgs& p, float* xs, int t, int ntiles, float* s_mean, float* s_rstd) {
+  // Tile t staged and normalised (ntiles: how many tiles the row has; s_mean / s_rstd: the
+  // statistics row_stats_global wrote when ntiles > 1). Ends on a barrier.
+  static __device__ void stage(const LinearArgs& p, float* xs, int t, int ntiles, const float* s_mean,
+                               const float* s_rstd) {
     load_tile(p, xs, t);
     __syncthreads();
     if (p.norm != kNormNone) {
+      float mean[MT], rstd[MT];
+      // (v23: no barrier between the statistics and the loop: row_stats' last barrier follows
+      // its last read of xs, and each thread holds the statistics itself)
       if (ntiles == 1) {
-        row_stats(p, xs, true, s_mean, s_rstd);
-        __syncthreads();
+        row_stats(p, xs, true, mean, rstd);
+      } else {
+#pragma unroll
+        for (int m = 0; m < MT; ++m) mean[m] = s_mean[m], rstd[m] = s_rstd[m];
       }
-      normalize_tile(p, xs, t, s_mean, s_rstd);
+      normalize_tile(p, xs, t, mean, rstd);
       __syncthreads();
     }
   }
   static __device__ void row_stats_global(const LinearArgs& p, float* s_mean, float* s_rstd) {
-    row_stats(p, nullptr, false, s_mean, s_rstd);
+    float mean[MT], rstd[MT];
+    row_stats(p, nullptr, false, mean, rstd);
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) s_mean[m] = mean[m], s_rstd[m] = rstd[m];
+    }
     __syncthreads();
   }
 };

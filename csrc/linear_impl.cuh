@@ -27,6 +27,7 @@
 #include "tma.cuh"
 
 namespace gpte {
+extern int g_linear_stats_one_pass;  // linear.cu: linear_stats_force's setting (v23's one pass: 1)
 extern int g_linear_ring_mode;  // linear.cu: linear_ring_force's setting (one for every weight dtype's file)
 namespace {
 using namespace linear_detail;
@@ -365,6 +366,7 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   LinearArgs p = a;
   const int kpad = (int)ceil_div(p.K, CH) * CH;
   p.vec_x = p.K % 8 == 0 && aligned16(p.x);
+  p.stats_one_pass = g_linear_stats_one_pass;
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;  // (QKV: N even)
   const size_t pipe_smem = pipe_ring_bytes(MT) + (size_t)MT * kpad * sizeof(float);
   // the ring kernel where it measured faster (H200, M = 1, graph-captured calls, 2026-12-01,

@@ -244,6 +244,46 @@ def test_gemv_one_batch_rows_same_bits_on_every_kernel(n, k, norm, float_out):
 
 
 @pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("m,k,rows,dtype", [
+    (1, 1600, "random", torch.float16),    # GPT-2 1.5B's width: v3, one tile
+    (1, 768, "offset", torch.float16),     # mean 300, spread ~1: an unshifted one-pass variance cancels here
+    (1, 1600, "outlier", torch.float16),   # the first value (the shift) 60x the spread, far from the mean
+    (4, 1600, "offset", torch.float16),    # M = 4
+    (16, 1600, "offset", torch.float16),   # M = 16: 640-wide tiles, so the statistics come from global memory
+    (1, 4096, "outlier", torch.float16),   # long rows: the ring kernel
+    (1, 1600, "random", torch.bfloat16),
+    (1, 1600, "outlier", torch.float32),   # fp32 activations: two passes either way, held to nmse_fp32
+], ids=str)
+def test_gemv_layernorm_stats_one_pass(m, k, rows, dtype):
+    """v23 (ext.linear_stats_force 1, the default) takes the fused LayerNorm's statistics in one
+    pass shifted by the row's first value; 0 in two passes (v2.1). Both within the oracle's bound,
+    for random rows, rows whose mean dwarfs their spread (where E[x^2] - mean^2 unshifted would
+    lose the variance) and rows whose first value is an outlier (the shift far from the mean).
+    fp32 activations take two passes under either setting."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    w, w64 = make_weight(384, k, "F16", "cuda")
+    x = randn((m, k), dtype, "cuda", offset=300.0 if rows == "offset" else 0.0)
+    if rows == "outlier":
+        x[:, 0] = 60.0
+    nm = _norm("layernorm", k, dtype, "cuda")
+    outs = {}
+    try:
+        for on in (1, 0):
+            assert ext.linear_stats_force(on) == on
+            outs[on] = ops.linear(x, w, norm=nm)
+    finally:
+        ext.linear_stats_force(1)
+    ref = oracle(x, w64, norm=nm)
+    for on in (1, 0):
+        assert_nmse(outs[on], ref, TOL_NAME[dtype])
+    if dtype == torch.float32:
+        assert torch.equal(outs[1], outs[0])
+
+
+@pytest.mark.story("GX-003")
 @pytest.mark.parametrize("device", DEVICES)
 def test_linear_errors(device):
     w, _ = make_weight(8, 64, "F16", device)
