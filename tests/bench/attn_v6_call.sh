@@ -10,6 +10,10 @@
 # Prediction: ~1.5-2.5 us less a call wherever the bound takes the split count (the reduce
 # launch's ~2 us, docs/kernels/decode.md v10, less a cluster barrier and the DSMEM reads), so
 # GT-018's weakest case, B4 H32 T1024 (20.6 us, 0.849 of SDPA at e61d691), to ~18-19 us.
+# Outcome (session 37, H100, with the bounds 1 / 8 / 16): 0.4-1.1 us less at 1,024 keys (B4 H32
+# 20.29 -> 19.50 us, 0.893 of SDPA), even at 4,096; 16 lost up to 45% on 64 / 8 heads, so the
+# patch now holds the bound 8 only (docs/kernels/attention.md, v6). The patch lands with heavy +
+# light evidence at its commit; this call is only needed again to re-measure.
 set -o pipefail
 . tests/bench/gpu_env.sh attn-v6-call.log
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader

@@ -1,28 +1,25 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (written at the end of session 36; ~1,650 s of device
+# What the next session should do first (written at the end of session 37; ~1,250 s of device
 # time without refusals):
-#   1. PART=6 (cold, ~300 s): v23 built and its four steps timed (the reference of 2 and 3);
-#   2. PART=7 (warm, ~300 s): v23 + v25 (tests/bench/ab_patches/v25-land.patch) built, the same
-#      four steps, the dense GEMV tests;
-#   3. PART=9 (warm, ~300 s): v23 + v25 + v26 (v26-land.patch: the normalize loop 4 elements an
-#      iteration), the same;
-#   4. land the fastest stack whose every step is within 0.5% of the one below it (v23 beat main
-#      on all four steps in session 36): `git apply` the patch(es), commit,
-#      `python tests/bench/evidence_preflight.py`, then gpu_session.sh heavy (warm; a rebuild
-#      ~200 s where the landed tree is not the last one built: keep GATES_TIMEOUT under the outer
-#      limit minus the build), then light, at that commit. The calls (session 33's, with the commit):
+#   1. PART=10 (cold, ~450 s): main (v23 since e61d691) built and its four steps timed, then
+#      v26-land.patch (which applies on v23 alone; v25 was dropped in session 37) built on the same
+#      machine and timed, with the dense GEMV tests. Prediction: the normalize loop's 2-byte norm
+#      loads (~7% of the norm-fused kernel's ncu stall samples) a quarter as many: 1.5B -30..-100 us;
+#   2. land tests/bench/ab_patches/attn-v6-cluster.patch (docs/kernels/attention.md, v6; measured
+#      in session 37: GT-018's weakest case 0.858 -> 0.893 of SDPA), with v26 if every step of
+#      PART=10 is within 0.5% of main or faster: `git apply`, commit,
+#      `python tests/bench/evidence_preflight.py`, then gpu_session.sh heavy (warm machine, but the
+#      landed tree needs a rebuild: GATES_TIMEOUT=360), then light (GATES_TIMEOUT=540), at that commit:
 #        export GPT_ENGINE_GIT_COMMIT=<full sha> EXT_SAVE=0 SHAPES="gpt2-124m gpt2-1.5b smollm2-135m
 #          llama-1b gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M
-#          gpt-oss-20b:MXFP4"; GATES_TIMEOUT=540 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh heavy
-#        (GATES_TIMEOUT=540 where the landed tree is the one built last, ~20 s to load; 360 where it
-#        must be rebuilt, ~200 s: heavy took 208 s on session 33's H100, up to ~350 s on a slow host)
+#          gpt-oss-20b:MXFP4"; GATES_TIMEOUT=360 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh heavy
 #        (the same exports) GATES_TIMEOUT=540 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh light
-#      then commit both json + log files with `git add -f` (never edit them);
-#   5. PART=5 if time is left: the phase probe (phase-probe.patch on v23, phase-probe-v25.patch
-#      where v25 has landed); PART=8 (no rebuild on a warm machine, ~60-120 s): ncu's stall
-#      samples per SASS instruction of the norm-fused dense GEMV, each kernel alone.
+#      then commit both json + log files with `git add -f` (never edit them). Main's CI fails gate1
+#      until then: GT-018 read 0.849 < 0.85 of SDPA at B4 H32 T1024 in e61d691's light run.
+# Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
+# v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
 # spends its ~4 us a call (docs/kernels/decode.md, v22c: not in its weight / bias loads). Main's
 # tree plus tests/bench/ab_patches/norm-split.patch, applied on the GPU machine only (a csrc edit
@@ -90,14 +87,24 @@ take() {
 PROBE=phase-probe; grep -q load_row_stats csrc/linear_common.cuh && PROBE=phase-probe-v25
 case "${PART:-1}" in
   1) take norm-split;; 2|6) take v23-land;; 3) take v24-probe;; 4) take v24b-probe;;
-  5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8) ;;
-  *) echo "PART=$PART: not a part (1-9)"; exit 2;;
+  5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10) ;;
+  *) echo "PART=$PART: not a part (1-10)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
 if [ "${PART:-1}" = 1 ]; then
   echo "## the steps with parts of the fused norm off (1 all, 128 statistics, 256 normalize loop, 512 mean pass, 384 both)"
   steps norm-split 70 NORM_SPLIT="0 1 128 256 512 384"
+elif [ "$PART" = 10 ]; then
+  # PART=10 (written in session 37): main, then main + v26 (the normalize loop 4 elements an
+  # iteration with 8-byte norm-vector loads; docs/kernels/decode.md, v26 and "Session 37")
+  echo "## main: the four steps (STATS=1: v23's default, a no-op setting of its hook)"
+  steps main 50 STATS="1"
+  take v26-land
+  t0=$(date +%s); build_ext 3
+  echo "## v26 on main: the four steps"
+  steps v26 50 STATS="1"
+  $T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m cuda tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -3
 elif [ "$PART" = 8 ]; then
   # ncu on main's dense GEMV at 1.5B's norm-fused shapes and the 1600 x 1600 output projection
   # (tests/bench/profile_gemv_ncu.py CFG=norm; each kernel alone, no PDL): the stall samples per
