@@ -18,6 +18,10 @@
 #        (the same exports) GATES_TIMEOUT=540 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh light
 #      then commit both json + log files with `git add -f` (never edit them). Main's CI fails gate1
 #      until then: GT-018 read 0.849 < 0.85 of SDPA at B4 H32 T1024 in e61d691's light run.
+#   3. PART=11 if time is left (warm, no rebuild where the landed tree was built last; ~120 s):
+#      `explore_decode.py` with v6 on main: the benchmark's cases at forced split counts 1-128. The
+#      split heuristic (about 4 blocks per SM) was tuned against the reduce launch (session 2); with
+#      the merge in a cluster, more and shorter splits may pay at 1,024 keys.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
@@ -87,14 +91,19 @@ take() {
 PROBE=phase-probe; grep -q load_row_stats csrc/linear_common.cuh && PROBE=phase-probe-v25
 case "${PART:-1}" in
   1) take norm-split;; 2|6) take v23-land;; 3) take v24-probe;; 4) take v24b-probe;;
-  5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10) ;;
-  *) echo "PART=$PART: not a part (1-10)"; exit 2;;
+  5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10|11) ;;
+  *) echo "PART=$PART: not a part (1-11)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
 if [ "${PART:-1}" = 1 ]; then
   echo "## the steps with parts of the fused norm off (1 all, 128 statistics, 256 normalize loop, 512 mean pass, 384 both)"
   steps norm-split 70 NORM_SPLIT="0 1 128 256 512 384"
+elif [ "$PART" = 11 ]; then
+  # PART=11 (written in session 37): the split counts under v6's cluster merge (main with v6 landed)
+  grep -q attention_decode_cluster_force csrc/bindings.cpp || { echo "v6 is not on main"; exit 1; }
+  echo "## explore_decode.py: forced split counts, the heuristic's, SDPA (us; graph replays)"
+  $T 300 python3 tests/ops/explore_decode.py
 elif [ "$PART" = 10 ]; then
   # PART=10 (written in session 37): main, then main + v26 (the normalize loop 4 elements an
   # iteration with 8-byte norm-vector loads; docs/kernels/decode.md, v26 and "Session 37")
