@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (written at the end of session 37; ~1,200 s of device
-# time without refusals):
-#   1. land tests/bench/ab_patches/attn-v6-cluster.patch (docs/kernels/attention.md, v6; measured
-#      in session 37: GT-018's weakest case 0.858 -> 0.893 of SDPA; main's CI fails gate1 until it
-#      lands: GT-018 read 0.849 < 0.85 at B4 H32 T1024 in e61d691's light run): `git apply`, commit,
-#      `python tests/bench/evidence_preflight.py`, then gpu_session.sh heavy (cold: GATES_TIMEOUT=360),
-#      then light (GATES_TIMEOUT=540), at that commit:
+# What the next session should do first (written at the end of session 37; ~1,250 s of device
+# time without refusals). Main's CI fails gate1 until new evidence lands: GT-018 read 0.849 < 0.85
+# of SDPA at B4 H32 T1024 in e61d691's light run (the attention kernel unchanged since e88011a).
+#   1. PART=12 (cold, ~490 s): main built and its four steps timed, then
+#      tests/bench/ab_patches/v27-fold.patch (the norm folded into the dense GEMV's epilogue: no
+#      statistics pass and no normalize loop before the dot products; docs/kernels/decode.md, v27)
+#      built on the same machine and timed with FOLD="1 0". Prediction: 1.5B -150..-250 us,
+#      124M -20..-35, Llama ~1B -30..-60, gpt-oss -5..-20;
+#   2. PART=13 (warm, no rebuild, ~120 s): v27's CUDA tests (linear, linear_qkv, the models against
+#      transformers, the memory-estimate terms);
+#   3. land tests/bench/ab_patches/attn-v6-cluster.patch (docs/kernels/attention.md, v6: GT-018's
+#      weakest case 0.858 -> 0.893 of SDPA in session 37), with v27 if every step of PART=12 is
+#      within 0.5% of main or faster and PART=13 passed: `git apply`, commit,
+#      `python tests/bench/evidence_preflight.py`, then gpu_session.sh heavy (warm, but the landed
+#      tree needs a rebuild: GATES_TIMEOUT=360), then light (GATES_TIMEOUT=540), at that commit:
 #        export GPT_ENGINE_GIT_COMMIT=<full sha> EXT_SAVE=0 SHAPES="gpt2-124m gpt2-1.5b smollm2-135m
 #          llama-1b gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M
 #          gpt-oss-20b:MXFP4"; GATES_TIMEOUT=360 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh heavy
 #        (the same exports) GATES_TIMEOUT=540 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh light
-#      then commit both json + log files with `git add -f` (never edit them);
-#   2. PART=12 on the machine still warm from 1 (~420 s): main's four steps (no rebuild), then
-#      tests/bench/ab_patches/v27-fold.patch (the norm folded into the dense GEMV's epilogue: no
-#      statistics pass and no normalize loop before the dot products; docs/kernels/decode.md, v27)
-#      built and timed with FOLD="1 0", and its tests. Prediction: most of session 36's "normalize
-#      loop off" column (1.5B -284 us before v23) and part of the statistics': 1.5B -150..-250 us,
-#      124M -20..-35, Llama ~1B -30..-60, gpt-oss -5..-20 (RMSNorm folds need no row constants);
-#   3. if v27 wins every step by the 0.5% rule: land it with its own heavy + light evidence (next
-#      session if the time is gone). v26 (PART=10) matters only where v27 does not fold (K % 8).
-#   PART=11 (the split counts under v6) if time is left.
+#      then commit both json + log files with `git add -f` (never edit them). If 1 or 2 is refused
+#      or cut short, land v6 alone first: CI stays red until some evidence lands.
+#   PART=11 (the split counts under v6, once it is on main) if time is left. v26 (PART=10) matters
+#   only where v27 does not fold (K % 8 != 0).
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
@@ -91,8 +93,8 @@ take() {
 PROBE=phase-probe; grep -q load_row_stats csrc/linear_common.cuh && PROBE=phase-probe-v25
 case "${PART:-1}" in
   1) take norm-split;; 2|6) take v23-land;; 3) take v24-probe;; 4) take v24b-probe;;
-  5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10|11|12) ;;
-  *) echo "PART=$PART: not a part (1-12)"; exit 2;;
+  5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10|11|12) ;; 13) take v27-fold;;
+  *) echo "PART=$PART: not a part (1-13)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -109,8 +111,11 @@ elif [ "$PART" = 12 ]; then
   t0=$(date +%s); build_ext 3
   echo "## v27: the four steps, FOLD 1 (the fold) and 0 (v23's normalize loop, same build)"
   steps v27 70 FOLD="1 0"
-  $T 170 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m cuda tests/ops/test_linear.py \
-    tests/ops/test_linear_qkv.py tests/test_model_cuda.py tests/test_memory_estimate_cuda_terms.py 2>&1 | tail -6
+elif [ "$PART" = 13 ]; then
+  # PART=13 (written in session 37): v27's CUDA tests on the machine PART=12 built it on
+  echo "## v27's tests"
+  $T 400 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m cuda tests/ops/test_linear.py \
+    tests/ops/test_linear_qkv.py tests/test_model_cuda.py tests/test_memory_estimate_cuda_terms.py 2>&1 | tail -8
 elif [ "$PART" = 11 ]; then
   # PART=11 (written in session 37): the split counts under v6's cluster merge (main with v6 landed)
   grep -q attention_decode_cluster_force csrc/bindings.cpp || { echo "v6 is not on main"; exit 1; }
