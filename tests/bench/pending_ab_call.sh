@@ -76,6 +76,15 @@ steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one ho
 # loaded, in 8-element chunks; the statistics' shared-memory pass and one barrier gone, every
 # path in the new order: docs/kernels/decode.md, v25). Prediction: ~0.5-1 us a norm-fused call,
 # 1.5B -50..-100 us, 124M -12..-25, Llama ~1B -15..-30, gpt-oss a few us.
+main_then() {  # main_then PATCH LABEL TIMEOUT VAR=SETTINGS: main's four steps (a no-op setting of
+  # v23's hook), then PATCH applied, rebuilt on the same machine and its steps under VAR's settings
+  echo "## main: the four steps (STATS=1: v23's default, a no-op setting of its hook)"
+  steps main 50 STATS="1"
+  take "$1"
+  t0=$(date +%s); build_ext 3
+  echo "## $2: the four steps ($4)"
+  steps "$2" "$3" "$4"
+}
 # Each PART's patches, applied in order. A *-land patch that does not apply is taken as on main
 # already (the stacks run on whatever main holds by then); a probe that does not apply stops the call.
 take() {
@@ -105,12 +114,7 @@ elif [ "$PART" = 12 ]; then
   # PART=12 (written in session 37): main's steps, then main + v27 (the norm folded into the dense
   # GEMV's epilogue) rebuilt on the same machine and timed under its hook (1 the fold, 0 v23's loop
   # in the same build), then its tests
-  echo "## main: the four steps (STATS=1: v23's default, a no-op setting of its hook)"
-  steps main 50 STATS="1"
-  take v27-fold
-  t0=$(date +%s); build_ext 3
-  echo "## v27: the four steps, FOLD 1 (the fold) and 0 (v23's normalize loop, same build)"
-  steps v27 70 FOLD="1 0"
+  main_then v27-fold v27 70 FOLD="1 0"  # (1 the fold, 0 v23's normalize loop in the same build)
 elif [ "$PART" = 13 ]; then
   # PART=13 (written in session 37): v27's CUDA tests on the machine PART=12 built it on
   echo "## v27's tests"
@@ -124,12 +128,7 @@ elif [ "$PART" = 11 ]; then
 elif [ "$PART" = 10 ]; then
   # PART=10 (written in session 37): main, then main + v26 (the normalize loop 4 elements an
   # iteration with 8-byte norm-vector loads; docs/kernels/decode.md, v26 and "Session 37")
-  echo "## main: the four steps (STATS=1: v23's default, a no-op setting of its hook)"
-  steps main 50 STATS="1"
-  take v26-land
-  t0=$(date +%s); build_ext 3
-  echo "## v26 on main: the four steps"
-  steps v26 50 STATS="1"
+  main_then v26-land v26 50 STATS="1"
   $T 120 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -m cuda tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -3
 elif [ "$PART" = 8 ]; then
   # ncu on main's dense GEMV at 1.5B's norm-fused shapes and the 1600 x 1600 output projection
