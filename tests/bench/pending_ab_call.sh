@@ -30,7 +30,8 @@
 #      then the benchmarks serially; same exports), or heavy + light if PART=13 showed the parallel
 #      half unfit. Otherwise v27 waits with its numbers written down.
 #   PART=11 (the split counts under v6, once it is on main) if time is left. v26 (PART=10) matters
-#   only where v27 does not fold (K % 8 != 0).
+#   only where v27 does not fold (K % 8 != 0). PART=14 (after v27 wins): the packed GEMV's fold,
+#   tests/bench/ab_patches/v28-qfold.patch (written in session 38, compile-checked), ~500 s warm.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
@@ -56,6 +57,8 @@
 # session 33): gpu_session.sh heavy, then light, at main's commit (docs/harness.md).
 set -o pipefail
 export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
+# PART=14 times the packed files (written already where an evidence run warmed the machine)
+[ "${PART:-1}" = 14 ] && export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M"
 . tests/bench/gpu_env.sh pending-ab-call.log
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 T="timeout -s INT -k 10"
@@ -63,6 +66,7 @@ T="timeout -s INT -k 10"
 MODELS_PID=$!
 t_call=$t0  # (PART=2 resets t0 so build_ext times main's rebuild)
 S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
+[ "${PART:-1}" = 14 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4 gpt2-124m-MXFP4 gpt2-1.5b-Q4_K_M"
 steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one hook's settings
   for f in $S; do
     env "$3" ROUNDS=3 $T "$2" python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$1 $f /"
@@ -110,7 +114,8 @@ PROBE=phase-probe; grep -q load_row_stats csrc/linear_common.cuh && PROBE=phase-
 case "${PART:-1}" in
   1) take norm-split;; 2|6) take v23-land;; 3) take v24-probe;; 4) take v24b-probe;;
   5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10|11|12) ;; 13) take v27-fold;;
-  *) echo "PART=$PART: not a part (1-13)"; exit 2;;
+  14) grep -q fold_constants gpt_engine/ops/linear.py || take v27-fold;;
+  *) echo "PART=$PART: not a part (1-14)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -139,6 +144,16 @@ elif [ "$PART" = 13 ]; then
     mapfile -t F < /tmp/failed.txt
     $T 240 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE "${F[@]}" 2>&1 | tail -20
   fi
+elif [ "$PART" = 14 ]; then
+  # PART=14 (written in session 38): main with v27 (landed, or applied here), then v28-qfold.patch
+  # (the packed GEMV's v3.4: the same fold, docs/kernels/quant.md) rebuilt on the same machine and
+  # timed on the packed files under QFOLD="1 0" (1 the fold, 0 v3.3's staging in the same build),
+  # then its packed GEMV tests. Prediction: -5% to -6% of the 1.5B Q8_0 / MXFP4 steps (~1 us a
+  # norm-fused call, 97 a step), 124M MXFP4 -3..-5%, Q4_K_M the same lever on its Q4_K / Q6_K rows.
+  main_then v28-qfold v28 70 QFOLD="1 0"
+  echo "## v28's packed GEMV tests"
+  $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" tests/ops/test_linear_q.py \
+    tests/ops/test_linear_qkv.py 2>&1 | tail -8
 elif [ "$PART" = 11 ]; then
   # PART=11 (written in session 37): the split counts under v6's cluster merge (main with v6 landed)
   grep -q attention_decode_cluster_force csrc/bindings.cpp || { echo "v6 is not on main"; exit 1; }
