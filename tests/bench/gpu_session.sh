@@ -20,7 +20,9 @@
 #            fits one call (build included). First use on the GPU: run PART=13 of
 #            pending_ab_call.sh (the same parallel selection, no evidence) before trusting it with
 #            evidence; a test that fails in parallel and passes alone is a test to mend, not a
-#            reason to retry a run.
+#            reason to retry a run. Limits: PAR_TIMEOUT (180 s) and BENCH_TIMEOUT (300 s), each
+#            run's own; the call's outer limit must exceed the build plus both, so `split` is for a
+#            warm machine (build ~30 s), and a cold one runs `par` and `bench` as two calls.
 # For ops/rest export GPT_ENGINE_GIT_COMMIT=<the full sha of the commit being run> first, written
 # out: `git rev-parse HEAD` on the GPU machine named an older commit than the tree it ran (session
 # 24; `python -m gates evidence` rejects such a run: its file hashes are not that commit's). Call
@@ -86,10 +88,10 @@ elif [ "$MODE" = split ] || [ "$MODE" = par ] || [ "$MODE" = bench ]; then
   wait $MODELS_PID; cat /tmp/models.txt  # (some correctness tests read the benchmark models too)
   if [ "$MODE" != bench ]; then
     # the oracles' float64 products on 2 threads a worker, not 16 each on 16 cores
-    OMP_NUM_THREADS=2 GATES_TIMEOUT=${PAR_TIMEOUT:-300} run_gates -n ${PAR:-8} -m "cuda and not benchmark" tests
+    OMP_NUM_THREADS=2 GATES_TIMEOUT=${PAR_TIMEOUT:-180} run_gates -n ${PAR:-8} -m "cuda and not benchmark" tests
   fi
   if [ "$MODE" != par ]; then
-    GATES_TIMEOUT=${BENCH_TIMEOUT:-360} run_gates -m "cuda and benchmark" tests
+    GATES_TIMEOUT=${BENCH_TIMEOUT:-300} run_gates -m "cuda and benchmark" tests
   fi
   exit 0
 elif [ "$MODE" = ops ] || [ "$MODE" = heavy ]; then
