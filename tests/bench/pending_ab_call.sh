@@ -15,16 +15,14 @@
 #          gpt-oss-20b:MXFP4"; GATES_TIMEOUT=360 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh heavy
 #        (the same exports) GATES_TIMEOUT=540 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh light
 #      then commit both json + log files with `git add -f` (never edit them). Whatever they say is
-#      committed: GT-013 (gelu_tanh 1.005x torch) and GT-015 (residual_add 1.002x) sit inside the
-#      run-to-run spread of their `>= 1.0x torch` bars (docs/kernels/elementwise.md), so gate1 may
-#      fail on either with no code changed. Never rerun a run to get a pass.
-#      The card decides GT-015 (session 39, docs/kernels/elementwise.md "The two ties"): residual_add
-#      read below 1.0x torch in 17 of the 18 H200 evidence runs since its launch last changed
-#      (0.9975-0.9998), and above it in the last 5 H100 runs (1.0016-1.0036). So an H200 run fails
-#      gate1 ~95% of the time with no code changed. The first call's default kind is the H100 (a
-#      call names `nvidia-h100-x1` to keep it from moving to an H200); say in the closing note which
-#      card gave the evidence, and that the H200 side waits on the reviewed bar proposal
-#      (tests/bench/ab_patches/proposal-at-ceiling-bars.patch).
+#      committed; never rerun a run to get a pass. GT-013 and GT-015 are ties with torch at the HBM
+#      ceiling (docs/kernels/elementwise.md, "The two ties"), so gate1 may fail on either with no
+#      code changed, and the card decides how likely: on the H100 gelu_tanh read 1.0046x and
+#      residual_add 1.0016x at e61d691 (inside the +-0.3% spread); on the H200 residual_add read
+#      below 1.0x in 17 of the 18 runs since its launch last changed (0.9975-0.9998), a ~95% fail.
+#      The first call's default kind is the H100 (a call names `nvidia-h100-x1` to keep it from
+#      moving to an H200); say in the closing note which card gave the evidence, and that the H200
+#      side waits on the reviewed bar proposal (tests/bench/ab_patches/proposal-at-ceiling-bars.patch).
 #   2. PART=12 (warm, ~450 s): main (now with v6) built and its four steps timed, then
 #      tests/bench/ab_patches/v27-fold.patch (the norm folded into the dense GEMV's epilogue: no
 #      statistics pass and no normalize loop before the dot products; docs/kernels/decode.md, v27)
