@@ -8,6 +8,11 @@
 //   once per group. Online softmax in the exp2 domain (q pre-scaled by scale * log2 e); the
 //   block's running (max, sum, unnormalised output) go to an fp32 workspace.
 // Pass 2 (decode_reduce_kernel) rescales the splits to a common max and normalises.
+// Or, where the splits of a row group fit one thread-block cluster (2 to 8, v6):
+//   pass 1 launched with CL, the splits of one (kv head, query-head group, batch) as one cluster;
+//   each block leaves its state in its shared memory and the cluster's blocks merge the splits
+//   through distributed shared memory, splits in order, and write the output: no workspace round
+//   trip and no reduce launch (measured 0.4-1.1 us less a call at 1,024 keys, H100).
 // Short sequences (short_keys > 0 and at most short_keys keys in view) take one split whatever
 // `splits` says, and that split also writes the normalised output itself, with the reduce's
 // float operations over one non-empty split (so the bits are the reduce's). The reduce launch
@@ -22,6 +27,8 @@
 // brings no value: the reduce adds exp(sink - max) to the denominator once. Without either,
 // every instruction that runs is the one that ran before (other models are unchanged).
 #include <cmath>
+
+#include <cooperative_groups.h>
 
 #include "common.cuh"
 #include "launchers.h"
@@ -53,7 +60,9 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float* acc, floa
   m = mx;
 }
 
-template <typename T, int D, int G>
+// CL (v6): launched as clusters of `splits` blocks along x (one cluster per row group); the
+// splits' states stay in shared memory and the cluster merges them (see merge below).
+template <typename T, int D, int G, bool CL>
 __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc,
                                                               const T* __restrict__ vc, const void* __restrict__ lens,
                                                               bool lens64, float* __restrict__ ws_o,
@@ -69,6 +78,9 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
   constexpr int KPB = KPW * kWarps;      // keys per block per step
   __shared__ float sm_acc[kWarps][G][D];
   __shared__ float sm_m[kWarps][G], sm_l[kWarps][G];
+  // CL: this split's merged state (output, max, sum), read by the cluster's blocks
+  __shared__ float cl_o[CL ? G : 1][CL ? D : 1];
+  __shared__ float cl_ml[CL ? G : 1][2];
 
   pdl_wait();  // q, the cache and the lengths come from the kernels before
   pdl_launch_dependents();
@@ -224,11 +236,19 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
       }
     }
     const int64_t hrow = (int64_t)b * Hq + hkv * group + gi;
-    const int64_t row = hrow * splits + split;
-    ws_o[row * D + d] = oo;
-    if (d == 0) {
-      ws_ml[row * 2] = mm;
-      ws_ml[row * 2 + 1] = ll;
+    if constexpr (CL) {
+      cl_o[g][d] = oo;
+      if (d == 0) {
+        cl_ml[g][0] = mm;
+        cl_ml[g][1] = ll;
+      }
+    } else {
+      const int64_t row = hrow * splits + split;
+      ws_o[row * D + d] = oo;
+      if (d == 0) {
+        ws_ml[row * 2] = mm;
+        ws_ml[row * 2 + 1] = ll;
+      }
     }
     if (one && split == 0) {
       // decode_reduce_kernel's arithmetic over one non-empty split (the others hold m = -inf,
@@ -240,6 +260,40 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const T* __restr
       if (sinks != nullptr) den += exp2f(s2 - mx);
       out[hrow * D + d] = from_f<T>(den > 0.f ? (w * oo) / den : 0.f);
     }
+  }
+  if constexpr (CL) {
+    // A short sequence's split 0 has written the output (`one` depends on b only, so it is the
+    // same in every block of the cluster and no block waits at a barrier the others skip).
+    if (one) return;
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();  // every split's state is in its block's shared memory
+    // The G x D outputs of this row group spread over the cluster's blocks (block `split`
+    // takes every splits-th chunk of kThreads); each thread merges its element over the
+    // splits in order: the common max (with the sink), then the weighted sums, the reduce
+    // kernel's operations with its per-split terms added in split order (the same result as
+    // the reduce up to fp32 summation order, and the same bits in every batch).
+    const int rank = (int)cluster.block_rank(), ranks = (int)cluster.num_blocks();  // split, splits
+    for (int idx = rank * kThreads + threadIdx.x; idx < G * D; idx += ranks * kThreads) {
+      const int g = idx / D, d = idx % D;
+      const int gi = gb * G + g;
+      if (gi >= group) continue;
+      const int64_t hrow = (int64_t)b * Hq + hkv * group + gi;
+      const float s2 = sinks != nullptr ? sinks[hrow % Hq] * sink_log2 : -INFINITY;
+      float mx = -INFINITY;
+      for (int s = 0; s < ranks; ++s) mx = fmaxf(mx, cluster.map_shared_rank(&cl_ml[g][0], s)[0]);
+      if (sinks != nullptr) mx = fmaxf(mx, s2);
+      float den = 0.f, num = 0.f;
+      for (int s = 0; s < ranks; ++s) {
+        const float* ml = cluster.map_shared_rank(&cl_ml[g][0], s);
+        const float w = (ml[0] == -INFINITY || mx == -INFINITY) ? 0.f : exp2f(ml[0] - mx);
+        den += w * ml[1];
+        num += w * cluster.map_shared_rank(&cl_o[g][d], s)[0];
+      }
+      if (sinks != nullptr) den += exp2f(s2 - mx);
+      out[hrow * D + d] = from_f<T>(den > 0.f ? num / den : 0.f);
+    }
+    cluster.sync();  // no block leaves while another still reads its shared memory
   }
 }
 
@@ -339,6 +393,17 @@ int pick_group_tile(int64_t group, int64_t hkv) {
   return g;
 }
 
+// v6: the largest split count launched as one cluster (the merge in decode_split_kernel): the
+// portable cluster size. Measured on an H100 (session 37, docs/kernels/attention.md v6): up to 8
+// splits the cluster saves 0.4-1.1 us a call at T 1,024 (B4 H32 20.29 -> 19.50 us) and -0.95 to
+// +0.30 us at 4,096; a bound of 16 (non-portable clusters; the decode graph's split count at 1,024+ keys) lost
+// up to 45% on gpt-oss's heads (64 / 8 at T 1,024: 12.26 -> 17.76 us) and was not kept.
+// attention_decode_cluster_force (tests, A/Bs): 1 never (v5's reduce), 8 the bound, 0 the default.
+constexpr int kMaxClusterSplits = 8;
+int g_cluster_force = 0;
+
+int cluster_bound() { return g_cluster_force != 0 ? g_cluster_force : kMaxClusterSplits; }
+
 struct SinkWindow {
   const float* sinks;  // [Hq] fp32 or null
   int window;          // 0: none
@@ -353,10 +418,17 @@ cudaError_t launch_g(const T* q, const T* kc, const T* vc, const void* lens, boo
   const int group = (int)(Hq / Hkv);
   const int gblocks = (group + G - 1) / G;
   const dim3 grid(splits, (unsigned)(Hkv * gblocks), (unsigned)B);
+  if (sw.reduce && splits >= 2 && splits <= cluster_bound()) {
+    // v6: one cluster per row group, merged in shared memory; no workspace, no reduce launch
+    const dim3 cl(splits, 1, 1);
+    return launch_pdl_ex(decode_split_kernel<T, D, G, true>, grid, dim3(kThreads), 0, st, &cl, q, kc, vc, lens,
+                         lens64, ws_o, ws_ml, (int)Hq, (int)Hkv, (int)S, splits, group, gblocks, scale * kLog2e,
+                         sw.window, out, sw.sinks, kLog2e, sw.short_keys);
+  }
   // both launched as programmatic dependents (PDL): each may start while its predecessor finishes
-  cudaError_t e = launch_pdl(decode_split_kernel<T, D, G>, grid, dim3(kThreads), 0, st, q, kc, vc, lens, lens64, ws_o,
-                             ws_ml, (int)Hq, (int)Hkv, (int)S, splits, group, gblocks, scale * kLog2e, sw.window,
-                             out, sw.sinks, kLog2e, sw.short_keys);
+  cudaError_t e = launch_pdl(decode_split_kernel<T, D, G, false>, grid, dim3(kThreads), 0, st, q, kc, vc, lens,
+                             lens64, ws_o, ws_ml, (int)Hq, (int)Hkv, (int)S, splits, group, gblocks, scale * kLog2e,
+                             sw.window, out, sw.sinks, kLog2e, sw.short_keys);
   if (e != cudaSuccess || !sw.reduce) return e;
   return launch_pdl(decode_reduce_kernel<T, D>, dim3((unsigned)(B * Hq)), dim3(kReduceThreads), 0, st, ws_o, ws_ml,
                     sw.sinks, out, splits, (int)Hq, kLog2e);
@@ -391,6 +463,11 @@ int attention_decode_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t S, int n
 
 int attention_decode_group_tile(int64_t Hq, int64_t Hkv) {
   return Hkv > 0 && Hq % Hkv == 0 ? pick_group_tile(Hq / Hkv, Hkv) : 0;
+}
+
+int attention_decode_cluster_force(int64_t bound) {
+  if (bound == 0 || bound == 1 || bound == kMaxClusterSplits) g_cluster_force = (int)bound;
+  return cluster_bound();
 }
 
 int attention_decode_tile_force(int64_t tile) {

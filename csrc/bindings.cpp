@@ -836,6 +836,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "test/bench hook of the decode kernel: 1, 2, 4 or 8 forces that group tile, 0 returns to the rule; "
         "returns the force in effect",
         py::arg("tile"));
+  m.def("attention_decode_cluster_force", &gpte::attention_decode_cluster_force,
+        "test/bench hook of the decode kernel (v6): the largest split count merged in one thread-block "
+        "cluster instead of the reduce launch; 1 never, 8 that bound, 0 the default (8); returns the bound in "
+        "effect",
+        py::arg("bound"));
   m.def("moe_ab_force", &gpte::moe_ab_force,
         "test/bench hook of the MoE expert kernels: 3, 6, 61, 7 or 71 forces v3, v6, v6.1, v7 or v7.1, 0 (or 72) "
         "returns to the default (v7.2, returned as 72); parts: 0 both kernels, 1 only gate/up, 2 only down "

@@ -51,6 +51,9 @@ int attention_decode_group_tile(int64_t Hq, int64_t Hkv);
 // Test and bench hook: 1, 2, 4 or 8 forces that group tile for the launches (and split counts)
 // after it, 0 returns to the rule; other values change nothing. Returns the force in effect.
 int attention_decode_tile_force(int64_t tile);
+// Test and bench hook (v6): the largest split count merged in one cluster (1 never, 8; 0 the
+// default, 8). Returns the bound in effect.
+int attention_decode_cluster_force(int64_t bound);
 // Test and bench hook of the dense decode GEMV (linear_impl.cuh, launch_mt): where K < 4096 rows
 // would take v3 two batches per pair, 0 takes the ring kernel past one round of pairs (the
 // default), 1 never, 2 only past 8 rounds; 3 as 0, and v3 also for M = 1 rows of K >= 4096 whose

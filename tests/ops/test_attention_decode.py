@@ -233,6 +233,69 @@ def test_decode_group_tile_rule():
     assert ext.attention_decode_group_tile(64, 8) == 2
 
 
+# (B, Hq, Hkv, S, D, lens, window, dtype): MHA and gpt-oss's heads with sinks and a window, a
+# group of 3, D = 128, bf16, ragged batches with a short sequence among long ones
+CLUSTER_CASES = [(4, 32, 32, 1024, 64, [1024, 1000, 3, 700], 0, torch.float16),
+                 (2, 64, 8, 4100, 64, [4097, 200], 128, torch.float16),
+                 (1, 64, 8, 4100, 64, [4097], 1024, torch.bfloat16),
+                 (3, 9, 3, 2000, 128, [2000, 1, 1999], 0, torch.float16),
+                 (2, 12, 12, 1100, 64, [1100, 257], 0, torch.bfloat16)]
+
+
+@pytest.mark.story("GT-018", "GT-019")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("splits", [2, 3, 8, 9])
+@pytest.mark.parametrize("case", CLUSTER_CASES, ids=str)
+def test_decode_cluster_merge_vs_float64(splits, case):
+    """v6: a row group's 2..8 splits launched as one thread-block cluster merge in shared memory
+    (no workspace, no reduce launch). Under each bound of the hook (1: always the reduce; 8) and
+    past it (9 splits) every output equals the float64 reference, with sinks and a window where the case has one and
+    the short sequences in one split; a sequence's output has the same bits alone as in its batch
+    (the path depends on the split count only)."""
+    from gpt_engine.ops import _ext
+    b, hq, hkv, s, d, lens, window, dtype = case
+    q = randn((b, hq, d), dtype, "cuda")
+    kc, vc = randn((b, hkv, s, d), dtype, "cuda"), randn((b, hkv, s, d), dtype, "cuda")
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    sinks = torch.linspace(-5.0, 5.0, hq, device="cuda") if window else None
+    ref = mod.reference(*f64(q, kc, vc), seq_lens.cpu(), d ** -0.5, None if sinks is None else sinks.cpu(), window)
+    ext = _ext.load()
+    outs = {}
+    try:
+        for bound in (1, 8):
+            assert ext.attention_decode_cluster_force(bound) == bound
+            out = torch.full_like(q, float("nan"))
+            ext.attention_decode(q, kc, vc, seq_lens, out, d ** -0.5, splits, sinks, window, 256, True)
+            assert_nmse(out, ref, "nmse_attention")
+            alone = torch.full_like(q[:1], float("nan"))
+            ext.attention_decode(q[:1], kc[:1], vc[:1], seq_lens[:1], alone, d ** -0.5, splits, sinks, window, 256,
+                                 True)
+            assert torch.equal(alone, out[:1])
+            outs[bound] = out
+    finally:
+        ext.attention_decode_cluster_force(0)
+    assert ext.attention_decode_cluster_force(0) == 8
+    if splits > 8:  # past the bound both runs took the reduce
+        assert torch.equal(outs[1], outs[8])
+
+
+@pytest.mark.story("GT-018")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+def test_decode_cluster_bound_hook():
+    """The hook takes 0 (the default, 8), 1 (never) and 8; any other value changes nothing."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    try:
+        assert ext.attention_decode_cluster_force(0) == 8
+        assert ext.attention_decode_cluster_force(1) == 1
+        assert ext.attention_decode_cluster_force(16) == 1
+        assert ext.attention_decode_cluster_force(8) == 8
+    finally:
+        ext.attention_decode_cluster_force(0)
+
+
 @pytest.mark.story("GT-018")
 @pytest.mark.parametrize("device", DEVICES)
 def test_decode_without_reduce_refuses_long_sequences(device):
