@@ -1,42 +1,38 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (rewritten in session 38, which had no device time: the
-# work's 30 minutes were spent in session 37, 109 s were left, and no machine starts under 240 s).
-# Main's CI fails gate1 until new evidence lands: GT-018 read 0.849 < 0.85 of SDPA at B4 H32 T1024
-# in e61d691's light run (the attention kernel unchanged since e88011a, where it read 0.852).
-# Landing comes first now: while CI is red nothing lands, and device time does not come back.
-#   1. Land tests/bench/ab_patches/attn-v6-cluster.patch alone (docs/kernels/attention.md, v6:
-#      GT-018's weakest case 0.858 -> 0.893 of SDPA in session 37): `git apply`, commit,
-#      `python tests/bench/evidence_preflight.py`, then heavy (cold: build + ~290 s of tests,
-#      ~500 s) and light (warm, ~300 s) at that commit, the proven serial pair:
+# What the next session should do first (rewritten in session 40, which had device time again:
+# v6 landed on an H100 with evidence at 6b79f13 and main's CI went green; PART=12 refuted v27 at
+# 1.5B; a kernel-by-place profile, tests/bench/probe_fold_profile.sh, showed why).
+#   1. PART=15 (cold ~480 s: two builds, the second of every GEMV file): main's five steps, then
+#      tests/bench/ab_patches/v29-bias-early.patch (the bias read before each pair's dot products
+#      instead of after them, in the dense v3 and ring kernels and the packed GEMV; the same bits;
+#      docs/kernels/decode.md, v29) built on the same machine and its five steps; then, warm,
+#      PART=16 (~100 s): the dense, packed and QKV GEMV tests with v29. Prediction: most of
+#      session 34's "bias off" column (1.5B -87.5 us, gpt-oss -44.1,
+#      124M -8.7, Llama 0): 1.5B -50..-85 us, gpt-oss -25..-40, 124M -4..-8, Llama within +-0.3%,
+#      1.5B Q8_0 -40..-80. If the 1.5B step gains less than 25 us, the bias latency was not on the
+#      blocks' tails after all and v29 goes (write the numbers down).
+#   2. If every step is within 0.5% of main or faster and the tests pass: commit the patch (git
+#      apply, commit), `python tests/bench/evidence_preflight.py`, then heavy + light on the same
+#      kind of card as the last evidence (an H100 keeps GT-013 / GT-015's ties in their known
+#      range; docs/kernels/elementwise.md, "The two ties") with the exports below, and commit both
+#      json + log files with `git add -f` (never edit them; never rerun for a pass):
 #        export GPT_ENGINE_GIT_COMMIT=<full sha> EXT_SAVE=0 SHAPES="gpt2-124m gpt2-1.5b smollm2-135m
 #          llama-1b gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M
 #          gpt-oss-20b:MXFP4"; GATES_TIMEOUT=360 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh heavy
 #        (the same exports) GATES_TIMEOUT=540 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh light
-#      then commit both json + log files with `git add -f` (never edit them). Whatever they say is
-#      committed; never rerun a run to get a pass. GT-013 and GT-015 are ties with torch at the HBM
-#      ceiling (docs/kernels/elementwise.md, "The two ties"), so gate1 may fail on either with no
-#      code changed, and the card decides how likely: on the H100 gelu_tanh read 1.0046x and
-#      residual_add 1.0016x at e61d691 (inside the +-0.3% spread); on the H200 residual_add read
-#      below 1.0x in 17 of the 18 runs since its launch last changed (0.9975-0.9998), a ~95% fail.
-#      The first call's default kind is the H100 (a call names `nvidia-h100-x1` to keep it from
-#      moving to an H200); say in the closing note which card gave the evidence, and that the H200
-#      side waits on the reviewed bar proposal (tests/bench/ab_patches/proposal-at-ceiling-bars.patch).
-#   2. PART=12 (warm, ~450 s): main (now with v6) built and its four steps timed, then
-#      tests/bench/ab_patches/v27-fold.patch (the norm folded into the dense GEMV's epilogue: no
-#      statistics pass and no normalize loop before the dot products; docs/kernels/decode.md, v27)
-#      built on the same machine and timed with FOLD="1 0". Prediction: 1.5B -150..-250 us,
-#      124M -20..-35, Llama ~1B -30..-60, gpt-oss -5..-20;
-#   3. PART=13 (warm, ~100-150 s): every CUDA test that is not a benchmark, v27 applied, 8 workers
-#      (no evidence): v27's regression check, and the first GPU run of gpu_session.sh `split`;
-#   4. if every step of PART=12 is within 0.5% of main or faster and PART=13 passed (or failed only
-#      for sharing the card): commit v27 and land it with `split` (~300 s warm: the parallel tests,
-#      then the benchmarks serially; same exports), or heavy + light if PART=13 showed the parallel
-#      half unfit. Otherwise v27 waits with its numbers written down.
-#   PART=11 (the split counts under v6, once it is on main) if time is left. v26 (PART=10) matters
-#   only where v27 does not fold (K % 8 != 0). PART=14 (after v27 wins): the packed GEMV's fold,
-#   tests/bench/ab_patches/v28-qfold.patch (written in session 38, compile-checked), ~500 s warm.
+#      The first call's default kind is the H100 (name `nvidia-h100-x1`); say which card gave the
+#      evidence. An H200 run fails GT-015's tie ~95% of the time until a person decides the reviewed
+#      bar proposal (tests/bench/ab_patches/proposal-at-ceiling-bars.patch).
+#   3. v27 (the norm folded into the epilogue) as it stands loses 54 us at 1.5B (PART=12). The
+#      profile: its LayerNorm epilogue reads C and D cold after the dot products, which made each
+#      folded product end ~0.5 us later, and its build slowed the ring kernel by ~0.4 us a call
+#      with the fold off. A v27b would read C / D with v29's bias (on top of v29) and keep the ring
+#      kernel's non-fold code as it is (the fold as a template parameter there). Write it only
+#      after v29's numbers: if v29 takes most of the bias column, the same move should take C / D's.
+#   PART=13 (v27's tests, parallel) and PART=14 (v28, the packed fold) wait on v27b. PART=11 (the
+#   attention split counts under v6, now on main) if time is left.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
@@ -64,6 +60,7 @@ set -o pipefail
 export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 # PART=14 times the packed files (written already where an evidence run warmed the machine)
 [ "${PART:-1}" = 14 ] && export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M"
+[ "${PART:-1}" = 15 ] && export SHAPES="$SHAPES gpt2-1.5b:Q8_0"
 . tests/bench/gpu_env.sh pending-ab-call.log
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 T="timeout -s INT -k 10"
@@ -72,6 +69,7 @@ MODELS_PID=$!
 t_call=$t0  # (PART=2 resets t0 so build_ext times main's rebuild)
 S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
 [ "${PART:-1}" = 14 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4 gpt2-124m-MXFP4 gpt2-1.5b-Q4_K_M"
+[ "${PART:-1}" = 15 ] && S="$S gpt2-1.5b-Q8_0"  # (v29 reads the packed GEMV's bias early too)
 steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one hook's settings
   for f in $S; do
     env "$3" ROUNDS=3 $T "$2" python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$1 $f /"
@@ -118,9 +116,9 @@ take() {
 PROBE=phase-probe; grep -q load_row_stats csrc/linear_common.cuh && PROBE=phase-probe-v25
 case "${PART:-1}" in
   1) take norm-split;; 2|6) take v23-land;; 3) take v24-probe;; 4) take v24b-probe;;
-  5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10|11|12) ;; 13) take v27-fold;;
+  5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10|11|12|15) ;; 13) take v27-fold;; 16) take v29-bias-early;;
   14) grep -q fold_constants gpt_engine/ops/linear.py || take v27-fold;;
-  *) echo "PART=$PART: not a part (1-14)"; exit 2;;
+  *) echo "PART=$PART: not a part (1-16)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -132,6 +130,17 @@ elif [ "$PART" = 12 ]; then
   # GEMV's epilogue) rebuilt on the same machine and timed under its hook (1 the fold, 0 v23's loop
   # in the same build), then its tests
   main_then v27-fold v27 70 FOLD="1 0"  # (1 the fold, 0 v23's normalize loop in the same build)
+elif [ "$PART" = 15 ]; then
+  # PART=15 (written in session 40): main's five steps, then v29-bias-early.patch (the bias read
+  # before each pair's dot products) rebuilt on the same machine and its five steps (no hook: the
+  # same STATS=1 no-op for both), then the dense and packed GEMV tests with it
+  main_then v29-bias-early v29 50 STATS="1"
+elif [ "$PART" = 16 ]; then
+  # PART=16 (written in session 40): on the machine PART=15 built v29 on (its build is found
+  # again), the dense, packed and QKV GEMV tests with v29, 8 workers (no evidence)
+  echo "## v29's GEMV tests (dense, packed, QKV)"
+  $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
+    tests/ops/test_linear.py tests/ops/test_linear_q.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
 elif [ "$PART" = 13 ]; then
   # PART=13 (written in session 37, widened in session 38): on the machine PART=12 built v27 on,
   # every CUDA test that is not a benchmark, with v27, in parallel as gpu_session.sh's `split` runs
