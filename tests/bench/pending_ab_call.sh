@@ -8,7 +8,8 @@
 #      tests/bench/ab_patches/v29-bias-early.patch (the bias read before each pair's dot products
 #      instead of after them, in the dense v3 and ring kernels and the packed GEMV; the same bits;
 #      docs/kernels/decode.md, v29) built on the same machine and its five steps; then, warm,
-#      PART=16 (~100 s): the dense, packed and QKV GEMV tests with v29. Prediction: most of
+#      PART=16 (~170 s): the dense, packed and QKV GEMV tests with v29, then v29's and main's
+#      1.5B steps kernel by place (tests/bench/step_places.sh). Prediction: most of
 #      session 34's "bias off" column (1.5B -87.5 us, gpt-oss -44.1,
 #      124M -8.7, Llama 0): 1.5B -50..-85 us, gpt-oss -25..-40, 124M -4..-8, Llama within +-0.3%,
 #      1.5B Q8_0 -40..-80. If the 1.5B step gains less than 25 us, the bias latency was not on the
@@ -141,6 +142,13 @@ elif [ "$PART" = 16 ]; then
   echo "## v29's GEMV tests (dense, packed, QKV)"
   $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
     tests/ops/test_linear.py tests/ops/test_linear_q.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
+  # then where v29's time went, kernel by place (tests/bench/step_places.sh; ~25 s a run): v29's
+  # 1.5B step, then main's (its build found again on this machine); compare on the CPU machine
+  # with PERIOD=5 step_places_compare
+  . tests/bench/step_places.sh
+  step_places v29 - "$M/gpt2-1.5b-F16.gguf"
+  git apply -R tests/bench/ab_patches/v29-bias-early.patch && t0=$(date +%s) && build_ext 3
+  step_places main - "$M/gpt2-1.5b-F16.gguf"
 elif [ "$PART" = 13 ]; then
   # PART=13 (written in session 37, widened in session 38): on the machine PART=12 built v27 on,
   # every CUDA test that is not a benchmark, with v27, in parallel as gpu_session.sh's `split` runs
