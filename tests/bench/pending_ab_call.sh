@@ -28,12 +28,19 @@
 #      bar proposal (tests/bench/ab_patches/proposal-at-ceiling-bars.patch).
 #   3. v27 (the norm folded into the epilogue) as it stands loses 54 us at 1.5B (PART=12). The
 #      profile: its LayerNorm epilogue reads C and D cold after the dot products, which made each
-#      folded product end ~0.5 us later, and its build slowed the ring kernel by ~0.4 us a call
-#      with the fold off. A v27b would read C / D with v29's bias (on top of v29) and keep the ring
-#      kernel's non-fold code as it is (the fold as a template parameter there). Write it only
-#      after v29's numbers: if v29 takes most of the bias column, the same move should take C / D's.
-#   PART=13 (v27's tests, parallel) and PART=14 (v28, the packed fold) wait on v27b. PART=11 (the
-#   attention split counts under v6, now on main) if time is left.
+#      folded product end ~0.5 us later, and its build slowed the non-fold kernels (~0.65 us a
+#      layer at 1.5B with the fold off). v27b (tests/bench/ab_patches/v27b-fold-early.patch, on top
+#      of v29; written in session 40, compile-checked): v27 with C / D read before the dot products
+#      (the ring kernel: registers at the pair's first batch; v3, at its register cap: their lines
+#      prefetched into L1 with the first weights) and the fold a template parameter of both
+#      kernels, so the kernels without it are v29's code (ptxas: the same register counts).
+#      PART=17 (warm ~420 s: its build has twice the GEMV instances): main (+ v29 where it has not
+#      landed) timed, then v27b built and timed with FOLD="1 0". Prediction: 1.5B within +-10 us of
+#      main (the profile found nothing before the dot products shortened there), 124M -10..-20,
+#      Llama ~1B -20..-30, gpt-oss -30..-40 (as v27's fold column, without its build's cost). Then
+#      PART=18 (~150 s): every CUDA test that is not a benchmark with v29 + v27b, 8 workers. Land it
+#      only under step 2's rule. If it lands, PART=14 (v28, the packed fold) needs the same rework.
+#   PART=11 (the attention split counts under v6, now on main) if time is left.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
@@ -118,8 +125,10 @@ PROBE=phase-probe; grep -q load_row_stats csrc/linear_common.cuh && PROBE=phase-
 case "${PART:-1}" in
   1) take norm-split;; 2|6) take v23-land;; 3) take v24-probe;; 4) take v24b-probe;;
   5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10|11|12|15) ;; 13) take v27-fold;; 16) take v29-bias-early;;
+  17) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early;;
+  18) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; take v27b-fold-early;;
   14) grep -q fold_constants gpt_engine/ops/linear.py || take v27-fold;;
-  *) echo "PART=$PART: not a part (1-16)"; exit 2;;
+  *) echo "PART=$PART: not a part (1-18)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -136,6 +145,19 @@ elif [ "$PART" = 15 ]; then
   # before each pair's dot products) rebuilt on the same machine and its five steps (no hook: the
   # same STATS=1 no-op for both), then the dense and packed GEMV tests with it
   main_then v29-bias-early v29 50 STATS="1"
+elif [ "$PART" = 17 ]; then
+  # PART=17 (written in session 40): main (with v29), then v27b-fold-early.patch (v27's fold with
+  # C / D read before the dot products, the fold a template parameter) rebuilt on the same machine
+  # and timed under its hook (1 the fold, 0 the normalize loop in the same build)
+  main_then v27b-fold-early v27b 70 FOLD="1 0"
+elif [ "$PART" = 18 ]; then
+  # PART=18 (written in session 40): every CUDA test that is not a benchmark, v29 + v27b, 8 workers
+  echo "## every CUDA test that is not a benchmark, v29 + v27b applied, -n ${PAR:-8} (no evidence)"
+  t1=$(date +%s)
+  OMP_NUM_THREADS=2 $T 360 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} \
+    -m "cuda and not benchmark" tests > /tmp/par.txt 2>&1
+  echo "exit $? after $(( $(date +%s) - t1 )) s"; tail -3 /tmp/par.txt
+  grep -E "^(FAILED|ERROR) " /tmp/par.txt | sed -E 's/ - .*//' | head -40
 elif [ "$PART" = 16 ]; then
   # PART=16 (written in session 40): on the machine PART=15 built v29 on (its build is found
   # again), the dense, packed and QKV GEMV tests with v29, 8 workers (no evidence)
