@@ -143,21 +143,13 @@ elif [ "$PART" = 12 ]; then
 elif [ "$PART" = 15 ]; then
   # PART=15 (written in session 40): main's five steps, then v29-bias-early.patch (the bias read
   # before each pair's dot products) rebuilt on the same machine and its five steps (no hook: the
-  # same STATS=1 no-op for both), then the dense and packed GEMV tests with it
+  # same STATS=1 no-op for both); its tests are PART=16
   main_then v29-bias-early v29 50 STATS="1"
 elif [ "$PART" = 17 ]; then
   # PART=17 (written in session 40): main (with v29), then v27b-fold-early.patch (v27's fold with
   # C / D read before the dot products, the fold a template parameter) rebuilt on the same machine
   # and timed under its hook (1 the fold, 0 the normalize loop in the same build)
   main_then v27b-fold-early v27b 70 FOLD="1 0"
-elif [ "$PART" = 18 ]; then
-  # PART=18 (written in session 40): every CUDA test that is not a benchmark, v29 + v27b, 8 workers
-  echo "## every CUDA test that is not a benchmark, v29 + v27b applied, -n ${PAR:-8} (no evidence)"
-  t1=$(date +%s)
-  OMP_NUM_THREADS=2 $T 360 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} \
-    -m "cuda and not benchmark" tests > /tmp/par.txt 2>&1
-  echo "exit $? after $(( $(date +%s) - t1 )) s"; tail -3 /tmp/par.txt
-  grep -E "^(FAILED|ERROR) " /tmp/par.txt | sed -E 's/ - .*//' | head -40
 elif [ "$PART" = 16 ]; then
   # PART=16 (written in session 40): on the machine PART=15 built v29 on (its build is found
   # again), the dense, packed and QKV GEMV tests with v29, 8 workers (no evidence)
@@ -171,13 +163,15 @@ elif [ "$PART" = 16 ]; then
   step_places v29 - "$M/gpt2-1.5b-F16.gguf"
   git apply -R tests/bench/ab_patches/v29-bias-early.patch && t0=$(date +%s) && build_ext 3
   step_places main - "$M/gpt2-1.5b-F16.gguf"
-elif [ "$PART" = 13 ]; then
+elif [ "$PART" = 13 ] || [ "$PART" = 18 ]; then
+  # PART=18 (written in session 40): the same as PART=13 with v29 + v27b applied.
   # PART=13 (written in session 37, widened in session 38): on the machine PART=12 built v27 on,
   # every CUDA test that is not a benchmark, with v27, in parallel as gpu_session.sh's `split` runs
   # them (no evidence): v27's regression check over the whole suite, and the first GPU run of that
   # parallel selection. Whatever fails runs again alone: a test that passes alone failed for sharing
   # the card (mend the test or keep it out of the parallel half before `split` carries evidence).
-  echo "## every CUDA test that is not a benchmark, v27 applied, -n ${PAR:-8} (no evidence)"
+  WHAT=v27; [ "$PART" = 18 ] && WHAT="v29 + v27b"
+  echo "## every CUDA test that is not a benchmark, $WHAT applied, -n ${PAR:-8} (no evidence)"
   t1=$(date +%s)
   OMP_NUM_THREADS=2 $T 360 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} \
     -m "cuda and not benchmark" tests > /tmp/par.txt 2>&1
