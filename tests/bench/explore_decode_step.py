@@ -85,7 +85,10 @@ def moe_reset(ext) -> None:
     ext.moe_route_ab_force(0)
 
 
-def step_breakdown(path: str) -> None:
+def load_step(path: str):
+    """The model at path on the GPU, its batch-1 greedy decoder (warmed by a 32-token prompt and 4
+    new tokens), and rewind(), which puts the decode state back where the warm-up left it (also
+    tests/bench/step_places.sh's loader)."""
     m = gpt_engine.load(path, device="cuda")
     try:  # a build whose GEMVs skip their wait (branch explore-s12) decodes garbage; time it anyway
         m.generate(list(range(100, 132)), max_new_tokens=4, stop_at_eos=False)
@@ -100,6 +103,12 @@ def step_breakdown(path: str) -> None:
     def rewind():
         for t, s in zip((st.ids, st.pos, st.lens, st.status), start):
             t.copy_(s)
+    return m, dec, rewind
+
+
+def step_breakdown(path: str) -> None:
+    m, dec, rewind = load_step(path)
+    st = dec.state
     from gpt_engine.ops import _ext
     versions, tiles = os.environ.get("MOE_VERSIONS", "").split(), os.environ.get("ATTN_TILES", "").split()
     rings = os.environ.get("GEMV_RING", "").split()

@@ -20,23 +20,13 @@ import torch
 sys.path.insert(0, "tests/bench")
 import explore_decode_step as eds  # noqa: E402
 
-import gpt_engine  # noqa: E402
 from gpt_engine.ops import _ext  # noqa: E402
 
 label, fold, path = sys.argv[1:4]
 if fold != "-":
     assert _ext.load().linear_fold_force(int(fold)) == int(fold)
-m = gpt_engine.load(path, device="cuda")
-m.generate(list(range(100, 132)), max_new_tokens=4, stop_at_eos=False)
-dec = m._decoders[(1, True)]
+m, dec, rewind = eds.load_step(path)
 st = dec.state
-start = [t.clone() for t in (st.ids, st.pos, st.lens, st.status)]
-
-
-def rewind():
-    for t, s in zip((st.ids, st.pos, st.lens, st.status), start):
-        t.copy_(s)
-
 
 dec.graphs.clear()
 rewind()
