@@ -1,45 +1,33 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (rewritten in session 40, which had device time again:
-# v6 landed on an H100 with evidence at 6b79f13 and main's CI went green; PART=12 refuted v27 at
-# 1.5B; a kernel-by-place profile, tests/bench/probe_fold_profile.sh, showed why).
-#   1. PART=15 (cold ~480 s: two builds, the second of every GEMV file): main's five steps, then
-#      tests/bench/ab_patches/v29-bias-early.patch (the bias read before each pair's dot products
-#      instead of after them, in the dense v3 and ring kernels and the packed GEMV; the same bits;
-#      docs/kernels/decode.md, v29) built on the same machine and its five steps; then, warm,
-#      PART=16 (~170 s): the dense, packed and QKV GEMV tests with v29, then v29's and main's
-#      1.5B steps kernel by place (tests/bench/step_places.sh). Prediction: most of
-#      session 34's "bias off" column (1.5B -87.5 us, gpt-oss -44.1,
-#      124M -8.7, Llama 0): 1.5B -50..-85 us, gpt-oss -25..-40, 124M -4..-8, Llama within +-0.3%,
-#      1.5B Q8_0 -40..-80. If the 1.5B step gains less than 25 us, the bias latency was not on the
-#      blocks' tails after all and v29 goes (write the numbers down).
-#   2. If every step is within 0.5% of main or faster and the tests pass: commit the patch (git
-#      apply, commit), `python tests/bench/evidence_preflight.py`, then heavy + light on the same
-#      kind of card as the last evidence (an H100 keeps GT-013 / GT-015's ties in their known
-#      range; docs/kernels/elementwise.md, "The two ties") with the exports below, and commit both
+# What the next session should do first (rewritten in session 41: PART=15 ran on an H100; v29
+# gained 65.6 us at 1.5B, 9.3 at 124M, 36.5 at 1.5B Q8_0, but lost 17.6 us at gpt-oss and 2.1 at
+# Llama, so by the 0.5% rule it did not land; it waits on branch v29-land (128394a + its heavy
+# evidence); docs/kernels/decode.md, "v29 measured").
+#   1. PART=19 (cold ~470 s): main's five steps, then v29 + v29b (tests/bench/ab_patches/
+#      v29b-ring-late.patch: the ring kernel, which every dense product of gpt-oss takes, reads its
+#      bias late again as on main; v3 and the packed GEMV keep v29's early read) rebuilt on the same
+#      machine and its five steps. Prediction: gpt-oss and Llama within +-0.3% of main; 1.5B
+#      -55..-66 us; 124M -9; 1.5B Q8_0 -36.
+#   2. PART=20 (warm ~110 s): the dense, packed and QKV GEMV tests with v29 + v29b, 8 workers.
+#   3. If every step is within 0.5% of main or faster and the tests pass: `git merge --no-ff
+#      v29-land`, `git apply tests/bench/ab_patches/v29b-ring-late.patch`, commit,
+#      `python tests/bench/evidence_preflight.py`, then heavy + light on an H100 (name
+#      `nvidia-h100-x1`; an H200 run fails GT-015's tie ~95% of the time until a person decides
+#      tests/bench/ab_patches/proposal-at-ceiling-bars.patch) with these exports, and commit both
 #      json + log files with `git add -f` (never edit them; never rerun for a pass):
 #        export GPT_ENGINE_GIT_COMMIT=<full sha> EXT_SAVE=0 SHAPES="gpt2-124m gpt2-1.5b smollm2-135m
 #          llama-1b gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M
 #          gpt-oss-20b:MXFP4"; GATES_TIMEOUT=360 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh heavy
 #        (the same exports) GATES_TIMEOUT=540 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh light
-#      The first call's default kind is the H100 (name `nvidia-h100-x1`); say which card gave the
-#      evidence. An H200 run fails GT-015's tie ~95% of the time until a person decides the reviewed
-#      bar proposal (tests/bench/ab_patches/proposal-at-ceiling-bars.patch).
-#   3. v27 (the norm folded into the epilogue) as it stands loses 54 us at 1.5B (PART=12). The
-#      profile: its LayerNorm epilogue reads C and D cold after the dot products, which made each
-#      folded product end ~0.5 us later, and its build slowed the non-fold kernels (~0.65 us a
-#      layer at 1.5B with the fold off). v27b (tests/bench/ab_patches/v27b-fold-early.patch, on top
-#      of v29; written in session 40, compile-checked): v27 with C / D read before the dot products
-#      (the ring kernel: registers at the pair's first batch; v3, at its register cap: their lines
-#      prefetched into L1 with the first weights) and the fold a template parameter of both
-#      kernels, so the kernels without it are v29's code (ptxas: the same register counts).
-#      PART=17 (warm ~420 s: its build has twice the GEMV instances): main (+ v29 where it has not
-#      landed) timed, then v27b built and timed with FOLD="1 0". Prediction: 1.5B within +-10 us of
-#      main (the profile found nothing before the dot products shortened there), 124M -10..-20,
-#      Llama ~1B -20..-30, gpt-oss -30..-40 (as v27's fold column, without its build's cost). Then
-#      PART=18 (~150 s): every CUDA test that is not a benchmark with v29 + v27b, 8 workers. Land it
-#      only under step 2's rule. If it lands, PART=14 (v28, the packed fold) needs the same rework.
+#      Budget: heavy took 481 s on a cold machine in session 41 (160 s of it the build), light
+#      ~233 s warm. Both need ~720 s of device time; start them by the time ~800 s are left. If
+#      gpt-oss stays slower with v29b, land nothing: PART=16 (PLACES=1) profiles v29 kernel by
+#      place; run it for gpt-oss instead of 1.5B.
+#   4. v27b (the LayerNorm fold, tests/bench/ab_patches/v27b-fold-early.patch, on v29) rewritten on
+#      v29b's ring kernel first (v27b reads C / D in the ring kernel where v29 read the bias, the
+#      read v29b takes back: weigh it against gpt-oss's step), then PART=17 / 18.
 #   PART=11 (the attention split counts under v6, now on main) if time is left.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
@@ -68,7 +56,7 @@ set -o pipefail
 export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 # PART=14 times the packed files (written already where an evidence run warmed the machine)
 [ "${PART:-1}" = 14 ] && export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M"
-[ "${PART:-1}" = 15 ] && export SHAPES="$SHAPES gpt2-1.5b:Q8_0"
+case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
 . tests/bench/gpu_env.sh pending-ab-call.log
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 T="timeout -s INT -k 10"
@@ -77,7 +65,7 @@ MODELS_PID=$!
 t_call=$t0  # (PART=2 resets t0 so build_ext times main's rebuild)
 S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
 [ "${PART:-1}" = 14 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4 gpt2-124m-MXFP4 gpt2-1.5b-Q4_K_M"
-[ "${PART:-1}" = 15 ] && S="$S gpt2-1.5b-Q8_0"  # (v29 reads the packed GEMV's bias early too)
+case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packed GEMV's bias early too)
 steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one hook's settings
   for f in $S; do
     env "$3" ROUNDS=3 $T "$2" python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$1 $f /"
@@ -126,9 +114,10 @@ case "${PART:-1}" in
   1) take norm-split;; 2|6) take v23-land;; 3) take v24-probe;; 4) take v24b-probe;;
   5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10|11|12|15) ;; 13) take v27-fold;; 16) take v29-bias-early;;
   17) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early;;
+  19) ;; 20) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; take v29b-ring-late;;
   18) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; take v27b-fold-early;;
   14) grep -q fold_constants gpt_engine/ops/linear.py || take v27-fold;;
-  *) echo "PART=$PART: not a part (1-18)"; exit 2;;
+  *) echo "PART=$PART: not a part (1-20)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -145,6 +134,22 @@ elif [ "$PART" = 15 ]; then
   # before each pair's dot products) rebuilt on the same machine and its five steps (no hook: the
   # same STATS=1 no-op for both); its tests are PART=16
   main_then v29-bias-early v29 50 STATS="1"
+elif [ "$PART" = 19 ]; then
+  # PART=19 (written in session 41): main's five steps, then v29 + v29b (the ring kernel's bias read
+  # late again) rebuilt on the same machine and its five steps (STATS=1, a no-op for both)
+  echo "## main: the five steps"
+  steps main 50 STATS="1"
+  grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early
+  take v29b-ring-late
+  t0=$(date +%s); build_ext 3
+  echo "## v29 + v29b: the five steps"
+  steps v29b 50 STATS="1"
+elif [ "$PART" = 20 ]; then
+  # PART=20 (written in session 41): on the machine PART=19 built v29 + v29b on, the dense, packed
+  # and QKV GEMV tests, 8 workers (no evidence)
+  echo "## v29 + v29b's GEMV tests (dense, packed, QKV)"
+  $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
+    tests/ops/test_linear.py tests/ops/test_linear_q.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
 elif [ "$PART" = 17 ]; then
   # PART=17 (written in session 40): main (with v29), then v27b-fold-early.patch (v27's fold with
   # C / D read before the dot products, the fold a template parameter) rebuilt on the same machine
