@@ -25,9 +25,11 @@
 #      ~233 s warm. Both need ~720 s of device time; start them by the time ~800 s are left. If
 #      gpt-oss stays slower with v29b, land nothing: PART=16 (PLACES=1) profiles v29 kernel by
 #      place; run it for gpt-oss instead of 1.5B.
-#   4. v27b (the LayerNorm fold, tests/bench/ab_patches/v27b-fold-early.patch, on v29) rewritten on
-#      v29b's ring kernel first (v27b reads C / D in the ring kernel where v29 read the bias, the
-#      read v29b takes back: weigh it against gpt-oss's step), then PART=17 / 18.
+#   4. v27b (the LayerNorm fold) on v29 + v29b: tests/bench/ab_patches/v27b-on-v29b.patch (session 41;
+#      v27b-fold-early.patch with the ring kernel's conflict resolved: the bias late as in v29b, C / D
+#      still read at the pair's first batch, in the fold instances only). PART=17 / 18. Its ring
+#      fold instances read C / D early in the way v29's bias read may have cost gpt-oss: weigh
+#      gpt-oss's step (its QKV is a fold-able RMSNorm product on the ring kernel).
 #   PART=11 (the attention split counts under v6, now on main) if time is left.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
@@ -113,9 +115,10 @@ PROBE=phase-probe; grep -q load_row_stats csrc/linear_common.cuh && PROBE=phase-
 case "${PART:-1}" in
   1) take norm-split;; 2|6) take v23-land;; 3) take v24-probe;; 4) take v24b-probe;;
   5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10|11|12|15) ;; 13) take v27-fold;; 16) take v29-bias-early;;
-  17) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early;;
+  17) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; grep -q v29b csrc/linear_impl.cuh || take v29b-ring-late;;
   19) ;; 20) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; take v29b-ring-late;;
-  18) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; take v27b-fold-early;;
+  18) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; grep -q v29b csrc/linear_impl.cuh || take v29b-ring-late
+      take v27b-on-v29b;;
   14) grep -q fold_constants gpt_engine/ops/linear.py || take v27-fold;;
   *) echo "PART=$PART: not a part (1-20)"; exit 2;;
 esac
@@ -151,10 +154,11 @@ elif [ "$PART" = 20 ]; then
   $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
     tests/ops/test_linear.py tests/ops/test_linear_q.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
 elif [ "$PART" = 17 ]; then
-  # PART=17 (written in session 40): main (with v29), then v27b-fold-early.patch (v27's fold with
-  # C / D read before the dot products, the fold a template parameter) rebuilt on the same machine
-  # and timed under its hook (1 the fold, 0 the normalize loop in the same build)
-  main_then v27b-fold-early v27b 70 FOLD="1 0"
+  # PART=17 (written in session 40, rebased in session 41): main (with v29 + v29b, applied here where
+  # they have not landed), then v27b-on-v29b.patch (v27's fold with C / D read before the dot
+  # products, the fold a template parameter; the ring kernel's bias late as v29b's) rebuilt on the
+  # same machine and timed under its hook (1 the fold, 0 the normalize loop in the same build)
+  main_then v27b-on-v29b v27b 70 FOLD="1 0"
 elif [ "$PART" = 16 ]; then
   # PART=16 (written in session 40): on the machine PART=15 built v29 on (its build is found
   # again), the dense, packed and QKV GEMV tests with v29, 8 workers (no evidence)
@@ -170,13 +174,13 @@ elif [ "$PART" = 16 ]; then
   git apply -R tests/bench/ab_patches/v29-bias-early.patch && t0=$(date +%s) && build_ext 3
   step_places main - "$M/gpt2-1.5b-F16.gguf"
 elif [ "$PART" = 13 ] || [ "$PART" = 18 ]; then
-  # PART=18 (written in session 40): the same as PART=13 with v29 + v27b applied.
+  # PART=18 (written in session 40): the same as PART=13 with v29 + v29b + v27b applied.
   # PART=13 (written in session 37, widened in session 38): on the machine PART=12 built v27 on,
   # every CUDA test that is not a benchmark, with v27, in parallel as gpu_session.sh's `split` runs
   # them (no evidence): v27's regression check over the whole suite, and the first GPU run of that
   # parallel selection. Whatever fails runs again alone: a test that passes alone failed for sharing
   # the card (mend the test or keep it out of the parallel half before `split` carries evidence).
-  WHAT=v27; [ "$PART" = 18 ] && WHAT="v29 + v27b"
+  WHAT=v27; [ "$PART" = 18 ] && WHAT="v29 + v29b + v27b"
   echo "## every CUDA test that is not a benchmark, $WHAT applied, -n ${PAR:-8} (no evidence)"
   t1=$(date +%s)
   OMP_NUM_THREADS=2 $T 360 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} \
