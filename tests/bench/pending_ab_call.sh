@@ -23,8 +23,8 @@
 #        (the same exports) GATES_TIMEOUT=540 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh light
 #      Budget: heavy took 481 s on a cold machine in session 41 (160 s of it the build), light
 #      ~233 s warm. Both need ~720 s of device time; start them by the time ~800 s are left. If
-#      gpt-oss stays slower with v29b, land nothing: PART=16 (PLACES=1) profiles v29 kernel by
-#      place; run it for gpt-oss instead of 1.5B.
+#      gpt-oss stays slower with v29b, land nothing: PART=16 profiles v29 and main kernel by
+#      place; PLACES_MODEL=gpt-oss-20b-MXFP4 runs it for gpt-oss instead of 1.5B.
 #   4. v27b (the LayerNorm fold) on v29 + v29b: tests/bench/ab_patches/v27b-on-v29b.patch (session 41;
 #      v27b-fold-early.patch with the ring kernel's conflict resolved: the bias late as in v29b, C / D
 #      still read at the pair's first batch, in the fold instances only). PART=17 / 18. Its ring
@@ -170,9 +170,9 @@ elif [ "$PART" = 16 ]; then
   # with PERIOD=5 step_places_compare. PLACES=0 skips this (and main's rebuild) when device time is short
   [ "${PLACES:-1}" = 0 ] && exit 0
   . tests/bench/step_places.sh
-  step_places v29 - "$M/gpt2-1.5b-F16.gguf"
+  step_places v29 - "$M/${PLACES_MODEL:-gpt2-1.5b-F16}.gguf"  # (PLACES_MODEL=gpt-oss-20b-MXFP4 for gpt-oss)
   git apply -R tests/bench/ab_patches/v29-bias-early.patch && t0=$(date +%s) && build_ext 3
-  step_places main - "$M/gpt2-1.5b-F16.gguf"
+  step_places main - "$M/${PLACES_MODEL:-gpt2-1.5b-F16}.gguf"
 elif [ "$PART" = 13 ] || [ "$PART" = 18 ]; then
   # PART=18 (written in session 40): the same as PART=13 with v29 + v29b + v27b applied.
   # PART=13 (written in session 37, widened in session 38): on the machine PART=12 built v27 on,
