@@ -5,14 +5,22 @@
 # gained 65.6 us at 1.5B, 9.3 at 124M, 36.5 at 1.5B Q8_0, but lost 17.6 us at gpt-oss and 2.1 at
 # Llama, so by the 0.5% rule it did not land; it waits on branch v29-land (128394a + its heavy
 # evidence); docs/kernels/decode.md, "v29 measured").
-#   1. PART=19 (cold ~470 s): main's five steps, then v29 + v29b (tests/bench/ab_patches/
+#   0. tests/bench/ab_patches/split-mxfp4-land.patch (session 41) is applied first by PART=17-20:
+#      csrc/linear_q_mxfp4.cu split in two by activation type. Its one file was the build's critical
+#      path (~155 s on one core here; every other file <= ~78 s), and the split kernels' SASS equals
+#      the unsplit ones' (tests/bench/sass_compare.py, in the patch: all 20, names and label
+#      numbers aside). Expected: a rebuild of the linear files ~80-90 s instead of 142, a cold
+#      build up to ~70 s shorter (bindings.cpp may be next in line; read "build:" in the log).
+#      It lands as its own commit before v29 (step 3), under the same evidence run.
+#   1. PART=19 (cold ~400 s): main's five steps, then v29 + v29b (tests/bench/ab_patches/
 #      v29b-ring-late.patch: the ring kernel, which every dense product of gpt-oss takes, reads its
 #      bias late again as on main; v3 and the packed GEMV keep v29's early read) rebuilt on the same
 #      machine and its five steps. Prediction: gpt-oss and Llama within +-0.3% of main; 1.5B
 #      -55..-66 us; 124M -9; 1.5B Q8_0 -36.
 #   2. PART=20 (warm ~110 s): the dense, packed and QKV GEMV tests with v29 + v29b, 8 workers.
-#   3. If every step is within 0.5% of main or faster and the tests pass: `git merge --no-ff
-#      v29-land`, `git apply tests/bench/ab_patches/v29b-ring-late.patch`, commit,
+#   3. If every step is within 0.5% of main or faster and the tests pass: `git apply
+#      tests/bench/ab_patches/split-mxfp4-land.patch`, commit; `git merge --no-ff v29-land`;
+#      `git apply tests/bench/ab_patches/v29b-ring-late.patch`, commit;
 #      `python tests/bench/evidence_preflight.py`, then heavy + light on an H100 (name
 #      `nvidia-h100-x1`; an H200 run fails GT-015's tie ~95% of the time until a person decides
 #      tests/bench/ab_patches/proposal-at-ceiling-bars.patch) with these exports, and commit both
@@ -115,9 +123,10 @@ PROBE=phase-probe; grep -q load_row_stats csrc/linear_common.cuh && PROBE=phase-
 case "${PART:-1}" in
   1) take norm-split;; 2|6) take v23-land;; 3) take v24-probe;; 4) take v24b-probe;;
   5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10|11|12|15) ;; 13) take v27-fold;; 16) take v29-bias-early;;
-  17) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; grep -q v29b csrc/linear_impl.cuh || take v29b-ring-late;;
-  19) ;; 20) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; take v29b-ring-late;;
-  18) grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; grep -q v29b csrc/linear_impl.cuh || take v29b-ring-late
+  17) take split-mxfp4-land; grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; grep -q v29b csrc/linear_impl.cuh || take v29b-ring-late;;
+  19) take split-mxfp4-land;;
+  20) take split-mxfp4-land; grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; take v29b-ring-late;;
+  18) take split-mxfp4-land; grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; grep -q v29b csrc/linear_impl.cuh || take v29b-ring-late
       take v27b-on-v29b;;
   14) grep -q fold_constants gpt_engine/ops/linear.py || take v27-fold;;
   *) echo "PART=$PART: not a part (1-20)"; exit 2;;
