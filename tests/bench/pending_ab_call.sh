@@ -118,16 +118,27 @@ take() {
     fi
   done
 }
+# v29, then v29b, each where main does not hold it yet (neither is a *-land patch: as probes, take
+# stops the call when one does not apply)
+take_v29b() {
+  grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early
+  grep -q v29b csrc/linear_impl.cuh || take v29b-ring-late
+}
+# the dense, packed and QKV GEMV tests on this tree, 8 workers (no evidence)
+gemv_tests() {
+  echo "## $1's GEMV tests (dense, packed, QKV)"
+  $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
+    tests/ops/test_linear.py tests/ops/test_linear_q.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
+}
 # (the probe on a tree with v25: phase-probe-v25.patch, whose "x" phase holds the statistics)
 PROBE=phase-probe; grep -q load_row_stats csrc/linear_common.cuh && PROBE=phase-probe-v25
 case "${PART:-1}" in
   1) take norm-split;; 2|6) take v23-land;; 3) take v24-probe;; 4) take v24b-probe;;
   5) take v23-land $PROBE;; 7) take v23-land v25-land;; 9) take v23-land v25-land v26-land;; 8|10|11|12|15) ;; 13) take v27-fold;; 16) take v29-bias-early;;
-  17) take split-mxfp4-land; grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; grep -q v29b csrc/linear_impl.cuh || take v29b-ring-late;;
+  17) take split-mxfp4-land; take_v29b;;
   19) take split-mxfp4-land;;
-  20) take split-mxfp4-land; grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; take v29b-ring-late;;
-  18) take split-mxfp4-land; grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early; grep -q v29b csrc/linear_impl.cuh || take v29b-ring-late
-      take v27b-on-v29b;;
+  20) take split-mxfp4-land; take_v29b;;
+  18) take split-mxfp4-land; take_v29b; take v27b-on-v29b;;
   14) grep -q fold_constants gpt_engine/ops/linear.py || take v27-fold;;
   *) echo "PART=$PART: not a part (1-20)"; exit 2;;
 esac
@@ -159,9 +170,7 @@ elif [ "$PART" = 19 ]; then
 elif [ "$PART" = 20 ]; then
   # PART=20 (written in session 41): on the machine PART=19 built v29 + v29b on, the dense, packed
   # and QKV GEMV tests, 8 workers (no evidence)
-  echo "## v29 + v29b's GEMV tests (dense, packed, QKV)"
-  $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
-    tests/ops/test_linear.py tests/ops/test_linear_q.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
+  gemv_tests "v29 + v29b"
 elif [ "$PART" = 17 ]; then
   # PART=17 (written in session 40, rebased in session 41): main (with v29 + v29b, applied here where
   # they have not landed), then v27b-on-v29b.patch (v27's fold with C / D read before the dot
@@ -171,9 +180,7 @@ elif [ "$PART" = 17 ]; then
 elif [ "$PART" = 16 ]; then
   # PART=16 (written in session 40): on the machine PART=15 built v29 on (its build is found
   # again), the dense, packed and QKV GEMV tests with v29, 8 workers (no evidence)
-  echo "## v29's GEMV tests (dense, packed, QKV)"
-  $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
-    tests/ops/test_linear.py tests/ops/test_linear_q.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
+  gemv_tests v29
   # then where v29's time went, kernel by place (tests/bench/step_places.sh; ~25 s a run): v29's
   # 1.5B step, then main's (its build found again on this machine); compare on the CPU machine
   # with PERIOD=5 step_places_compare. PLACES=0 skips this (and main's rebuild) when device time is short

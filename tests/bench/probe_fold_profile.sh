@@ -16,7 +16,6 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 MODELS_PID=$!
 . tests/bench/step_places.sh
 export PLACES_PREFIX=fold-profile
-T="timeout -s INT -k 10"
 build_ext 3
 wait $MODELS_PID; cat /tmp/models.txt
 for f in gpt2-1.5b-F16; do step_places main - "$M/$f.gguf"; done
