@@ -34,7 +34,7 @@
 #      gpt-oss stays slower with v29b, land nothing: PART=16 profiles v29 and main kernel by
 #      place; PLACES_MODEL=gpt-oss-20b-MXFP4 runs it for gpt-oss instead of 1.5B.
 #   4. v27b (the LayerNorm fold) on v29 + v29b: tests/bench/ab_patches/v27b-on-v29b.patch (session 41;
-#      v27b-fold-early.patch with the ring kernel's conflict resolved: the bias late as in v29b, C / D
+#      session 40's v27b-fold-early.patch, removed, with the ring kernel's conflict resolved: the bias late as in v29b, C / D
 #      still read at the pair's first batch, in the fold instances only). PART=17 / 18. Its ring
 #      fold instances read C / D early in the way v29's bias read may have cost gpt-oss: weigh
 #      gpt-oss's step (its QKV is a fold-able RMSNorm product on the ring kernel).
