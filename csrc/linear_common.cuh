@@ -83,15 +83,28 @@ __device__ __forceinline__ void qkv_epilogue(const LinearArgs& p, int m, int pai
 }
 
 
+// v29: the bias of a pair's rows (0 without a bias), read by the kernel before the pair's dot
+// products rather than by finish_pair after them. The bias is constant and cold (the step's
+// weights stream through L2 between two reads of it), so a load in the epilogue put one DRAM
+// round trip on every block's tail, after its last dot product and before its exit, which the
+// next kernel's griddepcontrol.wait waits for (docs/kernels/decode.md, v29). Loaded early, the
+// latency hides under the dot products; the values and the additions are finish_pair's as before.
+template <typename A>
+__device__ __forceinline__ void bias_pair(const LinearArgs& p, int r0, int r1, float& b0, float& b1) {
+  const A* bias = static_cast<const A*>(p.bias);
+  b0 = bias ? to_f(bias[r0]) : 0.f;
+  b1 = bias && r1 < p.N ? to_f(bias[r1]) : 0.f;
+}
+
 // The rest of a pair's output after its dot products: lane m (m < M) holds batch row m's sums
-// (v0 for row r0, v1 for r1; v1 unused when the pair has no second row) and writes them.
+// (v0 for row r0, v1 for r1; v1 unused when the pair has no second row) and writes them. b0 / b1:
+// the rows' bias from bias_pair (0 without a bias: s + 0, the bits of the sum alone).
 template <typename A>
 __device__ __forceinline__ void finish_pair(const LinearArgs& p, int m, int pair, int r0, int r1, bool has1, float s0,
-                                            float s1) {
-  const A* bias = static_cast<const A*>(p.bias);
+                                            float s1, float b0, float b1) {
   const A* res = static_cast<const A*>(p.residual);
-  const float v0 = s0 + (bias ? to_f(bias[r0]) : 0.f);
-  const float v1 = has1 ? s1 + (bias ? to_f(bias[r1]) : 0.f) : 0.f;
+  const float v0 = s0 + b0;
+  const float v1 = has1 ? s1 + b1 : 0.f;
   if (p.act == kActQkv) {
     qkv_epilogue<A>(p, m, pair, r0, r1, v0, v1);
     return;

@@ -81,15 +81,18 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
   const int ngroups = (npairs + kWarps - 1) / kWarps;
   const int ntiles = (p.K + p.kt - 1) / p.kt;
 
-  // Before the wait on the previous kernel: fetch this warp's first batch of weight chunks (the
-  // weights are constant, so this overlaps the previous kernel; nothing else is touched yet).
+  // Before the wait on the previous kernel: fetch this warp's first batch of weight chunks and its
+  // first pair's bias (v29: bias_pair) (both are constant, so this overlaps the previous kernel;
+  // nothing else is touched yet).
   uint4 a[U], b[U];
   bool prefetched = false;
+  float pb0 = 0.f, pb1 = 0.f;
   {
     const int pair = blockIdx.x * kWarps + warp;
     if (blockIdx.x < ngroups && pair < npairs) {
       int r0, r1;
       pair_rows(p, pair, r0, r1);
+      bias_pair<A>(p, r0, r1, pb0, pb1);
       const int nch = min(p.kt, p.K) / CH;
       const W* w0 = w + (int64_t)r0 * p.K;
       const W* w1 = w + (int64_t)(r1 < p.N ? r1 : r0) * p.K;
@@ -116,6 +119,10 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
     int r0 = 0, r1 = 0;
     if (active) pair_rows(p, pair, r0, r1);
     const bool has1 = active && r1 < p.N;
+    // v29: the first group's bias came with the prefetch; a later group's is read here, before
+    // its dot products
+    float b0 = pb0, b1 = pb1;
+    if (active && g != (int)blockIdx.x) bias_pair<A>(p, r0, r1, b0, b1);
     float acc0[MT], acc1[MT];
 #pragma unroll
     for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
@@ -179,7 +186,7 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
     for (int m = 0; m < MT; ++m) {
       acc0[m] = warp_sum(acc0[m]);
       acc1[m] = warp_sum(acc1[m]);
-      if (m < p.M && lane == m) finish_pair<A>(p, m, pair, r0, r1, has1, acc0[m], acc1[m]);
+      if (m < p.M && lane == m) finish_pair<A>(p, m, pair, r0, r1, has1, acc0[m], acc1[m], b0, b1);
     }
   }
 }
@@ -282,7 +289,13 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
   float acc0[MT], acc1[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
+  float b0 = 0.f, b1 = 0.f;  // v29: the current pair's bias, read at its first batch (bias_pair)
   auto consume = [&](int st, Cur s) {
+    if (s.c == 0) {
+      int q0, q1;
+      pair_rows(p, s.pair, q0, q1);
+      bias_pair<A>(p, q0, q1, b0, b1);
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = s.c + u * 32 + lane;
@@ -315,7 +328,7 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       const float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
-      if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1);
+      if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1, b0, b1);
       acc0[m] = acc1[m] = 0.f;
     }
   };

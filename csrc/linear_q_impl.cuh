@@ -464,10 +464,12 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
 #pragma unroll
   for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
   int rnd = 0;  // pairs this warp has finished (the parity picks the s_split buffer)
+  float pb0 = 0.f, pb1 = 0.f;  // v29: the pair's bias, read at this warp's first batch of it (bias_pair)
   auto consume = [&](int st, Cur s) {
     int r0, r1;
     bool has1;
     rows_of(s.pair, r0, r1, has1);
+    if (s.b == b_lo && part == 0) bias_pair<A>(p, r0, r1, pb0, pb1);  // (part 1 never finishes a pair)
     const Span sa = span_of<T>(row_bytes, nb, r0, s.b), sb = span_of<T>(row_bytes, nb, r1, s.b);
     const uint8_t* bufa = ring + st * 2 * RB;
     const uint8_t* bufb = bufa + RB;
@@ -518,7 +520,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
           v0 = hp[2 * m] + v0;
           v1 = hp[2 * m + 1] + v1;
         }
-        if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1);
+        if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1, pb0, pb1);
         acc0[m] = acc1[m] = 0.f;
       }
       __syncwarp();  // every lane has read hp before lane 0 stashes the next pair's first half
@@ -542,7 +544,8 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
     if (part == 0) {  // first half + second half, as the one-warp path adds them
 #pragma unroll
       for (int m = 0; m < MT; ++m)
-        if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0[m] + sp[2 * m], v1[m] + sp[2 * m + 1]);
+        if (m < p.M && lane == m)
+          finish_pair<A>(p, m, s.pair, r0, r1, has1, v0[m] + sp[2 * m], v1[m] + sp[2 * m + 1], pb0, pb1);
     }
     ++rnd;
   };

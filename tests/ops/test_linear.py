@@ -151,13 +151,16 @@ def test_linear_model_shapes_cuda(wtype, m, n, k):
 def test_gemv_rows_do_not_depend_on_the_batch(k):
     """Row m of a batch is computed exactly as it is alone (same chunks, same order): what makes a
     sequence's greedy ids in a batch equal its batch-1 run. K = 6400 crosses from v3 (M = 16: the
-    rows do not fit v6's shared memory) to v6 (M = 1), which must give the same bits."""
+    rows do not fit v6's shared memory) to v6 (M = 1), which must give the same bits. With a bias
+    (odd N: the last pair's lone row), so each kernel's bias path (v29: read before the dot
+    products) is checked against the others'."""
     w, _ = make_weight(1601, k, "F16", "cuda")
     x = randn((16, k), torch.float16, "cuda")
+    b = randn((1601,), torch.float16, "cuda", scale=0.1)
     nm = _norm("layernorm", k, torch.float16, "cuda")
-    full = ops.linear(x, w, norm=nm)
+    full = ops.linear(x, w, b, norm=nm)
     for m in (1, 3, 16):
-        part = ops.linear(x[:m].contiguous(), w, norm=nm)
+        part = ops.linear(x[:m].contiguous(), w, b, norm=nm)
         assert torch.equal(part, full[:m])
 
 
@@ -171,24 +174,27 @@ def test_gemv_long_rows_same_bits_on_either_kernel(n, k):
     down products): the same bits (same chunks in the same order), here with the residual
     epilogue, and within the oracle's bound. Mode 8 (0 with v20's bulk copies) keeps them on the
     ring kernel, with the same bits. Odd N: the last pair's lone row is copied twice (both bulk
-    copies of a batch read it) and stored once."""
+    copies of a batch read it) and stored once. With a bias (GPT-2 1.5B's down product): each
+    kernel reads it before the pair's dot products (v29), the ring kernel at the pair's first
+    batch, v3 with its first weights."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     w, w64 = make_weight(n, k, "F16", "cuda")
     x, r = randn((1, k), torch.float16, "cuda"), randn((1, n), torch.float16, "cuda")
+    b = randn((n,), torch.float16, "cuda", scale=0.1)
     outs, took = [], []
     try:
         for mode in (0, 3, 8):
             assert ext.linear_ring_force(mode) == mode
-            outs.append(ops.linear(x, w, residual=r))
-            took.append(gemv_kernel_taken(lambda: ops.linear(x, w, residual=r)))
+            outs.append(ops.linear(x, w, b, residual=r))
+            took.append(gemv_kernel_taken(lambda: ops.linear(x, w, b, residual=r)))
     finally:
         ext.linear_ring_force(0)
     # two kernels compared, not one with itself (the bits alone cannot show that the hook moved
     # the product; on a card with fewer SMs these pairs may exceed one round and stay on the ring)
     assert took == ["ring", "v3", "ring"]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
-    assert_nmse(outs[1], oracle(x, w64, residual=r), TOL_NAME[torch.float16])
+    assert_nmse(outs[1], oracle(x, w64, b, residual=r), TOL_NAME[torch.float16])
 
 
 def gemv_kernel_taken(fn) -> str:
