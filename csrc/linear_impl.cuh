@@ -289,13 +289,10 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
   float acc0[MT], acc1[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
-  float b0 = 0.f, b1 = 0.f;  // v29: the current pair's bias, read at its first batch (bias_pair)
+  // v29b: the ring kernel reads its bias after the dot products again, in the writing lane (v29
+  // read it at the pair's first batch; gpt-oss's step, all of whose dense products take this kernel,
+  // was 17.6 us slower with it: docs/kernels/decode.md, v29 measured)
   auto consume = [&](int st, Cur s) {
-    if (s.c == 0) {
-      int q0, q1;
-      pair_rows(p, s.pair, q0, q1);
-      bias_pair<A>(p, q0, q1, b0, b1);
-    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = s.c + u * 32 + lane;
@@ -328,7 +325,11 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       const float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
-      if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1, b0, b1);
+      if (m < p.M && lane == m) {
+        float b0, b1;
+        bias_pair<A>(p, r0, r1, b0, b1);
+        finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1, b0, b1);
+      }
       acc0[m] = acc1[m] = 0.f;
     }
   };
