@@ -1,44 +1,32 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (rewritten in session 41: PART=15 ran on an H100; v29
-# gained 65.6 us at 1.5B, 9.3 at 124M, 36.5 at 1.5B Q8_0, but lost 17.6 us at gpt-oss and 2.1 at
-# Llama, so by the 0.5% rule it did not land; it waits on branch v29-land (128394a + its heavy
-# evidence); docs/kernels/decode.md, "v29 measured").
-#   0. tests/bench/ab_patches/split-mxfp4-land.patch (session 41) is applied first by PART=17-20:
-#      csrc/linear_q_mxfp4.cu split in two by activation type. Its one file was the build's critical
-#      path (~155 s on one core here; every other file <= ~78 s), and the split kernels' SASS equals
-#      the unsplit ones' (tests/bench/sass_compare.py, in the patch: all 20, names and label
-#      numbers aside). Expected: a rebuild of the linear files ~80-90 s instead of 142, a cold
-#      build up to ~70 s shorter (bindings.cpp may be next in line; read "build:" in the log).
-#      It lands as its own commit before v29 (step 3), under the same evidence run.
-#   1. PART=19 (cold ~400 s): main's five steps, then v29 + v29b (tests/bench/ab_patches/
-#      v29b-ring-late.patch: the ring kernel, which every dense product of gpt-oss takes, reads its
-#      bias late again as on main; v3 and the packed GEMV keep v29's early read) rebuilt on the same
-#      machine and its five steps. Prediction: gpt-oss and Llama within +-0.3% of main; 1.5B
-#      -55..-66 us; 124M -9; 1.5B Q8_0 -36.
-#   2. PART=20 (warm ~110 s): the dense, packed and QKV GEMV tests with v29 + v29b, 8 workers.
-#   3. If every step is within 0.5% of main or faster and the tests pass: `git apply
-#      tests/bench/ab_patches/split-mxfp4-land.patch`, commit; `git merge --no-ff v29-land`;
-#      `git apply tests/bench/ab_patches/v29b-ring-late.patch`, commit;
-#      `python tests/bench/evidence_preflight.py`, then heavy + light on an H100 (name
-#      `nvidia-h100-x1`; an H200 run fails GT-015's tie ~95% of the time until a person decides
-#      tests/bench/ab_patches/proposal-at-ceiling-bars.patch) with these exports, and commit both
-#      json + log files with `git add -f` (never edit them; never rerun for a pass):
+# What the next session should do first (rewritten in session 42: the split MXFP4 file, v29 and
+# v29b landed as 23f9496, 595df4b and 930ad58 after tests/bench/land_ab.sh timed them against main
+# on one H100: 1.5B -54.3 us, 124M -9.7, 1.5B Q8_0 -35.3, gpt-oss -24.4, Llama +0.9; evidence
+# heavy + light at 930ad58 in 8be3a00; docs/kernels/decode.md, "v29 + v29b measured and landed").
+#   1. v27b (the norm folded into the dense GEMV's epilogue, its C / D read early; session 41's
+#      tests/bench/ab_patches/v27b-on-v29b.patch, which applies to main as it is now). Either
+#      PART=17 here (main, then v27b rebuilt, FOLD="1 0", ~420 s warm / ~560 s cold; its tests are
+#      PART=18), or, to land it in the same session: commit the patch on a branch, then from that
+#      tree `git diff main HEAD -- csrc gpt_engine > .whl/land.patch` and
+#        LAND_HOOK='FOLD=1' OUT=$OUT timeout 580 bash tests/bench/land_ab.sh .whl/land.patch
+#      followed at once (the machine stays warm only 30 s) by heavy and light at that commit:
 #        export GPT_ENGINE_GIT_COMMIT=<full sha> EXT_SAVE=0 SHAPES="gpt2-124m gpt2-1.5b smollm2-135m
 #          llama-1b gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M
 #          gpt-oss-20b:MXFP4"; GATES_TIMEOUT=360 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh heavy
-#        (the same exports) GATES_TIMEOUT=540 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh light
-#      Budget: heavy took 481 s on a cold machine in session 41 (160 s of it the build), light
-#      ~233 s warm. Both need ~720 s of device time; start them by the time ~800 s are left. If
-#      gpt-oss stays slower with v29b, land nothing: PART=16 profiles v29 and main kernel by
-#      place; PLACES_MODEL=gpt-oss-20b-MXFP4 runs it for gpt-oss instead of 1.5B.
-#   4. v27b (the LayerNorm fold) on v29 + v29b: tests/bench/ab_patches/v27b-on-v29b.patch (session 41;
-#      session 40's v27b-fold-early.patch, removed, with the ring kernel's conflict resolved: the bias late as in v29b, C / D
-#      still read at the pair's first batch, in the fold instances only). PART=17 / 18. Its ring
-#      fold instances read C / D early in the way v29's bias read may have cost gpt-oss: weigh
-#      gpt-oss's step (its QKV is a fold-able RMSNorm product on the ring kernel).
-#   PART=11 (the attention split counts under v6, now on main) if time is left.
+#        (the same exports) GATES_TIMEOUT=370 OUT=$OUT timeout 395 bash tests/bench/gpu_session.sh light
+#      (session 42, warm: heavy 250 s, light 270 s). Land only if no step is slower than main by
+#      more than 0.5% and heavy and light pass; commit both json + log files with `git add -f`
+#      (never edit them; never rerun for a pass), then `git merge --ff-only` into main. An H100
+#      only (name nvidia-h100-x1): an H200 run fails GT-015's tie ~95% of the time until a person
+#      decides tests/bench/ab_patches/proposal-at-ceiling-bars.patch.
+#      Prediction (decode.md, v27b): 1.5B within +-10 us of main, 124M -10..-20, Llama ~1B -20..-30,
+#      gpt-oss -30..-40; watch gpt-oss (its QKV is an RMSNorm product on the ring kernel, whose
+#      fold instances read C / D early, the kind of read v29b took back for the bias).
+#   2. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
+# Device time: session 42 lost 766 of its 1,800 s to 8 calls that found no machine (H100 and H200;
+# 15-180 s each). After a refusal wait the minutes it names; `status` shows none_now.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
