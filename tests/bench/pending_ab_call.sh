@@ -6,10 +6,11 @@
 # on one H100: 1.5B -54.3 us, 124M -9.7, 1.5B Q8_0 -35.3, gpt-oss -24.4, Llama +0.9; evidence
 # heavy + light at 930ad58 in 8be3a00; docs/kernels/decode.md, "v29 + v29b measured and landed").
 #   1. v27b (the norm folded into the dense GEMV's epilogue, its C / D read early; session 41's
-#      tests/bench/ab_patches/v27b-on-v29b.patch, which applies to main as it is now). Either
-#      PART=17 here (main, then v27b rebuilt, FOLD="1 0", ~420 s warm / ~560 s cold; its tests are
-#      PART=18), or, to land it in the same session: commit the patch on a branch, then from that
-#      tree `git diff main HEAD -- csrc gpt_engine > .whl/land.patch` and
+#      tests/bench/ab_patches/v27b-on-v29b.patch, which applies to main as it is now). It waits
+#      committed on branch `v27b-land`, on top of branch `dense-split` (the dense GEMV files split
+#      by activation type, same SASS: v27b's fold made linear_f16.cu a 252 s file, 111 + 125 s
+#      split; docs/kernels/decode.md, "Branch v27b-land"). Rebase both on main if main moved, then
+#      from that tree `git diff main HEAD -- csrc gpt_engine > .whl/land.patch` and
 #        LAND_HOOK='FOLD=1' OUT=$OUT timeout 580 bash tests/bench/land_ab.sh .whl/land.patch
 #      followed at once (the machine stays warm only 30 s) by heavy and light at that commit:
 #        export GPT_ENGINE_GIT_COMMIT=<full sha> EXT_SAVE=0 SHAPES="gpt2-124m gpt2-1.5b smollm2-135m
@@ -18,7 +19,8 @@
 #        (the same exports) GATES_TIMEOUT=370 OUT=$OUT timeout 395 bash tests/bench/gpu_session.sh light
 #      (session 42, warm: heavy 250 s, light 270 s). Land only if no step is slower than main by
 #      more than 0.5% and heavy and light pass; commit both json + log files with `git add -f`
-#      (never edit them; never rerun for a pass), then `git merge --ff-only` into main. An H100
+#      (never edit them; never rerun for a pass), then `git merge --ff-only` into main. (PART=17
+#      and 18 below still time and test the patch on main without landing it.) An H100
 #      only (name nvidia-h100-x1): an H200 run fails GT-015's tie ~95% of the time until a person
 #      decides tests/bench/ab_patches/proposal-at-ceiling-bars.patch.
 #      Prediction (decode.md, v27b): 1.5B within +-10 us of main, 124M -10..-20, Llama ~1B -20..-30,
