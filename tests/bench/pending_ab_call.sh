@@ -27,7 +27,7 @@
 #      gpt-oss -30..-40; watch gpt-oss (its QKV is an RMSNorm product on the ring kernel, whose
 #      fold instances read C / D early, the kind of read v29b took back for the bias).
 #   2. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
-# Device time: session 42 lost 766 of its 1,800 s to 8 calls that found no machine (H100 and H200;
+# Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
 # 15-180 s each). After a refusal wait the minutes it names; `status` shows none_now.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
