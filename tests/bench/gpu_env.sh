@@ -26,3 +26,12 @@ build_ext() {  # prints the last lines of the build's output and the seconds sin
     python3 tests/bench/ext_seed.py manifest "$(python3 -c "from gpt_engine.ops import _ext; print(_ext.build_dir())")"
   echo "build: $(( $(date +%s) - t0 )) s"
 }
+
+# steps LABEL TIMEOUT VAR=SETTINGS: the graph-captured step of each bench-model file named in $S
+# (tests/bench/explore_decode_step.py, 3 rounds of 100 replays) under one hook's settings, each
+# line prefixed with LABEL and the file (pending_ab_call.sh, land_ab.sh)
+steps() {
+  for f in $S; do
+    env "$3" ROUNDS=3 timeout -s INT -k 10 "$2" python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$1 $f /"
+  done
+}

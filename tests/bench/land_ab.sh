@@ -18,21 +18,15 @@ S=${STEPS:-"gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4 gpt2-1.5b
 . tests/bench/gpu_env.sh land-ab.log
 t_call=$t0
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
-T="timeout -s INT -k 10"
 (bash tests/bench/gen_models.sh > /tmp/models.txt 2>&1) &
 MODELS_PID=$!
-steps() {  # steps LABEL VAR=SETTINGS: each model's graph step under a hook's settings
-  for f in $S; do
-    env "$2" ROUNDS=3 $T 70 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$1 $f /"
-  done
-}
 git apply -R "$D" && echo "main's code in place" || exit 1
 build_ext 3
 wait $MODELS_PID; cat /tmp/models.txt
 echo "## main: the steps"
-steps main STATS=1  # (v23's default: a no-op setting)
+steps main 70 STATS=1  # (v23's default: a no-op setting; steps: gpu_env.sh)
 git apply "$D" && echo "the landing code back" || exit 1
 t0=$(date +%s); build_ext 3
 echo "## landing tree: the steps"
-steps land "${LAND_HOOK:-STATS=1}"
+steps land 70 "${LAND_HOOK:-STATS=1}"
 echo "call: $(( $(date +%s) - t_call )) s"

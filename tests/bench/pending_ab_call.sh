@@ -66,11 +66,6 @@ t_call=$t0  # (PART=2 resets t0 so build_ext times main's rebuild)
 S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
 [ "${PART:-1}" = 14 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4 gpt2-124m-MXFP4 gpt2-1.5b-Q4_K_M"
 case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packed GEMV's bias early too)
-steps() {  # steps LABEL TIMEOUT VAR=SETTINGS: the four graph steps under one hook's settings
-  for f in $S; do
-    env "$3" ROUNDS=3 $T "$2" python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/$1 $f /"
-  done
-}
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
