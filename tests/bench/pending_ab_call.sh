@@ -1,34 +1,41 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (rewritten in session 42: the split MXFP4 file, v29 and
-# v29b landed as 23f9496, 595df4b and 930ad58 after tests/bench/land_ab.sh timed them against main
-# on one H100: 1.5B -54.3 us, 124M -9.7, 1.5B Q8_0 -35.3, gpt-oss -24.4, Llama +0.9; evidence
-# heavy + light at 930ad58 in 8be3a00; docs/kernels/decode.md, "v29 + v29b measured and landed").
-#   1. v27b (the norm folded into the dense GEMV's epilogue, its C / D read early; session 41's
-#      tests/bench/ab_patches/v27b-on-v29b.patch, which applies to main as it is now). It waits
-#      committed on branch `v27b-land`, on top of branch `dense-split` (the dense GEMV files split
-#      by activation type, same SASS: v27b's fold made linear_f16.cu a 252 s file, 111 + 125 s
-#      split; docs/kernels/decode.md, "Branch v27b-land"). Rebase both on main if main moved, then
-#      from that tree `git diff main HEAD -- csrc gpt_engine > .whl/land.patch` and
-#        LAND_HOOK='FOLD=1' OUT=$OUT timeout 580 bash tests/bench/land_ab.sh .whl/land.patch
-#      followed at once (the machine stays warm only 30 s) by heavy and light at that commit:
-#        export GPT_ENGINE_GIT_COMMIT=<full sha> EXT_SAVE=0 SHAPES="gpt2-124m gpt2-1.5b smollm2-135m
-#          llama-1b gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M
-#          gpt-oss-20b:MXFP4"; GATES_TIMEOUT=360 OUT=$OUT timeout 590 bash tests/bench/gpu_session.sh heavy
-#        (the same exports) GATES_TIMEOUT=370 OUT=$OUT timeout 395 bash tests/bench/gpu_session.sh light
-#      (session 42, warm: heavy 250 s, light 270 s). Land only if no step is slower than main by
-#      more than 0.5% and heavy and light pass; commit both json + log files with `git add -f`
-#      (never edit them; never rerun for a pass), then `git merge --ff-only` into main. (PART=17
-#      and 18 below still time and test the patch on main without landing it.) An H100
-#      only (name nvidia-h100-x1): an H200 run fails GT-015's tie ~95% of the time until a person
-#      decides tests/bench/ab_patches/proposal-at-ceiling-bars.patch.
-#      Prediction (decode.md, v27b): 1.5B within +-10 us of main, 124M -10..-20, Llama ~1B -20..-30,
-#      gpt-oss -30..-40; watch gpt-oss (its QKV is an RMSNorm product on the ring kernel, whose
-#      fold instances read C / D early, the kind of read v29b took back for the bias).
+# What the next session should do first (rewritten in session 43: v27b timed against main on one
+# H100 by tests/bench/land_ab.sh, every step faster or level: 1.5B -12.8 us, 124M -6.2, Llama
+# -7.3, gpt-oss -29.1, 1.5B Q8_0 -0.6; heavy evidence at its commit 60eae65, 552 passed;
+# docs/kernels/decode.md, "v27b measured"). What is left is the light run, then the landing.
+#   1. The commits (b31ff93 the dense files split by activation type, bcdccae v27b, ce4d0b8 the
+#      long-rows docstring, 60eae65 its decode.md note; a1609f7 the heavy evidence) are reachable
+#      from main through session 43's `git merge -s ours`, which kept main's tree, so `git merge`
+#      brings nothing: bring their files back on a branch from main instead (if branch v27b-land
+#      is still here, its head a1609f7 holds them too):
+#        git checkout -b v27b-land2 main
+#        git diff cd4229e 60eae65 -- csrc gpt_engine tests/ops/test_linear.py \
+#          tests/test_memory_estimate_cuda_terms.py tests/bench/explore_decode_step.py \
+#          docs/kernels/README.md docs/architecture.md | git apply
+#        git checkout a1609f7 -- reports/evidence/20261207T020231Z-nvidia-h100-80gb-hbm3-60eae651dc.json \
+#          reports/evidence/20261207T020231Z-nvidia-h100-80gb-hbm3-60eae651dc.log
+#        git add -A && git commit (one commit; say where it came from)
+#      Check here: `python -m gates evidence` lists the 60eae651dc run as counts, and
+#      `python -m gates gate gate1 --no-run` shows the heavy run's stories fresh (the same files
+#      as 60eae65: any difference stales them). If main's csrc, gpt_engine or those tests moved
+#      since cd4229e, rebase the change by hand and plan heavy again. Then, on an H100 only (an
+#      H200 run fails GT-015's tie ~95% of the time until a person decides
+#      tests/bench/ab_patches/proposal-at-ceiling-bars.patch), from the committed clean tree:
+#        export OUT GPT_ENGINE_GIT_COMMIT=<full sha of v27b-land2's head> EXT_SAVE=0 SHAPES="gpt2-124m
+#          gpt2-1.5b smollm2-135m llama-1b gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0
+#          gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M gpt-oss-20b:MXFP4"
+#        GATES_TIMEOUT=370 timeout 590 bash tests/bench/gpu_session.sh light
+#      (a cold machine: build ~110-150 s + the light run's ~270 s; one call). Commit both files
+#      with `git add -f` (never edit them; never rerun for a pass), check gate1 and gate2 with
+#      --no-run (no cuda line other than pass), `git checkout main && git merge --ff-only
+#      v27b-land2`, then a fresh-clone CI. Predicted from the steps: 124M tg128 +2-3%, gpt-oss +1.4%,
+#      1.5B and Llama +0.5-0.8%; GT-048's 1.5B MBU (0.541 on session 43's machine through the API)
+#      may still fall short of 0.55.
 #   2. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
-# 15-180 s each). After a refusal wait the minutes it names; `status` shows none_now.
+# 15-180 s each), session 43 830 s to 11. After a refusal wait the minutes it names; `status` shows none_now.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
