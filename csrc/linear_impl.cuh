@@ -16,10 +16,11 @@
 // v6 (gemv_pipe_kernel below): long rows (K >= 4096) stream through a cp.async shared-memory
 // ring instead; v4 (K split over warps) and v5 (two batches in registers) were slower and are
 // gone (docs/kernels/decode.md has each version's numbers).
-// The kernels and their launchers live in this header; each weight dtype's instantiations are
-// compiled in a file of their own (linear_f32.cu, linear_f16.cu, linear_bf16.cu: launch_w), so
-// the extension's build compiles them in parallel (one file took ~137 s of the GPU machine's
-// ~225 s build), and linear.cu checks the arguments and dispatches.
+// The kernels and their launchers live in this header; each (weight, activation) dtype pair's
+// instantiations (launch_wa) are compiled in a file of their own (linear_f16.cu for f16
+// activations, linear_f16_bf16.cu for bf16; likewise f32 and bf16 weights), so the extension's
+// build compiles them in parallel (one file took ~137 s of the GPU machine's ~225 s build), and
+// linear.cu checks the arguments and dispatches.
 #pragma once
 #include <cmath>
 
@@ -455,12 +456,6 @@ cudaError_t launch_wa(const LinearArgs& p, int num_sms, cudaStream_t st) {
   if (p.M <= 4) return launch_mt<W, A, 4>(p, num_sms, st);
   if (p.M <= 8) return launch_mt<W, A, 8>(p, num_sms, st);
   return launch_mt<W, A, 16>(p, num_sms, st);
-}
-
-// One weight dtype's launcher for both activation dtypes (instantiated once, in its own file).
-template <typename W>
-cudaError_t launch_w(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st) {
-  return adtype == kF16 ? launch_wa<W, __half>(p, num_sms, st) : launch_wa<W, __nv_bfloat16>(p, num_sms, st);
 }
 
 }  // namespace
