@@ -318,9 +318,9 @@ def test_gemv_long_rows_same_bits_on_either_kernel(n, k):
     down products): the same bits (same chunks in the same order), here with the residual
     epilogue, and within the oracle's bound. Mode 8 (0 with v20's bulk copies) keeps them on the
     ring kernel, with the same bits. Odd N: the last pair's lone row is copied twice (both bulk
-    copies of a batch read it) and stored once. With a bias (GPT-2 1.5B's down product): each
-    kernel reads it before the pair's dot products (v29), the ring kernel at the pair's first
-    batch, v3 with its first weights."""
+    copies of a batch read it) and stored once. With a bias (GPT-2 1.5B's down product): v3 reads
+    it with its first weights (v29), the ring kernel after the pair's dot products, in the writing
+    lane (v29b)."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     w, w64 = make_weight(n, k, "F16", "cuda")
