@@ -66,6 +66,9 @@ export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 # PART=14 times the packed files (written already where an evidence run warmed the machine)
 case "${PART:-1}" in 14|21) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
 case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
+# PART=21 on a short budget: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" writes and times those files
+# alone, NOTESTS=1 skips the tests (session 44: ~330 s of device time left after refusals)
+[ -n "${ONLY:-}" ] && export SHAPES="$ONLY"
 . tests/bench/gpu_env.sh pending-ab-call.log
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 T="timeout -s INT -k 10"
@@ -75,6 +78,7 @@ t_call=$t0  # (PART=2 resets t0 so build_ext times main's rebuild)
 S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
 case "${PART:-1}" in 14|21) S="gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4 gpt2-124m-MXFP4 gpt2-1.5b-Q4_K_M";; esac
 case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packed GEMV's bias early too)
+[ -n "${ONLY:-}" ] && S=$(echo "$ONLY" | tr ':' '-')  # (typed shapes only: shape:TYPE)
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -219,6 +223,7 @@ elif [ "$PART" = 21 ]; then
   # under QFOLD="1 0" (1 v3.4's fold, 0 v3.3's staging in the same build: the same kernel with the
   # fold off at run time, not main's code), then its packed GEMV tests. The same prediction.
   steps v28 70 QFOLD="1 0"
+  [ -n "${NOTESTS:-}" ] && exit 0
   echo "## v28's packed GEMV tests"
   $T 240 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" tests/ops/test_linear_q.py \
     tests/ops/test_linear_qkv.py 2>&1 | tail -8
