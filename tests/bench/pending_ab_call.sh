@@ -5,6 +5,10 @@
 # H100 by tests/bench/land_ab.sh, every step faster or level: 1.5B -12.8 us, 124M -6.2, Llama
 # -7.3, gpt-oss -29.1, 1.5B Q8_0 -0.6; heavy evidence at its commit 60eae65, 552 passed;
 # docs/kernels/decode.md, "v27b measured"). What is left is the light run, then the landing.
+# (Session 44 made the landing commit by step 1 below, 7d5fdcf on branch v27b-land2, reachable
+# from main through a second `merge -s ours`; its light run never started: 15 calls refused, H100
+# and H200, 1,380 of 1,800 s. Step 1 still applies as written. Then PART=21 (v28 rebased on v27b,
+# one build) if time is left; on ~330 s: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" NOTESTS=1.)
 #   1. The commits (b31ff93 the dense files split by activation type, bcdccae v27b, ce4d0b8 the
 #      long-rows docstring, 60eae65 its decode.md note; a1609f7 the heavy evidence) are reachable
 #      from main through session 43's `git merge -s ours`, which kept main's tree, so `git merge`
@@ -64,8 +68,11 @@
 set -o pipefail
 export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 # PART=14 times the packed files (written already where an evidence run warmed the machine)
-[ "${PART:-1}" = 14 ] && export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M"
+case "${PART:-1}" in 14|21) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
 case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
+# PART=21 on a short budget: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" writes and times those files
+# alone, NOTESTS=1 skips the tests (session 44: ~330 s of device time left after refusals)
+[ -n "${ONLY:-}" ] && export SHAPES="$ONLY"
 . tests/bench/gpu_env.sh pending-ab-call.log
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 T="timeout -s INT -k 10"
@@ -73,8 +80,9 @@ T="timeout -s INT -k 10"
 MODELS_PID=$!
 t_call=$t0  # (PART=2 resets t0 so build_ext times main's rebuild)
 S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
-[ "${PART:-1}" = 14 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4 gpt2-124m-MXFP4 gpt2-1.5b-Q4_K_M"
+case "${PART:-1}" in 14|21) S="gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4 gpt2-124m-MXFP4 gpt2-1.5b-Q4_K_M";; esac
 case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packed GEMV's bias early too)
+[ -n "${ONLY:-}" ] && S=$(echo "$ONLY" | tr ':' '-')  # (typed shapes only: shape:TYPE)
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -134,7 +142,8 @@ case "${PART:-1}" in
   20) take split-mxfp4-land; take_v29b;;
   18) take split-mxfp4-land; take_v29b; take v27b-on-v29b;;
   14) grep -q fold_constants gpt_engine/ops/linear.py || take v27-fold;;
-  *) echo "PART=$PART: not a part (1-20)"; exit 2;;
+  21) take v28-qfold;;
+  *) echo "PART=$PART: not a part (1-21)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -211,6 +220,16 @@ elif [ "$PART" = 14 ]; then
   main_then v28-qfold v28 70 QFOLD="1 0"
   echo "## v28's packed GEMV tests"
   $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" tests/ops/test_linear_q.py \
+    tests/ops/test_linear_qkv.py 2>&1 | tail -8
+elif [ "$PART" = 21 ]; then
+  # PART=21 (session 44): PART=14 in one build, for a cold machine (two builds and main's steps do
+  # not fit one call there): v28 (rebased on v27b) applied before the only build, its packed steps
+  # under QFOLD="1 0" (1 v3.4's fold, 0 v3.3's staging in the same build: the same kernel with the
+  # fold off at run time, not main's code), then its packed GEMV tests. The same prediction.
+  steps v28 70 QFOLD="1 0"
+  [ -n "${NOTESTS:-}" ] && exit 0
+  echo "## v28's packed GEMV tests"
+  $T 240 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" tests/ops/test_linear_q.py \
     tests/ops/test_linear_qkv.py 2>&1 | tail -8
 elif [ "$PART" = 11 ]; then
   # PART=11 (written in session 37): the split counts under v6's cluster merge (main with v6 landed)
