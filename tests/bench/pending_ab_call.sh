@@ -6,8 +6,8 @@
 # -7.3, gpt-oss -29.1, 1.5B Q8_0 -0.6; heavy evidence at its commit 60eae65, 552 passed;
 # docs/kernels/decode.md, "v27b measured"). What is left is the light run, then the landing.
 # (Session 44 made the landing commit by step 1 below, 7d5fdcf on branch v27b-land2, reachable
-# from main through a second `merge -s ours`; its light run never started: 15 calls refused, H100
-# and H200, 1,380 of 1,800 s. Step 1 still applies as written. Then PART=21 (v28 rebased on v27b,
+# from main through a second `merge -s ours`; its light run never started: 24 calls refused, H100
+# and H200, 1,487 of 1,800 s. Step 1 still applies as written. Then PART=21 (v28 rebased on v27b,
 # one build) if time is left; on ~330 s: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" NOTESTS=1.)
 #   1. The commits (b31ff93 the dense files split by activation type, bcdccae v27b, ce4d0b8 the
 #      long-rows docstring, 60eae65 its decode.md note; a1609f7 the heavy evidence) are reachable
