@@ -80,9 +80,9 @@ T="timeout -s INT -k 10"
 MODELS_PID=$!
 t_call=$t0  # (PART=2 resets t0 so build_ext times main's rebuild)
 S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
-case "${PART:-1}" in 14|21) S="gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4 gpt2-124m-MXFP4 gpt2-1.5b-Q4_K_M";; esac
 case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packed GEMV's bias early too)
-[ -n "${ONLY:-}" ] && S=$(echo "$ONLY" | tr ':' '-')  # (typed shapes only: shape:TYPE)
+# the packed parts' files are their SHAPES (all typed: shape:TYPE names shape-TYPE.gguf)
+{ [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -125,6 +125,11 @@ take() {
 take_v29b() {
   grep -q bias_pair csrc/linear_common.cuh || take v29-bias-early
   grep -q v29b csrc/linear_impl.cuh || take v29b-ring-late
+}
+# packed_tests LIMIT: the packed and QKV GEMV tests on this tree, 8 workers (no evidence)
+packed_tests() {
+  $T "$1" python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" tests/ops/test_linear_q.py \
+    tests/ops/test_linear_qkv.py 2>&1 | tail -8
 }
 # the dense, packed and QKV GEMV tests on this tree, 8 workers (no evidence)
 gemv_tests() {
@@ -219,8 +224,7 @@ elif [ "$PART" = 14 ]; then
   # norm-fused call, 97 a step), 124M MXFP4 -3..-5%, Q4_K_M the same lever on its Q4_K / Q6_K rows.
   main_then v28-qfold v28 70 QFOLD="1 0"
   echo "## v28's packed GEMV tests"
-  $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" tests/ops/test_linear_q.py \
-    tests/ops/test_linear_qkv.py 2>&1 | tail -8
+  packed_tests 300
 elif [ "$PART" = 21 ]; then
   # PART=21 (session 44): PART=14 in one build, for a cold machine (two builds and main's steps do
   # not fit one call there): v28 (rebased on v27b) applied before the only build, its packed steps
@@ -229,8 +233,7 @@ elif [ "$PART" = 21 ]; then
   steps v28 70 QFOLD="1 0"
   [ -n "${NOTESTS:-}" ] && exit 0
   echo "## v28's packed GEMV tests"
-  $T 240 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" tests/ops/test_linear_q.py \
-    tests/ops/test_linear_qkv.py 2>&1 | tail -8
+  packed_tests 240
 elif [ "$PART" = 11 ]; then
   # PART=11 (written in session 37): the split counts under v6's cluster merge (main with v6 landed)
   grep -q attention_decode_cluster_force csrc/bindings.cpp || { echo "v6 is not on main"; exit 1; }
