@@ -275,7 +275,8 @@ gpte::LinearArgs linear_args(const char* op, const at::Tensor& x, const at::Tens
                              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
                              const std::optional<at::Tensor>& norm_w, const std::optional<at::Tensor>& norm_b,
                              at::Tensor& out, int64_t norm, int64_t act, double eps, int64_t n_out,
-                             int64_t qtype) {
+                             int64_t qtype, const std::optional<at::Tensor>& fold_c,
+                             const std::optional<at::Tensor>& fold_d) {
   check_tensor(op, "x", x, x, true);
   TORCH_CHECK(w.is_cuda() && w.device() == x.device() && w.is_contiguous() && w.dim() == 2, op,
               ": weight must be a contiguous 2-D cuda tensor on ", x.device());
@@ -320,7 +321,19 @@ gpte::LinearArgs linear_args(const char* op, const at::Tensor& x, const at::Tens
   TORCH_CHECK(out.scalar_type() == x.scalar_type() || out.scalar_type() == at::kFloat, op, ": out has dtype ",
               out.scalar_type(), ", expected ", x.scalar_type(), " or float32");
   TORCH_CHECK(out.numel() == M * n_out, op, ": out has ", out.numel(), " elements, expected ", M * n_out);
+  // v27's LayerNorm row constants (csrc/launchers.h, LinearArgs::fold_c): both or neither, dense
+  // weights and a LayerNorm only, fp32 [N]
+  TORCH_CHECK(fold_c.has_value() == fold_d.has_value(), op, ": fold_c and fold_d go together");
+  if (fold_c) {
+    TORCH_CHECK(qtype < 0 && norm == gpte::kNormLayer, op, ": fold_c / fold_d need dense weights and a layernorm");
+    for (const at::Tensor* f : {&fold_c.value(), &fold_d.value()})
+      TORCH_CHECK(f->is_cuda() && f->device() == x.device() && f->is_contiguous() && f->scalar_type() == at::kFloat &&
+                      f->dim() == 1 && f->size(0) == N,
+                  op, ": fold_c / fold_d must be contiguous float32 [", N, "] on ", x.device());
+  }
   gpte::LinearArgs p{};
+  p.fold_c = fold_c ? fold_c->data_ptr<float>() : nullptr;
+  p.fold_d = fold_d ? fold_d->data_ptr<float>() : nullptr;
   p.x = x.data_ptr();
   p.w = w.data_ptr();
   p.bias = bias ? bias->data_ptr() : nullptr;
@@ -342,13 +355,14 @@ gpte::LinearArgs linear_args(const char* op, const at::Tensor& x, const at::Tens
 void linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
             const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm_w,
             const std::optional<at::Tensor>& norm_b, at::Tensor& out, int64_t norm, int64_t act, double eps,
-            int64_t qtype) {
+            int64_t qtype, const std::optional<at::Tensor>& fold_c, const std::optional<at::Tensor>& fold_d) {
   const char* op = "linear";
   TORCH_CHECK(act >= gpte::kActNone && act <= gpte::kActSwiglu, op, ": unknown act code ", act);
   TORCH_CHECK(w.dim() == 2 && (act != gpte::kActSwiglu || w.size(0) % 2 == 0), op,
               ": SwiGLU needs an even number of weight rows");
   const int64_t n_out = act == gpte::kActSwiglu ? w.size(0) / 2 : w.size(0);
-  gpte::LinearArgs p = linear_args(op, x, w, bias, residual, norm_w, norm_b, out, norm, act, eps, n_out, qtype);
+  gpte::LinearArgs p =
+      linear_args(op, x, w, bias, residual, norm_w, norm_b, out, norm, act, eps, n_out, qtype, fold_c, fold_d);
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch(op, launch_linear_any(qtype, w, x, p));
 }
@@ -358,14 +372,15 @@ void linear_qkv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
                 int64_t norm, double eps, const at::Tensor& pos, const std::optional<at::Tensor>& cos_t,
                 const std::optional<at::Tensor>& sin_t, at::Tensor& k_cache, at::Tensor& v_cache,
                 const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& status, int64_t n_head,
-                int64_t n_head_kv, int64_t rope_mode, int64_t rope_dim, int64_t qtype) {
+                int64_t n_head_kv, int64_t rope_mode, int64_t rope_dim, int64_t qtype,
+                const std::optional<at::Tensor>& fold_c, const std::optional<at::Tensor>& fold_d) {
   const char* op = "linear_qkv";
   TORCH_CHECK(n_head > 0 && n_head_kv > 0 && w.dim() == 2 && w.size(0) % (n_head + 2 * n_head_kv) == 0, op,
               ": weight rows are not (n_head + 2 n_head_kv) heads");
   const int64_t D = w.size(0) / (n_head + 2 * n_head_kv);
   TORCH_CHECK(D % 2 == 0, op, ": head dim ", D, " is odd");
   gpte::LinearArgs p = linear_args(op, x, w, bias, std::nullopt, norm_w, norm_b, q_out, norm, gpte::kActQkv, eps,
-                                   n_head * D, qtype);
+                                   n_head * D, qtype, fold_c, fold_d);
   TORCH_CHECK(q_out.scalar_type() == x.scalar_type(), op, ": q_out must have the activation dtype");
   const int64_t M = x.size(0);
   TORCH_CHECK(pos.is_cuda() && pos.device() == x.device() && pos.scalar_type() == at::kLong && pos.is_contiguous() &&
@@ -797,12 +812,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("sinks") = py::none(), py::arg("window") = 0, py::arg("short_keys") = 0, py::arg("reduce") = true);
   m.def("linear", &linear, "decode GEMV: out = epilogue(norm(x) @ w.T)", py::arg("x"), py::arg("w"),
         py::arg("bias"), py::arg("residual"), py::arg("norm_w"), py::arg("norm_b"), py::arg("out"), py::arg("norm"),
-        py::arg("act"), py::arg("eps"), py::arg("qtype") = -1);
+        py::arg("act"), py::arg("eps"), py::arg("qtype") = -1, py::arg("fold_c") = py::none(),
+        py::arg("fold_d") = py::none());
   m.def("linear_qkv", &linear_qkv, "decode GEMV with the QKV epilogue: q out, RoPE, k/v into the cache",
         py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("norm_w"), py::arg("norm_b"), py::arg("q_out"),
         py::arg("norm"), py::arg("eps"), py::arg("pos"), py::arg("cos"), py::arg("sin"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("lens"), py::arg("status"), py::arg("n_head"), py::arg("n_head_kv"),
-        py::arg("rope_mode"), py::arg("rope_dim"), py::arg("qtype") = -1);
+        py::arg("rope_mode"), py::arg("rope_dim"), py::arg("qtype") = -1, py::arg("fold_c") = py::none(),
+        py::arg("fold_d") = py::none());
   m.def("linear_q_supported", &gpte::linear_q_supported, "whether the packed GEMV takes (ggml type, act dtype, M, K)");
   m.def("dequantize_rows", &dequantize_rows, "out = dequantize(w[ids]) [+ add[add_ids]] (GGUF packed rows, bit-exact)",
         py::arg("w"), py::arg("qtype"), py::arg("ids"), py::arg("out"), py::arg("status"), py::arg("add") = py::none(),
@@ -817,6 +834,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_decode_group_tile", &gpte::attention_decode_group_tile,
         "the query heads per block the decode kernel takes for Hq query heads on Hkv kv heads", py::arg("Hq"),
         py::arg("Hkv"));
+  m.def("linear_fold_force", &gpte::linear_fold_force,
+        "test/bench hook of the dense decode GEMV (v27): 1 (the default) folds the norm into the epilogue where "
+        "the shape allows it (K % 8 == 0; a layernorm also needs fold_c / fold_d), 0 never; returns the setting "
+        "in effect",
+        py::arg("on"));
   m.def("linear_stats_force", &gpte::linear_stats_force,
         "test/bench hook of the dense decode GEMV's LayerNorm statistics (v23): 1 (the default) one pass shifted "
         "by the row's first value, 0 two passes (v2.1's bits); returns the setting in effect",

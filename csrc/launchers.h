@@ -65,6 +65,10 @@ int linear_ring_force(int64_t mode);
 // 1 (the default) one pass shifted by the row's first value, 0 two passes (v2.1's bits); other
 // values change nothing. Returns the setting in effect.
 int linear_stats_force(int64_t on);
+// Test and bench hook of the dense decode GEMV (v27): 1 (the default) folds the norm into the
+// epilogue where it can (see LinearArgs::fold), 0 never; other values change nothing. Returns the
+// setting in effect.
+int linear_fold_force(int64_t on);
 // Test/bench hook of the packed decode GEMV (csrc/linear_q_impl.cuh v3.3): 1 decodes MXFP4 in the
 // nibbles' order (the default), 0 in v3's (the same bits); other values change nothing.
 int qgemv_zip_force(int64_t on);
@@ -126,6 +130,13 @@ struct LinearArgs {
   int ksplit;            // set by the packed GEMV's launcher: warps per row pair (1 or 2)
   int khalves;           // set by the packed GEMV's launcher: 2 = a row's sum is its two K halves' sums added
   int stats_one_pass;    // set by the dense GEMV's launcher (v23): LayerNorm statistics in one shifted pass
+  // v27 (dense GEMV, docs/kernels/decode.md): the norm folded into the epilogue. x is staged as
+  // (x - x[0]) * norm_w (LayerNorm) or x * norm_w (RMSNorm), unrounded; after the dot products
+  // out = rstd * (s - (mean - x[0]) * fold_c[n]) + fold_d[n] (LayerNorm) or rstd * s (RMSNorm).
+  const float* fold_c;   // [N] fp32, LayerNorm only: sum_k W[n, k] norm_w[k]
+  const float* fold_d;   // [N] fp32, LayerNorm only: sum_k W[n, k] norm_b[k]
+  int fold;              // set by the dense GEMV's launcher: 1 = v27 (K % 8 == 0, and fold_c / fold_d for LayerNorm)
+  bool vec_nw;           // set by the dense GEMV's launcher (v27): norm_w read with 16-byte loads
 };
 
 // ---- qkv_rope: split the QKV projection into heads, RoPE, append k/v to the cache ----

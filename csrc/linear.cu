@@ -6,6 +6,12 @@
 namespace gpte {
 int g_linear_ring_mode = 0;
 int g_linear_stats_one_pass = 1;
+int g_linear_fold = 1;
+
+int linear_fold_force(int64_t on) {
+  if (on == 0 || on == 1) g_linear_fold = (int)on;
+  return g_linear_fold;
+}
 
 int linear_stats_force(int64_t on) {
   if (on == 0 || on == 1) g_linear_stats_one_pass = (int)on;

@@ -126,6 +126,35 @@ __device__ __forceinline__ void finish_pair(const LinearArgs& p, int m, int pair
   }
 }
 
+// v27: a row's sum s of W with the folded row, normalised (XStage's fold notes): LayerNorm
+// rstd (s - dm C_n) + D_n, RMSNorm rstd s, each operation pinned (fmaf) so that every kernel and
+// call site gives the same bits.
+__device__ __forceinline__ float fold_apply(const LinearArgs& p, float s, float dm, float rstd, float c, float d) {
+  if (p.norm == kNormLayer) return fmaf(rstd, fmaf(-dm, c, s), d);
+  return rstd * s;
+}
+// v27b: a pair's row constants (C, D; LayerNorm only, else 0), read before its dot products as
+// v29 reads the bias: v27 read them after the warp_sum, cold, and each LayerNorm-folded product
+// ended ~0.5 us later (session 40's profile, docs/kernels/decode.md). The ring kernel holds them
+// in registers from the pair's first batch; v3, at its register cap, pulls their lines into L1
+// with its first weights (fold_prefetch_l1) and reads them at the epilogue.
+__device__ __forceinline__ void fold_pair(const LinearArgs& p, int r0, int r1, float& c0, float& c1, float& d0,
+                                          float& d1) {
+  const bool ln = p.norm == kNormLayer, two = r1 < p.N;
+  c0 = ln ? p.fold_c[r0] : 0.f;
+  d0 = ln ? p.fold_d[r0] : 0.f;
+  c1 = ln && two ? p.fold_c[r1] : 0.f;
+  d1 = ln && two ? p.fold_d[r1] : 0.f;
+}
+__device__ __forceinline__ void fold_prefetch_l1(const LinearArgs& p, int r0, int r1) {
+  if (p.norm != kNormLayer) return;
+  const int r = r1 < p.N ? r1 : r0;
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p.fold_c + r0));
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p.fold_d + r0));
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p.fold_c + r));
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p.fold_d + r));
+}
+
 template <typename T> __device__ __forceinline__ void unpack8(const uint4& r, float* f);
 template <> __device__ __forceinline__ void unpack8<__half>(const uint4& r, float* f) {
   const uint32_t u[4] = {r.x, r.y, r.z, r.w};
@@ -196,9 +225,10 @@ struct XStage {
   // (var + (mean - c)^2) / var <= K + 1, since (x[0] - mean)^2 <= K var for any row: ~2 for
   // typical rows, at worst (x[0] a lone outlier) a relative error of a few 1e-4 at K = 1,600, under
   // the 2^-11 (4.9e-4) rounding of the normalized 16-bit output; a row of large mean and small
-  // spread, which the unshifted one-pass form loses, costs nothing. fp32 activations, whose
-  // output keeps 2^-24, always take two passes. 0: two passes as v2.1 (v2.1's bits, its barriers
-  // removed).
+  // spread, which the unshifted one-pass form loses, costs nothing. fp32 activations never reach
+  // these kernels (the launcher instantiates fp16 / bf16 only; ops.linear computes fp32 rows with
+  // its reference); the sizeof(A) guard would keep them on two passes. 0: two passes as v2.1
+  // (v2.1's bits, its barriers removed).
   static __device__ void row_stats(const LinearArgs& p, const float* xs, bool from_smem, float (&mean)[MT],
                                    float (&rstd)[MT]) {
     constexpr int NW = 4, NV = 32 * NW;  // the threads that sum (NT >= 128)
@@ -293,10 +323,118 @@ struct XStage {
       }
     }
   }
+  // ---- v27: the norm folded into the epilogue (p.fold; docs/kernels/decode.md, v27) ----
+  // With W the weight, g / b the norm weight / bias and c = x[0] (LayerNorm; 0 for RMSNorm):
+  //   LayerNorm: sum_k W[n,k] ((x_k - mean) rstd g_k + b_k) = rstd (s - (mean - c) C_n) + D_n,
+  //     s = sum_k W[n,k] (x_k - c) g_k, C_n = sum_k W[n,k] g_k, D_n = sum_k W[n,k] b_k;
+  //   RMSNorm: sum_k W[n,k] x_k rstd g_k = rstd s, s = sum_k W[n,k] x_k g_k.
+  // So the staged row is (x - c) g (or x g), the dot products start right after the staging
+  // barrier, and the statistics are needed only by the epilogue: no statistics pass and no
+  // normalize loop with its barrier between the wait and the first dot product. The staged
+  // values are not rounded to the activation dtype (the unfused norm's output is): the result
+  // differs from the unfused path by that rounding, not more (tests/ops/test_linear.py).
+  // Statistics of 8-element chunks, in a fixed order whatever M, the tiling or the kernel: each
+  // chunk's (sum, sum of squares) of x - c element by element, then lane l adds chunks l, l + 32,
+  // ... in order and warp_sum; the single-tile kernels keep the chunk sums from the staging in
+  // shared memory (part), the multi-tile v3 path recomputes them from global memory (the same
+  // arithmetic, so the same bits).
+  static __device__ __forceinline__ void load8(const A* src, bool vec, float* f) {
+    if (vec) {
+      unpack8<A>(*reinterpret_cast<const uint4*>(src), f);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) f[j] = to_f(src[j]);
+    }
+  }
+  static __device__ __forceinline__ void chunk_stats(const float* f, float c, float& s, float& q) {
+    s = 0.f;
+    q = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float d = f[j] - c;
+      s += d;
+      q = fmaf(d, d, q);
+    }
+  }
+  // Tile t of every row staged as (x - c) g or x g (rows m >= M zero); part != null (single tile):
+  // each chunk's statistics to part[(m * nv + chunk) * 2 + {0, 1}], nv = K / 8. Ends on a barrier.
+  static __device__ void fold_tile(const LinearArgs& p, float* xs, float* part, int t) {
+    const A* __restrict__ x = static_cast<const A*>(p.x);
+    const A* __restrict__ g = static_cast<const A*>(p.norm_w);
+    const bool ln = p.norm == kNormLayer;
+    const int k0 = t * p.kt, nv = min(p.kt, p.K - k0) / 8;  // K % 8 == 0 (the launcher's condition)
+#pragma unroll 2
+    for (int i = threadIdx.x; i < MT * nv; i += NT) {
+      const int m = i / nv, c = i - m * nv;
+      float f[8];
+      if (m < p.M) {
+        const A* xr = x + (int64_t)m * p.K;
+        float gv[8];
+        load8(xr + k0 + c * 8, p.vec_x, f);
+        load8(g + k0 + c * 8, p.vec_nw, gv);
+        const float c0 = ln ? to_f(xr[0]) : 0.f;
+        if (part != nullptr) {
+          float cs, cq;
+          chunk_stats(f, c0, cs, cq);
+          reinterpret_cast<float2*>(part)[m * nv + c] = make_float2(cs, cq);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) f[j] = (f[j] - c0) * gv[j];
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) f[j] = 0.f;
+      }
+      float4* d = reinterpret_cast<float4*>(xs + m * p.kt + c * 8);
+      d[0] = make_float4(f[0], f[1], f[2], f[3]);
+      d[1] = make_float4(f[4], f[5], f[6], f[7]);
+    }
+    __syncthreads();
+  }
+  // Row m's statistics for the epilogue, by one whole warp (every lane gets them): dm = mean - c
+  // and rstd (LayerNorm), or dm = 0 and rstd (RMSNorm). part: the staging's chunk sums, or null
+  // (from global memory).
+  static __device__ void fold_stats(const LinearArgs& p, const float* part, int m, float& dm, float& rstd) {
+    const A* __restrict__ xr = static_cast<const A*>(p.x) + (int64_t)m * p.K;
+    const bool ln = p.norm == kNormLayer;
+    const int lane = threadIdx.x & 31, nv = p.K / 8;
+    const float c0 = ln ? to_f(xr[0]) : 0.f;
+    float s = 0.f, q = 0.f;
+    for (int c = lane; c < nv; c += 32) {
+      float cs, cq;
+      if (part != nullptr) {
+        const float2 v = reinterpret_cast<const float2*>(part)[m * nv + c];
+        cs = v.x;
+        cq = v.y;
+      } else {
+        float f[8];
+        load8(xr + c * 8, p.vec_x, f);
+        chunk_stats(f, c0, cs, cq);
+      }
+      s += cs;
+      q += cq;
+    }
+    s = warp_sum(s);
+    q = warp_sum(q);
+    if (ln) {
+      dm = s / p.K;
+      rstd = rsqrtf(fmaxf(q / p.K - dm * dm, 0.f) + p.eps);
+    } else {
+      dm = 0.f;
+      rstd = rsqrtf(q / p.K + p.eps);
+    }
+  }
   // Tile t staged and normalised (ntiles: how many tiles the row has; s_mean / s_rstd: the
-  // statistics row_stats_global wrote when ntiles > 1). Ends on a barrier.
+  // statistics row_stats_global wrote when ntiles > 1; part: v27's chunk statistics, single
+  // tile). Ends on a barrier.
+  // (v27b: Fold, the kernel's template parameter, picks the fold's staging at compile time, so the
+  // kernels without it keep their code)
+  template <bool Fold = false>
   static __device__ void stage(const LinearArgs& p, float* xs, int t, int ntiles, const float* s_mean,
-                               const float* s_rstd) {
+                               const float* s_rstd, float* part = nullptr) {
+    if constexpr (Fold) {
+      fold_tile(p, xs, part, t);
+      return;
+    }
     load_tile(p, xs, t);
     __syncthreads();
     if (p.norm != kNormNone) {
@@ -321,6 +459,31 @@ struct XStage {
       for (int m = 0; m < MT; ++m) s_mean[m] = mean[m], s_rstd[m] = rstd[m];
     }
     __syncthreads();
+  }
+};
+
+// v27: one warp's row statistics for the fold's epilogue (XStage::fold_stats), taken at the
+// warp's first finished pair, off the path to its first dot products: every row's at once and
+// kept where MT <= KEEP, each use's own past that (registers). The same values either way.
+template <typename A, int MT, int NT, int KEEP>
+struct FoldStats {
+  static constexpr int FS = MT <= KEEP ? MT : 1;
+  float dm[FS], rstd[FS];
+  bool have = false;
+  // row m's (dm, rstd), m < p.M; the whole warp calls it (warp_sum inside)
+  __device__ __forceinline__ void get(const LinearArgs& p, const float* part, int m, float& d, float& r) {
+    if constexpr (MT <= KEEP) {
+      if (!have) {
+#pragma unroll
+        for (int j = 0; j < MT; ++j)
+          if (j < p.M) XStage<A, MT, NT>::fold_stats(p, part, j, dm[j], rstd[j]);
+        have = true;
+      }
+      d = dm[m];
+      r = rstd[m];
+    } else {
+      XStage<A, MT, NT>::fold_stats(p, part, m, d, r);
+    }
   }
 };
 

@@ -16,10 +16,11 @@
 // v6 (gemv_pipe_kernel below): long rows (K >= 4096) stream through a cp.async shared-memory
 // ring instead; v4 (K split over warps) and v5 (two batches in registers) were slower and are
 // gone (docs/kernels/decode.md has each version's numbers).
-// The kernels and their launchers live in this header; each weight dtype's instantiations are
-// compiled in a file of their own (linear_f32.cu, linear_f16.cu, linear_bf16.cu: launch_w), so
-// the extension's build compiles them in parallel (one file took ~137 s of the GPU machine's
-// ~225 s build), and linear.cu checks the arguments and dispatches.
+// The kernels and their launchers live in this header; each (weight, activation) dtype pair's
+// instantiations (launch_wa) are compiled in a file of their own (linear_f16.cu for f16
+// activations, linear_f16_bf16.cu for bf16; likewise f32 and bf16 weights), so the extension's
+// build compiles them in parallel (one file took ~137 s of the GPU machine's ~225 s build), and
+// linear.cu checks the arguments and dispatches.
 #pragma once
 #include <cmath>
 
@@ -28,6 +29,7 @@
 
 namespace gpte {
 extern int g_linear_stats_one_pass;  // linear.cu: linear_stats_force's setting (v23's one pass: 1)
+extern int g_linear_fold;  // linear.cu: linear_fold_force's setting (v27's fold: 1)
 extern int g_linear_ring_mode;  // linear.cu: linear_ring_force's setting (one for every weight dtype's file)
 namespace {
 using namespace linear_detail;
@@ -67,12 +69,12 @@ template <int MT> constexpr int kGemvBlocksPerSm = MT == 1 ? 4 : 3;
 // the sums are v3's (and the ring kernel's) bit for bit.
 template <int MT, int UW> constexpr int gemv_blocks_per_sm() { return UW == 12 ? 3 : kGemvBlocksPerSm<MT>; }
 
-template <typename W, typename A, int MT, int UW = 0>
+template <typename W, typename A, int MT, int UW = 0, bool Fold = false>
 __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_kernel(const LinearArgs p) {
   static_assert(UW == 0 || (UW == 12 && MT == 1), "the 12-chunk batch is built for M = 1 only");
   constexpr int CH = 16 / sizeof(W);                      // weight elements per 16-byte load
   constexpr int U = UW ? UW : (MT >= 8 ? 2 : (MT >= 4 ? 4 : 8));  // chunks per row in flight per lane
-  extern __shared__ float xs[];                           // [MT][kt] staged activations
+  extern __shared__ float xs[];                           // [MT][kt] staged activations (+ v27's chunk statistics)
   __shared__ float s_mean[MT], s_rstd[MT];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const W* __restrict__ w = static_cast<const W*>(p.w);
@@ -80,6 +82,9 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
   const int npairs = swiglu ? p.n_out : (p.N + 1) / 2;
   const int ngroups = (npairs + kWarps - 1) / kWarps;
   const int ntiles = (p.K + p.kt - 1) / p.kt;
+  // v27: [MT][K / 8] chunk statistics after the staged rows when the row is one tile (the launcher
+  // sized the shared memory for them), else the epilogue reads x again
+  float* part = Fold && ntiles == 1 ? xs + MT * p.kt : nullptr;
 
   // Before the wait on the previous kernel: fetch this warp's first batch of weight chunks and its
   // first pair's bias (v29: bias_pair) (both are constant, so this overlaps the previous kernel;
@@ -104,6 +109,7 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
           b[u] = ldg_stream(w1 + (int64_t)c * CH);
         }
       }
+      if constexpr (Fold) fold_prefetch_l1(p, r0, r1);  // v27b: C / D into L1, after the weights
       prefetched = true;
     }
   }
@@ -111,8 +117,9 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
   pdl_launch_dependents();
 
   using XS = XStage<A, MT, kThreads>;
-  if (p.norm != kNormNone && ntiles > 1) XS::row_stats_global(p, s_mean, s_rstd);
-  if (ntiles == 1) XS::stage(p, xs, 0, ntiles, s_mean, s_rstd);
+  if (p.norm != kNormNone && !Fold && ntiles > 1) XS::row_stats_global(p, s_mean, s_rstd);
+  if (ntiles == 1) XS::template stage<Fold>(p, xs, 0, ntiles, s_mean, s_rstd, part);
+  FoldStats<A, MT, kThreads, 4> fs;  // v27: the warp's row statistics, kept for M <= 4
   for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
     const int pair = g * kWarps + warp;
     const bool active = pair < npairs;
@@ -122,7 +129,10 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
     // v29: the first group's bias came with the prefetch; a later group's is read here, before
     // its dot products
     float b0 = pb0, b1 = pb1;
-    if (active && g != (int)blockIdx.x) bias_pair<A>(p, r0, r1, b0, b1);
+    if (active && g != (int)blockIdx.x) {
+      bias_pair<A>(p, r0, r1, b0, b1);
+      if constexpr (Fold) fold_prefetch_l1(p, r0, r1);
+    }
     float acc0[MT], acc1[MT];
 #pragma unroll
     for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
@@ -130,7 +140,7 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
     for (int t = 0; t < ntiles; ++t) {
       if (ntiles > 1) {
         __syncthreads();  // every warp is done with the previous tile
-        XS::stage(p, xs, t, ntiles, s_mean, s_rstd);
+        XS::template stage<Fold>(p, xs, t, ntiles, s_mean, s_rstd);
       }
       if (!active) continue;
       const int k0 = t * p.kt;
@@ -182,10 +192,21 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
     }
     if (!active) continue;
 
+    // v27b: the pair's C / D, prefetched into L1 with its first weights or at its group's start
+    float fc0 = 0.f, fc1 = 0.f, fd0 = 0.f, fd1 = 0.f;
+    if constexpr (Fold) fold_pair(p, r0, r1, fc0, fc1, fd0, fd1);
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       acc0[m] = warp_sum(acc0[m]);
       acc1[m] = warp_sum(acc1[m]);
+      if constexpr (Fold) {
+        if (m < p.M) {
+          float dm, rs;
+          fs.get(p, part, m, dm, rs);
+          acc0[m] = fold_apply(p, acc0[m], dm, rs, fc0, fd0);
+          if (has1) acc1[m] = fold_apply(p, acc1[m], dm, rs, fc1, fd1);
+        }
+      }
       if (m < p.M && lane == m) finish_pair<A>(p, m, pair, r0, r1, has1, acc0[m], acc1[m], b0, b1);
     }
   }
@@ -217,7 +238,7 @@ constexpr int kPipeSmemMax = 200 * 1024;  // of the 227 KiB a block may opt in t
 __host__ __device__ constexpr int pipe_u(int mt) { return mt <= 2 ? 4 : (mt <= 4 ? 2 : 1); }
 __host__ __device__ constexpr int pipe_ring_bytes(int mt) { return kStages * 2 * pipe_u(mt) * kPipeThreads * 16; }
 
-template <typename W, typename A, int MT, bool Bulk = false>
+template <typename W, typename A, int MT, bool Bulk = false, bool Fold = false>
 __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const LinearArgs p) {
   constexpr int CH = 16 / sizeof(W);
   constexpr int U = pipe_u(MT);
@@ -226,6 +247,7 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
   // (each warp's row span of a batch contiguous, as one bulk copy writes it); the same bytes
   uint4* ring = reinterpret_cast<uint4*>(smem);
   float* xs = reinterpret_cast<float*>(smem + pipe_ring_bytes(MT));  // [MT][kt] staged activations
+  float* part = Fold ? xs + MT * p.kt : nullptr;  // v27: [MT][K / 8] chunk statistics (one tile)
   __shared__ float s_mean[MT], s_rstd[MT];
   __shared__ __align__(8) uint64_t s_bar[Bulk ? kPipeWarps * kStages : 1];  // Bulk: [warps][kStages]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -291,8 +313,18 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
   for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
   // v29b: the ring kernel reads its bias after the dot products again, in the writing lane (v29
   // read it at the pair's first batch; gpt-oss's step, all of whose dense products take this kernel,
-  // was 17.6 us slower with it: docs/kernels/decode.md, v29 measured)
+  // was 17.6 us slower with it: docs/kernels/decode.md, v29 measured). v27b: the fold instances
+  // read the pair's fold constants C / D at its first batch (only they: Fold is a template parameter)
+  float fc0 = 0.f, fc1 = 0.f, fd0 = 0.f, fd1 = 0.f;
+  FoldStats<A, MT, kPipeThreads, kLinearMaxM> fs;  // v27: the warp's row statistics, all kept
   auto consume = [&](int st, Cur s) {
+    if constexpr (Fold) {
+      if (s.c == 0) {
+        int q0, q1;
+        pair_rows(p, s.pair, q0, q1);
+        fold_pair(p, q0, q1, fc0, fc1, fd0, fd1);
+      }
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = s.c + u * 32 + lane;
@@ -324,7 +356,15 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
     const bool has1 = r1 < p.N;
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
-      const float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
+      float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
+      if constexpr (Fold) {
+        if (m < p.M) {
+          float dm, rs;
+          fs.get(p, part, m, dm, rs);
+          v0 = fold_apply(p, v0, dm, rs, fc0, fd0);
+          if (has1) v1 = fold_apply(p, v1, dm, rs, fc1, fd1);
+        }
+      }
       if (m < p.M && lane == m) {
         float b0, b1;
         bias_pair<A>(p, r0, r1, b0, b1);
@@ -345,7 +385,7 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
   }
   pdl_wait();
   pdl_launch_dependents();
-  XStage<A, MT, kPipeThreads>::stage(p, xs, 0, 1, s_mean, s_rstd);
+  XStage<A, MT, kPipeThreads>::template stage<Fold>(p, xs, 0, 1, s_mean, s_rstd, part);
 
   for (int i = 0; tail.pair < npairs; ++i) {
     if constexpr (Bulk) {
@@ -362,16 +402,16 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
   if constexpr (!Bulk) cp_async_wait<0>();  // (Bulk: every copy issued was waited for above)
 }
 
-template <typename W, typename A, int MT, bool Bulk>
+template <typename W, typename A, int MT, bool Bulk, bool Fold>
 cudaError_t launch_ring(const LinearArgs& p, int grid, size_t smem, cudaStream_t st) {
   static bool attr_set = false;  // once per instantiation: allow more than 48 KiB of shared memory
   if (!attr_set) {
-    cudaError_t e = cudaFuncSetAttribute(gemv_pipe_kernel<W, A, MT, Bulk>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaError_t e = cudaFuncSetAttribute(gemv_pipe_kernel<W, A, MT, Bulk, Fold>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          kPipeSmemMax);
     if (e != cudaSuccess) return e;
     attr_set = true;
   }
-  return launch_pdl(gemv_pipe_kernel<W, A, MT, Bulk>, dim3((unsigned)grid), dim3(kPipeThreads), smem, st, p);
+  return launch_pdl(gemv_pipe_kernel<W, A, MT, Bulk, Fold>, dim3((unsigned)grid), dim3(kPipeThreads), smem, st, p);
 }
 
 template <typename W, typename A, int MT>
@@ -381,8 +421,14 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   const int kpad = (int)ceil_div(p.K, CH) * CH;
   p.vec_x = p.K % 8 == 0 && aligned16(p.x);
   p.stats_one_pass = g_linear_stats_one_pass;
+  // v27 where the shape allows it (whole 8-element chunks; LayerNorm needs its row constants);
+  // a shape-only choice, so a row's bits do not depend on M or on the kernel
+  p.fold = g_linear_fold && p.norm != kNormNone && p.K % 8 == 0 &&
+           (p.norm == kNormRms || (p.fold_c != nullptr && p.fold_d != nullptr));
+  p.vec_nw = p.fold && aligned16(p.norm_w);
+  const size_t part_bytes = p.fold ? (size_t)MT * (kpad / 8) * 2 * sizeof(float) : 0;  // v27, one tile
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;  // (QKV: N even)
-  const size_t pipe_smem = pipe_ring_bytes(MT) + (size_t)MT * kpad * sizeof(float);
+  const size_t pipe_smem = pipe_ring_bytes(MT) + (size_t)MT * kpad * sizeof(float) + part_bytes;
   // the ring kernel where it measured faster (H200, M = 1, graph-captured calls, 2026-12-01,
   // docs/kernels/decode.md): K >= 4096 (1600x6400 10.1 -> 8.8 us, 4096x4096 13.2 -> 11.9 us);
   // shorter rows keep v3 (1600x1600 2.9 vs 3.7 us, 4800x1600 7.2 vs 8.3 us): its 3 blocks per SM
@@ -421,16 +467,21 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
     p.kt = kpad;
     const int grid = std::max(1, std::min(num_sms, npairs));
     if constexpr (MT == 1) {
-      if (bulk) return launch_ring<W, A, MT, true>(p, grid, pipe_smem, st);
+      if (bulk) return p.fold ? launch_ring<W, A, MT, true, true>(p, grid, pipe_smem, st)
+                              : launch_ring<W, A, MT, true, false>(p, grid, pipe_smem, st);
     }
-    return launch_ring<W, A, MT, false>(p, grid, pipe_smem, st);
+    // v27b: the fold is a template parameter, so the kernels without it are v29's code exactly
+    return p.fold ? launch_ring<W, A, MT, false, true>(p, grid, pipe_smem, st)
+                  : launch_ring<W, A, MT, false, false>(p, grid, pipe_smem, st);
   }
   const int step = 32 * CH;  // a tile is whole warp-wide chunk rows where it can be
-  int kt = kSmemFloats / MT / step * step;
+  // (v27: a fifth of the floats for the chunk statistics of a one-tile row; the tile size does not
+  // change a row's bits: tiles are whole warp-wide chunk rows, and the statistics' order is fixed)
+  int kt = (p.fold ? kSmemFloats * 4 / 5 : kSmemFloats) / MT / step * step;
   if (kt < CH) return cudaErrorInvalidValue;
   p.kt = kt < kpad ? kt : kpad;
   const int64_t ngroups = ceil_div(npairs, kWarps);
-  const size_t smem = (size_t)MT * p.kt * sizeof(float);
+  const size_t smem = (size_t)MT * p.kt * sizeof(float) + (p.kt == kpad ? part_bytes : 0);
   // the blocks per SM the launch bounds allow (M = 1: 4 blocks, 16 warps, each with 2 x 8 16-byte
   // loads per lane in flight, ~128 KB per SM; else 3); fewer where the staged activations take the
   // shared memory. M = 1 ran with 3 until session 9 although its 128 registers let 4 fit: 4 took
@@ -440,12 +491,14 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
     if (u12_case) {
       const int per_sm = std::max(1, std::min(gemv_blocks_per_sm<1, 12>(), (int)((200 * 1024) / (smem + 1024))));
       const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(ngroups, (int64_t)num_sms * per_sm));
-      return launch_pdl(gemv_kernel<W, A, 1, 12>, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
+      return launch_pdl(p.fold ? gemv_kernel<W, A, 1, 12, true> : gemv_kernel<W, A, 1, 12, false>, dim3((unsigned)grid),
+                        dim3(kThreads), smem, st, p);
     }
   }
   const int per_sm = std::max(1, std::min(kGemvBlocksPerSm<MT>, (int)((200 * 1024) / (smem + 1024))));
   const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(ngroups, (int64_t)num_sms * per_sm));
-  return launch_pdl(gemv_kernel<W, A, MT>, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
+  return launch_pdl(p.fold ? gemv_kernel<W, A, MT, 0, true> : gemv_kernel<W, A, MT, 0, false>, dim3((unsigned)grid),
+                    dim3(kThreads), smem, st, p);
 }
 
 template <typename W, typename A>
@@ -455,12 +508,6 @@ cudaError_t launch_wa(const LinearArgs& p, int num_sms, cudaStream_t st) {
   if (p.M <= 4) return launch_mt<W, A, 4>(p, num_sms, st);
   if (p.M <= 8) return launch_mt<W, A, 8>(p, num_sms, st);
   return launch_mt<W, A, 16>(p, num_sms, st);
-}
-
-// One weight dtype's launcher for both activation dtypes (instantiated once, in its own file).
-template <typename W>
-cudaError_t launch_w(int adtype, const LinearArgs& p, int num_sms, cudaStream_t st) {
-  return adtype == kF16 ? launch_wa<W, __half>(p, num_sms, st) : launch_wa<W, __nv_bfloat16>(p, num_sms, st);
 }
 
 }  // namespace

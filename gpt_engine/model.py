@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import gguf
 import numpy as np
 import torch
 
@@ -438,7 +439,9 @@ def _estimate_cuda(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int
     - ``held_extra``: what the model holds beside them: the norms and biases converted to
       ``dtype`` at load (their F32 file copies freed: negative for F32 vectors held in fp16),
       GPT-2's position table converted once to ``dtype`` (``wpe_dense``), Llama's fp32 RoPE
-      cos/sin tables over the context.
+      cos/sin tables over the context, and GPT-2's LayerNorm row constants (``fold_constants``:
+      ``ops.linear.fold_constants``, two fp32 [N] per LayerNorm-fused decode product: QKV and up
+      of every layer and the LM head, where ``ops.linear.folds`` takes the weight).
     - ``allocator_rounding``: the caching allocator's block sizes beyond the held matrices'
       bytes (``allocator_block_bytes`` of each weight as held: Llama's stacked [q; k; v] and
       [gate; up]).
@@ -465,7 +468,10 @@ def _estimate_cuda(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int
       - ``decode_step``: the decode graph's capture beside its warm-up: the prefill graph's
         logits, the warm-up's and the captured step's logits (``Decoder.logits``), the
         attention's split workspace, a token's activations (and the reference attention's fp32
-        cache copies where no kernel exists).
+        cache copies where no kernel exists); or, if larger, the warm-up's first call of each
+        LayerNorm-fused product, which sums the row constants over blocks of the weight in fp64
+        (``fold_block``: ``ops.linear.fold_block_rows`` rows) beside the prefill graph's logits
+        and a token's activations.
     """
     from .cuda_graph import prefill_bucket
     from .ops.attention_decode import max_splits
@@ -491,6 +497,20 @@ def _estimate_cuda(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int
         held_extra += 2 * allocator_block_bytes(cfg.n_ctx * (cfg.rope_dim // 2) * 4)  # rope_tables cos, sin
     layers = _gpu_matrices(f, cfg)
     allocator_rounding = sum(allocator_block_bytes(m[0]) - m[0] for group in layers for m in group)
+    # GPT-2's LayerNorm-fused decode products (ops.linear.fold_constants): QKV and up of every
+    # layer, and the head (output, else the tied token table); C and D fp32 [N] each, held, and
+    # the fp64 block of weight rows they are summed from, transient
+    fold_constants = fold_block = 0
+    if gpt2:
+        from .ops.linear import fold_block_rows, folds
+        fused = [m for group in layers[:-1] for m in group if any(k in n for n in m[4] for k in ("attn_qkv", "ffn_up"))]
+        heads = ([m for m in layers[-1] if "output.weight" in m[4]]
+                 or [m for m in layers[-1] if "token_embd.weight" in m[4]])
+        for m in fused + heads[:1]:
+            if folds(gguf.GGMLQuantizationType[m[3]], m[2]):
+                fold_constants += 2 * allocator_block_bytes(m[1] * 4)
+                fold_block = max(fold_block, min(m[1], fold_block_rows(m[2])) * m[2] * 8)
+    held_extra += fold_constants
     kv = 2 * cfg.n_layer * Hkv * D * cap * el
 
     # ---- prefill: the live set of each product phase of a block, x tb tokens
@@ -558,7 +578,8 @@ def _estimate_cuda(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int
 
     # ---- the decode step's capture (prefill done: its logits stay)
     splits = max_splits(cap)  # attention_decode_splits' bound: ws_o and ws_ml
-    step = 3 * logits + H * splits * (D + 2) * 4 + (4 * E + 2 * qkv_out + 3 * F) * el
+    token = (4 * E + 2 * qkv_out + 3 * F) * el  # a token's activations
+    step = max(3 * logits + H * splits * (D + 2) * 4 + token, logits + fold_block + token)
     if not kernel_attention:  # reference decode attention: fp32 K and V expanded over the cache
         step += 3 * H * cap * D * 4
     transient = max(prefill, step)
@@ -567,6 +588,7 @@ def _estimate_cuda(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int
     return {"weights": weights, "dense_cache": 0, "held_extra": held_extra, "allocator_rounding": allocator_rounding,
             "kv_cache": kv, "cublas_workspaces": cublas_ws, "transient": transient, "total": total,
             "prefill": prefill, "decode_step": step, "activations": activations, "gemm_workspace": gemm_ws,
+            "fold_constants": fold_constants, "fold_block": fold_block,
             "attention_scores": attention_scores, "logits": logits, "dequant": dequant,
             "dense_cache_used": False, "cpu_cache_budget": 0, "n_ctx": cap, "prompt_tokens": T,
             "prefill_tokens": tb, "device": "cuda", "dtype": str(dtype).replace("torch.", "")}

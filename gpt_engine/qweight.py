@@ -143,6 +143,7 @@ class QWeight:
         self._int4: tuple[torch.Tensor, torch.Tensor] | None = None
         self._q4 = None  # cpu_q4.Product once decided (False: not this weight's path)
         self._stack = None  # (weights, cpu_q4.Products): linear_stacked's joint product, led by this weight
+        self._folds: dict = {}  # CUDA: ops.linear.fold_constants per LayerNorm, (norm w, norm b, C, D)
 
     @classmethod
     def from_gguf(cls, f, name: str, device: str | torch.device = "cpu") -> "QWeight":

@@ -69,6 +69,29 @@ def test_cuda_reference_attention_scores_only_without_a_kernel(models):
 
 
 @pytest.mark.story("GT-044")
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0"])
+def test_cuda_fold_constants_are_held_for_gpt2s_layernorm_fused_products(models, qtype):
+    """ops.linear.fold_constants (v27): two fp32 [N] per LayerNorm-fused decode product of GPT-2
+    (QKV and up of every layer, and the tied head) where ops.linear.folds takes the weight, in
+    held_extra; the fp64 block they are summed from in the decode step. Llama folds its RMSNorm
+    without constants."""
+    from gpt_engine.ops.linear import fold_block_rows, folds
+    f, cfg = _open(models.path("gpt2", qtype, n_embd=128, n_head=2))
+    e = estimate_memory(f, cfg, torch.float16, 1024, device="cuda", prompt_tokens=5)
+    E, F, V = cfg.n_embd, cfg.n_ff, cfg.vocab_size
+    t = f.tensors["blk.0.attn_qkv.weight"].qtype
+    assert "output.weight" not in f.tensors  # the tied head: the token table's rows
+    want = cfg.n_layer * 2 * (allocator_block_bytes(3 * E * 4) + allocator_block_bytes(F * 4)) \
+        + 2 * allocator_block_bytes(V * 4)
+    assert e["fold_constants"] == (want if folds(t, E) else 0)
+    assert e["fold_block"] == (min(V, fold_block_rows(E)) * E * 8 if folds(t, E) else 0)
+    assert e["decode_step"] >= e["logits"] + e["fold_block"]
+    f2, cfg2 = _open(models.path("llama", "F16", n_embd=128, n_head=2, n_head_kv=1, n_ff=384, n_ctx=1024))
+    e2 = estimate_memory(f2, cfg2, torch.float16, 1024, device="cuda", prompt_tokens=5)
+    assert e2["fold_constants"] == 0 and e2["fold_block"] == 0
+
+
+@pytest.mark.story("GT-044")
 def test_allocator_block_bytes():
     mib = 1 << 20
     assert allocator_block_bytes(1) == 512 and allocator_block_bytes(513) == 1024

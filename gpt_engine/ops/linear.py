@@ -38,6 +38,23 @@ GEMV_MAX_ROWS = 16                                 # csrc/launchers.h kLinearMax
 _DENSE = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}  # ggml type ids F32, F16, BF16
 _GEMV_ACT_DTYPES = (torch.float16, torch.bfloat16)
 _ACT_CODE = {torch.float16: 1, torch.bfloat16: 2}   # csrc/common.cuh DType
+# v27 (csrc/launchers.h, LinearArgs::fold_c): the fp64 bytes of weight rows per block when a
+# LayerNorm's row constants are summed (transient, once per weight, at its first decode call:
+# model.py's memory estimate counts it in the decode step)
+FOLD_BLOCK_BYTES = 8 << 20
+
+
+def fold_block_rows(k: int) -> int:
+    """Rows per block of ``fold_constants`` for rows of ``k`` values (a multiple of 4)."""
+    return max(4, FOLD_BLOCK_BYTES // (8 * k) // 4 * 4)
+
+
+def folds(qtype: int, k: int) -> bool:
+    """Whether a LayerNorm-fused decode product with this weight holds row constants
+    (``fold_constants``): the dense GEMV's types, whole 8-value chunks."""
+    return k % 8 == 0 and int(qtype) in _DENSE
+
+
 # Bench hook (explore_decode_step.py HEAD_CUBLAS; None in the engine): dense weights of at least
 # this many bytes take cuBLAS at <= 16 rows too, to time the 1.16 GB gpt-oss head there in the step
 # (norm, F.linear, then fp32: the logits pass through x's dtype, so not the GEMV's bits).
@@ -182,12 +199,15 @@ def reference(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, ep
 @torch.library.custom_op("gpt_engine::linear", mutates_args=())
 def linear_op(x: torch.Tensor, weight: torch.Tensor, qtype: int, bias: Optional[torch.Tensor],
               residual: Optional[torch.Tensor], norm_weight: Optional[torch.Tensor],
-              norm_bias: Optional[torch.Tensor], norm: int, eps: float, act: int, float_out: bool) -> torch.Tensor:
+              norm_bias: Optional[torch.Tensor], norm: int, eps: float, act: int, float_out: bool,
+              fold_c: Optional[torch.Tensor] = None, fold_d: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """fold_c / fold_d (``fold_constants``) change how the GPU computes a LayerNorm-fused
+    product, not what it computes: the reference ignores them."""
     return reference(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out)
 
 
 @linear_op.register_fake
-def _(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out):
+def _(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out, fold_c=None, fold_d=None):
     n, k = _shape_nk(weight, qtype)
     n_out = _check(x, n, k, bias, residual, norm, norm_weight, norm_bias, act)
     return x.new_empty((*x.shape[:-1], n_out), dtype=torch.float32 if float_out else x.dtype)
@@ -208,7 +228,8 @@ def _prefill(x, w, bias, residual, norm, norm_weight, norm_bias, eps, act, float
 if _ext.available():
 
     @linear_op.register_kernel("cuda")
-    def _(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out):
+    def _(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out, fold_c=None,
+          fold_d=None):
         n, k = _shape_nk(weight, qtype)
         n_out = _check(x, n, k, bias, residual, norm, norm_weight, norm_bias, act)
         lead = x.shape[:-1]
@@ -235,8 +256,52 @@ if _ext.available():
         out = new_output((m, n_out), x, torch.float32 if float_out else x.dtype)
         x2 = x2.contiguous()
         r2 = residual.reshape(m, n_out).contiguous() if residual is not None else None
-        _ext.load().linear(x2, w, bias, r2, norm_weight, norm_bias, out, norm, act, float(eps))
+        fold = {"fold_c": fold_c, "fold_d": fold_d} if qtype in _DENSE else {}
+        _ext.load().linear(x2, w, bias, r2, norm_weight, norm_bias, out, norm, act, float(eps), **fold)
         return out.reshape(*lead, n_out)
+
+
+def fold_constants(w, norm: Norm | None, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The row constants C = W g and D = W b (fp32 [N], from the weight and the LayerNorm's weight g
+    and bias b as stored, summed in fp64) with which the dense decode GEMV folds a LayerNorm into
+    its epilogue (v27, csrc/launchers.h LinearArgs::fold_c; RMSNorm needs none). (None, None) where
+    that does not apply (no LayerNorm, not CUDA, a packed weight, K % 8) or where they are not
+    computed yet inside a CUDA graph capture (the decode loop's warm-up runs each step eagerly
+    before capturing it, so its graphs find them here). Cached on the weight, per norm."""
+    if norm is None or norm.kind != "layernorm" or x.device.type != "cuda":
+        return None, None
+    key = (id(norm.weight), id(norm.bias))
+    cache = w.__dict__.setdefault("_folds", {})  # (QWeight makes it; any weight-like object gets one)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit[2], hit[3]
+    if not folds(w.qtype, w.shape[-1]) or torch.cuda.is_current_stream_capturing():
+        return None, None
+    c, d = row_constants(w, norm)
+    # v27b: the GEMV's v3 kernel pulls C / D into L1 before its PDL wait, which csrc/common.cuh
+    # allows for constant data only: finish writing them before any kernel may read them early
+    # (once per weight and norm, outside any capture)
+    if c.is_cuda:
+        torch.cuda.current_stream(c.device).synchronize()
+    cache[key] = (norm.weight, norm.bias, c, d)  # (the norm tensors held: their ids stay theirs)
+    return c, d
+
+
+def row_constants(w, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """C = W g and D = W b, fp32 [N] on the weight's device, summed in fp64 over blocks of
+    ``fold_block_rows`` rows (``fold_constants``' values, on any device)."""
+    n, k = w.raw.shape[0], w.shape[-1]
+    dense = w.raw.view(_DENSE[int(w.qtype)]).view(n, k)
+    g, b = norm.weight.double().to(w.raw.device), norm.bias.double().to(w.raw.device)
+    c = torch.empty(n, dtype=torch.float32, device=w.raw.device)
+    d = torch.empty_like(c)
+    r = fold_block_rows(k)
+    for i in range(0, n, r):
+        blk = dense[i:i + r].double()
+        c[i:i + r] = blk @ g
+        d[i:i + r] = blk @ b
+        del blk  # before the next block is made: one block at a time (the estimate's fold_block)
+    return c, d
 
 
 def linear(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, residual: torch.Tensor | None = None,
@@ -249,7 +314,9 @@ def linear(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, residual: to
     nk = NORMS[norm.kind] if norm is not None else 0
     nw, nb, eps = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 1e-5)
     if x.device.type == "cuda":
-        return linear_op(x, w.raw, int(w.qtype), bias, residual, nw, nb, nk, float(eps), ACTS[act], float_out)
+        # (the constants serve the GEMV only: a prefill's call neither computes nor passes them)
+        fc, fd = fold_constants(w, norm, x) if x.numel() <= GEMV_MAX_ROWS * x.shape[-1] else (None, None)
+        return linear_op(x, w.raw, int(w.qtype), bias, residual, nw, nb, nk, float(eps), ACTS[act], float_out, fc, fd)
     n, k = w.raw.shape[0], w.shape[-1]
     _check(x, n, k, bias, residual, nk, nw, nb, ACTS[act])
     # the weight's own CPU product: the cached dense copy, or torch's int4 kernel for Q4_0/Q4_1

@@ -47,14 +47,16 @@ def linear_qkv_op(x: torch.Tensor, weight: torch.Tensor, qtype: int, bias: Optio
                   norm_weight: Optional[torch.Tensor], norm_bias: Optional[torch.Tensor], norm: int, eps: float,
                   pos: torch.Tensor, cos: Optional[torch.Tensor], sin: Optional[torch.Tensor], k_cache: torch.Tensor,
                   v_cache: torch.Tensor, lens: Optional[torch.Tensor], status: Optional[torch.Tensor], n_head: int,
-                  n_head_kv: int, rope_mode: int, rope_dim: int) -> torch.Tensor:
+                  n_head_kv: int, rope_mode: int, rope_dim: int, fold_c: Optional[torch.Tensor] = None,
+                  fold_d: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """fold_c / fold_d: the GPU's LayerNorm fold (``linear.fold_constants``); the reference ignores them."""
     return reference(x, weight, qtype, bias, norm_weight, norm_bias, norm, eps, pos, cos, sin, k_cache, v_cache, lens,
                      status, n_head, n_head_kv, rope_mode, rope_dim)
 
 
 @linear_qkv_op.register_fake
 def _(x, weight, qtype, bias, norm_weight, norm_bias, norm, eps, pos, cos, sin, k_cache, v_cache, lens, status,
-      n_head, n_head_kv, rope_mode, rope_dim):
+      n_head, n_head_kv, rope_mode, rope_dim, fold_c=None, fold_d=None):
     d = _check(x, weight, qtype, pos, k_cache, v_cache, n_head, n_head_kv)
     return x.new_empty((x.shape[0], n_head, d))
 
@@ -63,7 +65,7 @@ if _ext.available():
 
     @linear_qkv_op.register_kernel("cuda")
     def _(x, weight, qtype, bias, norm_weight, norm_bias, norm, eps, pos, cos, sin, k_cache, v_cache, lens, status,
-          n_head, n_head_kv, rope_mode, rope_dim):
+          n_head, n_head_kv, rope_mode, rope_dim, fold_c=None, fold_d=None):
         d = _check(x, weight, qtype, pos, k_cache, v_cache, n_head, n_head_kv)
         n, k = lin._shape_nk(weight, qtype)
         lin._check(x, n, k, bias, None, norm, norm_weight, norm_bias, 0)
@@ -80,17 +82,20 @@ if _ext.available():
                 or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
             return reference(x, weight, qtype, bias, norm_weight, norm_bias, norm, eps, pos, cos, sin, k_cache,
                              v_cache, lens, status, n_head, n_head_kv, rope_mode, rope_dim)
+        fold = {}
         if packed:  # the raw blocks go to the packed GEMV (csrc/linear_q.cu)
             w, wq = weight, int(qtype)
         else:
             w = weight.view(lin._DENSE[qtype]).view(n, k) if qtype in lin._DENSE else \
                 lin.packed_dense(weight, qtype, n, k, x.dtype)
             wq = -1
+            if qtype in lin._DENSE:
+                fold = {"fold_c": fold_c, "fold_d": fold_d}
         qr._raise_if_bad(pos, k_cache, cos, rope_mode, status)
         q = new_output((m, n_head * d), x)
         _ext.load().linear_qkv(x.contiguous(), w, bias, norm_weight, norm_bias, q, norm, float(eps), pos.contiguous(),
                                cos, sin, k_cache, v_cache, lens, status, n_head, n_head_kv, rope_mode,
-                               rope_dim if rope_mode else 0, qtype=wq)
+                               rope_dim if rope_mode else 0, qtype=wq, **fold)
         return q.view(m, n_head, d)
 
 
@@ -101,8 +106,9 @@ def linear_qkv(x: torch.Tensor, w, bias: torch.Tensor | None, norm, pos: torch.T
     nk = lin.NORMS[norm.kind] if norm is not None else 0
     nw, nb, eps = (norm.weight, norm.bias, norm.eps) if norm is not None else (None, None, 1e-5)
     if x.device.type == "cuda":
+        fc, fd = lin.fold_constants(w, norm, x) if x.shape[0] <= lin.GEMV_MAX_ROWS else (None, None)
         return linear_qkv_op(x, w.raw, int(w.qtype), bias, nw, nb, nk, float(eps), pos, cos, sin, k_cache, v_cache,
-                             lens, status, n_head, n_head_kv, rope_mode, rope_dim)
+                             lens, status, n_head, n_head_kv, rope_mode, rope_dim, fc, fd)
     qkv = lin.linear(x, w, bias, norm=norm)
     q, _, _ = qr.qkv_rope(qkv, pos, cos, sin, k_cache, v_cache, lens, status, n_head, n_head_kv, 1, rope_mode,
                           rope_dim)

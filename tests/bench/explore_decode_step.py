@@ -24,6 +24,8 @@ QGEMV_ZIP="0 1" (packed files): the same for the packed GEMV's MXFP4 code order
 STATS="1 0" (any file): the same for the dense GEMV's LayerNorm statistics (ext.linear_stats_force:
 1 one pass shifted by the row's first value, v23, the default; 0 two passes, v2.1's bits;
 csrc/linear_common.cuh).
+FOLD="1 0" (any file with dense norm-fused products): the same for v27's norm folded into the dense
+GEMV's epilogue (ext.linear_fold_force: 1 the default, 0 v23's normalize loop; csrc/linear_common.cuh).
 HEAD_CUBLAS="0 1": dense products of >= 1 GiB (gpt-oss's untied 201,088 x 2,880 head) on the GEMV
 kernel (0) or on cuBLAS (1: our norm ops, F.linear, then fp32; linear.CUBLAS_MIN_BYTES).
 """
@@ -115,6 +117,7 @@ def step_breakdown(path: str) -> None:
     heads = os.environ.get("HEAD_CUBLAS", "").split()
     zips = os.environ.get("QGEMV_ZIP", "").split()
     stats = os.environ.get("STATS", "").split()
+    folds = os.environ.get("FOLD", "").split()
     if versions:
         ext = _ext.load()
         hook_ab(dec, rewind, "moe", versions, lambda v: moe_force(ext, v), lambda: moe_reset(ext))
@@ -138,12 +141,17 @@ def step_breakdown(path: str) -> None:
         hook_ab(dec, rewind, "layernorm stats one pass (v23)", stats,
                 lambda v: ext.linear_stats_force(int(v)) == int(v) or sys.exit(f"stats {v}: not a setting"),
                 lambda: ext.linear_stats_force(1))
+    if folds:
+        ext = _ext.load()
+        hook_ab(dec, rewind, "norm fold (v27)", folds,
+                lambda v: ext.linear_fold_force(int(v)) == int(v) or sys.exit(f"fold {v}: not a setting"),
+                lambda: ext.linear_fold_force(1))
     if heads:
         from gpt_engine.ops import linear_module as lin
         hook_ab(dec, rewind, "head on cuBLAS", heads,
                 lambda v: setattr(lin, "CUBLAS_MIN_BYTES", 1 << 30 if v == "1" else None),
                 lambda: setattr(lin, "CUBLAS_MIN_BYTES", None))
-    if versions or tiles or rings or heads or zips or stats:
+    if versions or tiles or rings or heads or zips or stats or folds:
         return
     graphs = [("greedy", dec._graph("greedy"))]
     if st.short_keys:

@@ -147,21 +147,165 @@ def test_linear_model_shapes_cuda(wtype, m, n, k):
 @pytest.mark.story("GX-003")
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
 @pytest.mark.parametrize("k", [1600, 3072, 6400])
-def test_gemv_rows_do_not_depend_on_the_batch(k):
+def test_gemv_rows_do_not_depend_on_the_batch(k, kind):
     """Row m of a batch is computed exactly as it is alone (same chunks, same order): what makes a
     sequence's greedy ids in a batch equal its batch-1 run. K = 6400 crosses from v3 (M = 16: the
-    rows do not fit v6's shared memory) to v6 (M = 1), which must give the same bits. With a bias
-    (odd N: the last pair's lone row), so each kernel's bias path (v29: read before the dot
-    products) is checked against the others'."""
+    rows do not fit v6's shared memory) to v6 (M = 1), which must give the same bits. With v27's
+    fold the statistics come from the staging's chunk sums (one tile) or from global memory (M = 16
+    over several tiles at K = 3,072 and 6,400): the same chunks in the same order. With a bias (odd
+    N: the last pair's lone row), so each kernel's bias path (v29) and, for LayerNorm, its C / D
+    (v27b: read before the dot products) are checked against the others'."""
     w, _ = make_weight(1601, k, "F16", "cuda")
     x = randn((16, k), torch.float16, "cuda")
     b = randn((1601,), torch.float16, "cuda", scale=0.1)
-    nm = _norm("layernorm", k, torch.float16, "cuda")
+    nm = _norm(kind, k, torch.float16, "cuda")
     full = ops.linear(x, w, b, norm=nm)
     for m in (1, 3, 16):
         part = ops.linear(x[:m].contiguous(), w, b, norm=nm)
         assert torch.equal(part, full[:m])
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("kind,act", [("layernorm", "none"), ("layernorm", "gelu_tanh"), ("rmsnorm", "swiglu"),
+                                      ("rmsnorm", "none")], ids=str)
+@pytest.mark.parametrize("wtype", ["F16", "BF16", "F32"])
+@pytest.mark.parametrize("m,n,k", [(1, 4800, 1600), (1, 2304, 768), (3, 1602, 1600), (16, 1602, 3072),
+                                   (1, 1600, 6400), (1, 1000, 1004)], ids=str)
+def test_gemv_norm_fold_vs_float64(kind, act, wtype, m, n, k):
+    """v27 (csrc/launchers.h, LinearArgs::fold_c): the norm folded into the epilogue, the default
+    where K % 8 == 0 (K = 1,004 keeps v23's normalize loop), and the unfolded path under
+    ext.linear_fold_force(0), each within the oracle's bound of the float64 product of the exact
+    norm; the fold's staged row is not rounded to the activation dtype, so the two differ."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    w, w64 = make_weight(n, k, wtype, "cuda")
+    x = randn((m, k), torch.float16, "cuda")
+    b = randn((n,), torch.float16, "cuda", scale=0.1)
+    nm = _norm(kind, k, torch.float16, "cuda")
+    ref = oracle(x, w64, b, None, nm, act)
+    outs = {}
+    try:
+        for on in (1, 0):
+            assert ext.linear_fold_force(on) == on
+            outs[on] = ops.linear(x, w, b, norm=nm, act=act)
+            assert_nmse(outs[on], ref, TOL_NAME[torch.float16])
+    finally:
+        ext.linear_fold_force(1)
+    if k % 8 == 0 and n >= 1000:  # (a fold that ran: the staged rows differ by the norm's rounding)
+        assert not torch.equal(outs[0], outs[1])
+
+
+def fold_twin(x, w, norm):
+    """v27's arithmetic in fp32 on the CPU, as csrc/linear_common.cuh orders it where the order
+    matters (the statistics: 8-element chunk sums of x - x[0], chunk c added by lane c % 32, the
+    32 lanes summed; the row constants C = W g, D = W b from fp64): the kernel's algebra, checked
+    without a GPU. The dot products' own fp32 order is the GPU's business (and its tests')."""
+    xf, wf, gf = x.float(), w.float(), norm.weight.float()
+    k = x.shape[1]
+    ln = norm.kind == "layernorm"
+    rows = []
+    for xr in xf:
+        c0 = xr[0] if ln else torch.zeros(())
+        s = wf @ ((xr - c0) * gf)
+        d = (xr - c0).view(-1, 8)
+        lanes = torch.zeros(2, 32)
+        for c, (cs, cq) in enumerate(zip(d.sum(1), (d * d).sum(1))):
+            lanes[0, c % 32] += cs
+            lanes[1, c % 32] += cq
+        s1, s2 = lanes.sum(1)
+        if ln:
+            dm = s1 / k
+            rstd = torch.rsqrt(torch.clamp(s2 / k - dm * dm, min=0) + norm.eps)
+            cc = (w.double() @ norm.weight.double()).float()
+            dd = (w.double() @ norm.bias.double()).float()
+            rows.append(rstd * (s - dm * cc) + dd)
+        else:
+            rows.append(torch.rsqrt(s2 / k + norm.eps) * s)
+    return torch.stack(rows)
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.parametrize("wtype", ["F16", "BF16", "F32"])
+def test_fold_constants_values_cache_and_refusals_cpu(monkeypatch, wtype):
+    """ops.linear.fold_constants' Python side without a GPU (its callers run only on CUDA, so a
+    slip here would show first on the GPU machine): a weight held on the CPU and an x that says
+    it is on CUDA. C = W g and D = W b against float64 (fp32 rounding of an fp64 sum), cached
+    per norm (the second call returns the same tensors, a second norm gets its own), and (None,
+    None) for an RMSNorm, for K % 8 != 0, and inside a graph capture before they exist."""
+    from types import SimpleNamespace
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    x = SimpleNamespace(device=torch.device("cuda"))
+    w, w64 = make_weight(1000, 1600, wtype, "cpu")
+    nm = _norm("layernorm", 1600, torch.float16, "cpu")
+    c, d = lin.fold_constants(w, nm, x)
+    assert c.dtype == d.dtype == torch.float32 and c.shape == d.shape == (1000,)
+    assert torch.equal(c, (w64 @ nm.weight.double()).float())
+    assert torch.equal(d, (w64 @ nm.bias.double()).float())
+    c2, d2 = lin.fold_constants(w, nm, x)
+    assert c2 is c and d2 is d
+    nm2 = _norm("layernorm", 1600, torch.float16, "cpu")
+    assert lin.fold_constants(w, nm2, x)[0] is not c
+    assert lin.fold_constants(w, _norm("rmsnorm", 1600, torch.float16, "cpu"), x) == (None, None)
+    assert lin.fold_constants(w, nm, SimpleNamespace(device=torch.device("cpu"))) == (None, None)
+    w_odd, _ = make_weight(10, 1004, wtype, "cpu")
+    assert lin.fold_constants(w_odd, _norm("layernorm", 1004, torch.float16, "cpu"), x) == (None, None)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert lin.fold_constants(w, _norm("layernorm", 1600, torch.float16, "cpu"), x) == (None, None)
+    assert lin.fold_constants(w, nm, x)[0] is c  # computed before the capture: found
+    assert lin.fold_block_rows(1600) % 4 == 0 and lin.fold_block_rows(1600) * 1600 * 8 <= lin.FOLD_BLOCK_BYTES
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("k,mean", [(1600, 0.0), (768, 5.0), (2048, -30.0)], ids=str)
+def test_norm_fold_algebra_cpu_twin(kind, k, mean):
+    """The fold's algebra (XStage's v27 notes) against the float64 product of the exact norm, with
+    a large row mean and an outlier first value (the shift's worst case): within the fp16 bound,
+    and no farther from it than the unfused path, which rounds the norm's output to fp16 (measured
+    in session 37: fold NMSE 2e-10..1e-9 LayerNorm, ~1e-13 RMSNorm; unfused 3.5e-8..5.8e-8)."""
+    torch.manual_seed(k)
+    x = (torch.randn(3, k) + mean).half()
+    x[1, 0] = 40.0
+    w = (torch.randn(500, k) * 0.05).half()
+    nm = ops.Norm(kind, (torch.randn(k) * 0.2 + 1).half(), (torch.randn(k) * 0.2).half() if kind == "layernorm" else None)
+    w64 = w.double()
+    ref = oracle(x, w64, norm=nm)
+    unfused = lin.dense_forward(x.float(), None, None, None, lin.NORMS[kind], nm.weight.float(),
+                                None if nm.bias is None else nm.bias.float(), nm.eps, 0, True,
+                                product=lambda h: h.half().double() @ w64.T)
+    folded = fold_twin(x, w, nm).double()
+    assert_nmse(folded, ref, TOL_NAME[torch.float16])
+    def nmse(a):
+        return float(((a.double() - ref) ** 2).sum() / (ref ** 2).sum())
+    assert nmse(folded) <= nmse(unfused)
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_gemv_norm_fold_unaligned_inputs_same_bits(kind):
+    """v27 reads x and the norm weight 16 bytes at a time where they are 16-byte aligned and one
+    element at a time where not: the same values in the same order, so the same bits (x and the
+    norm weight two bytes off an aligned start, against aligned copies of the same values)."""
+    k = 1600
+    w, _ = make_weight(2400, k, "F16", "cuda")
+    nm = _norm(kind, k, torch.float16, "cuda")
+    xb = randn((3 * k + 1,), torch.float16, "cuda")
+    x_off = xb[1:].view(3, k)
+    assert x_off.data_ptr() % 16 != 0
+    gb = torch.empty(k + 1, dtype=torch.float16, device="cuda")
+    gb[1:] = nm.weight
+    nm_off = ops.Norm(kind, gb[1:], nm.bias, nm.eps)
+    assert nm_off.weight.data_ptr() % 16 != 0
+    aligned = ops.linear(x_off.clone(), w, norm=nm)
+    assert torch.equal(ops.linear(x_off, w, norm=nm), aligned)
+    assert torch.equal(ops.linear(x_off.clone(), w, norm=nm_off), aligned)
 
 
 @pytest.mark.story("GX-003")
@@ -174,9 +318,9 @@ def test_gemv_long_rows_same_bits_on_either_kernel(n, k):
     down products): the same bits (same chunks in the same order), here with the residual
     epilogue, and within the oracle's bound. Mode 8 (0 with v20's bulk copies) keeps them on the
     ring kernel, with the same bits. Odd N: the last pair's lone row is copied twice (both bulk
-    copies of a batch read it) and stored once. With a bias (GPT-2 1.5B's down product): each
-    kernel reads it before the pair's dot products (v29), the ring kernel at the pair's first
-    batch, v3 with its first weights."""
+    copies of a batch read it) and stored once. With a bias (GPT-2 1.5B's down product): v3 reads
+    it with its first weights (v29), the ring kernel after the pair's dot products, in the writing
+    lane (v29b)."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     w, w64 = make_weight(n, k, "F16", "cuda")
@@ -215,30 +359,38 @@ def gemv_kernel_taken(fn) -> str:
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("n,k,norm,float_out", [(5120, 2880, "rmsnorm", False), (768, 3072, None, False),
-                                                (40000, 2880, "rmsnorm", True)], ids=str)
-def test_gemv_one_batch_rows_same_bits_on_every_kernel(n, k, norm, float_out):
+                                                (40000, 2880, "rmsnorm", True), (5120, 2880, "layernorm", False),
+                                                (40000, 2880, "layernorm", True)], ids=str)
+@pytest.mark.parametrize("fold", [1, 0], ids=["fold", "loop"])
+def test_gemv_one_batch_rows_same_bits_on_every_kernel(n, k, norm, float_out, fold):
     """M = 1 rows of 257-384 16-byte chunks (gpt-oss's QKV width 2,880, GPT-2 124M's 3,072), which
     v3 takes in two batches per pair: ext.linear_ring_force 1 (v3), 0 (the ring kernel where the
     pairs exceed one round: 5120 and 40000 rows), 4 (v3 with 12 chunks per lane, one batch) and 5
     (the same past 8 rounds of pairs: the 40,000-row head-like case, with its RMSNorm and fp32
     logits) give the same bits, each lane's chunks being summed in the same order, and match the
-    oracle; so does mode 8 (0 with the ring kernel's copies as bulk copies, v20)."""
+    oracle; so does mode 8 (0 with the ring kernel's copies as bulk copies, v20). With the norm
+    folded into the epilogue (v27, the default) and with the normalize loop (linear_fold_force 0).
+    With a bias, and LayerNorm too: its row constants C / D (v27b: read before the dot products)
+    on every kernel, the ring kernel's warps taking several pairs each at 5,120 and 40,000 rows."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     w, w64 = make_weight(n, k, "F16", "cuda")
     x = randn((1, k), torch.float16, "cuda")
+    b = randn((n,), torch.float16, "cuda", scale=0.1)
     nm = _norm(norm, k, torch.float16, "cuda")
     many = n > 2 * 2112  # more than one round of v3's pairs on 132 SMs (the H200's; a smaller card has fewer)
     want = {1: "v3", 0: "ring" if many else "v3", 4: "v3 x12", 5: "v3 x12" if n == 40000 else ("ring" if many else "v3"),
             8: "ring" if many else "v3"}
     outs, took = {}, {}
     try:
+        assert ext.linear_fold_force(fold) == fold
         for mode in (1, 0, 4, 5, 8):
             assert ext.linear_ring_force(mode) == mode
-            outs[mode] = ops.linear(x, w, norm=nm, float_out=float_out)
-            took[mode] = gemv_kernel_taken(lambda: ops.linear(x, w, norm=nm, float_out=float_out))
+            outs[mode] = ops.linear(x, w, b, norm=nm, float_out=float_out)
+            took[mode] = gemv_kernel_taken(lambda: ops.linear(x, w, b, norm=nm, float_out=float_out))
     finally:
         ext.linear_ring_force(0)
+        ext.linear_fold_force(1)
     # the hook really moved the product (the bits alone cannot show it); which products pass one
     # or 8 rounds depends on the SM count, so the whole table is checked on the H200's 132
     assert took[1] == "v3" and took[4] == "v3 x12", took
@@ -246,7 +398,7 @@ def test_gemv_one_batch_rows_same_bits_on_every_kernel(n, k, norm, float_out):
         assert took == want
     for mode in (0, 4, 5, 8):
         assert torch.equal(outs[mode], outs[1]), f"mode {mode} ({took[mode]}) differs from v3"
-    assert_nmse(outs[4], oracle(x, w64, norm=nm), TOL_NAME[torch.float16])
+    assert_nmse(outs[4], oracle(x, w64, b, norm=nm), TOL_NAME[torch.float16])
 
 
 @pytest.mark.story("GX-003")
@@ -260,14 +412,18 @@ def test_gemv_one_batch_rows_same_bits_on_every_kernel(n, k, norm, float_out):
     (16, 1600, "offset", torch.float16),   # M = 16: 640-wide tiles, so the statistics come from global memory
     (1, 4096, "outlier", torch.float16),   # long rows: the ring kernel
     (1, 1600, "random", torch.bfloat16),
-    (1, 1600, "outlier", torch.float32),   # fp32 activations: two passes either way, held to nmse_fp32
+    (1, 1600, "outlier", torch.float32),   # fp32 activations: the op's reference (no GEMV for them), held to nmse_fp32
 ], ids=str)
 def test_gemv_layernorm_stats_one_pass(m, k, rows, dtype):
     """v23 (ext.linear_stats_force 1, the default) takes the fused LayerNorm's statistics in one
     pass shifted by the row's first value; 0 in two passes (v2.1). Both within the oracle's bound,
     for random rows, rows whose mean dwarfs their spread (where E[x^2] - mean^2 unshifted would
     lose the variance) and rows whose first value is an outlier (the shift far from the mean).
-    fp32 activations take two passes under either setting."""
+    Both are the normalize loop's statistics, so they run with the fold off (linear_fold_force 0;
+    every K here is a multiple of 8, where v27 folds by default); the fold, whose statistics are
+    shifted by the same first value, is held to the same bound on the same rows. fp32 activations
+    never reach the GEMV (the op computes them with its reference), so the hooks leave them
+    unchanged."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     w, w64 = make_weight(384, k, "F16", "cuda")
@@ -277,16 +433,19 @@ def test_gemv_layernorm_stats_one_pass(m, k, rows, dtype):
     nm = _norm("layernorm", k, dtype, "cuda")
     outs = {}
     try:
+        assert ext.linear_fold_force(0) == 0
         for on in (1, 0):
             assert ext.linear_stats_force(on) == on
             outs[on] = ops.linear(x, w, norm=nm)
     finally:
         ext.linear_stats_force(1)
+        ext.linear_fold_force(1)
+    outs["fold"] = ops.linear(x, w, norm=nm)
     ref = oracle(x, w64, norm=nm)
-    for on in (1, 0):
-        assert_nmse(outs[on], ref, TOL_NAME[dtype])
+    for key in (1, 0, "fold"):
+        assert_nmse(outs[key], ref, TOL_NAME[dtype])
     if dtype == torch.float32:
-        assert torch.equal(outs[1], outs[0])
+        assert torch.equal(outs[1], outs[0]) and torch.equal(outs["fold"], outs[0])
 
 
 @pytest.mark.story("GX-003")
