@@ -1,46 +1,25 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (rewritten in session 43: v27b timed against main on one
-# H100 by tests/bench/land_ab.sh, every step faster or level: 1.5B -12.8 us, 124M -6.2, Llama
-# -7.3, gpt-oss -29.1, 1.5B Q8_0 -0.6; heavy evidence at its commit 60eae65, 552 passed;
-# docs/kernels/decode.md, "v27b measured"). What is left is the light run, then the landing.
-# (Session 44 made the landing commit by step 1 below, 7d5fdcf on branch v27b-land2, reachable
-# from main through a second `merge -s ours`; its light run never started: 24 calls refused, H100
-# and H200, 1,487 of 1,800 s. Step 1 still applies as written. Then PART=21 (v28 rebased on v27b,
-# one build) if time is left; on ~330 s: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" NOTESTS=1.)
-#   1. The commits (b31ff93 the dense files split by activation type, bcdccae v27b, ce4d0b8 the
-#      long-rows docstring, 60eae65 its decode.md note; a1609f7 the heavy evidence) are reachable
-#      from main through session 43's `git merge -s ours`, which kept main's tree, so `git merge`
-#      brings nothing: bring their files back on a branch from main instead (if branch v27b-land
-#      is still here, its head a1609f7 holds them too):
-#        git checkout -b v27b-land2 main
-#        git diff cd4229e 60eae65 -- csrc gpt_engine tests/ops/test_linear.py \
-#          tests/test_memory_estimate_cuda_terms.py tests/bench/explore_decode_step.py \
-#          docs/kernels/README.md docs/architecture.md | git apply
-#        git checkout a1609f7 -- reports/evidence/20261207T020231Z-nvidia-h100-80gb-hbm3-60eae651dc.json \
-#          reports/evidence/20261207T020231Z-nvidia-h100-80gb-hbm3-60eae651dc.log
-#        git add -A && git commit (one commit; say where it came from)
-#      Check here: `python -m gates evidence` lists the 60eae651dc run as counts, and
-#      `python -m gates gate gate3 --no-run` shows the heavy run's stories (GT-029..GT-037) with no
-#      stale cuda line (the same files as 60eae65: any difference stales them; session 43 tried
-#      this recipe in a scratch worktree and found them so). If main's csrc, gpt_engine or those tests moved
-#      since cd4229e, rebase the change by hand and plan heavy again. Then, on an H100 only (an
-#      H200 run fails GT-015's tie ~95% of the time until a person decides
-#      tests/bench/ab_patches/proposal-at-ceiling-bars.patch), from the committed clean tree:
-#        export OUT GPT_ENGINE_GIT_COMMIT=<full sha of v27b-land2's head> EXT_SAVE=0 SHAPES="gpt2-124m
-#          gpt2-1.5b smollm2-135m llama-1b gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0
-#          gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M gpt-oss-20b:MXFP4"
-#        GATES_TIMEOUT=370 timeout 590 bash tests/bench/gpu_session.sh light
-#      (a cold machine: build ~110-150 s + the light run's ~270 s; one call). Commit both files
-#      with `git add -f` (never edit them; never rerun for a pass), check gate1 and gate2 with
-#      --no-run (no cuda line other than pass), `git checkout main && git merge --ff-only
-#      v27b-land2`, then a fresh-clone CI. Predicted from the steps: 124M tg128 +2-3%, gpt-oss +1.4%,
-#      1.5B and Llama +0.5-0.8%; GT-048's 1.5B MBU (0.541 on session 43's machine through the API)
-#      may still fall short of 0.55.
-#   2. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
+# What the next session should do first (rewritten in session 45). v27b is on main (252c1d0:
+# f2dd1af the files, f82babd the mended kernel-name test helper, light evidence at f82babd on an
+# H100, 1,155 passed; docs/kernels/decode.md, "Landed"). The mend touched tests/ops/test_linear.py,
+# which the packed GEMV tests import, so the heavy run at 60eae65 is stale for GT-029, GT-030 and
+# GT-033..GT-037 (cuda tests; GT-029's and GT-033's benchmarks too).
+#   1. Heavy evidence at main's head, on an H100 (an H200 run fails GT-015's tie ~95% of the time
+#      until a person decides tests/bench/ab_patches/proposal-at-ceiling-bars.patch), from the
+#      committed clean tree, .whl carried (cold: build ~110-150 s + the heavy run):
+#        export OUT GPT_ENGINE_GIT_COMMIT=<full sha of main's head: git rev-parse HEAD> EXT_SAVE=0
+#        timeout 590 bash tests/bench/gpu_session.sh heavy
+#      Commit both files with `git add -f` (never edit them; never rerun for a pass); then
+#      `python -m gates gate gate3 --no-run` should show no stale cuda line.
+#   2. PART=21 (v28, the packed GEMV's fold, rebased on v27b: now on main, so it applies to main's
+#      tree as it is; one build); on ~330 s: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" NOTESTS=1.
+#      Prediction: 1.5B Q8_0 / MXFP4 steps -5..-6%, 124M MXFP4 -3..-5%.
+#   3. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
-# 15-180 s each), session 43 830 s to 11. After a refusal wait the minutes it names; `status`
+# 15-180 s each), session 43 830 s to 11, session 44 1,487 s to 24 (nothing ran), session 45 571 s
+# to 7 before two light runs ran. After a refusal wait the minutes it names; `status`
 # shows none_now.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
