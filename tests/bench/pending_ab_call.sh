@@ -15,7 +15,10 @@
 #      `python -m gates gate gate3 --no-run` should show no stale cuda line.
 #   2. PART=21 (v28, the packed GEMV's fold, rebased on v27b: now on main, so it applies to main's
 #      tree as it is; one build); on ~330 s: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" NOTESTS=1.
-#      Prediction: 1.5B Q8_0 / MXFP4 steps -5..-6%, 124M MXFP4 -3..-5%.
+#      Prediction: 1.5B Q8_0 / MXFP4 steps -5..-6%, 124M MXFP4 -3..-5%. If v28 wins, land it with
+#      tests/bench/ab_patches/harness-fresh-miss.patch (session 45: a fresh benchmark miss fails
+#      its bar even where other tests lack records; it stales all GPU evidence, so only in a commit
+#      that then gets heavy + light on an H100; its header says why).
 #   3. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
 # 15-180 s each), session 43 830 s to 11, session 44 1,487 s to 24 (nothing ran), session 45 571 s
