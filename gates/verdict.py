@@ -412,8 +412,32 @@ class Evaluator:
                 return CritResult(c, "stale", "only stale benchmark evidence (" + self.stale_reason(run, s.id)
                                   + f"); newest was {run['_file']}", [_run_ref(run)])
             state = "missing" if len(lacking) == len(tests) else "incomplete"
-            return CritResult(c, state, f"{len(lacking)} of {len(tests)} benchmark test(s) of {s.id} have no fresh "
-                              f"record: {_few(lacking)}" + self._not_counted(chosen))
+            why = (f"{len(lacking)} of {len(tests)} benchmark test(s) of {s.id} have no fresh record: {_few(lacking)}"
+                   + self._not_counted(chosen))
+            # A fresh case that misses a per-case bar, or is invalid, decides the criterion for the
+            # code as it is now, whatever the tests without a fresh record would show; left
+            # "incomplete", the story read as if only evidence were missing. A median needs every case.
+            fresh = [n for n in tests if n not in set(lacking)]
+            if fresh and c.aggregate != "median":
+                cases, problems, _ = self._cases(s, c, fresh, chosen)
+                if cases or problems:
+                    got = self._judge(c, cases, problems)
+                    if got.state in ("fail", "invalid"):
+                        got.reason += f"; and {why}"
+                        return got
+            return CritResult(c, state, why)
+        cases, problems, named = self._cases(s, c, tests, chosen)
+        if not cases:
+            if named and not problems:
+                return CritResult(c, "missing", f"metric {c.metric} recorded, but no case satisfies where {c.where}")
+            if not problems:
+                return CritResult(c, "missing", f"the benchmark tests of {s.id} recorded no metric {c.metric} on {c.device}")
+        return self._judge(c, cases, problems)
+
+    def _cases(self, s: Story, c: Criterion, tests: list, chosen: dict) -> tuple[list, list, int]:
+        """The (metric, test record, run) cases of c that tests' chosen records hold, the problems
+        found on the way (a case lacking a param its `where` needs), and how many metrics matched
+        c's name before the `where`."""
         cases, problems = [], []
         named = 0
         for nid in tests:
@@ -432,12 +456,7 @@ class Evaluator:
                                         f" `where` {c.where}")
                     elif ok:
                         cases.append((m, t, run))
-        if not cases:
-            if named and not problems:
-                return CritResult(c, "missing", f"metric {c.metric} recorded, but no case satisfies where {c.where}")
-            if not problems:
-                return CritResult(c, "missing", f"the benchmark tests of {s.id} recorded no metric {c.metric} on {c.device}")
-        return self._judge(c, cases, problems)
+        return cases, problems, named
 
     def _judge(self, c: Criterion, cases: list, problems: list) -> CritResult:
         invalid = []

@@ -201,6 +201,27 @@ def test_median_over_the_grid_and_no_case_below_the_floor(tmp_path):
     assert each.state == "fail" and "B1.H8.T1024" in each.reason and median.state == "pass"
 
 
+def test_a_fresh_miss_fails_the_bar_while_other_tests_lack_records(tmp_path):
+    """One benchmark test fresh and below a per-case bar, another with no record: the criterion
+    fails (the fresh miss is measured on the code as it is now) and names what is missing; a fresh
+    pass beside the gap stays incomplete, and so does a median bar, which needs every case."""
+    repo = Repo(tmp_path)
+    _decode_repo(repo, DECODE + 'min_ratio = { copy = 0.85 }', DECODE + 'aggregate = "median"\nmin_ratio = { copy = 0.85 }')
+    repo.add_test("tests/test_dec.py::test_c", ["GT-018"], cuda=True, benchmark=True)
+    repo.run(machine="gpu", tests=[("tests/test_dec.py::test_b", ["GT-018"], "passed", GPU)],
+             benchmarks=[_decode("B1.H12.T1024", 1.0, 0.18, 1 << 20)])
+    story = evaluate(repo).story("GT-018")
+    _, each, median = story.criteria
+    assert each.state == "fail", each.reason
+    assert "= 0.18, needs >= 0.85" in each.reason and "1 of 2 benchmark test(s)" in each.reason
+    assert median.state == "incomplete", median.reason
+    assert story.status == "failing"
+    repo.run(machine="gpu", tests=[("tests/test_dec.py::test_b", ["GT-018"], "passed", GPU)],
+             benchmarks=[_decode("B1.H12.T1024", 1.0, 0.9, 1 << 20)])
+    _, each, median = evaluate(repo).story("GT-018").criteria
+    assert each.state == "incomplete" and median.state == "incomplete", (each.reason, median.reason)
+
+
 def test_a_case_without_the_param_its_where_needs_fails(tmp_path):
     """Dropping kv_bytes from a bad case must not filter it out of a `where` bar."""
     repo = Repo(tmp_path)
