@@ -50,7 +50,7 @@
 set -o pipefail
 export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 # PART=14 times the packed files (written already where an evidence run warmed the machine)
-case "${PART:-1}" in 14|21) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
+case "${PART:-1}" in 14|21|22) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
 case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
 # PART=21 on a short budget: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" writes and times those files
 # alone, NOTESTS=1 skips the tests (session 44: ~330 s of device time left after refusals)
@@ -64,7 +64,7 @@ t_call=$t0  # (PART=2 resets t0 so build_ext times main's rebuild)
 S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
 case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packed GEMV's bias early too)
 # the packed parts' files are their SHAPES (all typed: shape:TYPE names shape-TYPE.gguf)
-{ [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
+{ [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ] || [ "${PART:-1}" = 22 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -130,7 +130,8 @@ case "${PART:-1}" in
   18) take split-mxfp4-land; take_v29b; take v27b-on-v29b;;
   14) grep -q fold_constants gpt_engine/ops/linear.py || take v27-fold;;
   21) take v28-qfold;;
-  *) echo "PART=$PART: not a part (1-21)"; exit 2;;
+  22) take v28b-qfold;;
+  *) echo "PART=$PART: not a part (1-22)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -215,6 +216,15 @@ elif [ "$PART" = 21 ]; then
   steps v28 70 QFOLD="1 0"
   [ -n "${NOTESTS:-}" ] && exit 0
   echo "## v28's packed GEMV tests"
+  packed_tests 240
+elif [ "$PART" = 22 ]; then
+  # PART=22 (session 46): PART=21 with v28b-qfold.patch (v28, plus v3.4b: the fold's row statistics
+  # summed by the staging as it codes the units, per warp into shared memory before its last
+  # barrier, instead of v3.4's second read of the row from global memory in every warp's
+  # epilogue). One build; QFOLD="1 0" (0: v3.3's staging in the same build), then the packed tests.
+  steps v28b 70 QFOLD="1 0"
+  [ -n "${NOTESTS:-}" ] && exit 0
+  echo "## v28b's packed GEMV tests"
   packed_tests 240
 elif [ "$PART" = 11 ]; then
   # PART=11 (written in session 37): the split counts under v6's cluster merge (main with v6 landed)
