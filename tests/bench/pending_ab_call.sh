@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (rewritten in session 45). v27b is on main (252c1d0:
-# f2dd1af the files, f82babd the mended kernel-name test helper, light evidence at f82babd on an
-# H100, 1,155 passed; docs/kernels/decode.md, "Landed"). The mend touched tests/ops/test_linear.py,
-# which the packed GEMV tests import, so the heavy run at 60eae65 is stale for GT-029, GT-030 and
-# GT-033..GT-037 (cuda tests; GT-029's and GT-033's benchmarks too).
-#   1. Heavy evidence at main's head, on an H100 (an H200 run fails GT-015's tie ~95% of the time
-#      until a person decides tests/bench/ab_patches/proposal-at-ceiling-bars.patch), from the
-#      committed clean tree, .whl carried (cold: build ~110-150 s + the heavy run):
-#        export OUT GPT_ENGINE_GIT_COMMIT=<full sha of main's head: git rev-parse HEAD> EXT_SAVE=0
+# What the next session should do first (rewritten in session 46). Main is clean: the heavy and
+# light runs at 2a1a380 (harness-fresh-miss.patch applied there) passed on an H100 (552 / 1,155).
+# v28 (PART=21) lost (+2.9% on the 1.5B Q8_0 / MXFP4 steps); v28b (PART=22: v28 with the fold's
+# statistics summed by the staging) won in the same kind of call: 1.5B Q8_0 -4.1%, MXFP4 -4.8%,
+# 124M MXFP4 -5.6%, Q4_K_M -5.4%, its packed tests passing (docs/kernels/quant.md, v3.4b). It
+# waits only for its evidence: its csrc / ops files are in every GPU story's sources.
+#   1. Land v28b: branch v28b-land holds it as one commit on main's head of session 46 (the patch
+#      applied; the CPU tests of the linear files passed with it: 290 passed). If main has moved
+#      since, rebase the branch first (the evidence names the commit it ran at). On an H100, from
+#      the branch's committed clean tree, .whl carried, heavy then light (cold build ~150 s a call):
+#        export OUT GPT_ENGINE_GIT_COMMIT=<full sha: git rev-parse HEAD> EXT_SAVE=0
 #        timeout 590 bash tests/bench/gpu_session.sh heavy
-#      Commit both files with `git add -f` (never edit them; never rerun for a pass); then
-#      `python -m gates gate gate3 --no-run` should show no stale cuda line.
-#   2. PART=21 (v28, the packed GEMV's fold, rebased on v27b: now on main, so it applies to main's
-#      tree as it is; one build); on ~330 s: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" NOTESTS=1.
-#      Prediction: 1.5B Q8_0 / MXFP4 steps -5..-6%, 124M MXFP4 -3..-5%. If v28 wins, land it with
-#      tests/bench/ab_patches/harness-fresh-miss.patch (session 45: a fresh benchmark miss fails
-#      its bar even where other tests lack records; it stales all GPU evidence, so only in a commit
-#      that then gets heavy + light on an H100; its header says why).
-#   3. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
+#        (light: the same exports plus SHAPES="gpt2-124m gpt2-1.5b smollm2-135m llama-1b
+#        gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M
+#        gpt-oss-20b:MXFP4"; GATES_TIMEOUT=370 timeout 590 bash tests/bench/gpu_session.sh light)
+#      An H200 run fails GT-015's tie ~95% of the time until a person decides
+#      tests/bench/ab_patches/proposal-at-ceiling-bars.patch. Commit the files on the branch with
+#      `git add -f` (never edit them; never rerun for a pass); `python -m gates gate gate3 --no-run`
+#      should show no stale cuda line; then fast-forward main to the branch. If device time runs
+#      out between the two runs, main stays where it is (green) and the branch waits.
+#   2. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
 # 15-180 s each), session 43 830 s to 11, session 44 1,487 s to 24 (nothing ran), session 45 571 s
-# to 7 before two light runs ran. After a refusal wait the minutes it names; `status`
-# shows none_now.
+# to 7 before two light runs ran; session 46 had 2 refused calls, then 4 ran (a call naming
+# nvidia-h200 got an H100 both times; each cold start held ~170-210 s besides the run). After a
+# refusal wait the minutes it names; `status` shows none_now.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
