@@ -7,8 +7,9 @@
 # statistics summed by the staging) won in the same kind of call: 1.5B Q8_0 -4.1%, MXFP4 -4.8%,
 # 124M MXFP4 -5.6%, Q4_K_M -5.4%, its packed tests passing (docs/kernels/quant.md, v3.4b). It
 # waits only for its evidence: its csrc / ops files are in every GPU story's sources.
-#   1. Land v28b: branch v28b-land holds it as one commit on main's head of session 46 (the patch
-#      applied; the CPU tests of the linear files passed with it: 290 passed). If main has moved
+#   1. Land v28b: branch v28b-land holds it on main's head of session 46: one commit with the patch
+#      applied (CI on a clone of it: 3,425 passed; its gates fail only as stale GPU evidence), and
+#      one adding explore_decode_step.py's BATCH and PART=23 here (below). If main has moved
 #      since, rebase the branch first (the evidence names the commit it ran at). On an H100, from
 #      the branch's committed clean tree, .whl carried, heavy then light (cold build ~150 s a call):
 #        export OUT GPT_ENGINE_GIT_COMMIT=<full sha: git rev-parse HEAD> EXT_SAVE=0
@@ -21,7 +22,9 @@
 #      `git add -f` (never edit them; never rerun for a pass); `python -m gates gate gate3 --no-run`
 #      should show no stale cuda line; then fast-forward main to the branch. If device time runs
 #      out between the two runs, main stays where it is (green) and the branch waits.
-#   2. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
+#   2. PART=23 on the branch (its copy of this file): v3.4b's A/B at batch 16 and 4, which PART=22
+#      did not time (MT = 16's registers rose to 232-254).
+#   3. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
 # 15-180 s each), session 43 830 s to 11, session 44 1,487 s to 24 (nothing ran), session 45 571 s
 # to 7 before two light runs ran; session 46 had 2 refused calls, then 4 ran (a call naming
