@@ -321,11 +321,11 @@ gpte::LinearArgs linear_args(const char* op, const at::Tensor& x, const at::Tens
   TORCH_CHECK(out.scalar_type() == x.scalar_type() || out.scalar_type() == at::kFloat, op, ": out has dtype ",
               out.scalar_type(), ", expected ", x.scalar_type(), " or float32");
   TORCH_CHECK(out.numel() == M * n_out, op, ": out has ", out.numel(), " elements, expected ", M * n_out);
-  // v27's LayerNorm row constants (csrc/launchers.h, LinearArgs::fold_c): both or neither, dense
-  // weights and a LayerNorm only, fp32 [N]
+  // v27's LayerNorm row constants (csrc/launchers.h, LinearArgs::fold_c): both or neither, a
+  // LayerNorm only, fp32 [N] (dense weights, or packed ones for v3.4)
   TORCH_CHECK(fold_c.has_value() == fold_d.has_value(), op, ": fold_c and fold_d go together");
   if (fold_c) {
-    TORCH_CHECK(qtype < 0 && norm == gpte::kNormLayer, op, ": fold_c / fold_d need dense weights and a layernorm");
+    TORCH_CHECK(norm == gpte::kNormLayer, op, ": fold_c / fold_d need a layernorm");
     for (const at::Tensor* f : {&fold_c.value(), &fold_d.value()})
       TORCH_CHECK(f->is_cuda() && f->device() == x.device() && f->is_contiguous() && f->scalar_type() == at::kFloat &&
                       f->dim() == 1 && f->size(0) == N,
@@ -834,6 +834,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_decode_group_tile", &gpte::attention_decode_group_tile,
         "the query heads per block the decode kernel takes for Hq query heads on Hkv kv heads", py::arg("Hq"),
         py::arg("Hkv"));
+  m.def("qgemv_fold_force", &gpte::qgemv_fold_force,
+        "test/bench hook of the packed decode GEMV (v3.4): 1 (the default) folds the norm into the epilogue "
+        "(a layernorm also needs fold_c / fold_d), 0 v3.3's staging; returns the setting in effect",
+        py::arg("on"));
   m.def("linear_fold_force", &gpte::linear_fold_force,
         "test/bench hook of the dense decode GEMV (v27): 1 (the default) folds the norm into the epilogue where "
         "the shape allows it (K % 8 == 0; a layernorm also needs fold_c / fold_d), 0 never; returns the setting "

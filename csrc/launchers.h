@@ -72,6 +72,10 @@ int linear_fold_force(int64_t on);
 // Test/bench hook of the packed decode GEMV (csrc/linear_q_impl.cuh v3.3): 1 decodes MXFP4 in the
 // nibbles' order (the default), 0 in v3's (the same bits); other values change nothing.
 int qgemv_zip_force(int64_t on);
+// Test/bench hook of the packed decode GEMV (csrc/linear_q_impl.cuh v3.4): 1 folds the norm into the
+// epilogue (the default; a LayerNorm also needs fold_c / fold_d), 0 v3.3's staging; other values
+// change nothing. Returns the setting in effect.
+int qgemv_fold_force(int64_t on);
 
 // q: [B, Hq, D]; caches dense [B, Hkv, S, D]; seq_lens int32 or int64 [B]; D 64 or 128.
 // sinks: null or fp32 [Hq] per-head sink logits; window: 0 or the sliding window (keys at
@@ -133,9 +137,9 @@ struct LinearArgs {
   // v27 (dense GEMV, docs/kernels/decode.md): the norm folded into the epilogue. x is staged as
   // (x - x[0]) * norm_w (LayerNorm) or x * norm_w (RMSNorm), unrounded; after the dot products
   // out = rstd * (s - (mean - x[0]) * fold_c[n]) + fold_d[n] (LayerNorm) or rstd * s (RMSNorm).
-  const float* fold_c;   // [N] fp32, LayerNorm only: sum_k W[n, k] norm_w[k]
+  const float* fold_c;   // [N] fp32, LayerNorm only: sum_k W[n, k] norm_w[k] (packed: W dequantized)
   const float* fold_d;   // [N] fp32, LayerNorm only: sum_k W[n, k] norm_b[k]
-  int fold;              // set by the dense GEMV's launcher: 1 = v27 (K % 8 == 0, and fold_c / fold_d for LayerNorm)
+  int fold;              // set by the GEMVs' launchers: 1 = v27 / packed v3.4 (K % 8 == 0, and fold_c / fold_d for LayerNorm)
   bool vec_nw;           // set by the dense GEMV's launcher (v27): norm_w read with 16-byte loads
 };
 

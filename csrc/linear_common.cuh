@@ -174,6 +174,12 @@ template <> __device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4& 
     f[2 * i + 1] = v.y;
   }
 }
+// f[0..7] to dst[0..7] as two 16-byte stores (dst 16-byte aligned: a staged row's 8-element chunk)
+__device__ __forceinline__ void store8(float* dst, const float* f) {
+  float4* d = reinterpret_cast<float4*>(dst);
+  d[0] = make_float4(f[0], f[1], f[2], f[3]);
+  d[1] = make_float4(f[4], f[5], f[6], f[7]);
+}
 
 // Activation rows -> shared memory as fp32, xs[m * kt + k] for tile t (K positions
 // [t * kt, t * kt + kt)), rows m >= M zero-filled up to MT; then the norm applied in place,
@@ -191,16 +197,9 @@ struct XStage {
 #pragma unroll 4
       for (int i = threadIdx.x; i < MT * nv; i += NT) {
         const int m = i / nv, c = i - m * nv;
-        float f[8];
-        if (m < p.M) {
-          unpack8<A>(*reinterpret_cast<const uint4*>(x + (int64_t)m * p.K + k0 + c * 8), f);
-        } else {
-#pragma unroll
-          for (int j = 0; j < 8; ++j) f[j] = 0.f;
-        }
-        float4* d = reinterpret_cast<float4*>(xs + m * p.kt + c * 8);
-        d[0] = make_float4(f[0], f[1], f[2], f[3]);
-        d[1] = make_float4(f[4], f[5], f[6], f[7]);
+        float f[8] = {};  // rows m >= M stage zeros
+        if (m < p.M) unpack8<A>(*reinterpret_cast<const uint4*>(x + (int64_t)m * p.K + k0 + c * 8), f);
+        store8(xs + m * p.kt + c * 8, f);
       }
     } else {
 #pragma unroll 4
@@ -366,7 +365,7 @@ struct XStage {
 #pragma unroll 2
     for (int i = threadIdx.x; i < MT * nv; i += NT) {
       const int m = i / nv, c = i - m * nv;
-      float f[8];
+      float f[8] = {};  // rows m >= M stage zeros
       if (m < p.M) {
         const A* xr = x + (int64_t)m * p.K;
         float gv[8];
@@ -380,13 +379,8 @@ struct XStage {
         }
 #pragma unroll
         for (int j = 0; j < 8; ++j) f[j] = (f[j] - c0) * gv[j];
-      } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) f[j] = 0.f;
       }
-      float4* d = reinterpret_cast<float4*>(xs + m * p.kt + c * 8);
-      d[0] = make_float4(f[0], f[1], f[2], f[3]);
-      d[1] = make_float4(f[4], f[5], f[6], f[7]);
+      store8(xs + m * p.kt + c * 8, f);
     }
     __syncthreads();
   }

@@ -6,6 +6,13 @@
 
 namespace gpte {
 int g_qgemv_zip = 1;  // v3.3 by default since session 31 (its A/B: csrc/linear_q_impl.cuh)
+int g_qgemv_fold = 1;  // v3.4, the norm folded into the epilogue (csrc/linear_q_impl.cuh)
+
+int qgemv_fold_force(int64_t on) {
+  // 1: v3.4 (the default); 0: v3.3's staging (statistics, then the normalised row coded)
+  if (on == 0 || on == 1) g_qgemv_fold = (int)on;
+  return g_qgemv_fold;
+}
 
 int qgemv_zip_force(int64_t on) {
   // 1: v3.3's code order (MXFP4 only, the default; csrc/linear_q_impl.cuh); 0: v3's (the A/B and

@@ -75,6 +75,27 @@
 //    Measured (session 31, H100 80GB HBM3, one warm call, docs/kernels/quant.md): graph steps
 //    1.5B MXFP4 1,583.5 -> 1,550.8 us (-2.1%), 124M MXFP4 283.9 -> 278.9 us (-1.8%); the GEMV
 //    alone -2% to -5% at every bar shape; memcheck clean on the same-bits tests.
+// v3.4 (written in session 38, not measured; qgemv_fold_force(0) returns to v3.3's staging): the
+//    dense v27's norm fold (csrc/linear_common.cuh, XStage's fold notes) in the packed GEMV. The
+//    staging codes (x - x[0]) g (LayerNorm) or x g (RMSNorm), unrounded, straight from the
+//    registers: no raw copy of x, no statistics passes, none of their 2-3 block barriers between
+//    the PDL wait and the first dot product. The statistics come from global memory at each
+//    warp's first finished pair (XStage::fold_stats, the dense kernel's chunk order), and the
+//    epilogue gives rstd (s - (mean - x[0]) C_n) + D_n or rstd s, with C = W g, D = W b from the
+//    exactly dequantized weight (ops.linear.fold_constants). The codes' error follows |x - x[0]|:
+//    simulated on the CPU (docs/kernels/quant.md, v3.4), ~50x under v3.3's on
+//    ordinary rows (the fp16 rounding of the normalised row is gone), ~2x over it when x[0] is a
+//    40-sigma outlier, far under the fp16 bound either way. ptxas (sm_90a, nvcc 13.0, MXFP4):
+//    M = 1 128 registers (v3.3: 119 / 126), M = 8 180-184 (168), M = 16 166-168 (205), no spills.
+//    Predicted (docs/kernels/quant.md): ~1 us less per norm-fused call, 97 a 1.5B step: -5% to
+//    -6% of the Q8_0 / MXFP4 steps, if the dense v27's A/B confirms the lever.
+//    Measured (session 46, H100, one build, fold on / off): 1.5B Q8_0 1,759.5 / 1,710.0 us, MXFP4
+//    1,614.7 / 1,568.9 (+2.9% each), 124M MXFP4 287.7 / 288.1, Q4_K_M 1,854.7 / 1,837.9: slower.
+// v3.4b (session 46): the statistics from the staging instead. Each thread sums x - c and
+//    (x - c)^2 over its 8-element chunks as it codes them (XStage::chunk_stats), each warp's sums go
+//    to shared memory before the staging's last barrier (no barrier added), and the epilogue adds
+//    the 8 warps' in order: no second read of the row, no dependent L2 loads after the dot
+//    products. ptxas (sm_90a): M = 1 127 / 125 registers, M = 16 232 (Q8_0) / 254 (MXFP4), no spills.
 // Per-row results are independent of M (integer sums are exact, the float steps are explicit
 // fmaf / __fmul_rn in a fixed order, the K halves a function of the shape): a sequence's output
 // does not depend on its batch.
@@ -88,6 +109,7 @@
 
 namespace gpte {
 extern int g_qgemv_zip;  // linear_q.cu: qgemv_zip_force's setting (1: v3.3, MXFP4 only, the default; 0: v3)
+extern int g_qgemv_fold;  // linear_q.cu: qgemv_fold_force's setting (1: v3.4's norm fold, the default; 0: v3.3's staging)
 namespace {
 using namespace linear_detail;
 using namespace quant;
@@ -122,8 +144,12 @@ __host__ __device__ constexpr size_t ring_bytes(int qk, int ts, int mt) {
   return (size_t)kWarps * stages(qk, ts, mt) * 2 * row_buf(qk, ts);
 }
 __host__ __device__ constexpr int x_tiles(int64_t K) { return (int)((K / 32 + 31) / 32); }
+// v3.4b: after the x scales, the norm fold's per-warp statistics, [MT][kWarps] x {sum, sum of
+// squares} floats (dynamic, not static: kSmemMax keeps 1 KB for s_stat, which is full at MT = 16;
+// the 64 MT bytes move no shape across kSmemMax: checked over every type, MT and x tile count)
+__host__ __device__ constexpr size_t fold_part_bytes(int mt) { return (size_t)mt * kWarps * 2 * sizeof(float); }
 __host__ __device__ constexpr size_t smem_bytes(int qk, int ts, int mt, int64_t K) {
-  return ring_bytes(qk, ts, mt) + (size_t)mt * x_tiles(K) * (kXTile + kXScale);
+  return ring_bytes(qk, ts, mt) + (size_t)mt * x_tiles(K) * (kXTile + kXScale) + fold_part_bytes(mt);
 }
 
 // cp_async16 with a source size: bytes past src_bytes are zero-filled (a ragged last block)
@@ -326,9 +352,13 @@ __device__ __forceinline__ void norm_stats_v3(const LinearArgs& p, const XRegs<A
 
 // Codes of the NU units in r (first unit u0): norm applied, quantized, stored. kZip (v3.3): in
 // mxfp4_biased8_zip's order (quantize8_v3<true> finds each part's bytes from the group's plane-0 slot).
+// v3.4 (p.fold): mean[m] holds the shift c of row m (x[m][0] for LayerNorm, 0 for RMSNorm) and the
+// codes are of (x - c) g, unrounded; rstd is not used (the epilogue applies the statistics).
+// v3.4b: with p.fold, fsum[m] / fsq[m] gather this thread's sums of x - c and (x - c)^2 over its
+// units inside K (8-element chunks, XStage::chunk_stats), in unit order whatever MT.
 template <typename A, int MT, int NU, bool kZip = false>
 __device__ __forceinline__ void quantize_units(const LinearArgs& p, const XRegs<A, MT, NU>& r, int u0, const float* mean,
-                                               const float* rstd, uint8_t* xq, float4* xsc) {
+                                               const float* rstd, uint8_t* xq, float4* xsc, float* fsum, float* fsq) {
   const int ng = p.K / 32, xt = x_tiles(p.K), part = XRegs<A, MT, NU>::part();
   const size_t rs = (size_t)xt * kXTile;
 #pragma unroll
@@ -343,13 +373,22 @@ __device__ __forceinline__ void quantize_units(const LinearArgs& p, const XRegs<
       if (m >= p.M) break;
       float f[8];
       unpack8<A>(r.x[u][m], f);
-      if (p.norm != kNormNone) {
+      const bool ok = g < ng;
+      if (p.fold) {
+        if (ok) {  // v3.4b: the chunk's statistics (zeros past K would add c^2 terms)
+          float cs, cq;
+          XStage<A, MT, kThreads>::chunk_stats(f, mean[m], cs, cq);
+          fsum[m] += cs;
+          fsq[m] += cq;
+        }
+#pragma unroll
+        for (int t = 0; t < 8; ++t) f[t] = (f[t] - mean[m]) * w[t];  // v3.4: XStage::fold_tile's values
+      } else if (p.norm != kNormNone) {
 #pragma unroll
         for (int t = 0; t < 8; ++t)  // the norm as XStage::normalize_tile computes and rounds it
           f[t] = p.norm == kNormLayer ? to_f(from_f<A>((f[t] - mean[m]) * rstd[m] * w[t] + b[t]))
                                       : to_f(from_f<A>(f[t] * rstd[m] * w[t]));
       }
-      const bool ok = g < ng;
       const int gs = ok ? g : 0;
       uint8_t* dst = xq + m * rs + (size_t)(gs >> 5) * kXTile +
                      (kZip ? (gs & 31) * 16 : ((part >> 1) * 64 + (gs & 31)) * 16 + (part & 1) * 8);
@@ -359,26 +398,47 @@ __device__ __forceinline__ void quantize_units(const LinearArgs& p, const XRegs<
 }
 
 // The activation rows -> x tiles and group scales (every thread; ends on a barrier). r holds
-// chunk 0's first norm weights (loaded before the PDL wait).
+// chunk 0's first norm weights (loaded before the PDL wait). v3.4b (p.fold): each warp's sums of
+// x - c and (x - c)^2 per row to s_fold[(m * kWarps + warp) * 2 + {0, 1}], before that barrier.
 template <typename A, int MT, bool kZip = false>
 __device__ __forceinline__ void stage_x_v3(const LinearArgs& p, uint8_t* xq, float4* xsc, float* s_stat,
-                                           XRegs<A, MT>& r) {
+                                           float* s_fold, XRegs<A, MT>& r) {
   constexpr int U = XRegs<A, MT>::U, UR = v3_rest_units<MT>();
   const int ng = p.K / 32;
   r.load_x(p, 0);
   float mean[MT], rstd[MT];
-  if (p.norm != kNormNone) {
+  if (p.fold) {
+    // v3.4: no statistics passes here (v3.4b: chunk sums as the units are coded, totalled by the
+    // epilogue); the shift of each row is its first value (LayerNorm) or 0 (RMSNorm), as the
+    // dense v27 stages it
+    const A* xp = static_cast<const A*>(p.x);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) mean[m] = (p.norm == kNormLayer && m < p.M) ? to_f(xp[(int64_t)m * p.K]) : 0.f;
+    r.load_norm(p, 0, XRegs<A, MT>::UN, U);
+  } else if (p.norm != kNormNone) {
     norm_stats_v3<A, MT>(p, r, xq, s_stat, mean, rstd);
     r.load_norm(p, 0, XRegs<A, MT>::UN, U);  // the rest of chunk 0's (K > 2,048 UN)
   }
-  quantize_units<A, MT, U, kZip>(p, r, 0, mean, rstd, xq, xsc);
+  float fsum[MT], fsq[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) fsum[m] = fsq[m] = 0.f;
+  quantize_units<A, MT, U, kZip>(p, r, 0, mean, rstd, xq, xsc, fsum, fsq);
   // K > 2,048 U: UR units at a time, each a round trip
 #pragma unroll 1
   for (int u0 = U; 64 * u0 < ng; u0 += UR) {
     XRegs<A, MT, UR> q;
     q.load_norm(p, u0);
     q.load_x(p, u0);
-    quantize_units<A, MT, UR, kZip>(p, q, u0, mean, rstd, xq, xsc);
+    quantize_units<A, MT, UR, kZip>(p, q, u0, mean, rstd, xq, xsc, fsum, fsq);
+  }
+  if (p.fold) {  // v3.4b: no barrier of its own; the staging's last one publishes them
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m >= p.M) break;
+      const float ws = warp_sum(fsum[m]), wq = warp_sum(fsq[m]);
+      if (lane == 0) reinterpret_cast<float2*>(s_fold)[m * kWarps + warp] = make_float2(ws, wq);
+    }
   }
   __syncthreads();
 }
@@ -404,6 +464,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   uint8_t* ring = smem + (size_t)warp * S * 2 * RB;
   uint8_t* xq = smem + ring_bytes(TR::QK, TR::TS, MT);
   float4* xsc = reinterpret_cast<float4*>(xq + (size_t)MT * xt * kXTile);
+  float* s_fold = reinterpret_cast<float*>(xsc + (size_t)MT * xt * 32);  // v3.4b: [MT][kWarps][2]
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;
   // K halves (p.khalves = 2, a function of the shape only: launch_mt): a row's result is
   // warp_sum over the batches [0, nbatch / 2) plus warp_sum over the rest, whoever computes them.
@@ -465,11 +526,40 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
   int rnd = 0;  // pairs this warp has finished (the parity picks the s_split buffer)
   float pb0 = 0.f, pb1 = 0.f;  // v29: the pair's bias, read at this warp's first batch of it (bias_pair)
+  // v3.4 (p.fold): a finished pair's two sums through the norm's epilogue. The row constants C, D
+  // are read with the bias at the pair's first batch (the dense v27b's fold_pair: not cold at the
+  // epilogue). v3.4b: the row statistics from the staging's per-warp sums in shared memory
+  // (s_fold, written before its last barrier), added in warp order: the same values whatever M
+  // (v3.4 read the row again from global memory at each warp's first finished pair, a chain of
+  // dependent L2 loads: measured +2.9% on the 1.5B Q8_0 / MXFP4 steps in session 46).
+  float fc0 = 0.f, fc1 = 0.f, fd0 = 0.f, fd1 = 0.f;
+  auto fold_sums = [&](int m, float& v0, float& v1) {
+    float ts = 0.f, tq = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float2 v = reinterpret_cast<const float2*>(s_fold)[m * kWarps + w];
+      ts += v.x;
+      tq += v.y;
+    }
+    float dm, rs;
+    if (p.norm == kNormLayer) {  // XStage::fold_stats' formulas
+      dm = ts / p.K;
+      rs = rsqrtf(fmaxf(tq / p.K - dm * dm, 0.f) + p.eps);
+    } else {
+      dm = 0.f;
+      rs = rsqrtf(tq / p.K + p.eps);
+    }
+    v0 = fold_apply(p, v0, dm, rs, fc0, fd0);
+    v1 = fold_apply(p, v1, dm, rs, fc1, fd1);  // (0 constants where the pair has one row: never stored)
+  };
   auto consume = [&](int st, Cur s) {
     int r0, r1;
     bool has1;
     rows_of(s.pair, r0, r1, has1);
-    if (s.b == b_lo && part == 0) bias_pair<A>(p, r0, r1, pb0, pb1);  // (part 1 never finishes a pair)
+    if (s.b == b_lo && part == 0) {  // (part 1 never finishes a pair)
+      bias_pair<A>(p, r0, r1, pb0, pb1);
+      if (p.fold) fold_pair(p, r0, r1, fc0, fc1, fd0, fd1);
+    }
     const Span sa = span_of<T>(row_bytes, nb, r0, s.b), sb = span_of<T>(row_bytes, nb, r1, s.b);
     const uint8_t* bufa = ring + st * 2 * RB;
     const uint8_t* bufb = bufa + RB;
@@ -520,7 +610,10 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
           v0 = hp[2 * m] + v0;
           v1 = hp[2 * m + 1] + v1;
         }
-        if (m < p.M && lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1, pb0, pb1);
+        if (m < p.M) {  // (no break: every m's accumulators are reset below)
+          if (p.fold) fold_sums(m, v0, v1);
+          if (lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1, pb0, pb1);
+        }
         acc0[m] = acc1[m] = 0.f;
       }
       __syncwarp();  // every lane has read hp before lane 0 stashes the next pair's first half
@@ -543,9 +636,12 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
     asm volatile("bar.sync %0, 64;" ::"r"(1 + pl) : "memory");  // ids 1-4; 0 is __syncthreads
     if (part == 0) {  // first half + second half, as the one-warp path adds them
 #pragma unroll
-      for (int m = 0; m < MT; ++m)
-        if (m < p.M && lane == m)
-          finish_pair<A>(p, m, s.pair, r0, r1, has1, v0[m] + sp[2 * m], v1[m] + sp[2 * m + 1], pb0, pb1);
+      for (int m = 0; m < MT; ++m) {
+        if (m >= p.M) break;
+        float t0 = v0[m] + sp[2 * m], t1 = v1[m] + sp[2 * m + 1];
+        if (p.fold) fold_sums(m, t0, t1);
+        if (lane == m) finish_pair<A>(p, m, s.pair, r0, r1, has1, t0, t1, pb0, pb1);
+      }
     }
     ++rnd;
   };
@@ -563,7 +659,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
   xr.load_norm(p, 0, 0, XRegs<A, MT>::UN);
   pdl_wait();
   pdl_launch_dependents();
-  stage_x_v3<A, MT, kZip>(p, xq, xsc, s_stat, xr);
+  stage_x_v3<A, MT, kZip>(p, xq, xsc, s_stat, s_fold, xr);
 
   for (int i = 0; tail.pair < npairs; ++i) {
     cp_async_wait<S - 2>();  // batch i has landed (groups committed so far: i + S - 1)
@@ -582,6 +678,10 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   using TR = Traits<T>;
   LinearArgs p = a;
   p.vec_x = aligned16(p.x);  // the staging's 16-byte loads (K % 32 == 0)
+  // v3.4 where the norm allows it (RMSNorm, or LayerNorm with its row constants; K % 32 == 0
+  // always): a choice by shape and arguments only, so a row's bits do not depend on M
+  p.fold = g_qgemv_fold && p.norm != kNormNone &&
+           (p.norm == kNormRms || (p.fold_c != nullptr && p.fold_d != nullptr));
   const size_t smem = smem_bytes(TR::QK, TR::TS, MT, p.K);
   if (smem > (size_t)kSmemMax) return cudaErrorInvalidValue;
   // v3.3 (qgemv_zip_force): MXFP4 in the nibbles' code order; the same sums, so the same bits

@@ -509,7 +509,9 @@ def _estimate_cuda(f: GGUFFile, cfg: ModelConfig, dtype: torch.dtype, n_ctx: int
         for m in fused + heads[:1]:
             if folds(gguf.GGMLQuantizationType[m[3]], m[2]):
                 fold_constants += 2 * allocator_block_bytes(m[1] * 4)
-                fold_block = max(fold_block, min(m[1], fold_block_rows(m[2])) * m[2] * 8)
+                # fp64 rows, and for a packed weight their fp32 dequantization beside them
+                per_value = 8 if m[3] in _OWN_QTYPE.values() else 12
+                fold_block = max(fold_block, min(m[1], fold_block_rows(m[2])) * m[2] * per_value)
     held_extra += fold_constants
     kv = 2 * cfg.n_layer * Hkv * D * cap * el
 

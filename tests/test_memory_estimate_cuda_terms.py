@@ -84,7 +84,8 @@ def test_cuda_fold_constants_are_held_for_gpt2s_layernorm_fused_products(models,
     want = cfg.n_layer * 2 * (allocator_block_bytes(3 * E * 4) + allocator_block_bytes(F * 4)) \
         + 2 * allocator_block_bytes(V * 4)
     assert e["fold_constants"] == (want if folds(t, E) else 0)
-    assert e["fold_block"] == (min(V, fold_block_rows(E)) * E * 8 if folds(t, E) else 0)
+    per_value = 8 if qtype == "F16" else 12  # fp64 rows (+ a packed block's fp32 dequantization)
+    assert e["fold_block"] == (min(V, fold_block_rows(E)) * E * per_value if folds(t, E) else 0)
     assert e["decode_step"] >= e["logits"] + e["fold_block"]
     f2, cfg2 = _open(models.path("llama", "F16", n_embd=128, n_head=2, n_head_kv=1, n_ff=384, n_ctx=1024))
     e2 = estimate_memory(f2, cfg2, torch.float16, 1024, device="cuda", prompt_tokens=5)

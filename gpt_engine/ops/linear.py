@@ -51,8 +51,10 @@ def fold_block_rows(k: int) -> int:
 
 def folds(qtype: int, k: int) -> bool:
     """Whether a LayerNorm-fused decode product with this weight holds row constants
-    (``fold_constants``): the dense GEMV's types, whole 8-value chunks."""
-    return k % 8 == 0 and int(qtype) in _DENSE
+    (``fold_constants``): the dense GEMV's types and the packed GEMV's (v3.4), whole 8-value
+    chunks."""
+    from .dequantize import CUDA_TYPES
+    return k % 8 == 0 and (int(qtype) in _DENSE or int(qtype) in CUDA_TYPES)
 
 
 # Bench hook (explore_decode_step.py HEAD_CUBLAS; None in the engine): dense weights of at least
@@ -243,7 +245,7 @@ if _ext.available():
             out = new_output((m, n_out), x, torch.float32 if float_out else x.dtype)
             r2 = residual.reshape(m, n_out).contiguous() if residual is not None else None
             _ext.load().linear(x2.contiguous(), weight, bias, r2, norm_weight, norm_bias, out, norm, act, float(eps),
-                               qtype=int(qtype))
+                               qtype=int(qtype), fold_c=fold_c, fold_d=fold_d)
             return out.reshape(*lead, n_out)
         else:  # prefill, or a GEMV whose activations do not fit: one dequantization, then dense
             w = packed_dense(weight, qtype, n, k, x.dtype)
@@ -263,9 +265,10 @@ if _ext.available():
 
 def fold_constants(w, norm: Norm | None, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The row constants C = W g and D = W b (fp32 [N], from the weight and the LayerNorm's weight g
-    and bias b as stored, summed in fp64) with which the dense decode GEMV folds a LayerNorm into
-    its epilogue (v27, csrc/launchers.h LinearArgs::fold_c; RMSNorm needs none). (None, None) where
-    that does not apply (no LayerNorm, not CUDA, a packed weight, K % 8) or where they are not
+    and bias b as stored, summed in fp64) with which the decode GEMVs fold a LayerNorm into their
+    epilogue (dense v27 and packed v3.4, csrc/launchers.h LinearArgs::fold_c; RMSNorm needs none;
+    a packed weight's W is its exact fp32 dequantization). (None, None) where
+    that does not apply (no LayerNorm, not CUDA, a type neither GEMV folds, K % 8) or where they are not
     computed yet inside a CUDA graph capture (the decode loop's warm-up runs each step eagerly
     before capturing it, so its graphs find them here). Cached on the weight, per norm."""
     if norm is None or norm.kind != "layernorm" or x.device.type != "cuda":
@@ -289,15 +292,23 @@ def fold_constants(w, norm: Norm | None, x: torch.Tensor) -> tuple[torch.Tensor 
 
 def row_constants(w, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
     """C = W g and D = W b, fp32 [N] on the weight's device, summed in fp64 over blocks of
-    ``fold_block_rows`` rows (``fold_constants``' values, on any device)."""
+    ``fold_block_rows`` rows (``fold_constants``' values, on any device). A packed weight's block
+    is dequantized exactly to fp32 first (``packed_dense``: the dequantize kernel on CUDA, whose
+    rows start 4-byte aligned since the block rows are a multiple of 4; gpt_engine.quants
+    elsewhere)."""
     n, k = w.raw.shape[0], w.shape[-1]
-    dense = w.raw.view(_DENSE[int(w.qtype)]).view(n, k)
+    qtype = int(w.qtype)
+    dense = w.raw.view(_DENSE[qtype]).view(n, k) if qtype in _DENSE else None
     g, b = norm.weight.double().to(w.raw.device), norm.bias.double().to(w.raw.device)
     c = torch.empty(n, dtype=torch.float32, device=w.raw.device)
     d = torch.empty_like(c)
     r = fold_block_rows(k)
     for i in range(0, n, r):
-        blk = dense[i:i + r].double()
+        if dense is not None:
+            blk = dense[i:i + r].double()
+        else:
+            rows = w.raw[i:i + r]
+            blk = packed_dense(rows, qtype, rows.shape[0], k, torch.float32).double()
         c[i:i + r] = blk @ g
         d[i:i + r] = blk @ b
         del blk  # before the next block is made: one block at a time (the estimate's fold_block)

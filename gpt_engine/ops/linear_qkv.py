@@ -85,6 +85,7 @@ if _ext.available():
         fold = {}
         if packed:  # the raw blocks go to the packed GEMV (csrc/linear_q.cu)
             w, wq = weight, int(qtype)
+            fold = {"fold_c": fold_c, "fold_d": fold_d}
         else:
             w = weight.view(lin._DENSE[qtype]).view(n, k) if qtype in lin._DENSE else \
                 lin.packed_dense(weight, qtype, n, k, x.dtype)

@@ -26,6 +26,8 @@ STATS="1 0" (any file): the same for the dense GEMV's LayerNorm statistics (ext.
 csrc/linear_common.cuh).
 FOLD="1 0" (any file with dense norm-fused products): the same for v27's norm folded into the dense
 GEMV's epilogue (ext.linear_fold_force: 1 the default, 0 v23's normalize loop; csrc/linear_common.cuh).
+QFOLD="1 0" (packed files): the same for the packed GEMV's norm fold (ext.qgemv_fold_force: 1 v3.4,
+the default, 0 v3.3's staging; csrc/linear_q_impl.cuh).
 HEAD_CUBLAS="0 1": dense products of >= 1 GiB (gpt-oss's untied 201,088 x 2,880 head) on the GEMV
 kernel (0) or on cuBLAS (1: our norm ops, F.linear, then fp32; linear.CUBLAS_MIN_BYTES).
 """
@@ -118,6 +120,7 @@ def step_breakdown(path: str) -> None:
     zips = os.environ.get("QGEMV_ZIP", "").split()
     stats = os.environ.get("STATS", "").split()
     folds = os.environ.get("FOLD", "").split()
+    qfolds = os.environ.get("QFOLD", "").split()
     if versions:
         ext = _ext.load()
         hook_ab(dec, rewind, "moe", versions, lambda v: moe_force(ext, v), lambda: moe_reset(ext))
@@ -151,7 +154,12 @@ def step_breakdown(path: str) -> None:
         hook_ab(dec, rewind, "head on cuBLAS", heads,
                 lambda v: setattr(lin, "CUBLAS_MIN_BYTES", 1 << 30 if v == "1" else None),
                 lambda: setattr(lin, "CUBLAS_MIN_BYTES", None))
-    if versions or tiles or rings or heads or zips or stats or folds:
+    if qfolds:
+        ext = _ext.load()
+        hook_ab(dec, rewind, "packed norm fold (v3.4)", qfolds,
+                lambda v: ext.qgemv_fold_force(int(v)) == int(v) or sys.exit(f"qfold {v}: not a setting"),
+                lambda: ext.qgemv_fold_force(1))
+    if versions or tiles or rings or heads or zips or stats or folds or qfolds:
         return
     graphs = [("greedy", dec._graph("greedy"))]
     if st.short_keys:

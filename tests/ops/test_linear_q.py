@@ -100,12 +100,15 @@ def test_packed_gemv_activations_not_16_byte_aligned(wtype, norm):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("wtype", PACKED)
 @pytest.mark.parametrize("shape", ["k1536", "k6400", "every-pair-lane"])
-def test_packed_gemv_is_taken_and_rows_do_not_depend_on_the_batch(wtype, shape):
+@pytest.mark.parametrize("kind", ["rmsnorm", "layernorm"])
+def test_packed_gemv_is_taken_and_rows_do_not_depend_on_the_batch(wtype, shape, kind):
     """The packed GEMV serves M <= 16 (not the dequantize fallback) and row m of a batch is computed
     as it is alone. Rows of two or more batches with few row pairs take the K halves: two warps per
     pair at M = 1, one warp at M >= 2, the same sums either way (csrc/linear_q_impl.cuh). k6400:
     7 / 4 / 3 / 6 batches by type; every-pair-lane: N = 16 x SMs - 1 rows, the most pairs that
-    still take the halves, so every pair lane's named barrier runs, and an odd last row."""
+    still take the halves, so every pair lane's named barrier runs, and an odd last row. Both
+    norms: v3.4 folds them into the epilogue, with statistics from global memory in one order
+    (a LayerNorm's row constants from the dequantized weight)."""
     from gpt_engine.ops import linear_module as lin
     k = {"k1536": 1536, "k6400": 6400 if _qk(wtype) == 32 else 6144, "every-pair-lane": 4096}[shape]
     mfull = 16 if shape == "k1536" else 8  # 16 rows of x at K = 6400 do not fit the shared memory
@@ -117,10 +120,92 @@ def test_packed_gemv_is_taken_and_rows_do_not_depend_on_the_batch(wtype, shape):
         w, _ = make_weight(301, k, wtype, "cuda")
     assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, mfull, k)
     x = randn((mfull, k), torch.float16, "cuda")
-    nm = ops.Norm("rmsnorm", randn((k,), torch.float16, "cuda", 0.2, 1.0))
+    nm = _norm(kind, k, torch.float16, "cuda")
     full = ops.linear(x, w, norm=nm)
     for m in (1, 3):
         assert torch.equal(ops.linear(x[:m].contiguous(), w, norm=nm), full[:m])
+
+
+@pytest.mark.story("GX-003", "GT-033")
+@pytest.mark.parametrize("wtype", ["Q8_0", "Q4_K", "MXFP4"])
+def test_packed_fold_row_constants_cpu(wtype):
+    """v3.4's row constants from a packed weight (ops.linear.row_constants, here on the CPU with
+    gpt_engine.quants' dequantization; on CUDA the dequantize kernel, bit-exact with it): C = W g,
+    D = W b against float64 over gguf-py's dequantization, the fp32 rounding of an fp64 sum, over
+    several blocks of rows."""
+    from gpt_engine.ops import linear_module as lin
+    k = 512
+    n = 3 * lin.fold_block_rows(k) + 5
+    w, w64 = make_weight(n, k, wtype, "cpu")
+    nm = _norm("layernorm", k, torch.float16, "cpu")
+    c, d = lin.row_constants(w, nm)
+    assert lin.folds(w.qtype, k)
+    assert torch.equal(c, (w64 @ nm.weight.double()).float())
+    assert torch.equal(d, (w64 @ nm.bias.double()).float())
+
+
+@pytest.mark.story("GX-003", "GT-033")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("wtype", ["Q8_0", "Q4_K", "Q6_K", "MXFP4"])
+@pytest.mark.parametrize("kind,act", [("layernorm", "gelu_tanh"), ("layernorm", "none"), ("rmsnorm", "swiglu")],
+                         ids=str)
+@pytest.mark.parametrize("m,k", [(1, 1536), (1, 6144), (3, 1536), (16, 1536)], ids=str)
+def test_packed_gemv_norm_fold_vs_float64(wtype, kind, act, m, k):
+    """v3.4 (ext.qgemv_fold_force 1, the default): the norm folded into the packed GEMV's epilogue
+    (the codes are of (x - x[0]) g or x g; the epilogue applies rstd and the row constants C = W g,
+    D = W b of the dequantized weight), and v3.3's staging under qgemv_fold_force(0), each within
+    the oracle's bound of the float64 product of the exact norm, at every M tile and with the K
+    halves (k 6144 at M = 1). The two differ: v3.3 codes the normalised row rounded to fp16."""
+    from gpt_engine.ops import _ext
+    from gpt_engine.ops import linear_module as lin
+    ext = _ext.load()
+    n = 602  # even (SwiGLU's pairs), and 301 pairs: an odd pair count
+    w, w64 = make_weight(n, k, wtype, "cuda")
+    assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, m, k)
+    x = randn((m, k), torch.float16, "cuda")
+    b = randn((n,), torch.float16, "cuda", scale=0.1)
+    nm = _norm(kind, k, torch.float16, "cuda")
+    ref = oracle(x, w64, b, None, nm, act)
+    outs = {}
+    try:
+        for on in (1, 0):
+            assert ext.qgemv_fold_force(on) == on
+            outs[on] = ops.linear(x, w, b, norm=nm, act=act)
+            assert_nmse(outs[on], ref, TOL_NAME[torch.float16])
+        assert ext.qgemv_fold_force(2) == 0  # not a setting: the one in effect (the loop's last) stays
+    finally:
+        ext.qgemv_fold_force(1)
+    assert not torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.story("GX-003", "GT-033")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("wtype", ["Q8_0", "MXFP4"])
+@pytest.mark.parametrize("rows", ["offset", "outlier"])
+@pytest.mark.parametrize("m", [1, 16])
+def test_packed_gemv_layernorm_fold_hard_rows(wtype, rows, m):
+    """v3.4's LayerNorm fold codes (x - x[0]) g, so its codes' step follows max |x - x[0]|: rows
+    whose mean dwarfs their spread (300 against 1) and rows whose first value, the shift, is an
+    outlier (60 against a spread of 1; docs/kernels/quant.md's v3.4 simulation puts such rows'
+    error at ~2x v3.3's, far under the fp16 bound). Both settings (qgemv_fold_force 1, 0) within
+    the oracle's bound of the float64 product of the exact norm, at M = 1 and 16."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    n, k = 602, 1536
+    w, w64 = make_weight(n, k, wtype, "cuda")
+    x = randn((m, k), torch.float16, "cuda", offset=300.0 if rows == "offset" else 0.0)
+    if rows == "outlier":
+        x[:, 0] = 60.0
+    nm = _norm("layernorm", k, torch.float16, "cuda")
+    ref = oracle(x, w64, None, None, nm, "none")
+    try:
+        for on in (1, 0):
+            assert ext.qgemv_fold_force(on) == on
+            assert_nmse(ops.linear(x, w, norm=nm), ref, TOL_NAME[torch.float16])
+    finally:
+        ext.qgemv_fold_force(1)
 
 
 
