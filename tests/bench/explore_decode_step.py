@@ -28,6 +28,9 @@ FOLD="1 0" (any file with dense norm-fused products): the same for v27's norm fo
 GEMV's epilogue (ext.linear_fold_force: 1 the default, 0 v23's normalize loop; csrc/linear_common.cuh).
 QFOLD="1 0" (packed files): the same for the packed GEMV's norm fold (ext.qgemv_fold_force: 1 v3.4,
 the default, 0 v3.3's staging; csrc/linear_q_impl.cuh).
+BATCH=16 (any file, default 1): every timing above on the decoder for that many sequences (the
+same 32-token prompt each, generate_batch), so an A/B covers the M = BATCH kernels (the packed
+GEMV's MT = 16 at 9-16); its attention reads the same key range as batch 1's.
 HEAD_CUBLAS="0 1": dense products of >= 1 GiB (gpt-oss's untied 201,088 x 2,880 head) on the GEMV
 kernel (0) or on cuBLAS (1: our norm ops, F.linear, then fp32; linear.CUBLAS_MIN_BYTES).
 """
@@ -90,15 +93,20 @@ def moe_reset(ext) -> None:
 
 
 def load_step(path: str):
-    """The model at path on the GPU, its batch-1 greedy decoder (warmed by a 32-token prompt and 4
-    new tokens), and rewind(), which puts the decode state back where the warm-up left it (also
-    tests/bench/step_places.sh's loader)."""
+    """The model at path on the GPU, its greedy decoder for BATCH sequences (default 1; warmed by a
+    32-token prompt each and 4 new tokens), and rewind(), which puts the decode state back where
+    the warm-up left it (also tests/bench/step_places.sh's loader)."""
     m = gpt_engine.load(path, device="cuda")
+    batch = int(os.environ.get("BATCH", "1"))
+    prompt = list(range(100, 132))
     try:  # a build whose GEMVs skip their wait (branch explore-s12) decodes garbage; time it anyway
-        m.generate(list(range(100, 132)), max_new_tokens=4, stop_at_eos=False)
+        if batch == 1:
+            m.generate(prompt, max_new_tokens=4, stop_at_eos=False)
+        else:
+            m.generate_batch([prompt] * batch, max_new_tokens=4, stop_at_eos=False)
     except Exception as e:  # noqa: BLE001
         print(f"generate: {e}")
-    dec = m._decoders[(1, True)]
+    dec = m._decoders[(batch, True)]
     st = dec.state
     # each replay advances the position: every timing starts from the same one, so the
     # attention reads 37 to ~160 keys (the short graph's range) whichever graph runs

@@ -57,6 +57,7 @@ set -o pipefail
 export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 # PART=14 times the packed files (written already where an evidence run warmed the machine)
 case "${PART:-1}" in 14|21|22) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
+case "${PART:-1}" in 23) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4";; esac
 case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
 # PART=21 on a short budget: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" writes and times those files
 # alone, NOTESTS=1 skips the tests (session 44: ~330 s of device time left after refusals)
@@ -70,7 +71,7 @@ t_call=$t0  # (PART=2 resets t0 so build_ext times main's rebuild)
 S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
 case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packed GEMV's bias early too)
 # the packed parts' files are their SHAPES (all typed: shape:TYPE names shape-TYPE.gguf)
-{ [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ] || [ "${PART:-1}" = 22 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
+{ [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ] || [ "${PART:-1}" = 22 ] || [ "${PART:-1}" = 23 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -137,7 +138,8 @@ case "${PART:-1}" in
   14) grep -q fold_constants gpt_engine/ops/linear.py || take v27-fold;;
   21) take v28-qfold;;
   22) take v28b-qfold;;
-  *) echo "PART=$PART: not a part (1-22)"; exit 2;;
+  23) grep -q qgemv_fold_force csrc/bindings.cpp || { echo "PART=23 runs on branch v28b-land (v28b in the tree)"; exit 1; };;
+  *) echo "PART=$PART: not a part (1-23)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -232,6 +234,14 @@ elif [ "$PART" = 22 ]; then
   [ -n "${NOTESTS:-}" ] && exit 0
   echo "## v28b's packed GEMV tests"
   packed_tests 240
+elif [ "$PART" = 23 ]; then
+  # PART=23 (session 46, on branch v28b-land, v28b in the tree): the 1.5B Q8_0 / MXFP4 steps at
+  # batch 16 and 4 (explore_decode_step.py BATCH: generate_batch's decoder, so the packed GEMV's
+  # MT = 16 and 4 kernels), v3.4b's fold on and off in the same build (QFOLD="1 0"). v3.4b raised
+  # MT = 16's registers from ~203 to 232-254 (CI's ptxas check, no spills, one block per SM
+  # either way); PART=22 timed batch 1 only. Prediction: batch 4 about batch 1's -4..-5%;
+  # batch 16 smaller, perhaps none, if the register count costs the main loop.
+  for b in 16 4; do BATCH=$b steps v28b-b$b 150 QFOLD="1 0"; done
 elif [ "$PART" = 11 ]; then
   # PART=11 (written in session 37): the split counts under v6's cluster merge (main with v6 landed)
   grep -q attention_decode_cluster_force csrc/bindings.cpp || { echo "v6 is not on main"; exit 1; }
