@@ -407,9 +407,12 @@ struct XStage {
       s += cs;
       q += cq;
     }
-    s = warp_sum(s);
-    q = warp_sum(q);
-    if (ln) {
+    stats_of_sums(p, warp_sum(s), warp_sum(q), dm, rstd);
+  }
+  // (dm, rstd) of a row from its sums s of x - c and q of (x - c)^2 over the K values (c: the
+  // shift, 0 for RMSNorm); also the packed GEMV's fold (csrc/linear_q_impl.cuh v3.4b)
+  static __device__ __forceinline__ void stats_of_sums(const LinearArgs& p, float s, float q, float& dm, float& rstd) {
+    if (p.norm == kNormLayer) {
       dm = s / p.K;
       rstd = rsqrtf(fmaxf(q / p.K - dm * dm, 0.f) + p.eps);
     } else {

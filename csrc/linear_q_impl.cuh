@@ -542,13 +542,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
       tq += v.y;
     }
     float dm, rs;
-    if (p.norm == kNormLayer) {  // XStage::fold_stats' formulas
-      dm = ts / p.K;
-      rs = rsqrtf(fmaxf(tq / p.K - dm * dm, 0.f) + p.eps);
-    } else {
-      dm = 0.f;
-      rs = rsqrtf(tq / p.K + p.eps);
-    }
+    XStage<A, MT, kThreads>::stats_of_sums(p, ts, tq, dm, rs);
     v0 = fold_apply(p, v0, dm, rs, fc0, fd0);
     v1 = fold_apply(p, v1, dm, rs, fc1, fd1);  // (0 constants where the pair has one row: never stored)
   };

@@ -404,7 +404,8 @@ class Evaluator:
         if not tests:
             return CritResult(c, "missing", f"no {c.device} benchmark test is marked {s.id} in the tree")
         chosen = self._choose(s.id, c.device, tests)
-        lacking = [n for n in tests if not (chosen[n] and chosen[n][0] == "fresh")]
+        fresh = [n for n in tests if chosen[n] and chosen[n][0] == "fresh"]
+        lacking = [n for n in tests if n not in fresh]
         if lacking:
             stale = [x[2] for x in chosen.values() if x and x[0] == "stale"]
             if stale and len(lacking) == len(tests):
@@ -417,7 +418,6 @@ class Evaluator:
             # A fresh case that misses a per-case bar, or is invalid, decides the criterion for the
             # code as it is now, whatever the tests without a fresh record would show; left
             # "incomplete", the story read as if only evidence were missing. A median needs every case.
-            fresh = [n for n in tests if n not in set(lacking)]
             if fresh and c.aggregate != "median":
                 cases, problems, _ = self._cases(s, c, fresh, chosen)
                 if cases or problems:
