@@ -31,6 +31,9 @@ the default, 0 v3.3's staging; csrc/linear_q_impl.cuh).
 BATCH=16 (any file, default 1): every timing above on the decoder for that many sequences (the
 same 32-token prompt each, generate_batch), so an A/B covers the M = BATCH kernels (the packed
 GEMV's MT = 16 at 9-16); its attention reads the same key range as batch 1's.
+QGEMV_MAX_ROWS="16 0" (packed files): the largest batch the packed GEMV takes; a product with more rows
+first dequantizes its weight into a scratch matrix of x's dtype, then runs the dense GEMV on it
+(linear.packed_gemv_ok answering False; 16 is the default, 0 never the packed GEMV).
 HEAD_CUBLAS="0 1": dense products of >= 1 GiB (gpt-oss's untied 201,088 x 2,880 head) on the GEMV
 kernel (0) or on cuBLAS (1: our norm ops, F.linear, then fp32; linear.CUBLAS_MIN_BYTES).
 """
@@ -129,6 +132,7 @@ def step_breakdown(path: str) -> None:
     stats = os.environ.get("STATS", "").split()
     folds = os.environ.get("FOLD", "").split()
     qfolds = os.environ.get("QFOLD", "").split()
+    qrows = os.environ.get("QGEMV_MAX_ROWS", "").split()
     if versions:
         ext = _ext.load()
         hook_ab(dec, rewind, "moe", versions, lambda v: moe_force(ext, v), lambda: moe_reset(ext))
@@ -167,7 +171,14 @@ def step_breakdown(path: str) -> None:
         hook_ab(dec, rewind, "packed norm fold (v3.4)", qfolds,
                 lambda v: ext.qgemv_fold_force(int(v)) == int(v) or sys.exit(f"qfold {v}: not a setting"),
                 lambda: ext.qgemv_fold_force(1))
-    if versions or tiles or rings or heads or zips or stats or folds or qfolds:
+    if qrows:
+        from gpt_engine.ops import linear_module as lin
+        packed_ok = lin.packed_gemv_ok
+
+        def limit(v):  # lin's kernels and linear_qkv call lin.packed_gemv_ok by its module name
+            setattr(lin, "packed_gemv_ok", lambda w, q, dt, m, k: m <= int(v) and packed_ok(w, q, dt, m, k))
+        hook_ab(dec, rewind, "packed GEMV max rows", qrows, limit, lambda: setattr(lin, "packed_gemv_ok", packed_ok))
+    if versions or tiles or rings or heads or zips or stats or folds or qfolds or qrows:
         return
     graphs = [("greedy", dec._graph("greedy"))]
     if st.short_keys:

@@ -58,6 +58,7 @@ export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 # PART=14 times the packed files (written already where an evidence run warmed the machine)
 case "${PART:-1}" in 14|21|22) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
 case "${PART:-1}" in 23) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4";; esac
+case "${PART:-1}" in 24) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b gpt2-1.5b:MXFP4";; esac
 case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
 # PART=21 on a short budget: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" writes and times those files
 # alone, NOTESTS=1 skips the tests (session 44: ~330 s of device time left after refusals)
@@ -72,6 +73,7 @@ S="gpt2-1.5b-F16 gpt2-124m-F16 llama-1b-F16 gpt-oss-20b-MXFP4"
 case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packed GEMV's bias early too)
 # the packed parts' files are their SHAPES (all typed: shape:TYPE names shape-TYPE.gguf)
 { [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ] || [ "${PART:-1}" = 22 ] || [ "${PART:-1}" = 23 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
+[ "${PART:-1}" = 24 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-F16 gpt2-1.5b-MXFP4"
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -139,7 +141,8 @@ case "${PART:-1}" in
   21) take v28-qfold;;
   22) take v28b-qfold;;
   23) grep -q qgemv_fold_force csrc/bindings.cpp || { echo "PART=23 runs on branch v28b-land (v28b in the tree)"; exit 1; };;
-  *) echo "PART=$PART: not a part (1-23)"; exit 2;;
+  24) ;;
+  *) echo "PART=$PART: not a part (1-24)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -242,6 +245,21 @@ elif [ "$PART" = 23 ]; then
   # either way); PART=22 timed batch 1 only. Prediction: batch 4 about batch 1's -4..-5%;
   # batch 16 smaller, perhaps none, if the register count costs the main loop.
   for b in 16 4; do BATCH=$b steps v28b-b$b 150 QFOLD="1 0"; done
+elif [ "$PART" = 24 ]; then
+  # PART=24 (session 47, main with v28b): PART=23 timed the 1.5B Q8_0 batch-16 step at 17.9 ms
+  # (batch 1: 1.64 ms), 11x for 16x the tokens, where the weights are read once either way. Which
+  # kernels hold it (the profile of each file's batch-16 step, F16 the reference), and whether one
+  # dequantization to fp16 plus the dense GEMV beats the packed GEMV at batch 16 and 4
+  # (QGEMV_MAX_ROWS="16 0": 0 sends every packed product there). Prediction: the packed GEMV's
+  # MT = 16 kernel is most of the step; the dequantized route ~3-4 ms a step (3.2 GB of fp16
+  # written and read back, ~0.8 GB of Q8_0 read: ~2.4 ms at copy, plus the step's other work).
+  Q="gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4"
+  S="gpt2-1.5b-Q8_0"; BATCH=16 steps qrows-b16 120 QGEMV_MAX_ROWS="16 0"
+  for f in gpt2-1.5b-Q8_0 gpt2-1.5b-F16; do
+    BATCH=16 $T 120 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/b16 $f /"
+  done
+  S="gpt2-1.5b-MXFP4"; BATCH=16 steps qrows-b16 120 QGEMV_MAX_ROWS="16 0"
+  S="$Q"; BATCH=4 steps qrows-b4 120 QGEMV_MAX_ROWS="16 0"
 elif [ "$PART" = 11 ]; then
   # PART=11 (written in session 37): the split counts under v6's cluster merge (main with v6 landed)
   grep -q attention_decode_cluster_force csrc/bindings.cpp || { echo "v6 is not on main"; exit 1; }
