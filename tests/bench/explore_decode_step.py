@@ -34,6 +34,9 @@ GEMV's MT = 16 at 9-16); its attention reads the same key range as batch 1's.
 QGEMV_MAX_ROWS="16 0" (packed files): the largest batch the packed GEMV takes; a product with more rows
 first dequantizes its weight into a scratch matrix of x's dtype, then runs the dense GEMV on it
 (linear.packed_gemv_ok answering False; 16 is the default, 0 never the packed GEMV).
+QGEMV_SLICES="1 0" (packed files, where ops.linear has packed_gemv_rows): rows whose activation codes
+do not fit the packed GEMV's shared memory at once in slices of rows, one call each (1, the
+default), or on the dequantized weight as before slices (0).
 HEAD_CUBLAS="0 1": dense products of >= 1 GiB (gpt-oss's untied 201,088 x 2,880 head) on the GEMV
 kernel (0) or on cuBLAS (1: our norm ops, F.linear, then fp32; linear.CUBLAS_MIN_BYTES).
 """
@@ -133,6 +136,7 @@ def step_breakdown(path: str) -> None:
     folds = os.environ.get("FOLD", "").split()
     qfolds = os.environ.get("QFOLD", "").split()
     qrows = os.environ.get("QGEMV_MAX_ROWS", "").split()
+    slices = os.environ.get("QGEMV_SLICES", "").split()
     if versions:
         ext = _ext.load()
         hook_ab(dec, rewind, "moe", versions, lambda v: moe_force(ext, v), lambda: moe_reset(ext))
@@ -178,7 +182,16 @@ def step_breakdown(path: str) -> None:
         def limit(v):  # lin's kernels and linear_qkv call lin.packed_gemv_ok by its module name
             setattr(lin, "packed_gemv_ok", lambda w, q, dt, m, k: m <= int(v) and packed_ok(w, q, dt, m, k))
         hook_ab(dec, rewind, "packed GEMV max rows", qrows, limit, lambda: setattr(lin, "packed_gemv_ok", packed_ok))
-    if versions or tiles or rings or heads or zips or stats or folds or qfolds or qrows:
+    if slices:
+        from gpt_engine.ops import linear_module as lin
+        sliced = lin.packed_gemv_rows
+
+        def whole(w, q, dt, m, k):  # before slices: all m rows in one call, or the dequantized weight
+            return m if 0 < m <= lin.GEMV_MAX_ROWS and lin.packed_gemv_ok(w, q, dt, m, k) else 0
+        hook_ab(dec, rewind, "packed rows in slices", slices,
+                lambda v: setattr(lin, "packed_gemv_rows", sliced if v == "1" else whole),
+                lambda: setattr(lin, "packed_gemv_rows", sliced))
+    if versions or tiles or rings or heads or zips or stats or folds or qfolds or qrows or slices:
         return
     graphs = [("greedy", dec._graph("greedy"))]
     if st.short_keys:

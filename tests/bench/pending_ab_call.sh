@@ -1,35 +1,42 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (rewritten in session 46). Main is clean: the heavy and
-# light runs at 2a1a380 (harness-fresh-miss.patch applied there) passed on an H100 (552 / 1,155).
-# v28 (PART=21) lost (+2.9% on the 1.5B Q8_0 / MXFP4 steps); v28b (PART=22: v28 with the fold's
-# statistics summed by the staging) won in the same kind of call: 1.5B Q8_0 -4.1%, MXFP4 -4.8%,
-# 124M MXFP4 -5.6%, Q4_K_M -5.4%, its packed tests passing (docs/kernels/quant.md, v3.4b). It
-# waits only for its evidence: its csrc / ops files are in every GPU story's sources.
-#   1. Land v28b: branch v28b-land holds it on main's head of session 46: one commit with the patch
-#      applied (CI on a clone of it: 3,425 passed; its gates fail only as stale GPU evidence), and
-#      one adding explore_decode_step.py's BATCH and PART=23 here (below). If main has moved
-#      since, rebase the branch first (the evidence names the commit it ran at). On an H100, from
-#      the branch's committed clean tree, .whl carried, heavy then light (cold build ~150 s a call):
+# What the next session should do first (rewritten in session 47). Main is clean: v28b landed
+# with heavy (635 passed) and light (1,155) evidence at 478d83e on an H100. PART=23 found the 1.5B
+# packed step at batch 16 10.9x batch 1's (Q8_0 17,944 against 1,641 us), and that at batch 10-16
+# the 6,400-wide down product leaves the packed GEMV for the dequantized weight (its 16 rows'
+# codes do not fit shared memory): other bits than the same sequence gets alone.
+#   1. On branch qchunk (main + ops.linear.packed_gemv_rows: such rows in slices of the packed
+#      GEMV, one call each, with tests; rebase it first if main has moved), on an H100, .whl
+#      carried:   PART=24 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
+#      (the batch-16 steps' profiles, Q8_0 and F16; the packed GEMV against the dequantized route,
+#      QGEMV_MAX_ROWS="16 0"; the slices against the dequantized route for the down product,
+#      QGEMV_SLICES="1 0"; batch 4. Cold: ~190 s build, then ~5 min of steps.)
+#   2. Land qchunk (a correctness fix: a sequence's bits stop depending on its batch there; land it
+#      unless its slices are far slower than the dequantized route) with heavy then light evidence
+#      at the branch's commit, on the machine PART=24 warmed (the commands below); commit the
+#      files on the branch with `git add -f`, check `python -m gates gate gate3 --no-run` for stale
+#      cuda lines, fast-forward main. The heavy run holds its new tests (test_linear_q.py's k6400
+#      rows at M = 16, test_linear_qkv.py's slices). If device time runs out first, main stays green
+#      and the branch waits.
 #        export OUT GPT_ENGINE_GIT_COMMIT=<full sha: git rev-parse HEAD> EXT_SAVE=0
 #        timeout 590 bash tests/bench/gpu_session.sh heavy
 #        (light: the same exports plus SHAPES="gpt2-124m gpt2-1.5b smollm2-135m llama-1b
 #        gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M
 #        gpt-oss-20b:MXFP4"; GATES_TIMEOUT=370 timeout 590 bash tests/bench/gpu_session.sh light)
 #      An H200 run fails GT-015's tie ~95% of the time until a person decides
-#      tests/bench/ab_patches/proposal-at-ceiling-bars.patch. Commit the files on the branch with
-#      `git add -f` (never edit them; never rerun for a pass); `python -m gates gate gate3 --no-run`
-#      should show no stale cuda line; then fast-forward main to the branch. If device time runs
-#      out between the two runs, main stays where it is (green) and the branch waits.
-#   2. PART=23 on the branch (its copy of this file): v3.4b's A/B at batch 16 and 4, which PART=22
-#      did not time (MT = 16's registers rose to 232-254).
-#   3. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
+#      tests/bench/ab_patches/proposal-at-ceiling-bars.patch: if the call may get an H200, check
+#      the card first (nvidia-smi) and run PART=24 there instead of evidence (session 47's call).
+#   3. What PART=24's profile says decides the batched packed GEMV's next version
+#      (docs/kernels/quant.md, "Batch 16 and 4").
+#   4. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
 # 15-180 s each), session 43 830 s to 11, session 44 1,487 s to 24 (nothing ran), session 45 571 s
 # to 7 before two light runs ran; session 46 had 2 refused calls, then 4 ran (a call naming
-# nvidia-h200 got an H100 both times; each cold start held ~170-210 s besides the run). After a
-# refusal wait the minutes it names; `status` shows none_now.
+# nvidia-h200 got an H100 both times; each cold start held ~170-210 s besides the run); session
+# 47 lost 271 s to 3 refused nvidia-h100-x1 calls, then a call naming nvidia-h200 got an H100
+# (cold start ~90 s) and 3 calls ran on it (heavy, light, PART=23). After a refusal wait the
+# minutes it names; `status` shows none_now.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
@@ -253,13 +260,19 @@ elif [ "$PART" = 24 ]; then
   # (QGEMV_MAX_ROWS="16 0": 0 sends every packed product there). Prediction: the packed GEMV's
   # MT = 16 kernel is most of the step; the dequantized route ~3-4 ms a step (3.2 GB of fp16
   # written and read back, ~0.8 GB of Q8_0 read: ~2.4 ms at copy, plus the step's other work).
-  Q="gpt2-1.5b-Q8_0 gpt2-1.5b-MXFP4"
+  # On branch qchunk (ops.linear.packed_gemv_rows: rows that do not fit go in slices, so 1.5B's
+  # down product at batch 16 is two calls of 8 instead of the dequantized weight), also
+  # QGEMV_SLICES="1 0": the slices against the dequantized route, in the same process.
   S="gpt2-1.5b-Q8_0"; BATCH=16 steps qrows-b16 120 QGEMV_MAX_ROWS="16 0"
+  SL=; grep -q "def packed_gemv_rows" gpt_engine/ops/linear.py && SL=1
+  [ -n "$SL" ] && BATCH=16 steps slices-b16 120 QGEMV_SLICES="1 0"
   for f in gpt2-1.5b-Q8_0 gpt2-1.5b-F16; do
     BATCH=16 $T 120 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/b16 $f /"
   done
   S="gpt2-1.5b-MXFP4"; BATCH=16 steps qrows-b16 120 QGEMV_MAX_ROWS="16 0"
-  S="$Q"; BATCH=4 steps qrows-b4 120 QGEMV_MAX_ROWS="16 0"
+  [ -n "$SL" ] && BATCH=16 steps slices-b16 120 QGEMV_SLICES="1 0"
+  S="gpt2-1.5b-Q8_0"; BATCH=4 steps qrows-b4 120 QGEMV_MAX_ROWS="16 0"
+  BATCH=4 EXPLORE_NO_PROFILE=1 $T 120 python3 tests/bench/explore_decode_step.py "$M/gpt2-1.5b-F16.gguf" | sed "s/^/b4 F16 /"
 elif [ "$PART" = 11 ]; then
   # PART=11 (written in session 37): the split counts under v6's cluster merge (main with v6 landed)
   grep -q attention_decode_cluster_force csrc/bindings.cpp || { echo "v6 is not on main"; exit 1; }
