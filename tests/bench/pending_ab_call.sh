@@ -266,6 +266,9 @@ elif [ "$PART" = 24 ]; then
   S="gpt2-1.5b-Q8_0"; BATCH=16 steps qrows-b16 120 QGEMV_MAX_ROWS="16 0"
   SL=; grep -q "def packed_gemv_rows" gpt_engine/ops/linear.py && SL=1
   [ -n "$SL" ] && BATCH=16 steps slices-b16 120 QGEMV_SLICES="1 0"
+  echo "## the packed Q8_0 GEMV alone at M = 1-16 on the 1.5B shapes (no norm; 16 x 6,400 wide: slices or dequantized)"
+  $T 150 python3 tests/bench/explore_gemv.py --quant --types Q8_0 --shapes \
+    1x1600x1600,4x1600x1600,8x1600x1600,16x1600x1600,1x6400x1600,4x6400x1600,16x6400x1600,1x1600x6400,8x1600x6400,16x1600x6400
   for f in gpt2-1.5b-Q8_0 gpt2-1.5b-F16; do
     BATCH=16 $T 120 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/b16 $f /"
   done
