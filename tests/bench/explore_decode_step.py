@@ -51,6 +51,18 @@ import torch
 import gpt_engine
 
 
+# the extension's test hooks an A/B can alternate: (environment variable, label, ext setter, the
+# hook's default setting), each described in the module doc
+EXT_HOOKS = [
+    ("ATTN_TILES", "attention tile", "attention_decode_tile_force", 0),
+    ("GEMV_RING", "gemv ring rule", "linear_ring_force", 0),
+    ("QGEMV_ZIP", "qgemv zip", "qgemv_zip_force", 1),
+    ("STATS", "layernorm stats one pass (v23)", "linear_stats_force", 1),
+    ("FOLD", "norm fold (v27)", "linear_fold_force", 1),
+    ("QFOLD", "packed norm fold (v3.4)", "qgemv_fold_force", 1),
+]
+
+
 def replay_us(fn, n=100) -> float:
     for _ in range(5):
         fn()
@@ -128,53 +140,27 @@ def step_breakdown(path: str) -> None:
     m, dec, rewind = load_step(path)
     st = dec.state
     from gpt_engine.ops import _ext
-    versions, tiles = os.environ.get("MOE_VERSIONS", "").split(), os.environ.get("ATTN_TILES", "").split()
-    rings = os.environ.get("GEMV_RING", "").split()
+    versions = os.environ.get("MOE_VERSIONS", "").split()
     heads = os.environ.get("HEAD_CUBLAS", "").split()
-    zips = os.environ.get("QGEMV_ZIP", "").split()
-    stats = os.environ.get("STATS", "").split()
-    folds = os.environ.get("FOLD", "").split()
-    qfolds = os.environ.get("QFOLD", "").split()
     qrows = os.environ.get("QGEMV_MAX_ROWS", "").split()
     slices = os.environ.get("QGEMV_SLICES", "").split()
     if versions:
         ext = _ext.load()
         hook_ab(dec, rewind, "moe", versions, lambda v: moe_force(ext, v), lambda: moe_reset(ext))
-    if tiles:
-        ext = _ext.load()
-        hook_ab(dec, rewind, "attention tile", tiles,
-                lambda v: ext.attention_decode_tile_force(int(v)) == int(v) or sys.exit(f"tile {v}: not a tile"),
-                lambda: ext.attention_decode_tile_force(0))
-    if rings:
-        ext = _ext.load()
-        hook_ab(dec, rewind, "gemv ring rule", rings,
-                lambda v: ext.linear_ring_force(int(v)) == int(v) or sys.exit(f"ring rule {v}: not a mode"),
-                lambda: ext.linear_ring_force(0))
-    if zips:
-        ext = _ext.load()
-        hook_ab(dec, rewind, "qgemv zip", zips,
-                lambda v: ext.qgemv_zip_force(int(v)) == int(v) or sys.exit(f"qgemv zip {v}: not a setting"),
-                lambda: ext.qgemv_zip_force(1))
-    if stats:
-        ext = _ext.load()
-        hook_ab(dec, rewind, "layernorm stats one pass (v23)", stats,
-                lambda v: ext.linear_stats_force(int(v)) == int(v) or sys.exit(f"stats {v}: not a setting"),
-                lambda: ext.linear_stats_force(1))
-    if folds:
-        ext = _ext.load()
-        hook_ab(dec, rewind, "norm fold (v27)", folds,
-                lambda v: ext.linear_fold_force(int(v)) == int(v) or sys.exit(f"fold {v}: not a setting"),
-                lambda: ext.linear_fold_force(1))
+    ran = bool(versions or heads or qrows or slices)
+    for var, label, setter, default in EXT_HOOKS:
+        settings = os.environ.get(var, "").split()
+        if settings:
+            ran = True
+            force = getattr(_ext.load(), setter)
+            hook_ab(dec, rewind, label, settings,
+                    lambda v, force=force, var=var: force(int(v)) == int(v) or sys.exit(f"{var} {v}: not a setting"),
+                    lambda force=force, default=default: force(default))
     if heads:
         from gpt_engine.ops import linear_module as lin
         hook_ab(dec, rewind, "head on cuBLAS", heads,
                 lambda v: setattr(lin, "CUBLAS_MIN_BYTES", 1 << 30 if v == "1" else None),
                 lambda: setattr(lin, "CUBLAS_MIN_BYTES", None))
-    if qfolds:
-        ext = _ext.load()
-        hook_ab(dec, rewind, "packed norm fold (v3.4)", qfolds,
-                lambda v: ext.qgemv_fold_force(int(v)) == int(v) or sys.exit(f"qfold {v}: not a setting"),
-                lambda: ext.qgemv_fold_force(1))
     if qrows:
         from gpt_engine.ops import linear_module as lin
         packed_ok = lin.packed_gemv_ok
@@ -191,7 +177,7 @@ def step_breakdown(path: str) -> None:
         hook_ab(dec, rewind, "packed rows in slices", slices,
                 lambda v: setattr(lin, "packed_gemv_rows", sliced if v == "1" else whole),
                 lambda: setattr(lin, "packed_gemv_rows", sliced))
-    if versions or tiles or rings or heads or zips or stats or folds or qfolds or qrows or slices:
+    if ran:
         return
     graphs = [("greedy", dec._graph("greedy"))]
     if st.short_keys:
