@@ -10,10 +10,11 @@ write fp32 (logits). The weight stays as the file stores it: ``weight`` is the r
 
 On the GPU, up to 16 rows of x (decode, batch <= 16) take the GEMV kernel, which reads each
 weight byte once: csrc/linear.cu for F32/F16/BF16, csrc/linear_q.cu for the packed GGUF types
-(the raw blocks, no repacking). More rows (prefill) take cuBLAS through F.linear plus our norm
-and epilogue kernels; a packed weight is first dequantized into a scratch matrix of x's dtype
-by csrc/dequant.cu (docs/kernels/quant.md says why), as is one whose GEMV does not fit (the
-M activation rows of K values must fit shared memory in one tile). On the CPU ``linear()`` uses ``QWeight.dense()`` (whatever
+(the raw blocks, no repacking; rows whose activations do not fit its shared memory at once go
+in slices, one call each: ``packed_gemv_rows``). More rows (prefill) take cuBLAS through
+F.linear plus our norm and epilogue kernels; a packed weight is first dequantized into a scratch
+matrix of x's dtype by csrc/dequant.cu (docs/kernels/quant.md says why), as is one whose GEMV
+does not fit even one row. On the CPU ``linear()`` uses ``QWeight.dense()`` (whatever
 caching it does) and the same math as the reference.
 """
 from __future__ import annotations
@@ -181,6 +182,24 @@ def packed_gemv_ok(weight: torch.Tensor, qtype: int, dtype: torch.dtype, m: int,
             and weight.data_ptr() % 16 == 0 and _ext.load().linear_q_supported(int(qtype), _ACT_CODE[dtype], m, k))
 
 
+def packed_gemv_rows(weight: torch.Tensor, qtype: int, dtype: torch.dtype, m: int, k: int) -> int:
+    """Rows of x per packed-GEMV call for an m-row product; 0 where the GEMV does not take it.
+    m where all m rows' activation codes fit shared memory beside the weight rings, else the
+    fewest equal slices that fit (GPT-2 1.5B's 6,400-wide down product: 16 rows as two calls of
+    8; csrc/linear_q_impl.cuh smem_bytes). Slices rather than the dequantized weight because a
+    row's bits do not depend on how many rows share its call, so a sequence decodes the same in
+    a batch of 16 as alone (the dense route's sums are other bits), and each call reads the
+    packed bytes once: two reads of Q8_0 are ~2.1 bytes a weight, dequantizing to fp16 and
+    reading that back ~5."""
+    if not 0 < m <= GEMV_MAX_ROWS or not packed_gemv_ok(weight, qtype, dtype, 1, k):
+        return 0
+    for calls in range(1, m + 1):
+        rows = -(-m // calls)
+        if packed_gemv_ok(weight, qtype, dtype, rows, k):
+            return rows
+    return 1
+
+
 def packed_dense(weight: torch.Tensor, qtype: int, n: int, k: int, dtype: torch.dtype) -> torch.Tensor:
     """The whole packed matrix in ``dtype`` (a scratch copy): the dequantize kernel on CUDA,
     gpt_engine.quants elsewhere."""
@@ -241,11 +260,14 @@ if _ext.available():
             return reference(x, weight, qtype, bias, residual, norm_weight, norm_bias, norm, eps, act, float_out)
         if qtype in _DENSE:
             w = weight.view(_DENSE[qtype]).view(n, k)
-        elif 0 < m <= GEMV_MAX_ROWS and packed_gemv_ok(weight, qtype, x.dtype, m, k):
+        elif (rows := packed_gemv_rows(weight, qtype, x.dtype, m, k)) > 0:
             out = new_output((m, n_out), x, torch.float32 if float_out else x.dtype)
             r2 = residual.reshape(m, n_out).contiguous() if residual is not None else None
-            _ext.load().linear(x2.contiguous(), weight, bias, r2, norm_weight, norm_bias, out, norm, act, float(eps),
-                               qtype=int(qtype), fold_c=fold_c, fold_d=fold_d)
+            x2 = x2.contiguous()
+            for i in range(0, m, rows):  # (row slices of contiguous tensors: contiguous views)
+                j = min(m, i + rows)
+                _ext.load().linear(x2[i:j], weight, bias, None if r2 is None else r2[i:j], norm_weight, norm_bias,
+                                   out[i:j], norm, act, float(eps), qtype=int(qtype), fold_c=fold_c, fold_d=fold_d)
             return out.reshape(*lead, n_out)
         else:  # prefill, or a GEMV whose activations do not fit: one dequantization, then dense
             w = packed_dense(weight, qtype, n, k, x.dtype)

@@ -72,7 +72,8 @@ if _ext.available():
         qr._check(x.new_empty((x.shape[0], n)), pos, cos, sin, k_cache, v_cache, lens, status, n_head, n_head_kv, 1,
                   rope_mode, rope_dim)
         m = x.shape[0]
-        packed = qtype not in lin._DENSE and 0 < m <= lin.GEMV_MAX_ROWS and lin.packed_gemv_ok(weight, qtype, x.dtype, m, k)
+        rows = lin.packed_gemv_rows(weight, qtype, x.dtype, m, k) if qtype not in lin._DENSE else 0
+        packed = rows > 0
         # The dense weight's dtype is known without building it (a packed one is dequantized to
         # x's dtype), so the fallback is decided first: it dequantizes in the reference, and a
         # dequantization here would be thrown away.
@@ -94,9 +95,13 @@ if _ext.available():
                 fold = {"fold_c": fold_c, "fold_d": fold_d}
         qr._raise_if_bad(pos, k_cache, cos, rope_mode, status)
         q = new_output((m, n_head * d), x)
-        _ext.load().linear_qkv(x.contiguous(), w, bias, norm_weight, norm_bias, q, norm, float(eps), pos.contiguous(),
-                               cos, sin, k_cache, v_cache, lens, status, n_head, n_head_kv, rope_mode,
-                               rope_dim if rope_mode else 0, qtype=wq, **fold)
+        x, pos = x.contiguous(), pos.contiguous()
+        rows = rows or m  # (packed rows in slices where they do not fit at once: lin.packed_gemv_rows)
+        for i in range(0, m, rows):  # each slice's sequences: their rows of q, pos, the caches, lens
+            j = min(m, i + rows)
+            _ext.load().linear_qkv(x[i:j], w, bias, norm_weight, norm_bias, q[i:j], norm, float(eps), pos[i:j],
+                                   cos, sin, k_cache[i:j], v_cache[i:j], None if lens is None else lens[i:j], status,
+                                   n_head, n_head_kv, rope_mode, rope_dim if rope_mode else 0, qtype=wq, **fold)
         return q.view(m, n_head, d)
 
 

@@ -105,25 +105,31 @@ def test_packed_gemv_is_taken_and_rows_do_not_depend_on_the_batch(wtype, shape, 
     """The packed GEMV serves M <= 16 (not the dequantize fallback) and row m of a batch is computed
     as it is alone. Rows of two or more batches with few row pairs take the K halves: two warps per
     pair at M = 1, one warp at M >= 2, the same sums either way (csrc/linear_q_impl.cuh). k6400:
-    7 / 4 / 3 / 6 batches by type; every-pair-lane: N = 16 x SMs - 1 rows, the most pairs that
-    still take the halves, so every pair lane's named barrier runs, and an odd last row. Both
-    norms: v3.4 folds them into the epilogue, with statistics from global memory in one order
-    (a LayerNorm's row constants from the dequantized weight)."""
+    7 / 4 / 3 / 6 batches by type, and 16 rows whose codes do not fit the shared memory at once,
+    so they go as two calls of 8 (ops.linear.packed_gemv_rows), a row of the second slice still
+    its own bits; every-pair-lane: N = 16 x SMs - 1 rows, the most pairs that still take the
+    halves, so every pair lane's named barrier runs, and an odd last row. Both norms: v3.4 folds
+    them into the epilogue (a LayerNorm's row constants from the dequantized weight)."""
     from gpt_engine.ops import linear_module as lin
     k = {"k1536": 1536, "k6400": 6400 if _qk(wtype) == 32 else 6144, "every-pair-lane": 4096}[shape]
-    mfull = 16 if shape == "k1536" else 8  # 16 rows of x at K = 6400 do not fit the shared memory
+    mfull = 8 if shape == "every-pair-lane" else 16
     if shape == "every-pair-lane":  # 64 quantized rows repeated (the quantizers are slow on the CPU)
         n = 16 * torch.cuda.get_device_properties(0).multi_processor_count - 1
         w64, _ = make_weight(64, k, wtype, "cuda")
         w = QWeight(w64.raw.repeat((n + 63) // 64, 1)[:n].contiguous(), w64.qtype, (n, k))
     else:
         w, _ = make_weight(301, k, wtype, "cuda")
-    assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, mfull, k)
+    rows = lin.packed_gemv_rows(w.raw, int(w.qtype), torch.float16, mfull, k)
+    assert rows == (8 if shape == "k6400" else mfull)
+    assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, rows, k)
     x = randn((mfull, k), torch.float16, "cuda")
     nm = _norm(kind, k, torch.float16, "cuda")
     full = ops.linear(x, w, norm=nm)
     for m in (1, 3):
         assert torch.equal(ops.linear(x[:m].contiguous(), w, norm=nm), full[:m])
+    lo = mfull // 2 + 1  # rows past the middle (k6400: of the second slice) and the last one
+    assert torch.equal(ops.linear(x[lo:lo + 2].contiguous(), w, norm=nm), full[lo:lo + 2])
+    assert torch.equal(ops.linear(x[mfull - 1:].contiguous(), w, norm=nm), full[mfull - 1:])
 
 
 @pytest.mark.story("GX-003", "GT-033")

@@ -60,6 +60,23 @@ def test_linear_qkv_gpt_oss_shape_each_ring_rule(dtype, ring):
         ext.linear_ring_force(0)
 
 
+@pytest.mark.story("GX-003", "GT-019")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("wtype", ["Q8_0", "MXFP4", "Q4_K"])
+def test_linear_qkv_packed_rows_in_slices(wtype):
+    """16 sequences of a 6,400-wide model (6,144 for the K types): their activation codes do not fit
+    the packed GEMV's shared memory at once, so linear_qkv runs them as two calls of 8
+    (ops.linear.packed_gemv_rows), each slice with its own sequences' positions, cache rows and
+    lengths. The oracle holds for every sequence, and no cache row outside a position is written."""
+    from gpt_engine.ops import linear_module as lin
+    c = 6400 if gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[wtype]][0] == 32 else 6144
+    case = (16, c, 4, 2, 64, "layernorm", True, "neox", 64)
+    w, _ = make_weight((4 + 2 * 2) * 64, c, wtype, "cuda")
+    assert lin.packed_gemv_rows(w.raw, int(w.qtype), torch.float16, 16, c) == 8
+    check_against_oracle("cuda", torch.float16, case, wtype)
+
+
 def check_against_oracle(device, dtype, case, wtype):
     """linear_qkv on one case against the float64 oracle: q, the k and v rows written into the
     cache at each sequence's position (and no other row), the lengths, the status."""
