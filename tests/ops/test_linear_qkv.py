@@ -68,13 +68,33 @@ def test_linear_qkv_packed_rows_in_slices(wtype):
     """16 sequences of a 6,400-wide model (6,144 for the K types): their activation codes do not fit
     the packed GEMV's shared memory at once, so linear_qkv runs them as two calls of 8
     (ops.linear.packed_gemv_rows), each slice with its own sequences' positions, cache rows and
-    lengths. The oracle holds for every sequence, and no cache row outside a position is written."""
+    lengths. The oracle holds for every sequence, no cache row outside a position is written, and
+    the second slice's sequences get the bits they get alone: q, both caches and the lengths (the
+    dequantized route this replaced gave other bits, which the oracle's bound alone would pass)."""
     from gpt_engine.ops import linear_module as lin
     c = 6400 if gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[wtype]][0] == 32 else 6144
-    case = (16, c, 4, 2, 64, "layernorm", True, "neox", 64)
-    w, _ = make_weight((4 + 2 * 2) * 64, c, wtype, "cuda")
-    assert lin.packed_gemv_rows(w.raw, int(w.qtype), torch.float16, 16, c) == 8
-    check_against_oracle("cuda", torch.float16, case, wtype)
+    b, hq, hkv, d, s = 16, 4, 2, 64, 48
+    check_against_oracle("cuda", torch.float16, (b, c, hq, hkv, d, "layernorm", True, "neox", d), wtype)
+    w, _ = make_weight((hq + 2 * hkv) * d, c, wtype, "cuda")
+    assert lin.packed_gemv_rows(w.raw, int(w.qtype), torch.float16, b, c) == 8
+    x = randn((b, c), torch.float16, "cuda")
+    nm = ops.Norm("layernorm", randn((c,), torch.float16, "cuda", 0.2, 1.0), randn((c,), torch.float16, "cuda", 0.2),
+                  1e-5)
+    bias = randn(((hq + 2 * hkv) * d,), torch.float16, "cuda", 0.1)
+    pos = torch.randint(0, s, (b,)).cuda()
+    cos, sin = rope_tables(torch.arange(s, device="cuda"), d, THETA)
+
+    def run(rows):  # q, k / v caches (NaN where not written) and lengths of those sequences
+        kc = torch.full((len(range(b)[rows]), hkv, s, d), float("nan"), dtype=torch.float16, device="cuda")
+        vc, lens = kc.clone(), torch.zeros(kc.shape[0], dtype=torch.int32, device="cuda")
+        q = ops.linear_qkv(x[rows], w, bias, nm, pos[rows], cos, sin, kc, vc, lens,
+                           torch.zeros(1, dtype=torch.int32, device="cuda"), hq, hkv, ROPE_MODES["neox"], d)
+        return q.view(torch.int16), kc.view(torch.int16), vc.view(torch.int16), lens  # (bits: NaN == NaN)
+
+    whole = run(slice(0, b))
+    for i, j in ((9, 12), (15, 16)):  # 3 rows and 1 (the 4- and 1-row kernels) against the slice of 8
+        for name, u, v in zip(("q", "k cache", "v cache", "lens"), whole, run(slice(i, j))):
+            assert torch.equal(u[i:j], v), f"{name}: sequences {i}-{j - 1} differ from their run alone"
 
 
 def check_against_oracle(device, dtype, case, wtype):
