@@ -191,13 +191,13 @@ def packed_gemv_rows(weight: torch.Tensor, qtype: int, dtype: torch.dtype, m: in
     a batch of 16 as alone (the dense route's sums are other bits), and each call reads the
     packed bytes once: two reads of Q8_0 are ~2.1 bytes a weight, dequantizing to fp16 and
     reading that back ~5."""
-    if not 0 < m <= GEMV_MAX_ROWS or not packed_gemv_ok(weight, qtype, dtype, 1, k):
+    if not 0 < m <= GEMV_MAX_ROWS:
         return 0
-    for calls in range(1, m + 1):
+    for calls in range(1, m + 1):  # (the common case, m rows at once, is the first and only check)
         rows = -(-m // calls)
         if packed_gemv_ok(weight, qtype, dtype, rows, k):
             return rows
-    return 1
+    return 0
 
 
 def packed_dense(weight: torch.Tensor, qtype: int, n: int, k: int, dtype: torch.dtype) -> torch.Tensor:

@@ -190,16 +190,24 @@ def test_gemv_norm_fold_vs_float64(kind, act, wtype, m, n, k):
     b = randn((n,), torch.float16, "cuda", scale=0.1)
     nm = _norm(kind, k, torch.float16, "cuda")
     ref = oracle(x, w64, b, None, nm, act)
+    outs = each_fold_setting(ext.linear_fold_force, lambda: ops.linear(x, w, b, norm=nm, act=act), ref)
+    if k % 8 == 0 and n >= 1000:  # (a fold that ran: the staged rows differ by the norm's rounding)
+        assert not torch.equal(outs[0], outs[1])
+
+
+def each_fold_setting(force, product, ref) -> dict:
+    """product() under a fold hook's settings 1 (the fold) and 0 (``force``: ext.linear_fold_force,
+    the dense GEMV's, or ext.qgemv_fold_force, the packed one's), each within the oracle's fp16
+    bound of ref; the default (1) restored. Returns {setting: output}."""
     outs = {}
     try:
         for on in (1, 0):
-            assert ext.linear_fold_force(on) == on
-            outs[on] = ops.linear(x, w, b, norm=nm, act=act)
+            assert force(on) == on
+            outs[on] = product()
             assert_nmse(outs[on], ref, TOL_NAME[torch.float16])
     finally:
-        ext.linear_fold_force(1)
-    if k % 8 == 0 and n >= 1000:  # (a fold that ran: the staged rows differ by the norm's rounding)
-        assert not torch.equal(outs[0], outs[1])
+        force(1)
+    return outs
 
 
 def fold_twin(x, w, norm):

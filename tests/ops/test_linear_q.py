@@ -12,7 +12,7 @@ from gpt_engine.qweight import QWeight
 
 from ._bench import graphed, mark
 from ._util import CUDA, DEVICES, HAS_CUDA, TOL_NAME, assert_nmse, randn
-from .test_linear import _case, _norm, make_weight, oracle
+from .test_linear import _case, _norm, each_fold_setting, make_weight, oracle
 
 Q = gguf.GGMLQuantizationType
 PACKED = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "MXFP4"]
@@ -173,13 +173,9 @@ def test_packed_gemv_norm_fold_vs_float64(wtype, kind, act, m, k):
     b = randn((n,), torch.float16, "cuda", scale=0.1)
     nm = _norm(kind, k, torch.float16, "cuda")
     ref = oracle(x, w64, b, None, nm, act)
-    outs = {}
+    outs = each_fold_setting(ext.qgemv_fold_force, lambda: ops.linear(x, w, b, norm=nm, act=act), ref)
     try:
-        for on in (1, 0):
-            assert ext.qgemv_fold_force(on) == on
-            outs[on] = ops.linear(x, w, b, norm=nm, act=act)
-            assert_nmse(outs[on], ref, TOL_NAME[torch.float16])
-        assert ext.qgemv_fold_force(2) == 0  # not a setting: the one in effect (the loop's last) stays
+        assert ext.qgemv_fold_force(0) == 0 and ext.qgemv_fold_force(2) == 0  # not a setting: the one in effect stays
     finally:
         ext.qgemv_fold_force(1)
     assert not torch.equal(outs[0], outs[1])
@@ -206,12 +202,7 @@ def test_packed_gemv_layernorm_fold_hard_rows(wtype, rows, m):
         x[:, 0] = 60.0
     nm = _norm("layernorm", k, torch.float16, "cuda")
     ref = oracle(x, w64, None, None, nm, "none")
-    try:
-        for on in (1, 0):
-            assert ext.qgemv_fold_force(on) == on
-            assert_nmse(ops.linear(x, w, norm=nm), ref, TOL_NAME[torch.float16])
-    finally:
-        ext.qgemv_fold_force(1)
+    each_fold_setting(ext.qgemv_fold_force, lambda: ops.linear(x, w, norm=nm), ref)
 
 
 
