@@ -463,7 +463,14 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   const bool ring_case = MT == 1 && two_batches && !u12_case &&
                          (mode == 0 || mode == 3 || mode >= 4 ? npairs > round : mode == 2 && npairs > 8 * round);
   const bool long_rows = p.K >= 4096 && !(mode == 3 && MT == 1 && npairs <= round);
-  if ((long_rows || ring_case) && pipe_smem <= (size_t)kPipeSmemMax) {
+  // v30 (linear_ring_force's bit 16, off by default until its A/B): M >= 2 on the ring kernel at
+  // any K where the staged rows fit its shared memory. Why: v3 loads a batch of U chunks per lane
+  // and only then computes with it, and at M = 16 each batch's dot products (16 rows x 2 weight
+  // rows) take as long as its loads, so load and compute alternate instead of overlapping; the
+  // ring keeps kStages - 1 batches in flight while it computes. PART=24 (session 48, H100): the
+  // 1.5B F16 step at batch 16 is 10.2x batch 1's, v3's MT = 16 calls 89% of it. Same bits as v3.
+  const bool batch_ring = MT >= 2 && (g_linear_ring_mode & 16);
+  if ((long_rows || ring_case || batch_ring) && pipe_smem <= (size_t)kPipeSmemMax) {
     p.kt = kpad;
     const int grid = std::max(1, std::min(num_sms, npairs));
     if constexpr (MT == 1) {

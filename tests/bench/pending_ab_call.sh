@@ -66,6 +66,7 @@ export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 case "${PART:-1}" in 14|21|22) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
 case "${PART:-1}" in 23) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4";; esac
 case "${PART:-1}" in 24) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b gpt2-1.5b:MXFP4";; esac
+case "${PART:-1}" in 25) export SHAPES="gpt2-1.5b llama-1b";; esac
 case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
 # PART=21 on a short budget: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" writes and times those files
 # alone, NOTESTS=1 skips the tests (session 44: ~330 s of device time left after refusals)
@@ -81,6 +82,7 @@ case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packe
 # the packed parts' files are their SHAPES (all typed: shape:TYPE names shape-TYPE.gguf)
 { [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ] || [ "${PART:-1}" = 22 ] || [ "${PART:-1}" = 23 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
 [ "${PART:-1}" = 24 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-F16 gpt2-1.5b-MXFP4"
+[ "${PART:-1}" = 25 ] && S="gpt2-1.5b-F16 llama-1b-F16"
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -148,8 +150,8 @@ case "${PART:-1}" in
   21) take v28-qfold;;
   22) take v28b-qfold;;
   23) grep -q qgemv_fold_force csrc/bindings.cpp || { echo "PART=23 runs on branch v28b-land (v28b in the tree)"; exit 1; };;
-  24) ;;
-  *) echo "PART=$PART: not a part (1-24)"; exit 2;;
+  24|25) ;;
+  *) echo "PART=$PART: not a part (1-25)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -276,6 +278,20 @@ elif [ "$PART" = 24 ]; then
   [ -n "$SL" ] && BATCH=16 steps slices-b16 120 QGEMV_SLICES="1 0"
   S="gpt2-1.5b-Q8_0"; BATCH=4 steps qrows-b4 120 QGEMV_MAX_ROWS="16 0"
   BATCH=4 EXPLORE_NO_PROFILE=1 $T 120 python3 tests/bench/explore_decode_step.py "$M/gpt2-1.5b-F16.gguf" | sed "s/^/b4 F16 /"
+elif [ "$PART" = 25 ]; then
+  # PART=25 (session 48, branch batch-ring): PART=24 put 89% of the 1.5B F16 batch-16 step in v3's
+  # MT = 16 calls (the step 10.2x batch 1's). v3 loads a batch of chunks, then computes with it;
+  # at M = 16 the compute is as long as the loads, and nothing overlaps them. v30 (the hook's bit
+  # 16): M >= 2 on the ring kernel wherever its staged rows fit (at 1.5B every product but the
+  # 6,400-wide down product at M = 16). Prediction: batch 16's step -40..-70% (the dot products
+  # overlap the stream; what is left is their issue time), batch 4 -10..-30%, batch 1 unchanged
+  # (the bit does not touch M = 1: the same graph twice, within noise).
+  S="gpt2-1.5b-F16 llama-1b-F16"
+  for b in 16 4; do BATCH=$b steps ring-b$b 120 GEMV_RING="0 16"; done
+  S="gpt2-1.5b-F16"; BATCH=1 steps ring-b1 120 GEMV_RING="0 16"
+  echo "## v30's dense GEMV tests (bit 16 under the tests' hook)"
+  $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
+    tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
 elif [ "$PART" = 11 ]; then
   # PART=11 (written in session 37): the split counts under v6's cluster merge (main with v6 landed)
   grep -q attention_decode_cluster_force csrc/bindings.cpp || { echo "v6 is not on main"; exit 1; }

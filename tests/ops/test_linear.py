@@ -151,22 +151,38 @@ def test_linear_model_shapes_cuda(wtype, m, n, k):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
 @pytest.mark.parametrize("k", [1600, 3072, 6400])
-def test_gemv_rows_do_not_depend_on_the_batch(k, kind):
+@pytest.mark.parametrize("ring", [0, 16], ids=["rule", "batch-ring"])
+def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring):
     """Row m of a batch is computed exactly as it is alone (same chunks, same order): what makes a
     sequence's greedy ids in a batch equal its batch-1 run. K = 6400 crosses from v3 (M = 16: the
     rows do not fit v6's shared memory) to v6 (M = 1), which must give the same bits. With v27's
     fold the statistics come from the staging's chunk sums (one tile) or from global memory (M = 16
     over several tiles at K = 3,072 and 6,400): the same chunks in the same order. With a bias (odd
     N: the last pair's lone row), so each kernel's bias path (v29) and, for LayerNorm, its C / D
-    (v27b: read before the dot products) are checked against the others'."""
-    w, _ = make_weight(1601, k, "F16", "cuda")
+    (v27b: read before the dot products) are checked against the others'. ext.linear_ring_force's
+    bit 16 (v30) sends M >= 2 to the ring kernel wherever the staged rows fit (M = 16 at K = 1,600,
+    M = 3 at every K here): the same bits as the rule's kernels, and as each row alone."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    w, w64 = make_weight(1601, k, "F16", "cuda")
     x = randn((16, k), torch.float16, "cuda")
     b = randn((1601,), torch.float16, "cuda", scale=0.1)
     nm = _norm(kind, k, torch.float16, "cuda")
-    full = ops.linear(x, w, b, norm=nm)
-    for m in (1, 3, 16):
-        part = ops.linear(x[:m].contiguous(), w, b, norm=nm)
+    try:
+        assert ext.linear_ring_force(ring) == ring
+        full = ops.linear(x, w, b, norm=nm)
+        took = {m: gemv_kernel_taken(lambda m=m: ops.linear(x[:m].contiguous(), w, b, norm=nm)) for m in (3, 16)}
+        parts = {m: ops.linear(x[:m].contiguous(), w, b, norm=nm) for m in (1, 3, 16)}
+    finally:
+        ext.linear_ring_force(0)
+    for m, part in parts.items():
         assert torch.equal(part, full[:m])
+    # the kernels the bits came from (without the hook's move, this would compare v3 with itself)
+    if ring:
+        assert took == {3: "ring", 16: "ring" if k == 1600 else "v3"}, took
+    else:
+        assert took == {3: "ring" if k >= 4096 else "v3", 16: "v3"}, took
+    assert_nmse(full, oracle(x, w64, b, norm=nm), TOL_NAME[torch.float16])
 
 
 @pytest.mark.story("GX-003")

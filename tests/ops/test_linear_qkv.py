@@ -63,6 +63,23 @@ def test_linear_qkv_gpt_oss_shape_each_ring_rule(dtype, ring):
 @pytest.mark.story("GX-003", "GT-019")
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("ring", [0, 16], ids=["rule", "batch-ring"])
+def test_linear_qkv_gpt2_xl_batch_16(ring):
+    """GPT-2 1.5B's QKV (C = 1,600, 25 heads of 64, LayerNorm, bias) for 16 sequences: v3 under
+    the launcher's rule, the ring kernel under ext.linear_ring_force's bit 16 (v30: M >= 2 on the
+    ring wherever the staged rows fit), each against the oracle."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    try:
+        assert ext.linear_ring_force(ring) == ring
+        check_against_oracle("cuda", torch.float16, (16, 1600, 25, 25, 64, "layernorm", True, "none", 0), "F16")
+    finally:
+        ext.linear_ring_force(0)
+
+
+@pytest.mark.story("GX-003", "GT-019")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("wtype", ["Q8_0", "MXFP4", "Q4_K"])
 def test_linear_qkv_packed_rows_in_slices(wtype):
     """16 sequences of a 6,400-wide model (6,144 for the K types): their activation codes do not fit
