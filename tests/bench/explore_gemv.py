@@ -5,7 +5,8 @@ and to cuBLAS (F.linear on the same calls). The recorded benchmark is
 tests/ops/test_linear.py::test_gemv_bandwidth.
 
     python tests/bench/explore_gemv.py [--quant [--types Q8_0,MXFP4] [--shapes 1x1600x6400,4x1600x6400]
-                                        [--norm layernorm|rmsnorm]] [--l2] [--m1] [--dense-shapes 5120x2880,...]
+                                        [--norm layernorm|rmsnorm]] [--l2] [--m1 | --ms 1,4,16]
+                                        [--dense-shapes 5120x2880,...]
     GEMV_RING="1 0 4" python tests/bench/explore_gemv.py --m1 --dense-shapes 201088x2880,5120x2880
 
 --quant: the packed types (csrc/linear_q.cu); --types / --shapes (M x N x K) pick a subset,
@@ -13,7 +14,7 @@ tests/ops/test_linear.py::test_gemv_bandwidth.
 --l2: every call reads the SAME weight (after the first, from L2: 50 MB on the H200), so the time
 left is the call's own chain (launch, wait, x staging, the dot products, the epilogue) and not
 DRAM; the GB/s column then counts the bytes as if read.
---dense-shapes (N x K) picks the dense table's shapes. GEMV_RING="modes": the dense table times each
+--dense-shapes (N x K) picks the dense table's shapes, --ms its row counts (default 1 and 4; --m1: 1). GEMV_RING="modes": the dense table times each
 shape once per mode of the extension's ring-rule hook (ext.linear_ring_force, + 8 for the ring
 kernel's bulk copies, v20; a mode whose output is not the first mode's bits is flagged; when the build has
 it: which dense kernel takes which rows; csrc/linear_impl.cuh launch_mt says what each mode does),
@@ -149,7 +150,10 @@ def main() -> None:
             sys.exit("GEMV_RING: this build has no ext.linear_ring_force")
     shapes = ([tuple(int(v) for v in s.split("x")) for s in _arg("--dense-shapes").split(",")]
               if _arg("--dense-shapes") else SHAPES)
-    for m in (1,) if "--m1" in sys.argv else (1, 4):
+    ms = (1,) if "--m1" in sys.argv else (1, 4)
+    if _arg("--ms"):
+        ms = tuple(int(v) for v in _arg("--ms").split(","))
+    for m in ms:
         cols = "".join(f"{'ring ' + r + ' us':>12}{'/copy':>7}" for r in rings) if rings else f"{'us':>8}{'GB/s':>8}{'/copy':>7}"
         print(f"\nM = {m}\n{'N x K':>14}{cols}{'cuBLAS us':>11}")
         for n, k in shapes:
