@@ -463,13 +463,17 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   const bool ring_case = MT == 1 && two_batches && !u12_case &&
                          (mode == 0 || mode == 3 || mode >= 4 ? npairs > round : mode == 2 && npairs > 8 * round);
   const bool long_rows = p.K >= 4096 && !(mode == 3 && MT == 1 && npairs <= round);
-  // v30 (linear_ring_force's bit 16, off by default until its A/B): M >= 2 on the ring kernel at
-  // any K where the staged rows fit its shared memory. Why: v3 loads a batch of U chunks per lane
-  // and only then computes with it, and at M = 16 each batch's dot products (16 rows x 2 weight
-  // rows) take as long as its loads, so load and compute alternate instead of overlapping; the
-  // ring keeps kStages - 1 batches in flight while it computes. PART=24 (session 48, H100): the
-  // 1.5B F16 step at batch 16 is 10.2x batch 1's, v3's MT = 16 calls 89% of it. Same bits as v3.
-  const bool batch_ring = MT >= 2 && (g_linear_ring_mode & 16);
+  // v30: MT = 16 (M 9-16) on the ring kernel at any K where the staged rows fit its shared memory
+  // (at GPT-2 1.5B every product but the 6,400-wide down product). Why: v3's 16-row tile is 512
+  // wide (its 40 KiB of staged floats), so at K = 1,600 it stages x four times per group of 4
+  // pairs, each behind a barrier, and loads a batch of chunks only after the previous batch's
+  // 16-row dot products; the ring stages x once per block and keeps kStages - 1 batches in flight.
+  // Same bits (the same chunks in the same order). PART=25 (session 48, H100, one build, graph
+  // steps): batch 16 GPT-2 1.5B F16 19,664 -> 16,696 us, Llama ~1B 9,948 -> 7,758; batch 4 on the
+  // ring (the hook's bit 16: M >= 2) was 16-18% SLOWER (one 8-warp block per SM against v3's
+  // three 4-warp blocks, v3's one tile), so MT <= 8 keeps the rule. Bit 32: MT = 16 on v3 (A/Bs).
+  // Far from the floor either way: batch 16 is still ~8.6x batch 1's step (PART=26 asks why).
+  const bool batch_ring = MT >= 2 && ((MT == 16 && !(g_linear_ring_mode & 32)) || (g_linear_ring_mode & 16));
   if ((long_rows || ring_case || batch_ring) && pipe_smem <= (size_t)kPipeSmemMax) {
     p.kt = kpad;
     const int grid = std::max(1, std::min(num_sms, npairs));

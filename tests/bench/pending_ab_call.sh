@@ -287,6 +287,8 @@ elif [ "$PART" = 25 ]; then
   # 6,400-wide down product at M = 16). Prediction: batch 16's step -40..-70% (the dot products
   # overlap the stream; what is left is their issue time), batch 4 -10..-30%, batch 1 unchanged
   # (the bit does not touch M = 1: the same graph twice, within noise).
+  # (Ran at 35cad78, where 0 was v3 for every M >= 2; since v30 became the rule for M 9-16, the
+  # same comparison is GEMV_RING="32 0".)
   S="gpt2-1.5b-F16 llama-1b-F16"
   for b in 16 4; do BATCH=$b steps ring-b$b 120 GEMV_RING="0 16"; done
   S="gpt2-1.5b-F16"; BATCH=1 steps ring-b1 120 GEMV_RING="0 16"
@@ -299,8 +301,8 @@ elif [ "$PART" = 26 ]; then
   # waiting on its loads. Arithmetic (docs/kernels/decode.md, v30): at full issue its ~19
   # instructions per chunk pair and row would take ~1.2 ms a step; 16.7 ms means ~0.3 instructions a
   # cycle per SM. Which stall holds it: each kernel alone, then ncu's warp states and SASS samples.
-  echo "## the dense GEMV alone at M = 1, 4, 8, 16 (no norm), the rule (0) and v30 (16)"
-  GEMV_RING="0 16" $T 150 python3 tests/bench/explore_gemv.py --ms 1,4,8,16 \
+  echo "## the dense GEMV alone at M = 1, 4, 8, 16 (no norm): v3 at M = 16 (32), the rule (0: v30), every M >= 2 on the ring (16)"
+  GEMV_RING="32 0 16" $T 150 python3 tests/bench/explore_gemv.py --ms 1,4,8,16 \
     --dense-shapes 1600x1600,4800x1600,6400x1600,1600x6400,50257x1600
   echo "## ncu: 4800 x 1600 LayerNorm at M = 16 (v3, ring, packed Q8_0) and M = 1 (v3)"
   CFG=batch $T 240 ncu --clock-control none -k regex:gemv --set full --import-source no \

@@ -34,8 +34,8 @@ if os.environ.get("CFG") == "norm":
         print("F16", n, k, sorted(kw), "done", flush=True)
     sys.exit(0)
 if os.environ.get("CFG") == "batch":
-    # (session 48) 16 rows: GPT-2 1.5B's QKV shape with its LayerNorm, dense on v3 (the rule) and on
-    # the ring kernel (ext.linear_ring_force 16, v30), then packed Q8_0; one row on v3 as the
+    # (session 48) 16 rows: GPT-2 1.5B's QKV shape with its LayerNorm, dense on v3
+    # (ext.linear_ring_force 32) and on the ring kernel (the rule since v30), then packed Q8_0; one row on v3 as the
     # reference. PART=24/25 found the batch-16 step 8.6-10x batch 1's with the weights read once.
     from gpt_engine.ops import _ext
     ext = _ext.load()
@@ -45,7 +45,7 @@ if os.environ.get("CFG") == "batch":
     dense = QWeight((torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02).view(torch.uint8), Q.F16, (n, k))
     q8 = QWeight(packed(n, k, Q.Q8_0), Q.Q8_0, (n, k))
     b = (torch.randn(n, device="cuda") * 0.5).half()
-    for label, m, w, ring in [("F16 v3", 16, dense, 0), ("F16 ring", 16, dense, 16), ("Q8_0", 16, q8, 0),
+    for label, m, w, ring in [("F16 v3", 16, dense, 32), ("F16 ring", 16, dense, 0), ("Q8_0", 16, q8, 0),
                               ("F16 v3 M=1", 1, dense, 0)]:
         assert ext.linear_ring_force(ring) == ring
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)

@@ -151,7 +151,7 @@ def test_linear_model_shapes_cuda(wtype, m, n, k):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
 @pytest.mark.parametrize("k", [1600, 3072, 6400])
-@pytest.mark.parametrize("ring", [0, 16], ids=["rule", "batch-ring"])
+@pytest.mark.parametrize("ring", [0, 16, 32], ids=["rule", "batch-ring", "m16-v3"])
 def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring):
     """Row m of a batch is computed exactly as it is alone (same chunks, same order): what makes a
     sequence's greedy ids in a batch equal its batch-1 run. K = 6400 crosses from v3 (M = 16: the
@@ -159,9 +159,10 @@ def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring):
     fold the statistics come from the staging's chunk sums (one tile) or from global memory (M = 16
     over several tiles at K = 3,072 and 6,400): the same chunks in the same order. With a bias (odd
     N: the last pair's lone row), so each kernel's bias path (v29) and, for LayerNorm, its C / D
-    (v27b: read before the dot products) are checked against the others'. ext.linear_ring_force's
-    bit 16 (v30) sends M >= 2 to the ring kernel wherever the staged rows fit (M = 16 at K = 1,600,
-    M = 3 at every K here): the same bits as the rule's kernels, and as each row alone."""
+    (v27b: read before the dot products) are checked against the others'. v30 puts M = 16 on the
+    ring kernel where its staged rows fit (K = 1,600); ext.linear_ring_force's bit 16 does so for
+    every M >= 2 (M = 3 at every K here), bit 32 keeps M = 16 on v3: the same bits each way, and
+    as each row alone."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     w, w64 = make_weight(1601, k, "F16", "cuda")
@@ -178,10 +179,8 @@ def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring):
     for m, part in parts.items():
         assert torch.equal(part, full[:m])
     # the kernels the bits came from (without the hook's move, this would compare v3 with itself)
-    if ring:
-        assert took == {3: "ring", 16: "ring" if k == 1600 else "v3"}, took
-    else:
-        assert took == {3: "ring" if k >= 4096 else "v3", 16: "v3"}, took
+    m3 = "ring" if ring == 16 or k >= 4096 else "v3"
+    assert took == {3: m3, 16: "ring" if k == 1600 and ring != 32 else "v3"}, took
     assert_nmse(full, oracle(x, w64, b, norm=nm), TOL_NAME[torch.float16])
 
 
@@ -192,7 +191,7 @@ def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring):
                                       ("rmsnorm", "none")], ids=str)
 @pytest.mark.parametrize("wtype", ["F16", "BF16", "F32"])
 @pytest.mark.parametrize("m,n,k", [(1, 4800, 1600), (1, 2304, 768), (3, 1602, 1600), (16, 1602, 3072),
-                                   (1, 1600, 6400), (1, 1000, 1004)], ids=str)
+                                   (16, 1602, 1600), (1, 1600, 6400), (1, 1000, 1004)], ids=str)
 def test_gemv_norm_fold_vs_float64(kind, act, wtype, m, n, k):
     """v27 (csrc/launchers.h, LinearArgs::fold_c): the norm folded into the epilogue, the default
     where K % 8 == 0 (K = 1,004 keeps v23's normalize loop), and the unfolded path under
@@ -437,7 +436,8 @@ def test_gemv_one_batch_rows_same_bits_on_every_kernel(n, k, norm, float_out, fo
     (1, 768, "offset", torch.float16),     # mean 300, spread ~1: an unshifted one-pass variance cancels here
     (1, 1600, "outlier", torch.float16),   # the first value (the shift) 60x the spread, far from the mean
     (4, 1600, "offset", torch.float16),    # M = 4
-    (16, 1600, "offset", torch.float16),   # M = 16: 640-wide tiles, so the statistics come from global memory
+    (16, 1600, "offset", torch.float16),   # M = 16: the ring kernel's one tile (v30)
+    (16, 3072, "offset", torch.float16),   # M = 16 on v3: 512-wide tiles, so the statistics come from global memory
     (1, 4096, "outlier", torch.float16),   # long rows: the ring kernel
     (1, 1600, "random", torch.bfloat16),
     (1, 1600, "outlier", torch.float32),   # fp32 activations: the op's reference (no GEMV for them), held to nmse_fp32
