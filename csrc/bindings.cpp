@@ -840,8 +840,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("on"));
   m.def("linear_fold_force", &gpte::linear_fold_force,
         "test/bench hook of the dense decode GEMV (v27): 1 (the default) folds the norm into the epilogue where "
-        "the shape allows it (K % 8 == 0; a layernorm also needs fold_c / fold_d), 0 never; returns the setting "
-        "in effect",
+        "the shape allows it (K % 8 == 0; a layernorm also needs fold_c / fold_d), 0 never, 2 the fold with v3's "
+        "row statistics per pair past 4 rows (before v31); returns the setting in effect",
         py::arg("on"));
   m.def("linear_stats_force", &gpte::linear_stats_force,
         "test/bench hook of the dense decode GEMV's LayerNorm statistics (v23): 1 (the default) one pass shifted "

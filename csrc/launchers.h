@@ -66,8 +66,9 @@ int linear_ring_force(int64_t mode);
 // values change nothing. Returns the setting in effect.
 int linear_stats_force(int64_t on);
 // Test and bench hook of the dense decode GEMV (v27): 1 (the default) folds the norm into the
-// epilogue where it can (see LinearArgs::fold), 0 never; other values change nothing. Returns the
-// setting in effect.
+// epilogue where it can (see LinearArgs::fold), 0 never, 2 folds with v3's row statistics taken
+// per pair past 4 rows as before v31 (A/Bs); other values change nothing. Returns the setting in
+// effect.
 int linear_fold_force(int64_t on);
 // Test/bench hook of the packed decode GEMV (csrc/linear_q_impl.cuh v3.3): 1 decodes MXFP4 in the
 // nibbles' order (the default), 0 in v3's (the same bits); other values change nothing.

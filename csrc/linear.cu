@@ -9,7 +9,8 @@ int g_linear_stats_one_pass = 1;
 int g_linear_fold = 1;
 
 int linear_fold_force(int64_t on) {
-  if (on == 0 || on == 1) g_linear_fold = (int)on;
+  // 2: the fold with each pair's own row statistics past 4 rows, as before v31 (A/Bs)
+  if (on >= 0 && on <= 2) g_linear_fold = (int)on;
   return g_linear_fold;
 }
 

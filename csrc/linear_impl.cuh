@@ -120,6 +120,23 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
   if (p.norm != kNormNone && !Fold && ntiles > 1) XS::row_stats_global(p, s_mean, s_rstd);
   if (ntiles == 1) XS::template stage<Fold>(p, xs, 0, ntiles, s_mean, s_rstd, part);
   FoldStats<A, MT, kThreads, 4> fs;  // v27: the warp's row statistics, kept for M <= 4
+  // v31: past 4 rows FoldStats keeps none (v3 is at its register cap), so each pair's epilogue
+  // took every row's statistics again: 16 rows x K / 8 chunk sums and two warp sums per pair, from
+  // global memory where K spans several tiles (M 5-16 at K = 1,600). Taken once per block here
+  // instead, the block's warps a row each in turn, by the same function (the same bits).
+  // (p.fold == 2: linear_fold_force(2), the per-pair statistics as before, for A/Bs)
+  __shared__ float s_fdm[MT], s_frs[MT];
+  if constexpr (Fold && MT > 4) {
+    for (int m = warp; m < p.M && p.fold == 1; m += kWarps) {
+      float d, r;
+      XS::fold_stats(p, part, m, d, r);
+      if (lane == 0) {
+        s_fdm[m] = d;
+        s_frs[m] = r;
+      }
+    }
+    __syncthreads();
+  }
   for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
     const int pair = g * kWarps + warp;
     const bool active = pair < npairs;
@@ -202,7 +219,12 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
       if constexpr (Fold) {
         if (m < p.M) {
           float dm, rs;
-          fs.get(p, part, m, dm, rs);
+          if (MT > 4 && p.fold == 1) {
+            dm = s_fdm[m];
+            rs = s_frs[m];
+          } else {
+            fs.get(p, part, m, dm, rs);
+          }
           acc0[m] = fold_apply(p, acc0[m], dm, rs, fc0, fd0);
           if (has1) acc1[m] = fold_apply(p, acc1[m], dm, rs, fc1, fd1);
         }
@@ -425,6 +447,7 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   // a shape-only choice, so a row's bits do not depend on M or on the kernel
   p.fold = g_linear_fold && p.norm != kNormNone && p.K % 8 == 0 &&
            (p.norm == kNormRms || (p.fold_c != nullptr && p.fold_d != nullptr));
+  if (p.fold && g_linear_fold == 2) p.fold = 2;  // (v31's A/B: v3's per-pair statistics past 4 rows)
   p.vec_nw = p.fold && aligned16(p.norm_w);
   const size_t part_bytes = p.fold ? (size_t)MT * (kpad / 8) * 2 * sizeof(float) : 0;  // v27, one tile
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;  // (QKV: N even)

@@ -66,7 +66,7 @@ export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 case "${PART:-1}" in 14|21|22) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
 case "${PART:-1}" in 23) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4";; esac
 case "${PART:-1}" in 24) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b gpt2-1.5b:MXFP4";; esac
-case "${PART:-1}" in 25) export SHAPES="gpt2-1.5b llama-1b";; 26) export SHAPES="gpt2-124m";; esac
+case "${PART:-1}" in 25) export SHAPES="gpt2-1.5b llama-1b";; 26|27) export SHAPES="gpt2-1.5b gpt2-1.5b:Q8_0 llama-1b";; esac
 case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
 # PART=21 on a short budget: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" writes and times those files
 # alone, NOTESTS=1 skips the tests (session 44: ~330 s of device time left after refusals)
@@ -83,7 +83,7 @@ case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packe
 { [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ] || [ "${PART:-1}" = 22 ] || [ "${PART:-1}" = 23 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
 [ "${PART:-1}" = 24 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-F16 gpt2-1.5b-MXFP4"
 [ "${PART:-1}" = 25 ] && S="gpt2-1.5b-F16 llama-1b-F16"
-[ "${PART:-1}" = 26 ] && S="gpt2-124m-F16"
+case "${PART:-1}" in 26|27) S="gpt2-1.5b-F16 gpt2-1.5b-Q8_0 llama-1b-F16";; esac
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -151,8 +151,8 @@ case "${PART:-1}" in
   21) take v28-qfold;;
   22) take v28b-qfold;;
   23) grep -q qgemv_fold_force csrc/bindings.cpp || { echo "PART=23 runs on branch v28b-land (v28b in the tree)"; exit 1; };;
-  24|25|26) ;;
-  *) echo "PART=$PART: not a part (1-26)"; exit 2;;
+  24|25|26|27) ;;
+  *) echo "PART=$PART: not a part (1-27)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -296,14 +296,33 @@ elif [ "$PART" = 25 ]; then
   $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
     tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
 elif [ "$PART" = 26 ]; then
-  # PART=26 (session 48, branch batch-ring): PART=25's ring kernel took the 1.5B batch-16 step only
-  # from 19.7 to 16.7 ms (predicted -40..-70%), and batch 4's up 16%: the batch-16 GEMV is not
-  # waiting on its loads. Arithmetic (docs/kernels/decode.md, v30): at full issue its ~19
-  # instructions per chunk pair and row would take ~1.2 ms a step; 16.7 ms means ~0.3 instructions a
-  # cycle per SM. Which stall holds it: each kernel alone, then ncu's warp states and SASS samples.
+  # PART=26 (session 48, branch batch-ring: v30 the rule for MT = 16, v31 v3's fold statistics once
+  # per block past 4 rows). v31's A/B at batch 8 (FOLD: 1 v31, 2 the per-pair statistics as before;
+  # at 1.5B every norm-fused MT = 8 call is v3 over two 1,280-wide tiles, each pair's epilogue
+  # taking 8 rows' statistics from global memory). Prediction: batch 8 -20..-40% (the same cost
+  # that the ring's kept statistics removed at batch 16, 15-22%, at half the rows but on every
+  # norm-fused product, not 3 of 4), batch 4 and 1 untouched. Then batch 16 on the ring (0, v30)
+  # against v3 with v31 (32): does the ring still win once v3's statistics are hoisted?
+  S="gpt2-1.5b-F16 llama-1b-F16"
+  BATCH=8 steps fold-b8 120 FOLD="1 2"
+  BATCH=16 steps ring-b16 120 GEMV_RING="0 32"
+  echo "## v30 + v31's dense GEMV tests"
+  $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
+    tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -6
+  # the batch-16 steps kernel by kernel without PDL (GPTE_NO_PDL=1: with it a kernel's time
+  # includes its wait on the previous one, so PART=24's per-kernel times overlapped)
+  for f in gpt2-1.5b-F16 gpt2-1.5b-Q8_0; do
+    BATCH=16 GPTE_NO_PDL=1 $T 120 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/b16 no-PDL $f /" | tail -9
+  done
+elif [ "$PART" = 27 ]; then
+  # PART=27 (session 48; on the machine PART=26 built): PART=25's ring kernel took the 1.5B
+  # batch-16 step only from 19.7 to 16.7 ms: the batch-16 GEMV is not waiting on its loads.
+  # Arithmetic (docs/kernels/decode.md, "Batch 16"): at full issue its ~19 instructions per chunk
+  # pair and row would take ~1 ms a step; 16.7 ms is ~0.25 instructions a clock per SM. Which
+  # stall holds it: each kernel alone, then ncu's warp states and SASS samples.
   echo "## the dense GEMV alone at M = 1, 4, 8, 16 (no norm): v3 at M = 16 (32), the rule (0: v30), every M >= 2 on the ring (16)"
   GEMV_RING="32 0 16" $T 150 python3 tests/bench/explore_gemv.py --ms 1,4,8,16 \
-    --dense-shapes 1600x1600,4800x1600,6400x1600,1600x6400,50257x1600
+    --dense-shapes 1600x1600,4800x1600,1600x6400,50257x1600
   echo "## ncu: 4800 x 1600 LayerNorm at M = 16 (v3, ring, packed Q8_0) and M = 1 (v3)"
   CFG=batch $T 240 ncu --clock-control none -k regex:gemv --set full --import-source no \
     -o /tmp/gemvb -f python3 tests/bench/profile_gemv_ncu.py > /tmp/ncu-gemvb.txt 2>&1

@@ -191,12 +191,16 @@ def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring):
                                       ("rmsnorm", "none")], ids=str)
 @pytest.mark.parametrize("wtype", ["F16", "BF16", "F32"])
 @pytest.mark.parametrize("m,n,k", [(1, 4800, 1600), (1, 2304, 768), (3, 1602, 1600), (16, 1602, 3072),
-                                   (16, 1602, 1600), (1, 1600, 6400), (1, 1000, 1004)], ids=str)
+                                   (16, 1602, 1600), (8, 1602, 1600), (8, 2304, 768), (1, 1600, 6400),
+                                   (1, 1000, 1004)], ids=str)
 def test_gemv_norm_fold_vs_float64(kind, act, wtype, m, n, k):
     """v27 (csrc/launchers.h, LinearArgs::fold_c): the norm folded into the epilogue, the default
     where K % 8 == 0 (K = 1,004 keeps v23's normalize loop), and the unfolded path under
     ext.linear_fold_force(0), each within the oracle's bound of the float64 product of the exact
-    norm; the fold's staged row is not rounded to the activation dtype, so the two differ."""
+    norm; the fold's staged row is not rounded to the activation dtype, so the two differ. Past 4
+    rows v3 takes the rows' statistics once per block (v31); linear_fold_force(2) takes them per
+    pair as before: the same bits (8 x 1,600: from global memory over two tiles; 8 x 768: from the
+    staging's chunk sums; 16 x 3,072: global; 16 x 1,600: the ring kernel, which keeps them all)."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -208,6 +212,12 @@ def test_gemv_norm_fold_vs_float64(kind, act, wtype, m, n, k):
     outs = each_fold_setting(ext.linear_fold_force, lambda: ops.linear(x, w, b, norm=nm, act=act), ref)
     if k % 8 == 0 and n >= 1000:  # (a fold that ran: the staged rows differ by the norm's rounding)
         assert not torch.equal(outs[0], outs[1])
+    if m > 4:
+        try:
+            assert ext.linear_fold_force(2) == 2
+            assert torch.equal(ops.linear(x, w, b, norm=nm, act=act), outs[1])
+        finally:
+            ext.linear_fold_force(1)
 
 
 def each_fold_setting(force, product, ref) -> dict:
