@@ -1,41 +1,43 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (rewritten in session 47). Main is clean: v28b landed
-# with heavy (635 passed) and light (1,155) evidence at 478d83e on an H100. PART=23 found the 1.5B
-# packed step at batch 16 10.9x batch 1's (Q8_0 17,944 against 1,641 us), and that at batch 10-16
-# the 6,400-wide down product leaves the packed GEMV for the dequantized weight (its 16 rows'
-# codes do not fit shared memory): other bits than the same sequence gets alone.
-#   1. On branch qchunk (main + ops.linear.packed_gemv_rows: such rows in slices of the packed
-#      GEMV, one call each, with tests; rebase it first if main has moved), on an H100, .whl
-#      carried:   PART=24 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-#      (the batch-16 steps' profiles, Q8_0 and F16; the packed GEMV against the dequantized route,
-#      QGEMV_MAX_ROWS="16 0"; the slices against the dequantized route for the down product,
-#      QGEMV_SLICES="1 0"; batch 4. Cold: ~190 s build, then ~5 min of steps.)
-#   2. Land qchunk (a correctness fix: a sequence's bits stop depending on its batch there; land it
-#      unless its slices are far slower than the dequantized route) with heavy then light evidence
-#      at the branch's commit, on the machine PART=24 warmed (the commands below); commit the
-#      files on the branch with `git add -f`, check `python -m gates gate gate3 --no-run` for stale
-#      cuda lines, fast-forward main. The heavy run holds its new tests (test_linear_q.py's k6400
-#      rows at M = 16, test_linear_qkv.py's slices). If device time runs out first, main stays green
-#      and the branch waits.
+# What the next session should do first (rewritten in session 48). Main (844d2ee) is clean: qchunk
+# landed with heavy (635 passed) and light (1,161) evidence at de65616 on an H100. PART=24/25 found
+# the batch-16 step ~10x batch 1's for F16 and packed files alike (docs/kernels/decode.md, "Batch
+# 16"). Branch batch-ring (on main): v30 (the dense GEMV's 16-row calls on the ring kernel: PART=25
+# measured 1.5B F16 batch 16 -15%, Llama ~1B -22%) and v31 (v3's folded-norm statistics once per
+# block past 4 rows, not yet timed), each with tests (CPU-checked; v30's ran on the GPU under its
+# hook: 330 passed).
+#   1. On branch batch-ring (rebase on main first if main moved), on an H100, .whl carried:
+#        PART=26 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
+#      (v31's A/B at batch 8, FOLD="1 2"; batch 16 ring vs v3-with-v31, GEMV_RING="0 32"; the dense
+#      and QKV GEMV tests; the batch-16 steps kernel by kernel without PDL. Cold: ~190 s build.)
+#   2. Land batch-ring if PART=26's tests pass and no step is slower (v31 must not lose at batch 8;
+#      if v3-with-v31 beats the ring at batch 16, make bit 32's choice the rule first: a launcher
+#      line and the tests' expected kernels) with heavy then light evidence at the branch's commit,
+#      on the same warm machine:
 #        export OUT GPT_ENGINE_GIT_COMMIT=<full sha: git rev-parse HEAD> EXT_SAVE=0
 #        timeout 590 bash tests/bench/gpu_session.sh heavy
 #        (light: the same exports plus SHAPES="gpt2-124m gpt2-1.5b smollm2-135m llama-1b
 #        gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M
 #        gpt-oss-20b:MXFP4"; GATES_TIMEOUT=370 timeout 590 bash tests/bench/gpu_session.sh light)
-#      An H200 run fails GT-015's tie ~95% of the time until a person decides
-#      tests/bench/ab_patches/proposal-at-ceiling-bars.patch: if the call may get an H200, check
-#      the card first (nvidia-smi) and run PART=24 there instead of evidence (session 47's call).
-#   3. What PART=24's profile says decides the batched packed GEMV's next version
-#      (docs/kernels/quant.md, "Batch 16 and 4").
-#   4. PART=11 (the attention split counts under v6, on main since session 39) if time is left.
+#      then commit the files with `git add -f`, `python -m gates gate gate3 --no-run` (no stale cuda
+#      line), fast-forward main, fresh-clone CI. An H200 fails GT-015's tie ~95% of the time until a
+#      person decides tests/bench/ab_patches/proposal-at-ceiling-bars.patch: on an H200 run PART=26
+#      and 27 only (check nvidia-smi first).
+#   3. PART=27 (each dense kernel alone at M = 1-16 under three rules; ncu of the 4800 x 1600
+#      product at 16 rows: v3, ring, packed Q8_0): why 16 rows cost ~10x one row when the weights
+#      are read once (the arithmetic in docs/kernels/decode.md says ~1 ms a step at full issue; the
+#      ring's step is 16.7 ms). Its answer decides the batched GEMVs' next version.
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
 # 15-180 s each), session 43 830 s to 11, session 44 1,487 s to 24 (nothing ran), session 45 571 s
 # to 7 before two light runs ran; session 46 had 2 refused calls, then 4 ran (a call naming
 # nvidia-h200 got an H100 both times; each cold start held ~170-210 s besides the run); session
 # 47 lost 271 s to 3 refused nvidia-h100-x1 calls, then a call naming nvidia-h200 got an H100
-# (cold start ~90 s) and 3 calls ran on it (heavy, light, PART=23). After a refusal wait the
+# (cold start ~90 s) and 3 calls ran on it (heavy, light, PART=23); session 48 ran 3 calls on one
+# H100 (heavy 447 s, light 357 s, PART=24 163 s: 1,074 s held with the cold start), then one
+# refused nvidia-h100-x1 call cost 100 s, and a call naming nvidia-h200 got an H100 again (PART=25,
+# cold, 310 s). After a refusal wait the
 # minutes it names; `status` shows none_now.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
