@@ -852,7 +852,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "0 past one round of pairs (the default), 1 never, 2 past 8 rounds, 3 as 0 and v3 also at K >= 4096 "
         "where the pairs fit one round, 4 v3 with 12 chunks per lane (one batch per pair) for rows of 257-384 "
         "chunks, 5 the same past 8 rounds only; + 8: the ring kernel's weight copies as 1-D bulk copies (v20, M = 1); "
-        "returns the mode in effect",
+        "+ 16: every M >= 2 on the ring kernel where its staged rows fit; + 32: M 9-16 on v3 as before v30 "
+        "(unless + 16); returns the mode in effect",
         py::arg("mode"));
   m.def("qgemv_zip_force", &gpte::qgemv_zip_force,
         "test/bench hook of the packed decode GEMV: 1 takes v3.3's MXFP4 code order (the default), 0 v3's "

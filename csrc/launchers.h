@@ -58,8 +58,9 @@ int attention_decode_cluster_force(int64_t bound);
 // would take v3 two batches per pair, 0 takes the ring kernel past one round of pairs (the
 // default), 1 never, 2 only past 8 rounds; 3 as 0, and v3 also for M = 1 rows of K >= 4096 whose
 // pairs fit one round of v3's warps; 4 v3 with 12 chunks per lane (one batch per pair) for M = 1
-// rows of 257-384 chunks, 5 the same past 8 rounds only; other values change nothing. Returns the
-// mode in effect.
+// rows of 257-384 chunks, 5 the same past 8 rounds only; + 8: the ring kernel's copies as bulk
+// copies (v20, M = 1); + 16: every M >= 2 on the ring kernel where its staged rows fit; + 32: M
+// 9-16 on v3 as before v30 (unless + 16); other values change nothing. Returns the mode in effect.
 int linear_ring_force(int64_t mode);
 // Test/bench hook of the dense decode GEMV's LayerNorm statistics (csrc/linear_common.cuh v23):
 // 1 (the default) one pass shifted by the row's first value, 0 two passes (v2.1's bits); other
@@ -140,7 +141,8 @@ struct LinearArgs {
   // out = rstd * (s - (mean - x[0]) * fold_c[n]) + fold_d[n] (LayerNorm) or rstd * s (RMSNorm).
   const float* fold_c;   // [N] fp32, LayerNorm only: sum_k W[n, k] norm_w[k] (packed: W dequantized)
   const float* fold_d;   // [N] fp32, LayerNorm only: sum_k W[n, k] norm_b[k]
-  int fold;              // set by the GEMVs' launchers: 1 = v27 / packed v3.4 (K % 8 == 0, and fold_c / fold_d for LayerNorm)
+  int fold;              // set by the GEMVs' launchers: 1 = v27 / packed v3.4 (K % 8 == 0, and fold_c / fold_d for LayerNorm);
+                         // 2 = the dense v27 with v3's per-pair row statistics past 4 rows (linear_fold_force(2), v31's A/B)
   bool vec_nw;           // set by the dense GEMV's launcher (v27): norm_w read with 16-byte loads
 };
 

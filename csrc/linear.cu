@@ -22,6 +22,7 @@ int linear_stats_force(int64_t on) {
 int linear_ring_force(int64_t mode) {
   // 0-5: the rule (csrc/linear_impl.cuh); + 8: the ring kernel's copies as bulk copies (v20);
   // + 16: M >= 2 on the ring kernel wherever its staged rows fit; + 32: M 9-16 on v3 as before v30
+  // (16 wins where both are set)
   if (mode >= 0 && (mode & 7) <= 5 && mode <= 61) g_linear_ring_mode = (int)mode;
   return g_linear_ring_mode;
 }

@@ -121,10 +121,11 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
   if (ntiles == 1) XS::template stage<Fold>(p, xs, 0, ntiles, s_mean, s_rstd, part);
   FoldStats<A, MT, kThreads, 4> fs;  // v27: the warp's row statistics, kept for M <= 4
   // v31: past 4 rows FoldStats keeps none (v3 is at its register cap), so each pair's epilogue
-  // took every row's statistics again: 16 rows x K / 8 chunk sums and two warp sums per pair, from
-  // global memory where K spans several tiles (M 5-16 at K = 1,600). Taken once per block here
-  // instead, the block's warps a row each in turn, by the same function (the same bits).
-  // (p.fold == 2: linear_fold_force(2), the per-pair statistics as before, for A/Bs)
+  // took every row's statistics again: M rows x K / 8 chunk sums and two warp sums per pair, from
+  // global memory where K spans several tiles (M 5-8 at K = 1,600; 9-16 there is the ring kernel's
+  // since v30, which keeps them all). Taken once per block here instead, the block's warps a row
+  // each in turn, by the same function (the same bits). (p.fold == 2: linear_fold_force(2), the
+  // per-pair statistics for A/Bs; the barrier below still runs then.)
   __shared__ float s_fdm[MT], s_frs[MT];
   if constexpr (Fold && MT > 4) {
     for (int m = warp; m < p.M && p.fold == 1; m += kWarps) {
@@ -488,14 +489,16 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   const bool long_rows = p.K >= 4096 && !(mode == 3 && MT == 1 && npairs <= round);
   // v30: MT = 16 (M 9-16) on the ring kernel at any K where the staged rows fit its shared memory
   // (at GPT-2 1.5B every product but the 6,400-wide down product). Why: v3's 16-row tile is 512
-  // wide (its 40 KiB of staged floats), so at K = 1,600 it stages x four times per group of 4
-  // pairs, each behind a barrier, and loads a batch of chunks only after the previous batch's
-  // 16-row dot products; the ring stages x once per block and keeps kStages - 1 batches in flight.
+  // wide (32 KiB of staged floats, of its 40 KiB budget), so at K = 1,600 it stages x four times
+  // per group of 4 pairs, each behind a barrier, loads a batch of chunks only after the previous
+  // batch's 16-row dot products, and (before v31) took the folded norm's statistics per pair; the
+  // ring stages x once per block, keeps kStages - 1 batches in flight and keeps the statistics.
   // Same bits (the same chunks in the same order). PART=25 (session 48, H100, one build, graph
   // steps): batch 16 GPT-2 1.5B F16 19,664 -> 16,696 us, Llama ~1B 9,948 -> 7,758; batch 4 on the
   // ring (the hook's bit 16: M >= 2) was 16-18% SLOWER (one 8-warp block per SM against v3's
-  // three 4-warp blocks, v3's one tile), so MT <= 8 keeps the rule. Bit 32: MT = 16 on v3 (A/Bs).
-  // Far from the floor either way: batch 16 is still ~8.6x batch 1's step (PART=26 asks why).
+  // three 4-warp blocks, v3's one tile), so MT <= 8 keeps the rule (MT = 8 itself not timed on the
+  // ring yet, nor 124M's K = 768 at 16 rows: PART=26). Bit 32: MT = 16 on v3 (A/Bs).
+  // Far from the floor either way: batch 16 is still ~8.6x batch 1's step (PART=27 asks why).
   const bool batch_ring = MT >= 2 && ((MT == 16 && !(g_linear_ring_mode & 32)) || (g_linear_ring_mode & 16));
   if ((long_rows || ring_case || batch_ring) && pipe_smem <= (size_t)kPipeSmemMax) {
     p.kt = kpad;

@@ -68,7 +68,7 @@ export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 case "${PART:-1}" in 14|21|22) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
 case "${PART:-1}" in 23) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4";; esac
 case "${PART:-1}" in 24) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b gpt2-1.5b:MXFP4";; esac
-case "${PART:-1}" in 25) export SHAPES="gpt2-1.5b llama-1b";; 26|27) export SHAPES="gpt2-1.5b gpt2-1.5b:Q8_0 llama-1b";; esac
+case "${PART:-1}" in 25) export SHAPES="gpt2-1.5b llama-1b";; 26|27) export SHAPES="gpt2-1.5b gpt2-1.5b:Q8_0 llama-1b gpt2-124m";; esac
 case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
 # PART=21 on a short budget: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" writes and times those files
 # alone, NOTESTS=1 skips the tests (session 44: ~330 s of device time left after refusals)
@@ -85,7 +85,7 @@ case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packe
 { [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ] || [ "${PART:-1}" = 22 ] || [ "${PART:-1}" = 23 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
 [ "${PART:-1}" = 24 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-F16 gpt2-1.5b-MXFP4"
 [ "${PART:-1}" = 25 ] && S="gpt2-1.5b-F16 llama-1b-F16"
-case "${PART:-1}" in 26|27) S="gpt2-1.5b-F16 gpt2-1.5b-Q8_0 llama-1b-F16";; esac
+case "${PART:-1}" in 26|27) S="gpt2-1.5b-F16 gpt2-1.5b-Q8_0 llama-1b-F16 gpt2-124m-F16";; esac
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -307,7 +307,9 @@ elif [ "$PART" = 26 ]; then
   # against v3 with v31 (32): does the ring still win once v3's statistics are hoisted?
   S="gpt2-1.5b-F16 llama-1b-F16"
   BATCH=8 steps fold-b8 120 FOLD="1 2"
-  BATCH=16 steps ring-b16 120 GEMV_RING="0 32"
+  BATCH=8 steps ring-b8 120 GEMV_RING="0 16"  # (MT = 8 on the ring, untimed so far)
+  S="gpt2-1.5b-F16 llama-1b-F16 gpt2-124m-F16"
+  BATCH=16 steps ring-b16 120 GEMV_RING="0 32"  # (124M: K = 768 and 3,072, untimed so far)
   echo "## v30 + v31's dense GEMV tests"
   $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
     tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -6

@@ -216,6 +216,10 @@ def test_gemv_norm_fold_vs_float64(kind, act, wtype, m, n, k):
     if k % 8 == 0 and n >= 1000:  # (a fold that ran: the staged rows differ by the norm's rounding)
         assert not torch.equal(outs[0], outs[1])
     if m > 4:
+        # the kernel the comparison runs on (16 x 1,600: the ring, where setting 2 changes nothing;
+        # the rest v3, where it takes the statistics per pair)
+        took = gemv_kernel_taken(lambda: ops.linear(x, w, b, norm=nm, act=act))
+        assert took == ("ring" if (m, k) == (16, 1600) else "v3"), took
         try:
             assert ext.linear_fold_force(2) == 2
             assert torch.equal(ops.linear(x, w, b, norm=nm, act=act), outs[1])
