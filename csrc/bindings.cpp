@@ -838,6 +838,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "test/bench hook of the packed decode GEMV (v3.4): 1 (the default) folds the norm into the epilogue "
         "(a layernorm also needs fold_c / fold_d), 0 v3.3's staging; returns the setting in effect",
         py::arg("on"));
+  m.def("linear_scatter_force", &gpte::linear_scatter_force,
+        "test/bench hook of the dense decode GEMV's epilogue at 8 and 16 rows (v32): 1 each lane keeps one of a "
+        "pair's sums after a reduce-scatter and 16 lanes finish at once, 0 (the default) a warp_sum per sum and "
+        "one writing lane per row in turn; the same bits; returns the setting in effect",
+        py::arg("on"));
   m.def("linear_fold_force", &gpte::linear_fold_force,
         "test/bench hook of the dense decode GEMV (v27): 1 (the default) folds the norm into the epilogue where "
         "the shape allows it (K % 8 == 0; a layernorm also needs fold_c / fold_d), 0 never, 2 the fold with v3's "

@@ -7,6 +7,12 @@ namespace gpte {
 int g_linear_ring_mode = 0;
 int g_linear_stats_one_pass = 1;
 int g_linear_fold = 1;
+int g_linear_scatter = 0;
+
+int linear_scatter_force(int64_t on) {
+  if (on == 0 || on == 1) g_linear_scatter = (int)on;
+  return g_linear_scatter;
+}
 
 int linear_fold_force(int64_t on) {
   // 2: the fold with each pair's own row statistics past 4 rows, as before v31 (A/Bs)

@@ -459,6 +459,52 @@ struct XStage {
   }
 };
 
+// v32: a pair's 2 x MT sums across the warp with each lane keeping a different one (a
+// reduce-scatter), instead of 2 x MT warp_sums after which one lane per row writes, in turn. Why:
+// at MT = 16 the per-row epilogue is 32 warp_sums (160 shuffles) and 16 inlined copies of
+// finish_pair, each behind its own branch; the ring kernel's MT = 16 SASS is ~117k instructions,
+// most of them that epilogue and the statistics, and a pair's epilogue runs through tens of KB of
+// code (session 48: the batch-16 GEMV issues ~0.1 instructions a clock per scheduler; an
+// instruction-fetch-bound epilogue is one explanation, not yet measured). Here: stage s (shuffle
+// offset 16 >> s) halves the values a lane holds by their index's top remaining bit, chosen by
+// lane bit 4 - s; the first log2(2 MT) stages halve, the rest add as warp_sum does. Value j = r MT
+// + m (row r of the pair, batch row m) ends in lanes (j << (5 - H)) .. + 2^(5 - H) - 1, H =
+// log2(2 MT). Each stage adds the same two partial sums warp_sum's same stage adds (lane l's and
+// lane l ^ offset's, for the same value), and a + b == b + a, so every sum has warp_sum's bits.
+// 31 shuffles at MT = 16 (warp_sum's way: 160).
+template <int MT> __host__ __device__ constexpr int scatter_halvings() {
+  return MT == 16 ? 5 : MT == 8 ? 4 : MT == 4 ? 3 : MT == 2 ? 2 : 1;
+}
+// One halving stage keeping n values (offset 16 n / MT), then the next: template recursion, so that
+// every index into v is a compile-time constant (a loop over stages left v in local memory).
+template <int MT, int N>
+__device__ __forceinline__ void scatter_halve(float (&v)[2 * MT], int lane) {
+  constexpr int o = 16 * N / MT;
+  const bool up = lane & o;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const float keep = up ? v[N + i] : v[i];
+    const float give = up ? v[i] : v[N + i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, give, o);
+  }
+  if constexpr (N > 1) scatter_halve<MT, N / 2>(v, lane);
+}
+template <int MT>
+__device__ __forceinline__ float pair_sums_scatter(const float (&a0)[MT], const float (&a1)[MT], int lane) {
+  constexpr int H = scatter_halvings<MT>();
+  float v[2 * MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    v[m] = a0[m];
+    v[MT + m] = a1[m];
+  }
+  scatter_halve<MT, MT>(v, lane);
+  float r = v[0];
+#pragma unroll
+  for (int o = 16 >> H; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
+  return r;
+}
+
 // v27: one warp's row statistics for the fold's epilogue (XStage::fold_stats), taken at the
 // warp's first finished pair, off the path to its first dot products: every row's at once and
 // kept where MT <= KEEP, each use's own past that (registers). The same values either way.

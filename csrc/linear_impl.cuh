@@ -30,6 +30,7 @@
 namespace gpte {
 extern int g_linear_stats_one_pass;  // linear.cu: linear_stats_force's setting (v23's one pass: 1)
 extern int g_linear_fold;  // linear.cu: linear_fold_force's setting (v27's fold: 1)
+extern int g_linear_scatter;  // linear.cu: linear_scatter_force's setting (v32's epilogue: 1)
 extern int g_linear_ring_mode;  // linear.cu: linear_ring_force's setting (one for every weight dtype's file)
 namespace {
 using namespace linear_detail;
@@ -46,6 +47,32 @@ __device__ __forceinline__ uint4 ldg_stream(const void* ptr) {
       : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
       : "l"(ptr));
   return r;
+}
+
+// v32 (p.scatter, MT >= 8; linear_common.cuh pair_sums_scatter): a finished pair's 2 x MT sums
+// reduce-scattered, then lane m of row 0's lanes (m < M) finishes batch row m with its row-1 sum
+// from lane m + 16, all such lanes at once: one inlined finish_pair instead of MT. The fold's row
+// statistics come from shared memory (s_fdm / s_frs: the block's, v31), since m differs by lane.
+// read_bias: the ring kernel reads the bias in the writing lanes (v29b); v3 has b0 / b1 already.
+template <typename A, int MT, bool Fold>
+__device__ __forceinline__ void finish_pair_scatter(const LinearArgs& p, int pair, int r0, int r1, bool has1,
+                                                    const float (&acc0)[MT], const float (&acc1)[MT],
+                                                    const float* s_fdm, const float* s_frs, float fc0, float fc1,
+                                                    float fd0, float fd1, bool read_bias, float b0, float b1,
+                                                    int lane) {
+  constexpr int SH = 5 - scatter_halvings<MT>();  // lanes per value: 2^SH
+  const float mine = pair_sums_scatter<MT>(acc0, acc1, lane);
+  const float other = __shfl_xor_sync(0xffffffffu, mine, 16);  // row 1's sum of the same m
+  const int m = lane >> SH;
+  if (lane < 16 && (lane & ((1 << SH) - 1)) == 0 && m < p.M) {
+    float v0 = mine, v1 = other;
+    if constexpr (Fold) {
+      v0 = fold_apply(p, v0, s_fdm[m], s_frs[m], fc0, fd0);
+      if (has1) v1 = fold_apply(p, v1, s_fdm[m], s_frs[m], fc1, fd1);
+    }
+    if (read_bias) bias_pair<A>(p, r0, r1, b0, b1);
+    finish_pair<A>(p, m, pair, r0, r1, has1, v0, v1, b0, b1);
+  }
 }
 
 template <typename W> __device__ __forceinline__ void unpack16(const uint4& r, float* f);
@@ -213,6 +240,14 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
     // v27b: the pair's C / D, prefetched into L1 with its first weights or at its group's start
     float fc0 = 0.f, fc1 = 0.f, fd0 = 0.f, fd1 = 0.f;
     if constexpr (Fold) fold_pair(p, r0, r1, fc0, fc1, fd0, fd1);
+    if constexpr (MT >= 8) {
+      // v32 (its statistics: v31's, so not under linear_fold_force(2))
+      if (p.scatter && (!Fold || p.fold == 1)) {
+        finish_pair_scatter<A, MT, Fold>(p, pair, r0, r1, has1, acc0, acc1, s_fdm, s_frs, fc0, fc1, fd0, fd1,
+                                         false, b0, b1, lane);
+        continue;
+      }
+    }
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       acc0[m] = warp_sum(acc0[m]);
@@ -272,6 +307,7 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
   float* xs = reinterpret_cast<float*>(smem + pipe_ring_bytes(MT));  // [MT][kt] staged activations
   float* part = Fold ? xs + MT * p.kt : nullptr;  // v27: [MT][K / 8] chunk statistics (one tile)
   __shared__ float s_mean[MT], s_rstd[MT];
+  __shared__ float s_fdm[MT], s_frs[MT];  // v32: the fold's row statistics (MT >= 8, p.scatter)
   __shared__ __align__(8) uint64_t s_bar[Bulk ? kPipeWarps * kStages : 1];  // Bulk: [warps][kStages]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const W* __restrict__ w = static_cast<const W*>(p.w);
@@ -377,6 +413,15 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
     int r0, r1;
     pair_rows(p, s.pair, r0, r1);
     const bool has1 = r1 < p.N;
+    if constexpr (MT >= 8) {
+      if (p.scatter) {  // v32
+        finish_pair_scatter<A, MT, Fold>(p, s.pair, r0, r1, has1, acc0, acc1, s_fdm, s_frs, fc0, fc1, fd0, fd1,
+                                         true, 0.f, 0.f, lane);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
+        return;
+      }
+    }
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
@@ -409,6 +454,21 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
   pdl_wait();
   pdl_launch_dependents();
   XStage<A, MT, kPipeThreads>::template stage<Fold>(p, xs, 0, 1, s_mean, s_rstd, part);
+  // v32's epilogue takes the rows' statistics from shared memory (each lane its own row): the
+  // block's warps a row each in turn after the staging (which ended on a barrier), as v3's v31
+  if constexpr (Fold && MT >= 8) {
+    if (p.scatter) {
+      for (int m = warp; m < p.M; m += kPipeWarps) {
+        float d, r;
+        XStage<A, MT, kPipeThreads>::fold_stats(p, part, m, d, r);
+        if (lane == 0) {
+          s_fdm[m] = d;
+          s_frs[m] = r;
+        }
+      }
+      __syncthreads();
+    }
+  }
 
   for (int i = 0; tail.pair < npairs; ++i) {
     if constexpr (Bulk) {
@@ -449,6 +509,7 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   p.fold = g_linear_fold && p.norm != kNormNone && p.K % 8 == 0 &&
            (p.norm == kNormRms || (p.fold_c != nullptr && p.fold_d != nullptr));
   if (p.fold && g_linear_fold == 2) p.fold = 2;  // (v31's A/B: v3's per-pair statistics past 4 rows)
+  p.scatter = MT >= 8 && g_linear_scatter;  // v32's epilogue (linear_scatter_force)
   p.vec_nw = p.fold && aligned16(p.norm_w);
   const size_t part_bytes = p.fold ? (size_t)MT * (kpad / 8) * 2 * sizeof(float) : 0;  // v27, one tile
   const int npairs = p.act == kActSwiglu ? p.n_out : (p.N + 1) / 2;  // (QKV: N even)

@@ -298,26 +298,28 @@ elif [ "$PART" = 25 ]; then
   $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
     tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
 elif [ "$PART" = 26 ]; then
-  # PART=26 (session 48, branch batch-ring: v30 the rule for MT = 16, v31 v3's fold statistics once
-  # per block past 4 rows). v31's A/B at batch 8 (FOLD: 1 v31, 2 the per-pair statistics as before;
-  # at 1.5B every norm-fused MT = 8 call is v3 over two 1,280-wide tiles, each pair's epilogue
-  # taking 8 rows' statistics from global memory). Prediction: batch 8 -20..-40% (the same cost
-  # that the ring's kept statistics removed at batch 16, 15-22%, at half the rows but on every
-  # norm-fused product, not 3 of 4), batch 4 and 1 untouched. Then batch 16 on the ring (0, v30)
-  # against v3 with v31 (32): does the ring still win once v3's statistics are hoisted?
+  # PART=26 (session 48, branch batch-ring: v30 the rule for MT = 16; v31 v3's fold statistics once
+  # per block past 4 rows; v32 the reduce-scatter epilogue at 8-16 rows, off by default).
+  # v32 first: if the batch-16 GEMV is bound by its epilogue's instruction fetch (the ring kernel's
+  # MT = 16 SASS is ~117k instructions, a pair's per-row epilogue tens of KB of them, run once per
+  # pair), batch 16 -30..-60%; if not, a few percent (the epilogue is ~1/4 of a K = 1,600 pair's
+  # instructions). Land it as the default (csrc/linear.cu g_linear_scatter = 1) if it wins.
+  S="gpt2-1.5b-F16 llama-1b-F16 gpt2-124m-F16"
+  BATCH=16 steps scatter-b16 120 SCATTER="0 1"
+  # v31 at batch 8 (FOLD: 1 v31, 2 the per-pair statistics as before; at 1.5B every norm-fused
+  # MT = 8 call is v3 over two 1,280-wide tiles, each pair's epilogue taking 8 rows' statistics
+  # from global memory). Prediction: -20..-40% (what the ring's kept statistics were part of at
+  # batch 16, 15-22%, on every norm-fused product), batch 4 and 1 untouched.
   S="gpt2-1.5b-F16 llama-1b-F16"
   BATCH=8 steps fold-b8 120 FOLD="1 2"
-  BATCH=8 steps ring-b8 120 GEMV_RING="0 16"  # (MT = 8 on the ring, untimed so far)
-  S="gpt2-1.5b-F16 llama-1b-F16 gpt2-124m-F16"
-  BATCH=16 steps ring-b16 120 GEMV_RING="0 32"  # (124M: K = 768 and 3,072, untimed so far)
-  echo "## v30 + v31's dense GEMV tests"
+  echo "## v30 + v31 + v32's dense GEMV tests"
   $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
     tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -6
-  # the batch-16 steps kernel by kernel without PDL (GPTE_NO_PDL=1: with it a kernel's time
-  # includes its wait on the previous one, so PART=24's per-kernel times overlapped)
-  for f in gpt2-1.5b-F16 gpt2-1.5b-Q8_0; do
-    BATCH=16 GPTE_NO_PDL=1 $T 120 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/b16 no-PDL $f /" | tail -9
-  done
+  # batch 16 on the ring (0, v30) against v3 with v31 (32): does the ring still win?
+  BATCH=16 steps ring-b16 120 GEMV_RING="0 32"
+  S="gpt2-1.5b-F16"
+  BATCH=8 steps ring-b8 120 GEMV_RING="0 16"  # (MT = 8 on the ring, untimed so far)
+  BATCH=8 steps scatter-b8 120 SCATTER="0 1"
 elif [ "$PART" = 27 ]; then
   # PART=27 (session 48; on the machine PART=26 built): PART=25's ring kernel took the 1.5B
   # batch-16 step only from 19.7 to 16.7 ms: the batch-16 GEMV is not waiting on its loads.
@@ -335,6 +337,11 @@ elif [ "$PART" = 27 ]; then
   ncu -i /tmp/gemvb.ncu-rep --page source --print-source sass --csv > /tmp/gemvb-sass.csv 2>&1
   gzip -c /tmp/gemvb-sass.csv > "$OUT/gemvb-ncu-sass.csv.gz"; ls -l "$OUT"
   grep -E "gemv|Duration|Stall|stall|Warp Cycles|Issued|Eligible|Active Warps|Bank" "$OUT/gemvb-ncu-details.txt" | head -90
+  # the batch-16 steps kernel by kernel without PDL (GPTE_NO_PDL=1: with it a kernel's time
+  # includes its wait on the previous one, so PART=24's per-kernel times overlapped)
+  for f in gpt2-1.5b-F16 gpt2-1.5b-Q8_0; do
+    BATCH=16 GPTE_NO_PDL=1 $T 120 python3 tests/bench/explore_decode_step.py "$M/$f.gguf" | sed "s/^/b16 no-PDL $f /" | tail -9
+  done
 elif [ "$PART" = 11 ]; then
   # PART=11 (written in session 37): the split counts under v6's cluster merge (main with v6 landed)
   grep -q attention_decode_cluster_force csrc/bindings.cpp || { echo "v6 is not on main"; exit 1; }

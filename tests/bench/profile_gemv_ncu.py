@@ -35,7 +35,8 @@ if os.environ.get("CFG") == "norm":
     sys.exit(0)
 if os.environ.get("CFG") == "batch":
     # (session 48) 16 rows: GPT-2 1.5B's QKV shape with its LayerNorm, dense on v3
-    # (ext.linear_ring_force 32) and on the ring kernel (the rule since v30), then packed Q8_0; one row on v3 as the
+    # (ext.linear_ring_force 32) and on the ring kernel (the rule since v30), the ring with v32's
+    # epilogue (ext.linear_scatter_force 1), then packed Q8_0; one row on v3 as the
     # reference. PART=24/25 found the batch-16 step 8.6-10x batch 1's with the weights read once.
     from gpt_engine.ops import _ext
     ext = _ext.load()
@@ -45,15 +46,18 @@ if os.environ.get("CFG") == "batch":
     dense = QWeight((torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02).view(torch.uint8), Q.F16, (n, k))
     q8 = QWeight(packed(n, k, Q.Q8_0), Q.Q8_0, (n, k))
     b = (torch.randn(n, device="cuda") * 0.5).half()
-    for label, m, w, ring in [("F16 v3", 16, dense, 32), ("F16 ring", 16, dense, 0), ("Q8_0", 16, q8, 0),
-                              ("F16 v3 M=1", 1, dense, 0)]:
+    for label, m, w, ring, scatter in [("F16 v3", 16, dense, 32, 0), ("F16 ring", 16, dense, 0, 0),
+                                       ("F16 ring v32", 16, dense, 0, 1), ("Q8_0", 16, q8, 0, 0),
+                                       ("F16 v3 M=1", 1, dense, 0, 0)]:
         assert ext.linear_ring_force(ring) == ring
+        assert ext.linear_scatter_force(scatter) == scatter
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         for _ in range(2):
             ops.linear(x, w, b, norm=nm)
         torch.cuda.synchronize()
         print(label, n, k, "done", flush=True)
     ext.linear_ring_force(0)
+    ext.linear_scatter_force(0)
     sys.exit(0)
 CFG = [("MXFP4", 1600, 6400, None), ("MXFP4", 6400, 1600, "layernorm"), ("Q8_0", 1600, 6400, None),
        ("Q8_0", 4096, 4096, None), ("F16", 1600, 6400, None), ("F16", 6400, 1600, "layernorm")]

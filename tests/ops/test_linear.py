@@ -187,6 +187,110 @@ def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring):
     assert_nmse(full, oracle(x, w64, b, norm=nm), TOL_NAME[torch.float16])
 
 
+# (rows, N, K, norm, act, bias, residual, float_out, activation dtype, kernel at the rule): v32's epilogue
+# on each kernel and epilogue it meets at 8-16 rows
+SCATTER_CASES = [
+    (16, 1602, 1600, "layernorm", "none", True, False, False, torch.float16, "ring"),
+    (16, 3200, 1600, "layernorm", "gelu_tanh", True, False, False, torch.float16, "ring"),
+    (16, 1602, 1600, "rmsnorm", "swiglu", False, False, False, torch.bfloat16, "ring"),
+    (9, 1602, 1600, "rmsnorm", "none", False, False, True, torch.float16, "ring"),     # rows 9-15 masked; fp32 out
+    (16, 1601, 6400, None, "none", True, True, False, torch.float16, "v3"),           # down product: v3's tiles, odd N
+    (16, 1602, 3072, "layernorm", "none", True, False, False, torch.float16, "v3"),   # v3's tiles, v31's statistics
+    (8, 1602, 1600, "layernorm", "gelu_tanh", True, False, False, torch.float16, "v3"),  # MT = 8, two tiles
+    (5, 2304, 768, "layernorm", "none", True, True, False, torch.float16, "v3"),     # MT = 8, one tile, rows 5-7 masked
+]
+
+
+def scatter_twin(a0, a1):
+    """v32's reduce-scatter (csrc/linear_common.cuh pair_sums_scatter) in fp32 over 32 simulated
+    lanes: a0 / a1 [32, MT] a pair's two rows' per-lane partial sums; returns each lane's kept sum.
+    Stage by stage as the kernel: offset 16 N / MT keeps N values, the upper or lower half by the
+    lane's offset bit, plus the partner lane's copy of the same value; then warp_sum's remaining
+    stages."""
+    lanes = torch.arange(32)
+    mt = a0.shape[1]
+    v = torch.cat([a0, a1], dim=1)
+    n = mt
+    while n >= 1:
+        o = 16 * n // mt
+        up = ((lanes & o) != 0)[:, None]
+        keep = torch.where(up, v[:, n:2 * n], v[:, :n])
+        give = torch.where(up, v[:, :n], v[:, n:2 * n])
+        v = keep + give[lanes ^ o]
+        n //= 2
+    r = v[:, 0]
+    o = 16 // (2 * mt)
+    while o > 0:
+        r = r + r[lanes ^ o]
+        o //= 2
+    return r
+
+
+def warp_sum_twin(v):
+    """csrc/common.cuh warp_sum over 32 simulated lanes (xor offsets 16 .. 1): every lane's sum."""
+    lanes = torch.arange(32)
+    for o in (16, 8, 4, 2, 1):
+        v = v + v[lanes ^ o]
+    return v
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.parametrize("mt", [16, 8, 4, 2])
+def test_scatter_twin_has_warp_sum_bits_cpu(mt):
+    """The reduce-scatter's arithmetic, checked without a GPU: lane l keeps value j = l >> (5 - H)
+    (H = log2(2 MT); j = r MT + m: row r of the pair, batch row m), with the bits warp_sum gives that
+    value, for values spread over six decades (where a different order of additions would show);
+    row 0's lane for m finds row 1's sum at lane ^ 16, as the kernel's finish reads it."""
+    g = torch.Generator().manual_seed(mt)
+    h = {16: 5, 8: 4, 4: 3, 2: 2}[mt]
+    for _ in range(50):
+        a = torch.randn(2, 32, mt, generator=g) * 10 ** (torch.rand(2, 32, mt, generator=g) * 6 - 3)
+        got = scatter_twin(a[0], a[1])
+        for lane in range(32):
+            r, m = divmod(lane >> (5 - h), mt)
+            assert torch.equal(got[lane], warp_sum_twin(a[r][:, m])[lane])
+        for m in range(mt):
+            lane = m << (5 - h)
+            assert torch.equal(got[lane ^ 16], warp_sum_twin(a[1][:, m])[0])
+
+
+@pytest.mark.story("GX-003")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("case", SCATTER_CASES, ids=lambda c: "-".join(str(v) for v in c[:8]) + "-" + str(c[8])[6:])
+@pytest.mark.parametrize("fold", [1, 0], ids=["fold", "loop"])
+def test_gemv_scatter_epilogue_same_bits(case, fold):
+    """v32 (ext.linear_scatter_force 1): at 8-16 rows a pair's sums are reduce-scattered over the
+    warp and 16 lanes finish their rows at once, instead of a warp_sum per sum and one writing
+    lane per row. Every sum must have warp_sum's bits (the same partial sums added at each
+    stage), so the outputs equal the per-row epilogue's bit for bit: on the ring kernel and on v3,
+    with each epilogue (bias, GELU, SwiGLU, residual, fp32 out), the norm folded (its statistics
+    from shared memory) or normalized in the staging, rows past M masked; and within the oracle's
+    bound."""
+    m, n, k, norm, act, bias, residual, float_out, dtype, kernel = case
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    w, w64 = make_weight(n, k, "F16", "cuda")
+    x = randn((m, k), dtype, "cuda")
+    n_out = n // 2 if act == "swiglu" else n
+    b = randn((n,), dtype, "cuda", scale=0.1) if bias else None
+    r = randn((m, n_out), dtype, "cuda") if residual else None
+    nm = _norm(norm, k, dtype, "cuda")
+    product = lambda: ops.linear(x, w, b, residual=r, norm=nm, act=act, float_out=float_out)  # noqa: E731
+    outs = {}
+    try:
+        assert ext.linear_fold_force(fold) == fold
+        for on in (0, 1):
+            assert ext.linear_scatter_force(on) == on
+            outs[on] = product()
+            assert gemv_kernel_taken(product) == kernel
+    finally:
+        ext.linear_scatter_force(0)
+        ext.linear_fold_force(1)
+    assert torch.equal(outs[1], outs[0])
+    assert_nmse(outs[1], oracle(x, w64, b, r, nm, act), TOL_NAME[dtype])
+
+
 @pytest.mark.story("GX-003")
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")

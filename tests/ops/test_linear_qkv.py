@@ -89,6 +89,31 @@ def test_linear_qkv_gpt2_xl_batch_16():
 @pytest.mark.story("GX-003", "GT-019")
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("case", [(16, 256, 4, 2, 64, "rmsnorm", False, "adjacent", 64),
+                                  (16, 576, 9, 3, 64, "rmsnorm", True, "neox", 64),
+                                  (12, 1600, 25, 25, 64, "layernorm", True, "none", 0)], ids=str)
+def test_linear_qkv_scatter_epilogue_same_bits(case):
+    """v32 (ext.linear_scatter_force 1) under the QKV epilogue (RoPE on the row pairs, the cache
+    writes at each sequence's position, the lengths): 16 lanes finish their sequences at once
+    instead of one lane per sequence in turn; the same inputs (seeded alike) give the same q,
+    caches and lengths bit for bit, and the oracle holds."""
+    from gpt_engine.ops import _ext
+    ext = _ext.load()
+    outs = {}
+    try:
+        for on in (0, 1):
+            assert ext.linear_scatter_force(on) == on
+            torch.manual_seed(4321)
+            outs[on] = check_against_oracle("cuda", torch.float16, case, "F16")
+    finally:
+        ext.linear_scatter_force(0)
+    for a, b in zip(outs[0], outs[1]):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+@pytest.mark.story("GX-003", "GT-019")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("wtype", ["Q8_0", "MXFP4", "Q4_K"])
 def test_linear_qkv_packed_rows_in_slices(wtype):
     """16 sequences of a 6,400-wide model (6,144 for the K types): their activation codes do not fit
