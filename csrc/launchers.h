@@ -71,10 +71,11 @@ int linear_stats_force(int64_t on);
 // per pair past 4 rows as before v31 (A/Bs); other values change nothing. Returns the setting in
 // effect.
 int linear_fold_force(int64_t on);
-// Test and bench hook of the dense decode GEMV's epilogue at 8 and 16 rows (v32, linear_common.cuh
-// pair_sums_scatter): 1 reduces a pair's 2 x MT sums across the warp so that each lane keeps one
-// and 16 lanes finish at once, 0 (the default) one warp_sum per sum and one writing lane per row
-// in turn; the same bits. Other values change nothing. Returns the setting in effect.
+// Test and bench hook of the decode GEMVs' epilogue at 8 and 16 rows, dense and packed (v32,
+// linear_common.cuh pair_sums_scatter): 1 reduces a pair's 2 x MT sums across the warp so that
+// each lane keeps one and 16 lanes finish at once, 0 (the default) one warp_sum per sum and one
+// writing lane per row in turn; the same bits. Other values change nothing. Returns the setting
+// in effect.
 int linear_scatter_force(int64_t on);
 // Test/bench hook of the packed decode GEMV (csrc/linear_q_impl.cuh v3.3): 1 decodes MXFP4 in the
 // nibbles' order (the default), 0 in v3's (the same bits); other values change nothing.
@@ -148,7 +149,7 @@ struct LinearArgs {
   const float* fold_d;   // [N] fp32, LayerNorm only: sum_k W[n, k] norm_b[k]
   int fold;              // set by the GEMVs' launchers: 1 = v27 / packed v3.4 (K % 8 == 0, and fold_c / fold_d for LayerNorm);
                          // 2 = the dense v27 with v3's per-pair row statistics past 4 rows (linear_fold_force(2), v31's A/B)
-  int scatter;           // set by the dense GEMV's launcher: 1 = v32's epilogue (MT >= 8, linear_scatter_force)
+  int scatter;           // set by the GEMVs' launchers: 1 = v32's epilogue (MT >= 8, linear_scatter_force)
   bool vec_nw;           // set by the dense GEMV's launcher (v27): norm_w read with 16-byte loads
 };
 

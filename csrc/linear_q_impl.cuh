@@ -109,6 +109,7 @@
 
 namespace gpte {
 extern int g_qgemv_zip;  // linear_q.cu: qgemv_zip_force's setting (1: v3.3, MXFP4 only, the default; 0: v3)
+extern int g_linear_scatter;  // linear.cu: linear_scatter_force's setting (v32's epilogue at 8-16 rows: 1)
 extern int g_qgemv_fold;  // linear_q.cu: qgemv_fold_force's setting (1: v3.4's norm fold, the default; 0: v3.3's staging)
 namespace {
 using namespace linear_detail;
@@ -580,8 +581,23 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
         }
       }
     }
+    // v32 (p.scatter, MT >= 8; the dense GEMV's, linear_common.cuh pair_sums_scatter): the pair's
+    // sums reduce-scattered, each lane keeping one with warp_sum's bits, and row 0's lanes finish
+    // their batch rows at once (the fold's statistics are per-lane reads of s_fold already)
+    constexpr int SH = 5 - scatter_halvings<MT>();  // lanes per kept sum: 2^SH
     if (KS == 1 && KH == 2 && s.b + 1 == b_mid) {  // one warp, both halves: stash the first
       float* hp = s_split + warp * MT * 2;
+      if constexpr (MT >= 8) {
+        if (p.scatter) {
+          const float mine = pair_sums_scatter<MT>(acc0, acc1, lane);
+          const int j = lane >> SH;  // row j / MT of the pair, batch row j % MT
+          if ((lane & ((1 << SH) - 1)) == 0) hp[2 * (j % MT) + j / MT] = mine;
+#pragma unroll
+          for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
+          __syncwarp();
+          return;
+        }
+      }
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         const float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
@@ -597,6 +613,26 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
     if (s.b + 1 < b_hi) return;  // more batches of this pair follow
     if (KS == 1) {
       const float* hp = s_split + warp * MT * 2;
+      if constexpr (MT >= 8) {
+        if (p.scatter) {
+          const float mine = pair_sums_scatter<MT>(acc0, acc1, lane);
+          const float other = __shfl_xor_sync(0xffffffffu, mine, 16);  // row 1's sum of the same m
+          const int m = lane >> SH;
+          if (lane < 16 && (lane & ((1 << SH) - 1)) == 0 && m < p.M) {
+            float v0 = mine, v1 = other;
+            if (KH == 2) {
+              v0 = hp[2 * m] + v0;
+              v1 = hp[2 * m + 1] + v1;
+            }
+            if (p.fold) fold_sums(m, v0, v1);
+            finish_pair<A>(p, m, s.pair, r0, r1, has1, v0, v1, pb0, pb1);
+          }
+#pragma unroll
+          for (int m2 = 0; m2 < MT; ++m2) acc0[m2] = acc1[m2] = 0.f;
+          __syncwarp();  // every lane has read hp before lane 0 stashes the next pair's first half
+          return;
+        }
+      }
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         float v0 = warp_sum(acc0[m]), v1 = warp_sum(acc1[m]);
@@ -717,6 +753,7 @@ cudaError_t launch_mt(const LinearArgs& a, int num_sms, cudaStream_t st) {
   const int nbatch = (int)((p.K / TR::QK + batch_blocks(TR::QK, TR::TS) - 1) / batch_blocks(TR::QK, TR::TS));
   p.khalves = (!no_split && nbatch >= 2 && (int64_t)npairs * 2 <= (int64_t)num_sms * 2 * kWarps) ? 2 : 1;
   p.ksplit = (p.khalves == 2 && MT == 1) ? 2 : 1;
+  p.scatter = MT >= 8 && g_linear_scatter;  // v32's epilogue (linear_scatter_force)
   return launch_pdl(kern, dim3((unsigned)grid), dim3(kThreads), smem, st, p);
 }
 

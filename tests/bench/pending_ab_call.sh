@@ -304,17 +304,17 @@ elif [ "$PART" = 26 ]; then
   # MT = 16 SASS is ~117k instructions, a pair's per-row epilogue tens of KB of them, run once per
   # pair), batch 16 -30..-60%; if not, a few percent (the epilogue is ~1/4 of a K = 1,600 pair's
   # instructions). Land it as the default (csrc/linear.cu g_linear_scatter = 1) if it wins.
-  S="gpt2-1.5b-F16 llama-1b-F16 gpt2-124m-F16"
-  BATCH=16 steps scatter-b16 120 SCATTER="0 1"
+  S="gpt2-1.5b-F16 llama-1b-F16 gpt2-124m-F16 gpt2-1.5b-Q8_0"
+  BATCH=16 steps scatter-b16 120 SCATTER="0 1"  # (the Q8_0 file: the packed GEMV's v32)
   # v31 at batch 8 (FOLD: 1 v31, 2 the per-pair statistics as before; at 1.5B every norm-fused
   # MT = 8 call is v3 over two 1,280-wide tiles, each pair's epilogue taking 8 rows' statistics
   # from global memory). Prediction: -20..-40% (what the ring's kept statistics were part of at
   # batch 16, 15-22%, on every norm-fused product), batch 4 and 1 untouched.
   S="gpt2-1.5b-F16 llama-1b-F16"
   BATCH=8 steps fold-b8 120 FOLD="1 2"
-  echo "## v30 + v31 + v32's dense GEMV tests"
+  echo "## v30 + v31 + v32's GEMV tests (dense, QKV, and the packed GEMV's v32 test)"
   $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
-    tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -6
+    tests/ops/test_linear.py tests/ops/test_linear_qkv.py "tests/ops/test_linear_q.py::test_packed_gemv_scatter_epilogue_same_bits" 2>&1 | tail -6
   # batch 16 on the ring (0, v30) against v3 with v31 (32): does the ring still win?
   BATCH=16 steps ring-b16 120 GEMV_RING="0 32"
   S="gpt2-1.5b-F16"

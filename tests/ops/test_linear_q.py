@@ -184,6 +184,48 @@ def test_packed_gemv_norm_fold_vs_float64(wtype, kind, act, m, k):
 @pytest.mark.story("GX-003", "GT-033")
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
+@pytest.mark.parametrize("wtype", ["Q8_0", "Q4_K", "Q6_K", "MXFP4"])
+@pytest.mark.parametrize("m,k,kind,act,bias,residual,float_out", [
+    (16, 1536, "layernorm", "gelu_tanh", True, False, False),
+    (9, 1536, "rmsnorm", "swiglu", False, False, False),   # rows 9-15 masked
+    (16, 1536, None, "none", True, True, False),
+    (8, 6144, "layernorm", "none", True, False, True),     # K halves: one warp stashes the first
+    (5, 6144, "rmsnorm", "none", False, True, False),      # the same, rows 5-7 masked
+], ids=str)
+@pytest.mark.parametrize("fold", [1, 0], ids=["fold", "staged"])
+def test_packed_gemv_scatter_epilogue_same_bits(wtype, m, k, kind, act, bias, residual, float_out, fold):
+    """v32 in the packed GEMV (ext.linear_scatter_force 1): at 8-16 rows a pair's sums are
+    reduce-scattered and row 0's lanes finish their batch rows at once (the K halves' first half
+    stashed by the lanes that keep each sum), instead of a warp_sum per sum and one writing lane
+    per row. The same bits as the per-row epilogue, with the norm folded (v3.4) or staged, and
+    within the oracle's bound."""
+    from gpt_engine.ops import _ext
+    from gpt_engine.ops import linear_module as lin
+    ext = _ext.load()
+    n = 602
+    w, w64 = make_weight(n, k, wtype, "cuda")
+    assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, m, k)
+    x = randn((m, k), torch.float16, "cuda")
+    n_out = n // 2 if act == "swiglu" else n
+    b = randn((n,), torch.float16, "cuda", scale=0.1) if bias else None
+    r = randn((m, n_out), torch.float16, "cuda") if residual else None
+    nm = _norm(kind, k, torch.float16, "cuda")
+    outs = {}
+    try:
+        assert ext.qgemv_fold_force(fold) == fold
+        for on in (0, 1):
+            assert ext.linear_scatter_force(on) == on
+            outs[on] = ops.linear(x, w, b, residual=r, norm=nm, act=act, float_out=float_out)
+    finally:
+        ext.linear_scatter_force(0)
+        ext.qgemv_fold_force(1)
+    assert torch.equal(outs[1], outs[0])
+    assert_nmse(outs[1], oracle(x, w64, b, r, nm, act), TOL_NAME[torch.float16])
+
+
+@pytest.mark.story("GX-003", "GT-033")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("wtype", ["Q8_0", "MXFP4"])
 @pytest.mark.parametrize("rows", ["offset", "outlier"])
 @pytest.mark.parametrize("m", [1, 16])
