@@ -5,17 +5,22 @@
 # landed with heavy (635 passed) and light (1,161) evidence at de65616 on an H100. PART=24/25 found
 # the batch-16 step ~10x batch 1's for F16 and packed files alike (docs/kernels/decode.md, "Batch
 # 16"). Branch batch-ring (on main): v30 (the dense GEMV's 16-row calls on the ring kernel: PART=25
-# measured 1.5B F16 batch 16 -15%, Llama ~1B -22%) and v31 (v3's folded-norm statistics once per
-# block past 4 rows, not yet timed), each with tests (CPU-checked; v30's ran on the GPU under its
-# hook: 330 passed).
+# measured 1.5B F16 batch 16 -15%, Llama ~1B -22%), v31 (v3's folded-norm statistics once per
+# block past 4 rows) and v32 (the reduce-scatter epilogue at 8-16 rows, dense and packed, under
+# ext.linear_scatter_force, off by default), each with tests (CPU-checked; v30's ran on the GPU
+# under its hook: 330 passed; v31 and v32 not yet run on a GPU).
 #   1. On branch batch-ring (rebase on main first if main moved), on an H100, .whl carried:
 #        PART=26 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
 #      (v31's A/B at batch 8, FOLD="1 2"; batch 16 ring vs v3-with-v31, GEMV_RING="0 32"; the dense
 #      and QKV GEMV tests; the batch-16 steps kernel by kernel without PDL. Cold: ~190 s build.)
 #   2. Land batch-ring if PART=26's tests pass and no step is slower (v31 must not lose at batch 8;
 #      if v3-with-v31 beats the ring at batch 16, make bit 32's choice the rule first: a launcher
-#      line and the tests' expected kernels) with heavy then light evidence at the branch's commit,
-#      on the same warm machine:
+#      line and the tests' expected kernels). v32: if SCATTER=1 wins, make it the default
+#      (csrc/linear.cu g_linear_scatter = 1; only linear.cu rebuilds); if it does not, revert its
+#      two commits (d0a135b, c1b1a2a, and their test mends) before landing: with the hook off its
+#      code still costs the default kernels registers (ring MT = 16 146 -> 168, v3 MT = 8 137 ->
+#      149; an A/B inside one build does not see that). Then heavy and light evidence at the
+#      branch's commit, on the same warm machine:
 #        export OUT GPT_ENGINE_GIT_COMMIT=<full sha: git rev-parse HEAD> EXT_SAVE=0
 #        timeout 590 bash tests/bench/gpu_session.sh heavy
 #        (light: the same exports plus SHAPES="gpt2-124m gpt2-1.5b smollm2-135m llama-1b

@@ -187,17 +187,18 @@ def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring):
     assert_nmse(full, oracle(x, w64, b, norm=nm), TOL_NAME[torch.float16])
 
 
-# (rows, N, K, norm, act, bias, residual, float_out, activation dtype, kernel at the rule): v32's epilogue
-# on each kernel and epilogue it meets at 8-16 rows
+# (rows, N, K, norm, act, bias, residual, float_out, activation dtype, ring rule, kernel it takes):
+# v32's epilogue on each kernel and epilogue it meets at 8-16 rows (rule 16: every M >= 2 on the ring)
 SCATTER_CASES = [
-    (16, 1602, 1600, "layernorm", "none", True, False, False, torch.float16, "ring"),
-    (16, 3200, 1600, "layernorm", "gelu_tanh", True, False, False, torch.float16, "ring"),
-    (16, 1602, 1600, "rmsnorm", "swiglu", False, False, False, torch.bfloat16, "ring"),
-    (9, 1602, 1600, "rmsnorm", "none", False, False, True, torch.float16, "ring"),     # rows 9-15 masked; fp32 out
-    (16, 1601, 6400, None, "none", True, True, False, torch.float16, "v3"),           # down product: v3's tiles, odd N
-    (16, 1602, 3072, "layernorm", "none", True, False, False, torch.float16, "v3"),   # v3's tiles, v31's statistics
-    (8, 1602, 1600, "layernorm", "gelu_tanh", True, False, False, torch.float16, "v3"),  # MT = 8, two tiles
-    (5, 2304, 768, "layernorm", "none", True, True, False, torch.float16, "v3"),     # MT = 8, one tile, rows 5-7 masked
+    (16, 1602, 1600, "layernorm", "none", True, False, False, torch.float16, 0, "ring"),
+    (16, 3200, 1600, "layernorm", "gelu_tanh", True, False, False, torch.float16, 0, "ring"),  # 1,600 pairs: several a warp
+    (16, 1602, 1600, "rmsnorm", "swiglu", False, False, False, torch.bfloat16, 0, "ring"),
+    (9, 1602, 1600, "rmsnorm", "none", False, False, True, torch.float16, 0, "ring"),     # rows 9-15 masked; fp32 out
+    (16, 1601, 6400, None, "none", True, True, False, torch.float16, 0, "v3"),           # down product: v3's tiles, odd N
+    (16, 1602, 3072, "layernorm", "none", True, False, False, torch.float16, 0, "v3"),   # v3's tiles, v31's statistics
+    (8, 1602, 1600, "layernorm", "gelu_tanh", True, False, False, torch.float16, 0, "v3"),  # MT = 8, two tiles
+    (5, 2304, 768, "layernorm", "none", True, True, False, torch.float16, 0, "v3"),     # MT = 8, one tile, rows 5-7 masked
+    (8, 3200, 1600, "layernorm", "gelu_tanh", True, False, False, torch.float16, 16, "ring"),  # MT = 8 on the ring
 ]
 
 
@@ -257,7 +258,8 @@ def test_scatter_twin_has_warp_sum_bits_cpu(mt):
 @pytest.mark.story("GX-003")
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
-@pytest.mark.parametrize("case", SCATTER_CASES, ids=lambda c: "-".join(str(v) for v in c[:8]) + "-" + str(c[8])[6:])
+@pytest.mark.parametrize("case", SCATTER_CASES,
+                         ids=lambda c: "-".join(str(v) for v in c[:8]) + "-" + str(c[8])[6:] + f"-ring{c[9]}")
 @pytest.mark.parametrize("fold", [1, 0], ids=["fold", "loop"])
 def test_gemv_scatter_epilogue_same_bits(case, fold):
     """v32 (ext.linear_scatter_force 1): at 8-16 rows a pair's sums are reduce-scattered over the
@@ -267,7 +269,7 @@ def test_gemv_scatter_epilogue_same_bits(case, fold):
     with each epilogue (bias, GELU, SwiGLU, residual, fp32 out), the norm folded (its statistics
     from shared memory) or normalized in the staging, rows past M masked; and within the oracle's
     bound."""
-    m, n, k, norm, act, bias, residual, float_out, dtype, kernel = case
+    m, n, k, norm, act, bias, residual, float_out, dtype, ring, kernel = case
     from gpt_engine.ops import _ext
     ext = _ext.load()
     w, w64 = make_weight(n, k, "F16", "cuda")
@@ -280,12 +282,14 @@ def test_gemv_scatter_epilogue_same_bits(case, fold):
     outs = {}
     try:
         assert ext.linear_fold_force(fold) == fold
+        assert ext.linear_ring_force(ring) == ring
         for on in (0, 1):
             assert ext.linear_scatter_force(on) == on
             outs[on] = product()
             assert gemv_kernel_taken(product) == kernel
     finally:
         ext.linear_scatter_force(0)
+        ext.linear_ring_force(0)
         ext.linear_fold_force(1)
     assert torch.equal(outs[1], outs[0])
     assert_nmse(outs[1], oracle(x, w64, b, r, nm, act), TOL_NAME[dtype])

@@ -185,15 +185,20 @@ def test_packed_gemv_norm_fold_vs_float64(wtype, kind, act, m, k):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA torch and a GPU")
 @pytest.mark.parametrize("wtype", ["Q8_0", "Q4_K", "Q6_K", "MXFP4"])
-@pytest.mark.parametrize("m,k,kind,act,bias,residual,float_out", [
-    (16, 1536, "layernorm", "gelu_tanh", True, False, False),
-    (9, 1536, "rmsnorm", "swiglu", False, False, False),   # rows 9-15 masked
-    (16, 1536, None, "none", True, True, False),
-    (8, 6144, "layernorm", "none", True, False, True),     # K halves: one warp stashes the first
-    (5, 6144, "rmsnorm", "none", False, True, False),      # the same, rows 5-7 masked
+@pytest.mark.parametrize("m,n,k,kind,act,bias,residual,float_out", [
+    # 301 pairs (fewer than the 1,056 warps of 132 SMs): K = 1,536 takes the K halves where a row
+    # is two batches (Q8_0, Q6_K), one batch otherwise (Q4_K, MXFP4)
+    (16, 602, 1536, "layernorm", "gelu_tanh", True, False, False),
+    (9, 602, 1536, "rmsnorm", "swiglu", False, False, False),   # rows 9-15 masked
+    (16, 602, 1536, None, "none", True, True, False),
+    (8, 602, 6144, "layernorm", "none", True, False, True),     # K halves: one warp stashes the first
+    (5, 602, 6144, "rmsnorm", "none", False, True, False),      # the same, rows 5-7 masked
+    # 2,400 pairs: warps finish several pairs each, so each pair's end (the accumulators' reset,
+    # the stash buffer's reuse) is exercised; no K halves past 1,056 pairs
+    (16, 4800, 1536, "layernorm", "none", True, False, False),
 ], ids=str)
 @pytest.mark.parametrize("fold", [1, 0], ids=["fold", "staged"])
-def test_packed_gemv_scatter_epilogue_same_bits(wtype, m, k, kind, act, bias, residual, float_out, fold):
+def test_packed_gemv_scatter_epilogue_same_bits(wtype, m, n, k, kind, act, bias, residual, float_out, fold):
     """v32 in the packed GEMV (ext.linear_scatter_force 1): at 8-16 rows a pair's sums are
     reduce-scattered and row 0's lanes finish their batch rows at once (the K halves' first half
     stashed by the lanes that keep each sum), instead of a warp_sum per sum and one writing lane
@@ -202,7 +207,6 @@ def test_packed_gemv_scatter_epilogue_same_bits(wtype, m, k, kind, act, bias, re
     from gpt_engine.ops import _ext
     from gpt_engine.ops import linear_module as lin
     ext = _ext.load()
-    n = 602
     w, w64 = make_weight(n, k, wtype, "cuda")
     assert lin.packed_gemv_ok(w.raw, int(w.qtype), torch.float16, m, k)
     x = randn((m, k), torch.float16, "cuda")

@@ -98,13 +98,16 @@ def test_linear_qkv_scatter_epilogue_same_bits(case):
     instead of one lane per sequence in turn; the same inputs (seeded alike) give the same q,
     caches and lengths bit for bit, and the oracle holds."""
     from gpt_engine.ops import _ext
+    from .test_linear import gemv_kernel_taken
     ext = _ext.load()
     outs = {}
     try:
         for on in (0, 1):
             assert ext.linear_scatter_force(on) == on
             torch.manual_seed(4321)
-            outs[on] = check_against_oracle("cuda", torch.float16, case, "F16")
+            took = gemv_kernel_taken(
+                lambda on=on: outs.setdefault(on, check_against_oracle("cuda", torch.float16, case, "F16")))
+            assert took == "ring", took  # (16 rows of these widths: the ring kernel's MT = 16, v30)
     finally:
         ext.linear_scatter_force(0)
     for a, b in zip(outs[0], outs[1]):
