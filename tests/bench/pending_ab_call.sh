@@ -16,11 +16,12 @@
 #   2. Land batch-ring if PART=26's tests pass and no step is slower (v31 must not lose at batch 8;
 #      if v3-with-v31 beats the ring at batch 16, make bit 32's choice the rule first: a launcher
 #      line and the tests' expected kernels). v32: if SCATTER=1 wins, make it the default
-#      (csrc/linear.cu g_linear_scatter = 1; only linear.cu rebuilds); if it does not, revert its
-#      two commits (d0a135b, c1b1a2a, and their test mends) before landing: with the hook off its
-#      code still costs the default kernels registers (ring MT = 16 146 -> 168, v3 MT = 8 137 ->
-#      149; an A/B inside one build does not see that). Then heavy and light evidence at the
-#      branch's commit, on the same warm machine:
+#      (csrc/linear.cu g_linear_scatter = 1; only linear.cu rebuilds); if it does not, drop it
+#      before landing (`git checkout 96b09e1 -- csrc tests/ops`, commit with PART=26's numbers,
+#      and say so in docs/kernels/decode.md): with the hook off its code still costs the default
+#      kernels registers (ring MT = 16 146 -> 168, v3 MT = 8 137 -> 149; an A/B inside one build
+#      does not see that). Then heavy and light evidence at the branch's commit, on the same warm
+#      machine:
 #        export OUT GPT_ENGINE_GIT_COMMIT=<full sha: git rev-parse HEAD> EXT_SAVE=0
 #        timeout 590 bash tests/bench/gpu_session.sh heavy
 #        (light: the same exports plus SHAPES="gpt2-124m gpt2-1.5b smollm2-135m llama-1b
