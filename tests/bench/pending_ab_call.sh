@@ -343,6 +343,23 @@ elif [ "$PART" = 27 ]; then
   ncu -i /tmp/gemvb.ncu-rep --page source --print-source sass --csv > /tmp/gemvb-sass.csv 2>&1
   gzip -c /tmp/gemvb-sass.csv > "$OUT/gemvb-ncu-sass.csv.gz"; ls -l "$OUT"
   grep -E "gemv|Duration|Stall|stall|Warp Cycles|Issued|Eligible|Active Warps|Bank" "$OUT/gemvb-ncu-details.txt" | head -90
+  # each kernel's stall reasons per issued instruction (v32's question: is no_instruction, the
+  # instruction fetch, what the 16-row epilogue waits on?)
+  ncu -i /tmp/gemvb.ncu-rep --page raw --csv \
+    --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio > "$OUT/gemvb-stalls.csv" 2>&1 || true
+  python3 - "$OUT/gemvb-stalls.csv" <<'PY' || true
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+head = next((i for i, r in enumerate(rows) if any("Kernel Name" in c for c in r)), None)
+if head is None:
+    sys.exit(print("no stall table:", rows[:3]))
+names = rows[head]
+k = names.index("Kernel Name")
+for r in rows[head + 2:]:
+    vals = sorted(((float(v), n.split("stalled_")[1].split("_per")[0]) for n, v in zip(names, r)
+                   if "stalled_" in n and v.replace(".", "", 1).isdigit()), reverse=True)
+    print(r[k][:60], " ".join(f"{n} {v:.2f}" for v, n in vals[:6]))
+PY
   # the batch-16 steps kernel by kernel without PDL (GPTE_NO_PDL=1: with it a kernel's time
   # includes its wait on the previous one, so PART=24's per-kernel times overlapped)
   for f in gpt2-1.5b-F16 gpt2-1.5b-Q8_0; do
