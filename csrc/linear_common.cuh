@@ -409,6 +409,20 @@ struct XStage {
     }
     stats_of_sums(p, warp_sum(s), warp_sum(q), dm, rstd);
   }
+  // v31 / v32: every row's (dm, rstd) into shared memory, the block's warps a row each in turn (the
+  // same function as each warp's own, so the same bits); ends on a barrier
+  static __device__ void fold_stats_shared(const LinearArgs& p, const float* part, float* s_dm, float* s_rstd) {
+    const int lane = threadIdx.x & 31;
+    for (int m = threadIdx.x >> 5; m < p.M; m += NT / 32) {
+      float d, r;
+      fold_stats(p, part, m, d, r);
+      if (lane == 0) {
+        s_dm[m] = d;
+        s_rstd[m] = r;
+      }
+    }
+    __syncthreads();
+  }
   // (dm, rstd) of a row from its sums s of x - c and q of (x - c)^2 over the K values (c: the
   // shift, 0 for RMSNorm); also the packed GEMV's fold (csrc/linear_q_impl.cuh v3.4b)
   static __device__ __forceinline__ void stats_of_sums(const LinearArgs& p, float s, float q, float& dm, float& rstd) {

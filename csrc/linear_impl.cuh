@@ -152,18 +152,10 @@ __global__ void __launch_bounds__(kThreads, gemv_blocks_per_sm<MT, UW>()) gemv_k
   // global memory where K spans several tiles (M 5-8 at K = 1,600; 9-16 there is the ring kernel's
   // since v30, which keeps them all). Taken once per block here instead, the block's warps a row
   // each in turn, by the same function (the same bits). (p.fold == 2: linear_fold_force(2), the
-  // per-pair statistics for A/Bs; the barrier below still runs then.)
+  // per-pair statistics for A/Bs.)
   __shared__ float s_fdm[MT], s_frs[MT];
   if constexpr (Fold && MT > 4) {
-    for (int m = warp; m < p.M && p.fold == 1; m += kWarps) {
-      float d, r;
-      XS::fold_stats(p, part, m, d, r);
-      if (lane == 0) {
-        s_fdm[m] = d;
-        s_frs[m] = r;
-      }
-    }
-    __syncthreads();
+    if (p.fold == 1) XS::fold_stats_shared(p, part, s_fdm, s_frs);
   }
   for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
     const int pair = g * kWarps + warp;
@@ -457,17 +449,7 @@ __global__ void __launch_bounds__(kPipeThreads, 1) gemv_pipe_kernel(const Linear
   // v32's epilogue takes the rows' statistics from shared memory (each lane its own row): the
   // block's warps a row each in turn after the staging (which ended on a barrier), as v3's v31
   if constexpr (Fold && MT >= 8) {
-    if (p.scatter) {
-      for (int m = warp; m < p.M; m += kPipeWarps) {
-        float d, r;
-        XStage<A, MT, kPipeThreads>::fold_stats(p, part, m, d, r);
-        if (lane == 0) {
-          s_fdm[m] = d;
-          s_frs[m] = r;
-        }
-      }
-      __syncthreads();
-    }
+    if (p.scatter) XStage<A, MT, kPipeThreads>::fold_stats_shared(p, part, s_fdm, s_frs);
   }
 
   for (int i = 0; tail.pair < npairs; ++i) {
