@@ -305,27 +305,29 @@ elif [ "$PART" = 25 ]; then
     tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
 elif [ "$PART" = 26 ]; then
   # PART=26 (session 48, branch batch-ring: v30 the rule for MT = 16; v31 v3's fold statistics once
-  # per block past 4 rows; v32 the reduce-scatter epilogue at 8-16 rows, off by default).
+  # per block past 4 rows; v32 the reduce-scatter epilogue at 8-16 rows, off by default). Each A/B
+  # end to end through the public API (tests/bench/e2e_batch.py: load(device="cuda"), then
+  # generate_batch of B sequences, 128 tokens each, by the wall clock, against the same-run
+  # weight-bytes roofline and the model's batch-1 generate()), the hook switched in one process.
   # v32 first: if the batch-16 GEMV is bound by its epilogue's instruction fetch (the ring kernel's
   # MT = 16 SASS is ~117k instructions, a pair's per-row epilogue tens of KB of them, run once per
-  # pair), batch 16 -30..-60%; if not, a few percent (the epilogue is ~1/4 of a K = 1,600 pair's
-  # instructions). Land it as the default (csrc/linear.cu g_linear_scatter = 1) if it wins.
-  S="gpt2-1.5b-F16 llama-1b-F16 gpt2-124m-F16 gpt2-1.5b-Q8_0"
-  BATCH=16 steps scatter-b16 120 SCATTER="0 1"  # (the Q8_0 file: the packed GEMV's v32)
-  # v31 at batch 8 (FOLD: 1 v31, 2 the per-pair statistics as before; at 1.5B every norm-fused
-  # MT = 8 call is v3 over two 1,280-wide tiles, each pair's epilogue taking 8 rows' statistics
-  # from global memory). Prediction: -20..-40% (what the ring's kept statistics were part of at
-  # batch 16, 15-22%, on every norm-fused product), batch 4 and 1 untouched.
-  S="gpt2-1.5b-F16 llama-1b-F16"
-  BATCH=8 steps fold-b8 120 FOLD="1 2"
+  # pair), batch 16 -30..-60% a token; if not, a few percent (the epilogue is ~1/4 of a K = 1,600
+  # pair's instructions). Batch 1 and 4 untouched (MT < 8). Land it as the default
+  # (csrc/linear.cu g_linear_scatter = 1) if it wins.
+  E="$M/gpt2-1.5b-F16.gguf $M/gpt2-1.5b-Q8_0.gguf"
+  HOOK=linear_scatter_force VALUES="0 1" $T 240 python3 tests/bench/e2e_batch.py $E
+  # v31 at batch 8 (1 v31, 2 the per-pair statistics as before; at 1.5B every norm-fused MT = 8
+  # call is v3 over two 1,280-wide tiles, each pair's epilogue taking 8 rows' statistics from
+  # global memory). Prediction: -20..-40% a token at batch 8.
+  HOOK=linear_fold_force VALUES="1 2" BATCHES="8" $T 120 python3 tests/bench/e2e_batch.py \
+    "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf"
   echo "## v30 + v31 + v32's GEMV tests (dense, QKV, and the packed GEMV's v32 test)"
   $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
     tests/ops/test_linear.py tests/ops/test_linear_qkv.py "tests/ops/test_linear_q.py::test_packed_gemv_scatter_epilogue_same_bits" 2>&1 | tail -6
-  # batch 16 on the ring (0, v30) against v3 with v31 (32): does the ring still win?
-  BATCH=16 steps ring-b16 120 GEMV_RING="0 32"
-  S="gpt2-1.5b-F16"
-  BATCH=8 steps ring-b8 120 GEMV_RING="0 16"  # (MT = 8 on the ring, untimed so far)
-  BATCH=8 steps scatter-b8 120 SCATTER="0 1"
+  # batch 16 on the ring (0, v30) against v3 with v31 (32): does the ring still win? (and 124M's
+  # K = 768 / 3,072 on the ring, untimed so far)
+  HOOK=linear_ring_force VALUES="0 32" BATCHES="16" $T 120 python3 tests/bench/e2e_batch.py \
+    "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf" "$M/gpt2-124m-F16.gguf"
 elif [ "$PART" = 27 ]; then
   # PART=27 (session 48; on the machine PART=26 built): PART=25's ring kernel took the 1.5B
   # batch-16 step only from 19.7 to 16.7 ms: the batch-16 GEMV is not waiting on its loads.
