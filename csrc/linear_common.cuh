@@ -518,6 +518,20 @@ __device__ __forceinline__ float pair_sums_scatter(const float (&a0)[MT], const 
   for (int o = 16 >> H; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
   return r;
 }
+// What a lane holds after pair_sums_scatter: sum j (row j / MT of the pair, batch row j % MT) and
+// whether it is the first of the 2^SH lanes holding it. Row 0's sums are in lanes 0-15, so a
+// finishing lane (lane < 16, head, j < M) finds its row-1 sum at lane + 16 (other()); the whole
+// warp calls other().
+template <int MT>
+struct ScatterPair {
+  static constexpr int SH = 5 - scatter_halvings<MT>();  // lanes per kept sum: 2^SH
+  float mine;
+  int j;
+  bool head;
+  __device__ __forceinline__ ScatterPair(const float (&a0)[MT], const float (&a1)[MT], int lane)
+      : mine(pair_sums_scatter<MT>(a0, a1, lane)), j(lane >> SH), head((lane & ((1 << SH) - 1)) == 0) {}
+  __device__ __forceinline__ float other() const { return __shfl_xor_sync(0xffffffffu, mine, 16); }
+};
 
 // v27: one warp's row statistics for the fold's epilogue (XStage::fold_stats), taken at the
 // warp's first finished pair, off the path to its first dot products: every row's at once and

@@ -60,12 +60,11 @@ __device__ __forceinline__ void finish_pair_scatter(const LinearArgs& p, int pai
                                                     const float* s_fdm, const float* s_frs, float fc0, float fc1,
                                                     float fd0, float fd1, bool read_bias, float b0, float b1,
                                                     int lane) {
-  constexpr int SH = 5 - scatter_halvings<MT>();  // lanes per value: 2^SH
-  const float mine = pair_sums_scatter<MT>(acc0, acc1, lane);
-  const float other = __shfl_xor_sync(0xffffffffu, mine, 16);  // row 1's sum of the same m
-  const int m = lane >> SH;
-  if (lane < 16 && (lane & ((1 << SH) - 1)) == 0 && m < p.M) {
-    float v0 = mine, v1 = other;
+  const ScatterPair<MT> sp(acc0, acc1, lane);
+  const float other = sp.other();  // row 1's sum of the same m
+  const int m = sp.j;
+  if (lane < 16 && sp.head && m < p.M) {
+    float v0 = sp.mine, v1 = other;
     if constexpr (Fold) {
       v0 = fold_apply(p, v0, s_fdm[m], s_frs[m], fc0, fd0);
       if (has1) v1 = fold_apply(p, v1, s_fdm[m], s_frs[m], fc1, fd1);

@@ -584,14 +584,12 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
     // v32 (p.scatter, MT >= 8; the dense GEMV's, linear_common.cuh pair_sums_scatter): the pair's
     // sums reduce-scattered, each lane keeping one with warp_sum's bits, and row 0's lanes finish
     // their batch rows at once (the fold's statistics are per-lane reads of s_fold already)
-    constexpr int SH = 5 - scatter_halvings<MT>();  // lanes per kept sum: 2^SH
     if (KS == 1 && KH == 2 && s.b + 1 == b_mid) {  // one warp, both halves: stash the first
       float* hp = s_split + warp * MT * 2;
       if constexpr (MT >= 8) {
         if (p.scatter) {
-          const float mine = pair_sums_scatter<MT>(acc0, acc1, lane);
-          const int j = lane >> SH;  // row j / MT of the pair, batch row j % MT
-          if ((lane & ((1 << SH) - 1)) == 0) hp[2 * (j % MT) + j / MT] = mine;
+          const ScatterPair<MT> sp(acc0, acc1, lane);
+          if (sp.head) hp[2 * (sp.j % MT) + sp.j / MT] = sp.mine;
 #pragma unroll
           for (int m = 0; m < MT; ++m) acc0[m] = acc1[m] = 0.f;
           __syncwarp();
@@ -615,11 +613,11 @@ __global__ void __launch_bounds__(kThreads, MT <= 4 ? 2 : 1) gemv_q_kernel(const
       const float* hp = s_split + warp * MT * 2;
       if constexpr (MT >= 8) {
         if (p.scatter) {
-          const float mine = pair_sums_scatter<MT>(acc0, acc1, lane);
-          const float other = __shfl_xor_sync(0xffffffffu, mine, 16);  // row 1's sum of the same m
-          const int m = lane >> SH;
-          if (lane < 16 && (lane & ((1 << SH) - 1)) == 0 && m < p.M) {
-            float v0 = mine, v1 = other;
+          const ScatterPair<MT> sp(acc0, acc1, lane);
+          const float other = sp.other();  // row 1's sum of the same m
+          const int m = sp.j;
+          if (lane < 16 && sp.head && m < p.M) {
+            float v0 = sp.mine, v1 = other;
             if (KH == 2) {
               v0 = hp[2 * m] + v0;
               v1 = hp[2 * m + 1] + v1;
