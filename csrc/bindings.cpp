@@ -839,8 +839,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(a layernorm also needs fold_c / fold_d), 0 v3.3's staging; returns the setting in effect",
         py::arg("on"));
   m.def("linear_scatter_force", &gpte::linear_scatter_force,
-        "test/bench hook of the decode GEMVs' epilogue at 8 and 16 rows, dense and packed (v32): 1 each lane keeps one of a "
-        "pair's sums after a reduce-scatter and 16 lanes finish at once, 0 (the default) a warp_sum per sum and "
+        "test/bench hook of the decode GEMVs' epilogue at 8 and 16 rows, dense and packed (v32): 1 (the default) each lane "
+        "keeps one of a pair's sums after a reduce-scatter and 16 lanes finish at once, 0 a warp_sum per sum and "
         "one writing lane per row in turn; the same bits; returns the setting in effect",
         py::arg("on"));
   m.def("linear_fold_force", &gpte::linear_fold_force,

@@ -73,7 +73,7 @@ int linear_stats_force(int64_t on);
 int linear_fold_force(int64_t on);
 // Test and bench hook of the decode GEMVs' epilogue at 8 and 16 rows, dense and packed (v32,
 // linear_common.cuh pair_sums_scatter): 1 reduces a pair's 2 x MT sums across the warp so that
-// each lane keeps one and 16 lanes finish at once, 0 (the default) one warp_sum per sum and one
+// each lane keeps one and 16 lanes finish at once (the default), 0 one warp_sum per sum and one
 // writing lane per row in turn; the same bits. Other values change nothing. Returns the setting
 // in effect.
 int linear_scatter_force(int64_t on);

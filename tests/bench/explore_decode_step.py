@@ -28,8 +28,8 @@ FOLD="1 0" (any file with dense norm-fused products): the same for v27's norm fo
 GEMV's epilogue (ext.linear_fold_force: 1 the default, 0 v23's normalize loop; csrc/linear_common.cuh).
 QFOLD="1 0" (packed files): the same for the packed GEMV's norm fold (ext.qgemv_fold_force: 1 v3.4,
 the default, 0 v3.3's staging; csrc/linear_q_impl.cuh).
-SCATTER="0 1" (any file, with BATCH 5-16): the dense GEMV's epilogue at 8 and 16 rows
-(ext.linear_scatter_force: 0 a warp_sum per sum, the default; 1 v32's reduce-scatter; the same bits).
+SCATTER="1 0" (any file, with BATCH 5-16): the decode GEMVs' epilogue at 8 and 16 rows
+(ext.linear_scatter_force: 1 v32's reduce-scatter, the default since session 49; 0 a warp_sum per sum; the same bits).
 BATCH=16 (any file, default 1): every timing above on the decoder for that many sequences (the
 same 32-token prompt each, generate_batch), so an A/B covers the M = BATCH kernels (the packed
 GEMV's MT = 16 at 9-16); its attention reads the same key range as batch 1's.
@@ -62,7 +62,7 @@ EXT_HOOKS = [
     ("STATS", "layernorm stats one pass (v23)", "linear_stats_force", 1),
     ("FOLD", "norm fold (v27)", "linear_fold_force", 1),
     ("QFOLD", "packed norm fold (v3.4)", "qgemv_fold_force", 1),
-    ("SCATTER", "scatter epilogue (v32)", "linear_scatter_force", 0),
+    ("SCATTER", "scatter epilogue (v32)", "linear_scatter_force", 1),
 ]
 
 

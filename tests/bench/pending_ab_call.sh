@@ -1,27 +1,22 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (rewritten in session 48). Main (844d2ee) is clean: qchunk
-# landed with heavy (635 passed) and light (1,161) evidence at de65616 on an H100. PART=24/25 found
-# the batch-16 step ~10x batch 1's for F16 and packed files alike (docs/kernels/decode.md, "Batch
-# 16"). Branch batch-ring (on main): v30 (the dense GEMV's 16-row calls on the ring kernel: PART=25
-# measured 1.5B F16 batch 16 -15%, Llama ~1B -22%), v31 (v3's folded-norm statistics once per
-# block past 4 rows) and v32 (the reduce-scatter epilogue at 8-16 rows, dense and packed, under
-# ext.linear_scatter_force, off by default), each with tests (CPU-checked; v30's ran on the GPU
-# under its hook: 330 passed; v31 and v32 not yet run on a GPU).
+# What the next session should do first (rewritten in session 49). Main (844d2ee) is clean. Branch
+# batch-ring (on main): v30 (16-row dense calls on the ring kernel), v31 (v3's fold statistics once
+# per block past 4 rows), v32 (the reduce-scatter epilogue at 8-16 rows, dense and packed; ON by
+# default since session 49). Session 49's PART=26 A/Bs were void: e2e_batch.py switched the hook
+# under a model whose graphs were already captured (fixed: a model per setting, interleaved reps).
+# PART=27's ncu found the 16-row ring kernel waiting on instruction fetch and v32 taking it from 97
+# to 37 us (docs/kernels/decode.md, "Session 49"). 441 GEMV tests passed on the GPU at 774e824.
 #   1. On branch batch-ring (rebase on main first if main moved), on an H100, .whl carried:
 #        PART=26 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-#      (v31's A/B at batch 8, FOLD="1 2"; batch 16 ring vs v3-with-v31, GEMV_RING="0 32"; the dense
-#      and QKV GEMV tests; the batch-16 steps kernel by kernel without PDL. Cold: ~190 s build.)
-#   2. Land batch-ring if PART=26's tests pass and no step is slower (v31 must not lose at batch 8;
-#      if v3-with-v31 beats the ring at batch 16, make bit 32's choice the rule first: a launcher
-#      line and the tests' expected kernels). v32: if SCATTER=1 wins, make it the default
-#      (csrc/linear.cu g_linear_scatter = 1; only linear.cu rebuilds); if it does not, drop it
-#      before landing (`git checkout 96b09e1 -- csrc tests/ops`, commit with PART=26's numbers,
-#      and say so in docs/kernels/decode.md): with the hook off its code still costs the default
-#      kernels registers (ring MT = 16 146 -> 168, v3 MT = 8 137 -> 149; an A/B inside one build
-#      does not see that). Then heavy and light evidence at the branch's commit, on the same warm
-#      machine:
+#      (v32 1 vs 0 at batch 1-16 on 1.5B F16 and Q8_0; v31 1 vs 2 at batch 8; the ring (0) vs v3
+#      (32) at batch 16 on 1.5B, Llama, 124M; the GEMV tests. Cold: ~175 s build, ~45 s models.)
+#   2. Keep each of v30 / v31 / v32 only where PART=26 shows its setting no slower beyond the
+#      printed spread. v32 off: csrc/linear.cu g_linear_scatter = 0 (or drop it: `git checkout
+#      96b09e1 -- csrc tests/ops`, then restore the tests' scatter defaults); v31 off: the default
+#      of linear_fold_force past 4 rows; v30: bit 32's rule (launcher line + the tests' expected
+#      kernels). Then heavy and light evidence at the branch's commit, on the same warm machine:
 #        export OUT GPT_ENGINE_GIT_COMMIT=<full sha: git rev-parse HEAD> EXT_SAVE=0
 #        timeout 590 bash tests/bench/gpu_session.sh heavy
 #        (light: the same exports plus SHAPES="gpt2-124m gpt2-1.5b smollm2-135m llama-1b
@@ -30,11 +25,9 @@
 #      then commit the files with `git add -f`, `python -m gates gate gate3 --no-run` (no stale cuda
 #      line), fast-forward main, fresh-clone CI. An H200 fails GT-015's tie ~95% of the time until a
 #      person decides tests/bench/ab_patches/proposal-at-ceiling-bars.patch: on an H200 run PART=26
-#      and 27 only (check nvidia-smi first).
-#   3. PART=27 (each dense kernel alone at M = 1-16 under three rules; ncu of the 4800 x 1600
-#      product at 16 rows: v3, ring, packed Q8_0): why 16 rows cost ~10x one row when the weights
-#      are read once (the arithmetic in docs/kernels/decode.md says ~1 ms a step at full issue; the
-#      ring's step is 16.7 ms). Its answer decides the batched GEMVs' next version.
+#      only (check nvidia-smi first).
+#   3. Next kernel: v33, a tensor-core GEMV for every M (decode.md "What remains after v32"): cuBLAS
+#      holds ~its M = 1 time to 16 rows (4800 x 1600: 8.6 us) where v32's kernel is issue-bound.
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
 # 15-180 s each), session 43 830 s to 11, session 44 1,487 s to 24 (nothing ran), session 45 571 s
 # to 7 before two light runs ran; session 46 had 2 refused calls, then 4 ran (a call naming
@@ -43,7 +36,8 @@
 # (cold start ~90 s) and 3 calls ran on it (heavy, light, PART=23); session 48 ran 3 calls on one
 # H100 (heavy 447 s, light 357 s, PART=24 163 s: 1,074 s held with the cold start), then one
 # refused nvidia-h100-x1 call cost 100 s, and a call naming nvidia-h200 got an H100 again (PART=25,
-# cold, 310 s). After a refusal wait the
+# cold, 310 s); session 49 lost 451 s to 3 refused calls (h100-x1, then h200 twice), then an H100
+# start held ~540 s before PART=26 ran (466 s), and PART=27 (430 s, cut in its ncu export). After a refusal wait the
 # minutes it names; `status` shows none_now.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
@@ -305,28 +299,30 @@ elif [ "$PART" = 25 ]; then
     tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -8
 elif [ "$PART" = 26 ]; then
   # PART=26 (session 48, branch batch-ring: v30 the rule for MT = 16; v31 v3's fold statistics once
-  # per block past 4 rows; v32 the reduce-scatter epilogue at 8-16 rows, off by default). Each A/B
-  # end to end through the public API (tests/bench/e2e_batch.py: load(device="cuda"), then
-  # generate_batch of B sequences, 128 tokens each, by the wall clock, against the same-run
-  # weight-bytes roofline and the model's batch-1 generate()), the hook switched in one process.
+  # per block past 4 rows; v32 the reduce-scatter epilogue at 8-16 rows, on by default since
+  # session 49). Each A/B end to end through the public API (tests/bench/e2e_batch.py:
+  # load(device="cuda"), then generate_batch of B sequences, 128 tokens each, by the wall clock,
+  # against the same-run weight-bytes roofline and the model's batch-1 generate()), a model per
+  # setting.
   # v32 first: if the batch-16 GEMV is bound by its epilogue's instruction fetch (the ring kernel's
   # MT = 16 SASS is ~117k instructions, a pair's per-row epilogue tens of KB of them, run once per
   # pair), batch 16 -30..-60% a token; if not, a few percent (the epilogue is ~1/4 of a K = 1,600
-  # pair's instructions). Batch 1 and 4 untouched (MT < 8). Land it as the default
-  # (csrc/linear.cu g_linear_scatter = 1) if it wins.
+  # pair's instructions). Batch 1 and 4 untouched (MT < 8). Session 49's ncu: the 16-row ring
+  # kernel 97 -> 37 us with it, so it is the default now; turn it off if the step says otherwise.
+  # (session 49: each setting its own model and graphs, reps interleaved; the spread printed)
   E="$M/gpt2-1.5b-F16.gguf $M/gpt2-1.5b-Q8_0.gguf"
-  HOOK=linear_scatter_force VALUES="0 1" $T 240 python3 tests/bench/e2e_batch.py $E
+  HOOK=linear_scatter_force VALUES="1 0" REPS=4 $T 250 python3 tests/bench/e2e_batch.py $E
   # v31 at batch 8 (1 v31, 2 the per-pair statistics as before; at 1.5B every norm-fused MT = 8
   # call is v3 over two 1,280-wide tiles, each pair's epilogue taking 8 rows' statistics from
   # global memory). Prediction: -20..-40% a token at batch 8.
-  HOOK=linear_fold_force VALUES="1 2" BATCHES="8" $T 120 python3 tests/bench/e2e_batch.py \
+  HOOK=linear_fold_force VALUES="1 2" BATCHES="8" REPS=3 $T 120 python3 tests/bench/e2e_batch.py \
     "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf"
   echo "## v30 + v31 + v32's GEMV tests (dense, QKV, and the packed GEMV's v32 test)"
   $T 200 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
     tests/ops/test_linear.py tests/ops/test_linear_qkv.py "tests/ops/test_linear_q.py::test_packed_gemv_scatter_epilogue_same_bits" 2>&1 | tail -6
-  # batch 16 on the ring (0, v30) against v3 with v31 (32): does the ring still win? (and 124M's
-  # K = 768 / 3,072 on the ring, untimed so far)
-  HOOK=linear_ring_force VALUES="0 32" BATCHES="16" $T 120 python3 tests/bench/e2e_batch.py \
+  # batch 16 on the ring (0, v30) against v3 (32): does the ring still win with v32 in both? (and
+  # 124M's K = 768 / 3,072 on the ring)
+  HOOK=linear_ring_force VALUES="0 32" BATCHES="16" REPS=3 $T 120 python3 tests/bench/e2e_batch.py \
     "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf" "$M/gpt2-124m-F16.gguf"
 elif [ "$PART" = 27 ]; then
   # PART=27 (session 48; on the machine PART=26 built): PART=25's ring kernel took the 1.5B

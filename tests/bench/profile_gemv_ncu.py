@@ -57,7 +57,7 @@ if os.environ.get("CFG") == "batch":
         torch.cuda.synchronize()
         print(label, n, k, "done", flush=True)
     ext.linear_ring_force(0)
-    ext.linear_scatter_force(0)
+    ext.linear_scatter_force(1)  # (the default)
     sys.exit(0)
 CFG = [("MXFP4", 1600, 6400, None), ("MXFP4", 6400, 1600, "layernorm"), ("Q8_0", 1600, 6400, None),
        ("Q8_0", 4096, 4096, None), ("F16", 1600, 6400, None), ("F16", 6400, 1600, "layernorm")]
