@@ -28,6 +28,8 @@
 #      only (check nvidia-smi first).
 #   3. Next kernel: v33, a tensor-core GEMV for every M (decode.md "What remains after v32"): cuBLAS
 #      holds ~its M = 1 time to 16 rows (4800 x 1600: 8.6 us) where v32's kernel is issue-bound.
+#      Its probe first, on any warm machine (no models needed; ~1-2 min after the build):
+#        PART=28 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
 # 15-180 s each), session 43 830 s to 11, session 44 1,487 s to 24 (nothing ran), session 45 571 s
 # to 7 before two light runs ran; session 46 had 2 refused calls, then 4 ran (a call naming
@@ -68,7 +70,7 @@ export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 case "${PART:-1}" in 14|21|22) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
 case "${PART:-1}" in 23) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4";; esac
 case "${PART:-1}" in 24) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b gpt2-1.5b:MXFP4";; esac
-case "${PART:-1}" in 25) export SHAPES="gpt2-1.5b llama-1b";; 26|27) export SHAPES="gpt2-1.5b gpt2-1.5b:Q8_0 llama-1b gpt2-124m";; esac
+case "${PART:-1}" in 25) export SHAPES="gpt2-1.5b llama-1b";; 26|27) export SHAPES="gpt2-1.5b gpt2-1.5b:Q8_0 llama-1b gpt2-124m";; 28) export SHAPES="gpt2-124m";; esac
 case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
 # PART=21 on a short budget: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" writes and times those files
 # alone, NOTESTS=1 skips the tests (session 44: ~330 s of device time left after refusals)
@@ -85,7 +87,7 @@ case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packe
 { [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ] || [ "${PART:-1}" = 22 ] || [ "${PART:-1}" = 23 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
 [ "${PART:-1}" = 24 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-F16 gpt2-1.5b-MXFP4"
 [ "${PART:-1}" = 25 ] && S="gpt2-1.5b-F16 llama-1b-F16"
-case "${PART:-1}" in 26|27) S="gpt2-1.5b-F16 gpt2-1.5b-Q8_0 llama-1b-F16 gpt2-124m-F16";; esac
+case "${PART:-1}" in 26|27) S="gpt2-1.5b-F16 gpt2-1.5b-Q8_0 llama-1b-F16 gpt2-124m-F16";; 28) S="";; esac
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -153,8 +155,8 @@ case "${PART:-1}" in
   21) take v28-qfold;;
   22) take v28b-qfold;;
   23) grep -q qgemv_fold_force csrc/bindings.cpp || { echo "PART=23 runs on branch v28b-land (v28b in the tree)"; exit 1; };;
-  24|25|26|27) ;;
-  *) echo "PART=$PART: not a part (1-27)"; exit 2;;
+  24|25|26|27|28) ;;
+  *) echo "PART=$PART: not a part (1-28)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -324,6 +326,17 @@ elif [ "$PART" = 26 ]; then
   # 124M's K = 768 / 3,072 on the ring)
   HOOK=linear_ring_force VALUES="0 32" BATCHES="16" REPS=3 $T 120 python3 tests/bench/e2e_batch.py \
     "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf" "$M/gpt2-124m-F16.gguf"
+elif [ "$PART" = 28 ]; then
+  # PART=28 (session 49): the v33 probe (tests/bench/ab_patches/gemv-mma.patch: gemv_mma.cu and
+  # explore_gemv_mma.py, applied here only). A tensor-core GEMV for every M (batch rows as the
+  # mma's A operand, 8 weight rows as its B), against ops.linear and cuBLAS at M = 1-16 on seven
+  # decode shapes, with each row's bits at M = 1, 3, 8 and 16 compared. Predictions: every row's
+  # bits the same at every M (the tensor core computes each output from its own row and column);
+  # at M = 16 within ~1.5x of cuBLAS (8.6 us at 4800 x 1600); at M = 1 within 10% of ops.linear
+  # (7.95 us there). If M = 1 is much slower, the gap is the probe's load pipeline (one batch of U
+  # steps a warp, no double buffering, no PDL), not the tensor cores.
+  take gemv-mma
+  $T 400 python3 tests/bench/explore_gemv_mma.py
 elif [ "$PART" = 27 ]; then
   # PART=27 (session 48; on the machine PART=26 built): PART=25's ring kernel took the 1.5B
   # batch-16 step only from 19.7 to 16.7 ms: the batch-16 GEMV is not waiting on its loads.
