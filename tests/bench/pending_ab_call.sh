@@ -28,8 +28,12 @@
 #      only (check nvidia-smi first).
 #   3. Next kernel: v33, a tensor-core GEMV for every M (decode.md "What remains after v32"): cuBLAS
 #      holds ~its M = 1 time to 16 rows (4800 x 1600: 8.6 us) where v32's kernel is issue-bound.
-#      Its probe first, on any warm machine (no models needed; ~1-2 min after the build):
+#      Its probe, PART=28 (~1-2 min on the machine PART=26 built; no models needed), right after
+#      PART=26 if ~1,000 s of device time are left for the evidence, else after the evidence:
 #        PART=28 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
+#      (on a fresh machine with little time: `git apply tests/bench/ab_patches/gemv-mma.patch`, gguf
+#      from .whl into /tmp/site, then PYTHONPATH=/tmp/site NO_OPS=1 python3
+#      tests/bench/explore_gemv_mma.py: no extension build; session 49 had 335 s, too few to start)
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
 # 15-180 s each), session 43 830 s to 11, session 44 1,487 s to 24 (nothing ran), session 45 571 s
 # to 7 before two light runs ran; session 46 had 2 refused calls, then 4 ran (a call naming
