@@ -338,7 +338,10 @@ elif [ "$PART" = 28 ]; then
   # bits the same at every M (the tensor core computes each output from its own row and column);
   # at M = 16 within ~1.5x of cuBLAS (8.6 us at 4800 x 1600); at M = 1 within 10% of ops.linear
   # (7.95 us there). If M = 1 is much slower, the gap is the probe's load pipeline (one batch of U
-  # steps a warp, no double buffering, no PDL), not the tensor cores.
+  # steps a warp, no PDL), not the tensor cores. Then Q8_0 on the int8 tensor cores
+  # (mma.m16n8k32.s8, one block a step; x quantized beforehand) against the engine's packed Q8_0
+  # GEMV: predictions the same bits at every M, M = 16 within 2x of M = 1, and M = 1 at >= 0.5 of
+  # copy where the engine's is ~0.35.
   take gemv-mma
   $T 400 python3 tests/bench/explore_gemv_mma.py
 elif [ "$PART" = 27 ]; then
