@@ -342,7 +342,8 @@ elif [ "$PART" = 28 ]; then
   # steps a warp, no PDL), not the tensor cores. Then Q8_0 on the int8 tensor cores
   # (mma.m16n8k32.s8, one block a step; x quantized beforehand) against the engine's packed Q8_0
   # GEMV: predictions the same bits at every M, M = 16 within 2x of M = 1, and M = 1 at >= 0.5 of
-  # copy where the engine's is ~0.35.
+  # copy where the engine's is ~0.35. Then MXFP4 the same way on GT-033's four bar shapes (the
+  # engine's packed MXFP4 GEMV is at 0.18-0.38 of copy there; the bar is 0.7).
   take gemv-mma
   $T 400 python3 tests/bench/explore_gemv_mma.py
 elif [ "$PART" = 27 ]; then
