@@ -43,7 +43,7 @@
 # H100 (heavy 447 s, light 357 s, PART=24 163 s: 1,074 s held with the cold start), then one
 # refused nvidia-h100-x1 call cost 100 s, and a call naming nvidia-h200 got an H100 again (PART=25,
 # cold, 310 s); session 49 lost 451 s to 3 refused calls (h100-x1, then h200 twice), then an H100
-# start held ~540 s before PART=26 ran (466 s), and PART=27 (430 s, cut in its ncu export); a
+# started (PART=26's call cost 554 s: 466 s running) and PART=27 cost 447 s (cut in its ncu export); a
 # last call with 335 s left was refused ("too little time to start") and still cost 180 s. After a
 # refusal wait the minutes it names; `status` shows none_now. Below ~450 s left, do not call.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
