@@ -346,6 +346,9 @@ elif [ "$PART" = 28 ]; then
   # engine's packed MXFP4 GEMV is at 0.18-0.38 of copy there; the bar is 0.7).
   take gemv-mma
   $T 400 python3 tests/bench/explore_gemv_mma.py
+  # the probe's files out of the tree again, so that an evidence run on this machine next sees
+  # the branch's tree alone
+  git apply -R tests/bench/ab_patches/gemv-mma.patch && echo "gemv-mma reverted"
 elif [ "$PART" = 27 ]; then
   # PART=27 (session 48; on the machine PART=26 built): PART=25's ring kernel took the 1.5B
   # batch-16 step only from 19.7 to 16.7 ms: the batch-16 GEMV is not waiting on its loads.
