@@ -31,7 +31,8 @@
 #      Its probe, PART=28 (~1-2 min on the machine PART=26 built; no models needed), right after
 #      PART=26 if ~1,000 s of device time are left for the evidence, else after the evidence:
 #        PART=28 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-#      (on a fresh machine with little time: `git apply tests/bench/ab_patches/gemv-mma.patch`, gguf
+#      (session 50 added PDL rows and an fp16-tensor-core MXFP4 form to the probe, CPU-checked only;
+#      on a fresh machine with little time: `git apply tests/bench/ab_patches/gemv-mma.patch`, gguf
 #      from .whl into /tmp/site, then PYTHONPATH=/tmp/site NO_OPS=1 python3
 #      tests/bench/explore_gemv_mma.py: no extension build; session 49 had 335 s, too few to start)
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
@@ -344,6 +345,14 @@ elif [ "$PART" = 28 ]; then
   # GEMV: predictions the same bits at every M, M = 16 within 2x of M = 1, and M = 1 at >= 0.5 of
   # copy where the engine's is ~0.35. Then MXFP4 the same way on GT-033's four bar shapes (the
   # engine's packed MXFP4 GEMV is at 0.18-0.38 of copy there; the bar is 0.7).
+  # Session 50 added (CPU-checked only: nvcc sm_90a no spills; a lane-by-lane emulation of the new
+  # kernel equal to the direct product in fp64): a row "Mp" under each M, every probe configuration
+  # launched with PDL (first weights before griddepcontrol.wait, as the engine's kernels), so the
+  # M = 1 comparison with ops is like for like; and MXFP4 configurations ending in x2, on the fp16
+  # tensor cores with x as it is (no quantization of x; a code becomes an fp16 by bit placement).
+  # Predictions: PDL takes ~1-1.5 us off a small shape's M = 1 call (768 x 768 to 1600 x 1600) and
+  # little off 4096 x 4096; the x2 forms within 10% of the int8 forms' times at M = 1 (the decode
+  # is ~9 instructions a word against ~16-30), so an engine form needs no quantized x.
   take gemv-mma
   $T 400 python3 tests/bench/explore_gemv_mma.py
   # the probe's files out of the tree again, so that an evidence run on this machine next sees
