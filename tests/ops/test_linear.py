@@ -152,7 +152,8 @@ def test_linear_model_shapes_cuda(wtype, m, n, k):
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
 @pytest.mark.parametrize("k", [1600, 3072, 6400])
 @pytest.mark.parametrize("ring", [0, 16, 32], ids=["rule", "batch-ring", "m16-v3"])
-def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring):
+@pytest.mark.parametrize("fold", [1, 0], ids=["fold", "loop"])
+def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring, fold):
     """Row m of a batch is computed exactly as it is alone (same chunks, same order): what makes a
     sequence's greedy ids in a batch equal its batch-1 run. K = 6400 crosses from v3 (M = 16: the
     rows do not fit v6's shared memory) to v6 (M = 1), which must give the same bits. With v27's
@@ -163,7 +164,11 @@ def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring):
     ring kernel where its staged rows fit (K = 1,600); ext.linear_ring_force's bit 16 does so for
     every M >= 2 (M = 3 at every K here, M = 8 up to K = 3,072), bit 32 keeps M = 16 on v3: the
     same bits each way, and as each row alone. M = 8 on v3 takes the folded norm's statistics
-    once per block (v31), over two tiles at K = 1,600."""
+    once per block (v31), over two tiles at K = 1,600. Under ext.linear_fold_force(0) the norm is
+    applied in the staging (statistics from the staged row or, over several tiles, from global
+    memory): the same kernels are taken (the fold's chunk sums move no product across the ring's
+    200 KiB cap here), and they must agree as well (a review of v30 found no test of that path across
+    the v3 / ring boundary)."""
     from gpt_engine.ops import _ext
     ext = _ext.load()
     w, w64 = make_weight(1601, k, "F16", "cuda")
@@ -171,12 +176,14 @@ def test_gemv_rows_do_not_depend_on_the_batch(k, kind, ring):
     b = randn((1601,), torch.float16, "cuda", scale=0.1)
     nm = _norm(kind, k, torch.float16, "cuda")
     try:
+        assert ext.linear_fold_force(fold) == fold
         assert ext.linear_ring_force(ring) == ring
         full = ops.linear(x, w, b, norm=nm)
         took = {m: gemv_kernel_taken(lambda m=m: ops.linear(x[:m].contiguous(), w, b, norm=nm)) for m in (3, 8, 16)}
         parts = {m: ops.linear(x[:m].contiguous(), w, b, norm=nm) for m in (1, 3, 8, 16)}
     finally:
         ext.linear_ring_force(0)
+        ext.linear_fold_force(1)
     for m, part in parts.items():
         assert torch.equal(part, full[:m])
     # the kernels the bits came from (without the hook's move, this would compare v3 with itself)
@@ -199,6 +206,9 @@ SCATTER_CASES = [
     (8, 1602, 1600, "layernorm", "gelu_tanh", True, False, False, torch.float16, 0, "v3"),  # MT = 8, two tiles
     (5, 2304, 768, "layernorm", "none", True, True, False, torch.float16, 0, "v3"),     # MT = 8, one tile, rows 5-7 masked
     (8, 3200, 1600, "layernorm", "gelu_tanh", True, False, False, torch.float16, 16, "ring"),  # MT = 8 on the ring
+    # (session 50, from a review: a multiply then an add that one path could fuse and the other not)
+    (16, 1602, 1600, "rmsnorm", "none", True, False, False, torch.bfloat16, 0, "ring"),  # RMSNorm fold + bias
+    (12, 3200, 1600, "layernorm", "gelu_tanh", True, True, False, torch.float16, 0, "ring"),  # GELU, then a residual
 ]
 
 
