@@ -1,40 +1,42 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (rewritten in session 49). Main (844d2ee) is clean. Branch
-# batch-ring (on main): v30 (16-row dense calls on the ring kernel), v31 (v3's fold statistics once
-# per block past 4 rows), v32 (the reduce-scatter epilogue at 8-16 rows, dense and packed; ON by
-# default since session 49). Session 49's PART=26 A/Bs were void: e2e_batch.py switched the hook
-# under a model whose graphs were already captured (fixed: a model per setting, interleaved reps).
-# PART=27's ncu found the 16-row ring kernel waiting on instruction fetch and v32 taking it from 97
-# to 37 us (docs/kernels/decode.md, "Session 49"). 441 GEMV tests passed on the GPU at 774e824.
-#   1. On branch batch-ring (rebase on main first if main moved), on an H100, .whl carried:
-#        PART=26 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-#      (v32 1 vs 0 at batch 1-16 on 1.5B F16 and Q8_0; v31 1 vs 2 at batch 8; the ring (0) vs v3
-#      (32) at batch 16 on 1.5B, Llama, 124M; the GEMV tests. Cold: ~175 s build, ~45 s models.)
-#   2. Keep each of v30 / v31 / v32 only where PART=26 shows its setting no slower beyond the
-#      printed spread. v32 off: csrc/linear.cu g_linear_scatter = 0 (or drop it: `git checkout
-#      96b09e1 -- csrc tests/ops`, then restore the tests' scatter defaults); v31 off: the default
-#      of linear_fold_force past 4 rows; v30: bit 32's rule (launcher line + the tests' expected
-#      kernels). Then heavy and light evidence at the branch's commit, on the same warm machine:
+# What the next session should do first (rewritten in session 50). Main = batch-ring's c9efe1a+
+# (v30 + v31 + v32 landed with heavy + light H100 evidence at 30f60c4; docs/kernels/decode.md
+# "Session 50"). PART=28 ran: the dense v33 probe (one tensor-core GEMV for every M, PDL) matched
+# or beat ops at one row on 4 of 6 shapes and was 2.7-7.6x faster at 16 rows, every row's bits the
+# same at every M. So:
+#   1. Build v33 into the engine for F16 / BF16 weights (CPU work first; the map is decode.md's
+#      "If the probe holds"): the probe's kernel (tests/bench/ab_patches/gemv-mma.patch, gemv_mma.cu
+#      gemv_mma_kernel with the PDL order) plus the engine's epilogues per lane (v32's
+#      finish_pair_scatter shape: lane (g, q) holds rows c, c + 1 for batch rows g, g + 8), the norm
+#      (first cut: the unfolded norm staged in fp16, or the fold with the row rounded to fp16 and
+#      the oracle bounds rechecked, never loosened), QKV's RoPE pairs by the tile's row map, T / S /
+#      U / P / KB from (N, K) only (PART=28's bests: 1x8x4x2x1 for 768-1,600-row shapes with K <=
+#      1,600 and 1600 x 6400, 2x8x2x2x1 for 4800 x 1600 and 2880 x 2880, 2x16x4x1x1 for 4096 x
+#      4096). A hook (ext.linear_mma_force) keeps today's kernels for the A/B. CPU-check: nvcc
+#      no spills, a numpy lane emulation like tests/bench/emulate_gemv_mma_fp16.py in the patch.
+#   2. On an H100: the GEMV tests (bits across M, oracle), then the step A/B end to end
+#      (tests/bench/e2e_batch.py, HOOK=linear_mma_force VALUES="1 0", batch 1-16, 1.5B / Llama /
+#      124M), then evidence heavy + light at the commit (gpu_session.sh as below).
+#   3. Packed v33 after that: weights repacked for 16-byte copies and fp16 x (quant.md "Session 50":
+#      the probe's 4-8-byte copies lose 30-60% at one row; its fp16 forms NMSE ~5e-15).
+# Evidence commands (repo root, .whl carried, a warm machine):
 #        export OUT GPT_ENGINE_GIT_COMMIT=<full sha: git rev-parse HEAD> EXT_SAVE=0
-#        timeout 590 bash tests/bench/gpu_session.sh heavy
+#        timeout 590 bash tests/bench/gpu_session.sh heavy       (session 50: 273 s warm)
 #        (light: the same exports plus SHAPES="gpt2-124m gpt2-1.5b smollm2-135m llama-1b
 #        gpt2-124m:Q8_0 gpt2-124m:MXFP4 gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-1.5b:Q4_K_M
-#        gpt-oss-20b:MXFP4"; GATES_TIMEOUT=370 timeout 590 bash tests/bench/gpu_session.sh light)
+#        gpt-oss-20b:MXFP4"; GATES_TIMEOUT=370 timeout 590 bash tests/bench/gpu_session.sh light;
+#        session 50: 359 s)
 #      then commit the files with `git add -f`, `python -m gates gate gate3 --no-run` (no stale cuda
 #      line), fast-forward main, fresh-clone CI. An H200 fails GT-015's tie ~95% of the time until a
-#      person decides tests/bench/ab_patches/proposal-at-ceiling-bars.patch: on an H200 run PART=26
-#      only (check nvidia-smi first).
-#   3. Next kernel: v33, a tensor-core GEMV for every M (decode.md "What remains after v32"): cuBLAS
-#      holds ~its M = 1 time to 16 rows (4800 x 1600: 8.6 us) where v32's kernel is issue-bound.
-#      Its probe, PART=28 (~1-2 min on the machine PART=26 built; no models needed), right after
-#      PART=26 if ~1,000 s of device time are left for the evidence, else after the evidence:
-#        PART=28 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-#      (session 50 added PDL rows and an fp16-tensor-core MXFP4 form to the probe, CPU-checked only;
-#      on a fresh machine with little time: `git apply tests/bench/ab_patches/gemv-mma.patch`, gguf
-#      from .whl into /tmp/site, then PYTHONPATH=/tmp/site NO_OPS=1 python3
-#      tests/bench/explore_gemv_mma.py: no extension build; session 49 had 335 s, too few to start)
+#      person decides tests/bench/ab_patches/proposal-at-ceiling-bars.patch: on an H200 run A/Bs only
+#      (check nvidia-smi first).
+#   PART=28 (the probe, gemv-mma.patch) takes ~30 s on a machine with the extension built:
+#        git apply tests/bench/ab_patches/gemv-mma.patch; PYTHONPATH=/tmp/site python3
+#        tests/bench/explore_gemv_mma.py; git apply -R tests/bench/ab_patches/gemv-mma.patch
+# Session 49's order (kept for its record): PART=26 (v32 1 vs 0 at batch 1-16, v31 1 vs 2 at batch
+# 8, ring 0 vs v3 32 at batch 16; ran in session 50, all kept), then heavy + light, then PART=28.
 # Device time: session 42 lost 766 of its 1,800 s to 9 calls that found no machine (H100 and H200;
 # 15-180 s each), session 43 830 s to 11, session 44 1,487 s to 24 (nothing ran), session 45 571 s
 # to 7 before two light runs ran; session 46 had 2 refused calls, then 4 ran (a call naming
@@ -47,6 +49,10 @@
 # started (PART=26's call cost 554 s: 466 s running) and PART=27 cost 447 s (cut in its ncu export); a
 # last call with 335 s left was refused ("too little time to start") and still cost 180 s. After a
 # refusal wait the minutes it names; `status` shows none_now. Below ~450 s left, do not call.
+# Session 50: the first call (nvidia-h200) was refused (91 s), the second cost 15 s, a third was
+# refused with "no new device machine is lent at present" (paused ~30 min); then one call naming
+# nvidia-h200 got an H100 and four calls ran on it warm: PART=26 (476 s, cold build 181 s), heavy
+# (273 s), light (359 s), PART=28 (31 s); 353 s left unused.
 # Session 36's order (PART=6, 7, 9, landing v23, then 5 and 8) ran in session 37: v23 landed,
 # v25 lost and failed 2 tests (dropped), PART=9 was not run (docs/kernels/decode.md, "Session 37").
 # PART=1 (session 36, done): where the 1.5B step's fused LayerNorm
