@@ -6,6 +6,14 @@
 # "Session 50"). PART=28 ran: the dense v33 probe (one tensor-core GEMV for every M, PDL) matched
 # or beat ops at one row on 4 of 6 shapes and was 2.7-7.6x faster at 16 rows, every row's bits the
 # same at every M. So:
+#   0. Session 50 wrote v33's first cut on branch v33-dense (csrc/linear_mma.cuh: products without
+#      a norm, 16-bit weights of the activations' dtype; ext.linear_mma_force, off by default;
+#      compiled for sm_90a without spills, never run). On an H100, warm or cold (~175 s build):
+#        git checkout v33-dense; PART=29 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
+#      (PART=29 is defined on that branch: its tests, then the step A/B at batch 1 / 8 / 16 on 1.5B,
+#      124M, Llama). If it holds: on by default, the kernel-taken expectations of the dense tests
+#      for norm-free products updated ("mma"), then the norm-fused products (item 1), evidence and
+#      landing.
 #   1. Build v33 into the engine for F16 / BF16 weights (CPU work first; the map is decode.md's
 #      "If the probe holds"): the probe's kernel (tests/bench/ab_patches/gemv-mma.patch, gemv_mma.cu
 #      gemv_mma_kernel with the PDL order) plus the engine's epilogues per lane (v32's
