@@ -90,6 +90,7 @@ export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 case "${PART:-1}" in 14|21|22) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
 case "${PART:-1}" in 23) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4";; esac
 case "${PART:-1}" in 24) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b gpt2-1.5b:MXFP4";; esac
+case "${PART:-1}" in 32|33) export SHAPES="gpt2-1.5b llama-1b gpt2-124m";; esac
 case "${PART:-1}" in 25) export SHAPES="gpt2-1.5b llama-1b";; 26|27) export SHAPES="gpt2-1.5b gpt2-1.5b:Q8_0 llama-1b gpt2-124m";; 28) export SHAPES="gpt2-124m";; esac
 case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
 # PART=21 on a short budget: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" writes and times those files
@@ -107,7 +108,7 @@ case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packe
 { [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ] || [ "${PART:-1}" = 22 ] || [ "${PART:-1}" = 23 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
 [ "${PART:-1}" = 24 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-F16 gpt2-1.5b-MXFP4"
 [ "${PART:-1}" = 25 ] && S="gpt2-1.5b-F16 llama-1b-F16"
-case "${PART:-1}" in 26|27) S="gpt2-1.5b-F16 gpt2-1.5b-Q8_0 llama-1b-F16 gpt2-124m-F16";; 28) S="";; esac
+case "${PART:-1}" in 26|27) S="gpt2-1.5b-F16 gpt2-1.5b-Q8_0 llama-1b-F16 gpt2-124m-F16";; 28|32|33) S="";; esac
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -176,7 +177,8 @@ case "${PART:-1}" in
   22) take v28b-qfold;;
   23) grep -q qgemv_fold_force csrc/bindings.cpp || { echo "PART=23 runs on branch v28b-land (v28b in the tree)"; exit 1; };;
   24|25|26|27|28) ;;
-  *) echo "PART=$PART: not a part (1-28)"; exit 2;;
+  32|33) grep -q linear_mma_force csrc/bindings.cpp || take v33-engine;;
+  *) echo "PART=$PART: not a part (1-28, 32, 33)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -346,6 +348,37 @@ elif [ "$PART" = 26 ]; then
   # 124M's K = 768 / 3,072 on the ring)
   HOOK=linear_ring_force VALUES="0 32" BATCHES="16" REPS=3 $T 120 python3 tests/bench/e2e_batch.py \
     "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf" "$M/gpt2-124m-F16.gguf"
+elif [ "$PART" = 32 ]; then
+  # PART=32 (session 52): v33 + v33n as the engine's dense GEMV (tests/bench/ab_patches/v33-engine.patch:
+  # csrc/linear_mma.cu, its hooks and tests; CPU-checked only: nvcc sm_90a, 18 kernels, no
+  # spills, 40-74 registers; the v33n staging's CPU twin). Session 51's branch v33-norm (the same
+  # design) was lost with its checkout; this is its rewrite. First the tests: v33's own (bits
+  # across M, oracle per epilogue and x mode, the rule, the A/B settings, hard rows, QKV), then the
+  # dense and QKV suites (the CUDA-core kernels' tests with v33 off by the fixture cuda_core_gemv;
+  # test_linear_fused / model_shapes both ways).
+  echo "## v33-engine's GEMV tests"
+  $T 260 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
+    tests/ops/test_linear_mma.py tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -14
+  # v33 (dense + v33n) against the CUDA-core kernels end to end, a model per setting, reps
+  # interleaved (tests/bench/e2e_batch.py). Predictions from PART=29 (norm-free products only,
+  # H100): B = 16 -39..-52% a step and B = 8 -22..-26% from the norm-free products; v33n adds the
+  # norm-fused products (58% of a GPT-2 1.5B layer's weights): B = 16 a further -30..-50%, B = 1
+  # within +-3% (PART=29: 1.5B +2.4% a step, 124M / Llama within 2%).
+  HOOK=linear_mma_force VALUES="1 0" BATCHES="1 8 16" REPS=3 $T 300 python3 tests/bench/e2e_batch.py \
+    "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf" "$M/gpt2-124m-F16.gguf"
+elif [ "$PART" = 33 ]; then
+  # PART=33 (session 52; after PART=32 on the same warm machine, no rebuild): v33n's own share
+  # (linear_mma_norm_force 1 vs 0, the norm-free products on v33 both ways), then the 1.5B's
+  # one-row question: PART=29's +45 us a step with v33 (setting 1). Guesses, each a setting:
+  # 2 (the down products, K = 4 N, back on the CUDA-core ring kernel: PART=28's probe was slowest
+  # against ops on 1600 x 6400), 3 / 5 (48 / 24 KiB of buffers a block instead of 96, leaving room
+  # for the next kernel's blocks under PDL), 6 (x copied once a block instead of by every warp
+  # at every step). Prediction: one of them recovers >= 30 us of the 45; if none does, the loss is
+  # v33's one-row speed itself (PART=28: -20%..+8% of ops alone).
+  HOOK=linear_mma_norm_force VALUES="1 0" BATCHES="1 16" REPS=3 $T 200 python3 tests/bench/e2e_batch.py \
+    "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf"
+  HOOK=linear_mma_force VALUES="1 0 2 3 5 6" BATCHES="1" REPS=3 $T 200 python3 tests/bench/e2e_batch.py \
+    "$M/gpt2-1.5b-F16.gguf"
 elif [ "$PART" = 28 ]; then
   # PART=28 (session 49): the v33 probe (tests/bench/ab_patches/gemv-mma.patch: gemv_mma.cu and
   # explore_gemv_mma.py, applied here only). A tensor-core GEMV for every M (batch rows as the
