@@ -1,33 +1,24 @@
 #!/usr/bin/env bash
 # GPU-machine calls for what waits (repo root, .whl carried), one PART a call, models kept while
 # the machine is warm:  PART=N OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-# What the next session should do first (rewritten in session 50). Main = batch-ring's c9efe1a+
-# (v30 + v31 + v32 landed with heavy + light H100 evidence at 30f60c4; docs/kernels/decode.md
-# "Session 50"). PART=28 ran: the dense v33 probe (one tensor-core GEMV for every M, PDL) matched
-# or beat ops at one row on 4 of 6 shapes and was 2.7-7.6x faster at 16 rows, every row's bits the
-# same at every M. So:
-#   0. Session 50 wrote v33's first cut on branch v33-dense (csrc/linear_mma.cuh: products without
-#      a norm, 16-bit weights of the activations' dtype; ext.linear_mma_force, off by default;
-#      compiled for sm_90a without spills, never run). On an H100, warm or cold (~175 s build):
-#        git checkout v33-dense; PART=29 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh
-#      (PART=29 is defined on that branch: its tests, then the step A/B at batch 1 / 8 / 16 on 1.5B,
-#      124M, Llama). If it holds: on by default, the kernel-taken expectations of the dense tests
-#      for norm-free products updated ("mma"), then the norm-fused products (item 1), evidence and
-#      landing.
-#   1. Build v33 into the engine for F16 / BF16 weights (CPU work first; the map is decode.md's
-#      "If the probe holds"): the probe's kernel (tests/bench/ab_patches/gemv-mma.patch, gemv_mma.cu
-#      gemv_mma_kernel with the PDL order) plus the engine's epilogues per lane (v32's
-#      finish_pair_scatter shape: lane (g, q) holds rows c, c + 1 for batch rows g, g + 8), the norm
-#      (first cut: the unfolded norm staged in fp16, or the fold with the row rounded to fp16 and
-#      the oracle bounds rechecked, never loosened), QKV's RoPE pairs by the tile's row map, T / S /
-#      U / P / KB from (N, K) only (PART=28's bests: 1x8x4x2x1 for 768-1,600-row shapes with K <=
-#      1,600 and 1600 x 6400, 2x8x2x2x1 for 4800 x 1600 and 2880 x 2880, 2x16x4x1x1 for 4096 x
-#      4096). A hook (ext.linear_mma_force) keeps today's kernels for the A/B. CPU-check: nvcc
-#      no spills, a numpy lane emulation like tests/bench/emulate_gemv_mma_fp16.py in the patch.
-#   2. On an H100: the GEMV tests (bits across M, oracle), then the step A/B end to end
-#      (tests/bench/e2e_batch.py, HOOK=linear_mma_force VALUES="1 0", batch 1-16, 1.5B / Llama /
-#      124M), then evidence heavy + light at the commit (gpu_session.sh as below).
-#   3. Packed v33 after that: weights repacked for 16-byte copies and fp16 x (quant.md "Session 50":
+# What the next session should do first (rewritten in session 52). Main = a2b7f7f's code (v30 +
+# v31 + v32 with heavy + light H100 evidence at 30f60c4). Sessions 50-51 built v33 (a tensor-core
+# GEMV for every M) on branches that were LOST with session 51's checkout: only main survives a
+# session, so unlanded work now lives on main as a patch. Session 52 rewrote it as
+# tests/bench/ab_patches/v33-engine.patch (csrc/linear_mma.cu: v33 for the norm-free products,
+# v33n for the norm-fused ones, hooks ext.linear_mma_force / linear_mma_norm_force, on by default;
+# tests/ops/test_linear_mma.py; CPU-checked only). So:
+#   0. Locally: git checkout -b v33-engine; git apply tests/bench/ab_patches/v33-engine.patch;
+#      commit (csrc + tests only). On an H100 (H200 fine for A/Bs only), cold ~90 s + build ~221 s:
+#        PART=32 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh   (~450 s: tests, then v33
+#        on / off at B = 1, 8, 16 on 1.5B, Llama, 124M)
+#      then on the same warm machine PART=33 (~250 s: v33n's share, then the 1.5B's one-row settings).
+#      docs/kernels/decode.md "Sessions 51 and 52" has the predictions.
+#   1. If the tests pass and B = 8 / 16 win with B = 1 within +-1%: keep the defaults (or pick the
+#      setting PART=33 names), commit, evidence heavy + light at that commit (below), merge to main,
+#      fresh-clone CI. If a test fails: fix locally, refresh the patch on main
+#      (git diff main -- csrc tests/ops > tests/bench/ab_patches/v33-engine.patch), commit it there.
+#   2. Packed v33 after that: weights repacked for 16-byte copies and fp16 x (quant.md "Session 50":
 #      the probe's 4-8-byte copies lose 30-60% at one row; its fp16 forms NMSE ~5e-15).
 # Evidence commands (repo root, .whl carried, a warm machine):
 #        export OUT GPT_ENGINE_GIT_COMMIT=<full sha: git rev-parse HEAD> EXT_SAVE=0
