@@ -10,12 +10,13 @@
 # tests/ops/test_linear_mma.py; CPU-checked only). So:
 #   0. Locally: git checkout -b v33-engine; git apply tests/bench/ab_patches/v33-engine.patch;
 #      commit (csrc + tests only). On an H100 (H200 fine for A/Bs only), cold ~90 s + build ~221 s:
-#        PART=32 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh   (~450 s: tests, then v33
-#        on / off at B = 1, 8, 16 on 1.5B, Llama, 124M)
-#      then on the same warm machine PART=33 (~250 s: v33n's share, then the 1.5B's one-row settings).
+#        PART=32 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh   (~500 s: build, tests)
+#      then on the same warm machine PART=33 (~300 s: the CUDA-graph tests, v33 on / off at B = 1,
+#      8, 16 on 1.5B, Llama, 124M) and PART=34 (~350 s: the GEMV shapes alone, v33n's share, the
+#      1.5B's one-row settings); PART=34 can wait if the evidence needs the time.
 #      docs/kernels/decode.md "Sessions 51 and 52" has the predictions.
 #   1. If the tests pass and B = 8 / 16 win with B = 1 within +-1%: keep the defaults (or pick the
-#      setting PART=33 names), commit, evidence heavy + light at that commit (below), merge to main,
+#      setting PART=34 names), commit, evidence heavy + light at that commit (below), merge to main,
 #      fresh-clone CI. If a test fails: fix locally, refresh the patch on main
 #      (git diff main -- csrc tests/ops > tests/bench/ab_patches/v33-engine.patch), commit it there.
 #   2. Packed v33 after that: weights repacked for 16-byte copies and fp16 x (quant.md "Session 50":
@@ -81,7 +82,7 @@ export SHAPES="gpt-oss-20b:MXFP4 gpt2-124m gpt2-1.5b llama-1b"
 case "${PART:-1}" in 14|21|22) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4 gpt2-124m:MXFP4 gpt2-1.5b:Q4_K_M";; esac
 case "${PART:-1}" in 23) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4";; esac
 case "${PART:-1}" in 24) export SHAPES="gpt2-1.5b:Q8_0 gpt2-1.5b gpt2-1.5b:MXFP4";; esac
-case "${PART:-1}" in 32|33) export SHAPES="gpt2-1.5b llama-1b gpt2-124m";; esac
+case "${PART:-1}" in 32|33|34) export SHAPES="gpt2-1.5b llama-1b gpt2-124m";; esac
 case "${PART:-1}" in 25) export SHAPES="gpt2-1.5b llama-1b";; 26|27) export SHAPES="gpt2-1.5b gpt2-1.5b:Q8_0 llama-1b gpt2-124m";; 28) export SHAPES="gpt2-124m";; esac
 case "${PART:-1}" in 15|19) export SHAPES="$SHAPES gpt2-1.5b:Q8_0";; esac
 # PART=21 on a short budget: ONLY="gpt2-1.5b:Q8_0 gpt2-1.5b:MXFP4" writes and times those files
@@ -99,7 +100,7 @@ case "${PART:-1}" in 15|19) S="$S gpt2-1.5b-Q8_0";; esac  # (v29 reads the packe
 { [ -n "${ONLY:-}" ] || [ "${PART:-1}" = 14 ] || [ "${PART:-1}" = 21 ] || [ "${PART:-1}" = 22 ] || [ "${PART:-1}" = 23 ]; } && S=$(echo "$SHAPES" | tr ':' '-')
 [ "${PART:-1}" = 24 ] && S="gpt2-1.5b-Q8_0 gpt2-1.5b-F16 gpt2-1.5b-MXFP4"
 [ "${PART:-1}" = 25 ] && S="gpt2-1.5b-F16 llama-1b-F16"
-case "${PART:-1}" in 26|27) S="gpt2-1.5b-F16 gpt2-1.5b-Q8_0 llama-1b-F16 gpt2-124m-F16";; 28|32|33) S="";; esac
+case "${PART:-1}" in 26|27) S="gpt2-1.5b-F16 gpt2-1.5b-Q8_0 llama-1b-F16 gpt2-124m-F16";; 28|32|33|34) S="";; esac
 # PART=3 and 4 (session 36, done; not kept): v24-probe.patch = v23 plus ext.linear_norm_load_force, how the normalize loop
 # reads the norm weight / bias (0 v23, 1 L2 evict_last, 2 16-byte loads, 3 both); PART=1 found that
 # loop 284 of the norm's 387 us at 1.5B (~2.9 us a call). Prediction: if 2 or 3 takes most of it,
@@ -168,8 +169,8 @@ case "${PART:-1}" in
   22) take v28b-qfold;;
   23) grep -q qgemv_fold_force csrc/bindings.cpp || { echo "PART=23 runs on branch v28b-land (v28b in the tree)"; exit 1; };;
   24|25|26|27|28) ;;
-  32|33) grep -q linear_mma_force csrc/bindings.cpp || take v33-engine;;
-  *) echo "PART=$PART: not a part (1-28, 32, 33)"; exit 2;;
+  32|33|34) grep -q linear_mma_force csrc/bindings.cpp || take v33-engine;;
+  *) echo "PART=$PART: not a part (1-28, 32-34)"; exit 2;;
 esac
 build_ext 10
 wait $MODELS_PID; cat /tmp/models.txt
@@ -342,34 +343,45 @@ elif [ "$PART" = 26 ]; then
 elif [ "$PART" = 32 ]; then
   # PART=32 (session 52): v33 + v33n as the engine's dense GEMV (tests/bench/ab_patches/v33-engine.patch:
   # csrc/linear_mma.cu, its hooks and tests; CPU-checked only: nvcc sm_90a, 18 kernels, no
-  # spills, 40-74 registers; the v33n staging's CPU twin). Session 51's branch v33-norm (the same
-  # design) was lost with its checkout; this is its rewrite. First the tests: v33's own (bits
-  # across M, oracle per epilogue and x mode, the rule, the A/B settings, hard rows, QKV), then the
-  # dense and QKV suites (the CUDA-core kernels' tests with v33 off by the fixture cuda_core_gemv;
-  # test_linear_fused / model_shapes both ways).
+  # spills, 40-74 registers; the v33n staging's CPU twin; a helper's review with a numpy emulation
+  # of the lanes found no bug). Session 51's branch v33-norm (the same design) was lost with its
+  # checkout; this is its rewrite. The tests: v33's own (bits across M, oracle per epilogue and x
+  # mode, the rule, the A/B settings, hard rows, QKV), then the dense and QKV suites (the CUDA-core
+  # kernels' tests with v33 off by the fixture cuda_core_gemv; test_linear_fused / model_shapes
+  # both ways). Prediction: all pass.
   echo "## v33-engine's GEMV tests"
-  $T 260 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
+  $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
     tests/ops/test_linear_mma.py tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -14
-  # v33 (dense + v33n) against the CUDA-core kernels end to end, a model per setting, reps
-  # interleaved (tests/bench/e2e_batch.py). Predictions from PART=29 (norm-free products only,
-  # H100): B = 16 -39..-52% a step and B = 8 -22..-26% from the norm-free products; v33n adds the
-  # norm-fused products (58% of a GPT-2 1.5B layer's weights): B = 16 a further -30..-50%, B = 1
-  # within +-3% (PART=29: 1.5B +2.4% a step, 124M / Llama within 2%).
+elif [ "$PART" = 33 ]; then
+  # PART=33 (session 52; after PART=32 on the same warm machine, no rebuild): the graph-vs-eager
+  # and transformers greedy tests on v33's numbers (argmax near-ties could flip), then v33 (dense
+  # + v33n) against the CUDA-core kernels end to end, a model per setting, reps interleaved
+  # (tests/bench/e2e_batch.py). Predictions from PART=29 (norm-free products only, H100): B = 16
+  # -39..-52% a step and B = 8 -22..-26% from the norm-free products; v33n adds the norm-fused
+  # products (58% of a GPT-2 1.5B layer's weights): B = 16 a further -30..-50%, B = 1 within +-3%
+  # (PART=29: 1.5B +2.4% a step, 124M / Llama within 2%).
+  echo "## the CUDA-graph tests on v33"
+  $T 150 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
+    tests/test_cuda_graph.py 2>&1 | tail -6
   HOOK=linear_mma_force VALUES="1 0" BATCHES="1 8 16" REPS=3 $T 300 python3 tests/bench/e2e_batch.py \
     "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf" "$M/gpt2-124m-F16.gguf"
-elif [ "$PART" = 33 ]; then
-  # PART=33 (session 52; after PART=32 on the same warm machine, no rebuild): v33n's own share
-  # (linear_mma_norm_force 1 vs 0, the norm-free products on v33 both ways), then the 1.5B's
-  # one-row question: PART=29's +45 us a step with v33 (setting 1). Guesses, each a setting:
-  # 2 (the down products, K = 4 N, back on the CUDA-core ring kernel: PART=28's probe was slowest
-  # against ops on 1600 x 6400), 3 / 5 (48 / 24 KiB of buffers a block instead of 96, leaving room
-  # for the next kernel's blocks under PDL), 6 (x copied once a block instead of by every warp
-  # at every step). Prediction: one of them recovers >= 30 us of the 45; if none does, the loss is
-  # v33's one-row speed itself (PART=28: -20%..+8% of ops alone).
-  # (3: v33n but not the fp32 LM head, whose 50,257 x 1,600 product streams at ~0.95 of copy on v3)
+elif [ "$PART" = 34 ]; then
+  # PART=34 (session 52; after PART=33 on the same warm machine): each GEMV shape alone, v33 (1)
+  # against the CUDA-core kernels (0) at 1 and 16 rows (graphs of back-to-back calls on distinct
+  # weights, tests/bench/explore_gemv.py). Then v33n's share (linear_mma_norm_force 1 vs 0; 3: v33n
+  # but not the fp32 LM head, whose 50,257 x 1,600 product streams at ~0.95 of copy on v3 at one
+  # row, and which at 16 rows re-reads x in each of its 3,142 blocks), then the 1.5B's one-row
+  # question: PART=29's +45 us a step with v33 (setting 1). Guesses, each a setting: 2 (the down
+  # products, K = 4 N, back on the CUDA-core ring kernel: PART=28's probe was slowest against ops
+  # on 1600 x 6400), 3 / 5 (48 / 24 KiB of buffers a block instead of 96, leaving room for the next
+  # kernel's blocks under PDL), 6 (x copied once a block instead of by every warp at every step).
+  # Prediction: one of them recovers >= 30 us of the 45; if none does, the loss is v33's one-row
+  # speed itself (PART=28: -20%..+8% of ops alone).
+  GEMV_HOOK=linear_mma_force GEMV_RING="1 0" $T 120 python3 tests/bench/explore_gemv.py --ms 1,16 \
+    --dense-shapes 768x768,2304x768,1600x1600,4800x1600,6400x1600,1600x6400,50257x1600
   HOOK=linear_mma_norm_force VALUES="1 0 3" BATCHES="1 16" REPS=3 $T 200 python3 tests/bench/e2e_batch.py \
     "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf"
-  HOOK=linear_mma_force VALUES="1 0 2 3 5 6" BATCHES="1" REPS=3 $T 200 python3 tests/bench/e2e_batch.py \
+  HOOK=linear_mma_force VALUES="1 0 2 3 5 6" BATCHES="1" REPS=3 $T 150 python3 tests/bench/e2e_batch.py \
     "$M/gpt2-1.5b-F16.gguf"
 elif [ "$PART" = 28 ]; then
   # PART=28 (session 49): the v33 probe (tests/bench/ab_patches/gemv-mma.patch: gemv_mma.cu and
