@@ -18,7 +18,8 @@
 #   1. If the tests pass and B = 8 / 16 win with B = 1 within +-1%: keep the defaults (or pick the
 #      setting PART=34 names), commit, evidence heavy + light at that commit (below), merge to main,
 #      fresh-clone CI. If a test fails: fix locally, refresh the patch on main
-#      (git diff main -- csrc tests/ops tests/bench/explore_gemv.py > tests/bench/ab_patches/v33-engine.patch), commit it there.
+#      (git diff main -- csrc tests/ops tests/bench/explore_gemv.py tests/bench/emulate_gemv_mma_engine.py
+#      > tests/bench/ab_patches/v33-engine.patch), commit it there.
 #   2. Packed v33 after that: weights repacked for 16-byte copies and fp16 x (quant.md "Session 50":
 #      the probe's 4-8-byte copies lose 30-60% at one row; its fp16 forms NMSE ~5e-15).
 # Evidence commands (repo root, .whl carried, a warm machine):
