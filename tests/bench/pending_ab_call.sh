@@ -344,8 +344,8 @@ elif [ "$PART" = 26 ]; then
 elif [ "$PART" = 32 ]; then
   # PART=32 (session 52): v33 + v33n as the engine's dense GEMV (tests/bench/ab_patches/v33-engine.patch:
   # csrc/linear_mma.cu, its hooks and tests; CPU-checked only: nvcc sm_90a, 18 kernels, no
-  # spills, 40-74 registers; the v33n staging's CPU twin; a helper's review with a numpy emulation
-  # of the lanes found no bug). Session 51's branch v33-norm (the same design) was lost with its
+  # spills, 40-86 registers; the v33n staging's CPU twin; two helpers' reviews with numpy emulations
+  # of the lanes and of v33n's staging found no bug). Session 51's branch v33-norm (the same design) was lost with its
   # checkout; this is its rewrite. The tests: v33's own (bits across M, oracle per epilogue and x
   # mode, the rule, the A/B settings, hard rows, QKV), then the dense and QKV suites (the CUDA-core
   # kernels' tests with v33 off by the fixture cuda_core_gemv; test_linear_fused / model_shapes
