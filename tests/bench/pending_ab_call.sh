@@ -11,9 +11,11 @@
 #   0. Locally: git checkout -b v33-engine; git apply tests/bench/ab_patches/v33-engine.patch;
 #      commit (csrc + tests only). On an H100 (H200 fine for A/Bs only), cold ~90 s + build ~221 s:
 #        PART=32 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh   (~500 s: build, tests)
-#      then on the same warm machine PART=33 (~300 s: the CUDA-graph tests, v33 on / off at B = 1,
-#      8, 16 on 1.5B, Llama, 124M) and PART=34 (~350 s: the GEMV shapes alone, v33n's share, the
-#      1.5B's one-row settings); PART=34 can wait if the evidence needs the time.
+#      then on the same warm machine PART=33 (~300 s: the decision A/B end to end: v33 on / off and
+#      the 1.5B's one-row settings at B = 1 and 16, Llama on / off, v33n's share at B = 16), then
+#      the evidence (heavy + light, ~630 s) if the defaults hold. PART=34 (~350 s: the CUDA-graph
+#      tests, the shapes alone, 124M and B = 8) only if time is left; the evidence runs the tests.
+#      Budget: cold 90 + PART=32 ~530 + PART=33 ~300 + evidence ~630 = ~1,550 of 1,800 s.
 #      docs/kernels/decode.md "Sessions 51 and 52" has the predictions.
 #   1. If the tests pass and B = 8 / 16 win with B = 1 within +-1%: keep the defaults (or pick the
 #      setting PART=34 names), commit, evidence heavy + light at that commit (below), merge to main,
@@ -354,35 +356,38 @@ elif [ "$PART" = 32 ]; then
   $T 300 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
     tests/ops/test_linear_mma.py tests/ops/test_linear.py tests/ops/test_linear_qkv.py 2>&1 | tail -14
 elif [ "$PART" = 33 ]; then
-  # PART=33 (session 52; after PART=32 on the same warm machine, no rebuild): the graph-vs-eager
-  # and transformers greedy tests on v33's numbers (argmax near-ties could flip), then v33 (dense
-  # + v33n) against the CUDA-core kernels end to end, a model per setting, reps interleaved
-  # (tests/bench/e2e_batch.py). Predictions from PART=29 (norm-free products only, H100): B = 16
-  # -39..-52% a step and B = 8 -22..-26% from the norm-free products; v33n adds the norm-fused
-  # products (58% of a GPT-2 1.5B layer's weights): B = 16 a further -30..-50%, B = 1 within +-3%
-  # (PART=29: 1.5B +2.4% a step, 124M / Llama within 2%).
+  # PART=33 (session 52; after PART=32 on the same warm machine, no rebuild): the decision A/B,
+  # end to end through the public API (tests/bench/e2e_batch.py: a model per setting, reps
+  # interleaved). v33 against the CUDA-core kernels (linear_mma_force 1 vs 0), with the 1.5B's
+  # one-row question in the same run: PART=29's +45 us a step with v33 (norm-free products only).
+  # Guesses, each a setting: 2 (the down products, K = 4 N, back on the CUDA-core ring kernel:
+  # PART=28's probe was slowest against ops on 1600 x 6400), 5 (24 KiB of buffers a block instead
+  # of 96, leaving room for the next kernel's blocks under PDL), 6 (x copied once a block instead
+  # of by every warp at every step). Then v33n's share at 16 rows (linear_mma_norm_force 1 vs 0;
+  # 3: v33n but not the fp32 LM head, which at 16 rows re-reads x in each of its 3,142 blocks).
+  # Predictions: B = 16 -60..-75% a step against off (PART=29's -52% from the norm-free products,
+  # then v33n's products); B = 1 within +-3% of off, and one of 2 / 5 / 6 recovers >= 30 us of
+  # the 1.5B's 45 if the loss is still there. Pick the defaults from this, then evidence.
+  HOOK=linear_mma_force VALUES="1 0 2 5 6" BATCHES="1 16" REPS=3 $T 260 python3 tests/bench/e2e_batch.py \
+    "$M/gpt2-1.5b-F16.gguf"
+  HOOK=linear_mma_force VALUES="1 0" BATCHES="1 16" REPS=3 $T 100 python3 tests/bench/e2e_batch.py \
+    "$M/llama-1b-F16.gguf"
+  HOOK=linear_mma_norm_force VALUES="1 0 3" BATCHES="16" REPS=3 $T 120 python3 tests/bench/e2e_batch.py \
+    "$M/gpt2-1.5b-F16.gguf"
+elif [ "$PART" = 34 ]; then
+  # PART=34 (session 52; lower priority than the evidence): the graph-vs-eager and transformers
+  # greedy tests on v33's numbers (argmax near-ties could flip; the evidence runs them too), each
+  # GEMV shape alone at 1 and 16 rows, v33 (1) against the CUDA-core kernels (0) (graphs of
+  # back-to-back calls on distinct weights, tests/bench/explore_gemv.py), and v33 on / off at
+  # B = 1, 8, 16 on 124M and at B = 8 on the 1.5B.
   echo "## the CUDA-graph tests on v33"
   $T 150 python3 -m pytest -p gates.pytest_plugin --no-evidence -q -rfE -n ${PAR:-8} -m "cuda and not benchmark" \
     tests/test_cuda_graph.py 2>&1 | tail -6
-  HOOK=linear_mma_force VALUES="1 0" BATCHES="1 8 16" REPS=3 $T 300 python3 tests/bench/e2e_batch.py \
-    "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf" "$M/gpt2-124m-F16.gguf"
-elif [ "$PART" = 34 ]; then
-  # PART=34 (session 52; after PART=33 on the same warm machine): each GEMV shape alone, v33 (1)
-  # against the CUDA-core kernels (0) at 1 and 16 rows (graphs of back-to-back calls on distinct
-  # weights, tests/bench/explore_gemv.py). Then v33n's share (linear_mma_norm_force 1 vs 0; 3: v33n
-  # but not the fp32 LM head, whose 50,257 x 1,600 product streams at ~0.95 of copy on v3 at one
-  # row, and which at 16 rows re-reads x in each of its 3,142 blocks), then the 1.5B's one-row
-  # question: PART=29's +45 us a step with v33 (setting 1). Guesses, each a setting: 2 (the down
-  # products, K = 4 N, back on the CUDA-core ring kernel: PART=28's probe was slowest against ops
-  # on 1600 x 6400), 3 / 5 (48 / 24 KiB of buffers a block instead of 96, leaving room for the next
-  # kernel's blocks under PDL), 6 (x copied once a block instead of by every warp at every step).
-  # Prediction: one of them recovers >= 30 us of the 45; if none does, the loss is v33's one-row
-  # speed itself (PART=28: -20%..+8% of ops alone).
   GEMV_HOOK=linear_mma_force GEMV_RING="1 0" $T 120 python3 tests/bench/explore_gemv.py --ms 1,16 \
     --dense-shapes 768x768,2304x768,1600x1600,4800x1600,6400x1600,1600x6400,50257x1600
-  HOOK=linear_mma_norm_force VALUES="1 0 3" BATCHES="1 16" REPS=3 $T 200 python3 tests/bench/e2e_batch.py \
-    "$M/gpt2-1.5b-F16.gguf" "$M/llama-1b-F16.gguf"
-  HOOK=linear_mma_force VALUES="1 0 2 3 5 6" BATCHES="1" REPS=3 $T 150 python3 tests/bench/e2e_batch.py \
+  HOOK=linear_mma_force VALUES="1 0" BATCHES="1 8 16" REPS=3 $T 120 python3 tests/bench/e2e_batch.py \
+    "$M/gpt2-124m-F16.gguf"
+  HOOK=linear_mma_force VALUES="1 0" BATCHES="8" REPS=3 $T 80 python3 tests/bench/e2e_batch.py \
     "$M/gpt2-1.5b-F16.gguf"
 elif [ "$PART" = 28 ]; then
   # PART=28 (session 49): the v33 probe (tests/bench/ab_patches/gemv-mma.patch: gemv_mma.cu and
