@@ -17,8 +17,8 @@
 #      tests, the shapes alone, 124M and B = 8) only if time is left; the evidence runs the tests.
 #      Budget: cold 90 + PART=32 ~530 + PART=33 ~300 + evidence ~630 = ~1,550 of 1,800 s.
 #      docs/kernels/decode.md "Sessions 51 and 52" has the predictions.
-#   1. If the tests pass and B = 8 / 16 win with B = 1 within +-1%: keep the defaults (or pick the
-#      setting PART=34 names), commit, evidence heavy + light at that commit (below), merge to main,
+#   1. If the tests pass and B = 16 wins with B = 1 within +-1%: keep the defaults (or pick the
+#      setting PART=33 names), commit, evidence heavy + light at that commit (below), merge to main,
 #      fresh-clone CI. If a test fails: fix locally, refresh the patch on main
 #      (git diff main -- csrc tests/ops tests/bench/explore_gemv.py tests/bench/emulate_gemv_mma_engine.py
 #      > tests/bench/ab_patches/v33-engine.patch), commit it there.
