@@ -7,7 +7,8 @@
 # session, so unlanded work now lives on main as a patch. Session 52 rewrote it as
 # tests/bench/ab_patches/v33-engine.patch (csrc/linear_mma.cu: v33 for the norm-free products,
 # v33n for the norm-fused ones, hooks ext.linear_mma_force / linear_mma_norm_force, on by default;
-# tests/ops/test_linear_mma.py; CPU-checked only). So:
+# tests/ops/test_linear_mma.py; csrc/mma_sync.cuh, the mma.sync helpers attention_prefill.cu and
+# moe_grouped.cu now share with it; CPU-checked only). So:
 #   0. Locally: git checkout -b v33-engine; git apply tests/bench/ab_patches/v33-engine.patch;
 #      commit (csrc + tests only). On an H100 (H200 fine for A/Bs only), cold ~90 s + build ~221 s:
 #        PART=32 OUT=$OUT timeout 590 bash tests/bench/pending_ab_call.sh   (~500 s: build, tests)
@@ -346,7 +347,7 @@ elif [ "$PART" = 26 ]; then
 elif [ "$PART" = 32 ]; then
   # PART=32 (session 52): v33 + v33n as the engine's dense GEMV (tests/bench/ab_patches/v33-engine.patch:
   # csrc/linear_mma.cu, its hooks and tests; CPU-checked only: nvcc sm_90a, 18 kernels, no
-  # spills, 40-86 registers; the v33n staging's CPU twin; two helpers' reviews with numpy emulations
+  # spills, 40-98 registers; the v33n staging's CPU twin; two helpers' reviews with numpy emulations
   # of the lanes and of v33n's staging found no bug). Session 51's branch v33-norm (the same design) was lost with its
   # checkout; this is its rewrite. The tests: v33's own (bits across M, oracle per epilogue and x
   # mode, the rule, the A/B settings, hard rows, QKV), then the dense and QKV suites (the CUDA-core
